@@ -1,0 +1,189 @@
+//! The behaviour every [`Store`] must show. Each store's tests call
+//! [`run_all`] with a function that makes a fresh, empty store.
+
+use bytes::Bytes;
+
+use super::{Op, Store, WriteBatch};
+use crate::topic::{Element, ProducerWindow, TopicConfig, TopicId, TopicMeta, TopicName};
+
+/// Runs every check, each on a fresh store from `fresh`.
+pub fn run_all<S: Store>(mut fresh: impl FnMut() -> S) {
+    empty_store_is_empty(&fresh());
+    fill_then_read(&fresh());
+    keys_order_numerically(&fresh());
+    scan_respects_limits(&fresh());
+    trim_removes_only_below(&fresh());
+    delete_topic_leaves_others(&fresh());
+    producer_windows_round_trip(&fresh());
+}
+
+fn meta(id: u64, name: &str) -> TopicMeta {
+    TopicMeta {
+        id: TopicId(id),
+        name: TopicName::new(name).unwrap(),
+        config: TopicConfig::default(),
+        created_at_ms: 1_700_000_000_000 + id,
+    }
+}
+
+fn element(seq: u64, payload: &str) -> Element {
+    Element {
+        seq,
+        payload: Bytes::copy_from_slice(payload.as_bytes()),
+        append_time_ms: 1_000 + seq,
+    }
+}
+
+fn batch(ops: impl IntoIterator<Item = Op>) -> WriteBatch {
+    let mut b = WriteBatch::default();
+    for op in ops {
+        b.push(op);
+    }
+    b
+}
+
+fn empty_store_is_empty<S: Store>(s: &S) {
+    assert!(s.topics().unwrap().is_empty());
+    assert_eq!(s.next_topic_id().unwrap(), 1);
+    assert_eq!(s.last_seq(TopicId(1)).unwrap(), 0);
+    assert_eq!(s.get(TopicId(1), 1).unwrap(), None);
+    assert!(s.scan(TopicId(1), 1, 10, 1 << 20).unwrap().is_empty());
+    assert_eq!(s.producer(TopicId(1), "p").unwrap(), None);
+}
+
+/// Two topics, a next id and a producer: what [`check_filled`] expects.
+pub fn fill<S: Store>(s: &S) {
+    let mut w = ProducerWindow::default();
+    w.record(3, 2, 1);
+    s.write(&batch([
+        Op::PutTopic(meta(1, "farm/a")),
+        Op::PutTopic(meta(2, "farm/b")),
+        Op::PutNextTopicId(3),
+    ]))
+    .unwrap();
+    s.write(&batch((1..=5).map(|i| {
+        Op::PutElement(TopicId(1), element(i, &format!("a{i}")))
+    })))
+    .unwrap();
+    s.write(&batch([
+        Op::PutElement(TopicId(2), element(1, "b1")),
+        Op::PutProducer(TopicId(1), "p".into(), w),
+    ]))
+    .unwrap();
+}
+
+/// Checks what [`fill`] wrote, as a fresh reader (after a reopen) sees it.
+pub fn check_filled<S: Store>(s: &S) {
+    let mut topics = s.topics().unwrap();
+    topics.sort_by_key(|m| m.id);
+    assert_eq!(topics, vec![meta(1, "farm/a"), meta(2, "farm/b")]);
+    assert_eq!(s.next_topic_id().unwrap(), 3);
+    assert_eq!(s.last_seq(TopicId(1)).unwrap(), 5);
+    assert_eq!(s.last_seq(TopicId(2)).unwrap(), 1);
+    assert_eq!(s.last_seq(TopicId(3)).unwrap(), 0);
+    assert_eq!(s.get(TopicId(1), 3).unwrap(), Some(element(3, "a3")));
+    assert_eq!(s.get(TopicId(1), 6).unwrap(), None);
+    assert_eq!(s.get(TopicId(2), 1).unwrap(), Some(element(1, "b1")));
+    let all: Vec<_> = s.scan(TopicId(1), 1, 100, 1 << 20).unwrap();
+    assert_eq!(
+        all,
+        (1..=5)
+            .map(|i| element(i, &format!("a{i}")))
+            .collect::<Vec<_>>()
+    );
+    let mut w = ProducerWindow::default();
+    w.record(3, 2, 1);
+    assert_eq!(s.producer(TopicId(1), "p").unwrap(), Some(w));
+    assert_eq!(s.producer(TopicId(2), "p").unwrap(), None);
+}
+
+fn fill_then_read<S: Store>(s: &S) {
+    fill(s);
+    check_filled(s);
+}
+
+/// Sequence 256 must sort after 255 (a little-endian key would not).
+fn keys_order_numerically<S: Store>(s: &S) {
+    s.write(&batch(
+        (250..=260).map(|i| Op::PutElement(TopicId(255), element(i, "x"))),
+    ))
+    .unwrap();
+    s.write(&batch([Op::PutElement(TopicId(256), element(1, "y"))]))
+        .unwrap();
+    let seqs: Vec<u64> = s
+        .scan(TopicId(255), 1, 100, 1 << 20)
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert_eq!(seqs, (250..=260).collect::<Vec<_>>());
+    assert_eq!(s.last_seq(TopicId(255)).unwrap(), 260);
+    assert_eq!(s.last_seq(TopicId(256)).unwrap(), 1);
+    assert_eq!(s.last_seq(TopicId(254)).unwrap(), 0);
+}
+
+fn scan_respects_limits<S: Store>(s: &S) {
+    s.write(&batch(
+        (1..=10).map(|i| Op::PutElement(TopicId(1), element(i, "0123456789"))),
+    ))
+    .unwrap();
+    assert_eq!(s.scan(TopicId(1), 4, 3, 1 << 20).unwrap().len(), 3);
+    assert_eq!(s.scan(TopicId(1), 4, 3, 1 << 20).unwrap()[0].seq, 4);
+    // 25 bytes fit two 10-byte payloads, not three.
+    assert_eq!(s.scan(TopicId(1), 1, 100, 25).unwrap().len(), 2);
+    // One element is returned even if it alone is over the byte bound.
+    assert_eq!(s.scan(TopicId(1), 1, 100, 1).unwrap().len(), 1);
+    assert!(s.scan(TopicId(1), 11, 100, 1 << 20).unwrap().is_empty());
+}
+
+fn trim_removes_only_below<S: Store>(s: &S) {
+    s.write(&batch(
+        (1..=10).map(|i| Op::PutElement(TopicId(1), element(i, "t"))),
+    ))
+    .unwrap();
+    s.write(&batch(
+        (1..=10).map(|i| Op::PutElement(TopicId(2), element(i, "u"))),
+    ))
+    .unwrap();
+    s.trim(TopicId(1), 8).unwrap();
+    assert_eq!(s.get(TopicId(1), 7).unwrap(), None);
+    assert_eq!(s.get(TopicId(1), 8).unwrap(), Some(element(8, "t")));
+    assert_eq!(s.scan(TopicId(1), 1, 100, 1 << 20).unwrap()[0].seq, 8);
+    assert_eq!(s.last_seq(TopicId(1)).unwrap(), 10);
+    assert_eq!(s.scan(TopicId(2), 1, 100, 1 << 20).unwrap().len(), 10);
+    // Trimming again, or below what is already gone, is harmless.
+    s.trim(TopicId(1), 8).unwrap();
+    s.trim(TopicId(1), 3).unwrap();
+    assert_eq!(s.scan(TopicId(1), 1, 100, 1 << 20).unwrap().len(), 3);
+}
+
+fn delete_topic_leaves_others<S: Store>(s: &S) {
+    fill(s);
+    s.write(&batch([Op::DeleteTopic(TopicId(1))])).unwrap();
+    let topics = s.topics().unwrap();
+    assert_eq!(topics, vec![meta(2, "farm/b")]);
+    assert_eq!(s.last_seq(TopicId(1)).unwrap(), 0);
+    assert!(s.scan(TopicId(1), 1, 100, 1 << 20).unwrap().is_empty());
+    assert_eq!(s.producer(TopicId(1), "p").unwrap(), None);
+    assert_eq!(s.get(TopicId(2), 1).unwrap(), Some(element(1, "b1")));
+    assert_eq!(s.next_topic_id().unwrap(), 3);
+}
+
+fn producer_windows_round_trip<S: Store>(s: &S) {
+    let mut w = ProducerWindow::default();
+    for i in 1..=100 {
+        w.record(i * 2, i, 1);
+    }
+    let long_id = "p".repeat(crate::topic::PRODUCER_ID_BYTES_MAX);
+    s.write(&batch([
+        Op::PutProducer(TopicId(1), long_id.clone(), w.clone()),
+        Op::PutProducer(TopicId(1), "q".into(), ProducerWindow::default()),
+    ]))
+    .unwrap();
+    assert_eq!(s.producer(TopicId(1), &long_id).unwrap(), Some(w));
+    assert_eq!(
+        s.producer(TopicId(1), "q").unwrap(),
+        Some(ProducerWindow::default())
+    );
+    assert_eq!(s.producer(TopicId(1), "pp").unwrap(), None);
+}

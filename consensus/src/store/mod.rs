@@ -1,0 +1,128 @@
+//! Storage for topics: a trait that knows nothing of any engine, a RocksDB
+//! implementation for nodes, an in-memory one for tests and the simulator, and
+//! the conformance suite both must pass.
+
+pub mod conformance;
+mod memory;
+mod rocks;
+
+pub use memory::MemStore;
+pub use rocks::RocksStore;
+
+use crate::error::Result;
+use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
+
+/// One write in a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Creates or replaces a topic's metadata.
+    PutTopic(TopicMeta),
+    /// Removes a topic's metadata, elements and producer windows.
+    DeleteTopic(TopicId),
+    /// Records the next topic id to hand out.
+    PutNextTopicId(u64),
+    PutElement(TopicId, Element),
+    PutProducer(TopicId, String, ProducerWindow),
+}
+
+/// Writes applied together: all or none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    ops: Vec<Op>,
+}
+
+impl WriteBatch {
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    pub fn put_element(&mut self, topic: TopicId, element: Element) {
+        self.ops.push(Op::PutElement(topic, element));
+    }
+
+    pub fn put_producer(&mut self, topic: TopicId, id: &str, window: &ProducerWindow) {
+        self.ops
+            .push(Op::PutProducer(topic, id.to_string(), window.clone()));
+    }
+
+    pub fn ops(&self) -> &[Op] {
+        &self.ops
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// What a node keeps on disk. Implementations are shared between threads and
+/// called from blocking contexts: every method may do I/O.
+pub trait Store: Send + Sync + 'static {
+    /// Applies `batch` atomically. When it returns `Ok`, the batch is synced:
+    /// it survives a crash of the process or the machine.
+    fn write(&self, batch: &WriteBatch) -> Result<()>;
+
+    /// Every topic's metadata, in no particular order.
+    fn topics(&self) -> Result<Vec<TopicMeta>>;
+
+    /// The next topic id to hand out (1 on a new store).
+    fn next_topic_id(&self) -> Result<u64>;
+
+    /// The highest sequence number stored for `topic`, 0 if none.
+    fn last_seq(&self, topic: TopicId) -> Result<u64>;
+
+    /// One element, if stored.
+    fn get(&self, topic: TopicId, seq: u64) -> Result<Option<Element>>;
+
+    /// Stored elements from `from` upwards, in order, stopping after `limit`
+    /// elements or once their payloads pass `bytes_max` (at least one element
+    /// is returned if any is stored at or after `from`).
+    fn scan(
+        &self,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Element>>;
+
+    /// A producer's window, if the producer ever appended to `topic`.
+    fn producer(&self, topic: TopicId, id: &str) -> Result<Option<ProducerWindow>>;
+
+    /// Removes `topic`'s elements below `below_seq`. Need not be synced: a
+    /// trim lost in a crash is simply done again.
+    fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()>;
+}
+
+/// Storage encoding of an element's value: a version byte, the append time as
+/// a little-endian u64, then the payload.
+pub(crate) mod element_codec {
+    use bytes::Bytes;
+
+    use crate::error::{Error, Result};
+    use crate::topic::Element;
+
+    const VERSION: u8 = 1;
+    const HEADER: usize = 9;
+
+    pub fn encode(element: &Element) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER + element.payload.len());
+        out.push(VERSION);
+        out.extend_from_slice(&element.append_time_ms.to_le_bytes());
+        out.extend_from_slice(&element.payload);
+        out
+    }
+
+    pub fn decode(seq: u64, value: &[u8]) -> Result<Element> {
+        if value.len() < HEADER || value[0] != VERSION {
+            return Err(Error::Corrupt(format!(
+                "element {seq}: value of {} bytes with version {:?}",
+                value.len(),
+                value.first()
+            )));
+        }
+        Ok(Element {
+            seq,
+            append_time_ms: u64::from_le_bytes(value[1..HEADER].try_into().expect("8 bytes")),
+            payload: Bytes::copy_from_slice(&value[HEADER..]),
+        })
+    }
+}

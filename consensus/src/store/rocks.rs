@@ -1,0 +1,259 @@
+//! The RocksDB [`Store`]: one database per node, one column family per kind of
+//! record, keys big-endian so that RocksDB's byte order is numeric order.
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `topics` | topic id | `TopicMeta` as JSON |
+//! | `elements` | topic id, seq | version, append time, payload |
+//! | `producers` | topic id, producer id | `ProducerWindow` |
+//! | `meta` | `next_topic_id` | u64 |
+
+use std::path::Path;
+
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
+};
+
+use super::{Op, Store, WriteBatch, element_codec};
+use crate::error::{Error, Result};
+use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
+
+const CF_TOPICS: &str = "topics";
+const CF_ELEMENTS: &str = "elements";
+const CF_PRODUCERS: &str = "producers";
+const CF_META: &str = "meta";
+const KEY_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
+
+/// A node's RocksDB database.
+pub struct RocksStore {
+    db: DB,
+}
+
+fn storage(context: &str) -> impl FnOnce(rocksdb::Error) -> Error + '_ {
+    move |e| Error::Storage(format!("{context}: {e}"))
+}
+
+fn element_key(topic: TopicId, seq: u64) -> [u8; 16] {
+    let mut k = [0; 16];
+    k[..8].copy_from_slice(&topic.0.to_be_bytes());
+    k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn producer_key(topic: TopicId, id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + id.len());
+    k.extend_from_slice(&topic.0.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn be_u64(bytes: &[u8], what: &str) -> Result<u64> {
+    bytes
+        .try_into()
+        .map(u64::from_be_bytes)
+        .map_err(|_| Error::Corrupt(format!("{what}: {} bytes, not 8", bytes.len())))
+}
+
+impl RocksStore {
+    /// Opens (or creates) the database in `dir`. Fails clearly if another
+    /// process holds it.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.increase_parallelism(2);
+        opts.set_keep_log_file_num(4);
+        // Bound the write-ahead log: past this, memtables are flushed.
+        opts.set_max_total_wal_size(256 * 1024 * 1024);
+        let cfs = [CF_TOPICS, CF_ELEMENTS, CF_PRODUCERS, CF_META]
+            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+            Error::Storage(format!(
+                "cannot open the database in {}: {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(Self { db })
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+}
+
+impl Store for RocksStore {
+    fn write(&self, batch: &WriteBatch) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for op in batch.ops() {
+            match op {
+                Op::PutTopic(meta) => {
+                    let json = serde_json::to_vec(meta).expect("TopicMeta serialises");
+                    wb.put_cf(self.cf(CF_TOPICS), meta.id.0.to_be_bytes(), json);
+                }
+                Op::DeleteTopic(id) => {
+                    let next = TopicId(id.0 + 1);
+                    wb.delete_cf(self.cf(CF_TOPICS), id.0.to_be_bytes());
+                    wb.delete_range_cf(
+                        self.cf(CF_ELEMENTS),
+                        element_key(*id, 0),
+                        element_key(next, 0),
+                    );
+                    wb.delete_range_cf(
+                        self.cf(CF_PRODUCERS),
+                        id.0.to_be_bytes(),
+                        next.0.to_be_bytes(),
+                    );
+                }
+                Op::PutNextTopicId(n) => {
+                    wb.put_cf(self.cf(CF_META), KEY_NEXT_TOPIC_ID, n.to_be_bytes());
+                }
+                Op::PutElement(topic, e) => {
+                    wb.put_cf(
+                        self.cf(CF_ELEMENTS),
+                        element_key(*topic, e.seq),
+                        element_codec::encode(e),
+                    );
+                }
+                Op::PutProducer(topic, id, w) => {
+                    wb.put_cf(self.cf(CF_PRODUCERS), producer_key(*topic, id), w.encode());
+                }
+            }
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(storage("write"))
+    }
+
+    fn topics(&self) -> Result<Vec<TopicMeta>> {
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(self.cf(CF_TOPICS), IteratorMode::Start) {
+            let (_, value) = item.map_err(storage("list topics"))?;
+            let meta = serde_json::from_slice(&value)
+                .map_err(|e| Error::Corrupt(format!("topic metadata: {e}")))?;
+            out.push(meta);
+        }
+        Ok(out)
+    }
+
+    fn next_topic_id(&self) -> Result<u64> {
+        match self
+            .db
+            .get_cf(self.cf(CF_META), KEY_NEXT_TOPIC_ID)
+            .map_err(storage("read next topic id"))?
+        {
+            Some(v) => be_u64(&v, "next topic id"),
+            None => Ok(1),
+        }
+    }
+
+    fn last_seq(&self, topic: TopicId) -> Result<u64> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_ELEMENTS));
+        it.seek_for_prev(element_key(topic, u64::MAX));
+        let found = match it.key() {
+            Some(key) if key.len() == 16 && key[..8] == topic.0.to_be_bytes() => {
+                be_u64(&key[8..], "element key")?
+            }
+            _ => 0,
+        };
+        it.status().map_err(storage("find last element"))?;
+        Ok(found)
+    }
+
+    fn get(&self, topic: TopicId, seq: u64) -> Result<Option<Element>> {
+        self.db
+            .get_pinned_cf(self.cf(CF_ELEMENTS), element_key(topic, seq))
+            .map_err(storage("read element"))?
+            .map(|v| element_codec::decode(seq, &v))
+            .transpose()
+    }
+
+    fn scan(
+        &self,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Element>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(element_key(TopicId(topic.0 + 1), 0));
+        let start = element_key(topic, from);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_ELEMENTS),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(storage("scan elements"))?;
+            let seq = be_u64(&key[8..], "element key")?;
+            let e = element_codec::decode(seq, &value)?;
+            if !out.is_empty() && bytes + e.payload.len() > bytes_max {
+                break;
+            }
+            bytes += e.payload.len();
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    fn producer(&self, topic: TopicId, id: &str) -> Result<Option<ProducerWindow>> {
+        self.db
+            .get_pinned_cf(self.cf(CF_PRODUCERS), producer_key(topic, id))
+            .map_err(storage("read producer"))?
+            .map(|v| ProducerWindow::decode(&v))
+            .transpose()
+    }
+
+    fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.delete_range_cf(
+            self.cf(CF_ELEMENTS),
+            element_key(topic, 0),
+            element_key(topic, below_seq),
+        );
+        self.db.write(wb).map_err(storage("trim"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::conformance;
+    use super::*;
+
+    #[test]
+    fn conformance() {
+        let dirs = std::sync::Mutex::new(Vec::new());
+        conformance::run_all(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = RocksStore::open(dir.path()).unwrap();
+            dirs.lock().unwrap().push(dir);
+            store
+        });
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStore::open(dir.path()).unwrap();
+            conformance::fill(&store);
+        }
+        let store = RocksStore::open(dir.path()).unwrap();
+        conformance::check_filled(&store);
+    }
+
+    #[test]
+    fn second_open_of_same_dir_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = RocksStore::open(dir.path()).unwrap();
+        let err = RocksStore::open(dir.path()).err().expect("must fail");
+        assert!(matches!(err, Error::Storage(_)), "{err}");
+        assert!(err.to_string().contains("cannot open"), "{err}");
+    }
+}

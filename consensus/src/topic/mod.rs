@@ -1,0 +1,153 @@
+//! The topic log's domain: names, settings, elements, producers, and the
+//! [`Machine`] that decides what an append does.
+//!
+//! Nothing here does I/O or reads the clock: the driver ([`crate::Topics`])
+//! passes the time in and writes the [`WriteBatch`] the machine fills. The same
+//! machine will sit behind a Raft group's apply once topics are replicated.
+
+pub(crate) mod machine;
+mod name;
+mod producer;
+
+pub use machine::{AppendOutcome, Machine};
+pub use name::{NAME_BYTES_MAX, TopicName};
+pub use producer::{PRODUCER_ID_BYTES_MAX, PRODUCER_WINDOW, Producer, ProducerWindow};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+
+/// The default largest element, in bytes.
+pub const ELEMENT_BYTES_DEFAULT: u32 = 1024 * 1024;
+/// The largest `element_max_bytes` a topic may be created with.
+pub const ELEMENT_BYTES_MAX: u32 = 4 * 1024 * 1024;
+/// The default number of elements kept.
+pub const HISTORY_DEFAULT: u64 = 1_000_000;
+/// The largest history; far beyond any disk, but keeps arithmetic clear of overflow.
+pub const HISTORY_MAX: u64 = 1 << 48;
+
+/// A topic's number inside this node's storage. Never reused, so a deleted
+/// topic's leftovers can never be mistaken for a new topic of the same name.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct TopicId(pub u64);
+
+/// Settings fixed when a topic is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicConfig {
+    /// The largest payload of one element.
+    pub element_max_bytes: u32,
+    /// How many of the newest elements are kept.
+    pub history: u64,
+}
+
+impl Default for TopicConfig {
+    fn default() -> Self {
+        Self {
+            element_max_bytes: ELEMENT_BYTES_DEFAULT,
+            history: HISTORY_DEFAULT,
+        }
+    }
+}
+
+impl TopicConfig {
+    /// Builds a config from requested values, where 0 means "the default".
+    pub fn from_requested(element_max_bytes: u32, history: u64) -> Result<Self> {
+        let config = Self {
+            element_max_bytes: if element_max_bytes == 0 {
+                ELEMENT_BYTES_DEFAULT
+            } else {
+                element_max_bytes
+            },
+            history: if history == 0 {
+                HISTORY_DEFAULT
+            } else {
+                history
+            },
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.element_max_bytes == 0 || self.element_max_bytes > ELEMENT_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "element_max_bytes must be 1 to {ELEMENT_BYTES_MAX}, not {}",
+                self.element_max_bytes
+            )));
+        }
+        if self.history == 0 || self.history > HISTORY_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "history must be 1 to {HISTORY_MAX}, not {}",
+                self.history
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What storage keeps about a topic besides its elements.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TopicMeta {
+    pub id: TopicId,
+    pub name: TopicName,
+    pub config: TopicConfig,
+    pub created_at_ms: u64,
+}
+
+/// One committed element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Element {
+    pub seq: u64,
+    pub payload: Bytes,
+    /// Wall-clock time at the node that committed it; informative only.
+    pub append_time_ms: u64,
+}
+
+/// The lowest readable sequence number of a topic whose last is `last`, or 0
+/// for an empty topic. Follows from `last` and `history` alone, so every
+/// replica trims to the same point without being told.
+pub fn first_seq(last: u64, history: u64) -> u64 {
+    if last == 0 {
+        0
+    } else {
+        last.saturating_sub(history - 1).max(1)
+    }
+}
+
+/// A readable range of a topic, as published to readers after each commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Range {
+    /// Lowest readable seq, 0 when empty.
+    pub first: u64,
+    /// Highest committed seq, 0 when empty.
+    pub last: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_seq_follows_history() {
+        assert_eq!(first_seq(0, 10), 0);
+        assert_eq!(first_seq(1, 10), 1);
+        assert_eq!(first_seq(10, 10), 1);
+        assert_eq!(first_seq(11, 10), 2);
+        assert_eq!(first_seq(100, 10), 91);
+        assert_eq!(first_seq(100, 1), 100);
+        assert_eq!(first_seq(5, HISTORY_MAX), 1);
+    }
+
+    #[test]
+    fn config_defaults_and_bounds() {
+        assert_eq!(
+            TopicConfig::from_requested(0, 0).unwrap(),
+            TopicConfig::default()
+        );
+        assert!(TopicConfig::from_requested(ELEMENT_BYTES_MAX + 1, 0).is_err());
+        assert!(TopicConfig::from_requested(0, HISTORY_MAX + 1).is_err());
+        assert_eq!(TopicConfig::from_requested(64, 10).unwrap().history, 10);
+    }
+}

@@ -1,0 +1,190 @@
+//! Idempotent producers: remembering which producer sequences were committed.
+
+use std::collections::VecDeque;
+
+use crate::error::{Error, Result};
+
+/// How many recent producer sequences are remembered per producer.
+pub const PRODUCER_WINDOW: usize = 64;
+/// The longest producer id, in bytes.
+pub const PRODUCER_ID_BYTES_MAX: usize = 128;
+
+/// Identifies an append for deduplication: a producer's id and its own
+/// sequence number for this append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Producer {
+    pub id: String,
+    pub seq: u64,
+}
+
+impl Producer {
+    pub fn new(id: String, seq: u64) -> Result<Self> {
+        if id.is_empty() || id.len() > PRODUCER_ID_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "producer id must be 1 to {PRODUCER_ID_BYTES_MAX} bytes, not {}",
+                id.len()
+            )));
+        }
+        if seq == 0 {
+            return Err(Error::InvalidArgument(
+                "producer sequence must be at least 1".into(),
+            ));
+        }
+        Ok(Self { id, seq })
+    }
+}
+
+/// One committed append of a producer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    producer_seq: u64,
+    first_seq: u64,
+    count: u64,
+}
+
+/// The last [`PRODUCER_WINDOW`] appends of one producer, oldest first, with
+/// increasing producer sequences.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProducerWindow {
+    entries: VecDeque<Entry>,
+}
+
+/// What a producer sequence means against the window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// Never seen and newer than all seen: append it.
+    New,
+    /// Already committed as `count` elements from `first_seq`.
+    Duplicate { first_seq: u64, count: u64 },
+}
+
+impl ProducerWindow {
+    /// Classifies `producer.seq`, or explains why it can be neither.
+    pub fn check(&self, producer: &Producer) -> Result<Seen> {
+        let Some(newest) = self.entries.back() else {
+            return Ok(Seen::New);
+        };
+        if producer.seq > newest.producer_seq {
+            return Ok(Seen::New);
+        }
+        if let Some(e) = self.entries.iter().find(|e| e.producer_seq == producer.seq) {
+            return Ok(Seen::Duplicate {
+                first_seq: e.first_seq,
+                count: e.count,
+            });
+        }
+        let why = if producer.seq < self.entries[0].producer_seq {
+            "older than the retries this node remembers"
+        } else {
+            "lower than a sequence already committed and was never committed itself"
+        };
+        Err(Error::ProducerSeq {
+            id: producer.id.clone(),
+            seq: producer.seq,
+            why,
+        })
+    }
+
+    /// Records a committed append. `producer_seq` must be newer than all seen.
+    pub fn record(&mut self, producer_seq: u64, first_seq: u64, count: u64) {
+        debug_assert!(
+            self.entries
+                .back()
+                .is_none_or(|e| e.producer_seq < producer_seq)
+        );
+        if self.entries.len() == PRODUCER_WINDOW {
+            self.entries.pop_front();
+        }
+        self.entries.push_back(Entry {
+            producer_seq,
+            first_seq,
+            count,
+        });
+    }
+
+    /// Storage encoding: per entry three little-endian u64s.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.entries.len() * 24);
+        for e in &self.entries {
+            out.extend_from_slice(&e.producer_seq.to_le_bytes());
+            out.extend_from_slice(&e.first_seq.to_le_bytes());
+            out.extend_from_slice(&e.count.to_le_bytes());
+        }
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() % 24 != 0 || bytes.len() / 24 > PRODUCER_WINDOW {
+            return Err(Error::Corrupt(format!(
+                "producer window of {} bytes",
+                bytes.len()
+            )));
+        }
+        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+        let entries = (0..bytes.len() / 24)
+            .map(|i| Entry {
+                producer_seq: u64_at(i * 24),
+                first_seq: u64_at(i * 24 + 8),
+                count: u64_at(i * 24 + 16),
+            })
+            .collect();
+        Ok(Self { entries })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(seq: u64) -> Producer {
+        Producer::new("sensor-1".into(), seq).unwrap()
+    }
+
+    #[test]
+    fn new_duplicate_and_stale() {
+        let mut w = ProducerWindow::default();
+        assert_eq!(w.check(&p(5)).unwrap(), Seen::New);
+        w.record(5, 1, 1);
+        w.record(7, 2, 3);
+        assert_eq!(
+            w.check(&p(5)).unwrap(),
+            Seen::Duplicate {
+                first_seq: 1,
+                count: 1
+            }
+        );
+        assert_eq!(
+            w.check(&p(7)).unwrap(),
+            Seen::Duplicate {
+                first_seq: 2,
+                count: 3
+            }
+        );
+        assert_eq!(w.check(&p(8)).unwrap(), Seen::New);
+        assert!(matches!(w.check(&p(6)), Err(Error::ProducerSeq { .. })));
+        assert!(matches!(w.check(&p(1)), Err(Error::ProducerSeq { .. })));
+    }
+
+    #[test]
+    fn window_forgets_the_oldest() {
+        let mut w = ProducerWindow::default();
+        for i in 1..=(PRODUCER_WINDOW as u64 + 10) {
+            w.record(i, i, 1);
+        }
+        assert!(w.check(&p(10)).is_err());
+        assert!(matches!(
+            w.check(&p(11)),
+            Ok(Seen::Duplicate { first_seq: 11, .. })
+        ));
+        let round = ProducerWindow::decode(&w.encode()).unwrap();
+        assert_eq!(round, w);
+    }
+
+    #[test]
+    fn bad_producers_and_bytes() {
+        assert!(Producer::new(String::new(), 1).is_err());
+        assert!(Producer::new("x".repeat(129), 1).is_err());
+        assert!(Producer::new("x".into(), 0).is_err());
+        assert!(ProducerWindow::decode(&[1, 2, 3]).is_err());
+    }
+}

@@ -1,0 +1,747 @@
+//! [`Topics`]: the node's topics, driven by tokio.
+//!
+//! Each topic has one writer task. Appends queue on a bounded channel; the
+//! writer takes everything queued (a group, bounded in count and bytes), lets
+//! the [`Machine`] decide it, writes the group as one synced batch, and only
+//! then answers the appenders and publishes the new range to readers. So one
+//! sync serves many concurrent appends, and nothing is visible or
+//! acknowledged before it is on disk.
+//!
+//! Readers never wait for the writer: they read the published range from a
+//! `watch` channel and the elements from the store. Trimming is a separate
+//! task per topic that deletes what fell out of the history, behind the
+//! appends, so it never delays them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::store::{Op, Store, WriteBatch};
+use crate::topic::machine::{check_payloads, check_readable};
+use crate::topic::{
+    AppendOutcome, Element, Machine, Producer, ProducerWindow, Range, TopicConfig, TopicId,
+    TopicMeta, TopicName,
+};
+
+/// The most topics one node holds.
+pub const TOPICS_MAX: usize = 100_000;
+/// The most elements one scan returns.
+pub const SCAN_LIMIT_MAX: u32 = 10_000;
+/// The most payload bytes one scan or one subscription batch returns.
+pub const READ_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Appends waiting for one topic's writer; past this, appenders wait.
+const QUEUE_DEPTH: usize = 4096;
+/// The most appends decided and synced together.
+const GROUP_APPENDS_MAX: usize = 1024;
+/// The most payload bytes synced together.
+const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Payload bytes queued in all topics together; past this, appenders wait.
+const QUEUED_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Producer windows cached by a writer before the cache is dropped and refilled.
+const PRODUCER_CACHE_MAX: usize = 4096;
+/// Deleting fewer trimmed elements than this at a time is not worth a range delete.
+const TRIM_STEP_MAX: u64 = 1024;
+
+/// Where time comes from. Only drivers read it; the simulator passes its own.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The machine's wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A topic's description: its metadata and the range it holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub meta: TopicMeta,
+    pub range: Range,
+}
+
+/// Where a subscription starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// At this sequence number.
+    Seq(u64),
+    /// At the oldest element still held.
+    Earliest,
+    /// After the last committed element.
+    Latest,
+}
+
+/// What readers see of a topic: its range, and whether it still exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Published {
+    range: Range,
+    state: TopicState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TopicState {
+    Open,
+    Deleted,
+    Closed,
+}
+
+enum Command {
+    Append {
+        payloads: Vec<Bytes>,
+        producer: Option<Producer>,
+        /// Held until the append is answered, bounding queued bytes.
+        _permit: tokio::sync::OwnedSemaphorePermit,
+        reply: oneshot::Sender<Result<AppendOutcome>>,
+    },
+    Delete {
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+impl Command {
+    fn bytes(&self) -> usize {
+        match self {
+            Command::Append { payloads, .. } => payloads.iter().map(Bytes::len).sum(),
+            Command::Delete { .. } => 0,
+        }
+    }
+
+    fn refuse(self, err: Error) {
+        match self {
+            Command::Append { reply, .. } => drop(reply.send(Err(err))),
+            Command::Delete { reply } => drop(reply.send(Err(err))),
+        }
+    }
+}
+
+struct Topic {
+    meta: TopicMeta,
+    commands: mpsc::Sender<Command>,
+    published: watch::Receiver<Published>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    registry: RwLock<BTreeMap<TopicName, Arc<Topic>>>,
+    /// Serialises creating and deleting topics; holds the next topic id.
+    admin: tokio::sync::Mutex<u64>,
+    queued_bytes: Arc<Semaphore>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// All topics of a node. Cheap to clone; all clones share the same topics.
+#[derive(Clone)]
+pub struct Topics {
+    inner: Arc<Inner>,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
+}
+
+impl Topics {
+    /// Loads every topic from `store` and starts their writers. Leftovers of
+    /// trims that a crash interrupted are deleted in the background.
+    pub async fn open(store: Arc<dyn Store>, clock: Arc<dyn Clock>) -> Result<Self> {
+        let loading = store.clone();
+        let (next_id, loaded) = blocking(move || {
+            let mut loaded = Vec::new();
+            for meta in loading.topics()? {
+                let last = loading.last_seq(meta.id)?;
+                loaded.push((meta, last));
+            }
+            Ok((loading.next_topic_id()?, loaded))
+        })
+        .await?;
+        let topics = Self {
+            inner: Arc::new(Inner {
+                store,
+                clock,
+                registry: RwLock::new(BTreeMap::new()),
+                admin: tokio::sync::Mutex::new(next_id),
+                queued_bytes: Arc::new(Semaphore::new(QUEUED_BYTES_MAX)),
+                shutdown: watch::Sender::new(false),
+            }),
+        };
+        let count = loaded.len();
+        for (meta, last) in loaded {
+            topics.start(meta, last);
+        }
+        tracing::info!(topics = count, "topics loaded");
+        Ok(topics)
+    }
+
+    /// Starts a topic's writer and trimmer and registers it.
+    fn start(&self, meta: TopicMeta, last_seq: u64) -> Arc<Topic> {
+        let machine = Machine::new(meta.clone(), last_seq);
+        let (published_tx, published) = watch::channel(Published {
+            range: machine.range(),
+            state: TopicState::Open,
+        });
+        let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
+        let (trim_tx, trim_rx) = watch::channel(0);
+        let writer = Writer {
+            store: self.inner.store.clone(),
+            clock: self.inner.clock.clone(),
+            machine,
+            producers: HashMap::new(),
+            published: published_tx,
+            trim: trim_tx,
+            trimmed_below: 0,
+        };
+        let shutdown = self.inner.shutdown.subscribe();
+        let tasks = vec![
+            tokio::spawn(writer.run(rx, shutdown)),
+            tokio::spawn(run_trimmer(self.inner.store.clone(), meta.id, trim_rx)),
+        ];
+        let topic = Arc::new(Topic {
+            meta: meta.clone(),
+            commands,
+            published,
+            tasks: Mutex::new(tasks),
+        });
+        self.registry_mut().insert(meta.name, topic.clone());
+        topic
+    }
+
+    fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<TopicName, Arc<Topic>>> {
+        self.inner
+            .registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lookup(&self, name: &str) -> Result<Arc<Topic>> {
+        let name = TopicName::new(name)?;
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        registry
+            .get(&name)
+            .cloned()
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))
+    }
+
+    /// Creates a topic. The creation is synced before this returns.
+    pub async fn create(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        let name = TopicName::new(name)?;
+        config.validate()?;
+        self.check_open()?;
+        let mut next_id = self.inner.admin.lock().await;
+        {
+            let registry = self
+                .inner
+                .registry
+                .read()
+                .unwrap_or_else(|e| e.into_inner());
+            if registry.contains_key(&name) {
+                return Err(Error::TopicExists(name.to_string()));
+            }
+            if registry.len() >= TOPICS_MAX {
+                return Err(Error::LimitReached(format!(
+                    "this node holds {TOPICS_MAX} topics, its maximum"
+                )));
+            }
+        }
+        let meta = TopicMeta {
+            id: TopicId(*next_id),
+            name,
+            config,
+            created_at_ms: self.inner.clock.now_ms(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.push(Op::PutTopic(meta.clone()));
+        batch.push(Op::PutNextTopicId(*next_id + 1));
+        let store = self.inner.store.clone();
+        blocking(move || store.write(&batch)).await?;
+        *next_id += 1;
+        let topic = self.start(meta, 0);
+        tracing::info!(topic = %topic.meta.name, id = topic.meta.id.0, "topic created");
+        Ok(info(&topic))
+    }
+
+    /// Deletes a topic with all its elements. Appends queued before the delete
+    /// are committed first; later ones fail with `TopicNotFound`.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let _admin = self.inner.admin.lock().await;
+        let topic = self.lookup(name)?;
+        self.registry_mut().remove(&topic.meta.name);
+        let (reply, answer) = oneshot::channel();
+        let result = match topic.commands.send(Command::Delete { reply }).await {
+            Ok(()) => answer.await.unwrap_or(Err(Error::Closed)),
+            Err(_) => Err(Error::Closed),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(topic = %topic.meta.name, "topic deleted");
+                Ok(())
+            }
+            Err(e) => {
+                // Nothing was deleted: the topic stays.
+                self.registry_mut().insert(topic.meta.name.clone(), topic);
+                Err(e)
+            }
+        }
+    }
+
+    /// Describes one topic.
+    pub fn describe(&self, name: &str) -> Result<TopicInfo> {
+        Ok(info(&self.lookup(name)?))
+    }
+
+    /// Every topic, in name order.
+    pub fn list(&self) -> Vec<TopicInfo> {
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        registry.values().map(|t| info(t)).collect()
+    }
+
+    /// Appends `payloads` as consecutive elements, answering once they are
+    /// synced. With a producer, a retry returns the original numbers.
+    pub async fn append(
+        &self,
+        name: &str,
+        payloads: Vec<Bytes>,
+        producer: Option<Producer>,
+    ) -> Result<AppendOutcome> {
+        let topic = self.lookup(name)?;
+        check_payloads(topic.meta.config.element_max_bytes, &payloads)?;
+        let bytes: usize = payloads.iter().map(|p| p.len() + 32).sum();
+        // check_payloads bounds a batch to 8 MiB, well within u32 and the semaphore.
+        let permit = self
+            .inner
+            .queued_bytes
+            .clone()
+            .acquire_many_owned(bytes as u32)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (reply, answer) = oneshot::channel();
+        let command = Command::Append {
+            payloads,
+            producer,
+            _permit: permit,
+            reply,
+        };
+        if topic.commands.send(command).await.is_err() {
+            return Err(self.gone(&topic));
+        }
+        answer.await.unwrap_or_else(|_| Err(self.gone(&topic)))
+    }
+
+    /// Why a topic's writer no longer answers.
+    fn gone(&self, topic: &Topic) -> Error {
+        match topic.published.borrow().state {
+            TopicState::Deleted => Error::TopicNotFound(topic.meta.name.to_string()),
+            _ => Error::Closed,
+        }
+    }
+
+    /// Reads one element.
+    pub async fn get(&self, name: &str, seq: u64) -> Result<Element> {
+        let topic = self.lookup(name)?;
+        let range = topic.published.borrow().range;
+        check_readable(topic.meta.name.as_str(), range, seq)?;
+        let store = self.inner.store.clone();
+        let id = topic.meta.id;
+        match blocking(move || store.get(id, seq)).await? {
+            Some(e) => Ok(e),
+            // Trimmed between the range check and the read.
+            None => Err(out_of_range(&topic, seq)),
+        }
+    }
+
+    /// The range a topic holds now.
+    pub fn latest(&self, name: &str) -> Result<Range> {
+        Ok(self.lookup(name)?.published.borrow().range)
+    }
+
+    /// Reads up to `limit` consecutive elements from `from`. `from` may be one
+    /// past the last element, which gives nothing.
+    pub async fn scan(&self, name: &str, from: u64, limit: u32) -> Result<Vec<Element>> {
+        let topic = self.lookup(name)?;
+        if limit == 0 || limit > SCAN_LIMIT_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "a scan returns 1 to {SCAN_LIMIT_MAX} elements, not {limit}"
+            )));
+        }
+        let range = topic.published.borrow().range;
+        if from == range.last + 1 && from > 0 {
+            return Ok(Vec::new());
+        }
+        check_readable(topic.meta.name.as_str(), range, from)?;
+        let count = (range.last - from + 1).min(limit as u64) as usize;
+        let elements = read(&self.inner.store, &topic, from, count).await?;
+        if elements.first().map(|e| e.seq) != Some(from) {
+            return Err(out_of_range(&topic, from));
+        }
+        Ok(elements)
+    }
+
+    /// Follows a topic from `start`: stored elements first, then live ones.
+    pub fn subscribe(&self, name: &str, start: Start) -> Result<Subscription> {
+        let topic = self.lookup(name)?;
+        let mut published = topic.published.clone();
+        let range = published.borrow_and_update().range;
+        let next = match start {
+            Start::Latest => range.last + 1,
+            Start::Earliest => range.first.max(1),
+            Start::Seq(seq) => {
+                if seq != range.last + 1 {
+                    check_readable(topic.meta.name.as_str(), range, seq)?;
+                }
+                seq
+            }
+        };
+        Ok(Subscription {
+            store: self.inner.store.clone(),
+            topic,
+            published,
+            next,
+        })
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if *self.inner.shutdown.borrow() {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Stops every writer (queued appends fail with `Closed`), ends every
+    /// subscription, and waits for the tasks to finish.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.send_replace(true);
+        let topics: Vec<_> = std::mem::take(&mut *self.registry_mut())
+            .into_values()
+            .collect();
+        for topic in topics {
+            let tasks = std::mem::take(&mut *topic.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+            for task in tasks {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+fn info(topic: &Topic) -> TopicInfo {
+    TopicInfo {
+        meta: topic.meta.clone(),
+        range: topic.published.borrow().range,
+    }
+}
+
+fn out_of_range(topic: &Topic, seq: u64) -> Error {
+    let range = topic.published.borrow().range;
+    Error::OutOfRange {
+        topic: topic.meta.name.to_string(),
+        seq,
+        first: range.first,
+        last: range.last,
+    }
+}
+
+async fn read(
+    store: &Arc<dyn Store>,
+    topic: &Topic,
+    from: u64,
+    count: usize,
+) -> Result<Vec<Element>> {
+    let store = store.clone();
+    let id = topic.meta.id;
+    let mut elements = blocking(move || store.scan(id, from, count, READ_BYTES_MAX)).await?;
+    // Only consecutive elements count; anything after a hole is left for later.
+    let contiguous = elements
+        .iter()
+        .enumerate()
+        .take_while(|(i, e)| e.seq == from + *i as u64)
+        .count();
+    elements.truncate(contiguous);
+    Ok(elements)
+}
+
+/// A reader following one topic. Holds no elements between calls, so a slow
+/// subscriber costs no memory; if it falls behind the history it is told.
+pub struct Subscription {
+    store: Arc<dyn Store>,
+    topic: Arc<Topic>,
+    published: watch::Receiver<Published>,
+    next: u64,
+}
+
+impl Subscription {
+    /// The sequence number the next element will have.
+    pub fn next_seq(&self) -> u64 {
+        self.next
+    }
+
+    /// Waits for and returns the next elements, at most `max` of them, in
+    /// order. Ends with `TopicNotFound` if the topic is deleted, `Closed` at
+    /// shutdown, and `FellBehind` if the next element was trimmed.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Element>> {
+        loop {
+            let published = *self.published.borrow_and_update();
+            match published.state {
+                TopicState::Open => {}
+                TopicState::Deleted => {
+                    return Err(Error::TopicNotFound(self.topic.meta.name.to_string()));
+                }
+                TopicState::Closed => return Err(Error::Closed),
+            }
+            let range = published.range;
+            if range.last > 0 && self.next < range.first {
+                return Err(self.fell_behind(range.first));
+            }
+            if self.next <= range.last {
+                let count = (range.last - self.next + 1).min(max.max(1) as u64) as usize;
+                let elements = read(&self.store, &self.topic, self.next, count).await?;
+                let Some(last) = elements.last() else {
+                    let first = self.topic.published.borrow().range.first;
+                    return Err(self.fell_behind(first));
+                };
+                self.next = last.seq + 1;
+                return Ok(elements);
+            }
+            if self.published.changed().await.is_err() {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    fn fell_behind(&self, first: u64) -> Error {
+        Error::FellBehind {
+            topic: self.topic.meta.name.to_string(),
+            next: self.next,
+            first,
+        }
+    }
+}
+
+/// The one task that writes a topic.
+struct Writer {
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    machine: Machine,
+    /// Producer windows as of the last decided append, so a group can hold
+    /// several appends of one producer and a retry is found without a read.
+    producers: HashMap<String, ProducerWindow>,
+    published: watch::Sender<Published>,
+    trim: watch::Sender<u64>,
+    /// Elements below this were deleted (or asked to be).
+    trimmed_below: u64,
+}
+
+/// What deciding one group produced.
+struct Group {
+    batch: WriteBatch,
+    answers: Vec<(
+        oneshot::Sender<Result<AppendOutcome>>,
+        Result<AppendOutcome>,
+    )>,
+    delete: Option<oneshot::Sender<Result<()>>>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>, mut shutdown: watch::Receiver<bool>) {
+        self.request_trim();
+        let mut carry: Option<Command> = None;
+        let mut deleted = false;
+        while !deleted {
+            let first = match carry.take() {
+                Some(c) => c,
+                None => tokio::select! {
+                    c = rx.recv() => match c { Some(c) => c, None => break },
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                },
+            };
+            let mut commands = vec![first];
+            let mut bytes = commands[0].bytes();
+            while commands.len() < GROUP_APPENDS_MAX {
+                let Ok(c) = rx.try_recv() else { break };
+                if bytes + c.bytes() > GROUP_BYTES_MAX {
+                    carry = Some(c);
+                    break;
+                }
+                bytes += c.bytes();
+                commands.push(c);
+            }
+            deleted = self.process(commands).await;
+        }
+        let state = if deleted {
+            TopicState::Deleted
+        } else {
+            TopicState::Closed
+        };
+        self.published.send_modify(|p| p.state = state);
+        rx.close();
+        let refusal = || match state {
+            TopicState::Deleted => Error::TopicNotFound(self.machine.meta().name.to_string()),
+            _ => Error::Closed,
+        };
+        if let Some(c) = carry {
+            c.refuse(refusal());
+        }
+        while let Ok(c) = rx.try_recv() {
+            c.refuse(refusal());
+        }
+    }
+
+    /// Decides, writes and answers one group. Returns whether the topic was deleted.
+    async fn process(&mut self, commands: Vec<Command>) -> bool {
+        let before = self.machine.last_seq();
+        if self.producers.len() > PRODUCER_CACHE_MAX {
+            self.producers.clear();
+        }
+        let now_ms = self.clock.now_ms();
+        // Deciding may read producer windows from the store, so it runs off
+        // the async threads together with the write.
+        let mut machine = self.machine.clone();
+        let mut producers = std::mem::take(&mut self.producers);
+        let store = self.store.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let group = decide(&*store, &mut machine, &mut producers, commands, now_ms);
+            let written = if group.batch.is_empty() {
+                Ok(())
+            } else {
+                store.write(&group.batch)
+            };
+            (machine, producers, group, written)
+        })
+        .await;
+        let (machine, producers, group, written) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                // The commands' reply senders were dropped with the task, so
+                // their callers see `Closed`; the state is as before.
+                tracing::error!(topic = %self.machine.meta().name, "writer task failed: {e}");
+                return false;
+            }
+        };
+        match written {
+            Ok(()) => {
+                self.machine = machine;
+                self.producers = producers;
+                let deleted = group.delete.is_some();
+                let range = self.machine.range();
+                self.published.send_modify(|p| p.range = range);
+                for (reply, answer) in group.answers {
+                    let _ = reply.send(answer);
+                }
+                if let Some(reply) = group.delete {
+                    let _ = reply.send(Ok(()));
+                }
+                self.request_trim();
+                deleted
+            }
+            Err(e) => {
+                tracing::error!(topic = %self.machine.meta().name, "write failed: {e}");
+                debug_assert_eq!(self.machine.last_seq(), before);
+                // Windows may hold appends that were never written.
+                self.producers.clear();
+                for (reply, answer) in group.answers {
+                    let _ = reply.send(answer.and(Err(e.clone())));
+                }
+                if let Some(reply) = group.delete {
+                    let _ = reply.send(Err(e));
+                }
+                false
+            }
+        }
+    }
+
+    /// Asks the trimmer to delete what fell out of the history, once enough has.
+    fn request_trim(&mut self) {
+        let first = self.machine.range().first;
+        let step = self.machine.meta().config.history.min(TRIM_STEP_MAX);
+        if first > self.trimmed_below
+            && (first - self.trimmed_below >= step || self.trimmed_below == 0)
+        {
+            self.trimmed_below = first;
+            self.trim.send_replace(first);
+        }
+    }
+}
+
+fn decide(
+    store: &dyn Store,
+    machine: &mut Machine,
+    producers: &mut HashMap<String, ProducerWindow>,
+    commands: Vec<Command>,
+    now_ms: u64,
+) -> Group {
+    let mut group = Group {
+        batch: WriteBatch::default(),
+        answers: Vec::with_capacity(commands.len()),
+        delete: None,
+    };
+    for command in commands {
+        match command {
+            Command::Append { .. } if group.delete.is_some() => {
+                command.refuse(Error::TopicNotFound(machine.meta().name.to_string()));
+            }
+            Command::Append {
+                payloads,
+                producer,
+                _permit,
+                reply,
+            } => {
+                let answer = match producer {
+                    None => machine.append(&mut group.batch, payloads, None, now_ms),
+                    Some(p) => window(store, machine.meta().id, producers, &p.id).and_then(|w| {
+                        machine.append(&mut group.batch, payloads, Some((&p, w)), now_ms)
+                    }),
+                };
+                group.answers.push((reply, answer));
+            }
+            Command::Delete { reply } => {
+                group.batch.push(Op::DeleteTopic(machine.meta().id));
+                group.delete = Some(reply);
+            }
+        }
+    }
+    group
+}
+
+fn window<'a>(
+    store: &dyn Store,
+    topic: TopicId,
+    cache: &'a mut HashMap<String, ProducerWindow>,
+    id: &str,
+) -> Result<&'a mut ProducerWindow> {
+    if !cache.contains_key(id) {
+        let stored = store.producer(topic, id)?.unwrap_or_default();
+        cache.insert(id.to_string(), stored);
+    }
+    Ok(cache.get_mut(id).expect("just inserted"))
+}
+
+async fn run_trimmer(store: Arc<dyn Store>, topic: TopicId, mut below: watch::Receiver<u64>) {
+    while below.changed().await.is_ok() {
+        let seq = *below.borrow_and_update();
+        let store = store.clone();
+        if let Err(e) = blocking(move || store.trim(topic, seq)).await {
+            // Harmless for readers (they never look below the history); the
+            // next trim covers this range again.
+            tracing::warn!(topic = topic.0, "trim below {seq} failed: {e}");
+        }
+    }
+}

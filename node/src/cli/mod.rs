@@ -1,0 +1,304 @@
+//! The `woof` command line: its grammar and what each command does.
+
+mod output;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use tokio::io::AsyncReadExt;
+use tonic::transport::{Channel, Endpoint};
+use woof_proto::MESSAGE_BYTES_MAX;
+use woof_proto::v1::{self, woof_client::WoofClient};
+
+use crate::error::{Error, Result};
+pub use output::Output;
+
+/// The node a CLI talks to unless told otherwise.
+pub const SERVER_DEFAULT: &str = "http://127.0.0.1:7700";
+/// The most bytes `woof append NAME -` reads from standard input.
+const STDIN_BYTES_MAX: u64 = 4 * 1024 * 1024;
+
+/// woof: a durable publish/subscribe overlay for the Internet of Things.
+#[derive(Debug, Parser)]
+#[command(name = "woof", version, about)]
+pub struct Cli {
+    /// The node to talk to.
+    #[arg(long, global = true, env = "WOOF_SERVER", default_value = SERVER_DEFAULT)]
+    pub server: String,
+    /// Print one JSON object per line instead of plain text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run or manage a node.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(TopicCommand),
+    /// Append one element; prints its sequence number.
+    Append(AppendArgs),
+    /// Print one element's payload.
+    Get { topic: String, seq: u64 },
+    /// Print the latest sequence number of a topic.
+    Latest { topic: String },
+    /// Print a range of elements, one per line: SEQ<TAB>PAYLOAD.
+    Scan {
+        topic: String,
+        /// The first sequence number; by default the oldest held.
+        #[arg(long)]
+        from: Option<u64>,
+        /// How many elements at most.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Follow a topic, printing elements as they are appended, until Ctrl-C.
+    Tail {
+        topic: String,
+        /// Start at this sequence number (stored elements first); by default
+        /// only new appends are shown.
+        #[arg(long)]
+        from: Option<u64>,
+    },
+    /// Start an embedded node on this machine and show what woof does.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run a node in the foreground until Ctrl-C.
+    Start(NodeStartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NodeStartArgs {
+    /// A TOML file with the settings below; flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Where the node keeps its data.
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The address to serve gRPC on [default: 127.0.0.1:7700].
+    #[arg(long)]
+    pub grpc_listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        /// The largest element, in bytes [default: 1048576].
+        #[arg(long)]
+        element_max_bytes: Option<u32>,
+        /// How many of the newest elements to keep [default: 1000000].
+        #[arg(long)]
+        history: Option<u64>,
+    },
+    /// List all topics.
+    List,
+    /// Show a topic's settings and range.
+    Describe { name: String },
+    /// Delete a topic and all its elements.
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct AppendArgs {
+    pub topic: String,
+    /// The element's bytes, or `-` to read them from standard input.
+    pub data: String,
+    /// A producer id, to make retries safe (needs --producer-seq).
+    #[arg(long, requires = "producer_seq")]
+    pub producer: Option<String>,
+    /// This append's number in the producer's own sequence.
+    #[arg(long, requires = "producer")]
+    pub producer_seq: Option<u64>,
+}
+
+/// Connects to a node.
+pub async fn connect(server: &str) -> Result<WoofClient<Channel>> {
+    let unreachable = |reason: String| Error::Connect {
+        server: server.to_string(),
+        reason,
+    };
+    let endpoint = Endpoint::from_shared(server.to_string())
+        .map_err(|e| unreachable(format!("not a valid URL ({e})")))?
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true);
+    let channel = endpoint.connect().await.map_err(|e| {
+        let mut reason = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            reason = s.to_string();
+            source = s.source();
+        }
+        unreachable(reason)
+    })?;
+    Ok(WoofClient::new(channel)
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX))
+}
+
+/// Runs a client command (everything but `node start` and `demo`).
+pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Result<()> {
+    let mut client = connect(server).await?;
+    match command {
+        Command::Topic(TopicCommand::Create {
+            name,
+            element_max_bytes,
+            history,
+        }) => {
+            let config = v1::TopicConfig {
+                element_max_bytes: element_max_bytes.unwrap_or(0),
+                history: history.unwrap_or(0),
+            };
+            if element_max_bytes == Some(0) || history == Some(0) {
+                return Err(Error::Usage(
+                    "--element-max-bytes and --history must be at least 1".into(),
+                ));
+            }
+            let r = client
+                .create_topic(v1::CreateTopicRequest {
+                    name,
+                    config: Some(config),
+                })
+                .await?
+                .into_inner();
+            out.topic(&r.topic.unwrap_or_default(), "created");
+        }
+        Command::Topic(TopicCommand::List) => {
+            let r = client
+                .list_topics(v1::ListTopicsRequest {})
+                .await?
+                .into_inner();
+            out.topics(&r.topics);
+        }
+        Command::Topic(TopicCommand::Describe { name }) => {
+            let r = client
+                .describe_topic(v1::DescribeTopicRequest { name })
+                .await?
+                .into_inner();
+            out.topic(&r.topic.unwrap_or_default(), "");
+        }
+        Command::Topic(TopicCommand::Delete { name }) => {
+            client
+                .delete_topic(v1::DeleteTopicRequest { name: name.clone() })
+                .await?;
+            out.deleted(&name);
+        }
+        Command::Append(args) => {
+            let payload = if args.data == "-" {
+                read_stdin().await?
+            } else {
+                args.data.into_bytes()
+            };
+            let producer = match (args.producer, args.producer_seq) {
+                (Some(id), Some(seq)) => Some(v1::Producer { id, seq }),
+                _ => None,
+            };
+            let r = client
+                .append(v1::AppendRequest {
+                    topic: args.topic,
+                    payload: payload.into(),
+                    producer,
+                })
+                .await?
+                .into_inner();
+            out.appended(r.seq, r.duplicate);
+        }
+        Command::Get { topic, seq } => {
+            let r = client
+                .get(v1::GetRequest { topic, seq })
+                .await?
+                .into_inner();
+            out.payload(&r.element.unwrap_or_default());
+        }
+        Command::Latest { topic } => {
+            let r = client
+                .latest(v1::LatestRequest { topic })
+                .await?
+                .into_inner();
+            out.latest(r.last_seq, r.first_seq);
+        }
+        Command::Scan { topic, from, limit } => {
+            let from_seq = match from {
+                Some(seq) => seq,
+                None => {
+                    let r = client
+                        .latest(v1::LatestRequest {
+                            topic: topic.clone(),
+                        })
+                        .await?
+                        .into_inner();
+                    r.first_seq.max(1)
+                }
+            };
+            let r = client
+                .scan(v1::ScanRequest {
+                    topic,
+                    from_seq,
+                    limit,
+                })
+                .await?
+                .into_inner();
+            for e in &r.elements {
+                out.element(e);
+            }
+        }
+        Command::Tail { topic, from } => {
+            use v1::subscribe_request::Start;
+            let start = match from {
+                Some(seq) => Start::FromSeq(seq),
+                None => Start::Latest(true),
+            };
+            let mut stream = client
+                .subscribe(v1::SubscribeRequest {
+                    topic,
+                    start: Some(start),
+                })
+                .await?
+                .into_inner();
+            loop {
+                tokio::select! {
+                    item = stream.next() => match item {
+                        Some(Ok(r)) => out.element(&r.element.unwrap_or_default()),
+                        Some(Err(status)) => return Err(status.into()),
+                        None => return Err(Error::Connect {
+                            server: server.to_string(),
+                            reason: "the node ended the stream".into(),
+                        }),
+                    },
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                }
+            }
+        }
+        Command::Node(_) | Command::Demo => unreachable!("handled by main"),
+    }
+    Ok(())
+}
+
+async fn read_stdin() -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    tokio::io::stdin()
+        .take(STDIN_BYTES_MAX + 1)
+        .read_to_end(&mut buf)
+        .await
+        .map_err(|source| Error::Io {
+            context: "reading standard input".into(),
+            source,
+        })?;
+    if buf.len() as u64 > STDIN_BYTES_MAX {
+        return Err(Error::Usage(format!(
+            "standard input holds more than {STDIN_BYTES_MAX} bytes, the largest element woof takes"
+        )));
+    }
+    Ok(buf)
+}

@@ -1,0 +1,173 @@
+//! How the CLI prints: plain text by default, one JSON object per line with
+//! `--json`. Payloads that are UTF-8 print as text; others as hex in text
+//! mode and as `payload_hex` in JSON.
+
+use std::io::Write;
+
+use serde_json::{Value, json};
+use woof_proto::v1;
+
+/// Where and how results are printed.
+pub struct Output {
+    json: bool,
+    out: Box<dyn Write + Send>,
+}
+
+impl Output {
+    pub fn stdout(json: bool) -> Self {
+        Self {
+            json,
+            out: Box::new(std::io::stdout()),
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        // A closed pipe (`woof tail t | head`) is the reader's choice, not an error.
+        let _ = writeln!(self.out, "{text}");
+        let _ = self.out.flush();
+    }
+
+    fn json(&mut self, value: Value) {
+        self.line(&value.to_string());
+    }
+
+    pub fn topic(&mut self, t: &v1::TopicInfo, verb: &str) {
+        let c = t.config.unwrap_or_default();
+        if self.json {
+            self.json(topic_json(t));
+        } else {
+            let verb = if verb.is_empty() {
+                String::new()
+            } else {
+                format!("{verb} ")
+            };
+            self.line(&format!(
+                "{verb}topic {}: element_max_bytes={} history={} first_seq={} last_seq={}",
+                t.name, c.element_max_bytes, c.history, t.first_seq, t.last_seq
+            ));
+        }
+    }
+
+    pub fn topics(&mut self, topics: &[v1::TopicInfo]) {
+        if self.json {
+            for t in topics {
+                self.json(topic_json(t));
+            }
+            return;
+        }
+        if topics.is_empty() {
+            self.line("no topics");
+            return;
+        }
+        self.line(&format!(
+            "{:<40} {:>12} {:>12} {:>12}",
+            "NAME", "FIRST", "LAST", "HISTORY"
+        ));
+        for t in topics {
+            let history = t.config.unwrap_or_default().history;
+            self.line(&format!(
+                "{:<40} {:>12} {:>12} {:>12}",
+                t.name, t.first_seq, t.last_seq, history
+            ));
+        }
+    }
+
+    pub fn deleted(&mut self, name: &str) {
+        if self.json {
+            self.json(json!({ "deleted": name }));
+        } else {
+            self.line(&format!("deleted topic {name}"));
+        }
+    }
+
+    pub fn appended(&mut self, seq: u64, duplicate: bool) {
+        if self.json {
+            self.json(json!({ "seq": seq, "duplicate": duplicate }));
+        } else if duplicate {
+            self.line(&format!("{seq} (duplicate: already appended)"));
+        } else {
+            self.line(&seq.to_string());
+        }
+    }
+
+    pub fn latest(&mut self, last: u64, first: u64) {
+        if self.json {
+            self.json(json!({ "last_seq": last, "first_seq": first }));
+        } else {
+            self.line(&last.to_string());
+        }
+    }
+
+    /// One element's payload alone, as `get` prints it.
+    pub fn payload(&mut self, e: &v1::Element) {
+        if self.json {
+            self.json(element_json(e));
+            return;
+        }
+        match std::str::from_utf8(&e.payload) {
+            Ok(text) => self.line(text),
+            Err(_) => {
+                let _ = self.out.write_all(&e.payload);
+                let _ = self.out.flush();
+            }
+        }
+    }
+
+    /// One element as a line of a scan or tail: `SEQ<TAB>PAYLOAD`.
+    pub fn element(&mut self, e: &v1::Element) {
+        if self.json {
+            self.json(element_json(e));
+            return;
+        }
+        let shown = match std::str::from_utf8(&e.payload) {
+            Ok(text) => text.to_string(),
+            Err(_) => format!("0x{}", hex(&e.payload)),
+        };
+        self.line(&format!("{}\t{shown}", e.seq));
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn topic_json(t: &v1::TopicInfo) -> Value {
+    let c = t.config.unwrap_or_default();
+    json!({
+        "name": t.name,
+        "element_max_bytes": c.element_max_bytes,
+        "history": c.history,
+        "first_seq": t.first_seq,
+        "last_seq": t.last_seq,
+        "created_at_ms": t.created_at_ms,
+    })
+}
+
+fn element_json(e: &v1::Element) -> Value {
+    let mut v = json!({ "seq": e.seq, "append_time_ms": e.append_time_ms });
+    match std::str::from_utf8(&e.payload) {
+        Ok(text) => v["payload"] = json!(text),
+        Err(_) => v["payload_hex"] = json!(hex(&e.payload)),
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binary_payloads_are_hex() {
+        let e = v1::Element {
+            seq: 3,
+            payload: vec![0xff, 0x00].into(),
+            append_time_ms: 9,
+        };
+        assert_eq!(element_json(&e)["payload_hex"], "ff00");
+        let t = v1::Element {
+            payload: "hi".into(),
+            ..e
+        };
+        assert_eq!(element_json(&t)["payload"], "hi");
+    }
+}

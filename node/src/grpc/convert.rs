@@ -1,0 +1,62 @@
+//! Between `woof.v1` messages and `woof_consensus` domain types.
+
+use tonic::{Code, Status};
+use woof_consensus::Error;
+use woof_consensus::topic::{Element, Producer, TopicConfig};
+use woof_consensus::{Start, TopicInfo};
+use woof_proto::v1;
+
+/// Every domain error gets the gRPC code the API promises.
+pub fn status(err: Error) -> Status {
+    let code = match &err {
+        Error::InvalidName { .. } | Error::InvalidArgument(_) => Code::InvalidArgument,
+        Error::TopicNotFound(_) => Code::NotFound,
+        Error::TopicExists(_) => Code::AlreadyExists,
+        Error::OutOfRange { .. } | Error::FellBehind { .. } => Code::OutOfRange,
+        Error::ProducerSeq { .. } => Code::FailedPrecondition,
+        Error::LimitReached(_) => Code::ResourceExhausted,
+        Error::Closed | Error::Storage(_) => Code::Unavailable,
+        Error::Corrupt(_) => Code::Internal,
+    };
+    Status::new(code, err.to_string())
+}
+
+pub fn topic_info(info: TopicInfo) -> v1::TopicInfo {
+    v1::TopicInfo {
+        name: info.meta.name.to_string(),
+        config: Some(v1::TopicConfig {
+            element_max_bytes: info.meta.config.element_max_bytes,
+            history: info.meta.config.history,
+        }),
+        first_seq: info.range.first,
+        last_seq: info.range.last,
+        created_at_ms: info.meta.created_at_ms,
+    }
+}
+
+pub fn element(e: Element) -> v1::Element {
+    v1::Element {
+        seq: e.seq,
+        payload: e.payload,
+        append_time_ms: e.append_time_ms,
+    }
+}
+
+pub fn config(c: Option<v1::TopicConfig>) -> Result<TopicConfig, Status> {
+    let c = c.unwrap_or_default();
+    TopicConfig::from_requested(c.element_max_bytes, c.history).map_err(status)
+}
+
+pub fn producer(p: Option<v1::Producer>) -> Result<Option<Producer>, Status> {
+    p.map(|p| Producer::new(p.id, p.seq).map_err(status))
+        .transpose()
+}
+
+pub fn start(s: Option<v1::subscribe_request::Start>) -> Start {
+    use v1::subscribe_request::Start as S;
+    match s {
+        Some(S::FromSeq(seq)) => Start::Seq(seq),
+        Some(S::Earliest(_)) => Start::Earliest,
+        Some(S::Latest(_)) | None => Start::Latest,
+    }
+}

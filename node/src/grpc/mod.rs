@@ -1,0 +1,223 @@
+//! The `woof.v1.Woof` gRPC service over [`Topics`].
+
+pub mod convert;
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use woof_consensus::Topics;
+use woof_consensus::topics::SCAN_LIMIT_MAX;
+use woof_proto::v1::{self, woof_server::Woof};
+
+use convert::status;
+
+/// Subscriptions one node serves at once; past this, RESOURCE_EXHAUSTED.
+pub const SUBSCRIBERS_MAX: usize = 10_000;
+/// Elements buffered per subscriber stream: a slow reader holds back its own
+/// reading from storage, nothing else.
+const SUBSCRIBER_BUFFER: usize = 64;
+/// Elements read from storage per step of a subscription.
+const SUBSCRIBER_BATCH: usize = 256;
+/// A scan's limit when the request leaves it at 0.
+const SCAN_LIMIT_DEFAULT: u32 = 100;
+
+/// The service: a thin translation onto [`Topics`].
+pub struct Service {
+    topics: Topics,
+    subscribers: Arc<Semaphore>,
+}
+
+impl Service {
+    pub fn new(topics: Topics) -> Self {
+        Self {
+            topics,
+            subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
+        }
+    }
+}
+
+type ElementStream = Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Woof for Service {
+    async fn create_topic(
+        &self,
+        request: Request<v1::CreateTopicRequest>,
+    ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        let r = request.into_inner();
+        let config = convert::config(r.config)?;
+        let info = self.topics.create(&r.name, config).await.map_err(status)?;
+        Ok(Response::new(v1::CreateTopicResponse {
+            topic: Some(convert::topic_info(info)),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<v1::DescribeTopicRequest>,
+    ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
+        let info = self
+            .topics
+            .describe(&request.into_inner().name)
+            .map_err(status)?;
+        Ok(Response::new(v1::DescribeTopicResponse {
+            topic: Some(convert::topic_info(info)),
+        }))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<v1::ListTopicsRequest>,
+    ) -> Result<Response<v1::ListTopicsResponse>, Status> {
+        let topics = self
+            .topics
+            .list()
+            .into_iter()
+            .map(convert::topic_info)
+            .collect();
+        Ok(Response::new(v1::ListTopicsResponse { topics }))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<v1::DeleteTopicRequest>,
+    ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        self.topics
+            .delete(&request.into_inner().name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::DeleteTopicResponse {}))
+    }
+
+    async fn append(
+        &self,
+        request: Request<v1::AppendRequest>,
+    ) -> Result<Response<v1::AppendResponse>, Status> {
+        let r = request.into_inner();
+        let producer = convert::producer(r.producer)?;
+        let outcome = self
+            .topics
+            .append(&r.topic, vec![r.payload], producer)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::AppendResponse {
+            seq: outcome.first_seq,
+            duplicate: outcome.duplicate,
+        }))
+    }
+
+    async fn append_batch(
+        &self,
+        request: Request<v1::AppendBatchRequest>,
+    ) -> Result<Response<v1::AppendBatchResponse>, Status> {
+        let r = request.into_inner();
+        let producer = convert::producer(r.producer)?;
+        let outcome = self
+            .topics
+            .append(&r.topic, r.payloads, producer)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::AppendBatchResponse {
+            first_seq: outcome.first_seq,
+            count: outcome.count,
+            duplicate: outcome.duplicate,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<v1::GetRequest>,
+    ) -> Result<Response<v1::GetResponse>, Status> {
+        let r = request.into_inner();
+        let e = self.topics.get(&r.topic, r.seq).await.map_err(status)?;
+        Ok(Response::new(v1::GetResponse {
+            element: Some(convert::element(e)),
+        }))
+    }
+
+    async fn latest(
+        &self,
+        request: Request<v1::LatestRequest>,
+    ) -> Result<Response<v1::LatestResponse>, Status> {
+        let range = self
+            .topics
+            .latest(&request.into_inner().topic)
+            .map_err(status)?;
+        Ok(Response::new(v1::LatestResponse {
+            last_seq: range.last,
+            first_seq: range.first,
+        }))
+    }
+
+    async fn scan(
+        &self,
+        request: Request<v1::ScanRequest>,
+    ) -> Result<Response<v1::ScanResponse>, Status> {
+        let r = request.into_inner();
+        let limit = if r.limit == 0 {
+            SCAN_LIMIT_DEFAULT
+        } else {
+            r.limit.min(SCAN_LIMIT_MAX + 1)
+        };
+        let elements = self
+            .topics
+            .scan(&r.topic, r.from_seq, limit)
+            .await
+            .map_err(status)?;
+        let next_seq = elements.last().map_or(r.from_seq, |e| e.seq + 1);
+        Ok(Response::new(v1::ScanResponse {
+            elements: elements.into_iter().map(convert::element).collect(),
+            next_seq,
+        }))
+    }
+
+    type SubscribeStream = ElementStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<v1::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let r = request.into_inner();
+        let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this node serves at most {SUBSCRIBERS_MAX} subscriptions at once"
+            ))
+        })?;
+        let mut subscription = self
+            .topics
+            .subscribe(&r.topic, convert::start(r.start))
+            .map_err(status)?;
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        tokio::spawn(async move {
+            let _permit = permit;
+            loop {
+                let batch = tokio::select! {
+                    batch = subscription.next_batch(SUBSCRIBER_BATCH) => batch,
+                    // The client went away while we waited for appends.
+                    _ = tx.closed() => return,
+                };
+                match batch {
+                    Ok(elements) => {
+                        for e in elements {
+                            let item = v1::SubscribeResponse {
+                                element: Some(convert::element(e)),
+                            };
+                            if tx.send(Ok(item)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(status(e))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,24 @@
+//! The woof node: the daemon, its gRPC service, and the `woof` CLI.
+//!
+//! Layout:
+//! - [`config`]: the node's settings, from a TOML file and command-line flags.
+//! - [`server`]: [`server::Node`], which opens the store, loads the topics and
+//!   serves gRPC until told to stop; `run(listener, shutdown)` style, so tests
+//!   and the demo hand it a socket and a stop signal.
+//! - [`grpc`]: the `woof.v1.Woof` service, and the conversions between its
+//!   messages and the domain types of `woof_consensus`, errors included.
+//! - [`cli`]: the command-line client (`woof topic ...`, `woof append ...`),
+//!   which talks gRPC to a node, and its text/JSON output.
+//! - [`demo`]: `woof demo`, an embedded node that shows what woof does.
+//! - [`error`]: the crate's one error type.
+//!
+//! `main.rs` only parses the command line and calls into these.
+
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod grpc;
+pub mod server;
+
+pub use error::{Error, Result};

@@ -1,0 +1,77 @@
+//! The `woof` binary: parses the command line and hands over to the library.
+
+use clap::Parser;
+use woof_node::cli::{self, Cli, Command, NodeCommand, Output};
+use woof_node::config::{ConfigFile, NodeConfig};
+use woof_node::server::Node;
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Node(NodeCommand::Start(args)) => {
+            init_tracing("info");
+            let file = match &args.config {
+                Some(path) => ConfigFile::load(path)?,
+                None => ConfigFile::default(),
+            };
+            let config = NodeConfig::resolve(file, args.data_dir, args.grpc_listen)?;
+            let mut node = Node::start(&config).await?;
+            println!("woof node serving gRPC on {}", node.url());
+            tokio::select! {
+                result = node.wait() => result?,
+                _ = shutdown_signal() => {
+                    node.stop().await?;
+                    tracing::info!("stopped cleanly");
+                }
+            }
+            Ok(())
+        }
+        Command::Demo => {
+            init_tracing("warn");
+            woof_node::demo::run().await?;
+            Ok(())
+        }
+        command => {
+            init_tracing("warn");
+            let mut out = Output::stdout(cli.json);
+            cli::run_client(&cli.server, command, &mut out).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_tracing(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("WOOF_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

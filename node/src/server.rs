@@ -1,0 +1,127 @@
+//! Running a node: open the store, load the topics, serve gRPC until stopped.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use woof_consensus::store::RocksStore;
+use woof_consensus::{SystemClock, Topics};
+use woof_proto::MESSAGE_BYTES_MAX;
+use woof_proto::v1::woof_server::WoofServer;
+
+use crate::config::NodeConfig;
+use crate::error::{Error, Result};
+use crate::grpc::Service;
+
+/// Requests one client connection may have in flight at once.
+const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
+
+/// Opens the node's storage in `config.data_dir` and loads its topics.
+pub async fn open_topics(config: &NodeConfig) -> Result<Topics> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
+        context: format!("cannot create data directory {}", config.data_dir.display()),
+        source,
+    })?;
+    let dir = config.data_dir.join("db");
+    let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir))
+        .await
+        .map_err(|e| Error::Internal(format!("opening storage failed: {e}")))??;
+    Ok(Topics::open(Arc::new(store), Arc::new(SystemClock)).await?)
+}
+
+/// Serves `topics` on `listener` until `shutdown` resolves; then stops the
+/// topics (queued appends fail as UNAVAILABLE, subscriptions end) and returns
+/// once every request has finished.
+pub async fn run(
+    listener: TcpListener,
+    topics: Topics,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
+    let service = WoofServer::new(Service::new(topics.clone()))
+        .max_decoding_message_size(MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(MESSAGE_BYTES_MAX);
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let stopping = async {
+        shutdown.await;
+        tracing::info!("shutting down");
+        topics.shutdown().await;
+    };
+    Server::builder()
+        .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, stopping)
+        .await?;
+    Ok(())
+}
+
+/// A node running in this process: for `woof node start`, the demo and tests.
+pub struct Node {
+    grpc_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Node {
+    /// Binds the gRPC address, opens storage and starts serving.
+    pub async fn start(config: &NodeConfig) -> Result<Self> {
+        let listener = TcpListener::bind(config.grpc_listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: config.grpc_listen,
+                source,
+            })?;
+        let grpc_addr = listener.local_addr().map_err(|source| Error::Io {
+            context: "reading the bound address".into(),
+            source,
+        })?;
+        let topics = open_topics(config).await?;
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(run(listener, topics, async {
+            let _ = stopped.await;
+        }));
+        tracing::info!(%grpc_addr, data_dir = %config.data_dir.display(), "node serving");
+        Ok(Self {
+            grpc_addr,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// Where clients reach the node.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// `http://ADDR`, as clients want it.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Stops the node and waits until its storage is closed.
+    pub async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the node stops (it stops by itself only on a fatal error).
+    pub async fn wait(&mut self) -> Result<()> {
+        match (&mut self.task).await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Internal(format!("node task failed: {e}"))),
+        }
+    }
+
+    /// Asks the node to stop without waiting.
+    pub fn request_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! The `woof` command line against a real node process.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::*;
+
+/// Runs `woof --server URL ARGS`; returns (success, stdout, stderr).
+fn woof(url: &str, args: &[&str]) -> (bool, String, String) {
+    woof_with_stdin(url, args, None)
+}
+
+fn woof_with_stdin(url: &str, args: &[&str], stdin: Option<&[u8]>) -> (bool, String, String) {
+    let mut child = Command::new(woof_bin())
+        .arg("--server")
+        .arg(url)
+        .args(args)
+        .env_remove("WOOF_SERVER")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(bytes) = stdin {
+        input.write_all(bytes).unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok(url: &str, args: &[&str]) -> String {
+    let (success, stdout, stderr) = woof(url, args);
+    assert!(success, "woof {args:?} failed: {stderr}");
+    stdout
+}
+
+/// A failing command: non-zero exit and exactly one line on stderr.
+fn fails(url: &str, args: &[&str]) -> String {
+    let (success, _, stderr) = woof(url, args);
+    assert!(!success, "woof {args:?} should fail");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+    assert!(stderr.starts_with("error: "), "{stderr:?}");
+    stderr
+}
+
+#[test]
+fn topic_append_read_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_in(dir.path());
+    let url = node.url.as_str();
+
+    assert!(
+        ok(url, &["topic", "create", "farm/soil", "--history", "50"])
+            .contains("created topic farm/soil")
+    );
+    assert!(ok(url, &["topic", "list"]).contains("farm/soil"));
+    assert_eq!(ok(url, &["append", "farm/soil", "21.5"]).trim(), "1");
+    assert_eq!(ok(url, &["append", "farm/soil", "22.0"]).trim(), "2");
+    let (success, stdout, _) =
+        woof_with_stdin(url, &["append", "farm/soil", "-"], Some(b"from stdin"));
+    assert!(success);
+    assert_eq!(stdout.trim(), "3");
+    assert_eq!(ok(url, &["get", "farm/soil", "3"]).trim(), "from stdin");
+    assert_eq!(ok(url, &["latest", "farm/soil"]).trim(), "3");
+    assert_eq!(
+        ok(url, &["scan", "farm/soil", "--from", "2"]),
+        "2\t22.0\n3\tfrom stdin\n"
+    );
+
+    // JSON: one object per line.
+    let json = ok(url, &["--json", "scan", "farm/soil"]);
+    let lines: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["seq"], 1);
+    assert_eq!(lines[0]["payload"], "21.5");
+    let d: serde_json::Value =
+        serde_json::from_str(&ok(url, &["--json", "topic", "describe", "farm/soil"])).unwrap();
+    assert_eq!(d["history"], 50);
+    assert_eq!(d["last_seq"], 3);
+
+    // Producer retries.
+    let first = ok(
+        url,
+        &[
+            "append",
+            "farm/soil",
+            "x",
+            "--producer",
+            "p1",
+            "--producer-seq",
+            "1",
+        ],
+    );
+    let again = ok(
+        url,
+        &[
+            "--json",
+            "append",
+            "farm/soil",
+            "x",
+            "--producer",
+            "p1",
+            "--producer-seq",
+            "1",
+        ],
+    );
+    assert_eq!(first.trim(), "4");
+    let again: serde_json::Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        (again["seq"].as_u64(), again["duplicate"].as_bool()),
+        (Some(4), Some(true))
+    );
+
+    // Errors: one line, non-zero exit, the gRPC code named.
+    assert!(fails(url, &["get", "farm/soil", "99"]).contains("OUT_OF_RANGE"));
+    assert!(fails(url, &["get", "nope", "1"]).contains("NOT_FOUND"));
+    assert!(fails(url, &["topic", "create", "Bad Name"]).contains("INVALID_ARGUMENT"));
+    assert!(fails(url, &["topic", "create", "farm/soil"]).contains("ALREADY_EXISTS"));
+    assert!(fails(url, &["topic", "create", "z", "--history", "0"]).contains("at least 1"));
+
+    assert!(ok(url, &["topic", "delete", "farm/soil"]).contains("deleted"));
+    assert_eq!(ok(url, &["topic", "list"]).trim(), "no topics");
+}
+
+#[test]
+fn tail_follows_until_interrupted() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start_in(dir.path());
+    let url = node.url.as_str();
+    ok(url, &["topic", "create", "t"]);
+    ok(url, &["append", "t", "old"]);
+    let mut tail = Command::new(woof_bin())
+        .args(["--server", url, "tail", "t", "--from", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = |rx: &mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(line(&rx), "1\told");
+    ok(url, &["append", "t", "new"]);
+    assert_eq!(line(&rx), "2\tnew");
+    // Ctrl-C ends it cleanly.
+    Command::new("kill")
+        .args(["-INT", &tail.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tail.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn node_start_reads_a_config_file_and_refuses_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let good = dir.path().join("node.toml");
+    std::fs::write(
+        &good,
+        format!(
+            "data_dir = {:?}\ngrpc_listen = \"127.0.0.1:0\"\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let node = NodeProcess::start(&["--config", good.to_str().unwrap()]);
+    ok(&node.url, &["topic", "create", "cfg"]);
+    assert!(
+        data.join("db").exists(),
+        "data went to the configured directory"
+    );
+    drop(node);
+
+    for (text, expect) in [
+        ("data_dir = ", "line 1"),
+        ("data_dirr = \"/tmp/x\"", "unknown field"),
+        ("grpc_listen = 7", "grpc_listen"),
+        ("\u{0}\u{1}garbage", "config"),
+    ] {
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let out = Command::new(woof_bin())
+            .args(["node", "start", "--config", bad.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(expect), "{text:?}: {stderr}");
+        assert!(stderr.contains("bad.toml"), "names the file: {stderr}");
+    }
+    let out = Command::new(woof_bin())
+        .args(["node", "start", "--config", "/nonexistent/node.toml"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/node.toml"));
+}
+
+#[test]
+fn an_unreachable_server_is_a_one_line_error() {
+    // A port nothing listens on: bind one, then close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = fails(&format!("http://127.0.0.1:{port}"), &["topic", "list"]);
+    assert!(err.contains("cannot reach the woof node"), "{err}");
+    assert!(fails("not a url", &["topic", "list"]).contains("cannot reach"));
+}
