@@ -302,7 +302,7 @@ impl Topics {
 
     /// Describes one topic.
     pub fn describe(&self, name: &str) -> Result<TopicInfo> {
-        Ok(info(&self.lookup(name)?))
+        Ok(info(&*self.lookup(name)?))
     }
 
     /// Every topic, in name order.

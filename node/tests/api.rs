@@ -478,7 +478,11 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = c
+    // A client without woof's own size limit sends 11 MiB; the node refuses it.
+    let mut unbounded = v1::woof_client::WoofClient::connect(n.node.url())
+        .await
+        .unwrap();
+    let err = unbounded
         .append(v1::AppendRequest {
             topic: "ok".into(),
             payload: vec![0; 11 * 1024 * 1024].into(),
@@ -493,6 +497,7 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
         ),
         "{err:?}"
     );
+    assert!(err.message().contains("too large"), "{err:?}");
     for (id, seq) in [("", 1), ("p", 0)] {
         let err = c
             .append(v1::AppendRequest {

@@ -114,7 +114,7 @@ impl ProducerWindow {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
-        if bytes.len() % 24 != 0 || bytes.len() / 24 > PRODUCER_WINDOW {
+        if !bytes.len().is_multiple_of(24) || bytes.len() / 24 > PRODUCER_WINDOW {
             return Err(Error::Corrupt(format!(
                 "producer window of {} bytes",
                 bytes.len()
