@@ -226,3 +226,40 @@ fn an_unreachable_server_is_a_one_line_error() {
     assert!(err.contains("cannot reach the woof node"), "{err}");
     assert!(fails("not a url", &["topic", "list"]).contains("cannot reach"));
 }
+
+#[test]
+fn ctrl_c_stops_the_node_cleanly_even_with_a_subscriber_attached() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut node = NodeProcess::start_in(dir.path());
+    let url = node.url.clone();
+    ok(&url, &["topic", "create", "t"]);
+    ok(&url, &["append", "t", "kept"]);
+    let mut tail = Command::new(woof_bin())
+        .args(["--server", &url, "tail", "t"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    Command::new("kill")
+        .args(["-INT", &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "the node did not stop within 15 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    // The subscriber was told, in one line, and exited non-zero.
+    let out = tail.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    // The data survived the stop.
+    let node = NodeProcess::start_in(dir.path());
+    assert_eq!(ok(&node.url, &["get", "t", "1"]).trim(), "kept");
+}
