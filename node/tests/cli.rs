@@ -250,7 +250,10 @@ fn ctrl_c_stops_the_node_cleanly_even_with_a_subscriber_attached() {
         if let Some(status) = node.child.try_wait().unwrap() {
             break status;
         }
-        assert!(std::time::Instant::now() < deadline, "the node did not stop within 15 s");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node did not stop within 15 s"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "{status:?}");
