@@ -234,7 +234,7 @@ fn ctrl_c_stops_the_node_cleanly_even_with_a_subscriber_attached() {
     let url = node.url.clone();
     ok(&url, &["topic", "create", "t"]);
     ok(&url, &["append", "t", "kept"]);
-    let mut tail = Command::new(woof_bin())
+    let tail = Command::new(woof_bin())
         .args(["--server", &url, "tail", "t"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

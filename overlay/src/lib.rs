@@ -1,0 +1,30 @@
+//! woof's overlay: how nodes find and talk to each other, with libp2p.
+//!
+//! Layout:
+//! - [`key`]: the cluster key (a libp2p private-network pre-shared key).
+//! - [`identity`]: a node's keypair, kept across restarts.
+//! - [`info`]: what a node advertises: tier, attributes, capabilities.
+//! - [`members`]: the live view of the others (alive, suspected, gone), a
+//!   plain struct fed with what was heard and the time.
+//! - [`network`]: the swarm (TCP, private network, noise, yamux; Kademlia,
+//!   Identify, request-response) owned by one event loop, and the
+//!   [`network::Client`] handle the rest of the node uses.
+//! - [`error`]: the crate's one error type.
+//!
+//! This crate knows nothing of topics or Raft: higher layers send opaque
+//! requests through [`network::Client::request`] and answer
+//! [`network::Inbound`] ones.
+
+pub mod error;
+pub mod identity;
+pub mod info;
+pub mod key;
+pub mod members;
+pub mod network;
+
+pub use error::{Error, Result};
+pub use info::{NodeInfo, Tier};
+pub use key::ClusterKey;
+pub use libp2p::{Multiaddr, PeerId};
+pub use members::{Liveness, Member, Timing};
+pub use network::{Client, Inbound, Overlay, OverlayConfig, start};

@@ -1,0 +1,190 @@
+//! The live view of the cluster: who is there, what they advertise, and
+//! whether they are alive, suspected or gone. A plain struct fed with what
+//! was heard and the time; the event loop drives it, the simulator can too.
+
+use std::collections::HashMap;
+
+use libp2p::{Multiaddr, PeerId};
+
+use crate::info::NodeInfo;
+
+/// The most members remembered; past this the longest-gone are forgotten.
+pub const MEMBERS_MAX: usize = 10_000;
+/// The most addresses remembered per member.
+const ADDRS_MAX: usize = 8;
+
+/// How long silence may last before a member is suspected, then gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    /// How often every member is sent a heartbeat.
+    pub heartbeat_ms: u64,
+    /// Silent this long: suspected.
+    pub suspect_after_ms: u64,
+    /// Silent this long: gone.
+    pub gone_after_ms: u64,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 1_000,
+            suspect_after_ms: 3_000,
+            gone_after_ms: 10_000,
+        }
+    }
+}
+
+/// A member's state, from how long it has been silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Liveness {
+    Alive,
+    Suspected,
+    Gone,
+}
+
+impl std::fmt::Display for Liveness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Liveness::Alive => "alive",
+            Liveness::Suspected => "suspected",
+            Liveness::Gone => "gone",
+        })
+    }
+}
+
+/// One member as the view shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    pub peer: PeerId,
+    pub info: NodeInfo,
+    pub addrs: Vec<Multiaddr>,
+    pub liveness: Liveness,
+    /// How long ago it was last heard from.
+    pub silent_ms: u64,
+}
+
+struct Entry {
+    info: NodeInfo,
+    addrs: Vec<Multiaddr>,
+    last_heard_ms: u64,
+}
+
+/// Every member heard from, except this node.
+pub struct Members {
+    timing: Timing,
+    entries: HashMap<PeerId, Entry>,
+}
+
+impl Members {
+    pub fn new(timing: Timing) -> Self {
+        Self {
+            timing,
+            entries: HashMap::new(),
+        }
+    }
+
+    pub fn timing(&self) -> Timing {
+        self.timing
+    }
+
+    /// `peer` answered or spoke at `now_ms`, advertising `info`.
+    pub fn heard(&mut self, peer: PeerId, info: NodeInfo, now_ms: u64) {
+        let entry = self.entries.entry(peer).or_insert_with(|| Entry {
+            info: info.clone(),
+            addrs: Vec::new(),
+            last_heard_ms: now_ms,
+        });
+        entry.info = info;
+        entry.last_heard_ms = entry.last_heard_ms.max(now_ms);
+        self.bound(now_ms);
+    }
+
+    /// An address `peer` can be reached at (from Identify).
+    pub fn add_address(&mut self, peer: &PeerId, addr: Multiaddr) {
+        if let Some(e) = self.entries.get_mut(peer)
+            && !e.addrs.contains(&addr)
+            && e.addrs.len() < ADDRS_MAX
+        {
+            e.addrs.push(addr);
+        }
+    }
+
+    pub fn liveness(&self, peer: &PeerId, now_ms: u64) -> Option<Liveness> {
+        self.entries
+            .get(peer)
+            .map(|e| self.liveness_of(now_ms.saturating_sub(e.last_heard_ms)))
+    }
+
+    fn liveness_of(&self, silent_ms: u64) -> Liveness {
+        if silent_ms >= self.timing.gone_after_ms {
+            Liveness::Gone
+        } else if silent_ms >= self.timing.suspect_after_ms {
+            Liveness::Suspected
+        } else {
+            Liveness::Alive
+        }
+    }
+
+    /// Every member, sorted by peer id.
+    pub fn snapshot(&self, now_ms: u64) -> Vec<Member> {
+        let mut out: Vec<Member> = self
+            .entries
+            .iter()
+            .map(|(peer, e)| {
+                let silent_ms = now_ms.saturating_sub(e.last_heard_ms);
+                Member {
+                    peer: *peer,
+                    info: e.info.clone(),
+                    addrs: e.addrs.clone(),
+                    liveness: self.liveness_of(silent_ms),
+                    silent_ms,
+                }
+            })
+            .collect();
+        out.sort_by_key(|m| m.peer);
+        out
+    }
+
+    /// Forgets the longest-silent members while there are too many.
+    fn bound(&mut self, _now_ms: u64) {
+        while self.entries.len() > MEMBERS_MAX {
+            let oldest = self
+                .entries
+                .iter()
+                .min_by_key(|(_, e)| e.last_heard_ms)
+                .map(|(p, _)| *p)
+                .expect("not empty");
+            self.entries.remove(&oldest);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::info::Tier;
+
+    #[test]
+    fn silence_turns_alive_into_suspected_then_gone_and_back() {
+        let mut m = Members::new(Timing::default());
+        let p = PeerId::random();
+        m.heard(p, NodeInfo::new(Tier::Edge), 1_000);
+        assert_eq!(m.liveness(&p, 2_000), Some(Liveness::Alive));
+        assert_eq!(m.liveness(&p, 4_000), Some(Liveness::Suspected));
+        assert_eq!(m.liveness(&p, 11_000), Some(Liveness::Gone));
+        m.heard(p, NodeInfo::new(Tier::Cloud), 12_000);
+        assert_eq!(m.liveness(&p, 12_500), Some(Liveness::Alive));
+        assert_eq!(m.snapshot(12_500)[0].info.tier, Tier::Cloud);
+        assert_eq!(m.liveness(&PeerId::random(), 0), None);
+    }
+
+    #[test]
+    fn late_news_does_not_turn_back_the_clock() {
+        let mut m = Members::new(Timing::default());
+        let p = PeerId::random();
+        m.heard(p, NodeInfo::new(Tier::Edge), 5_000);
+        m.heard(p, NodeInfo::new(Tier::Edge), 1_000);
+        assert_eq!(m.snapshot(5_000)[0].silent_ms, 0);
+    }
+}

@@ -1,0 +1,684 @@
+//! The libp2p swarm and the task that owns it.
+//!
+//! [`start`] builds the swarm (TCP, optionally the cluster key's private
+//! network, noise, yamux; Kademlia, Identify and a request-response protocol),
+//! listens, joins, and spawns the event loop. The rest of the node talks to
+//! the loop through a [`Client`]: commands on a bounded channel, each with a
+//! oneshot for its answer. Requests from peers that are not the overlay's own
+//! (Raft, forwarded client calls) come out of [`Overlay::inbound`].
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::Boxed;
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
+use libp2p::pnet::PnetConfig;
+use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, kad, noise, tcp, yamux,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::info::NodeInfo;
+use crate::key::ClusterKey;
+use crate::members::{Member, Members, Timing};
+
+/// Identify's protocol version: nodes of other systems are not members.
+const PROTOCOL_VERSION: &str = "/woof/1.0.0";
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/woof/kad/1.0.0");
+const RPC_PROTOCOL: StreamProtocol = StreamProtocol::new("/woof/rpc/1.0.0");
+/// Commands waiting for the event loop.
+const COMMAND_QUEUE: usize = 256;
+/// Requests from peers waiting for the node to take them.
+const INBOUND_QUEUE: usize = 1024;
+/// The largest request or response between nodes.
+const MESSAGE_BYTES_MAX: u64 = 16 * 1024 * 1024;
+/// Records one node keeps for the DHT.
+const RECORDS_MAX: usize = 100_000;
+/// The largest record value.
+const RECORD_BYTES_MAX: usize = 64 * 1024;
+/// How long a request to a peer may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to start a node's overlay.
+#[derive(Debug, Clone)]
+pub struct OverlayConfig {
+    pub keypair: Keypair,
+    /// Without it the node can only meet other nodes without a key.
+    pub cluster_key: Option<ClusterKey>,
+    /// Addresses to listen on, such as `/ip4/127.0.0.1/tcp/7800`.
+    pub listen: Vec<Multiaddr>,
+    /// Nodes to join through, with or without a `/p2p/` peer id.
+    pub join: Vec<Multiaddr>,
+    pub info: NodeInfo,
+    pub timing: Timing,
+    /// How long to wait for a `join` address to answer.
+    pub join_timeout: Duration,
+}
+
+/// A request from a peer for the node above the overlay. Answer through
+/// `reply`; dropping it answers with a refusal.
+#[derive(Debug)]
+pub struct Inbound {
+    pub peer: PeerId,
+    pub payload: Vec<u8>,
+    pub reply: oneshot::Sender<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum Request {
+    Heartbeat(NodeInfo),
+    App(Vec<u8>),
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+enum Response {
+    Heartbeat(NodeInfo),
+    App(Vec<u8>),
+    Refused(String),
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    kad: kad::Behaviour<MemoryStore>,
+    identify: identify::Behaviour,
+    rpc: request_response::cbor::Behaviour<Request, Response>,
+}
+
+enum Command {
+    Members(oneshot::Sender<Vec<Member>>),
+    Request {
+        peer: PeerId,
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<Vec<u8>>>,
+    },
+    PutRecord {
+        key: Vec<u8>,
+        value: Vec<u8>,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    GetRecord {
+        key: Vec<u8>,
+        reply: oneshot::Sender<Result<Option<Vec<u8>>>>,
+    },
+    Shutdown,
+}
+
+/// A handle on the overlay; cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    peer_id: PeerId,
+    listen_addrs: Vec<Multiaddr>,
+}
+
+impl Client {
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses this node listens on, with its `/p2p/` id appended.
+    pub fn listen_addrs(&self) -> &[Multiaddr] {
+        &self.listen_addrs
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .await
+            .map_err(|_| Error::Closed)?;
+        rx.await.map_err(|_| Error::Closed)
+    }
+
+    /// Every other node heard from, with its state.
+    pub async fn members(&self) -> Result<Vec<Member>> {
+        self.call(Command::Members).await
+    }
+
+    /// Sends `payload` to `peer` and waits for its answer.
+    pub async fn request(&self, peer: PeerId, payload: Vec<u8>) -> Result<Vec<u8>> {
+        self.call(|reply| Command::Request {
+            peer,
+            payload,
+            reply,
+        })
+        .await?
+    }
+
+    /// Stores a record in the DHT, on the nodes closest to its key.
+    pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
+        self.call(|reply| Command::PutRecord { key, value, reply })
+            .await?
+    }
+
+    /// Looks a record up in the DHT.
+    pub async fn get_record(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
+        self.call(|reply| Command::GetRecord { key, reply }).await?
+    }
+}
+
+/// A running overlay.
+pub struct Overlay {
+    pub client: Client,
+    /// Requests from peers for the node above.
+    pub inbound: mpsc::Receiver<Inbound>,
+    task: JoinHandle<()>,
+}
+
+impl Overlay {
+    /// Stops the event loop and closes every connection.
+    pub async fn shutdown(self) {
+        let _ = self.client.commands.send(Command::Shutdown).await;
+        let _ = self.task.await;
+    }
+}
+
+fn transport(
+    keypair: &Keypair,
+    cluster_key: Option<ClusterKey>,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>> {
+    let noise = noise::Config::new(keypair).map_err(|e| Error::Join(format!("noise: {e}")))?;
+    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true));
+    let upgrade_timeout = Duration::from_secs(10);
+    Ok(match cluster_key {
+        Some(key) => {
+            let psk = key.psk();
+            tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                .upgrade(Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+                .timeout(upgrade_timeout)
+                .boxed()
+        }
+        None => tcp
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(upgrade_timeout)
+            .boxed(),
+    })
+}
+
+fn behaviour(keypair: &Keypair) -> Behaviour {
+    let peer_id = keypair.public().to_peer_id();
+    let store = MemoryStore::with_config(
+        peer_id,
+        MemoryStoreConfig {
+            max_records: RECORDS_MAX,
+            max_value_bytes: RECORD_BYTES_MAX,
+            ..MemoryStoreConfig::default()
+        },
+    );
+    let mut kad_config = kad::Config::new(KAD_PROTOCOL);
+    kad_config.set_query_timeout(Duration::from_secs(10));
+    kad_config.set_periodic_bootstrap_interval(Some(Duration::from_secs(30)));
+    let mut kad = kad::Behaviour::with_config(peer_id, store, kad_config);
+    // On loopback and private networks no address is "confirmed external",
+    // so Kademlia would stay a client and never be found; every woof node
+    // serves the DHT.
+    kad.set_mode(Some(kad::Mode::Server));
+    let identify = identify::Behaviour::new(identify::Config::new(
+        PROTOCOL_VERSION.into(),
+        keypair.public(),
+    ));
+    let codec_config = request_response::Config::default()
+        .with_request_timeout(REQUEST_TIMEOUT)
+        .with_max_concurrent_streams(256);
+    // The cbor codec bounds message sizes; set them to woof's own bound.
+    let codec = request_response::cbor::codec::Codec::default()
+        .set_request_size_maximum(MESSAGE_BYTES_MAX)
+        .set_response_size_maximum(MESSAGE_BYTES_MAX);
+    let rpc = request_response::Behaviour::with_codec(
+        codec,
+        [(RPC_PROTOCOL, ProtocolSupport::Full)],
+        codec_config,
+    );
+    Behaviour { kad, identify, rpc }
+}
+
+/// Builds the swarm, listens, joins through `config.join` and starts the
+/// event loop. Fails if a listen address cannot be bound, or if `join` is
+/// not empty and none of its addresses answers as a node of this cluster
+/// within `join_timeout`.
+pub async fn start(config: OverlayConfig) -> Result<Overlay> {
+    config.info.validate()?;
+    let keypair = config.keypair.clone();
+    let peer_id = keypair.public().to_peer_id();
+    let transport = transport(&keypair, config.cluster_key)?;
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair.clone())
+        .with_tokio()
+        .with_other_transport(|_| transport)
+        .map_err(|e| Error::Join(format!("transport: {e}")))?
+        .with_behaviour(behaviour)
+        .map_err(|e| Error::Join(format!("behaviour: {e}")))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+        .build();
+
+    let started = Instant::now();
+    let mut state = State {
+        members: Members::new(config.timing),
+        info: config.info.clone(),
+        started,
+        pending_requests: HashMap::new(),
+        pending_put: HashMap::new(),
+        pending_get: HashMap::new(),
+        answering: FuturesUnordered::new(),
+        identified: HashSet::new(),
+        inbound: None,
+    };
+
+    // Listen, and learn the actual addresses (port 0 becomes a real port).
+    let mut listen_addrs = Vec::new();
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone()).map_err(|e| Error::Address {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+    }
+    while listen_addrs.len() < config.listen.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), swarm.select_next_some())
+            .await
+            .map_err(|_| Error::Address {
+                addr: format!("{:?}", config.listen),
+                reason: "no listen address came up within 10 s".into(),
+            })?;
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                listen_addrs.push(address.with_p2p(peer_id).unwrap_or_else(|a| a));
+            }
+            SwarmEvent::ListenerError { error, .. }
+            | SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => {
+                return Err(Error::Address {
+                    addr: format!("{:?}", config.listen),
+                    reason: error.to_string(),
+                });
+            }
+            other => state.handle(&mut swarm, other),
+        }
+    }
+
+    // Join: dial every address; wait until one answers as a woof node.
+    if !config.join.is_empty() {
+        let mut failures = Vec::new();
+        let mut dialing = 0;
+        for addr in &config.join {
+            match swarm.dial(addr.clone()) {
+                Ok(()) => dialing += 1,
+                Err(e) => failures.push(format!("{addr}: {e}")),
+            }
+        }
+        let deadline = started + config.join_timeout;
+        loop {
+            if !state.identified.is_empty() {
+                break;
+            }
+            if dialing == 0 {
+                return Err(Error::Join(failures.join("; ")));
+            }
+            let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await
+            else {
+                failures.push(format!(
+                    "no node of this cluster answered within {} s",
+                    config.join_timeout.as_secs()
+                ));
+                return Err(Error::Join(failures.join("; ")));
+            };
+            match &event {
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    dialing -= 1;
+                    failures.push(join_failure(error));
+                }
+                SwarmEvent::ConnectionClosed {
+                    cause: Some(cause), ..
+                } if state.identified.is_empty() => {
+                    dialing -= 1;
+                    failures.push(format!("connection closed: {cause}"));
+                }
+                _ => {}
+            }
+            state.handle(&mut swarm, event);
+        }
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
+    let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
+    state.inbound = Some(inbound_tx);
+    let task = tokio::spawn(state.run(swarm, commands_rx));
+    Ok(Overlay {
+        client: Client {
+            commands,
+            peer_id,
+            listen_addrs,
+        },
+        inbound,
+        task,
+    })
+}
+
+fn join_failure(error: &libp2p::swarm::DialError) -> String {
+    let text = error.to_string();
+    // A peer with another cluster key garbles the handshake; say so.
+    if text.contains("Handshake") || text.contains("handshake") || text.contains("protocol") {
+        format!("{text} (a node with a different cluster key, or without one?)")
+    } else {
+        text
+    }
+}
+
+type Answer = BoxFuture<'static, (ResponseChannel<Response>, Response)>;
+
+/// Everything the event loop keeps besides the swarm.
+struct State {
+    members: Members,
+    info: NodeInfo,
+    started: Instant,
+    pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>>>>,
+    pending_put: HashMap<kad::QueryId, (Vec<u8>, oneshot::Sender<Result<()>>)>,
+    pending_get: HashMap<kad::QueryId, oneshot::Sender<Result<Option<Vec<u8>>>>>,
+    /// Inbound requests the node is answering.
+    answering: FuturesUnordered<Answer>,
+    /// Peers whose Identify said they are woof nodes.
+    identified: HashSet<PeerId>,
+    inbound: Option<mpsc::Sender<Inbound>>,
+}
+
+impl State {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    async fn run(mut self, mut swarm: Swarm<Behaviour>, mut commands: mpsc::Receiver<Command>) {
+        let mut heartbeat =
+            tokio::time::interval(Duration::from_millis(self.members.timing().heartbeat_ms));
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                event = swarm.select_next_some() => self.handle(&mut swarm, event),
+                command = commands.recv() => match command {
+                    Some(Command::Shutdown) | None => break,
+                    Some(command) => self.command(&mut swarm, command),
+                },
+                Some((channel, response)) = self.answering.next(), if !self.answering.is_empty() => {
+                    let _ = swarm.behaviour_mut().rpc.send_response(channel, response);
+                }
+                _ = heartbeat.tick() => self.heartbeat(&mut swarm),
+            }
+        }
+        tracing::debug!("overlay event loop stopped");
+    }
+
+    fn heartbeat(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let mut peers: HashSet<PeerId> = self
+            .members
+            .snapshot(self.now_ms())
+            .into_iter()
+            .map(|m| m.peer)
+            .collect();
+        for bucket in swarm.behaviour_mut().kad.kbuckets() {
+            for entry in bucket.iter() {
+                peers.insert(*entry.node.key.preimage());
+            }
+        }
+        peers.extend(self.identified.iter().copied());
+        for peer in peers {
+            swarm
+                .behaviour_mut()
+                .rpc
+                .send_request(&peer, Request::Heartbeat(self.info.clone()));
+        }
+    }
+
+    fn command(&mut self, swarm: &mut Swarm<Behaviour>, command: Command) {
+        match command {
+            Command::Members(reply) => {
+                let _ = reply.send(self.members.snapshot(self.now_ms()));
+            }
+            Command::Request {
+                peer,
+                payload,
+                reply,
+            } => {
+                let id = swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_request(&peer, Request::App(payload));
+                self.pending_requests.insert(id, reply);
+            }
+            Command::PutRecord { key, value, reply } => {
+                let record = kad::Record::new(key.clone(), value);
+                match swarm
+                    .behaviour_mut()
+                    .kad
+                    .put_record(record, kad::Quorum::One)
+                {
+                    Ok(id) => {
+                        self.pending_put.insert(id, (key, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(record_error(&key, e.to_string())));
+                    }
+                }
+            }
+            Command::GetRecord { key, reply } => {
+                let id = swarm
+                    .behaviour_mut()
+                    .kad
+                    .get_record(kad::RecordKey::new(&key));
+                self.pending_get.insert(id, reply);
+            }
+            Command::Shutdown => unreachable!("handled by run"),
+        }
+    }
+
+    fn handle(&mut self, swarm: &mut Swarm<Behaviour>, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                if info.protocol_version != PROTOCOL_VERSION {
+                    tracing::debug!(%peer_id, version = %info.protocol_version, "not a woof node");
+                    return;
+                }
+                for addr in info.listen_addrs.into_iter().take(8) {
+                    swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer_id, addr.clone());
+                    self.members.add_address(&peer_id, addr);
+                }
+                if self.identified.insert(peer_id) {
+                    // Introduce ourselves at once rather than at the next tick.
+                    swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_request(&peer_id, Request::Heartbeat(self.info.clone()));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.rpc(swarm, event),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad(swarm, event),
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                self.identified.remove(&peer_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn rpc(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        event: request_response::Event<Request, Response>,
+    ) {
+        use request_response::{Event, Message};
+        let now_ms = self.now_ms();
+        match event {
+            Event::Message {
+                peer,
+                message:
+                    Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => match request {
+                Request::Heartbeat(info) => {
+                    if info.validate().is_ok() {
+                        self.members.heard(peer, info, now_ms);
+                    }
+                    let _ = swarm
+                        .behaviour_mut()
+                        .rpc
+                        .send_response(channel, Response::Heartbeat(self.info.clone()));
+                }
+                Request::App(payload) => self.forward(swarm, peer, payload, channel),
+            },
+            Event::Message {
+                peer,
+                message:
+                    Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => match response {
+                Response::Heartbeat(info) => {
+                    if info.validate().is_ok() {
+                        self.members.heard(peer, info, now_ms);
+                    }
+                }
+                Response::App(payload) => {
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Ok(payload));
+                    }
+                }
+                Response::Refused(reason) => {
+                    if let Some(reply) = self.pending_requests.remove(&request_id) {
+                        let _ = reply.send(Err(Error::Request {
+                            peer: peer.to_string(),
+                            reason,
+                        }));
+                    }
+                }
+            },
+            Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                if let Some(reply) = self.pending_requests.remove(&request_id) {
+                    let _ = reply.send(Err(Error::Request {
+                        peer: peer.to_string(),
+                        reason: error.to_string(),
+                    }));
+                }
+            }
+            Event::InboundFailure { .. } | Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// Hands an application request to the node, and queues its answer.
+    fn forward(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        peer: PeerId,
+        payload: Vec<u8>,
+        channel: ResponseChannel<Response>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        let refused = |reason: &str| Response::Refused(reason.to_string());
+        let Some(inbound) = &self.inbound else {
+            let _ = swarm
+                .behaviour_mut()
+                .rpc
+                .send_response(channel, refused("the node is starting"));
+            return;
+        };
+        match inbound.try_send(Inbound {
+            peer,
+            payload,
+            reply,
+        }) {
+            Ok(()) => self.answering.push(Box::pin(async move {
+                let response = match answer.await {
+                    Ok(payload) => Response::App(payload),
+                    Err(_) => Response::Refused("the node dropped the request".into()),
+                };
+                (channel, response)
+            })),
+            Err(_) => {
+                let _ = swarm
+                    .behaviour_mut()
+                    .rpc
+                    .send_response(channel, refused("the node is busy; retry"));
+            }
+        }
+    }
+
+    fn kad(&mut self, swarm: &mut Swarm<Behaviour>, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed { id, result, .. } = event else {
+            return;
+        };
+        match result {
+            kad::QueryResult::PutRecord(result) => {
+                if let Some((key, reply)) = self.pending_put.remove(&id) {
+                    let _ = reply.send(
+                        result
+                            .map(|_| ())
+                            .map_err(|e| record_error(&key, e.to_string())),
+                    );
+                }
+            }
+            kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FoundRecord(found))) => {
+                if let Some(reply) = self.pending_get.remove(&id) {
+                    let _ = reply.send(Ok(Some(found.record.value)));
+                    if let Some(mut query) = swarm.behaviour_mut().kad.query_mut(&id) {
+                        query.finish();
+                    }
+                }
+            }
+            kad::QueryResult::GetRecord(Ok(kad::GetRecordOk::FinishedWithNoAdditionalRecord {
+                ..
+            })) => {
+                if let Some(reply) = self.pending_get.remove(&id) {
+                    let _ = reply.send(Ok(None));
+                }
+            }
+            kad::QueryResult::GetRecord(Err(e)) => {
+                if let Some(reply) = self.pending_get.remove(&id) {
+                    let answer = match e {
+                        kad::GetRecordError::NotFound { .. } => Ok(None),
+                        other => Err(record_error(other.key().as_ref(), other.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn record_error(key: &[u8], reason: String) -> Error {
+    Error::Record {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    }
+}

@@ -1,0 +1,199 @@
+//! Real overlays on loopback: joining, the live view, the cluster key,
+//! requests between nodes and DHT records.
+
+use std::time::Duration;
+
+use woof_overlay::members::Timing;
+use woof_overlay::{
+    ClusterKey, Error, Liveness, Multiaddr, NodeInfo, Overlay, OverlayConfig, Tier, start,
+};
+
+fn config(key: Option<ClusterKey>, info: NodeInfo, join: Vec<Multiaddr>) -> OverlayConfig {
+    OverlayConfig {
+        keypair: libp2p::identity::Keypair::generate_ed25519(),
+        cluster_key: key,
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        join,
+        info,
+        timing: Timing {
+            heartbeat_ms: 200,
+            suspect_after_ms: 800,
+            gone_after_ms: 2_000,
+        },
+        join_timeout: Duration::from_secs(5),
+    }
+}
+
+/// The first listen address without its `/p2p/` suffix, as a user would type it.
+fn plain_addr(o: &Overlay) -> Multiaddr {
+    let mut addr = o.client.listen_addrs()[0].clone();
+    addr.pop();
+    addr
+}
+
+/// Waits until `check` holds for `o`'s member list, or fails after 15 s.
+async fn eventually(o: &Overlay, what: &str, check: impl Fn(&[woof_overlay::Member]) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let members = o.client.members().await.unwrap();
+        if check(&members) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within 15 s; members: {members:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn alive(members: &[woof_overlay::Member]) -> usize {
+    members
+        .iter()
+        .filter(|m| m.liveness == Liveness::Alive)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_join_by_plain_address_and_see_each_other() {
+    let key = ClusterKey::generate();
+    let a = start(config(Some(key), NodeInfo::new(Tier::Cloud), vec![]))
+        .await
+        .unwrap();
+    let join = vec![plain_addr(&a)];
+    let b = start(config(
+        Some(key),
+        NodeInfo::new(Tier::Edge).with_attr("site=north").unwrap(),
+        join.clone(),
+    ))
+    .await
+    .unwrap();
+    let c = start(config(Some(key), NodeInfo::new(Tier::Edge), join))
+        .await
+        .unwrap();
+    // B and C joined through A only; they find each other through the DHT.
+    for (o, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        eventually(o, &format!("{name} sees two alive"), |m| alive(m) == 2).await;
+    }
+    let from_c = c.client.members().await.unwrap();
+    let b_seen = from_c
+        .iter()
+        .find(|m| m.peer == b.client.peer_id())
+        .expect("c knows b");
+    assert_eq!(b_seen.info.tier, Tier::Edge);
+    assert_eq!(b_seen.info.attrs["site"], "north");
+
+    // A node that stops is suspected, then gone.
+    let b_id = b.client.peer_id();
+    b.shutdown().await;
+    eventually(&a, "b gone", |m| {
+        m.iter()
+            .any(|m| m.peer == b_id && m.liveness == Liveness::Gone)
+    })
+    .await;
+    assert_eq!(alive(&a.client.members().await.unwrap()), 1);
+    a.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_the_cluster_key_cannot_join() {
+    let key = ClusterKey::generate();
+    let a = start(config(Some(key), NodeInfo::new(Tier::Cloud), vec![]))
+        .await
+        .unwrap();
+    let join = vec![plain_addr(&a)];
+    for (name, other) in [
+        ("a wrong key", Some(ClusterKey::generate())),
+        ("no key", None),
+    ] {
+        let err = start(config(other, NodeInfo::new(Tier::Edge), join.clone()))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{name}: joined"));
+        assert!(matches!(err, Error::Join(_)), "{name}: {err}");
+    }
+    // Give a stray connection time to show up, then check it never did.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(a.client.members().await.unwrap().is_empty());
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joining_an_address_that_does_not_answer_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let join = vec![format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()];
+    let started = std::time::Instant::now();
+    let err = start(config(
+        Some(ClusterKey::generate()),
+        NodeInfo::new(Tier::Edge),
+        join,
+    ))
+    .await
+    .err()
+    .expect("nothing to join");
+    assert!(matches!(err, Error::Join(_)), "{err}");
+    assert!(
+        err.to_string().contains(&port.to_string()),
+        "names the address: {err}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_the_node_above_and_records_spread() {
+    let key = ClusterKey::generate();
+    let a = start(config(Some(key), NodeInfo::new(Tier::Cloud), vec![]))
+        .await
+        .unwrap();
+    let join = vec![plain_addr(&a)];
+    let b = start(config(Some(key), NodeInfo::new(Tier::Edge), join.clone()))
+        .await
+        .unwrap();
+    let mut c = start(config(Some(key), NodeInfo::new(Tier::Edge), join))
+        .await
+        .unwrap();
+    eventually(&b, "b sees c", |m| alive(m) == 2).await;
+
+    // C's node answers requests by reversing them.
+    let c_id = c.client.peer_id();
+    let mut inbound = std::mem::replace(&mut c.inbound, tokio::sync::mpsc::channel(1).1);
+    let b_id = b.client.peer_id();
+    tokio::spawn(async move {
+        while let Some(req) = inbound.recv().await {
+            assert_eq!(req.peer, b_id);
+            let mut p = req.payload;
+            p.reverse();
+            let _ = req.reply.send(p);
+        }
+    });
+    let answer = b.client.request(c_id, b"woof".to_vec()).await.unwrap();
+    assert_eq!(answer, b"foow");
+
+    // A record put on A is found from B.
+    a.client
+        .put_record(b"topic/farm/north".to_vec(), b"replicas: x, y, z".to_vec())
+        .await
+        .unwrap();
+    let found = b
+        .client
+        .get_record(b"topic/farm/north".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(found.as_deref(), Some(&b"replicas: x, y, z"[..]));
+    assert_eq!(
+        b.client.get_record(b"nothing-here".to_vec()).await.unwrap(),
+        None
+    );
+
+    // A request to a node that is gone fails, it does not hang.
+    a.shutdown().await;
+    c.shutdown().await;
+    let err = b.client.request(c_id, b"x".to_vec()).await.unwrap_err();
+    assert!(matches!(err, Error::Request { .. }), "{err}");
+    b.shutdown().await;
+}
