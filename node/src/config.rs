@@ -4,10 +4,20 @@
 //! ```toml
 //! data_dir = "/var/lib/woof"
 //! grpc_listen = "127.0.0.1:7700"
+//! # Joining a cluster (all optional; without `listen` the node is standalone):
+//! listen = ["/ip4/0.0.0.0/tcp/7800"]
+//! join = ["/ip4/10.0.0.5/tcp/7800"]
+//! cluster_key_file = "/etc/woof/cluster.key"
+//! tier = "edge"
+//! attrs = ["site=north"]
+//! capabilities = ["python"]
 //! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use woof_overlay::{ClusterKey, Multiaddr, NodeInfo, Tier, Timing};
 
 use crate::error::{Error, Result};
 
@@ -15,14 +25,32 @@ use crate::error::{Error, Result};
 pub const GRPC_LISTEN_DEFAULT: &str = "127.0.0.1:7700";
 /// Config files are small; anything bigger is a mistake.
 const CONFIG_BYTES_MAX: u64 = 1024 * 1024;
+/// The most `listen` or `join` addresses.
+const ADDRS_MAX: usize = 16;
+/// The environment variable that may hold the cluster key itself.
+pub const CLUSTER_KEY_ENV: &str = "WOOF_CLUSTER_KEY";
 
 /// Everything a node needs to start.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Where the node keeps its database.
+    /// Where the node keeps its database and identity.
     pub data_dir: PathBuf,
     /// Where it serves gRPC.
     pub grpc_listen: SocketAddr,
+    /// What it advertises to the cluster.
+    pub info: NodeInfo,
+    /// How it joins a cluster; `None` runs it standalone.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Overlay settings of a node that is part of a cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub listen: Vec<Multiaddr>,
+    pub join: Vec<Multiaddr>,
+    pub key: ClusterKey,
+    pub timing: Timing,
+    pub join_timeout: Duration,
 }
 
 /// The file form: every field optional, unknown fields refused.
@@ -31,6 +59,16 @@ pub struct NodeConfig {
 pub struct ConfigFile {
     pub data_dir: Option<PathBuf>,
     pub grpc_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub listen: Vec<String>,
+    #[serde(default)]
+    pub join: Vec<String>,
+    pub cluster_key_file: Option<PathBuf>,
+    pub tier: Option<String>,
+    #[serde(default)]
+    pub attrs: Vec<String>,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 impl ConfigFile {
@@ -55,25 +93,132 @@ impl ConfigFile {
     }
 }
 
+/// Settings given as flags; each overrides the file's.
+#[derive(Debug, Default, Clone)]
+pub struct Flags {
+    pub data_dir: Option<PathBuf>,
+    pub grpc_listen: Option<SocketAddr>,
+    pub listen: Vec<String>,
+    pub join: Vec<String>,
+    pub cluster_key_file: Option<PathBuf>,
+    /// The key itself (from `WOOF_CLUSTER_KEY`), instead of a file.
+    pub cluster_key: Option<String>,
+    pub tier: Option<String>,
+    pub attrs: Vec<String>,
+    pub capabilities: Vec<String>,
+}
+
+fn addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>> {
+    if list.len() > ADDRS_MAX {
+        return Err(Error::Usage(format!(
+            "at most {ADDRS_MAX} {what} addresses"
+        )));
+    }
+    list.iter()
+        .map(|a| {
+            a.parse::<Multiaddr>().map_err(|e| {
+                Error::Usage(format!(
+                    "{what} address {a:?} is not a multiaddr such as /ip4/127.0.0.1/tcp/7800 ({e})"
+                ))
+            })
+        })
+        .collect()
+}
+
 impl NodeConfig {
     /// Merges flags over the file over the defaults.
-    pub fn resolve(
-        file: ConfigFile,
-        data_dir: Option<PathBuf>,
-        grpc_listen: Option<SocketAddr>,
-    ) -> Result<Self> {
-        let data_dir = data_dir.or(file.data_dir).ok_or_else(|| {
+    pub fn resolve(file: ConfigFile, flags: Flags) -> Result<Self> {
+        let data_dir = flags.data_dir.or(file.data_dir).ok_or_else(|| {
             Error::Usage(
                 "a data directory is needed: --data-dir DIR or data_dir in --config".into(),
             )
         })?;
-        let grpc_listen = grpc_listen
+        let grpc_listen = flags
+            .grpc_listen
             .or(file.grpc_listen)
             .unwrap_or_else(|| GRPC_LISTEN_DEFAULT.parse().expect("valid default"));
+        let tier: Tier = flags
+            .tier
+            .or(file.tier)
+            .as_deref()
+            .unwrap_or("edge")
+            .parse()?;
+        let mut info = NodeInfo::new(tier);
+        let attrs = if flags.attrs.is_empty() {
+            file.attrs
+        } else {
+            flags.attrs
+        };
+        for pair in &attrs {
+            info = info.with_attr(pair)?;
+        }
+        let capabilities = if flags.capabilities.is_empty() {
+            file.capabilities
+        } else {
+            flags.capabilities
+        };
+        info.capabilities = capabilities.into_iter().collect();
+        info.validate()?;
+
+        let listen = addrs(
+            if flags.listen.is_empty() {
+                &file.listen
+            } else {
+                &flags.listen
+            },
+            "listen",
+        )?;
+        let join = addrs(
+            if flags.join.is_empty() {
+                &file.join
+            } else {
+                &flags.join
+            },
+            "join",
+        )?;
+        let key_file = flags.cluster_key_file.or(file.cluster_key_file);
+        let cluster = if listen.is_empty() {
+            if !join.is_empty() || key_file.is_some() {
+                return Err(Error::Usage(
+                    "--join and --cluster-key need --listen (the node's own overlay address)"
+                        .into(),
+                ));
+            }
+            None
+        } else {
+            let key = match (key_file, flags.cluster_key) {
+                (Some(path), _) => ClusterKey::load(&path)?,
+                (None, Some(text)) => ClusterKey::parse(&text)?,
+                (None, None) => {
+                    return Err(Error::Usage(format!(
+                        "a node in a cluster needs the cluster key: --cluster-key FILE or {CLUSTER_KEY_ENV} (make one with `woof cluster keygen`)"
+                    )));
+                }
+            };
+            Some(ClusterConfig {
+                listen,
+                join,
+                key,
+                timing: Timing::default(),
+                join_timeout: Duration::from_secs(10),
+            })
+        };
         Ok(Self {
             data_dir,
             grpc_listen,
+            info,
+            cluster,
         })
+    }
+
+    /// A standalone node in `data_dir` with default settings.
+    pub fn standalone(data_dir: PathBuf, grpc_listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            grpc_listen,
+            info: NodeInfo::new(Tier::Edge),
+            cluster: None,
+        }
     }
 }
 
@@ -81,12 +226,23 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
+    fn flags(data_dir: &str) -> Flags {
+        Flags {
+            data_dir: Some(data_dir.into()),
+            ..Flags::default()
+        }
+    }
+
     #[test]
     fn flags_win_over_file() {
-        let file = ConfigFile::parse("data_dir = \"/a\"\ngrpc_listen = \"127.0.0.1:1\"").unwrap();
-        let c = NodeConfig::resolve(file, Some("/b".into()), None).unwrap();
+        let file =
+            ConfigFile::parse("data_dir = \"/a\"\ngrpc_listen = \"127.0.0.1:1\"\ntier = \"cloud\"")
+                .unwrap();
+        let c = NodeConfig::resolve(file, flags("/b")).unwrap();
         assert_eq!(c.data_dir, PathBuf::from("/b"));
         assert_eq!(c.grpc_listen, "127.0.0.1:1".parse().unwrap());
+        assert_eq!(c.info.tier, Tier::Cloud);
+        assert!(c.cluster.is_none());
     }
 
     #[test]
@@ -97,6 +253,30 @@ mod tests {
         assert!(e.contains("unknown field"), "{e}");
         let e = ConfigFile::parse("grpc_listen = \"nowhere\"").unwrap_err();
         assert!(e.contains("grpc_listen") || e.contains("invalid"), "{e}");
-        assert!(NodeConfig::resolve(ConfigFile::default(), None, None).is_err());
+        assert!(NodeConfig::resolve(ConfigFile::default(), Flags::default()).is_err());
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let mut f = flags("/d");
+        f.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        let e = NodeConfig::resolve(ConfigFile::default(), f.clone()).unwrap_err();
+        assert!(e.to_string().contains("cluster key"), "{e}");
+        f.cluster_key = Some(ClusterKey::generate().to_file_text());
+        let c = NodeConfig::resolve(ConfigFile::default(), f.clone()).unwrap();
+        assert_eq!(c.cluster.unwrap().listen.len(), 1);
+        let mut bad = f.clone();
+        bad.join = vec!["127.0.0.1:7800".into()];
+        let e = NodeConfig::resolve(ConfigFile::default(), bad).unwrap_err();
+        assert!(e.to_string().contains("not a multiaddr"), "{e}");
+        let mut bad = f.clone();
+        bad.tier = Some("fog".into());
+        assert!(NodeConfig::resolve(ConfigFile::default(), bad).is_err());
+        let mut bad = f;
+        bad.attrs = vec!["novalue".into()];
+        assert!(NodeConfig::resolve(ConfigFile::default(), bad).is_err());
+        let mut lonely = flags("/d");
+        lonely.join = vec!["/ip4/127.0.0.1/tcp/1".into()];
+        assert!(NodeConfig::resolve(ConfigFile::default(), lonely).is_err());
     }
 }

@@ -51,10 +51,10 @@ pub async fn run() -> Result<()> {
 }
 
 async fn start_node(dir: &tempfile::TempDir) -> Result<Node> {
-    let config = NodeConfig {
-        data_dir: dir.path().to_path_buf(),
-        grpc_listen: "127.0.0.1:0".parse().expect("valid address"),
-    };
+    let config = NodeConfig::standalone(
+        dir.path().to_path_buf(),
+        "127.0.0.1:0".parse().expect("valid address"),
+    );
     Node::start(&config).await
 }
 

@@ -23,6 +23,9 @@ pub enum Error {
         context: String,
         source: std::io::Error,
     },
+    /// The overlay could not start, join, or answer.
+    #[error(transparent)]
+    Overlay(#[from] woof_overlay::Error),
     /// The topic log refused or failed.
     #[error(transparent)]
     Log(#[from] woof_consensus::Error),

@@ -5,6 +5,8 @@
 //! - [`server`]: [`server::Node`], which opens the store, loads the topics and
 //!   serves gRPC until told to stop; `run(listener, shutdown)` style, so tests
 //!   and the demo hand it a socket and a stop signal.
+//! - [`cluster`]: the node's overlay (libp2p, when it is in a cluster) and
+//!   the cluster status it reports.
 //! - [`grpc`]: the `woof.v1.Woof` service, and the conversions between its
 //!   messages and the domain types of `woof_consensus`, errors included.
 //! - [`cli`]: the command-line client (`woof topic ...`, `woof append ...`),
@@ -15,6 +17,7 @@
 //! `main.rs` only parses the command line and calls into these.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -1,7 +1,7 @@
 //! The `woof` binary: parses the command line and hands over to the library.
 
 use clap::Parser;
-use woof_node::cli::{self, Cli, Command, NodeCommand, Output};
+use woof_node::cli::{self, Cli, ClusterCommand, Command, NodeCommand, Output};
 use woof_node::config::{ConfigFile, NodeConfig};
 use woof_node::server::Node;
 
@@ -26,12 +26,13 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(NodeCommand::Start(args)) => {
-            init_tracing("info");
+            // libp2p's Kademlia warns about every bootstrap of a lone node.
+            init_tracing("info,libp2p_kad=error");
             let file = match &args.config {
                 Some(path) => ConfigFile::load(path)?,
                 None => ConfigFile::default(),
             };
-            let config = NodeConfig::resolve(file, args.data_dir, args.grpc_listen)?;
+            let config = NodeConfig::resolve(file, args.flags())?;
             let mut node = Node::start(&config).await?;
             println!("woof node serving gRPC on {}", node.url());
             tokio::select! {
@@ -41,6 +42,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing::info!("stopped cleanly");
                 }
             }
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Keygen) => {
+            print!("{}", woof_overlay::ClusterKey::generate().to_file_text());
             Ok(())
         }
         Command::Demo => {

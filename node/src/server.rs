@@ -11,9 +11,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use woof_consensus::store::RocksStore;
 use woof_consensus::{SystemClock, Topics};
+use woof_overlay::{Overlay, OverlayConfig};
 use woof_proto::MESSAGE_BYTES_MAX;
 use woof_proto::v1::woof_server::WoofServer;
 
+use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::grpc::Service;
@@ -40,9 +42,10 @@ pub async fn open_topics(config: &NodeConfig) -> Result<Topics> {
 pub async fn run(
     listener: TcpListener,
     topics: Topics,
+    cluster: Cluster,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let service = WoofServer::new(Service::new(topics.clone()))
+    let service = WoofServer::new(Service::new(topics.clone(), cluster))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
@@ -62,6 +65,7 @@ pub async fn run(
 /// A node running in this process: for `woof node start`, the demo and tests.
 pub struct Node {
     grpc_addr: SocketAddr,
+    overlay: Option<Overlay>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
 }
@@ -80,13 +84,21 @@ impl Node {
             source,
         })?;
         let topics = open_topics(config).await?;
+        let mut info = config.info.clone();
+        info.grpc_addr = Some(format!("http://{grpc_addr}"));
+        let overlay = match &config.cluster {
+            Some(cluster) => Some(start_overlay(config, cluster, info.clone()).await?),
+            None => None,
+        };
+        let cluster = Cluster::new(info, overlay.as_ref().map(|o| o.client.clone()));
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(listener, topics, async {
+        let task = tokio::spawn(run(listener, topics, cluster, async {
             let _ = stopped.await;
         }));
         tracing::info!(%grpc_addr, data_dir = %config.data_dir.display(), "node serving");
         Ok(Self {
             grpc_addr,
+            overlay,
             stop: Some(stop),
             task,
         })
@@ -102,12 +114,21 @@ impl Node {
         format!("http://{}", self.grpc_addr)
     }
 
+    /// This node's overlay, if it is in a cluster.
+    pub fn overlay(&self) -> Option<&woof_overlay::Client> {
+        self.overlay.as_ref().map(|o| &o.client)
+    }
+
     /// Stops the node and waits until its storage is closed.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
-        self.wait().await
+        let result = self.wait().await;
+        if let Some(overlay) = self.overlay.take() {
+            overlay.shutdown().await;
+        }
+        result
     }
 
     /// Waits until the node stops (it stops by itself only on a fatal error).
@@ -124,4 +145,34 @@ impl Node {
             let _ = stop.send(());
         }
     }
+}
+
+/// Starts the overlay with the node's identity from its data directory.
+async fn start_overlay(
+    config: &NodeConfig,
+    cluster: &crate::config::ClusterConfig,
+    info: woof_overlay::NodeInfo,
+) -> Result<Overlay> {
+    let keypair = woof_overlay::identity::load_or_create(&config.data_dir.join("node.key"))?;
+    let mut overlay = woof_overlay::start(OverlayConfig {
+        keypair,
+        cluster_key: Some(cluster.key),
+        listen: cluster.listen.clone(),
+        join: cluster.join.clone(),
+        info,
+        timing: cluster.timing,
+        join_timeout: cluster.join_timeout,
+    })
+    .await?;
+    // Nothing above the overlay takes node-to-node requests yet (Raft will);
+    // refuse them rather than let them queue.
+    let mut inbound = std::mem::replace(&mut overlay.inbound, tokio::sync::mpsc::channel(1).1);
+    tokio::spawn(async move { while inbound.recv().await.is_some() {} });
+    tracing::info!(
+        peer_id = %overlay.client.peer_id(),
+        addrs = ?overlay.client.listen_addrs(),
+        key = %cluster.key.fingerprint(),
+        "overlay up"
+    );
+    Ok(overlay)
 }

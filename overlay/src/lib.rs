@@ -25,6 +25,7 @@ pub mod network;
 pub use error::{Error, Result};
 pub use info::{NodeInfo, Tier};
 pub use key::ClusterKey;
+pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId};
 pub use members::{Liveness, Member, Timing};
 pub use network::{Client, Inbound, Overlay, OverlayConfig, start};

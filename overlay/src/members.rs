@@ -66,7 +66,6 @@ pub struct Member {
 
 struct Entry {
     info: NodeInfo,
-    addrs: Vec<Multiaddr>,
     last_heard_ms: u64,
 }
 
@@ -74,6 +73,9 @@ struct Entry {
 pub struct Members {
     timing: Timing,
     entries: HashMap<PeerId, Entry>,
+    /// Addresses learnt from Identify, which may come before the first
+    /// heartbeat; bounded like the entries.
+    addrs: HashMap<PeerId, Vec<Multiaddr>>,
 }
 
 impl Members {
@@ -81,6 +83,7 @@ impl Members {
         Self {
             timing,
             entries: HashMap::new(),
+            addrs: HashMap::new(),
         }
     }
 
@@ -92,7 +95,6 @@ impl Members {
     pub fn heard(&mut self, peer: PeerId, info: NodeInfo, now_ms: u64) {
         let entry = self.entries.entry(peer).or_insert_with(|| Entry {
             info: info.clone(),
-            addrs: Vec::new(),
             last_heard_ms: now_ms,
         });
         entry.info = info;
@@ -102,11 +104,12 @@ impl Members {
 
     /// An address `peer` can be reached at (from Identify).
     pub fn add_address(&mut self, peer: &PeerId, addr: Multiaddr) {
-        if let Some(e) = self.entries.get_mut(peer)
-            && !e.addrs.contains(&addr)
-            && e.addrs.len() < ADDRS_MAX
-        {
-            e.addrs.push(addr);
+        if !self.addrs.contains_key(peer) && self.addrs.len() >= MEMBERS_MAX {
+            return;
+        }
+        let addrs = self.addrs.entry(*peer).or_default();
+        if !addrs.contains(&addr) && addrs.len() < ADDRS_MAX {
+            addrs.push(addr);
         }
     }
 
@@ -136,7 +139,7 @@ impl Members {
                 Member {
                     peer: *peer,
                     info: e.info.clone(),
-                    addrs: e.addrs.clone(),
+                    addrs: self.addrs.get(peer).cloned().unwrap_or_default(),
                     liveness: self.liveness_of(silent_ms),
                     silent_ms,
                 }
@@ -156,6 +159,7 @@ impl Members {
                 .map(|(p, _)| *p)
                 .expect("not empty");
             self.entries.remove(&oldest);
+            self.addrs.remove(&oldest);
         }
     }
 }
@@ -177,6 +181,18 @@ mod tests {
         assert_eq!(m.liveness(&p, 12_500), Some(Liveness::Alive));
         assert_eq!(m.snapshot(12_500)[0].info.tier, Tier::Cloud);
         assert_eq!(m.liveness(&PeerId::random(), 0), None);
+    }
+
+    #[test]
+    fn addresses_learnt_before_the_first_heartbeat_are_kept() {
+        let mut m = Members::new(Timing::default());
+        let p = PeerId::random();
+        let addr: Multiaddr = "/ip4/127.0.0.1/tcp/7800".parse().unwrap();
+        m.add_address(&p, addr.clone());
+        m.add_address(&p, addr.clone());
+        assert!(m.snapshot(0).is_empty(), "not a member until heard");
+        m.heard(p, NodeInfo::new(Tier::Edge), 10);
+        assert_eq!(m.snapshot(10)[0].addrs, vec![addr]);
     }
 
     #[test]

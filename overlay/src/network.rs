@@ -369,13 +369,32 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
     })
 }
 
+/// One line per failed address: the address and the innermost cause.
 fn join_failure(error: &libp2p::swarm::DialError) -> String {
-    let text = error.to_string();
-    // A peer with another cluster key garbles the handshake; say so.
-    if text.contains("Handshake") || text.contains("handshake") || text.contains("protocol") {
-        format!("{text} (a node with a different cluster key, or without one?)")
-    } else {
-        text
+    use libp2p::swarm::DialError;
+    let innermost = |e: &dyn std::error::Error| {
+        let mut handshake = false;
+        let mut last = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            handshake |= s.to_string().contains("andshake");
+            last = s.to_string();
+            source = s.source();
+        }
+        if handshake || last.contains("andshake") {
+            // A peer with another cluster key garbles the handshake.
+            format!("{last}: handshake failed (a node with a different cluster key?)")
+        } else {
+            last
+        }
+    };
+    match error {
+        DialError::Transport(errors) => errors
+            .iter()
+            .map(|(addr, e)| format!("{addr}: {}", innermost(e)))
+            .collect::<Vec<_>>()
+            .join("; "),
+        other => innermost(other),
     }
 }
 

@@ -67,8 +67,19 @@ pub enum Command {
         #[arg(long)]
         from: Option<u64>,
     },
+    /// Cluster keys and status.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Start an embedded node on this machine and show what woof does.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Print a new cluster key (save it to a file: `woof cluster keygen > cluster.key`).
+    Keygen,
+    /// Show the nodes of the cluster as the node at --server sees them.
+    Status,
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,6 +99,44 @@ pub struct NodeStartArgs {
     /// The address to serve gRPC on [default: 127.0.0.1:7700].
     #[arg(long)]
     pub grpc_listen: Option<SocketAddr>,
+    /// Join a cluster: the overlay address to listen on, such as
+    /// /ip4/127.0.0.1/tcp/7800 (repeatable). Without it the node is standalone.
+    #[arg(long)]
+    pub listen: Vec<String>,
+    /// A node of the cluster to join through, such as /ip4/127.0.0.1/tcp/7800
+    /// (no peer id needed; repeatable).
+    #[arg(long)]
+    pub join: Vec<String>,
+    /// The cluster key file (from `woof cluster keygen`); or set WOOF_CLUSTER_KEY
+    /// to the key itself.
+    #[arg(long)]
+    pub cluster_key: Option<PathBuf>,
+    /// device, edge or cloud [default: edge].
+    #[arg(long)]
+    pub tier: Option<String>,
+    /// An attribute to advertise, key=value (repeatable).
+    #[arg(long = "attr")]
+    pub attrs: Vec<String>,
+    /// A capability to advertise (repeatable).
+    #[arg(long = "capability")]
+    pub capabilities: Vec<String>,
+}
+
+impl NodeStartArgs {
+    /// The flags as config overrides.
+    pub fn flags(self) -> crate::config::Flags {
+        crate::config::Flags {
+            data_dir: self.data_dir,
+            grpc_listen: self.grpc_listen,
+            listen: self.listen,
+            join: self.join,
+            cluster_key_file: self.cluster_key,
+            cluster_key: std::env::var(crate::config::CLUSTER_KEY_ENV).ok(),
+            tier: self.tier,
+            attrs: self.attrs,
+            capabilities: self.capabilities,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -280,7 +329,16 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                 }
             }
         }
-        Command::Node(_) | Command::Demo => unreachable!("handled by main"),
+        Command::Cluster(ClusterCommand::Status) => {
+            let r = client
+                .cluster_status(v1::ClusterStatusRequest {})
+                .await?
+                .into_inner();
+            out.nodes(&r.nodes);
+        }
+        Command::Node(_) | Command::Demo | Command::Cluster(ClusterCommand::Keygen) => {
+            unreachable!("handled by main")
+        }
     }
     Ok(())
 }

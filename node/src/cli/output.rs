@@ -72,6 +72,56 @@ impl Output {
         }
     }
 
+    pub fn nodes(&mut self, nodes: &[v1::NodeStatus]) {
+        if self.json {
+            for n in nodes {
+                self.json(json!({
+                    "peer_id": n.peer_id,
+                    "tier": n.tier,
+                    "attrs": n.attrs,
+                    "capabilities": n.capabilities,
+                    "addrs": n.addrs,
+                    "state": n.state,
+                    "silent_ms": n.silent_ms,
+                    "grpc_addr": n.grpc_addr,
+                    "local": n.local,
+                }));
+            }
+            return;
+        }
+        self.line(&format!(
+            "{:<54} {:<6} {:<10} {:<24} {:<28} ATTRS",
+            "NODE", "TIER", "STATE", "GRPC", "OVERLAY"
+        ));
+        for n in nodes {
+            let mut attrs: Vec<String> = n.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            attrs.sort();
+            let id = if n.peer_id.is_empty() {
+                "(standalone)"
+            } else {
+                &n.peer_id
+            };
+            let id = if n.local {
+                format!("{id} *")
+            } else {
+                id.to_string()
+            };
+            let overlay = n
+                .addrs
+                .first()
+                .map_or("", |a| a.split("/p2p/").next().unwrap_or(a));
+            self.line(&format!(
+                "{:<54} {:<6} {:<10} {:<24} {:<28} {}",
+                id,
+                n.tier,
+                n.state,
+                n.grpc_addr.trim_start_matches("http://"),
+                overlay,
+                attrs.join(",")
+            ));
+        }
+    }
+
     pub fn deleted(&mut self, name: &str) {
         if self.json {
             self.json(json!({ "deleted": name }));

@@ -13,6 +13,7 @@ use woof_consensus::Topics;
 use woof_consensus::topics::SCAN_LIMIT_MAX;
 use woof_proto::v1::{self, woof_server::Woof};
 
+use crate::cluster::Cluster;
 use convert::status;
 
 /// Subscriptions one node serves at once; past this, RESOURCE_EXHAUSTED.
@@ -28,13 +29,15 @@ const SCAN_LIMIT_DEFAULT: u32 = 100;
 /// The service: a thin translation onto [`Topics`].
 pub struct Service {
     topics: Topics,
+    cluster: Cluster,
     subscribers: Arc<Semaphore>,
 }
 
 impl Service {
-    pub fn new(topics: Topics) -> Self {
+    pub fn new(topics: Topics, cluster: Cluster) -> Self {
         Self {
             topics,
+            cluster,
             subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
         }
     }
@@ -173,6 +176,18 @@ impl Woof for Service {
             elements: elements.into_iter().map(convert::element).collect(),
             next_seq,
         }))
+    }
+
+    async fn cluster_status(
+        &self,
+        _request: Request<v1::ClusterStatusRequest>,
+    ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let nodes = self
+            .cluster
+            .status()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        Ok(Response::new(v1::ClusterStatusResponse { nodes }))
     }
 
     type SubscribeStream = ElementStream;

@@ -34,10 +34,7 @@ impl TestNode {
 }
 
 pub fn config(dir: &Path) -> NodeConfig {
-    NodeConfig {
-        data_dir: dir.to_path_buf(),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-    }
+    NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap())
 }
 
 pub fn woof_bin() -> &'static str {
