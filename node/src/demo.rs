@@ -1,6 +1,7 @@
-//! `woof demo`: start an embedded node in a temporary directory and walk
-//! through what woof does, printing each step. Every step goes through the
-//! real gRPC API, as a user's client would.
+//! `woof demo`: start a small cluster of embedded nodes (an edge node and two
+//! cloud nodes, joined through the libp2p overlay with a cluster key) in a
+//! temporary directory and walk through what woof does, printing each step.
+//! Every step goes through the real gRPC API, as a user's client would.
 //!
 //! The demo is a list of steps over a shared [`Demo`]; later parts of woof
 //! (a cluster, handlers, devices, failover) add their own steps.
@@ -11,8 +12,10 @@ use futures::StreamExt;
 use tonic::transport::Channel;
 use woof_proto::v1::{self, woof_client::WoofClient};
 
+use woof_overlay::{ClusterKey, Multiaddr, NodeInfo, Tier, Timing};
+
 use crate::cli::connect;
-use crate::config::NodeConfig;
+use crate::config::{ClusterConfig, NodeConfig};
 use crate::error::{Error, Result};
 use crate::server::Node;
 
@@ -22,7 +25,11 @@ const READINGS: u64 = 12;
 /// What the steps share.
 struct Demo {
     dir: tempfile::TempDir,
+    key: ClusterKey,
+    /// The edge node the sensor talks to.
     node: Option<Node>,
+    /// The two cloud nodes.
+    others: Vec<Node>,
     client: WoofClient<Channel>,
 }
 
@@ -35,27 +42,60 @@ pub async fn run() -> Result<()> {
             context: "creating a temporary directory".into(),
             source,
         })?;
-    let node = start_node(&dir).await?;
+    let key = ClusterKey::generate();
+    let node = start_node(&dir, "edge", Tier::Edge, &key, vec![]).await?;
+    let join = overlay_addr(&node);
+    let mut others = Vec::new();
+    for name in ["cloud-1", "cloud-2"] {
+        others.push(start_node(&dir, name, Tier::Cloud, &key, join.clone()).await?);
+    }
     let client = connect(&node.url()).await?;
     let mut demo = Demo {
         dir,
+        key,
         node: Some(node),
+        others,
         client,
     };
     let result = steps(&mut demo).await;
     if let Some(node) = demo.node.take() {
         node.stop().await?;
     }
+    for node in demo.others.drain(..) {
+        node.stop().await?;
+    }
     println!("\ncleaned up {}", demo.dir.path().display());
     result
 }
 
-async fn start_node(dir: &tempfile::TempDir) -> Result<Node> {
-    let config = NodeConfig::standalone(
-        dir.path().to_path_buf(),
+/// Starts node `name` of the demo cluster, in its own directory.
+async fn start_node(
+    dir: &tempfile::TempDir,
+    name: &str,
+    tier: Tier,
+    key: &ClusterKey,
+    join: Vec<Multiaddr>,
+) -> Result<Node> {
+    let mut config = NodeConfig::standalone(
+        dir.path().join(name),
         "127.0.0.1:0".parse().expect("valid address"),
     );
+    config.info = NodeInfo::new(tier).with_attr(&format!("name={name}"))?;
+    config.cluster = Some(ClusterConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
+        join,
+        key: *key,
+        timing: Timing::default(),
+        join_timeout: Duration::from_secs(10),
+    });
     Node::start(&config).await
+}
+
+/// A node's overlay address, as another node would `--join` it.
+fn overlay_addr(node: &Node) -> Vec<Multiaddr> {
+    node.overlay()
+        .map(|o| o.listen_addrs().to_vec())
+        .unwrap_or_default()
 }
 
 fn heading(text: &str) {
@@ -63,13 +103,32 @@ fn heading(text: &str) {
 }
 
 async fn steps(d: &mut Demo) -> Result<()> {
-    let node = d.node.as_ref().expect("node running");
-    heading("a woof node");
-    println!(
-        "started a node: gRPC on {}, data in {}",
-        node.url(),
-        d.dir.path().display()
-    );
+    heading("a cluster: one edge node, two cloud nodes, joined with a cluster key");
+    println!("  data in {}", d.dir.path().display());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let nodes = loop {
+        let nodes = d
+            .client
+            .cluster_status(v1::ClusterStatusRequest {})
+            .await?
+            .into_inner()
+            .nodes;
+        if nodes.iter().filter(|n| n.state == "alive").count() == 3 || Instant::now() > deadline {
+            break nodes;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for n in &nodes {
+        println!(
+            "  {} {:<5} {:<6} gRPC {:<22} {}",
+            if n.local { "*" } else { " " },
+            n.tier,
+            n.state,
+            n.grpc_addr.trim_start_matches("http://"),
+            n.peer_id
+        );
+    }
+    println!("  (* is the edge node the sensor talks to; topics are not replicated yet)");
 
     heading("a topic");
     let created = d
@@ -274,7 +333,8 @@ async fn steps(d: &mut Demo) -> Result<()> {
     if let Some(node) = d.node.take() {
         node.stop().await?;
     }
-    let node = start_node(&d.dir).await?;
+    let join = d.others.first().map(overlay_addr).unwrap_or_default();
+    let node = start_node(&d.dir, "edge", Tier::Edge, &d.key, join).await?;
     d.client = connect(&node.url()).await?;
     d.node = Some(node);
     let l = d
@@ -297,7 +357,9 @@ async fn steps(d: &mut Demo) -> Result<()> {
         "  after the restart {TOPIC} still holds #1..#{}; the next append is #{}",
         l.last_seq, next.seq
     );
-    println!("\ncoming next in woof: a replicated cluster with failover, handlers, devices.");
+    println!(
+        "\ncoming next in woof: topics replicated by Raft across the cluster, failover, handlers, devices."
+    );
     Ok(())
 }
 

@@ -266,3 +266,33 @@ fn ctrl_c_stops_the_node_cleanly_even_with_a_subscriber_attached() {
     let node = NodeProcess::start_in(dir.path());
     assert_eq!(ok(&node.url, &["get", "t", "1"]).trim(), "kept");
 }
+
+/// The README's first command must keep working and keep showing what it says.
+#[test]
+fn the_demo_runs_and_shows_each_step() {
+    let out = Command::new(woof_bin()).arg("demo").output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.matches(" alive ").count(),
+        3,
+        "three nodes alive: {stdout}"
+    );
+    for expected in [
+        "no gap, no duplicate: true",
+        "(duplicate: true)",
+        "it now holds #16..#20",
+        "get #3: OUT_OF_RANGE",
+        "still holds #1..#12; the next append is #13",
+        "cleaned up",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+}
