@@ -1,7 +1,7 @@
 //! The `woof` binary: parses the command line and hands over to the library.
 
 use clap::Parser;
-use woof_node::cli::{self, Cli, ClusterCommand, Command, NodeCommand, Output};
+use woof_node::cli::{self, Cli, ClusterCommand, Command, NodeCommand, Output, local_cluster};
 use woof_node::config::{ConfigFile, NodeConfig};
 use woof_node::server::Node;
 
@@ -46,6 +46,40 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Cluster(ClusterCommand::Keygen) => {
             print!("{}", woof_overlay::ClusterKey::generate().to_file_text());
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Up {
+            nodes,
+            tiers,
+            dir,
+            base_port,
+        }) => {
+            init_tracing("warn");
+            let tiers = local_cluster::parse_tiers(&tiers, nodes)?;
+            let woof = std::env::current_exe()?;
+            let nodes = local_cluster::up(&woof, &dir, &tiers, base_port).await?;
+            for n in &nodes {
+                println!(
+                    "{:<8} {:<6} gRPC {:<24} overlay {:<28} pid {}",
+                    n.name, n.tier, n.grpc, n.overlay, n.pid
+                );
+            }
+            println!(
+                "cluster up: {} nodes, all alive; logs in {}/node-*/node.log",
+                nodes.len(),
+                dir.display()
+            );
+            println!("reach it with: export WOOF_SERVER={}", nodes[0].grpc);
+            println!("stop it with:  woof cluster down --dir {}", dir.display());
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Down { dir }) => {
+            let nodes = local_cluster::down(&dir)?;
+            println!(
+                "stopped {} nodes; their data stays in {}",
+                nodes.len(),
+                dir.display()
+            );
             Ok(())
         }
         Command::Demo => {

@@ -230,3 +230,71 @@ fn bad_cluster_settings_are_clear_errors() {
         );
     }
 }
+
+#[test]
+fn cluster_up_and_down_run_a_local_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("c");
+    let cluster_dir = cluster_dir.to_str().unwrap();
+    // A free block of ports: probe the gRPC and overlay ports of 3 nodes.
+    let base = loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        if port < 60_000
+            && (0..3).all(|i| {
+                std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", port + 100 + i)).is_ok()
+            })
+        {
+            break port;
+        }
+    };
+    let up = woof(&[
+        "cluster",
+        "up",
+        "--nodes",
+        "3",
+        "--tiers",
+        "edge:1,cloud:2",
+        "--dir",
+        cluster_dir,
+        "--base-port",
+        &base.to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(
+        up.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    assert!(stdout.contains("cluster up: 3 nodes"), "{stdout}");
+    let url = format!("http://127.0.0.1:{base}");
+    let nodes = status(&url);
+    assert_eq!(nodes.iter().filter(|n| n["state"] == "alive").count(), 3);
+    assert_eq!(nodes.iter().filter(|n| n["tier"] == "cloud").count(), 2);
+    // A second `up` on the same directory refuses.
+    let again = woof(&[
+        "cluster",
+        "up",
+        "--dir",
+        cluster_dir,
+        "--base-port",
+        &base.to_string(),
+    ]);
+    assert!(!again.status.success());
+
+    let down = woof(&["cluster", "down", "--dir", cluster_dir]);
+    assert!(
+        down.status.success(),
+        "{}",
+        String::from_utf8_lossy(&down.stderr)
+    );
+    let gone = woof(&["--server", &url, "cluster", "status"]);
+    assert!(!gone.status.success(), "the nodes are stopped");
+    assert!(
+        !woof(&["cluster", "down", "--dir", cluster_dir])
+            .status
+            .success()
+    );
+}

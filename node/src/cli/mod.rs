@@ -1,5 +1,6 @@
 //! The `woof` command line: its grammar and what each command does.
 
+pub mod local_cluster;
 mod output;
 
 use std::net::SocketAddr;
@@ -80,6 +81,26 @@ pub enum ClusterCommand {
     Keygen,
     /// Show the nodes of the cluster as the node at --server sees them.
     Status,
+    /// Start a cluster of node processes on this machine's loopback.
+    Up {
+        /// How many nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Their tiers, such as edge:2,cloud:3 [default: all edge].
+        #[arg(long, default_value = "")]
+        tiers: String,
+        /// Where the nodes keep their data, logs and the cluster key.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Node i serves gRPC on BASE+i and the overlay on BASE+100+i.
+        #[arg(long, default_value_t = 7700)]
+        base_port: u16,
+    },
+    /// Stop the cluster `cluster up` started in --dir (its data stays).
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -336,9 +357,11 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                 .into_inner();
             out.nodes(&r.nodes);
         }
-        Command::Node(_) | Command::Demo | Command::Cluster(ClusterCommand::Keygen) => {
-            unreachable!("handled by main")
-        }
+        Command::Node(_)
+        | Command::Demo
+        | Command::Cluster(
+            ClusterCommand::Keygen | ClusterCommand::Up { .. } | ClusterCommand::Down { .. },
+        ) => unreachable!("handled by main"),
     }
     Ok(())
 }
