@@ -1,8 +1,10 @@
-//! The behaviour every [`Store`] must show. Each store's tests call
-//! [`run_all`] with a function that makes a fresh, empty store.
+//! The behaviour every [`Store`] and [`RaftLogStore`] must show. Each
+//! store's tests call [`run_all`] and [`run_raft_log`] with a function that
+//! makes a fresh, empty store.
 
 use bytes::Bytes;
 
+use super::raft_log::{GroupId, RaftLogStore};
 use super::{Op, Store, WriteBatch};
 use crate::topic::{Element, ProducerWindow, TopicConfig, TopicId, TopicMeta, TopicName};
 
@@ -186,4 +188,99 @@ fn producer_windows_round_trip<S: Store>(s: &S) {
         Some(ProducerWindow::default())
     );
     assert_eq!(s.producer(TopicId(1), "pp").unwrap(), None);
+}
+
+/// Runs every Raft log check, each on a fresh store from `fresh`.
+pub fn run_raft_log<S: RaftLogStore>(mut fresh: impl FnMut() -> S) {
+    empty_raft_log(&fresh());
+    {
+        let s = fresh();
+        fill_raft_log(&s);
+        check_raft_log_filled(&s);
+    }
+    raft_log_reads_ranges(&fresh());
+    raft_log_truncates_and_purges(&fresh());
+    raft_groups_are_separate(&fresh());
+}
+
+fn entry(i: u64) -> (u64, Vec<u8>) {
+    (i, format!("entry-{i}").into_bytes())
+}
+
+fn empty_raft_log<S: RaftLogStore>(s: &S) {
+    assert_eq!(s.last_log(GroupId(1)).unwrap(), None);
+    assert!(s.read_log(GroupId(1), 0, u64::MAX, 100).unwrap().is_empty());
+    assert_eq!(s.value(GroupId(1), "vote").unwrap(), None);
+}
+
+/// Group 7 holds entries 1..=300 and a vote; group 8 entry 1.
+pub fn fill_raft_log<S: RaftLogStore>(s: &S) {
+    s.append_log(GroupId(7), &(1..=300).map(entry).collect::<Vec<_>>())
+        .unwrap();
+    s.append_log(GroupId(8), &[entry(1)]).unwrap();
+    s.put_value(GroupId(7), "vote", b"term 3 for node 2")
+        .unwrap();
+}
+
+/// Checks what [`fill_raft_log`] wrote.
+pub fn check_raft_log_filled<S: RaftLogStore>(s: &S) {
+    assert_eq!(s.last_log(GroupId(7)).unwrap(), Some(entry(300)));
+    assert_eq!(s.last_log(GroupId(8)).unwrap(), Some(entry(1)));
+    let all = s.read_log(GroupId(7), 1, 301, 1000).unwrap();
+    assert_eq!(all, (1..=300).map(entry).collect::<Vec<_>>());
+    assert_eq!(
+        s.value(GroupId(7), "vote").unwrap().as_deref(),
+        Some(&b"term 3 for node 2"[..])
+    );
+    assert_eq!(s.value(GroupId(8), "vote").unwrap(), None);
+}
+
+fn raft_log_reads_ranges<S: RaftLogStore>(s: &S) {
+    s.append_log(GroupId(1), &(1..=20).map(entry).collect::<Vec<_>>())
+        .unwrap();
+    let indexes = |v: Vec<(u64, Vec<u8>)>| v.into_iter().map(|(i, _)| i).collect::<Vec<_>>();
+    assert_eq!(
+        indexes(s.read_log(GroupId(1), 5, 8, 100).unwrap()),
+        [5, 6, 7]
+    );
+    assert_eq!(indexes(s.read_log(GroupId(1), 5, 100, 2).unwrap()), [5, 6]);
+    assert!(s.read_log(GroupId(1), 8, 5, 100).unwrap().is_empty());
+    assert!(s.read_log(GroupId(1), 21, 30, 100).unwrap().is_empty());
+    // Re-appending an index replaces it.
+    s.append_log(GroupId(1), &[(20, b"new".to_vec())]).unwrap();
+    assert_eq!(s.last_log(GroupId(1)).unwrap(), Some((20, b"new".to_vec())));
+}
+
+fn raft_log_truncates_and_purges<S: RaftLogStore>(s: &S) {
+    s.append_log(GroupId(1), &(1..=20).map(entry).collect::<Vec<_>>())
+        .unwrap();
+    s.truncate_log(GroupId(1), 15).unwrap();
+    assert_eq!(s.last_log(GroupId(1)).unwrap(), Some(entry(14)));
+    s.purge_log(GroupId(1), 10).unwrap();
+    let left = s.read_log(GroupId(1), 0, u64::MAX, 100).unwrap();
+    assert_eq!(left, (11..=14).map(entry).collect::<Vec<_>>());
+    // Purging everything leaves an empty log, not an error.
+    s.purge_log(GroupId(1), u64::MAX).unwrap();
+    assert_eq!(s.last_log(GroupId(1)).unwrap(), None);
+    s.truncate_log(GroupId(1), 0).unwrap();
+}
+
+fn raft_groups_are_separate<S: RaftLogStore>(s: &S) {
+    // Groups 255 and 256 differ only in their low byte: keys must not mix.
+    s.append_log(GroupId(255), &(1..=3).map(entry).collect::<Vec<_>>())
+        .unwrap();
+    s.append_log(GroupId(256), &(1..=5).map(entry).collect::<Vec<_>>())
+        .unwrap();
+    s.put_value(GroupId(255), "committed", b"2").unwrap();
+    s.put_value(GroupId(256), "committed", b"4").unwrap();
+    s.truncate_log(GroupId(255), 2).unwrap();
+    assert_eq!(s.last_log(GroupId(256)).unwrap(), Some(entry(5)));
+    s.delete_group(GroupId(256)).unwrap();
+    assert_eq!(s.last_log(GroupId(256)).unwrap(), None);
+    assert_eq!(s.value(GroupId(256), "committed").unwrap(), None);
+    assert_eq!(s.last_log(GroupId(255)).unwrap(), Some(entry(1)));
+    assert_eq!(
+        s.value(GroupId(255), "committed").unwrap().as_deref(),
+        Some(&b"2"[..])
+    );
 }

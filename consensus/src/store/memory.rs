@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
+use super::raft_log::{GroupId, READ_ENTRIES_MAX, RaftLogStore};
 use super::{Op, Store, WriteBatch};
 use crate::error::Result;
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
@@ -13,6 +14,8 @@ struct State {
     next_topic_id: u64,
     elements: BTreeMap<(TopicId, u64), Element>,
     producers: HashMap<(TopicId, String), ProducerWindow>,
+    raft_log: BTreeMap<(GroupId, u64), Vec<u8>>,
+    raft_values: HashMap<(GroupId, String), Vec<u8>>,
 }
 
 /// Everything in a `BTreeMap` behind a mutex. "Synced" means "in the map".
@@ -120,6 +123,80 @@ impl Store for MemStore {
     }
 }
 
+impl RaftLogStore for MemStore {
+    fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
+        let mut s = self.state();
+        for (index, bytes) in entries {
+            s.raft_log.insert((group, *index), bytes.clone());
+        }
+        Ok(())
+    }
+
+    fn read_log(
+        &self,
+        group: GroupId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        if from >= to {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .state()
+            .raft_log
+            .range((group, from)..(group, to))
+            .take(limit.min(READ_ENTRIES_MAX))
+            .map(|((_, i), b)| (*i, b.clone()))
+            .collect())
+    }
+
+    fn last_log(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self
+            .state()
+            .raft_log
+            .range((group, 0)..=(group, u64::MAX))
+            .next_back()
+            .map(|((_, i), b)| (*i, b.clone())))
+    }
+
+    fn truncate_log(&self, group: GroupId, from: u64) -> Result<()> {
+        self.state()
+            .raft_log
+            .retain(|(g, i), _| *g != group || *i < from);
+        Ok(())
+    }
+
+    fn purge_log(&self, group: GroupId, upto: u64) -> Result<()> {
+        self.state()
+            .raft_log
+            .retain(|(g, i), _| *g != group || *i > upto);
+        Ok(())
+    }
+
+    fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
+        self.state()
+            .raft_values
+            .insert((group, name.to_string()), value.to_vec());
+        Ok(())
+    }
+
+    fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .state()
+            .raft_values
+            .get(&(group, name.to_string()))
+            .cloned())
+    }
+
+    fn delete_group(&self, group: GroupId) -> Result<()> {
+        let mut s = self.state();
+        s.raft_log.retain(|(g, _), _| *g != group);
+        s.raft_values.retain(|(g, _), _| *g != group);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::conformance;
@@ -128,5 +205,6 @@ mod tests {
     #[test]
     fn conformance() {
         conformance::run_all(MemStore::new);
+        conformance::run_raft_log(MemStore::new);
     }
 }

@@ -1,12 +1,15 @@
-//! Storage for topics: a trait that knows nothing of any engine, a RocksDB
-//! implementation for nodes, an in-memory one for tests and the simulator, and
-//! the conformance suite both must pass.
+//! Storage for topics and their Raft groups: traits that know nothing of any
+//! engine ([`Store`] for topic data, [`RaftLogStore`] for Raft logs), a
+//! RocksDB implementation for nodes, an in-memory one for tests and the
+//! simulator, and the conformance suite both must pass.
 
 pub mod conformance;
 mod memory;
+pub mod raft_log;
 mod rocks;
 
 pub use memory::MemStore;
+pub use raft_log::{GroupId, RaftLogStore};
 pub use rocks::RocksStore;
 
 use crate::error::Result;

@@ -7,6 +7,8 @@
 //! | `elements` | topic id, seq | version, append time, payload |
 //! | `producers` | topic id, producer id | `ProducerWindow` |
 //! | `meta` | `next_topic_id` | u64 |
+//! | `raft_log` | group id, index | entry bytes |
+//! | `raft_values` | group id, name | value bytes |
 
 use std::path::Path;
 
@@ -14,6 +16,7 @@ use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
 };
 
+use super::raft_log::{GroupId, READ_ENTRIES_MAX, RaftLogStore};
 use super::{Op, Store, WriteBatch, element_codec};
 use crate::error::{Error, Result};
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
@@ -22,6 +25,8 @@ const CF_TOPICS: &str = "topics";
 const CF_ELEMENTS: &str = "elements";
 const CF_PRODUCERS: &str = "producers";
 const CF_META: &str = "meta";
+const CF_RAFT_LOG: &str = "raft_log";
+const CF_RAFT_VALUES: &str = "raft_values";
 const KEY_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 
 /// A node's RocksDB database.
@@ -65,8 +70,15 @@ impl RocksStore {
         opts.set_keep_log_file_num(4);
         // Bound the write-ahead log: past this, memtables are flushed.
         opts.set_max_total_wal_size(256 * 1024 * 1024);
-        let cfs = [CF_TOPICS, CF_ELEMENTS, CF_PRODUCERS, CF_META]
-            .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        let cfs = [
+            CF_TOPICS,
+            CF_ELEMENTS,
+            CF_PRODUCERS,
+            CF_META,
+            CF_RAFT_LOG,
+            CF_RAFT_VALUES,
+        ]
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             Error::Storage(format!(
                 "cannot open the database in {}: {e}",
@@ -74,6 +86,12 @@ impl RocksStore {
             ))
         })?;
         Ok(Self { db })
+    }
+
+    fn write_synced(&self, wb: rocksdb::WriteBatch, context: &str) -> Result<()> {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo).map_err(storage(context))
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
@@ -121,9 +139,7 @@ impl Store for RocksStore {
                 }
             }
         }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(wb, &wo).map_err(storage("write"))
+        self.write_synced(wb, "write")
     }
 
     fn topics(&self) -> Result<Vec<TopicMeta>> {
@@ -221,6 +237,114 @@ impl Store for RocksStore {
     }
 }
 
+fn value_key(group: GroupId, name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + name.len());
+    k.extend_from_slice(&group.0.to_be_bytes());
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+impl RaftLogStore for RocksStore {
+    fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        for (index, bytes) in entries {
+            wb.put_cf(
+                self.cf(CF_RAFT_LOG),
+                element_key(TopicId(group.0), *index),
+                bytes,
+            );
+        }
+        self.write_synced(wb, "append raft log")
+    }
+
+    fn read_log(
+        &self,
+        group: GroupId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        if from >= to {
+            return Ok(out);
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(element_key(TopicId(group.0), to));
+        let start = element_key(TopicId(group.0), from);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_RAFT_LOG),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        for item in iter.take(limit.min(READ_ENTRIES_MAX)) {
+            let (key, value) = item.map_err(storage("read raft log"))?;
+            out.push((be_u64(&key[8..], "raft log key")?, value.into_vec()));
+        }
+        Ok(out)
+    }
+
+    fn last_log(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>> {
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_RAFT_LOG));
+        it.seek_for_prev(element_key(TopicId(group.0), u64::MAX));
+        let found = match (it.key(), it.value()) {
+            (Some(key), Some(value)) if key.len() == 16 && key[..8] == group.0.to_be_bytes() => {
+                Some((be_u64(&key[8..], "raft log key")?, value.to_vec()))
+            }
+            _ => None,
+        };
+        it.status().map_err(storage("find last raft entry"))?;
+        Ok(found)
+    }
+
+    fn truncate_log(&self, group: GroupId, from: u64) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.delete_range_cf(
+            self.cf(CF_RAFT_LOG),
+            element_key(TopicId(group.0), from),
+            element_key(TopicId(group.0 + 1), 0),
+        );
+        self.write_synced(wb, "truncate raft log")
+    }
+
+    fn purge_log(&self, group: GroupId, upto: u64) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        let end = match upto.checked_add(1) {
+            Some(next) => element_key(TopicId(group.0), next),
+            None => element_key(TopicId(group.0 + 1), 0),
+        };
+        wb.delete_range_cf(self.cf(CF_RAFT_LOG), element_key(TopicId(group.0), 0), end);
+        self.db.write(wb).map_err(storage("purge raft log"))
+    }
+
+    fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(self.cf(CF_RAFT_VALUES), value_key(group, name), value);
+        self.write_synced(wb, "save raft value")
+    }
+
+    fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>> {
+        self.db
+            .get_cf(self.cf(CF_RAFT_VALUES), value_key(group, name))
+            .map_err(storage("read raft value"))
+    }
+
+    fn delete_group(&self, group: GroupId) -> Result<()> {
+        let next = group.0 + 1;
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.delete_range_cf(
+            self.cf(CF_RAFT_LOG),
+            element_key(TopicId(group.0), 0),
+            element_key(TopicId(next), 0),
+        );
+        wb.delete_range_cf(
+            self.cf(CF_RAFT_VALUES),
+            group.0.to_be_bytes(),
+            next.to_be_bytes(),
+        );
+        self.write_synced(wb, "delete raft group")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::conformance;
@@ -235,6 +359,27 @@ mod tests {
             dirs.lock().unwrap().push(dir);
             store
         });
+    }
+
+    #[test]
+    fn raft_log_conformance() {
+        let dirs = std::sync::Mutex::new(Vec::new());
+        conformance::run_raft_log(|| {
+            let dir = tempfile::tempdir().unwrap();
+            let store = RocksStore::open(dir.path()).unwrap();
+            dirs.lock().unwrap().push(dir);
+            store
+        });
+    }
+
+    #[test]
+    fn raft_log_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStore::open(dir.path()).unwrap();
+            conformance::fill_raft_log(&store);
+        }
+        conformance::check_raft_log_filled(&RocksStore::open(dir.path()).unwrap());
     }
 
     #[test]

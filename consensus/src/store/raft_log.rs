@@ -1,0 +1,51 @@
+//! Durable Raft state per group: the log and a few small named values (the
+//! vote, the committed and last purged log ids). Entries are opaque bytes;
+//! this layer knows nothing of openraft, so the simulator's in-memory store
+//! and RocksDB can both carry it and pass the same conformance suite.
+
+use crate::error::Result;
+
+/// A Raft group's number in this node's storage (one group per topic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GroupId(pub u64);
+
+/// The most entries one `read_log` returns, whatever the caller asks.
+pub const READ_ENTRIES_MAX: usize = 10_000;
+
+/// Where Raft groups keep their logs. Shared between threads; every method
+/// may do I/O and is called from blocking contexts.
+pub trait RaftLogStore: Send + Sync + 'static {
+    /// Writes `entries` (index, bytes) of `group`, replacing any entry at the
+    /// same index. Synced before it returns.
+    fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()>;
+
+    /// Entries of `group` with `from <= index < to`, in order, at most
+    /// `limit` (and at most [`READ_ENTRIES_MAX`]).
+    fn read_log(
+        &self,
+        group: GroupId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>>;
+
+    /// The entry with the highest index, if any.
+    fn last_log(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>>;
+
+    /// Removes the entries with `index >= from` (a conflicting suffix).
+    /// Synced before it returns.
+    fn truncate_log(&self, group: GroupId, from: u64) -> Result<()>;
+
+    /// Removes the entries with `index <= upto` (compacted into a snapshot).
+    /// Need not be synced: purging again after a crash is harmless.
+    fn purge_log(&self, group: GroupId, upto: u64) -> Result<()>;
+
+    /// Stores a small named value of `group` (at most a few KiB). Synced.
+    fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()>;
+
+    /// Reads a named value of `group`.
+    fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>>;
+
+    /// Removes everything `group` stored: log and values. Synced.
+    fn delete_group(&self, group: GroupId) -> Result<()>;
+}
