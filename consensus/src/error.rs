@@ -5,11 +5,11 @@
 /// The variants tell apart what the caller did wrong (a bad name, a sequence
 /// out of range: answer the client), what it may retry (`Closed`), and what
 /// means this node is broken (`Storage`, `Corrupt`).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// A topic name that breaks the naming rules.
     #[error("invalid topic name {name:?}: {reason}")]
-    InvalidName { name: String, reason: &'static str },
+    InvalidName { name: String, reason: String },
     /// Any other argument that is out of bounds or malformed.
     #[error("{0}")]
     InvalidArgument(String),
@@ -38,11 +38,7 @@ pub enum Error {
     },
     /// A producer sequence that is neither new nor a retry the node remembers.
     #[error("producer {id:?}: sequence {seq} is {why}")]
-    ProducerSeq {
-        id: String,
-        seq: u64,
-        why: &'static str,
-    },
+    ProducerSeq { id: String, seq: u64, why: String },
     /// A node-wide limit (topic count, queue depth) is reached; retry later.
     #[error("limit reached: {0}")]
     LimitReached(String),

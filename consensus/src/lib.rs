@@ -15,6 +15,7 @@
 //! is shaped so that it does not change when that happens.
 
 pub mod error;
+pub mod raft;
 pub mod store;
 pub mod topic;
 pub mod topics;

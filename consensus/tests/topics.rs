@@ -48,6 +48,13 @@ impl Store for Flaky {
     fn producer(&self, topic: TopicId, id: &str) -> woof_consensus::Result<Option<ProducerWindow>> {
         self.inner.producer(topic, id)
     }
+    fn producers(
+        &self,
+        topic: TopicId,
+        limit: usize,
+    ) -> woof_consensus::Result<Vec<(String, ProducerWindow)>> {
+        self.inner.producers(topic, limit)
+    }
     fn trim(&self, topic: TopicId, below_seq: u64) -> woof_consensus::Result<()> {
         self.inner.trim(topic, below_seq)
     }

@@ -188,6 +188,15 @@ fn producer_windows_round_trip<S: Store>(s: &S) {
         Some(ProducerWindow::default())
     );
     assert_eq!(s.producer(TopicId(1), "pp").unwrap(), None);
+    let listed: Vec<String> = s
+        .producers(TopicId(1), 100)
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    assert_eq!(listed, [long_id.clone(), "q".to_string()]);
+    assert_eq!(s.producers(TopicId(1), 1).unwrap().len(), 1);
+    assert!(s.producers(TopicId(2), 100).unwrap().is_empty());
 }
 
 /// Runs every Raft log check, each on a fresh store from `fresh`.

@@ -55,6 +55,9 @@ impl Store for MemStore {
                 Op::PutProducer(topic, id, w) => {
                     s.producers.insert((*topic, id.clone()), w.clone());
                 }
+                Op::PutRaftValue(group, name, value) => {
+                    s.raft_values.insert((*group, name.clone()), value.clone());
+                }
             }
         }
         Ok(())
@@ -107,6 +110,19 @@ impl Store for MemStore {
             .producers
             .get(&(topic, id.to_string()))
             .cloned())
+    }
+
+    fn producers(&self, topic: TopicId, limit: usize) -> Result<Vec<(String, ProducerWindow)>> {
+        let mut out: Vec<_> = self
+            .state()
+            .producers
+            .iter()
+            .filter(|((t, _), _)| *t == topic)
+            .map(|((_, id), w)| (id.clone(), w.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out.truncate(limit);
+        Ok(out)
     }
 
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()> {

@@ -26,6 +26,9 @@ pub enum Op {
     PutNextTopicId(u64),
     PutElement(TopicId, Element),
     PutProducer(TopicId, String, ProducerWindow),
+    /// A Raft group's named value, written atomically with the state it
+    /// describes (the state machine's last applied log id).
+    PutRaftValue(GroupId, String, Vec<u8>),
 }
 
 /// Writes applied together: all or none.
@@ -89,6 +92,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A producer's window, if the producer ever appended to `topic`.
     fn producer(&self, topic: TopicId, id: &str) -> Result<Option<ProducerWindow>>;
+
+    /// Every producer window of `topic` (for snapshots), at most `limit`.
+    fn producers(&self, topic: TopicId, limit: usize) -> Result<Vec<(String, ProducerWindow)>>;
 
     /// Removes `topic`'s elements below `below_seq`. Need not be synced: a
     /// trim lost in a crash is simply done again.

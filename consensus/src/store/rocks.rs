@@ -137,6 +137,9 @@ impl Store for RocksStore {
                 Op::PutProducer(topic, id, w) => {
                     wb.put_cf(self.cf(CF_PRODUCERS), producer_key(*topic, id), w.encode());
                 }
+                Op::PutRaftValue(group, name, value) => {
+                    wb.put_cf(self.cf(CF_RAFT_VALUES), value_key(*group, name), value);
+                }
             }
         }
         self.write_synced(wb, "write")
@@ -224,6 +227,25 @@ impl Store for RocksStore {
             .map_err(storage("read producer"))?
             .map(|v| ProducerWindow::decode(&v))
             .transpose()
+    }
+
+    fn producers(&self, topic: TopicId, limit: usize) -> Result<Vec<(String, ProducerWindow)>> {
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound((topic.0 + 1).to_be_bytes());
+        let start = topic.0.to_be_bytes();
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_PRODUCERS),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (key, value) = item.map_err(storage("list producers"))?;
+            let id = String::from_utf8(key[8..].to_vec())
+                .map_err(|_| Error::Corrupt("producer id is not UTF-8".into()))?;
+            out.push((id, ProducerWindow::decode(&value)?));
+        }
+        Ok(out)
     }
 
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()> {

@@ -14,7 +14,7 @@ pub const BATCH_ELEMENTS_MAX: usize = 10_000;
 pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 
 /// What an append did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct AppendOutcome {
     /// Sequence number of the first element appended.
     pub first_seq: u64,

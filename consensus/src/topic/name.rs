@@ -16,9 +16,9 @@ pub struct TopicName(String);
 impl TopicName {
     /// Checks `name` against the naming rules.
     pub fn new(name: &str) -> Result<Self> {
-        let bad = |reason| Error::InvalidName {
+        let bad = |reason: &str| Error::InvalidName {
             name: shorten(name),
-            reason,
+            reason: reason.to_string(),
         };
         if name.is_empty() {
             return Err(bad("it is empty"));

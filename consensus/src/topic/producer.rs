@@ -81,7 +81,7 @@ impl ProducerWindow {
         Err(Error::ProducerSeq {
             id: producer.id.clone(),
             seq: producer.seq,
-            why,
+            why: why.to_string(),
         })
     }
 

@@ -1,0 +1,189 @@
+//! openraft's log storage for one group, over a [`RaftLogStore`].
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::sync::Arc;
+
+use openraft::storage::{LogFlushed, RaftLogStorage};
+use openraft::{
+    AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError,
+    Vote,
+};
+
+use super::{TypeConfig, blocking, decode, encode};
+use crate::error::Error;
+use crate::store::{GroupId, RaftLogStore};
+
+const VOTE: &str = "vote";
+const COMMITTED: &str = "committed";
+const LAST_PURGED: &str = "last_purged";
+
+/// One group's log. Cheap to clone: clones share the store.
+#[derive(Clone)]
+pub struct LogStore {
+    store: Arc<dyn RaftLogStore>,
+    group: GroupId,
+}
+
+impl LogStore {
+    pub fn new(store: Arc<dyn RaftLogStore>, group: GroupId) -> Self {
+        Self { store, group }
+    }
+
+    async fn value<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        name: &'static str,
+    ) -> Result<Option<T>, Error> {
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || store.value(group, name)?.map(|b| decode(&b)).transpose()).await
+    }
+
+    async fn put_value<T: serde::Serialize>(
+        &self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), Error> {
+        let bytes = encode(value)?;
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || store.put_value(group, name, &bytes)).await
+    }
+}
+
+fn read_err(e: Error) -> StorageError<u64> {
+    StorageIOError::read_logs(AnyError::new(&e)).into()
+}
+
+fn write_err(e: Error) -> StorageError<u64> {
+    StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+        let from = match range.start_bound() {
+            Bound::Included(i) => *i,
+            Bound::Excluded(i) => i.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let to = match range.end_bound() {
+            Bound::Included(i) => i.saturating_add(1),
+            Bound::Excluded(i) => *i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || {
+            store
+                .read_log(group, from, to, usize::MAX)?
+                .iter()
+                .map(|(_, bytes)| decode(bytes))
+                .collect()
+        })
+        .await
+        .map_err(read_err)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
+        let last_purged: Option<LogId<u64>> = self.value(LAST_PURGED).await.map_err(read_err)?;
+        let (store, group) = (self.store.clone(), self.group);
+        let last: Option<Entry<TypeConfig>> = blocking(move || {
+            store
+                .last_log(group)?
+                .map(|(_, bytes)| decode(&bytes))
+                .transpose()
+        })
+        .await
+        .map_err(read_err)?;
+        Ok(LogState {
+            last_purged_log_id: last_purged,
+            // Entries a crash left below the purge point do not count.
+            last_log_id: std::cmp::max(last.map(|e| e.log_id), last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
+        self.put_value(VOTE, vote)
+            .await
+            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
+        self.value(VOTE)
+            .await
+            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+    }
+
+    async fn save_committed(
+        &mut self,
+        committed: Option<LogId<u64>>,
+    ) -> Result<(), StorageError<u64>> {
+        self.put_value(COMMITTED, &committed)
+            .await
+            .map_err(write_err)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+        Ok(self
+            .value::<Option<LogId<u64>>>(COMMITTED)
+            .await
+            .map_err(read_err)?
+            .flatten())
+    }
+
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError<u64>>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let encoded = entries
+            .into_iter()
+            .map(|e| Ok((e.log_id.index, encode(&e)?)))
+            .collect::<Result<Vec<_>, Error>>()
+            .map_err(write_err)?;
+        let (store, group) = (self.store.clone(), self.group);
+        // The store syncs before returning: only then is the append flushed.
+        let written = blocking(move || store.append_log(group, &encoded)).await;
+        match written {
+            Ok(()) => {
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(write_err(e))
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || store.truncate_log(group, log_id.index))
+            .await
+            .map_err(write_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        // Record the purge point first: a crash in between leaves entries
+        // that are below it, which readers never ask for.
+        self.put_value(LAST_PURGED, &log_id)
+            .await
+            .map_err(write_err)?;
+        let (store, group) = (self.store.clone(), self.group);
+        blocking(move || store.purge_log(group, log_id.index))
+            .await
+            .map_err(write_err)
+    }
+}

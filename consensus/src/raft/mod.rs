@@ -1,0 +1,84 @@
+//! A topic as a Raft group (openraft 0.9, storage v2): the type
+//! configuration, the commands a group's log carries, and the openraft
+//! storage adapters over woof's own storage traits.
+//!
+//! Layout:
+//! - this file: [`TypeConfig`], [`Command`], [`CommandResult`], encoding.
+//! - [`log_store`]: openraft's `RaftLogStorage` over a [`RaftLogStore`].
+//! - [`state_machine`]: openraft's `RaftStateMachine`: applies commands to
+//!   the topic through [`crate::topic::Machine`], snapshots the topic.
+//!
+//! The network and the per-node router of groups come next (see the cluster
+//! issue); this module is storage only.
+//!
+//! [`RaftLogStore`]: crate::store::RaftLogStore
+
+pub mod log_store;
+pub mod state_machine;
+
+use std::io::Cursor;
+
+use serde_bytes::ByteBuf;
+
+use crate::error::Error;
+use crate::topic::{AppendOutcome, TopicMeta};
+
+openraft::declare_raft_types!(
+    /// woof's Raft types: one group per topic.
+    pub TypeConfig:
+        D = Command,
+        R = CommandResult,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// What a topic's log carries. Applied in log order on every replica, so
+/// everything a decision needs (such as the time) is in the command.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Command {
+    /// Creates the topic (the group's first command).
+    Create(TopicMeta),
+    /// Appends elements, stamped with the leader's clock.
+    Append {
+        payloads: Vec<ByteBuf>,
+        producer: Option<(String, u64)>,
+        time_ms: u64,
+    },
+    /// Deletes the topic and its elements.
+    Delete,
+}
+
+/// What applying a command gave.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CommandResult {
+    /// A blank or membership entry: nothing to answer.
+    None,
+    Created,
+    Appended(AppendOutcome),
+    Deleted,
+    /// The command was refused (a bad producer sequence, an unknown topic);
+    /// the log still holds it, and every replica refuses it the same way.
+    Refused(Error),
+}
+
+/// Entries and small values are stored as CBOR: compact, and payloads stay
+/// raw bytes.
+pub(crate) fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| Error::Corrupt(format!("encode: {e}")))
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
+    cbor4ii::serde::from_slice(bytes).map_err(|e| Error::Corrupt(format!("decode: {e}")))
+}
+
+/// Runs storage work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
+}
