@@ -13,7 +13,9 @@
 //!
 //! [`RaftLogStore`]: crate::store::RaftLogStore
 
+pub mod group;
 pub mod log_store;
+pub mod network;
 pub mod state_machine;
 
 use std::io::Cursor;

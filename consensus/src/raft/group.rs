@@ -1,0 +1,67 @@
+//! Starting a topic's Raft group on a node.
+
+use std::sync::Arc;
+
+use openraft::{Config, Raft, SnapshotPolicy};
+
+use super::TypeConfig;
+use super::log_store::LogStore;
+use super::network::{NetworkFactory, Router, Transport};
+use super::state_machine::TopicStateMachine;
+use crate::error::Error;
+use crate::store::{GroupId, RaftLogStore, Store};
+
+/// Timing of every group on a node.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat_ms: u64,
+    pub election_min_ms: u64,
+    pub election_max_ms: u64,
+}
+
+impl Default for Timing {
+    /// Fast enough for failover within about a second on a LAN.
+    fn default() -> Self {
+        Self {
+            heartbeat_ms: 100,
+            election_min_ms: 500,
+            election_max_ms: 1000,
+        }
+    }
+}
+
+/// Starts (or restarts, from what `store` holds) group `group` as node
+/// `node_id`, and registers it with `router`.
+pub async fn start<S: Store + RaftLogStore>(
+    node_id: u64,
+    group: GroupId,
+    store: Arc<S>,
+    transport: Arc<dyn Transport>,
+    router: &Router,
+    timing: Timing,
+) -> Result<Raft<TypeConfig>, Error> {
+    let config = Config {
+        cluster_name: "woof".into(),
+        heartbeat_interval: timing.heartbeat_ms,
+        election_timeout_min: timing.election_min_ms,
+        election_timeout_max: timing.election_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        max_in_snapshot_log_to_keep: 1_000,
+        ..Config::default()
+    }
+    .validate()
+    .map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?;
+    let log = LogStore::new(store.clone(), group);
+    let sm = TopicStateMachine::open(store.clone(), store, group).await?;
+    let raft = Raft::new(
+        node_id,
+        Arc::new(config),
+        NetworkFactory::new(group, transport),
+        log,
+        sm,
+    )
+    .await
+    .map_err(|e| Error::Storage(format!("starting group {}: {e}", group.0)))?;
+    router.insert(group, raft.clone());
+    Ok(raft)
+}

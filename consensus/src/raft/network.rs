@@ -1,0 +1,206 @@
+//! Raft traffic between nodes: the messages, openraft's network for one
+//! group, and the per-node router that hands incoming messages to the right
+//! group. How bytes travel is not this crate's business: the node passes in
+//! a [`Transport`] (the libp2p overlay), the simulator its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use futures::future::BoxFuture;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{AnyError, BasicNode, Raft};
+
+use super::{TypeConfig, decode, encode};
+use crate::error::Error;
+use crate::store::GroupId;
+
+/// Sends one message to a node and returns its answer.
+pub trait Transport: Send + Sync + 'static {
+    /// `node.addr` names the target as the transport knows it.
+    fn send(
+        &self,
+        node: &BasicNode,
+        message: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, Error>>;
+}
+
+/// A Raft message for one group.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct Envelope {
+    pub group: u64,
+    pub rpc: Rpc,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub enum Rpc {
+    AppendEntries(AppendEntriesRequest<TypeConfig>),
+    Vote(VoteRequest<u64>),
+    InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub enum Reply {
+    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
+    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
+    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    /// The target does not (or no longer) run this group.
+    NoGroup(u64),
+}
+
+/// Builds a group's connections to its peers.
+#[derive(Clone)]
+pub struct NetworkFactory {
+    group: GroupId,
+    transport: Arc<dyn Transport>,
+}
+
+impl NetworkFactory {
+    pub fn new(group: GroupId, transport: Arc<dyn Transport>) -> Self {
+        Self { group, transport }
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
+    type Network = GroupClient;
+
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GroupClient {
+        GroupClient {
+            group: self.group,
+            target,
+            node: node.clone(),
+            transport: self.transport.clone(),
+        }
+    }
+}
+
+/// One group's link to one peer.
+pub struct GroupClient {
+    group: GroupId,
+    target: u64,
+    node: BasicNode,
+    transport: Arc<dyn Transport>,
+}
+
+impl GroupClient {
+    async fn call<E: std::error::Error>(
+        &self,
+        rpc: Rpc,
+    ) -> Result<Reply, RPCError<u64, BasicNode, E>> {
+        let unreachable = |e: Error| RPCError::Network(NetworkError::new(&AnyError::new(&e)));
+        let message = encode(&Envelope {
+            group: self.group.0,
+            rpc,
+        })
+        .map_err(unreachable)?;
+        let answer = self
+            .transport
+            .send(&self.node, message)
+            .await
+            .map_err(unreachable)?;
+        let reply: Reply = decode(&answer).map_err(unreachable)?;
+        if let Reply::NoGroup(group) = reply {
+            return Err(unreachable(Error::Storage(format!(
+                "node {} does not run group {group}",
+                self.target
+            ))));
+        }
+        Ok(reply)
+    }
+
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, BasicNode, E> {
+        RPCError::Network(NetworkError::new(&AnyError::error("mismatched reply")))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for GroupClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        match self.call(Rpc::AppendEntries(rpc)).await? {
+            Reply::AppendEntries(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<u64>,
+        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+    > {
+        match self.call(Rpc::InstallSnapshot(rpc)).await? {
+            Reply::InstallSnapshot(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<u64>,
+        _option: RPCOption,
+    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        match self.call(Rpc::Vote(rpc)).await? {
+            Reply::Vote(r) => {
+                r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
+}
+
+/// The groups this node runs, by id: where incoming Raft messages go.
+#[derive(Default, Clone)]
+pub struct Router {
+    groups: Arc<RwLock<HashMap<GroupId, Raft<TypeConfig>>>>,
+}
+
+impl Router {
+    pub fn insert(&self, group: GroupId, raft: Raft<TypeConfig>) {
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(group, raft);
+    }
+
+    pub fn remove(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&group)
+    }
+
+    pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
+        self.groups
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&group)
+            .cloned()
+    }
+
+    /// Answers one incoming message. Bad bytes get an error, never a panic.
+    pub async fn handle(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
+        let envelope: Envelope = decode(message)?;
+        let Some(raft) = self.get(GroupId(envelope.group)) else {
+            return encode(&Reply::NoGroup(envelope.group));
+        };
+        let reply = match envelope.rpc {
+            Rpc::AppendEntries(r) => Reply::AppendEntries(raft.append_entries(r).await),
+            Rpc::Vote(r) => Reply::Vote(raft.vote(r).await),
+            Rpc::InstallSnapshot(r) => Reply::InstallSnapshot(raft.install_snapshot(r).await),
+        };
+        encode(&reply)
+    }
+}

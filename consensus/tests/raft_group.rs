@@ -1,0 +1,216 @@
+//! A topic replicated by a real openraft group across three in-process
+//! nodes, each with its own store, joined by an in-process transport that
+//! can cut a node off.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use openraft::{BasicNode, Raft};
+use serde_bytes::ByteBuf;
+use woof_consensus::Error;
+use woof_consensus::raft::group::{self, Timing};
+use woof_consensus::raft::network::{Router, Transport};
+use woof_consensus::raft::{Command, CommandResult, TypeConfig};
+use woof_consensus::store::{GroupId, MemStore, Store};
+use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
+
+#[derive(Default)]
+struct LoopNet {
+    routers: RwLock<HashMap<String, Router>>,
+    down: RwLock<HashSet<String>>,
+}
+
+/// One node's view of the loop network: a message is lost if either end is cut off.
+struct NodeNet {
+    me: String,
+    net: Arc<LoopNet>,
+}
+
+impl Transport for NodeNet {
+    fn send(
+        &self,
+        node: &BasicNode,
+        message: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, Error>> {
+        let router = self.net.routers.read().unwrap().get(&node.addr).cloned();
+        let down = {
+            let down = self.net.down.read().unwrap();
+            down.contains(&node.addr) || down.contains(&self.me)
+        };
+        async move {
+            match router {
+                Some(r) if !down => r.handle(&message).await,
+                _ => Err(Error::Closed),
+            }
+        }
+        .boxed()
+    }
+}
+
+struct Node {
+    store: Arc<MemStore>,
+    raft: Raft<TypeConfig>,
+}
+
+const GROUP: GroupId = GroupId(9);
+
+async fn cluster(net: &Arc<LoopNet>) -> Vec<Node> {
+    let mut nodes = Vec::new();
+    for id in 1..=3u64 {
+        let router = Router::default();
+        net.routers
+            .write()
+            .unwrap()
+            .insert(format!("n{id}"), router.clone());
+        let store = Arc::new(MemStore::new());
+        let transport = Arc::new(NodeNet {
+            me: format!("n{id}"),
+            net: net.clone(),
+        });
+        let raft = group::start(
+            id,
+            GROUP,
+            store.clone(),
+            transport,
+            &router,
+            Timing::default(),
+        )
+        .await
+        .unwrap();
+        nodes.push(Node { store, raft });
+    }
+    let members: std::collections::BTreeMap<u64, BasicNode> = (1..=3)
+        .map(|id| (id, BasicNode::new(format!("n{id}"))))
+        .collect();
+    nodes[0].raft.initialize(members).await.unwrap();
+    nodes
+}
+
+async fn leader(nodes: &[Node], skip: Option<u64>) -> u64 {
+    for _ in 0..100 {
+        for n in nodes {
+            if let Some(l) = n.raft.current_leader().await
+                && Some(l) != skip
+            {
+                return l;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader within 5 s");
+}
+
+async fn append(raft: &Raft<TypeConfig>, payload: String) -> u64 {
+    let r = raft
+        .client_write(Command::Append {
+            payloads: vec![ByteBuf::from(payload.into_bytes())],
+            producer: None,
+            time_ms: 1,
+        })
+        .await
+        .unwrap();
+    match r.data {
+        CommandResult::Appended(o) => o.first_seq,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn elements(store: &MemStore) -> Vec<(u64, Vec<u8>)> {
+    store
+        .scan(TopicId(GROUP.0), 1, 10_000, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.payload.to_vec()))
+        .collect()
+}
+
+async fn converged(stores: &[&MemStore], count: usize) {
+    for _ in 0..100 {
+        let views: Vec<_> = stores.iter().map(|s| elements(s)).collect();
+        if views.iter().all(|v| v.len() == count && *v == views[0]) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lens: Vec<_> = stores.iter().map(|s| elements(s).len()).collect();
+    panic!("replicas did not converge on {count} elements: {lens:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
+    let net = Arc::new(LoopNet::default());
+    let nodes = cluster(&net).await;
+    let first = leader(&nodes, None).await;
+    let l = &nodes[first as usize - 1].raft;
+    let meta = TopicMeta {
+        id: TopicId(GROUP.0),
+        name: TopicName::new("farm/replicated").unwrap(),
+        config: TopicConfig::default(),
+        created_at_ms: 1,
+    };
+    assert_eq!(
+        l.client_write(Command::Create(meta)).await.unwrap().data,
+        CommandResult::Created
+    );
+    for i in 1..=100u64 {
+        assert_eq!(append(l, format!("e{i}")).await, i, "dense from 1");
+    }
+    let all: Vec<&MemStore> = nodes.iter().map(|n| &*n.store).collect();
+    converged(&all, 100).await;
+
+    // A follower refuses writes and names the leader.
+    let follower = &nodes[first as usize % 3].raft;
+    let err = follower.client_write(Command::Delete).await.unwrap_err();
+    let forward = err
+        .forward_to_leader::<BasicNode>()
+        .expect("forward to leader");
+    assert_eq!(forward.leader_id, Some(first));
+
+    // Cut the leader off; the other two elect a new one and go on.
+    net.down.write().unwrap().insert(format!("n{first}"));
+    let second = leader(&nodes, Some(first)).await;
+    assert_ne!(second, first);
+    let l2 = &nodes[second as usize - 1].raft;
+    let mut seq = 0;
+    for _ in 0..100 {
+        // The first writes may race the election; retry until it is settled.
+        match l2
+            .client_write(Command::Append {
+                payloads: vec![ByteBuf::from(b"after".to_vec())],
+                producer: None,
+                time_ms: 2,
+            })
+            .await
+        {
+            Ok(r) => {
+                let CommandResult::Appended(o) = r.data else {
+                    panic!("{:?}", r.data)
+                };
+                seq = o.first_seq;
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    assert_eq!(seq, 101, "numbering continues without a gap");
+    for i in 102..=150u64 {
+        assert_eq!(append(l2, format!("e{i}")).await, i);
+    }
+    let survivors: Vec<&MemStore> = nodes
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i as u64 + 1 != first)
+        .map(|(_, n)| &*n.store)
+        .collect();
+    converged(&survivors, 150).await;
+
+    // The old leader comes back and catches up; nobody disagrees.
+    net.down.write().unwrap().clear();
+    converged(&all, 150).await;
+    for n in nodes {
+        n.raft.shutdown().await.unwrap();
+    }
+}
