@@ -4,15 +4,24 @@
 //! Layout:
 //! - [`topic`]: the domain (names, settings, elements, producers) and the
 //!   [`topic::Machine`] that decides appends. Pure: no I/O, no clock.
-//! - [`store`]: the [`store::Store`] trait, the RocksDB and in-memory stores,
+//! - [`store`]: the [`store::Store`] (topic data) and [`store::RaftLogStore`]
+//!   (Raft logs) traits, the RocksDB and in-memory stores that implement both,
 //!   and the conformance suite every store passes.
+//! - [`raft`]: a topic as an openraft group: the commands its log carries,
+//!   the log store and state machine adapters (which pass openraft's own
+//!   suite), the Raft messages with the per-node router of groups, and
+//!   starting a group. How messages travel is passed in as a
+//!   [`raft::network::Transport`].
 //! - [`topics`]: [`Topics`], which runs one writer task per topic on tokio:
 //!   group commit, synced writes, subscriptions, background trimming.
 //! - [`error`]: the crate's one error type.
 //!
-//! Today a topic lives on one node. The cluster issue puts each topic's
-//! `Machine` behind an openraft group; the client-facing API of [`Topics`]
-//! is shaped so that it does not change when that happens.
+//! Today the node serves topics through [`Topics`], on one node. The
+//! [`raft`] module runs the same `Machine` behind an openraft group and is
+//! tested across in-process replicas; wiring it into the node (placement,
+//! forwarding, the overlay as transport) is the next step of the cluster
+//! issue. The client-facing API of [`Topics`] is shaped so that it does not
+//! change when that happens.
 
 pub mod error;
 pub mod raft;

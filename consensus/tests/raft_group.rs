@@ -214,3 +214,32 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
         n.raft.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_messages_are_errors_not_panics() {
+    let net = Arc::new(LoopNet::default());
+    let nodes = cluster(&net).await;
+    let router = net.routers.read().unwrap().get("n1").cloned().unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for len in [0usize, 1, 2, 7, 64, 1000] {
+        for _ in 0..50 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            assert!(
+                router.handle(&bytes).await.is_err(),
+                "{bytes:?} was accepted"
+            );
+        }
+    }
+    // The group still works afterwards.
+    leader(&nodes, None).await;
+    for n in nodes {
+        n.raft.shutdown().await.unwrap();
+    }
+}
