@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::store::{Op, Store, WriteBatch};
+use crate::store::{Op, Store, WriteBatch, blocking};
 use crate::topic::machine::{check_payloads, check_readable};
 use crate::topic::{
     AppendOutcome, Element, Machine, Producer, ProducerWindow, Range, TopicConfig, TopicId,
@@ -145,12 +145,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct Topics {
     inner: Arc<Inner>,
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
 }
 
 impl Topics {

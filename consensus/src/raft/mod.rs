@@ -76,11 +76,4 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, 
     cbor4ii::serde::from_slice(bytes).map_err(|e| Error::Corrupt(format!("decode: {e}")))
 }
 
-/// Runs storage work off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
-) -> Result<T, Error> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| Error::Storage(format!("storage task failed: {e}")))?
-}
+pub(crate) use crate::store::blocking;

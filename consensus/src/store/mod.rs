@@ -101,6 +101,15 @@ pub trait Store: Send + Sync + 'static {
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()>;
 }
 
+/// Runs storage work (which may block on I/O) off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| crate::error::Error::Storage(format!("storage task failed: {e}")))?
+}
+
 /// Storage encoding of an element's value: a version byte, the append time as
 /// a little-endian u64, then the payload.
 pub(crate) mod element_codec {
