@@ -7,6 +7,8 @@
 //!   and the demo hand it a socket and a stop signal.
 //! - [`cluster`]: the node's overlay (libp2p, when it is in a cluster) and
 //!   the cluster status it reports.
+//! - [`groups`]: this node's Raft groups, over the overlay (used by the
+//!   cluster tests today; topics move onto them next, see ADR 0004).
 //! - [`grpc`]: the `woof.v1.Woof` service, and the conversions between its
 //!   messages and the domain types of `woof_consensus`, errors included.
 //! - [`cli`]: the command-line client (`woof topic ...`, `woof append ...`),
@@ -21,6 +23,7 @@ pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod groups;
 pub mod grpc;
 pub mod server;
 

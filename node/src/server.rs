@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -18,13 +18,14 @@ use woof_proto::v1::woof_server::WoofServer;
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
+use crate::groups::Groups;
 use crate::grpc::Service;
 
 /// Requests one client connection may have in flight at once.
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 
 /// Opens the node's storage in `config.data_dir` and loads its topics.
-pub async fn open_topics(config: &NodeConfig) -> Result<Topics> {
+pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>)> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
         context: format!("cannot create data directory {}", config.data_dir.display()),
         source,
@@ -33,7 +34,9 @@ pub async fn open_topics(config: &NodeConfig) -> Result<Topics> {
     let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir))
         .await
         .map_err(|e| Error::Internal(format!("opening storage failed: {e}")))??;
-    Ok(Topics::open(Arc::new(store), Arc::new(SystemClock)).await?)
+    let store = Arc::new(store);
+    let topics = Topics::open(store.clone(), Arc::new(SystemClock)).await?;
+    Ok((topics, store))
 }
 
 /// Serves `topics` on `listener` until `shutdown` resolves; then stops the
@@ -66,6 +69,7 @@ pub async fn run(
 pub struct Node {
     grpc_addr: SocketAddr,
     overlay: Option<Overlay>,
+    groups: Option<Groups>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
 }
@@ -83,12 +87,17 @@ impl Node {
             context: "reading the bound address".into(),
             source,
         })?;
-        let topics = open_topics(config).await?;
+        let (topics, store) = open_topics(config).await?;
         let mut info = config.info.clone();
         info.grpc_addr = Some(format!("http://{grpc_addr}"));
-        let overlay = match &config.cluster {
-            Some(cluster) => Some(start_overlay(config, cluster, info.clone()).await?),
-            None => None,
+        let (overlay, groups) = match &config.cluster {
+            Some(cluster) => {
+                let mut overlay = start_overlay(config, cluster, info.clone()).await?;
+                let inbound = std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1);
+                let groups = Groups::new(store, overlay.client.clone(), inbound);
+                (Some(overlay), Some(groups))
+            }
+            None => (None, None),
         };
         let cluster = Cluster::new(info, overlay.as_ref().map(|o| o.client.clone()));
         let (stop, stopped) = oneshot::channel();
@@ -99,6 +108,7 @@ impl Node {
         Ok(Self {
             grpc_addr,
             overlay,
+            groups,
             stop: Some(stop),
             task,
         })
@@ -119,12 +129,20 @@ impl Node {
         self.overlay.as_ref().map(|o| &o.client)
     }
 
+    /// This node's Raft groups, if it is in a cluster.
+    pub fn groups(&self) -> Option<&Groups> {
+        self.groups.as_ref()
+    }
+
     /// Stops the node and waits until its storage is closed.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         let result = self.wait().await;
+        if let Some(groups) = self.groups.take() {
+            groups.shutdown().await;
+        }
         if let Some(overlay) = self.overlay.take() {
             overlay.shutdown().await;
         }
@@ -154,7 +172,7 @@ async fn start_overlay(
     info: woof_overlay::NodeInfo,
 ) -> Result<Overlay> {
     let keypair = woof_overlay::identity::load_or_create(&config.data_dir.join("node.key"))?;
-    let mut overlay = woof_overlay::start(OverlayConfig {
+    let overlay = woof_overlay::start(OverlayConfig {
         keypair,
         cluster_key: Some(cluster.key),
         listen: cluster.listen.clone(),
@@ -164,10 +182,6 @@ async fn start_overlay(
         join_timeout: cluster.join_timeout,
     })
     .await?;
-    // Nothing above the overlay takes node-to-node requests yet (Raft will);
-    // refuse them rather than let them queue.
-    let mut inbound = std::mem::replace(&mut overlay.inbound, tokio::sync::mpsc::channel(1).1);
-    tokio::spawn(async move { while inbound.recv().await.is_some() {} });
     tracing::info!(
         peer_id = %overlay.client.peer_id(),
         addrs = ?overlay.client.listen_addrs(),

@@ -182,6 +182,16 @@ impl Router {
             .remove(&group)
     }
 
+    /// Removes and returns every group (for shutdown).
+    pub fn drain(&self) -> Vec<Raft<TypeConfig>> {
+        self.groups
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
+            .map(|(_, raft)| raft)
+            .collect()
+    }
+
     pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
         self.groups
             .read()

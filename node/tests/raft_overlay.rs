@@ -1,0 +1,149 @@
+//! A Raft group replicated between three real nodes (in this process) over
+//! the libp2p overlay: the pieces the cluster issue builds replicated topics
+//! from.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use openraft::{BasicNode, Raft};
+use serde_bytes::ByteBuf;
+use woof_consensus::raft::{Command, CommandResult, TypeConfig};
+use woof_consensus::store::{GroupId, Store};
+use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
+use woof_node::config::{ClusterConfig, NodeConfig};
+use woof_node::server::Node;
+use woof_overlay::{ClusterKey, Multiaddr, Timing};
+
+/// Far from the ids the local topic counter hands out.
+const GROUP: GroupId = GroupId(1 << 62);
+
+async fn start(dir: &std::path::Path, key: ClusterKey, join: Vec<Multiaddr>) -> Node {
+    let mut config = NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.cluster = Some(ClusterConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        join,
+        key,
+        timing: Timing::default(),
+        join_timeout: Duration::from_secs(10),
+    });
+    Node::start(&config).await.unwrap()
+}
+
+async fn leader(rafts: &[Raft<TypeConfig>], not: Option<u64>) -> usize {
+    for _ in 0..200 {
+        for r in rafts {
+            if let Some(l) = r.current_leader().await
+                && Some(l) != not
+                && let Some(i) = rafts.iter().position(|r| r.metrics().borrow().id == l)
+            {
+                return i;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no leader within 10 s");
+}
+
+async fn append(raft: &Raft<TypeConfig>, payload: &str) -> u64 {
+    for _ in 0..100 {
+        let written = raft
+            .client_write(Command::Append {
+                payloads: vec![ByteBuf::from(payload.as_bytes().to_vec())],
+                producer: None,
+                time_ms: 1,
+            })
+            .await;
+        match written {
+            Ok(r) => match r.data {
+                CommandResult::Appended(o) => return o.first_seq,
+                other => panic!("{other:?}"),
+            },
+            // Just after an election the new leader may not be ready yet.
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("append {payload:?} never succeeded");
+}
+
+fn seqs(node: &Node) -> Vec<u64> {
+    node.groups()
+        .unwrap()
+        .store()
+        .scan(TopicId(GROUP.0), 1, 10_000, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+async fn converged(nodes: &[&Node], count: u64) {
+    for _ in 0..200 {
+        if nodes
+            .iter()
+            .all(|n| seqs(n) == (1..=count).collect::<Vec<_>>())
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lens: Vec<usize> = nodes.iter().map(|n| seqs(n).len()).collect();
+    panic!("replicas hold {lens:?} elements, not {count} each");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_replicates_over_the_overlay_and_survives_a_node_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate();
+    let a = start(&dir.path().join("a"), key, vec![]).await;
+    let join = a.overlay().unwrap().listen_addrs().to_vec();
+    let b = start(&dir.path().join("b"), key, join.clone()).await;
+    let c = start(&dir.path().join("c"), key, join).await;
+    let nodes = vec![a, b, c];
+
+    let mut rafts = Vec::new();
+    let mut members = BTreeMap::new();
+    for n in &nodes {
+        let groups = n.groups().unwrap();
+        rafts.push(groups.start(GROUP).await.unwrap());
+        members.insert(
+            groups.node_id(),
+            BasicNode::new(n.overlay().unwrap().peer_id().to_string()),
+        );
+    }
+    rafts[0].initialize(members).await.unwrap();
+    let l = leader(&rafts, None).await;
+    let meta = TopicMeta {
+        id: TopicId(GROUP.0),
+        name: TopicName::new("farm/replicated").unwrap(),
+        config: TopicConfig::default(),
+        created_at_ms: 1,
+    };
+    let created = rafts[l].client_write(Command::Create(meta)).await.unwrap();
+    assert_eq!(created.data, CommandResult::Created);
+    for i in 1..=100u64 {
+        assert_eq!(append(&rafts[l], &format!("e{i}")).await, i);
+    }
+    let all: Vec<&Node> = nodes.iter().collect();
+    converged(&all, 100).await;
+
+    // Stop the leader's node entirely; the other two carry on.
+    let old = rafts[l].metrics().borrow().id;
+    let mut nodes = nodes;
+    let stopped = nodes.remove(l);
+    rafts.remove(l);
+    stopped.stop().await.unwrap();
+    let l2 = leader(&rafts, Some(old)).await;
+    assert_eq!(
+        append(&rafts[l2], "after").await,
+        101,
+        "numbering continues"
+    );
+    for i in 102..=120u64 {
+        assert_eq!(append(&rafts[l2], &format!("e{i}")).await, i);
+    }
+    let survivors: Vec<&Node> = nodes.iter().collect();
+    converged(&survivors, 120).await;
+    for n in nodes {
+        n.stop().await.unwrap();
+    }
+}
