@@ -45,6 +45,9 @@ pub enum Error {
     /// The node is shutting down, or the topic's writer stopped.
     #[error("the topic log is closed (node shutting down)")]
     Closed,
+    /// Another node could not be reached, or did not answer in time.
+    #[error("network: {0}")]
+    Network(String),
     /// The storage engine failed. The node cannot promise durability.
     #[error("storage failure: {0}")]
     Storage(String),

@@ -12,6 +12,13 @@ use futures::StreamExt;
 use tonic::transport::Channel;
 use woof_proto::v1::{self, woof_client::WoofClient};
 
+use std::collections::BTreeMap;
+
+use openraft::{BasicNode, Raft};
+use serde_bytes::ByteBuf;
+use woof_consensus::raft::{Command, CommandResult, TypeConfig};
+use woof_consensus::store::{GroupId, Store};
+use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_overlay::{ClusterKey, Multiaddr, NodeInfo, Tier, Timing};
 
 use crate::cli::connect;
@@ -357,10 +364,103 @@ async fn steps(d: &mut Demo) -> Result<()> {
         "  after the restart {TOPIC} still holds #1..#{}; the next append is #{}",
         l.last_seq, next.seq
     );
-    println!(
-        "\ncoming next in woof: topics replicated by Raft across the cluster, failover, handlers, devices."
-    );
+    raft_preview(d).await?;
+    println!("\ncoming next in woof: topics on Raft groups through the API, handlers, devices.");
     Ok(())
+}
+
+/// The engine under the coming replicated topics: one Raft group across the
+/// three nodes, over the overlay; its leader's node is stopped mid-way.
+async fn raft_preview(d: &mut Demo) -> Result<()> {
+    heading("consensus preview: a Raft-replicated log across the three nodes");
+    let group = GroupId(1 << 62);
+    let mut nodes: Vec<Node> = d.node.take().into_iter().collect();
+    nodes.append(&mut d.others);
+    let mut rafts = Vec::new();
+    let mut members = BTreeMap::new();
+    for n in &nodes {
+        let (Some(groups), Some(overlay)) = (n.groups(), n.overlay()) else {
+            return Err(Error::Internal("demo nodes run in a cluster".into()));
+        };
+        rafts.push(groups.start(group).await?);
+        members.insert(
+            groups.node_id(),
+            BasicNode::new(overlay.peer_id().to_string()),
+        );
+    }
+    rafts[0]
+        .initialize(members)
+        .await
+        .map_err(|e| Error::Internal(format!("initialize: {e}")))?;
+    let leader = preview_leader(&rafts).await?;
+    let meta = TopicMeta {
+        id: TopicId(group.0),
+        name: TopicName::new("farm/north/replicated")?,
+        config: TopicConfig::default(),
+        created_at_ms: 0,
+    };
+    preview_write(&rafts[leader], Command::Create(meta)).await?;
+    for i in 1..=5 {
+        preview_write(&rafts[leader], preview_append(i)).await?;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in &nodes {
+        println!("  {:<8} holds {:?}", label(n), preview_seqs(n, group));
+    }
+    let stopped = nodes.remove(leader);
+    rafts.remove(leader);
+    println!("  stopping the leader's node ({}) ...", label(&stopped));
+    let started = Instant::now();
+    stopped.stop().await?;
+    let next = preview_leader(&rafts).await?;
+    for i in 6..=8 {
+        preview_write(&rafts[next], preview_append(i)).await?;
+    }
+    println!(
+        "  a new leader took over and appended #6..#8 within {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in &nodes {
+        println!("  {:<8} holds {:?}", label(n), preview_seqs(n, group));
+    }
+    d.others = nodes;
+    Ok(())
+}
+
+fn preview_append(i: u64) -> Command {
+    Command::Append {
+        payloads: vec![ByteBuf::from(format!("reading {i}").into_bytes())],
+        producer: None,
+        time_ms: 0,
+    }
+}
+
+fn preview_seqs(node: &Node, group: GroupId) -> Vec<u64> {
+    node.groups()
+        .and_then(|g| g.store().scan(TopicId(group.0), 1, 100, 1 << 20).ok())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+/// Writes through `raft`, retrying while a new leader settles in (bounded).
+async fn preview_write(raft: &Raft<TypeConfig>, command: Command) -> Result<()> {
+    for _ in 0..100 {
+        match raft.client_write(command.clone()).await {
+            Ok(r) => {
+                if let CommandResult::Refused(e) = r.data {
+                    return Err(e.into());
+                }
+                return Ok(());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    Err(Error::Internal(
+        "the group did not accept a write within 5 s".into(),
+    ))
 }
 
 /// The error a request that should fail gave, as the CLI would print it.
@@ -371,4 +471,24 @@ fn refusal<T>(answer: std::result::Result<T, tonic::Status>) -> Result<Error> {
             "the node accepted a request it should have refused".into(),
         )),
     }
+}
+
+/// The index (in `rafts`) of the current leader, waiting up to 10 s.
+async fn preview_leader(rafts: &[Raft<TypeConfig>]) -> Result<usize> {
+    for _ in 0..200 {
+        let leading = rafts.iter().position(|r| {
+            let m = r.metrics().borrow().clone();
+            m.current_leader == Some(m.id)
+        });
+        if let Some(i) = leading {
+            return Ok(i);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Err(Error::Internal("no leader within 10 s".into()))
+}
+
+/// A demo node's name (its `name` attribute).
+fn label(node: &Node) -> String {
+    node.info().attrs.get("name").cloned().unwrap_or_default()
 }

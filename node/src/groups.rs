@@ -55,7 +55,7 @@ impl Transport for OverlayTransport {
             client
                 .request(peer, framed)
                 .await
-                .map_err(|e| woof_consensus::Error::Storage(e.to_string()))
+                .map_err(|e| woof_consensus::Error::Network(e.to_string()))
         }
         .boxed()
     }

@@ -26,8 +26,10 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(NodeCommand::Start(args)) => {
-            // libp2p's Kademlia warns about every bootstrap of a lone node.
-            init_tracing("info,libp2p_kad=error");
+            // libp2p's Kademlia warns about every bootstrap of a lone node, and
+            // openraft logs every failed heartbeat to a stopped peer as an
+            // error, ten times a second; WOOF_LOG=openraft=debug shows them.
+            init_tracing("info,libp2p_kad=error,openraft=off");
             let file = match &args.config {
                 Some(path) => ConfigFile::load(path)?,
                 None => ConfigFile::default(),
@@ -83,7 +85,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Demo => {
-            init_tracing("warn");
+            init_tracing("warn,libp2p_kad=error,openraft=off");
             woof_node::demo::run().await?;
             Ok(())
         }

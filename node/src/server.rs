@@ -68,6 +68,7 @@ pub async fn run(
 /// A node running in this process: for `woof node start`, the demo and tests.
 pub struct Node {
     grpc_addr: SocketAddr,
+    info: woof_overlay::NodeInfo,
     overlay: Option<Overlay>,
     groups: Option<Groups>,
     stop: Option<oneshot::Sender<()>>,
@@ -99,7 +100,7 @@ impl Node {
             }
             None => (None, None),
         };
-        let cluster = Cluster::new(info, overlay.as_ref().map(|o| o.client.clone()));
+        let cluster = Cluster::new(info.clone(), overlay.as_ref().map(|o| o.client.clone()));
         let (stop, stopped) = oneshot::channel();
         let task = tokio::spawn(run(listener, topics, cluster, async {
             let _ = stopped.await;
@@ -107,6 +108,7 @@ impl Node {
         tracing::info!(%grpc_addr, data_dir = %config.data_dir.display(), "node serving");
         Ok(Self {
             grpc_addr,
+            info,
             overlay,
             groups,
             stop: Some(stop),
@@ -127,6 +129,11 @@ impl Node {
     /// This node's overlay, if it is in a cluster.
     pub fn overlay(&self) -> Option<&woof_overlay::Client> {
         self.overlay.as_ref().map(|o| &o.client)
+    }
+
+    /// What this node advertises.
+    pub fn info(&self) -> &woof_overlay::NodeInfo {
+        &self.info
     }
 
     /// This node's Raft groups, if it is in a cluster.

@@ -288,6 +288,7 @@ fn the_demo_runs_and_shows_each_step() {
         "it now holds #16..#20",
         "get #3: OUT_OF_RANGE",
         "still holds #1..#12; the next append is #13",
+        "a new leader took over and appended #6..#8",
         "cleaned up",
     ] {
         assert!(

@@ -104,7 +104,7 @@ impl GroupClient {
             .map_err(unreachable)?;
         let reply: Reply = decode(&answer).map_err(unreachable)?;
         if let Reply::NoGroup(group) = reply {
-            return Err(unreachable(Error::Storage(format!(
+            return Err(unreachable(Error::Network(format!(
                 "node {} does not run group {group}",
                 self.target
             ))));

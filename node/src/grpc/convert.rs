@@ -15,7 +15,7 @@ pub fn status(err: Error) -> Status {
         Error::OutOfRange { .. } | Error::FellBehind { .. } => Code::OutOfRange,
         Error::ProducerSeq { .. } => Code::FailedPrecondition,
         Error::LimitReached(_) => Code::ResourceExhausted,
-        Error::Closed | Error::Storage(_) => Code::Unavailable,
+        Error::Closed | Error::Storage(_) | Error::Network(_) => Code::Unavailable,
         Error::Corrupt(_) => Code::Internal,
     };
     Status::new(code, err.to_string())
