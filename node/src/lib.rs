@@ -9,6 +9,8 @@
 //!   the cluster status it reports.
 //! - [`groups`]: this node's Raft groups, over the overlay (used by the
 //!   cluster tests today; topics move onto them next, see ADR 0004).
+//! - [`placement`]: which nodes a topic's replicas go to (Kademlia distance,
+//!   or attribute constraints such as `tier=edge:1,tier=cloud:2`).
 //! - [`grpc`]: the `woof.v1.Woof` service, and the conversions between its
 //!   messages and the domain types of `woof_consensus`, errors included.
 //! - [`cli`]: the command-line client (`woof topic ...`, `woof append ...`),
@@ -25,6 +27,7 @@ pub mod demo;
 pub mod error;
 pub mod groups;
 pub mod grpc;
+pub mod placement;
 pub mod server;
 
 pub use error::{Error, Result};

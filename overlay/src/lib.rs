@@ -6,6 +6,7 @@
 //! - [`info`]: what a node advertises: tier, attributes, capabilities.
 //! - [`members`]: the live view of the others (alive, suspected, gone), a
 //!   plain struct fed with what was heard and the time.
+//! - [`distance`]: Kademlia (XOR) distance between keys and peers.
 //! - [`network`]: the swarm (TCP, private network, noise, yamux; Kademlia,
 //!   Identify, request-response) owned by one event loop, and the
 //!   [`network::Client`] handle the rest of the node uses.
@@ -15,6 +16,7 @@
 //! requests through [`network::Client::request`] and answer
 //! [`network::Inbound`] ones.
 
+pub mod distance;
 pub mod error;
 pub mod identity;
 pub mod info;
