@@ -71,6 +71,8 @@ pub struct Node {
     info: woof_overlay::NodeInfo,
     overlay: Option<Overlay>,
     groups: Option<Groups>,
+    /// Serves peer requests for the groups; ends after the overlay does.
+    groups_task: Option<JoinHandle<()>>,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<()>>,
 }
@@ -91,14 +93,14 @@ impl Node {
         let (topics, store) = open_topics(config).await?;
         let mut info = config.info.clone();
         info.grpc_addr = Some(format!("http://{grpc_addr}"));
-        let (overlay, groups) = match &config.cluster {
+        let (overlay, groups, groups_task) = match &config.cluster {
             Some(cluster) => {
                 let mut overlay = start_overlay(config, cluster, info.clone()).await?;
                 let inbound = std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1);
-                let groups = Groups::new(store, overlay.client.clone(), inbound);
-                (Some(overlay), Some(groups))
+                let (groups, task) = Groups::new(store, overlay.client.clone(), inbound);
+                (Some(overlay), Some(groups), Some(task))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let cluster = Cluster::new(info.clone(), overlay.as_ref().map(|o| o.client.clone()));
         let (stop, stopped) = oneshot::channel();
@@ -111,6 +113,7 @@ impl Node {
             info,
             overlay,
             groups,
+            groups_task,
             stop: Some(stop),
             task,
         })
@@ -152,6 +155,9 @@ impl Node {
         }
         if let Some(overlay) = self.overlay.take() {
             overlay.shutdown().await;
+        }
+        if let Some(task) = self.groups_task.take() {
+            let _ = task.await;
         }
         result
     }

@@ -147,3 +147,82 @@ async fn a_group_replicates_over_the_overlay_and_survives_a_node_stopping() {
         n.stop().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_outside_the_group_creates_it_and_writes_through_the_leader() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate();
+    let a = start(&dir.path().join("a"), key, vec![]).await;
+    let join = a.overlay().unwrap().listen_addrs().to_vec();
+    let mut nodes = vec![a];
+    for name in ["b", "c", "d"] {
+        nodes.push(start(&dir.path().join(name), key, join.clone()).await);
+    }
+    // Wait until d knows the others (it talks to them by peer id).
+    for _ in 0..100 {
+        let alive = nodes[3].overlay().unwrap().members().await.unwrap().len();
+        if alive == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let members: Vec<_> = nodes[..3]
+        .iter()
+        .map(|n| n.overlay().unwrap().peer_id())
+        .collect();
+    let outsider = nodes[3].groups().unwrap().clone();
+    outsider.create(GROUP, &members).await.unwrap();
+    let meta = TopicMeta {
+        id: TopicId(GROUP.0),
+        name: TopicName::new("farm/forwarded").unwrap(),
+        config: TopicConfig::default(),
+        created_at_ms: 1,
+    };
+    let created = outsider
+        .write(GROUP, &members, Command::Create(meta))
+        .await
+        .unwrap();
+    assert_eq!(created, CommandResult::Created);
+    let write = |i: u64| Command::Append {
+        payloads: vec![ByteBuf::from(format!("e{i}").into_bytes())],
+        producer: Some(("sensor".into(), i)),
+        time_ms: 1,
+    };
+    for i in 1..=30u64 {
+        match outsider.write(GROUP, &members, write(i)).await.unwrap() {
+            CommandResult::Appended(o) => assert_eq!(o.first_seq, i),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A retried write is recognised, wherever it enters.
+    match outsider.write(GROUP, &members, write(30)).await.unwrap() {
+        CommandResult::Appended(o) => assert!(o.duplicate && o.first_seq == 30),
+        other => panic!("{other:?}"),
+    }
+    let replicas: Vec<&Node> = nodes[..3].iter().collect();
+    converged(&replicas, 30).await;
+    assert!(seqs(&nodes[3]).is_empty(), "the outsider holds nothing");
+
+    // Stop whichever member leads; writes from the outsider go on.
+    let rafts: Vec<Raft<TypeConfig>> = nodes[..3]
+        .iter()
+        .map(|n| n.groups().unwrap().start(GROUP))
+        .collect::<futures::future::JoinAll<_>>()
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let l = leader(&rafts, None).await;
+    drop(rafts);
+    let stopped = nodes.remove(l);
+    stopped.stop().await.unwrap();
+    match outsider.write(GROUP, &members, write(31)).await.unwrap() {
+        CommandResult::Appended(o) => assert_eq!(o.first_seq, 31),
+        other => panic!("{other:?}"),
+    }
+    let survivors: Vec<&Node> = nodes[..2].iter().collect();
+    converged(&survivors, 31).await;
+    for n in nodes {
+        n.stop().await.unwrap();
+    }
+}
