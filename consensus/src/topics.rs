@@ -20,7 +20,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::store::{Op, Store, WriteBatch, blocking};
+use crate::store::{GROUP_ID_MIN, Op, Store, WriteBatch, blocking};
 use crate::topic::machine::{check_payloads, check_readable};
 use crate::topic::{
     AppendOutcome, Element, Machine, Producer, ProducerWindow, Range, TopicConfig, TopicId,
@@ -154,7 +154,12 @@ impl Topics {
         let loading = store.clone();
         let (next_id, loaded) = blocking(move || {
             let mut loaded = Vec::new();
-            for meta in loading.topics()? {
+            // Topics owned by Raft groups are the groups' business.
+            for meta in loading
+                .topics()?
+                .into_iter()
+                .filter(|m| m.id.0 < GROUP_ID_MIN)
+            {
                 let last = loading.last_seq(meta.id)?;
                 loaded.push((meta, last));
             }

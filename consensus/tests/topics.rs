@@ -193,6 +193,26 @@ async fn reopening_continues_where_it_stopped() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_owned_by_raft_groups_are_not_loaded_as_local_topics() {
+    use woof_consensus::store::{GROUP_ID_MIN, Op};
+    let store = Arc::new(Flaky::default());
+    let mut batch = WriteBatch::default();
+    batch.push(Op::PutTopic(TopicMeta {
+        id: TopicId(GROUP_ID_MIN + 5),
+        name: woof_consensus::topic::TopicName::new("replicated").unwrap(),
+        config: TopicConfig::default(),
+        created_at_ms: 0,
+    }));
+    store.write(&batch).unwrap();
+    let topics = open(store).await;
+    assert!(topics.list().is_empty());
+    assert!(matches!(
+        topics.append("replicated", one("x"), None).await,
+        Err(Error::TopicNotFound(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_subscriptions_and_refuses_appends() {
     let store = Arc::new(Flaky::default());
     let topics = open(store).await;

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use openraft::{BasicNode, Raft};
 use serde_bytes::ByteBuf;
 use woof_consensus::raft::{Command, CommandResult, TypeConfig};
-use woof_consensus::store::{GroupId, Store};
+use woof_consensus::store::{GROUP_ID_MIN, GroupId, Store};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_overlay::{ClusterKey, Multiaddr, NodeInfo, Tier, Timing};
 
@@ -373,7 +373,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
 /// three nodes, over the overlay; its leader's node is stopped mid-way.
 async fn raft_preview(d: &mut Demo) -> Result<()> {
     heading("consensus preview: a Raft-replicated log across the three nodes");
-    let group = GroupId(1 << 62);
+    let group = GroupId(GROUP_ID_MIN);
     let mut nodes: Vec<Node> = d.node.take().into_iter().collect();
     nodes.append(&mut d.others);
     let mut rafts = Vec::new();

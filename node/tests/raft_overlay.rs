@@ -8,14 +8,13 @@ use std::time::Duration;
 use openraft::{BasicNode, Raft};
 use serde_bytes::ByteBuf;
 use woof_consensus::raft::{Command, CommandResult, TypeConfig};
-use woof_consensus::store::{GroupId, Store};
+use woof_consensus::store::{GROUP_ID_MIN, GroupId, Store};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_node::config::{ClusterConfig, NodeConfig};
 use woof_node::server::Node;
 use woof_overlay::{ClusterKey, Multiaddr, Timing};
 
-/// Far from the ids the local topic counter hands out.
-const GROUP: GroupId = GroupId(1 << 62);
+const GROUP: GroupId = GroupId(GROUP_ID_MIN);
 
 async fn start(dir: &std::path::Path, key: ClusterKey, join: Vec<Multiaddr>) -> Node {
     let mut config = NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());

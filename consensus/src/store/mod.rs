@@ -9,7 +9,7 @@ pub mod raft_log;
 mod rocks;
 
 pub use memory::MemStore;
-pub use raft_log::{GroupId, RaftLogStore};
+pub use raft_log::{GROUP_ID_MIN, GroupId, RaftLogStore};
 pub use rocks::RocksStore;
 
 use crate::error::Result;

@@ -9,6 +9,11 @@ use crate::error::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct GroupId(pub u64);
 
+/// Raft groups use ids from here up; local topics (numbered from 1 by a
+/// counter) stay below, so the two never share a topic's keys and a node
+/// never mistakes a group's topic for one of its local topics.
+pub const GROUP_ID_MIN: u64 = 1 << 62;
+
 /// The most entries one `read_log` returns, whatever the caller asks.
 pub const READ_ENTRIES_MAX: usize = 10_000;
 
