@@ -208,7 +208,7 @@ fn bad_cluster_settings_are_clear_errors() {
                 "--cluster-key",
                 key,
                 "--join",
-                "10.0.0.1:7800",
+                "127.0.0.1:7800",
             ],
             "not a multiaddr",
         ),

@@ -372,26 +372,24 @@ mod tests {
     use super::super::conformance;
     use super::*;
 
+    /// Fresh stores, each in its own directory, kept until the test ends.
+    fn fresh(dirs: &std::sync::Mutex<Vec<tempfile::TempDir>>) -> RocksStore {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        dirs.lock().unwrap().push(dir);
+        store
+    }
+
     #[test]
     fn conformance() {
         let dirs = std::sync::Mutex::new(Vec::new());
-        conformance::run_all(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let store = RocksStore::open(dir.path()).unwrap();
-            dirs.lock().unwrap().push(dir);
-            store
-        });
+        conformance::run_all(|| fresh(&dirs));
     }
 
     #[test]
     fn raft_log_conformance() {
         let dirs = std::sync::Mutex::new(Vec::new());
-        conformance::run_raft_log(|| {
-            let dir = tempfile::tempdir().unwrap();
-            let store = RocksStore::open(dir.path()).unwrap();
-            dirs.lock().unwrap().push(dir);
-            store
-        });
+        conformance::run_raft_log(|| fresh(&dirs));
     }
 
     #[test]
