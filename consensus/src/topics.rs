@@ -11,6 +11,10 @@
 //! `watch` channel and the elements from the store. Trimming is a separate
 //! task per topic that deletes what fell out of the history, behind the
 //! appends, so it never delays them.
+//!
+//! A topic kept by a Raft group has no writer here: its group's state
+//! machine writes the store and calls [`Topics::publish_replica`] after each
+//! apply, so the same reads and subscriptions serve it (see `crate::raft`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -126,9 +130,40 @@ impl Command {
 
 struct Topic {
     meta: TopicMeta,
-    commands: mpsc::Sender<Command>,
+    /// The writer's queue; `None` for a replica of a Raft group's topic.
+    commands: Option<mpsc::Sender<Command>>,
     published: watch::Receiver<Published>,
+    /// How a Raft group's state machine publishes to readers.
+    replica: Option<Replica>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// The publishing side of a replicated topic.
+struct Replica {
+    published: watch::Sender<Published>,
+    /// Taken at shutdown, which ends the trimmer.
+    trim: Mutex<Option<Trim>>,
+}
+
+/// Asks a topic's trimmer to delete what fell out of the history.
+struct Trim {
+    trim: watch::Sender<u64>,
+    /// Elements below this were deleted (or asked to be).
+    trimmed_below: u64,
+}
+
+impl Trim {
+    /// Asks the trimmer to delete below `range.first`, once enough has fallen out.
+    fn request(&mut self, range: Range, history: u64) {
+        let first = range.first;
+        let step = history.min(TRIM_STEP_MAX);
+        if first > self.trimmed_below
+            && (first - self.trimmed_below >= step || self.trimmed_below == 0)
+        {
+            self.trimmed_below = first;
+            self.trim.send_replace(first);
+        }
+    }
 }
 
 struct Inner {
@@ -199,8 +234,10 @@ impl Topics {
             machine,
             producers: HashMap::new(),
             published: published_tx,
-            trim: trim_tx,
-            trimmed_below: 0,
+            trim: Trim {
+                trim: trim_tx,
+                trimmed_below: 0,
+            },
         };
         let shutdown = self.inner.shutdown.subscribe();
         let tasks = vec![
@@ -209,12 +246,104 @@ impl Topics {
         ];
         let topic = Arc::new(Topic {
             meta: meta.clone(),
-            commands,
+            commands: Some(commands),
             published,
+            replica: None,
             tasks: Mutex::new(tasks),
         });
         self.registry_mut().insert(meta.name, topic.clone());
         topic
+    }
+
+    /// Shows readers a Raft group's topic as this replica has applied it:
+    /// registers it on first sight, else publishes its new range. Called by
+    /// the group's state machine after every apply.
+    pub fn publish_replica(&self, meta: &TopicMeta, range: Range) {
+        let existing = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&meta.name)
+            .cloned();
+        if let Some(topic) = existing {
+            if let (true, Some(replica)) = (topic.meta.id == meta.id, &topic.replica) {
+                replica.published.send_modify(|p| p.range = range);
+                if let Some(trim) = replica
+                    .trim
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_mut()
+                {
+                    trim.request(range, meta.config.history);
+                }
+                return;
+            }
+            if topic.replica.is_none() {
+                // A local topic of this node (from before it joined a
+                // cluster) keeps the name here.
+                tracing::warn!(topic = %meta.name, "a local topic hides the replicated one");
+                return;
+            }
+            // Another group's topic of that name (one deleted, whose group
+            // has not told us yet): the newer group wins.
+            self.retire_replica(topic.meta.id);
+        }
+        if *self.inner.shutdown.borrow() {
+            return;
+        }
+        let (published_tx, published) = watch::channel(Published {
+            range,
+            state: TopicState::Open,
+        });
+        let (trim_tx, trim_rx) = watch::channel(0);
+        let mut trim = Trim {
+            trim: trim_tx,
+            trimmed_below: 0,
+        };
+        trim.request(range, meta.config.history);
+        let trimmer = tokio::spawn(run_trimmer(self.inner.store.clone(), meta.id, trim_rx));
+        let topic = Arc::new(Topic {
+            meta: meta.clone(),
+            commands: None,
+            published,
+            replica: Some(Replica {
+                published: published_tx,
+                trim: Mutex::new(Some(trim)),
+            }),
+            tasks: Mutex::new(vec![trimmer]),
+        });
+        self.registry_mut().insert(meta.name.clone(), topic);
+    }
+
+    /// A replicated topic is gone from this node (deleted, or its group
+    /// left): its subscribers end with `TopicNotFound`.
+    pub fn retire_replica(&self, id: TopicId) {
+        let mut registry = self.registry_mut();
+        let name = registry
+            .iter()
+            .find(|(_, t)| t.meta.id == id && t.replica.is_some())
+            .map(|(name, _)| name.clone());
+        if let Some(topic) = name.and_then(|n| registry.remove(&n))
+            && let Some(replica) = &topic.replica
+        {
+            replica
+                .published
+                .send_modify(|p| p.state = TopicState::Deleted);
+        }
+    }
+
+    /// Whether `name` is a replica of a Raft group's topic here, and its id.
+    pub fn replica_id(&self, name: &TopicName) -> Option<TopicId> {
+        let registry = self
+            .inner
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        registry
+            .get(name)
+            .filter(|t| t.replica.is_some())
+            .map(|t| t.meta.id)
     }
 
     fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<TopicName, Arc<Topic>>> {
@@ -263,6 +392,7 @@ impl Topics {
             name,
             config,
             created_at_ms: self.inner.clock.now_ms(),
+            placement: Default::default(),
         };
         let mut batch = WriteBatch::default();
         batch.push(Op::PutTopic(meta.clone()));
@@ -280,9 +410,10 @@ impl Topics {
     pub async fn delete(&self, name: &str) -> Result<()> {
         let _admin = self.inner.admin.lock().await;
         let topic = self.lookup(name)?;
+        let commands = topic.writer()?.clone();
         self.registry_mut().remove(&topic.meta.name);
         let (reply, answer) = oneshot::channel();
-        let result = match topic.commands.send(Command::Delete { reply }).await {
+        let result = match commands.send(Command::Delete { reply }).await {
             Ok(()) => answer.await.unwrap_or(Err(Error::Closed)),
             Err(_) => Err(Error::Closed),
         };
@@ -323,6 +454,7 @@ impl Topics {
         producer: Option<Producer>,
     ) -> Result<AppendOutcome> {
         let topic = self.lookup(name)?;
+        let commands = topic.writer()?;
         check_payloads(topic.meta.config.element_max_bytes, &payloads)?;
         let bytes: usize = payloads.iter().map(|p| p.len() + 32).sum();
         // check_payloads bounds a batch to 8 MiB, well within u32 and the semaphore.
@@ -340,7 +472,7 @@ impl Topics {
             _permit: permit,
             reply,
         };
-        if topic.commands.send(command).await.is_err() {
+        if commands.send(command).await.is_err() {
             return Err(self.gone(&topic));
         }
         answer.await.unwrap_or_else(|_| Err(self.gone(&topic)))
@@ -434,11 +566,33 @@ impl Topics {
             .into_values()
             .collect();
         for topic in topics {
+            if let Some(replica) = &topic.replica {
+                replica
+                    .published
+                    .send_modify(|p| p.state = TopicState::Closed);
+                replica
+                    .trim
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+            }
             let tasks = std::mem::take(&mut *topic.tasks.lock().unwrap_or_else(|e| e.into_inner()));
             for task in tasks {
                 let _ = task.await;
             }
         }
+    }
+}
+
+impl Topic {
+    /// The writer's queue; a replicated topic is written through its group.
+    fn writer(&self) -> Result<&mpsc::Sender<Command>> {
+        self.commands.as_ref().ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "topic {:?} is kept by a Raft group; write through the cluster",
+                self.meta.name.as_str()
+            ))
+        })
     }
 }
 
@@ -544,9 +698,7 @@ struct Writer {
     /// several appends of one producer and a retry is found without a read.
     producers: HashMap<String, ProducerWindow>,
     published: watch::Sender<Published>,
-    trim: watch::Sender<u64>,
-    /// Elements below this were deleted (or asked to be).
-    trimmed_below: u64,
+    trim: Trim,
 }
 
 /// What deciding one group produced.
@@ -669,14 +821,8 @@ impl Writer {
 
     /// Asks the trimmer to delete what fell out of the history, once enough has.
     fn request_trim(&mut self) {
-        let first = self.machine.range().first;
-        let step = self.machine.meta().config.history.min(TRIM_STEP_MAX);
-        if first > self.trimmed_below
-            && (first - self.trimmed_below >= step || self.trimmed_below == 0)
-        {
-            self.trimmed_below = first;
-            self.trim.send_replace(first);
-        }
+        self.trim
+            .request(self.machine.range(), self.machine.meta().config.history);
     }
 }
 

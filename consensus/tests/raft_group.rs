@@ -10,12 +10,12 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use openraft::{BasicNode, Raft};
 use serde_bytes::ByteBuf;
-use woof_consensus::Error;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Router, Transport};
 use woof_consensus::raft::{Command, CommandResult, TypeConfig};
 use woof_consensus::store::{GroupId, MemStore, Store};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
+use woof_consensus::{Error, Start, Subscription, SystemClock, Topics};
 
 #[derive(Default)]
 struct LoopNet {
@@ -52,6 +52,8 @@ impl Transport for NodeNet {
 
 struct Node {
     store: Arc<MemStore>,
+    /// What the group applies, as readers see it.
+    topics: Topics,
     raft: Raft<TypeConfig>,
 }
 
@@ -70,6 +72,9 @@ async fn cluster(net: &Arc<LoopNet>) -> Vec<Node> {
             me: format!("n{id}"),
             net: net.clone(),
         });
+        let topics = Topics::open(store.clone(), Arc::new(SystemClock))
+            .await
+            .unwrap();
         let raft = group::start(
             id,
             GROUP,
@@ -77,10 +82,15 @@ async fn cluster(net: &Arc<LoopNet>) -> Vec<Node> {
             transport,
             &router,
             Timing::default(),
+            Some(&topics),
         )
         .await
         .unwrap();
-        nodes.push(Node { store, raft });
+        nodes.push(Node {
+            store,
+            topics,
+            raft,
+        });
     }
     let members: std::collections::BTreeMap<u64, BasicNode> = (1..=3)
         .map(|id| (id, BasicNode::new(format!("n{id}"))))
@@ -127,6 +137,21 @@ fn elements(store: &MemStore) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// Reads `count` elements from a subscription, waiting at most 10 s.
+async fn follow(sub: &mut Subscription, count: usize) -> Vec<u64> {
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while seen.len() < count {
+            for e in sub.next_batch(64).await.unwrap() {
+                seen.push(e.seq);
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("subscriber saw only {} of {count}", seen.len()));
+    seen
+}
+
 async fn converged(stores: &[&MemStore], count: usize) {
     for _ in 0..100 {
         let views: Vec<_> = stores.iter().map(|s| elements(s)).collect();
@@ -150,6 +175,7 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
         name: TopicName::new("farm/replicated").unwrap(),
         config: TopicConfig::default(),
         created_at_ms: 1,
+        placement: Default::default(),
     };
     assert_eq!(
         l.client_write(Command::Create(meta)).await.unwrap().data,
@@ -160,6 +186,26 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
     }
     let all: Vec<&MemStore> = nodes.iter().map(|n| &*n.store).collect();
     converged(&all, 100).await;
+    // Every replica serves the topic to readers, by name, from its own store.
+    let mut subscribers = Vec::new();
+    for n in &nodes {
+        // Published right after the store write that `converged` saw.
+        let mut range = (0, 0);
+        for _ in 0..100 {
+            let info = n.topics.describe("farm/replicated").unwrap();
+            range = (info.range.first, info.range.last);
+            if range == (1, 100) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(range, (1, 100));
+        subscribers.push(
+            n.topics
+                .subscribe("farm/replicated", Start::Seq(1))
+                .unwrap(),
+        );
+    }
 
     // A follower refuses writes and names the leader.
     let follower = &nodes[first as usize % 3].raft;
@@ -210,6 +256,23 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
     // The old leader comes back and catches up; nobody disagrees.
     net.down.write().unwrap().clear();
     converged(&all, 150).await;
+    // Each replica's subscriber saw 1..=150 once each, in order, across the
+    // change of leader (and the cut-off replica's catching up).
+    for sub in &mut subscribers {
+        assert_eq!(follow(sub, 150).await, (1..=150).collect::<Vec<_>>());
+    }
+    // A delete through the group ends every replica's subscribers.
+    assert_eq!(
+        l2.client_write(Command::Delete).await.unwrap().data,
+        CommandResult::Deleted
+    );
+    for sub in &mut subscribers {
+        let err = tokio::time::timeout(Duration::from_secs(5), sub.next_batch(64))
+            .await
+            .expect("subscriber ended")
+            .unwrap_err();
+        assert!(matches!(err, Error::TopicNotFound(_)), "{err}");
+    }
     for n in nodes {
         n.raft.shutdown().await.unwrap();
     }

@@ -89,6 +89,7 @@ mod topic_state_machine {
                 history: 3,
             },
             created_at_ms: 5,
+            placement: Default::default(),
         }
     }
 

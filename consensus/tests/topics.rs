@@ -202,6 +202,7 @@ async fn topics_owned_by_raft_groups_are_not_loaded_as_local_topics() {
         name: woof_consensus::topic::TopicName::new("replicated").unwrap(),
         config: TopicConfig::default(),
         created_at_ms: 0,
+        placement: Default::default(),
     }));
     store.write(&batch).unwrap();
     let topics = open(store).await;

@@ -10,6 +10,7 @@ use super::network::{NetworkFactory, Router, Transport};
 use super::state_machine::TopicStateMachine;
 use crate::error::Error;
 use crate::store::{GroupId, RaftLogStore, Store};
+use crate::topics::Topics;
 
 /// Timing of every group on a node.
 #[derive(Debug, Clone, Copy)]
@@ -31,7 +32,8 @@ impl Default for Timing {
 }
 
 /// Starts (or restarts, from what `store` holds) group `group` as node
-/// `node_id`, and registers it with `router`.
+/// `node_id`, and registers it with `router`. With `readers`, what the group
+/// applies is published to those topics (reads and subscriptions).
 pub async fn start<S: Store + RaftLogStore>(
     node_id: u64,
     group: GroupId,
@@ -39,6 +41,7 @@ pub async fn start<S: Store + RaftLogStore>(
     transport: Arc<dyn Transport>,
     router: &Router,
     timing: Timing,
+    readers: Option<&Topics>,
 ) -> Result<Raft<TypeConfig>, Error> {
     let config = Config {
         cluster_name: "woof".into(),
@@ -52,7 +55,10 @@ pub async fn start<S: Store + RaftLogStore>(
     .validate()
     .map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?;
     let log = LogStore::new(store.clone(), group);
-    let sm = TopicStateMachine::open(store.clone(), store, group).await?;
+    let mut sm = TopicStateMachine::open(store.clone(), store, group).await?;
+    if let Some(topics) = readers {
+        sm = sm.publishing_to(topics.clone());
+    }
     let raft = Raft::new(
         node_id,
         Arc::new(config),

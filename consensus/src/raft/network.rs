@@ -192,6 +192,14 @@ impl Router {
             .collect()
     }
 
+    /// Every registered group, in id order.
+    pub fn list(&self) -> Vec<(GroupId, Raft<TypeConfig>)> {
+        let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = groups.iter().map(|(g, r)| (*g, r.clone())).collect();
+        list.sort_by_key(|(g, _)| *g);
+        list
+    }
+
     pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
         self.groups
             .read()

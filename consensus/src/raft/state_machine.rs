@@ -5,6 +5,9 @@
 //! last applied log id and membership) goes to the store in one atomic
 //! batch, so a crash can never leave elements without the log position that
 //! produced them (a replay would append them twice).
+//!
+//! With [`TopicStateMachine::publishing_to`], every apply also shows the new
+//! range to the node's [`Topics`], which serves reads and subscriptions.
 
 use std::collections::HashMap;
 use std::io::Cursor;
@@ -21,6 +24,7 @@ use super::{Command, CommandResult, TypeConfig, blocking, decode, encode};
 use crate::error::Error;
 use crate::store::{GroupId, Op, RaftLogStore, Store, WriteBatch};
 use crate::topic::{Element, Machine, Producer, ProducerWindow, TopicId, TopicMeta};
+use crate::topics::Topics;
 
 /// The value name under which the applied state is kept.
 const APPLIED: &str = "applied";
@@ -52,6 +56,8 @@ pub struct TopicStateMachine {
     machine: Option<Machine>,
     applied: Applied,
     current: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
+    /// Where readers learn of what was applied.
+    readers: Option<Topics>,
 }
 
 fn sm_read(e: Error) -> StorageError<u64> {
@@ -93,7 +99,26 @@ impl TopicStateMachine {
             machine,
             applied,
             current: None,
+            readers: None,
         })
+    }
+
+    /// Publishes every applied change to `topics` (and what is applied now).
+    pub fn publishing_to(mut self, topics: Topics) -> Self {
+        self.readers = Some(topics);
+        self.publish(false);
+        self
+    }
+
+    /// Shows readers the topic as applied; `existed` says whether there was
+    /// a topic before, which is gone if there is none now.
+    fn publish(&self, existed: bool) {
+        let Some(readers) = &self.readers else { return };
+        match &self.machine {
+            Some(m) => readers.publish_replica(m.meta(), m.range()),
+            None if existed => readers.retire_replica(self.topic()),
+            None => {}
+        }
     }
 
     /// The topic as this replica has applied it (`None` before creation).
@@ -266,8 +291,10 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         })
         .await
         .map_err(sm_write)?;
+        let existed = self.machine.is_some();
         self.machine = machine;
         self.applied = applied;
+        self.publish(existed);
         Ok(results)
     }
 
@@ -328,8 +355,10 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         blocking(move || store.write(&batch))
             .await
             .map_err(sm_write)?;
+        let existed = self.machine.is_some();
         self.machine = data.meta.map(|m| Machine::new(m, last_seq));
         self.applied = applied;
+        self.publish(existed);
         self.current = Some((meta.clone(), bytes));
         Ok(())
     }

@@ -25,6 +25,7 @@ fn meta(id: u64, name: &str) -> TopicMeta {
         name: TopicName::new(name).unwrap(),
         config: TopicConfig::default(),
         created_at_ms: 1_700_000_000_000 + id,
+        placement: Default::default(),
     }
 }
 
@@ -210,6 +211,7 @@ pub fn run_raft_log<S: RaftLogStore>(mut fresh: impl FnMut() -> S) {
     raft_log_reads_ranges(&fresh());
     raft_log_truncates_and_purges(&fresh());
     raft_groups_are_separate(&fresh());
+    raft_groups_are_listed(&fresh());
 }
 
 fn entry(i: u64) -> (u64, Vec<u8>) {
@@ -292,4 +294,20 @@ fn raft_groups_are_separate<S: RaftLogStore>(s: &S) {
         s.value(GroupId(255), "committed").unwrap().as_deref(),
         Some(&b"2"[..])
     );
+}
+
+fn raft_groups_are_listed<S: RaftLogStore>(s: &S) {
+    assert!(s.groups().unwrap().is_empty());
+    // Only values count: a log without values is not a started group.
+    s.append_log(GroupId(3), &[entry(1)]).unwrap();
+    s.put_value(GroupId(256), "vote", b"v").unwrap();
+    s.put_value(GroupId(256), "applied", b"a").unwrap();
+    s.put_value(GroupId(255), "vote", b"v").unwrap();
+    s.put_value(GroupId(u64::MAX), "vote", b"v").unwrap();
+    assert_eq!(
+        s.groups().unwrap(),
+        [GroupId(255), GroupId(256), GroupId(u64::MAX)]
+    );
+    s.delete_group(GroupId(256)).unwrap();
+    assert_eq!(s.groups().unwrap(), [GroupId(255), GroupId(u64::MAX)]);
 }

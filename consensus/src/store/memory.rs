@@ -211,6 +211,12 @@ impl RaftLogStore for MemStore {
         s.raft_values.retain(|(g, _), _| *g != group);
         Ok(())
     }
+
+    fn groups(&self) -> Result<Vec<GroupId>> {
+        let groups: std::collections::BTreeSet<GroupId> =
+            self.state().raft_values.keys().map(|(g, _)| *g).collect();
+        Ok(groups.into_iter().collect())
+    }
 }
 
 #[cfg(test)]

@@ -53,4 +53,8 @@ pub trait RaftLogStore: Send + Sync + 'static {
 
     /// Removes everything `group` stored: log and values. Synced.
     fn delete_group(&self, group: GroupId) -> Result<()>;
+
+    /// Every group that holds at least one named value, in order: the groups
+    /// a node restarts with (a group stores a value as soon as it starts).
+    fn groups(&self) -> Result<Vec<GroupId>>;
 }

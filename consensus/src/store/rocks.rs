@@ -365,6 +365,33 @@ impl RaftLogStore for RocksStore {
         );
         self.write_synced(wb, "delete raft group")
     }
+
+    fn groups(&self) -> Result<Vec<GroupId>> {
+        let cf = self.cf(CF_RAFT_VALUES);
+        let mut groups = Vec::new();
+        let mut from = 0u64;
+        // One seek per group: jump past each group's values.
+        loop {
+            let start = from.to_be_bytes();
+            let mut iter = self
+                .db
+                .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward));
+            let Some(item) = iter.next() else { break };
+            let (key, _) = item.map_err(storage("list raft groups"))?;
+            let Some(id) = key.get(..8) else {
+                return Err(Error::Corrupt(format!(
+                    "raft value key {key:?} is too short"
+                )));
+            };
+            let id = u64::from_be_bytes(id.try_into().expect("8 bytes"));
+            groups.push(GroupId(id));
+            match id.checked_add(1) {
+                Some(next) => from = next,
+                None => break,
+            }
+        }
+        Ok(groups)
+    }
 }
 
 #[cfg(test)]

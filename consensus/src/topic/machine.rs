@@ -179,6 +179,7 @@ mod tests {
                 history,
             },
             created_at_ms: 1,
+            placement: Default::default(),
         };
         Machine::new(meta, 0)
     }

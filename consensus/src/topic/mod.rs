@@ -9,7 +9,7 @@ pub(crate) mod machine;
 mod name;
 mod producer;
 
-pub use machine::{AppendOutcome, Machine};
+pub use machine::{AppendOutcome, Machine, check_readable};
 pub use name::{NAME_BYTES_MAX, TopicName};
 pub use producer::{PRODUCER_ID_BYTES_MAX, PRODUCER_WINDOW, Producer, ProducerWindow};
 
@@ -94,6 +94,30 @@ pub struct TopicMeta {
     pub name: TopicName,
     pub config: TopicConfig,
     pub created_at_ms: u64,
+    /// Where its replicas live; kept with the topic so that whoever repairs
+    /// it places the new replica by the same rule.
+    #[serde(default)]
+    pub placement: Placement,
+}
+
+/// How many replicas a topic has and which nodes may hold them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    /// 1, 3 or 5.
+    pub replication: u32,
+    /// A replica constraint such as `tier=edge:1,tier=cloud:2`; `None`
+    /// places by Kademlia distance.
+    pub constraint: Option<String>,
+}
+
+impl Default for Placement {
+    /// A local topic: one replica, on the node that holds it.
+    fn default() -> Self {
+        Self {
+            replication: 1,
+            constraint: None,
+        }
+    }
 }
 
 /// One committed element.
