@@ -202,6 +202,7 @@ async fn create(url: &str, name: &str) -> anyhow::Result<()> {
                 element_max_bytes: 0,
                 history: 1_000_000,
             }),
+            ..Default::default()
         })
         .await?;
     Ok(())

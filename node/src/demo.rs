@@ -146,6 +146,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
                 element_max_bytes: 256,
                 history: 1000,
             }),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -276,6 +277,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
                 element_max_bytes: 64,
                 history: 5,
             }),
+            ..Default::default()
         })
         .await?;
     let batch = d
@@ -322,6 +324,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
             .create_topic(v1::CreateTopicRequest {
                 name: name.into(),
                 config: None,
+                ..Default::default()
             })
             .await;
         println!("  {what}: {}", refusal(err)?);
@@ -398,6 +401,7 @@ async fn raft_preview(d: &mut Demo) -> Result<()> {
         name: TopicName::new("farm/north/replicated")?,
         config: TopicConfig::default(),
         created_at_ms: 0,
+        placement: Default::default(),
     };
     preview_write(&rafts[leader], Command::Create(meta)).await?;
     for i in 1..=5 {

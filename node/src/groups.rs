@@ -6,18 +6,23 @@
 //! (start a group, write through a group from a node that is not its
 //! leader), CBOR-encoded like the Raft traffic.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use openraft::{BasicNode, Raft};
+use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, mpsc};
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Router, Transport};
 use woof_consensus::raft::{Command, CommandResult, TypeConfig, decode, encode};
-use woof_consensus::store::{GroupId, RocksStore};
+use woof_consensus::store::{
+    GROUP_ID_MIN, GroupId, Op, RaftLogStore, RocksStore, Store, WriteBatch,
+};
+use woof_consensus::topic::{Element, TopicId, TopicMeta};
+use woof_consensus::{Start, TopicInfo, Topics};
 use woof_overlay::{Inbound, PeerId};
 
 use crate::error::{Error, Result};
@@ -26,8 +31,14 @@ use crate::error::{Error, Result};
 const TAG_RAFT: u8 = 1;
 /// A [`Control`] message.
 const TAG_CONTROL: u8 = 2;
-/// How many times a write follows a leader hint or tries another member.
+/// How many times a request follows a leader hint or tries another member.
 const WRITE_ATTEMPTS: usize = 40;
+/// How long one control request may take before the next member is tried.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// The most elements one follow step returns.
+const FOLLOW_ELEMENTS_MAX: u32 = 1024;
+/// The longest one follow step waits.
+const FOLLOW_WAIT_MAX_MS: u64 = 10_000;
 /// The pause between write attempts while a group elects a leader.
 const WRITE_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -42,17 +53,99 @@ enum Control {
     },
     /// Write `command` through `group`, if this node leads it.
     Write { group: u64, command: Command },
+    /// Read `topic` (the topic of `group`), if this node leads it.
+    Read {
+        group: u64,
+        topic: String,
+        read: Read,
+    },
+    /// This node's replicas, as its groups see them.
+    Replicas,
+    /// Stop `group` here and remove everything it stored.
+    RemoveGroup { group: u64 },
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 enum ControlReply {
     Started,
     Written(CommandResult),
+    Read(ReadReply),
+    Replicas(Vec<ReplicaStatus>),
+    Removed,
     /// Not the leader; the leader's peer id if known.
     NotLeader(Option<String>),
     NoGroup,
+    /// The request was understood and refused (a topic error).
+    Refused(woof_consensus::Error),
     Failed(String),
 }
+
+/// A read served by a topic's leader.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Read {
+    /// One element.
+    Get { seq: u64 },
+    /// Up to `limit` consecutive elements from `from`.
+    Scan { from: u64, limit: u32 },
+    /// The range held, confirmed by a quorum (a linearizable read).
+    Latest,
+    /// Up to `max` elements from `from`, waiting up to `wait_ms` for the
+    /// first of them (how a node that holds no replica follows a topic).
+    Follow { from: u64, max: u32, wait_ms: u64 },
+    /// The leader's [`ReplicaStatus`].
+    Describe,
+}
+
+/// What a [`Read`] gave.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum ReadReply {
+    /// (sequence number, append time, payload), in order.
+    Elements(Vec<(u64, u64, ByteBuf)>),
+    Range {
+        first: u64,
+        last: u64,
+    },
+    Status(Box<ReplicaStatus>),
+}
+
+impl ReadReply {
+    /// The elements, from the wire form.
+    pub fn into_elements(self) -> Result<Vec<Element>> {
+        match self {
+            ReadReply::Elements(v) => Ok(v
+                .into_iter()
+                .map(|(seq, time, payload)| Element {
+                    seq,
+                    payload: bytes::Bytes::from(payload.into_vec()),
+                    append_time_ms: time,
+                })
+                .collect()),
+            other => Err(Error::Internal(format!("expected elements, got {other:?}"))),
+        }
+    }
+}
+
+/// One replica of a topic, as the node holding it sees its group.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaStatus {
+    pub group: u64,
+    pub meta: TopicMeta,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Peer ids of the group's voters.
+    pub members: Vec<String>,
+    /// Peer id of the leader this replica knows, if any.
+    pub leader: Option<String>,
+    /// Whether this replica leads.
+    pub is_leader: bool,
+    /// The last log index this replica applied (on the leader: committed).
+    pub applied_index: u64,
+    pub term: u64,
+    /// On the leader: each voter's peer id and the highest log index it
+    /// holds matching the leader's (the leader's own last index for itself).
+    pub progress: Vec<(String, u64)>,
+}
+
 /// Peer requests handled at once; past this they wait in the overlay's queue.
 const INBOUND_CONCURRENCY: usize = 256;
 
@@ -109,17 +202,23 @@ async fn request(
 pub struct Groups {
     node_id: u64,
     store: Arc<RocksStore>,
+    /// Where the groups publish what they apply; reads are served from it.
+    topics: Topics,
     router: Router,
     transport: Arc<dyn Transport>,
     client: woof_overlay::Client,
+    /// The leader each group last answered from, tried first next time.
+    leaders: Arc<Mutex<HashMap<u64, PeerId>>>,
 }
 
 impl Groups {
-    /// Groups over `overlay`, storing into `store`. The returned task serves
-    /// `inbound` peer requests until the overlay closes it; await it after
-    /// shutting the overlay down, so that nothing holds the store any more.
+    /// Groups over `overlay`, storing into `store` and publishing to
+    /// `topics`. The returned task serves `inbound` peer requests until the
+    /// overlay closes it; await it after shutting the overlay down, so that
+    /// nothing holds the store any more.
     pub fn new(
         store: Arc<RocksStore>,
+        topics: Topics,
         client: woof_overlay::Client,
         inbound: mpsc::Receiver<Inbound>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
@@ -127,11 +226,13 @@ impl Groups {
         let groups = Self {
             node_id: node_id(&client.peer_id()),
             store,
+            topics,
             router,
             transport: Arc::new(OverlayTransport {
                 client: client.clone(),
             }),
             client,
+            leaders: Arc::default(),
         };
         let task = tokio::spawn(serve(inbound, groups.clone()));
         (groups, task)
@@ -142,9 +243,26 @@ impl Groups {
         self.node_id
     }
 
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.client.peer_id()
+    }
+
     /// The store the groups write into.
     pub fn store(&self) -> &Arc<RocksStore> {
         &self.store
+    }
+
+    /// Restarts every group this node's store holds (after a restart).
+    pub async fn restart_all(&self) -> Result<usize> {
+        let store = self.store.clone();
+        let stored = tokio::task::spawn_blocking(move || store.groups())
+            .await
+            .map_err(|e| Error::Internal(format!("listing groups: {e}")))??;
+        for group in &stored {
+            self.start(*group).await?;
+        }
+        Ok(stored.len())
     }
 
     /// Starts (or restarts from storage) a group on this node.
@@ -159,81 +277,200 @@ impl Groups {
             self.transport.clone(),
             &self.router,
             Timing::default(),
+            Some(&self.topics),
         )
         .await?)
     }
 
     /// Starts `group` on every one of `members` (this node included, if it
-    /// is one) and makes them its voters. Starting a group twice is harmless.
+    /// is one) and makes them its voters. Starting a group twice is
+    /// harmless. If a member cannot start it, those that did remove it again.
     pub async fn create(&self, group: GroupId, members: &[PeerId]) -> Result<()> {
         let names: Vec<String> = members.iter().map(ToString::to_string).collect();
         // The first member initializes, once every member runs the group.
+        let mut started = Vec::new();
         for (i, peer) in members.iter().enumerate().rev() {
             let control = Control::StartGroup {
                 group: group.0,
                 members: names.clone(),
                 initialize: i == 0,
             };
-            match self.control(*peer, control).await? {
-                ControlReply::Started => {}
-                other => {
-                    return Err(Error::Internal(format!(
-                        "starting group {} on {peer}: {other:?}",
-                        group.0
-                    )));
+            let failure = match self.control(*peer, control, CONTROL_TIMEOUT).await {
+                Ok(ControlReply::Started) => {
+                    started.push(*peer);
+                    continue;
                 }
-            }
+                Ok(other) => format!("{other:?}"),
+                Err(e) => e.to_string(),
+            };
+            self.remove(group, &started).await;
+            return Err(Error::Log(woof_consensus::Error::Network(format!(
+                "cannot start the topic's group on {peer}: {failure}"
+            ))));
         }
         Ok(())
     }
 
+    /// Stops `group` on `members` and removes what it stored there; best
+    /// effort (a member that does not answer keeps its copy).
+    pub async fn remove(&self, group: GroupId, members: &[PeerId]) {
+        for peer in members {
+            let control = Control::RemoveGroup { group: group.0 };
+            if let Err(e) = self.control(*peer, control, CONTROL_TIMEOUT).await {
+                tracing::warn!(group = group.0, %peer, "removing group: {e}");
+            }
+        }
+        self.leaders_mut().remove(&group.0);
+    }
+
     /// Writes `command` through `group`, whose voters are `members`: on this
-    /// node if it leads, else at the leader (following its hint), trying
-    /// each member in turn while the group elects one. Bounded in attempts.
+    /// node if it leads, else at the leader. See [`Groups::at_leader`].
     pub async fn write(
         &self,
         group: GroupId,
         members: &[PeerId],
         command: Command,
     ) -> Result<CommandResult> {
+        let reply = self
+            .at_leader(group, members, CONTROL_TIMEOUT, || Control::Write {
+                group: group.0,
+                command: command.clone(),
+            })
+            .await?;
+        match reply {
+            ControlReply::Written(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads `topic` (of `group`) at its leader.
+    pub async fn read(
+        &self,
+        group: GroupId,
+        members: &[PeerId],
+        topic: &str,
+        read: Read,
+    ) -> Result<ReadReply> {
+        let timeout = match &read {
+            Read::Follow { wait_ms, .. } => CONTROL_TIMEOUT + Duration::from_millis(*wait_ms),
+            _ => CONTROL_TIMEOUT,
+        };
+        let reply = self
+            .at_leader(group, members, timeout, || Control::Read {
+                group: group.0,
+                topic: topic.to_string(),
+                read: read.clone(),
+            })
+            .await?;
+        match reply {
+            ControlReply::Read(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The replicas `peer` holds.
+    pub async fn replicas_at(&self, peer: PeerId) -> Result<Vec<ReplicaStatus>> {
+        match self
+            .control(peer, Control::Replicas, CONTROL_TIMEOUT)
+            .await?
+        {
+            ControlReply::Replicas(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends what `control` makes to the leader of `group`: first to the
+    /// leader that answered last time, then following leader hints, trying
+    /// each member in turn while the group elects one. Bounded in attempts
+    /// (about four seconds of elections). A refusal ends it as an error.
+    async fn at_leader(
+        &self,
+        group: GroupId,
+        members: &[PeerId],
+        timeout: Duration,
+        control: impl Fn() -> Control,
+    ) -> Result<ControlReply> {
         let Some(&first) = members.first() else {
             return Err(Error::Usage(format!("group {} has no members", group.0)));
         };
-        let mut target = first;
+        let known = self.leaders_mut().get(&group.0).copied();
+        let mut target = known.filter(|p| members.contains(p)).unwrap_or(first);
+        let mut next_member = 0;
+        let mut without_group = std::collections::HashSet::new();
         let mut last = String::from("no member answered");
         for attempt in 0..WRITE_ATTEMPTS {
-            let control = Control::Write {
-                group: group.0,
-                command: command.clone(),
-            };
-            match self.control(target, control).await {
-                Ok(ControlReply::Written(result)) => return Ok(result),
+            match self.control(target, control(), timeout).await {
                 Ok(ControlReply::NotLeader(Some(leader))) => {
-                    if let Ok(peer) = leader.parse() {
+                    if let Ok(peer) = leader.parse::<PeerId>()
+                        && peer != target
+                    {
+                        last = format!("{target}: not the leader");
                         target = peer;
+                        if attempt > 2 {
+                            // Hints may chase each other while a term changes.
+                            tokio::time::sleep(WRITE_BACKOFF / 4).await;
+                        }
                         continue;
                     }
+                    last = format!("{target}: not the leader, no leader known");
                 }
-                Ok(other) => last = format!("{target}: {other:?}"),
+                Ok(ControlReply::Refused(e)) => return Err(Error::Log(e)),
+                Ok(ControlReply::NotLeader(None)) => {
+                    last = format!("{target}: not the leader, no leader known");
+                }
+                Ok(ControlReply::NoGroup) => {
+                    without_group.insert(target);
+                    if members.iter().all(|m| without_group.contains(m)) {
+                        // Deleted (or never created): no member runs it.
+                        self.leaders_mut().remove(&group.0);
+                        return Err(Error::Log(woof_consensus::Error::TopicNotFound(
+                            String::new(),
+                        )));
+                    }
+                    last = format!("{target}: does not hold the group");
+                }
+                Ok(ControlReply::Failed(why)) => last = format!("{target}: {why}"),
+                Ok(reply) => {
+                    self.leaders_mut().insert(group.0, target);
+                    return Ok(reply);
+                }
                 Err(e) => last = format!("{target}: {e}"),
             }
             // No usable hint: try the next member after a pause.
-            target = members[(attempt + 1) % members.len()];
+            next_member = (next_member + 1) % members.len();
+            target = members[next_member];
             tokio::time::sleep(WRITE_BACKOFF).await;
         }
+        self.leaders_mut().remove(&group.0);
         Err(Error::Log(woof_consensus::Error::Network(format!(
             "no leader for group {} after {WRITE_ATTEMPTS} attempts; last: {last}",
             group.0
         ))))
     }
 
+    fn leaders_mut(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PeerId>> {
+        self.leaders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Sends a control message to `peer`, or handles it here if `peer` is us.
-    async fn control(&self, peer: PeerId, control: Control) -> Result<ControlReply> {
+    async fn control(
+        &self,
+        peer: PeerId,
+        control: Control,
+        timeout: Duration,
+    ) -> Result<ControlReply> {
         if peer == self.client.peer_id() {
             return Ok(self.handle_control(control).await);
         }
-        let answer = request(&self.client, peer, TAG_CONTROL, &encode(&control)?).await?;
-        Ok(decode(&answer)?)
+        let message = encode(&control)?;
+        let sent = request(&self.client, peer, TAG_CONTROL, &message);
+        match tokio::time::timeout(timeout, sent).await {
+            Ok(answer) => Ok(decode(&answer?)?),
+            Err(_) => Err(Error::Log(woof_consensus::Error::Network(format!(
+                "{peer} did not answer within {} ms",
+                timeout.as_millis()
+            )))),
+        }
     }
 
     async fn handle_control(&self, control: Control) -> ControlReply {
@@ -243,24 +480,8 @@ impl Groups {
                 members,
                 initialize,
             } => {
-                let raft = match self.start(GroupId(group)).await {
-                    Ok(raft) => raft,
-                    Err(e) => return ControlReply::Failed(e.to_string()),
-                };
-                if initialize {
-                    let mut voters = BTreeMap::new();
-                    for m in &members {
-                        let Ok(peer) = m.parse::<PeerId>() else {
-                            return ControlReply::Failed(format!("{m:?} is not a peer id"));
-                        };
-                        voters.insert(node_id(&peer), BasicNode::new(m.clone()));
-                    }
-                    // A second initialize (a retry) is refused by openraft; fine.
-                    if let Err(e) = raft.initialize(voters).await {
-                        tracing::debug!(group, "initialize: {e}");
-                    }
-                }
-                ControlReply::Started
+                self.start_member(GroupId(group), &members, initialize)
+                    .await
             }
             Control::Write { group, command } => {
                 let Some(raft) = self.router.get(GroupId(group)) else {
@@ -276,7 +497,197 @@ impl Groups {
                     },
                 }
             }
+            Control::Read { group, topic, read } => {
+                let Some(raft) = self.router.get(GroupId(group)) else {
+                    return ControlReply::NoGroup;
+                };
+                if let Some(not_leader) =
+                    self.check_leader(&raft, matches!(read, Read::Latest)).await
+                {
+                    return not_leader;
+                }
+                if let Read::Describe = read {
+                    return match self.replica_status(GroupId(group), &raft) {
+                        Some(status) => ControlReply::Read(ReadReply::Status(Box::new(status))),
+                        None => ControlReply::Refused(woof_consensus::Error::TopicNotFound(topic)),
+                    };
+                }
+                match self.read_local(&topic, read).await {
+                    Ok(r) => ControlReply::Read(r),
+                    Err(e) => ControlReply::Refused(e),
+                }
+            }
+            Control::Replicas => ControlReply::Replicas(self.replicas()),
+            Control::RemoveGroup { group } => match self.remove_local(GroupId(group)).await {
+                Ok(()) => ControlReply::Removed,
+                Err(e) => ControlReply::Failed(e.to_string()),
+            },
         }
+    }
+
+    /// Runs `group` here as one of `members`, initializing it if asked.
+    async fn start_member(
+        &self,
+        group: GroupId,
+        members: &[String],
+        initialize: bool,
+    ) -> ControlReply {
+        if group.0 < GROUP_ID_MIN {
+            return ControlReply::Failed(format!("{} is not a group id", group.0));
+        }
+        let mut voters = BTreeMap::new();
+        for m in members {
+            let Ok(peer) = m.parse::<PeerId>() else {
+                return ControlReply::Failed(format!("{m:?} is not a peer id"));
+            };
+            voters.insert(node_id(&peer), BasicNode::new(m.clone()));
+        }
+        // Mark the group as this node's before it runs, so that a restart
+        // brings it back even if it never voted or stored an entry.
+        let store = self.store.clone();
+        let marked = tokio::task::spawn_blocking(move || store.put_value(group, "member", b""))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))
+            .and_then(|r| r.map_err(Error::from));
+        if let Err(e) = marked {
+            return ControlReply::Failed(e.to_string());
+        }
+        let raft = match self.start(group).await {
+            Ok(raft) => raft,
+            Err(e) => return ControlReply::Failed(e.to_string()),
+        };
+        if initialize {
+            // A second initialize (a retry) is refused by openraft; fine.
+            if let Err(e) = raft.initialize(voters).await {
+                tracing::debug!(group = group.0, "initialize: {e}");
+            }
+        }
+        ControlReply::Started
+    }
+
+    /// `None` if this node leads the group (confirmed by a quorum when
+    /// `confirm`), else the answer pointing at the leader.
+    async fn check_leader(&self, raft: &Raft<TypeConfig>, confirm: bool) -> Option<ControlReply> {
+        if confirm {
+            return match raft.ensure_linearizable().await {
+                Ok(_) => None,
+                Err(e) => Some(match e.forward_to_leader::<BasicNode>() {
+                    Some(f) => {
+                        ControlReply::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone()))
+                    }
+                    None => ControlReply::Failed(e.to_string()),
+                }),
+            };
+        }
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.current_leader == Some(self.node_id) {
+            return None;
+        }
+        let leader = metrics.current_leader.and_then(|id| {
+            metrics
+                .membership_config
+                .membership()
+                .get_node(&id)
+                .map(|n| n.addr.clone())
+        });
+        Some(ControlReply::NotLeader(leader))
+    }
+
+    /// Serves a read from this node's replica.
+    async fn read_local(&self, topic: &str, read: Read) -> woof_consensus::Result<ReadReply> {
+        let wire = |elements: Vec<Element>| {
+            ReadReply::Elements(
+                elements
+                    .into_iter()
+                    .map(|e| (e.seq, e.append_time_ms, ByteBuf::from(e.payload.to_vec())))
+                    .collect(),
+            )
+        };
+        Ok(match read {
+            Read::Get { seq } => wire(vec![self.topics.get(topic, seq).await?]),
+            Read::Scan { from, limit } => wire(self.topics.scan(topic, from, limit).await?),
+            Read::Latest => {
+                let range = self.topics.latest(topic)?;
+                ReadReply::Range {
+                    first: range.first,
+                    last: range.last,
+                }
+            }
+            Read::Follow { from, max, wait_ms } => {
+                let mut sub = self.topics.subscribe(topic, Start::Seq(from))?;
+                let max = max.clamp(1, FOLLOW_ELEMENTS_MAX) as usize;
+                let wait = Duration::from_millis(wait_ms.min(FOLLOW_WAIT_MAX_MS));
+                match tokio::time::timeout(wait, sub.next_batch(max)).await {
+                    Ok(batch) => wire(batch?),
+                    Err(_) => ReadReply::Elements(Vec::new()),
+                }
+            }
+            Read::Describe => {
+                return Err(woof_consensus::Error::InvalidArgument(
+                    "a description is not read from the store".into(),
+                ));
+            }
+        })
+    }
+
+    /// This node's replicas, as its groups see them.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        let mut topics: HashMap<TopicId, TopicInfo> = self
+            .topics
+            .list()
+            .into_iter()
+            .map(|info| (info.meta.id, info))
+            .collect();
+        self.router
+            .list()
+            .into_iter()
+            // A group whose topic is not created here yet (or deleted) has
+            // nothing readers could use.
+            .filter_map(|(group, raft)| {
+                let info = topics.remove(&TopicId(group.0))?;
+                Some(status_of(group, &raft, info, self.node_id))
+            })
+            .collect()
+    }
+
+    /// One replica's status.
+    fn replica_status(&self, group: GroupId, raft: &Raft<TypeConfig>) -> Option<ReplicaStatus> {
+        let info = self
+            .topics
+            .list()
+            .into_iter()
+            .find(|i| i.meta.id == TopicId(group.0))?;
+        Some(status_of(group, raft, info, self.node_id))
+    }
+
+    /// The voters of `group`, if this node runs it.
+    pub fn local_members(&self, group: GroupId) -> Option<Vec<PeerId>> {
+        let raft = self.router.get(group)?;
+        let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let members: Vec<PeerId> = membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id)?.addr.parse().ok())
+            .collect();
+        (!members.is_empty()).then_some(members)
+    }
+
+    /// Stops `group` here and removes its log, state and topic data.
+    async fn remove_local(&self, group: GroupId) -> Result<()> {
+        if let Some(raft) = self.router.remove(group) {
+            let _ = raft.shutdown().await;
+        }
+        self.topics.retire_replica(TopicId(group.0));
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.push(Op::DeleteTopic(TopicId(group.0)));
+            store.write(&batch)?;
+            store.delete_group(group)
+        })
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+        Ok(())
     }
 
     /// Stops every group.
@@ -285,6 +696,40 @@ impl Groups {
             let _ = raft.shutdown().await;
         }
     }
+}
+
+/// A replica's status from its group's metrics.
+fn status_of(group: GroupId, raft: &Raft<TypeConfig>, info: TopicInfo, me: u64) -> ReplicaStatus {
+    let metrics = raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let addr = |id: u64| membership.get_node(&id).map(|n| n.addr.clone());
+    ReplicaStatus {
+        group: group.0,
+        meta: info.meta,
+        first_seq: info.range.first,
+        last_seq: info.range.last,
+        members: membership.voter_ids().filter_map(addr).collect(),
+        leader: metrics.current_leader.and_then(addr),
+        is_leader: metrics.current_leader == Some(me),
+        applied_index: metrics.last_applied.map_or(0, |l| l.index),
+        term: metrics.current_term,
+        progress: membership
+            .voter_ids()
+            .filter_map(|id| {
+                let matched = if id == me {
+                    metrics.last_log_index
+                } else {
+                    metrics.replication.as_ref()?.get(&id)?.map(|l| l.index)
+                };
+                Some((addr(id)?, matched.unwrap_or(0)))
+            })
+            .collect(),
+    }
+}
+
+/// A reply that does not fit the request (a bug, or a peer of another version).
+fn unexpected(reply: ControlReply) -> Error {
+    Error::Internal(format!("unexpected peer reply {reply:?}"))
 }
 
 /// Answers peer requests; a malformed one is dropped (the peer sees a

@@ -7,8 +7,11 @@
 //!   and the demo hand it a socket and a stop signal.
 //! - [`cluster`]: the node's overlay (libp2p, when it is in a cluster) and
 //!   the cluster status it reports.
-//! - [`groups`]: this node's Raft groups, over the overlay (used by the
-//!   cluster tests today; topics move onto them next, see ADR 0004).
+//! - [`topics`]: the topic API the node serves: its own topics when it is
+//!   standalone, or every topic of the cluster, each a Raft group found
+//!   through the DHT, written at its leader, read from a replica.
+//! - [`groups`]: this node's Raft groups over the overlay, and the
+//!   node-to-node requests that create, write, read and list them.
 //! - [`placement`]: which nodes a topic's replicas go to (Kademlia distance,
 //!   or attribute constraints such as `tier=edge:1,tier=cloud:2`).
 //! - [`grpc`]: the `woof.v1.Woof` service, and the conversions between its
@@ -29,5 +32,6 @@ pub mod groups;
 pub mod grpc;
 pub mod placement;
 pub mod server;
+pub mod topics;
 
 pub use error::{Error, Result};

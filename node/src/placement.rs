@@ -60,6 +60,19 @@ pub struct Constraint {
     clauses: Vec<Clause>,
 }
 
+impl fmt::Display for Constraint {
+    /// The constraint as it is written, so that it parses back the same.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, clause) in self.clauses.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{clause}")?;
+        }
+        Ok(())
+    }
+}
+
 impl FromStr for Constraint {
     type Err = Error;
 

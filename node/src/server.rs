@@ -20,6 +20,7 @@ use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::groups::Groups;
 use crate::grpc::Service;
+use crate::topics::{ClusterTopics, TopicApi};
 
 /// Requests one client connection may have in flight at once.
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
@@ -44,7 +45,7 @@ pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>
 /// once every request has finished.
 pub async fn run(
     listener: TcpListener,
-    topics: Topics,
+    topics: TopicApi,
     cluster: Cluster,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
@@ -93,18 +94,32 @@ impl Node {
         let (topics, store) = open_topics(config).await?;
         let mut info = config.info.clone();
         info.grpc_addr = Some(format!("http://{grpc_addr}"));
-        let (overlay, groups, groups_task) = match &config.cluster {
+        let (api, overlay, groups, groups_task) = match &config.cluster {
             Some(cluster) => {
                 let mut overlay = start_overlay(config, cluster, info.clone()).await?;
                 let inbound = std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1);
-                let (groups, task) = Groups::new(store, overlay.client.clone(), inbound);
-                (Some(overlay), Some(groups), Some(task))
+                let (groups, task) =
+                    Groups::new(store, topics.clone(), overlay.client.clone(), inbound);
+                let restarted = groups.restart_all().await?;
+                tracing::info!(groups = restarted, "raft groups started");
+                let api = ClusterTopics::new(
+                    topics,
+                    groups.clone(),
+                    overlay.client.clone(),
+                    info.clone(),
+                );
+                (
+                    TopicApi::Cluster(Box::new(api)),
+                    Some(overlay),
+                    Some(groups),
+                    Some(task),
+                )
             }
-            None => (None, None, None),
+            None => (TopicApi::Local(topics), None, None, None),
         };
         let cluster = Cluster::new(info.clone(), overlay.as_ref().map(|o| o.client.clone()));
         let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(listener, topics, cluster, async {
+        let task = tokio::spawn(run(listener, api, cluster, async {
             let _ = stopped.await;
         }));
         tracing::info!(%grpc_addr, data_dir = %config.data_dir.display(), "node serving");

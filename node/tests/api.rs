@@ -67,6 +67,7 @@ async fn topics_are_listed_described_and_deleted() {
         .create_topic(v1::CreateTopicRequest {
             name: "a/one".into(),
             config: None,
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -360,6 +361,7 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
             .create_topic(v1::CreateTopicRequest {
                 name: name.into(),
                 config: None,
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -380,6 +382,7 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
                     element_max_bytes,
                     history,
                 }),
+                ..Default::default()
             })
             .await
             .unwrap_err();

@@ -3,55 +3,9 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-fn woof(args: &[&str]) -> std::process::Output {
-    Command::new(woof_bin())
-        .args(args)
-        .env_remove("WOOF_SERVER")
-        .env_remove("WOOF_CLUSTER_KEY")
-        .output()
-        .unwrap()
-}
-
-fn status(url: &str) -> Vec<serde_json::Value> {
-    let out = woof(&["--server", url, "--json", "cluster", "status"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-/// The overlay address of the node at `url`, without its peer id.
-fn overlay_addr(url: &str) -> String {
-    let me = status(url).remove(0);
-    assert_eq!(me["local"], true);
-    let addr = me["addrs"][0].as_str().unwrap();
-    addr.split("/p2p/").next().unwrap().to_string()
-}
-
-fn start_node(dir: &std::path::Path, key: &std::path::Path, extra: &[&str]) -> NodeProcess {
-    let mut args = vec![
-        "--data-dir",
-        dir.to_str().unwrap(),
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--cluster-key",
-        key.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    NodeProcess::start(&args)
-}
 
 #[test]
 fn three_nodes_join_and_agree_on_the_cluster() {

@@ -116,6 +116,7 @@ async fn a_group_replicates_over_the_overlay_and_survives_a_node_stopping() {
         name: TopicName::new("farm/replicated").unwrap(),
         config: TopicConfig::default(),
         created_at_ms: 1,
+        placement: Default::default(),
     };
     let created = rafts[l].client_write(Command::Create(meta)).await.unwrap();
     assert_eq!(created.data, CommandResult::Created);
@@ -176,6 +177,7 @@ async fn a_node_outside_the_group_creates_it_and_writes_through_the_leader() {
         name: TopicName::new("farm/forwarded").unwrap(),
         config: TopicConfig::default(),
         created_at_ms: 1,
+        placement: Default::default(),
     };
     let created = outsider
         .write(GROUP, &members, Command::Create(meta))

@@ -171,6 +171,14 @@ pub enum TopicCommand {
         /// How many of the newest elements to keep [default: 1000000].
         #[arg(long)]
         history: Option<u64>,
+        /// How many replicas keep it: 1, 3 or 5 [default: 3 in a cluster,
+        /// 1 on a standalone node].
+        #[arg(long)]
+        replication: Option<u32>,
+        /// Which nodes may hold the replicas, such as `tier=cloud` or
+        /// `tier=edge:1,tier=cloud:2` [default: the nodes nearest the name].
+        #[arg(long, value_name = "EXPR")]
+        replicas: Option<String>,
     },
     /// List all topics.
     List,
@@ -225,20 +233,24 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
             name,
             element_max_bytes,
             history,
+            replication,
+            replicas,
         }) => {
             let config = v1::TopicConfig {
                 element_max_bytes: element_max_bytes.unwrap_or(0),
                 history: history.unwrap_or(0),
             };
-            if element_max_bytes == Some(0) || history == Some(0) {
+            if element_max_bytes == Some(0) || history == Some(0) || replication == Some(0) {
                 return Err(Error::Usage(
-                    "--element-max-bytes and --history must be at least 1".into(),
+                    "--element-max-bytes, --history and --replication must be at least 1".into(),
                 ));
             }
             let r = client
                 .create_topic(v1::CreateTopicRequest {
                     name,
                     config: Some(config),
+                    replication: replication.unwrap_or(0),
+                    replicas: replicas.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -356,6 +368,10 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                 .await?
                 .into_inner();
             out.nodes(&r.nodes);
+            if !r.topics.is_empty() {
+                out.blank();
+                out.topics(&r.topics);
+            }
         }
         Command::Node(_)
         | Command::Demo

@@ -41,10 +41,26 @@ impl Output {
             } else {
                 format!("{verb} ")
             };
-            self.line(&format!(
+            let mut line = format!(
                 "{verb}topic {}: element_max_bytes={} history={} first_seq={} last_seq={}",
                 t.name, c.element_max_bytes, c.history, t.first_seq, t.last_seq
-            ));
+            );
+            if !t.replicas.is_empty() {
+                line.push_str(&format!(
+                    " replication={} replicas={} leader={}",
+                    t.replication,
+                    t.replicas.join(","),
+                    if t.leader.is_empty() {
+                        "none"
+                    } else {
+                        &t.leader
+                    }
+                ));
+                if !t.replica_constraint.is_empty() {
+                    line.push_str(&format!(" constraint={}", t.replica_constraint));
+                }
+            }
+            self.line(&line);
         }
     }
 
@@ -60,14 +76,26 @@ impl Output {
             return;
         }
         self.line(&format!(
-            "{:<40} {:>12} {:>12} {:>12}",
-            "NAME", "FIRST", "LAST", "HISTORY"
+            "{:<40} {:>12} {:>12} {:>12} {:>4} {:>9} {:<10} REPLICAS",
+            "NAME", "FIRST", "LAST", "HISTORY", "REPL", "COMMIT", "LEADER"
         ));
         for t in topics {
             let history = t.config.unwrap_or_default().history;
+            let replicas: Vec<String> = t.replicas.iter().map(|p| short_peer(p)).collect();
             self.line(&format!(
-                "{:<40} {:>12} {:>12} {:>12}",
-                t.name, t.first_seq, t.last_seq, history
+                "{:<40} {:>12} {:>12} {:>12} {:>4} {:>9} {:<10} {}",
+                t.name,
+                t.first_seq,
+                t.last_seq,
+                history,
+                t.replication,
+                t.commit_index,
+                if t.leader.is_empty() {
+                    "-".to_string()
+                } else {
+                    short_peer(&t.leader)
+                },
+                replicas.join(",")
             ));
         }
     }
@@ -119,6 +147,13 @@ impl Output {
                 overlay,
                 attrs.join(",")
             ));
+        }
+    }
+
+    /// An empty line between sections (nothing in JSON).
+    pub fn blank(&mut self) {
+        if !self.json {
+            self.line("");
         }
     }
 
@@ -177,6 +212,12 @@ impl Output {
     }
 }
 
+/// The end of a peer id, enough to tell a cluster's nodes apart in a table.
+fn short_peer(peer: &str) -> String {
+    let tail = peer.len().saturating_sub(8);
+    format!("…{}", peer.get(tail..).unwrap_or(peer))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -190,6 +231,16 @@ fn topic_json(t: &v1::TopicInfo) -> Value {
         "first_seq": t.first_seq,
         "last_seq": t.last_seq,
         "created_at_ms": t.created_at_ms,
+        "replication": t.replication,
+        "replica_constraint": t.replica_constraint,
+        "replicas": t.replicas,
+        "leader": t.leader,
+        "commit_index": t.commit_index,
+        "progress": t
+            .progress
+            .iter()
+            .map(|p| json!({ "peer": p.peer, "matched_index": p.matched_index }))
+            .collect::<Vec<_>>(),
     })
 }
 

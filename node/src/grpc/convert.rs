@@ -2,9 +2,11 @@
 
 use tonic::{Code, Status};
 use woof_consensus::Error;
+use woof_consensus::Start;
 use woof_consensus::topic::{Element, Producer, TopicConfig};
-use woof_consensus::{Start, TopicInfo};
 use woof_proto::v1;
+
+use crate::topics::TopicView;
 
 /// Every domain error gets the gRPC code the API promises.
 pub fn status(err: Error) -> Status {
@@ -21,7 +23,26 @@ pub fn status(err: Error) -> Status {
     Status::new(code, err.to_string())
 }
 
-pub fn topic_info(info: TopicInfo) -> v1::TopicInfo {
+/// A node error as the client sees it: topic errors keep their codes.
+pub fn node_status(err: crate::Error) -> Status {
+    use crate::Error as E;
+    match err {
+        E::Log(e) => status(e),
+        E::Rpc(s) => s,
+        E::Usage(m) | E::Config { reason: m, .. } => Status::invalid_argument(m),
+        e @ (E::Overlay(_) | E::Connect { .. }) => Status::unavailable(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+pub fn topic_info(view: TopicView) -> v1::TopicInfo {
+    let TopicView {
+        info,
+        replicas,
+        leader,
+        commit_index,
+        progress,
+    } = view;
     v1::TopicInfo {
         name: info.meta.name.to_string(),
         config: Some(v1::TopicConfig {
@@ -31,6 +52,18 @@ pub fn topic_info(info: TopicInfo) -> v1::TopicInfo {
         first_seq: info.range.first,
         last_seq: info.range.last,
         created_at_ms: info.meta.created_at_ms,
+        replication: info.meta.placement.replication,
+        replica_constraint: info.meta.placement.constraint.unwrap_or_default(),
+        replicas,
+        leader: leader.unwrap_or_default(),
+        commit_index,
+        progress: progress
+            .into_iter()
+            .map(|(peer, matched_index)| v1::ReplicaProgress {
+                peer,
+                matched_index,
+            })
+            .collect(),
     }
 }
 

@@ -1,4 +1,4 @@
-//! The `woof.v1.Woof` gRPC service over [`Topics`].
+//! The `woof.v1.Woof` gRPC service over the node's [`TopicApi`].
 
 pub mod convert;
 
@@ -9,12 +9,12 @@ use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use woof_consensus::Topics;
 use woof_consensus::topics::SCAN_LIMIT_MAX;
 use woof_proto::v1::{self, woof_server::Woof};
 
 use crate::cluster::Cluster;
-use convert::status;
+use crate::topics::TopicApi;
+use convert::node_status as status;
 
 /// Subscriptions one node serves at once; past this, RESOURCE_EXHAUSTED.
 pub const SUBSCRIBERS_MAX: usize = 10_000;
@@ -26,15 +26,15 @@ const SUBSCRIBER_BATCH: usize = 256;
 /// A scan's limit when the request leaves it at 0.
 const SCAN_LIMIT_DEFAULT: u32 = 100;
 
-/// The service: a thin translation onto [`Topics`].
+/// The service: a thin translation onto [`TopicApi`].
 pub struct Service {
-    topics: Topics,
+    topics: TopicApi,
     cluster: Cluster,
     subscribers: Arc<Semaphore>,
 }
 
 impl Service {
-    pub fn new(topics: Topics, cluster: Cluster) -> Self {
+    pub fn new(topics: TopicApi, cluster: Cluster) -> Self {
         Self {
             topics,
             cluster,
@@ -53,7 +53,11 @@ impl Woof for Service {
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         let r = request.into_inner();
         let config = convert::config(r.config)?;
-        let info = self.topics.create(&r.name, config).await.map_err(status)?;
+        let info = self
+            .topics
+            .create(&r.name, config, r.replication, &r.replicas)
+            .await
+            .map_err(status)?;
         Ok(Response::new(v1::CreateTopicResponse {
             topic: Some(convert::topic_info(info)),
         }))
@@ -66,6 +70,7 @@ impl Woof for Service {
         let info = self
             .topics
             .describe(&request.into_inner().name)
+            .await
             .map_err(status)?;
         Ok(Response::new(v1::DescribeTopicResponse {
             topic: Some(convert::topic_info(info)),
@@ -79,6 +84,8 @@ impl Woof for Service {
         let topics = self
             .topics
             .list()
+            .await
+            .map_err(status)?
             .into_iter()
             .map(convert::topic_info)
             .collect();
@@ -149,6 +156,7 @@ impl Woof for Service {
         let range = self
             .topics
             .latest(&request.into_inner().topic)
+            .await
             .map_err(status)?;
         Ok(Response::new(v1::LatestResponse {
             last_seq: range.last,
@@ -187,7 +195,15 @@ impl Woof for Service {
             .status()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        Ok(Response::new(v1::ClusterStatusResponse { nodes }))
+        let topics = self
+            .topics
+            .list()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(convert::topic_info)
+            .collect();
+        Ok(Response::new(v1::ClusterStatusResponse { nodes, topics }))
     }
 
     type SubscribeStream = ElementStream;
@@ -205,6 +221,7 @@ impl Woof for Service {
         let mut subscription = self
             .topics
             .subscribe(&r.topic, convert::start(r.start))
+            .await
             .map_err(status)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         tokio::spawn(async move {

@@ -45,6 +45,8 @@ pub fn woof_bin() -> &'static str {
 pub struct NodeProcess {
     pub child: Child,
     pub url: String,
+    /// What it was started with, to start it again.
+    pub args: Vec<String>,
 }
 
 impl NodeProcess {
@@ -74,7 +76,38 @@ impl NodeProcess {
             .filter(|u| u.starts_with("http://"))
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_string();
-        Self { child, url }
+        let args = args.iter().map(ToString::to_string).collect();
+        Self { child, url, args }
+    }
+
+    /// Starts it again with the same arguments and `extra` (after it was
+    /// killed); its first start's extra arguments are not repeated.
+    pub fn restart(&mut self, extra: &[&str]) {
+        let mut args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra);
+        let again = Self::start(&args);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let args = std::mem::take(&mut self.args);
+        *self = again;
+        self.args = args;
+    }
+
+    /// SIGSTOP: the process stays, frozen, its sockets open.
+    pub fn pause(&self) {
+        signal(&self.child, libc::SIGSTOP);
+    }
+
+    /// SIGCONT after [`NodeProcess::pause`].
+    pub fn resume(&self) {
+        signal(&self.child, libc::SIGCONT);
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) {
+        signal(&self.child, libc::SIGTERM);
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "the node exited with {status}");
     }
 
     pub fn start_in(dir: &Path) -> Self {
@@ -93,6 +126,117 @@ impl NodeProcess {
     }
 }
 
+fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({signal}) failed");
+}
+
+/// Runs the `woof` CLI (without the caller's WOOF_* environment).
+pub fn woof(args: &[&str]) -> std::process::Output {
+    Command::new(woof_bin())
+        .args(args)
+        .env_remove("WOOF_SERVER")
+        .env_remove("WOOF_CLUSTER_KEY")
+        .output()
+        .unwrap()
+}
+
+/// `woof --json cluster status` at `url`: the JSON lines of its nodes and
+/// of its topics.
+pub fn cluster_status(url: &str) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let out = woof(&["--server", url, "--json", "cluster", "status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .partition(|v| v.get("peer_id").is_some())
+}
+
+/// The nodes `woof cluster status` at `url` reports.
+pub fn status(url: &str) -> Vec<serde_json::Value> {
+    cluster_status(url).0
+}
+
+/// The overlay address of the node at `url`, without its peer id.
+pub fn overlay_addr(url: &str) -> String {
+    let me = status(url).remove(0);
+    assert_eq!(me["local"], true);
+    let addr = me["addrs"][0].as_str().unwrap();
+    addr.split("/p2p/").next().unwrap().to_string()
+}
+
+/// The peer id of the node at `url`.
+pub fn peer_id(url: &str) -> String {
+    let me = status(url).remove(0);
+    me["peer_id"].as_str().unwrap().to_string()
+}
+
+/// Writes a new cluster key into `dir` and returns its path.
+pub fn keygen(dir: &Path) -> std::path::PathBuf {
+    let out = woof(&["cluster", "keygen"]);
+    assert!(out.status.success());
+    let key = dir.join("cluster.key");
+    std::fs::write(&key, &out.stdout).unwrap();
+    key
+}
+
+/// A clustered `woof` node process with its data in `dir`.
+pub fn start_node(dir: &Path, key: &Path, extra: &[&str]) -> NodeProcess {
+    let mut args = vec![
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--listen",
+        "/ip4/127.0.0.1/tcp/0",
+        "--cluster-key",
+        key.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    NodeProcess::start(&args)
+}
+
+/// Waits until every node at `urls` sees `count` nodes alive.
+pub fn wait_alive(urls: &[&str], count: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for url in urls {
+        loop {
+            let nodes = status(url);
+            if nodes.iter().filter(|n| n["state"] == "alive").count() == count {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{url}: not {count} alive within 30 s: {nodes:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// `n` clustered nodes in `dir`, joined to the first, all seeing each other.
+pub fn start_cluster(dir: &Path, n: usize) -> Vec<NodeProcess> {
+    let key = keygen(dir);
+    let first = start_node(&dir.join("n0"), &key, &[]);
+    let join = overlay_addr(&first.url);
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(start_node(
+            &dir.join(format!("n{i}")),
+            &key,
+            &["--join", &join],
+        ));
+    }
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    wait_alive(&urls, n);
+    nodes
+}
+
 impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -108,6 +252,7 @@ pub async fn create(client: &mut Client, name: &str, element_max_bytes: u32, his
                 element_max_bytes,
                 history,
             }),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -1,0 +1,668 @@
+//! The topic API a node serves, whatever it is part of: a standalone node
+//! keeps its topics itself ([`woof_consensus::Topics`]); a node in a
+//! cluster serves every topic of the cluster ([`ClusterTopics`]), each kept
+//! by a Raft group on the nodes its placement chose.
+//!
+//! On a cluster node, a topic is found by its DHT record (`woof/topic/NAME`:
+//! its group and replicas), cached, or known locally when this node holds a
+//! replica. Writes go to the group's leader (forwarded over the overlay, so
+//! clients may talk to any node); reads are served by a local replica when
+//! it already holds what was asked, else by the leader; a subscription
+//! follows a local replica, or the leader from a node that holds none.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde_bytes::ByteBuf;
+use woof_consensus::raft::{Command, CommandResult, decode, encode};
+use woof_consensus::store::{GROUP_ID_MIN, GroupId};
+use woof_consensus::topic::{
+    AppendOutcome, Element, Placement, Producer, Range, TopicConfig, TopicId, TopicMeta, TopicName,
+};
+use woof_consensus::{Clock, Start, Subscription, SystemClock, TopicInfo, Topics};
+use woof_overlay::{Liveness, NodeInfo, PeerId};
+
+use crate::error::{Error, Result};
+use crate::groups::{Groups, Read, ReadReply, ReplicaStatus};
+use crate::placement::{self, Candidate, Constraint};
+
+/// A topic's replication when the request leaves it at 0, in a cluster.
+pub const REPLICATION_DEFAULT: usize = 3;
+/// Elements a subscription on a node without a replica fetches per step.
+const FOLLOW_BATCH: u32 = 256;
+/// How long one such step waits at the leader for new elements.
+const FOLLOW_WAIT_MS: u64 = 2_000;
+/// Topic locations cached by one node; past this the cache starts over.
+const DIRECTORY_CACHE_MAX: usize = 100_000;
+
+/// A topic as the API describes it: its metadata and range, and on a
+/// cluster node where its replicas are.
+#[derive(Debug, Clone)]
+pub struct TopicView {
+    pub info: TopicInfo,
+    /// Peer ids of its replicas (empty on a standalone node).
+    pub replicas: Vec<String>,
+    pub leader: Option<String>,
+    /// The last log index its leader applied (0 on a standalone node).
+    pub commit_index: u64,
+    /// Each replica's matched log index, as the leader knows it.
+    pub progress: Vec<(String, u64)>,
+}
+
+impl TopicView {
+    fn local(info: TopicInfo) -> Self {
+        Self {
+            info,
+            replicas: Vec::new(),
+            leader: None,
+            commit_index: 0,
+            progress: Vec::new(),
+        }
+    }
+
+    fn replicated(status: ReplicaStatus) -> Self {
+        Self {
+            info: TopicInfo {
+                meta: status.meta,
+                range: Range {
+                    first: status.first_seq,
+                    last: status.last_seq,
+                },
+            },
+            replicas: status.members,
+            leader: status.leader,
+            commit_index: status.applied_index,
+            progress: status.progress,
+        }
+    }
+}
+
+/// The topics a node serves.
+#[derive(Clone)]
+pub enum TopicApi {
+    /// A standalone node's own topics.
+    Local(Topics),
+    /// Every topic of the cluster.
+    Cluster(Box<ClusterTopics>),
+}
+
+impl TopicApi {
+    pub async fn create(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        replication: u32,
+        constraint: &str,
+    ) -> Result<TopicView> {
+        match self {
+            TopicApi::Local(t) => {
+                if replication > 1 || !constraint.is_empty() {
+                    return Err(Error::Usage(
+                        "this node is not in a cluster: its topics have one replica and no \
+                         constraint (start it with --listen and --cluster-key to replicate)"
+                            .into(),
+                    ));
+                }
+                Ok(TopicView::local(t.create(name, config).await?))
+            }
+            TopicApi::Cluster(c) => c.create(name, config, replication, constraint).await,
+        }
+    }
+
+    pub async fn describe(&self, name: &str) -> Result<TopicView> {
+        match self {
+            TopicApi::Local(t) => Ok(TopicView::local(t.describe(name)?)),
+            TopicApi::Cluster(c) => c.describe(name).await,
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<TopicView>> {
+        match self {
+            TopicApi::Local(t) => Ok(t.list().into_iter().map(TopicView::local).collect()),
+            TopicApi::Cluster(c) => c.list().await,
+        }
+    }
+
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        match self {
+            TopicApi::Local(t) => Ok(t.delete(name).await?),
+            TopicApi::Cluster(c) => c.delete(name).await,
+        }
+    }
+
+    pub async fn append(
+        &self,
+        name: &str,
+        payloads: Vec<Bytes>,
+        producer: Option<Producer>,
+    ) -> Result<AppendOutcome> {
+        match self {
+            TopicApi::Local(t) => Ok(t.append(name, payloads, producer).await?),
+            TopicApi::Cluster(c) => c.append(name, payloads, producer).await,
+        }
+    }
+
+    pub async fn get(&self, name: &str, seq: u64) -> Result<Element> {
+        match self {
+            TopicApi::Local(t) => Ok(t.get(name, seq).await?),
+            TopicApi::Cluster(c) => c.get(name, seq).await,
+        }
+    }
+
+    pub async fn latest(&self, name: &str) -> Result<Range> {
+        match self {
+            TopicApi::Local(t) => Ok(t.latest(name)?),
+            TopicApi::Cluster(c) => c.latest(name).await,
+        }
+    }
+
+    pub async fn scan(&self, name: &str, from: u64, limit: u32) -> Result<Vec<Element>> {
+        match self {
+            TopicApi::Local(t) => Ok(t.scan(name, from, limit).await?),
+            TopicApi::Cluster(c) => c.scan(name, from, limit).await,
+        }
+    }
+
+    pub async fn subscribe(&self, name: &str, start: Start) -> Result<Following> {
+        match self {
+            TopicApi::Local(t) => Ok(Following::Local(t.subscribe(name, start)?)),
+            TopicApi::Cluster(c) => c.subscribe(name, start).await,
+        }
+    }
+
+    /// Stops serving: queued appends fail, subscriptions end.
+    pub async fn shutdown(&self) {
+        match self {
+            TopicApi::Local(t) => t.shutdown().await,
+            TopicApi::Cluster(c) => c.topics.shutdown().await,
+        }
+    }
+}
+
+/// A subscription: to a local topic or replica, or to a leader elsewhere.
+pub enum Following {
+    Local(Subscription),
+    Remote(Box<RemoteFollow>),
+}
+
+impl Following {
+    /// The next elements in order, at most `max`; waits for them. Errors
+    /// end the subscription (see [`Subscription::next_batch`]).
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Element>> {
+        match self {
+            Following::Local(s) => Ok(s.next_batch(max).await?),
+            Following::Remote(r) => r.next_batch(max).await,
+        }
+    }
+}
+
+/// Follows a topic this node holds no replica of, step by step at its leader.
+pub struct RemoteFollow {
+    api: ClusterTopics,
+    name: TopicName,
+    next: u64,
+}
+
+impl RemoteFollow {
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Element>> {
+        loop {
+            let (group, members) = self.api.locate(&self.name).await?;
+            let read = Read::Follow {
+                from: self.next,
+                max: (max as u32).clamp(1, FOLLOW_BATCH),
+                wait_ms: FOLLOW_WAIT_MS,
+            };
+            let elements = self
+                .api
+                .groups
+                .read(group, &members, self.name.as_str(), read)
+                .await?
+                .into_elements()?;
+            if let Some(last) = elements.last() {
+                self.next = last.seq + 1;
+                return Ok(elements);
+            }
+        }
+    }
+}
+
+/// Where a topic lives: the DHT record of its name.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct Location {
+    group: u64,
+    /// Peer ids of its replicas.
+    members: Vec<String>,
+    /// A deleted topic's record stays, marked, until the name is reused.
+    deleted: bool,
+}
+
+impl Location {
+    fn peers(&self) -> Result<Vec<PeerId>> {
+        self.members
+            .iter()
+            .map(|m| {
+                m.parse()
+                    .map_err(|_| Error::Internal(format!("bad peer id {m:?} in a topic record")))
+            })
+            .collect()
+    }
+}
+
+fn record_key(name: &TopicName) -> Vec<u8> {
+    format!("woof/topic/{name}").into_bytes()
+}
+
+/// Every topic of a cluster, served from this node.
+#[derive(Clone)]
+pub struct ClusterTopics {
+    /// This node's replicas, as readers see them.
+    topics: Topics,
+    groups: Groups,
+    overlay: woof_overlay::Client,
+    info: NodeInfo,
+    clock: Arc<dyn Clock>,
+    /// Where topics were last found.
+    directory: Arc<Mutex<HashMap<TopicName, Location>>>,
+    /// Serialises creating and deleting topics through this node.
+    admin: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ClusterTopics {
+    pub fn new(
+        topics: Topics,
+        groups: Groups,
+        overlay: woof_overlay::Client,
+        info: NodeInfo,
+    ) -> Self {
+        Self {
+            topics,
+            groups,
+            overlay,
+            info,
+            clock: Arc::new(SystemClock),
+            directory: Arc::default(),
+            admin: Arc::default(),
+        }
+    }
+
+    fn directory(&self) -> std::sync::MutexGuard<'_, HashMap<TopicName, Location>> {
+        self.directory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The group and replicas of `name`: from this node's replica, the
+    /// cache, or the DHT.
+    async fn locate(&self, name: &TopicName) -> Result<(GroupId, Vec<PeerId>)> {
+        if let Some(id) = self.topics.replica_id(name)
+            && let Some(members) = self.groups.local_members(GroupId(id.0))
+        {
+            return Ok((GroupId(id.0), members));
+        }
+        let cached = self.directory().get(name).cloned();
+        let location = match cached {
+            Some(l) => l,
+            None => self.lookup(name).await?,
+        };
+        Ok((GroupId(location.group), location.peers()?))
+    }
+
+    /// Asks the DHT where `name` lives, and caches the answer.
+    async fn lookup(&self, name: &TopicName) -> Result<Location> {
+        let not_found = || Error::Log(woof_consensus::Error::TopicNotFound(name.to_string()));
+        let Some(bytes) = self.overlay.get_record(record_key(name)).await? else {
+            return Err(not_found());
+        };
+        let location: Location = decode(&bytes)?;
+        if location.deleted {
+            return Err(not_found());
+        }
+        let mut directory = self.directory();
+        if directory.len() >= DIRECTORY_CACHE_MAX {
+            directory.clear();
+        }
+        directory.insert(name.clone(), location.clone());
+        Ok(location)
+    }
+
+    /// Publishes where `name` lives (or that it is gone).
+    async fn publish(&self, name: &TopicName, location: Location) -> Result<()> {
+        {
+            let mut directory = self.directory();
+            if location.deleted {
+                directory.remove(name);
+            } else {
+                directory.insert(name.clone(), location.clone());
+            }
+        }
+        self.overlay
+            .put_record(record_key(name), encode(&location)?)
+            .await?;
+        Ok(())
+    }
+
+    /// This node and the live members, as placement sees them.
+    async fn candidates(&self) -> Result<Vec<Candidate>> {
+        let mut candidates = vec![Candidate {
+            peer: self.overlay.peer_id(),
+            tier: self.info.tier,
+            attrs: self.info.attrs.clone(),
+            alive: true,
+        }];
+        for m in self.overlay.members().await? {
+            candidates.push(Candidate {
+                peer: m.peer,
+                tier: m.info.tier,
+                attrs: m.info.attrs,
+                alive: m.liveness == Liveness::Alive,
+            });
+        }
+        Ok(candidates)
+    }
+
+    /// Creates a topic on the replicas placement picks. Nothing is left
+    /// behind if any step fails.
+    pub async fn create(
+        &self,
+        name: &str,
+        config: TopicConfig,
+        replication: u32,
+        constraint: &str,
+    ) -> Result<TopicView> {
+        let name = TopicName::new(name)?;
+        config.validate()?;
+        let replication = match replication {
+            0 => REPLICATION_DEFAULT,
+            r => r as usize,
+        };
+        let constraint = match constraint.trim() {
+            "" => None,
+            c => Some(c.parse::<Constraint>()?),
+        };
+        let _admin = self.admin.lock().await;
+        match self.locate(&name).await {
+            Ok(_) => {
+                return Err(Error::Log(woof_consensus::Error::TopicExists(
+                    name.to_string(),
+                )));
+            }
+            Err(Error::Log(woof_consensus::Error::TopicNotFound(_))) => {}
+            Err(e) => return Err(e),
+        }
+        let members = placement::place(
+            name.as_str(),
+            replication,
+            constraint.as_ref(),
+            &self.candidates().await?,
+        )?;
+        let now = self.clock.now_ms();
+        let group = new_group_id(&name, &self.overlay.peer_id(), now);
+        let meta = TopicMeta {
+            id: TopicId(group.0),
+            name: name.clone(),
+            config,
+            created_at_ms: now,
+            placement: Placement {
+                replication: replication as u32,
+                constraint: constraint.as_ref().map(ToString::to_string),
+            },
+        };
+        self.groups.create(group, &members).await?;
+        let created = self
+            .groups
+            .write(group, &members, Command::Create(meta.clone()))
+            .await;
+        if !matches!(created, Ok(CommandResult::Created)) {
+            self.groups.remove(group, &members).await;
+            return Err(match created {
+                Err(e) => e,
+                Ok(other) => Error::Internal(format!("creating the topic gave {other:?}")),
+            });
+        }
+        let location = Location {
+            group: group.0,
+            members: members.iter().map(ToString::to_string).collect(),
+            deleted: false,
+        };
+        if let Err(e) = self.publish(&name, location.clone()).await {
+            // The topic works; nodes that hold no replica find it once the
+            // record spreads (or through this node's cache).
+            tracing::warn!(topic = %name, "publishing the topic's record: {e}");
+        }
+        tracing::info!(topic = %name, group = group.0, replicas = ?location.members, "topic created");
+        Ok(TopicView {
+            info: TopicInfo {
+                meta,
+                range: Range::default(),
+            },
+            replicas: location.members,
+            leader: None,
+            commit_index: 0,
+            progress: Vec::new(),
+        })
+    }
+
+    /// Deletes a topic on all its replicas.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let name = TopicName::new(name)?;
+        let _admin = self.admin.lock().await;
+        let (group, members) = self.locate(&name).await?;
+        match self.write(&name, group, &members, Command::Delete).await? {
+            CommandResult::Deleted => {}
+            other => return Err(Error::Internal(format!("deleting gave {other:?}"))),
+        }
+        let tombstone = Location {
+            group: group.0,
+            members: Vec::new(),
+            deleted: true,
+        };
+        if let Err(e) = self.publish(&name, tombstone).await {
+            tracing::warn!(topic = %name, "publishing the topic's removal: {e}");
+        }
+        self.groups.remove(group, &members).await;
+        tracing::info!(topic = %name, "topic deleted");
+        Ok(())
+    }
+
+    /// Writes through the topic's group, naming the topic in its refusals.
+    /// A group that no member holds any more means the topic is gone.
+    async fn write(
+        &self,
+        name: &TopicName,
+        group: GroupId,
+        members: &[PeerId],
+        command: Command,
+    ) -> Result<CommandResult> {
+        match self.groups.write(group, members, command).await {
+            Ok(CommandResult::Refused(e)) => Err(Error::Log(named(e, name))),
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.forget_if_gone(name, e)),
+        }
+    }
+
+    /// After a failure at the topic's group, forgets the cached location so
+    /// that the next request looks the topic up again.
+    fn forget_if_gone(&self, name: &TopicName, e: Error) -> Error {
+        self.directory().remove(name);
+        match e {
+            Error::Log(e) => Error::Log(named(e, name)),
+            e => e,
+        }
+    }
+
+    pub async fn append(
+        &self,
+        name: &str,
+        payloads: Vec<Bytes>,
+        producer: Option<Producer>,
+    ) -> Result<AppendOutcome> {
+        let name = TopicName::new(name)?;
+        let (group, members) = self.locate(&name).await?;
+        let command = Command::Append {
+            payloads: payloads
+                .into_iter()
+                .map(|p| ByteBuf::from(p.to_vec()))
+                .collect(),
+            producer: producer.map(|p| (p.id, p.seq)),
+            time_ms: self.clock.now_ms(),
+        };
+        match self.write(&name, group, &members, command).await? {
+            CommandResult::Appended(outcome) => Ok(outcome),
+            other => Err(Error::Internal(format!("appending gave {other:?}"))),
+        }
+    }
+
+    /// Reads at the topic's leader.
+    async fn read(&self, name: &TopicName, read: Read) -> Result<ReadReply> {
+        let (group, members) = self.locate(name).await?;
+        self.groups
+            .read(group, &members, name.as_str(), read)
+            .await
+            .map_err(|e| self.forget_if_gone(name, e))
+    }
+
+    /// What this node's replica of `name` has applied, if it holds one.
+    fn local_range(&self, name: &TopicName) -> Option<Range> {
+        self.topics.replica_id(name)?;
+        self.topics.latest(name.as_str()).ok()
+    }
+
+    pub async fn get(&self, name: &str, seq: u64) -> Result<Element> {
+        let name = TopicName::new(name)?;
+        // Elements never change: a replica that holds one may answer.
+        if let Some(range) = self.local_range(&name)
+            && seq >= range.first.max(1)
+            && seq <= range.last
+        {
+            return Ok(self.topics.get(name.as_str(), seq).await?);
+        }
+        let mut elements = self.read(&name, Read::Get { seq }).await?.into_elements()?;
+        elements
+            .pop()
+            .ok_or_else(|| Error::Internal("the leader returned no element".into()))
+    }
+
+    pub async fn scan(&self, name: &str, from: u64, limit: u32) -> Result<Vec<Element>> {
+        let name = TopicName::new(name)?;
+        if let Some(range) = self.local_range(&name)
+            && from >= range.first.max(1)
+            && from.saturating_add(u64::from(limit)) <= range.last + 1
+        {
+            return Ok(self.topics.scan(name.as_str(), from, limit).await?);
+        }
+        self.read(&name, Read::Scan { from, limit })
+            .await?
+            .into_elements()
+    }
+
+    /// The range the leader holds, confirmed by a quorum.
+    pub async fn latest(&self, name: &str) -> Result<Range> {
+        let name = TopicName::new(name)?;
+        match self.read(&name, Read::Latest).await? {
+            ReadReply::Range { first, last } => Ok(Range { first, last }),
+            other => Err(Error::Internal(format!("expected a range, got {other:?}"))),
+        }
+    }
+
+    pub async fn describe(&self, name: &str) -> Result<TopicView> {
+        let name = TopicName::new(name)?;
+        match self.read(&name, Read::Describe).await? {
+            ReadReply::Status(status) => Ok(TopicView::replicated(*status)),
+            other => Err(Error::Internal(format!("expected a status, got {other:?}"))),
+        }
+    }
+
+    /// Every topic of the cluster, as its leader (or its most advanced
+    /// reachable replica) reports it, in name order. Asks every live node.
+    pub async fn list(&self) -> Result<Vec<TopicView>> {
+        let mut peers = vec![self.overlay.peer_id()];
+        for m in self.overlay.members().await? {
+            if m.liveness != Liveness::Gone {
+                peers.push(m.peer);
+            }
+        }
+        let answers = futures::future::join_all(peers.iter().map(|p| self.groups.replicas_at(*p)));
+        let mut best: HashMap<u64, ReplicaStatus> = HashMap::new();
+        for (peer, answer) in peers.iter().zip(answers.await) {
+            let replicas = match answer {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(%peer, "listing replicas: {e}");
+                    continue;
+                }
+            };
+            for r in replicas {
+                let better = match best.get(&r.group) {
+                    None => true,
+                    Some(b) => (r.is_leader, r.applied_index) > (b.is_leader, b.applied_index),
+                };
+                if better {
+                    best.insert(r.group, r);
+                }
+            }
+        }
+        let mut views: Vec<TopicView> = best.into_values().map(TopicView::replicated).collect();
+        views.sort_by(|a, b| a.info.meta.name.cmp(&b.info.meta.name));
+        Ok(views)
+    }
+
+    /// Follows a topic from `start`: from this node's replica if it holds
+    /// one, else from the leader.
+    pub async fn subscribe(&self, name: &str, start: Start) -> Result<Following> {
+        let topic = TopicName::new(name)?;
+        if self.topics.replica_id(&topic).is_some() {
+            return Ok(Following::Local(self.topics.subscribe(name, start)?));
+        }
+        let range = self.latest(name).await?;
+        let next = match start {
+            Start::Latest => range.last + 1,
+            Start::Earliest => range.first.max(1),
+            Start::Seq(seq) => {
+                if seq != range.last + 1 {
+                    woof_consensus::topic::check_readable(name, range, seq)?;
+                }
+                seq
+            }
+        };
+        Ok(Following::Remote(Box::new(RemoteFollow {
+            api: self.clone(),
+            name: topic,
+            next,
+        })))
+    }
+}
+
+/// Puts the topic's name into errors a group raised without it.
+fn named(e: woof_consensus::Error, name: &TopicName) -> woof_consensus::Error {
+    match e {
+        woof_consensus::Error::TopicNotFound(n) if n.is_empty() => {
+            woof_consensus::Error::TopicNotFound(name.to_string())
+        }
+        e => e,
+    }
+}
+
+/// A new group id, unique in the cluster: from the name, the creating node,
+/// the time and this process's random hash keys, in `[2^62, 2^63)`.
+fn new_group_id(name: &TopicName, creator: &PeerId, now_ms: u64) -> GroupId {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    name.as_str().hash(&mut h);
+    creator.to_bytes().hash(&mut h);
+    now_ms.hash(&mut h);
+    GroupId(GROUP_ID_MIN | (h.finish() >> 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_ids_are_group_ids_and_differ() {
+        let name = TopicName::new("a/b").unwrap();
+        let peer = PeerId::random();
+        let a = new_group_id(&name, &peer, 1);
+        let b = new_group_id(&name, &peer, 1);
+        assert!(a.0 >= GROUP_ID_MIN && a.0 < GROUP_ID_MIN << 1, "{a:?}");
+        assert_ne!(a, b, "the same name at the same time still gets a new id");
+    }
+}
