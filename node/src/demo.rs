@@ -4,7 +4,7 @@
 //! Every step goes through the real gRPC API, as a user's client would.
 //!
 //! The demo is a list of steps over a shared [`Demo`]; later parts of woof
-//! (a cluster, handlers, devices, failover) add their own steps.
+//! (handlers, devices) add their own steps.
 
 use std::time::{Duration, Instant};
 
@@ -14,11 +14,6 @@ use woof_proto::v1::{self, woof_client::WoofClient};
 
 use std::collections::BTreeMap;
 
-use openraft::{BasicNode, Raft};
-use serde_bytes::ByteBuf;
-use woof_consensus::raft::{Command, CommandResult, TypeConfig};
-use woof_consensus::store::{GROUP_ID_MIN, GroupId, Store};
-use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_overlay::{ClusterKey, Multiaddr, NodeInfo, Tier, Timing};
 
 use crate::cli::connect;
@@ -135,7 +130,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
             n.peer_id
         );
     }
-    println!("  (* is the edge node the sensor talks to; topics are not replicated yet)");
+    println!("  (* is the edge node the sensor talks to)");
 
     heading("a topic");
     let created = d
@@ -152,10 +147,12 @@ async fn steps(d: &mut Demo) -> Result<()> {
         .into_inner();
     let t = created.topic.unwrap_or_default();
     println!(
-        "created {} (elements up to {} bytes, newest {} kept)",
+        "created {} (elements up to {} bytes, newest {} kept), replicated {} times: \
+         a Raft group on nodes picked by Kademlia distance",
         t.name,
         t.config.unwrap_or_default().element_max_bytes,
-        t.config.unwrap_or_default().history
+        t.config.unwrap_or_default().history,
+        t.replication
     );
 
     heading("a subscriber follows the topic from the start");
@@ -184,7 +181,9 @@ async fn steps(d: &mut Demo) -> Result<()> {
         seen
     });
 
-    heading("a sensor appends readings (each synced to disk before it is acknowledged)");
+    heading(
+        "a sensor appends readings (each acknowledged once a majority of replicas synced it to disk)",
+    );
     let mut latencies = Vec::new();
     for i in 1..=READINGS {
         let reading = format!(
@@ -367,104 +366,167 @@ async fn steps(d: &mut Demo) -> Result<()> {
         "  after the restart {TOPIC} still holds #1..#{}; the next append is #{}",
         l.last_seq, next.seq
     );
-    raft_preview(d).await?;
-    println!("\ncoming next in woof: topics on Raft groups through the API, handlers, devices.");
+    failover(d).await?;
+    println!("\ncoming next in woof: handlers, devices.");
     Ok(())
 }
 
-/// The engine under the coming replicated topics: one Raft group across the
-/// three nodes, over the overlay; its leader's node is stopped mid-way.
-async fn raft_preview(d: &mut Demo) -> Result<()> {
-    heading("consensus preview: a Raft-replicated log across the three nodes");
-    let group = GroupId(GROUP_ID_MIN);
+/// The topic's leader goes down while a sensor keeps appending through
+/// another node: a new leader takes over, nothing acknowledged is lost.
+async fn failover(d: &mut Demo) -> Result<()> {
+    heading("failover: the topic's leader goes down while the sensor keeps appending");
     let mut nodes: Vec<Node> = d.node.take().into_iter().collect();
     nodes.append(&mut d.others);
-    let mut rafts = Vec::new();
-    let mut members = BTreeMap::new();
-    for n in &nodes {
-        let (Some(groups), Some(overlay)) = (n.groups(), n.overlay()) else {
-            return Err(Error::Internal("demo nodes run in a cluster".into()));
-        };
-        rafts.push(groups.start(group).await?);
-        members.insert(
-            groups.node_id(),
-            BasicNode::new(overlay.peer_id().to_string()),
-        );
-    }
-    rafts[0]
-        .initialize(members)
-        .await
-        .map_err(|e| Error::Internal(format!("initialize: {e}")))?;
-    let leader = preview_leader(&rafts).await?;
-    let meta = TopicMeta {
-        id: TopicId(group.0),
-        name: TopicName::new("farm/north/replicated")?,
-        config: TopicConfig::default(),
-        created_at_ms: 0,
-        placement: Default::default(),
-    };
-    preview_write(&rafts[leader], Command::Create(meta)).await?;
-    for i in 1..=5 {
-        preview_write(&rafts[leader], preview_append(i)).await?;
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    for n in &nodes {
-        println!("  {:<8} holds {:?}", label(n), preview_seqs(n, group));
-    }
-    let stopped = nodes.remove(leader);
-    rafts.remove(leader);
-    println!("  stopping the leader's node ({}) ...", label(&stopped));
-    let started = Instant::now();
-    stopped.stop().await?;
-    let next = preview_leader(&rafts).await?;
-    for i in 6..=8 {
-        preview_write(&rafts[next], preview_append(i)).await?;
-    }
+    let names = node_names(&mut d.client).await?;
+    let name_of = |peer: &str| names.get(peer).cloned().unwrap_or_else(|| peer.to_string());
+    let info = describe(&mut d.client, TOPIC).await?;
+    let replicas: Vec<String> = info.replicas.iter().map(|p| name_of(p)).collect();
     println!(
-        "  a new leader took over and appended #6..#8 within {:.1} s",
-        started.elapsed().as_secs_f64()
+        "  {TOPIC}: replicas {}; leader {}",
+        replicas.join(", "),
+        name_of(&info.leader)
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let leader = nodes
+        .iter()
+        .position(|n| n.overlay().map(|o| o.peer_id().to_string()) == Some(info.leader.clone()))
+        .ok_or_else(|| Error::Internal("the leader is not a demo node".into()))?;
+    let via = (leader + 1) % nodes.len();
+    println!("  the sensor now talks to {}", label(&nodes[via]));
+    let client = connect(&nodes[via].url()).await?;
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    let sensor = tokio::spawn(sensor(client, stopping));
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let stopped = nodes.remove(leader);
+    println!("  stopping the leader's node ({}) ...", label(&stopped));
+    let down = Instant::now();
+    stopped.stop().await?;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    stop.send_replace(true);
+    let acked = sensor
+        .await
+        .map_err(|e| Error::Internal(format!("sensor task: {e}")))??;
+    let before: Vec<u64> = acked.iter().filter(|a| a.1 < down).map(|a| a.0).collect();
+    let after: Vec<(u64, Instant)> = acked.iter().filter(|a| a.1 > down).copied().collect();
+    let (Some(first), Some(last)) = (before.first(), acked.last()) else {
+        return Err(Error::Internal("the sensor got no acknowledgement".into()));
+    };
+    println!(
+        "  before: #{first}..#{} acknowledged by {}",
+        before.last().unwrap_or(first),
+        name_of(&info.leader)
+    );
+    let Some((resumed, at)) = after.first() else {
+        return Err(Error::Internal("no append succeeded after the stop".into()));
+    };
+    let now = describe(&mut connect(&nodes[0].url()).await?, TOPIC).await?;
+    println!(
+        "  a new leader took over ({}): #{resumed} was acknowledged {:.1} s after the stop began; \
+         the sensor went on to #{}",
+        name_of(&now.leader),
+        (*at - down).as_secs_f64(),
+        last.0
+    );
+    // Each survivor answers the same elements; none of the acknowledged is missing.
     for n in &nodes {
-        println!("  {:<8} holds {:?}", label(n), preview_seqs(n, group));
+        let mut c = connect(&n.url()).await?;
+        let held = scan_seqs(&mut c).await?;
+        let missing = acked.iter().filter(|a| !held.contains(&a.0)).count();
+        println!(
+            "  {:<8} holds #1..#{} ({} elements), acknowledged but missing: {missing}",
+            label(n),
+            held.last().copied().unwrap_or(0),
+            held.len()
+        );
     }
     d.others = nodes;
     Ok(())
 }
 
-fn preview_append(i: u64) -> Command {
-    Command::Append {
-        payloads: vec![ByteBuf::from(format!("reading {i}").into_bytes())],
-        producer: None,
-        time_ms: 0,
-    }
-}
-
-fn preview_seqs(node: &Node, group: GroupId) -> Vec<u64> {
-    node.groups()
-        .and_then(|g| g.store().scan(TopicId(group.0), 1, 100, 1 << 20).ok())
-        .unwrap_or_default()
-        .iter()
-        .map(|e| e.seq)
-        .collect()
-}
-
-/// Writes through `raft`, retrying while a new leader settles in (bounded).
-async fn preview_write(raft: &Raft<TypeConfig>, command: Command) -> Result<()> {
-    for _ in 0..100 {
-        match raft.client_write(command.clone()).await {
-            Ok(r) => {
-                if let CommandResult::Refused(e) = r.data {
-                    return Err(e.into());
+/// Appends a reading every 50 ms with a producer id, retrying each until it
+/// is acknowledged (safe: a retry never appends twice); returns each
+/// acknowledged sequence number and when it was acknowledged.
+async fn sensor(
+    mut client: WoofClient<Channel>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<(u64, Instant)>> {
+    let mut acked = Vec::new();
+    let mut seq = 0;
+    while !*stop.borrow() {
+        seq += 1;
+        let mut tries = 0;
+        loop {
+            let answer = client
+                .append(v1::AppendRequest {
+                    topic: TOPIC.into(),
+                    payload: format!("{{\"probe\":\"north-9\",\"n\":{seq}}}").into(),
+                    producer: Some(v1::Producer {
+                        id: "probe-north-9".into(),
+                        seq,
+                    }),
+                })
+                .await;
+            match answer {
+                Ok(r) => {
+                    acked.push((r.into_inner().seq, Instant::now()));
+                    break;
                 }
-                return Ok(());
+                Err(e) if tries < 100 => {
+                    tries += 1;
+                    tracing::debug!("sensor retries: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Err(Error::Internal(
-        "the group did not accept a write within 5 s".into(),
-    ))
+    Ok(acked)
+}
+
+/// Peer id -> the demo name of each node, from cluster status.
+async fn node_names(client: &mut WoofClient<Channel>) -> Result<BTreeMap<String, String>> {
+    let nodes = client
+        .cluster_status(v1::ClusterStatusRequest {})
+        .await?
+        .into_inner()
+        .nodes;
+    Ok(nodes
+        .into_iter()
+        .map(|n| {
+            let name = n.attrs.get("name").cloned().unwrap_or_default();
+            (n.peer_id, name)
+        })
+        .collect())
+}
+
+async fn describe(client: &mut WoofClient<Channel>, name: &str) -> Result<v1::TopicInfo> {
+    Ok(client
+        .describe_topic(v1::DescribeTopicRequest { name: name.into() })
+        .await?
+        .into_inner()
+        .topic
+        .unwrap_or_default())
+}
+
+/// Every sequence number the topic holds, by scans.
+async fn scan_seqs(client: &mut WoofClient<Channel>) -> Result<Vec<u64>> {
+    let mut seqs = Vec::new();
+    let mut next = 1;
+    loop {
+        let r = client
+            .scan(v1::ScanRequest {
+                topic: TOPIC.into(),
+                from_seq: next,
+                limit: 1000,
+            })
+            .await?
+            .into_inner();
+        if r.elements.is_empty() {
+            return Ok(seqs);
+        }
+        seqs.extend(r.elements.iter().map(|e| e.seq));
+        next = r.next_seq;
+    }
 }
 
 /// The error a request that should fail gave, as the CLI would print it.
@@ -475,21 +537,6 @@ fn refusal<T>(answer: std::result::Result<T, tonic::Status>) -> Result<Error> {
             "the node accepted a request it should have refused".into(),
         )),
     }
-}
-
-/// The index (in `rafts`) of the current leader, waiting up to 10 s.
-async fn preview_leader(rafts: &[Raft<TypeConfig>]) -> Result<usize> {
-    for _ in 0..200 {
-        let leading = rafts.iter().position(|r| {
-            let m = r.metrics().borrow().clone();
-            m.current_leader == Some(m.id)
-        });
-        if let Some(i) = leading {
-            return Ok(i);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(Error::Internal("no leader within 10 s".into()))
 }
 
 /// A demo node's name (its `name` attribute).

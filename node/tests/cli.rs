@@ -288,7 +288,9 @@ fn the_demo_runs_and_shows_each_step() {
         "it now holds #16..#20",
         "get #3: OUT_OF_RANGE",
         "still holds #1..#12; the next append is #13",
-        "a new leader took over and appended #6..#8",
+        "replicated 3 times",
+        "a new leader took over",
+        "acknowledged but missing: 0",
         "cleaned up",
     ] {
         assert!(
