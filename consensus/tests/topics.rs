@@ -27,6 +27,9 @@ impl Store for Flaky {
     fn topics(&self) -> woof_consensus::Result<Vec<TopicMeta>> {
         self.inner.topics()
     }
+    fn topic(&self, id: TopicId) -> woof_consensus::Result<Option<TopicMeta>> {
+        self.inner.topic(id)
+    }
     fn next_topic_id(&self) -> woof_consensus::Result<u64> {
         self.inner.next_topic_id()
     }

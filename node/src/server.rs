@@ -100,8 +100,8 @@ impl Node {
                 let inbound = std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1);
                 let (groups, task) =
                     Groups::new(store, topics.clone(), overlay.client.clone(), inbound);
-                let restarted = groups.restart_all().await?;
-                tracing::info!(groups = restarted, "raft groups started");
+                let held = groups.load_all().await?;
+                tracing::info!(groups = held, "raft groups loaded (each runs when used)");
                 let api = ClusterTopics::new(
                     topics,
                     groups.clone(),

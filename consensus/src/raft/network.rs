@@ -161,13 +161,24 @@ impl RaftNetwork<TypeConfig> for GroupClient {
     }
 }
 
+/// Starts a group that is not running (a hibernating group woken by a
+/// message); `None` if this node has no such group.
+pub type Waker = Arc<dyn Fn(GroupId) -> BoxFuture<'static, Option<Raft<TypeConfig>>> + Send + Sync>;
+
 /// The groups this node runs, by id: where incoming Raft messages go.
 #[derive(Default, Clone)]
 pub struct Router {
     groups: Arc<RwLock<HashMap<GroupId, Raft<TypeConfig>>>>,
+    waker: Arc<RwLock<Option<Waker>>>,
 }
 
 impl Router {
+    /// Messages for a group that is not running go to `waker` first
+    /// (`None` removes it, and whatever it holds).
+    pub fn set_waker(&self, waker: Option<Waker>) {
+        *self.waker.write().unwrap_or_else(|e| e.into_inner()) = waker;
+    }
+
     pub fn insert(&self, group: GroupId, raft: Raft<TypeConfig>) {
         self.groups
             .write()
@@ -211,7 +222,18 @@ impl Router {
     /// Answers one incoming message. Bad bytes get an error, never a panic.
     pub async fn handle(&self, message: &[u8]) -> Result<Vec<u8>, Error> {
         let envelope: Envelope = decode(message)?;
-        let Some(raft) = self.get(GroupId(envelope.group)) else {
+        let group = GroupId(envelope.group);
+        let raft = match self.get(group) {
+            Some(raft) => Some(raft),
+            None => {
+                let waker = self.waker.read().unwrap_or_else(|e| e.into_inner()).clone();
+                match waker {
+                    Some(wake) => wake(group).await,
+                    None => None,
+                }
+            }
+        };
+        let Some(raft) = raft else {
             return encode(&Reply::NoGroup(envelope.group));
         };
         let reply = match envelope.rpc {

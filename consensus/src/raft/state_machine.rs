@@ -81,7 +81,7 @@ impl TopicStateMachine {
         let (s, r) = (store.clone(), raft.clone());
         let (machine, applied) = blocking(move || {
             let topic = TopicId(group.0);
-            let machine = match s.topics()?.into_iter().find(|m| m.id == topic) {
+            let machine = match s.topic(topic)? {
                 Some(meta) => Some(Machine::new(meta, s.last_seq(topic)?)),
                 None => None,
             };
@@ -174,6 +174,42 @@ impl TopicStateMachine {
         };
         Ok((meta, bytes))
     }
+}
+
+/// What a stopped group's storage says about its topic, without starting it.
+#[derive(Debug, Clone)]
+pub struct Peek {
+    /// `None` before the topic's creation was applied here.
+    pub meta: Option<TopicMeta>,
+    pub last_seq: u64,
+    /// The voters' addresses (`BasicNode::addr`), as last applied.
+    pub voters: Vec<String>,
+    pub applied_index: u64,
+}
+
+/// Reads what `group` applied, from storage (blocking).
+pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Result<Peek, Error> {
+    let topic = TopicId(group.0);
+    let meta = store.topic(topic)?;
+    let last_seq = match &meta {
+        Some(_) => store.last_seq(topic)?,
+        None => 0,
+    };
+    let applied = raft
+        .value(group, APPLIED)?
+        .map(|b| decode::<Applied>(&b))
+        .transpose()?
+        .unwrap_or_default();
+    let membership = applied.membership.membership();
+    Ok(Peek {
+        meta,
+        last_seq,
+        voters: membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .collect(),
+        applied_index: applied.last_applied.map_or(0, |l| l.index),
+    })
 }
 
 /// A snapshot taken when openraft asked for a builder.

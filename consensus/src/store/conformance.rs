@@ -77,6 +77,8 @@ pub fn fill<S: Store>(s: &S) {
 
 /// Checks what [`fill`] wrote, as a fresh reader (after a reopen) sees it.
 pub fn check_filled<S: Store>(s: &S) {
+    assert_eq!(s.topic(TopicId(1)).unwrap(), Some(meta(1, "farm/a")));
+    assert_eq!(s.topic(TopicId(3)).unwrap(), None);
     let mut topics = s.topics().unwrap();
     topics.sort_by_key(|m| m.id);
     assert_eq!(topics, vec![meta(1, "farm/a"), meta(2, "farm/b")]);

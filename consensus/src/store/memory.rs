@@ -67,6 +67,10 @@ impl Store for MemStore {
         Ok(self.state().topics.values().cloned().collect())
     }
 
+    fn topic(&self, id: TopicId) -> Result<Option<TopicMeta>> {
+        Ok(self.state().topics.get(&id).cloned())
+    }
+
     fn next_topic_id(&self) -> Result<u64> {
         Ok(self.state().next_topic_id.max(1))
     }

@@ -70,6 +70,9 @@ pub trait Store: Send + Sync + 'static {
     /// Every topic's metadata, in no particular order.
     fn topics(&self) -> Result<Vec<TopicMeta>>;
 
+    /// One topic's metadata.
+    fn topic(&self, id: TopicId) -> Result<Option<TopicMeta>>;
+
     /// The next topic id to hand out (1 on a new store).
     fn next_topic_id(&self) -> Result<u64>;
 

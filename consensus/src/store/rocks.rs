@@ -156,6 +156,17 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn topic(&self, id: TopicId) -> Result<Option<TopicMeta>> {
+        self.db
+            .get_cf(self.cf(CF_TOPICS), id.0.to_be_bytes())
+            .map_err(storage("read topic"))?
+            .map(|value| {
+                serde_json::from_slice(&value)
+                    .map_err(|e| Error::Corrupt(format!("topic metadata: {e}")))
+            })
+            .transpose()
+    }
+
     fn next_topic_id(&self) -> Result<u64> {
         match self
             .db

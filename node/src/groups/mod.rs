@@ -17,15 +17,23 @@ use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, mpsc};
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Router, Transport};
+use woof_consensus::raft::state_machine::peek;
 use woof_consensus::raft::{Command, CommandResult, TypeConfig, decode, encode};
 use woof_consensus::store::{
     GROUP_ID_MIN, GroupId, Op, RaftLogStore, RocksStore, Store, WriteBatch,
 };
-use woof_consensus::topic::{Element, TopicId, TopicMeta};
+use woof_consensus::topic::{Element, Range, TopicId, first_seq};
 use woof_consensus::{Start, TopicInfo, Topics};
 use woof_overlay::{Inbound, PeerId};
 
 use crate::error::{Error, Result};
+
+mod control;
+mod hibernate;
+
+use control::{Control, ControlReply};
+pub use control::{Read, ReadReply, ReplicaStatus};
+use hibernate::Asleep;
 
 /// A Raft message for the consensus router.
 const TAG_RAFT: u8 = 1;
@@ -41,110 +49,6 @@ const FOLLOW_ELEMENTS_MAX: u32 = 1024;
 const FOLLOW_WAIT_MAX_MS: u64 = 10_000;
 /// The pause between write attempts while a group elects a leader.
 const WRITE_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Node-to-node requests besides Raft's own.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum Control {
-    /// Start `group` here; with `initialize`, also make it a group of `members`.
-    StartGroup {
-        group: u64,
-        members: Vec<String>,
-        initialize: bool,
-    },
-    /// Write `command` through `group`, if this node leads it.
-    Write { group: u64, command: Command },
-    /// Read `topic` (the topic of `group`), if this node leads it.
-    Read {
-        group: u64,
-        topic: String,
-        read: Read,
-    },
-    /// This node's replicas, as its groups see them.
-    Replicas,
-    /// Stop `group` here and remove everything it stored.
-    RemoveGroup { group: u64 },
-}
-
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
-enum ControlReply {
-    Started,
-    Written(CommandResult),
-    Read(ReadReply),
-    Replicas(Vec<ReplicaStatus>),
-    Removed,
-    /// Not the leader; the leader's peer id if known.
-    NotLeader(Option<String>),
-    NoGroup,
-    /// The request was understood and refused (a topic error).
-    Refused(woof_consensus::Error),
-    Failed(String),
-}
-
-/// A read served by a topic's leader.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub enum Read {
-    /// One element.
-    Get { seq: u64 },
-    /// Up to `limit` consecutive elements from `from`.
-    Scan { from: u64, limit: u32 },
-    /// The range held, confirmed by a quorum (a linearizable read).
-    Latest,
-    /// Up to `max` elements from `from`, waiting up to `wait_ms` for the
-    /// first of them (how a node that holds no replica follows a topic).
-    Follow { from: u64, max: u32, wait_ms: u64 },
-    /// The leader's [`ReplicaStatus`].
-    Describe,
-}
-
-/// What a [`Read`] gave.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub enum ReadReply {
-    /// (sequence number, append time, payload), in order.
-    Elements(Vec<(u64, u64, ByteBuf)>),
-    Range {
-        first: u64,
-        last: u64,
-    },
-    Status(Box<ReplicaStatus>),
-}
-
-impl ReadReply {
-    /// The elements, from the wire form.
-    pub fn into_elements(self) -> Result<Vec<Element>> {
-        match self {
-            ReadReply::Elements(v) => Ok(v
-                .into_iter()
-                .map(|(seq, time, payload)| Element {
-                    seq,
-                    payload: bytes::Bytes::from(payload.into_vec()),
-                    append_time_ms: time,
-                })
-                .collect()),
-            other => Err(Error::Internal(format!("expected elements, got {other:?}"))),
-        }
-    }
-}
-
-/// One replica of a topic, as the node holding it sees its group.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct ReplicaStatus {
-    pub group: u64,
-    pub meta: TopicMeta,
-    pub first_seq: u64,
-    pub last_seq: u64,
-    /// Peer ids of the group's voters.
-    pub members: Vec<String>,
-    /// Peer id of the leader this replica knows, if any.
-    pub leader: Option<String>,
-    /// Whether this replica leads.
-    pub is_leader: bool,
-    /// The last log index this replica applied (on the leader: committed).
-    pub applied_index: u64,
-    pub term: u64,
-    /// On the leader: each voter's peer id and the highest log index it
-    /// holds matching the leader's (the leader's own last index for itself).
-    pub progress: Vec<(String, u64)>,
-}
 
 /// Peer requests handled at once; past this they wait in the overlay's queue.
 const INBOUND_CONCURRENCY: usize = 256;
@@ -209,6 +113,14 @@ pub struct Groups {
     client: woof_overlay::Client,
     /// The leader each group last answered from, tried first next time.
     leaders: Arc<Mutex<HashMap<u64, PeerId>>>,
+    /// Groups this node holds but does not run (see [`hibernate`]).
+    asleep: Arc<Mutex<HashMap<u64, Asleep>>>,
+    /// When each running group last served a client here.
+    activity: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
+    /// Serialises starting groups, so that one is never started twice.
+    starting: Arc<tokio::sync::Mutex<()>>,
+    /// Ends the hibernation supervisor.
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Groups {
@@ -233,7 +145,17 @@ impl Groups {
             }),
             client,
             leaders: Arc::default(),
+            asleep: Arc::default(),
+            activity: Arc::default(),
+            starting: Arc::default(),
+            stop: Arc::new(tokio::sync::watch::Sender::new(false)),
         };
+        let waking = groups.clone();
+        groups.router.set_waker(Some(Arc::new(move |group| {
+            let groups = waking.clone();
+            async move { groups.wake(group).await.ok().flatten() }.boxed()
+        })));
+        tokio::spawn(hibernate::supervise(groups.clone()));
         let task = tokio::spawn(serve(inbound, groups.clone()));
         (groups, task)
     }
@@ -253,16 +175,40 @@ impl Groups {
         &self.store
     }
 
-    /// Restarts every group this node's store holds (after a restart).
-    pub async fn restart_all(&self) -> Result<usize> {
+    /// Makes every group this node's store holds known, without running
+    /// them: their topics are served to readers, and each group starts when
+    /// a message or a client needs it (a node with thousands of quiet topics
+    /// runs none of their groups).
+    pub async fn load_all(&self) -> Result<usize> {
         let store = self.store.clone();
-        let stored = tokio::task::spawn_blocking(move || store.groups())
-            .await
-            .map_err(|e| Error::Internal(format!("listing groups: {e}")))??;
-        for group in &stored {
-            self.start(*group).await?;
+        let peeks = tokio::task::spawn_blocking(move || {
+            let mut peeks = Vec::new();
+            for group in store.groups()? {
+                peeks.push((group, peek(&*store, &*store, group)?));
+            }
+            Ok::<_, woof_consensus::Error>(peeks)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("loading groups: {e}")))??;
+        let count = peeks.len();
+        for (group, peek) in peeks {
+            if let Some(meta) = &peek.meta {
+                let range = Range {
+                    first: first_seq(peek.last_seq, meta.config.history),
+                    last: peek.last_seq,
+                };
+                self.topics.publish_replica(meta, range);
+            }
+            self.asleep_mut().insert(
+                group.0,
+                Asleep {
+                    members: peek.voters,
+                    applied_index: peek.applied_index,
+                    clean: false,
+                },
+            );
         }
-        Ok(stored.len())
+        Ok(count)
     }
 
     /// Starts (or restarts from storage) a group on this node.
@@ -270,7 +216,11 @@ impl Groups {
         if let Some(raft) = self.router.get(group) {
             return Ok(raft);
         }
-        Ok(group::start(
+        let _starting = self.starting.lock().await;
+        if let Some(raft) = self.router.get(group) {
+            return Ok(raft);
+        }
+        let raft = group::start(
             self.node_id,
             group,
             self.store.clone(),
@@ -279,7 +229,10 @@ impl Groups {
             Timing::default(),
             Some(&self.topics),
         )
-        .await?)
+        .await?;
+        self.asleep_mut().remove(&group.0);
+        self.touch(group);
+        Ok(raft)
     }
 
     /// Starts `group` on every one of `members` (this node included, if it
@@ -484,8 +437,9 @@ impl Groups {
                     .await
             }
             Control::Write { group, command } => {
-                let Some(raft) = self.router.get(GroupId(group)) else {
-                    return ControlReply::NoGroup;
+                let raft = match self.serving(GroupId(group)).await {
+                    Ok(raft) => raft,
+                    Err(reply) => return reply,
                 };
                 match raft.client_write(command).await {
                     Ok(r) => ControlReply::Written(r.data),
@@ -498,8 +452,20 @@ impl Groups {
                 }
             }
             Control::Read { group, topic, read } => {
-                let Some(raft) = self.router.get(GroupId(group)) else {
-                    return ControlReply::NoGroup;
+                if let Read::Follow { .. } = read
+                    && self.router.get(GroupId(group)).is_none()
+                    && self.asleep_mut().contains_key(&group)
+                {
+                    // A sleeping group's topic changes only once a write
+                    // wakes it: following it needs no leader.
+                    return match self.read_local(&topic, read).await {
+                        Ok(r) => ControlReply::Read(r),
+                        Err(e) => ControlReply::Refused(e),
+                    };
+                }
+                let raft = match self.serving(GroupId(group)).await {
+                    Ok(raft) => raft,
+                    Err(reply) => return reply,
                 };
                 if let Some(not_leader) =
                     self.check_leader(&raft, matches!(read, Read::Latest)).await
@@ -522,6 +488,7 @@ impl Groups {
                 Ok(()) => ControlReply::Removed,
                 Err(e) => ControlReply::Failed(e.to_string()),
             },
+            Control::Sleep { group } => self.sleep_follower(GroupId(group)).await,
         }
     }
 
@@ -638,7 +605,8 @@ impl Groups {
             .into_iter()
             .map(|info| (info.meta.id, info))
             .collect();
-        self.router
+        let mut out: Vec<ReplicaStatus> = self
+            .router
             .list()
             .into_iter()
             // A group whose topic is not created here yet (or deleted) has
@@ -647,7 +615,13 @@ impl Groups {
                 let info = topics.remove(&TopicId(group.0))?;
                 Some(status_of(group, &raft, info, self.node_id))
             })
-            .collect()
+            .collect();
+        for (group, asleep) in self.asleep_mut().iter() {
+            if let Some(info) = topics.remove(&TopicId(*group)) {
+                out.push(asleep.status(*group, info));
+            }
+        }
+        out
     }
 
     /// One replica's status.
@@ -662,7 +636,16 @@ impl Groups {
 
     /// The voters of `group`, if this node runs it.
     pub fn local_members(&self, group: GroupId) -> Option<Vec<PeerId>> {
-        let raft = self.router.get(group)?;
+        let Some(raft) = self.router.get(group) else {
+            let asleep = self.asleep_mut();
+            let members: Vec<PeerId> = asleep
+                .get(&group.0)?
+                .members
+                .iter()
+                .filter_map(|m| m.parse().ok())
+                .collect();
+            return (!members.is_empty()).then_some(members);
+        };
         let metrics = raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         let members: Vec<PeerId> = membership
@@ -677,6 +660,8 @@ impl Groups {
         if let Some(raft) = self.router.remove(group) {
             let _ = raft.shutdown().await;
         }
+        self.asleep_mut().remove(&group.0);
+        self.activity_mut().remove(&group.0);
         self.topics.retire_replica(TopicId(group.0));
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -692,6 +677,9 @@ impl Groups {
 
     /// Stops every group.
     pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        // The waker holds these groups: let go of it (and of the store).
+        self.router.set_waker(None);
         for raft in self.router.drain() {
             let _ = raft.shutdown().await;
         }

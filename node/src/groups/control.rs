@@ -1,0 +1,116 @@
+//! The node-to-node requests of [`super::Groups`] besides Raft's own, and
+//! what they answer. CBOR on the wire, behind [`super::TAG_CONTROL`].
+
+use serde_bytes::ByteBuf;
+use woof_consensus::raft::{Command, CommandResult};
+use woof_consensus::topic::{Element, TopicMeta};
+
+use crate::error::{Error, Result};
+
+/// Node-to-node requests besides Raft's own.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) enum Control {
+    /// Start `group` here; with `initialize`, also make it a group of `members`.
+    StartGroup {
+        group: u64,
+        members: Vec<String>,
+        initialize: bool,
+    },
+    /// Write `command` through `group`, if this node leads it.
+    Write { group: u64, command: Command },
+    /// Read `topic` (the topic of `group`), if this node leads it.
+    Read {
+        group: u64,
+        topic: String,
+        read: Read,
+    },
+    /// This node's replicas, as its groups see them.
+    Replicas,
+    /// Stop `group` here and remove everything it stored.
+    RemoveGroup { group: u64 },
+    /// The leader of `group` puts it to sleep: stop running it here (its
+    /// storage stays; any message for it wakes it).
+    Sleep { group: u64 },
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(super) enum ControlReply {
+    Started,
+    Written(CommandResult),
+    Read(ReadReply),
+    Replicas(Vec<ReplicaStatus>),
+    Removed,
+    Asleep,
+    /// Not the leader; the leader's peer id if known.
+    NotLeader(Option<String>),
+    NoGroup,
+    /// The request was understood and refused (a topic error).
+    Refused(woof_consensus::Error),
+    Failed(String),
+}
+
+/// A read served by a topic's leader.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum Read {
+    /// One element.
+    Get { seq: u64 },
+    /// Up to `limit` consecutive elements from `from`.
+    Scan { from: u64, limit: u32 },
+    /// The range held, confirmed by a quorum (a linearizable read).
+    Latest,
+    /// Up to `max` elements from `from`, waiting up to `wait_ms` for the
+    /// first of them (how a node that holds no replica follows a topic).
+    Follow { from: u64, max: u32, wait_ms: u64 },
+    /// The leader's [`ReplicaStatus`].
+    Describe,
+}
+
+/// What a [`Read`] gave.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub enum ReadReply {
+    /// (sequence number, append time, payload), in order.
+    Elements(Vec<(u64, u64, ByteBuf)>),
+    Range {
+        first: u64,
+        last: u64,
+    },
+    Status(Box<ReplicaStatus>),
+}
+
+impl ReadReply {
+    /// The elements, from the wire form.
+    pub fn into_elements(self) -> Result<Vec<Element>> {
+        match self {
+            ReadReply::Elements(v) => Ok(v
+                .into_iter()
+                .map(|(seq, time, payload)| Element {
+                    seq,
+                    payload: bytes::Bytes::from(payload.into_vec()),
+                    append_time_ms: time,
+                })
+                .collect()),
+            other => Err(Error::Internal(format!("expected elements, got {other:?}"))),
+        }
+    }
+}
+
+/// One replica of a topic, as the node holding it sees its group.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaStatus {
+    pub group: u64,
+    pub meta: TopicMeta,
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Peer ids of the group's voters.
+    pub members: Vec<String>,
+    /// Peer id of the leader this replica knows, if any.
+    pub leader: Option<String>,
+    /// Whether this replica leads.
+    pub is_leader: bool,
+    /// The last log index this replica applied (on the leader: committed).
+    pub applied_index: u64,
+    pub term: u64,
+    /// On the leader: each voter's peer id and the highest log index it
+    /// holds matching the leader's (the leader's own last index for itself).
+    pub progress: Vec<(String, u64)>,
+}
