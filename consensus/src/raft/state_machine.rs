@@ -322,7 +322,11 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
                 });
             }
             batch.push(Op::PutRaftValue(group, APPLIED.into(), encode(&applied)?));
-            store.write(&batch)?;
+            // Unsynced: the log these entries come from is synced, and a crash
+            // that loses this batch makes openraft apply them again. Before
+            // the log is purged, its purge point is written synced, which
+            // makes this durable too (one WAL).
+            store.write_unsynced(&batch)?;
             Ok((machine, applied, results))
         })
         .await

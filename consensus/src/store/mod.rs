@@ -67,6 +67,14 @@ pub trait Store: Send + Sync + 'static {
     /// it survives a crash of the process or the machine.
     fn write(&self, batch: &WriteBatch) -> Result<()>;
 
+    /// Applies `batch` atomically without waiting for the disk: a crash may
+    /// lose it (whole), until the next synced write, which makes it durable
+    /// too. For state that can be rebuilt, such as a Raft state machine's
+    /// (its synced log replays it).
+    fn write_unsynced(&self, batch: &WriteBatch) -> Result<()> {
+        self.write(batch)
+    }
+
     /// Every topic's metadata, in no particular order.
     fn topics(&self) -> Result<Vec<TopicMeta>>;
 

@@ -94,15 +94,8 @@ impl RocksStore {
         self.db.write_opt(wb, &wo).map_err(storage(context))
     }
 
-    fn cf(&self, name: &str) -> &ColumnFamily {
-        self.db
-            .cf_handle(name)
-            .expect("column families are created at open")
-    }
-}
-
-impl Store for RocksStore {
-    fn write(&self, batch: &WriteBatch) -> Result<()> {
+    /// A RocksDB batch doing what `batch` says.
+    fn batch(&self, batch: &WriteBatch) -> rocksdb::WriteBatch {
         let mut wb = rocksdb::WriteBatch::default();
         for op in batch.ops() {
             match op {
@@ -142,7 +135,25 @@ impl Store for RocksStore {
                 }
             }
         }
-        self.write_synced(wb, "write")
+        wb
+    }
+
+    fn cf(&self, name: &str) -> &ColumnFamily {
+        self.db
+            .cf_handle(name)
+            .expect("column families are created at open")
+    }
+}
+
+impl Store for RocksStore {
+    fn write(&self, batch: &WriteBatch) -> Result<()> {
+        self.write_synced(self.batch(batch), "write")
+    }
+
+    fn write_unsynced(&self, batch: &WriteBatch) -> Result<()> {
+        self.db
+            .write(self.batch(batch))
+            .map_err(storage("write"))
     }
 
     fn topics(&self) -> Result<Vec<TopicMeta>> {
