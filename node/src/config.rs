@@ -51,6 +51,8 @@ pub struct ClusterConfig {
     pub key: ClusterKey,
     pub timing: Timing,
     pub join_timeout: Duration,
+    /// A topic's replica on a node silent this long is replaced.
+    pub repair_after: Duration,
 }
 
 /// The file form: every field optional, unknown fields refused.
@@ -69,6 +71,7 @@ pub struct ConfigFile {
     pub attrs: Vec<String>,
     #[serde(default)]
     pub capabilities: Vec<String>,
+    pub repair_after_secs: Option<u64>,
 }
 
 impl ConfigFile {
@@ -106,7 +109,13 @@ pub struct Flags {
     pub tier: Option<String>,
     pub attrs: Vec<String>,
     pub capabilities: Vec<String>,
+    pub repair_after_secs: Option<u64>,
 }
+
+/// The default time before a silent node's replicas are replaced.
+pub const REPAIR_AFTER_DEFAULT: Duration = Duration::from_secs(30);
+/// The longest repair delay a node accepts (a day).
+const REPAIR_AFTER_MAX_SECS: u64 = 86_400;
 
 fn addrs(list: &[String], what: &str) -> Result<Vec<Multiaddr>> {
     if list.len() > ADDRS_MAX {
@@ -177,6 +186,15 @@ impl NodeConfig {
             "join",
         )?;
         let key_file = flags.cluster_key_file.or(file.cluster_key_file);
+        let repair_after = match flags.repair_after_secs.or(file.repair_after_secs) {
+            None => REPAIR_AFTER_DEFAULT,
+            Some(s) if (1..=REPAIR_AFTER_MAX_SECS).contains(&s) => Duration::from_secs(s),
+            Some(s) => {
+                return Err(Error::Usage(format!(
+                    "the repair delay must be 1 to {REPAIR_AFTER_MAX_SECS} seconds, not {s}"
+                )));
+            }
+        };
         let cluster = if listen.is_empty() {
             if !join.is_empty() || key_file.is_some() {
                 return Err(Error::Usage(
@@ -201,6 +219,7 @@ impl NodeConfig {
                 key,
                 timing: Timing::default(),
                 join_timeout: Duration::from_secs(10),
+                repair_after,
             })
         };
         Ok(Self {
@@ -264,7 +283,18 @@ mod tests {
         assert!(e.to_string().contains("cluster key"), "{e}");
         f.cluster_key = Some(ClusterKey::generate().to_file_text());
         let c = NodeConfig::resolve(ConfigFile::default(), f.clone()).unwrap();
-        assert_eq!(c.cluster.unwrap().listen.len(), 1);
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.listen.len(), 1);
+        assert_eq!(cluster.repair_after, REPAIR_AFTER_DEFAULT);
+        let file = ConfigFile::parse("repair_after_secs = 5").unwrap();
+        let c = NodeConfig::resolve(file, f.clone()).unwrap();
+        assert_eq!(c.cluster.unwrap().repair_after, Duration::from_secs(5));
+        for secs in [0, 86_401] {
+            let mut bad = f.clone();
+            bad.repair_after_secs = Some(secs);
+            let e = NodeConfig::resolve(ConfigFile::default(), bad).unwrap_err();
+            assert!(e.to_string().contains("repair delay"), "{e}");
+        }
         let mut bad = f.clone();
         bad.join = vec!["127.0.0.1:7800".into()];
         let e = NodeConfig::resolve(ConfigFile::default(), bad).unwrap_err();

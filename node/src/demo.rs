@@ -89,6 +89,7 @@ async fn start_node(
         key: *key,
         timing: Timing::default(),
         join_timeout: Duration::from_secs(10),
+        repair_after: crate::config::REPAIR_AFTER_DEFAULT,
     });
     Node::start(&config).await
 }

@@ -181,6 +181,44 @@ pub fn place(
     Ok(chosen)
 }
 
+/// Chooses a live node to replace a lost replica of `topic`, whose other
+/// replicas `keep` stay: the nearest by Kademlia distance that is not one of
+/// them and that the constraint wants (for counted clauses, a node of the
+/// first clause that now falls short).
+pub fn replacement(
+    topic: &str,
+    constraint: Option<&Constraint>,
+    keep: &[PeerId],
+    candidates: &[Candidate],
+) -> Result<PeerId> {
+    let clause = match constraint {
+        None => None,
+        Some(c) if c.clauses[0].count.is_none() => Some(&c.clauses[0]),
+        Some(c) => {
+            let kept: Vec<&Candidate> = candidates
+                .iter()
+                .filter(|cand| keep.contains(&cand.peer))
+                .collect();
+            c.clauses.iter().find(|cl| {
+                let have = kept.iter().filter(|k| cl.matches(k)).count();
+                have < cl.count.unwrap_or(0)
+            })
+        }
+    };
+    let mut order: Vec<PeerId> = candidates
+        .iter()
+        .filter(|c| c.alive && !keep.contains(&c.peer) && clause.is_none_or(|cl| cl.matches(c)))
+        .map(|c| c.peer)
+        .collect();
+    woof_overlay::distance::sort_nearest(topic.as_bytes(), &mut order);
+    order.first().copied().ok_or_else(|| {
+        Error::Usage(match clause {
+            Some(cl) => format!("no live node outside the topic's replicas matches {cl}"),
+            None => "no live node outside the topic's replicas".into(),
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -276,5 +314,36 @@ mod tests {
         ] {
             assert!(bad.parse::<Constraint>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_replacement_keeps_the_constraint_and_avoids_the_replicas() {
+        let nodes = cluster();
+        let c: Constraint = "tier=edge:1,tier=cloud:2".parse().unwrap();
+        let chosen = place("t", 3, Some(&c), &nodes).unwrap();
+        // The edge replica is lost: its replacement is the other edge node.
+        let edge = chosen
+            .iter()
+            .find(|p| nodes.iter().any(|n| n.peer == **p && n.tier == Tier::Edge))
+            .copied()
+            .unwrap();
+        let keep: Vec<PeerId> = chosen.iter().filter(|p| **p != edge).copied().collect();
+        let new = replacement("t", Some(&c), &keep, &nodes).unwrap();
+        assert!(!chosen.contains(&new));
+        assert!(nodes.iter().any(|n| n.peer == new && n.tier == Tier::Edge));
+        // Unconstrained: any node but the kept ones (and the lost one, if it
+        // is marked dead).
+        let mut dead = nodes.clone();
+        for n in &mut dead {
+            if n.peer == edge {
+                n.alive = false;
+            }
+        }
+        let new = replacement("t", None, &keep, &dead).unwrap();
+        assert!(!keep.contains(&new) && new != edge);
+        // Nothing left to choose: a clear error.
+        let all: Vec<PeerId> = nodes.iter().map(|n| n.peer).collect();
+        let e = replacement("t", None, &all, &nodes).unwrap_err();
+        assert!(e.to_string().contains("no live node"), "{e}");
     }
 }

@@ -108,6 +108,7 @@ impl Node {
                     overlay.client.clone(),
                     info.clone(),
                 );
+                tokio::spawn(api.clone().maintain(cluster.repair_after));
                 (
                     TopicApi::Cluster(Box::new(api)),
                     Some(overlay),

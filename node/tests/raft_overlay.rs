@@ -24,6 +24,7 @@ async fn start(dir: &std::path::Path, key: ClusterKey, join: Vec<Multiaddr>) -> 
         key,
         timing: Timing::default(),
         join_timeout: Duration::from_secs(10),
+        repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
     });
     Node::start(&config).await.unwrap()
 }

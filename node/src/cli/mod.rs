@@ -141,6 +141,10 @@ pub struct NodeStartArgs {
     /// A capability to advertise (repeatable).
     #[arg(long = "capability")]
     pub capabilities: Vec<String>,
+    /// Replace a topic's replica on a node silent this many seconds
+    /// [default: 30].
+    #[arg(long, value_name = "SECS")]
+    pub repair_after: Option<u64>,
 }
 
 impl NodeStartArgs {
@@ -156,6 +160,7 @@ impl NodeStartArgs {
             tier: self.tier,
             attrs: self.attrs,
             capabilities: self.capabilities,
+            repair_after_secs: self.repair_after,
         }
     }
 }

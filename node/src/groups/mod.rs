@@ -30,6 +30,7 @@ use crate::error::{Error, Result};
 
 mod control;
 mod hibernate;
+mod membership;
 
 use control::{Control, ControlReply};
 pub use control::{Read, ReadReply, ReplicaStatus};

@@ -28,6 +28,8 @@ use crate::error::{Error, Result};
 use crate::groups::{Groups, Read, ReadReply, ReplicaStatus};
 use crate::placement::{self, Candidate, Constraint};
 
+mod repair;
+
 /// A topic's replication when the request leaves it at 0, in a cluster.
 pub const REPLICATION_DEFAULT: usize = 3;
 /// Elements a subscription on a node without a replica fetches per step.
