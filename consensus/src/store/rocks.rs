@@ -151,9 +151,7 @@ impl Store for RocksStore {
     }
 
     fn write_unsynced(&self, batch: &WriteBatch) -> Result<()> {
-        self.db
-            .write(self.batch(batch))
-            .map_err(storage("write"))
+        self.db.write(self.batch(batch)).map_err(storage("write"))
     }
 
     fn topics(&self) -> Result<Vec<TopicMeta>> {
