@@ -38,9 +38,16 @@ pub enum Error {
     /// The CLI could not reach the node.
     #[error("cannot reach the woof node at {server}: {reason}")]
     Connect { server: String, reason: String },
-    /// The node answered a CLI request with an error.
+    /// The node answered a CLI request with an error. Not a `source`: the
+    /// message says it all, and a chained report would say it twice.
     #[error("{}: {}", code_name(.0.code()), .0.message())]
-    Rpc(#[from] tonic::Status),
+    Rpc(tonic::Status),
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        Error::Rpc(status)
+    }
 }
 
 /// The gRPC code as users see it in the spec (`NOT_FOUND`, not `NotFound`).
