@@ -259,13 +259,7 @@ impl Topics {
     /// registers it on first sight, else publishes its new range. Called by
     /// the group's state machine after every apply.
     pub fn publish_replica(&self, meta: &TopicMeta, range: Range) {
-        let existing = self
-            .inner
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&meta.name)
-            .cloned();
+        let existing = self.registry().get(&meta.name).cloned();
         if let Some(topic) = existing {
             if let (true, Some(replica)) = (topic.meta.id == meta.id, &topic.replica) {
                 replica.published.send_modify(|p| p.range = range);
@@ -335,15 +329,18 @@ impl Topics {
 
     /// Whether `name` is a replica of a Raft group's topic here, and its id.
     pub fn replica_id(&self, name: &TopicName) -> Option<TopicId> {
-        let registry = self
-            .inner
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let registry = self.registry();
         registry
             .get(name)
             .filter(|t| t.replica.is_some())
             .map(|t| t.meta.id)
+    }
+
+    fn registry(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<TopicName, Arc<Topic>>> {
+        self.inner
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     fn registry_mut(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<TopicName, Arc<Topic>>> {
@@ -355,11 +352,7 @@ impl Topics {
 
     fn lookup(&self, name: &str) -> Result<Arc<Topic>> {
         let name = TopicName::new(name)?;
-        let registry = self
-            .inner
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let registry = self.registry();
         registry
             .get(&name)
             .cloned()
@@ -437,11 +430,7 @@ impl Topics {
 
     /// Every topic, in name order.
     pub fn list(&self) -> Vec<TopicInfo> {
-        let registry = self
-            .inner
-            .registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner());
+        let registry = self.registry();
         registry.values().map(|t| info(t)).collect()
     }
 

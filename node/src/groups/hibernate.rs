@@ -26,8 +26,8 @@ use woof_consensus::TopicInfo;
 use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::{GroupId, RaftLogStore};
 
-use super::Groups;
 use super::control::{Control, ControlReply, ReplicaStatus};
+use super::{Groups, voters};
 use crate::error::{Error, Result};
 
 /// A group that served no client for this long may sleep.
@@ -161,12 +161,7 @@ impl Groups {
 
     /// Puts `group`, which this node leads, to sleep on every member.
     async fn hibernate(&self, group: GroupId, raft: Raft<TypeConfig>) {
-        let m = raft.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let members: Vec<String> = membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
-            .collect();
+        let members = voters(&raft.metrics().borrow());
         let me = self.peer_id().to_string();
         for member in members.iter().filter(|p| **p != me) {
             let Ok(peer) = member.parse() else { continue };
@@ -186,13 +181,20 @@ impl Groups {
         if woken {
             return;
         }
+        self.stop_sleeping(group, raft).await;
+    }
+
+    /// Stops running `group` here and records it as asleep. The caller holds
+    /// the `starting` lock.
+    async fn stop_sleeping(&self, group: GroupId, raft: Raft<TypeConfig>) {
+        let m = raft.metrics().borrow().clone();
         self.router.remove(group);
         let _ = raft.shutdown().await;
         self.activity_mut().remove(&group.0);
         self.asleep_mut().insert(
             group.0,
             Asleep {
-                members,
+                members: voters(&m),
                 applied_index: m.last_applied.map_or(0, |l| l.index),
                 clean: true,
             },
@@ -206,26 +208,10 @@ impl Groups {
         let Some(raft) = self.router.get(group) else {
             return ControlReply::Asleep;
         };
-        let m = raft.metrics().borrow().clone();
-        if m.current_leader == Some(self.node_id) {
+        if raft.metrics().borrow().current_leader == Some(self.node_id) {
             return ControlReply::Failed("this node leads the group".into());
         }
-        let membership = m.membership_config.membership();
-        let members = membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
-            .collect();
-        self.router.remove(group);
-        let _ = raft.shutdown().await;
-        self.activity_mut().remove(&group.0);
-        self.asleep_mut().insert(
-            group.0,
-            Asleep {
-                members,
-                applied_index: m.last_applied.map_or(0, |l| l.index),
-                clean: true,
-            },
-        );
+        self.stop_sleeping(group, raft).await;
         ControlReply::Asleep
     }
 }

@@ -11,7 +11,7 @@ use woof_consensus::store::GroupId;
 use woof_overlay::PeerId;
 
 use super::control::{Control, ControlReply};
-use super::{CONTROL_TIMEOUT, Groups, node_id};
+use super::{CONTROL_TIMEOUT, Groups, node_id, peers, voters};
 use crate::error::{Error, Result};
 
 /// How long a new replica may take to catch up before the change is given up.
@@ -28,16 +28,11 @@ impl Groups {
                 if m.current_leader != Some(self.node_id) {
                     return None;
                 }
-                let membership = m.membership_config.membership();
                 // In the middle of a change: let it finish first.
-                if membership.get_joint_config().len() > 1 {
+                if m.membership_config.membership().get_joint_config().len() > 1 {
                     return None;
                 }
-                let voters = membership
-                    .voter_ids()
-                    .filter_map(|id| membership.get_node(&id)?.addr.parse().ok())
-                    .collect();
-                Some((group, raft, voters))
+                Some((group, raft, peers(&voters(&m))))
             })
             .collect()
     }
@@ -46,10 +41,7 @@ impl Groups {
     pub fn asleep_groups(&self) -> Vec<(GroupId, Vec<PeerId>)> {
         self.asleep_mut()
             .iter()
-            .map(|(group, a)| {
-                let voters = a.members.iter().filter_map(|m| m.parse().ok()).collect();
-                (GroupId(*group), voters)
-            })
+            .map(|(group, a)| (GroupId(*group), peers(&a.members)))
             .collect()
     }
 

@@ -637,22 +637,10 @@ impl Groups {
 
     /// The voters of `group`, if this node runs it.
     pub fn local_members(&self, group: GroupId) -> Option<Vec<PeerId>> {
-        let Some(raft) = self.router.get(group) else {
-            let asleep = self.asleep_mut();
-            let members: Vec<PeerId> = asleep
-                .get(&group.0)?
-                .members
-                .iter()
-                .filter_map(|m| m.parse().ok())
-                .collect();
-            return (!members.is_empty()).then_some(members);
+        let members = match self.router.get(group) {
+            Some(raft) => peers(&voters(&raft.metrics().borrow())),
+            None => peers(&self.asleep_mut().get(&group.0)?.members),
         };
-        let metrics = raft.metrics().borrow().clone();
-        let membership = metrics.membership_config.membership();
-        let members: Vec<PeerId> = membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id)?.addr.parse().ok())
-            .collect();
         (!members.is_empty()).then_some(members)
     }
 
@@ -687,6 +675,22 @@ impl Groups {
     }
 }
 
+type Metrics = openraft::RaftMetrics<u64, BasicNode>;
+
+/// The voters' peer ids (`BasicNode::addr`), as a group's metrics say.
+fn voters(metrics: &Metrics) -> Vec<String> {
+    let membership = metrics.membership_config.membership();
+    membership
+        .voter_ids()
+        .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+        .collect()
+}
+
+/// Peer ids from their text; ones that do not parse are left out.
+fn peers(names: &[String]) -> Vec<PeerId> {
+    names.iter().filter_map(|m| m.parse().ok()).collect()
+}
+
 /// A replica's status from its group's metrics.
 fn status_of(group: GroupId, raft: &Raft<TypeConfig>, info: TopicInfo, me: u64) -> ReplicaStatus {
     let metrics = raft.metrics().borrow().clone();
@@ -697,7 +701,7 @@ fn status_of(group: GroupId, raft: &Raft<TypeConfig>, info: TopicInfo, me: u64) 
         meta: info.meta,
         first_seq: info.range.first,
         last_seq: info.range.last,
-        members: membership.voter_ids().filter_map(addr).collect(),
+        members: voters(&metrics),
         leader: metrics.current_leader.and_then(addr),
         is_leader: metrics.current_leader == Some(me),
         applied_index: metrics.last_applied.map_or(0, |l| l.index),
