@@ -328,17 +328,16 @@ mod tests {
             .copied()
             .unwrap();
         let keep: Vec<PeerId> = chosen.iter().filter(|p| **p != edge).copied().collect();
-        let new = replacement("t", Some(&c), &keep, &nodes).unwrap();
-        assert!(!chosen.contains(&new));
-        assert!(nodes.iter().any(|n| n.peer == new && n.tier == Tier::Edge));
-        // Unconstrained: any node but the kept ones (and the lost one, if it
-        // is marked dead).
         let mut dead = nodes.clone();
         for n in &mut dead {
             if n.peer == edge {
                 n.alive = false;
             }
         }
+        let new = replacement("t", Some(&c), &keep, &dead).unwrap();
+        assert!(!chosen.contains(&new));
+        assert!(nodes.iter().any(|n| n.peer == new && n.tier == Tier::Edge));
+        // Unconstrained: any live node but the kept ones.
         let new = replacement("t", None, &keep, &dead).unwrap();
         assert!(!keep.contains(&new) && new != edge);
         // Nothing left to choose: a clear error.

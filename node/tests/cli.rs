@@ -127,7 +127,11 @@ fn topic_append_read_commands() {
     // Errors: one line, non-zero exit, the gRPC code named.
     let err = fails(url, &["get", "farm/soil", "99"]);
     assert!(err.starts_with("error: OUT_OF_RANGE: sequence 99"), "{err}");
-    assert_eq!(err.matches("is out of range").count(), 1, "said once: {err}");
+    assert_eq!(
+        err.matches("is out of range").count(),
+        1,
+        "said once: {err}"
+    );
     assert!(fails(url, &["get", "nope", "1"]).contains("NOT_FOUND"));
     assert!(fails(url, &["topic", "create", "Bad Name"]).contains("INVALID_ARGUMENT"));
     assert!(fails(url, &["topic", "create", "farm/soil"]).contains("ALREADY_EXISTS"));

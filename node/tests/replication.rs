@@ -4,74 +4,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tonic::Code;
-use woof_consensus::store::{RocksStore, Store};
 use woof_proto::v1;
 
 const TOPIC: &str = "farm/replicated";
-
-async fn create_replicated(client: &mut Client, name: &str, replication: u32, replicas: &str) {
-    client
-        .create_topic(v1::CreateTopicRequest {
-            name: name.into(),
-            replication,
-            replicas: replicas.into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-}
-
-async fn describe(client: &mut Client, name: &str) -> v1::TopicInfo {
-    client
-        .describe_topic(v1::DescribeTopicRequest { name: name.into() })
-        .await
-        .unwrap()
-        .into_inner()
-        .topic
-        .unwrap()
-}
-
-/// The elements a node's stopped data directory holds for `topic`: what
-/// that replica made durable, read straight from its RocksDB.
-fn stored(dir: &Path, topic: &str) -> Vec<(u64, Vec<u8>)> {
-    let store = RocksStore::open(&dir.join("db")).unwrap();
-    let meta = store
-        .topics()
-        .unwrap()
-        .into_iter()
-        .find(|m| m.name.as_str() == topic)
-        .unwrap_or_else(|| panic!("{} holds no replica of {topic}", dir.display()));
-    store
-        .scan(meta.id, 1, 1_000_000, usize::MAX)
-        .unwrap()
-        .into_iter()
-        .map(|e| (e.seq, e.payload.to_vec()))
-        .collect()
-}
-
-/// Waits until the topic's leader reports every replica matching its log.
-async fn wait_replicated(client: &mut Client, name: &str, replicas: usize) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let info = describe(client, name).await;
-        let last = info.progress.iter().map(|p| p.matched_index).max();
-        if info.progress.len() == replicas
-            && info.progress.iter().all(|p| Some(p.matched_index) == last)
-        {
-            // Followers apply what they hold once the next heartbeat says
-            // it is committed.
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            return;
-        }
-        assert!(Instant::now() < deadline, "not replicated: {info:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_hold_the_same_thousand_elements_appended_through_all_of_them() {
@@ -165,10 +104,6 @@ async fn three_nodes_hold_the_same_thousand_elements_appended_through_all_of_the
     assert_eq!(held[0], held[2]);
 }
 
-async fn connect(url: &str) -> Client {
-    woof_node::cli::connect(url).await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_topic_requests_in_a_cluster_leave_nothing_behind() {
     let dir = tempfile::tempdir().unwrap();
@@ -259,48 +194,6 @@ async fn bad_topic_requests_in_a_cluster_leave_nothing_behind() {
     }
 }
 
-/// Appends `w{writer}-{i}` as producer `w{writer}` until told to stop,
-/// retrying each one (safe: the producer makes retries idempotent) until it
-/// is acknowledged. Returns (payload, seq, when acknowledged) for each.
-async fn writer(
-    mut client: Client,
-    writer: usize,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<(String, u64, Instant)> {
-    let mut acked = Vec::new();
-    for i in 1u64.. {
-        if *stop.borrow() {
-            break;
-        }
-        let payload = format!("w{writer}-{i}");
-        let mut tries = 0;
-        loop {
-            let r = client
-                .append(v1::AppendRequest {
-                    topic: TOPIC.into(),
-                    payload: payload.clone().into_bytes().into(),
-                    producer: Some(v1::Producer {
-                        id: format!("w{writer}"),
-                        seq: i,
-                    }),
-                })
-                .await;
-            match r {
-                Ok(r) => {
-                    acked.push((payload, r.into_inner().seq, Instant::now()));
-                    break;
-                }
-                Err(e) => {
-                    tries += 1;
-                    assert!(tries < 300, "append {payload} kept failing: {e:?}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
-    }
-    acked
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leader_killed_mid_stream_loses_no_acknowledged_append() {
     let dir = tempfile::tempdir().unwrap();
@@ -317,7 +210,7 @@ async fn a_leader_killed_mid_stream_loses_no_acknowledged_append() {
     let mut writers = Vec::new();
     for w in 0..4 {
         let client = connect(&urls[survivors[w % 2]]).await;
-        writers.push(tokio::spawn(writer(client, w, stop.clone())));
+        writers.push(tokio::spawn(writer(client, TOPIC, w, stop.clone())));
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     nodes[li].kill_hard();
@@ -354,16 +247,64 @@ async fn a_leader_killed_mid_stream_loses_no_acknowledged_append() {
         .collect();
     assert_eq!(held[0], held[1], "replicas differ");
     assert_eq!(held[0], held[2], "replicas differ");
-    let seqs: Vec<u64> = held[0].iter().map(|(s, _)| *s).collect();
-    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "dense");
-    let payloads: BTreeSet<&[u8]> = held[0].iter().map(|(_, p)| p.as_slice()).collect();
-    assert_eq!(payloads.len(), held[0].len(), "an element appended twice");
-    for (payload, seq, _) in &acked {
-        let at = held[0].get(*seq as usize - 1).map(|(_, p)| p.as_slice());
+    assert_log_holds(&held[0], &acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_topics_sleep_and_wake_when_used_even_after_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3);
+    let mut c = connect(&nodes[0].url).await;
+    let names: Vec<String> = (0..20).map(|i| format!("quiet/{i}")).collect();
+    for name in &names {
+        create_replicated(&mut c, name, 3, "").await;
+        assert_eq!(append(&mut c, name, "first").await, 1);
+    }
+    // Idle for longer than the sleep delay: no topic has a running leader.
+    let leaders = |url: &str| -> Vec<String> {
+        cluster_status(url)
+            .1
+            .iter()
+            .map(|t| t["leader"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let led = leaders(&nodes[1].url);
+        assert_eq!(led.len(), 20, "every topic is still listed while asleep");
+        if led.iter().all(String::is_empty) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still awake: {led:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Sleeping topics are still read from every node.
+    for n in &nodes {
+        let mut r = connect(&n.url).await;
         assert_eq!(
-            at,
-            Some(payload.as_bytes()),
-            "acknowledged {payload} at #{seq}"
+            get(&mut r, &names[3], 1).await.unwrap().payload,
+            &b"first"[..]
         );
+    }
+    // A write wakes a topic quickly, through any node.
+    let mut other = connect(&nodes[2].url).await;
+    let started = Instant::now();
+    assert_eq!(append(&mut other, &names[0], "second").await, 2);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A node restarted while its topics sleep serves and wakes them too.
+    let join = overlay_addr(&nodes[0].url);
+    nodes[2].kill_hard();
+    nodes[2].restart(&["--join", &join]);
+    let mut again = connect(&nodes[2].url).await;
+    for name in &names[1..5] {
+        assert_eq!(append(&mut again, name, "after restart").await, 2);
+        let all = scan_all(&mut again, name, 1).await;
+        let payloads: Vec<&[u8]> = all.iter().map(|e| &e.payload[..]).collect();
+        assert_eq!(payloads, [&b"first"[..], b"after restart"]);
     }
 }

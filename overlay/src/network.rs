@@ -78,13 +78,14 @@ pub struct Inbound {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Request {
     Heartbeat(NodeInfo),
-    App(Vec<u8>),
+    /// Bytes, not a list of numbers: half the size in CBOR, and fast.
+    App(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 enum Response {
     Heartbeat(NodeInfo),
-    App(Vec<u8>),
+    App(#[serde(with = "serde_bytes")] Vec<u8>),
     Refused(String),
 }
 

@@ -21,15 +21,22 @@ pub struct Timing {
 }
 
 impl Default for Timing {
-    /// Fast enough for failover within about a second on a LAN.
+    /// Failover within about a second and a half on a LAN: openraft 0.9
+    /// lets a follower that heard a leader wait out a lease of
+    /// `election_max_ms` plus a random election timeout before it stands.
     fn default() -> Self {
         Self {
             heartbeat_ms: 100,
-            election_min_ms: 500,
-            election_max_ms: 1000,
+            election_min_ms: 400,
+            election_max_ms: 700,
         }
     }
 }
+
+/// Log entries one AppendEntries carries at most. openraft 0.9 gives each
+/// call one heartbeat interval; a catching-up follower must get small
+/// enough calls to answer in time (an entry may hold a 1,000-element batch).
+const PAYLOAD_ENTRIES_MAX: u64 = 64;
 
 /// Starts (or restarts, from what `store` holds) group `group` as node
 /// `node_id`, and registers it with `router`. With `readers`, what the group
@@ -49,6 +56,7 @@ pub async fn start<S: Store + RaftLogStore>(
         election_timeout_min: timing.election_min_ms,
         election_timeout_max: timing.election_max_ms,
         snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        max_payload_entries: PAYLOAD_ENTRIES_MAX,
         max_in_snapshot_log_to_keep: 1_000,
         ..Config::default()
     }

@@ -163,6 +163,9 @@ impl Groups {
     async fn hibernate(&self, group: GroupId, raft: Raft<TypeConfig>) {
         let members = voters(&raft.metrics().borrow());
         let me = self.peer_id().to_string();
+        // Quiet first: a heartbeat reaching a follower that already slept
+        // would wake it without a leader, and it would stand for election.
+        raft.runtime_config().heartbeat(false);
         for member in members.iter().filter(|p| **p != me) {
             let Ok(peer) = member.parse() else { continue };
             // A follower that does not answer heals later (see the module doc).
@@ -173,19 +176,20 @@ impl Groups {
                 tracing::debug!(group = group.0, %peer, "asking to sleep: {e}");
             }
         }
-        let _starting = self.starting.lock().await;
+        let _starting = self.start_lock(group).await;
         let woken = self
             .activity_mut()
             .get(&group.0)
             .is_some_and(|t| t.elapsed() < SLEEP_AFTER);
         if woken {
+            raft.runtime_config().heartbeat(true);
             return;
         }
         self.stop_sleeping(group, raft).await;
     }
 
     /// Stops running `group` here and records it as asleep. The caller holds
-    /// the `starting` lock.
+    /// the group's start lock.
     async fn stop_sleeping(&self, group: GroupId, raft: Raft<TypeConfig>) {
         let m = raft.metrics().borrow().clone();
         self.router.remove(group);
@@ -204,7 +208,7 @@ impl Groups {
 
     /// A follower's side of [`Control::Sleep`].
     pub(super) async fn sleep_follower(&self, group: GroupId) -> ControlReply {
-        let _starting = self.starting.lock().await;
+        let _starting = self.start_lock(group).await;
         let Some(raft) = self.router.get(group) else {
             return ControlReply::Asleep;
         };
@@ -224,6 +228,7 @@ pub(super) async fn supervise(groups: Groups) {
             _ = stop.wait_for(|s| *s) => return,
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
+        groups.refresh_suspects().await;
         for (group, raft) in groups.router.list() {
             if groups.idle_leader(group, &raft) {
                 groups.hibernate(group, raft).await;

@@ -1,17 +1,21 @@
 //! Raft groups on this node, talking to their peers over the overlay.
 //!
 //! Node-to-node messages travel as overlay requests with a one-byte tag in
-//! front: [`TAG_RAFT`] bytes go to the consensus crate's router, which hands
-//! them to the right group; [`TAG_CONTROL`] carries a [`Control`] message
-//! (start a group, write through a group from a node that is not its
-//! leader), CBOR-encoded like the Raft traffic.
+//! front: [`TAG_RAFT_BATCH`] carries Raft messages for the consensus crate's
+//! router, which hands each to its group (coalesced per peer, see
+//! [`transport`]); [`TAG_CONTROL`] carries a [`Control`] message (start a
+//! group, write or read through its leader, list, sleep, remove),
+//! CBOR-encoded like the Raft traffic.
+//!
+//! Layout: this file (the groups of a node, routing to leaders),
+//! [`control`] (the control messages), [`transport`] (Raft traffic),
+//! [`hibernate`] (idle groups sleep), [`membership`] (replacing a replica).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::FutureExt;
-use futures::future::BoxFuture;
 use openraft::{BasicNode, Raft};
 use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, mpsc};
@@ -31,13 +35,14 @@ use crate::error::{Error, Result};
 mod control;
 mod hibernate;
 mod membership;
+mod transport;
 
 use control::{Control, ControlReply};
 pub use control::{Read, ReadReply, ReplicaStatus};
 use hibernate::Asleep;
 
-/// A Raft message for the consensus router.
-const TAG_RAFT: u8 = 1;
+/// Raft messages for the consensus router (see [`transport`]).
+const TAG_RAFT_BATCH: u8 = 3;
 /// A [`Control`] message.
 const TAG_CONTROL: u8 = 2;
 /// How many times a request follows a leader hint or tries another member.
@@ -48,6 +53,9 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
 const FOLLOW_ELEMENTS_MAX: u32 = 1024;
 /// The longest one follow step waits.
 const FOLLOW_WAIT_MAX_MS: u64 = 10_000;
+/// How often a request waiting on a peer checks whether the overlay now
+/// suspects it.
+const SUSPECT_POLL: Duration = Duration::from_millis(200);
 /// The pause between write attempts while a group elects a leader.
 const WRITE_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -61,29 +69,6 @@ pub fn node_id(peer: &PeerId) -> u64 {
     let mut id = [0u8; 8];
     id.copy_from_slice(&bytes[bytes.len() - 8..]);
     u64::from_be_bytes(id)
-}
-
-/// The overlay as a Raft transport: `BasicNode::addr` is the peer id.
-struct OverlayTransport {
-    client: woof_overlay::Client,
-}
-
-impl Transport for OverlayTransport {
-    fn send(
-        &self,
-        node: &BasicNode,
-        message: Vec<u8>,
-    ) -> BoxFuture<'static, woof_consensus::Result<Vec<u8>>> {
-        let client = self.client.clone();
-        let peer = node.addr.parse::<PeerId>();
-        async move {
-            let peer = peer.map_err(|e| {
-                woof_consensus::Error::InvalidArgument(format!("not a peer id: {e}"))
-            })?;
-            request(&client, peer, TAG_RAFT, &message).await
-        }
-        .boxed()
-    }
 }
 
 /// Sends a tagged message to `peer`.
@@ -110,16 +95,19 @@ pub struct Groups {
     /// Where the groups publish what they apply; reads are served from it.
     topics: Topics,
     router: Router,
-    transport: Arc<dyn Transport>,
+    transport: Arc<transport::OverlayTransport>,
     client: woof_overlay::Client,
     /// The leader each group last answered from, tried first next time.
     leaders: Arc<Mutex<HashMap<u64, PeerId>>>,
+    /// Peers the overlay suspects or has given up on, refreshed every second.
+    suspects: Arc<Mutex<std::collections::HashSet<PeerId>>>,
     /// Groups this node holds but does not run (see [`hibernate`]).
     asleep: Arc<Mutex<HashMap<u64, Asleep>>>,
     /// When each running group last served a client here.
     activity: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
-    /// Serialises starting groups, so that one is never started twice.
-    starting: Arc<tokio::sync::Mutex<()>>,
+    /// One lock per group, held while it starts or goes to sleep, so that
+    /// a group is never started twice (groups start in parallel).
+    starting: Arc<Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>>,
     /// Ends the hibernation supervisor.
     stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
@@ -141,11 +129,10 @@ impl Groups {
             store,
             topics,
             router,
-            transport: Arc::new(OverlayTransport {
-                client: client.clone(),
-            }),
+            transport: Arc::new(transport::OverlayTransport::new(client.clone())),
             client,
             leaders: Arc::default(),
+            suspects: Arc::default(),
             asleep: Arc::default(),
             activity: Arc::default(),
             starting: Arc::default(),
@@ -159,6 +146,18 @@ impl Groups {
         tokio::spawn(hibernate::supervise(groups.clone()));
         let task = tokio::spawn(serve(inbound, groups.clone()));
         (groups, task)
+    }
+
+    /// Holds `group`'s start lock.
+    async fn start_lock(&self, group: GroupId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .starting
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(group.0)
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// This node's id in every group.
@@ -217,7 +216,7 @@ impl Groups {
         if let Some(raft) = self.router.get(group) {
             return Ok(raft);
         }
-        let _starting = self.starting.lock().await;
+        let _starting = self.start_lock(group).await;
         if let Some(raft) = self.router.get(group) {
             return Ok(raft);
         }
@@ -225,7 +224,7 @@ impl Groups {
             self.node_id,
             group,
             self.store.clone(),
-            self.transport.clone(),
+            self.transport.clone() as Arc<dyn Transport>,
             &self.router,
             Timing::default(),
             Some(&self.topics),
@@ -334,9 +333,12 @@ impl Groups {
     }
 
     /// Sends what `control` makes to the leader of `group`: first to the
-    /// leader that answered last time, then following leader hints, trying
-    /// each member in turn while the group elects one. Bounded in attempts
-    /// (about four seconds of elections). A refusal ends it as an error.
+    /// leader this node's own replica knows, else the one that answered last
+    /// time, then following leader hints, trying each member in turn while
+    /// the group elects one. Members the overlay suspects (silent for
+    /// seconds: dead, paused or cut off) are passed over without waiting for
+    /// them. Bounded in attempts (about four seconds of elections). A
+    /// refusal ends it as an error.
     async fn at_leader(
         &self,
         group: GroupId,
@@ -348,12 +350,29 @@ impl Groups {
             return Err(Error::Usage(format!("group {} has no members", group.0)));
         };
         let known = self.leaders_mut().get(&group.0).copied();
-        let mut target = known.filter(|p| members.contains(p)).unwrap_or(first);
+        let mut target = self
+            .local_leader(group)
+            .or(known.filter(|p| members.contains(p)))
+            .unwrap_or(first);
         let mut next_member = 0;
         let mut without_group = std::collections::HashSet::new();
         let mut last = String::from("no member answered");
         for attempt in 0..WRITE_ATTEMPTS {
-            match self.control(target, control(), timeout).await {
+            let answer = if self.suspected(&target) {
+                Err(Error::Log(woof_consensus::Error::Network(
+                    "suspected by the overlay (silent for seconds)".into(),
+                )))
+            } else {
+                tokio::select! {
+                    answer = self.control(target, control(), timeout) => answer,
+                    // A frozen or cut-off leader may never answer: give up on
+                    // it as soon as there is reason to.
+                    why = self.gave_up_on(group, target) => {
+                        Err(Error::Log(woof_consensus::Error::Network(why)))
+                    }
+                }
+            };
+            match answer {
                 Ok(ControlReply::NotLeader(Some(leader))) => {
                     if let Ok(peer) = leader.parse::<PeerId>()
                         && peer != target
@@ -388,18 +407,94 @@ impl Groups {
                     self.leaders_mut().insert(group.0, target);
                     return Ok(reply);
                 }
-                Err(e) => last = format!("{target}: {e}"),
+                Err(e) => {
+                    last = format!("{target}: {e}");
+                    let mut leaders = self.leaders_mut();
+                    if leaders.get(&group.0) == Some(&target) {
+                        leaders.remove(&group.0);
+                    }
+                }
             }
-            // No usable hint: try the next member after a pause.
-            next_member = (next_member + 1) % members.len();
-            target = members[next_member];
+            // No usable hint: after a pause, the leader this node's replica
+            // knows now, if that is news, else the next member.
             tokio::time::sleep(WRITE_BACKOFF).await;
+            target = match self.local_leader(group).filter(|l| *l != target) {
+                Some(leader) => leader,
+                None => {
+                    next_member = (next_member + 1) % members.len();
+                    members[next_member]
+                }
+            };
         }
         self.leaders_mut().remove(&group.0);
         Err(Error::Log(woof_consensus::Error::Network(format!(
             "no leader for group {} after {WRITE_ATTEMPTS} attempts; last: {last}",
             group.0
         ))))
+    }
+
+    /// Resolves once `target` is no longer worth waiting for: this node's
+    /// replica of `group` knows another leader, or the overlay suspects it.
+    async fn gave_up_on(&self, group: GroupId, target: PeerId) -> String {
+        if target == self.client.peer_id() {
+            return std::future::pending().await;
+        }
+        let mut metrics = self.router.get(group).map(|raft| raft.metrics());
+        loop {
+            if let Some(rx) = &metrics {
+                let leader = rx.borrow().current_leader;
+                if leader.is_some_and(|l| l != node_id(&target)) {
+                    return "the group elected another leader".into();
+                }
+            }
+            if self.suspected(&target) {
+                return "suspected by the overlay (silent for seconds)".into();
+            }
+            let tick = tokio::time::sleep(SUSPECT_POLL);
+            match &mut metrics {
+                Some(rx) => {
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { metrics = None },
+                        _ = tick => {}
+                    }
+                }
+                None => tick.await,
+            }
+        }
+    }
+
+    /// The leader this node's running replica of `group` knows, if any.
+    fn local_leader(&self, group: GroupId) -> Option<PeerId> {
+        let raft = self.router.get(group)?;
+        let m = raft.metrics().borrow().clone();
+        let leader = m.current_leader?;
+        m.membership_config
+            .membership()
+            .get_node(&leader)?
+            .addr
+            .parse()
+            .ok()
+    }
+
+    /// Whether the overlay suspects `peer` (as of the last check).
+    fn suspected(&self, peer: &PeerId) -> bool {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
+    }
+
+    /// Refreshes the peers the overlay suspects.
+    async fn refresh_suspects(&self) {
+        let Ok(members) = self.client.members().await else {
+            return;
+        };
+        let suspects = members
+            .into_iter()
+            .filter(|m| m.liveness != woof_overlay::Liveness::Alive)
+            .map(|m| m.peer)
+            .collect();
+        *self.suspects.lock().unwrap_or_else(|e| e.into_inner()) = suspects;
     }
 
     fn leaders_mut(&self) -> std::sync::MutexGuard<'_, HashMap<u64, PeerId>> {
@@ -669,6 +764,7 @@ impl Groups {
         self.stop.send_replace(true);
         // The waker holds these groups: let go of it (and of the store).
         self.router.set_waker(None);
+        self.transport.close();
         for raft in self.router.drain() {
             let _ = raft.shutdown().await;
         }
@@ -739,7 +835,9 @@ async fn serve(mut inbound: mpsc::Receiver<Inbound>, groups: Groups) {
         running.spawn(async move {
             let _permit = permit;
             let answer: std::result::Result<Vec<u8>, Error> = match request.payload.split_first() {
-                Some((&TAG_RAFT, rest)) => groups.router.handle(rest).await.map_err(Error::from),
+                Some((&TAG_RAFT_BATCH, rest)) => transport::handle_batch(&groups.router, rest)
+                    .await
+                    .map_err(Error::from),
                 Some((&TAG_CONTROL, rest)) => match decode::<Control>(rest) {
                     Ok(control) => {
                         encode(&groups.handle_control(control).await).map_err(Error::from)

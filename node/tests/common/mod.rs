@@ -6,9 +6,10 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
+use woof_consensus::store::{RocksStore, Store};
 use woof_node::config::NodeConfig;
 use woof_node::server::Node;
 use woof_proto::v1::{self, woof_client::WoofClient};
@@ -337,4 +338,132 @@ pub async fn next_element(stream: &mut tonic::Streaming<v1::SubscribeResponse>) 
         .expect("the stream goes on")
         .element
         .unwrap()
+}
+
+pub async fn connect(url: &str) -> Client {
+    woof_node::cli::connect(url).await.unwrap()
+}
+
+/// Creates a topic with `replication` replicas on nodes matching `replicas`
+/// (a constraint; empty for any).
+pub async fn create_replicated(client: &mut Client, name: &str, replication: u32, replicas: &str) {
+    client
+        .create_topic(v1::CreateTopicRequest {
+            name: name.into(),
+            replication,
+            replicas: replicas.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+}
+
+pub async fn describe(client: &mut Client, name: &str) -> v1::TopicInfo {
+    client
+        .describe_topic(v1::DescribeTopicRequest { name: name.into() })
+        .await
+        .unwrap()
+        .into_inner()
+        .topic
+        .unwrap()
+}
+
+/// The elements a node's stopped data directory holds for `topic`: what
+/// that replica made durable, read straight from its RocksDB.
+pub fn stored(dir: &Path, topic: &str) -> Vec<(u64, Vec<u8>)> {
+    let store = RocksStore::open(&dir.join("db")).unwrap();
+    let meta = store
+        .topics()
+        .unwrap()
+        .into_iter()
+        .find(|m| m.name.as_str() == topic)
+        .unwrap_or_else(|| panic!("{} holds no replica of {topic}", dir.display()));
+    store
+        .scan(meta.id, 1, 1_000_000, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.payload.to_vec()))
+        .collect()
+}
+
+/// Waits until the topic's leader reports every replica matching its log.
+pub async fn wait_replicated(client: &mut Client, name: &str, replicas: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = describe(client, name).await;
+        let last = info.progress.iter().map(|p| p.matched_index).max();
+        if info.progress.len() == replicas
+            && info.progress.iter().all(|p| Some(p.matched_index) == last)
+        {
+            // Followers apply what they hold once the next heartbeat says
+            // it is committed.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return;
+        }
+        assert!(Instant::now() < deadline, "not replicated: {info:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Appends `w{writer}-{i}` to `topic` as producer `w{writer}` until told to
+/// stop, retrying each one (safe: the producer makes retries idempotent)
+/// until it is acknowledged. Returns (payload, seq, when acknowledged) for
+/// each.
+pub async fn writer(
+    mut client: Client,
+    topic: &'static str,
+    writer: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<(String, u64, Instant)> {
+    let mut acked = Vec::new();
+    for i in 1u64.. {
+        if *stop.borrow() {
+            break;
+        }
+        let payload = format!("w{writer}-{i}");
+        let mut tries = 0;
+        loop {
+            let r = client
+                .append(v1::AppendRequest {
+                    topic: topic.into(),
+                    payload: payload.clone().into_bytes().into(),
+                    producer: Some(v1::Producer {
+                        id: format!("w{writer}"),
+                        seq: i,
+                    }),
+                })
+                .await;
+            match r {
+                Ok(r) => {
+                    acked.push((payload, r.into_inner().seq, Instant::now()));
+                    break;
+                }
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 300, "append {payload} kept failing: {e:?}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    acked
+}
+
+/// Checks a replica's log (from [`stored`]) against what writers were told:
+/// numbered densely from 1, no payload twice, every acknowledged payload at
+/// the number it was acknowledged with.
+pub fn assert_log_holds(held: &[(u64, Vec<u8>)], acked: &[(String, u64, Instant)]) {
+    let seqs: Vec<u64> = held.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "dense");
+    let payloads: std::collections::BTreeSet<&[u8]> =
+        held.iter().map(|(_, p)| p.as_slice()).collect();
+    assert_eq!(payloads.len(), held.len(), "an element appended twice");
+    for (payload, seq, _) in acked {
+        let at = held.get(*seq as usize - 1).map(|(_, p)| p.as_slice());
+        assert_eq!(
+            at,
+            Some(payload.as_bytes()),
+            "acknowledged {payload} at #{seq}"
+        );
+    }
 }

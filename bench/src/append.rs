@@ -1,0 +1,306 @@
+//! `append`: synced appends, on one standalone node (`--replication 1`) or
+//! on a topic replicated by a 3-node cluster (`--replication 3`, clients at
+//! the topic's leader, plus one client through a follower). Latency for one
+//! client, throughput for many clients and for batches.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use woof_proto::v1;
+
+use crate::nodes::{self, Cluster, Standalone};
+use crate::report::{Report, ms, probe_machine};
+
+/// How long one measured request may take before the run fails.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn run(
+    woof: &Path,
+    quick: bool,
+    size: usize,
+    replication: u32,
+) -> anyhow::Result<Report> {
+    let secs = if quick { 5 } else { 20 };
+    match replication {
+        1 => {
+            let node = Standalone::start(woof)?;
+            let mut report = Report::new(probe_machine(node.dir.path())?);
+            cases(&mut report, &Target::Standalone(&node.node.url), secs, size).await?;
+            Ok(report)
+        }
+        3 => {
+            let cluster = Cluster::start(woof, 3).await?;
+            let mut report = Report::new(probe_machine(cluster.dir.path())?);
+            let target = Target::Cluster(&cluster);
+            match cases(&mut report, &target, secs, size).await {
+                Ok(()) => Ok(report),
+                Err(e) => Err(cluster.explain(e)),
+            }
+        }
+        r => bail!("--replication {r}: 1 (one standalone node) or 3 (a 3-node cluster)"),
+    }
+}
+
+/// Where the topics live.
+enum Target<'a> {
+    Standalone(&'a str),
+    Cluster(&'a Cluster),
+}
+
+impl Target<'_> {
+    /// Creates `topic` and returns the URL its clients use: the node's, or
+    /// the URL of the topic's leader and its index.
+    async fn topic(
+        &self,
+        topic: &str,
+        payload: &bytes::Bytes,
+    ) -> anyhow::Result<(String, Option<usize>)> {
+        match self {
+            Target::Standalone(url) => {
+                nodes::create(url, topic, 0).await?;
+                Ok((url.to_string(), None))
+            }
+            Target::Cluster(cluster) => {
+                let url = cluster.url(0);
+                nodes::create(url, topic, 3).await?;
+                // One append first: the group is awake when described.
+                nodes::call(
+                    format!("{url}: first append to {topic}"),
+                    nodes::connect(url).await?.append(v1::AppendRequest {
+                        topic: topic.into(),
+                        payload: payload.clone(),
+                        producer: None,
+                    }),
+                )
+                .await?;
+                let leader = cluster.leader(0, topic).await?;
+                Ok((cluster.url(leader).to_string(), Some(leader)))
+            }
+        }
+    }
+
+    fn prefix(&self) -> &'static str {
+        match self {
+            Target::Standalone(_) => "",
+            Target::Cluster(_) => "3 replicas, ",
+        }
+    }
+
+    fn at(&self) -> &'static str {
+        match self {
+            Target::Standalone(_) => "",
+            Target::Cluster(_) => " at the leader",
+        }
+    }
+
+    /// Notes it in the report if the topic's leader moved during a case.
+    async fn check_leader(
+        &self,
+        report: &mut Report,
+        topic: &str,
+        was: Option<usize>,
+    ) -> anyhow::Result<()> {
+        if let (Target::Cluster(cluster), Some(was)) = (self, was) {
+            let now = cluster.leader(was, topic).await?;
+            if now != was {
+                report.notes.push(format!(
+                    "{topic}: the leader moved from node {was} to node {now} during the case"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cases, one after the other on topics of their own. A case that fails
+/// (a request over [`REQUEST_TIMEOUT`]) is reported as a failed check and
+/// the others still run.
+async fn cases(
+    report: &mut Report,
+    target: &Target<'_>,
+    secs: u64,
+    size: usize,
+) -> anyhow::Result<()> {
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let (pre, at) = (target.prefix(), target.at());
+
+    // One client, one append at a time.
+    let case = format!("{pre}1 client{at}, {size} B, synced append");
+    let outcome = async {
+        let (url, leader) = target.topic("bench/one", &payload).await?;
+        let (n, h) = one_client(&url, "bench/one", &payload, secs).await?;
+        target.check_leader(report, "bench/one", leader).await?;
+        for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+            report.latency(&case, name, &h, q);
+        }
+        report.row(&case, "throughput", n as f64 / secs as f64, "appends/s");
+        anyhow::Ok(())
+    }
+    .await;
+    failed(report, &case, outcome);
+
+    // Many clients, each on its own connection, one append at a time each.
+    for clients in [16usize, 64] {
+        let case = format!("{pre}{clients} clients{at}, {size} B, synced append");
+        let outcome = async {
+            let topic = format!("bench/c{clients}");
+            let (url, leader) = target.topic(&topic, &payload).await?;
+            let (count, hist) = concurrent(&url, &topic, clients, secs, |topic| {
+                Request::One(v1::AppendRequest {
+                    topic,
+                    payload: payload.clone(),
+                    producer: None,
+                })
+            })
+            .await?;
+            target.check_leader(report, &topic, leader).await?;
+            report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
+            report.latency(&case, "p99", &hist, 0.99);
+            anyhow::Ok(())
+        }
+        .await;
+        failed(report, &case, outcome);
+    }
+
+    // Batches: 4 clients, 1,000 elements per AppendBatch.
+    let case = format!("{pre}4 clients{at}, AppendBatch of 1000 x {size} B");
+    let outcome = async {
+        let (url, leader) = target.topic("bench/batch", &payload).await?;
+        let batch: Vec<bytes::Bytes> = vec![payload.clone(); 1000];
+        let (count, hist) = concurrent(&url, "bench/batch", 4, secs, |topic| {
+            Request::Batch(v1::AppendBatchRequest {
+                topic,
+                payloads: batch.clone(),
+                producer: None,
+            })
+        })
+        .await?;
+        target.check_leader(report, "bench/batch", leader).await?;
+        report.row(
+            &case,
+            "throughput",
+            count as f64 / secs as f64,
+            "elements/s",
+        );
+        let p50 = ms(hist.value_at_quantile(0.5));
+        report.row(&case, "batch latency p50", p50, "ms");
+        anyhow::Ok(())
+    }
+    .await;
+    failed(report, &case, outcome);
+
+    // One client through a node that is not the leader: every append is
+    // forwarded to the leader.
+    if let Target::Cluster(cluster) = target {
+        let case = format!("{pre}1 client via a follower, {size} B, synced append");
+        let outcome = async {
+            let (_, leader) = target.topic("bench/follower", &payload).await?;
+            let leader = leader.context("a cluster topic has a leader")?;
+            let follower = (leader + 1) % cluster.nodes.len();
+            let (_, h) =
+                one_client(cluster.url(follower), "bench/follower", &payload, secs).await?;
+            target
+                .check_leader(report, "bench/follower", Some(leader))
+                .await?;
+            report.latency(&case, "p50", &h, 0.5);
+            report.latency(&case, "p99", &h, 0.99);
+            anyhow::Ok(())
+        }
+        .await;
+        failed(report, &case, outcome);
+    }
+    Ok(())
+}
+
+/// Records a case that failed.
+fn failed(report: &mut Report, case: &str, outcome: anyhow::Result<()>) {
+    if let Err(e) = outcome {
+        eprintln!("{case}: FAILED: {e:#}");
+        report.failures.push(format!("{case}: {e:#}"));
+    }
+}
+
+/// One client appending one element at a time for `secs` seconds: how many,
+/// and their latencies.
+async fn one_client(
+    url: &str,
+    topic: &str,
+    payload: &bytes::Bytes,
+    secs: u64,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let mut c = nodes::connect(url).await?;
+    let mut h = Histogram::<u64>::new(3)?;
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut n = 0u64;
+    while Instant::now() < deadline {
+        let t = Instant::now();
+        let request = c.append(v1::AppendRequest {
+            topic: topic.into(),
+            payload: payload.clone(),
+            producer: None,
+        });
+        tokio::time::timeout(REQUEST_TIMEOUT, request)
+            .await
+            .with_context(|| format!("{url}: an append to {topic} took over {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("{url}: append to {topic}"))?;
+        h.record(t.elapsed().as_nanos() as u64)?;
+        n += 1;
+    }
+    Ok((n, h))
+}
+
+enum Request {
+    One(v1::AppendRequest),
+    Batch(v1::AppendBatchRequest),
+}
+
+/// Runs `clients` loops for `secs` seconds; returns elements appended and a
+/// latency histogram of the requests.
+async fn concurrent(
+    url: &str,
+    topic: &str,
+    clients: usize,
+    secs: u64,
+    make: impl Fn(String) -> Request,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    // Dropped on an error: the other clients stop too.
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..clients {
+        let mut c = nodes::connect(url).await?;
+        let request = make(topic.to_string());
+        let what = format!("{url}: appending to {topic}");
+        tasks.spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            let mut count = 0u64;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                let done = async {
+                    anyhow::Ok(match &request {
+                        Request::One(r) => {
+                            c.append(r.clone()).await?;
+                            1
+                        }
+                        Request::Batch(r) => c.append_batch(r.clone()).await?.into_inner().count,
+                    })
+                };
+                count += tokio::time::timeout(REQUEST_TIMEOUT, done)
+                    .await
+                    .with_context(|| format!("{what}: a request took over {REQUEST_TIMEOUT:?}"))?
+                    .with_context(|| what.clone())?;
+                h.record(t.elapsed().as_nanos() as u64)?;
+            }
+            anyhow::Ok((count, h))
+        });
+    }
+    let mut total = 0;
+    let mut hist = Histogram::<u64>::new(3)?;
+    while let Some(t) = tasks.join_next().await {
+        let (count, h) = t??;
+        total += count;
+        hist.add(h)?;
+    }
+    Ok((total, hist))
+}

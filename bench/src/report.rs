@@ -1,0 +1,141 @@
+//! What a workload hands back: the machine it ran on, the exact command, its
+//! figures as rows, notes, and the checks that failed. Printed as Markdown,
+//! written as JSON with `--json FILE`.
+
+use std::io::Write;
+use std::path::Path;
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+
+/// One measured figure.
+#[derive(serde::Serialize)]
+pub struct Row {
+    pub case: String,
+    pub metric: String,
+    pub value: f64,
+    pub unit: &'static str,
+}
+
+#[derive(serde::Serialize)]
+pub struct Report {
+    pub command: String,
+    pub machine: Machine,
+    pub rows: Vec<Row>,
+    /// Remarks on the run (a leader that moved during a case, topics that
+    /// did not go to sleep in time); printed under the table.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+    /// Checks that failed: the run is reported, then `woof-bench` fails.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+}
+
+impl Report {
+    /// An empty report of the running command on `machine`.
+    pub fn new(machine: Machine) -> Self {
+        Self {
+            command: std::env::args().collect::<Vec<_>>().join(" "),
+            machine,
+            rows: Vec::new(),
+            notes: Vec::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    pub fn row(
+        &mut self,
+        case: impl Into<String>,
+        metric: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+    ) {
+        self.rows.push(Row {
+            case: case.into(),
+            metric: metric.into(),
+            value,
+            unit,
+        });
+    }
+
+    /// A latency quantile of a histogram recorded in nanoseconds, in ms.
+    pub fn latency(&mut self, case: &str, name: &str, h: &Histogram<u64>, q: f64) {
+        self.row(
+            case,
+            format!("latency {name}"),
+            ms(h.value_at_quantile(q)),
+            "ms",
+        );
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = format!(
+            "command: `{}`\nmachine: {} cores, {:.1} GiB memory, disk sync (4 KiB write + fdatasync) p50 {:.3} ms\n\n",
+            self.command, self.machine.cores, self.machine.memory_gib, self.machine.sync_p50_ms
+        );
+        s.push_str("| case | metric | value |\n|---|---|---|\n");
+        for r in &self.rows {
+            // Counts as integers; measures to three decimals.
+            let value = if r.value.fract() == 0.0 && r.value.abs() < 1e15 {
+                format!("{:.0}", r.value)
+            } else {
+                format!("{:.3}", r.value)
+            };
+            let value = format!("{value} {}", r.unit);
+            s.push_str(&format!(
+                "| {} | {} | {} |\n",
+                r.case,
+                r.metric,
+                value.trim_end()
+            ));
+        }
+        for n in &self.notes {
+            s.push_str(&format!("\nnote: {n}"));
+        }
+        for f in &self.failures {
+            s.push_str(&format!("\nFAILED: {f}"));
+        }
+        s
+    }
+}
+
+/// Nanoseconds to milliseconds.
+pub fn ms(nanos: u64) -> f64 {
+    nanos as f64 / 1e6
+}
+
+#[derive(serde::Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub sync_p50_ms: f64,
+}
+
+/// The machine, and what one synced write costs on its disk (in `dir`).
+pub fn probe_machine(dir: &Path) -> anyhow::Result<Machine> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let path = dir.join("sync-probe");
+    let mut file = std::fs::File::create(&path)?;
+    let mut h = Histogram::<u64>::new(3)?;
+    for _ in 0..200 {
+        let t = Instant::now();
+        file.write_all(&[0u8; 4096])?;
+        file.sync_data()?;
+        h.record(t.elapsed().as_nanos() as u64)?;
+    }
+    drop(file);
+    let _ = std::fs::remove_file(path);
+    Ok(Machine {
+        cores,
+        memory_gib,
+        sync_p50_ms: ms(h.value_at_quantile(0.5)),
+    })
+}

@@ -1,0 +1,314 @@
+//! `scale`: what many quiet topics cost a cluster.
+//!
+//! A 3-node cluster; for each target count (ascending), topics with 3
+//! replicas are created up to that count, concurrently through all three
+//! nodes (`--creators`, by default [`CREATORS_PER_NODE`], per node), then one element is appended
+//! to each new topic. Once every topic's group has gone to sleep (no topic
+//! in ClusterStatus names a leader; at most [`SLEEP_WAIT`] after the last
+//! append), each node process's CPU (utime + stime from /proc/PID/stat, in %
+//! of one core) and resident memory (VmRSS from /proc/PID/status) are
+//! sampled every second for [`MEASURE`]. The idle cluster without topics is
+//! measured first, as the baseline.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use hdrhistogram::Histogram;
+use tonic::Code;
+use woof_proto::v1;
+
+use crate::nodes::{self, Cluster};
+use crate::report::{Report, probe_machine};
+
+/// Concurrent creators (and appenders) per node, by default.
+pub const CREATORS_PER_NODE: usize = 8;
+/// How long resource use is sampled.
+pub const MEASURE: Duration = Duration::from_secs(10);
+/// How long after the last append the groups may take to go to sleep.
+pub const SLEEP_WAIT: Duration = Duration::from_secs(15);
+/// Attempts per create or append (each bounded by the RPC timeout).
+const ATTEMPTS: usize = 3;
+
+fn name(i: usize) -> String {
+    format!("scale/{i:06}")
+}
+
+pub async fn run(woof: &Path, mut targets: Vec<usize>, per_node: usize) -> anyhow::Result<Report> {
+    targets.sort_unstable();
+    targets.dedup();
+    if targets.is_empty() || targets[0] == 0 {
+        bail!("--topics: counts of at least 1, such as 1000,10000");
+    }
+    if per_node == 0 {
+        bail!("--creators must be at least 1");
+    }
+    let cluster = Cluster::start(woof, 3).await?;
+    let mut report = Report::new(probe_machine(cluster.dir.path())?);
+    match measure(&cluster, &mut report, &targets, per_node).await {
+        Ok(()) => Ok(report),
+        Err(e) => Err(cluster.explain(e)),
+    }
+}
+
+async fn measure(
+    cluster: &Cluster,
+    report: &mut Report,
+    targets: &[usize],
+    per_node: usize,
+) -> anyhow::Result<()> {
+    let tick = clock_ticks();
+    eprintln!("measuring the idle cluster for {MEASURE:?}");
+    usage(cluster, report, "no topics (idle cluster)", tick).await?;
+    let mut created = 0;
+    for &target in targets {
+        let names: Arc<Vec<String>> = Arc::new((created..target).map(name).collect());
+        let n = names.len();
+        let creators = per_node * cluster.nodes.len();
+
+        eprintln!("creating {n} topics ({created} exist)");
+        let started = Instant::now();
+        let h = concurrently(cluster, names.clone(), Op::Create, per_node).await?;
+        let secs = started.elapsed().as_secs_f64();
+        let case = format!(
+            "create topics {}..{target} (replication 3), {creators} creators over 3 nodes",
+            created + 1
+        );
+        report.row(&case, "creation rate", n as f64 / secs, "topics/s");
+        report.latency(&case, "p50", &h, 0.5);
+        report.latency(&case, "p99", &h, 0.99);
+
+        eprintln!("appending one element to each of the {n} new topics");
+        let started = Instant::now();
+        let h = concurrently(cluster, names.clone(), Op::Append, per_node).await?;
+        let appended = Instant::now();
+        let case = format!("first append to each new topic, {creators} appenders over 3 nodes");
+        report.row(
+            &case,
+            "rate",
+            n as f64 / (appended - started).as_secs_f64(),
+            "appends/s",
+        );
+        report.latency(&case, "p50", &h, 0.5);
+        report.latency(&case, "p99", &h, 0.99);
+        created = target;
+
+        eprintln!("waiting for the {target} topics' groups to sleep");
+        let (listed, awake) = wait_asleep(cluster, appended).await?;
+        let case = format!(
+            "{target} topics, {:.0} s after the last append",
+            appended.elapsed().as_secs_f64()
+        );
+        report.row(&case, "groups with a leader (awake)", awake as f64, "");
+        if listed != target {
+            report.failures.push(format!(
+                "ClusterStatus lists {listed} topics, {target} were created"
+            ));
+        }
+        if awake > 0 {
+            report.notes.push(format!(
+                "{awake} of {target} topics still had a leader {SLEEP_WAIT:?} after the last append; measured anyway"
+            ));
+        }
+        eprintln!("measuring {target} sleeping topics for {MEASURE:?}");
+        usage(cluster, report, &format!("{target} sleeping topics"), tick).await?;
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Create,
+    Append,
+}
+
+/// Does `op` for every name, `per_node` clients per node, each taking the
+/// next name; returns the latencies.
+async fn concurrently(
+    cluster: &Cluster,
+    names: Arc<Vec<String>>,
+    op: Op,
+    per_node: usize,
+) -> anyhow::Result<Histogram<u64>> {
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for worker in 0..per_node * cluster.nodes.len() {
+        let url = cluster.url(worker % cluster.nodes.len()).to_string();
+        let mut c = nodes::connect(&url).await?;
+        let (names, next) = (names.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut h = Histogram::<u64>::new(3)?;
+            let tenth = (names.len() / 10).max(1);
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(name) = names.get(i) else { break };
+                if i > 0 && i % tenth == 0 {
+                    eprintln!("  {i}/{}", names.len());
+                }
+                let t = Instant::now();
+                for attempt in 1..=ATTEMPTS {
+                    let what = format!(
+                        "{url}: {} {name} (attempt {attempt})",
+                        match op {
+                            Op::Create => "create",
+                            Op::Append => "append to",
+                        }
+                    );
+                    let outcome = match op {
+                        Op::Create => {
+                            nodes::call(&what, c.create_topic(nodes::create_request(name, 3)))
+                                .await
+                                .map(drop)
+                        }
+                        Op::Append => nodes::call(
+                            &what,
+                            c.append(v1::AppendRequest {
+                                topic: name.clone(),
+                                payload: b"scale".to_vec().into(),
+                                // A retry is not appended twice.
+                                producer: Some(v1::Producer {
+                                    id: "bench-scale".into(),
+                                    seq: 1,
+                                }),
+                            }),
+                        )
+                        .await
+                        .map(drop),
+                    };
+                    match outcome {
+                        Ok(()) => break,
+                        // An earlier attempt created it after all.
+                        Err(e) if attempt > 1 && matches!(op, Op::Create) && already_exists(&e) => {
+                            break;
+                        }
+                        Err(e) if attempt == ATTEMPTS => return Err(e),
+                        Err(e) => eprintln!("  {e:#}; again"),
+                    }
+                }
+                h.record(t.elapsed().as_nanos() as u64)?;
+            }
+            anyhow::Ok(h)
+        }));
+    }
+    let mut all = Histogram::<u64>::new(3)?;
+    for t in tasks {
+        all.add(t.await??)?;
+    }
+    Ok(all)
+}
+
+fn already_exists(e: &anyhow::Error) -> bool {
+    e.to_string()
+        .contains(&format!("{:?}", Code::AlreadyExists))
+}
+
+/// Waits until no topic in node 0's ClusterStatus names a leader, at most
+/// [`SLEEP_WAIT`] after `since`: (topics listed, topics with a leader).
+async fn wait_asleep(cluster: &Cluster, since: Instant) -> anyhow::Result<(usize, usize)> {
+    loop {
+        let status = nodes::status(cluster.url(0)).await?;
+        let awake = status
+            .topics
+            .iter()
+            .filter(|t| !t.leader.is_empty())
+            .count();
+        if awake == 0 || since.elapsed() > SLEEP_WAIT {
+            return Ok((status.topics.len(), awake));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Samples every node's CPU time and RSS each second for [`MEASURE`];
+/// reports per node the mean and the highest 1-s CPU, the mean and highest
+/// RSS, and the sums over the nodes.
+async fn usage(
+    cluster: &Cluster,
+    report: &mut Report,
+    what: &str,
+    tick: f64,
+) -> anyhow::Result<()> {
+    let pids: Vec<u32> = cluster
+        .pids()
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| p.with_context(|| format!("node {i} is not running")))
+        .collect::<anyhow::Result<_>>()?;
+    // Per node: (when, CPU ticks, RSS KiB) each second.
+    let mut samples: Vec<Vec<(Instant, u64, u64)>> = vec![Vec::new(); pids.len()];
+    let start = Instant::now();
+    let steps = MEASURE.as_secs().max(1);
+    for step in 0..=steps {
+        tokio::time::sleep_until((start + Duration::from_secs(step)).into()).await;
+        for (i, pid) in pids.iter().enumerate() {
+            samples[i].push((Instant::now(), cpu_ticks(*pid)?, rss_kib(*pid)?));
+        }
+    }
+    let (mut cpu_sum, mut rss_sum) = (0.0, 0.0);
+    for (i, s) in samples.iter().enumerate() {
+        let percent = |a: &(Instant, u64, u64), b: &(Instant, u64, u64)| {
+            (b.1 - a.1) as f64 / tick / (b.0 - a.0).as_secs_f64() * 100.0
+        };
+        let mean = percent(&s[0], &s[s.len() - 1]);
+        let max = s
+            .windows(2)
+            .map(|w| percent(&w[0], &w[1]))
+            .fold(0.0, f64::max);
+        let rss: Vec<f64> = s.iter().map(|x| x.2 as f64 / 1024.0).collect();
+        let rss_mean = rss.iter().sum::<f64>() / rss.len() as f64;
+        let rss_max = rss.iter().copied().fold(0.0, f64::max);
+        let case = format!("{what}, node {i}");
+        report.row(&case, "CPU mean", mean, "% of a core");
+        report.row(&case, "CPU max over 1 s", max, "% of a core");
+        report.row(&case, "RSS mean", rss_mean, "MiB");
+        report.row(&case, "RSS max", rss_max, "MiB");
+        cpu_sum += mean;
+        rss_sum += rss_mean;
+    }
+    let case = format!("{what}, 3 nodes together");
+    report.row(&case, "CPU mean", cpu_sum, "% of a core");
+    report.row(&case, "RSS mean", rss_sum, "MiB");
+    Ok(())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 if that fails).
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // After "pid (comm) ": state is field 3; utime and stime are 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("{path}: {stat:?}"))?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> anyhow::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: no field {n} in {stat:?}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{path}: no VmRSS"))
+}

@@ -1,0 +1,190 @@
+//! Raft traffic over the overlay, coalesced per peer.
+//!
+//! Every group sends its own heartbeats and appends; a node with hundreds of
+//! awake groups would open thousands of overlay streams a second to each
+//! peer. Instead, messages for one peer queue up and leave together: a
+//! per-peer task sends whatever is queued as one request ([`TAG_RAFT_BATCH`])
+//! as soon as one of its few in-flight slots is free, so an idle link adds
+//! no delay and a busy one sends fewer, fuller requests (as CockroachDB and
+//! TiKV coalesce their heartbeats). The peer answers every message of the
+//! batch, in order, in one reply.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use openraft::BasicNode;
+use serde_bytes::ByteBuf;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use woof_consensus::raft::network::{Router, Transport};
+use woof_consensus::raft::{decode, encode};
+use woof_overlay::PeerId;
+
+use super::{TAG_RAFT_BATCH, request};
+
+/// Messages waiting for one peer; past this, senders wait.
+const QUEUE_DEPTH: usize = 4096;
+/// The most messages in one batch.
+const BATCH_MESSAGES_MAX: usize = 256;
+/// The most bytes in one batch (one larger message still goes, alone).
+const BATCH_BYTES_MAX: usize = 4 << 20;
+/// Batches in flight to one peer at once.
+const IN_FLIGHT_MAX: usize = 8;
+
+type Answer = woof_consensus::Result<Vec<u8>>;
+
+struct Pending {
+    message: Vec<u8>,
+    reply: oneshot::Sender<Answer>,
+}
+
+/// The overlay as a Raft transport: `BasicNode::addr` is the peer id.
+pub(super) struct OverlayTransport {
+    client: woof_overlay::Client,
+    queues: Mutex<HashMap<PeerId, mpsc::Sender<Pending>>>,
+}
+
+impl OverlayTransport {
+    pub fn new(client: woof_overlay::Client) -> Self {
+        Self {
+            client,
+            queues: Mutex::default(),
+        }
+    }
+
+    /// The queue to `peer`, with its sending task started on first use.
+    fn queue(&self, peer: PeerId) -> mpsc::Sender<Pending> {
+        let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
+        queues
+            .entry(peer)
+            .or_insert_with(|| {
+                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+                tokio::spawn(send_batches(self.client.clone(), peer, rx));
+                tx
+            })
+            .clone()
+    }
+
+    /// Drops every queue, which ends the sending tasks.
+    pub fn close(&self) {
+        self.queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+}
+
+impl Transport for OverlayTransport {
+    fn send(&self, node: &BasicNode, message: Vec<u8>) -> BoxFuture<'static, Answer> {
+        let queue = node.addr.parse::<PeerId>().map(|peer| self.queue(peer));
+        async move {
+            let queue = queue.map_err(|e| {
+                woof_consensus::Error::InvalidArgument(format!("not a peer id: {e}"))
+            })?;
+            let (reply, answer) = oneshot::channel();
+            queue
+                .send(Pending { message, reply })
+                .await
+                .map_err(|_| woof_consensus::Error::Closed)?;
+            answer.await.unwrap_or(Err(woof_consensus::Error::Closed))
+        }
+        .boxed()
+    }
+}
+
+/// Sends what is queued for `peer`, batch by batch, until the queue closes.
+async fn send_batches(
+    client: woof_overlay::Client,
+    peer: PeerId,
+    mut queue: mpsc::Receiver<Pending>,
+) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
+    let mut carry: Option<Pending> = None;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match queue.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
+        let mut bytes = first.message.len();
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MESSAGES_MAX {
+            let Ok(next) = queue.try_recv() else { break };
+            if bytes + next.message.len() > BATCH_BYTES_MAX {
+                carry = Some(next);
+                break;
+            }
+            bytes += next.message.len();
+            batch.push(next);
+        }
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            send_one(&client, peer, batch).await;
+        });
+    }
+}
+
+/// Sends one batch and hands each answer to its sender.
+async fn send_one(client: &woof_overlay::Client, peer: PeerId, batch: Vec<Pending>) {
+    let (messages, replies): (Vec<ByteBuf>, Vec<oneshot::Sender<Answer>>) = batch
+        .into_iter()
+        .map(|p| (ByteBuf::from(p.message), p.reply))
+        .unzip();
+    let answers = match encode(&messages) {
+        Ok(bytes) => match request(client, peer, TAG_RAFT_BATCH, &bytes).await {
+            Ok(reply) => decode::<Vec<Result<ByteBuf, String>>>(&reply),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
+    match answers {
+        Ok(answers) if answers.len() == replies.len() => {
+            for (reply, answer) in replies.into_iter().zip(answers) {
+                let _ = reply.send(
+                    answer
+                        .map(ByteBuf::into_vec)
+                        .map_err(woof_consensus::Error::Network),
+                );
+            }
+        }
+        Ok(answers) => {
+            let e = woof_consensus::Error::Corrupt(format!(
+                "{peer} answered {} of {} messages",
+                answers.len(),
+                replies.len()
+            ));
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
+    }
+}
+
+/// Answers a batch: every message handled at once, the answers in order.
+pub(super) async fn handle_batch(router: &Router, batch: &[u8]) -> woof_consensus::Result<Vec<u8>> {
+    let messages: Vec<ByteBuf> = decode(batch)?;
+    if messages.len() > BATCH_MESSAGES_MAX {
+        return Err(woof_consensus::Error::InvalidArgument(format!(
+            "a batch of {} Raft messages; at most {BATCH_MESSAGES_MAX}",
+            messages.len()
+        )));
+    }
+    let answers = futures::future::join_all(messages.iter().map(|m| router.handle(m))).await;
+    let answers: Vec<Result<ByteBuf, String>> = answers
+        .into_iter()
+        .map(|a| a.map(ByteBuf::from).map_err(|e| e.to_string()))
+        .collect();
+    encode(&answers)
+}

@@ -1,0 +1,142 @@
+//! Repair across real `woof` processes: a replica whose node stays dead past
+//! the repair delay is replaced through a Raft membership change, the new
+//! replica catches up, and the node that comes back drops its stale copy.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::*;
+use woof_consensus::store::{RocksStore, Store};
+
+const TOPIC: &str = "farm/repaired";
+
+/// Whether a stopped node's store still holds a replica of `topic`.
+fn holds(dir: &std::path::Path, topic: &str) -> bool {
+    let store = RocksStore::open(&dir.join("db")).unwrap();
+    store
+        .topics()
+        .unwrap()
+        .iter()
+        .any(|m| m.name.as_str() == topic)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_on_a_dead_node_is_replaced_and_the_topic_is_healthy_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let extra = ["--repair-after", "3"];
+    let first = start_node(&dir.path().join("n0"), &key, &extra);
+    let join = overlay_addr(&first.url);
+    let mut nodes = vec![first];
+    for i in 1..4 {
+        let mut args = extra.to_vec();
+        args.extend(["--join", join.as_str()]);
+        nodes.push(start_node(&dir.path().join(format!("n{i}")), &key, &args));
+    }
+    let urls: Vec<String> = nodes.iter().map(|n| n.url.clone()).collect();
+    wait_alive(&urls.iter().map(String::as_str).collect::<Vec<_>>(), 4);
+    let peers: Vec<String> = urls.iter().map(|u| peer_id(u)).collect();
+
+    let mut admin = connect(&urls[0]).await;
+    create_replicated(&mut admin, TOPIC, 3, "").await;
+    for i in 1..=50 {
+        assert_eq!(append(&mut admin, TOPIC, format!("before-{i}")).await, i);
+    }
+    let info = describe(&mut admin, TOPIC).await;
+    let replicas: BTreeSet<String> = info.replicas.iter().cloned().collect();
+    let spare = peers.iter().position(|p| !replicas.contains(p)).unwrap();
+    // The victim: the leader's node, the hardest case.
+    let victim = peers.iter().position(|p| *p == info.leader).unwrap();
+    nodes[victim].kill_hard();
+    let killed = Instant::now();
+    let alive: Vec<usize> = (0..4).filter(|i| *i != victim).collect();
+    let mut client = connect(&urls[alive[0]]).await;
+    // Appends go on through the two survivors meanwhile.
+    for i in 51..=60 {
+        let mut tries = 0;
+        let seq = loop {
+            match client
+                .append(woof_proto::v1::AppendRequest {
+                    topic: TOPIC.into(),
+                    payload: format!("during-{i}").into_bytes().into(),
+                    producer: Some(woof_proto::v1::Producer {
+                        id: "p".into(),
+                        seq: i,
+                    }),
+                })
+                .await
+            {
+                Ok(r) => break r.into_inner().seq,
+                Err(e) => {
+                    tries += 1;
+                    assert!(tries < 100, "{e:?}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        assert_eq!(seq, i);
+    }
+
+    // Past the repair delay, the spare node holds the third replica and the
+    // topic is back at three healthy ones.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let info = describe(&mut client, TOPIC).await;
+        let now: BTreeSet<String> = info.replicas.iter().cloned().collect();
+        let matched = info.progress.iter().map(|p| p.matched_index).min();
+        if now.contains(&peers[spare])
+            && !now.contains(&peers[victim])
+            && now.len() == 3
+            && info.progress.len() == 3
+            && matched == info.progress.iter().map(|p| p.matched_index).max()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not repaired: {info:#?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        killed.elapsed() > Duration::from_secs(3),
+        "repaired before the delay"
+    );
+    // Every node, the new replica included, says so.
+    for i in &alive {
+        let (_, topics) = cluster_status(&urls[*i]);
+        let listed: BTreeSet<String> = topics[0]["replicas"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_string())
+            .collect();
+        assert!(listed.contains(&peers[spare]), "{topics:?}");
+    }
+    assert_eq!(append(&mut client, TOPIC, "after").await, 61);
+
+    // The dead node comes back: its stale copy is removed.
+    nodes[victim].restart(&["--join", &overlay_addr(&urls[alive[0]])]);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    wait_replicated(&mut client, TOPIC, 3).await;
+    drop((admin, client));
+    for n in &mut nodes {
+        n.stop();
+    }
+    assert!(
+        !holds(&dir.path().join(format!("n{victim}")), TOPIC),
+        "the replaced replica kept its copy"
+    );
+    // The new replica caught up with everything, like the two others.
+    let held: Vec<_> = replicas
+        .iter()
+        .filter(|p| **p != peers[victim])
+        .chain(std::iter::once(&peers[spare]))
+        .map(|p| {
+            let i = peers.iter().position(|q| q == p).unwrap();
+            stored(&dir.path().join(format!("n{i}")), TOPIC)
+        })
+        .collect();
+    assert_eq!(held[0].len(), 61);
+    assert_eq!(held[0], held[1]);
+    assert_eq!(held[0], held[2]);
+}
