@@ -170,9 +170,47 @@ mod topic_state_machine {
             "the producer window came with the snapshot"
         );
 
+        // A batch of many clients' appends applies each in order, within
+        // one entry: a producer's retry inside it is recognised, a bad one
+        // refused alone, and a nested batch refused.
+        let results = replica
+            .apply(vec![entry(
+                8,
+                Command::Batch(vec![
+                    append(&["e"], Some(("q", 7))),
+                    append(&["this one is far too long"], None),
+                    append(&["e"], Some(("q", 7))),
+                    Command::Batch(vec![append(&["x"], None)]),
+                    append(&["f"], None),
+                ]),
+            )])
+            .await
+            .unwrap();
+        let CommandResult::Batch(inner) = &results[0] else {
+            panic!("{results:?}")
+        };
+        let seqs: Vec<Option<(u64, bool)>> = inner
+            .iter()
+            .map(|r| match r {
+                CommandResult::Appended(o) => Some((o.first_seq, o.duplicate)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            seqs,
+            [
+                Some((5, false)),
+                None,
+                Some((5, true)),
+                None,
+                Some((6, false))
+            ]
+        );
+        assert_eq!(replica.machine().unwrap().last_seq(), 6);
+
         // Delete removes the topic.
         let results = replica
-            .apply(vec![entry(8, Command::Delete)])
+            .apply(vec![entry(9, Command::Delete)])
             .await
             .unwrap();
         assert_eq!(results[0], CommandResult::Deleted);

@@ -51,6 +51,9 @@ pub enum Command {
     },
     /// Deletes the topic and its elements.
     Delete,
+    /// Several commands in one log entry, applied in order (how a leader
+    /// commits the appends of many clients at once).
+    Batch(Vec<Command>),
 }
 
 /// What applying a command gave.
@@ -61,6 +64,8 @@ pub enum CommandResult {
     Created,
     Appended(AppendOutcome),
     Deleted,
+    /// One result per command of a [`Command::Batch`], in order.
+    Batch(Vec<CommandResult>),
     /// The command was refused (a bad producer sequence, an unknown topic);
     /// the log still holds it, and every replica refuses it the same way.
     Refused(Error),

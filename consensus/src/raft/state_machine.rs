@@ -236,6 +236,18 @@ fn apply_command(
     command: Command,
 ) -> Result<CommandResult, Error> {
     Ok(match command {
+        Command::Batch(commands) => {
+            let mut results = Vec::with_capacity(commands.len());
+            for command in commands {
+                results.push(match command {
+                    Command::Batch(_) => CommandResult::Refused(Error::InvalidArgument(
+                        "a batch inside a batch".into(),
+                    )),
+                    command => apply_command(store, machine, producers, batch, command)?,
+                });
+            }
+            CommandResult::Batch(results)
+        }
         Command::Create(meta) => {
             if machine.is_none() {
                 batch.push(Op::PutTopic(meta.clone()));

@@ -33,7 +33,7 @@ pub(super) enum Control {
     Sleep { group: u64 },
 }
 
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub(super) enum ControlReply {
     Started,
     Written(CommandResult),

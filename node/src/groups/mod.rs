@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 mod control;
 mod hibernate;
 mod membership;
+mod propose;
 mod transport;
 
 use control::{Control, ControlReply};
@@ -99,6 +100,8 @@ pub struct Groups {
     client: woof_overlay::Client,
     /// The leader each group last answered from, tried first next time.
     leaders: Arc<Mutex<HashMap<u64, PeerId>>>,
+    /// Each group's proposer on this node (see [`propose`]).
+    proposers: Arc<Mutex<HashMap<u64, mpsc::Sender<propose::Proposal>>>>,
     /// Peers the overlay suspects or has given up on, refreshed every second.
     suspects: Arc<Mutex<std::collections::HashSet<PeerId>>>,
     /// Groups this node holds but does not run (see [`hibernate`]).
@@ -133,6 +136,7 @@ impl Groups {
             client,
             leaders: Arc::default(),
             suspects: Arc::default(),
+            proposers: Arc::default(),
             asleep: Arc::default(),
             activity: Arc::default(),
             starting: Arc::default(),
@@ -537,6 +541,9 @@ impl Groups {
                     Ok(raft) => raft,
                     Err(reply) => return reply,
                 };
+                if let Command::Append { .. } = command {
+                    return self.propose(GroupId(group), command).await;
+                }
                 match raft.client_write(command).await {
                     Ok(r) => ControlReply::Written(r.data),
                     Err(e) => match e.forward_to_leader::<BasicNode>() {
@@ -765,6 +772,7 @@ impl Groups {
         // The waker holds these groups: let go of it (and of the store).
         self.router.set_waker(None);
         self.transport.close();
+        self.proposers_mut().clear();
         for raft in self.router.drain() {
             let _ = raft.shutdown().await;
         }
