@@ -628,8 +628,13 @@ impl Groups {
         };
         if initialize {
             // A second initialize (a retry) is refused by openraft; fine.
-            if let Err(e) = raft.initialize(voters).await {
-                tracing::debug!(group = group.0, "initialize: {e}");
+            match raft.initialize(voters).await {
+                // Stand at once rather than after an election timeout: the
+                // others run the group already.
+                Ok(()) => {
+                    let _ = raft.trigger().elect().await;
+                }
+                Err(e) => tracing::debug!(group = group.0, "initialize: {e}"),
             }
         }
         ControlReply::Started

@@ -267,8 +267,8 @@ pub struct ClusterTopics {
     clock: Arc<dyn Clock>,
     /// Where topics were last found.
     directory: Arc<Mutex<HashMap<TopicName, Location>>>,
-    /// Serialises creating and deleting topics through this node.
-    admin: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises creating and deleting each name through this node.
+    admin: Arc<Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl ClusterTopics {
@@ -287,6 +287,19 @@ impl ClusterTopics {
             directory: Arc::default(),
             admin: Arc::default(),
         }
+    }
+
+    /// Holds the lock of `name` (creating and deleting it).
+    async fn name_lock(&self, name: &TopicName) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut locks = self.admin.lock().unwrap_or_else(|e| e.into_inner());
+            if locks.len() >= DIRECTORY_CACHE_MAX {
+                // Only locks nobody holds or waits for go.
+                locks.retain(|_, l| Arc::strong_count(l) > 1);
+            }
+            locks.entry(name.clone()).or_default().clone()
+        };
+        lock.lock_owned().await
     }
 
     fn directory(&self) -> std::sync::MutexGuard<'_, HashMap<TopicName, Location>> {
@@ -381,7 +394,7 @@ impl ClusterTopics {
             "" => None,
             c => Some(c.parse::<Constraint>()?),
         };
-        let _admin = self.admin.lock().await;
+        let _admin = self.name_lock(&name).await;
         match self.locate(&name).await {
             Ok(_) => {
                 return Err(Error::Log(woof_consensus::Error::TopicExists(
@@ -447,7 +460,7 @@ impl ClusterTopics {
     /// Deletes a topic on all its replicas.
     pub async fn delete(&self, name: &str) -> Result<()> {
         let name = TopicName::new(name)?;
-        let _admin = self.admin.lock().await;
+        let _admin = self.name_lock(&name).await;
         let (group, members) = self.locate(&name).await?;
         match self.write(&name, group, &members, Command::Delete).await? {
             CommandResult::Deleted => {}

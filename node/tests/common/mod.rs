@@ -42,22 +42,32 @@ pub fn woof_bin() -> &'static str {
     env!("CARGO_BIN_EXE_woof")
 }
 
+/// Numbers the node logs of one test process.
+static LOGS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// A `woof node start` process. Killed (SIGKILL) when dropped.
 pub struct NodeProcess {
     pub child: Child,
     pub url: String,
     /// What it was started with, to start it again.
     pub args: Vec<String>,
+    /// Its standard error (the log), shown when it fails.
+    pub log: std::path::PathBuf,
 }
 
 impl NodeProcess {
     /// Starts `woof node start` with `args` and waits for it to serve.
     pub fn start(args: &[&str]) -> Self {
+        let log = std::env::temp_dir().join(format!(
+            "woof-test-node-{}-{}.log",
+            std::process::id(),
+            LOGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         let mut child = Command::new(woof_bin())
             .args(["node", "start"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
@@ -78,7 +88,12 @@ impl NodeProcess {
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_string();
         let args = args.iter().map(ToString::to_string).collect();
-        Self { child, url, args }
+        Self {
+            child,
+            url,
+            args,
+            log,
+        }
     }
 
     /// Starts it again with the same arguments and `extra` (after it was
@@ -108,7 +123,13 @@ impl NodeProcess {
     pub fn stop(&mut self) {
         signal(&self.child, libc::SIGTERM);
         let status = self.child.wait().unwrap();
-        assert!(status.success(), "the node exited with {status}");
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(30).collect();
+        assert!(
+            status.success(),
+            "the node exited with {status}; the end of its log:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
     }
 
     pub fn start_in(dir: &Path) -> Self {
@@ -242,6 +263,15 @@ impl Drop for NodeProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "the log of the node at {}: {}",
+                self.url,
+                self.log.display()
+            );
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
