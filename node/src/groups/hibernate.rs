@@ -31,7 +31,7 @@ use super::{Groups, voters};
 use crate::error::{Error, Result};
 
 /// A group that served no client for this long may sleep.
-pub const SLEEP_AFTER: Duration = Duration::from_secs(10);
+pub const SLEEP_AFTER: Duration = Duration::from_secs(3);
 /// How often the leader side looks for idle groups.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a follower may take to answer a request to sleep.
