@@ -43,6 +43,20 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Every topic this node can see, as the API describes them.
+    async fn topic_infos(&self) -> Result<Vec<v1::TopicInfo>, Status> {
+        Ok(self
+            .topics
+            .list()
+            .await
+            .map_err(status)?
+            .into_iter()
+            .map(convert::topic_info)
+            .collect())
+    }
+}
+
 type ElementStream = Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -81,14 +95,7 @@ impl Woof for Service {
         &self,
         _request: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
-        let topics = self
-            .topics
-            .list()
-            .await
-            .map_err(status)?
-            .into_iter()
-            .map(convert::topic_info)
-            .collect();
+        let topics = self.topic_infos().await?;
         Ok(Response::new(v1::ListTopicsResponse { topics }))
     }
 
@@ -195,14 +202,7 @@ impl Woof for Service {
             .status()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let topics = self
-            .topics
-            .list()
-            .await
-            .map_err(status)?
-            .into_iter()
-            .map(convert::topic_info)
-            .collect();
+        let topics = self.topic_infos().await?;
         Ok(Response::new(v1::ClusterStatusResponse { nodes, topics }))
     }
 

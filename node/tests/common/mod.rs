@@ -416,6 +416,21 @@ pub fn stored(dir: &Path, topic: &str) -> Vec<(u64, Vec<u8>)> {
         .collect()
 }
 
+/// Stops every node (cleanly) and returns the one log their stores hold for
+/// `topic`, failing if any two replicas (data directories `dir/n0`...) differ.
+pub fn stop_and_compare(nodes: &mut [NodeProcess], dir: &Path, topic: &str) -> Vec<(u64, Vec<u8>)> {
+    for n in nodes.iter_mut() {
+        n.stop();
+    }
+    let held: Vec<_> = (0..nodes.len())
+        .map(|i| stored(&dir.join(format!("n{i}")), topic))
+        .collect();
+    for (i, other) in held.iter().enumerate().skip(1) {
+        assert_eq!(&held[0], other, "replicas n0 and n{i} differ");
+    }
+    held.into_iter().next().unwrap_or_default()
+}
+
 /// Waits until the topic's leader reports every replica matching its log.
 pub async fn wait_replicated(client: &mut Client, name: &str, replicas: usize) {
     let deadline = Instant::now() + Duration::from_secs(30);
