@@ -85,6 +85,24 @@ pub enum Start {
     Latest,
 }
 
+impl Start {
+    /// The first sequence number a subscription starting here reads from
+    /// `topic`, which holds `range`; a number it no longer (or not yet)
+    /// holds is an error, except the next one to be appended.
+    pub fn first_seq(self, topic: &str, range: Range) -> Result<u64> {
+        Ok(match self {
+            Start::Latest => range.last + 1,
+            Start::Earliest => range.first.max(1),
+            Start::Seq(seq) => {
+                if seq != range.last + 1 {
+                    check_readable(topic, range, seq)?;
+                }
+                seq
+            }
+        })
+    }
+}
+
 /// What readers see of a topic: its range, and whether it still exists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Published {
@@ -521,16 +539,7 @@ impl Topics {
         let topic = self.lookup(name)?;
         let mut published = topic.published.clone();
         let range = published.borrow_and_update().range;
-        let next = match start {
-            Start::Latest => range.last + 1,
-            Start::Earliest => range.first.max(1),
-            Start::Seq(seq) => {
-                if seq != range.last + 1 {
-                    check_readable(topic.meta.name.as_str(), range, seq)?;
-                }
-                seq
-            }
-        };
+        let next = start.first_seq(topic.meta.name.as_str(), range)?;
         Ok(Subscription {
             store: self.inner.store.clone(),
             topic,

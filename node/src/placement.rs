@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 pub const REPLICATION_FACTORS: [usize; 3] = [1, 3, 5];
 /// The most clauses in one constraint.
 const CLAUSES_MAX: usize = 8;
+/// The longest constraint accepted (it is echoed in errors and kept with the topic).
+const CONSTRAINT_BYTES_MAX: usize = 512;
 
 /// A node placement may choose.
 #[derive(Debug, Clone)]
@@ -77,6 +79,12 @@ impl FromStr for Constraint {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
+        if s.len() > CONSTRAINT_BYTES_MAX {
+            return Err(Error::Usage(format!(
+                "a replica constraint is at most {CONSTRAINT_BYTES_MAX} bytes, not {}",
+                s.len()
+            )));
+        }
         let bad = |why: String| Error::Usage(format!("bad replica constraint {s:?}: {why}"));
         let mut clauses = Vec::new();
         for part in s.split(',') {
@@ -314,6 +322,12 @@ mod tests {
         ] {
             assert!(bad.parse::<Constraint>().is_err(), "{bad:?}");
         }
+        let long = format!("site={}", "x".repeat(600));
+        let err = long.parse::<Constraint>().unwrap_err().to_string();
+        assert!(
+            err.contains("at most 512 bytes") && err.len() < 100,
+            "{err}"
+        );
     }
 
     #[test]

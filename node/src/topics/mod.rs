@@ -629,16 +629,7 @@ impl ClusterTopics {
             return Ok(Following::Local(self.topics.subscribe(name, start)?));
         }
         let range = self.latest(name).await?;
-        let next = match start {
-            Start::Latest => range.last + 1,
-            Start::Earliest => range.first.max(1),
-            Start::Seq(seq) => {
-                if seq != range.last + 1 {
-                    woof_consensus::topic::check_readable(name, range, seq)?;
-                }
-                seq
-            }
-        };
+        let next = start.first_seq(name, range)?;
         Ok(Following::Remote(Box::new(RemoteFollow {
             api: self.clone(),
             name: topic,
