@@ -28,9 +28,9 @@ pub(super) enum Control {
     Replicas,
     /// Stop `group` here and remove everything it stored.
     RemoveGroup { group: u64 },
-    /// The leader of `group` puts it to sleep: stop running it here (its
-    /// storage stays; any message for it wakes it).
-    Sleep { group: u64 },
+    /// The leader of `groups` puts them to sleep: stop running them here
+    /// (their storage stays; any message for one wakes it).
+    Sleep { groups: Vec<u64> },
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

@@ -19,15 +19,19 @@
 //! (waking the others with its vote requests), and later puts the group to
 //! sleep as its leader: the scheme heals itself.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
+
+use futures::StreamExt;
 
 use openraft::Raft;
 use woof_consensus::TopicInfo;
 use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::{GroupId, RaftLogStore};
+use woof_overlay::PeerId;
 
 use super::control::{Control, ControlReply, ReplicaStatus};
-use super::{Groups, voters};
+use super::{Groups, peers, voters};
 use crate::error::{Error, Result};
 
 /// A group that served no client for this long may sleep.
@@ -36,6 +40,11 @@ pub const SLEEP_AFTER: Duration = Duration::from_secs(3);
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a follower may take to answer a request to sleep.
 const SLEEP_TIMEOUT: Duration = Duration::from_secs(2);
+/// The most groups one request puts to sleep (and one round of the
+/// supervisor looks at).
+pub(super) const SLEEP_GROUPS_MAX: usize = 1024;
+/// Groups stopped at once.
+const STOPS_AT_ONCE: usize = 64;
 /// After a restart, how long a woken group waits to hear of a running leader
 /// before it asks for an election.
 const LEADER_NOTICE: Duration = Duration::from_millis(300);
@@ -139,11 +148,7 @@ impl Groups {
 
     /// Whether this node leads `group`, which is idle and fully replicated.
     fn idle_leader(&self, group: GroupId, raft: &Raft<TypeConfig>) -> bool {
-        let recent = self
-            .activity_mut()
-            .get(&group.0)
-            .is_some_and(|t| t.elapsed() < SLEEP_AFTER);
-        if recent {
+        if self.recently_used(group) {
             return false;
         }
         let m = raft.metrics().borrow().clone();
@@ -159,33 +164,50 @@ impl Groups {
             .is_none_or(|r| r.values().all(|matched| matched.map(|l| l.index) == last))
     }
 
-    /// Puts `group`, which this node leads, to sleep on every member.
-    async fn hibernate(&self, group: GroupId, raft: Raft<TypeConfig>) {
-        let members = voters(&raft.metrics().borrow());
-        let me = self.peer_id().to_string();
-        // Quiet first: a heartbeat reaching a follower that already slept
-        // would wake it without a leader, and it would stand for election.
-        raft.runtime_config().heartbeat(false);
-        for member in members.iter().filter(|p| **p != me) {
-            let Ok(peer) = member.parse() else { continue };
-            // A follower that does not answer heals later (see the module doc).
-            if let Err(e) = self
-                .control(peer, Control::Sleep { group: group.0 }, SLEEP_TIMEOUT)
-                .await
-            {
-                tracing::debug!(group = group.0, %peer, "asking to sleep: {e}");
+    /// Puts `idle` groups, which this node leads, to sleep on every member:
+    /// one request per follower for all of them, and all stopped here at
+    /// once, so that sleeping keeps pace with however many groups go idle.
+    async fn hibernate(&self, idle: Vec<(GroupId, Raft<TypeConfig>)>) {
+        let me = self.peer_id();
+        let mut by_peer: HashMap<PeerId, Vec<u64>> = HashMap::new();
+        for (group, raft) in &idle {
+            // Quiet first: a heartbeat reaching a follower that already
+            // slept would wake it without a leader, and it would stand.
+            raft.runtime_config().heartbeat(false);
+            for peer in peers(&voters(&raft.metrics().borrow())) {
+                if peer != me {
+                    by_peer.entry(peer).or_default().push(group.0);
+                }
             }
         }
-        let _starting = self.start_lock(group).await;
-        let woken = self
-            .activity_mut()
+        // A follower that does not answer heals later (see the module doc).
+        futures::future::join_all(by_peer.into_iter().map(|(peer, groups)| async move {
+            let count = groups.len();
+            if let Err(e) = self
+                .control(peer, Control::Sleep { groups }, SLEEP_TIMEOUT)
+                .await
+            {
+                tracing::debug!(%peer, count, "asking to sleep: {e}");
+            }
+        }))
+        .await;
+        futures::stream::iter(idle)
+            .for_each_concurrent(STOPS_AT_ONCE, |(group, raft)| async move {
+                let _starting = self.start_lock(group).await;
+                if self.recently_used(group) {
+                    raft.runtime_config().heartbeat(true);
+                    return;
+                }
+                self.stop_sleeping(group, raft).await;
+            })
+            .await;
+    }
+
+    /// Whether `group` served a client within [`SLEEP_AFTER`].
+    fn recently_used(&self, group: GroupId) -> bool {
+        self.activity_mut()
             .get(&group.0)
-            .is_some_and(|t| t.elapsed() < SLEEP_AFTER);
-        if woken {
-            raft.runtime_config().heartbeat(true);
-            return;
-        }
-        self.stop_sleeping(group, raft).await;
+            .is_some_and(|t| t.elapsed() < SLEEP_AFTER)
     }
 
     /// Stops running `group` here and records it as asleep. The caller holds
@@ -206,16 +228,28 @@ impl Groups {
         tracing::debug!(group = group.0, "group asleep");
     }
 
-    /// A follower's side of [`Control::Sleep`].
-    pub(super) async fn sleep_follower(&self, group: GroupId) -> ControlReply {
-        let _starting = self.start_lock(group).await;
-        let Some(raft) = self.router.get(group) else {
-            return ControlReply::Asleep;
-        };
-        if raft.metrics().borrow().current_leader == Some(self.node_id) {
-            return ControlReply::Failed("this node leads the group".into());
+    /// A follower's side of [`Control::Sleep`]: stops each of `groups`
+    /// that runs here and does not think itself the leader.
+    pub(super) async fn sleep_followers(&self, groups: Vec<u64>) -> ControlReply {
+        if groups.len() > SLEEP_GROUPS_MAX {
+            return ControlReply::Failed(format!(
+                "{} groups to put to sleep; at most {SLEEP_GROUPS_MAX} at once",
+                groups.len()
+            ));
         }
-        self.stop_sleeping(group, raft).await;
+        futures::stream::iter(groups)
+            .for_each_concurrent(STOPS_AT_ONCE, |group| async move {
+                let group = GroupId(group);
+                let _starting = self.start_lock(group).await;
+                let Some(raft) = self.router.get(group) else {
+                    return;
+                };
+                if raft.metrics().borrow().current_leader == Some(self.node_id) {
+                    return;
+                }
+                self.stop_sleeping(group, raft).await;
+            })
+            .await;
         ControlReply::Asleep
     }
 }
@@ -229,10 +263,15 @@ pub(super) async fn supervise(groups: Groups) {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
         groups.refresh_suspects().await;
-        for (group, raft) in groups.router.list() {
-            if groups.idle_leader(group, &raft) {
-                groups.hibernate(group, raft).await;
-            }
+        let idle: Vec<_> = groups
+            .router
+            .list()
+            .into_iter()
+            .filter(|(group, raft)| groups.idle_leader(*group, raft))
+            .take(SLEEP_GROUPS_MAX)
+            .collect();
+        if !idle.is_empty() {
+            groups.hibernate(idle).await;
         }
     }
 }

@@ -144,8 +144,12 @@ impl Groups {
         };
         let waking = groups.clone();
         groups.router.set_waker(Some(Arc::new(move |group| {
+            // Its own task: a wake completes even if the message that
+            // caused it is answered (or dropped) before.
             let groups = waking.clone();
-            async move { groups.wake(group).await.ok().flatten() }.boxed()
+            tokio::spawn(async move { groups.wake(group).await.ok().flatten() })
+                .map(|woken| woken.ok().flatten())
+                .boxed()
         })));
         tokio::spawn(hibernate::supervise(groups.clone()));
         let task = tokio::spawn(serve(inbound, groups.clone()));
@@ -591,7 +595,7 @@ impl Groups {
                 Ok(()) => ControlReply::Removed,
                 Err(e) => ControlReply::Failed(e.to_string()),
             },
-            Control::Sleep { group } => self.sleep_follower(GroupId(group)).await,
+            Control::Sleep { groups } => self.sleep_followers(groups).await,
         }
     }
 

@@ -11,9 +11,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 use openraft::BasicNode;
 use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -29,6 +31,9 @@ const QUEUE_DEPTH: usize = 4096;
 const BATCH_MESSAGES_MAX: usize = 256;
 /// The most bytes in one batch (one larger message still goes, alone).
 const BATCH_BYTES_MAX: usize = 4 << 20;
+/// How long the receiving side works on a batch before it answers what it
+/// has (half of openraft's AppendEntries timeout, one heartbeat).
+const ANSWER_WITHIN: Duration = Duration::from_millis(50);
 /// Batches in flight to one peer at once.
 const IN_FLIGHT_MAX: usize = 8;
 
@@ -173,6 +178,11 @@ async fn send_one(client: &woof_overlay::Client, peer: PeerId, batch: Vec<Pendin
 }
 
 /// Answers a batch: every message handled at once, the answers in order.
+/// What is not handled within [`ANSWER_WITHIN`] is answered with an error
+/// (its sender tries again), so that one slow message, such as one that must
+/// wake a sleeping group, does not hold back the answers of every other
+/// group past openraft's AppendEntries timeout (one heartbeat interval). A
+/// wake goes on in the background (see the router's waker).
 pub(super) async fn handle_batch(router: &Router, batch: &[u8]) -> woof_consensus::Result<Vec<u8>> {
     let messages: Vec<ByteBuf> = decode(batch)?;
     if messages.len() > BATCH_MESSAGES_MAX {
@@ -181,10 +191,31 @@ pub(super) async fn handle_batch(router: &Router, batch: &[u8]) -> woof_consensu
             messages.len()
         )));
     }
-    let answers = futures::future::join_all(messages.iter().map(|m| router.handle(m))).await;
-    let answers: Vec<Result<ByteBuf, String>> = answers
-        .into_iter()
-        .map(|a| a.map(ByteBuf::from).map_err(|e| e.to_string()))
+    let mut answers: Vec<Result<ByteBuf, String>> = (0..messages.len())
+        .map(|_| {
+            Err(format!(
+                "not handled within {} ms; try again",
+                ANSWER_WITHIN.as_millis()
+            ))
+        })
         .collect();
+    let mut pending: FuturesUnordered<_> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, m)| router.handle(m).map(move |a| (i, a)))
+        .collect();
+    let deadline = tokio::time::sleep(ANSWER_WITHIN);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            next = pending.next() => match next {
+                Some((i, answer)) => {
+                    answers[i] = answer.map(ByteBuf::from).map_err(|e| e.to_string());
+                }
+                None => break,
+            },
+            _ = &mut deadline => break,
+        }
+    }
     encode(&answers)
 }
