@@ -10,7 +10,7 @@ use openraft::{
     Vote,
 };
 
-use super::{TypeConfig, blocking, decode, encode};
+use super::{TypeConfig, blocking, decode, encode, quick};
 use crate::error::Error;
 use crate::store::{GroupId, RaftLogStore};
 
@@ -34,8 +34,12 @@ impl LogStore {
         &self,
         name: &'static str,
     ) -> Result<Option<T>, Error> {
-        let (store, group) = (self.store.clone(), self.group);
-        blocking(move || store.value(group, name)?.map(|b| decode(&b)).transpose()).await
+        quick(|| {
+            self.store
+                .value(self.group, name)?
+                .map(|b| decode(&b))
+                .transpose()
+        })
     }
 
     async fn put_value<T: serde::Serialize>(
@@ -72,15 +76,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
-        let (store, group) = (self.store.clone(), self.group);
-        blocking(move || {
-            store
-                .read_log(group, from, to, usize::MAX)?
+        // Replication reads what was just appended: the memtable answers.
+        quick(|| {
+            self.store
+                .read_log(self.group, from, to, usize::MAX)?
                 .iter()
                 .map(|(_, bytes)| decode(bytes))
                 .collect()
         })
-        .await
         .map_err(read_err)
     }
 }

@@ -81,4 +81,4 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> 
     cbor4ii::serde::from_slice(bytes).map_err(|e| Error::Corrupt(format!("decode: {e}")))
 }
 
-pub(crate) use crate::store::blocking;
+pub(crate) use crate::store::{blocking, quick};

@@ -20,7 +20,7 @@ use openraft::{
 };
 use serde_bytes::ByteBuf;
 
-use super::{Command, CommandResult, TypeConfig, blocking, decode, encode};
+use super::{Command, CommandResult, TypeConfig, blocking, decode, encode, quick};
 use crate::error::Error;
 use crate::store::{GroupId, Op, RaftLogStore, Store, WriteBatch};
 use crate::topic::{Element, Machine, Producer, ProducerWindow, TopicId, TopicMeta};
@@ -316,7 +316,8 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         let group = self.group;
         let mut machine = self.machine.clone();
         let mut applied = self.applied.clone();
-        let (machine, applied, results) = blocking(move || {
+        // Unsynced writes and reads of recent state: done in place.
+        let (machine, applied, results) = quick(move || {
             let mut batch = WriteBatch::default();
             let mut producers = HashMap::new();
             let mut results = Vec::with_capacity(entries.len());
@@ -341,7 +342,6 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             store.write_unsynced(&batch)?;
             Ok((machine, applied, results))
         })
-        .await
         .map_err(sm_write)?;
         let existed = self.machine.is_some();
         self.machine = machine;

@@ -121,6 +121,13 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| crate::error::Error::Storage(format!("storage task failed: {e}")))?
 }
 
+/// Runs storage work that does not wait on the disk in the common case
+/// (reads the memtable or block cache answers, unsynced writes) where it is:
+/// handing it to the blocking pool and back costs more than the work.
+pub(crate) fn quick<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    f()
+}
+
 /// Storage encoding of an element's value: a version byte, the append time as
 /// a little-endian u64, then the payload.
 pub(crate) mod element_codec {

@@ -217,6 +217,7 @@ impl Groups {
         self.router.remove(group);
         let _ = raft.shutdown().await;
         self.activity_mut().remove(&group.0);
+        self.proposers_mut().remove(&group.0);
         self.asleep_mut().insert(
             group.0,
             Asleep {

@@ -101,7 +101,7 @@ pub struct Groups {
     /// The leader each group last answered from, tried first next time.
     leaders: Arc<Mutex<HashMap<u64, PeerId>>>,
     /// Each group's proposer on this node (see [`propose`]).
-    proposers: Arc<Mutex<HashMap<u64, mpsc::Sender<propose::Proposal>>>>,
+    proposers: Arc<Mutex<HashMap<u64, Arc<Mutex<propose::Proposer>>>>>,
     /// Peers the overlay suspects or has given up on, refreshed every second.
     suspects: Arc<Mutex<std::collections::HashSet<PeerId>>>,
     /// Groups this node holds but does not run (see [`hibernate`]).

@@ -1,32 +1,44 @@
 //! Group commit on a topic's leader: appends that arrive while one is being
 //! committed wait, then go together as one log entry ([`Command::Batch`]),
 //! so many clients share one round of replication and fsyncs (as the
-//! standalone writer in `woof_consensus::topics` does). One client alone
-//! waits for nobody.
+//! standalone writer in `woof_consensus::topics` does).
+//!
+//! One client alone waits for nobody and passes through no other task: an
+//! append that finds the group's proposer idle commits itself. Appends that
+//! arrive meanwhile queue; when it is done, a task commits what queued, in
+//! batches, until the queue is empty (flat combining).
 
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
 
 use openraft::BasicNode;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::GroupId;
 
 use super::Groups;
 use super::control::ControlReply;
 
-/// Appends waiting for one group's proposer; past this, appenders wait.
+/// Appends waiting for one group; past this, an append is refused.
 const QUEUE_DEPTH: usize = 4096;
 /// The most appends in one entry.
 const BATCH_APPENDS_MAX: usize = 1024;
 /// The most payload bytes in one entry (a larger append still goes, alone).
 const BATCH_BYTES_MAX: usize = 8 << 20;
-/// A proposer with nothing to do for this long stops.
-const IDLE: Duration = Duration::from_secs(30);
 
 pub(super) struct Proposal {
     command: Command,
     reply: oneshot::Sender<ControlReply>,
 }
+
+/// One group's proposer: whether a commit is under way, and what waits.
+#[derive(Default)]
+pub(super) struct Proposer {
+    busy: bool,
+    queue: VecDeque<Proposal>,
+}
+
+type Shared = Arc<Mutex<Proposer>>;
 
 fn bytes(command: &Command) -> usize {
     match command {
@@ -35,79 +47,122 @@ fn bytes(command: &Command) -> usize {
     }
 }
 
+fn lock(proposer: &Shared) -> std::sync::MutexGuard<'_, Proposer> {
+    proposer.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Groups {
     /// Commits an append through this node's replica of `group` (which
     /// must lead), together with the appends queued meanwhile.
     pub(super) async fn propose(&self, group: GroupId, command: Command) -> ControlReply {
-        for _ in 0..2 {
-            let queue = self.proposer(group);
-            let (reply, answer) = oneshot::channel();
-            let proposal = Proposal {
-                command: command.clone(),
-                reply,
-            };
-            if queue.send(proposal).await.is_ok() {
+        let proposer = self.proposer(group);
+        let mine = {
+            let mut p = lock(&proposer);
+            if !p.busy {
+                p.busy = true;
+                Ok(command)
+            } else if p.queue.len() >= QUEUE_DEPTH {
+                return ControlReply::Failed(format!(
+                    "{QUEUE_DEPTH} appends already wait for this topic's leader; try again"
+                ));
+            } else {
+                let (reply, answer) = oneshot::channel();
+                p.queue.push_back(Proposal { command, reply });
+                Err(answer)
+            }
+        };
+        let command = match mine {
+            Ok(command) => command,
+            Err(answer) => {
                 return answer
                     .await
                     .unwrap_or_else(|_| ControlReply::Failed("the proposer stopped".into()));
             }
-            // The proposer stopped for idleness just now: start another.
-            self.proposers_mut().remove(&group.0);
-        }
-        ControlReply::Failed("no proposer for the group".into())
+        };
+        let _leading = Leading {
+            groups: self.clone(),
+            group,
+            proposer,
+        };
+        let (reply, answer) = oneshot::channel();
+        commit(self, group, vec![Proposal { command, reply }]).await;
+        answer
+            .await
+            .unwrap_or_else(|_| ControlReply::Failed("the proposer stopped".into()))
     }
 
     pub(super) fn proposers_mut(
         &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, mpsc::Sender<Proposal>>> {
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Shared>> {
         self.proposers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The queue of `group`'s proposer, started on first use.
-    fn proposer(&self, group: GroupId) -> mpsc::Sender<Proposal> {
-        self.proposers_mut()
-            .entry(group.0)
-            .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                tokio::spawn(run(self.clone(), group, rx));
-                tx
-            })
-            .clone()
+    fn proposer(&self, group: GroupId) -> Shared {
+        self.proposers_mut().entry(group.0).or_default().clone()
     }
 }
 
-/// Proposes what is queued, one entry at a time, until idle.
-async fn run(groups: Groups, group: GroupId, mut queue: mpsc::Receiver<Proposal>) {
-    let mut carry: Option<Proposal> = None;
-    loop {
-        let first = match carry.take() {
-            Some(p) => p,
-            None => match tokio::time::timeout(IDLE, queue.recv()).await {
-                Ok(Some(p)) => p,
-                Ok(None) => return,
-                Err(_) => {
-                    groups.proposers_mut().remove(&group.0);
-                    // Whatever slipped in before the removal still goes.
-                    queue.close();
-                    match queue.recv().await {
-                        Some(p) => p,
-                        None => return,
-                    }
-                }
-            },
+/// Held by the append that commits itself: when it is done, or dropped
+/// half-way (its client went away), what queued meanwhile is handed to a
+/// task, so that nothing waits on an append that no longer runs.
+struct Leading {
+    groups: Groups,
+    group: GroupId,
+    proposer: Shared,
+}
+
+impl Drop for Leading {
+    fn drop(&mut self) {
+        let Some(batch) = next_batch(&self.proposer) else {
+            return;
         };
-        let mut size = bytes(&first.command);
-        let mut batch = vec![first];
-        while batch.len() < BATCH_APPENDS_MAX {
-            let Ok(next) = queue.try_recv() else { break };
-            if size + bytes(&next.command) > BATCH_BYTES_MAX {
-                carry = Some(next);
-                break;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(drain(
+                    self.groups.clone(),
+                    self.group,
+                    self.proposer.clone(),
+                    batch,
+                ));
             }
-            size += bytes(&next.command);
-            batch.push(next);
+            // The node is shutting down: the waiting appends are answered
+            // by their replies being dropped.
+            Err(_) => drop(batch),
         }
+    }
+}
+
+/// Takes the next batch from the queue, or marks the proposer idle if
+/// nothing waits.
+fn next_batch(proposer: &Shared) -> Option<Vec<Proposal>> {
+    let mut p = lock(proposer);
+    if p.queue.is_empty() {
+        p.busy = false;
+        return None;
+    }
+    let mut size = 0;
+    let mut batch = Vec::new();
+    while batch.len() < BATCH_APPENDS_MAX {
+        let Some(next) = p.queue.front() else { break };
+        let n = bytes(&next.command);
+        if !batch.is_empty() && size + n > BATCH_BYTES_MAX {
+            break;
+        }
+        size += n;
+        batch.extend(p.queue.pop_front());
+    }
+    Some(batch)
+}
+
+/// Commits what queued, batch after batch, until nothing waits.
+async fn drain(groups: Groups, group: GroupId, proposer: Shared, first: Vec<Proposal>) {
+    let mut batch = first;
+    loop {
         commit(&groups, group, batch).await;
+        match next_batch(&proposer) {
+            Some(next) => batch = next,
+            None => return,
+        }
     }
 }
 
