@@ -11,7 +11,8 @@
 //! - one module per workload: `append.rs` (synced appends on one node or
 //!   on a 3-replica topic), `failover.rs` (the leader SIGKILLed under a
 //!   steady client, and nothing acknowledged lost), `scale.rs` (the CPU and
-//!   memory of thousands of sleeping topics).
+//!   memory of thousands of sleeping topics), `floor.rs` (one Raft group's
+//!   replicas in this process, without a network: the floor under `append`).
 //!
 //! Every wait and retry is bounded and fails with a message naming what was
 //! waited for; a failing workload shows the end of each node's log, and
@@ -22,6 +23,7 @@
 
 mod append;
 mod failover;
+mod floor;
 mod nodes;
 mod report;
 mod scale;
@@ -75,6 +77,17 @@ enum Workload {
         #[arg(long)]
         quick: bool,
     },
+    /// One topic's Raft group on RocksDB, its replicas in this process and
+    /// no network between them: what a replicated append costs below the
+    /// network, to read `append` against.
+    Floor {
+        /// Replicas of the group: 1, 3 or 5.
+        #[arg(long, default_value_t = 3)]
+        replicas: u64,
+        /// Appends to time.
+        #[arg(long, default_value_t = 3000)]
+        appends: usize,
+    },
     /// Many topics with 3 replicas on a 3-node cluster: how fast they are
     /// created, and the CPU and memory of each node once they all sleep.
     Scale {
@@ -117,6 +130,7 @@ fn main() -> anyhow::Result<()> {
             let trials = trials.unwrap_or(if quick { 3 } else { 10 });
             runtime.block_on(failover::run(&woof, trials))?
         }
+        Workload::Floor { replicas, appends } => runtime.block_on(floor::run(replicas, appends))?,
         Workload::Scale {
             topics,
             quick,
