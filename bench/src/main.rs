@@ -12,14 +12,16 @@
 //!   on a 3-replica topic), `failover.rs` (the leader SIGKILLed under a
 //!   steady client, and nothing acknowledged lost), `scale.rs` (the CPU and
 //!   memory of thousands of sleeping topics), `floor.rs` (one Raft group's
-//!   replicas in this process, without a network: the floor under `append`).
+//!   replicas in this process, without a network: the floor under `append`),
+//!   `subscribe.rs` (append-to-delivery latency on the leader's node, on a
+//!   follower's, and fanned out to 100 subscribers).
 //!
 //! Every wait and retry is bounded and fails with a message naming what was
 //! waited for; a failing workload shows the end of each node's log, and
 //! `--keep` keeps the nodes' directories (data and full logs; set WOOF_LOG
 //! for more detail, as for `woof node start`). A workload whose checks fail
-//! still prints its report, then exits with an error. Subscribe workloads,
-//! and the peers side by side, come with their issues.
+//! still prints its report, then exits with an error. The peers side by
+//! side come with their issue.
 
 mod append;
 mod failover;
@@ -27,6 +29,7 @@ mod floor;
 mod nodes;
 mod report;
 mod scale;
+mod subscribe;
 
 use std::path::PathBuf;
 
@@ -74,6 +77,14 @@ enum Workload {
         #[arg(long)]
         trials: Option<usize>,
         /// 3 trials (unless --trials says otherwise).
+        #[arg(long)]
+        quick: bool,
+    },
+    /// A 3-replica topic, appends at its leader: the time from an append to
+    /// its delivery to a subscriber on the leader's node, on a follower's
+    /// node, and to 100 subscribers over the three nodes.
+    Subscribe {
+        /// 5 s per case instead of 20 s.
         #[arg(long)]
         quick: bool,
     },
@@ -130,6 +141,7 @@ fn main() -> anyhow::Result<()> {
             let trials = trials.unwrap_or(if quick { 3 } else { 10 });
             runtime.block_on(failover::run(&woof, trials))?
         }
+        Workload::Subscribe { quick } => runtime.block_on(subscribe::run(&woof, quick))?,
         Workload::Floor { replicas, appends } => runtime.block_on(floor::run(replicas, appends))?,
         Workload::Scale {
             topics,
