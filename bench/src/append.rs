@@ -1,7 +1,10 @@
 //! `append`: synced appends, on one standalone node (`--replication 1`) or
 //! on a topic replicated by a 3-node cluster (`--replication 3`, clients at
 //! the topic's leader, plus one client through a follower). Latency for one
-//! client, throughput for many clients and for batches.
+//! client, throughput for many clients and for batches. With `--peer nats`
+//! (replication 3), the same cases then run on a 3-server NATS JetStream
+//! cluster, with its default sync and with a sync on every write, and the
+//! report adds woof/JetStream ratios.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -10,6 +13,7 @@ use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
 use woof_proto::v1;
 
+use crate::nats;
 use crate::nodes::{self, Cluster, Standalone};
 use crate::report::{Report, ms, probe_machine};
 
@@ -21,8 +25,12 @@ pub async fn run(
     quick: bool,
     size: usize,
     replication: u32,
+    peer: bool,
 ) -> anyhow::Result<Report> {
     let secs = if quick { 5 } else { 20 };
+    if peer && replication != 3 {
+        bail!("--peer compares against a replicated topic: use it with --replication 3");
+    }
     match replication {
         1 => {
             let node = Standalone::start(woof)?;
@@ -34,10 +42,15 @@ pub async fn run(
             let cluster = Cluster::start(woof, 3).await?;
             let mut report = Report::new(probe_machine(cluster.dir.path())?);
             let target = Target::Cluster(&cluster);
-            match cases(&mut report, &target, secs, size).await {
-                Ok(()) => Ok(report),
-                Err(e) => Err(cluster.explain(e)),
+            if let Err(e) = cases(&mut report, &target, secs, size).await {
+                return Err(cluster.explain(e));
             }
+            // The peer gets the machine to itself, as woof had.
+            drop(cluster);
+            if peer {
+                peer_cases(&mut report, secs, size).await?;
+            }
+            Ok(report)
         }
         r => bail!("--replication {r}: 1 (one standalone node) or 3 (a 3-node cluster)"),
     }
@@ -212,6 +225,141 @@ async fn cases(
         failed(report, &case, outcome);
     }
     Ok(())
+}
+
+/// The woof cases again on NATS JetStream (default sync, then a sync on
+/// every write), then woof/JetStream ratios of the same figures.
+async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Result<()> {
+    let payload = bytes::Bytes::from(vec![b'x'; size]);
+    let binary = nats::server()?;
+    for (sync, label) in [(false, "default sync"), (true, "sync always")] {
+        let js = nats::JetStream::start(&binary, sync).await?;
+        report
+            .notes
+            .push(format!("NATS JetStream: {} ({label})", js.version));
+        let url = js.leader_url().await?;
+        let pre = format!("NATS JetStream {label}, ");
+
+        let case = format!("{pre}1 client at the leader, {size} B, synced append");
+        let outcome = async {
+            let (n, h) = nats::one_client(&url, "bench.one", &payload, secs).await?;
+            for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+                report.latency(&case, name, &h, q);
+            }
+            report.row(&case, "throughput", n as f64 / secs as f64, "appends/s");
+            anyhow::Ok(())
+        }
+        .await;
+        failed(report, &case, outcome);
+
+        for clients in [16usize, 64] {
+            let case = format!("{pre}{clients} clients at the leader, {size} B, synced append");
+            let subject = format!("bench.c{clients}");
+            let outcome = async {
+                let (count, h) =
+                    nats::concurrent(&url, &subject, clients, 1, &payload, secs).await?;
+                report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
+                report.latency(&case, "p99", &h, 0.99);
+                anyhow::Ok(())
+            }
+            .await;
+            failed(report, &case, outcome);
+        }
+
+        let case = format!("{pre}4 clients at the leader, 1000 publishes in flight x {size} B");
+        let outcome = async {
+            let (count, h) = nats::concurrent(&url, "bench.batch", 4, 1000, &payload, secs).await?;
+            report.row(
+                &case,
+                "throughput",
+                count as f64 / secs as f64,
+                "elements/s",
+            );
+            report.row(
+                &case,
+                "batch latency p50",
+                ms(h.value_at_quantile(0.5)),
+                "ms",
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        failed(report, &case, outcome);
+    }
+    ratios(report, size);
+    Ok(())
+}
+
+/// woof's figure over JetStream's, for each case both measured: below 1,
+/// woof is faster (latency) or slower (throughput).
+fn ratios(report: &mut Report, size: usize) {
+    let value = |report: &Report, case: &str, metric: &str| {
+        report
+            .rows
+            .iter()
+            .find(|r| r.case == case && r.metric == metric)
+            .map(|r| r.value)
+    };
+    let cases = [
+        (
+            format!("1 client at the leader, {size} B, synced append"),
+            "latency p50",
+        ),
+        (
+            format!("1 client at the leader, {size} B, synced append"),
+            "latency p99",
+        ),
+        (
+            format!("16 clients at the leader, {size} B, synced append"),
+            "throughput",
+        ),
+        (
+            format!("64 clients at the leader, {size} B, synced append"),
+            "throughput",
+        ),
+        (
+            format!("64 clients at the leader, {size} B, synced append"),
+            "latency p99",
+        ),
+    ];
+    for label in ["default sync", "sync always"] {
+        for (case, metric) in &cases {
+            let woof = value(report, &format!("3 replicas, {case}"), metric);
+            let peer = value(report, &format!("NATS JetStream {label}, {case}"), metric);
+            if let (Some(w), Some(p)) = (woof, peer)
+                && p > 0.0
+            {
+                report.row(
+                    format!("woof / NATS JetStream {label}, {case}"),
+                    format!("{metric} ratio"),
+                    w / p,
+                    "x",
+                );
+            }
+        }
+    }
+    let batch = (
+        "3 replicas, 4 clients at the leader, AppendBatch of 1000 x",
+        "4 clients at the leader, 1000 publishes in flight x",
+    );
+    for label in ["default sync", "sync always"] {
+        let woof = value(report, &format!("{} {size} B", batch.0), "throughput");
+        let peer = value(
+            report,
+            &format!("NATS JetStream {label}, {} {size} B", batch.1),
+            "throughput",
+        );
+        if let (Some(w), Some(p)) = (woof, peer)
+            && p > 0.0
+        {
+            report.row(
+                format!("woof / NATS JetStream {label}, batched, {size} B"),
+                "throughput ratio",
+                w / p,
+                "x",
+            );
+        }
+    }
 }
 
 /// Records a case that failed.

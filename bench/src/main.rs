@@ -14,18 +14,20 @@
 //!   memory of thousands of sleeping topics), `floor.rs` (one Raft group's
 //!   replicas in this process, without a network: the floor under `append`),
 //!   `subscribe.rs` (append-to-delivery latency on the leader's node, on a
-//!   follower's, and fanned out to 100 subscribers).
+//!   follower's, and fanned out to 100 subscribers);
+//! - `nats.rs`: NATS JetStream as the peer (`append --peer nats`).
 //!
 //! Every wait and retry is bounded and fails with a message naming what was
 //! waited for; a failing workload shows the end of each node's log, and
 //! `--keep` keeps the nodes' directories (data and full logs; set WOOF_LOG
 //! for more detail, as for `woof node start`). A workload whose checks fail
 //! still prints its report, then exits with an error. The peers side by
-//! side come with their issue.
+//! side: JetStream for `append`; `subscribe` and `failover` to follow.
 
 mod append;
 mod failover;
 mod floor;
+mod nats;
 mod nodes;
 mod report;
 mod scale;
@@ -52,6 +54,11 @@ struct Cli {
     workload: Workload,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Peer {
+    Nats,
+}
+
 #[derive(Subcommand)]
 enum Workload {
     /// Synced appends: latency for one client, throughput for many clients
@@ -68,6 +75,11 @@ enum Workload {
         /// follower).
         #[arg(long, default_value_t = 1)]
         replication: u32,
+        /// Also run the same cases on a peer, side by side, with ratios
+        /// (with --replication 3). `nats`: a 3-server NATS JetStream
+        /// cluster, installed from PyPI if missing.
+        #[arg(long, value_enum)]
+        peer: Option<Peer>,
     },
     /// A 3-node cluster, a client appending through a follower, the leader
     /// SIGKILLed and restarted, trial after trial: how long appends stop,
@@ -136,7 +148,14 @@ fn main() -> anyhow::Result<()> {
             quick,
             size,
             replication,
-        } => runtime.block_on(append::run(&woof, quick, size, replication))?,
+            peer,
+        } => runtime.block_on(append::run(
+            &woof,
+            quick,
+            size,
+            replication,
+            matches!(peer, Some(Peer::Nats)),
+        ))?,
         Workload::Failover { trials, quick } => {
             let trials = trials.unwrap_or(if quick { 3 } else { 10 });
             runtime.block_on(failover::run(&woof, trials))?

@@ -35,7 +35,7 @@ const MESSAGE_BYTES_MAX: usize = 256 << 20;
 pub static KEEP: AtomicBool = AtomicBool::new(false);
 
 /// A temporary directory for nodes, kept if [`KEEP`] says so.
-fn node_dir() -> anyhow::Result<tempfile::TempDir> {
+pub fn node_dir() -> anyhow::Result<tempfile::TempDir> {
     let mut dir = tempfile::tempdir()?;
     if KEEP.load(Ordering::Relaxed) {
         dir.disable_cleanup(true);
