@@ -11,7 +11,9 @@
 //! figure includes that pause); appends go on for a second, then
 //! the killed node starts again on its data directory, joining through a
 //! survivor, and the trial ends once the leader reports all three replicas
-//! caught up. At the end, the whole topic is scanned and every acknowledged
+//! caught up. Then as many trials pause the leader instead (SIGSTOP for
+//! 3 s, then SIGCONT): the same figures, and the paused node must step
+//! down and catch up. At the end, the whole topic is scanned and every acknowledged
 //! append must be there at its acknowledged number, numbered densely from 1,
 //! with no element twice; every node must hold the same log.
 
@@ -39,8 +41,30 @@ const RETRY_PAUSE: Duration = Duration::from_millis(10);
 const APPEND_DEADLINE: Duration = Duration::from_secs(30);
 /// How long appends may stop after a kill before the run fails.
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a paused leader stays stopped (SIGSTOP to SIGCONT): well past
+/// an election, so that it comes back deposed.
+const PAUSED_FOR: Duration = Duration::from_secs(3);
 /// How long a restarted node may take to catch up.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
+
+/// What is done to the leader in a trial.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// SIGKILL, then a restart on its data directory.
+    Kill,
+    /// SIGSTOP for [`PAUSED_FOR`], then SIGCONT: it comes back believing it
+    /// leads, and must step down without splitting the log.
+    Pause,
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Fault::Kill => "SIGKILLed",
+            Fault::Pause => "SIGSTOPped",
+        })
+    }
+}
 
 /// One acknowledged append.
 struct Ack {
@@ -87,47 +111,64 @@ async fn measure(cluster: &mut Cluster, report: &mut Report, trials: usize) -> a
     let log = Arc::new(Mutex::new(Log::default()));
     let mut task = tokio::spawn(appender(url_rx, stop_rx, producer, log.clone()));
 
-    let mut failovers = Vec::new();
-    let mut catch_ups = Vec::new();
-    for trial in 1..=trials {
-        // The appends keep the group awake: its leader is known.
-        let leader = cluster.leader(client_node, TOPIC).await?;
-        if leader == client_node {
-            client_node = (0..cluster.nodes.len())
-                .find(|i| *i != leader && cluster.nodes[*i].alive())
-                .context("no node but the leader runs")?;
-            url_tx.send_replace(cluster.url(client_node).to_string());
-        }
-        wait_ack(&log, Instant::now(), Duration::from_secs(10), &mut task)
-            .await
-            .with_context(|| format!("trial {trial}: appends through node {client_node}"))?;
+    let mut phases = Vec::new();
+    for fault in [Fault::Kill, Fault::Pause] {
+        let mut failovers = Vec::new();
+        let mut catch_ups = Vec::new();
+        for trial in 1..=trials {
+            // The appends keep the group awake: its leader is known.
+            let leader = cluster.leader(client_node, TOPIC).await?;
+            if leader == client_node {
+                client_node = (0..cluster.nodes.len())
+                    .find(|i| *i != leader && cluster.nodes[*i].alive())
+                    .context("no node but the leader runs")?;
+                url_tx.send_replace(cluster.url(client_node).to_string());
+            }
+            wait_ack(&log, Instant::now(), Duration::from_secs(10), &mut task)
+                .await
+                .with_context(|| format!("trial {trial}: appends through node {client_node}"))?;
 
-        let killed = Instant::now();
-        cluster.kill(leader)?;
-        let (_, acked) = wait_ack(&log, killed, FAILOVER_DEADLINE, &mut task)
-            .await
-            .with_context(|| {
-                format!("trial {trial}: appends after the leader (node {leader}) was killed")
+            let struck = Instant::now();
+            match fault {
+                Fault::Kill => cluster.kill(leader)?,
+                Fault::Pause => cluster.signal(leader, "STOP")?,
+            }
+            let waited = wait_ack(&log, struck, FAILOVER_DEADLINE, &mut task).await;
+            if fault == Fault::Pause && waited.is_err() {
+                // Never leave a node stopped behind an error.
+                let _ = cluster.signal(leader, "CONT");
+            }
+            let (_, acked) = waited.with_context(|| {
+                format!("trial {trial}: appends after the leader (node {leader}) was {fault}")
             })?;
-        let failover = acked - killed;
-        failovers.push(failover);
+            let failover = acked - struck;
+            failovers.push(failover);
 
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let restarted = Instant::now();
-        cluster
-            .restart(leader, client_node)
-            .await
-            .with_context(|| format!("trial {trial}: restarting node {leader}"))?;
-        wait_caught_up(cluster, client_node, Some(&mut task))
-            .await
-            .with_context(|| format!("trial {trial}: node {leader} catching up"))?;
-        let catch_up = restarted.elapsed();
-        catch_ups.push(catch_up);
-        eprintln!(
-            "trial {trial}/{trials}: leader node {leader} killed, appends through node {client_node} resumed after {:.1} ms; restarted and caught up after {:.1} ms",
-            failover.as_secs_f64() * 1e3,
-            catch_up.as_secs_f64() * 1e3
-        );
+            let down_for = match fault {
+                Fault::Kill => Duration::from_secs(1),
+                Fault::Pause => PAUSED_FOR.saturating_sub(struck.elapsed()),
+            };
+            tokio::time::sleep(down_for).await;
+            let back = Instant::now();
+            match fault {
+                Fault::Kill => cluster
+                    .restart(leader, client_node)
+                    .await
+                    .with_context(|| format!("trial {trial}: restarting node {leader}"))?,
+                Fault::Pause => cluster.signal(leader, "CONT")?,
+            }
+            wait_caught_up(cluster, client_node, Some(&mut task))
+                .await
+                .with_context(|| format!("trial {trial}: node {leader} catching up"))?;
+            let catch_up = back.elapsed();
+            catch_ups.push(catch_up);
+            eprintln!(
+                "trial {trial}/{trials}: leader node {leader} {fault}, appends through node {client_node} resumed after {:.1} ms; back and caught up after {:.1} ms",
+                failover.as_secs_f64() * 1e3,
+                catch_up.as_secs_f64() * 1e3
+            );
+        }
+        phases.push((fault, failovers, catch_ups));
     }
 
     stop_tx.send_replace(true);
@@ -139,36 +180,43 @@ async fn measure(cluster: &mut Cluster, report: &mut Report, trials: usize) -> a
     }
     let log = std::mem::take(&mut *log.lock().unwrap_or_else(|e| e.into_inner()));
 
-    let case = format!(
-        "3 nodes, leader SIGKILLed, 1 client via a follower ({} ms between appends)",
-        PAUSE.as_millis()
-    );
-    report.row(&case, "trials", trials as f64, "");
     let secs = |d: &Duration| d.as_secs_f64() * 1e3;
-    report.row(
-        &case,
-        "kill to next acknowledged append, median",
-        median(&failovers),
-        "ms",
-    );
-    report.row(
-        &case,
-        "kill to next acknowledged append, min",
-        failovers.iter().map(secs).fold(f64::MAX, f64::min),
-        "ms",
-    );
-    report.row(
-        &case,
-        "kill to next acknowledged append, max",
-        failovers.iter().map(secs).fold(0.0, f64::max),
-        "ms",
-    );
-    report.row(
-        &case,
-        "restart to all 3 replicas caught up, median",
-        median(&catch_ups),
-        "ms",
-    );
+    for (fault, failovers, catch_ups) in &phases {
+        let case = format!(
+            "3 nodes, leader {fault}, 1 client via a follower ({} ms between appends)",
+            PAUSE.as_millis()
+        );
+        let (struck, back) = match fault {
+            Fault::Kill => ("kill", "restart"),
+            Fault::Pause => ("pause", "SIGCONT"),
+        };
+        report.row(&case, "trials", trials as f64, "");
+        report.row(
+            &case,
+            format!("{struck} to next acknowledged append, median"),
+            median(failovers),
+            "ms",
+        );
+        report.row(
+            &case,
+            format!("{struck} to next acknowledged append, min"),
+            failovers.iter().map(secs).fold(f64::MAX, f64::min),
+            "ms",
+        );
+        report.row(
+            &case,
+            format!("{struck} to next acknowledged append, max"),
+            failovers.iter().map(secs).fold(0.0, f64::max),
+            "ms",
+        );
+        report.row(
+            &case,
+            format!("{back} to all 3 replicas caught up, median"),
+            median(catch_ups),
+            "ms",
+        );
+    }
+    let case = "3 nodes, all trials".to_string();
     report.row(
         &case,
         "failed append attempts (retried)",

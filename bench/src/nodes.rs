@@ -298,6 +298,24 @@ impl Cluster {
         process.kill()
     }
 
+    /// Sends `signal` (`STOP` or `CONT`) to node `i`'s process.
+    pub fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
+        let pid = self.nodes[i]
+            .process
+            .as_ref()
+            .with_context(|| format!("node {i} is not running"))?
+            .pid();
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .context("running kill")?;
+        if !status.success() {
+            bail!("kill -{signal} {pid} failed ({status})");
+        }
+        Ok(())
+    }
+
     /// Starts node `i` again on its data directory, joining through node
     /// `via`, and waits until the running nodes all see each other.
     pub async fn restart(&mut self, i: usize, via: usize) -> anyhow::Result<()> {
