@@ -76,19 +76,7 @@ impl Target<'_> {
                 Ok((url.to_string(), None))
             }
             Target::Cluster(cluster) => {
-                let url = cluster.url(0);
-                nodes::create(url, topic, 3).await?;
-                // One append first: the group is awake when described.
-                nodes::call(
-                    format!("{url}: first append to {topic}"),
-                    nodes::connect(url).await?.append(v1::AppendRequest {
-                        topic: topic.into(),
-                        payload: payload.clone(),
-                        producer: None,
-                    }),
-                )
-                .await?;
-                let leader = cluster.leader(0, topic).await?;
+                let leader = cluster.awake_topic(topic, payload.clone()).await?;
                 Ok((cluster.url(leader).to_string(), Some(leader)))
             }
         }
@@ -234,9 +222,7 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
     let binary = nats::server()?;
     for (sync, label) in [(false, "default sync"), (true, "sync always")] {
         let js = nats::JetStream::start(&binary, sync).await?;
-        report
-            .notes
-            .push(format!("NATS JetStream: {} ({label})", js.version));
+        report.versions.insert("peer".into(), js.version.clone());
         let url = js.leader_url().await?;
         let pre = format!("NATS JetStream {label}, ");
 
@@ -293,72 +279,30 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
 /// woof's figure over JetStream's, for each case both measured: below 1,
 /// woof is faster (latency) or slower (throughput).
 fn ratios(report: &mut Report, size: usize) {
-    let value = |report: &Report, case: &str, metric: &str| {
-        report
-            .rows
-            .iter()
-            .find(|r| r.case == case && r.metric == metric)
-            .map(|r| r.value)
-    };
+    let single = format!("{size} B, synced append");
     let cases = [
-        (
-            format!("1 client at the leader, {size} B, synced append"),
-            "latency p50",
-        ),
-        (
-            format!("1 client at the leader, {size} B, synced append"),
-            "latency p99",
-        ),
-        (
-            format!("16 clients at the leader, {size} B, synced append"),
-            "throughput",
-        ),
-        (
-            format!("64 clients at the leader, {size} B, synced append"),
-            "throughput",
-        ),
-        (
-            format!("64 clients at the leader, {size} B, synced append"),
-            "latency p99",
-        ),
+        (format!("1 client at the leader, {single}"), "latency p50"),
+        (format!("1 client at the leader, {single}"), "latency p99"),
+        (format!("16 clients at the leader, {single}"), "throughput"),
+        (format!("64 clients at the leader, {single}"), "throughput"),
+        (format!("64 clients at the leader, {single}"), "latency p99"),
     ];
     for label in ["default sync", "sync always"] {
+        let peer = format!("NATS JetStream {label}");
         for (case, metric) in &cases {
-            let woof = value(report, &format!("3 replicas, {case}"), metric);
-            let peer = value(report, &format!("NATS JetStream {label}, {case}"), metric);
-            if let (Some(w), Some(p)) = (woof, peer)
-                && p > 0.0
-            {
-                report.row(
-                    format!("woof / NATS JetStream {label}, {case}"),
-                    format!("{metric} ratio"),
-                    w / p,
-                    "x",
-                );
-            }
-        }
-    }
-    let batch = (
-        "3 replicas, 4 clients at the leader, AppendBatch of 1000 x",
-        "4 clients at the leader, 1000 publishes in flight x",
-    );
-    for label in ["default sync", "sync always"] {
-        let woof = value(report, &format!("{} {size} B", batch.0), "throughput");
-        let peer = value(
-            report,
-            &format!("NATS JetStream {label}, {} {size} B", batch.1),
-            "throughput",
-        );
-        if let (Some(w), Some(p)) = (woof, peer)
-            && p > 0.0
-        {
-            report.row(
-                format!("woof / NATS JetStream {label}, batched, {size} B"),
-                "throughput ratio",
-                w / p,
-                "x",
+            report.ratio(
+                format!("woof / {peer}, {case}"),
+                metric,
+                &format!("3 replicas, {case}"),
+                &format!("{peer}, {case}"),
             );
         }
+        report.ratio(
+            format!("woof / {peer}, batched, {size} B"),
+            "throughput",
+            &format!("3 replicas, 4 clients at the leader, AppendBatch of 1000 x {size} B"),
+            &format!("{peer}, 4 clients at the leader, 1000 publishes in flight x {size} B"),
+        );
     }
 }
 

