@@ -232,6 +232,7 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
             for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
                 report.latency(&case, name, &h, q);
             }
+            report.curve(&case, &h);
             report.row(&case, "throughput", n as f64 / secs as f64, "appends/s");
             anyhow::Ok(())
         }

@@ -15,6 +15,8 @@
 //!   replicas in this process, without a network: the floor under `append`),
 //!   `subscribe.rs` (append-to-delivery latency on the leader's node, on a
 //!   follower's, and fanned out to 100 subscribers);
+//! - `plot.rs`: SVG plots of a report (`--svg FILE`: latency by
+//!   percentile);
 //! - `nats.rs`: NATS JetStream as the peer (`append` and `subscribe` with
 //!   `--peer nats`).
 //!
@@ -30,6 +32,7 @@ mod failover;
 mod floor;
 mod nats;
 mod nodes;
+mod plot;
 mod report;
 mod scale;
 mod subscribe;
@@ -48,6 +51,10 @@ struct Cli {
     /// Also write the figures as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
+    /// Also draw the latency distributions (by percentile, one line per
+    /// case) as an SVG plot in this file.
+    #[arg(long, global = true)]
+    svg: Option<PathBuf>,
     /// Keep the nodes' data directories and logs after the run.
     #[arg(long, global = true)]
     keep: bool,
@@ -187,6 +194,15 @@ fn main() -> anyhow::Result<()> {
     if let Some(path) = cli.json {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         println!("figures written to {}", path.display());
+    }
+    if let Some(path) = cli.svg {
+        if report.curves.is_empty() {
+            eprintln!("this workload records no latency distribution: no plot written");
+        } else {
+            let title = format!("{}: latency by percentile", report.command);
+            std::fs::write(&path, plot::latency_svg(&title, &report.curves))?;
+            println!("plot written to {}", path.display());
+        }
     }
     if !report.failures.is_empty() {
         bail!(

