@@ -90,9 +90,12 @@ fn payload(pseq: u64) -> String {
     format!("failover-{pseq}")
 }
 
-pub async fn run(woof: &Path, trials: usize) -> anyhow::Result<Report> {
+pub async fn run(woof: &Path, trials: usize, peer: bool) -> anyhow::Result<Report> {
     if trials == 0 {
         bail!("--trials must be at least 1");
+    }
+    if peer {
+        bail!("failover --peer nats: not built yet");
     }
     let mut cluster = Cluster::start(woof, 3).await?;
     let mut report = Report::new(probe_machine(cluster.dir.path())?);

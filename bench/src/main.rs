@@ -15,8 +15,8 @@
 //!   replicas in this process, without a network: the floor under `append`),
 //!   `subscribe.rs` (append-to-delivery latency on the leader's node, on a
 //!   follower's, and fanned out to 100 subscribers);
-//! - `plot.rs`: SVG plots of a report (`--svg FILE`: latency by
-//!   percentile);
+//! - `plot.rs`: SVG plots of a report (`--plots DIR`: latency by
+//!   percentile, figures over time);
 //! - `nats.rs`: NATS JetStream as the peer (`append` and `subscribe` with
 //!   `--peer nats`).
 //!
@@ -51,10 +51,12 @@ struct Cli {
     /// Also write the figures as JSON to this file.
     #[arg(long, global = true)]
     json: Option<PathBuf>,
-    /// Also draw the latency distributions (by percentile, one line per
-    /// case) as an SVG plot in this file.
+    /// Also draw the report's plots as SVG files in this directory: the
+    /// latency distributions (by percentile, one line per case) in
+    /// `latency.svg`, and each figure over time (throughput over time, a
+    /// failover timeline) in a file named after it.
     #[arg(long, global = true)]
-    svg: Option<PathBuf>,
+    plots: Option<PathBuf>,
     /// Keep the nodes' data directories and logs after the run.
     #[arg(long, global = true)]
     keep: bool,
@@ -99,6 +101,9 @@ enum Workload {
         /// 3 trials (unless --trials says otherwise).
         #[arg(long)]
         quick: bool,
+        /// Also run the same trials on a peer, side by side, with ratios.
+        #[arg(long, value_enum)]
+        peer: Option<Peer>,
     },
     /// A 3-replica topic, appends at its leader: the time from an append to
     /// its delivery to a subscriber on the leader's node, on a follower's
@@ -167,9 +172,17 @@ fn main() -> anyhow::Result<()> {
             replication,
             matches!(peer, Some(Peer::Nats)),
         ))?,
-        Workload::Failover { trials, quick } => {
+        Workload::Failover {
+            trials,
+            quick,
+            peer,
+        } => {
             let trials = trials.unwrap_or(if quick { 3 } else { 10 });
-            runtime.block_on(failover::run(&woof, trials))?
+            runtime.block_on(failover::run(
+                &woof,
+                trials,
+                matches!(peer, Some(Peer::Nats)),
+            ))?
         }
         Workload::Subscribe { quick, peer } => runtime.block_on(subscribe::run(
             &woof,
@@ -195,12 +208,8 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
         println!("figures written to {}", path.display());
     }
-    if let Some(path) = cli.svg {
-        if report.curves.is_empty() {
-            eprintln!("this workload records no latency distribution: no plot written");
-        } else {
-            let title = format!("{}: latency by percentile", report.command);
-            std::fs::write(&path, plot::latency_svg(&title, &report.curves))?;
+    if let Some(dir) = cli.plots {
+        for path in plot::write_all(&report, &dir)? {
             println!("plot written to {}", path.display());
         }
     }

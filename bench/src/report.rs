@@ -24,6 +24,25 @@ pub struct Curve {
     pub points: Vec<(f64, f64)>,
 }
 
+/// One line of a plot over time: (seconds, value) points.
+#[derive(serde::Serialize)]
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A plot over time (throughput over time, a failover timeline): its
+/// lines, and marked instants (such as "leader killed").
+#[derive(serde::Serialize)]
+pub struct Timeline {
+    pub title: String,
+    /// What the values are, with their unit ("appends/s").
+    pub y_label: String,
+    pub series: Vec<Series>,
+    /// (seconds, label) instants drawn as vertical lines.
+    pub marks: Vec<(f64, String)>,
+}
+
 #[derive(serde::Serialize)]
 pub struct Report {
     pub command: String,
@@ -36,9 +55,12 @@ pub struct Report {
     /// did not go to sleep in time); printed under the table.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
-    /// Latency distributions, for plots (`--svg`).
+    /// Latency distributions, for plots (`--plots`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub curves: Vec<Curve>,
+    /// Figures over time, for plots (`--plots`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timelines: Vec<Timeline>,
     /// Checks that failed: the run is reported, then `woof-bench` fails.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failures: Vec<String>,
@@ -61,6 +83,7 @@ impl Report {
             versions,
             rows: Vec::new(),
             curves: Vec::new(),
+            timelines: Vec::new(),
             notes: Vec::new(),
             failures: Vec::new(),
         }
