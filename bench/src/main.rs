@@ -31,6 +31,7 @@ mod append;
 mod failover;
 mod floor;
 mod nats;
+mod netns;
 mod nodes;
 mod plot;
 mod report;
