@@ -1,12 +1,15 @@
-//! `append`: synced appends, on one standalone node (`--replication 1`) or
+//! `append`: synced appends, on one standalone node (`--replication 1`) and
 //! on a topic replicated by a 3-node cluster (`--replication 3`, clients at
-//! the topic's leader, plus one client through a follower). Latency for one
-//! client, throughput for many clients and for batches. With `--peer nats`
-//! (replication 3), the same cases then run on a 3-server NATS JetStream
-//! cluster, with its default sync and with a sync on every write, and the
-//! report adds woof/JetStream ratios.
+//! the topic's leader, plus one client through a follower), for each element
+//! size (`--size`, 64 B and 1 KiB by default). Latency (p50, p99, p99.9) for
+//! one client, throughput for 16 and 64 clients and for batches of 1,000,
+//! and the throughput over time of the 64-client and batch cases. With
+//! `--peer nats` (replication 3), the same cases then run on a 3-server NATS
+//! JetStream cluster, with its default sync and with a sync on every write,
+//! and the report adds woof/JetStream ratios.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -15,7 +18,7 @@ use woof_proto::v1;
 
 use crate::nats;
 use crate::nodes::{self, Cluster, Standalone};
-use crate::report::{self, Report, ms, probe_machine};
+use crate::report::{self, Pace, Report, probe_machine};
 
 /// How long one measured request may take before the run fails.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,38 +26,58 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub async fn run(
     woof: &Path,
     quick: bool,
-    size: usize,
-    replication: u32,
+    sizes: &[usize],
+    replications: &[u32],
     peer: bool,
 ) -> anyhow::Result<Report> {
-    let secs = if quick { 5 } else { 20 };
-    if peer && replication != 3 {
+    let secs = if quick { 2 } else { 20 };
+    if peer && !replications.contains(&3) {
         bail!("--peer compares against a replicated topic: use it with --replication 3");
     }
-    match replication {
-        1 => {
+    if let Some(r) = replications.iter().find(|r| **r != 1 && **r != 3) {
+        bail!("--replication {r}: 1 (one standalone node) or 3 (a 3-node cluster)");
+    }
+    if let Some(s) = sizes.iter().find(|s| !(1..=SIZE_MAX).contains(*s)) {
+        bail!("--size {s}: 1 to {SIZE_MAX} bytes");
+    }
+    if sizes.is_empty() || replications.is_empty() {
+        bail!("--size and --replication need at least one value each");
+    }
+    let mut report = None;
+    for replication in replications {
+        if *replication == 1 {
             let node = Standalone::start(woof)?;
-            let mut report = Report::new(probe_machine(node.dir.path())?);
-            cases(&mut report, &Target::Standalone(&node.node.url), secs, size).await?;
-            Ok(report)
-        }
-        3 => {
+            let report = report.get_or_insert(Report::new(probe_machine(node.dir.path())?));
+            for size in sizes {
+                cases(report, &Target::Standalone(&node.node.url), secs, *size).await?;
+            }
+        } else {
             let cluster = Cluster::start(woof, 3).await?;
-            let mut report = Report::new(probe_machine(cluster.dir.path())?);
+            let report = report.get_or_insert(Report::new(probe_machine(cluster.dir.path())?));
             let target = Target::Cluster(&cluster);
-            if let Err(e) = cases(&mut report, &target, secs, size).await {
-                return Err(cluster.explain(e));
+            for size in sizes {
+                if let Err(e) = cases(report, &target, secs, *size).await {
+                    return Err(cluster.explain(e));
+                }
             }
             // The peer gets the machine to itself, as woof had.
-            drop(cluster);
-            if peer {
-                peer_cases(&mut report, secs, size).await?;
-            }
-            Ok(report)
         }
-        r => bail!("--replication {r}: 1 (one standalone node) or 3 (a 3-node cluster)"),
     }
+    let mut report = report.context("no case ran")?;
+    if peer {
+        for size in sizes {
+            peer_cases(&mut report, secs, *size).await?;
+        }
+    }
+    Ok(report)
 }
+
+/// The largest element `--size` accepts (a batch of 1,000 stays under the
+/// 64 MiB request limit).
+const SIZE_MAX: usize = 64 * 1024;
+/// The plots over time: one for the 64-client cases, one for batches.
+const OVER_TIME_64: &str = "Throughput over time: 64 clients, synced appends";
+const OVER_TIME_BATCH: &str = "Throughput over time: batches of 1000";
 
 /// Where the topics live.
 enum Target<'a> {
@@ -84,7 +107,7 @@ impl Target<'_> {
 
     fn prefix(&self) -> &'static str {
         match self {
-            Target::Standalone(_) => "",
+            Target::Standalone(_) => "1 replica (one node), ",
             Target::Cluster(_) => "3 replicas, ",
         }
     }
@@ -130,12 +153,11 @@ async fn cases(
     // One client, one append at a time.
     let case = format!("{pre}1 client{at}, {size} B, synced append");
     let outcome = async {
-        let (url, leader) = target.topic("bench/one", &payload).await?;
-        let (n, h) = one_client(&url, "bench/one", &payload, secs).await?;
-        target.check_leader(report, "bench/one", leader).await?;
-        for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
-            report.latency(&case, name, &h, q);
-        }
+        let topic = format!("bench/one-{size}");
+        let (url, leader) = target.topic(&topic, &payload).await?;
+        let (n, h) = one_client(&url, &topic, &payload, secs).await?;
+        target.check_leader(report, &topic, leader).await?;
+        report.latencies(&case, "", &h);
         report.row(&case, "throughput", n as f64 / secs as f64, "appends/s");
         anyhow::Ok(())
     }
@@ -146,9 +168,10 @@ async fn cases(
     for clients in [16usize, 64] {
         let case = format!("{pre}{clients} clients{at}, {size} B, synced append");
         let outcome = async {
-            let topic = format!("bench/c{clients}");
+            let topic = format!("bench/c{clients}-{size}");
             let (url, leader) = target.topic(&topic, &payload).await?;
-            let (count, hist) = concurrent(&url, &topic, clients, secs, |topic| {
+            let pace = Pace::new(secs);
+            let (count, hist) = concurrent(&url, &topic, clients, secs, &pace, |topic| {
                 Request::One(v1::AppendRequest {
                     topic,
                     payload: payload.clone(),
@@ -158,7 +181,11 @@ async fn cases(
             .await?;
             target.check_leader(report, &topic, leader).await?;
             report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
-            report.latency(&case, "p99", &hist, 0.99);
+            report.latencies(&case, "", &hist);
+            if clients == 64 {
+                let line = format!("woof, {}{size} B", target.prefix());
+                report.over_time(OVER_TIME_64, "appends/s", pace.series(line));
+            }
             anyhow::Ok(())
         }
         .await;
@@ -168,9 +195,11 @@ async fn cases(
     // Batches: 4 clients, 1,000 elements per AppendBatch.
     let case = format!("{pre}4 clients{at}, AppendBatch of 1000 x {size} B");
     let outcome = async {
-        let (url, leader) = target.topic("bench/batch", &payload).await?;
+        let topic = format!("bench/batch-{size}");
+        let (url, leader) = target.topic(&topic, &payload).await?;
         let batch: Vec<bytes::Bytes> = vec![payload.clone(); 1000];
-        let (count, hist) = concurrent(&url, "bench/batch", 4, secs, |topic| {
+        let pace = Pace::new(secs);
+        let (count, hist) = concurrent(&url, &topic, 4, secs, &pace, |topic| {
             Request::Batch(v1::AppendBatchRequest {
                 topic,
                 payloads: batch.clone(),
@@ -178,15 +207,16 @@ async fn cases(
             })
         })
         .await?;
-        target.check_leader(report, "bench/batch", leader).await?;
+        target.check_leader(report, &topic, leader).await?;
         report.row(
             &case,
             "throughput",
             count as f64 / secs as f64,
             "elements/s",
         );
-        let p50 = ms(hist.value_at_quantile(0.5));
-        report.row(&case, "batch latency p50", p50, "ms");
+        report.latencies(&case, "batch", &hist);
+        let line = format!("woof, {}{size} B", target.prefix());
+        report.over_time(OVER_TIME_BATCH, "elements/s", pace.series(line));
         anyhow::Ok(())
     }
     .await;
@@ -197,16 +227,13 @@ async fn cases(
     if let Target::Cluster(cluster) = target {
         let case = format!("{pre}1 client via a follower, {size} B, synced append");
         let outcome = async {
-            let (_, leader) = target.topic("bench/follower", &payload).await?;
+            let topic = format!("bench/follower-{size}");
+            let (_, leader) = target.topic(&topic, &payload).await?;
             let leader = leader.context("a cluster topic has a leader")?;
             let follower = (leader + 1) % cluster.nodes.len();
-            let (_, h) =
-                one_client(cluster.url(follower), "bench/follower", &payload, secs).await?;
-            target
-                .check_leader(report, "bench/follower", Some(leader))
-                .await?;
-            report.latency(&case, "p50", &h, 0.5);
-            report.latency(&case, "p99", &h, 0.99);
+            let (_, h) = one_client(cluster.url(follower), &topic, &payload, secs).await?;
+            target.check_leader(report, &topic, Some(leader)).await?;
+            report.latencies(&case, "", &h);
             anyhow::Ok(())
         }
         .await;
@@ -228,11 +255,9 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
 
         let case = format!("{pre}1 client at the leader, {size} B, synced append");
         let outcome = async {
-            let (n, h) = nats::one_client(&url, "bench.one", &payload, secs).await?;
-            for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
-                report.latency(&case, name, &h, q);
-            }
-            report.curve(&case, &h);
+            let subject = format!("bench.one-{size}");
+            let (n, h) = nats::one_client(&url, &subject, &payload, secs).await?;
+            report.latencies(&case, "", &h);
             report.row(&case, "throughput", n as f64 / secs as f64, "appends/s");
             anyhow::Ok(())
         }
@@ -241,12 +266,12 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
 
         for clients in [16usize, 64] {
             let case = format!("{pre}{clients} clients at the leader, {size} B, synced append");
-            let subject = format!("bench.c{clients}");
+            let subject = format!("bench.c{clients}-{size}");
             let outcome = async {
                 let (count, h) =
                     nats::concurrent(&url, &subject, clients, 1, &payload, secs).await?;
                 report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
-                report.latency(&case, "p99", &h, 0.99);
+                report.latencies(&case, "", &h);
                 anyhow::Ok(())
             }
             .await;
@@ -255,19 +280,15 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
 
         let case = format!("{pre}4 clients at the leader, 1000 publishes in flight x {size} B");
         let outcome = async {
-            let (count, h) = nats::concurrent(&url, "bench.batch", 4, 1000, &payload, secs).await?;
+            let subject = format!("bench.batch-{size}");
+            let (count, h) = nats::concurrent(&url, &subject, 4, 1000, &payload, secs).await?;
             report.row(
                 &case,
                 "throughput",
                 count as f64 / secs as f64,
                 "elements/s",
             );
-            report.row(
-                &case,
-                "batch latency p50",
-                ms(h.value_at_quantile(0.5)),
-                "ms",
-            );
+            report.latencies(&case, "batch", &h);
             anyhow::Ok(())
         }
         .await;
@@ -344,18 +365,19 @@ async fn one_client(
     Ok((n, h))
 }
 
-enum Request {
+pub enum Request {
     One(v1::AppendRequest),
     Batch(v1::AppendBatchRequest),
 }
 
 /// Runs `clients` loops for `secs` seconds; returns elements appended and a
 /// latency histogram of the requests.
-async fn concurrent(
+pub async fn concurrent(
     url: &str,
     topic: &str,
     clients: usize,
     secs: u64,
+    pace: &Arc<Pace>,
     make: impl Fn(String) -> Request,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -365,6 +387,7 @@ async fn concurrent(
         let mut c = nodes::connect(url).await?;
         let request = make(topic.to_string());
         let what = format!("{url}: appending to {topic}");
+        let pace = pace.clone();
         tasks.spawn(async move {
             let mut h = Histogram::<u64>::new(3)?;
             let mut count = 0u64;
@@ -379,11 +402,13 @@ async fn concurrent(
                         Request::Batch(r) => c.append_batch(r.clone()).await?.into_inner().count,
                     })
                 };
-                count += tokio::time::timeout(REQUEST_TIMEOUT, done)
+                let n = tokio::time::timeout(REQUEST_TIMEOUT, done)
                     .await
                     .with_context(|| format!("{what}: a request took over {REQUEST_TIMEOUT:?}"))?
                     .with_context(|| what.clone())?;
                 h.record(t.elapsed().as_nanos() as u64)?;
+                pace.record(n);
+                count += n;
             }
             anyhow::Ok((count, h))
         });

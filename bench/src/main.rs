@@ -73,21 +73,21 @@ enum Peer {
 #[derive(Subcommand)]
 enum Workload {
     /// Synced appends: latency for one client, throughput for many clients
-    /// and for batches; on one node, or on a topic replicated by 3 nodes.
+    /// and for batches; on one node, and on a topic replicated by 3 nodes.
     Append {
-        /// Shorter runs (under a minute in all on one node).
+        /// 2 s per case instead of 20 s (under a minute in all).
         #[arg(long)]
         quick: bool,
-        /// Payload size in bytes.
-        #[arg(long, default_value_t = 64)]
-        size: usize,
+        /// Element sizes in bytes, each measured in turn.
+        #[arg(long, value_delimiter = ',', default_value = "64,1024")]
+        size: Vec<usize>,
         /// 1: one standalone node. 3: a 3-node cluster, topics with 3
         /// replicas, clients at each topic's leader (and one case through a
-        /// follower).
-        #[arg(long, default_value_t = 1)]
-        replication: u32,
+        /// follower). Each given is measured in turn.
+        #[arg(long, value_delimiter = ',', default_value = "1,3")]
+        replication: Vec<u32>,
         /// Also run the same cases on a peer, side by side, with ratios
-        /// (with --replication 3). `nats`: a 3-server NATS JetStream
+        /// (needs replication 3). `nats`: a 3-server NATS JetStream
         /// cluster, installed from PyPI if missing.
         #[arg(long, value_enum)]
         peer: Option<Peer>,
@@ -129,12 +129,19 @@ enum Workload {
         appends: usize,
     },
     /// Many topics with 3 replicas on a 3-node cluster: how fast they are
-    /// created, and the CPU and memory of each node once they all sleep.
+    /// created, and the CPU and memory of each node once they all sleep;
+    /// then the throughput of clusters of 3 to 9 nodes.
     Scale {
-        /// Topic counts to reach, one after the other [default: 1000,10000].
+        /// Topic counts to reach, one after the other [default:
+        /// 1000,10000]; `--topics 0` skips them.
         #[arg(long, value_delimiter = ',')]
         topics: Option<Vec<usize>>,
-        /// 1,000 topics only (unless --topics says otherwise).
+        /// Cluster sizes whose throughput is measured [default: 3,5,7,9];
+        /// `--nodes 0` skips them.
+        #[arg(long, value_delimiter = ',')]
+        nodes: Option<Vec<usize>>,
+        /// 1,000 topics, 3 and 9 nodes, shorter samples (unless --topics or
+        /// --nodes say otherwise).
         #[arg(long)]
         quick: bool,
         /// Concurrent creators per node.
@@ -169,8 +176,8 @@ fn main() -> anyhow::Result<()> {
         } => runtime.block_on(append::run(
             &woof,
             quick,
-            size,
-            replication,
+            &size,
+            &replication,
             matches!(peer, Some(Peer::Nats)),
         ))?,
         Workload::Failover {
@@ -193,15 +200,30 @@ fn main() -> anyhow::Result<()> {
         Workload::Floor { replicas, appends } => runtime.block_on(floor::run(replicas, appends))?,
         Workload::Scale {
             topics,
+            nodes,
             quick,
             creators,
         } => {
-            let topics = topics.unwrap_or(if quick {
-                vec![1000]
+            let (topics_default, nodes_default, secs, measure) = if quick {
+                (vec![1000], vec![3, 9], 3, scale::MEASURE / 3)
             } else {
-                vec![1000, 10_000]
-            });
-            runtime.block_on(scale::run(&woof, topics, creators))?
+                (vec![1000, 10_000], vec![3, 5, 7, 9], 10, scale::MEASURE)
+            };
+            // 0 stands for "none".
+            let given = |v: Option<Vec<usize>>, default| -> Vec<usize> {
+                v.unwrap_or(default)
+                    .into_iter()
+                    .filter(|n| *n > 0)
+                    .collect()
+            };
+            let plan = scale::Plan {
+                topics: given(topics, topics_default),
+                nodes: given(nodes, nodes_default),
+                creators,
+                secs,
+                measure,
+            };
+            runtime.block_on(scale::run(&woof, plan))?
         }
     };
     println!("{}", report.markdown());

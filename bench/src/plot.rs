@@ -72,7 +72,7 @@ pub fn latency_svg(title: &str, curves: &[Curve]) -> String {
     let x = |i: usize| LEFT + PLOT_W * i as f64 / (PERCENTILES.len() - 1) as f64;
     let y = |ms: f64| TOP + PLOT_H * (1.0 - ms / top);
     let mut s = header(title, height);
-    y_grid(&mut s, top, "ms", y);
+    y_grid(&mut s, top, "latency, ms", y);
     for (i, p) in PERCENTILES.iter().enumerate() {
         let (at, bottom, label_y) = (x(i), TOP + PLOT_H, TOP + PLOT_H + 18.0);
         let _ = writeln!(
@@ -154,21 +154,43 @@ fn header(title: &str, height: f64) -> String {
     )
 }
 
-/// Horizontal grid lines from 0 to `top`, labelled in `unit`.
+/// Horizontal grid lines from 0 to `top`, with the unit above the axis.
 fn y_grid(s: &mut String, top: f64, unit: &str, y: impl Fn(f64) -> f64) {
-    let unit = escape(unit);
+    let (unit_x, unit_y) = (LEFT - 6.0, TOP - 8.0);
+    let _ = writeln!(
+        s,
+        r#"<text x="{unit_x}" y="{unit_y}" font-size="11" text-anchor="end">{}</text>"#,
+        escape(unit)
+    );
     for i in 0..=4 {
         let v = top * i as f64 / 4.0;
         let (right, at, label_x, label_y) = (LEFT + PLOT_W, y(v), LEFT - 6.0, y(v) + 4.0);
-        let value = if top >= 100.0 {
-            format!("{v:.0}")
-        } else {
-            format!("{v:.2}")
-        };
+        let value = short(v, top);
         let _ = writeln!(
             s,
-            r##"<line x1="{LEFT}" x2="{right}" y1="{at:.1}" y2="{at:.1}" stroke="#ddd"/><text x="{label_x}" y="{label_y:.1}" text-anchor="end">{value} {unit}</text>"##
+            r##"<line x1="{LEFT}" x2="{right}" y1="{at:.1}" y2="{at:.1}" stroke="#ddd"/><text x="{label_x}" y="{label_y:.1}" text-anchor="end">{value}</text>"##
         );
+    }
+}
+
+/// A grid value, short: 250k, 1.5M, 12, 0.25 (decimals only on a small
+/// scale, `top`).
+fn short(v: f64, top: f64) -> String {
+    let trim = |t: String| {
+        if t.contains('.') {
+            t.trim_end_matches('0').trim_end_matches('.').to_string()
+        } else {
+            t
+        }
+    };
+    if v >= 1e6 {
+        format!("{}M", trim(format!("{:.2}", v / 1e6)))
+    } else if v >= 1e3 {
+        format!("{}k", trim(format!("{:.2}", v / 1e3)))
+    } else if top >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        trim(format!("{v:.3}"))
     }
 }
 
@@ -235,6 +257,15 @@ mod tests {
     }
 
     #[test]
+    fn grid_values_are_short() {
+        assert_eq!(short(250_000.0, 1e6), "250k");
+        assert_eq!(short(1_500_000.0, 2e6), "1.5M");
+        assert_eq!(short(12.0, 20.0), "12");
+        assert_eq!(short(0.25, 1.0), "0.25");
+        assert_eq!(short(0.0, 1.0), "0");
+    }
+
+    #[test]
     fn file_names_from_titles() {
         assert_eq!(
             file_name("Throughput over time: 3 replicas, 64 B"),
@@ -264,6 +295,6 @@ mod tests {
         assert!(svg.contains(&format!("{right:.1},")));
         let mark = LEFT + PLOT_W / 4.0;
         assert!(svg.contains(&format!(r#"x1="{mark:.1}""#)) && svg.contains(">killed<"));
-        assert!(svg.contains("500 appends/s"));
+        assert!(svg.contains(">500<") && svg.contains(">appends/s<"));
     }
 }

@@ -4,7 +4,8 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
@@ -133,6 +134,29 @@ impl Report {
         });
     }
 
+    /// p50, p99 and p99.9 of a histogram recorded in nanoseconds, as rows
+    /// named `latency p50` (or `{what} latency p50`), and its curve.
+    pub fn latencies(&mut self, case: &str, what: &str, h: &Histogram<u64>) {
+        for (q, name) in [(0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")] {
+            let metric = format!("{what} latency {name}");
+            self.row(case, metric.trim_start(), ms(h.value_at_quantile(q)), "ms");
+        }
+        self.curve(case, h);
+    }
+
+    /// Adds a line to the plot over time titled `title` (made on first use).
+    pub fn over_time(&mut self, title: &str, y_label: &str, series: Series) {
+        match self.timelines.iter_mut().find(|t| t.title == title) {
+            Some(t) => t.series.push(series),
+            None => self.timelines.push(Timeline {
+                title: title.into(),
+                y_label: y_label.into(),
+                series: vec![series],
+                marks: Vec::new(),
+            }),
+        }
+    }
+
     /// A latency quantile of a histogram recorded in nanoseconds, in ms.
     pub fn latency(&mut self, case: &str, name: &str, h: &Histogram<u64>, q: f64) {
         self.row(
@@ -198,6 +222,58 @@ pub async fn gather(
     Ok((total, hist))
 }
 
+/// Elements completed over a case's run, counted in buckets of
+/// [`Pace::BUCKET`] from its start, for a throughput-over-time plot; the
+/// case's clients share one.
+pub struct Pace {
+    start: Instant,
+    /// Buckets wholly inside the case's run.
+    whole: usize,
+    buckets: Vec<AtomicU64>,
+}
+
+impl Pace {
+    pub const BUCKET: Duration = Duration::from_millis(250);
+
+    /// A pace for a case of `secs` seconds starting now (completions after
+    /// a few seconds more count in the last bucket).
+    pub fn new(secs: u64) -> std::sync::Arc<Self> {
+        let bucket = Self::BUCKET.as_millis();
+        let n = (Duration::from_secs(secs + 2).as_millis() / bucket) as usize;
+        std::sync::Arc::new(Self {
+            start: Instant::now(),
+            whole: (Duration::from_secs(secs).as_millis() / bucket) as usize,
+            buckets: (0..n.max(1)).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+
+    /// Counts `n` elements completed now.
+    pub fn record(&self, n: u64) {
+        let i = (self.start.elapsed().as_millis() / Self::BUCKET.as_millis()) as usize;
+        self.buckets[i.min(self.buckets.len() - 1)].fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Elements per second in each bucket of the run (not the stragglers
+    /// after its end), at the bucket's middle.
+    pub fn series(&self, name: impl Into<String>) -> Series {
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let used = self.whole.min(counts.len());
+        let width = Self::BUCKET.as_secs_f64();
+        Series {
+            name: name.into(),
+            points: counts[..used]
+                .iter()
+                .enumerate()
+                .map(|(i, c)| ((i as f64 + 0.5) * width, *c as f64 / width))
+                .collect(),
+        }
+    }
+}
+
 /// The commit of the source tree the bench runs in, if it is a git checkout.
 fn git_commit() -> Option<String> {
     let out = std::process::Command::new("git")
@@ -248,4 +324,48 @@ pub fn probe_machine(dir: &Path) -> anyhow::Result<Machine> {
         memory_gib,
         sync_p50_ms: ms(h.value_at_quantile(0.5)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pace_counts_per_bucket_within_the_run_only() {
+        let pace = Pace::new(1);
+        pace.record(10);
+        pace.record(5);
+        let series = pace.series("a");
+        // 1 s holds four whole buckets of 250 ms; the stragglers' room
+        // after it is not drawn.
+        assert_eq!(series.points.len(), 4);
+        assert_eq!(series.points[0], (0.125, 60.0));
+        assert!(series.points[1..].iter().all(|p| p.1 == 0.0));
+    }
+
+    #[test]
+    fn latencies_are_rows_and_a_curve() {
+        let machine = Machine {
+            cores: 2,
+            memory_gib: 1.0,
+            sync_p50_ms: 0.1,
+        };
+        let mut report = Report::new(machine);
+        let mut h = Histogram::<u64>::new(3).unwrap();
+        for ms in 1..=1000u64 {
+            h.record(ms * 1_000_000).unwrap();
+        }
+        report.latencies("c", "batch", &h);
+        let metrics: Vec<&str> = report.rows.iter().map(|r| r.metric.as_str()).collect();
+        assert_eq!(
+            metrics,
+            [
+                "batch latency p50",
+                "batch latency p99",
+                "batch latency p99.9"
+            ]
+        );
+        assert!((report.rows[0].value - 500.0).abs() < 1.0);
+        assert_eq!(report.curves.len(), 1);
+    }
 }

@@ -9,6 +9,12 @@
 //! of one core) and resident memory (VmRSS from /proc/PID/status) are
 //! sampled every second for [`MEASURE`]. The idle cluster without topics is
 //! measured first, as the baseline.
+//!
+//! Then, for each cluster size in `--nodes` (3 to 9 by default), a fresh
+//! cluster of that many nodes gets [`SPREAD_TOPICS`] topics with 3 replicas
+//! (their leaders spread over the nodes) and [`CLIENTS_PER_TOPIC`] clients
+//! per topic append synced elements at each topic's leader: the throughput
+//! of the whole cluster, and its latency, as nodes are added.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -20,12 +26,13 @@ use hdrhistogram::Histogram;
 use tonic::Code;
 use woof_proto::v1;
 
+use crate::append::{self, Request};
 use crate::nodes::{self, Cluster};
-use crate::report::{Report, probe_machine};
+use crate::report::{Pace, Report, probe_machine};
 
 /// Concurrent creators (and appenders) per node, by default.
 pub const CREATORS_PER_NODE: usize = 8;
-/// How long resource use is sampled.
+/// How long resource use is sampled (`--quick`: a third of it).
 pub const MEASURE: Duration = Duration::from_secs(10);
 /// How long after the last append the groups may take to go to sleep.
 pub const SLEEP_WAIT: Duration = Duration::from_secs(15);
@@ -36,34 +43,110 @@ fn name(i: usize) -> String {
     format!("scale/{i:06}")
 }
 
-pub async fn run(woof: &Path, mut targets: Vec<usize>, per_node: usize) -> anyhow::Result<Report> {
-    targets.sort_unstable();
-    targets.dedup();
-    if targets.is_empty() || targets[0] == 0 {
-        bail!("--topics: counts of at least 1, such as 1000,10000");
-    }
-    if per_node == 0 {
-        bail!("--creators must be at least 1");
-    }
-    let cluster = Cluster::start(woof, 3).await?;
-    let mut report = Report::new(probe_machine(cluster.dir.path())?);
-    match measure(&cluster, &mut report, &targets, per_node).await {
-        Ok(()) => Ok(report),
-        Err(e) => Err(cluster.explain(e)),
-    }
+/// Topics the throughput-by-nodes cases append to (a multiple of 3 and 9,
+/// so that leaders can spread evenly), and clients per topic.
+const SPREAD_TOPICS: usize = 18;
+const CLIENTS_PER_TOPIC: usize = 4;
+/// The largest cluster `--nodes` accepts.
+const NODES_MAX: usize = 16;
+
+/// What `scale` measures: the topic counts to reach on 3 nodes, the
+/// creators per node, the cluster sizes for throughput, and for how long.
+pub struct Plan {
+    pub topics: Vec<usize>,
+    pub creators: usize,
+    pub nodes: Vec<usize>,
+    pub secs: u64,
+    /// How long resource use is sampled once topics sleep.
+    pub measure: Duration,
 }
 
-async fn measure(
-    cluster: &Cluster,
-    report: &mut Report,
-    targets: &[usize],
-    per_node: usize,
-) -> anyhow::Result<()> {
-    let tick = clock_ticks();
-    eprintln!("measuring the idle cluster for {MEASURE:?}");
-    usage(cluster, report, "no topics (idle cluster)", tick).await?;
+pub async fn run(woof: &Path, mut plan: Plan) -> anyhow::Result<Report> {
+    plan.topics.sort_unstable();
+    plan.topics.dedup();
+    if plan.creators == 0 {
+        bail!("--creators must be at least 1");
+    }
+    if let Some(n) = plan.nodes.iter().find(|n| !(3..=NODES_MAX).contains(*n)) {
+        bail!("--nodes {n}: clusters of 3 to {NODES_MAX} nodes");
+    }
+    let mut report = None;
+    if !plan.topics.is_empty() {
+        let cluster = Cluster::start(woof, 3).await?;
+        let report = report.get_or_insert(Report::new(probe_machine(cluster.dir.path())?));
+        if let Err(e) = measure(&cluster, report, &plan).await {
+            return Err(cluster.explain(e));
+        }
+    }
+    for &n in &plan.nodes {
+        eprintln!("{n} nodes: {SPREAD_TOPICS} topics, {CLIENTS_PER_TOPIC} clients each");
+        let cluster = Cluster::start(woof, n).await?;
+        let report = report.get_or_insert(Report::new(probe_machine(cluster.dir.path())?));
+        if let Err(e) = spread(&cluster, report, plan.secs).await {
+            return Err(cluster.explain(e));
+        }
+    }
+    report.context("nothing to measure: --topics and --nodes are both empty")
+}
+
+/// Synced appends to [`SPREAD_TOPICS`] topics at once, at their leaders.
+async fn spread(cluster: &Cluster, report: &mut Report, secs: u64) -> anyhow::Result<()> {
+    let n = cluster.nodes.len();
+    let payload = bytes::Bytes::from_static(&[b'x'; 64]);
+    let mut leaders = Vec::new();
+    for t in 0..SPREAD_TOPICS {
+        let topic = format!("spread/{t:02}");
+        let leader = cluster.awake_topic(&topic, payload.clone()).await?;
+        leaders.push((topic, leader));
+    }
+    let pace = Pace::new(secs);
+    let runs = leaders.iter().map(|(topic, leader)| {
+        append::concurrent(
+            cluster.url(*leader),
+            topic,
+            CLIENTS_PER_TOPIC,
+            secs,
+            &pace,
+            |topic| {
+                Request::One(v1::AppendRequest {
+                    topic,
+                    payload: payload.clone(),
+                    producer: None,
+                })
+            },
+        )
+    });
+    let mut count = 0;
+    let mut hist = Histogram::<u64>::new(3)?;
+    for outcome in futures::future::join_all(runs).await {
+        let (c, h) = outcome?;
+        count += c;
+        hist.add(h)?;
+    }
+    let mut leading: Vec<usize> = leaders.iter().map(|l| l.1).collect();
+    leading.sort_unstable();
+    leading.dedup();
+    let clients = SPREAD_TOPICS * CLIENTS_PER_TOPIC;
+    let case = format!(
+        "{n} nodes, {SPREAD_TOPICS} topics x 3 replicas, {clients} clients at the leaders, 64 B"
+    );
+    report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
+    report.latencies(&case, "", &hist);
+    report.row(&case, "nodes leading a topic", leading.len() as f64, "");
+    report.over_time(
+        "Throughput over time as nodes are added",
+        "appends/s",
+        pace.series(format!("{n} nodes")),
+    );
+    Ok(())
+}
+
+async fn measure(cluster: &Cluster, report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
+    let (tick, per_node, window) = (clock_ticks(), plan.creators, plan.measure);
+    eprintln!("measuring the idle cluster for {window:?}");
+    usage(cluster, report, "no topics (idle cluster)", tick, window).await?;
     let mut created = 0;
-    for &target in targets {
+    for &target in &plan.topics {
         let names: Arc<Vec<String>> = Arc::new((created..target).map(name).collect());
         let n = names.len();
         let creators = per_node * cluster.nodes.len();
@@ -112,8 +195,9 @@ async fn measure(
                 "{awake} of {target} topics still had a leader {SLEEP_WAIT:?} after the last append; measured anyway"
             ));
         }
-        eprintln!("measuring {target} sleeping topics for {MEASURE:?}");
-        usage(cluster, report, &format!("{target} sleeping topics"), tick).await?;
+        eprintln!("measuring {target} sleeping topics for {window:?}");
+        let what = format!("{target} sleeping topics");
+        usage(cluster, report, &what, tick, window).await?;
     }
     Ok(())
 }
@@ -221,7 +305,7 @@ async fn wait_asleep(cluster: &Cluster, since: Instant) -> anyhow::Result<(usize
     }
 }
 
-/// Samples every node's CPU time and RSS each second for [`MEASURE`];
+/// Samples every node's CPU time and RSS each second for `window`;
 /// reports per node the mean and the highest 1-s CPU, the mean and highest
 /// RSS, and the sums over the nodes.
 async fn usage(
@@ -229,6 +313,7 @@ async fn usage(
     report: &mut Report,
     what: &str,
     tick: f64,
+    window: Duration,
 ) -> anyhow::Result<()> {
     let pids: Vec<u32> = cluster
         .pids()
@@ -239,7 +324,7 @@ async fn usage(
     // Per node: (when, CPU ticks, RSS KiB) each second.
     let mut samples: Vec<Vec<(Instant, u64, u64)>> = vec![Vec::new(); pids.len()];
     let start = Instant::now();
-    let steps = MEASURE.as_secs().max(1);
+    let steps = window.as_secs().max(1);
     for step in 0..=steps {
         tokio::time::sleep_until((start + Duration::from_secs(step)).into()).await;
         for (i, pid) in pids.iter().enumerate() {
