@@ -766,14 +766,14 @@ impl Writer {
         let mut machine = self.machine.clone();
         let mut producers = std::mem::take(&mut self.producers);
         let store = self.store.clone();
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = crate::store::blocking(move || {
             let group = decide(&*store, &mut machine, &mut producers, commands, now_ms);
             let written = if group.batch.is_empty() {
                 Ok(())
             } else {
                 store.write(&group.batch)
             };
-            (machine, producers, group, written)
+            Ok((machine, producers, group, written))
         })
         .await;
         let (machine, producers, group, written) = match joined {

@@ -7,15 +7,18 @@
 //! - [`log_store`]: openraft's `RaftLogStorage` over a [`RaftLogStore`].
 //! - [`state_machine`]: openraft's `RaftStateMachine`: applies commands to
 //!   the topic through [`crate::topic::Machine`], snapshots the topic.
-//!
-//! The network and the per-node router of groups come next (see the cluster
-//! issue); this module is storage only.
+//! - [`network`]: the [`network::Transport`] a node sends Raft messages
+//!   over, and the [`network::Router`] that hands received ones to groups.
+//! - [`group`]: starting a topic's group on a node, with its [`group::Timing`].
+//! - [`runtime`]: openraft's async runtime (tokio's, with random numbers
+//!   that the simulator can seed).
 //!
 //! [`RaftLogStore`]: crate::store::RaftLogStore
 
 pub mod group;
 pub mod log_store;
 pub mod network;
+pub mod runtime;
 pub mod state_machine;
 
 use std::io::Cursor;
@@ -34,7 +37,7 @@ openraft::declare_raft_types!(
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
         SnapshotData = Cursor<Vec<u8>>,
-        AsyncRuntime = openraft::TokioRuntime,
+        AsyncRuntime = runtime::WoofRuntime,
 );
 
 /// What a topic's log carries. Applied in log order on every replica, so

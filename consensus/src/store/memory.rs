@@ -1,6 +1,6 @@
 //! An in-memory [`Store`]: for unit tests and, later, the simulator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use super::raft_log::{GroupId, READ_ENTRIES_MAX, RaftLogStore};
@@ -10,15 +10,16 @@ use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
 #[derive(Default)]
 struct State {
-    topics: HashMap<TopicId, TopicMeta>,
+    topics: BTreeMap<TopicId, TopicMeta>,
     next_topic_id: u64,
     elements: BTreeMap<(TopicId, u64), Element>,
-    producers: HashMap<(TopicId, String), ProducerWindow>,
+    producers: BTreeMap<(TopicId, String), ProducerWindow>,
     raft_log: BTreeMap<(GroupId, u64), Vec<u8>>,
-    raft_values: HashMap<(GroupId, String), Vec<u8>>,
+    raft_values: BTreeMap<(GroupId, String), Vec<u8>>,
 }
 
-/// Everything in a `BTreeMap` behind a mutex. "Synced" means "in the map".
+/// Everything in `BTreeMap`s (so that every listing comes in one order)
+/// behind a mutex. "Synced" means "in the map".
 #[derive(Default)]
 pub struct MemStore {
     state: Mutex<State>,

@@ -112,10 +112,26 @@ pub trait Store: Send + Sync + 'static {
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()>;
 }
 
-/// Runs storage work (which may block on I/O) off the async threads.
-pub(crate) async fn blocking<T: Send + 'static>(
+thread_local! {
+    static INLINE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes [`blocking`] storage work started on this thread run in place
+/// (`true`) instead of on tokio's blocking pool: the simulator runs every
+/// node on one thread, and work finishing on other threads in an order of
+/// the OS's choosing would make its runs unrepeatable.
+pub fn run_storage_inline(on: bool) {
+    INLINE.with(|i| i.set(on));
+}
+
+/// Runs storage work (which may block on I/O) off the async threads, or in
+/// place where [`run_storage_inline`] asked for it.
+pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
+    if INLINE.with(std::cell::Cell::get) {
+        return f();
+    }
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| crate::error::Error::Storage(format!("storage task failed: {e}")))?
