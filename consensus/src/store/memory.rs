@@ -8,7 +8,7 @@ use super::{Op, Store, WriteBatch};
 use crate::error::Result;
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct State {
     topics: BTreeMap<TopicId, TopicMeta>,
     next_topic_id: u64,
@@ -23,6 +23,16 @@ struct State {
 #[derive(Default)]
 pub struct MemStore {
     state: Mutex<State>,
+}
+
+/// A copy of everything the store holds now (the simulator keeps a disk's
+/// durable state apart from what its process sees).
+impl Clone for MemStore {
+    fn clone(&self) -> Self {
+        Self {
+            state: Mutex::new(self.state().clone()),
+        }
+    }
 }
 
 impl MemStore {

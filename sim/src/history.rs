@@ -1,0 +1,107 @@
+//! The run's history: every event the simulator sees (a message sent,
+//! dropped or delivered, a fault, a client's request and its answer), with
+//! its simulated time, folded into one hash, and the last ones kept to show
+//! when a checker fails. The same seed must give the same hash.
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+
+/// FNV-1a, 64 bits: small, and defined here so that the hash of a history
+/// never changes with a dependency's version.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv(u64);
+
+impl Default for Fnv {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv {
+    pub fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// How many recent events a failure report shows.
+pub const RECENT: usize = 60;
+
+/// The events of one run.
+#[derive(Debug, Default)]
+pub struct History {
+    hash: Fnv,
+    count: u64,
+    recent: VecDeque<String>,
+}
+
+impl History {
+    /// Records an event that happened at `at_ms` of simulated time.
+    pub fn event(&mut self, at_ms: u64, what: impl std::fmt::Display) {
+        let mut line = String::new();
+        let _ = write!(line, "{at_ms:>8} ms  {what}");
+        self.hash.write(line.as_bytes());
+        self.hash.write(b"\n");
+        self.count += 1;
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line);
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.hash.finish()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The last [`RECENT`] events, oldest first.
+    pub fn recent(&self) -> impl Iterator<Item = &str> {
+        self.recent.iter().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_follows_the_events_and_their_order() {
+        let run = |events: &[(u64, &str)]| {
+            let mut h = History::default();
+            for (t, e) in events {
+                h.event(*t, e);
+            }
+            h.hash()
+        };
+        let a = run(&[(1, "send"), (2, "deliver")]);
+        assert_eq!(a, run(&[(1, "send"), (2, "deliver")]));
+        assert_ne!(a, run(&[(2, "deliver"), (1, "send")]));
+        assert_ne!(a, run(&[(1, "send"), (3, "deliver")]));
+        // FNV-1a of the empty string, as published.
+        assert_eq!(Fnv::default().finish(), 0xcbf2_9ce4_8422_2325);
+    }
+
+    #[test]
+    fn only_the_recent_events_are_kept() {
+        let mut h = History::default();
+        for i in 0..(RECENT as u64 + 5) {
+            h.event(i, format!("e{i}"));
+        }
+        assert_eq!(h.len(), RECENT as u64 + 5);
+        assert_eq!(h.recent().count(), RECENT);
+        assert!(h.recent().next().unwrap().ends_with("e5"));
+    }
+}

@@ -1,0 +1,323 @@
+//! A simulated disk: woof's [`Store`] and [`RaftLogStore`] in memory, with a
+//! crash model.
+//!
+//! RocksDB applies every trait call as one atomic batch, in one write-ahead
+//! log, so a crash keeps every synced call and a prefix of the unsynced ones
+//! issued after the last sync (never a later one without an earlier one).
+//! `SimStore` keeps what its process sees (`current`) apart from what is on
+//! the platter (`durable`):
+//! - synced calls (`Store::write`, `append_log`, `truncate_log`,
+//!   `put_value`, `delete_group`) are durable when they return, and make
+//!   every unsynced call before them durable too;
+//! - unsynced calls (`write_unsynced`, `trim`, `purge_log`) wait in
+//!   `pending` until the next synced one;
+//! - [`SimStore::crash`] keeps the durable state plus a random prefix of
+//!   `pending`, and poisons the store: every later call is
+//!   `Err(Storage)`, so the dead incarnation's leftover tasks can do nothing;
+//! - [`SimStore::reopen`] is the restarted process's fresh view of the
+//!   durable state;
+//! - [`SimStore::tear_next_sync`] crashes during the next synced call: it
+//!   survives whole or not at all (as a prefix of the log), and its caller
+//!   never sees `Ok`;
+//! - [`SimStore::fail_next_write`] makes the next write fail with nothing
+//!   applied.
+
+use std::sync::{Mutex, MutexGuard};
+
+use woof_consensus::Error;
+use woof_consensus::store::{GroupId, MemStore, RaftLogStore, Store, WriteBatch};
+use woof_consensus::topic::{Element, ProducerWindow, TopicId, TopicMeta};
+
+use crate::rng::SimRng;
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// One mutating call, as the disk's log would hold it.
+#[derive(Debug, Clone)]
+enum DiskOp {
+    Write(WriteBatch),
+    Unsynced(WriteBatch),
+    Trim(TopicId, u64),
+    AppendLog(GroupId, Vec<(u64, Vec<u8>)>),
+    TruncateLog(GroupId, u64),
+    PurgeLog(GroupId, u64),
+    PutValue(GroupId, String, Vec<u8>),
+    DeleteGroup(GroupId),
+}
+
+impl DiskOp {
+    fn synced(&self) -> bool {
+        !matches!(
+            self,
+            DiskOp::Unsynced(_) | DiskOp::Trim(..) | DiskOp::PurgeLog(..)
+        )
+    }
+
+    fn apply(&self, to: &MemStore) -> Result<()> {
+        match self {
+            DiskOp::Write(b) | DiskOp::Unsynced(b) => to.write(b),
+            DiskOp::Trim(topic, below) => to.trim(*topic, *below),
+            DiskOp::AppendLog(g, entries) => to.append_log(*g, entries),
+            DiskOp::TruncateLog(g, from) => to.truncate_log(*g, *from),
+            DiskOp::PurgeLog(g, upto) => to.purge_log(*g, *upto),
+            DiskOp::PutValue(g, name, value) => to.put_value(*g, name, value),
+            DiskOp::DeleteGroup(g) => to.delete_group(*g),
+        }
+    }
+}
+
+/// What a crash kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Crash {
+    /// Unsynced calls waiting when the disk went down.
+    pub pending: usize,
+    /// How many of them (the first ones) survived.
+    pub kept: usize,
+    /// The crash happened during a synced call (the last of `pending`).
+    pub torn: bool,
+}
+
+#[derive(Default)]
+struct Disk {
+    current: MemStore,
+    durable: MemStore,
+    pending: Vec<DiskOp>,
+    poisoned: bool,
+    fail_next_write: bool,
+    /// Crash during the next synced call, drawing from this seed.
+    tear_next_sync: Option<u64>,
+    /// Set by a crash; read by whoever reaps the node.
+    crashed: Option<Crash>,
+}
+
+impl Disk {
+    fn crash(&mut self, rng: &mut SimRng, torn: bool) -> Crash {
+        let pending = std::mem::take(&mut self.pending);
+        let kept = rng.range(0, pending.len() as u64 + 1) as usize;
+        for op in &pending[..kept] {
+            op.apply(&self.durable)
+                .expect("an in-memory store never fails");
+        }
+        self.poisoned = true;
+        self.tear_next_sync = None;
+        let crash = Crash {
+            pending: pending.len(),
+            kept,
+            torn,
+        };
+        self.crashed = Some(crash);
+        crash
+    }
+}
+
+/// A node's disk. See the module documentation.
+#[derive(Default)]
+pub struct SimStore {
+    disk: Mutex<Disk>,
+}
+
+fn poisoned() -> Error {
+    Error::Storage("the simulated disk crashed".into())
+}
+
+impl SimStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn disk(&self) -> MutexGuard<'_, Disk> {
+        self.disk.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs a read against what the process sees.
+    fn read<T>(&self, f: impl FnOnce(&MemStore) -> Result<T>) -> Result<T> {
+        let d = self.disk();
+        if d.poisoned {
+            return Err(poisoned());
+        }
+        f(&d.current)
+    }
+
+    fn mutate(&self, op: DiskOp) -> Result<()> {
+        let mut d = self.disk();
+        if d.poisoned {
+            return Err(poisoned());
+        }
+        if d.fail_next_write {
+            d.fail_next_write = false;
+            return Err(Error::Storage("simulated write failure".into()));
+        }
+        if op.synced()
+            && let Some(seed) = d.tear_next_sync
+        {
+            d.pending.push(op);
+            d.crash(&mut SimRng::new(seed), true);
+            return Err(poisoned());
+        }
+        op.apply(&d.current)?;
+        if op.synced() {
+            let pending = std::mem::take(&mut d.pending);
+            for p in &pending {
+                p.apply(&d.durable)?;
+            }
+            op.apply(&d.durable)?;
+        } else {
+            d.pending.push(op);
+        }
+        Ok(())
+    }
+
+    /// Power loss: keeps the durable state and a random prefix of the
+    /// unsynced calls since the last sync; every later call fails.
+    pub fn crash(&self, rng: &mut SimRng) -> Crash {
+        let mut d = self.disk();
+        if let Some(c) = d.crashed {
+            return c;
+        }
+        d.crash(rng, false)
+    }
+
+    /// Arms a crash in the middle of the next synced call (`seed` decides
+    /// whether that call survives).
+    pub fn tear_next_sync(&self, seed: u64) {
+        self.disk().tear_next_sync = Some(seed);
+    }
+
+    /// Makes the next write (synced or not) fail, with nothing applied.
+    pub fn fail_next_write(&self) {
+        self.disk().fail_next_write = true;
+    }
+
+    /// The crash this disk went through, if any.
+    pub fn crashed(&self) -> Option<Crash> {
+        self.disk().crashed
+    }
+
+    /// A restarted process's view: the durable state, nothing pending. Call
+    /// after [`crash`](Self::crash); the crashed store stays poisoned.
+    pub fn reopen(&self) -> SimStore {
+        let d = self.disk();
+        let durable = d.durable.clone();
+        SimStore {
+            disk: Mutex::new(Disk {
+                current: durable.clone(),
+                durable,
+                ..Disk::default()
+            }),
+        }
+    }
+
+    /// What a crash now would keep at the least (the durable state), for
+    /// checkers; works on a poisoned store too.
+    pub fn durable(&self) -> MemStore {
+        self.disk().durable.clone()
+    }
+}
+
+impl Store for SimStore {
+    fn write(&self, batch: &WriteBatch) -> Result<()> {
+        self.mutate(DiskOp::Write(batch.clone()))
+    }
+
+    fn write_unsynced(&self, batch: &WriteBatch) -> Result<()> {
+        self.mutate(DiskOp::Unsynced(batch.clone()))
+    }
+
+    fn topics(&self) -> Result<Vec<TopicMeta>> {
+        self.read(|s| s.topics())
+    }
+
+    fn topic(&self, id: TopicId) -> Result<Option<TopicMeta>> {
+        self.read(|s| s.topic(id))
+    }
+
+    fn next_topic_id(&self) -> Result<u64> {
+        self.read(|s| s.next_topic_id())
+    }
+
+    fn last_seq(&self, topic: TopicId) -> Result<u64> {
+        self.read(|s| s.last_seq(topic))
+    }
+
+    fn get(&self, topic: TopicId, seq: u64) -> Result<Option<Element>> {
+        self.read(|s| s.get(topic, seq))
+    }
+
+    fn scan(
+        &self,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Element>> {
+        self.read(|s| s.scan(topic, from, limit, bytes_max))
+    }
+
+    fn producer(&self, topic: TopicId, id: &str) -> Result<Option<ProducerWindow>> {
+        self.read(|s| s.producer(topic, id))
+    }
+
+    fn producers(&self, topic: TopicId, limit: usize) -> Result<Vec<(String, ProducerWindow)>> {
+        self.read(|s| s.producers(topic, limit))
+    }
+
+    fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()> {
+        self.mutate(DiskOp::Trim(topic, below_seq))
+    }
+}
+
+impl RaftLogStore for SimStore {
+    fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
+        self.mutate(DiskOp::AppendLog(group, entries.to_vec()))
+    }
+
+    fn read_log(
+        &self,
+        group: GroupId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.read(|s| s.read_log(group, from, to, limit))
+    }
+
+    fn last_log(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>> {
+        self.read(|s| s.last_log(group))
+    }
+
+    fn truncate_log(&self, group: GroupId, from: u64) -> Result<()> {
+        self.mutate(DiskOp::TruncateLog(group, from))
+    }
+
+    fn purge_log(&self, group: GroupId, upto: u64) -> Result<()> {
+        self.mutate(DiskOp::PurgeLog(group, upto))
+    }
+
+    fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
+        self.mutate(DiskOp::PutValue(group, name.to_string(), value.to_vec()))
+    }
+
+    fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>> {
+        self.read(|s| s.value(group, name))
+    }
+
+    fn delete_group(&self, group: GroupId) -> Result<()> {
+        self.mutate(DiskOp::DeleteGroup(group))
+    }
+
+    fn groups(&self) -> Result<Vec<GroupId>> {
+        self.read(|s| s.groups())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use woof_consensus::store::conformance;
+
+    #[test]
+    fn conformance() {
+        conformance::run_all(SimStore::new);
+        conformance::run_raft_log(SimStore::new);
+    }
+}
