@@ -73,6 +73,84 @@ impl History {
     }
 }
 
+/// The history of a running simulation, shared by every part that records:
+/// stamps events with the simulated milliseconds since the run began, and
+/// counts the faults injected per kind.
+#[derive(Debug)]
+pub struct Recorder {
+    start: tokio::time::Instant,
+    history: std::sync::Mutex<History>,
+    faults: std::sync::Mutex<crate::config::Counts>,
+    /// Print every event as it happens (`--replay`).
+    trace: bool,
+}
+
+impl Recorder {
+    /// Starts the clock of the run; call inside its runtime.
+    pub fn new(trace: bool) -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            history: Default::default(),
+            faults: Default::default(),
+            trace,
+        }
+    }
+
+    /// Simulated milliseconds since the run began.
+    pub fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    pub fn event(&self, what: impl std::fmt::Display) {
+        let at = self.now_ms();
+        let what = what.to_string();
+        if self.trace {
+            println!("{at:>8} ms  {what}");
+        }
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .event(at, what);
+    }
+
+    /// Records and counts an injected fault.
+    pub fn fault(&self, kind: crate::config::Fault, what: impl std::fmt::Display) {
+        self.faults
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(kind);
+        self.event(format_args!("FAULT {} {what}", kind.name()));
+    }
+
+    pub fn faults(&self) -> crate::config::Counts {
+        *self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn hash(&self) -> u64 {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .hash()
+    }
+
+    pub fn len(&self) -> u64 {
+        self.history.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn recent(&self) -> Vec<String> {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .recent()
+            .map(str::to_string)
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

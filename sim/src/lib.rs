@@ -7,20 +7,100 @@
 //! numbers (tokio's, openraft's and the simulator's own), so that the same
 //! seed takes the same path and gives the same history hash.
 //!
+//! A run ([`run`]): N nodes start; T topics are placed on R nodes each and
+//! created, fault-free; then for the simulated time asked, clients append
+//! and read while the network and the nemesis inject faults; then the
+//! faults stop, the network heals, every node comes back, the groups catch
+//! up, and the checkers look at what was recorded and what every replica
+//! holds.
+//!
 //! Layout:
+//! - `config.rs`: a run's [`Config`], the fault kinds and their rates
+//!   (`--faults`), the per-kind counts;
 //! - `rng.rs`: the seeded random numbers, one stream per purpose;
-//! - `history.rs`: the run's events, their hash, the last ones for reports.
+//! - `history.rs`: the run's events, their hash, the last ones for reports,
+//!   and the [`history::Recorder`] every part records through;
 //! - `store.rs`: the simulated disk ([`store::SimStore`]): woof's storage
-//!   traits in memory, with crashes that lose what was not synced.
+//!   traits in memory, with crashes that lose what was not synced;
+//! - `net.rs`: the simulated network ([`net::SimNet`]), woof's Raft
+//!   `Transport` with drops, delays, duplicates, reordering, partitions;
+//! - `node.rs`: the cluster: nodes (router, disk, topics, clock), topic
+//!   placement and creation, crash and restart;
+//! - `nemesis.rs`: partitions, crashes and torn writes over time, and the
+//!   heal at the end;
+//! - `workload.rs`: the clients (producer appends with retries, reads) and
+//!   the sampler of replicas' contents;
+//! - `check/`: the checkers, one promise per file.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
     "woof-sim needs tokio's unstable API to seed the runtime (`--cfg tokio_unstable`, set in .cargo/config.toml); a RUSTFLAGS variable overrides that file"
 );
 
+pub mod check;
+pub mod config;
 pub mod history;
+pub mod nemesis;
+pub mod net;
+pub mod node;
 pub mod rng;
 pub mod store;
+pub mod workload;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use config::{Config, Counts, Fault, Rates};
+use history::Recorder;
+use node::Cluster;
+use rng::SimRng;
+use woof_consensus::store::Store;
+
+/// The simulator's errors: a run that could not be set up (a violation of
+/// woof's promises is not an error but part of the [`Outcome`]).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("bad configuration: {0}")]
+    Config(String),
+    #[error("setting up the simulated cluster: {0}")]
+    Setup(String),
+    #[error(transparent)]
+    Consensus(#[from] woof_consensus::Error),
+    #[error("building the runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// What one run did and found.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub seed: u64,
+    /// The history's hash: the same seed (and config) gives the same hash.
+    pub hash: u64,
+    pub events: u64,
+    /// Simulated time of the whole run (setup, faults, heal, catch-up).
+    pub sim_ms: u64,
+    pub faults: Counts,
+    pub appends: u64,
+    pub acked: u64,
+    /// Appends whose outcome the client never learned.
+    pub unknown: u64,
+    pub reads: u64,
+    pub violations: Vec<check::Violation>,
+    /// The last events, for a failure report.
+    pub recent: Vec<String>,
+}
+
+impl Outcome {
+    pub fn ok(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Topics keep this many elements: more than a run appends, so that
+/// nothing is trimmed and the checkers see every element.
+const HISTORY: u64 = 1_000_000;
+/// How long the groups get to catch up after the faults, at most.
+const SETTLE_MS_MAX: u64 = 30_000;
 
 /// Builds the runtime one run of `seed` happens on: one thread, a paused
 /// clock, tokio's random numbers seeded; storage work runs in place and
@@ -33,4 +113,151 @@ pub fn runtime(seed: u64) -> std::io::Result<tokio::runtime::Runtime> {
         .start_paused(true)
         .rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()))
         .build()
+}
+
+/// Runs one seed on the calling thread.
+pub fn run(config: &Config) -> Result<Outcome, Error> {
+    config.validate()?;
+    let rt = runtime(config.seed)?;
+    let outcome = rt.block_on(simulate(config.clone()));
+    // Tasks still waiting (zombies of crashed incarnations) are dropped.
+    drop(rt);
+    outcome
+}
+
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> Result<T, Error> {
+    r.map_err(|e| Error::Setup(format!("a simulation task failed: {e}")))
+}
+
+async fn simulate(config: Config) -> Result<Outcome, Error> {
+    let root = SimRng::new(config.seed);
+    let rec = Arc::new(Recorder::new(config.trace));
+    rec.event(format_args!("run {config:?}"));
+    let net = net::SimNet::new(rec.clone(), root.fork("net"), Rates::none());
+    let cluster = Arc::new(Cluster::new(
+        rec.clone(),
+        net.clone(),
+        config.nodes,
+        config.topics,
+        config.replication,
+        &mut root.fork("placement"),
+    ));
+    for id in cluster.ids() {
+        cluster.start(id).await?;
+    }
+    futures::future::try_join_all(
+        cluster
+            .plans
+            .iter()
+            .map(|p| cluster.create_topic(p, HISTORY)),
+    )
+    .await?;
+    rec.event("setup done; faults on");
+
+    net.set_rates(config.faults);
+    let until = rec.now_ms() + config.sim_time_ms;
+    let record = workload::Shared::default();
+    let nemesis = tokio::spawn(nemesis::run(
+        cluster.clone(),
+        config.faults,
+        root.fork("nemesis"),
+        until,
+    ));
+    let sampler = tokio::spawn(workload::sampler(cluster.clone(), record.clone(), until));
+    let clients: Vec<_> = (0..config.clients)
+        .map(|c| {
+            tokio::spawn(workload::client(
+                cluster.clone(),
+                record.clone(),
+                c,
+                root.fork(&format!("client/{c}")),
+                until,
+            ))
+        })
+        .collect();
+    for c in clients {
+        joined(c.await)?;
+    }
+    joined(sampler.await)?;
+    joined(nemesis.await)?;
+
+    settle(&cluster).await;
+    let finals = final_contents(&cluster);
+    cluster.stop().await;
+    rec.event("run over");
+
+    let record = std::mem::take(&mut *record.lock().unwrap_or_else(|e| e.into_inner()));
+    let violations = check::all(&check::Observed {
+        plans: &cluster.plans,
+        record: &record,
+        finals,
+    });
+    for v in &violations {
+        rec.event(format_args!("VIOLATION {v}"));
+    }
+    let count = |f: fn(&workload::AppendResult) -> bool| {
+        record.appends.iter().filter(|a| f(&a.result)).count() as u64
+    };
+    Ok(Outcome {
+        seed: config.seed,
+        hash: rec.hash(),
+        events: rec.len(),
+        sim_ms: rec.now_ms(),
+        faults: rec.faults(),
+        appends: record.appends.len() as u64,
+        acked: count(|r| matches!(r, workload::AppendResult::Acked { .. })),
+        unknown: count(|r| matches!(r, workload::AppendResult::Unknown(_))),
+        reads: record.reads,
+        violations,
+        recent: rec.recent(),
+    })
+}
+
+/// Waits (at most [`SETTLE_MS_MAX`]) until every topic's replicas hold the
+/// same last seq twice in a row.
+async fn settle(cluster: &Cluster) {
+    let start = cluster.rec.now_ms();
+    let mut stable = 0;
+    while cluster.rec.now_ms() - start < SETTLE_MS_MAX {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let even = cluster.plans.iter().all(|p| {
+            let lasts: Vec<Option<u64>> = p
+                .replicas
+                .iter()
+                .map(|n| {
+                    cluster
+                        .store(*n)
+                        .and_then(|s| s.last_seq(p.topic_id()).ok())
+                })
+                .collect();
+            lasts.iter().all(|l| l.is_some() && *l == lasts[0])
+        });
+        stable = if even { stable + 1 } else { 0 };
+        if stable >= 2 {
+            cluster.rec.event("replicas caught up");
+            return;
+        }
+    }
+    cluster.rec.event(format_args!(
+        "replicas did not catch up within {SETTLE_MS_MAX} ms"
+    ));
+}
+
+fn final_contents(cluster: &Cluster) -> check::Finals {
+    let mut finals = check::Finals::new();
+    for p in &cluster.plans {
+        for n in &p.replicas {
+            let els = cluster
+                .store(*n)
+                .and_then(|s| s.scan(p.topic_id(), 1, usize::MAX, usize::MAX).ok())
+                .unwrap_or_default();
+            finals.insert(
+                (p.index, *n),
+                els.into_iter()
+                    .map(|e| (e.seq, e.payload.to_vec()))
+                    .collect(),
+            );
+        }
+    }
+    finals
 }

@@ -183,6 +183,12 @@ impl SimStore {
         self.disk().tear_next_sync = Some(seed);
     }
 
+    /// Takes back an armed [`tear_next_sync`](Self::tear_next_sync) that
+    /// has not gone off.
+    pub fn disarm(&self) {
+        self.disk().tear_next_sync = None;
+    }
+
     /// Makes the next write (synced or not) fail, with nothing applied.
     pub fn fail_next_write(&self) {
         self.disk().fail_next_write = true;

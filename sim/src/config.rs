@@ -1,0 +1,281 @@
+//! What one run simulates: the cluster's shape, the workload's length, and
+//! the rate of each kind of fault (parsed from `--faults`).
+
+use std::fmt;
+
+use crate::Error;
+
+/// A kind of fault the simulator injects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fault {
+    /// A request or its reply is lost (the sender times out).
+    Drop,
+    /// A message takes 20 to 200 ms longer than usual.
+    Delay,
+    /// A request is delivered twice (the second reply is discarded).
+    Dup,
+    /// A message is held back a little, so later ones overtake it.
+    Reorder,
+    /// Links are cut (a split, one way, or a node isolated), then healed.
+    Partition,
+    /// A node loses power: what was not synced may be lost; it restarts later.
+    Crash,
+    /// A node loses power during a synced write, which survives whole or not at all.
+    Torn,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 7] = [
+        Fault::Drop,
+        Fault::Delay,
+        Fault::Dup,
+        Fault::Reorder,
+        Fault::Partition,
+        Fault::Crash,
+        Fault::Torn,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Drop => "drop",
+            Fault::Delay => "delay",
+            Fault::Dup => "dup",
+            Fault::Reorder => "reorder",
+            Fault::Partition => "partition",
+            Fault::Crash => "crash",
+            Fault::Torn => "torn",
+        }
+    }
+
+    /// The rate `--faults all` sets: per message for the network's kinds,
+    /// per simulated second for the others.
+    fn default_rate(self) -> f64 {
+        match self {
+            Fault::Drop => 0.01,
+            Fault::Delay => 0.02,
+            Fault::Dup => 0.01,
+            Fault::Reorder => 0.02,
+            Fault::Partition => 0.3,
+            Fault::Crash => 0.15,
+            Fault::Torn => 0.1,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The rate of each fault kind; 0 turns a kind off.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Rates([f64; 7]);
+
+impl Rates {
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    pub fn all() -> Self {
+        let mut r = Self::none();
+        for f in Fault::ALL {
+            r.0[f.index()] = f.default_rate();
+        }
+        r
+    }
+
+    pub fn get(&self, f: Fault) -> f64 {
+        self.0[f.index()]
+    }
+
+    pub fn set(&mut self, f: Fault, rate: f64) {
+        self.0[f.index()] = rate;
+    }
+
+    /// `all`, `none`, or `kind=rate,...` (kinds not named are off).
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        match text.trim() {
+            "all" => return Ok(Self::all()),
+            "none" | "" => return Ok(Self::none()),
+            _ => {}
+        }
+        let mut r = Self::none();
+        for part in text.split(',') {
+            let (name, rate) = part
+                .split_once('=')
+                .ok_or_else(|| Error::Config(format!("fault {part:?}: expected kind=rate")))?;
+            let kind = Fault::ALL
+                .into_iter()
+                .find(|f| f.name() == name.trim())
+                .ok_or_else(|| {
+                    let kinds: Vec<_> = Fault::ALL.iter().map(|f| f.name()).collect();
+                    Error::Config(format!(
+                        "unknown fault {name:?}; kinds: {}",
+                        kinds.join(", ")
+                    ))
+                })?;
+            let rate: f64 = rate
+                .trim()
+                .parse()
+                .ok()
+                .filter(|r: &f64| (0.0..=1000.0).contains(r))
+                .ok_or_else(|| Error::Config(format!("fault {name}: bad rate {rate:?}")))?;
+            r.set(kind, rate);
+        }
+        Ok(r)
+    }
+
+    /// The kinds with a rate above 0.
+    pub fn enabled(&self) -> impl Iterator<Item = Fault> + '_ {
+        Fault::ALL.into_iter().filter(|f| self.get(*f) > 0.0)
+    }
+}
+
+/// How many faults of each kind were injected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Counts([u64; 7]);
+
+impl Counts {
+    pub fn add(&mut self, f: Fault) {
+        self.0[f.index()] += 1;
+    }
+
+    pub fn get(&self, f: Fault) -> u64 {
+        self.0[f.index()]
+    }
+
+    pub fn merge(&mut self, other: &Counts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+}
+
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, kind) in Fault::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{}={}", kind.name(), self.0[i])?;
+        }
+        Ok(())
+    }
+}
+
+/// One run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub seed: u64,
+    pub nodes: u64,
+    pub topics: usize,
+    pub replication: usize,
+    pub clients: usize,
+    /// How long clients work and faults happen, in simulated ms (a heal
+    /// phase without faults follows).
+    pub sim_time_ms: u64,
+    pub faults: Rates,
+    /// Print every event as it happens.
+    pub trace: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            seed: 0,
+            nodes: 5,
+            topics: 20,
+            replication: 3,
+            clients: 8,
+            sim_time_ms: 30_000,
+            faults: Rates::all(),
+            trace: false,
+        }
+    }
+}
+
+impl Config {
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.nodes == 0 || self.nodes > 64 {
+            return Err(Error::Config("--nodes must be 1 to 64".into()));
+        }
+        if self.replication == 0 || self.replication as u64 > self.nodes {
+            return Err(Error::Config(format!(
+                "--replication must be 1 to --nodes ({})",
+                self.nodes
+            )));
+        }
+        if self.topics == 0 || self.topics > 1000 {
+            return Err(Error::Config("--topics must be 1 to 1000".into()));
+        }
+        if self.clients > 1000 {
+            return Err(Error::Config("--clients must be at most 1000".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Parses `A..B` (B excluded) or a single seed.
+pub fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, Error> {
+    let bad = || Error::Config(format!("seeds {text:?}: expected A..B"));
+    match text.split_once("..") {
+        Some((a, b)) => {
+            let a: u64 = a.trim().parse().map_err(|_| bad())?;
+            let b: u64 = b.trim().parse().map_err(|_| bad())?;
+            if b <= a {
+                return Err(bad());
+            }
+            Ok(a..b)
+        }
+        None => {
+            let a: u64 = text.trim().parse().map_err(|_| bad())?;
+            Ok(a..a + 1)
+        }
+    }
+}
+
+/// Parses a simulated duration: `30s`, `500ms`, `2m`, or plain seconds.
+pub fn parse_duration_ms(text: &str) -> Result<u64, Error> {
+    let t = text.trim();
+    let bad = || Error::Config(format!("duration {text:?}: expected 30s, 500ms or 2m"));
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (t, 1000)
+    };
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    n.checked_mul(scale).filter(|ms| *ms > 0).ok_or_else(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_parse() {
+        assert_eq!(Rates::parse("all").unwrap(), Rates::all());
+        assert_eq!(Rates::parse("none").unwrap().enabled().count(), 0);
+        let r = Rates::parse("drop=0.05, crash=0.5").unwrap();
+        assert_eq!(r.get(Fault::Drop), 0.05);
+        assert_eq!(r.get(Fault::Crash), 0.5);
+        assert_eq!(r.get(Fault::Dup), 0.0);
+        assert!(Rates::parse("flood=1").is_err());
+        assert!(Rates::parse("drop").is_err());
+        assert!(Rates::parse("drop=-1").is_err());
+    }
+
+    #[test]
+    fn seeds_and_durations_parse() {
+        assert_eq!(parse_seeds("3..7").unwrap(), 3..7);
+        assert_eq!(parse_seeds("9").unwrap(), 9..10);
+        assert!(parse_seeds("7..3").is_err());
+        assert_eq!(parse_duration_ms("30s").unwrap(), 30_000);
+        assert_eq!(parse_duration_ms("250ms").unwrap(), 250);
+        assert_eq!(parse_duration_ms("2m").unwrap(), 120_000);
+        assert_eq!(parse_duration_ms("5").unwrap(), 5_000);
+        assert!(parse_duration_ms("0s").is_err());
+    }
+}

@@ -1,0 +1,314 @@
+//! The simulated network: every node's Raft messages, as woof's
+//! [`Transport`] (request and reply), delivered to the target's [`Router`]
+//! after a seeded delay, with faults:
+//! - a request or its reply is dropped (the sender sees an error after
+//!   [`TIMEOUT_MS`]; a dropped reply means the target acted on it);
+//! - a message is delayed (20 to 200 ms) or held back a little so that
+//!   later ones overtake it (reordering);
+//! - a request is delivered twice, the second reply thrown away;
+//! - partitions: a `blocked` set of (from, to) links, checked when a
+//!   message is sent and again when it arrives (for the reply, the other
+//!   way round), so one-way cuts are possible.
+//!
+//! Every send, loss and delivery is an event in the history.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use openraft::BasicNode;
+use woof_consensus::Error;
+use woof_consensus::raft::network::{Router, Transport};
+
+use crate::config::{Fault, Rates};
+use crate::history::{Fnv, Recorder};
+use crate::rng::SimRng;
+
+/// How long a sender waits for a lost message before giving up.
+pub const TIMEOUT_MS: u64 = 500;
+/// The longest a target may take to answer one message.
+const HANDLE_MS_MAX: u64 = 5_000;
+
+struct State {
+    rng: SimRng,
+    rates: Rates,
+    /// The node ids that are up, with the incarnation that is running and
+    /// its router.
+    routers: BTreeMap<u64, (u64, Router)>,
+    /// Cut links (from, to), with how many partitions cut each.
+    blocked: BTreeMap<(u64, u64), u32>,
+    next_msg: u64,
+}
+
+/// The network between all nodes of a run.
+pub struct SimNet {
+    rec: Arc<Recorder>,
+    state: Mutex<State>,
+}
+
+/// What happens to one message, drawn when it is sent.
+struct Plan {
+    msg: u64,
+    /// Whether the sender's incarnation is still running.
+    sender_up: bool,
+    request_ms: u64,
+    reply_ms: u64,
+    drop_request: bool,
+    drop_reply: bool,
+    dup_after_ms: Option<u64>,
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = Fnv::default();
+    h.write(bytes);
+    h.finish()
+}
+
+impl SimNet {
+    pub fn new(rec: Arc<Recorder>, rng: SimRng, rates: Rates) -> Arc<Self> {
+        Arc::new(Self {
+            rec,
+            state: Mutex::new(State {
+                rng,
+                rates,
+                routers: BTreeMap::new(),
+                blocked: BTreeMap::new(),
+                next_msg: 0,
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Node `node`'s incarnation `incarnation` is up and receives with `router`.
+    pub fn attach(&self, node: u64, incarnation: u64, router: Router) {
+        self.state().routers.insert(node, (incarnation, router));
+    }
+
+    /// Node `node` is down: nothing reaches it, nothing it sent arrives.
+    pub fn detach(&self, node: u64) {
+        self.state().routers.remove(&node);
+    }
+
+    /// The transport incarnation `incarnation` of node `node` sends with.
+    pub fn link(self: &Arc<Self>, node: u64, incarnation: u64) -> Arc<dyn Transport> {
+        Arc::new(Link {
+            me: node,
+            incarnation,
+            net: self.clone(),
+        })
+    }
+
+    /// Changes the fault rates (the heal phase turns them off).
+    pub fn set_rates(&self, rates: Rates) {
+        self.state().rates = rates;
+    }
+
+    /// Cuts the links in `links` (one partition; [`unblock`](Self::unblock)
+    /// with the same list heals it).
+    pub fn block(&self, links: &[(u64, u64)]) {
+        let mut s = self.state();
+        for l in links {
+            *s.blocked.entry(*l).or_default() += 1;
+        }
+    }
+
+    pub fn unblock(&self, links: &[(u64, u64)]) {
+        let mut s = self.state();
+        for l in links {
+            if let Some(n) = s.blocked.get_mut(l) {
+                *n -= 1;
+                if *n == 0 {
+                    s.blocked.remove(l);
+                }
+            }
+        }
+    }
+
+    /// Heals every partition.
+    pub fn heal(&self) {
+        self.state().blocked.clear();
+    }
+
+    pub fn is_blocked(&self, from: u64, to: u64) -> bool {
+        self.state().blocked.contains_key(&(from, to))
+    }
+
+    /// Cut links, for the history.
+    pub fn blocked_links(&self) -> BTreeSet<(u64, u64)> {
+        self.state().blocked.keys().copied().collect()
+    }
+
+    fn plan(&self, me: u64, incarnation: u64) -> Plan {
+        let mut s = self.state();
+        s.next_msg += 1;
+        let msg = s.next_msg;
+        let sender_up = s.routers.get(&me).is_some_and(|(i, _)| *i == incarnation);
+        let rates = s.rates;
+        let rng = &mut s.rng;
+        let delay = |rng: &mut SimRng, rec: &Recorder, leg: &str| {
+            let mut ms = rng.range(1, 6);
+            if rng.chance(rates.get(Fault::Delay)) {
+                let extra = rng.range(20, 201);
+                rec.fault(Fault::Delay, format_args!("msg#{msg} {leg} +{extra} ms"));
+                ms += extra;
+            }
+            if rng.chance(rates.get(Fault::Reorder)) {
+                let extra = rng.range(5, 41);
+                rec.fault(Fault::Reorder, format_args!("msg#{msg} {leg} +{extra} ms"));
+                ms += extra;
+            }
+            ms
+        };
+        let request_ms = delay(rng, &self.rec, "request");
+        let reply_ms = delay(rng, &self.rec, "reply");
+        let drop_request = rng.chance(rates.get(Fault::Drop));
+        let drop_reply = !drop_request && rng.chance(rates.get(Fault::Drop));
+        let dup_after_ms = rng.chance(rates.get(Fault::Dup)).then(|| rng.range(0, 30));
+        Plan {
+            msg,
+            sender_up,
+            request_ms,
+            reply_ms,
+            drop_request,
+            drop_reply,
+            dup_after_ms,
+        }
+    }
+
+    fn router(&self, node: u64) -> Option<Router> {
+        self.state().routers.get(&node).map(|(_, r)| r.clone())
+    }
+
+    async fn lost(&self, msg: u64, why: &str, waited_ms: u64) -> Result<Vec<u8>, Error> {
+        self.rec.event(format_args!("msg#{msg} lost: {why}"));
+        tokio::time::sleep(Duration::from_millis(TIMEOUT_MS.saturating_sub(waited_ms))).await;
+        Err(Error::Network(format!("message {msg} lost: {why}")))
+    }
+
+    async fn send(
+        self: Arc<Self>,
+        me: u64,
+        incarnation: u64,
+        to: u64,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
+        let p = self.plan(me, incarnation);
+        let msg = p.msg;
+        if !p.sender_up {
+            // A dead incarnation's leftover task: it can send nothing.
+            tokio::time::sleep(Duration::from_millis(p.request_ms)).await;
+            return Err(Error::Closed);
+        }
+        self.rec.event(format_args!(
+            "msg#{msg} n{me}->n{to} send {} bytes #{:016x}",
+            message.len(),
+            digest(&message)
+        ));
+        if self.is_blocked(me, to) {
+            return self.lost(msg, "link cut at send", 0).await;
+        }
+        if p.drop_request {
+            self.rec
+                .fault(Fault::Drop, format_args!("msg#{msg} request"));
+            return self.lost(msg, "request dropped", 0).await;
+        }
+        tokio::time::sleep(Duration::from_millis(p.request_ms)).await;
+        if self.is_blocked(me, to) {
+            return self.lost(msg, "link cut in flight", p.request_ms).await;
+        }
+        let Some(router) = self.router(to) else {
+            // Connection refused: the sender learns soon.
+            self.rec
+                .event(format_args!("msg#{msg} refused: n{to} is down"));
+            return Err(Error::Network(format!("node {to} is down")));
+        };
+        if let Some(after) = p.dup_after_ms {
+            self.rec.fault(
+                Fault::Dup,
+                format_args!("msg#{msg} delivered again in {after} ms"),
+            );
+            let (net, router, message) = (self.clone(), router.clone(), message.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(after)).await;
+                if net.router(to).is_none() || net.is_blocked(me, to) {
+                    return;
+                }
+                let answered = tokio::time::timeout(
+                    Duration::from_millis(HANDLE_MS_MAX),
+                    router.handle(&message),
+                )
+                .await;
+                net.rec.event(format_args!(
+                    "msg#{msg} duplicate delivered, answer {}",
+                    match answered {
+                        Ok(Ok(_)) => "discarded",
+                        Ok(Err(_)) => "an error",
+                        Err(_) => "late",
+                    }
+                ));
+            });
+        }
+        self.rec.event(format_args!("msg#{msg} delivered to n{to}"));
+        let reply = match tokio::time::timeout(
+            Duration::from_millis(HANDLE_MS_MAX),
+            router.handle(&message),
+        )
+        .await
+        {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                self.rec
+                    .event(format_args!("msg#{msg} error at n{to}: {e}"));
+                return Err(Error::Network(format!("node {to}: {e}")));
+            }
+            Err(_) => {
+                self.rec
+                    .event(format_args!("msg#{msg} not answered in time by n{to}"));
+                return Err(Error::Network(format!("node {to} did not answer")));
+            }
+        };
+        if p.drop_reply {
+            self.rec.fault(Fault::Drop, format_args!("msg#{msg} reply"));
+            return self.lost(msg, "reply dropped", 0).await;
+        }
+        tokio::time::sleep(Duration::from_millis(p.reply_ms)).await;
+        if self.is_blocked(to, me) {
+            return self.lost(msg, "reply's link cut", p.reply_ms).await;
+        }
+        self.rec.event(format_args!(
+            "msg#{msg} n{to}->n{me} reply {} bytes #{:016x}",
+            reply.len(),
+            digest(&reply)
+        ));
+        Ok(reply)
+    }
+}
+
+/// One incarnation of a node, sending.
+struct Link {
+    me: u64,
+    incarnation: u64,
+    net: Arc<SimNet>,
+}
+
+impl Transport for Link {
+    fn send(
+        &self,
+        node: &BasicNode,
+        message: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, Error>> {
+        let net = self.net.clone();
+        let (me, incarnation) = (self.me, self.incarnation);
+        let to = node.addr.parse::<u64>();
+        async move {
+            let to = to.map_err(|_| Error::Network("not a simulated node address".into()))?;
+            net.send(me, incarnation, to, message).await
+        }
+        .boxed()
+    }
+}

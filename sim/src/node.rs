@@ -1,0 +1,385 @@
+//! The simulated cluster: N nodes, each a [`Router`], a [`SimStore`] and a
+//! [`Topics`] with a simulated clock, and T topics, each a Raft group
+//! ([`group::start`]) on R nodes chosen with the seed.
+//!
+//! A node crashes as a machine losing power: its disk keeps what was synced
+//! (and a prefix of the rest) and refuses every later call, the network
+//! forgets its router, and its groups and topics are shut down (they can do
+//! nothing any more). A restart is a new incarnation on the disk's durable
+//! state: a fresh store view, router and `Topics`, and `group::start` again
+//! for every group the disk holds.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use openraft::{BasicNode, Raft};
+use woof_consensus::raft::TypeConfig;
+use woof_consensus::raft::group::{self, Timing};
+use woof_consensus::raft::network::Router;
+use woof_consensus::store::{GROUP_ID_MIN, GroupId, RaftLogStore};
+use woof_consensus::topic::{Placement, TopicConfig, TopicId, TopicMeta, TopicName};
+use woof_consensus::{Clock, Topics};
+
+use crate::Error;
+use crate::history::Recorder;
+use crate::net::SimNet;
+use crate::rng::SimRng;
+use crate::store::SimStore;
+
+/// How long shutting a group or a node's topics down may take.
+const SHUTDOWN_MS_MAX: u64 = 2_000;
+/// The wall-clock time a run starts at (2026-01-01): only stamped on
+/// elements, never decided on.
+const EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// A node's wall clock: the simulated time plus the node's own offset.
+pub struct SimClock {
+    start: tokio::time::Instant,
+    offset_ms: AtomicI64,
+}
+
+impl SimClock {
+    fn new(start: tokio::time::Instant) -> Self {
+        Self {
+            start,
+            offset_ms: AtomicI64::new(0),
+        }
+    }
+
+    /// Moves this node's clock by `ms` (a clock jump).
+    pub fn jump(&self, ms: i64) {
+        self.offset_ms.fetch_add(ms, Ordering::Relaxed);
+    }
+}
+
+impl Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        let now = EPOCH_MS + self.start.elapsed().as_millis() as u64;
+        now.saturating_add_signed(self.offset_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// One topic of the run and where its replicas live.
+#[derive(Debug, Clone)]
+pub struct TopicPlan {
+    pub index: usize,
+    pub group: GroupId,
+    pub name: String,
+    /// Node ids, in the order drawn.
+    pub replicas: Vec<u64>,
+}
+
+impl TopicPlan {
+    pub fn topic_id(&self) -> TopicId {
+        TopicId(self.group.0)
+    }
+}
+
+/// A running incarnation of a node.
+struct Up {
+    router: Router,
+    topics: Topics,
+    rafts: BTreeMap<GroupId, Raft<TypeConfig>>,
+}
+
+struct Node {
+    incarnation: u64,
+    store: Arc<SimStore>,
+    clock: Arc<SimClock>,
+    up: Option<Up>,
+}
+
+/// Every node of a run.
+pub struct Cluster {
+    pub rec: Arc<Recorder>,
+    pub net: Arc<SimNet>,
+    pub plans: Vec<TopicPlan>,
+    timing: Timing,
+    nodes: Mutex<BTreeMap<u64, Node>>,
+}
+
+impl Cluster {
+    /// Places `topics` topics on `replication` of `nodes` nodes each.
+    pub fn new(
+        rec: Arc<Recorder>,
+        net: Arc<SimNet>,
+        nodes: u64,
+        topics: usize,
+        replication: usize,
+        rng: &mut SimRng,
+    ) -> Self {
+        let start = tokio::time::Instant::now();
+        let plans = (0..topics)
+            .map(|index| {
+                let mut pool: Vec<u64> = (1..=nodes).collect();
+                let mut replicas = Vec::new();
+                while replicas.len() < replication {
+                    let i = rng.range(0, pool.len() as u64) as usize;
+                    replicas.push(pool.remove(i));
+                }
+                TopicPlan {
+                    index,
+                    group: GroupId(GROUP_ID_MIN + 1 + index as u64),
+                    name: format!("sim/t{index}"),
+                    replicas,
+                }
+            })
+            .collect();
+        let nodes = (1..=nodes)
+            .map(|id| {
+                (
+                    id,
+                    Node {
+                        incarnation: 0,
+                        store: Arc::new(SimStore::new()),
+                        clock: Arc::new(SimClock::new(start)),
+                        up: None,
+                    },
+                )
+            })
+            .collect();
+        Self {
+            rec,
+            net,
+            plans,
+            timing: Timing::default(),
+            nodes: Mutex::new(nodes),
+        }
+    }
+
+    fn nodes(&self) -> MutexGuard<'_, BTreeMap<u64, Node>> {
+        self.nodes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn ids(&self) -> Vec<u64> {
+        self.nodes().keys().copied().collect()
+    }
+
+    pub fn is_up(&self, id: u64) -> bool {
+        self.nodes().get(&id).is_some_and(|n| n.up.is_some())
+    }
+
+    pub fn up_ids(&self) -> Vec<u64> {
+        self.nodes()
+            .iter()
+            .filter(|(_, n)| n.up.is_some())
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    pub fn raft(&self, id: u64, group: GroupId) -> Option<Raft<TypeConfig>> {
+        self.nodes()
+            .get(&id)?
+            .up
+            .as_ref()?
+            .rafts
+            .get(&group)
+            .cloned()
+    }
+
+    pub fn topics(&self, id: u64) -> Option<Topics> {
+        Some(self.nodes().get(&id)?.up.as_ref()?.topics.clone())
+    }
+
+    /// The disk of node `id`'s current incarnation.
+    pub fn store(&self, id: u64) -> Option<Arc<SimStore>> {
+        self.nodes().get(&id).map(|n| n.store.clone())
+    }
+
+    pub fn incarnation(&self, id: u64) -> Option<u64> {
+        self.nodes().get(&id).map(|n| n.incarnation)
+    }
+
+    pub fn clock(&self, id: u64) -> Option<Arc<SimClock>> {
+        self.nodes().get(&id).map(|n| n.clock.clone())
+    }
+
+    /// Starts node `id`'s current incarnation on its disk: its topics and
+    /// every group the disk holds.
+    pub async fn start(&self, id: u64) -> Result<(), Error> {
+        let (incarnation, store, clock) = {
+            let nodes = self.nodes();
+            let n = nodes
+                .get(&id)
+                .ok_or(Error::Setup(format!("no node {id}")))?;
+            (n.incarnation, n.store.clone(), n.clock.clone())
+        };
+        let router = Router::default();
+        let topics = Topics::open(store.clone(), clock).await?;
+        let link = self.net.link(id, incarnation);
+        let mut rafts = BTreeMap::new();
+        for g in store.groups()? {
+            let raft = group::start(
+                id,
+                g,
+                store.clone(),
+                link.clone(),
+                &router,
+                self.timing,
+                Some(&topics),
+            )
+            .await?;
+            rafts.insert(g, raft);
+        }
+        self.net.attach(id, incarnation, router.clone());
+        self.rec.event(format_args!(
+            "node n{id} up (incarnation {incarnation}, {} groups)",
+            rafts.len()
+        ));
+        let mut nodes = self.nodes();
+        let n = nodes.get_mut(&id).expect("the node exists");
+        n.up = Some(Up {
+            router,
+            topics,
+            rafts,
+        });
+        Ok(())
+    }
+
+    /// Starts topic `plan`'s group on node `id` (fresh, during setup).
+    async fn add_group(&self, id: u64, plan: &TopicPlan) -> Result<Raft<TypeConfig>, Error> {
+        let (incarnation, store, router, topics) = {
+            let nodes = self.nodes();
+            let n = nodes
+                .get(&id)
+                .ok_or(Error::Setup(format!("no node {id}")))?;
+            let up =
+                n.up.as_ref()
+                    .ok_or(Error::Setup(format!("node {id} down")))?;
+            (
+                n.incarnation,
+                n.store.clone(),
+                up.router.clone(),
+                up.topics.clone(),
+            )
+        };
+        let raft = group::start(
+            id,
+            plan.group,
+            store,
+            self.net.link(id, incarnation),
+            &router,
+            self.timing,
+            Some(&topics),
+        )
+        .await?;
+        if let Some(up) = self.nodes().get_mut(&id).and_then(|n| n.up.as_mut()) {
+            up.rafts.insert(plan.group, raft.clone());
+        }
+        Ok(raft)
+    }
+
+    /// Creates topic `plan`: its group on each replica, initialized by the
+    /// first, and the topic created through its leader. Fault-free setup.
+    pub async fn create_topic(&self, plan: &TopicPlan, history: u64) -> Result<(), Error> {
+        let mut first = None;
+        for id in &plan.replicas {
+            let raft = self.add_group(*id, plan).await?;
+            first.get_or_insert(raft);
+        }
+        let first = first.ok_or(Error::Setup("a topic without replicas".into()))?;
+        let members: BTreeMap<u64, BasicNode> = plan
+            .replicas
+            .iter()
+            .map(|id| (*id, BasicNode::new(id.to_string())))
+            .collect();
+        first
+            .initialize(members)
+            .await
+            .map_err(|e| Error::Setup(format!("initializing {}: {e}", plan.name)))?;
+        let meta = TopicMeta {
+            id: plan.topic_id(),
+            name: TopicName::new(&plan.name)?,
+            config: TopicConfig {
+                history,
+                ..TopicConfig::default()
+            },
+            created_at_ms: EPOCH_MS,
+            placement: Placement {
+                replication: plan.replicas.len() as u32,
+                constraint: None,
+            },
+        };
+        for _ in 0..200 {
+            let leader = first.current_leader().await;
+            if let Some(raft) = leader.and_then(|l| self.raft(l, plan.group))
+                && let Ok(r) = raft
+                    .client_write(woof_consensus::raft::Command::Create(meta.clone()))
+                    .await
+            {
+                self.rec.event(format_args!(
+                    "topic {} created on {:?}: {:?}",
+                    plan.name, plan.replicas, r.data
+                ));
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(Error::Setup(format!(
+            "{}: no leader within 10 s",
+            plan.name
+        )))
+    }
+
+    /// Reaps node `id` after its disk crashed (or crashes it now, with
+    /// `rng`): it leaves the network, its groups and topics stop.
+    pub async fn crash(&self, id: u64, rng: &mut SimRng) {
+        let (up, store) = {
+            let mut nodes = self.nodes();
+            let Some(n) = nodes.get_mut(&id) else { return };
+            (n.up.take(), n.store.clone())
+        };
+        let crash = store.crash(rng);
+        self.net.detach(id);
+        self.rec.event(format_args!(
+            "node n{id} down: kept {} of {} unsynced writes{}",
+            crash.kept,
+            crash.pending,
+            if crash.torn { " (torn sync)" } else { "" }
+        ));
+        let Some(up) = up else { return };
+        for (_, raft) in up.rafts {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(SHUTDOWN_MS_MAX), raft.shutdown()).await;
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_MS_MAX), up.topics.shutdown())
+            .await;
+        drop(up.router);
+    }
+
+    /// Restarts node `id` on what its disk kept.
+    pub async fn restart(&self, id: u64) -> Result<(), Error> {
+        {
+            let mut nodes = self.nodes();
+            let Some(n) = nodes.get_mut(&id) else {
+                return Err(Error::Setup(format!("no node {id}")));
+            };
+            if n.up.is_some() {
+                return Ok(());
+            }
+            n.store = Arc::new(n.store.reopen());
+            n.incarnation += 1;
+        }
+        self.start(id).await
+    }
+
+    /// Stops every node (the end of a run), without crashing disks.
+    pub async fn stop(&self) {
+        let ups: Vec<Up> = {
+            let mut nodes = self.nodes();
+            nodes.values_mut().filter_map(|n| n.up.take()).collect()
+        };
+        for up in ups {
+            for (_, raft) in up.rafts {
+                let _ =
+                    tokio::time::timeout(Duration::from_millis(SHUTDOWN_MS_MAX), raft.shutdown())
+                        .await;
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_millis(SHUTDOWN_MS_MAX), up.topics.shutdown())
+                    .await;
+        }
+    }
+}
