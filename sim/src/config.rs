@@ -5,6 +5,9 @@ use std::fmt;
 
 use crate::Error;
 
+/// How many kinds of fault there are.
+const KINDS: usize = 9;
+
 /// A kind of fault the simulator injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Fault {
@@ -22,10 +25,14 @@ pub enum Fault {
     Crash,
     /// A node loses power during a synced write, which survives whole or not at all.
     Torn,
+    /// A write fails (nothing applied); the node is restarted a little later.
+    DiskFail,
+    /// A node's wall clock jumps by up to ten minutes, either way.
+    Clock,
 }
 
 impl Fault {
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; KINDS] = [
         Fault::Drop,
         Fault::Delay,
         Fault::Dup,
@@ -33,6 +40,8 @@ impl Fault {
         Fault::Partition,
         Fault::Crash,
         Fault::Torn,
+        Fault::DiskFail,
+        Fault::Clock,
     ];
 
     pub fn name(self) -> &'static str {
@@ -44,6 +53,8 @@ impl Fault {
             Fault::Partition => "partition",
             Fault::Crash => "crash",
             Fault::Torn => "torn",
+            Fault::DiskFail => "disk-fail",
+            Fault::Clock => "clock",
         }
     }
 
@@ -58,6 +69,8 @@ impl Fault {
             Fault::Partition => 0.3,
             Fault::Crash => 0.15,
             Fault::Torn => 0.1,
+            Fault::DiskFail => 0.1,
+            Fault::Clock => 0.1,
         }
     }
 
@@ -68,7 +81,7 @@ impl Fault {
 
 /// The rate of each fault kind; 0 turns a kind off.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub struct Rates([f64; 7]);
+pub struct Rates([f64; KINDS]);
 
 impl Rates {
     pub fn none() -> Self {
@@ -132,7 +145,7 @@ impl Rates {
 
 /// How many faults of each kind were injected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Counts([u64; 7]);
+pub struct Counts([u64; KINDS]);
 
 impl Counts {
     pub fn add(&mut self, f: Fault) {

@@ -1,10 +1,12 @@
 //! The nemesis: every [`TICK_MS`] of simulated time it may start a
 //! partition (a split of the nodes in two, a one-way cut, or a node
-//! isolated: often the leader of some topic), crash a node, or arm a torn
-//! write (a crash during the node's next synced write); it heals
-//! partitions and restarts crashed nodes after a random while. At most a
-//! minority of the nodes is down at once. Per-message faults (drop, delay,
-//! duplicate, reorder) are the network's.
+//! isolated: often the leader of some topic), crash a node, arm a torn
+//! write (a crash during the node's next synced write), make a node's next
+//! write fail (the node is restarted a little later, as a supervisor
+//! would), or make a node's wall clock jump; it heals partitions and
+//! restarts crashed nodes after a random while. At most a minority of the
+//! nodes is down (or about to be) at once. Per-message faults (drop,
+//! delay, duplicate, reorder) are the network's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,9 +23,14 @@ pub const TICK_MS: u64 = 100;
 const PARTITION_MS: (u64, u64) = (300, 3_000);
 /// A crashed node stays down this long (range, ms).
 const DOWN_MS: (u64, u64) = (200, 3_000);
-/// An armed torn write that no synced write set off within this long is
-/// disarmed.
-const TEAR_ARMED_MS_MAX: u64 = 1_000;
+/// An armed torn write or write failure that no write set off within this
+/// long is disarmed.
+const ARMED_MS_MAX: u64 = 1_000;
+/// A node whose write failed runs on (its group stopped) this long before
+/// it is restarted (range, ms).
+const SICK_MS: (u64, u64) = (100, 2_000);
+/// The largest clock jump, either way.
+const CLOCK_JUMP_MS_MAX: u64 = 600_000;
 
 /// Runs until `until_ms`, then heals every partition and restarts every
 /// node (faults off from then on).
@@ -37,6 +44,10 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
     let mut down: BTreeMap<u64, u64> = BTreeMap::new();
     // Nodes with an armed torn write, and since when.
     let mut armed: BTreeMap<u64, u64> = BTreeMap::new();
+    // Nodes whose next write fails: since when, and failures before.
+    let mut failing: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    // Nodes whose write failed, and when they are restarted.
+    let mut sick: BTreeMap<u64, u64> = BTreeMap::new();
     let per_tick = |f: Fault| rates.get(f) * TICK_MS as f64 / 1000.0;
     while rec.now_ms() < until_ms {
         tokio::time::sleep(Duration::from_millis(TICK_MS)).await;
@@ -75,12 +86,52 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
                 );
                 cluster.crash(id, &mut rng).await;
                 down.insert(id, now + rng.range(DOWN_MS.0, DOWN_MS.1));
-            } else if now - armed[&id] > TEAR_ARMED_MS_MAX {
+            } else if now - armed[&id] > ARMED_MS_MAX {
                 armed.remove(&id);
                 if let Some(s) = store {
                     s.disarm();
                 }
                 rec.event(format_args!("n{id}: torn write disarmed (no synced write)"));
+            }
+        }
+
+        // Failed writes: the node runs on until its restart.
+        for (id, (since, before)) in std::mem::take(&mut failing) {
+            let store = cluster.store(id);
+            let failed = store.as_ref().map_or(before, |s| s.failed_writes());
+            if failed > before {
+                rec.fault(Fault::DiskFail, format_args!("n{id}: a write failed"));
+                sick.insert(id, now + rng.range(SICK_MS.0, SICK_MS.1));
+            } else if now - since > ARMED_MS_MAX {
+                if let Some(s) = store {
+                    s.cancel_failure();
+                }
+                rec.event(format_args!("n{id}: write failure disarmed (no write)"));
+            } else {
+                failing.insert(id, (since, before));
+            }
+        }
+        let due: Vec<u64> = sick
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            sick.remove(&id);
+            rec.event(format_args!("n{id} is restarted after its failed write"));
+            cluster.crash(id, &mut rng).await;
+            down.insert(id, now + rng.range(DOWN_MS.0, DOWN_MS.1));
+        }
+
+        if rng.chance(per_tick(Fault::Clock)) {
+            let up = cluster.up_ids();
+            if let Some(id) = rng.pick(&up).copied()
+                && let Some(clock) = cluster.clock(id)
+            {
+                let ms = rng.range(1, CLOCK_JUMP_MS_MAX) as i64;
+                let ms = if rng.chance(0.5) { -ms } else { ms };
+                clock.jump(ms);
+                rec.fault(Fault::Clock, format_args!("n{id}'s clock jumps {ms:+} ms"));
             }
         }
 
@@ -93,34 +144,47 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
             }
         }
 
-        let busy = down.len() + armed.len();
-        if busy < down_max && rng.chance(per_tick(Fault::Crash)) {
-            let up: Vec<u64> = cluster
-                .up_ids()
+        // Nodes down, or about to be: at most a minority.
+        let troubled: Vec<u64> = down
+            .keys()
+            .chain(armed.keys())
+            .chain(failing.keys())
+            .chain(sick.keys())
+            .copied()
+            .collect();
+        let calm: Vec<u64> = cluster
+            .up_ids()
+            .into_iter()
+            .filter(|id| !troubled.contains(id))
+            .collect();
+        if troubled.len() < down_max {
+            let kind = [Fault::Crash, Fault::Torn, Fault::DiskFail]
                 .into_iter()
-                .filter(|id| !armed.contains_key(id))
-                .collect();
-            if let Some(id) = rng.pick(&up).copied() {
-                rec.fault(Fault::Crash, format_args!("n{id} loses power"));
-                cluster.crash(id, &mut rng).await;
-                down.insert(id, now + rng.range(DOWN_MS.0, DOWN_MS.1));
-            }
-        }
-        let busy = down.len() + armed.len();
-        if busy < down_max && rng.chance(per_tick(Fault::Torn)) {
-            let up: Vec<u64> = cluster
-                .up_ids()
-                .into_iter()
-                .filter(|id| !armed.contains_key(id))
-                .collect();
-            if let Some(id) = rng.pick(&up).copied()
-                && let Some(store) = cluster.store(id)
-            {
-                rec.event(format_args!(
-                    "n{id}: a crash is armed for its next synced write"
-                ));
-                store.tear_next_sync(rng.next_u64());
-                armed.insert(id, now);
+                .find(|f| rng.chance(per_tick(*f)));
+            let node = rng.pick(&calm).copied();
+            if let (Some(kind), Some(id)) = (kind, node) {
+                let Some(store) = cluster.store(id) else {
+                    continue;
+                };
+                match kind {
+                    Fault::Crash => {
+                        rec.fault(Fault::Crash, format_args!("n{id} loses power"));
+                        cluster.crash(id, &mut rng).await;
+                        down.insert(id, now + rng.range(DOWN_MS.0, DOWN_MS.1));
+                    }
+                    Fault::Torn => {
+                        rec.event(format_args!(
+                            "n{id}: a crash is armed for its next synced write"
+                        ));
+                        store.tear_next_sync(rng.next_u64());
+                        armed.insert(id, now);
+                    }
+                    _ => {
+                        rec.event(format_args!("n{id}: its next write will fail"));
+                        failing.insert(id, (now, store.failed_writes()));
+                        store.fail_next_write();
+                    }
+                }
             }
         }
     }
@@ -131,6 +195,17 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
     for id in armed.keys() {
         if let Some(s) = cluster.store(*id) {
             s.disarm();
+        }
+    }
+    for id in failing.keys().chain(sick.keys()) {
+        if let Some(s) = cluster.store(*id) {
+            s.cancel_failure();
+        }
+    }
+    for id in sick.keys().chain(failing.keys()) {
+        // A write may have failed: restart the node as its supervisor would.
+        if cluster.store(*id).is_some_and(|s| s.failed_writes() > 0) {
+            cluster.crash(*id, &mut rng).await;
         }
     }
     for id in ids {

@@ -20,7 +20,8 @@
 //!   survives whole or not at all (as a prefix of the log), and its caller
 //!   never sees `Ok`;
 //! - [`SimStore::fail_next_write`] makes the next write fail with nothing
-//!   applied.
+//!   applied (openraft then stops the group on that node: a storage error
+//!   is fatal to it).
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -84,6 +85,8 @@ struct Disk {
     pending: Vec<DiskOp>,
     poisoned: bool,
     fail_next_write: bool,
+    /// Writes failed on purpose so far.
+    failed_writes: u64,
     /// Crash during the next synced call, drawing from this seed.
     tear_next_sync: Option<u64>,
     /// Set by a crash; read by whoever reaps the node.
@@ -145,6 +148,7 @@ impl SimStore {
         }
         if d.fail_next_write {
             d.fail_next_write = false;
+            d.failed_writes += 1;
             return Err(Error::Storage("simulated write failure".into()));
         }
         if op.synced()
@@ -192,6 +196,16 @@ impl SimStore {
     /// Makes the next write (synced or not) fail, with nothing applied.
     pub fn fail_next_write(&self) {
         self.disk().fail_next_write = true;
+    }
+
+    /// Takes back an armed [`fail_next_write`](Self::fail_next_write).
+    pub fn cancel_failure(&self) {
+        self.disk().fail_next_write = false;
+    }
+
+    /// How many writes [`fail_next_write`](Self::fail_next_write) failed.
+    pub fn failed_writes(&self) -> u64 {
+        self.disk().failed_writes
     }
 
     /// The crash this disk went through, if any.

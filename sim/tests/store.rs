@@ -125,6 +125,7 @@ fn disk_a_failed_write_applies_nothing() {
     s.fail_next_write();
     assert!(s.write(&element(2)).is_err());
     assert_eq!(seqs(&s), [1]);
+    assert_eq!(s.failed_writes(), 1);
     s.write(&element(3)).unwrap();
     assert_eq!(seqs(&s), [1, 3]);
 }
