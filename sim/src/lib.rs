@@ -85,6 +85,9 @@ pub struct Outcome {
     /// Appends whose outcome the client never learned.
     pub unknown: u64,
     pub reads: u64,
+    /// Whether every topic's replicas held the same elements before the
+    /// final check (the progress checker, to come, will insist on it).
+    pub settled: bool,
     pub violations: Vec<check::Violation>,
     /// The last events, for a failure report.
     pub recent: Vec<String>,
@@ -181,7 +184,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
     joined(sampler.await)?;
     joined(nemesis.await)?;
 
-    settle(&cluster).await;
+    let settled = settle(&cluster).await;
     let finals = final_contents(&cluster);
     cluster.stop().await;
     rec.event("run over");
@@ -208,14 +211,15 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         acked: count(|r| matches!(r, workload::AppendResult::Acked { .. })),
         unknown: count(|r| matches!(r, workload::AppendResult::Unknown(_))),
         reads: record.reads,
+        settled,
         violations,
         recent: rec.recent(),
     })
 }
 
 /// Waits (at most [`SETTLE_MS_MAX`]) until every topic's replicas hold the
-/// same last seq twice in a row.
-async fn settle(cluster: &Cluster) {
+/// same last seq twice in a row; false if they did not.
+async fn settle(cluster: &Cluster) -> bool {
     let start = cluster.rec.now_ms();
     let mut stable = 0;
     while cluster.rec.now_ms() - start < SETTLE_MS_MAX {
@@ -235,12 +239,13 @@ async fn settle(cluster: &Cluster) {
         stable = if even { stable + 1 } else { 0 };
         if stable >= 2 {
             cluster.rec.event("replicas caught up");
-            return;
+            return true;
         }
     }
     cluster.rec.event(format_args!(
         "replicas did not catch up within {SETTLE_MS_MAX} ms"
     ));
+    false
 }
 
 fn final_contents(cluster: &Cluster) -> check::Finals {

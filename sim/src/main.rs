@@ -72,7 +72,7 @@ fn main() -> anyhow::Result<()> {
         real_ms += real.as_millis();
         total.merge(&outcome.faults);
         println!(
-            "seed={seed} {} hash={:016x} events={} sim={:.1}s real={:.2}s x{:.0} faults {} appends={} acked={} unknown={} reads={}",
+            "seed={seed} {} hash={:016x} events={} sim={:.1}s real={:.2}s x{:.0} faults {} appends={} acked={} unknown={} reads={}{}",
             if outcome.ok() { "ok" } else { "FAILED" },
             outcome.hash,
             outcome.events,
@@ -84,6 +84,11 @@ fn main() -> anyhow::Result<()> {
             outcome.acked,
             outcome.unknown,
             outcome.reads,
+            if outcome.settled {
+                ""
+            } else {
+                " (replicas had not caught up)"
+            },
         );
         if !outcome.ok() {
             println!("seed {seed} FAILED:");

@@ -33,3 +33,41 @@ fn sim_same_seed_same_history() {
     let c = woof_sim::run(&config(8)).unwrap();
     assert_ne!(a.hash, c.hash, "seeds 7 and 8 gave the same history");
 }
+
+/// The `woof-sim` binary, in another process, gives the hash this process
+/// gets for the same seed: nothing of the process (addresses, hash keys,
+/// threads) leaks into a run.
+#[test]
+fn sim_the_binary_repeats_a_seed_across_processes() {
+    let run = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_woof-sim"))
+            .args([
+                "--seed",
+                "5",
+                "--nodes",
+                "5",
+                "--topics",
+                "4",
+                "--replication",
+                "3",
+                "--clients",
+                "3",
+                "--sim-time",
+                "5s",
+                "--faults",
+                "all",
+            ])
+            .output()
+            .expect("woof-sim runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "woof-sim failed:\n{stdout}");
+        stdout
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("hash="))
+            .map(|h| u64::from_str_radix(h, 16).expect("a hex hash"))
+            .unwrap_or_else(|| panic!("no hash in {stdout}"))
+    };
+    let here = woof_sim::run(&config(5)).unwrap().hash;
+    assert_eq!(run(), here);
+    assert_eq!(run(), here);
+}
