@@ -148,6 +148,21 @@ enum Workload {
         #[arg(long, default_value_t = scale::CREATORS_PER_NODE)]
         creators: usize,
     },
+    /// Every workload in turn (floor, append, subscribe, failover, scale),
+    /// with their default settings; each report goes to OUT as NAME.md and
+    /// NAME.json, its plots to OUT/NAME/. A workload that fails is reported
+    /// and the others still run.
+    All {
+        /// Each workload's --quick form.
+        #[arg(long)]
+        quick: bool,
+        /// Also run the peer side by side where a workload can.
+        #[arg(long, value_enum)]
+        peer: Option<Peer>,
+        /// The directory the reports and plots go to.
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -167,7 +182,37 @@ fn main() -> anyhow::Result<()> {
     }
     nodes::KEEP.store(cli.keep, std::sync::atomic::Ordering::Relaxed);
     let runtime = tokio::runtime::Runtime::new()?;
-    let report = match cli.workload {
+    if let Workload::All { quick, peer, out } = cli.workload {
+        return all(&runtime, &woof, quick, peer, &out);
+    }
+    let report = run(&runtime, &woof, cli.workload)?;
+    println!("{}", report.markdown());
+    if let Some(path) = cli.json {
+        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+        println!("figures written to {}", path.display());
+    }
+    if let Some(dir) = cli.plots {
+        for path in plot::write_all(&report, &dir)? {
+            println!("plot written to {}", path.display());
+        }
+    }
+    if !report.failures.is_empty() {
+        bail!(
+            "checks failed (rerun with --keep to keep the nodes' logs):\n{}",
+            report.failures.join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// Runs one workload and returns its report.
+fn run(
+    runtime: &tokio::runtime::Runtime,
+    woof: &std::path::Path,
+    workload: Workload,
+) -> anyhow::Result<report::Report> {
+    let woof = woof.to_path_buf();
+    Ok(match workload {
         Workload::Append {
             quick,
             size,
@@ -225,22 +270,95 @@ fn main() -> anyhow::Result<()> {
             };
             runtime.block_on(scale::run(&woof, plan))?
         }
+        Workload::All { .. } => bail!("`all` runs the other workloads; it is not one of them"),
+    })
+}
+
+/// `all`: every workload in turn, each report written to `out`.
+fn all(
+    runtime: &tokio::runtime::Runtime,
+    woof: &std::path::Path,
+    quick: bool,
+    peer: Option<Peer>,
+    out: &std::path::Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out)?;
+    let with_peer = |args: &str| match peer {
+        Some(Peer::Nats) => format!("{args} --peer nats"),
+        None => args.to_string(),
     };
-    println!("{}", report.markdown());
-    if let Some(path) = cli.json {
-        std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-        println!("figures written to {}", path.display());
+    let q = if quick { " --quick" } else { "" };
+    let workloads = [
+        (
+            "floor",
+            Workload::Floor {
+                replicas: 3,
+                appends: if quick { 1000 } else { 3000 },
+            },
+            format!("floor --appends {}", if quick { 1000 } else { 3000 }),
+        ),
+        (
+            "append",
+            Workload::Append {
+                quick,
+                size: vec![64, 1024],
+                replication: vec![1, 3],
+                peer,
+            },
+            with_peer(&format!("append{q}")),
+        ),
+        (
+            "subscribe",
+            Workload::Subscribe { quick, peer },
+            with_peer(&format!("subscribe{q}")),
+        ),
+        (
+            "failover",
+            Workload::Failover {
+                trials: None,
+                quick,
+                peer,
+            },
+            with_peer(&format!("failover{q}")),
+        ),
+        (
+            "scale",
+            Workload::Scale {
+                topics: None,
+                nodes: None,
+                quick,
+                creators: scale::CREATORS_PER_NODE,
+            },
+            format!("scale{q}"),
+        ),
+    ];
+    let mut failed = Vec::new();
+    for (name, workload, args) in workloads {
+        eprintln!("== {name}: woof-bench {args}");
+        let started = std::time::Instant::now();
+        let mut report = match run(runtime, woof, workload) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("{name}: FAILED: {e:#}");
+                failed.push(format!("{name}: {e:#}"));
+                continue;
+            }
+        };
+        report.command = format!("woof-bench {args}");
+        let took = started.elapsed().as_secs_f64();
+        let markdown = format!("{}\n\n(ran for {took:.0} s)\n", report.markdown());
+        std::fs::write(out.join(format!("{name}.md")), &markdown)?;
+        std::fs::write(
+            out.join(format!("{name}.json")),
+            serde_json::to_string_pretty(&report)?,
+        )?;
+        plot::write_all(&report, &out.join(name))?;
+        println!("{markdown}");
+        failed.extend(report.failures.iter().map(|f| format!("{name}: {f}")));
     }
-    if let Some(dir) = cli.plots {
-        for path in plot::write_all(&report, &dir)? {
-            println!("plot written to {}", path.display());
-        }
-    }
-    if !report.failures.is_empty() {
-        bail!(
-            "checks failed (rerun with --keep to keep the nodes' logs):\n{}",
-            report.failures.join("\n")
-        );
+    println!("reports written to {}", out.display());
+    if !failed.is_empty() {
+        bail!("checks failed:\n{}", failed.join("\n"));
     }
     Ok(())
 }
