@@ -175,6 +175,36 @@ impl fmt::Display for Counts {
     }
 }
 
+/// A deliberate bug the simulator can switch on, to show that its
+/// checkers catch what they exist for (tests only; level C puts them in
+/// the simulator's client, later ones in woof's own code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// The client counts an append as acknowledged once the node it asked
+    /// leads the group, with the next sequence number it predicts, without
+    /// waiting for the commit.
+    AckBeforeCommit,
+    /// After an error that leaves the outcome unknown, the client retries
+    /// with a new producer sequence (so the topic cannot recognise the
+    /// retry).
+    RetryWithNewSeq,
+    /// Node 1's disk stores every element's payload reversed.
+    DivergentReplica,
+}
+
+impl Broken {
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        match text {
+            "ack-before-commit" => Ok(Broken::AckBeforeCommit),
+            "retry-with-new-seq" => Ok(Broken::RetryWithNewSeq),
+            "divergent-replica" => Ok(Broken::DivergentReplica),
+            _ => Err(Error::Config(format!(
+                "unknown broken variant {text:?}: ack-before-commit, retry-with-new-seq or divergent-replica"
+            ))),
+        }
+    }
+}
+
 /// One run.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -189,6 +219,8 @@ pub struct Config {
     pub faults: Rates,
     /// Print every event as it happens.
     pub trace: bool,
+    /// A deliberate bug to switch on (checker tests).
+    pub broken: Option<Broken>,
 }
 
 impl Default for Config {
@@ -202,6 +234,7 @@ impl Default for Config {
             sim_time_ms: 30_000,
             faults: Rates::all(),
             trace: false,
+            broken: None,
         }
     }
 }

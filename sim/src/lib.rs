@@ -50,7 +50,7 @@ pub mod workload;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use config::{Config, Counts, Fault, Rates};
+pub use config::{Broken, Config, Counts, Fault, Rates};
 use history::Recorder;
 use node::Cluster;
 use rng::SimRng;
@@ -144,6 +144,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         config.topics,
         config.replication,
         &mut root.fork("placement"),
+        config.broken,
     ));
     for id in cluster.ids() {
         cluster.start(id).await?;
@@ -175,6 +176,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
                 c,
                 root.fork(&format!("client/{c}")),
                 until,
+                config.broken,
             ))
         })
         .collect();

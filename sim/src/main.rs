@@ -39,6 +39,10 @@ struct Args {
     /// Rerun the seed and print every event.
     #[arg(long, requires = "seed")]
     replay: bool,
+    /// Switch on a deliberate bug (ack-before-commit, retry-with-new-seq)
+    /// to see the checkers catch it.
+    #[arg(long, hide = true)]
+    broken: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -50,6 +54,11 @@ fn main() -> anyhow::Result<()> {
     };
     let faults = Rates::parse(&args.faults)?;
     let sim_time_ms = config::parse_duration_ms(&args.sim_time)?;
+    let broken = args
+        .broken
+        .as_deref()
+        .map(config::Broken::parse)
+        .transpose()?;
     let mut total = Counts::default();
     let mut failed = Vec::new();
     let (mut sim_ms, mut real_ms) = (0u64, 0u128);
@@ -64,6 +73,7 @@ fn main() -> anyhow::Result<()> {
             sim_time_ms,
             faults,
             trace: args.replay,
+            broken,
         };
         let started = Instant::now();
         let outcome = woof_sim::run(&config).with_context(|| format!("seed {seed}"))?;
@@ -100,8 +110,17 @@ fn main() -> anyhow::Result<()> {
                 println!("    {e}");
             }
             println!(
-                "  reproduce: woof-sim --seed {seed} --nodes {} --topics {} --replication {} --clients {} --sim-time {} --faults {} --replay",
-                args.nodes, args.topics, args.replication, args.clients, args.sim_time, args.faults
+                "  reproduce: woof-sim --seed {seed} --nodes {} --topics {} --replication {} --clients {} --sim-time {} --faults {}{} --replay",
+                args.nodes,
+                args.topics,
+                args.replication,
+                args.clients,
+                args.sim_time,
+                args.faults,
+                args.broken
+                    .as_ref()
+                    .map(|b| format!(" --broken {b}"))
+                    .unwrap_or_default()
             );
             failed.push(seed);
         }

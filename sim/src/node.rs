@@ -23,6 +23,7 @@ use woof_consensus::topic::{Placement, TopicConfig, TopicId, TopicMeta, TopicNam
 use woof_consensus::{Clock, Topics};
 
 use crate::Error;
+use crate::config::Broken;
 use crate::history::Recorder;
 use crate::net::SimNet;
 use crate::rng::SimRng;
@@ -98,6 +99,8 @@ pub struct Cluster {
     pub plans: Vec<TopicPlan>,
     timing: Timing,
     nodes: Mutex<BTreeMap<u64, Node>>,
+    /// Node 1's disk stores payloads reversed ([`Broken::DivergentReplica`]).
+    corrupt_node_1: bool,
 }
 
 impl Cluster {
@@ -109,7 +112,9 @@ impl Cluster {
         topics: usize,
         replication: usize,
         rng: &mut SimRng,
+        broken: Option<Broken>,
     ) -> Self {
+        let corrupt_node_1 = broken == Some(Broken::DivergentReplica);
         let start = tokio::time::Instant::now();
         let plans = (0..topics)
             .map(|index| {
@@ -146,6 +151,7 @@ impl Cluster {
             plans,
             timing: Timing::default(),
             nodes: Mutex::new(nodes),
+            corrupt_node_1,
         }
     }
 
@@ -206,6 +212,9 @@ impl Cluster {
                 .ok_or(Error::Setup(format!("no node {id}")))?;
             (n.incarnation, n.store.clone(), n.clock.clone())
         };
+        if id == 1 && self.corrupt_node_1 {
+            store.corrupt_elements();
+        }
         let router = Router::default();
         let topics = Topics::open(store.clone(), clock).await?;
         let link = self.net.link(id, incarnation);

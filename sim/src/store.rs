@@ -26,7 +26,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use woof_consensus::Error;
-use woof_consensus::store::{GroupId, MemStore, RaftLogStore, Store, WriteBatch};
+use woof_consensus::store::{GroupId, MemStore, Op, RaftLogStore, Store, WriteBatch};
 use woof_consensus::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
 use crate::rng::SimRng;
@@ -91,6 +91,8 @@ struct Disk {
     tear_next_sync: Option<u64>,
     /// Set by a crash; read by whoever reaps the node.
     crashed: Option<Crash>,
+    /// Store every element's payload reversed (a deliberate bug).
+    corrupt: bool,
 }
 
 impl Disk {
@@ -117,6 +119,35 @@ impl Disk {
 #[derive(Default)]
 pub struct SimStore {
     disk: Mutex<Disk>,
+}
+
+/// `op` with its elements' payloads reversed.
+fn corrupted(op: DiskOp) -> DiskOp {
+    let flip = |b: &WriteBatch| {
+        let mut out = WriteBatch::default();
+        for op in b.ops() {
+            out.push(match op {
+                Op::PutElement(topic, e) => {
+                    let mut payload = e.payload.to_vec();
+                    payload.reverse();
+                    Op::PutElement(
+                        *topic,
+                        Element {
+                            payload: payload.into(),
+                            ..e.clone()
+                        },
+                    )
+                }
+                other => other.clone(),
+            });
+        }
+        out
+    };
+    match op {
+        DiskOp::Write(b) => DiskOp::Write(flip(&b)),
+        DiskOp::Unsynced(b) => DiskOp::Unsynced(flip(&b)),
+        other => other,
+    }
 }
 
 fn poisoned() -> Error {
@@ -146,6 +177,7 @@ impl SimStore {
         if d.poisoned {
             return Err(poisoned());
         }
+        let op = if d.corrupt { corrupted(op) } else { op };
         if d.fail_next_write {
             d.fail_next_write = false;
             d.failed_writes += 1;
@@ -196,6 +228,12 @@ impl SimStore {
     /// Makes the next write (synced or not) fail, with nothing applied.
     pub fn fail_next_write(&self) {
         self.disk().fail_next_write = true;
+    }
+
+    /// From now on, stores every element's payload reversed: a replica
+    /// that disagrees with the others (to show the agreement checker bites).
+    pub fn corrupt_elements(&self) {
+        self.disk().corrupt = true;
     }
 
     /// Takes back an armed [`fail_next_write`](Self::fail_next_write).

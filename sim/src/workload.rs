@@ -19,6 +19,7 @@ use woof_consensus::Clock;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::Store;
 
+use crate::config::Broken;
 use crate::node::Cluster;
 use crate::rng::SimRng;
 
@@ -105,6 +106,7 @@ pub async fn client(
     client: usize,
     mut rng: SimRng,
     until_ms: u64,
+    broken: Option<Broken>,
 ) {
     let producer = format!("c{client}");
     let mut producer_seqs: BTreeMap<usize, u64> = BTreeMap::new();
@@ -119,21 +121,23 @@ pub async fn client(
         }
         let pseq = producer_seqs.entry(topic).or_insert(0);
         *pseq += 1;
-        let pseq = *pseq;
         let count = rng.range(1, 4);
         let payloads: Vec<Vec<u8>> = (0..count)
             .map(|k| format!("c{client}/t{topic}/p{pseq}/{k}").into_bytes())
             .collect();
-        append(
+        *pseq = append(
             &cluster,
             &record,
-            client,
-            topic,
-            &producer,
-            pseq,
-            payloads,
+            Request {
+                client,
+                topic,
+                producer: &producer,
+                pseq: *pseq,
+                payloads,
+            },
             &mut leaders,
             &mut rng,
+            broken,
         )
         .await;
     }
@@ -157,18 +161,31 @@ fn read_latest(cluster: &Cluster, record: &Shared, client: usize, topic: usize, 
     ));
 }
 
-#[allow(clippy::too_many_arguments)]
+/// One append a client makes.
+struct Request<'a> {
+    client: usize,
+    topic: usize,
+    producer: &'a str,
+    pseq: u64,
+    payloads: Vec<Vec<u8>>,
+}
+
+/// Makes one append, with retries; returns the last producer sequence used.
 async fn append(
     cluster: &Cluster,
     record: &Shared,
-    client: usize,
-    topic: usize,
-    producer: &str,
-    pseq: u64,
-    payloads: Vec<Vec<u8>>,
+    request: Request<'_>,
     leaders: &mut BTreeMap<usize, u64>,
     rng: &mut SimRng,
-) {
+    broken: Option<Broken>,
+) -> u64 {
+    let Request {
+        client,
+        topic,
+        producer,
+        mut pseq,
+        payloads,
+    } = request;
     let plan = &cluster.plans[topic];
     let op = lock(record).next_op();
     let invoked_ms = cluster.rec.now_ms();
@@ -201,6 +218,24 @@ async fn append(
             producer: Some((producer.to_string(), pseq)),
             time_ms: clock.now_ms(),
         };
+        if broken == Some(Broken::AckBeforeCommit)
+            && raft.current_leader().await == Some(node)
+            && let Some(topics) = cluster.topics(node)
+        {
+            let first_seq = topics.latest(&plan.name).map_or(1, |r| r.last + 1);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(REQUEST_MS_MAX),
+                    raft.client_write(command),
+                )
+                .await;
+            });
+            break AppendResult::Acked {
+                first_seq,
+                count: payloads.len() as u64,
+                duplicate: false,
+            };
+        }
         let answer = tokio::time::timeout(
             Duration::from_millis(REQUEST_MS_MAX),
             raft.client_write(command),
@@ -235,10 +270,16 @@ async fn append(
             Ok(Err(e)) => {
                 last_error = format!("n{node}: {e}");
                 leaders.remove(&topic);
+                if broken == Some(Broken::RetryWithNewSeq) {
+                    pseq += 1;
+                }
             }
             Err(_) => {
                 last_error = format!("n{node}: no answer in {REQUEST_MS_MAX} ms");
                 leaders.remove(&topic);
+                if broken == Some(Broken::RetryWithNewSeq) {
+                    pseq += 1;
+                }
             }
         }
         tokio::time::sleep(Duration::from_millis(backoff)).await;
@@ -260,6 +301,7 @@ async fn append(
         attempts,
         result,
     });
+    pseq
 }
 
 /// Reads what every running replica stores, once a second, until `until_ms`.

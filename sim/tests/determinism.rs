@@ -12,7 +12,7 @@ fn config(seed: u64) -> Config {
         clients: 3,
         sim_time_ms: 5_000,
         faults: Rates::all(),
-        trace: false,
+        ..Config::default()
     }
 }
 

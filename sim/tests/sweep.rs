@@ -17,7 +17,7 @@ fn sim_small_sweep_with_all_faults_passes() {
             clients: 4,
             sim_time_ms: 10_000,
             faults: Rates::all(),
-            trace: false,
+            ..Config::default()
         })
         .unwrap();
         assert!(
