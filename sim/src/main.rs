@@ -3,11 +3,18 @@
 //! failure the checker, the violation, the last events and the command that
 //! replays the seed.
 
-use std::time::Instant;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use woof_sim::Outcome;
 use woof_sim::config::{self, Config, Counts, Rates};
+
+/// The most seeds run at once.
+const JOBS_MAX: usize = 64;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -39,6 +46,9 @@ struct Args {
     /// Rerun the seed and print every event.
     #[arg(long, requires = "seed")]
     replay: bool,
+    /// Seeds run at once, each on its own thread (at most 64).
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
     /// Switch on a deliberate bug (ack-before-commit, retry-with-new-seq)
     /// to see the checkers catch it.
     #[arg(long, hide = true)]
@@ -59,72 +69,64 @@ fn main() -> anyhow::Result<()> {
         .as_deref()
         .map(config::Broken::parse)
         .transpose()?;
+    let config = |seed| Config {
+        seed,
+        nodes: args.nodes,
+        topics: args.topics,
+        replication: args.replication,
+        clients: args.clients,
+        sim_time_ms,
+        faults,
+        trace: args.replay,
+        broken,
+    };
+    config(seeds.start).validate()?;
+    let jobs = args.jobs.clamp(1, JOBS_MAX);
     let mut total = Counts::default();
     let mut failed = Vec::new();
     let (mut sim_ms, mut real_ms) = (0u64, 0u128);
     let sweep_start = Instant::now();
-    for seed in seeds.clone() {
-        let config = Config {
-            seed,
-            nodes: args.nodes,
-            topics: args.topics,
-            replication: args.replication,
-            clients: args.clients,
-            sim_time_ms,
-            faults,
-            trace: args.replay,
-            broken,
-        };
-        let started = Instant::now();
-        let outcome = woof_sim::run(&config).with_context(|| format!("seed {seed}"))?;
-        let real = started.elapsed();
-        sim_ms += outcome.sim_ms;
-        real_ms += real.as_millis();
-        total.merge(&outcome.faults);
-        println!(
-            "seed={seed} {} hash={:016x} events={} sim={:.1}s real={:.2}s x{:.0} faults {} appends={} acked={} unknown={} reads={}{}",
-            if outcome.ok() { "ok" } else { "FAILED" },
-            outcome.hash,
-            outcome.events,
-            outcome.sim_ms as f64 / 1000.0,
-            real.as_secs_f64(),
-            outcome.sim_ms as f64 / real.as_secs_f64().max(1e-3) / 1000.0,
-            outcome.faults,
-            outcome.appends,
-            outcome.acked,
-            outcome.unknown,
-            outcome.reads,
-            if outcome.settled {
-                ""
-            } else {
-                " (replicas had not caught up)"
-            },
-        );
-        if !outcome.ok() {
-            println!("seed {seed} FAILED:");
-            for v in &outcome.violations {
-                println!("  checker {}: {}", v.checker, v.what);
-            }
-            println!("  last events:");
-            for e in &outcome.recent {
-                println!("    {e}");
-            }
-            println!(
-                "  reproduce: woof-sim --seed {seed} --nodes {} --topics {} --replication {} --clients {} --sim-time {} --faults {}{} --replay",
-                args.nodes,
-                args.topics,
-                args.replication,
-                args.clients,
-                args.sim_time,
-                args.faults,
-                args.broken
-                    .as_ref()
-                    .map(|b| format!(" --broken {b}"))
-                    .unwrap_or_default()
-            );
-            failed.push(seed);
+    // Seeds run on `jobs` threads, each run on its own single-threaded
+    // runtime; the reports come out in seed order.
+    let next = AtomicU64::new(seeds.start);
+    let (tx, rx) = mpsc::sync_channel(jobs);
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        for _ in 0..jobs {
+            let (tx, next, config) = (tx.clone(), &next, &config);
+            let end = seeds.end;
+            scope.spawn(move || {
+                loop {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= end {
+                        return;
+                    }
+                    let started = Instant::now();
+                    let outcome = woof_sim::run(&config(seed));
+                    if tx.send((seed, outcome, started.elapsed())).is_err() {
+                        return;
+                    }
+                }
+            });
         }
-    }
+        drop(tx);
+        let mut waiting = BTreeMap::new();
+        let mut expected = seeds.start;
+        for (seed, outcome, real) in rx {
+            waiting.insert(seed, (outcome, real));
+            while let Some((outcome, real)) = waiting.remove(&expected) {
+                let outcome = outcome.with_context(|| format!("seed {expected}"))?;
+                sim_ms += outcome.sim_ms;
+                real_ms += real.as_millis();
+                total.merge(&outcome.faults);
+                report(&args, &outcome, real);
+                if !outcome.ok() {
+                    failed.push(expected);
+                }
+                expected += 1;
+            }
+        }
+        Ok(())
+    })?;
     let runs = seeds.end - seeds.start;
     let silent: Vec<&str> = faults
         .enabled()
@@ -155,4 +157,52 @@ fn main() -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Prints one seed's line, and on a failure what failed and how to replay it.
+fn report(args: &Args, outcome: &Outcome, real: Duration) {
+    let seed = outcome.seed;
+    println!(
+        "seed={seed} {} hash={:016x} events={} sim={:.1}s real={:.2}s x{:.0} faults {} appends={} acked={} unknown={} reads={}{}",
+        if outcome.ok() { "ok" } else { "FAILED" },
+        outcome.hash,
+        outcome.events,
+        outcome.sim_ms as f64 / 1000.0,
+        real.as_secs_f64(),
+        outcome.sim_ms as f64 / real.as_secs_f64().max(1e-3) / 1000.0,
+        outcome.faults,
+        outcome.appends,
+        outcome.acked,
+        outcome.unknown,
+        outcome.reads,
+        if outcome.settled {
+            ""
+        } else {
+            " (replicas had not caught up)"
+        },
+    );
+    if outcome.ok() {
+        return;
+    }
+    println!("seed {seed} FAILED:");
+    for v in &outcome.violations {
+        println!("  checker {}: {}", v.checker, v.what);
+    }
+    println!("  last events:");
+    for e in &outcome.recent {
+        println!("    {e}");
+    }
+    println!(
+        "  reproduce: woof-sim --seed {seed} --nodes {} --topics {} --replication {} --clients {} --sim-time {} --faults {}{} --replay",
+        args.nodes,
+        args.topics,
+        args.replication,
+        args.clients,
+        args.sim_time,
+        args.faults,
+        args.broken
+            .as_ref()
+            .map(|b| format!(" --broken {b}"))
+            .unwrap_or_default()
+    );
 }
