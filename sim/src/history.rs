@@ -113,6 +113,15 @@ impl Recorder {
             .event(at, what);
     }
 
+    /// Prints a line when tracing (`--replay`), without recording it: for
+    /// details too costly to work out on every run. The hash is the same
+    /// with and without tracing.
+    pub fn note(&self, what: impl FnOnce() -> String) {
+        if self.trace {
+            println!("{:>8} ms  ({})", self.now_ms(), what());
+        }
+    }
+
     /// Records and counts an injected fault.
     pub fn fault(&self, kind: crate::config::Fault, what: impl std::fmt::Display) {
         self.faults

@@ -23,6 +23,20 @@ pub const TICK_MS: u64 = 100;
 const PARTITION_MS: (u64, u64) = (300, 3_000);
 /// A crashed node stays down this long (range, ms).
 const DOWN_MS: (u64, u64) = (200, 3_000);
+/// One crash in [`LONG_DOWN_ONE_IN`] keeps the node down this long (range,
+/// ms): long enough for its groups to purge the log it needs, so that it
+/// catches up from a snapshot.
+const LONG_DOWN_MS: (u64, u64) = (5_000, 20_000);
+const LONG_DOWN_ONE_IN: u64 = 10;
+
+/// How long a crashed node stays down.
+fn downtime(rng: &mut SimRng) -> u64 {
+    if rng.range(0, LONG_DOWN_ONE_IN) == 0 {
+        rng.range(LONG_DOWN_MS.0, LONG_DOWN_MS.1)
+    } else {
+        rng.range(DOWN_MS.0, DOWN_MS.1)
+    }
+}
 /// An armed torn write or write failure that no write set off within this
 /// long is disarmed.
 const ARMED_MS_MAX: u64 = 1_000;
@@ -85,7 +99,7 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
                     format_args!("n{id} crashed during a synced write"),
                 );
                 cluster.crash(id, &mut rng).await;
-                down.insert(id, now + rng.range(DOWN_MS.0, DOWN_MS.1));
+                down.insert(id, now + downtime(&mut rng));
             } else if now - armed[&id] > ARMED_MS_MAX {
                 armed.remove(&id);
                 if let Some(s) = store {
@@ -120,7 +134,7 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
             sick.remove(&id);
             rec.event(format_args!("n{id} is restarted after its failed write"));
             cluster.crash(id, &mut rng).await;
-            down.insert(id, now + rng.range(DOWN_MS.0, DOWN_MS.1));
+            down.insert(id, now + downtime(&mut rng));
         }
 
         if rng.chance(per_tick(Fault::Clock)) {
@@ -170,7 +184,7 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
                     Fault::Crash => {
                         rec.fault(Fault::Crash, format_args!("n{id} loses power"));
                         cluster.crash(id, &mut rng).await;
-                        down.insert(id, now + rng.range(DOWN_MS.0, DOWN_MS.1));
+                        down.insert(id, now + downtime(&mut rng));
                     }
                     Fault::Torn => {
                         rec.event(format_args!(

@@ -209,6 +209,8 @@ impl SimNet {
             message.len(),
             digest(&message)
         ));
+        self.rec
+            .note(|| format!("msg#{msg} is {}", describe(&message)));
         if self.is_blocked(me, to) {
             return self.lost(msg, "link cut at send", 0).await;
         }
@@ -286,6 +288,26 @@ impl SimNet {
             digest(&reply)
         ));
         Ok(reply)
+    }
+}
+
+/// What a Raft message is (for traces).
+fn describe(message: &[u8]) -> String {
+    use woof_consensus::raft::network::{Envelope, Rpc};
+    match woof_consensus::raft::decode::<Envelope>(message) {
+        Ok(e) => match e.rpc {
+            Rpc::AppendEntries(r) => format!(
+                "append-entries of group {} with {} entries",
+                e.group,
+                r.entries.len()
+            ),
+            Rpc::Vote(v) => format!("vote of group {} for {}", e.group, v.vote),
+            Rpc::InstallSnapshot(s) => format!(
+                "install-snapshot of group {} at offset {}",
+                e.group, s.offset
+            ),
+        },
+        Err(e) => format!("undecodable: {e}"),
     }
 }
 

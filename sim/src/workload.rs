@@ -35,6 +35,8 @@ const BACKOFF_MS_MIN: u64 = 10;
 const BACKOFF_MS_MAX: u64 = 320;
 /// Elements the sampler reads per replica and topic each round.
 const SAMPLE_ELEMENTS_MAX: usize = 2_000;
+/// Samples one run keeps at most (the sampler stops there).
+const SAMPLES_MAX: usize = 2_000_000;
 
 /// How an append ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,7 +348,15 @@ pub async fn sampler(cluster: Arc<Cluster>, record: Shared, until_ms: u64) {
                 }
             }
         }
-        lock(&record).samples.extend(samples);
+        let mut r = lock(&record);
+        r.samples.extend(samples);
+        if r.samples.len() >= SAMPLES_MAX {
+            drop(r);
+            cluster
+                .rec
+                .event(format_args!("sampler stops: {SAMPLES_MAX} samples taken"));
+            return;
+        }
     }
 }
 
