@@ -30,6 +30,13 @@ fn sim_same_seed_same_history() {
         "a run with so few events ({}) proves little",
         a.events
     );
+    // Tracing (--replay) prints the run, and changes nothing in it.
+    let traced = woof_sim::run(&Config {
+        trace: true,
+        ..config(7)
+    })
+    .unwrap();
+    assert_eq!(traced.hash, a.hash, "tracing changed the run");
     let c = woof_sim::run(&config(8)).unwrap();
     assert_ne!(a.hash, c.hash, "seeds 7 and 8 gave the same history");
 }
