@@ -26,6 +26,7 @@ fn sim_small_sweep_with_all_faults_passes() {
             outcome.violations,
             outcome.recent.join("\n")
         );
+        assert!(outcome.settled, "seed {seed}: replicas did not catch up");
         total.merge(&outcome.faults);
         acked += outcome.acked;
     }
@@ -33,4 +34,36 @@ fn sim_small_sweep_with_all_faults_passes() {
         assert!(total.get(f) > 0, "no {} fault injected: {total}", f.name());
     }
     assert!(acked > 100, "only {acked} appends acknowledged");
+}
+
+/// The size issue 4 asks sweeps to run at: 5 nodes, 20 topics of 3
+/// replicas, 8 clients, every fault on.
+#[test]
+fn sim_a_full_size_run_passes() {
+    let outcome = woof_sim::run(&Config {
+        seed: 42,
+        nodes: 5,
+        topics: 20,
+        replication: 3,
+        clients: 8,
+        sim_time_ms: 10_000,
+        faults: Rates::all(),
+        ..Config::default()
+    })
+    .unwrap();
+    assert!(
+        outcome.ok(),
+        "{:#?}\nlast events:\n{}",
+        outcome.violations,
+        outcome.recent.join("\n")
+    );
+    assert!(
+        outcome.settled,
+        "replicas did not catch up after the faults"
+    );
+    assert!(
+        outcome.acked > 100,
+        "only {} appends acknowledged",
+        outcome.acked
+    );
 }
