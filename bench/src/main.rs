@@ -8,24 +8,30 @@
 //! - `report.rs`: the machine probe (cores, memory, disk sync latency) and
 //!   the report: the exact command, rows of figures, notes and failed checks,
 //!   printed as a Markdown table and written as JSON with `--json FILE`;
-//! - one module per workload: `append.rs` (synced appends on one node or
-//!   on a 3-replica topic), `failover.rs` (the leader SIGKILLed under a
-//!   steady client, and nothing acknowledged lost), `scale.rs` (the CPU and
-//!   memory of thousands of sleeping topics), `floor.rs` (one Raft group's
+//! - one module per workload: `append.rs` (synced appends on one node and
+//!   on a 3-replica topic, 64 B and 1 KiB), `failover.rs` (the leader
+//!   SIGKILLed, SIGSTOPped and cut off under a steady client; nothing
+//!   acknowledged lost), `scale.rs` (the CPU and memory of thousands of
+//!   sleeping topics; throughput as nodes go from 3 to 9), `floor.rs` (one Raft group's
 //!   replicas in this process, without a network: the floor under `append`),
 //!   `subscribe.rs` (append-to-delivery latency on the leader's node, on a
 //!   follower's, and fanned out to 100 subscribers);
 //! - `plot.rs`: SVG plots of a report (`--plots DIR`: latency by
 //!   percentile, figures over time);
-//! - `nats.rs`: NATS JetStream as the peer (`append` and `subscribe` with
-//!   `--peer nats`).
+//! - `nats.rs`: NATS JetStream as the peer (`append`, `subscribe` and
+//!   `failover` with `--peer nats`);
+//! - `netns.rs`: network namespaces on one bridge (one per node, as root),
+//!   so that `failover` can cut a node off by taking its link down.
+//!
+//! `woof-bench all --out DIR` runs every workload in turn and writes each
+//! report (Markdown, JSON, plots) to DIR.
 //!
 //! Every wait and retry is bounded and fails with a message naming what was
 //! waited for; a failing workload shows the end of each node's log, and
 //! `--keep` keeps the nodes' directories (data and full logs; set WOOF_LOG
 //! for more detail, as for `woof node start`). A workload whose checks fail
 //! still prints its report, then exits with an error. The peers side by
-//! side: JetStream for `append` and `subscribe`; `failover` to follow.
+//! side: JetStream for `append`, `subscribe` and `failover`.
 
 mod append;
 mod failover;
@@ -93,10 +99,11 @@ enum Workload {
         peer: Option<Peer>,
     },
     /// A 3-node cluster, a client appending through a follower, the leader
-    /// SIGKILLed and restarted, trial after trial: how long appends stop,
-    /// and a check that no acknowledged append is lost.
+    /// SIGKILLed, SIGSTOPped, or cut off (link down, in network namespaces,
+    /// as root), trial after trial: how long appends stop, the longest
+    /// append, and a check that no acknowledged append is lost.
     Failover {
-        /// How many times the leader is killed [default: 10].
+        /// Trials per fault [default: 10].
         #[arg(long)]
         trials: Option<usize>,
         /// 3 trials (unless --trials says otherwise).
