@@ -45,6 +45,7 @@ pub async fn run(
     }
     let mut report = None;
     for replication in replications {
+        report::settle_disk();
         if *replication == 1 {
             let node = Standalone::start(woof)?;
             let report = report.get_or_insert(Report::new(probe_machine(node.dir.path())?));
@@ -65,6 +66,7 @@ pub async fn run(
     }
     let mut report = report.context("no case ran")?;
     if peer {
+        report::settle_disk();
         for size in sizes {
             peer_cases(&mut report, secs, *size).await?;
         }

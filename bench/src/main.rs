@@ -342,6 +342,7 @@ fn all(
     let mut failed = Vec::new();
     for (name, workload, args) in workloads {
         eprintln!("== {name}: woof-bench {args}");
+        report::settle_disk();
         let started = std::time::Instant::now();
         let mut report = match run(runtime, woof, workload) {
             Ok(r) => r,

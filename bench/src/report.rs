@@ -274,6 +274,34 @@ impl Pace {
     }
 }
 
+/// How long [`settle_disk`] waits at most.
+const SETTLE_MAX: Duration = Duration::from_secs(120);
+
+/// Waits until the kernel has written back what earlier cases left in the
+/// page cache (`sync`, at most [`SETTLE_MAX`]): the standalone node's batches
+/// leave gigabytes behind, and the next part's fsyncs would otherwise queue
+/// behind their writeback (that halved the 3-replica figures of one run).
+pub fn settle_disk() {
+    let started = Instant::now();
+    let Ok(mut child) = std::process::Command::new("sync").spawn() else {
+        eprintln!("could not run sync; going on without waiting for writeback");
+        return;
+    };
+    while started.elapsed() < SETTLE_MAX {
+        if let Ok(Some(_)) = child.try_wait() {
+            eprintln!(
+                "disk settled (sync) in {:.1} s",
+                started.elapsed().as_secs_f64()
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    eprintln!("sync still running after {SETTLE_MAX:?}; going on");
+}
+
 /// The commit of the source tree the bench runs in, if it is a git checkout.
 fn git_commit() -> Option<String> {
     let out = std::process::Command::new("git")
