@@ -23,6 +23,7 @@
 //! issue. The client-facing API of [`Topics`] is shaped so that it does not
 //! change when that happens.
 
+pub mod bugs;
 pub mod error;
 pub mod raft;
 pub mod store;

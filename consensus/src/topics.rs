@@ -23,6 +23,7 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::bugs::{self, Bug};
 use crate::error::{Error, Result};
 use crate::store::{GROUP_ID_MIN, Op, Store, WriteBatch, blocking};
 use crate::topic::machine::{check_payloads, check_readable};
@@ -674,6 +675,9 @@ impl Subscription {
             }
             if self.published.changed().await.is_err() {
                 return Err(Error::Closed);
+            }
+            if bugs::on(Bug::SubscriberRedelivers) && self.next > 1 {
+                self.next -= 1;
             }
         }
     }

@@ -2,12 +2,14 @@
 
 use std::sync::Arc;
 
-use openraft::{Config, Raft, SnapshotPolicy};
+use openraft::error::{CheckIsLeaderError, RaftError};
+use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
 use super::TypeConfig;
 use super::log_store::LogStore;
 use super::network::{NetworkFactory, Router, Transport};
 use super::state_machine::TopicStateMachine;
+use crate::bugs::{self, Bug};
 use crate::error::Error;
 use crate::store::{GroupId, RaftLogStore, Store};
 use crate::topics::Topics;
@@ -62,6 +64,7 @@ pub async fn start<S: Store + RaftLogStore>(
     }
     .validate()
     .map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?;
+    let restarted = store.last_log(group)?.is_some();
     let log = LogStore::new(store.clone(), group);
     let mut sm = TopicStateMachine::open(store.clone(), store, group).await?;
     if let Some(topics) = readers {
@@ -76,6 +79,21 @@ pub async fn start<S: Store + RaftLogStore>(
     )
     .await
     .map_err(|e| Error::Storage(format!("starting group {}: {e}", group.0)))?;
-    router.insert(group, raft.clone());
+    if !(restarted && bugs::on(Bug::RestartedGroupUnreachable)) {
+        router.insert(group, raft.clone());
+    }
     Ok(raft)
+}
+
+/// Confirms, with a quorum of the group, that this replica leads it and
+/// has applied everything committed before the call: after `Ok`, what this
+/// replica's topic holds is a linearizable answer. Otherwise the error says
+/// who leads, if known.
+pub async fn confirm_leader(
+    raft: &Raft<TypeConfig>,
+) -> Result<(), RaftError<u64, CheckIsLeaderError<u64, BasicNode>>> {
+    if bugs::on(Bug::StaleRead) {
+        return Ok(());
+    }
+    raft.ensure_linearizable().await.map(|_| ())
 }

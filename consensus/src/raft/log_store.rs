@@ -12,7 +12,7 @@ use openraft::{
 
 use super::{TypeConfig, blocking, decode, encode, quick};
 use crate::error::Error;
-use crate::store::{GroupId, RaftLogStore};
+use crate::store::{GroupId, RaftLogStore, wait_for_disk};
 
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
@@ -48,6 +48,7 @@ impl LogStore {
         value: &T,
     ) -> Result<(), Error> {
         let bytes = encode(value)?;
+        wait_for_disk(&*self.store).await;
         let (store, group) = (self.store.clone(), self.group);
         blocking(move || store.put_value(group, name, &bytes)).await
     }
@@ -158,6 +159,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(write_err)?;
         let (store, group) = (self.store.clone(), self.group);
         // The store syncs before returning: only then is the append flushed.
+        wait_for_disk(&*store).await;
         let written = blocking(move || store.append_log(group, &encoded)).await;
         match written {
             Ok(()) => {

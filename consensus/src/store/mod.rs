@@ -124,6 +124,14 @@ pub fn run_storage_inline(on: bool) {
     INLINE.with(|i| i.set(on));
 }
 
+/// Waits out `store`'s [`RaftLogStore::sync_delay`] (nothing for a real store).
+pub async fn wait_for_disk(store: &dyn RaftLogStore) {
+    let delay = store.sync_delay();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+}
+
 /// Runs storage work (which may block on I/O) off the async threads, or in
 /// place where [`run_storage_inline`] asked for it.
 pub async fn blocking<T: Send + 'static>(

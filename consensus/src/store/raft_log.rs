@@ -20,6 +20,14 @@ pub const READ_ENTRIES_MAX: usize = 10_000;
 /// Where Raft groups keep their logs. Shared between threads; every method
 /// may do I/O and is called from blocking contexts.
 pub trait RaftLogStore: Send + Sync + 'static {
+    /// How much longer than usual a synced write takes now. A real disk
+    /// simply takes that long inside its calls (zero); the simulator's slow
+    /// disk names a delay, which [`super::wait_for_disk`] spends on the
+    /// runtime's clock before the log's writes.
+    fn sync_delay(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+
     /// Writes `entries` (index, bytes) of `group`, replacing any entry at the
     /// same index. Synced before it returns.
     fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()>;

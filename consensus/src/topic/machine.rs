@@ -5,6 +5,7 @@ use bytes::Bytes;
 
 use super::producer::Seen;
 use super::{Element, Producer, ProducerWindow, Range, TopicMeta, first_seq};
+use crate::bugs::{self, Bug};
 use crate::error::{Error, Result};
 use crate::store::WriteBatch;
 
@@ -75,6 +76,7 @@ impl Machine {
     ) -> Result<AppendOutcome> {
         self.check_payloads(&payloads)?;
         let count = payloads.len() as u64;
+        let producer = producer.filter(|_| !bugs::on(Bug::IgnoreProducerWindow));
         if let Some((producer, window)) = producer {
             match window.check(producer)? {
                 Seen::Duplicate { first_seq, count } => {

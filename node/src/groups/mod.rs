@@ -648,7 +648,7 @@ impl Groups {
     /// `confirm`), else the answer pointing at the leader.
     async fn check_leader(&self, raft: &Raft<TypeConfig>, confirm: bool) -> Option<ControlReply> {
         if confirm {
-            return match raft.ensure_linearizable().await {
+            return match group::confirm_leader(raft).await {
                 Ok(_) => None,
                 Err(e) => Some(match e.forward_to_leader::<BasicNode>() {
                     Some(f) => {

@@ -1,0 +1,49 @@
+//! Deliberate bugs, for the simulator to show that its checkers catch them
+//! (issue 4, "proof that the checkers bite"). Compiled in only with the
+//! `sim-bugs` feature, which only `woof-sim` turns on; even then a bug is
+//! off until [`set`] switches it on for the calling thread (the simulator
+//! runs each seed on one thread). Without the feature [`on`] is always
+//! false and the branches that test it are compiled away.
+
+/// A bug in woof's own code that can be switched on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// The topic state machine forgets producer windows: a retried append
+    /// is appended again (`topic::machine`).
+    IgnoreProducerWindow,
+    /// A replica answers a read of the latest range without confirming
+    /// that it leads the group (`raft::group::confirm_leader`).
+    StaleRead,
+    /// A subscription that waited for new elements delivers its last one
+    /// again (`topics::Subscription::next_batch`).
+    SubscriberRedelivers,
+    /// A group restarted from what its disk holds is not registered with
+    /// the node's router: no other replica can reach it
+    /// (`raft::group::start`).
+    RestartedGroupUnreachable,
+}
+
+#[cfg(feature = "sim-bugs")]
+thread_local! {
+    static ON: std::cell::Cell<Option<Bug>> = const { std::cell::Cell::new(None) };
+}
+
+/// Switches `bug` on (or every bug off) for the calling thread.
+#[cfg(feature = "sim-bugs")]
+pub fn set(bug: Option<Bug>) {
+    ON.with(|b| b.set(bug));
+}
+
+/// Whether `bug` is on for the calling thread.
+#[inline]
+pub(crate) fn on(bug: Bug) -> bool {
+    #[cfg(feature = "sim-bugs")]
+    {
+        ON.with(|b| b.get() == Some(bug))
+    }
+    #[cfg(not(feature = "sim-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
