@@ -6,7 +6,7 @@ use std::fmt;
 use crate::Error;
 
 /// How many kinds of fault there are.
-const KINDS: usize = 9;
+const KINDS: usize = 10;
 
 /// A kind of fault the simulator injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,6 +29,8 @@ pub enum Fault {
     DiskFail,
     /// A node's wall clock jumps by up to ten minutes, either way.
     Clock,
+    /// A node's disk is slow for 1 to 5 s: each synced log write takes 20 to 400 ms longer.
+    Slow,
 }
 
 impl Fault {
@@ -42,6 +44,7 @@ impl Fault {
         Fault::Torn,
         Fault::DiskFail,
         Fault::Clock,
+        Fault::Slow,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +58,7 @@ impl Fault {
             Fault::Torn => "torn",
             Fault::DiskFail => "disk-fail",
             Fault::Clock => "clock",
+            Fault::Slow => "slow",
         }
     }
 
@@ -71,6 +75,7 @@ impl Fault {
             Fault::Torn => 0.1,
             Fault::DiskFail => 0.1,
             Fault::Clock => 0.1,
+            Fault::Slow => 0.2,
         }
     }
 
@@ -176,8 +181,9 @@ impl fmt::Display for Counts {
 }
 
 /// A deliberate bug the simulator can switch on, to show that its
-/// checkers catch what they exist for (tests only; level C puts them in
-/// the simulator's client, later ones in woof's own code).
+/// checkers catch what they exist for (tests only). Some are in the
+/// simulator's own client or disk, the rest in woof's code
+/// (`woof_consensus::bugs`, compiled in with the `sim-bugs` feature).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Broken {
     /// The client counts an append as acknowledged once the node it asked
@@ -190,17 +196,54 @@ pub enum Broken {
     RetryWithNewSeq,
     /// Node 1's disk stores every element's payload reversed.
     DivergentReplica,
+    /// woof's topic state machine forgets producer windows.
+    IgnoreProducerWindow,
+    /// woof answers a read of the latest range from whichever replica is
+    /// asked, without confirming that it leads.
+    StaleRead,
+    /// woof's subscriptions deliver an element again after waiting.
+    SubscriberRedelivers,
+    /// woof's groups restarted from disk cannot be reached by their peers.
+    RestartedGroupUnreachable,
 }
 
 impl Broken {
+    pub const ALL: [(Broken, &'static str); 7] = [
+        (Broken::AckBeforeCommit, "ack-before-commit"),
+        (Broken::RetryWithNewSeq, "retry-with-new-seq"),
+        (Broken::DivergentReplica, "divergent-replica"),
+        (Broken::IgnoreProducerWindow, "ignore-producer-window"),
+        (Broken::StaleRead, "stale-read"),
+        (Broken::SubscriberRedelivers, "subscriber-redelivers"),
+        (
+            Broken::RestartedGroupUnreachable,
+            "restarted-group-unreachable",
+        ),
+    ];
+
     pub fn parse(text: &str) -> Result<Self, Error> {
-        match text {
-            "ack-before-commit" => Ok(Broken::AckBeforeCommit),
-            "retry-with-new-seq" => Ok(Broken::RetryWithNewSeq),
-            "divergent-replica" => Ok(Broken::DivergentReplica),
-            _ => Err(Error::Config(format!(
-                "unknown broken variant {text:?}: ack-before-commit, retry-with-new-seq or divergent-replica"
-            ))),
+        Self::ALL
+            .iter()
+            .find(|(_, name)| *name == text)
+            .map(|(b, _)| *b)
+            .ok_or_else(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|(_, n)| *n).collect();
+                Error::Config(format!(
+                    "unknown broken variant {text:?}: {}",
+                    names.join(", ")
+                ))
+            })
+    }
+
+    /// The bug in woof's own code this switches on, if it is one.
+    pub fn in_woof(self) -> Option<woof_consensus::bugs::Bug> {
+        use woof_consensus::bugs::Bug;
+        match self {
+            Broken::IgnoreProducerWindow => Some(Bug::IgnoreProducerWindow),
+            Broken::StaleRead => Some(Bug::StaleRead),
+            Broken::SubscriberRedelivers => Some(Bug::SubscriberRedelivers),
+            Broken::RestartedGroupUnreachable => Some(Bug::RestartedGroupUnreachable),
+            Broken::AckBeforeCommit | Broken::RetryWithNewSeq | Broken::DivergentReplica => None,
         }
     }
 }

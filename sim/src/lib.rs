@@ -94,9 +94,12 @@ pub struct Outcome {
     pub acked: u64,
     /// Appends whose outcome the client never learned.
     pub unknown: u64,
+    /// Reads of a topic's latest range that were answered.
     pub reads: u64,
+    /// Elements delivered to subscribers.
+    pub delivered: u64,
     /// Whether every topic's replicas held the same elements before the
-    /// final check (the progress checker, to come, will insist on it).
+    /// final check (the progress checker insists on it).
     pub settled: bool,
     pub violations: Vec<check::Violation>,
     /// The last events, for a failure report.
@@ -132,9 +135,11 @@ pub fn runtime(seed: u64) -> std::io::Result<tokio::runtime::Runtime> {
 pub fn run(config: &Config) -> Result<Outcome, Error> {
     config.validate()?;
     let rt = runtime(config.seed)?;
+    woof_consensus::bugs::set(config.broken.and_then(Broken::in_woof));
     let outcome = rt.block_on(simulate(config.clone()));
     // Tasks still waiting (zombies of crashed incarnations) are dropped.
     drop(rt);
+    woof_consensus::bugs::set(None);
     outcome
 }
 
@@ -195,18 +200,34 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
             ))
         })
         .collect();
-    for c in clients {
-        joined(c.await)?;
+    let subscribers: Vec<_> = (0..config.clients.div_ceil(2))
+        .map(|s| {
+            tokio::spawn(workload::subscriber(
+                cluster.clone(),
+                record.clone(),
+                s,
+                root.fork(&format!("subscriber/{s}")),
+                until,
+            ))
+        })
+        .collect();
+    for task in clients.into_iter().chain(subscribers) {
+        joined(task.await)?;
     }
     joined(sampler.await)?;
     joined(nemesis.await)?;
 
-    let settled = settle(&cluster).await;
+    // The faults are over: every topic must take an append and its
+    // replicas catch up, within bounded time (the progress checker).
+    workload::probe(&cluster, &record, config.clients, rec.now_ms()).await;
+    let lagging = settle(&cluster).await;
+    let settled = lagging.is_empty();
+    workload::lock(&record).progress.lagging = lagging;
     let finals = final_contents(&cluster);
     cluster.stop().await;
     rec.event("run over");
 
-    let record = std::mem::take(&mut *record.lock().unwrap_or_else(|e| e.into_inner()));
+    let record = std::mem::take(&mut *workload::lock(&record));
     let violations = check::all(&check::Observed {
         plans: &cluster.plans,
         record: &record,
@@ -227,7 +248,16 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         appends: record.appends.len() as u64,
         acked: count(|r| matches!(r, workload::AppendResult::Acked { .. })),
         unknown: count(|r| matches!(r, workload::AppendResult::Unknown(_))),
-        reads: record.reads,
+        reads: record
+            .reads
+            .iter()
+            .filter(|r| matches!(r.result, workload::ReadResult::Range { .. }))
+            .count() as u64,
+        delivered: record
+            .subscriptions
+            .iter()
+            .map(|s| s.got.len() as u64)
+            .sum(),
         settled,
         violations,
         recent: rec.recent(),
@@ -235,34 +265,43 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
 }
 
 /// Waits (at most [`SETTLE_MS_MAX`]) until every topic's replicas hold the
-/// same last seq twice in a row; false if they did not.
-async fn settle(cluster: &Cluster) -> bool {
+/// same last seq twice in a row; returns the topics whose replicas did not,
+/// with each replica's last seq.
+async fn settle(cluster: &Cluster) -> Vec<(usize, Vec<Option<u64>>)> {
     let start = cluster.rec.now_ms();
     let mut stable = 0;
-    while cluster.rec.now_ms() - start < SETTLE_MS_MAX {
+    loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let even = cluster.plans.iter().all(|p| {
-            let lasts: Vec<Option<u64>> = p
-                .replicas
-                .iter()
-                .map(|n| {
-                    cluster
-                        .store(*n)
-                        .and_then(|s| s.last_seq(p.topic_id()).ok())
-                })
-                .collect();
-            lasts.iter().all(|l| l.is_some() && *l == lasts[0])
-        });
-        stable = if even { stable + 1 } else { 0 };
+        let lagging: Vec<(usize, Vec<Option<u64>>)> = cluster
+            .plans
+            .iter()
+            .filter_map(|p| {
+                let lasts: Vec<Option<u64>> = p
+                    .replicas
+                    .iter()
+                    .map(|n| {
+                        cluster
+                            .store(*n)
+                            .and_then(|s| s.last_seq(p.topic_id()).ok())
+                    })
+                    .collect();
+                let even = lasts.iter().all(|l| l.is_some() && *l == lasts[0]);
+                (!even).then_some((p.index, lasts))
+            })
+            .collect();
+        stable = if lagging.is_empty() { stable + 1 } else { 0 };
         if stable >= 2 {
             cluster.rec.event("replicas caught up");
-            return true;
+            return lagging;
+        }
+        if cluster.rec.now_ms() - start >= SETTLE_MS_MAX {
+            cluster.rec.event(format_args!(
+                "replicas of {} topics did not catch up within {SETTLE_MS_MAX} ms",
+                lagging.len()
+            ));
+            return lagging;
         }
     }
-    cluster.rec.event(format_args!(
-        "replicas did not catch up within {SETTLE_MS_MAX} ms"
-    ));
-    false
 }
 
 fn final_contents(cluster: &Cluster) -> check::Finals {

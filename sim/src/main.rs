@@ -49,8 +49,9 @@ struct Args {
     /// Seeds run at once, each on its own thread (at most 64).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// Switch on a deliberate bug (ack-before-commit, retry-with-new-seq)
-    /// to see the checkers catch it.
+    /// Switch on a deliberate bug (ack-before-commit, retry-with-new-seq,
+    /// divergent-replica, ignore-producer-window, stale-read,
+    /// subscriber-redelivers, restarted-group-unreachable) to see the checkers catch it.
     #[arg(long, hide = true)]
     broken: Option<String>,
 }
@@ -163,7 +164,7 @@ fn main() -> anyhow::Result<()> {
 fn report(args: &Args, outcome: &Outcome, real: Duration) {
     let seed = outcome.seed;
     println!(
-        "seed={seed} {} hash={:016x} events={} sim={:.1}s real={:.2}s x{:.0} faults {} appends={} acked={} unknown={} reads={}{}",
+        "seed={seed} {} hash={:016x} events={} sim={:.1}s real={:.2}s x{:.0} faults {} appends={} acked={} unknown={} reads={} delivered={}{}",
         if outcome.ok() { "ok" } else { "FAILED" },
         outcome.hash,
         outcome.events,
@@ -175,6 +176,7 @@ fn report(args: &Args, outcome: &Outcome, real: Duration) {
         outcome.acked,
         outcome.unknown,
         outcome.reads,
+        outcome.delivered,
         if outcome.settled {
             ""
         } else {

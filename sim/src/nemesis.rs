@@ -3,7 +3,7 @@
 //! isolated: often the leader of some topic), crash a node, arm a torn
 //! write (a crash during the node's next synced write), make a node's next
 //! write fail (the node is restarted a little later, as a supervisor
-//! would), or make a node's wall clock jump; it heals partitions and
+//! would), make a node's wall clock jump, or make a node's disk slow; it heals partitions and
 //! restarts crashed nodes after a random while. At most a minority of the
 //! nodes is down (or about to be) at once. Per-message faults (drop,
 //! delay, duplicate, reorder) are the network's.
@@ -43,6 +43,8 @@ const ARMED_MS_MAX: u64 = 1_000;
 /// A node whose write failed runs on (its group stopped) this long before
 /// it is restarted (range, ms).
 const SICK_MS: (u64, u64) = (100, 2_000);
+/// A disk is slow this long (range, ms).
+const SLOW_MS: (u64, u64) = (1_000, 5_000);
 /// The largest clock jump, either way.
 const CLOCK_JUMP_MS_MAX: u64 = 600_000;
 
@@ -149,6 +151,23 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
             }
         }
 
+        if rng.chance(per_tick(Fault::Slow)) {
+            let up = cluster.up_ids();
+            if let Some(id) = rng.pick(&up).copied()
+                && let Some(store) = cluster.store(id)
+            {
+                let ms = rng.range(SLOW_MS.0, SLOW_MS.1);
+                store.slow_until(
+                    tokio::time::Instant::now() + Duration::from_millis(ms),
+                    rng.next_u64(),
+                );
+                rec.fault(
+                    Fault::Slow,
+                    format_args!("n{id}'s disk is slow for {ms} ms"),
+                );
+            }
+        }
+
         if rng.chance(per_tick(Fault::Partition)) {
             let (what, links) = partition(&cluster, &ids, &mut rng).await;
             if !links.is_empty() {
@@ -206,6 +225,11 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
     // The end of the faults: heal everything, bring every node back.
     cluster.net.set_rates(Rates::none());
     cluster.net.heal();
+    for id in &ids {
+        if let Some(s) = cluster.store(*id) {
+            s.slow_until(tokio::time::Instant::now(), 0);
+        }
+    }
     for id in armed.keys() {
         if let Some(s) = cluster.store(*id) {
             s.disarm();

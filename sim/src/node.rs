@@ -298,6 +298,8 @@ impl Cluster {
             .initialize(members)
             .await
             .map_err(|e| Error::Setup(format!("initializing {}: {e}", plan.name)))?;
+        // Stand at once, as a node does after creating a group.
+        let _ = first.trigger().elect().await;
         let meta = TopicMeta {
             id: plan.topic_id(),
             name: TopicName::new(&plan.name)?,

@@ -119,7 +119,12 @@ impl Disk {
 #[derive(Default)]
 pub struct SimStore {
     disk: Mutex<Disk>,
+    /// A slow spell: until when, and the numbers that draw each delay.
+    slow: Mutex<Option<(tokio::time::Instant, SimRng)>>,
 }
+
+/// How much longer a synced write of a slow disk takes (range, ms).
+const SLOW_SYNC_MS: (u64, u64) = (20, 400);
 
 /// `op` with its elements' payloads reversed.
 fn corrupted(op: DiskOp) -> DiskOp {
@@ -236,6 +241,12 @@ impl SimStore {
         self.disk().corrupt = true;
     }
 
+    /// Makes every synced log write take 20 to 400 ms longer until `until`
+    /// (`seed` draws the delays).
+    pub fn slow_until(&self, until: tokio::time::Instant, seed: u64) {
+        *self.slow.lock().unwrap_or_else(|e| e.into_inner()) = Some((until, SimRng::new(seed)));
+    }
+
     /// Takes back an armed [`fail_next_write`](Self::fail_next_write).
     pub fn cancel_failure(&self) {
         self.disk().fail_next_write = false;
@@ -262,6 +273,7 @@ impl SimStore {
                 durable,
                 ..Disk::default()
             }),
+            slow: Mutex::default(),
         }
     }
 
@@ -325,6 +337,20 @@ impl Store for SimStore {
 }
 
 impl RaftLogStore for SimStore {
+    fn sync_delay(&self) -> std::time::Duration {
+        let mut slow = self.slow.lock().unwrap_or_else(|e| e.into_inner());
+        match slow.as_mut() {
+            Some((until, rng)) if tokio::time::Instant::now() < *until => {
+                std::time::Duration::from_millis(rng.range(SLOW_SYNC_MS.0, SLOW_SYNC_MS.1))
+            }
+            Some(_) => {
+                *slow = None;
+                std::time::Duration::ZERO
+            }
+            None => std::time::Duration::ZERO,
+        }
+    }
+
     fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
         self.mutate(DiskOp::AppendLog(group, entries.to_vec()))
     }

@@ -2,8 +2,14 @@
 //! increasing producer sequences, through the node it believes leads the
 //! topic's group (following "forward to leader", retrying the same producer
 //! sequence after any error that leaves the outcome unknown, with a bounded
-//! backoff), and reads a topic's latest range from a replica. Every request
-//! and answer is recorded (for the checkers) and is an event in the history.
+//! backoff), and reads a topic's latest range as woof serves it: at the
+//! leader, once a quorum confirmed it leads
+//! (`woof_consensus::raft::group::confirm_leader`). Subscribers follow
+//! topics from a replica (as a node serves a topic it holds), from the
+//! start, the earliest or the latest element, and resume at another replica
+//! when theirs goes down. After the faults, a probe appends to every topic
+//! (the progress checker). Every request and answer is recorded (for the
+//! checkers) and is an event in the history.
 //!
 //! A sampler reads every running replica's stored elements once a second,
 //! so that the agreement checker sees replicas as they were during the run,
@@ -13,11 +19,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use openraft::BasicNode;
 use openraft::error::{ClientWriteError, RaftError};
 use serde_bytes::ByteBuf;
-use woof_consensus::Clock;
+use woof_consensus::raft::group::confirm_leader;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::Store;
+use woof_consensus::{Clock, Start};
 
 use crate::config::Broken;
 use crate::node::Cluster;
@@ -33,6 +41,15 @@ const ATTEMPTS_MAX: u32 = 40;
 /// Backoff between attempts: from this, doubling, up to [`BACKOFF_MS_MAX`].
 const BACKOFF_MS_MIN: u64 = 10;
 const BACKOFF_MS_MAX: u64 = 320;
+/// Attempts of one read (the first replica, then the leader it names).
+const READ_ATTEMPTS_MAX: u32 = 3;
+/// A subscriber follows one topic this long (range, ms).
+const FOLLOW_MS: (u64, u64) = (500, 8_000);
+/// A subscriber resumes one topic at most this often.
+const RESUMES_MAX: u32 = 10;
+/// Elements one subscription takes at most, and per call.
+const SUBSCRIBED_ELEMENTS_MAX: usize = 100_000;
+const SUBSCRIBE_BATCH_MAX: usize = 64;
 /// Elements the sampler reads per replica and topic each round.
 const SAMPLE_ELEMENTS_MAX: usize = 2_000;
 /// Samples one run keeps at most (the sampler stops there).
@@ -79,12 +96,71 @@ pub struct Sample {
     pub payload: Vec<u8>,
 }
 
-/// What the clients and the sampler saw.
+/// How a read of a topic's latest range ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadResult {
+    /// The range the leader held (`last` 0: empty).
+    Range { first: u64, last: u64 },
+    /// No answer (no leader, a timeout, a node down): not a read at all.
+    Failed(String),
+}
+
+/// One read of a topic's latest range (all attempts together).
+#[derive(Debug, Clone)]
+pub struct Read {
+    pub op: u64,
+    pub client: usize,
+    pub topic: usize,
+    pub invoked_ms: u64,
+    pub done_ms: u64,
+    pub result: ReadResult,
+}
+
+/// One subscription: what was asked, where it started and what it got.
+#[derive(Debug, Clone)]
+pub struct Subscribed {
+    pub op: u64,
+    pub subscriber: usize,
+    pub topic: usize,
+    pub node: u64,
+    pub start: Start,
+    /// The seq the subscription said it would deliver first.
+    pub from: u64,
+    /// What it delivered, in order: (seq, payload).
+    pub got: Vec<(u64, Vec<u8>)>,
+    /// Why it ended.
+    pub ended: String,
+}
+
+/// How the topics fared after the faults stopped (the progress checker).
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    /// When the network was healed and every node was up again.
+    pub healed_ms: u64,
+    /// Each topic's probe append (also in `Record::appends`).
+    pub probes: Vec<Probe>,
+    /// Topics whose replicas did not all hold the same elements within
+    /// the catch-up time: (topic, each replica's last seq).
+    pub lagging: Vec<(usize, Vec<Option<u64>>)>,
+}
+
+/// A topic's probe after the faults: when it was acknowledged, if it was.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub topic: usize,
+    pub acked_ms: Option<u64>,
+    pub attempts: u32,
+    pub result: AppendResult,
+}
+
+/// What the clients, subscribers, probes and the sampler saw.
 #[derive(Debug, Default)]
 pub struct Record {
     pub appends: Vec<Append>,
     pub samples: Vec<Sample>,
-    pub reads: u64,
+    pub reads: Vec<Read>,
+    pub subscriptions: Vec<Subscribed>,
+    pub progress: Progress,
     next_op: u64,
 }
 
@@ -97,7 +173,7 @@ impl Record {
 
 pub type Shared = Arc<Mutex<Record>>;
 
-fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Record> {
+pub(crate) fn lock(r: &Shared) -> std::sync::MutexGuard<'_, Record> {
     r.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -114,13 +190,19 @@ pub async fn client(
     let mut producer_seqs: BTreeMap<usize, u64> = BTreeMap::new();
     // Where this client believes each topic's leader is.
     let mut leaders: BTreeMap<usize, u64> = BTreeMap::new();
+    let mut last_topic = 0;
     while cluster.rec.now_ms() < until_ms {
         tokio::time::sleep(Duration::from_millis(rng.range(5, 60))).await;
-        let topic = rng.range(0, cluster.plans.len() as u64) as usize;
+        let mut topic = rng.range(0, cluster.plans.len() as u64) as usize;
         if rng.chance(0.2) {
-            read_latest(&cluster, &record, client, topic, &mut rng);
+            // Often the topic it appended to last: a read that must see it.
+            if rng.chance(0.5) {
+                topic = last_topic;
+            }
+            read_latest(&cluster, &record, client, topic, &mut rng).await;
             continue;
         }
+        last_topic = topic;
         let pseq = producer_seqs.entry(topic).or_insert(0);
         *pseq += 1;
         let count = rng.range(1, 4);
@@ -145,22 +227,212 @@ pub async fn client(
     }
 }
 
-fn read_latest(cluster: &Cluster, record: &Shared, client: usize, topic: usize, rng: &mut SimRng) {
+/// Reads topic `topic`'s latest range as a node serves it: a replica
+/// picked at random (a client may be connected to any node) confirms with a
+/// quorum that it leads (else the client goes to the leader it names), then
+/// answers from what it applied.
+async fn read_latest(
+    cluster: &Cluster,
+    record: &Shared,
+    client: usize,
+    topic: usize,
+    rng: &mut SimRng,
+) {
     let plan = &cluster.plans[topic];
-    let Some(node) = rng.pick(&plan.replicas).copied() else {
-        return;
+    let op = lock(record).next_op();
+    let invoked_ms = cluster.rec.now_ms();
+    let mut node = *rng.pick(&plan.replicas).expect("a topic has replicas");
+    let mut attempts = 0;
+    let result = loop {
+        attempts += 1;
+        // The group and the topics of one incarnation.
+        let (Some(raft), Some(topics)) = (cluster.raft(node, plan.group), cluster.topics(node))
+        else {
+            break ReadResult::Failed(format!("n{node} down"));
+        };
+        match tokio::time::timeout(Duration::from_millis(REQUEST_MS_MAX), confirm_leader(&raft))
+            .await
+        {
+            Ok(Ok(())) => match topics.latest(&plan.name) {
+                Ok(r) => {
+                    break ReadResult::Range {
+                        first: r.first,
+                        last: r.last,
+                    };
+                }
+                Err(e) => break ReadResult::Failed(format!("n{node}: {e}")),
+            },
+            Ok(Err(e)) => {
+                let leader = e
+                    .forward_to_leader::<BasicNode>()
+                    .and_then(|f| f.leader_id)
+                    .filter(|l| *l != node && plan.replicas.contains(l));
+                match leader {
+                    Some(l) if attempts < READ_ATTEMPTS_MAX => node = l,
+                    _ => break ReadResult::Failed(format!("n{node}: {e}")),
+                }
+            }
+            Err(_) => {
+                break ReadResult::Failed(format!("n{node}: no answer in {REQUEST_MS_MAX} ms"));
+            }
+        }
     };
-    let answer = match cluster.topics(node) {
-        None => "node down".to_string(),
-        Some(t) => match t.latest(&plan.name) {
-            Ok(r) => format!("{}..={}", r.first, r.last),
-            Err(e) => format!("error: {e}"),
-        },
-    };
-    lock(record).reads += 1;
+    let done_ms = cluster.rec.now_ms();
     cluster.rec.event(format_args!(
-        "c{client} latest t{topic} at n{node}: {answer}"
+        "c{client} read#{op} latest t{topic} at n{node}: {result:?}"
     ));
+    lock(record).reads.push(Read {
+        op,
+        client,
+        topic,
+        invoked_ms,
+        done_ms,
+        result,
+    });
+}
+
+/// Subscriber `index`'s work until `until_ms`: follows a random topic from
+/// a random replica for a while, from the first element, the earliest or
+/// the latest; when its replica goes down, it resumes at another from the
+/// next element it expects.
+pub async fn subscriber(
+    cluster: Arc<Cluster>,
+    record: Shared,
+    index: usize,
+    mut rng: SimRng,
+    until_ms: u64,
+) {
+    while cluster.rec.now_ms() < until_ms {
+        tokio::time::sleep(Duration::from_millis(rng.range(10, 200))).await;
+        let topic = rng.range(0, cluster.plans.len() as u64) as usize;
+        let mut start = match rng.range(0, 5) {
+            0 => Start::Earliest,
+            1 => Start::Latest,
+            _ => Start::Seq(1),
+        };
+        let follow_until =
+            (cluster.rec.now_ms() + rng.range(FOLLOW_MS.0, FOLLOW_MS.1)).min(until_ms);
+        let mut resumes = 0;
+        while cluster.rec.now_ms() < follow_until && resumes < RESUMES_MAX {
+            let node = *rng
+                .pick(&cluster.plans[topic].replicas)
+                .expect("a topic has replicas");
+            match follow(&cluster, &record, index, topic, node, start, follow_until).await {
+                Some(next) => {
+                    resumes += 1;
+                    start = Start::Seq(next);
+                    tokio::time::sleep(Duration::from_millis(rng.range(10, 100))).await;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+/// Follows `topic` at `node` from `start` until `until_ms` or until the
+/// subscription ends. Returns the seq to resume from if it ended early
+/// (or could not start), `None` if it ran its time.
+async fn follow(
+    cluster: &Cluster,
+    record: &Shared,
+    subscriber: usize,
+    topic: usize,
+    node: u64,
+    start: Start,
+    until_ms: u64,
+) -> Option<u64> {
+    let plan = &cluster.plans[topic];
+    let resume = match start {
+        Start::Seq(s) => s,
+        _ => 1,
+    };
+    let Some(topics) = cluster.topics(node) else {
+        return Some(resume);
+    };
+    let mut sub = match topics.subscribe(&plan.name, start) {
+        Ok(sub) => sub,
+        Err(e) => {
+            cluster.rec.event(format_args!(
+                "s{subscriber} cannot follow t{topic} at n{node} from {start:?}: {e}"
+            ));
+            return Some(resume);
+        }
+    };
+    let op = lock(record).next_op();
+    let from = sub.next_seq();
+    cluster.rec.event(format_args!(
+        "s{subscriber} sub#{op} follows t{topic} at n{node} from {start:?}: seq {from}"
+    ));
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(until_ms.saturating_sub(cluster.rec.now_ms()));
+    let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
+    let (ended, resume) = loop {
+        if got.len() >= SUBSCRIBED_ELEMENTS_MAX {
+            break ("enough elements".to_string(), None);
+        }
+        match tokio::time::timeout_at(deadline, sub.next_batch(SUBSCRIBE_BATCH_MAX)).await {
+            Err(_) => break ("time up".to_string(), None),
+            Ok(Err(e)) => break (e.to_string(), Some(sub.next_seq())),
+            Ok(Ok(batch)) => got.extend(batch.into_iter().map(|e| (e.seq, e.payload.to_vec()))),
+        }
+    };
+    cluster.rec.event(format_args!(
+        "s{subscriber} sub#{op} ends after {} elements: {ended}",
+        got.len()
+    ));
+    lock(record).subscriptions.push(Subscribed {
+        op,
+        subscriber,
+        topic,
+        node,
+        start,
+        from,
+        got,
+        ended,
+    });
+    resume
+}
+
+/// The producer id of the probes appended after the faults.
+pub const PROBE: &str = "probe";
+
+/// After the faults (at `healed_ms`): appends one probe to every topic at
+/// once, as client `client`, for the progress checker.
+pub async fn probe(cluster: &Cluster, record: &Shared, client: usize, healed_ms: u64) {
+    futures::future::join_all(cluster.plans.iter().map(|plan| async move {
+        let mut leaders = BTreeMap::new();
+        let mut rng = SimRng::new(0x5052_4f42 ^ plan.index as u64);
+        append(
+            cluster,
+            record,
+            Request {
+                client,
+                topic: plan.index,
+                producer: PROBE,
+                pseq: 1,
+                payloads: vec![format!("probe/t{}", plan.index).into_bytes()],
+            },
+            &mut leaders,
+            &mut rng,
+            None,
+        )
+        .await
+    }))
+    .await;
+    let mut r = lock(record);
+    let probes = r
+        .appends
+        .iter()
+        .filter(|a| a.producer == PROBE)
+        .map(|a| Probe {
+            topic: a.topic,
+            acked_ms: matches!(a.result, AppendResult::Acked { .. }).then_some(a.done_ms),
+            attempts: a.attempts,
+            result: a.result.clone(),
+        })
+        .collect();
+    r.progress.healed_ms = healed_ms;
+    r.progress.probes = probes;
 }
 
 /// One append a client makes.

@@ -1,5 +1,7 @@
 //! The checkers bite: with a deliberate bug switched on, the simulator
-//! reports it, by the checker meant for it, within a few seeds.
+//! reports it, by the checker meant for it, within a few seeds. Four of the
+//! bugs are in woof's own code (`woof_consensus::bugs`, compiled in for the
+//! simulator only), three in the simulator's client or disk.
 
 use woof_sim::{Broken, Config};
 
@@ -38,9 +40,41 @@ fn sim_broken_retrying_with_a_new_producer_seq_appends_twice() {
 }
 
 #[test]
+fn sim_broken_a_state_machine_that_forgets_producers_appends_twice() {
+    assert!(
+        caught_by(Broken::IgnoreProducerWindow, "dense", 10).is_some(),
+        "a topic that ignores producer windows went unnoticed"
+    );
+}
+
+#[test]
 fn sim_broken_a_replica_that_stores_other_payloads_disagrees() {
     assert!(
         caught_by(Broken::DivergentReplica, "agreement", 3).is_some(),
         "a divergent replica went unnoticed"
+    );
+}
+
+#[test]
+fn sim_broken_subscriptions_that_deliver_twice_are_caught() {
+    assert!(
+        caught_by(Broken::SubscriberRedelivers, "subscribers", 3).is_some(),
+        "a subscription that delivers an element twice went unnoticed"
+    );
+}
+
+#[test]
+fn sim_broken_restarted_groups_nobody_reaches_make_no_progress() {
+    assert!(
+        caught_by(Broken::RestartedGroupUnreachable, "progress", 5).is_some(),
+        "groups that stop after a restart went unnoticed"
+    );
+}
+
+#[test]
+fn sim_broken_reads_answered_without_confirming_leadership_are_stale() {
+    assert!(
+        caught_by(Broken::StaleRead, "linear", 3).is_some(),
+        "stale reads went unnoticed"
     );
 }

@@ -31,16 +31,24 @@ fn passing_run(seed: u64, topics: usize, clients: usize) -> Outcome {
 #[test]
 fn sim_small_sweep_with_all_faults_passes() {
     let mut total = Counts::default();
-    let mut acked = 0;
+    let (mut acked, mut reads, mut delivered) = (0, 0, 0);
     for seed in 0..5 {
         let outcome = passing_run(seed, 4, 4);
         total.merge(&outcome.faults);
         acked += outcome.acked;
+        reads += outcome.reads;
+        delivered += outcome.delivered;
     }
     for f in Fault::ALL {
         assert!(total.get(f) > 0, "no {} fault injected: {total}", f.name());
     }
+    // The checkers had something to check.
     assert!(acked > 100, "only {acked} appends acknowledged");
+    assert!(reads > 50, "only {reads} reads answered");
+    assert!(
+        delivered > 100,
+        "only {delivered} elements delivered to subscribers"
+    );
 }
 
 /// The size issue 4 asks sweeps to run at: 5 nodes, 20 topics of 3

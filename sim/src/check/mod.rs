@@ -1,22 +1,30 @@
 //! The checkers: one promise of woof each, checked against what the run
-//! recorded (the clients' requests and answers, the replicas' contents
-//! sampled during the run, and every replica's store at the end, after the
-//! faults stopped and the groups caught up).
+//! recorded (the clients' requests and answers, the subscriptions, the
+//! probes after the faults, the replicas' contents sampled during the run,
+//! and every replica's store at the end, after the faults stopped and the
+//! groups caught up).
 //!
 //! Layout (one file per promise, each opening with the promise):
 //! - `lost_ack.rs`: no acknowledged append is lost;
 //! - `agreement.rs`: no two replicas hold different elements under one seq;
 //! - `dense.rs`: seqs are dense from 1, and a producer retry never appends
-//!   twice.
+//!   twice;
+//! - `subscribers.rs`: every subscriber sees a gap-free, duplicate-free
+//!   prefix of the log;
+//! - `progress.rs`: after the faults stop, every topic takes an append and
+//!   its replicas catch up within bounded simulated time;
+//! - `linear.rs`: appends and reads of the latest range are linearizable
+//!   per topic.
 //!
-//! To come: `subscribers.rs` (gap-free, duplicate-free subscriptions),
-//! `progress.rs` (every topic makes progress again after the faults stop),
-//! `linear.rs` (appends and reads are linearizable per topic). Each takes an
-//! [`Observed`] and returns its violations, and is added to [`all`].
+//! Each takes an [`Observed`] and returns its violations, and is listed in
+//! [`all`].
 
 pub mod agreement;
 pub mod dense;
+pub mod linear;
 pub mod lost_ack;
+pub mod progress;
+pub mod subscribers;
 
 use std::collections::BTreeMap;
 
@@ -58,6 +66,9 @@ pub fn all(o: &Observed) -> Vec<Violation> {
         ("lost_ack", lost_ack::check(o)),
         ("agreement", agreement::check(o)),
         ("dense", dense::check(o)),
+        ("subscribers", subscribers::check(o)),
+        ("progress", progress::check(o)),
+        ("linear", linear::check(o)),
     ] {
         out.extend(
             found
@@ -78,7 +89,8 @@ pub(crate) fn show(payload: &[u8]) -> String {
 mod tests {
     //! Each checker catches the breach it exists for, on a made-up run.
     use super::*;
-    use crate::workload::{Append, AppendResult, Sample};
+    use crate::workload::{Append, AppendResult, Probe, Read, ReadResult, Sample, Subscribed};
+    use woof_consensus::Start;
     use woof_consensus::store::GroupId;
 
     fn plans() -> Vec<TopicPlan> {
@@ -139,10 +151,56 @@ mod tests {
         found
     }
 
+    /// A record of `appends`, whose one topic took its probe after the heal.
     fn record(appends: Vec<Append>) -> Record {
         let mut r = Record::default();
         r.appends = appends;
+        r.progress.healed_ms = 100;
+        r.progress.probes.push(Probe {
+            topic: 0,
+            acked_ms: Some(105),
+            attempts: 1,
+            result: AppendResult::Acked {
+                first_seq: 99,
+                count: 1,
+                duplicate: false,
+            },
+        });
         r
+    }
+
+    /// Append `a` called at `invoked` and answered at `done`.
+    fn timed(mut a: Append, invoked: u64, done: u64) -> Append {
+        a.invoked_ms = invoked;
+        a.done_ms = done;
+        a
+    }
+
+    fn read(op: u64, invoked: u64, done: u64, last: u64) -> Read {
+        Read {
+            op,
+            client: 1,
+            topic: 0,
+            invoked_ms: invoked,
+            done_ms: done,
+            result: ReadResult::Range { first: 1, last },
+        }
+    }
+
+    fn subscribed(start: Start, from: u64, got: &[(u64, &str)]) -> Subscribed {
+        Subscribed {
+            op: 9,
+            subscriber: 0,
+            topic: 0,
+            node: 2,
+            start,
+            from,
+            got: got
+                .iter()
+                .map(|(s, p)| (*s, p.as_bytes().to_vec()))
+                .collect(),
+            ended: "time up".into(),
+        }
     }
 
     #[test]
@@ -196,5 +254,98 @@ mod tests {
         refused.result = AppendResult::Refused("no".into());
         let r = record(vec![refused]);
         assert_eq!(checkers(&r, finals([&["a"], &["a"], &["a"]])), ["dense"]);
+    }
+
+    #[test]
+    fn subscriptions_with_gaps_repeats_or_other_elements_are_caught() {
+        let all = ["a", "b", "c"];
+        let good = |subs: Vec<Subscribed>| {
+            let mut r = record(vec![]);
+            r.subscriptions = subs;
+            checkers(&r, finals([&all, &all, &all]))
+        };
+        assert!(
+            good(vec![
+                subscribed(Start::Seq(1), 1, &[(1, "a"), (2, "b"), (3, "c")]),
+                subscribed(Start::Latest, 3, &[(3, "c")]),
+            ])
+            .is_empty()
+        );
+        for bad in [
+            subscribed(Start::Seq(1), 1, &[(1, "a"), (3, "c")]),
+            subscribed(Start::Seq(1), 1, &[(1, "a"), (2, "b"), (2, "b")]),
+            subscribed(Start::Seq(1), 1, &[(1, "a"), (2, "x")]),
+            subscribed(Start::Seq(2), 3, &[(3, "c")]),
+            subscribed(
+                Start::Earliest,
+                1,
+                &[(1, "a"), (2, "b"), (3, "c"), (4, "d")],
+            ),
+        ] {
+            let what = format!("{:?}", bad.got);
+            assert_eq!(good(vec![bad]), ["subscribers"], "{what}");
+        }
+    }
+
+    #[test]
+    fn no_probe_a_late_probe_or_lagging_replicas_is_no_progress() {
+        let all = ["a"];
+        let mut r = record(vec![]);
+        r.progress.probes.clear();
+        assert_eq!(checkers(&r, finals([&all, &all, &all])), ["progress"]);
+        let mut r = record(vec![]);
+        r.progress.probes[0].acked_ms = Some(100 + progress::PROGRESS_MS_MAX + 1);
+        assert_eq!(checkers(&r, finals([&all, &all, &all])), ["progress"]);
+        let mut r = record(vec![]);
+        r.progress.probes[0].acked_ms = None;
+        assert_eq!(checkers(&r, finals([&all, &all, &all])), ["progress"]);
+        let mut r = record(vec![]);
+        r.progress.lagging.push((0, vec![Some(1), Some(1), None]));
+        assert_eq!(checkers(&r, finals([&all, &all, &all])), ["progress"]);
+    }
+
+    #[test]
+    fn stale_reads_future_reads_torn_batches_and_misordered_appends_are_not_linear() {
+        let all = ["a", "b", "c"];
+        // Append ab (seq 1..=2) from 0 to 10, c (seq 3) from 20 to 30.
+        let appends = || {
+            vec![
+                timed(acked(1, 1, 1, &["a", "b"]), 0, 10),
+                timed(acked(2, 2, 3, &["c"]), 20, 30),
+            ]
+        };
+        let found = |reads: Vec<Read>| {
+            let mut r = record(appends());
+            r.reads = reads;
+            checkers(&r, finals([&all, &all, &all]))
+        };
+        // Reads that could have happened: before, during and after.
+        assert!(
+            found(vec![
+                read(3, 0, 5, 0),
+                read(4, 5, 15, 2),
+                read(5, 12, 25, 3),
+                read(6, 31, 40, 3)
+            ])
+            .is_empty()
+        );
+        // A read that began after c was acked but missed it.
+        assert_eq!(found(vec![read(3, 31, 40, 2)]), ["linear"]);
+        // A read that ended before c was appended but saw it.
+        assert_eq!(found(vec![read(3, 11, 15, 3)]), ["linear"]);
+        // Half of the batch ab.
+        assert_eq!(found(vec![read(3, 5, 15, 1)]), ["linear"]);
+        // Two reads that went back in time.
+        assert_eq!(
+            found(vec![read(3, 22, 24, 3), read(4, 25, 28, 2)]),
+            ["linear"]
+        );
+        // Appends numbered against their real-time order: c acked before
+        // ab was called, yet numbered after it.
+        let r = record(vec![
+            timed(acked(1, 1, 1, &["a", "b"]), 20, 30),
+            timed(acked(2, 2, 3, &["c"]), 0, 10),
+        ]);
+        assert_eq!(checkers(&r, finals([&all, &all, &all])), ["linear"]);
     }
 }
