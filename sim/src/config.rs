@@ -287,9 +287,10 @@ impl Config {
         if self.nodes == 0 || self.nodes > 64 {
             return Err(Error::Config("--nodes must be 1 to 64".into()));
         }
-        if self.replication == 0 || self.replication as u64 > self.nodes {
+        let factors = woof_node::placement::REPLICATION_FACTORS;
+        if !factors.contains(&self.replication) || self.replication as u64 > self.nodes {
             return Err(Error::Config(format!(
-                "--replication must be 1 to --nodes ({})",
+                "--replication must be one of {factors:?} and at most --nodes ({})",
                 self.nodes
             )));
         }

@@ -165,7 +165,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         config.replication,
         &mut root.fork("placement"),
         config.broken,
-    ));
+    )?);
     for id in cluster.ids() {
         cluster.start(id).await?;
     }

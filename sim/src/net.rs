@@ -10,6 +10,9 @@
 //!   message is sent and again when it arrives (for the reply, the other
 //!   way round), so one-way cuts are possible.
 //!
+//! Clients' calls to nodes cross it too ([`SimNet::client_call`]): delays
+//! and drops of the call or its answer, no partitions.
+//!
 //! Every send, loss and delivery is an event in the history.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -145,9 +148,17 @@ impl SimNet {
 
     fn plan(&self, me: u64, incarnation: u64) -> Plan {
         let mut s = self.state();
+        let sender_up = s.routers.get(&me).is_some_and(|(i, _)| *i == incarnation);
+        Plan {
+            sender_up,
+            ..self.draw(&mut s)
+        }
+    }
+
+    /// Draws what happens to one message.
+    fn draw(&self, s: &mut State) -> Plan {
         s.next_msg += 1;
         let msg = s.next_msg;
-        let sender_up = s.routers.get(&me).is_some_and(|(i, _)| *i == incarnation);
         let rates = s.rates;
         let rng = &mut s.rng;
         let delay = |rng: &mut SimRng, rec: &Recorder, leg: &str| {
@@ -171,13 +182,57 @@ impl SimNet {
         let dup_after_ms = rng.chance(rates.get(Fault::Dup)).then(|| rng.range(0, 30));
         Plan {
             msg,
-            sender_up,
+            sender_up: true,
             request_ms,
             reply_ms,
             drop_request,
             drop_reply,
             dup_after_ms,
         }
+    }
+
+    /// A client's call to node `node`: the request and the reply cross
+    /// the network with its delays and drops (clients are outside the
+    /// nodes' partitions; they reach every node). `call` is what the node
+    /// does; it runs to its end even when the reply is then lost. A lost
+    /// request or reply leaves the client waiting `wait_ms` in all, then
+    /// with nothing (`None`), as a client's own timeout would.
+    pub async fn client_call<T>(
+        &self,
+        who: &str,
+        node: u64,
+        wait_ms: u64,
+        call: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let start = tokio::time::Instant::now();
+        let p = {
+            let mut s = self.state();
+            self.draw(&mut s)
+        };
+        let msg = p.msg;
+        self.rec
+            .event(format_args!("msg#{msg} {who}->n{node} call"));
+        let wait_out = |msg: u64, what: &'static str| async move {
+            let waited = start.elapsed().as_millis() as u64;
+            tokio::time::sleep(Duration::from_millis(wait_ms.saturating_sub(waited))).await;
+            self.rec.event(format_args!("msg#{msg} lost: {what}"));
+            None
+        };
+        if p.drop_request {
+            self.rec.fault(Fault::Drop, format_args!("msg#{msg} call"));
+            return wait_out(msg, "call dropped").await;
+        }
+        tokio::time::sleep(Duration::from_millis(p.request_ms)).await;
+        let out = call.await;
+        if p.drop_reply {
+            self.rec
+                .fault(Fault::Drop, format_args!("msg#{msg} call's answer"));
+            return wait_out(msg, "answer dropped").await;
+        }
+        tokio::time::sleep(Duration::from_millis(p.reply_ms)).await;
+        self.rec
+            .event(format_args!("msg#{msg} n{node}->{who} answer"));
+        Some(out)
     }
 
     fn router(&self, node: u64) -> Option<Router> {

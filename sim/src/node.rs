@@ -1,6 +1,7 @@
 //! The simulated cluster: N nodes, each a [`Router`], a [`SimStore`] and a
 //! [`Topics`] with a simulated clock, and T topics, each a Raft group
-//! ([`group::start`]) on R nodes chosen with the seed.
+//! ([`group::start`]) on R nodes chosen by woof's placement (the nodes'
+//! identities drawn with the seed).
 //!
 //! A node crashes as a machine losing power: its disk keeps what was synced
 //! (and a prefix of the rest) and refuses every later call, the network
@@ -21,6 +22,8 @@ use woof_consensus::raft::network::Router;
 use woof_consensus::store::{GROUP_ID_MIN, GroupId, RaftLogStore};
 use woof_consensus::topic::{Placement, TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_consensus::{Clock, Topics};
+use woof_node::placement::{self, Candidate, Constraint};
+use woof_overlay::{Keypair, PeerId, Tier};
 
 use crate::Error;
 use crate::config::Broken;
@@ -68,8 +71,79 @@ pub struct TopicPlan {
     pub index: usize,
     pub group: GroupId,
     pub name: String,
-    /// Node ids, in the order drawn.
+    /// Node ids, in the order placement chose them.
     pub replicas: Vec<u64>,
+    /// The replica constraint placement honoured, if any.
+    pub constraint: Option<String>,
+}
+
+/// The constraint every third topic is placed by (when the cluster has the
+/// nodes for it): one replica at the edge, two in the cloud.
+const EDGE_AND_CLOUD: &str = "tier=edge:1,tier=cloud:2";
+
+/// Places `topics` topics of `replication` replicas on the nodes, with
+/// woof's placement (`woof_node::placement::place`): each node has a libp2p
+/// identity drawn from the seed and a tier (the first third at the edge,
+/// the rest in the cloud); a topic goes to the nodes nearest its name in
+/// Kademlia distance, or, every third topic, to one edge and two cloud
+/// nodes.
+fn place_topics(
+    nodes: u64,
+    topics: usize,
+    replication: usize,
+    rng: &mut SimRng,
+) -> Result<Vec<TopicPlan>, Error> {
+    let edge_nodes = nodes.div_ceil(3);
+    let candidates: Vec<Candidate> = (1..=nodes)
+        .map(|id| {
+            let mut secret = [0u8; 32];
+            for chunk in secret.chunks_mut(8) {
+                chunk.copy_from_slice(&rng.next_u64().to_le_bytes());
+            }
+            let key = Keypair::ed25519_from_bytes(secret)
+                .map_err(|e| Error::Setup(format!("node {id}'s identity: {e}")))?;
+            Ok(Candidate {
+                peer: key.public().to_peer_id(),
+                tier: if id <= edge_nodes {
+                    Tier::Edge
+                } else {
+                    Tier::Cloud
+                },
+                attrs: BTreeMap::new(),
+                alive: true,
+            })
+        })
+        .collect::<Result<_, Error>>()?;
+    let id_of = |peer: &PeerId| {
+        candidates
+            .iter()
+            .position(|c| c.peer == *peer)
+            .map(|i| i as u64 + 1)
+    };
+    let mixed = replication == 3 && edge_nodes >= 1 && nodes - edge_nodes >= 2;
+    (0..topics)
+        .map(|index| {
+            let name = format!("sim/t{index}");
+            let constraint = (mixed && index % 3 == 2).then_some(EDGE_AND_CLOUD);
+            let parsed = constraint
+                .map(str::parse::<Constraint>)
+                .transpose()
+                .map_err(|e| Error::Setup(format!("{EDGE_AND_CLOUD}: {e}")))?;
+            let peers = placement::place(&name, replication, parsed.as_ref(), &candidates)
+                .map_err(|e| Error::Setup(format!("placing {name}: {e}")))?;
+            let replicas = peers
+                .iter()
+                .map(|p| id_of(p).ok_or(Error::Setup(format!("{name} placed on a stranger"))))
+                .collect::<Result<_, Error>>()?;
+            Ok(TopicPlan {
+                index,
+                group: GroupId(GROUP_ID_MIN + 1 + index as u64),
+                name,
+                replicas,
+                constraint: constraint.map(str::to_string),
+            })
+        })
+        .collect()
 }
 
 impl TopicPlan {
@@ -104,7 +178,8 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Places `topics` topics on `replication` of `nodes` nodes each.
+    /// Places `topics` topics on `replication` of `nodes` nodes each (see
+    /// [`place_topics`]).
     pub fn new(
         rec: Arc<Recorder>,
         net: Arc<SimNet>,
@@ -113,25 +188,18 @@ impl Cluster {
         replication: usize,
         rng: &mut SimRng,
         broken: Option<Broken>,
-    ) -> Self {
+    ) -> Result<Self, Error> {
         let corrupt_node_1 = broken == Some(Broken::DivergentReplica);
         let start = tokio::time::Instant::now();
-        let plans = (0..topics)
-            .map(|index| {
-                let mut pool: Vec<u64> = (1..=nodes).collect();
-                let mut replicas = Vec::new();
-                while replicas.len() < replication {
-                    let i = rng.range(0, pool.len() as u64) as usize;
-                    replicas.push(pool.remove(i));
-                }
-                TopicPlan {
-                    index,
-                    group: GroupId(GROUP_ID_MIN + 1 + index as u64),
-                    name: format!("sim/t{index}"),
-                    replicas,
-                }
-            })
-            .collect();
+        let plans = place_topics(nodes, topics, replication, rng)?;
+        for p in &plans {
+            rec.event(format_args!(
+                "{} placed on {:?} ({})",
+                p.name,
+                p.replicas,
+                p.constraint.as_deref().unwrap_or("nearest by name")
+            ));
+        }
         let nodes = (1..=nodes)
             .map(|id| {
                 (
@@ -145,14 +213,14 @@ impl Cluster {
                 )
             })
             .collect();
-        Self {
+        Ok(Self {
             rec,
             net,
             plans,
             timing: Timing::default(),
             nodes: Mutex::new(nodes),
             corrupt_node_1,
-        }
+        })
     }
 
     fn nodes(&self) -> MutexGuard<'_, BTreeMap<u64, Node>> {

@@ -8,7 +8,9 @@
 //! topics from a replica (as a node serves a topic it holds), from the
 //! start, the earliest or the latest element, and resume at another replica
 //! when theirs goes down. After the faults, a probe appends to every topic
-//! (the progress checker). Every request and answer is recorded (for the
+//! (the progress checker). Clients' calls and answers cross the simulated
+//! network (delays, drops: a lost answer leaves the outcome unknown).
+//! Every request and answer is recorded (for the
 //! checkers) and is an event in the history.
 //!
 //! A sampler reads every running replica's stored elements once a second,
@@ -250,19 +252,26 @@ async fn read_latest(
         else {
             break ReadResult::Failed(format!("n{node} down"));
         };
-        match tokio::time::timeout(Duration::from_millis(REQUEST_MS_MAX), confirm_leader(&raft))
-            .await
-        {
-            Ok(Ok(())) => match topics.latest(&plan.name) {
-                Ok(r) => {
-                    break ReadResult::Range {
-                        first: r.first,
-                        last: r.last,
-                    };
-                }
-                Err(e) => break ReadResult::Failed(format!("n{node}: {e}")),
-            },
-            Ok(Err(e)) => {
+        // At the node: confirm, then answer from what it applied.
+        let at_node = async {
+            let confirmed =
+                tokio::time::timeout(Duration::from_millis(REQUEST_MS_MAX), confirm_leader(&raft))
+                    .await?;
+            Ok::<_, tokio::time::error::Elapsed>(confirmed.map(|()| topics.latest(&plan.name)))
+        };
+        let answer = cluster
+            .net
+            .client_call(&format!("c{client}"), node, REQUEST_MS_MAX, at_node)
+            .await;
+        match answer {
+            Some(Ok(Ok(Ok(r)))) => {
+                break ReadResult::Range {
+                    first: r.first,
+                    last: r.last,
+                };
+            }
+            Some(Ok(Ok(Err(e)))) => break ReadResult::Failed(format!("n{node}: {e}")),
+            Some(Ok(Err(e))) => {
                 let leader = e
                     .forward_to_leader::<BasicNode>()
                     .and_then(|f| f.leader_id)
@@ -272,7 +281,7 @@ async fn read_latest(
                     _ => break ReadResult::Failed(format!("n{node}: {e}")),
                 }
             }
-            Err(_) => {
+            None | Some(Err(_)) => {
                 break ReadResult::Failed(format!("n{node}: no answer in {REQUEST_MS_MAX} ms"));
             }
         }
@@ -510,13 +519,16 @@ async fn append(
                 duplicate: false,
             };
         }
-        let answer = tokio::time::timeout(
+        let at_node = tokio::time::timeout(
             Duration::from_millis(REQUEST_MS_MAX),
             raft.client_write(command),
-        )
-        .await;
+        );
+        let answer = cluster
+            .net
+            .client_call(&format!("c{client}"), node, REQUEST_MS_MAX, at_node)
+            .await;
         match answer {
-            Ok(Ok(r)) => match r.data {
+            Some(Ok(Ok(r))) => match r.data {
                 CommandResult::Appended(o) => {
                     leaders.insert(topic, node);
                     break AppendResult::Acked {
@@ -528,7 +540,7 @@ async fn append(
                 CommandResult::Refused(e) => break AppendResult::Refused(e.to_string()),
                 other => break AppendResult::Refused(format!("unexpected answer {other:?}")),
             },
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f)))) => {
+            Some(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))) => {
                 last_error = format!("n{node} is not the leader");
                 match f.leader_id.filter(|l| plan.replicas.contains(l)) {
                     Some(l) if l != node => {
@@ -541,14 +553,14 @@ async fn append(
                     }
                 }
             }
-            Ok(Err(e)) => {
+            Some(Ok(Err(e))) => {
                 last_error = format!("n{node}: {e}");
                 leaders.remove(&topic);
                 if broken == Some(Broken::RetryWithNewSeq) {
                     pseq += 1;
                 }
             }
-            Err(_) => {
+            None | Some(Err(_)) => {
                 last_error = format!("n{node}: no answer in {REQUEST_MS_MAX} ms");
                 leaders.remove(&topic);
                 if broken == Some(Broken::RetryWithNewSeq) {

@@ -99,6 +99,7 @@ mod tests {
             group: GroupId(1),
             name: "sim/t0".into(),
             replicas: vec![1, 2, 3],
+            constraint: None,
         }]
     }
 
