@@ -15,13 +15,14 @@
 //! - [`topics`]: [`Topics`], which runs one writer task per topic on tokio:
 //!   group commit, synced writes, subscriptions, background trimming.
 //! - [`error`]: the crate's one error type.
+//! - [`bugs`]: deliberate bugs the simulator can switch on to show that its
+//!   checkers bite (compiled in only with the `sim-bugs` feature; ADR 0006).
 //!
-//! Today the node serves topics through [`Topics`], on one node. The
-//! [`raft`] module runs the same `Machine` behind an openraft group and is
-//! tested across in-process replicas; wiring it into the node (placement,
-//! forwarding, the overlay as transport) is the next step of the cluster
-//! issue. The client-facing API of [`Topics`] is shaped so that it does not
-//! change when that happens.
+//! A standalone node serves its topics through [`Topics`] alone; in a
+//! cluster every topic is a [`raft`] group whose state machine publishes to
+//! the node's [`Topics`], which serves reads and subscriptions. The node
+//! crate places groups, forwards requests and carries the Raft messages
+//! over the overlay; the simulator (`sim/`) drives this crate directly.
 
 pub mod bugs;
 pub mod error;

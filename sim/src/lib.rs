@@ -7,40 +7,45 @@
 //! numbers (tokio's, openraft's and the simulator's own), so that the same
 //! seed takes the same path and gives the same history hash.
 //!
-//! A run ([`run`]): N nodes start; T topics are placed on R nodes each and
-//! created, fault-free; then for the simulated time asked, clients append
-//! and read while the network and the nemesis inject faults; then the
-//! faults stop, the network heals, every node comes back, the groups catch
-//! up, and the checkers look at what was recorded and what every replica
-//! holds.
+//! A run ([`run`]): N nodes start; T topics are placed on R nodes each by
+//! woof's placement engine and created, fault-free; then for the simulated
+//! time asked, clients append and read and subscribers follow topics while
+//! the network and the nemesis inject faults; then the faults stop, the
+//! network heals, every node comes back, a probe appends to every topic,
+//! the groups catch up, and the checkers look at what was recorded and what
+//! every replica holds.
 //!
 //! Layout:
 //! - `config.rs`: a run's [`Config`], the fault kinds and their rates
 //!   (`--faults`), the per-kind counts, the deliberate bugs ([`Broken`])
-//!   that show the checkers bite;
+//!   that show the checkers bite (some in woof's code: ADR 0006);
 //! - `rng.rs`: the seeded random numbers, one stream per purpose;
 //! - `history.rs`: the run's events, their hash, the last ones for reports,
 //!   and the [`history::Recorder`] every part records through;
 //! - `store.rs`: the simulated disk ([`store::SimStore`]): woof's storage
-//!   traits in memory, with crashes that lose what was not synced;
+//!   traits in memory, with crashes that lose what was not synced, and slow
+//!   spells;
 //! - `net.rs`: the simulated network ([`net::SimNet`]), woof's Raft
-//!   `Transport` with drops, delays, duplicates, reordering, partitions;
+//!   `Transport` with drops, delays, duplicates, reordering, partitions, and
+//!   clients' calls to nodes;
 //! - `node.rs`: the cluster: nodes (router, disk, topics, clock), topic
 //!   placement and creation, crash and restart;
-//! - `nemesis.rs`: partitions, crashes, torn writes, failing writes and
-//!   clock jumps over time, and the heal at the end;
-//! - `workload.rs`: the clients (producer appends with retries, reads) and
+//! - `nemesis.rs`: partitions, crashes, torn writes, failing writes, clock
+//!   jumps and slow disks over time, and the heal at the end;
+//! - `workload.rs`: the clients (producer appends with retries,
+//!   linearizable reads), the subscribers, the probes after the heal, and
 //!   the sampler of replicas' contents;
 //! - `check/`: the checkers, one promise per file;
 //! - `main.rs`: the `woof-sim` command line (one seed, a sweep, a replay).
 //!
 //! Tests (`tests/`): the disk's crash model, determinism (in one process and
-//! across processes), a small sweep with every fault, and each deliberate
-//! bug caught by its checker.
+//! across processes), CI's fixed sweeps with every fault, and each
+//! deliberate bug caught by its checker.
 //!
-//! Not simulated yet (level C): node's placement, forwarding, group commit
-//! and sleeping groups (level B, behind a `Net` trait), clients' own links
-//! (clients call a node's group directly), subscriptions, slow disks.
+//! Not simulated yet: node's group layer (forwarding over the overlay, the
+//! proposer's group commit, sleeping groups; level B, behind a `Net` trait)
+//! and the overlay (lookups, membership, repair): clients reach a node's
+//! groups directly.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
