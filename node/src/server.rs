@@ -98,8 +98,12 @@ impl Node {
             Some(cluster) => {
                 let mut overlay = start_overlay(config, cluster, info.clone()).await?;
                 let inbound = std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1);
-                let (groups, task) =
-                    Groups::new(store, topics.clone(), overlay.client.clone(), inbound);
+                let (groups, task) = Groups::new(
+                    store,
+                    topics.clone(),
+                    Arc::new(overlay.client.clone()),
+                    inbound,
+                );
                 let held = groups.load_all().await?;
                 tracing::info!(groups = held, "raft groups loaded (each runs when used)");
                 let api = ClusterTopics::new(

@@ -8,7 +8,7 @@ use std::time::Duration;
 use openraft::{BasicNode, Raft};
 use serde_bytes::ByteBuf;
 use woof_consensus::raft::{Command, CommandResult, TypeConfig};
-use woof_consensus::store::{GROUP_ID_MIN, GroupId, Store};
+use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_node::config::{ClusterConfig, NodeConfig};
 use woof_node::server::Node;

@@ -11,7 +11,7 @@ use super::network::{NetworkFactory, Router, Transport};
 use super::state_machine::TopicStateMachine;
 use crate::bugs::{self, Bug};
 use crate::error::Error;
-use crate::store::{GroupId, RaftLogStore, Store};
+use crate::store::{GroupId, GroupStore};
 use crate::topics::Topics;
 
 /// Timing of every group on a node.
@@ -43,10 +43,10 @@ const PAYLOAD_ENTRIES_MAX: u64 = 64;
 /// Starts (or restarts, from what `store` holds) group `group` as node
 /// `node_id`, and registers it with `router`. With `readers`, what the group
 /// applies is published to those topics (reads and subscriptions).
-pub async fn start<S: Store + RaftLogStore>(
+pub async fn start(
     node_id: u64,
     group: GroupId,
-    store: Arc<S>,
+    store: Arc<dyn GroupStore>,
     transport: Arc<dyn Transport>,
     router: &Router,
     timing: Timing,

@@ -195,12 +195,15 @@ impl Router {
 
     /// Removes and returns every group (for shutdown).
     pub fn drain(&self) -> Vec<Raft<TypeConfig>> {
-        self.groups
+        let mut groups: Vec<_> = self
+            .groups
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .drain()
-            .map(|(_, raft)| raft)
-            .collect()
+            .collect();
+        // In id order: the simulator repeats a run only if this does.
+        groups.sort_by_key(|(g, _)| *g);
+        groups.into_iter().map(|(_, raft)| raft).collect()
     }
 
     /// Every registered group, in id order.

@@ -124,6 +124,12 @@ pub fn run_storage_inline(on: bool) {
     INLINE.with(|i| i.set(on));
 }
 
+/// A store that holds both topic data and Raft logs, as one node's does:
+/// what a group runs on.
+pub trait GroupStore: Store + RaftLogStore {}
+
+impl<T: Store + RaftLogStore> GroupStore for T {}
+
 /// Waits out `store`'s [`RaftLogStore::sync_delay`] (nothing for a real store).
 pub async fn wait_for_disk(store: &dyn RaftLogStore) {
     let delay = store.sync_delay();

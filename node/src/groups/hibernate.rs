@@ -19,20 +19,22 @@
 //! (waking the others with its vote requests), and later puts the group to
 //! sleep as its leader: the scheme heals itself.
 
-use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use futures::StreamExt;
 
 use openraft::Raft;
 use woof_consensus::TopicInfo;
 use woof_consensus::raft::TypeConfig;
-use woof_consensus::store::{GroupId, RaftLogStore};
+use woof_consensus::store::GroupId;
 use woof_overlay::PeerId;
 
 use super::control::{Control, ControlReply, ReplicaStatus};
 use super::{Groups, peers, voters};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// A group that served no client for this long may sleep.
 pub const SLEEP_AFTER: Duration = Duration::from_secs(3);
@@ -104,9 +106,7 @@ impl Groups {
             return Ok(Some(raft));
         }
         let store = self.store.clone();
-        let member = tokio::task::spawn_blocking(move || store.value(group, "member"))
-            .await
-            .map_err(|e| Error::Internal(format!("reading group {}: {e}", group.0)))??;
+        let member = woof_consensus::store::blocking(move || store.value(group, "member")).await?;
         if member.is_none() {
             return Ok(None);
         }
@@ -169,7 +169,8 @@ impl Groups {
     /// once, so that sleeping keeps pace with however many groups go idle.
     async fn hibernate(&self, idle: Vec<(GroupId, Raft<TypeConfig>)>) {
         let me = self.peer_id();
-        let mut by_peer: HashMap<PeerId, Vec<u64>> = HashMap::new();
+        // In peer order: the simulator repeats a run only if this does.
+        let mut by_peer: BTreeMap<PeerId, Vec<u64>> = BTreeMap::new();
         for (group, raft) in &idle {
             // Quiet first: a heartbeat reaching a follower that already
             // slept would wake it without a leader, and it would stand.

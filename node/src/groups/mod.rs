@@ -9,7 +9,9 @@
 //!
 //! Layout: this file (the groups of a node, routing to leaders),
 //! [`control`] (the control messages), [`transport`] (Raft traffic),
-//! [`hibernate`] (idle groups sleep), [`membership`] (replacing a replica).
+//! [`hibernate`] (idle groups sleep), [`membership`] (replacing a replica),
+//! [`net`] (what the groups need of the overlay, as a trait the simulator
+//! implements too).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,9 +25,7 @@ use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Router, Transport};
 use woof_consensus::raft::state_machine::peek;
 use woof_consensus::raft::{Command, CommandResult, TypeConfig, decode, encode};
-use woof_consensus::store::{
-    GROUP_ID_MIN, GroupId, Op, RaftLogStore, RocksStore, Store, WriteBatch,
-};
+use woof_consensus::store::{GROUP_ID_MIN, GroupId, GroupStore, Op, WriteBatch, blocking};
 use woof_consensus::topic::{Element, Range, TopicId, first_seq};
 use woof_consensus::{Start, TopicInfo, Topics};
 use woof_overlay::{Inbound, PeerId};
@@ -35,12 +35,14 @@ use crate::error::{Error, Result};
 mod control;
 mod hibernate;
 mod membership;
+mod net;
 mod propose;
 mod transport;
 
 use control::{Control, ControlReply};
 pub use control::{Read, ReadReply, ReplicaStatus};
 use hibernate::Asleep;
+pub use net::Net;
 
 /// Raft messages for the consensus router (see [`transport`]).
 const TAG_RAFT_BATCH: u8 = 3;
@@ -74,7 +76,7 @@ pub fn node_id(peer: &PeerId) -> u64 {
 
 /// Sends a tagged message to `peer`.
 async fn request(
-    client: &woof_overlay::Client,
+    net: &dyn Net,
     peer: PeerId,
     tag: u8,
     message: &[u8],
@@ -82,22 +84,21 @@ async fn request(
     let mut framed = Vec::with_capacity(message.len() + 1);
     framed.push(tag);
     framed.extend_from_slice(message);
-    client
-        .request(peer, framed)
+    net.request(peer, framed)
         .await
-        .map_err(|e| woof_consensus::Error::Network(e.to_string()))
+        .map_err(woof_consensus::Error::Network)
 }
 
 /// This node's Raft groups.
 #[derive(Clone)]
 pub struct Groups {
     node_id: u64,
-    store: Arc<RocksStore>,
+    store: Arc<dyn GroupStore>,
     /// Where the groups publish what they apply; reads are served from it.
     topics: Topics,
     router: Router,
     transport: Arc<transport::OverlayTransport>,
-    client: woof_overlay::Client,
+    client: Arc<dyn Net>,
     /// The leader each group last answered from, tried first next time.
     leaders: Arc<Mutex<HashMap<u64, PeerId>>>,
     /// Each group's proposer on this node (see [`propose`]).
@@ -107,7 +108,7 @@ pub struct Groups {
     /// Groups this node holds but does not run (see [`hibernate`]).
     asleep: Arc<Mutex<HashMap<u64, Asleep>>>,
     /// When each running group last served a client here.
-    activity: Arc<Mutex<HashMap<u64, std::time::Instant>>>,
+    activity: Arc<Mutex<HashMap<u64, tokio::time::Instant>>>,
     /// One lock per group, held while it starts or goes to sleep, so that
     /// a group is never started twice (groups start in parallel).
     starting: Arc<Mutex<HashMap<u64, Arc<tokio::sync::Mutex<()>>>>>,
@@ -116,14 +117,14 @@ pub struct Groups {
 }
 
 impl Groups {
-    /// Groups over `overlay`, storing into `store` and publishing to
-    /// `topics`. The returned task serves `inbound` peer requests until the
-    /// overlay closes it; await it after shutting the overlay down, so that
-    /// nothing holds the store any more.
+    /// Groups over the overlay `client`, storing into `store` and
+    /// publishing to `topics`. The returned task serves `inbound` peer
+    /// requests until the overlay closes it; await it after shutting the
+    /// overlay down, so that nothing holds the store any more.
     pub fn new(
-        store: Arc<RocksStore>,
+        store: Arc<dyn GroupStore>,
         topics: Topics,
-        client: woof_overlay::Client,
+        client: Arc<dyn Net>,
         inbound: mpsc::Receiver<Inbound>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let router = Router::default();
@@ -179,7 +180,7 @@ impl Groups {
     }
 
     /// The store the groups write into.
-    pub fn store(&self) -> &Arc<RocksStore> {
+    pub fn store(&self) -> &Arc<dyn GroupStore> {
         &self.store
     }
 
@@ -189,15 +190,14 @@ impl Groups {
     /// runs none of their groups).
     pub async fn load_all(&self) -> Result<usize> {
         let store = self.store.clone();
-        let peeks = tokio::task::spawn_blocking(move || {
+        let peeks = blocking(move || {
             let mut peeks = Vec::new();
             for group in store.groups()? {
                 peeks.push((group, peek(&*store, &*store, group)?));
             }
-            Ok::<_, woof_consensus::Error>(peeks)
+            Ok(peeks)
         })
-        .await
-        .map_err(|e| Error::Internal(format!("loading groups: {e}")))??;
+        .await?;
         let count = peeks.len();
         for (group, peek) in peeks {
             if let Some(meta) = &peek.meta {
@@ -494,14 +494,10 @@ impl Groups {
 
     /// Refreshes the peers the overlay suspects.
     async fn refresh_suspects(&self) {
-        let Ok(members) = self.client.members().await else {
+        let Ok(silent) = self.client.silent_peers().await else {
             return;
         };
-        let suspects = members
-            .into_iter()
-            .filter(|m| m.liveness != woof_overlay::Liveness::Alive)
-            .map(|m| m.peer)
-            .collect();
+        let suspects = silent.into_iter().collect();
         *self.suspects.lock().unwrap_or_else(|e| e.into_inner()) = suspects;
     }
 
@@ -520,7 +516,7 @@ impl Groups {
             return Ok(self.handle_control(control).await);
         }
         let message = encode(&control)?;
-        let sent = request(&self.client, peer, TAG_CONTROL, &message);
+        let sent = request(&*self.client, peer, TAG_CONTROL, &message);
         match tokio::time::timeout(timeout, sent).await {
             Ok(answer) => Ok(decode(&answer?)?),
             Err(_) => Err(Error::Log(woof_consensus::Error::Network(format!(
@@ -619,10 +615,7 @@ impl Groups {
         // Mark the group as this node's before it runs, so that a restart
         // brings it back even if it never voted or stored an entry.
         let store = self.store.clone();
-        let marked = tokio::task::spawn_blocking(move || store.put_value(group, "member", b""))
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))
-            .and_then(|r| r.map_err(Error::from));
+        let marked = blocking(move || store.put_value(group, "member", b"")).await;
         if let Err(e) = marked {
             return ControlReply::Failed(e.to_string());
         }
@@ -764,14 +757,13 @@ impl Groups {
         self.activity_mut().remove(&group.0);
         self.topics.retire_replica(TopicId(group.0));
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || {
+        blocking(move || {
             let mut batch = WriteBatch::default();
             batch.push(Op::DeleteTopic(TopicId(group.0)));
             store.write(&batch)?;
             store.delete_group(group)
         })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        .await?;
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 //! batch, in order, in one reply.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -23,7 +23,7 @@ use woof_consensus::raft::network::{Router, Transport};
 use woof_consensus::raft::{decode, encode};
 use woof_overlay::PeerId;
 
-use super::{TAG_RAFT_BATCH, request};
+use super::{Net, TAG_RAFT_BATCH, request};
 
 /// Messages waiting for one peer; past this, senders wait.
 const QUEUE_DEPTH: usize = 4096;
@@ -46,12 +46,12 @@ struct Pending {
 
 /// The overlay as a Raft transport: `BasicNode::addr` is the peer id.
 pub(super) struct OverlayTransport {
-    client: woof_overlay::Client,
+    client: Arc<dyn Net>,
     queues: Mutex<HashMap<PeerId, mpsc::Sender<Pending>>>,
 }
 
 impl OverlayTransport {
-    pub fn new(client: woof_overlay::Client) -> Self {
+    pub fn new(client: Arc<dyn Net>) -> Self {
         Self {
             client,
             queues: Mutex::default(),
@@ -101,11 +101,7 @@ impl Transport for OverlayTransport {
 /// Sends what is queued for `peer`, batch by batch, until the queue closes;
 /// up to [`IN_FLIGHT_MAX`] batches at once, all driven by this task (no
 /// task per batch: one hand-off less for every message).
-async fn send_batches(
-    client: woof_overlay::Client,
-    peer: PeerId,
-    mut queue: mpsc::Receiver<Pending>,
-) {
+async fn send_batches(client: Arc<dyn Net>, peer: PeerId, mut queue: mpsc::Receiver<Pending>) {
     let mut in_flight = FuturesUnordered::new();
     let mut carry: Option<Pending> = None;
     let mut open = true;
@@ -130,7 +126,7 @@ async fn send_batches(
                     batch.push(next);
                 }
                 let client = client.clone();
-                in_flight.push(async move { send_one(&client, peer, batch).await });
+                in_flight.push(async move { send_one(&*client, peer, batch).await });
             }
             else => return,
         }
@@ -146,7 +142,7 @@ async fn next(carry: &mut Option<Pending>, queue: &mut mpsc::Receiver<Pending>) 
 }
 
 /// Sends one batch and hands each answer to its sender.
-async fn send_one(client: &woof_overlay::Client, peer: PeerId, batch: Vec<Pending>) {
+async fn send_one(client: &dyn Net, peer: PeerId, batch: Vec<Pending>) {
     let (messages, replies): (Vec<ByteBuf>, Vec<oneshot::Sender<Answer>>) = batch
         .into_iter()
         .map(|p| (ByteBuf::from(p.message), p.reply))
