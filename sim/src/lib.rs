@@ -1,4 +1,4 @@
-//! `woof-sim`: woof's consensus and topic code, many nodes in one process,
+//! `woof-sim`: woof's consensus, topic and group code, many nodes in one process,
 //! over a simulated network, disk and clock, with faults, and checkers that
 //! know what must always hold (issue 4; the design is in docs/adr/0005).
 //!
@@ -42,10 +42,11 @@
 //! across processes), CI's fixed sweeps with every fault, and each
 //! deliberate bug caught by its checker.
 //!
-//! Not simulated yet: node's group layer (forwarding over the overlay, the
-//! proposer's group commit, sleeping groups; level B, behind a `Net` trait)
-//! and the overlay (lookups, membership, repair): clients reach a node's
-//! groups directly.
+//! Each node runs woof's own group layer (`woof_node::groups::Groups`:
+//! forwarding to leaders, group commit, sleeping groups) over the
+//! simulated network (`woof_node::groups::Net`). Not simulated: the overlay
+//! (libp2p, Kademlia lookups, membership, repair) and `ClusterTopics` above
+//! the group layer: the simulator knows where each topic lives.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
@@ -161,10 +162,9 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         ..config.clone()
     };
     rec.event(format_args!("run {recorded:?}"));
-    let net = net::SimNet::new(rec.clone(), root.fork("net"), Rates::none());
     let cluster = Arc::new(Cluster::new(
         rec.clone(),
-        net.clone(),
+        root.fork("net"),
         config.nodes,
         config.topics,
         config.replication,
@@ -183,6 +183,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
     .await?;
     rec.event("setup done; faults on");
 
+    let net = cluster.net.clone();
     net.set_rates(config.faults);
     let until = rec.now_ms() + config.sim_time_ms;
     let record = workload::Shared::default();

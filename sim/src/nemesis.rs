@@ -292,7 +292,7 @@ async fn partition(cluster: &Cluster, ids: &[u64], rng: &mut SimRng) -> (String,
         _ => {
             // Isolate a node: the leader of some topic, or any.
             let topic = rng.range(0, cluster.plans.len() as u64) as usize;
-            let (who, id) = match leader_of(cluster, topic).await {
+            let (who, id) = match leader_of(cluster, topic) {
                 Some(l) if rng.chance(0.7) => (format!("leader of t{topic}"), l),
                 _ => ("node".to_string(), *rng.pick(ids).expect("nodes")),
             };

@@ -1,5 +1,8 @@
-//! The simulated network: every node's Raft messages, as woof's
-//! [`Transport`] (request and reply), delivered to the target's [`Router`]
+//! The simulated network: every node-to-node request of woof's group layer
+//! (what a node sends over the overlay: batches of Raft messages, control
+//! messages to start groups, write or read at a leader, put groups to
+//! sleep), as the [`Net`] each node's `Groups` is built on, delivered to
+//! the target's inbound queue (the one the overlay feeds in a real node)
 //! after a seeded delay, with faults:
 //! - a request or its reply is dropped (the sender sees an error after
 //!   [`TIMEOUT_MS`]; a dropped reply means the target acted on it);
@@ -10,8 +13,10 @@
 //!   message is sent and again when it arrives (for the reply, the other
 //!   way round), so one-way cuts are possible.
 //!
-//! Clients' calls to nodes cross it too ([`SimNet::client_call`]): delays
-//! and drops of the call or its answer, no partitions.
+//! A node that has been down for [`SILENT_AFTER_MS`] is reported silent to
+//! the others (as the overlay's membership would). Clients' calls to nodes
+//! cross it too ([`SimNet::client_call`]): delays and drops of the call or
+//! its answer, no partitions.
 //!
 //! Every send, loss and delivery is an event in the history.
 
@@ -21,9 +26,10 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use openraft::BasicNode;
+use tokio::sync::{mpsc, oneshot};
 use woof_consensus::Error;
-use woof_consensus::raft::network::{Router, Transport};
+use woof_node::groups::Net;
+use woof_overlay::{Inbound, PeerId};
 
 use crate::config::{Fault, Rates};
 use crate::history::{Fnv, Recorder};
@@ -33,13 +39,17 @@ use crate::rng::SimRng;
 pub const TIMEOUT_MS: u64 = 500;
 /// The longest a target may take to answer one message.
 const HANDLE_MS_MAX: u64 = 5_000;
+/// A node down this long is reported silent (suspected) to the others.
+pub const SILENT_AFTER_MS: u64 = 1_000;
 
 struct State {
     rng: SimRng,
     rates: Rates,
     /// The node ids that are up, with the incarnation that is running and
-    /// its router.
-    routers: BTreeMap<u64, (u64, Router)>,
+    /// its inbound queue.
+    inboxes: BTreeMap<u64, (u64, mpsc::Sender<Inbound>)>,
+    /// When each node that is down went down.
+    down_since: BTreeMap<u64, tokio::time::Instant>,
     /// Cut links (from, to), with how many partitions cut each.
     blocked: BTreeMap<(u64, u64), u32>,
     next_msg: u64,
@@ -49,6 +59,8 @@ struct State {
 pub struct SimNet {
     rec: Arc<Recorder>,
     state: Mutex<State>,
+    /// Each node's peer id, by node id (1-based).
+    peers: Vec<PeerId>,
 }
 
 /// What happens to one message, drawn when it is sent.
@@ -70,40 +82,71 @@ fn digest(bytes: &[u8]) -> u64 {
 }
 
 impl SimNet {
-    pub fn new(rec: Arc<Recorder>, rng: SimRng, rates: Rates) -> Arc<Self> {
+    /// The network between nodes 1 to `peers.len()`, with those peer ids.
+    pub fn new(rec: Arc<Recorder>, rng: SimRng, rates: Rates, peers: Vec<PeerId>) -> Arc<Self> {
         Arc::new(Self {
             rec,
             state: Mutex::new(State {
                 rng,
                 rates,
-                routers: BTreeMap::new(),
+                inboxes: BTreeMap::new(),
+                down_since: BTreeMap::new(),
                 blocked: BTreeMap::new(),
                 next_msg: 0,
             }),
+            peers,
         })
+    }
+
+    /// Node `id`'s peer id.
+    pub fn peer(&self, id: u64) -> Option<PeerId> {
+        self.peers.get((id as usize).checked_sub(1)?).copied()
+    }
+
+    /// The node id of `peer`.
+    pub fn node_of(&self, peer: &PeerId) -> Option<u64> {
+        self.peers
+            .iter()
+            .position(|p| p == peer)
+            .map(|i| i as u64 + 1)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Node `node`'s incarnation `incarnation` is up and receives with `router`.
-    pub fn attach(&self, node: u64, incarnation: u64, router: Router) {
-        self.state().routers.insert(node, (incarnation, router));
+    /// Node `node`'s incarnation `incarnation` is up and receives into `inbox`.
+    pub fn attach(&self, node: u64, incarnation: u64, inbox: mpsc::Sender<Inbound>) {
+        let mut s = self.state();
+        s.inboxes.insert(node, (incarnation, inbox));
+        s.down_since.remove(&node);
     }
 
     /// Node `node` is down: nothing reaches it, nothing it sent arrives.
     pub fn detach(&self, node: u64) {
-        self.state().routers.remove(&node);
+        let mut s = self.state();
+        if s.inboxes.remove(&node).is_some() {
+            s.down_since.insert(node, tokio::time::Instant::now());
+        }
     }
 
-    /// The transport incarnation `incarnation` of node `node` sends with.
-    pub fn link(self: &Arc<Self>, node: u64, incarnation: u64) -> Arc<dyn Transport> {
+    /// What incarnation `incarnation` of node `node` sends with.
+    pub fn link(self: &Arc<Self>, node: u64, incarnation: u64) -> Arc<dyn Net> {
         Arc::new(Link {
             me: node,
             incarnation,
             net: self.clone(),
         })
+    }
+
+    /// The nodes down for [`SILENT_AFTER_MS`] or more.
+    fn silent(&self) -> Vec<PeerId> {
+        let s = self.state();
+        s.down_since
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= Duration::from_millis(SILENT_AFTER_MS))
+            .filter_map(|(id, _)| self.peer(*id))
+            .collect()
     }
 
     /// Changes the fault rates (the heal phase turns them off).
@@ -148,7 +191,7 @@ impl SimNet {
 
     fn plan(&self, me: u64, incarnation: u64) -> Plan {
         let mut s = self.state();
-        let sender_up = s.routers.get(&me).is_some_and(|(i, _)| *i == incarnation);
+        let sender_up = s.inboxes.get(&me).is_some_and(|(i, _)| *i == incarnation);
         Plan {
             sender_up,
             ..self.draw(&mut s)
@@ -235,8 +278,37 @@ impl SimNet {
         Some(out)
     }
 
-    fn router(&self, node: u64) -> Option<Router> {
-        self.state().routers.get(&node).map(|(_, r)| r.clone())
+    fn inbox(&self, node: u64) -> Option<mpsc::Sender<Inbound>> {
+        self.state().inboxes.get(&node).map(|(_, i)| i.clone())
+    }
+
+    /// Hands `message` from node `from` to `inbox` and waits (at most
+    /// [`HANDLE_MS_MAX`]) for the answer.
+    async fn deliver(
+        &self,
+        inbox: &mpsc::Sender<Inbound>,
+        from: u64,
+        to: u64,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, Error> {
+        let peer = self
+            .peer(from)
+            .ok_or_else(|| Error::Network(format!("no node {from}")))?;
+        let (reply, answer) = oneshot::channel();
+        let request = Inbound {
+            peer,
+            payload: message,
+            reply,
+        };
+        if inbox.send(request).await.is_err() {
+            return Err(Error::Network(format!("node {to} is down")));
+        }
+        match tokio::time::timeout(Duration::from_millis(HANDLE_MS_MAX), answer).await {
+            Ok(Ok(bytes)) => Ok(bytes),
+            // The target refused the request (it drops the reply).
+            Ok(Err(_)) => Err(Error::Network(format!("node {to} refused the request"))),
+            Err(_) => Err(Error::Network(format!("node {to} did not answer"))),
+        }
     }
 
     async fn lost(&self, msg: u64, why: &str, waited_ms: u64) -> Result<Vec<u8>, Error> {
@@ -278,7 +350,7 @@ impl SimNet {
         if self.is_blocked(me, to) {
             return self.lost(msg, "link cut in flight", p.request_ms).await;
         }
-        let Some(router) = self.router(to) else {
+        let Some(inbox) = self.inbox(to) else {
             // Connection refused: the sender learns soon.
             self.rec
                 .event(format_args!("msg#{msg} refused: n{to} is down"));
@@ -289,44 +361,29 @@ impl SimNet {
                 Fault::Dup,
                 format_args!("msg#{msg} delivered again in {after} ms"),
             );
-            let (net, router, message) = (self.clone(), router.clone(), message.clone());
+            let (net, inbox, message) = (self.clone(), inbox.clone(), message.clone());
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(after)).await;
-                if net.router(to).is_none() || net.is_blocked(me, to) {
+                if net.inbox(to).is_none() || net.is_blocked(me, to) {
                     return;
                 }
-                let answered = tokio::time::timeout(
-                    Duration::from_millis(HANDLE_MS_MAX),
-                    router.handle(&message),
-                )
-                .await;
+                let answered = net.deliver(&inbox, me, to, message).await;
                 net.rec.event(format_args!(
                     "msg#{msg} duplicate delivered, answer {}",
                     match answered {
-                        Ok(Ok(_)) => "discarded",
-                        Ok(Err(_)) => "an error",
-                        Err(_) => "late",
+                        Ok(_) => "discarded",
+                        Err(_) => "an error",
                     }
                 ));
             });
         }
         self.rec.event(format_args!("msg#{msg} delivered to n{to}"));
-        let reply = match tokio::time::timeout(
-            Duration::from_millis(HANDLE_MS_MAX),
-            router.handle(&message),
-        )
-        .await
-        {
-            Ok(Ok(reply)) => reply,
-            Ok(Err(e)) => {
+        let reply = match self.deliver(&inbox, me, to, message).await {
+            Ok(reply) => reply,
+            Err(e) => {
                 self.rec
                     .event(format_args!("msg#{msg} error at n{to}: {e}"));
-                return Err(Error::Network(format!("node {to}: {e}")));
-            }
-            Err(_) => {
-                self.rec
-                    .event(format_args!("msg#{msg} not answered in time by n{to}"));
-                return Err(Error::Network(format!("node {to} did not answer")));
+                return Err(e);
             }
         };
         if p.drop_reply {
@@ -346,23 +403,12 @@ impl SimNet {
     }
 }
 
-/// What a Raft message is (for traces).
+/// What a node-to-node message is (for traces): its tag says.
 fn describe(message: &[u8]) -> String {
-    use woof_consensus::raft::network::{Envelope, Rpc};
-    match woof_consensus::raft::decode::<Envelope>(message) {
-        Ok(e) => match e.rpc {
-            Rpc::AppendEntries(r) => format!(
-                "append-entries of group {} with {} entries",
-                e.group,
-                r.entries.len()
-            ),
-            Rpc::Vote(v) => format!("vote of group {} for {}", e.group, v.vote),
-            Rpc::InstallSnapshot(s) => format!(
-                "install-snapshot of group {} at offset {}",
-                e.group, s.offset
-            ),
-        },
-        Err(e) => format!("undecodable: {e}"),
+    match message.first() {
+        Some(3) => format!("a batch of Raft messages, {} bytes", message.len()),
+        Some(2) => format!("a control message, {} bytes", message.len()),
+        _ => format!("an unknown message, {} bytes", message.len()),
     }
 }
 
@@ -373,19 +419,30 @@ struct Link {
     net: Arc<SimNet>,
 }
 
-impl Transport for Link {
-    fn send(
+impl Net for Link {
+    fn peer_id(&self) -> PeerId {
+        self.net.peer(self.me).expect("a node of the run")
+    }
+
+    fn request(
         &self,
-        node: &BasicNode,
-        message: Vec<u8>,
-    ) -> BoxFuture<'static, Result<Vec<u8>, Error>> {
+        peer: PeerId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
         let net = self.net.clone();
         let (me, incarnation) = (self.me, self.incarnation);
-        let to = node.addr.parse::<u64>();
+        let to = net.node_of(&peer);
         async move {
-            let to = to.map_err(|_| Error::Network("not a simulated node address".into()))?;
-            net.send(me, incarnation, to, message).await
+            let to = to.ok_or_else(|| format!("{peer} is not a node of the run"))?;
+            net.send(me, incarnation, to, payload)
+                .await
+                .map_err(|e| e.to_string())
         }
         .boxed()
+    }
+
+    fn silent_peers(&self) -> BoxFuture<'static, Result<Vec<PeerId>, String>> {
+        let silent = self.net.silent();
+        async move { Ok(silent) }.boxed()
     }
 }

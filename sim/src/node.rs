@@ -1,32 +1,32 @@
-//! The simulated cluster: N nodes, each a [`Router`], a [`SimStore`] and a
-//! [`Topics`] with a simulated clock, and T topics, each a Raft group
-//! ([`group::start`]) on R nodes chosen by woof's placement (the nodes'
-//! identities drawn with the seed).
+//! The simulated cluster: N nodes, each a [`SimStore`], a [`Topics`] with a
+//! simulated clock, and the node's own group layer ([`Groups`]: the Raft
+//! groups it holds, forwarding to leaders, group commit, sleeping groups) on
+//! the simulated network; and T topics, each a Raft group on R nodes chosen
+//! by woof's placement (the nodes' identities drawn with the seed).
 //!
 //! A node crashes as a machine losing power: its disk keeps what was synced
 //! (and a prefix of the rest) and refuses every later call, the network
-//! forgets its router, and its groups and topics are shut down (they can do
-//! nothing any more). A restart is a new incarnation on the disk's durable
-//! state: a fresh store view, router and `Topics`, and `group::start` again
-//! for every group the disk holds.
+//! forgets it, and its groups and topics are shut down (they can do nothing
+//! any more). A restart is a new incarnation on the disk's durable state: a
+//! fresh store view, `Topics` and `Groups`, which knows every group the disk
+//! holds and starts each when it is needed, as `woof node` does.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use openraft::{BasicNode, Raft};
-use woof_consensus::raft::TypeConfig;
-use woof_consensus::raft::group::{self, Timing};
-use woof_consensus::raft::network::Router;
-use woof_consensus::store::{GROUP_ID_MIN, GroupId, RaftLogStore};
+use tokio::sync::mpsc;
+use woof_consensus::raft::Command;
+use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::{Placement, TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_consensus::{Clock, Topics};
+use woof_node::groups::Groups;
 use woof_node::placement::{self, Candidate, Constraint};
 use woof_overlay::{Keypair, PeerId, Tier};
 
 use crate::Error;
-use crate::config::Broken;
+use crate::config::{Broken, Rates};
 use crate::history::Recorder;
 use crate::net::SimNet;
 use crate::rng::SimRng;
@@ -92,7 +92,7 @@ fn place_topics(
     topics: usize,
     replication: usize,
     rng: &mut SimRng,
-) -> Result<Vec<TopicPlan>, Error> {
+) -> Result<(Vec<PeerId>, Vec<TopicPlan>), Error> {
     let edge_nodes = nodes.div_ceil(3);
     let candidates: Vec<Candidate> = (1..=nodes)
         .map(|id| {
@@ -121,7 +121,7 @@ fn place_topics(
             .map(|i| i as u64 + 1)
     };
     let mixed = replication == 3 && edge_nodes >= 1 && nodes - edge_nodes >= 2;
-    (0..topics)
+    let plans = (0..topics)
         .map(|index| {
             let name = format!("sim/t{index}");
             let constraint = (mixed && index % 3 == 2).then_some(EDGE_AND_CLOUD);
@@ -143,7 +143,8 @@ fn place_topics(
                 constraint: constraint.map(str::to_string),
             })
         })
-        .collect()
+        .collect::<Result<_, Error>>()?;
+    Ok((candidates.into_iter().map(|c| c.peer).collect(), plans))
 }
 
 impl TopicPlan {
@@ -152,11 +153,17 @@ impl TopicPlan {
     }
 }
 
-/// A running incarnation of a node.
+/// Peer requests a node queues before its serving loop takes them (the
+/// overlay's inbound queue in a real node).
+const INBOUND_DEPTH: usize = 1024;
+
+/// A running incarnation of a node: its topics and its group layer (the
+/// node's own `Groups`: forwarding to leaders, group commit, sleeping
+/// groups), serving peer requests from its inbound queue.
 struct Up {
-    router: Router,
     topics: Topics,
-    rafts: BTreeMap<GroupId, Raft<TypeConfig>>,
+    groups: Groups,
+    serve: tokio::task::JoinHandle<()>,
 }
 
 struct Node {
@@ -171,7 +178,6 @@ pub struct Cluster {
     pub rec: Arc<Recorder>,
     pub net: Arc<SimNet>,
     pub plans: Vec<TopicPlan>,
-    timing: Timing,
     nodes: Mutex<BTreeMap<u64, Node>>,
     /// Node 1's disk stores payloads reversed ([`Broken::DivergentReplica`]).
     corrupt_node_1: bool,
@@ -179,10 +185,10 @@ pub struct Cluster {
 
 impl Cluster {
     /// Places `topics` topics on `replication` of `nodes` nodes each (see
-    /// [`place_topics`]).
+    /// [`place_topics`]), on a network drawn from `net_rng`.
     pub fn new(
         rec: Arc<Recorder>,
-        net: Arc<SimNet>,
+        net_rng: SimRng,
         nodes: u64,
         topics: usize,
         replication: usize,
@@ -191,7 +197,7 @@ impl Cluster {
     ) -> Result<Self, Error> {
         let corrupt_node_1 = broken == Some(Broken::DivergentReplica);
         let start = tokio::time::Instant::now();
-        let plans = place_topics(nodes, topics, replication, rng)?;
+        let (peers, plans) = place_topics(nodes, topics, replication, rng)?;
         for p in &plans {
             rec.event(format_args!(
                 "{} placed on {:?} ({})",
@@ -200,6 +206,7 @@ impl Cluster {
                 p.constraint.as_deref().unwrap_or("nearest by name")
             ));
         }
+        let net = SimNet::new(rec.clone(), net_rng, Rates::none(), peers);
         let nodes = (1..=nodes)
             .map(|id| {
                 (
@@ -217,7 +224,6 @@ impl Cluster {
             rec,
             net,
             plans,
-            timing: Timing::default(),
             nodes: Mutex::new(nodes),
             corrupt_node_1,
         })
@@ -243,14 +249,9 @@ impl Cluster {
             .collect()
     }
 
-    pub fn raft(&self, id: u64, group: GroupId) -> Option<Raft<TypeConfig>> {
-        self.nodes()
-            .get(&id)?
-            .up
-            .as_ref()?
-            .rafts
-            .get(&group)
-            .cloned()
+    /// Node `id`'s group layer, if it is up.
+    pub fn groups(&self, id: u64) -> Option<Groups> {
+        Some(self.nodes().get(&id)?.up.as_ref()?.groups.clone())
     }
 
     pub fn topics(&self, id: u64) -> Option<Topics> {
@@ -270,8 +271,29 @@ impl Cluster {
         self.nodes().get(&id).map(|n| n.clock.clone())
     }
 
+    /// The peer ids of a topic's replicas, as its group knows its members.
+    pub fn members(&self, plan: &TopicPlan) -> Vec<PeerId> {
+        plan.replicas
+            .iter()
+            .filter_map(|id| self.net.peer(*id))
+            .collect()
+    }
+
+    /// The node that leads topic `plan`'s group, as a running replica that
+    /// is up says of itself.
+    pub fn leader(&self, plan: &TopicPlan) -> Option<u64> {
+        plan.replicas.iter().copied().find(|id| {
+            self.groups(*id).is_some_and(|g| {
+                g.replicas()
+                    .iter()
+                    .any(|r| r.group == plan.group.0 && r.is_leader)
+            })
+        })
+    }
+
     /// Starts node `id`'s current incarnation on its disk: its topics and
-    /// every group the disk holds.
+    /// its group layer, which knows every group the disk holds (they start
+    /// when a message or a client needs them).
     pub async fn start(&self, id: u64) -> Result<(), Error> {
         let (incarnation, store, clock) = {
             let nodes = self.nodes();
@@ -283,91 +305,45 @@ impl Cluster {
         if id == 1 && self.corrupt_node_1 {
             store.corrupt_elements();
         }
-        let router = Router::default();
         let topics = Topics::open(store.clone(), clock).await?;
-        let link = self.net.link(id, incarnation);
-        let mut rafts = BTreeMap::new();
-        for g in store.groups()? {
-            let raft = group::start(
-                id,
-                g,
-                store.clone(),
-                link.clone(),
-                &router,
-                self.timing,
-                Some(&topics),
-            )
-            .await?;
-            rafts.insert(g, raft);
-        }
-        self.net.attach(id, incarnation, router.clone());
+        let (inbox, inbound) = mpsc::channel(INBOUND_DEPTH);
+        let (groups, serve) = Groups::new(
+            store.clone(),
+            topics.clone(),
+            self.net.link(id, incarnation),
+            inbound,
+        );
+        let held = groups
+            .load_all()
+            .await
+            .map_err(|e| Error::Setup(format!("node {id} loading its groups: {e}")))?;
+        self.net.attach(id, incarnation, inbox);
         self.rec.event(format_args!(
-            "node n{id} up (incarnation {incarnation}, {} groups)",
-            rafts.len()
+            "node n{id} up (incarnation {incarnation}, {held} groups)"
         ));
         let mut nodes = self.nodes();
         let n = nodes.get_mut(&id).expect("the node exists");
         n.up = Some(Up {
-            router,
             topics,
-            rafts,
+            groups,
+            serve,
         });
         Ok(())
     }
 
-    /// Starts topic `plan`'s group on node `id` (fresh, during setup).
-    async fn add_group(&self, id: u64, plan: &TopicPlan) -> Result<Raft<TypeConfig>, Error> {
-        let (incarnation, store, router, topics) = {
-            let nodes = self.nodes();
-            let n = nodes
-                .get(&id)
-                .ok_or(Error::Setup(format!("no node {id}")))?;
-            let up =
-                n.up.as_ref()
-                    .ok_or(Error::Setup(format!("node {id} down")))?;
-            (
-                n.incarnation,
-                n.store.clone(),
-                up.router.clone(),
-                up.topics.clone(),
-            )
-        };
-        let raft = group::start(
-            id,
-            plan.group,
-            store,
-            self.net.link(id, incarnation),
-            &router,
-            self.timing,
-            Some(&topics),
-        )
-        .await?;
-        if let Some(up) = self.nodes().get_mut(&id).and_then(|n| n.up.as_mut()) {
-            up.rafts.insert(plan.group, raft.clone());
-        }
-        Ok(raft)
-    }
-
-    /// Creates topic `plan`: its group on each replica, initialized by the
-    /// first, and the topic created through its leader. Fault-free setup.
+    /// Creates topic `plan` as a node does: its group started on every
+    /// replica (the first initializes it), then the topic created through
+    /// its leader. Fault-free setup.
     pub async fn create_topic(&self, plan: &TopicPlan, history: u64) -> Result<(), Error> {
-        let mut first = None;
-        for id in &plan.replicas {
-            let raft = self.add_group(*id, plan).await?;
-            first.get_or_insert(raft);
-        }
-        let first = first.ok_or(Error::Setup("a topic without replicas".into()))?;
-        let members: BTreeMap<u64, BasicNode> = plan
-            .replicas
-            .iter()
-            .map(|id| (*id, BasicNode::new(id.to_string())))
-            .collect();
-        first
-            .initialize(members)
+        let first = plan.replicas[0];
+        let groups = self
+            .groups(first)
+            .ok_or(Error::Setup(format!("node {first} down")))?;
+        let members = self.members(plan);
+        groups
+            .create(plan.group, &members)
             .await
-            .map_err(|e| Error::Setup(format!("initializing {}: {e}", plan.name)))?;
-        // Stand at once, as a node does after creating a group.
-        let _ = first.trigger().elect().await;
+            .map_err(|e| Error::Setup(format!("creating {}'s group: {e}", plan.name)))?;
         let meta = TopicMeta {
             id: plan.topic_id(),
             name: TopicName::new(&plan.name)?,
@@ -378,28 +354,18 @@ impl Cluster {
             created_at_ms: EPOCH_MS,
             placement: Placement {
                 replication: plan.replicas.len() as u32,
-                constraint: None,
+                constraint: plan.constraint.clone(),
             },
         };
-        for _ in 0..200 {
-            let leader = first.current_leader().await;
-            if let Some(raft) = leader.and_then(|l| self.raft(l, plan.group))
-                && let Ok(r) = raft
-                    .client_write(woof_consensus::raft::Command::Create(meta.clone()))
-                    .await
-            {
-                self.rec.event(format_args!(
-                    "topic {} created on {:?}: {:?}",
-                    plan.name, plan.replicas, r.data
-                ));
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Err(Error::Setup(format!(
-            "{}: no leader within 10 s",
-            plan.name
-        )))
+        let r = groups
+            .write(plan.group, &members, Command::Create(meta))
+            .await
+            .map_err(|e| Error::Setup(format!("creating {}: {e}", plan.name)))?;
+        self.rec.event(format_args!(
+            "topic {} created on {:?}: {r:?}",
+            plan.name, plan.replicas
+        ));
+        Ok(())
     }
 
     /// Reaps node `id` after its disk crashed (or crashes it now, with
@@ -418,14 +384,9 @@ impl Cluster {
             crash.pending,
             if crash.torn { " (torn sync)" } else { "" }
         ));
-        let Some(up) = up else { return };
-        for (_, raft) in up.rafts {
-            let _ =
-                tokio::time::timeout(Duration::from_millis(SHUTDOWN_MS_MAX), raft.shutdown()).await;
+        if let Some(up) = up {
+            stop(up).await;
         }
-        let _ = tokio::time::timeout(Duration::from_millis(SHUTDOWN_MS_MAX), up.topics.shutdown())
-            .await;
-        drop(up.router);
     }
 
     /// Restarts node `id` on what its disk kept.
@@ -446,19 +407,27 @@ impl Cluster {
 
     /// Stops every node (the end of a run), without crashing disks.
     pub async fn stop(&self) {
+        let ids = self.ids();
+        for id in &ids {
+            self.net.detach(*id);
+        }
         let ups: Vec<Up> = {
             let mut nodes = self.nodes();
             nodes.values_mut().filter_map(|n| n.up.take()).collect()
         };
         for up in ups {
-            for (_, raft) in up.rafts {
-                let _ =
-                    tokio::time::timeout(Duration::from_millis(SHUTDOWN_MS_MAX), raft.shutdown())
-                        .await;
-            }
-            let _ =
-                tokio::time::timeout(Duration::from_millis(SHUTDOWN_MS_MAX), up.topics.shutdown())
-                    .await;
+            stop(up).await;
         }
+    }
+}
+
+/// Stops a node's incarnation: its groups, its topics, its serving loop
+/// (which ends once the network let go of its inbound queue).
+async fn stop(up: Up) {
+    let wait = Duration::from_millis(SHUTDOWN_MS_MAX);
+    let _ = tokio::time::timeout(wait, up.groups.shutdown()).await;
+    let _ = tokio::time::timeout(wait, up.topics.shutdown()).await;
+    if tokio::time::timeout(wait, up.serve).await.is_err() {
+        tracing::debug!("a serving loop outlived its node");
     }
 }

@@ -1,17 +1,16 @@
 //! The clients: each appends to random topics with its own producer id and
-//! increasing producer sequences, through the node it believes leads the
-//! topic's group (following "forward to leader", retrying the same producer
-//! sequence after any error that leaves the outcome unknown, with a bounded
-//! backoff), and reads a topic's latest range as woof serves it: at the
-//! leader, once a quorum confirmed it leads
-//! (`woof_consensus::raft::group::confirm_leader`). Subscribers follow
-//! topics from a replica (as a node serves a topic it holds), from the
-//! start, the earliest or the latest element, and resume at another replica
-//! when theirs goes down. After the faults, a probe appends to every topic
-//! (the progress checker). Clients' calls and answers cross the simulated
-//! network (delays, drops: a lost answer leaves the outcome unknown).
-//! Every request and answer is recorded (for the
-//! checkers) and is an event in the history.
+//! increasing producer sequences, at a node (the one that last answered for
+//! the topic, else any), whose group layer forwards the append to the
+//! topic's leader (retrying the same producer sequence after any error that
+//! leaves the outcome unknown, with a bounded backoff), and reads a topic's
+//! latest range the same way (the leader confirms with a quorum that it
+//! leads before it answers). Subscribers follow topics from a replica (as a
+//! node serves a topic it holds), from the start, the earliest or the
+//! latest element, and resume at another replica when theirs goes down.
+//! After the faults, a probe appends to every topic (the progress checker).
+//! Clients' calls and answers cross the simulated network (delays, drops: a
+//! lost answer leaves the outcome unknown). Every request and answer is
+//! recorded (for the checkers) and is an event in the history.
 //!
 //! A sampler reads every running replica's stored elements once a second,
 //! so that the agreement checker sees replicas as they were during the run,
@@ -21,13 +20,11 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::BasicNode;
-use openraft::error::{ClientWriteError, RaftError};
 use serde_bytes::ByteBuf;
-use woof_consensus::raft::group::confirm_leader;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::Store;
 use woof_consensus::{Clock, Start};
+use woof_node::groups::{Read as GroupRead, ReadReply};
 
 use crate::config::Broken;
 use crate::node::Cluster;
@@ -43,8 +40,6 @@ const ATTEMPTS_MAX: u32 = 40;
 /// Backoff between attempts: from this, doubling, up to [`BACKOFF_MS_MAX`].
 const BACKOFF_MS_MIN: u64 = 10;
 const BACKOFF_MS_MAX: u64 = 320;
-/// Attempts of one read (the first replica, then the leader it names).
-const READ_ATTEMPTS_MAX: u32 = 3;
 /// A subscriber follows one topic this long (range, ms).
 const FOLLOW_MS: (u64, u64) = (500, 8_000);
 /// A subscriber resumes one topic at most this often.
@@ -190,8 +185,8 @@ pub async fn client(
 ) {
     let producer = format!("c{client}");
     let mut producer_seqs: BTreeMap<usize, u64> = BTreeMap::new();
-    // Where this client believes each topic's leader is.
-    let mut leaders: BTreeMap<usize, u64> = BTreeMap::new();
+    // The node that last answered for each topic.
+    let mut gateways: BTreeMap<usize, u64> = BTreeMap::new();
     let mut last_topic = 0;
     while cluster.rec.now_ms() < until_ms {
         tokio::time::sleep(Duration::from_millis(rng.range(5, 60))).await;
@@ -221,7 +216,7 @@ pub async fn client(
                 pseq: *pseq,
                 payloads,
             },
-            &mut leaders,
+            &mut gateways,
             &mut rng,
             broken,
         )
@@ -229,10 +224,10 @@ pub async fn client(
     }
 }
 
-/// Reads topic `topic`'s latest range as a node serves it: a replica
-/// picked at random (a client may be connected to any node) confirms with a
-/// quorum that it leads (else the client goes to the leader it names), then
-/// answers from what it applied.
+/// Reads topic `topic`'s latest range as a node serves it: the client asks
+/// a node picked at random (a client may be connected to any node), whose
+/// group layer asks the topic's leader, which confirms with a quorum that
+/// it leads before it answers from what it applied.
 async fn read_latest(
     cluster: &Cluster,
     record: &Shared,
@@ -243,46 +238,27 @@ async fn read_latest(
     let plan = &cluster.plans[topic];
     let op = lock(record).next_op();
     let invoked_ms = cluster.rec.now_ms();
-    let mut node = *rng.pick(&plan.replicas).expect("a topic has replicas");
-    let mut attempts = 0;
-    let result = loop {
-        attempts += 1;
-        // The group and the topics of one incarnation.
-        let (Some(raft), Some(topics)) = (cluster.raft(node, plan.group), cluster.topics(node))
-        else {
-            break ReadResult::Failed(format!("n{node} down"));
-        };
-        // At the node: confirm, then answer from what it applied.
-        let at_node = async {
-            let confirmed =
-                tokio::time::timeout(Duration::from_millis(REQUEST_MS_MAX), confirm_leader(&raft))
-                    .await?;
-            Ok::<_, tokio::time::error::Elapsed>(confirmed.map(|()| topics.latest(&plan.name)))
-        };
-        let answer = cluster
-            .net
-            .client_call(&format!("c{client}"), node, REQUEST_MS_MAX, at_node)
-            .await;
-        match answer {
-            Some(Ok(Ok(Ok(r)))) => {
-                break ReadResult::Range {
-                    first: r.first,
-                    last: r.last,
-                };
-            }
-            Some(Ok(Ok(Err(e)))) => break ReadResult::Failed(format!("n{node}: {e}")),
-            Some(Ok(Err(e))) => {
-                let leader = e
-                    .forward_to_leader::<BasicNode>()
-                    .and_then(|f| f.leader_id)
-                    .filter(|l| *l != node && plan.replicas.contains(l));
-                match leader {
-                    Some(l) if attempts < READ_ATTEMPTS_MAX => node = l,
-                    _ => break ReadResult::Failed(format!("n{node}: {e}")),
+    let up = cluster.up_ids();
+    let node = *rng.pick(&up).expect("a majority is always up");
+    let result = match cluster.groups(node) {
+        None => ReadResult::Failed(format!("n{node} down")),
+        Some(groups) => {
+            let members = cluster.members(plan);
+            let at_node = tokio::time::timeout(
+                Duration::from_millis(REQUEST_MS_MAX),
+                groups.read(plan.group, &members, &plan.name, GroupRead::Latest),
+            );
+            match cluster
+                .net
+                .client_call(&format!("c{client}"), node, REQUEST_MS_MAX, at_node)
+                .await
+            {
+                Some(Ok(Ok(ReadReply::Range { first, last }))) => ReadResult::Range { first, last },
+                Some(Ok(Ok(other))) => ReadResult::Failed(format!("n{node}: answered {other:?}")),
+                Some(Ok(Err(e))) => ReadResult::Failed(format!("n{node}: {e}")),
+                None | Some(Err(_)) => {
+                    ReadResult::Failed(format!("n{node}: no answer in {REQUEST_MS_MAX} ms"))
                 }
-            }
-            None | Some(Err(_)) => {
-                break ReadResult::Failed(format!("n{node}: no answer in {REQUEST_MS_MAX} ms"));
             }
         }
     };
@@ -409,7 +385,7 @@ pub const PROBE: &str = "probe";
 /// once, as client `client`, for the progress checker.
 pub async fn probe(cluster: &Cluster, record: &Shared, client: usize, healed_ms: u64) {
     futures::future::join_all(cluster.plans.iter().map(|plan| async move {
-        let mut leaders = BTreeMap::new();
+        let mut gateways = BTreeMap::new();
         let mut rng = SimRng::new(0x5052_4f42 ^ plan.index as u64);
         append(
             cluster,
@@ -421,7 +397,7 @@ pub async fn probe(cluster: &Cluster, record: &Shared, client: usize, healed_ms:
                 pseq: 1,
                 payloads: vec![format!("probe/t{}", plan.index).into_bytes()],
             },
-            &mut leaders,
+            &mut gateways,
             &mut rng,
             None,
         )
@@ -454,11 +430,15 @@ struct Request<'a> {
 }
 
 /// Makes one append, with retries; returns the last producer sequence used.
+/// Each attempt goes to a node (the one that last answered for the topic,
+/// else one picked at random), whose group layer forwards it to the
+/// topic's leader, where it is committed with whatever else queued there
+/// (group commit), as `woof node` does for a gRPC append.
 async fn append(
     cluster: &Cluster,
     record: &Shared,
     request: Request<'_>,
-    leaders: &mut BTreeMap<usize, u64>,
+    gateways: &mut BTreeMap<usize, u64>,
     rng: &mut SimRng,
     broken: Option<Broken>,
 ) -> u64 {
@@ -470,6 +450,7 @@ async fn append(
         payloads,
     } = request;
     let plan = &cluster.plans[topic];
+    let members = cluster.members(plan);
     let op = lock(record).next_op();
     let invoked_ms = cluster.rec.now_ms();
     cluster.rec.event(format_args!(
@@ -484,14 +465,15 @@ async fn append(
             break AppendResult::Unknown(last_error);
         }
         attempts += 1;
-        let node = match leaders.get(&topic) {
+        let node = match gateways.get(&topic) {
             Some(n) => *n,
-            None => *rng.pick(&plan.replicas).expect("a topic has replicas"),
+            None => *rng
+                .pick(&cluster.up_ids())
+                .expect("a majority is always up"),
         };
-        let (Some(raft), Some(clock)) = (cluster.raft(node, plan.group), cluster.clock(node))
-        else {
+        let (Some(groups), Some(clock)) = (cluster.groups(node), cluster.clock(node)) else {
             last_error = format!("n{node} down");
-            leaders.remove(&topic);
+            gateways.remove(&topic);
             tokio::time::sleep(Duration::from_millis(backoff)).await;
             backoff = (backoff * 2).min(BACKOFF_MS_MAX);
             continue;
@@ -502,14 +484,15 @@ async fn append(
             time_ms: clock.now_ms(),
         };
         if broken == Some(Broken::AckBeforeCommit)
-            && raft.current_leader().await == Some(node)
-            && let Some(topics) = cluster.topics(node)
+            && let Some(leader) = cluster.leader(plan)
+            && let Some(topics) = cluster.topics(leader)
         {
             let first_seq = topics.latest(&plan.name).map_or(1, |r| r.last + 1);
+            let (group, members) = (plan.group, members.clone());
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(
                     Duration::from_millis(REQUEST_MS_MAX),
-                    raft.client_write(command),
+                    groups.write(group, &members, command),
                 )
                 .await;
             });
@@ -521,48 +504,37 @@ async fn append(
         }
         let at_node = tokio::time::timeout(
             Duration::from_millis(REQUEST_MS_MAX),
-            raft.client_write(command),
+            groups.write(plan.group, &members, command),
         );
         let answer = cluster
             .net
             .client_call(&format!("c{client}"), node, REQUEST_MS_MAX, at_node)
             .await;
         match answer {
-            Some(Ok(Ok(r))) => match r.data {
-                CommandResult::Appended(o) => {
-                    leaders.insert(topic, node);
-                    break AppendResult::Acked {
-                        first_seq: o.first_seq,
-                        count: o.count,
-                        duplicate: o.duplicate,
-                    };
-                }
-                CommandResult::Refused(e) => break AppendResult::Refused(e.to_string()),
-                other => break AppendResult::Refused(format!("unexpected answer {other:?}")),
-            },
-            Some(Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))))) => {
-                last_error = format!("n{node} is not the leader");
-                match f.leader_id.filter(|l| plan.replicas.contains(l)) {
-                    Some(l) if l != node => {
-                        leaders.insert(topic, l);
-                        // Straight to the named leader.
-                        continue;
-                    }
-                    _ => {
-                        leaders.remove(&topic);
-                    }
-                }
+            Some(Ok(Ok(CommandResult::Appended(o)))) => {
+                gateways.insert(topic, node);
+                break AppendResult::Acked {
+                    first_seq: o.first_seq,
+                    count: o.count,
+                    duplicate: o.duplicate,
+                };
+            }
+            Some(Ok(Ok(CommandResult::Refused(e)))) => break AppendResult::Refused(e.to_string()),
+            Some(Ok(Ok(other))) => {
+                break AppendResult::Refused(format!("unexpected answer {other:?}"));
             }
             Some(Ok(Err(e))) => {
+                // No leader reached, a leader lost mid-way: the outcome is
+                // unknown; try again, at another node.
                 last_error = format!("n{node}: {e}");
-                leaders.remove(&topic);
+                gateways.remove(&topic);
                 if broken == Some(Broken::RetryWithNewSeq) {
                     pseq += 1;
                 }
             }
             None | Some(Err(_)) => {
                 last_error = format!("n{node}: no answer in {REQUEST_MS_MAX} ms");
-                leaders.remove(&topic);
+                gateways.remove(&topic);
                 if broken == Some(Broken::RetryWithNewSeq) {
                     pseq += 1;
                 }
@@ -644,16 +616,7 @@ pub async fn sampler(cluster: Arc<Cluster>, record: Shared, until_ms: u64) {
     }
 }
 
-/// The leader named by a group's replicas, if any agree on one that is up.
-pub async fn leader_of(cluster: &Cluster, topic: usize) -> Option<u64> {
-    let plan = &cluster.plans[topic];
-    for node in &plan.replicas {
-        if let Some(raft) = cluster.raft(*node, plan.group)
-            && let Some(l) = raft.current_leader().await
-            && cluster.is_up(l)
-        {
-            return Some(l);
-        }
-    }
-    None
+/// The node that leads topic `topic`'s group, if one is up and says so.
+pub fn leader_of(cluster: &Cluster, topic: usize) -> Option<u64> {
+    cluster.leader(&cluster.plans[topic])
 }

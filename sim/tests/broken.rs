@@ -74,7 +74,7 @@ fn sim_broken_restarted_groups_nobody_reaches_make_no_progress() {
 #[test]
 fn sim_broken_reads_answered_without_confirming_leadership_are_stale() {
     assert!(
-        caught_by(Broken::StaleRead, "linear", 3).is_some(),
+        caught_by(Broken::StaleRead, "linear", 10).is_some(),
         "stale reads went unnoticed"
     );
 }
