@@ -5,8 +5,9 @@
 //! leaves the outcome unknown, with a bounded backoff), and reads a topic's
 //! latest range the same way (the leader confirms with a quorum that it
 //! leads before it answers). Subscribers follow topics from a replica (as a
-//! node serves a topic it holds), from the start, the earliest or the
-//! latest element, and resume at another replica when theirs goes down.
+//! node serves a topic it holds) or from any other node (which follows it
+//! at the leader, read by read), from the start, the earliest or the latest
+//! element, and resume elsewhere when theirs goes down.
 //! After the faults, a probe appends to every topic (the progress checker).
 //! Clients' calls and answers cross the simulated network (delays, drops: a
 //! lost answer leaves the outcome unknown). Every request and answer is
@@ -23,11 +24,12 @@ use std::time::Duration;
 use serde_bytes::ByteBuf;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::Store;
-use woof_consensus::{Clock, Start};
-use woof_node::groups::{Read as GroupRead, ReadReply};
+use woof_consensus::{Clock, Start, Subscription};
+use woof_node::groups::{Groups, Read as GroupRead, ReadReply};
+use woof_overlay::PeerId;
 
 use crate::config::Broken;
-use crate::node::Cluster;
+use crate::node::{Cluster, TopicPlan};
 use crate::rng::SimRng;
 
 /// One client request's longest wait for an answer.
@@ -47,6 +49,8 @@ const RESUMES_MAX: u32 = 10;
 /// Elements one subscription takes at most, and per call.
 const SUBSCRIBED_ELEMENTS_MAX: usize = 100_000;
 const SUBSCRIBE_BATCH_MAX: usize = 64;
+/// How long one follow read waits at the leader for new elements.
+const FOLLOW_WAIT_MS: u64 = 1_000;
 /// Elements the sampler reads per replica and topic each round.
 const SAMPLE_ELEMENTS_MAX: usize = 2_000;
 /// Samples one run keeps at most (the sampler stops there).
@@ -299,9 +303,14 @@ pub async fn subscriber(
             (cluster.rec.now_ms() + rng.range(FOLLOW_MS.0, FOLLOW_MS.1)).min(until_ms);
         let mut resumes = 0;
         while cluster.rec.now_ms() < follow_until && resumes < RESUMES_MAX {
-            let node = *rng
-                .pick(&cluster.plans[topic].replicas)
-                .expect("a topic has replicas");
+            // A replica (which serves it from its own copy) or any node
+            // (which follows it at the leader, step by step).
+            let candidates = if rng.chance(0.5) {
+                cluster.plans[topic].replicas.clone()
+            } else {
+                cluster.ids()
+            };
+            let node = *rng.pick(&candidates).expect("nodes");
             match follow(&cluster, &record, index, topic, node, start, follow_until).await {
                 Some(next) => {
                     resumes += 1;
@@ -312,6 +321,101 @@ pub async fn subscriber(
             }
         }
     }
+}
+
+/// Where a subscription's elements come from, as a node serves one: its own
+/// replica's subscription, or, on a node that holds none, follow reads at
+/// the leader through its group layer (as `ClusterTopics`' `RemoteFollow`).
+enum Feed {
+    Local(Subscription),
+    Remote {
+        groups: Groups,
+        members: Vec<PeerId>,
+        next: u64,
+    },
+}
+
+impl Feed {
+    fn next_seq(&self) -> u64 {
+        match self {
+            Feed::Local(sub) => sub.next_seq(),
+            Feed::Remote { next, .. } => *next,
+        }
+    }
+
+    async fn next_batch(&mut self, plan: &TopicPlan) -> Result<Vec<(u64, Vec<u8>)>, String> {
+        match self {
+            Feed::Local(sub) => sub
+                .next_batch(SUBSCRIBE_BATCH_MAX)
+                .await
+                .map(|batch| {
+                    batch
+                        .into_iter()
+                        .map(|e| (e.seq, e.payload.to_vec()))
+                        .collect()
+                })
+                .map_err(|e| e.to_string()),
+            Feed::Remote {
+                groups,
+                members,
+                next,
+            } => loop {
+                let read = GroupRead::Follow {
+                    from: *next,
+                    max: SUBSCRIBE_BATCH_MAX as u32,
+                    wait_ms: FOLLOW_WAIT_MS,
+                };
+                let elements = groups
+                    .read(plan.group, members, &plan.name, read)
+                    .await
+                    .and_then(ReadReply::into_elements)
+                    .map_err(|e| e.to_string())?;
+                if let Some(last) = elements.last() {
+                    *next = last.seq + 1;
+                    return Ok(elements
+                        .into_iter()
+                        .map(|e| (e.seq, e.payload.to_vec()))
+                        .collect());
+                }
+            },
+        }
+    }
+}
+
+/// Opens a subscription to `plan`'s topic at `node` from `start`.
+async fn open_feed(
+    cluster: &Cluster,
+    plan: &TopicPlan,
+    node: u64,
+    start: Start,
+) -> Result<Feed, String> {
+    let (Some(topics), Some(groups)) = (cluster.topics(node), cluster.groups(node)) else {
+        return Err(format!("n{node} down"));
+    };
+    if plan.replicas.contains(&node) {
+        return topics
+            .subscribe(&plan.name, start)
+            .map(Feed::Local)
+            .map_err(|e| e.to_string());
+    }
+    let members = cluster.members(plan);
+    let next = match start {
+        Start::Seq(seq) => seq,
+        Start::Earliest => 1,
+        Start::Latest => match groups
+            .read(plan.group, &members, &plan.name, GroupRead::Latest)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            ReadReply::Range { last, .. } => last + 1,
+            other => return Err(format!("answered {other:?}")),
+        },
+    };
+    Ok(Feed::Remote {
+        groups,
+        members,
+        next,
+    })
 }
 
 /// Follows `topic` at `node` from `start` until `until_ms` or until the
@@ -331,34 +435,38 @@ async fn follow(
         Start::Seq(s) => s,
         _ => 1,
     };
-    let Some(topics) = cluster.topics(node) else {
-        return Some(resume);
-    };
-    let mut sub = match topics.subscribe(&plan.name, start) {
-        Ok(sub) => sub,
-        Err(e) => {
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(until_ms.saturating_sub(cluster.rec.now_ms()));
+    let opened = tokio::time::timeout_at(deadline, open_feed(cluster, plan, node, start)).await;
+    let mut feed = match opened {
+        Ok(Ok(feed)) => feed,
+        Ok(Err(e)) => {
             cluster.rec.event(format_args!(
                 "s{subscriber} cannot follow t{topic} at n{node} from {start:?}: {e}"
             ));
             return Some(resume);
         }
+        Err(_) => return None,
     };
     let op = lock(record).next_op();
-    let from = sub.next_seq();
+    let from = feed.next_seq();
     cluster.rec.event(format_args!(
-        "s{subscriber} sub#{op} follows t{topic} at n{node} from {start:?}: seq {from}"
+        "s{subscriber} sub#{op} follows t{topic} at n{node} from {start:?}: seq {from}{}",
+        if matches!(feed, Feed::Remote { .. }) {
+            " (at the leader)"
+        } else {
+            ""
+        }
     ));
-    let deadline = tokio::time::Instant::now()
-        + Duration::from_millis(until_ms.saturating_sub(cluster.rec.now_ms()));
     let mut got: Vec<(u64, Vec<u8>)> = Vec::new();
     let (ended, resume) = loop {
         if got.len() >= SUBSCRIBED_ELEMENTS_MAX {
             break ("enough elements".to_string(), None);
         }
-        match tokio::time::timeout_at(deadline, sub.next_batch(SUBSCRIBE_BATCH_MAX)).await {
+        match tokio::time::timeout_at(deadline, feed.next_batch(plan)).await {
             Err(_) => break ("time up".to_string(), None),
-            Ok(Err(e)) => break (e.to_string(), Some(sub.next_seq())),
-            Ok(Ok(batch)) => got.extend(batch.into_iter().map(|e| (e.seq, e.payload.to_vec()))),
+            Ok(Err(e)) => break (e, Some(feed.next_seq())),
+            Ok(Ok(batch)) => got.extend(batch),
         }
     };
     cluster.rec.event(format_args!(
