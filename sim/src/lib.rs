@@ -100,7 +100,7 @@ pub struct Outcome {
     pub acked: u64,
     /// Appends whose outcome the client never learned.
     pub unknown: u64,
-    /// Reads of a topic's latest range that were answered.
+    /// Reads (of a latest range, or gets) that were answered.
     pub reads: u64,
     /// Elements delivered to subscribers.
     pub delivered: u64,
@@ -257,7 +257,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         reads: record
             .reads
             .iter()
-            .filter(|r| matches!(r.result, workload::ReadResult::Range { .. }))
+            .filter(|r| !matches!(r.result, workload::ReadResult::Failed(_)))
             .count() as u64,
         delivered: record
             .subscriptions

@@ -97,16 +97,20 @@ pub struct Sample {
     pub payload: Vec<u8>,
 }
 
-/// How a read of a topic's latest range ended.
+/// How a read ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReadResult {
-    /// The range the leader held (`last` 0: empty).
+    /// The range the leader held (`last` 0: empty): a read of the latest range.
     Range { first: u64, last: u64 },
+    /// The element asked for: a get.
+    Element { seq: u64, payload: Vec<u8> },
+    /// A get of an element the topic does not hold (out of range).
+    Missing { seq: u64 },
     /// No answer (no leader, a timeout, a node down): not a read at all.
     Failed(String),
 }
 
-/// One read of a topic's latest range (all attempts together).
+/// One read: of a topic's latest range, or a get of one element.
 #[derive(Debug, Clone)]
 pub struct Read {
     pub op: u64,
@@ -192,6 +196,8 @@ pub async fn client(
     // The node that last answered for each topic.
     let mut gateways: BTreeMap<usize, u64> = BTreeMap::new();
     let mut last_topic = 0;
+    // The highest seq of each topic this client had acknowledged.
+    let mut acked_last: BTreeMap<usize, u64> = BTreeMap::new();
     while cluster.rec.now_ms() < until_ms {
         tokio::time::sleep(Duration::from_millis(rng.range(5, 60))).await;
         let mut topic = rng.range(0, cluster.plans.len() as u64) as usize;
@@ -200,7 +206,14 @@ pub async fn client(
             if rng.chance(0.5) {
                 topic = last_topic;
             }
-            read_latest(&cluster, &record, client, topic, &mut rng).await;
+            if rng.chance(0.5) {
+                read_latest(&cluster, &record, client, topic, &mut rng).await;
+            } else {
+                // Up to one past the last element it knows acknowledged.
+                let known = acked_last.get(&topic).copied().unwrap_or(0);
+                let seq = rng.range(1, known + 2);
+                get(&cluster, &record, client, topic, seq, &mut rng).await;
+            }
             continue;
         }
         last_topic = topic;
@@ -210,7 +223,7 @@ pub async fn client(
         let payloads: Vec<Vec<u8>> = (0..count)
             .map(|k| format!("c{client}/t{topic}/p{pseq}/{k}").into_bytes())
             .collect();
-        *pseq = append(
+        let (used, outcome) = append(
             &cluster,
             &record,
             Request {
@@ -225,6 +238,14 @@ pub async fn client(
             broken,
         )
         .await;
+        *pseq = used;
+        if let AppendResult::Acked {
+            first_seq, count, ..
+        } = outcome
+        {
+            let last = acked_last.entry(topic).or_insert(0);
+            *last = (*last).max(first_seq + count.saturating_sub(1));
+        }
     }
 }
 
@@ -269,6 +290,86 @@ async fn read_latest(
     let done_ms = cluster.rec.now_ms();
     cluster.rec.event(format_args!(
         "c{client} read#{op} latest t{topic} at n{node}: {result:?}"
+    ));
+    lock(record).reads.push(Read {
+        op,
+        client,
+        topic,
+        invoked_ms,
+        done_ms,
+        result,
+    });
+}
+
+/// Gets element `seq` of topic `topic` as a node serves it: the client asks
+/// a node picked at random; a replica that holds the element answers from
+/// its copy (elements never change), any other node asks the leader
+/// through its group layer (as `ClusterTopics::get` does).
+async fn get(
+    cluster: &Cluster,
+    record: &Shared,
+    client: usize,
+    topic: usize,
+    seq: u64,
+    rng: &mut SimRng,
+) {
+    let plan = &cluster.plans[topic];
+    let op = lock(record).next_op();
+    let invoked_ms = cluster.rec.now_ms();
+    let node = *rng
+        .pick(&cluster.up_ids())
+        .expect("a majority is always up");
+    let result = match (cluster.groups(node), cluster.topics(node)) {
+        (Some(groups), Some(topics)) => {
+            let members = cluster.members(plan);
+            let at_node = async {
+                if plan.replicas.contains(&node)
+                    && let Ok(range) = topics.latest(&plan.name)
+                    && seq >= range.first.max(1)
+                    && seq <= range.last
+                {
+                    return topics
+                        .get(&plan.name, seq)
+                        .await
+                        .map_err(woof_node::error::Error::Log);
+                }
+                let read = groups.read(plan.group, &members, &plan.name, GroupRead::Get { seq });
+                let mut elements = read.await.and_then(ReadReply::into_elements)?;
+                elements.pop().ok_or_else(|| {
+                    woof_node::error::Error::Internal("the leader returned no element".into())
+                })
+            };
+            let at_node = tokio::time::timeout(Duration::from_millis(REQUEST_MS_MAX), at_node);
+            match cluster
+                .net
+                .client_call(&format!("c{client}"), node, REQUEST_MS_MAX, at_node)
+                .await
+            {
+                Some(Ok(Ok(e))) if e.seq == seq => ReadResult::Element {
+                    seq,
+                    payload: e.payload.to_vec(),
+                },
+                Some(Ok(Ok(e))) => {
+                    ReadResult::Failed(format!("asked for seq {seq}, got {}", e.seq))
+                }
+                Some(Ok(Err(woof_node::error::Error::Log(
+                    woof_consensus::Error::OutOfRange { .. },
+                )))) => ReadResult::Missing { seq },
+                Some(Ok(Err(e))) => ReadResult::Failed(format!("n{node}: {e}")),
+                None | Some(Err(_)) => {
+                    ReadResult::Failed(format!("n{node}: no answer in {REQUEST_MS_MAX} ms"))
+                }
+            }
+        }
+        _ => ReadResult::Failed(format!("n{node} down")),
+    };
+    let done_ms = cluster.rec.now_ms();
+    cluster.rec.event(format_args!(
+        "c{client} read#{op} get t{topic} #{seq} at n{node}: {}",
+        match &result {
+            ReadResult::Element { payload, .. } => String::from_utf8_lossy(payload).into_owned(),
+            other => format!("{other:?}"),
+        }
     ));
     lock(record).reads.push(Read {
         op,
@@ -537,7 +638,8 @@ struct Request<'a> {
     payloads: Vec<Vec<u8>>,
 }
 
-/// Makes one append, with retries; returns the last producer sequence used.
+/// Makes one append, with retries; returns the last producer sequence used
+/// and how it ended.
 /// Each attempt goes to a node (the one that last answered for the topic,
 /// else one picked at random), whose group layer forwards it to the
 /// topic's leader, where it is committed with whatever else queued there
@@ -549,7 +651,7 @@ async fn append(
     gateways: &mut BTreeMap<usize, u64>,
     rng: &mut SimRng,
     broken: Option<Broken>,
-) -> u64 {
+) -> (u64, AppendResult) {
     let Request {
         client,
         topic,
@@ -665,9 +767,9 @@ async fn append(
         invoked_ms,
         done_ms,
         attempts,
-        result,
+        result: result.clone(),
     });
-    pseq
+    (pseq, result)
 }
 
 /// Reads what every running replica stores, once a second, until `until_ms`.

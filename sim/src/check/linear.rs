@@ -12,10 +12,15 @@
 //! each one checked against the furthest position of those that ended
 //! before it began. Appends of unknown outcome count where the replicas
 //! hold them (as never finished), or not at all; failed reads do not count.
+//!
+//! A get of one element only says that the log reached it (or not): it must
+//! return the element the log holds under that number, never one whose
+//! append began after the get ended, and never "out of range" for one whose
+//! append was acknowledged before the get began.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::Observed;
+use super::{Observed, show};
 use crate::workload::{AppendResult, ReadResult};
 
 /// One operation, placed.
@@ -40,6 +45,8 @@ pub fn check(o: &Observed) -> Vec<String> {
     let mut ops: BTreeMap<usize, Vec<Op>> = BTreeMap::new();
     // Seqs at which a batch ends, per topic.
     let mut ends: BTreeSet<(usize, u64)> = BTreeSet::new();
+    // The append that holds each seq: (topic, seq) -> (op, invoked, done).
+    let mut holder: BTreeMap<(usize, u64), (u64, u64, u64)> = BTreeMap::new();
     for a in &o.record.appends {
         let count = a.payloads.len() as u64;
         let (first, done_ms) = match &a.result {
@@ -59,6 +66,9 @@ pub fn check(o: &Observed) -> Vec<String> {
         }
         let last = first + count - 1;
         ends.insert((a.topic, last));
+        for seq in first..=last {
+            holder.insert((a.topic, seq), (a.op, a.invoked_ms, done_ms));
+        }
         ops.entry(a.topic).or_default().push(Op {
             what: format!(
                 "append#{} ({}:{}) at seq {first}..={last}",
@@ -69,9 +79,51 @@ pub fn check(o: &Observed) -> Vec<String> {
             position: 2 * last,
         });
     }
+    // What each topic's replicas hold at the end: (topic, seq) -> payload.
+    let mut log: BTreeMap<(usize, u64), &[u8]> = BTreeMap::new();
+    for ((topic, _), els) in &o.finals {
+        for (seq, payload) in els {
+            log.entry((*topic, *seq)).or_insert(payload);
+        }
+    }
     for r in &o.record.reads {
-        let ReadResult::Range { first, last } = r.result else {
-            continue;
+        let (first, last) = match &r.result {
+            ReadResult::Range { first, last } => (*first, *last),
+            ReadResult::Element { seq, payload } => {
+                match (log.get(&(r.topic, *seq)), holder.get(&(r.topic, *seq))) {
+                    (Some(held), _) if *held != &payload[..] => out.push(format!(
+                        "read#{} got {:?} as t{} seq {seq}, the topic holds {:?}",
+                        r.op,
+                        show(payload),
+                        r.topic,
+                        show(held)
+                    )),
+                    (None, _) => out.push(format!(
+                        "read#{} got {:?} as t{} seq {seq}, which no replica holds",
+                        r.op,
+                        show(payload),
+                        r.topic
+                    )),
+                    (_, Some((op, invoked, _))) if *invoked > r.done_ms => out.push(format!(
+                        "read#{} got t{} seq {seq} at {} ms, before append#{op} that wrote it began ({invoked} ms)",
+                        r.op, r.topic, r.done_ms
+                    )),
+                    _ => {}
+                }
+                continue;
+            }
+            ReadResult::Missing { seq } => {
+                if let Some((op, _, done)) = holder.get(&(r.topic, *seq))
+                    && *done < r.invoked_ms
+                {
+                    out.push(format!(
+                        "read#{} of t{} seq {seq} (from {} ms) found nothing, but append#{op} had it acknowledged at {done} ms",
+                        r.op, r.topic, r.invoked_ms
+                    ));
+                }
+                continue;
+            }
+            ReadResult::Failed(_) => continue,
         };
         if last > 0 && !ends.contains(&(r.topic, last)) {
             out.push(format!(

@@ -341,6 +341,66 @@ mod tests {
             found(vec![read(3, 22, 24, 3), read(4, 25, 28, 2)]),
             ["linear"]
         );
+        // Gets: ones that could have happened, then a get of c that ended
+        // before c was appended, a get of something else under c's number,
+        // and a "not there" for c after it was acknowledged.
+        let get = |op: u64, invoked: u64, done: u64, result: ReadResult| Read {
+            op,
+            client: 1,
+            topic: 0,
+            invoked_ms: invoked,
+            done_ms: done,
+            result,
+        };
+        let c = || b"c".to_vec();
+        assert!(
+            found(vec![
+                get(3, 5, 15, ReadResult::Missing { seq: 3 }),
+                get(
+                    4,
+                    22,
+                    25,
+                    ReadResult::Element {
+                        seq: 3,
+                        payload: c()
+                    }
+                ),
+                get(
+                    5,
+                    31,
+                    32,
+                    ReadResult::Element {
+                        seq: 3,
+                        payload: c()
+                    }
+                ),
+            ])
+            .is_empty()
+        );
+        for bad in [
+            get(
+                3,
+                11,
+                15,
+                ReadResult::Element {
+                    seq: 3,
+                    payload: c(),
+                },
+            ),
+            get(
+                3,
+                31,
+                32,
+                ReadResult::Element {
+                    seq: 3,
+                    payload: b"x".to_vec(),
+                },
+            ),
+            get(3, 31, 32, ReadResult::Missing { seq: 3 }),
+        ] {
+            let what = format!("{:?}", bad.result);
+            assert_eq!(found(vec![bad]), ["linear"], "{what}");
+        }
         // Appends numbered against their real-time order: c acked before
         // ab was called, yet numbered after it.
         let r = record(vec![
