@@ -287,18 +287,29 @@ async fn read_latest(
             }
         }
     };
-    let done_ms = cluster.rec.now_ms();
-    cluster.rec.event(format_args!(
-        "c{client} read#{op} latest t{topic} at n{node}: {result:?}"
-    ));
-    lock(record).reads.push(Read {
+    let read = Read {
         op,
         client,
         topic,
         invoked_ms,
-        done_ms,
+        done_ms: 0,
         result,
-    });
+    };
+    finish_read(cluster, record, read, format!("latest t{topic} at n{node}"));
+}
+
+/// Records `read`, which ends now, and notes it in the history as `what`.
+fn finish_read(cluster: &Cluster, record: &Shared, mut read: Read, what: String) {
+    read.done_ms = cluster.rec.now_ms();
+    let answer = match &read.result {
+        ReadResult::Element { payload, .. } => String::from_utf8_lossy(payload).into_owned(),
+        other => format!("{other:?}"),
+    };
+    cluster.rec.event(format_args!(
+        "c{} read#{} {what}: {answer}",
+        read.client, read.op
+    ));
+    lock(record).reads.push(read);
 }
 
 /// Gets element `seq` of topic `topic` as a node serves it: the client asks
@@ -363,22 +374,20 @@ async fn get(
         }
         _ => ReadResult::Failed(format!("n{node} down")),
     };
-    let done_ms = cluster.rec.now_ms();
-    cluster.rec.event(format_args!(
-        "c{client} read#{op} get t{topic} #{seq} at n{node}: {}",
-        match &result {
-            ReadResult::Element { payload, .. } => String::from_utf8_lossy(payload).into_owned(),
-            other => format!("{other:?}"),
-        }
-    ));
-    lock(record).reads.push(Read {
+    let read = Read {
         op,
         client,
         topic,
         invoked_ms,
-        done_ms,
+        done_ms: 0,
         result,
-    });
+    };
+    finish_read(
+        cluster,
+        record,
+        read,
+        format!("get t{topic} #{seq} at n{node}"),
+    );
 }
 
 /// Subscriber `index`'s work until `until_ms`: follows a random topic from
