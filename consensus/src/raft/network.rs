@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError};
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
@@ -78,6 +80,11 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
     }
 }
 
+/// How long a group leaves a peer it could not reach before it sends to it
+/// again: one heartbeat interval, so a peer that comes back is caught up
+/// at once.
+const UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// One group's link to one peer.
 pub struct GroupClient {
     group: GroupId,
@@ -91,18 +98,23 @@ impl GroupClient {
         &self,
         rpc: Rpc,
     ) -> Result<Reply, RPCError<u64, BasicNode, E>> {
-        let unreachable = |e: Error| RPCError::Network(NetworkError::new(&AnyError::new(&e)));
+        let broken = |e: Error| RPCError::Network(NetworkError::new(&AnyError::new(&e)));
+        // The peer is down, cut off, or not running the group: openraft
+        // then pauses replication to it for [`UNREACHABLE_BACKOFF`] instead
+        // of retrying at once (which read and re-sent the log in a tight
+        // loop for as long as a peer was down; found by the simulator).
+        let unreachable = |e: Error| RPCError::Unreachable(Unreachable::new(&AnyError::new(&e)));
         let message = encode(&Envelope {
             group: self.group.0,
             rpc,
         })
-        .map_err(unreachable)?;
+        .map_err(broken)?;
         let answer = self
             .transport
             .send(&self.node, message)
             .await
             .map_err(unreachable)?;
-        let reply: Reply = decode(&answer).map_err(unreachable)?;
+        let reply: Reply = decode(&answer).map_err(broken)?;
         if let Reply::NoGroup(group) = reply {
             return Err(unreachable(Error::Network(format!(
                 "node {} does not run group {group}",
@@ -118,6 +130,10 @@ impl GroupClient {
 }
 
 impl RaftNetwork<TypeConfig> for GroupClient {
+    fn backoff(&self) -> Backoff {
+        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
