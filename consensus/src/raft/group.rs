@@ -64,7 +64,7 @@ pub async fn start(
     }
     .validate()
     .map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?;
-    let restarted = store.last_log(group)?.is_some();
+    let unreachable = bugs::on(Bug::RestartedGroupUnreachable) && store.last_log(group)?.is_some();
     let log = LogStore::new(store.clone(), group);
     let mut sm = TopicStateMachine::open(store.clone(), store, group).await?;
     if let Some(topics) = readers {
@@ -79,7 +79,7 @@ pub async fn start(
     )
     .await
     .map_err(|e| Error::Storage(format!("starting group {}: {e}", group.0)))?;
-    if !(restarted && bugs::on(Bug::RestartedGroupUnreachable)) {
+    if !unreachable {
         router.insert(group, raft.clone());
     }
     Ok(raft)
