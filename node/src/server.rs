@@ -25,6 +25,10 @@ use crate::topics::{ClusterTopics, TopicApi};
 /// Requests one client connection may have in flight at once.
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 
+/// How long opening the storage waits for an earlier node of this process
+/// to release the directory's lock.
+const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Opens the node's storage in `config.data_dir` and loads its topics.
 pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>)> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
@@ -32,9 +36,24 @@ pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>
         source,
     })?;
     let dir = config.data_dir.join("db");
-    let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir))
-        .await
-        .map_err(|e| Error::Internal(format!("opening storage failed: {e}")))??;
+    // A node stopped in this process a moment ago (the demo, tests) may
+    // still be letting go of the directory's lock: wait for that, briefly.
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT_MAX;
+    let store = loop {
+        let dir = dir.clone();
+        let opened = tokio::task::spawn_blocking(move || RocksStore::open(&dir))
+            .await
+            .map_err(|e| Error::Internal(format!("opening storage failed: {e}")))?;
+        match opened {
+            Err(e)
+                if e.to_string().contains("lock hold by current process")
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => break other?,
+        }
+    };
     let store = Arc::new(store);
     let topics = Topics::open(store.clone(), Arc::new(SystemClock)).await?;
     Ok((topics, store))

@@ -228,6 +228,9 @@ impl Groups {
         if let Some(raft) = self.router.get(group) {
             return Ok(raft);
         }
+        if self.stopped() {
+            return Err(Error::Log(woof_consensus::Error::Closed));
+        }
         let raft = group::start(
             self.node_id,
             group,
@@ -238,9 +241,21 @@ impl Groups {
             Some(&self.topics),
         )
         .await?;
+        if self.stopped() {
+            // Shut down meanwhile (a peer's request woke the group): a group
+            // started now would outlive the node and hold its storage.
+            self.router.remove(group);
+            let _ = raft.shutdown().await;
+            return Err(Error::Log(woof_consensus::Error::Closed));
+        }
         self.asleep_mut().remove(&group.0);
         self.touch(group);
         Ok(raft)
+    }
+
+    /// Whether [`Groups::shutdown`] was called.
+    fn stopped(&self) -> bool {
+        *self.stop.borrow()
     }
 
     /// Starts `group` on every one of `members` (this node included, if it
