@@ -261,10 +261,7 @@ async fn read_latest(
     rng: &mut SimRng,
 ) {
     let plan = &cluster.plans[topic];
-    let op = lock(record).next_op();
-    let invoked_ms = cluster.rec.now_ms();
-    let up = cluster.up_ids();
-    let node = *rng.pick(&up).expect("a majority is always up");
+    let (read, node) = start_read(cluster, record, client, topic, rng);
     let result = match cluster.groups(node) {
         None => ReadResult::Failed(format!("n{node} down")),
         Some(groups) => {
@@ -287,15 +284,36 @@ async fn read_latest(
             }
         }
     };
+    finish_read(
+        cluster,
+        record,
+        Read { result, ..read },
+        format!("latest t{topic} at n{node}"),
+    );
+}
+
+/// Starts a read of `topic` by `client`: its op and call time (the result
+/// to fill in), and the node it asks, picked at random among those up (a
+/// client may be connected to any node).
+fn start_read(
+    cluster: &Cluster,
+    record: &Shared,
+    client: usize,
+    topic: usize,
+    rng: &mut SimRng,
+) -> (Read, u64) {
     let read = Read {
-        op,
+        op: lock(record).next_op(),
         client,
         topic,
-        invoked_ms,
+        invoked_ms: cluster.rec.now_ms(),
         done_ms: 0,
-        result,
+        result: ReadResult::Failed("not answered".into()),
     };
-    finish_read(cluster, record, read, format!("latest t{topic} at n{node}"));
+    let node = *rng
+        .pick(&cluster.up_ids())
+        .expect("a majority is always up");
+    (read, node)
 }
 
 /// Records `read`, which ends now, and notes it in the history as `what`.
@@ -325,11 +343,7 @@ async fn get(
     rng: &mut SimRng,
 ) {
     let plan = &cluster.plans[topic];
-    let op = lock(record).next_op();
-    let invoked_ms = cluster.rec.now_ms();
-    let node = *rng
-        .pick(&cluster.up_ids())
-        .expect("a majority is always up");
+    let (read, node) = start_read(cluster, record, client, topic, rng);
     let result = match (cluster.groups(node), cluster.topics(node)) {
         (Some(groups), Some(topics)) => {
             let members = cluster.members(plan);
@@ -374,18 +388,10 @@ async fn get(
         }
         _ => ReadResult::Failed(format!("n{node} down")),
     };
-    let read = Read {
-        op,
-        client,
-        topic,
-        invoked_ms,
-        done_ms: 0,
-        result,
-    };
     finish_read(
         cluster,
         record,
-        read,
+        Read { result, ..read },
         format!("get t{topic} #{seq} at n{node}"),
     );
 }
