@@ -281,7 +281,17 @@ impl Topics {
         let existing = self.registry().get(&meta.name).cloned();
         if let Some(topic) = existing {
             if let (true, Some(replica)) = (topic.meta.id == meta.id, &topic.replica) {
-                replica.published.send_modify(|p| p.range = range);
+                replica.published.send_modify(|p| {
+                    // Only committed entries are applied, and they are never
+                    // undone: a range that shrank would unsay an ack.
+                    assert!(
+                        range.last >= p.range.last && range.first >= p.range.first,
+                        "topic {}: published range went from {:?} to {range:?}",
+                        meta.name,
+                        p.range
+                    );
+                    p.range = range;
+                });
                 if let Some(trim) = replica
                     .trim
                     .lock()

@@ -22,19 +22,16 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use futures::StreamExt;
-
 use openraft::Raft;
-use woof_consensus::TopicInfo;
+use tokio::time::Instant;
 use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::GroupId;
 use woof_overlay::PeerId;
 
-use super::control::{Control, ControlReply, ReplicaStatus};
-use super::{Groups, peers, voters};
-use crate::error::Result;
+use super::Groups;
+use super::control::{Control, ControlReply};
+use super::status::{Metrics, peers, voters};
 
 /// A group that served no client for this long may sleep.
 pub const SLEEP_AFTER: Duration = Duration::from_secs(3);
@@ -47,123 +44,56 @@ const SLEEP_TIMEOUT: Duration = Duration::from_secs(2);
 pub(super) const SLEEP_GROUPS_MAX: usize = 1024;
 /// Groups stopped at once.
 const STOPS_AT_ONCE: usize = 64;
-/// After a restart, how long a woken group waits to hear of a running leader
-/// before it asks for an election.
-const LEADER_NOTICE: Duration = Duration::from_millis(300);
-/// How long a woken group waits for an election to give it a leader.
-const ELECTION_WAIT: Duration = Duration::from_secs(2);
 
-/// A group this node holds but does not run.
-#[derive(Debug, Clone)]
-pub(super) struct Asleep {
-    /// The voters' peer ids, as last applied.
-    pub members: Vec<String>,
-    pub applied_index: u64,
-    /// Put to sleep by its leader (so nobody leads it), rather than found
-    /// in storage at start (when a leader may be running elsewhere).
-    pub clean: bool,
+/// What the idle check reads of a group's metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct LeaderView {
+    pub leader: Option<u64>,
+    pub last_log_index: Option<u64>,
+    pub last_applied: Option<u64>,
+    /// On a leader, the highest index each follower matches.
+    pub matched: Option<Vec<Option<u64>>>,
 }
 
-impl Asleep {
-    pub fn status(&self, group: u64, info: TopicInfo) -> ReplicaStatus {
-        ReplicaStatus {
-            group,
-            meta: info.meta,
-            first_seq: info.range.first,
-            last_seq: info.range.last,
-            members: self.members.clone(),
-            leader: None,
-            is_leader: false,
-            applied_index: self.applied_index,
-            term: 0,
-            progress: Vec::new(),
+impl LeaderView {
+    pub fn of(m: &Metrics) -> Self {
+        Self {
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            matched: m
+                .replication
+                .as_ref()
+                .map(|r| r.values().map(|l| l.map(|l| l.index)).collect()),
         }
     }
+}
+
+/// Whether `me` leads a group that may sleep: it served no client for
+/// [`SLEEP_AFTER`] (as of `now`), applied all it logged, and every voter's
+/// log matches its own (so nobody needs anything from a leader).
+pub(super) fn is_idle_leader(
+    view: &LeaderView,
+    me: u64,
+    last_used: Option<Instant>,
+    now: Instant,
+) -> bool {
+    if last_used.is_some_and(|t| now.saturating_duration_since(t) < SLEEP_AFTER) {
+        return false;
+    }
+    if view.leader != Some(me) {
+        return false;
+    }
+    let last = view.last_log_index;
+    if view.last_applied != last {
+        return false;
+    }
+    view.matched
+        .as_ref()
+        .is_none_or(|r| r.iter().all(|matched| *matched == last))
 }
 
 impl Groups {
-    pub(super) fn asleep_mut(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Asleep>> {
-        self.asleep.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn activity_mut(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Instant>> {
-        self.activity.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Notes that `group` served a client now.
-    pub(super) fn touch(&self, group: GroupId) {
-        self.activity_mut().insert(group.0, Instant::now());
-    }
-
-    /// The running group, started first if it sleeps here; `None` if this
-    /// node holds no such group.
-    pub(super) async fn wake(&self, group: GroupId) -> Result<Option<Raft<TypeConfig>>> {
-        if let Some(raft) = self.router.get(group) {
-            return Ok(Some(raft));
-        }
-        let store = self.store.clone();
-        let member = woof_consensus::store::blocking(move || store.value(group, "member")).await?;
-        if member.is_none() {
-            return Ok(None);
-        }
-        tracing::debug!(group = group.0, "waking group");
-        Ok(Some(self.start(group).await?))
-    }
-
-    /// The group, running and with a leader if one can be had, to serve a
-    /// client; else the reply that says why not.
-    pub(super) async fn serving(
-        &self,
-        group: GroupId,
-    ) -> std::result::Result<Raft<TypeConfig>, ControlReply> {
-        let slept_cleanly = self.asleep_mut().get(&group.0).map(|a| a.clean);
-        let raft = match self.wake(group).await {
-            Ok(Some(raft)) => raft,
-            Ok(None) => return Err(ControlReply::NoGroup),
-            Err(e) => return Err(ControlReply::Failed(e.to_string())),
-        };
-        self.touch(group);
-        let has_leader = |raft: &Raft<TypeConfig>| raft.metrics().borrow().current_leader.is_some();
-        if !has_leader(&raft) {
-            if slept_cleanly != Some(true) {
-                let _ = raft
-                    .wait(Some(LEADER_NOTICE))
-                    .metrics(|m| m.current_leader.is_some(), "a leader")
-                    .await;
-            }
-            if !has_leader(&raft) {
-                let _ = raft.trigger().elect().await;
-                let _ = raft
-                    .wait(Some(ELECTION_WAIT))
-                    .metrics(|m| m.current_leader.is_some(), "a leader")
-                    .await;
-            }
-        }
-        Ok(raft)
-    }
-
-    /// Whether this node leads `group`, which is idle and fully replicated.
-    fn idle_leader(&self, group: GroupId, raft: &Raft<TypeConfig>) -> bool {
-        if self.recently_used(group) {
-            return false;
-        }
-        let m = raft.metrics().borrow().clone();
-        if m.current_leader != Some(self.node_id) {
-            return false;
-        }
-        let last = m.last_log_index;
-        if m.last_applied.map(|l| l.index) != last {
-            return false;
-        }
-        m.replication
-            .as_ref()
-            .is_none_or(|r| r.values().all(|matched| matched.map(|l| l.index) == last))
-    }
-
     /// Puts `idle` groups, which this node leads, to sleep on every member:
     /// one request per follower for all of them, and all stopped here at
     /// once, so that sleeping keeps pace with however many groups go idle.
@@ -194,40 +124,22 @@ impl Groups {
         .await;
         futures::stream::iter(idle)
             .for_each_concurrent(STOPS_AT_ONCE, |(group, raft)| async move {
-                let _starting = self.start_lock(group).await;
+                let gate = self.slots.gate(group);
+                let _gate = gate.lock().await;
                 if self.recently_used(group) {
                     raft.runtime_config().heartbeat(true);
                     return;
                 }
-                self.stop_sleeping(group, raft).await;
+                self.stop_sleeping(group).await;
             })
             .await;
     }
 
     /// Whether `group` served a client within [`SLEEP_AFTER`].
     fn recently_used(&self, group: GroupId) -> bool {
-        self.activity_mut()
-            .get(&group.0)
+        self.slots
+            .last_used(group)
             .is_some_and(|t| t.elapsed() < SLEEP_AFTER)
-    }
-
-    /// Stops running `group` here and records it as asleep. The caller holds
-    /// the group's start lock.
-    async fn stop_sleeping(&self, group: GroupId, raft: Raft<TypeConfig>) {
-        let m = raft.metrics().borrow().clone();
-        self.router.remove(group);
-        let _ = raft.shutdown().await;
-        self.activity_mut().remove(&group.0);
-        self.proposers_mut().remove(&group.0);
-        self.asleep_mut().insert(
-            group.0,
-            Asleep {
-                members: voters(&m),
-                applied_index: m.last_applied.map_or(0, |l| l.index),
-                clean: true,
-            },
-        );
-        tracing::debug!(group = group.0, "group asleep");
     }
 
     /// A follower's side of [`Control::Sleep`]: stops each of `groups`
@@ -242,14 +154,20 @@ impl Groups {
         futures::stream::iter(groups)
             .for_each_concurrent(STOPS_AT_ONCE, |group| async move {
                 let group = GroupId(group);
-                let _starting = self.start_lock(group).await;
-                let Some(raft) = self.router.get(group) else {
+                if self.running(group).is_none() {
+                    // Not held here, or asleep already (and a gate taken for
+                    // a group not held would leave a slot behind).
+                    return;
+                }
+                let gate = self.slots.gate(group);
+                let _gate = gate.lock().await;
+                let Some(raft) = self.running(group) else {
                     return;
                 };
                 if raft.metrics().borrow().current_leader == Some(self.node_id) {
                     return;
                 }
-                self.stop_sleeping(group, raft).await;
+                self.stop_sleeping(group).await;
             })
             .await;
         ControlReply::Asleep
@@ -265,15 +183,98 @@ pub(super) async fn supervise(groups: Groups) {
             _ = tokio::time::sleep(CHECK_EVERY) => {}
         }
         groups.refresh_suspects().await;
-        let idle: Vec<_> = groups
-            .router
-            .list()
+        let now = Instant::now();
+        let idle: Vec<(GroupId, Raft<TypeConfig>)> = groups
+            .slots
+            .all_running()
             .into_iter()
-            .filter(|(group, raft)| groups.idle_leader(*group, raft))
+            .filter(|(_, r)| {
+                let view = LeaderView::of(&r.handle.raft.metrics().borrow());
+                is_idle_leader(&view, groups.node_id, Some(r.last_used), now)
+            })
             .take(SLEEP_GROUPS_MAX)
+            .map(|(g, r)| (g, r.handle.raft))
             .collect();
         if !idle.is_empty() {
             groups.hibernate(idle).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: u64 = 7;
+
+    fn caught_up() -> LeaderView {
+        LeaderView {
+            leader: Some(ME),
+            last_log_index: Some(12),
+            last_applied: Some(12),
+            matched: Some(vec![Some(12), Some(12)]),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_caught_up_leader_unused_for_long_enough_is_idle() {
+        let now = Instant::now() + SLEEP_AFTER * 2;
+        assert!(is_idle_leader(
+            &caught_up(),
+            ME,
+            Some(now - SLEEP_AFTER),
+            now
+        ));
+        assert!(is_idle_leader(&caught_up(), ME, None, now));
+    }
+
+    #[tokio::test]
+    async fn a_recently_used_group_is_not_idle() {
+        let now = Instant::now() + SLEEP_AFTER * 2;
+        let just_before = now - SLEEP_AFTER + Duration::from_millis(1);
+        assert!(!is_idle_leader(&caught_up(), ME, Some(just_before), now));
+    }
+
+    #[tokio::test]
+    async fn only_the_leader_decides() {
+        let now = Instant::now() + SLEEP_AFTER * 2;
+        let follower = LeaderView {
+            leader: Some(ME + 1),
+            ..caught_up()
+        };
+        assert!(!is_idle_leader(&follower, ME, None, now));
+        let leaderless = LeaderView {
+            leader: None,
+            ..caught_up()
+        };
+        assert!(!is_idle_leader(&leaderless, ME, None, now));
+    }
+
+    #[tokio::test]
+    async fn not_idle_while_anything_is_unapplied_or_unreplicated() {
+        let now = Instant::now() + SLEEP_AFTER * 2;
+        let unapplied = LeaderView {
+            last_applied: Some(11),
+            ..caught_up()
+        };
+        assert!(!is_idle_leader(&unapplied, ME, None, now));
+        let behind = LeaderView {
+            matched: Some(vec![Some(12), Some(11)]),
+            ..caught_up()
+        };
+        assert!(!is_idle_leader(&behind, ME, None, now));
+        let unknown = LeaderView {
+            matched: Some(vec![Some(12), None]),
+            ..caught_up()
+        };
+        assert!(!is_idle_leader(&unknown, ME, None, now));
+        let alone = LeaderView {
+            matched: None,
+            ..caught_up()
+        };
+        assert!(
+            is_idle_leader(&alone, ME, None, now),
+            "a single-voter group"
+        );
     }
 }

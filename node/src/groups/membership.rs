@@ -10,8 +10,10 @@ use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::GroupId;
 use woof_overlay::PeerId;
 
+use super::client::CONTROL_TIMEOUT;
 use super::control::{Control, ControlReply};
-use super::{CONTROL_TIMEOUT, Groups, node_id, peers, voters};
+use super::status::{peers, voters};
+use super::{Groups, node_id};
 use crate::error::{Error, Result};
 
 /// How long a new replica may take to catch up before the change is given up.
@@ -20,10 +22,11 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 impl Groups {
     /// The running groups this node leads, with their voters.
     pub fn led_groups(&self) -> Vec<(GroupId, Raft<TypeConfig>, Vec<PeerId>)> {
-        self.router
-            .list()
+        self.slots
+            .all_running()
             .into_iter()
-            .filter_map(|(group, raft)| {
+            .filter_map(|(group, running)| {
+                let raft = running.handle.raft;
                 let m = raft.metrics().borrow().clone();
                 if m.current_leader != Some(self.node_id) {
                     return None;
@@ -39,9 +42,10 @@ impl Groups {
 
     /// The groups sleeping here, with their voters.
     pub fn asleep_groups(&self) -> Vec<(GroupId, Vec<PeerId>)> {
-        self.asleep_mut()
-            .iter()
-            .map(|(group, a)| (GroupId(*group), peers(&a.members)))
+        self.slots
+            .all_asleep()
+            .into_iter()
+            .map(|(group, a)| (group, peers(&a.members)))
             .collect()
     }
 
@@ -98,10 +102,5 @@ impl Groups {
             .map_err(|e| failed("changing the voters", e.to_string()))?;
         self.touch(group);
         Ok(())
-    }
-
-    /// A receiver that turns true when the groups shut down.
-    pub fn stopping(&self) -> tokio::sync::watch::Receiver<bool> {
-        self.stop.subscribe()
     }
 }

@@ -17,14 +17,17 @@ use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::GroupId;
 
 use super::Groups;
+use super::batch::{self, Limits};
 use super::control::ControlReply;
 
 /// Appends waiting for one group; past this, an append is refused.
 const QUEUE_DEPTH: usize = 4096;
-/// The most appends in one entry.
-const BATCH_APPENDS_MAX: usize = 1024;
-/// The most payload bytes in one entry (a larger append still goes, alone).
-const BATCH_BYTES_MAX: usize = 8 << 20;
+/// The most appends, and payload bytes, in one entry (a larger append
+/// still goes, alone).
+const BATCH: Limits = Limits {
+    items_max: 1024,
+    bytes_max: 8 << 20,
+};
 
 pub(super) struct Proposal {
     command: Command,
@@ -38,7 +41,7 @@ pub(super) struct Proposer {
     queue: VecDeque<Proposal>,
 }
 
-type Shared = Arc<Mutex<Proposer>>;
+pub(super) type Shared = Arc<Mutex<Proposer>>;
 
 fn bytes(command: &Command) -> usize {
     match command {
@@ -55,7 +58,10 @@ impl Groups {
     /// Commits an append through this node's replica of `group` (which
     /// must lead), together with the appends queued meanwhile.
     pub(super) async fn propose(&self, group: GroupId, command: Command) -> ControlReply {
-        let proposer = self.proposer(group);
+        let Some(proposer) = self.proposer(group) else {
+            // Put to sleep (or removed) since it was woken for this append.
+            return ControlReply::NotLeader(None);
+        };
         let mine = {
             let mut p = lock(&proposer);
             if !p.busy {
@@ -91,14 +97,9 @@ impl Groups {
             .unwrap_or_else(|_| ControlReply::Failed("the proposer stopped".into()))
     }
 
-    pub(super) fn proposers_mut(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Shared>> {
-        self.proposers.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn proposer(&self, group: GroupId) -> Shared {
-        self.proposers_mut().entry(group.0).or_default().clone()
+    /// The proposer of `group`, if it runs here.
+    fn proposer(&self, group: GroupId) -> Option<Shared> {
+        self.slots.running(group).map(|m| m.proposer)
     }
 }
 
@@ -117,8 +118,8 @@ impl Drop for Leading {
             return;
         };
         match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(drain(
+            Ok(_) => {
+                self.groups.tasks.spawn(drain(
                     self.groups.clone(),
                     self.group,
                     self.proposer.clone(),
@@ -140,16 +141,10 @@ fn next_batch(proposer: &Shared) -> Option<Vec<Proposal>> {
         p.busy = false;
         return None;
     }
-    let mut size = 0;
-    let mut batch = Vec::new();
-    while batch.len() < BATCH_APPENDS_MAX {
-        let Some(next) = p.queue.front() else { break };
-        let n = bytes(&next.command);
-        if !batch.is_empty() && size + n > BATCH_BYTES_MAX {
-            break;
-        }
-        size += n;
-        batch.extend(p.queue.pop_front());
+    let first = p.queue.pop_front()?;
+    let (batch, carry) = batch::fill(first, || p.queue.pop_front(), BATCH, |p| bytes(&p.command));
+    if let Some(carry) = carry {
+        p.queue.push_front(carry);
     }
     Some(batch)
 }
@@ -168,7 +163,8 @@ async fn drain(groups: Groups, group: GroupId, proposer: Shared, first: Vec<Prop
 
 /// Commits one batch and answers each proposal.
 async fn commit(groups: &Groups, group: GroupId, mut batch: Vec<Proposal>) {
-    let Some(raft) = groups.router.get(group) else {
+    assert!(!batch.is_empty(), "group {}: an empty batch to commit", group.0);
+    let Some(raft) = groups.running(group) else {
         for p in batch {
             let _ = p.reply.send(ControlReply::NoGroup);
         }

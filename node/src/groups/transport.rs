@@ -18,19 +18,24 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use openraft::BasicNode;
 use serde_bytes::ByteBuf;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::task::TaskTracker;
 use woof_consensus::raft::network::{Router, Transport};
 use woof_consensus::raft::{decode, encode};
 use woof_overlay::PeerId;
 
-use super::{Net, TAG_RAFT_BATCH, request};
+use super::batch::{self, Limits};
+use super::client::request;
+use super::{Net, TAG_RAFT_BATCH};
 
 /// Messages waiting for one peer; past this, senders wait.
 const QUEUE_DEPTH: usize = 4096;
-/// The most messages in one batch.
-const BATCH_MESSAGES_MAX: usize = 256;
-/// The most bytes in one batch (one larger message still goes, alone).
-const BATCH_BYTES_MAX: usize = 4 << 20;
+/// The most messages, and bytes, in one batch (one larger message still
+/// goes, alone).
+const BATCH: Limits = Limits {
+    items_max: 256,
+    bytes_max: 4 << 20,
+};
 /// How long the receiving side works on a batch before it answers what it
 /// has (half of openraft's AppendEntries timeout, one heartbeat).
 const ANSWER_WITHIN: Duration = Duration::from_millis(50);
@@ -48,13 +53,20 @@ struct Pending {
 pub(super) struct OverlayTransport {
     client: Arc<dyn Net>,
     queues: Mutex<HashMap<PeerId, mpsc::Sender<Pending>>>,
+    /// Where the sending tasks run (awaited when the groups shut down).
+    tasks: TaskTracker,
+    /// Turns true when the groups shut down: the senders stop at once,
+    /// dropping what is in flight.
+    stop: watch::Receiver<bool>,
 }
 
 impl OverlayTransport {
-    pub fn new(client: Arc<dyn Net>) -> Self {
+    pub fn new(client: Arc<dyn Net>, tasks: TaskTracker, stop: watch::Receiver<bool>) -> Self {
         Self {
             client,
             queues: Mutex::default(),
+            tasks,
+            stop,
         }
     }
 
@@ -65,7 +77,9 @@ impl OverlayTransport {
             .entry(peer)
             .or_insert_with(|| {
                 let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                tokio::spawn(send_batches(self.client.clone(), peer, rx));
+                let stop = self.stop.clone();
+                self.tasks
+                    .spawn(send_batches(self.client.clone(), peer, rx, stop));
                 tx
             })
             .clone()
@@ -101,30 +115,29 @@ impl Transport for OverlayTransport {
 /// Sends what is queued for `peer`, batch by batch, until the queue closes;
 /// up to [`IN_FLIGHT_MAX`] batches at once, all driven by this task (no
 /// task per batch: one hand-off less for every message).
-async fn send_batches(client: Arc<dyn Net>, peer: PeerId, mut queue: mpsc::Receiver<Pending>) {
+async fn send_batches(
+    client: Arc<dyn Net>,
+    peer: PeerId,
+    mut queue: mpsc::Receiver<Pending>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut in_flight = FuturesUnordered::new();
     let mut carry: Option<Pending> = None;
     let mut open = true;
     loop {
         let room = in_flight.len() < IN_FLIGHT_MAX;
         tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             first = next(&mut carry, &mut queue), if open && room => {
                 let Some(first) = first else {
                     open = false;
                     continue;
                 };
-                let mut bytes = first.message.len();
-                let mut batch = vec![first];
-                while batch.len() < BATCH_MESSAGES_MAX {
-                    let Ok(next) = queue.try_recv() else { break };
-                    if bytes + next.message.len() > BATCH_BYTES_MAX {
-                        carry = Some(next);
-                        break;
-                    }
-                    bytes += next.message.len();
-                    batch.push(next);
-                }
+                let (batch, left) = batch::fill(first, || queue.try_recv().ok(), BATCH, |p| {
+                    p.message.len()
+                });
+                carry = left;
                 let client = client.clone();
                 in_flight.push(async move { send_one(&*client, peer, batch).await });
             }
@@ -190,10 +203,11 @@ async fn send_one(client: &dyn Net, peer: PeerId, batch: Vec<Pending>) {
 /// wake goes on in the background (see the router's waker).
 pub(super) async fn handle_batch(router: &Router, batch: &[u8]) -> woof_consensus::Result<Vec<u8>> {
     let messages: Vec<ByteBuf> = decode(batch)?;
-    if messages.len() > BATCH_MESSAGES_MAX {
+    if messages.len() > BATCH.items_max {
         return Err(woof_consensus::Error::InvalidArgument(format!(
-            "a batch of {} Raft messages; at most {BATCH_MESSAGES_MAX}",
-            messages.len()
+            "a batch of {} Raft messages; at most {}",
+            messages.len(),
+            BATCH.items_max
         )));
     }
     let mut answers: Vec<Result<ByteBuf, String>> = (0..messages.len())

@@ -1,0 +1,390 @@
+//! The client side of the group layer: this node's requests to groups,
+//! wherever they run. Whom to ask is decided by [`LeaderSearch`]; this file
+//! sends, waits, gives up on silent peers and keeps the hints for next time.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use woof_consensus::raft::{Command, CommandResult, decode, encode};
+use woof_consensus::store::{GroupId, blocking};
+use woof_overlay::PeerId;
+
+use super::control::{Control, ControlReply, Read, ReadReply, ReplicaStatus};
+use super::lanes::{EPOCH_MAX, Lanes};
+use super::route::{LeaderSearch, Next, Outcome};
+use super::status::leader_of;
+use super::{Groups, Net, TAG_CONTROL, node_id};
+use crate::error::{Error, Result};
+
+/// How long one control request may take before the next member is tried.
+pub(super) const CONTROL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a request waiting on a peer checks whether the overlay now
+/// suspects it.
+const SUSPECT_POLL: Duration = Duration::from_millis(200);
+/// Where node-wide values are kept among the groups' values: an id below
+/// every group's (see `GROUP_ID_MIN`), which [`Groups::load_all`] passes over.
+pub(super) const NODE_VALUES: GroupId = GroupId(0);
+/// The value of [`NODE_VALUES`] that holds the last lane epoch.
+const LANE_EPOCH: &str = "lane-epoch";
+/// Leader hints kept; past this the oldest are forgotten (they are only
+/// where a search starts).
+const LEADER_HINTS_MAX: usize = 65_536;
+
+/// Where this node's requests go: the leader each group last answered
+/// from, and the peers the overlay suspects.
+#[derive(Default)]
+pub(super) struct Routes {
+    leaders: Mutex<HashMap<GroupId, PeerId>>,
+    suspects: Mutex<HashSet<PeerId>>,
+}
+
+impl Routes {
+    fn leaders(&self) -> std::sync::MutexGuard<'_, HashMap<GroupId, PeerId>> {
+        self.leaders.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn leader(&self, group: GroupId) -> Option<PeerId> {
+        self.leaders().get(&group).copied()
+    }
+
+    fn answered(&self, group: GroupId, peer: PeerId) {
+        let mut leaders = self.leaders();
+        if leaders.len() >= LEADER_HINTS_MAX && !leaders.contains_key(&group) {
+            leaders.clear();
+        }
+        leaders.insert(group, peer);
+    }
+
+    /// Forgets `group`'s leader (if it is `peer`, when given).
+    fn forget(&self, group: GroupId, peer: Option<PeerId>) {
+        let mut leaders = self.leaders();
+        if peer.is_none() || leaders.get(&group) == peer.as_ref() {
+            leaders.remove(&group);
+        }
+    }
+
+    fn suspected(&self, peer: &PeerId) -> bool {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(peer)
+    }
+
+    fn set_suspects(&self, suspects: HashSet<PeerId>) {
+        *self.suspects.lock().unwrap_or_else(|e| e.into_inner()) = suspects;
+    }
+}
+
+/// Sends a tagged message to `peer`.
+pub(super) async fn request(
+    net: &dyn Net,
+    peer: PeerId,
+    tag: u8,
+    message: &[u8],
+) -> woof_consensus::Result<Vec<u8>> {
+    let mut framed = Vec::with_capacity(message.len() + 1);
+    framed.push(tag);
+    framed.extend_from_slice(message);
+    net.request(peer, framed)
+        .await
+        .map_err(woof_consensus::Error::Network)
+}
+
+impl Groups {
+    /// Starts `group` on every one of `members` (this node included, if it
+    /// is one) and makes them its voters. Starting a group twice is
+    /// harmless. If a member cannot start it, those that did remove it again.
+    pub async fn create(&self, group: GroupId, members: &[PeerId]) -> Result<()> {
+        let names: Vec<String> = members.iter().map(ToString::to_string).collect();
+        // The first member initializes, once every member runs the group.
+        let mut started = Vec::new();
+        for (i, peer) in members.iter().enumerate().rev() {
+            let control = Control::StartGroup {
+                group: group.0,
+                members: names.clone(),
+                initialize: i == 0,
+            };
+            let failure = match self.control(*peer, control, CONTROL_TIMEOUT).await {
+                Ok(ControlReply::Started) => {
+                    started.push(*peer);
+                    continue;
+                }
+                Ok(other) => format!("{other:?}"),
+                Err(e) => e.to_string(),
+            };
+            self.remove(group, &started).await;
+            return Err(Error::Log(woof_consensus::Error::Network(format!(
+                "cannot start the topic's group on {peer}: {failure}"
+            ))));
+        }
+        Ok(())
+    }
+
+    /// Stops `group` on `members` and removes what it stored there; best
+    /// effort (a member that does not answer keeps its copy).
+    pub async fn remove(&self, group: GroupId, members: &[PeerId]) {
+        for peer in members {
+            let control = Control::RemoveGroup { group: group.0 };
+            if let Err(e) = self.control(*peer, control, CONTROL_TIMEOUT).await {
+                tracing::warn!(group = group.0, %peer, "removing group: {e}");
+            }
+        }
+        self.routes.forget(group, None);
+    }
+
+    /// Writes `command` through `group`, whose voters are `members`: on this
+    /// node if it leads, else at the leader. See [`Groups::at_leader`].
+    /// An append that names no producer is given one of this node's
+    /// [`lanes`](super::lanes) first, kept through every retry, so that it
+    /// is applied once whatever leader changes happen meanwhile.
+    pub async fn write(
+        &self,
+        group: GroupId,
+        members: &[PeerId],
+        command: Command,
+    ) -> Result<CommandResult> {
+        let (command, lane) = match command {
+            Command::Append {
+                payloads,
+                producer: None,
+                time_ms,
+            } => {
+                let lane = self.lanes().await?.take().await;
+                let producer = Some((lane.id.clone(), lane.seq));
+                let command = Command::Append {
+                    payloads,
+                    producer,
+                    time_ms,
+                };
+                (command, Some(lane))
+            }
+            other => (other, None),
+        };
+        let reply = self
+            .at_leader(group, members, CONTROL_TIMEOUT, || Control::Write {
+                group: group.0,
+                command: command.clone(),
+            })
+            .await?;
+        match reply {
+            // The client named no producer: to it, a retry of this node's
+            // that found the append committed is just the append.
+            ControlReply::Written(CommandResult::Appended(mut outcome)) if lane.is_some() => {
+                outcome.duplicate = false;
+                Ok(CommandResult::Appended(outcome))
+            }
+            ControlReply::Written(result) => Ok(result),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Reads `topic` (of `group`) at its leader.
+    pub async fn read(
+        &self,
+        group: GroupId,
+        members: &[PeerId],
+        topic: &str,
+        read: Read,
+    ) -> Result<ReadReply> {
+        let timeout = match &read {
+            Read::Follow { wait_ms, .. } => CONTROL_TIMEOUT + Duration::from_millis(*wait_ms),
+            _ => CONTROL_TIMEOUT,
+        };
+        let reply = self
+            .at_leader(group, members, timeout, || Control::Read {
+                group: group.0,
+                topic: topic.to_string(),
+                read: read.clone(),
+            })
+            .await?;
+        match reply {
+            ControlReply::Read(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// This node's lanes, in a new epoch the first time (persisted before
+    /// any lane is used, so that sequences keep growing across restarts).
+    async fn lanes(&self) -> Result<Arc<Lanes>> {
+        let lanes = self
+            .lanes
+            .get_or_try_init(|| async {
+                let store = self.store.clone();
+                let epoch = blocking(move || {
+                    let last = match store.value(NODE_VALUES, LANE_EPOCH)? {
+                        Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| {
+                            woof_consensus::Error::Corrupt(format!(
+                                "lane epoch of {} bytes",
+                                b.len()
+                            ))
+                        })?),
+                        None => 0,
+                    };
+                    let epoch = last + 1;
+                    if epoch > EPOCH_MAX {
+                        return Err(woof_consensus::Error::Corrupt(format!(
+                            "lane epoch {epoch} is past {EPOCH_MAX}"
+                        )));
+                    }
+                    store.put_value(NODE_VALUES, LANE_EPOCH, &epoch.to_be_bytes())?;
+                    Ok(epoch)
+                })
+                .await?;
+                Ok::<_, Error>(Arc::new(Lanes::new(&self.client.peer_id(), epoch)))
+            })
+            .await?;
+        Ok(lanes.clone())
+    }
+
+    /// The replicas `peer` holds.
+    pub async fn replicas_at(&self, peer: PeerId) -> Result<Vec<ReplicaStatus>> {
+        match self
+            .control(peer, Control::Replicas, CONTROL_TIMEOUT)
+            .await?
+        {
+            ControlReply::Replicas(r) => Ok(r),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends what `control` makes to the leader of `group`, as
+    /// [`LeaderSearch`] directs. A member the overlay suspects (silent for
+    /// seconds: dead, paused or cut off) is passed over without asking, and
+    /// one that stops answering is given up on as soon as there is reason
+    /// to. A refusal ends it as an error.
+    async fn at_leader(
+        &self,
+        group: GroupId,
+        members: &[PeerId],
+        timeout: Duration,
+        control: impl Fn() -> Control,
+    ) -> Result<ControlReply> {
+        let Some(mut search) =
+            LeaderSearch::new(members, self.local_leader(group), self.routes.leader(group))
+        else {
+            return Err(Error::Usage(format!("group {} has no members", group.0)));
+        };
+        loop {
+            let target = search.target();
+            let answer = if self.routes.suspected(&target) {
+                Err(Error::Log(woof_consensus::Error::Network(
+                    "suspected by the overlay (silent for seconds)".into(),
+                )))
+            } else {
+                tokio::select! {
+                    answer = self.control(target, control(), timeout) => answer,
+                    why = self.gave_up_on(group, target) => {
+                        Err(Error::Log(woof_consensus::Error::Network(why)))
+                    }
+                }
+            };
+            let outcome = match answer {
+                Ok(ControlReply::NotLeader(hint)) => {
+                    Outcome::NotLeader(hint.and_then(|h| h.parse().ok()))
+                }
+                Ok(ControlReply::Refused(e)) => return Err(Error::Log(e)),
+                Ok(ControlReply::NoGroup) => Outcome::NoGroup,
+                Ok(ControlReply::Failed(why)) => Outcome::Failed(why),
+                Ok(reply) => {
+                    self.routes.answered(group, target);
+                    return Ok(reply);
+                }
+                Err(e) => {
+                    self.routes.forget(group, Some(target));
+                    Outcome::Failed(e.to_string())
+                }
+            };
+            match search.next(outcome, self.local_leader(group)) {
+                Next::Ask { pause, .. } => {
+                    if !pause.is_zero() {
+                        tokio::time::sleep(pause).await;
+                    }
+                }
+                Next::Gone => {
+                    self.routes.forget(group, None);
+                    return Err(Error::Log(woof_consensus::Error::TopicNotFound(
+                        String::new(),
+                    )));
+                }
+                Next::GiveUp(last) => {
+                    self.routes.forget(group, None);
+                    return Err(Error::Log(woof_consensus::Error::Network(format!(
+                        "no leader for group {} after {} attempts; last: {last}",
+                        group.0,
+                        super::route::ATTEMPTS
+                    ))));
+                }
+            }
+        }
+    }
+
+    /// Resolves once `target` is no longer worth waiting for: this node's
+    /// replica of `group` knows another leader, or the overlay suspects it.
+    async fn gave_up_on(&self, group: GroupId, target: PeerId) -> String {
+        if target == self.client.peer_id() {
+            return std::future::pending().await;
+        }
+        let mut metrics = self.running(group).map(|raft| raft.metrics());
+        loop {
+            if let Some(rx) = &metrics {
+                let leader = rx.borrow().current_leader;
+                if leader.is_some_and(|l| l != node_id(&target)) {
+                    return "the group elected another leader".into();
+                }
+            }
+            if self.routes.suspected(&target) {
+                return "suspected by the overlay (silent for seconds)".into();
+            }
+            let tick = tokio::time::sleep(SUSPECT_POLL);
+            match &mut metrics {
+                Some(rx) => {
+                    tokio::select! {
+                        changed = rx.changed() => if changed.is_err() { metrics = None },
+                        _ = tick => {}
+                    }
+                }
+                None => tick.await,
+            }
+        }
+    }
+
+    /// The leader this node's running replica of `group` knows, if any.
+    fn local_leader(&self, group: GroupId) -> Option<PeerId> {
+        leader_of(&self.running(group)?.metrics().borrow())
+    }
+
+    /// Refreshes the peers the overlay suspects.
+    pub(super) async fn refresh_suspects(&self) {
+        let Ok(silent) = self.client.silent_peers().await else {
+            return;
+        };
+        self.routes.set_suspects(silent.into_iter().collect());
+    }
+
+    /// Sends a control message to `peer`, or handles it here if `peer` is us.
+    pub(super) async fn control(
+        &self,
+        peer: PeerId,
+        control: Control,
+        timeout: Duration,
+    ) -> Result<ControlReply> {
+        if peer == self.client.peer_id() {
+            return Ok(self.handle_control(control).await);
+        }
+        let message = encode(&control)?;
+        let sent = request(&*self.client, peer, TAG_CONTROL, &message);
+        match tokio::time::timeout(timeout, sent).await {
+            Ok(answer) => Ok(decode(&answer?)?),
+            Err(_) => Err(Error::Log(woof_consensus::Error::Network(format!(
+                "{peer} did not answer within {} ms",
+                timeout.as_millis()
+            )))),
+        }
+    }
+}
+
+/// A reply that does not fit the request (a bug, or a peer of another version).
+fn unexpected(reply: ControlReply) -> Error {
+    Error::Internal(format!("unexpected peer reply {reply:?}"))
+}

@@ -1,0 +1,296 @@
+//! A group's life on this node: found in storage (asleep), started when a
+//! message or a client needs it, put to sleep when idle (see
+//! [`super::hibernate`]), removed with its topic, and stopped with the node.
+//! Each change goes through [`super::slots`], holding the group's gate.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use openraft::{BasicNode, Raft};
+use woof_consensus::raft::TypeConfig;
+use woof_consensus::raft::group::{self, Timing};
+use woof_consensus::raft::network::Transport;
+use woof_consensus::raft::state_machine::peek;
+use woof_consensus::store::{GROUP_ID_MIN, GroupId, Op, WriteBatch, blocking};
+use woof_consensus::topic::{Range, TopicId, first_seq};
+use woof_overlay::PeerId;
+
+use super::control::ControlReply;
+use super::slots::Asleep;
+use super::status::voters;
+use super::{Groups, Member, node_id};
+use crate::error::{Error, Result};
+
+/// After a restart, how long a woken group waits to hear of a running leader
+/// before it asks for an election.
+const LEADER_NOTICE: Duration = Duration::from_millis(300);
+/// How long a woken group waits for an election to give it a leader.
+const ELECTION_WAIT: Duration = Duration::from_secs(2);
+/// How long [`Groups::shutdown`] waits for the layer's tasks to end.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
+impl Groups {
+    /// Makes every group this node's store holds known, without running
+    /// them: their topics are served to readers, and each group starts when
+    /// a message or a client needs it (a node with thousands of quiet topics
+    /// runs none of their groups).
+    pub async fn load_all(&self) -> Result<usize> {
+        let store = self.store.clone();
+        let peeks = blocking(move || {
+            let mut peeks = Vec::new();
+            // Node-wide values sit below every group id: no group.
+            for group in store.groups()?.into_iter().filter(|g| g.0 >= GROUP_ID_MIN) {
+                peeks.push((group, peek(&*store, &*store, group)?));
+            }
+            Ok(peeks)
+        })
+        .await?;
+        let count = peeks.len();
+        for (group, peek) in peeks {
+            if let Some(meta) = &peek.meta {
+                let range = Range {
+                    first: first_seq(peek.last_seq, meta.config.history),
+                    last: peek.last_seq,
+                };
+                self.topics.publish_replica(meta, range);
+            }
+            self.slots.load(
+                group,
+                Asleep {
+                    members: peek.voters,
+                    applied_index: peek.applied_index,
+                    clean: false,
+                },
+            );
+        }
+        Ok(count)
+    }
+
+    /// Starts (or restarts from storage) a group on this node.
+    pub async fn start(&self, group: GroupId) -> Result<Raft<TypeConfig>> {
+        if let Some(raft) = self.running(group) {
+            return Ok(raft);
+        }
+        let gate = self.slots.gate(group);
+        let _gate = gate.lock().await;
+        if let Some(raft) = self.running(group) {
+            return Ok(raft);
+        }
+        if self.stopped() {
+            self.slots.start_failed(group);
+            return Err(Error::Log(woof_consensus::Error::Closed));
+        }
+        self.slots
+            .begin_start(group)
+            .map_err(|e| Error::Internal(format!("group {}: cannot {}", group.0, e.0)))?;
+        let started = group::start(
+            self.node_id,
+            group,
+            self.store.clone(),
+            self.transport.clone() as std::sync::Arc<dyn Transport>,
+            &self.router,
+            Timing::default(),
+            Some(&self.topics),
+        )
+        .await;
+        let raft = match started {
+            Ok(raft) => raft,
+            Err(e) => {
+                self.slots.start_failed(group);
+                return Err(e.into());
+            }
+        };
+        if self.stopped() {
+            // Shut down meanwhile (a peer's request woke the group): a group
+            // started now would outlive the node and hold its storage.
+            self.router.remove(group);
+            let _ = raft.shutdown().await;
+            self.slots.start_failed(group);
+            return Err(Error::Log(woof_consensus::Error::Closed));
+        }
+        let member = Member {
+            raft: raft.clone(),
+            proposer: Default::default(),
+        };
+        if let Err(e) = self
+            .slots
+            .started(group, member, tokio::time::Instant::now())
+        {
+            // Only a shutdown draining the table meanwhile gets here.
+            self.router.remove(group);
+            let _ = raft.shutdown().await;
+            return Err(Error::Internal(format!(
+                "group {}: cannot {}",
+                group.0, e.0
+            )));
+        }
+        Ok(raft)
+    }
+
+    /// The running group, started first if it sleeps here; `None` if this
+    /// node holds no such group.
+    pub(super) async fn wake(&self, group: GroupId) -> Result<Option<Raft<TypeConfig>>> {
+        if let Some(raft) = self.running(group) {
+            return Ok(Some(raft));
+        }
+        let store = self.store.clone();
+        let member = blocking(move || store.value(group, "member")).await?;
+        if member.is_none() {
+            return Ok(None);
+        }
+        tracing::debug!(group = group.0, "waking group");
+        Ok(Some(self.start(group).await?))
+    }
+
+    /// The group, running and with a leader if one can be had, to serve a
+    /// client; else the reply that says why not.
+    pub(super) async fn serving(
+        &self,
+        group: GroupId,
+    ) -> std::result::Result<Raft<TypeConfig>, ControlReply> {
+        let slept_cleanly = match self.slots.state(group) {
+            Some(super::slots::State::Asleep(a)) => Some(a.clean),
+            _ => None,
+        };
+        let raft = match self.wake(group).await {
+            Ok(Some(raft)) => raft,
+            Ok(None) => return Err(ControlReply::NoGroup),
+            Err(e) => return Err(ControlReply::Failed(e.to_string())),
+        };
+        self.touch(group);
+        let has_leader = |raft: &Raft<TypeConfig>| raft.metrics().borrow().current_leader.is_some();
+        if !has_leader(&raft) {
+            if slept_cleanly != Some(true) {
+                let _ = raft
+                    .wait(Some(LEADER_NOTICE))
+                    .metrics(|m| m.current_leader.is_some(), "a leader")
+                    .await;
+            }
+            if !has_leader(&raft) {
+                let _ = raft.trigger().elect().await;
+                let _ = raft
+                    .wait(Some(ELECTION_WAIT))
+                    .metrics(|m| m.current_leader.is_some(), "a leader")
+                    .await;
+            }
+        }
+        Ok(raft)
+    }
+
+    /// Notes that `group` served a client now.
+    pub(super) fn touch(&self, group: GroupId) {
+        self.slots.touch(group, tokio::time::Instant::now());
+    }
+
+    /// Runs `group` here as one of `members`, initializing it if asked.
+    pub(super) async fn join(
+        &self,
+        group: GroupId,
+        members: &[String],
+        initialize: bool,
+    ) -> ControlReply {
+        if group.0 < GROUP_ID_MIN {
+            return ControlReply::Failed(format!("{} is not a group id", group.0));
+        }
+        let mut voters = BTreeMap::new();
+        for m in members {
+            let Ok(peer) = m.parse::<PeerId>() else {
+                return ControlReply::Failed(format!("{m:?} is not a peer id"));
+            };
+            voters.insert(node_id(&peer), BasicNode::new(m.clone()));
+        }
+        // Mark the group as this node's before it runs, so that a restart
+        // brings it back even if it never voted or stored an entry.
+        let store = self.store.clone();
+        let marked = blocking(move || store.put_value(group, "member", b"")).await;
+        if let Err(e) = marked {
+            return ControlReply::Failed(e.to_string());
+        }
+        let raft = match self.start(group).await {
+            Ok(raft) => raft,
+            Err(e) => return ControlReply::Failed(e.to_string()),
+        };
+        if initialize {
+            // A second initialize (a retry) is refused by openraft; fine.
+            match raft.initialize(voters).await {
+                // Stand at once rather than after an election timeout: the
+                // others run the group already.
+                Ok(()) => {
+                    let _ = raft.trigger().elect().await;
+                }
+                Err(e) => tracing::debug!(group = group.0, "initialize: {e}"),
+            }
+        }
+        ControlReply::Started
+    }
+
+    /// Stops running `group` here and records it as asleep. The caller holds
+    /// the group's gate.
+    pub(super) async fn stop_sleeping(&self, group: GroupId) {
+        let Some(raft) = self.running(group) else {
+            return;
+        };
+        let m = raft.metrics().borrow().clone();
+        let asleep = Asleep {
+            members: voters(&m),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            clean: true,
+        };
+        if self.slots.sleep(group, asleep).is_err() {
+            return;
+        }
+        self.router.remove(group);
+        let _ = raft.shutdown().await;
+        tracing::debug!(group = group.0, "group asleep");
+    }
+
+    /// Stops `group` here and removes its log, state and topic data.
+    pub(super) async fn remove_local(&self, group: GroupId) -> Result<()> {
+        let gate = self.slots.gate(group);
+        let _gate = gate.lock().await;
+        if let Some(member) = self.slots.begin_leave(group) {
+            self.router.remove(group);
+            let _ = member.raft.shutdown().await;
+        }
+        self.topics.retire_replica(TopicId(group.0));
+        let store = self.store.clone();
+        let removed = blocking(move || {
+            let mut batch = WriteBatch::default();
+            batch.push(Op::DeleteTopic(TopicId(group.0)));
+            store.write(&batch)?;
+            store.delete_group(group)
+        })
+        .await;
+        self.slots.finish_leave(group);
+        removed?;
+        Ok(())
+    }
+
+    /// Stops every group and every task the layer spawned, and returns once
+    /// they all ended (the peer-request server returned by [`Groups::new`]
+    /// ends when the overlay closes its inbound queue).
+    pub async fn shutdown(&self) {
+        self.stop.send_replace(true);
+        // The waker holds these groups: let go of it (and of the store).
+        self.router.set_waker(None);
+        self.transport.close();
+        for member in self.slots.drain() {
+            let _ = member.raft.shutdown().await;
+        }
+        // Groups a wake was starting when the table was drained.
+        for raft in self.router.drain() {
+            let _ = raft.shutdown().await;
+        }
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_WAIT, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                tasks = self.tasks.len(),
+                "group tasks still running {} s after shutdown",
+                SHUTDOWN_WAIT.as_secs()
+            );
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! What this node's replicas report: their topic, range, voters, leader and
+//! each voter's progress, read off a running group's metrics or a sleeping
+//! group's last known state.
+
+use std::collections::HashMap;
+
+use openraft::{BasicNode, Raft};
+use woof_consensus::TopicInfo;
+use woof_consensus::raft::TypeConfig;
+use woof_consensus::store::GroupId;
+use woof_consensus::topic::TopicId;
+use woof_overlay::PeerId;
+
+use super::Groups;
+use super::control::ReplicaStatus;
+use super::slots::Asleep;
+
+pub(super) type Metrics = openraft::RaftMetrics<u64, BasicNode>;
+
+impl Groups {
+    /// This node's replicas, as its groups see them.
+    pub fn replicas(&self) -> Vec<ReplicaStatus> {
+        let mut topics: HashMap<TopicId, TopicInfo> = self
+            .topics
+            .list()
+            .into_iter()
+            .map(|info| (info.meta.id, info))
+            .collect();
+        // A group whose topic is not created here yet (or deleted) has
+        // nothing readers could use.
+        let mut out: Vec<ReplicaStatus> = self
+            .slots
+            .all_running()
+            .into_iter()
+            .filter_map(|(group, running)| {
+                let info = topics.remove(&TopicId(group.0))?;
+                Some(of_running(group, &running.handle.raft, info, self.node_id))
+            })
+            .collect();
+        for (group, asleep) in self.slots.all_asleep() {
+            if let Some(info) = topics.remove(&TopicId(group.0)) {
+                out.push(of_asleep(group, &asleep, info));
+            }
+        }
+        out
+    }
+
+    /// One running replica's status.
+    pub(super) fn replica_status(
+        &self,
+        group: GroupId,
+        raft: &Raft<TypeConfig>,
+    ) -> Option<ReplicaStatus> {
+        let info = self
+            .topics
+            .list()
+            .into_iter()
+            .find(|i| i.meta.id == TopicId(group.0))?;
+        Some(of_running(group, raft, info, self.node_id))
+    }
+
+    /// The voters of `group`, if this node holds it.
+    pub fn local_members(&self, group: GroupId) -> Option<Vec<PeerId>> {
+        let members = match self.slots.state(group)? {
+            super::slots::State::Running(r) => peers(&voters(&r.handle.raft.metrics().borrow())),
+            super::slots::State::Asleep(a) => peers(&a.members),
+            _ => return None,
+        };
+        (!members.is_empty()).then_some(members)
+    }
+}
+
+/// The voters' peer ids (`BasicNode::addr`), as a group's metrics say.
+pub(super) fn voters(metrics: &Metrics) -> Vec<String> {
+    let membership = metrics.membership_config.membership();
+    membership
+        .voter_ids()
+        .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+        .collect()
+}
+
+/// Peer ids from their text; ones that do not parse are left out.
+pub(super) fn peers(names: &[String]) -> Vec<PeerId> {
+    names.iter().filter_map(|m| m.parse().ok()).collect()
+}
+
+/// The peer id of `group`'s leader, as `metrics` say.
+pub(super) fn leader_of(metrics: &Metrics) -> Option<PeerId> {
+    let leader = metrics.current_leader?;
+    metrics
+        .membership_config
+        .membership()
+        .get_node(&leader)?
+        .addr
+        .parse()
+        .ok()
+}
+
+/// A running replica's status, from its group's metrics.
+fn of_running(group: GroupId, raft: &Raft<TypeConfig>, info: TopicInfo, me: u64) -> ReplicaStatus {
+    let metrics = raft.metrics().borrow().clone();
+    let membership = metrics.membership_config.membership();
+    let addr = |id: u64| membership.get_node(&id).map(|n| n.addr.clone());
+    ReplicaStatus {
+        group: group.0,
+        meta: info.meta,
+        first_seq: info.range.first,
+        last_seq: info.range.last,
+        members: voters(&metrics),
+        leader: metrics.current_leader.and_then(addr),
+        is_leader: metrics.current_leader == Some(me),
+        applied_index: metrics.last_applied.map_or(0, |l| l.index),
+        term: metrics.current_term,
+        progress: membership
+            .voter_ids()
+            .filter_map(|id| {
+                let matched = if id == me {
+                    metrics.last_log_index
+                } else {
+                    metrics.replication.as_ref()?.get(&id)?.map(|l| l.index)
+                };
+                Some((addr(id)?, matched.unwrap_or(0)))
+            })
+            .collect(),
+    }
+}
+
+/// A sleeping replica's status: nobody leads it, and it is as it was.
+fn of_asleep(group: GroupId, asleep: &Asleep, info: TopicInfo) -> ReplicaStatus {
+    ReplicaStatus {
+        group: group.0,
+        meta: info.meta,
+        first_seq: info.range.first,
+        last_seq: info.range.last,
+        members: asleep.members.clone(),
+        leader: None,
+        is_leader: false,
+        applied_index: asleep.applied_index,
+        term: 0,
+        progress: Vec::new(),
+    }
+}
