@@ -5,6 +5,8 @@
 //! - [`server`]: [`server::Node`], which opens the store, loads the topics and
 //!   serves gRPC until told to stop; `run(listener, shutdown)` style, so tests
 //!   and the demo hand it a socket and a stop signal.
+//! - [`shutdown`]: the stop signal and task tracker every part of a node
+//!   spawns its tasks through, so that [`server::Node::stop`] awaits them.
 //! - [`cluster`]: the node's overlay (libp2p, when it is in a cluster) and
 //!   the cluster status it reports.
 //! - [`topics`]: the topic API the node serves: its own topics when it is
@@ -32,6 +34,7 @@ pub mod groups;
 pub mod grpc;
 pub mod placement;
 pub mod server;
+pub mod shutdown;
 pub mod topics;
 
 pub use error::{Error, Result};

@@ -37,13 +37,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = NodeConfig::resolve(file, args.flags())?;
             let mut node = Node::start(&config).await?;
             println!("woof node serving gRPC on {}", node.url());
-            tokio::select! {
-                result = node.wait() => result?,
-                _ = shutdown_signal() => {
-                    node.stop().await?;
-                    tracing::info!("stopped cleanly");
-                }
+            let failed = tokio::select! {
+                result = node.wait() => Some(result),
+                _ = shutdown_signal() => None,
+            };
+            // Also after a failure: the rest of the node stops in order.
+            let stopped = node.stop().await;
+            if let Some(result) = failed {
+                result?;
             }
+            stopped?;
+            tracing::info!("stopped cleanly");
             Ok(())
         }
         Command::Cluster(ClusterCommand::Keygen) => {

@@ -2,13 +2,19 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use tokio::net::TcpListener;
-use tokio::sync::{mpsc, oneshot};
+use futures::TryStreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use woof_consensus::store::RocksStore;
 use woof_consensus::{SystemClock, Topics};
 use woof_overlay::{Overlay, OverlayConfig};
@@ -20,14 +26,25 @@ use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::groups::Groups;
 use crate::grpc::Service;
+use crate::shutdown::Shutdown;
 use crate::topics::{ClusterTopics, TopicApi};
 
 /// Requests one client connection may have in flight at once.
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 
-/// How long opening the storage waits for an earlier node of this process
-/// to release the directory's lock.
-const LOCK_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a stopping server lets requests under way finish and clients
+/// read what their streams still hold, before it cuts their connections.
+pub const DRAIN_MAX: Duration = Duration::from_secs(5);
+
+/// How long [`Node::stop`], once every task it started has ended, waits for
+/// the last other references to the store to go. Two kinds end just after
+/// the tasks that started them, and cannot be awaited: a store call on the
+/// blocking pool whose future was dropped (a client went away, a
+/// subscription was stopped), which cannot be cancelled; and openraft 0.9's
+/// state machine worker and replication tasks, which `Raft::shutdown` does
+/// not join (they end once the core that fed them is gone). They take
+/// milliseconds; a reference held past this is a bug, and stop says so.
+const STORE_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
 /// Opens the node's storage in `config.data_dir` and loads its topics.
 pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>)> {
@@ -36,24 +53,9 @@ pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>
         source,
     })?;
     let dir = config.data_dir.join("db");
-    // A node stopped in this process a moment ago (the demo, tests) may
-    // still be letting go of the directory's lock: wait for that, briefly.
-    let deadline = tokio::time::Instant::now() + LOCK_WAIT_MAX;
-    let store = loop {
-        let dir = dir.clone();
-        let opened = tokio::task::spawn_blocking(move || RocksStore::open(&dir))
-            .await
-            .map_err(|e| Error::Internal(format!("opening storage failed: {e}")))?;
-        match opened {
-            Err(e)
-                if e.to_string().contains("lock hold by current process")
-                    && tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-            other => break other?,
-        }
-    };
+    let store = tokio::task::spawn_blocking(move || RocksStore::open(&dir))
+        .await
+        .map_err(|e| Error::Internal(format!("opening storage failed: {e}")))??;
     let store = Arc::new(store);
     let topics = Topics::open(store.clone(), Arc::new(SystemClock)).await?;
     Ok((topics, store))
@@ -61,40 +63,84 @@ pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>
 
 /// Serves `topics` on `listener` until `shutdown` resolves; then stops the
 /// topics (queued appends fail as UNAVAILABLE, subscriptions end) and returns
-/// once every request has finished.
+/// once every request has finished and every subscription task has ended.
+/// Connections still open [`DRAIN_MAX`] after the signal (a client that
+/// stopped reading its stream) are cut.
 pub async fn run(
     listener: TcpListener,
     topics: TopicApi,
     cluster: Cluster,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
-    let service = WoofServer::new(Service::new(topics.clone(), cluster))
+    // The subscription tasks: they end on this signal, and are awaited
+    // before returning.
+    let streams = Shutdown::new();
+    let service = WoofServer::new(Service::new(topics.clone(), cluster, streams.clone()))
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let cut = CancellationToken::new();
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .map_ok({
+            let cut = cut.clone();
+            move |socket| Severable::new(socket, cut.clone())
+        });
     let stopping = async {
         shutdown.await;
         tracing::info!("shutting down");
+        // Streams end, so that the connections that carry them can close.
+        streams.request();
         topics.shutdown().await;
     };
-    Server::builder()
+    let serving = Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .add_service(service)
-        .serve_with_incoming_shutdown(incoming, stopping)
-        .await?;
+        .serve_with_incoming_shutdown(incoming, stopping);
+    // Each connection holds the service, and so the store: the server
+    // waits for them all to close, and those that do not close in time are
+    // cut.
+    let cutting = async {
+        streams.requested().await;
+        tokio::time::sleep(DRAIN_MAX).await;
+        tracing::warn!("cutting the client connections still open");
+        cut.cancel();
+        std::future::pending::<()>().await;
+    };
+    let served = tokio::select! {
+        served = serving => served,
+        () = cutting => unreachable!("cutting never ends"),
+    };
+    // Also when the server failed without being asked to stop: nothing it
+    // started outlives it.
+    streams.stop().await;
+    topics.shutdown().await;
+    served?;
     Ok(())
 }
 
 /// A node running in this process: for `woof node start`, the demo and tests.
+///
+/// Everything it starts is stopped and awaited by [`Node::stop`], which
+/// returns once the store is closed: a node can be started again on the same
+/// directory, in the same process, right after.
 pub struct Node {
     grpc_addr: SocketAddr,
     info: woof_overlay::NodeInfo,
+    /// The stop signal, and the tasks started here: the gRPC server and,
+    /// in a cluster, repair.
+    shutdown: Shutdown,
+    /// The gRPC server; `None` once it has ended and was awaited.
+    server: Option<JoinHandle<Result<()>>>,
+    /// Stopped after the server, in case the server never ran (a failed
+    /// start) or failed (the server stops them itself when it ends).
+    topics: Option<Topics>,
     overlay: Option<Overlay>,
     groups: Option<Groups>,
     /// Serves peer requests for the groups; ends after the overlay does.
     groups_task: Option<JoinHandle<()>>,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<()>>,
+    /// Held so that [`Node::stop`] can tell that nothing else holds the
+    /// store any more, and close it itself.
+    store: Option<Arc<RocksStore>>,
 }
 
 impl Node {
@@ -113,49 +159,64 @@ impl Node {
         let (topics, store) = open_topics(config).await?;
         let mut info = config.info.clone();
         info.grpc_addr = Some(format!("http://{grpc_addr}"));
-        let (api, overlay, groups, groups_task) = match &config.cluster {
-            Some(cluster) => {
-                let mut overlay = start_overlay(config, cluster, info.clone()).await?;
-                let inbound = std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1);
-                let (groups, task) = Groups::new(
-                    store,
-                    topics.clone(),
-                    Arc::new(overlay.client.clone()),
-                    inbound,
-                );
-                let held = groups.load_all().await?;
-                tracing::info!(groups = held, "raft groups loaded (each runs when used)");
-                let api = ClusterTopics::new(
-                    topics,
-                    groups.clone(),
-                    overlay.client.clone(),
-                    info.clone(),
-                );
-                tokio::spawn(api.clone().maintain(cluster.repair_after));
-                (
-                    TopicApi::Cluster(Box::new(api)),
-                    Some(overlay),
-                    Some(groups),
-                    Some(task),
-                )
-            }
-            None => (TopicApi::Local(topics), None, None, None),
-        };
-        let cluster = Cluster::new(info.clone(), overlay.as_ref().map(|o| o.client.clone()));
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(run(listener, api, cluster, async {
-            let _ = stopped.await;
-        }));
-        tracing::info!(%grpc_addr, data_dir = %config.data_dir.display(), "node serving");
-        Ok(Self {
+        let mut node = Self {
             grpc_addr,
             info,
-            overlay,
-            groups,
-            groups_task,
-            stop: Some(stop),
-            task,
-        })
+            shutdown: Shutdown::new(),
+            server: None,
+            topics: Some(topics),
+            overlay: None,
+            groups: None,
+            groups_task: None,
+            store: Some(store),
+        };
+        if let Err(e) = node.serve(config, listener).await {
+            // Whatever started stops, and the store is closed again.
+            node.shutdown.request();
+            if let Err(stop) = node.release().await {
+                tracing::warn!("stopping after a failed start: {stop}");
+            }
+            return Err(e);
+        }
+        tracing::info!(%grpc_addr, data_dir = %config.data_dir.display(), "node serving");
+        Ok(node)
+    }
+
+    /// Starts the overlay and the groups (in a cluster), then the server.
+    async fn serve(&mut self, config: &NodeConfig, listener: TcpListener) -> Result<()> {
+        let (Some(topics), Some(store)) = (self.topics.clone(), self.store.clone()) else {
+            return Err(Error::Internal("a node serves once".into()));
+        };
+        let api = match &config.cluster {
+            Some(cluster) => {
+                let mut overlay = start_overlay(config, cluster, self.info.clone()).await?;
+                let client = overlay.client.clone();
+                let inbound = std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1);
+                self.overlay = Some(overlay);
+                let (groups, task) =
+                    Groups::new(store, topics.clone(), Arc::new(client.clone()), inbound);
+                self.groups = Some(groups.clone());
+                self.groups_task = Some(task);
+                let held = groups.load_all().await?;
+                tracing::info!(groups = held, "raft groups loaded (each runs when used)");
+                let api = ClusterTopics::new(topics, groups, client, self.info.clone());
+                self.shutdown.spawn(
+                    api.clone()
+                        .maintain(cluster.repair_after, self.shutdown.clone()),
+                );
+                TopicApi::Cluster(Box::new(api))
+            }
+            None => TopicApi::Local(topics),
+        };
+        let cluster = Cluster::new(
+            self.info.clone(),
+            self.overlay.as_ref().map(|o| o.client.clone()),
+        );
+        let shutdown = self.shutdown.clone();
+        self.server = Some(self.shutdown.spawn(run(listener, api, cluster, async move {
+            shutdown.requested().await;
+        })));
+        Ok(())
     }
 
     /// Where clients reach the node.
@@ -178,32 +239,85 @@ impl Node {
         &self.info
     }
 
-    /// This node's Raft groups, if it is in a cluster.
+    /// This node's Raft groups, if it is in a cluster. A clone taken from
+    /// here holds the store: drop it before [`Node::stop`].
     pub fn groups(&self) -> Option<&Groups> {
         self.groups.as_ref()
     }
 
-    /// Stops the node and waits until its storage is closed.
+    /// Stops the node: the server stops taking requests and lets those
+    /// under way finish, subscriptions end, then repair, the groups and the
+    /// overlay stop, each awaited. Returns once the store is closed, or an
+    /// error if something still holds it (a task that outlived the node: a
+    /// bug).
     pub async fn stop(mut self) -> Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+        self.shutdown.request();
+        let served = self.wait().await;
+        let released = self.release().await;
+        served.and(released)
+    }
+
+    /// After the server ended: stops the rest in order, and closes the store.
+    async fn release(&mut self) -> Result<()> {
+        self.shutdown.stop().await;
+        if let Some(topics) = self.topics.take() {
+            topics.shutdown().await;
         }
-        let result = self.wait().await;
         if let Some(groups) = self.groups.take() {
             groups.shutdown().await;
         }
         if let Some(overlay) = self.overlay.take() {
+            // Its event loop ends, and with it the inbound channel.
             overlay.shutdown().await;
         }
-        if let Some(task) = self.groups_task.take() {
-            let _ = task.await;
+        let mut result = Ok(());
+        if let Some(task) = self.groups_task.take()
+            && let Err(e) = task.await
+        {
+            result = Err(Error::Internal(format!("the groups' peer task failed: {e}")));
         }
-        result
+        result.and(self.close_store().await)
     }
 
-    /// Waits until the node stops (it stops by itself only on a fatal error).
+    /// Closes the store once this node holds its last reference.
+    async fn close_store(&mut self) -> Result<()> {
+        let Some(mut store) = self.store.take() else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + STORE_RELEASE_WAIT;
+        loop {
+            match Arc::try_unwrap(store) {
+                Ok(store) => {
+                    // Closing flushes and joins RocksDB's threads: not on a
+                    // runtime thread.
+                    return tokio::task::spawn_blocking(move || drop(store))
+                        .await
+                        .map_err(|e| Error::Internal(format!("closing the store failed: {e}")));
+                }
+                Err(held) if tokio::time::Instant::now() >= deadline => {
+                    return Err(Error::Internal(format!(
+                        "the store is still held {} times after the node stopped \
+                         (a task outlived it)",
+                        Arc::strong_count(&held) - 1
+                    )));
+                }
+                Err(held) => {
+                    store = held;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        }
+    }
+
+    /// Waits until the node's server stops (by itself only on a fatal
+    /// error; [`Node::stop`] still has to be called then). Cancel-safe.
     pub async fn wait(&mut self) -> Result<()> {
-        match (&mut self.task).await {
+        let Some(server) = self.server.as_mut() else {
+            return Ok(());
+        };
+        let ended = server.await;
+        self.server = None;
+        match ended {
             Ok(result) => result,
             Err(e) => Err(Error::Internal(format!("node task failed: {e}"))),
         }
@@ -211,9 +325,15 @@ impl Node {
 
     /// Asks the node to stop without waiting.
     pub fn request_stop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.shutdown.request();
+    }
+}
+
+impl Drop for Node {
+    /// A node dropped without [`Node::stop`] (a test that failed) still
+    /// stops serving; only `stop` waits for it and closes the store.
+    fn drop(&mut self) {
+        self.shutdown.request();
     }
 }
 
@@ -241,4 +361,93 @@ async fn start_overlay(
         "overlay up"
     );
     Ok(overlay)
+}
+
+/// A client connection that fails every read and write once `cut` is
+/// cancelled: how a stopping server closes a connection that does not
+/// close by itself (the server's own tasks own the socket).
+struct Severable {
+    socket: TcpStream,
+    cut: Pin<Box<WaitForCancellationFutureOwned>>,
+    severed: bool,
+}
+
+impl Severable {
+    fn new(socket: TcpStream, cut: CancellationToken) -> Self {
+        Self {
+            socket,
+            cut: Box::pin(cut.cancelled_owned()),
+            severed: false,
+        }
+    }
+
+    /// An error once cut; else registers to be woken when it is.
+    fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        if !self.severed && self.cut.as_mut().poll(cx).is_ready() {
+            self.severed = true;
+        }
+        if self.severed {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "the node is stopping",
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl AsyncRead for Severable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.socket).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Severable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.socket).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.socket).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.socket.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.socket).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.socket).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Severable {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.socket.connect_info()
+    }
 }

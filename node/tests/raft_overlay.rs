@@ -144,6 +144,7 @@ async fn a_group_replicates_over_the_overlay_and_survives_a_node_stopping() {
     }
     let survivors: Vec<&Node> = nodes.iter().collect();
     converged(&survivors, 120).await;
+    drop(rafts);
     for n in nodes {
         n.stop().await.unwrap();
     }
@@ -224,6 +225,8 @@ async fn a_node_outside_the_group_creates_it_and_writes_through_the_leader() {
     }
     let survivors: Vec<&Node> = nodes[..2].iter().collect();
     converged(&survivors, 31).await;
+    // The handle holds the outsider's store; its node closes the store on stop.
+    drop(outsider);
     for n in nodes {
         n.stop().await.unwrap();
     }

@@ -178,10 +178,14 @@ pub struct Overlay {
 }
 
 impl Overlay {
-    /// Stops the event loop and closes every connection.
+    /// Stops the event loop and waits for it to end: the swarm, its
+    /// listeners and connections are dropped, and [`Overlay::inbound`]
+    /// closes. Clones of the [`Client`] answer [`Error::Closed`] from then on.
     pub async fn shutdown(self) {
         let _ = self.client.commands.send(Command::Shutdown).await;
-        let _ = self.task.await;
+        if let Err(e) = self.task.await {
+            tracing::warn!("the overlay's event loop failed: {e}");
+        }
     }
 }
 

@@ -13,6 +13,7 @@ use woof_consensus::topics::SCAN_LIMIT_MAX;
 use woof_proto::v1::{self, woof_server::Woof};
 
 use crate::cluster::Cluster;
+use crate::shutdown::Shutdown;
 use crate::topics::TopicApi;
 use convert::node_status as status;
 
@@ -31,14 +32,19 @@ pub struct Service {
     topics: TopicApi,
     cluster: Cluster,
     subscribers: Arc<Semaphore>,
+    /// Each subscription is a task feeding its stream: they end on this
+    /// signal, and the server waits for them (they hold the topics, and so
+    /// the store).
+    shutdown: Shutdown,
 }
 
 impl Service {
-    pub fn new(topics: TopicApi, cluster: Cluster) -> Self {
+    pub fn new(topics: TopicApi, cluster: Cluster, shutdown: Shutdown) -> Self {
         Self {
             topics,
             cluster,
             subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
+            shutdown,
         }
     }
 }
@@ -224,13 +230,20 @@ impl Woof for Service {
             .await
             .map_err(status)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
-        tokio::spawn(async move {
+        let shutdown = self.shutdown.clone();
+        self.shutdown.spawn(async move {
             let _permit = permit;
+            let stopping = || {
+                // Tell the client to resume elsewhere, without waiting for
+                // room in its buffer.
+                let _ = tx.try_send(Err(Status::unavailable("the node is stopping")));
+            };
             loop {
                 let batch = tokio::select! {
                     batch = subscription.next_batch(SUBSCRIBER_BATCH) => batch,
                     // The client went away while we waited for appends.
                     _ = tx.closed() => return,
+                    _ = shutdown.requested() => return stopping(),
                 };
                 match batch {
                     Ok(elements) => {
@@ -238,13 +251,20 @@ impl Woof for Service {
                             let item = v1::SubscribeResponse {
                                 element: Some(convert::element(e)),
                             };
-                            if tx.send(Ok(item)).await.is_err() {
-                                return;
+                            tokio::select! {
+                                sent = tx.send(Ok(item)) => if sent.is_err() {
+                                    return;
+                                },
+                                // A slow client does not hold the node up.
+                                _ = shutdown.requested() => return stopping(),
                             }
                         }
                     }
                     Err(e) => {
-                        let _ = tx.send(Err(status(e))).await;
+                        tokio::select! {
+                            _ = tx.send(Err(status(e))) => {}
+                            _ = shutdown.requested() => {}
+                        }
                         return;
                     }
                 }

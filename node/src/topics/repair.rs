@@ -17,6 +17,7 @@ use woof_overlay::PeerId;
 
 use super::{ClusterTopics, Location};
 use crate::placement::{self, Constraint};
+use crate::shutdown::Shutdown;
 
 /// How often a node looks for lost replicas.
 const CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -24,18 +25,23 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 const BACK_WITHIN_MS: u64 = 3_000;
 
 impl ClusterTopics {
-    /// Repairs the groups this node leads until the groups shut down.
-    pub async fn maintain(self, repair_after: Duration) {
-        let mut stop = self.groups.stopping();
+    /// Repairs the groups this node leads until `shutdown` is requested.
+    /// A repair under way is dropped then: the membership change it asked
+    /// for is the group's to finish or abandon (Raft keeps it safe either
+    /// way), and the next leader repairs whatever is still missing.
+    pub async fn maintain(self, repair_after: Duration, shutdown: Shutdown) {
         let mut removed: HashSet<(GroupId, PeerId)> = HashSet::new();
-        loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(CHECK_EVERY) => {}
+        let repairing = async {
+            loop {
+                tokio::time::sleep(CHECK_EVERY).await;
+                if let Err(e) = self.repair_once(repair_after, &mut removed).await {
+                    tracing::warn!("repair: {e}");
+                }
             }
-            if let Err(e) = self.repair_once(repair_after, &mut removed).await {
-                tracing::warn!("repair: {e}");
-            }
+        };
+        tokio::select! {
+            _ = shutdown.requested() => {}
+            _ = repairing => {}
         }
     }
 

@@ -1,0 +1,276 @@
+//! Structured shutdown: a node stopped in this process has stopped
+//! everything it started, so its store is closed when `stop` returns and
+//! the next node opens it at once, however busy the last one was.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use woof_consensus::store::{RocksStore, Store};
+use woof_node::config::{ClusterConfig, NodeConfig};
+use woof_node::server::Node;
+use woof_overlay::{ClusterKey, Multiaddr, Timing};
+use woof_proto::v1::{self, subscribe_request::Start};
+
+const RESTARTS: usize = 20;
+const TOPICS: [&str; 3] = ["restart/a", "restart/b", "restart/c"];
+
+/// Appends to `topic` at `url` until an append fails (the node stops);
+/// returns what was acknowledged, as (seq, payload).
+async fn append_until_stopped(url: String, topic: &'static str, tag: String) -> Vec<(u64, Vec<u8>)> {
+    let mut acked = Vec::new();
+    let Ok(mut c) = woof_node::cli::connect(&url).await else {
+        return acked;
+    };
+    for i in 0u64.. {
+        let payload = format!("{tag}-{i}").into_bytes();
+        let r = c
+            .append(v1::AppendRequest {
+                topic: topic.into(),
+                payload: payload.clone().into(),
+                producer: None,
+            })
+            .await;
+        match r {
+            Ok(r) => acked.push((r.into_inner().seq, payload)),
+            Err(_) => break,
+        }
+    }
+    acked
+}
+
+/// Reads a stream until it ends or fails; returns the sequence numbers.
+async fn read_until_stopped(mut stream: tonic::Streaming<v1::SubscribeResponse>) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while let Ok(Some(r)) = stream.message().await {
+        seqs.push(r.element.unwrap().seq);
+    }
+    seqs
+}
+
+/// Opens a stopped node's store directly: it must not be held by anyone.
+/// Returns each topic's elements, as (seq, payload).
+fn open_released(data_dir: &std::path::Path, round: usize) -> Vec<(String, Vec<(u64, Vec<u8>)>)> {
+    let store = RocksStore::open(&data_dir.join("db")).unwrap_or_else(|e| {
+        panic!("round {round}: the store is still held after stop returned: {e}")
+    });
+    let held = store
+        .topics()
+        .unwrap()
+        .into_iter()
+        .map(|m| {
+            let elements = store
+                .scan(m.id, 1, 1_000_000, usize::MAX)
+                .unwrap()
+                .into_iter()
+                .map(|e| (e.seq, e.payload.to_vec()))
+                .collect();
+            (m.name.to_string(), elements)
+        })
+        .collect();
+    drop(store);
+    held
+}
+
+/// Dense from 1, and holding every acknowledged append where it was acknowledged.
+fn check_log(round: usize, topic: &str, held: &[(u64, Vec<u8>)], acked: &[(u64, Vec<u8>)]) {
+    for (i, (seq, _)) in held.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1, "round {round}: {topic} is not dense");
+    }
+    for (seq, payload) in acked {
+        assert_eq!(
+            held.get(*seq as usize - 1).map(|(_, p)| p),
+            Some(payload),
+            "round {round}: {topic} lost acknowledged #{seq}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_node_stops_and_starts_again_twenty_times() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path());
+    let mut acked: Vec<Vec<(u64, Vec<u8>)>> = vec![Vec::new(); TOPICS.len()];
+    let started = Instant::now();
+    for round in 0..RESTARTS {
+        let node = Node::start(&config).await.unwrap();
+        let url = node.url();
+        let mut c = connect(&url).await;
+        if round == 0 {
+            for t in TOPICS {
+                create(&mut c, t, 0, 0).await;
+            }
+        }
+        // The data is still there: a subscriber from #1 replays all of it.
+        let held_before = acked[0].iter().map(|a| a.0).max().unwrap_or(0);
+        let mut replay = subscribe(&mut c, TOPICS[0], Start::FromSeq(1)).await;
+        for seq in 1..=held_before {
+            assert_eq!(next_element(&mut replay).await.seq, seq, "round {round}");
+        }
+        let reader = tokio::spawn(read_until_stopped(replay));
+        // A subscriber that never reads, and one waiting for what comes next.
+        let stalled = subscribe(&mut c, TOPICS[1], Start::FromSeq(1)).await;
+        let waiting = subscribe(&mut c, TOPICS[2], Start::Latest(true)).await;
+        let base = latest(&mut c, TOPICS[2]).await.last_seq;
+        let writers: Vec<_> = (0..TOPICS.len() * 2)
+            .map(|w| {
+                let t = w % TOPICS.len();
+                let tag = format!("{round}-{w}");
+                (t, tokio::spawn(append_until_stopped(url.clone(), TOPICS[t], tag)))
+            })
+            .collect();
+        // Busy: stop once the writers got going, while they still append.
+        while latest(&mut c, TOPICS[2]).await.last_seq < base + 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let stopping = Instant::now();
+        node.stop().await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let stop_took = stopping.elapsed();
+        let held = open_released(dir.path(), round);
+        assert!(
+            stop_took < Duration::from_secs(3),
+            "round {round}: stopping took {stop_took:?}"
+        );
+
+        for (t, writer) in writers {
+            acked[t].extend(writer.await.unwrap());
+        }
+        for (t, topic) in TOPICS.iter().enumerate() {
+            let (_, log) = held.iter().find(|(n, _)| n == topic).unwrap();
+            check_log(round, topic, log, &acked[t]);
+        }
+        let seen = reader.await.unwrap();
+        assert_eq!(
+            seen,
+            (held_before + 1..held_before + 1 + seen.len() as u64).collect::<Vec<_>>(),
+            "round {round}: the subscriber saw a gap"
+        );
+        drop((stalled, waiting));
+    }
+    let total: usize = acked.iter().map(Vec::len).sum();
+    eprintln!(
+        "{RESTARTS} restarts, {total} appends acknowledged, in {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_does_not_hold_the_node_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = Node::start(&config(dir.path())).await.unwrap();
+    let mut c = connect(&n.url()).await;
+    create(&mut c, "big", 64 * 1024, 0).await;
+    // More than a client's flow-control window holds (2 MiB by default).
+    for i in 0..64u8 {
+        append(&mut c, "big", vec![i; 64 * 1024]).await;
+    }
+    let stalled = subscribe(&mut c, "big", Start::FromSeq(1)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopping = Instant::now();
+    n.stop().await.unwrap();
+    let took = stopping.elapsed();
+    open_released(dir.path(), 0);
+    assert!(
+        took < woof_node::server::DRAIN_MAX + Duration::from_secs(2),
+        "stopping took {took:?}"
+    );
+    drop(stalled);
+}
+
+async fn start_clustered(dir: &std::path::Path, key: ClusterKey, join: Vec<Multiaddr>) -> Node {
+    let mut config = NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.cluster = Some(ClusterConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        join,
+        key,
+        timing: Timing::default(),
+        join_timeout: Duration::from_secs(10),
+        repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
+    });
+    Node::start(&config).await.unwrap()
+}
+
+/// One node of three stopped and started again twenty times while writers
+/// append through another, and a subscriber follows its replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_with_busy_groups_stops_and_starts_again_twenty_times() {
+    const NAMES: [&str; 2] = ["busy/a", "busy/b"];
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate();
+    let a = start_clustered(&dir.path().join("a"), key, vec![]).await;
+    let join = a.overlay().unwrap().listen_addrs().to_vec();
+    let b = start_clustered(&dir.path().join("b"), key, join.clone()).await;
+    let restarted_dir = dir.path().join("c");
+    let mut c_node = start_clustered(&restarted_dir, key, join.clone()).await;
+    let mut ca = connect(&a.url()).await;
+    for _ in 0..100 {
+        let alive = a.overlay().unwrap().members().await.unwrap().len();
+        if alive == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for name in NAMES {
+        create_replicated(&mut ca, name, 3, "").await;
+    }
+    let (stop_writers, stopping) = tokio::sync::watch::channel(false);
+    let writers: Vec<_> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| tokio::spawn(writer(ca.clone(), *name, i, stopping.clone())))
+        .collect();
+
+    let started = Instant::now();
+    let mut held_before = 0;
+    for round in 0..RESTARTS {
+        // The restarted node serves its replica again, and catches up.
+        let mut cc = connect(&c_node.url()).await;
+        let mut follow = subscribe(&mut cc, NAMES[0], Start::FromSeq(1)).await;
+        let target = latest(&mut ca, NAMES[0]).await.last_seq + 5;
+        let mut next = 1;
+        while next <= target {
+            let e = next_element(&mut follow).await;
+            assert_eq!(e.seq, next, "round {round}: the follower saw a gap");
+            next += 1;
+        }
+
+        let stopping = Instant::now();
+        c_node
+            .stop()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let stop_took = stopping.elapsed();
+        let held = open_released(&restarted_dir, round);
+        assert!(
+            stop_took < Duration::from_secs(5),
+            "round {round}: stopping took {stop_took:?}"
+        );
+        drop(follow);
+        // What it held is still there, dense from 1.
+        let (_, log) = held.iter().find(|(n, _)| n == NAMES[0]).unwrap();
+        check_log(round, NAMES[0], log, &[]);
+        assert!(
+            log.len() as u64 >= held_before.max(target),
+            "round {round}: holds {} elements, had {held_before}, followed to {target}",
+            log.len()
+        );
+        held_before = log.len() as u64;
+        c_node = start_clustered(&restarted_dir, key, join.clone()).await;
+    }
+    eprintln!("{RESTARTS} restarts of a cluster node in {:?}", started.elapsed());
+
+    stop_writers.send_replace(true);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.push(w.await.unwrap());
+    }
+    assert!(acked.iter().all(|a| !a.is_empty()));
+    drop(ca);
+    for n in [a, b, c_node] {
+        n.stop().await.unwrap();
+    }
+    let held = stored(&dir.path().join("a"), NAMES[0]);
+    assert_log_holds(&held, &acked[0]);
+}
