@@ -134,7 +134,7 @@ mod tests {
         }
         let waiting = tokio::spawn({
             let lanes = lanes.clone();
-            async move { lanes.take().await.id }
+            async move { lanes.take().await.id.clone() }
         });
         let short = std::time::Duration::from_millis(50);
         assert!(

@@ -152,6 +152,7 @@ impl<H: Clone> Slots<H> {
     }
 
     /// How many groups this node holds.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map().len()
     }
