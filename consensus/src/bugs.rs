@@ -18,8 +18,9 @@ pub enum Bug {
     /// again (`topics::Subscription::next_batch`).
     SubscriberRedelivers,
     /// A group restarted from what its disk holds is not registered with
-    /// the node's router: no other replica can reach it
-    /// (`raft::group::start`).
+    /// the node's router, and the node's waker does not hand it out either:
+    /// no other replica can reach it (`raft::group::start`, the waker in
+    /// `woof_node::groups`).
     RestartedGroupUnreachable,
 }
 
@@ -34,9 +35,10 @@ pub fn set(bug: Option<Bug>) {
     ON.with(|b| b.set(bug));
 }
 
-/// Whether `bug` is on for the calling thread.
+/// Whether `bug` is on for the calling thread (for the node crate's
+/// deliberate bugs too).
 #[inline]
-pub(crate) fn on(bug: Bug) -> bool {
+pub fn on(bug: Bug) -> bool {
     #[cfg(feature = "sim-bugs")]
     {
         ON.with(|b| b.get() == Some(bug))

@@ -12,9 +12,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tonic::transport::Server;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use woof_consensus::store::RocksStore;
 use woof_consensus::{SystemClock, Topics};
 use woof_overlay::{Overlay, OverlayConfig};
@@ -274,7 +274,9 @@ impl Node {
         if let Some(task) = self.groups_task.take()
             && let Err(e) = task.await
         {
-            result = Err(Error::Internal(format!("the groups' peer task failed: {e}")));
+            result = Err(Error::Internal(format!(
+                "the groups' peer task failed: {e}"
+            )));
         }
         result.and(self.close_store().await)
     }
@@ -436,10 +438,7 @@ impl AsyncWrite for Severable {
         Pin::new(&mut self.socket).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.socket).poll_shutdown(cx)
     }
 }

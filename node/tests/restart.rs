@@ -18,7 +18,11 @@ const TOPICS: [&str; 3] = ["restart/a", "restart/b", "restart/c"];
 
 /// Appends to `topic` at `url` until an append fails (the node stops);
 /// returns what was acknowledged, as (seq, payload).
-async fn append_until_stopped(url: String, topic: &'static str, tag: String) -> Vec<(u64, Vec<u8>)> {
+async fn append_until_stopped(
+    url: String,
+    topic: &'static str,
+    tag: String,
+) -> Vec<(u64, Vec<u8>)> {
     let mut acked = Vec::new();
     let Ok(mut c) = woof_node::cli::connect(&url).await else {
         return acked;
@@ -117,7 +121,10 @@ async fn a_busy_node_stops_and_starts_again_twenty_times() {
             .map(|w| {
                 let t = w % TOPICS.len();
                 let tag = format!("{round}-{w}");
-                (t, tokio::spawn(append_until_stopped(url.clone(), TOPICS[t], tag)))
+                (
+                    t,
+                    tokio::spawn(append_until_stopped(url.clone(), TOPICS[t], tag)),
+                )
             })
             .collect();
         // Busy: stop once the writers got going, while they still append.
@@ -126,7 +133,9 @@ async fn a_busy_node_stops_and_starts_again_twenty_times() {
         }
 
         let stopping = Instant::now();
-        node.stop().await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        node.stop()
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
         let stop_took = stopping.elapsed();
         let held = open_released(dir.path(), round);
         assert!(
@@ -259,7 +268,10 @@ async fn a_cluster_node_with_busy_groups_stops_and_starts_again_twenty_times() {
         held_before = log.len() as u64;
         c_node = start_clustered(&restarted_dir, key, join.clone()).await;
     }
-    eprintln!("{RESTARTS} restarts of a cluster node in {:?}", started.elapsed());
+    eprintln!(
+        "{RESTARTS} restarts of a cluster node in {:?}",
+        started.elapsed()
+    );
 
     stop_writers.send_replace(true);
     let mut acked = Vec::new();

@@ -38,6 +38,7 @@ use openraft::Raft;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use woof_consensus::Topics;
+use woof_consensus::bugs::{self, Bug};
 use woof_consensus::raft::TypeConfig;
 use woof_consensus::raft::network::Router;
 use woof_consensus::store::{GroupId, GroupStore};
@@ -144,7 +145,14 @@ impl Groups {
             let groups = waking.clone();
             waking
                 .tasks
-                .spawn(async move { groups.wake(group).await.ok().flatten() })
+                .spawn(async move {
+                    let raft = groups.wake(group).await.ok().flatten()?;
+                    let unregistered = groups.router.get(group).is_none();
+                    if unregistered && bugs::on(Bug::RestartedGroupUnreachable) {
+                        return None;
+                    }
+                    Some(raft)
+                })
                 .map(|woken| woken.ok().flatten())
                 .boxed()
         })));

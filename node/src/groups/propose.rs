@@ -163,7 +163,11 @@ async fn drain(groups: Groups, group: GroupId, proposer: Shared, first: Vec<Prop
 
 /// Commits one batch and answers each proposal.
 async fn commit(groups: &Groups, group: GroupId, mut batch: Vec<Proposal>) {
-    assert!(!batch.is_empty(), "group {}: an empty batch to commit", group.0);
+    assert!(
+        !batch.is_empty(),
+        "group {}: an empty batch to commit",
+        group.0
+    );
     let Some(raft) = groups.running(group) else {
         for p in batch {
             let _ = p.reply.send(ControlReply::NoGroup);
