@@ -53,9 +53,12 @@ async fn read_until_stopped(mut stream: tonic::Streaming<v1::SubscribeResponse>)
     seqs
 }
 
+/// A topic's name and its elements, as (seq, payload).
+type Held = (String, Vec<(u64, Vec<u8>)>);
+
 /// Opens a stopped node's store directly: it must not be held by anyone.
-/// Returns each topic's elements, as (seq, payload).
-fn open_released(data_dir: &std::path::Path, round: usize) -> Vec<(String, Vec<(u64, Vec<u8>)>)> {
+/// Returns each topic's elements.
+fn open_released(data_dir: &std::path::Path, round: usize) -> Vec<Held> {
     let store = RocksStore::open(&data_dir.join("db")).unwrap_or_else(|e| {
         panic!("round {round}: the store is still held after stop returned: {e}")
     });
@@ -228,7 +231,7 @@ async fn a_cluster_node_with_busy_groups_stops_and_starts_again_twenty_times() {
     let writers: Vec<_> = NAMES
         .iter()
         .enumerate()
-        .map(|(i, name)| tokio::spawn(writer(ca.clone(), *name, i, stopping.clone())))
+        .map(|(i, name)| tokio::spawn(writer(ca.clone(), name, i, stopping.clone())))
         .collect();
 
     let started = Instant::now();
