@@ -50,6 +50,8 @@ const INSTALLING: &str = "installing";
 const SNAPSHOT_IO_BYTES: usize = 64 * 1024;
 
 type Membership = StoredMembership<u64, BasicNode>;
+/// A snapshot's metadata and its file, open to be read.
+type Built = (SnapshotMeta<u64, BasicNode>, SnapshotFile);
 
 /// The last applied log id and membership, stored with the data.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -159,7 +161,7 @@ impl TopicStateMachine {
 
     /// Builds a snapshot of the current state into a new file, keeps it as
     /// the group's, and opens it to be read.
-    async fn build(&mut self) -> Result<(SnapshotMeta<u64, BasicNode>, SnapshotFile), Error> {
+    async fn build(&mut self) -> Result<Built, Error> {
         let header = Header {
             applied: ByteBuf::from(encode(&self.applied)?),
             meta: self.machine.as_ref().map(|m| m.meta().clone()),
@@ -375,7 +377,7 @@ pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Resul
 /// A snapshot built when openraft asked for a builder (built then, while no
 /// apply can run, so that it is one log position's state).
 pub struct Builder {
-    taken: Option<Result<(SnapshotMeta<u64, BasicNode>, SnapshotFile), Error>>,
+    taken: Option<Result<Built, Error>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
