@@ -313,15 +313,22 @@ async fn new_replica_from_snapshot<S: GroupStore>(leader: S, follower: S) {
             .await
             .unwrap();
     }
+    // The metrics may lag behind the writes: wait for a snapshot that holds
+    // at least what they show, then purge the log up to it.
     let applied = raft1.metrics().borrow().last_applied.unwrap();
     raft1.trigger().snapshot().await.unwrap();
     until("the snapshot is built", || {
-        raft1.metrics().borrow().snapshot == Some(applied)
+        raft1
+            .metrics()
+            .borrow()
+            .snapshot
+            .is_some_and(|s| s >= applied)
     })
     .await;
-    raft1.trigger().purge_log(applied.index).await.unwrap();
+    let built = raft1.metrics().borrow().snapshot.unwrap();
+    raft1.trigger().purge_log(built.index).await.unwrap();
     until("the log is purged", || {
-        raft1.metrics().borrow().purged == Some(applied)
+        raft1.metrics().borrow().purged == Some(built)
     })
     .await;
 
