@@ -7,7 +7,7 @@
 //! `SimStore` keeps what its process sees (`current`) apart from what is on
 //! the platter (`durable`):
 //! - synced calls (`Store::write`, `append_log`, `truncate_log`,
-//!   `put_value`, `delete_group`) are durable when they return, and make
+//!   `put_value`, `delete_group`, `snapshot_keep`) are durable when they return, and make
 //!   every unsynced call before them durable too;
 //! - unsynced calls (`write_unsynced`, `trim`, `purge_log`) wait in
 //!   `pending` until the next synced one;
@@ -23,10 +23,11 @@
 //!   applied (openraft then stops the group on that node: a storage error
 //!   is fatal to it).
 
+use std::io::Cursor;
 use std::sync::{Mutex, MutexGuard};
 
 use woof_consensus::Error;
-use woof_consensus::store::{GroupId, MemStore, Op, RaftLogStore, Store, WriteBatch};
+use woof_consensus::store::{GroupId, MemStore, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};
 use woof_consensus::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
 use crate::rng::SimRng;
@@ -44,6 +45,9 @@ enum DiskOp {
     PurgeLog(GroupId, u64),
     PutValue(GroupId, String, Vec<u8>),
     DeleteGroup(GroupId),
+    /// A group's snapshot made its kept one: like a file synced and
+    /// renamed into place, durable when the call returns.
+    KeepSnapshot(GroupId, Vec<u8>),
 }
 
 impl DiskOp {
@@ -63,6 +67,9 @@ impl DiskOp {
             DiskOp::PurgeLog(g, upto) => to.purge_log(*g, *upto),
             DiskOp::PutValue(g, name, value) => to.put_value(*g, name, value),
             DiskOp::DeleteGroup(g) => to.delete_group(*g),
+            DiskOp::KeepSnapshot(g, bytes) => {
+                to.snapshot_keep(*g, SnapshotFile::Memory(Cursor::new(bytes.clone())))
+            }
         }
     }
 }
@@ -391,6 +398,18 @@ impl RaftLogStore for SimStore {
 
     fn groups(&self) -> Result<Vec<GroupId>> {
         self.read(|s| s.groups())
+    }
+
+    fn snapshot_create(&self) -> Result<SnapshotFile> {
+        self.read(|s| s.snapshot_create())
+    }
+
+    fn snapshot_keep(&self, group: GroupId, file: SnapshotFile) -> Result<()> {
+        self.mutate(DiskOp::KeepSnapshot(group, file.into_bytes()?))
+    }
+
+    fn snapshot_open(&self, group: GroupId) -> Result<Option<SnapshotFile>> {
+        self.read(|s| s.snapshot_open(group))
     }
 }
 

@@ -8,19 +8,31 @@ use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 use super::TypeConfig;
 use super::log_store::LogStore;
 use super::network::{NetworkFactory, Router, Transport};
+use super::snapshot::SnapshotLimits;
 use super::state_machine::TopicStateMachine;
 use crate::bugs::{self, Bug};
 use crate::error::Error;
 use crate::store::{GroupId, GroupStore};
 use crate::topics::Topics;
 
-/// Timing of every group on a node.
+/// Timing of every group on a node, and the sizes its snapshots move in.
 #[derive(Debug, Clone, Copy)]
 pub struct Timing {
     pub heartbeat_ms: u64,
     pub election_min_ms: u64,
     pub election_max_ms: u64,
+    /// The most snapshot bytes one InstallSnapshot message carries
+    /// (openraft's `snapshot_max_chunk_size`).
+    pub snapshot_chunk_bytes: u64,
+    /// How much of a snapshot a replica reads or writes at once while it
+    /// builds or installs one.
+    pub snapshot_limits: SnapshotLimits,
 }
+
+/// 1 MiB: well under what one message of the node's transport may carry
+/// (a Raft batch of 4 MiB, an overlay message of 16 MiB), and big enough
+/// that a large topic does not take a round trip per element.
+const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 
 impl Default for Timing {
     /// Failover within about a second and a half on a LAN: openraft 0.9
@@ -31,6 +43,8 @@ impl Default for Timing {
             heartbeat_ms: 100,
             election_min_ms: 400,
             election_max_ms: 700,
+            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
+            snapshot_limits: SnapshotLimits::default(),
         }
     }
 }
@@ -60,13 +74,16 @@ pub async fn start(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
         max_payload_entries: PAYLOAD_ENTRIES_MAX,
         max_in_snapshot_log_to_keep: 1_000,
+        snapshot_max_chunk_size: timing.snapshot_chunk_bytes,
         ..Config::default()
     }
     .validate()
     .map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?;
     let unreachable = bugs::on(Bug::RestartedGroupUnreachable) && store.last_log(group)?.is_some();
     let log = LogStore::new(store.clone(), group);
-    let mut sm = TopicStateMachine::open(store.clone(), store, group).await?;
+    let mut sm = TopicStateMachine::open(store.clone(), store, group)
+        .await?
+        .with_snapshot_limits(timing.snapshot_limits);
     if let Some(topics) = readers {
         sm = sm.publishing_to(topics.clone());
     }

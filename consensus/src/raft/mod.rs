@@ -7,6 +7,9 @@
 //! - [`log_store`]: openraft's `RaftLogStorage` over a [`RaftLogStore`].
 //! - [`state_machine`]: openraft's `RaftStateMachine`: applies commands to
 //!   the topic through [`crate::topic::Machine`], snapshots the topic.
+//! - [`snapshot`]: a snapshot's bytes (a file, or a buffer for in-memory
+//!   stores) and their versioned encoding, read and written in bounded
+//!   pieces.
 //! - [`network`]: the [`network::Transport`] a node sends Raft messages
 //!   over, and the [`network::Router`] that hands received ones to groups.
 //! - [`group`]: starting a topic's group on a node, with its [`group::Timing`].
@@ -19,9 +22,8 @@ pub mod group;
 pub mod log_store;
 pub mod network;
 pub mod runtime;
+pub mod snapshot;
 pub mod state_machine;
-
-use std::io::Cursor;
 
 use serde_bytes::ByteBuf;
 
@@ -36,7 +38,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = openraft::BasicNode,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = Cursor<Vec<u8>>,
+        SnapshotData = snapshot::SnapshotData,
         AsyncRuntime = runtime::WoofRuntime,
 );
 

@@ -8,9 +8,21 @@
 //!
 //! With [`TopicStateMachine::publishing_to`], every apply also shows the new
 //! range to the node's [`Topics`], which serves reads and subscriptions.
+//!
+//! Snapshots never sit whole in memory ([`super::snapshot`]). Building one
+//! reads the topic page by page into a new snapshot file and keeps it as the
+//! group's snapshot. Installing one checks the received file through, keeps
+//! it, then writes its elements in bounded batches: the first batch (synced)
+//! marks the install as under way ([`INSTALLING`]), the last (synced) writes
+//! the topic's metadata and the applied state and clears the mark. A crash
+//! in between leaves the mark, and [`TopicStateMachine::open`] finishes the
+//! install from the kept file before anything else. When the snapshot only
+//! extends what this replica holds (the same topic, no element past the
+//! snapshot's last), the replica's elements stay in place while it
+//! installs: they are the same history's, so readers see no gap.
 
 use std::collections::HashMap;
-use std::io::Cursor;
+use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -20,18 +32,26 @@ use openraft::{
 };
 use serde_bytes::ByteBuf;
 
+use super::snapshot::{
+    Header, PRODUCERS_MAX, Record, SnapshotData, SnapshotLimits, SnapshotReader, SnapshotWriter,
+};
 use super::{Command, CommandResult, TypeConfig, blocking, decode, encode, quick};
 use crate::error::Error;
-use crate::store::{GroupId, Op, RaftLogStore, Store, WriteBatch};
-use crate::topic::{Element, Machine, Producer, ProducerWindow, TopicId, TopicMeta};
+use crate::store::{GroupId, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};
+use crate::topic::{Machine, PRODUCER_WINDOW, Producer, ProducerWindow, TopicId, TopicMeta};
 use crate::topics::Topics;
 
 /// The value name under which the applied state is kept.
 const APPLIED: &str = "applied";
-/// Producer windows a snapshot carries at most.
-const SNAPSHOT_PRODUCERS_MAX: usize = 100_000;
+/// The value name that, while not empty, says a snapshot install is under
+/// way: its first batches are written, its last is not.
+const INSTALLING: &str = "installing";
+/// The buffer between a snapshot file and its encoding, either way.
+const SNAPSHOT_IO_BYTES: usize = 64 * 1024;
 
 type Membership = StoredMembership<u64, BasicNode>;
+/// A snapshot's metadata and its file, open to be read.
+type Built = (SnapshotMeta<u64, BasicNode>, SnapshotFile);
 
 /// The last applied log id and membership, stored with the data.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
@@ -40,24 +60,20 @@ struct Applied {
     membership: Membership,
 }
 
-/// A whole topic at one log position.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SnapshotData {
-    applied: Applied,
-    meta: Option<TopicMeta>,
-    elements: Vec<(u64, u64, ByteBuf)>,
-    producers: Vec<(String, ByteBuf)>,
-}
-
 /// One topic's state machine.
 pub struct TopicStateMachine {
     store: Arc<dyn Store>,
     group: GroupId,
     machine: Option<Machine>,
     applied: Applied,
-    current: Option<(SnapshotMeta<u64, BasicNode>, Vec<u8>)>,
+    /// Where snapshots are kept (the same database as `store`).
+    raft: Arc<dyn RaftLogStore>,
+    /// What the group's kept snapshot holds, once this process built or
+    /// installed it (`None` while it is being replaced).
+    current: Option<SnapshotMeta<u64, BasicNode>>,
     /// Where readers learn of what was applied.
     readers: Option<Topics>,
+    limits: SnapshotLimits,
 }
 
 fn sm_read(e: Error) -> StorageError<u64> {
@@ -79,7 +95,12 @@ impl TopicStateMachine {
         group: GroupId,
     ) -> Result<Self, Error> {
         let (s, r) = (store.clone(), raft.clone());
-        let (machine, applied) = blocking(move || {
+        let (machine, applied, resumed) = blocking(move || {
+            // The kept snapshot is then the one just installed.
+            let resumed = installing(&*r, group)?;
+            if resumed {
+                install_kept(&*s, &*r, group, None, SnapshotLimits::default())?;
+            }
             let topic = TopicId(group.0);
             let machine = match s.topic(topic)? {
                 Some(meta) => Some(Machine::new(meta, s.last_seq(topic)?)),
@@ -90,17 +111,25 @@ impl TopicStateMachine {
                 .map(|b| decode::<Applied>(&b))
                 .transpose()?
                 .unwrap_or_default();
-            Ok((machine, applied))
+            Ok((machine, applied, resumed))
         })
         .await?;
         Ok(Self {
             store,
             group,
             machine,
+            current: resumed.then(|| snapshot_meta(group, &applied)),
             applied,
-            current: None,
+            raft,
             readers: None,
+            limits: SnapshotLimits::default(),
         })
+    }
+
+    /// Builds and installs snapshots within `limits`.
+    pub fn with_snapshot_limits(mut self, limits: SnapshotLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Publishes every applied change to `topics` (and what is applied now).
@@ -130,50 +159,183 @@ impl TopicStateMachine {
         TopicId(self.group.0)
     }
 
-    /// Builds a snapshot of the current state.
-    fn snapshot(&self) -> Result<(SnapshotMeta<u64, BasicNode>, Vec<u8>), Error> {
-        let mut elements = Vec::new();
-        if let Some(m) = &self.machine {
-            let range = m.range();
-            let mut next = range.first.max(1);
-            while range.last > 0 && next <= range.last {
-                let batch = self.store.scan(self.topic(), next, 1000, 4 << 20)?;
-                let Some(last) = batch.last() else { break };
-                next = last.seq + 1;
-                elements.extend(
-                    batch
-                        .into_iter()
-                        .filter(|e| e.seq <= range.last)
-                        .map(|e| (e.seq, e.append_time_ms, ByteBuf::from(e.payload.to_vec()))),
-                );
-            }
-        }
-        let producers = self
-            .store
-            .producers(self.topic(), SNAPSHOT_PRODUCERS_MAX)?
-            .into_iter()
-            .map(|(id, w)| (id, ByteBuf::from(w.encode())))
-            .collect();
-        let data = SnapshotData {
-            applied: self.applied.clone(),
+    /// Builds a snapshot of the current state into a new file, keeps it as
+    /// the group's, and opens it to be read.
+    async fn build(&mut self) -> Result<Built, Error> {
+        let header = Header {
+            applied: ByteBuf::from(encode(&self.applied)?),
             meta: self.machine.as_ref().map(|m| m.meta().clone()),
-            elements,
-            producers,
+            last_seq: self.machine.as_ref().map_or(0, Machine::last_seq),
         };
-        let bytes = encode(&data)?;
-        let last = self.applied.last_applied;
-        let meta = SnapshotMeta {
-            last_log_id: last,
-            last_membership: self.applied.membership.clone(),
-            snapshot_id: format!(
-                "{}-{}-{}",
-                self.group.0,
-                last.map_or(0, |l| l.leader_id.term),
-                last.map_or(0, |l| l.index)
-            ),
-        };
-        Ok((meta, bytes))
+        let first = self.machine.as_ref().map_or(0, |m| m.range().first);
+        let (store, raft, group, limits) = (
+            self.store.clone(),
+            self.raft.clone(),
+            self.group,
+            self.limits,
+        );
+        self.current = None;
+        let file = blocking(move || {
+            let topic = TopicId(group.0);
+            let file = raft.snapshot_create()?;
+            let mut out =
+                SnapshotWriter::new(BufWriter::with_capacity(SNAPSHOT_IO_BYTES, file), &header)?;
+            let mut next = first.max(1);
+            while header.last_seq > 0 && next <= header.last_seq {
+                let page = store.scan(
+                    topic,
+                    next,
+                    limits.batch_elements_max,
+                    limits.batch_bytes_max,
+                )?;
+                let Some(last) = page.last() else { break };
+                next = last.seq + 1;
+                for e in page.iter().filter(|e| e.seq <= header.last_seq) {
+                    out.element(e)?;
+                }
+            }
+            if header.meta.is_some() {
+                for (id, window) in store.producers(topic, PRODUCERS_MAX as usize)? {
+                    out.producer(&id, &window)?;
+                }
+            }
+            let file = out
+                .finish()?
+                .into_inner()
+                .map_err(|e| Error::Storage(format!("writing a snapshot: {}", e.error())))?;
+            raft.snapshot_keep(group, file)?;
+            raft.snapshot_open(group)?
+                .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))
+        })
+        .await?;
+        let meta = snapshot_meta(self.group, &self.applied);
+        self.current = Some(meta.clone());
+        Ok((meta, file))
     }
+}
+
+/// What a snapshot of `group` in the state `applied` is called.
+fn snapshot_meta(group: GroupId, applied: &Applied) -> SnapshotMeta<u64, BasicNode> {
+    let last = applied.last_applied;
+    SnapshotMeta {
+        last_log_id: last,
+        last_membership: applied.membership.clone(),
+        snapshot_id: format!(
+            "{}-{}-{}",
+            group.0,
+            last.map_or(0, |l| l.leader_id.term),
+            last.map_or(0, |l| l.index)
+        ),
+    }
+}
+
+/// Whether an install of a snapshot into `group` was interrupted.
+fn installing(raft: &dyn RaftLogStore, group: GroupId) -> Result<bool, Error> {
+    Ok(raft
+        .value(group, INSTALLING)?
+        .is_some_and(|v| !v.is_empty()))
+}
+
+/// Reads `file` through, checking all of it, and rewinds it.
+fn verify(file: &mut SnapshotFile) -> Result<(), Error> {
+    let rewind = |file: &mut SnapshotFile| {
+        file.seek(SeekFrom::Start(0))
+            .map_err(|e| Error::Storage(format!("reading a snapshot: {e}")))
+    };
+    rewind(file)?;
+    let mut reader = SnapshotReader::new(BufReader::with_capacity(SNAPSHOT_IO_BYTES, &mut *file))?;
+    while reader.next_record()?.is_some() {}
+    rewind(file)?;
+    Ok(())
+}
+
+/// What an install left the state machine with.
+struct Installed {
+    meta: Option<TopicMeta>,
+    last_seq: u64,
+    applied: Applied,
+}
+
+/// Installs `group`'s kept snapshot into the store, in batches of at most
+/// `limits` (see the module documentation). `expect` is the last log id the
+/// snapshot was announced with, if known.
+fn install_kept(
+    store: &dyn Store,
+    raft: &dyn RaftLogStore,
+    group: GroupId,
+    expect: Option<Option<LogId<u64>>>,
+    limits: SnapshotLimits,
+) -> Result<Installed, Error> {
+    let file = raft
+        .snapshot_open(group)?
+        .ok_or_else(|| Error::Corrupt(format!("group {}: no kept snapshot to install", group.0)))?;
+    let mut reader = SnapshotReader::new(BufReader::with_capacity(SNAPSHOT_IO_BYTES, file))?;
+    let header = reader.header().clone();
+    let applied: Applied = decode(&header.applied)?;
+    if let Some(expect) = expect
+        && expect != applied.last_applied
+    {
+        return Err(Error::Corrupt(format!(
+            "a snapshot announced at {expect:?} holds the state at {:?}",
+            applied.last_applied
+        )));
+    }
+    let topic = TopicId(group.0);
+    if let Some(m) = &header.meta
+        && m.id != topic
+    {
+        return Err(Error::Corrupt(format!(
+            "a snapshot of topic {} sent to group {}",
+            m.id.0, group.0
+        )));
+    }
+    // The replica's elements may stay only if the snapshot extends them.
+    let extends = match (&header.meta, store.topic(topic)?) {
+        (Some(new), Some(old)) => *new == old && store.last_seq(topic)? <= header.last_seq,
+        _ => false,
+    };
+    let mut batch = WriteBatch::default();
+    if !extends {
+        batch.push(Op::DeleteTopic(topic));
+    }
+    batch.push(Op::PutRaftValue(
+        group,
+        INSTALLING.into(),
+        encode(&applied.last_applied)?,
+    ));
+    store.write(&batch)?;
+    let mut batch = WriteBatch::default();
+    let (mut bytes, mut count) = (0, 0);
+    while let Some(record) = reader.next_record()? {
+        let size = match &record {
+            Record::Element(e) => e.payload.len(),
+            Record::Producer(id, _) => id.len() + 24 * PRODUCER_WINDOW,
+        };
+        if count > 0
+            && (bytes + size > limits.batch_bytes_max || count >= limits.batch_elements_max)
+        {
+            // Unsynced: the last batch is synced, and makes these durable.
+            store.write_unsynced(&std::mem::take(&mut batch))?;
+            (bytes, count) = (0, 0);
+        }
+        match record {
+            Record::Element(e) => batch.put_element(topic, e),
+            Record::Producer(id, window) => batch.put_producer(topic, &id, &window),
+        }
+        bytes += size;
+        count += 1;
+    }
+    if let Some(m) = &header.meta {
+        batch.push(Op::PutTopic(m.clone()));
+    }
+    batch.push(Op::PutRaftValue(group, APPLIED.into(), encode(&applied)?));
+    batch.push(Op::PutRaftValue(group, INSTALLING.into(), Vec::new()));
+    store.write(&batch)?;
+    Ok(Installed {
+        meta: header.meta,
+        last_seq: header.last_seq,
+        applied,
+    })
 }
 
 /// What a stopped group's storage says about its topic, without starting it.
@@ -212,17 +374,22 @@ pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Resul
     })
 }
 
-/// A snapshot taken when openraft asked for a builder.
+/// A snapshot built when openraft asked for a builder (built then, while no
+/// apply can run, so that it is one log position's state).
 pub struct Builder {
-    taken: Result<(SnapshotMeta<u64, BasicNode>, Vec<u8>), Error>,
+    taken: Option<Result<Built, Error>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
-        let (meta, bytes) = self.taken.clone().map_err(sm_read)?;
+        let (meta, file) = self
+            .taken
+            .take()
+            .unwrap_or_else(|| Err(Error::InvalidArgument("a builder builds once".into())))
+            .map_err(sm_read)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(SnapshotData::from_file(file)),
         })
     }
 }
@@ -351,76 +518,68 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        let taken = self.snapshot();
-        if let Ok(taken) = &taken {
-            self.current = Some(taken.clone());
+        Builder {
+            taken: Some(self.build().await),
         }
-        Builder { taken }
     }
 
-    async fn begin_receiving_snapshot(
-        &mut self,
-    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
+        let raft = self.raft.clone();
+        let file = blocking(move || raft.snapshot_create())
+            .await
+            .map_err(sm_write)?;
+        Ok(Box::new(SnapshotData::from_file(file)))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotData>,
     ) -> Result<(), StorageError<u64>> {
-        let bytes = snapshot.into_inner();
-        let data: SnapshotData = decode(&bytes).map_err(sm_read)?;
-        let topic = self.topic();
-        let mut batch = WriteBatch::default();
-        // Replace whatever this replica had with the snapshot's topic.
-        batch.push(Op::DeleteTopic(topic));
-        let mut last_seq = 0;
-        if let Some(m) = &data.meta {
-            batch.push(Op::PutTopic(m.clone()));
-            for (seq, time, payload) in &data.elements {
-                last_seq = *seq;
-                batch.put_element(
-                    topic,
-                    Element {
-                        seq: *seq,
-                        payload: bytes::Bytes::from(payload.to_vec()),
-                        append_time_ms: *time,
-                    },
-                );
-            }
-            for (id, window) in &data.producers {
-                let window = ProducerWindow::decode(window).map_err(sm_read)?;
-                batch.put_producer(topic, id, &window);
-            }
-        }
-        let applied = Applied {
-            last_applied: meta.last_log_id,
-            membership: meta.last_membership.clone(),
-        };
-        batch.push(Op::PutRaftValue(
+        let mut file = snapshot.into_file().await;
+        let (store, raft, group, limits) = (
+            self.store.clone(),
+            self.raft.clone(),
             self.group,
-            APPLIED.into(),
-            encode(&applied).map_err(sm_write)?,
-        ));
-        let store = self.store.clone();
-        blocking(move || store.write(&batch))
+            self.limits,
+        );
+        let expect = meta.last_log_id;
+        // Checked whole before anything is written: a bad snapshot leaves
+        // this replica as it was.
+        let file = blocking(move || verify(&mut file).map(|()| file))
             .await
-            .map_err(sm_write)?;
+            .map_err(sm_read)?;
+        self.current = None;
+        let installed = blocking(move || {
+            raft.snapshot_keep(group, file)?;
+            install_kept(&*store, &*raft, group, Some(expect), limits)
+        })
+        .await
+        .map_err(sm_write)?;
         let existed = self.machine.is_some();
-        self.machine = data.meta.map(|m| Machine::new(m, last_seq));
-        self.applied = applied;
+        self.machine = installed.meta.map(|m| Machine::new(m, installed.last_seq));
+        self.applied = installed.applied;
         self.publish(existed);
-        self.current = Some((meta.clone(), bytes));
+        self.current = Some(meta.clone());
         Ok(())
     }
 
     async fn get_current_snapshot(
         &mut self,
     ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
-        Ok(self.current.clone().map(|(meta, bytes)| Snapshot {
+        let Some(meta) = self.current.clone() else {
+            return Ok(None);
+        };
+        let (raft, group) = (self.raft.clone(), self.group);
+        let file = blocking(move || {
+            raft.snapshot_open(group)?
+                .ok_or_else(|| Error::Storage("the group's kept snapshot is gone".into()))
+        })
+        .await
+        .map_err(sm_read)?;
+        Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(bytes)),
+            snapshot: Box::new(SnapshotData::from_file(file)),
         }))
     }
 }

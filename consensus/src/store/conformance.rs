@@ -214,6 +214,45 @@ pub fn run_raft_log<S: RaftLogStore>(mut fresh: impl FnMut() -> S) {
     raft_log_truncates_and_purges(&fresh());
     raft_groups_are_separate(&fresh());
     raft_groups_are_listed(&fresh());
+    raft_snapshots_are_kept(&fresh());
+}
+
+fn read_snapshot(mut f: super::SnapshotFile) -> Vec<u8> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes).unwrap();
+    bytes
+}
+
+/// A group keeps one snapshot; a reader of the one it replaces still reads
+/// the old bytes; deleting the group deletes its snapshot.
+fn raft_snapshots_are_kept<S: RaftLogStore>(s: &S) {
+    use std::io::Write;
+    assert!(s.snapshot_open(GroupId(7)).unwrap().is_none());
+    let mut f = s.snapshot_create().unwrap();
+    f.write_all(b"first").unwrap();
+    s.snapshot_keep(GroupId(7), f).unwrap();
+    let old = s.snapshot_open(GroupId(7)).unwrap().unwrap();
+    let mut f = s.snapshot_create().unwrap();
+    f.write_all(b"second").unwrap();
+    // Not kept: nobody's.
+    let mut dropped = s.snapshot_create().unwrap();
+    dropped.write_all(b"dropped").unwrap();
+    drop(dropped);
+    s.snapshot_keep(GroupId(7), f).unwrap();
+    assert_eq!(read_snapshot(old), b"first");
+    let new = s.snapshot_open(GroupId(7)).unwrap().unwrap();
+    assert_eq!(read_snapshot(new), b"second");
+    // Kept from a buffer, not a file of this store.
+    let mut buffer = super::SnapshotFile::memory();
+    buffer.write_all(b"buffered").unwrap();
+    s.snapshot_keep(GroupId(8), buffer).unwrap();
+    let kept = s.snapshot_open(GroupId(8)).unwrap().unwrap();
+    assert_eq!(read_snapshot(kept), b"buffered");
+    s.put_value(GroupId(7), "vote", b"v").unwrap();
+    s.delete_group(GroupId(7)).unwrap();
+    assert!(s.snapshot_open(GroupId(7)).unwrap().is_none());
+    assert!(s.snapshot_open(GroupId(8)).unwrap().is_some());
 }
 
 fn entry(i: u64) -> (u64, Vec<u8>) {

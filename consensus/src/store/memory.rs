@@ -1,10 +1,11 @@
 //! An in-memory [`Store`]: for unit tests and, later, the simulator.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::io::Cursor;
+use std::sync::{Arc, Mutex};
 
 use super::raft_log::{GroupId, READ_ENTRIES_MAX, RaftLogStore};
-use super::{Op, Store, WriteBatch};
+use super::{Op, SnapshotFile, Store, WriteBatch};
 use crate::error::Result;
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
@@ -16,6 +17,8 @@ struct State {
     producers: BTreeMap<(TopicId, String), ProducerWindow>,
     raft_log: BTreeMap<(GroupId, u64), Vec<u8>>,
     raft_values: BTreeMap<(GroupId, String), Vec<u8>>,
+    /// Kept snapshots; shared, as they never change once kept.
+    snapshots: BTreeMap<GroupId, Arc<Vec<u8>>>,
 }
 
 /// Everything in `BTreeMap`s (so that every listing comes in one order)
@@ -224,7 +227,26 @@ impl RaftLogStore for MemStore {
         let mut s = self.state();
         s.raft_log.retain(|(g, _), _| *g != group);
         s.raft_values.retain(|(g, _), _| *g != group);
+        s.snapshots.remove(&group);
         Ok(())
+    }
+
+    fn snapshot_create(&self) -> Result<SnapshotFile> {
+        Ok(SnapshotFile::memory())
+    }
+
+    fn snapshot_keep(&self, group: GroupId, file: SnapshotFile) -> Result<()> {
+        let bytes = file.into_bytes()?;
+        self.state().snapshots.insert(group, Arc::new(bytes));
+        Ok(())
+    }
+
+    fn snapshot_open(&self, group: GroupId) -> Result<Option<SnapshotFile>> {
+        Ok(self
+            .state()
+            .snapshots
+            .get(&group)
+            .map(|b| SnapshotFile::Memory(Cursor::new(b.to_vec()))))
     }
 
     fn groups(&self) -> Result<Vec<GroupId>> {

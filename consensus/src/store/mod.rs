@@ -1,16 +1,20 @@
 //! Storage for topics and their Raft groups: traits that know nothing of any
 //! engine ([`Store`] for topic data, [`RaftLogStore`] for Raft logs), a
 //! RocksDB implementation for nodes, an in-memory one for tests and the
-//! simulator, and the conformance suite both must pass.
+//! simulator, and the conformance suite both must pass. A group's snapshot
+//! is kept beside its log ([`SnapshotFile`]): a file next to the RocksDB
+//! files, a buffer in the in-memory store.
 
 pub mod conformance;
 mod memory;
 pub mod raft_log;
 mod rocks;
+mod snapshot_file;
 
 pub use memory::MemStore;
 pub use raft_log::{GROUP_ID_MIN, GroupId, RaftLogStore};
 pub use rocks::RocksStore;
+pub use snapshot_file::{PartPath, SnapshotFile};
 
 use crate::error::Result;
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};

@@ -3,6 +3,7 @@
 //! this layer knows nothing of openraft, so the simulator's in-memory store
 //! and RocksDB can both carry it and pass the same conformance suite.
 
+use super::SnapshotFile;
 use crate::error::Result;
 
 /// A Raft group's number in this node's storage (one group per topic).
@@ -59,8 +60,22 @@ pub trait RaftLogStore: Send + Sync + 'static {
     /// Reads a named value of `group`.
     fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>>;
 
-    /// Removes everything `group` stored: log and values. Synced.
+    /// Removes everything `group` stored: log, values and kept snapshot.
+    /// Synced.
     fn delete_group(&self, group: GroupId) -> Result<()>;
+
+    /// A new, empty snapshot file, nobody's yet (it goes away unless
+    /// [`snapshot_keep`](Self::snapshot_keep) keeps it).
+    fn snapshot_create(&self) -> Result<SnapshotFile>;
+
+    /// Makes `file`, as written, `group`'s one kept snapshot, in place of
+    /// the one it had (whose readers still read the old one). Synced.
+    /// `file` must come from this store's
+    /// [`snapshot_create`](Self::snapshot_create).
+    fn snapshot_keep(&self, group: GroupId, file: SnapshotFile) -> Result<()>;
+
+    /// `group`'s kept snapshot, to read from its start, if it has one.
+    fn snapshot_open(&self, group: GroupId) -> Result<Option<SnapshotFile>>;
 
     /// Every group that holds at least one named value, in order: the groups
     /// a node restarts with (a group stores a value as soon as it starts).

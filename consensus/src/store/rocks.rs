@@ -9,6 +9,9 @@
 //! | `meta` | `next_topic_id` | u64 |
 //! | `raft_log` | group id, index | entry bytes |
 //! | `raft_values` | group id, name | value bytes |
+//!
+//! A group's kept snapshot is a file beside the database's, in
+//! `snapshots/` ([`SnapshotDir`]).
 
 use std::path::Path;
 
@@ -17,7 +20,8 @@ use rocksdb::{
 };
 
 use super::raft_log::{GroupId, READ_ENTRIES_MAX, RaftLogStore};
-use super::{Op, Store, WriteBatch, element_codec};
+use super::snapshot_file::SnapshotDir;
+use super::{Op, SnapshotFile, Store, WriteBatch, element_codec};
 use crate::error::{Error, Result};
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
@@ -32,6 +36,7 @@ const KEY_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 /// A node's RocksDB database.
 pub struct RocksStore {
     db: DB,
+    snapshots: SnapshotDir,
 }
 
 fn storage(context: &str) -> impl FnOnce(rocksdb::Error) -> Error + '_ {
@@ -85,7 +90,8 @@ impl RocksStore {
                 dir.display()
             ))
         })?;
-        Ok(Self { db })
+        let snapshots = SnapshotDir::open(dir.join("snapshots"))?;
+        Ok(Self { db, snapshots })
     }
 
     fn write_synced(&self, wb: rocksdb::WriteBatch, context: &str) -> Result<()> {
@@ -383,7 +389,20 @@ impl RaftLogStore for RocksStore {
             group.0.to_be_bytes(),
             next.to_be_bytes(),
         );
-        self.write_synced(wb, "delete raft group")
+        self.write_synced(wb, "delete raft group")?;
+        self.snapshots.remove(group)
+    }
+
+    fn snapshot_create(&self) -> Result<SnapshotFile> {
+        self.snapshots.create()
+    }
+
+    fn snapshot_keep(&self, group: GroupId, file: SnapshotFile) -> Result<()> {
+        self.snapshots.keep(group, file)
+    }
+
+    fn snapshot_open(&self, group: GroupId) -> Result<Option<SnapshotFile>> {
+        self.snapshots.open_kept(group)
     }
 
     fn groups(&self) -> Result<Vec<GroupId>> {
@@ -458,6 +477,36 @@ mod tests {
         }
         let store = RocksStore::open(dir.path()).unwrap();
         conformance::check_filled(&store);
+    }
+
+    #[test]
+    fn kept_snapshots_survive_reopen_and_unkept_ones_do_not() {
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksStore::open(dir.path()).unwrap();
+            let mut kept = store.snapshot_create().unwrap();
+            kept.write_all(b"kept").unwrap();
+            store.snapshot_keep(GroupId(3), kept).unwrap();
+            let mut unkept = store.snapshot_create().unwrap();
+            unkept.write_all(b"unkept").unwrap();
+            // As a crash would leave it: never dropped.
+            std::mem::forget(unkept);
+        }
+        let store = RocksStore::open(dir.path()).unwrap();
+        let mut bytes = Vec::new();
+        store
+            .snapshot_open(GroupId(3))
+            .unwrap()
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        assert_eq!(bytes, b"kept");
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["3.snap"]);
     }
 
     #[test]

@@ -1,0 +1,597 @@
+//! A topic's snapshot: its bytes as openraft carries them
+//! ([`SnapshotData`]), and their encoding ([`SnapshotWriter`],
+//! [`SnapshotReader`]), read and written in bounded pieces, never whole.
+//!
+//! The data is a [`SnapshotFile`] of the node's store: a file in the store's
+//! directory for RocksDB, a buffer for the in-memory stores of tests and the
+//! simulator (which must stay on one thread and off real files; their whole
+//! store is in memory anyway). One enum serves both, so openraft's type
+//! configuration names one type. openraft 0.9 sends it to a follower in
+//! chunks of `Config::snapshot_max_chunk_size` bytes (see
+//! [`super::group::Timing`]), which the follower writes into a new file.
+//!
+//! Encoding, version 1 (integers little-endian):
+//!
+//! ```text
+//! "WSNP" version:u8=1
+//! header_len:u32 header:CBOR(Header)          at most HEADER_BYTES_MAX
+//! records, each one tag byte then:
+//!   1 element:  seq:u64 append_time_ms:u64 len:u32 payload
+//!   2 producer: id_len:u16 id window_len:u32 window (ProducerWindow encoding)
+//!   0 end:      elements:u64 producers:u64 checksum:u64
+//! ```
+//!
+//! Elements come in increasing seq order, the last one the header's
+//! `last_seq`; the checksum (FNV-1a, 64 bits) covers every byte before it.
+//! Nothing may follow the end. A reader checks all of it and every length
+//! against its bound before it allocates: bad bytes are an
+//! [`Error::Corrupt`], never a panic.
+
+use std::io::{Read, SeekFrom, Write};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
+
+use super::{decode, encode};
+use crate::error::{Error, Result};
+use crate::store::{PartPath, SnapshotFile};
+use crate::topic::{ELEMENT_BYTES_MAX, Element, PRODUCER_ID_BYTES_MAX, ProducerWindow, TopicMeta};
+
+const MAGIC: &[u8; 4] = b"WSNP";
+const VERSION: u8 = 1;
+/// The largest header a reader accepts (a topic's metadata and a
+/// membership: a few KiB in practice).
+const HEADER_BYTES_MAX: u32 = 1 << 20;
+/// The largest encoded producer window a reader accepts.
+const WINDOW_BYTES_MAX: u32 = 64 * 1024;
+/// Producer windows a snapshot carries at most.
+pub const PRODUCERS_MAX: u64 = 100_000;
+
+const TAG_END: u8 = 0;
+const TAG_ELEMENT: u8 = 1;
+const TAG_PRODUCER: u8 = 2;
+
+/// How much of a snapshot is in memory at once, on either side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotLimits {
+    /// The payload bytes one store read (building) or one write batch
+    /// (installing) holds at most; one element larger than this goes alone.
+    pub batch_bytes_max: usize,
+    /// Elements one store read or write batch holds at most.
+    pub batch_elements_max: usize,
+}
+
+impl Default for SnapshotLimits {
+    fn default() -> Self {
+        Self {
+            batch_bytes_max: 4 << 20,
+            batch_elements_max: 1000,
+        }
+    }
+}
+
+/// What a snapshot says about its topic before its records. `applied` is
+/// the state machine's applied state (CBOR, decoded by its owner), so that
+/// this codec knows nothing of openraft's types.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Header {
+    pub applied: serde_bytes::ByteBuf,
+    /// `None`: the topic was not created, or was deleted.
+    pub meta: Option<TopicMeta>,
+    /// The topic's highest seq (its last element's), 0 if none.
+    pub last_seq: u64,
+}
+
+/// One record of a snapshot after its header.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Element(Element),
+    Producer(String, ProducerWindow),
+}
+
+/// FNV-1a over everything that passes through.
+#[derive(Debug)]
+struct Checksum(u64);
+
+impl Checksum {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+}
+
+fn write_failed(e: std::io::Error) -> Error {
+    Error::Storage(format!("writing a snapshot: {e}"))
+}
+
+fn read_failed(e: std::io::Error) -> Error {
+    if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        Error::Corrupt("snapshot: truncated".into())
+    } else {
+        Error::Storage(format!("reading a snapshot: {e}"))
+    }
+}
+
+fn corrupt(what: impl std::fmt::Display) -> Error {
+    Error::Corrupt(format!("snapshot: {what}"))
+}
+
+/// Writes a snapshot record by record into `W` (give it a buffered writer).
+pub struct SnapshotWriter<W: Write> {
+    out: W,
+    sum: Checksum,
+    last_seq: u64,
+    seq: u64,
+    elements: u64,
+    producers: u64,
+}
+
+impl<W: Write> SnapshotWriter<W> {
+    /// Starts a snapshot with its header.
+    pub fn new(out: W, header: &Header) -> Result<Self> {
+        let header_bytes = encode(header)?;
+        if header_bytes.len() > HEADER_BYTES_MAX as usize {
+            return Err(Error::InvalidArgument(format!(
+                "a snapshot header of {} bytes",
+                header_bytes.len()
+            )));
+        }
+        let mut w = Self {
+            out,
+            sum: Checksum::new(),
+            last_seq: header.last_seq,
+            seq: 0,
+            elements: 0,
+            producers: 0,
+        };
+        w.put(MAGIC)?;
+        w.put(&[VERSION])?;
+        w.put(&(header_bytes.len() as u32).to_le_bytes())?;
+        w.put(&header_bytes)?;
+        Ok(w)
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
+        self.sum.update(bytes);
+        self.out.write_all(bytes).map_err(write_failed)
+    }
+
+    /// Adds an element; elements come in increasing seq order.
+    pub fn element(&mut self, e: &Element) -> Result<()> {
+        if e.seq <= self.seq || e.seq > self.last_seq {
+            return Err(Error::Corrupt(format!(
+                "snapshot of a topic up to {}: element {} after {}",
+                self.last_seq, e.seq, self.seq
+            )));
+        }
+        let len = u32::try_from(e.payload.len())
+            .map_err(|_| corrupt(format!("element {} too large", e.seq)))?;
+        self.seq = e.seq;
+        self.elements += 1;
+        self.put(&[TAG_ELEMENT])?;
+        self.put(&e.seq.to_le_bytes())?;
+        self.put(&e.append_time_ms.to_le_bytes())?;
+        self.put(&len.to_le_bytes())?;
+        self.put(&e.payload)
+    }
+
+    pub fn producer(&mut self, id: &str, window: &ProducerWindow) -> Result<()> {
+        if self.producers >= PRODUCERS_MAX {
+            return Err(Error::LimitReached(format!(
+                "a snapshot carries at most {PRODUCERS_MAX} producers"
+            )));
+        }
+        let window = window.encode();
+        self.producers += 1;
+        self.put(&[TAG_PRODUCER])?;
+        self.put(&(id.len() as u16).to_le_bytes())?;
+        self.put(id.as_bytes())?;
+        self.put(&(window.len() as u32).to_le_bytes())?;
+        self.put(&window)
+    }
+
+    /// Ends the snapshot and gives back the writer (not flushed).
+    pub fn finish(mut self) -> Result<W> {
+        if self.seq != self.last_seq {
+            return Err(Error::Corrupt(format!(
+                "snapshot of a topic up to {} ends at element {}",
+                self.last_seq, self.seq
+            )));
+        }
+        self.put(&[TAG_END])?;
+        self.put(&self.elements.to_le_bytes())?;
+        self.put(&self.producers.to_le_bytes())?;
+        let sum = self.sum.0;
+        self.out
+            .write_all(&sum.to_le_bytes())
+            .map_err(write_failed)?;
+        Ok(self.out)
+    }
+}
+
+/// Reads a snapshot record by record from `R` (give it a buffered reader),
+/// checking everything as it goes.
+pub struct SnapshotReader<R: Read> {
+    input: R,
+    sum: Checksum,
+    header: Header,
+    /// The largest element payload the header's topic allows.
+    payload_max: u32,
+    seq: u64,
+    elements: u64,
+    producers: u64,
+    done: bool,
+}
+
+impl<R: Read> SnapshotReader<R> {
+    /// Reads and checks the header.
+    pub fn new(input: R) -> Result<Self> {
+        let mut r = Self {
+            input,
+            sum: Checksum::new(),
+            header: Header {
+                applied: Default::default(),
+                meta: None,
+                last_seq: 0,
+            },
+            payload_max: 0,
+            seq: 0,
+            elements: 0,
+            producers: 0,
+            done: false,
+        };
+        let magic: [u8; 4] = r.take()?;
+        if &magic != MAGIC {
+            return Err(corrupt("not a woof snapshot"));
+        }
+        let [version] = r.take()?;
+        if version != VERSION {
+            return Err(corrupt(format!(
+                "version {version}; this node reads version {VERSION}"
+            )));
+        }
+        let len = u32::from_le_bytes(r.take()?);
+        if len > HEADER_BYTES_MAX {
+            return Err(corrupt(format!("a header of {len} bytes")));
+        }
+        let bytes = r.take_vec(len)?;
+        let header: Header = decode(&bytes)?;
+        match &header.meta {
+            Some(meta) => {
+                r.payload_max = meta.config.element_max_bytes.min(ELEMENT_BYTES_MAX);
+            }
+            None if header.last_seq != 0 => {
+                return Err(corrupt("elements of a topic that does not exist"));
+            }
+            None => {}
+        }
+        r.header = header;
+        Ok(r)
+    }
+
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let mut buf = [0; N];
+        self.input.read_exact(&mut buf).map_err(read_failed)?;
+        self.sum.update(&buf);
+        Ok(buf)
+    }
+
+    /// `len` bytes; the caller checked `len` against its bound.
+    fn take_vec(&mut self, len: u32) -> Result<Vec<u8>> {
+        let mut buf = vec![0; len as usize];
+        self.input.read_exact(&mut buf).map_err(read_failed)?;
+        self.sum.update(&buf);
+        Ok(buf)
+    }
+
+    /// The next record, or `None` after a correct end (which has then been
+    /// checked: counts, checksum, nothing after it).
+    pub fn next_record(&mut self) -> Result<Option<Record>> {
+        if self.done {
+            return Ok(None);
+        }
+        let [tag] = self.take()?;
+        match tag {
+            TAG_ELEMENT => {
+                let seq = u64::from_le_bytes(self.take()?);
+                let append_time_ms = u64::from_le_bytes(self.take()?);
+                let len = u32::from_le_bytes(self.take()?);
+                if seq <= self.seq || seq > self.header.last_seq {
+                    return Err(corrupt(format!(
+                        "element {seq} after {} in a topic up to {}",
+                        self.seq, self.header.last_seq
+                    )));
+                }
+                if len > self.payload_max {
+                    return Err(corrupt(format!(
+                        "element {seq} of {len} bytes; the topic allows {}",
+                        self.payload_max
+                    )));
+                }
+                let payload = Bytes::from(self.take_vec(len)?);
+                self.seq = seq;
+                self.elements += 1;
+                Ok(Some(Record::Element(Element {
+                    seq,
+                    payload,
+                    append_time_ms,
+                })))
+            }
+            TAG_PRODUCER => {
+                if self.producers >= PRODUCERS_MAX {
+                    return Err(corrupt(format!("more than {PRODUCERS_MAX} producers")));
+                }
+                let id_len = u16::from_le_bytes(self.take()?);
+                if id_len == 0 || id_len as usize > PRODUCER_ID_BYTES_MAX {
+                    return Err(corrupt(format!("a producer id of {id_len} bytes")));
+                }
+                let id = String::from_utf8(self.take_vec(u32::from(id_len))?)
+                    .map_err(|_| corrupt("a producer id that is not UTF-8"))?;
+                let len = u32::from_le_bytes(self.take()?);
+                if len > WINDOW_BYTES_MAX {
+                    return Err(corrupt(format!("a producer window of {len} bytes")));
+                }
+                let window = ProducerWindow::decode(&self.take_vec(len)?)?;
+                self.producers += 1;
+                Ok(Some(Record::Producer(id, window)))
+            }
+            TAG_END => {
+                let elements = u64::from_le_bytes(self.take()?);
+                let producers = u64::from_le_bytes(self.take()?);
+                let expected = self.sum.0;
+                let mut sum = [0; 8];
+                self.input.read_exact(&mut sum).map_err(read_failed)?;
+                if u64::from_le_bytes(sum) != expected {
+                    return Err(corrupt("checksum mismatch"));
+                }
+                if elements != self.elements || producers != self.producers {
+                    return Err(corrupt(format!(
+                        "the end counts {elements} elements and {producers} producers; \
+                         read {} and {}",
+                        self.elements, self.producers
+                    )));
+                }
+                if self.seq != self.header.last_seq {
+                    return Err(corrupt(format!(
+                        "a topic up to {} whose elements end at {}",
+                        self.header.last_seq, self.seq
+                    )));
+                }
+                let mut more = [0; 1];
+                match self.input.read(&mut more) {
+                    Ok(0) => {}
+                    Ok(_) => return Err(corrupt("bytes after the end")),
+                    Err(e) => return Err(read_failed(e)),
+                }
+                self.done = true;
+                Ok(None)
+            }
+            other => Err(corrupt(format!("unknown record tag {other}"))),
+        }
+    }
+}
+
+/// A snapshot's bytes as openraft holds them: what it reads chunks from
+/// (leader) and writes received chunks into (follower).
+#[derive(Debug)]
+pub enum SnapshotData {
+    Disk {
+        file: tokio::fs::File,
+        /// Set while the file is not kept yet (removed if dropped).
+        part: Option<PartPath>,
+    },
+    Memory(std::io::Cursor<Vec<u8>>),
+}
+
+impl SnapshotData {
+    /// Positioned at the start of `file`.
+    pub fn from_file(file: SnapshotFile) -> Self {
+        match file {
+            SnapshotFile::Disk { file, part } => Self::Disk {
+                file: tokio::fs::File::from_std(file),
+                part,
+            },
+            SnapshotFile::Memory(c) => Self::Memory(c),
+        }
+    }
+
+    /// The file, once every write to it has finished.
+    pub async fn into_file(self) -> SnapshotFile {
+        match self {
+            Self::Disk { file, part } => SnapshotFile::Disk {
+                file: file.into_std().await,
+                part,
+            },
+            Self::Memory(c) => SnapshotFile::Memory(c),
+        }
+    }
+}
+
+impl AsyncRead for SnapshotData {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Disk { file, .. } => Pin::new(file).poll_read(cx, buf),
+            Self::Memory(c) => Pin::new(c).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for SnapshotData {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Disk { file, .. } => Pin::new(file).poll_write(cx, buf),
+            Self::Memory(c) => Pin::new(c).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Disk { file, .. } => Pin::new(file).poll_flush(cx),
+            Self::Memory(c) => Pin::new(c).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Disk { file, .. } => Pin::new(file).poll_shutdown(cx),
+            Self::Memory(c) => Pin::new(c).poll_shutdown(cx),
+        }
+    }
+}
+
+impl AsyncSeek for SnapshotData {
+    fn start_seek(self: Pin<&mut Self>, position: SeekFrom) -> std::io::Result<()> {
+        match self.get_mut() {
+            Self::Disk { file, .. } => Pin::new(file).start_seek(position),
+            Self::Memory(c) => Pin::new(c).start_seek(position),
+        }
+    }
+
+    fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
+        match self.get_mut() {
+            Self::Disk { file, .. } => Pin::new(file).poll_complete(cx),
+            Self::Memory(c) => Pin::new(c).poll_complete(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::{TopicConfig, TopicId, TopicName};
+
+    fn meta() -> TopicMeta {
+        TopicMeta {
+            id: TopicId(7),
+            name: TopicName::new("a/b").unwrap(),
+            config: TopicConfig::default(),
+            created_at_ms: 1,
+            placement: Default::default(),
+        }
+    }
+
+    fn sample() -> Vec<u8> {
+        let header = Header {
+            applied: serde_bytes::ByteBuf::from(vec![1, 2, 3]),
+            meta: Some(meta()),
+            last_seq: 5,
+        };
+        let mut w = SnapshotWriter::new(Vec::new(), &header).unwrap();
+        for seq in 3..=5 {
+            w.element(&Element {
+                seq,
+                payload: Bytes::from(vec![seq as u8; 10]),
+                append_time_ms: seq * 100,
+            })
+            .unwrap();
+        }
+        let mut window = ProducerWindow::default();
+        window.record(1, 3, 1);
+        w.producer("p", &window).unwrap();
+        w.finish().unwrap()
+    }
+
+    fn read_all(bytes: &[u8]) -> Result<(Header, Vec<Record>)> {
+        let mut r = SnapshotReader::new(bytes)?;
+        let mut records = Vec::new();
+        while let Some(record) = r.next_record()? {
+            records.push(record);
+        }
+        Ok((r.header().clone(), records))
+    }
+
+    #[test]
+    fn round_trip() {
+        let (header, records) = read_all(&sample()).unwrap();
+        assert_eq!(header.last_seq, 5);
+        assert_eq!(header.meta, Some(meta()));
+        assert_eq!(records.len(), 4);
+        assert!(matches!(&records[0], Record::Element(e) if e.seq == 3 && e.append_time_ms == 300));
+        assert!(matches!(&records[3], Record::Producer(id, _) if id == "p"));
+    }
+
+    #[test]
+    fn every_truncation_and_every_flipped_byte_is_an_error() {
+        let bytes = sample();
+        for len in 0..bytes.len() {
+            assert!(read_all(&bytes[..len]).is_err(), "truncated to {len}");
+        }
+        for i in 0..bytes.len() {
+            for bit in [0x01, 0x80] {
+                let mut bad = bytes.clone();
+                bad[i] ^= bit;
+                assert!(read_all(&bad).is_err(), "byte {i} flipped by {bit:#x}");
+            }
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(read_all(&longer).is_err());
+    }
+
+    #[test]
+    fn another_version_is_refused() {
+        let mut bytes = sample();
+        bytes[4] = 2;
+        let err = read_all(&bytes).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
+    }
+
+    #[test]
+    fn lengths_are_checked_before_allocating() {
+        // A header claiming 4 GiB.
+        let mut bytes = b"WSNP\x01".to_vec();
+        bytes.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(read_all(&bytes), Err(Error::Corrupt(_))));
+        // Random bytes after a correct header: an error, whatever they are.
+        let good = sample();
+        let mut seed = 1u64;
+        for _ in 0..2000 {
+            let mut bad = good[..40.min(good.len())].to_vec();
+            for _ in 0..(seed % 64) {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                bad.push((seed >> 56) as u8);
+            }
+            let _ = read_all(&bad);
+        }
+    }
+
+    #[test]
+    fn the_writer_refuses_out_of_order_elements() {
+        let header = Header {
+            applied: Default::default(),
+            meta: Some(meta()),
+            last_seq: 2,
+        };
+        let mut w = SnapshotWriter::new(Vec::new(), &header).unwrap();
+        let e = |seq| Element {
+            seq,
+            payload: Bytes::new(),
+            append_time_ms: 0,
+        };
+        w.element(&e(2)).unwrap();
+        assert!(w.element(&e(2)).is_err());
+        assert!(w.element(&e(3)).is_err());
+    }
+}

@@ -1,0 +1,498 @@
+//! Snapshots larger than their bounds: a topic of several MiB goes to a new
+//! replica in chunks of 64 KiB and is installed in write batches of at most
+//! 64 KiB of payload, on RocksDB (snapshot files) and in memory; an install
+//! cut short by a failing disk is finished when the group opens again.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Raft};
+use serde_bytes::ByteBuf;
+use woof_consensus::Error;
+use woof_consensus::raft::group::{self, Timing};
+use woof_consensus::raft::network::{Envelope, Router, Rpc, Transport};
+use woof_consensus::raft::snapshot::SnapshotLimits;
+use woof_consensus::raft::state_machine::TopicStateMachine;
+use woof_consensus::raft::{Command, TypeConfig, decode};
+use woof_consensus::store::{
+    GroupId, GroupStore, MemStore, Op, RaftLogStore, RocksStore, SnapshotFile, Store, WriteBatch,
+};
+use woof_consensus::topic::{Element, ProducerWindow, TopicConfig, TopicId, TopicMeta, TopicName};
+
+const GROUP: GroupId = GroupId(11);
+const BOUND: usize = 64 * 1024;
+const ELEMENT_BYTES: usize = 10 * 1024;
+/// 400 elements of 10 KiB: about 4 MiB, 64 times the bound.
+const ELEMENTS: usize = 400;
+
+/// A store that records the largest write batch (payload bytes and
+/// elements) and can fail its writes after a number of them.
+struct Probe<S> {
+    inner: S,
+    batch_bytes_max: AtomicUsize,
+    batch_elements_max: AtomicUsize,
+    /// Writes that may still succeed (`usize::MAX`: all).
+    writes_left: AtomicUsize,
+}
+
+impl<S> Probe<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            batch_bytes_max: AtomicUsize::new(0),
+            batch_elements_max: AtomicUsize::new(0),
+            writes_left: AtomicUsize::new(usize::MAX),
+        }
+    }
+
+    fn record(&self, batch: &WriteBatch) -> Result<(), Error> {
+        let left = self.writes_left.load(Ordering::SeqCst);
+        if left == 0 {
+            return Err(Error::Storage("the probe failed this write".into()));
+        }
+        if left != usize::MAX {
+            self.writes_left.store(left - 1, Ordering::SeqCst);
+        }
+        let (mut bytes, mut elements) = (0, 0);
+        for op in batch.ops() {
+            if let Op::PutElement(_, e) = op {
+                bytes += e.payload.len();
+                elements += 1;
+            }
+        }
+        self.batch_bytes_max.fetch_max(bytes, Ordering::SeqCst);
+        self.batch_elements_max
+            .fetch_max(elements, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+impl<S: Store> Store for Probe<S> {
+    fn write(&self, batch: &WriteBatch) -> Result<(), Error> {
+        self.record(batch)?;
+        self.inner.write(batch)
+    }
+    fn write_unsynced(&self, batch: &WriteBatch) -> Result<(), Error> {
+        self.record(batch)?;
+        self.inner.write_unsynced(batch)
+    }
+    fn topics(&self) -> Result<Vec<TopicMeta>, Error> {
+        self.inner.topics()
+    }
+    fn topic(&self, id: TopicId) -> Result<Option<TopicMeta>, Error> {
+        self.inner.topic(id)
+    }
+    fn next_topic_id(&self) -> Result<u64, Error> {
+        self.inner.next_topic_id()
+    }
+    fn last_seq(&self, topic: TopicId) -> Result<u64, Error> {
+        self.inner.last_seq(topic)
+    }
+    fn get(&self, topic: TopicId, seq: u64) -> Result<Option<Element>, Error> {
+        self.inner.get(topic, seq)
+    }
+    fn scan(
+        &self,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Element>, Error> {
+        self.inner.scan(topic, from, limit, bytes_max)
+    }
+    fn producer(&self, topic: TopicId, id: &str) -> Result<Option<ProducerWindow>, Error> {
+        self.inner.producer(topic, id)
+    }
+    fn producers(
+        &self,
+        topic: TopicId,
+        limit: usize,
+    ) -> Result<Vec<(String, ProducerWindow)>, Error> {
+        self.inner.producers(topic, limit)
+    }
+    fn trim(&self, topic: TopicId, below_seq: u64) -> Result<(), Error> {
+        self.inner.trim(topic, below_seq)
+    }
+}
+
+impl<S: RaftLogStore> RaftLogStore for Probe<S> {
+    fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<(), Error> {
+        self.inner.append_log(group, entries)
+    }
+    fn read_log(
+        &self,
+        group: GroupId,
+        from: u64,
+        to: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, Error> {
+        self.inner.read_log(group, from, to, limit)
+    }
+    fn last_log(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>, Error> {
+        self.inner.last_log(group)
+    }
+    fn truncate_log(&self, group: GroupId, from: u64) -> Result<(), Error> {
+        self.inner.truncate_log(group, from)
+    }
+    fn purge_log(&self, group: GroupId, upto: u64) -> Result<(), Error> {
+        self.inner.purge_log(group, upto)
+    }
+    fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<(), Error> {
+        self.inner.put_value(group, name, value)
+    }
+    fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>, Error> {
+        self.inner.value(group, name)
+    }
+    fn delete_group(&self, group: GroupId) -> Result<(), Error> {
+        self.inner.delete_group(group)
+    }
+    fn groups(&self) -> Result<Vec<GroupId>, Error> {
+        self.inner.groups()
+    }
+    fn snapshot_create(&self) -> Result<SnapshotFile, Error> {
+        self.inner.snapshot_create()
+    }
+    fn snapshot_keep(&self, group: GroupId, file: SnapshotFile) -> Result<(), Error> {
+        self.inner.snapshot_keep(group, file)
+    }
+    fn snapshot_open(&self, group: GroupId) -> Result<Option<SnapshotFile>, Error> {
+        self.inner.snapshot_open(group)
+    }
+}
+
+/// Routes messages between in-process nodes and measures snapshot chunks.
+#[derive(Default)]
+struct Net {
+    routers: Mutex<BTreeMap<String, Router>>,
+    chunks: AtomicUsize,
+    chunk_bytes_max: AtomicUsize,
+}
+
+struct NodeNet(Arc<Net>);
+
+impl Transport for NodeNet {
+    fn send(
+        &self,
+        node: &BasicNode,
+        message: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, Error>> {
+        if let Ok(Envelope {
+            rpc: Rpc::InstallSnapshot(r),
+            ..
+        }) = decode::<Envelope>(&message)
+        {
+            self.0.chunks.fetch_add(1, Ordering::SeqCst);
+            self.0
+                .chunk_bytes_max
+                .fetch_max(r.data.len(), Ordering::SeqCst);
+        }
+        let router = self.0.routers.lock().unwrap().get(&node.addr).cloned();
+        async move {
+            match router {
+                Some(r) => r.handle(&message).await,
+                None => Err(Error::Closed),
+            }
+        }
+        .boxed()
+    }
+}
+
+fn meta() -> TopicMeta {
+    TopicMeta {
+        id: TopicId(GROUP.0),
+        name: TopicName::new("big/topic").unwrap(),
+        config: TopicConfig {
+            element_max_bytes: ELEMENT_BYTES as u32,
+            history: 1_000_000,
+        },
+        created_at_ms: 1,
+        placement: Default::default(),
+    }
+}
+
+/// Element `seq`'s payload: different for every element.
+fn payload(seq: usize) -> Vec<u8> {
+    let mut x = (seq as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..ELEMENT_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn append(seqs: std::ops::Range<usize>, producer: Option<(&str, u64)>) -> Command {
+    Command::Append {
+        payloads: seqs.map(|s| ByteBuf::from(payload(s))).collect(),
+        producer: producer.map(|(id, seq)| (id.to_string(), seq)),
+        time_ms: 1000,
+    }
+}
+
+fn elements(store: &dyn Store) -> Vec<(u64, u64, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut next = 1;
+    loop {
+        let page = store.scan(TopicId(GROUP.0), next, 100, 1 << 20).unwrap();
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        out.extend(
+            page.into_iter()
+                .map(|e| (e.seq, e.append_time_ms, e.payload.to_vec())),
+        );
+    }
+    out
+}
+
+fn timing() -> Timing {
+    Timing {
+        snapshot_chunk_bytes: BOUND as u64,
+        snapshot_limits: SnapshotLimits {
+            batch_bytes_max: BOUND,
+            batch_elements_max: 1000,
+        },
+        ..Timing::default()
+    }
+}
+
+async fn start(id: u64, store: Arc<dyn GroupStore>, net: &Arc<Net>) -> Raft<TypeConfig> {
+    let router = Router::default();
+    net.routers
+        .lock()
+        .unwrap()
+        .insert(format!("n{id}"), router.clone());
+    group::start(
+        id,
+        GROUP,
+        store,
+        Arc::new(NodeNet(net.clone())),
+        &router,
+        timing(),
+        None,
+    )
+    .await
+    .unwrap()
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("not within 30 s: {what}");
+}
+
+/// A leader with a topic of about 4 MiB, its log purged, so that a new
+/// replica can only catch up from the snapshot.
+async fn new_replica_from_snapshot<S: GroupStore>(leader: S, follower: S) {
+    let net = Arc::new(Net::default());
+    let leader_store = Arc::new(leader);
+    let raft1 = start(1, leader_store.clone(), &net).await;
+    raft1
+        .initialize(BTreeMap::from([(1, BasicNode::new("n1"))]))
+        .await
+        .unwrap();
+    until("node 1 leads", || {
+        raft1.metrics().borrow().current_leader == Some(1)
+    })
+    .await;
+    raft1.client_write(Command::Create(meta())).await.unwrap();
+    for first in (1..=ELEMENTS).step_by(20) {
+        let producer = (first == 1).then_some(("producer", 1));
+        raft1
+            .client_write(append(first..first + 20, producer))
+            .await
+            .unwrap();
+    }
+    // The metrics may lag behind the writes: wait for a snapshot that holds
+    // at least what they show, then purge the log up to it.
+    let applied = raft1.metrics().borrow().last_applied.unwrap();
+    raft1.trigger().snapshot().await.unwrap();
+    until("the snapshot is built", || {
+        raft1
+            .metrics()
+            .borrow()
+            .snapshot
+            .is_some_and(|s| s >= applied)
+    })
+    .await;
+    let built = raft1.metrics().borrow().snapshot.unwrap();
+    raft1.trigger().purge_log(built.index).await.unwrap();
+    until("the log is purged", || {
+        raft1.metrics().borrow().purged == Some(built)
+    })
+    .await;
+
+    let follower = Arc::new(Probe::new(follower));
+    let raft2 = start(2, follower.clone(), &net).await;
+    raft1
+        .add_learner(2, BasicNode::new("n2"), true)
+        .await
+        .unwrap();
+    let want = raft1.metrics().borrow().last_applied;
+    until("node 2 applied what node 1 did", || {
+        raft2.metrics().borrow().last_applied >= want
+    })
+    .await;
+
+    let theirs = elements(&*leader_store);
+    assert_eq!(theirs.len(), ELEMENTS);
+    let ours = elements(&*follower);
+    assert_eq!(ours.len(), theirs.len());
+    assert!(ours == theirs, "the replica holds other elements");
+    assert_eq!(
+        follower.producer(TopicId(GROUP.0), "producer").unwrap(),
+        leader_store.producer(TopicId(GROUP.0), "producer").unwrap(),
+    );
+    assert_eq!(follower.topic(TopicId(GROUP.0)).unwrap(), Some(meta()));
+
+    let snapshot_bytes = ELEMENTS * ELEMENT_BYTES;
+    let chunks = net.chunks.load(Ordering::SeqCst);
+    assert!(
+        chunks >= snapshot_bytes / BOUND,
+        "{chunks} chunks for {snapshot_bytes} bytes"
+    );
+    assert!(net.chunk_bytes_max.load(Ordering::SeqCst) <= BOUND);
+    let batch = follower.batch_bytes_max.load(Ordering::SeqCst);
+    assert!(batch <= BOUND, "a write batch of {batch} payload bytes");
+    assert!(batch > 0, "the elements came in write batches");
+
+    raft2.shutdown().await.unwrap();
+    raft1.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_larger_than_the_bounds_reaches_a_new_replica_on_rocksdb() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    new_replica_from_snapshot(
+        RocksStore::open(a.path()).unwrap(),
+        RocksStore::open(b.path()).unwrap(),
+    )
+    .await;
+    // Nothing but the kept snapshot is left in the follower's directory.
+    let names: Vec<_> = std::fs::read_dir(b.path().join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, [format!("{}.snap", GROUP.0)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_larger_than_the_bounds_reaches_a_new_replica_in_memory() {
+    new_replica_from_snapshot(MemStore::new(), MemStore::new()).await;
+}
+
+fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        payload: EntryPayload::Normal(command),
+    }
+}
+
+/// An install cut short after a few write batches leaves the replica's
+/// storage half-written; opening the group again finishes it from the kept
+/// snapshot, whatever it held before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_install_is_finished_on_open() {
+    let source = Arc::new(MemStore::new());
+    let mut sm = TopicStateMachine::open(source.clone(), source.clone(), GROUP)
+        .await
+        .unwrap();
+    let mut entries = vec![entry(1, Command::Create(meta()))];
+    for (i, first) in (1..=100).step_by(10).enumerate() {
+        entries.push(entry(i as u64 + 2, append(first..first + 10, None)));
+    }
+    sm.apply(entries).await.unwrap();
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Probe::new(RocksStore::open(dir.path()).unwrap()));
+    // An older state of the same topic: kept in place while installing.
+    let mut replica = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap()
+        .with_snapshot_limits(SnapshotLimits {
+            batch_bytes_max: BOUND,
+            batch_elements_max: 1000,
+        });
+    replica
+        .apply(vec![
+            entry(1, Command::Create(meta())),
+            entry(2, append(1..11, None)),
+        ])
+        .await
+        .unwrap();
+    // The mark and three batches of elements, then the disk fails.
+    store.writes_left.store(4, Ordering::SeqCst);
+    let err = replica
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await;
+    assert!(err.is_err(), "the failing disk stops the install");
+    drop(replica);
+    let half = elements(&*store).len();
+    assert!(half > 10 && half < 100, "{half} elements half-installed");
+
+    store.writes_left.store(usize::MAX, Ordering::SeqCst);
+    let mut again = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap();
+    assert_eq!(again.machine().unwrap().last_seq(), 100);
+    assert_eq!(
+        again.applied_state().await.unwrap().0,
+        snapshot.meta.last_log_id
+    );
+    assert_eq!(elements(&*store), elements(&*source));
+    let current = again.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(
+        current.meta, snapshot.meta,
+        "the kept snapshot is the group's"
+    );
+}
+
+/// Bytes that are not a snapshot are refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_snapshot_is_an_error_and_changes_nothing() {
+    use tokio::io::AsyncWriteExt;
+    let store = Arc::new(MemStore::new());
+    let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap();
+    sm.apply(vec![
+        entry(1, Command::Create(meta())),
+        entry(2, append(1..4, None)),
+    ])
+    .await
+    .unwrap();
+    let good = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    for bad in [
+        b"WSNP\x02".to_vec(),
+        b"not a snapshot at all".to_vec(),
+        Vec::new(),
+    ] {
+        let mut data = sm.begin_receiving_snapshot().await.unwrap();
+        data.write_all(&bad).await.unwrap();
+        let err = sm.install_snapshot(&good.meta, data).await;
+        assert!(err.is_err(), "{bad:?} was installed");
+        assert_eq!(elements(&*store).len(), 3);
+        assert_eq!(sm.machine().unwrap().last_seq(), 3);
+    }
+}
