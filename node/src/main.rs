@@ -35,11 +35,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 None => ConfigFile::default(),
             };
             let config = NodeConfig::resolve(file, args.flags())?;
+            let stop_signal = shutdown_signal();
             let mut node = Node::start(&config).await?;
             println!("woof node serving gRPC on {}", node.url());
             let failed = tokio::select! {
                 result = node.wait() => Some(result),
-                _ = shutdown_signal() => None,
+                _ = stop_signal => None,
             };
             // Also after a failure: the rest of the node stops in order.
             let stopped = node.stop().await;
@@ -102,19 +103,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// Resolves on Ctrl-C or SIGTERM. The handlers are installed when this is
+/// called, not when it is first awaited: a node announces that it serves only
+/// after, so a signal sent as soon as it says so stops it cleanly instead of
+/// killing it (seen under load: SIGTERM between the announcement and the
+/// first poll took the default action).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{Signal, SignalKind, signal};
+    async fn received(name: &str, signal: std::io::Result<Signal>) {
+        match signal {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "cannot watch for {name} ({e}); the other signal still stops the node"
+                );
+                std::future::pending::<()>().await;
             }
         }
-        Err(e) => {
-            tracing::warn!("cannot watch for SIGTERM ({e}); Ctrl-C still stops the node");
-            let _ = tokio::signal::ctrl_c().await;
+    }
+    let term = signal(SignalKind::terminate());
+    let interrupt = signal(SignalKind::interrupt());
+    async move {
+        tokio::select! {
+            _ = received("SIGTERM", term) => {}
+            _ = received("SIGINT", interrupt) => {}
         }
     }
 }
