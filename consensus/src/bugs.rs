@@ -22,6 +22,10 @@ pub enum Bug {
     /// no other replica can reach it (`raft::group::start`, the waker in
     /// `woof_node::groups`).
     RestartedGroupUnreachable,
+    /// A node that forwards an append without a producer id retries it
+    /// without the identity it gave it (`woof_node::groups::client`): a
+    /// retry of an append already committed is appended again.
+    ForwardedRetryWithoutIdentity,
 }
 
 #[cfg(feature = "sim-bugs")]

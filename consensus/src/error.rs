@@ -16,6 +16,11 @@ pub enum Error {
     /// No topic of that name exists (or it was deleted).
     #[error("topic {0:?} not found")]
     TopicNotFound(String),
+    /// A Raft group asked about its topic holds none any more (deleted), or
+    /// no member holds the group: the caller, who knows the topic's name,
+    /// says [`Error::TopicNotFound`] to its own caller.
+    #[error("the group's topic was deleted")]
+    GroupWithoutTopic,
     /// `create` for a name that is taken.
     #[error("topic {0:?} already exists")]
     TopicExists(String),

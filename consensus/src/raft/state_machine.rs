@@ -436,7 +436,7 @@ fn apply_command(
             time_ms,
         } => {
             let Some(m) = machine.as_mut() else {
-                return Ok(CommandResult::Refused(Error::TopicNotFound(String::new())));
+                return Ok(CommandResult::Refused(Error::GroupWithoutTopic));
             };
             let payloads = payloads
                 .into_iter()

@@ -7,7 +7,11 @@ use super::SnapshotFile;
 use crate::error::Result;
 
 /// A Raft group's number in this node's storage (one group per topic).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+/// On the wire and on disk it is its number alone (`serde(transparent)`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(transparent)]
 pub struct GroupId(pub u64);
 
 /// Raft groups use ids from here up; local topics (numbered from 1 by a

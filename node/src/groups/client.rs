@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use woof_consensus::bugs::{self, Bug};
 use woof_consensus::raft::{Command, CommandResult, decode, encode};
 use woof_consensus::store::{GroupId, blocking};
 use woof_overlay::PeerId;
@@ -101,7 +102,7 @@ impl Groups {
         let mut started = Vec::new();
         for (i, peer) in members.iter().enumerate().rev() {
             let control = Control::StartGroup {
-                group: group.0,
+                group,
                 members: names.clone(),
                 initialize: i == 0,
             };
@@ -125,7 +126,7 @@ impl Groups {
     /// effort (a member that does not answer keeps its copy).
     pub async fn remove(&self, group: GroupId, members: &[PeerId]) {
         for peer in members {
-            let control = Control::RemoveGroup { group: group.0 };
+            let control = Control::RemoveGroup { group };
             if let Err(e) = self.control(*peer, control, CONTROL_TIMEOUT).await {
                 tracing::warn!(group = group.0, %peer, "removing group: {e}");
             }
@@ -161,10 +162,26 @@ impl Groups {
             }
             other => (other, None),
         };
+        let attempts = std::sync::atomic::AtomicUsize::new(0);
         let reply = self
-            .at_leader(group, members, CONTROL_TIMEOUT, || Control::Write {
-                group: group.0,
-                command: command.clone(),
+            .at_leader(group, members, CONTROL_TIMEOUT, || {
+                let retry = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
+                let command = match &command {
+                    Command::Append {
+                        payloads, time_ms, ..
+                    } if retry
+                        && lane.is_some()
+                        && bugs::on(Bug::ForwardedRetryWithoutIdentity) =>
+                    {
+                        Command::Append {
+                            payloads: payloads.clone(),
+                            producer: None,
+                            time_ms: *time_ms,
+                        }
+                    }
+                    command => command.clone(),
+                };
+                Control::Write { group, command }
             })
             .await?;
         match reply {
@@ -193,7 +210,7 @@ impl Groups {
         };
         let reply = self
             .at_leader(group, members, timeout, || Control::Read {
-                group: group.0,
+                group,
                 topic: topic.to_string(),
                 read: read.clone(),
             })
@@ -303,9 +320,7 @@ impl Groups {
                 }
                 Next::Gone => {
                     self.routes.forget(group, None);
-                    return Err(Error::Log(woof_consensus::Error::TopicNotFound(
-                        String::new(),
-                    )));
+                    return Err(Error::Log(woof_consensus::Error::GroupWithoutTopic));
                 }
                 Next::GiveUp(last) => {
                     self.routes.forget(group, None);

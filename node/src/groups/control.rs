@@ -3,6 +3,7 @@
 
 use serde_bytes::ByteBuf;
 use woof_consensus::raft::{Command, CommandResult};
+use woof_consensus::store::GroupId;
 use woof_consensus::topic::{Element, TopicMeta};
 
 use crate::error::{Error, Result};
@@ -12,25 +13,25 @@ use crate::error::{Error, Result};
 pub(super) enum Control {
     /// Start `group` here; with `initialize`, also make it a group of `members`.
     StartGroup {
-        group: u64,
+        group: GroupId,
         members: Vec<String>,
         initialize: bool,
     },
     /// Write `command` through `group`, if this node leads it.
-    Write { group: u64, command: Command },
+    Write { group: GroupId, command: Command },
     /// Read `topic` (the topic of `group`), if this node leads it.
     Read {
-        group: u64,
+        group: GroupId,
         topic: String,
         read: Read,
     },
     /// This node's replicas, as its groups see them.
     Replicas,
     /// Stop `group` here and remove everything it stored.
-    RemoveGroup { group: u64 },
+    RemoveGroup { group: GroupId },
     /// The leader of `groups` puts them to sleep: stop running them here
     /// (their storage stays; any message for one wakes it).
-    Sleep { groups: Vec<u64> },
+    Sleep { groups: Vec<GroupId> },
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]

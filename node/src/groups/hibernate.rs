@@ -100,14 +100,14 @@ impl Groups {
     async fn hibernate(&self, idle: Vec<(GroupId, Raft<TypeConfig>)>) {
         let me = self.peer_id();
         // In peer order: the simulator repeats a run only if this does.
-        let mut by_peer: BTreeMap<PeerId, Vec<u64>> = BTreeMap::new();
+        let mut by_peer: BTreeMap<PeerId, Vec<GroupId>> = BTreeMap::new();
         for (group, raft) in &idle {
             // Quiet first: a heartbeat reaching a follower that already
             // slept would wake it without a leader, and it would stand.
             raft.runtime_config().heartbeat(false);
             for peer in peers(&voters(&raft.metrics().borrow())) {
                 if peer != me {
-                    by_peer.entry(peer).or_default().push(group.0);
+                    by_peer.entry(peer).or_default().push(*group);
                 }
             }
         }
@@ -144,7 +144,7 @@ impl Groups {
 
     /// A follower's side of [`Control::Sleep`]: stops each of `groups`
     /// that runs here and does not think itself the leader.
-    pub(super) async fn sleep_followers(&self, groups: Vec<u64>) -> ControlReply {
+    pub(super) async fn sleep_followers(&self, groups: Vec<GroupId>) -> ControlReply {
         if groups.len() > SLEEP_GROUPS_MAX {
             return ControlReply::Failed(format!(
                 "{} groups to put to sleep; at most {SLEEP_GROUPS_MAX} at once",
@@ -153,7 +153,6 @@ impl Groups {
         }
         futures::stream::iter(groups)
             .for_each_concurrent(STOPS_AT_ONCE, |group| async move {
-                let group = GroupId(group);
                 if self.running(group).is_none() {
                     // Not held here, or asleep already (and a gate taken for
                     // a group not held would leave a slot behind).

@@ -71,7 +71,7 @@ impl Groups {
             .chain(std::iter::once(new))
             .collect();
         let start = Control::StartGroup {
-            group: group.0,
+            group,
             members: next.iter().map(ToString::to_string).collect(),
             initialize: false,
         };

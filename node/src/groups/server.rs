@@ -71,14 +71,14 @@ impl Groups {
                 group,
                 members,
                 initialize,
-            } => self.join(GroupId(group), &members, initialize).await,
+            } => self.join(group, &members, initialize).await,
             Control::Write { group, command } => {
-                let raft = match self.serving(GroupId(group)).await {
+                let raft = match self.serving(group).await {
                     Ok(raft) => raft,
                     Err(reply) => return reply,
                 };
                 if let Command::Append { .. } = command {
-                    return self.propose(GroupId(group), command).await;
+                    return self.propose(group, command).await;
                 }
                 match raft.client_write(command).await {
                     Ok(r) => ControlReply::Written(r.data),
@@ -90,11 +90,9 @@ impl Groups {
                     },
                 }
             }
-            Control::Read { group, topic, read } => {
-                self.serve_read(GroupId(group), topic, read).await
-            }
+            Control::Read { group, topic, read } => self.serve_read(group, topic, read).await,
             Control::Replicas => ControlReply::Replicas(self.replicas()),
-            Control::RemoveGroup { group } => match self.remove_local(GroupId(group)).await {
+            Control::RemoveGroup { group } => match self.remove_local(group).await {
                 Ok(()) => ControlReply::Removed,
                 Err(e) => ControlReply::Failed(e.to_string()),
             },

@@ -12,7 +12,7 @@ use crate::topics::TopicView;
 pub fn status(err: Error) -> Status {
     let code = match &err {
         Error::InvalidName { .. } | Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::TopicNotFound(_) => Code::NotFound,
+        Error::TopicNotFound(_) | Error::GroupWithoutTopic => Code::NotFound,
         Error::TopicExists(_) => Code::AlreadyExists,
         Error::OutOfRange { .. } | Error::FellBehind { .. } => Code::OutOfRange,
         Error::ProducerSeq { .. } => Code::FailedPrecondition,

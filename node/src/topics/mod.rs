@@ -641,7 +641,7 @@ impl ClusterTopics {
 /// Puts the topic's name into errors a group raised without it.
 fn named(e: woof_consensus::Error, name: &TopicName) -> woof_consensus::Error {
     match e {
-        woof_consensus::Error::TopicNotFound(n) if n.is_empty() => {
+        woof_consensus::Error::GroupWithoutTopic => {
             woof_consensus::Error::TopicNotFound(name.to_string())
         }
         e => e,
