@@ -128,7 +128,7 @@ impl Node {
                 let api = ClusterTopics::new(
                     topics,
                     groups.clone(),
-                    overlay.client.clone(),
+                    Arc::new(overlay.client.clone()),
                     info.clone(),
                 );
                 tokio::spawn(api.clone().maintain(cluster.repair_after));

@@ -59,7 +59,7 @@ fn sim_a_leader_cut_off_never_says_an_acknowledged_element_is_missing() {
     rt.block_on(async {
         let rec = Arc::new(Recorder::new(false));
         let root = SimRng::new(7);
-        let cluster = Cluster::new(
+        let mut cluster = Cluster::new(
             rec,
             root.fork("net"),
             3,
@@ -67,13 +67,14 @@ fn sim_a_leader_cut_off_never_says_an_acknowledged_element_is_missing() {
             3,
             &mut root.fork("placement"),
             None,
+            Duration::from_secs(60),
         )
         .unwrap();
         for id in cluster.ids() {
             cluster.start(id).await.unwrap();
         }
+        cluster.create_topics(1_000).await.unwrap();
         let plan = cluster.plans[0].clone();
-        cluster.create_topic(&plan, 1_000).await.unwrap();
         let old = cluster.leader(&plan).expect("a leader after creation");
         assert_eq!(append(&cluster, &plan, old, "before").await, 1);
 
@@ -109,6 +110,82 @@ fn sim_a_leader_cut_off_never_says_an_acknowledged_element_is_missing() {
             .and_then(ReadReply::into_elements)
             .expect("found once healed");
         assert_eq!(&found[0].payload[..], b"after");
+        cluster.stop().await;
+    });
+}
+
+/// Repair, set up on purpose: a replica's node is lost for longer than
+/// the repair time; the topic's leader replaces it by another node (its
+/// placement's choice), the new voter holds what was acknowledged before,
+/// and the topic takes appends at full strength.
+#[test]
+fn sim_a_replica_lost_past_the_repair_time_is_replaced_and_keeps_the_acks() {
+    let rt = woof_sim::runtime(11).unwrap();
+    rt.block_on(async {
+        let rec = Arc::new(Recorder::new(false));
+        let root = SimRng::new(11);
+        let mut cluster = Cluster::new(
+            rec,
+            root.fork("net"),
+            5,
+            1,
+            3,
+            &mut root.fork("placement"),
+            None,
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        for id in cluster.ids() {
+            cluster.start(id).await.unwrap();
+        }
+        cluster.create_topics(1_000).await.unwrap();
+        let plan = cluster.plans[0].clone();
+        let leader = cluster.leader(&plan).expect("a leader after creation");
+        let before = append(&cluster, &plan, leader, "before").await;
+        let lost = *plan
+            .replicas
+            .iter()
+            .find(|id| **id != leader)
+            .expect("a follower");
+        cluster.crash(lost, &mut SimRng::new(1)).await;
+
+        let mut voters = cluster.voters(&plan);
+        for _ in 0..100 {
+            if !voters.contains(&lost) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            voters = cluster.voters(&plan);
+        }
+        assert!(
+            !voters.contains(&lost),
+            "n{lost}'s replica was not replaced within 20 s: {voters:?}"
+        );
+        assert_eq!(voters.len(), 3, "back to three voters: {voters:?}");
+        let new = *voters
+            .iter()
+            .find(|id| !plan.replicas.contains(id))
+            .expect("a new voter");
+        let leader = cluster.leader(&plan).expect("a leader after the repair");
+        let after = append(&cluster, &plan, leader, "after").await;
+        assert_eq!(after, before + 1);
+        for _ in 0..100 {
+            let last = cluster
+                .topics(new)
+                .and_then(|t| t.latest(&plan.name).ok())
+                .map_or(0, |r| r.last);
+            if last >= after {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let topics = cluster.topics(new).expect("the new voter is up");
+        let held = topics.get(&plan.name, before).await.expect("held");
+        assert_eq!(
+            &held.payload[..],
+            b"before",
+            "n{new} holds the acked element"
+        );
         cluster.stop().await;
     });
 }

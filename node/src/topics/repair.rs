@@ -8,7 +8,7 @@
 //! replaced is told to remove its copy (while the leader that replaced it
 //! runs; a copy left behind by a leader that restarted stays on disk, unused).
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use woof_consensus::store::GroupId;
@@ -27,7 +27,7 @@ impl ClusterTopics {
     /// Repairs the groups this node leads until the groups shut down.
     pub async fn maintain(self, repair_after: Duration) {
         let mut stop = self.groups.stopping();
-        let mut removed: HashSet<(GroupId, PeerId)> = HashSet::new();
+        let mut removed: BTreeSet<(GroupId, PeerId)> = BTreeSet::new();
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
@@ -42,7 +42,7 @@ impl ClusterTopics {
     async fn repair_once(
         &self,
         repair_after: Duration,
-        removed: &mut HashSet<(GroupId, PeerId)>,
+        removed: &mut BTreeSet<(GroupId, PeerId)>,
     ) -> crate::Result<()> {
         let members = self.overlay.members().await?;
         let silent_ms = |peer: &PeerId| {
@@ -109,7 +109,11 @@ impl ClusterTopics {
 
         // Sleeping groups with a lost replica: the first live member wakes
         // them, so that their leader repairs them.
-        for (group, voters) in self.groups.asleep_groups() {
+        // In group order, whatever order the group layer keeps them in (a
+        // run of the simulator must repeat itself).
+        let mut asleep = self.groups.asleep_groups();
+        asleep.sort_by_key(|(group, _)| *group);
+        for (group, voters) in asleep {
             if !voters.iter().any(&lost) {
                 continue;
             }
