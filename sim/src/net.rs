@@ -561,7 +561,7 @@ impl SimNet {
         op: impl FnOnce(&mut BTreeMap<Vec<u8>, Vec<u8>>) -> T,
     ) -> Option<T> {
         let mut s = self.state();
-        if !s.inboxes.get(&me).is_some_and(|(i, _)| *i == incarnation) {
+        if s.inboxes.get(&me).is_none_or(|(i, _)| *i != incarnation) {
             return None;
         }
         Some(op(s.records.entry(me).or_default()))

@@ -88,6 +88,9 @@ pub struct TopicPlan {
 /// nodes for it): one replica at the edge, two in the cloud.
 const EDGE_AND_CLOUD: &str = "tier=edge:1,tier=cloud:2";
 
+/// A node's peer id and what it advertises.
+type Identity = (PeerId, NodeInfo);
+
 /// The nodes' identities, drawn from the seed, and what they advertise:
 /// the first third at the edge, the rest in the cloud; and the topics,
 /// named and given their constraint (every third one, when the cluster has
@@ -98,7 +101,7 @@ fn draw_nodes(
     topics: usize,
     replication: usize,
     rng: &mut SimRng,
-) -> Result<(Vec<(PeerId, NodeInfo)>, Vec<TopicPlan>), Error> {
+) -> Result<(Vec<Identity>, Vec<TopicPlan>), Error> {
     let edge_nodes = nodes.div_ceil(3);
     let peers = (1..=nodes)
         .map(|id| {
