@@ -9,6 +9,13 @@
 //! clients may talk to any node); reads are served by a local replica when
 //! it already holds what was asked, else by the leader; a subscription
 //! follows a local replica, or the leader from a node that holds none.
+//!
+//! What it needs of the overlay (DHT records, the member view) it takes as
+//! [`Overlay`] (`overlay.rs`), which `woof_overlay::Client` implements and
+//! the simulator implements over its simulated network; its clock and the
+//! random numbers of new group ids are passed in too
+//! ([`ClusterTopics::with_time`]), so that `woof-sim` runs this code, repair
+//! (`repair.rs`) included, seed for seed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
