@@ -2,6 +2,8 @@
 //! the libp2p overlay: the pieces the cluster issue builds replicated topics
 //! from.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -10,24 +12,10 @@ use serde_bytes::ByteBuf;
 use woof_consensus::raft::{Command, CommandResult, TypeConfig};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
-use woof_node::config::{ClusterConfig, NodeConfig};
 use woof_node::server::Node;
-use woof_overlay::{ClusterKey, Multiaddr, Timing};
+use woof_overlay::ClusterKey;
 
 const GROUP: GroupId = GroupId(GROUP_ID_MIN);
-
-async fn start(dir: &std::path::Path, key: ClusterKey, join: Vec<Multiaddr>) -> Node {
-    let mut config = NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
-    config.cluster = Some(ClusterConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        join,
-        key,
-        timing: Timing::default(),
-        join_timeout: Duration::from_secs(10),
-        repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
-    });
-    Node::start(&config).await.unwrap()
-}
 
 async fn leader(rafts: &[Raft<TypeConfig>], not: Option<u64>) -> usize {
     for _ in 0..200 {
@@ -94,10 +82,10 @@ async fn converged(nodes: &[&Node], count: u64) {
 async fn a_group_replicates_over_the_overlay_and_survives_a_node_stopping() {
     let dir = tempfile::tempdir().unwrap();
     let key = ClusterKey::generate();
-    let a = start(&dir.path().join("a"), key, vec![]).await;
+    let a = common::start_clustered(&dir.path().join("a"), key, vec![]).await;
     let join = a.overlay().unwrap().listen_addrs().to_vec();
-    let b = start(&dir.path().join("b"), key, join.clone()).await;
-    let c = start(&dir.path().join("c"), key, join).await;
+    let b = common::start_clustered(&dir.path().join("b"), key, join.clone()).await;
+    let c = common::start_clustered(&dir.path().join("c"), key, join).await;
     let nodes = vec![a, b, c];
 
     let mut rafts = Vec::new();
@@ -154,11 +142,11 @@ async fn a_group_replicates_over_the_overlay_and_survives_a_node_stopping() {
 async fn a_node_outside_the_group_creates_it_and_writes_through_the_leader() {
     let dir = tempfile::tempdir().unwrap();
     let key = ClusterKey::generate();
-    let a = start(&dir.path().join("a"), key, vec![]).await;
+    let a = common::start_clustered(&dir.path().join("a"), key, vec![]).await;
     let join = a.overlay().unwrap().listen_addrs().to_vec();
     let mut nodes = vec![a];
     for name in ["b", "c", "d"] {
-        nodes.push(start(&dir.path().join(name), key, join.clone()).await);
+        nodes.push(common::start_clustered(&dir.path().join(name), key, join.clone()).await);
     }
     // Wait until d knows the others (it talks to them by peer id).
     for _ in 0..100 {

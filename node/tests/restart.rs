@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use woof_consensus::store::{RocksStore, Store};
-use woof_node::config::{ClusterConfig, NodeConfig};
 use woof_node::server::Node;
-use woof_overlay::{ClusterKey, Multiaddr, Timing};
+use woof_overlay::ClusterKey;
 use woof_proto::v1::{self, subscribe_request::Start};
 
 const RESTARTS: usize = 20;
@@ -189,19 +188,6 @@ async fn a_client_that_stops_reading_does_not_hold_the_node_up() {
         "stopping took {took:?}"
     );
     drop(stalled);
-}
-
-async fn start_clustered(dir: &std::path::Path, key: ClusterKey, join: Vec<Multiaddr>) -> Node {
-    let mut config = NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
-    config.cluster = Some(ClusterConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
-        join,
-        key,
-        timing: Timing::default(),
-        join_timeout: Duration::from_secs(10),
-        repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
-    });
-    Node::start(&config).await.unwrap()
 }
 
 /// One node of three stopped and started again twenty times while writers

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 use woof_consensus::store::{RocksStore, Store};
-use woof_node::config::NodeConfig;
+use woof_node::config::{ClusterConfig, NodeConfig};
 use woof_node::server::Node;
+use woof_overlay::{ClusterKey, Multiaddr, Timing};
 use woof_proto::v1::{self, woof_client::WoofClient};
 
 pub type Client = WoofClient<Channel>;
@@ -511,4 +512,19 @@ pub fn assert_log_holds(held: &[(u64, Vec<u8>)], acked: &[(String, u64, Instant)
             "acknowledged {payload} at #{seq}"
         );
     }
+}
+
+/// A node in this process in a cluster of loopback nodes keyed by `key`,
+/// joining `join` (none for the first).
+pub async fn start_clustered(dir: &std::path::Path, key: ClusterKey, join: Vec<Multiaddr>) -> Node {
+    let mut config = NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    config.cluster = Some(ClusterConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        join,
+        key,
+        timing: Timing::default(),
+        join_timeout: Duration::from_secs(10),
+        repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
+    });
+    Node::start(&config).await.unwrap()
 }
