@@ -199,7 +199,7 @@ impl Node {
                 self.groups_task = Some(task);
                 let held = groups.load_all().await?;
                 tracing::info!(groups = held, "raft groups loaded (each runs when used)");
-                let api = ClusterTopics::new(topics, groups, client, self.info.clone());
+                let api = ClusterTopics::new(topics, groups, Arc::new(client), self.info.clone());
                 self.shutdown.spawn(
                     api.clone()
                         .maintain(cluster.repair_after, self.shutdown.clone()),

@@ -264,6 +264,16 @@ pub struct Config {
     pub trace: bool,
     /// A deliberate bug to switch on (checker tests).
     pub broken: Option<Broken>,
+    /// How long a replica's node may be silent before repair replaces it
+    /// (each node runs `ClusterTopics::maintain` with it).
+    pub repair_after_ms: u64,
+    /// Extra topics an admin creates, deletes and re-creates during the
+    /// faults (0: none).
+    pub extra_topics: usize,
+    /// Create new names from two or three nodes at the same instant, and
+    /// check that one create of each succeeds (off by default: the current
+    /// create is check-then-create, and loses that race).
+    pub concurrent_creates: bool,
 }
 
 impl Default for Config {
@@ -278,6 +288,9 @@ impl Default for Config {
             faults: Rates::all(),
             trace: false,
             broken: None,
+            repair_after_ms: 4_000,
+            extra_topics: 3,
+            concurrent_creates: false,
         }
     }
 }
@@ -299,6 +312,12 @@ impl Config {
         }
         if self.clients > 1000 {
             return Err(Error::Config("--clients must be at most 1000".into()));
+        }
+        if !(1_000..=600_000).contains(&self.repair_after_ms) {
+            return Err(Error::Config("--repair-after must be 1s to 10m".into()));
+        }
+        if self.extra_topics > 100 {
+            return Err(Error::Config("--extra-topics must be at most 100".into()));
         }
         Ok(())
     }

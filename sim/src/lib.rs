@@ -1,4 +1,4 @@
-//! `woof-sim`: woof's consensus, topic and group code, many nodes in one process,
+//! `woof-sim`: woof's consensus, topic, group and cluster topic code, many nodes in one process,
 //! over a simulated network, disk and clock, with faults, and checkers that
 //! know what must always hold (issue 4; the design is in docs/adr/0005).
 //!
@@ -7,13 +7,17 @@
 //! numbers (tokio's, openraft's and the simulator's own), so that the same
 //! seed takes the same path and gives the same history hash.
 //!
-//! A run ([`run`]): N nodes start; T topics are placed on R nodes each by
-//! woof's placement engine and created, fault-free; then for the simulated
-//! time asked, clients append and read and subscribers follow topics while
-//! the network and the nemesis inject faults; then the faults stop, the
-//! network heals, every node comes back, a probe appends to every topic,
-//! the groups catch up, and the checkers look at what was recorded and what
-//! every replica holds.
+//! A run ([`run`]): N nodes start; T topics are created, fault-free, each
+//! through another node's `ClusterTopics` (which places it on R nodes with
+//! woof's placement engine and publishes its DHT record); then for the
+//! simulated time asked, clients append and read and subscribers follow
+//! topics through the nodes' `ClusterTopics`, an admin creates, deletes and
+//! re-creates extra topics, and every node runs repair, while the network
+//! and the nemesis inject faults; then the faults stop, the network heals,
+//! every node comes back but one, lost for good (when the cluster can spare
+//! it), a probe appends to every topic, repair replaces the lost node's
+//! replicas, the groups catch up, and the checkers look at what was
+//! recorded and what every voter holds.
 //!
 //! Layout:
 //! - `config.rs`: a run's [`Config`], the fault kinds and their rates
@@ -25,11 +29,16 @@
 //! - `store.rs`: the simulated disk ([`store::SimStore`]): woof's storage
 //!   traits in memory, with crashes that lose what was not synced, and slow
 //!   spells;
-//! - `net.rs`: the simulated network ([`net::SimNet`]), woof's Raft
-//!   `Transport` with drops, delays, duplicates, reordering, partitions, and
-//!   clients' calls to nodes;
-//! - `node.rs`: the cluster: nodes (router, disk, topics, clock), topic
-//!   placement and creation, crash and restart;
+//! - `net.rs`: the simulated network ([`net::SimNet`]): the group layer's
+//!   `Net` with drops, delays, duplicates, reordering, partitions, clients'
+//!   calls to nodes, and the DHT and member view `ClusterTopics` is built
+//!   on (`woof_node::topics::Overlay`);
+//! - `node.rs`: the cluster: nodes (disk, topics, group layer, cluster
+//!   topic API with its repair loop, clock), the topics' creation, crash
+//!   and restart;
+//! - `admin.rs`: creates and deletes of extra topics during the faults,
+//!   and (`--concurrent-creates`) one name created from several nodes at
+//!   once;
 //! - `nemesis.rs`: partitions, crashes, torn writes, failing writes, clock
 //!   jumps and slow disks over time, and the heal at the end;
 //! - `workload.rs`: the clients (producer appends with retries,
@@ -44,15 +53,20 @@
 //!
 //! Each node runs woof's own group layer (`woof_node::groups::Groups`:
 //! forwarding to leaders, group commit, sleeping groups) over the
-//! simulated network (`woof_node::groups::Net`). Not simulated: the overlay
-//! (libp2p, Kademlia lookups, membership, repair) and `ClusterTopics` above
-//! the group layer: the simulator knows where each topic lives.
+//! simulated network (`woof_node::groups::Net`), and woof's own cluster
+//! topic API (`woof_node::topics::ClusterTopics`: create and delete across
+//! the DHT, lookups and their cache, the local-or-leader read choice,
+//! remote follow, and repair through `maintain`) over a simulated DHT and
+//! member view (`woof_node::topics::Overlay`). Not simulated: libp2p
+//! itself (Kademlia's routing, Identify, the heartbeats behind the member
+//! view) and gRPC.
 
 #[cfg(not(tokio_unstable))]
 compile_error!(
     "woof-sim needs tokio's unstable API to seed the runtime (`--cfg tokio_unstable`, set in .cargo/config.toml); a RUSTFLAGS variable overrides that file"
 );
 
+pub mod admin;
 pub mod check;
 pub mod config;
 pub mod history;
@@ -63,6 +77,7 @@ pub mod rng;
 pub mod store;
 pub mod workload;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -120,7 +135,10 @@ impl Outcome {
 
 /// Topics keep this many elements: more than a run appends, so that
 /// nothing is trimmed and the checkers see every element.
-const HISTORY: u64 = 1_000_000;
+pub(crate) const HISTORY: u64 = 1_000_000;
+/// How long, past the repair time, the replicas on the node lost at the end
+/// may take to be replaced.
+const REPAIR_MS_MAX: u64 = 30_000;
 /// How long the groups get to catch up after the faults, at most.
 const SETTLE_MS_MAX: u64 = 30_000;
 
@@ -162,7 +180,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         ..config.clone()
     };
     rec.event(format_args!("run {recorded:?}"));
-    let cluster = Arc::new(Cluster::new(
+    let mut cluster = Cluster::new(
         rec.clone(),
         root.fork("net"),
         config.nodes,
@@ -170,17 +188,13 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         config.replication,
         &mut root.fork("placement"),
         config.broken,
-    )?);
+        Duration::from_millis(config.repair_after_ms),
+    )?;
     for id in cluster.ids() {
         cluster.start(id).await?;
     }
-    futures::future::try_join_all(
-        cluster
-            .plans
-            .iter()
-            .map(|p| cluster.create_topic(p, HISTORY)),
-    )
-    .await?;
+    cluster.create_topics(HISTORY).await?;
+    let cluster = Arc::new(cluster);
     rec.event("setup done; faults on");
 
     let net = cluster.net.clone();
@@ -194,6 +208,21 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         until,
     ));
     let sampler = tokio::spawn(workload::sampler(cluster.clone(), record.clone(), until));
+    let admin = tokio::spawn(admin::admin(
+        cluster.clone(),
+        record.clone(),
+        config.extra_topics,
+        root.fork("admin"),
+        until,
+    ));
+    let races = config.concurrent_creates.then(|| {
+        tokio::spawn(admin::races(
+            cluster.clone(),
+            record.clone(),
+            root.fork("races"),
+            until,
+        ))
+    });
     let clients: Vec<_> = (0..config.clients)
         .map(|c| {
             tokio::spawn(workload::client(
@@ -221,15 +250,37 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         joined(task.await)?;
     }
     joined(sampler.await)?;
+    joined(admin.await)?;
+    if let Some(races) = races {
+        joined(races.await)?;
+    }
     joined(nemesis.await)?;
 
-    // The faults are over: every topic must take an append and its
-    // replicas catch up, within bounded time (the progress checker).
+    // The faults are over, every node is back, but one (when the cluster
+    // has a node to spare) is lost for good: every topic must take an
+    // append, its replicas on the lost node be replaced (the repair
+    // checker), and its replicas catch up, within bounded time (the
+    // progress checker).
+    let lost = lose_one(&cluster).await;
     workload::probe(&cluster, &record, config.clients, rec.now_ms()).await;
+    if let Some(lost) = lost {
+        wait_repaired(&cluster, lost).await;
+    }
     let lagging = settle(&cluster).await;
     let settled = lagging.is_empty();
-    workload::lock(&record).progress.lagging = lagging;
-    let finals = final_contents(&cluster);
+    admin::survey(&cluster, &record).await;
+    let voters: BTreeMap<usize, Vec<u64>> = cluster
+        .plans
+        .iter()
+        .map(|p| (p.index, cluster.voters(p)))
+        .collect();
+    {
+        let mut r = workload::lock(&record);
+        r.progress.lagging = lagging;
+        r.progress.lost = lost;
+        r.progress.up = cluster.up_ids();
+    }
+    let finals = final_contents(&cluster, &voters);
     cluster.stop().await;
     rec.event("run over");
 
@@ -237,6 +288,8 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
     let violations = check::all(&check::Observed {
         plans: &cluster.plans,
         record: &record,
+        voters,
+        replication: config.replication,
         finals,
     });
     for v in &violations {
@@ -270,6 +323,55 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
     })
 }
 
+/// Crashes the node that is lost for good at the end, if the cluster can
+/// spare one: the last node (a cloud node), when the others still number
+/// the replication factor and keep two cloud nodes for the mixed
+/// placement. Returns it.
+async fn lose_one(cluster: &Cluster) -> Option<u64> {
+    let ids = cluster.ids();
+    let n = ids.len() as u64;
+    let cloud = n - n.div_ceil(3);
+    if n <= cluster.replication as u64 || cloud < 3 {
+        return None;
+    }
+    let lost = *ids.last()?;
+    cluster
+        .crash(lost, &mut SimRng::new(0x4c4f_5354 ^ lost))
+        .await;
+    cluster.rec.event(format_args!(
+        "n{lost} lost for good: its replicas must be replaced"
+    ));
+    Some(lost)
+}
+
+/// Waits (at most the repair time and [`REPAIR_MS_MAX`]) until no topic's
+/// voters include `lost`.
+async fn wait_repaired(cluster: &Cluster, lost: u64) {
+    let start = cluster.rec.now_ms();
+    let max = cluster.repair_after.as_millis() as u64 + REPAIR_MS_MAX;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let waiting = cluster
+            .plans
+            .iter()
+            .filter(|p| cluster.voters(p).contains(&lost))
+            .count();
+        if waiting == 0 {
+            cluster.rec.event(format_args!(
+                "every replica on n{lost} replaced after {} ms",
+                cluster.rec.now_ms() - start
+            ));
+            return;
+        }
+        if cluster.rec.now_ms() - start >= max {
+            cluster.rec.event(format_args!(
+                "{waiting} topics still have a replica on n{lost} after {max} ms"
+            ));
+            return;
+        }
+    }
+}
+
 /// Waits (at most [`SETTLE_MS_MAX`]) until every topic's replicas hold the
 /// same last seq twice in a row; returns the topics whose replicas did not,
 /// with each replica's last seq.
@@ -282,8 +384,8 @@ async fn settle(cluster: &Cluster) -> Vec<(usize, Vec<Option<u64>>)> {
             .plans
             .iter()
             .filter_map(|p| {
-                let lasts: Vec<Option<u64>> = p
-                    .replicas
+                let lasts: Vec<Option<u64>> = cluster
+                    .voters(p)
                     .iter()
                     .map(|n| {
                         cluster
@@ -310,10 +412,11 @@ async fn settle(cluster: &Cluster) -> Vec<(usize, Vec<Option<u64>>)> {
     }
 }
 
-fn final_contents(cluster: &Cluster) -> check::Finals {
+/// What each topic's voters hold at the end.
+fn final_contents(cluster: &Cluster, voters: &BTreeMap<usize, Vec<u64>>) -> check::Finals {
     let mut finals = check::Finals::new();
     for p in &cluster.plans {
-        for n in &p.replicas {
+        for n in voters.get(&p.index).into_iter().flatten() {
             let els = cluster
                 .store(*n)
                 .and_then(|s| s.scan(p.topic_id(), 1, usize::MAX, usize::MAX).ok())

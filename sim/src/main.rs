@@ -49,6 +49,17 @@ struct Args {
     /// Seeds run at once, each on its own thread (at most 64).
     #[arg(long, default_value_t = 1)]
     jobs: usize,
+    /// How long a replica's node may be silent before repair replaces it.
+    #[arg(long, default_value = "4s")]
+    repair_after: String,
+    /// Extra topics created, deleted and re-created during the faults.
+    #[arg(long, default_value_t = 3)]
+    extra_topics: usize,
+    /// Also create new names from two or three nodes at once, and check
+    /// that at most one create of each succeeds (off by default: the
+    /// current create loses that race).
+    #[arg(long)]
+    concurrent_creates: bool,
     /// Switch on a deliberate bug (ack-before-commit, retry-with-new-seq,
     /// divergent-replica, ignore-producer-window, stale-read,
     /// subscriber-redelivers, restarted-group-unreachable) to see the checkers catch it.
@@ -65,6 +76,7 @@ fn main() -> anyhow::Result<()> {
     };
     let faults = Rates::parse(&args.faults)?;
     let sim_time_ms = config::parse_duration_ms(&args.sim_time)?;
+    let repair_after_ms = config::parse_duration_ms(&args.repair_after)?;
     let broken = args
         .broken
         .as_deref()
@@ -80,6 +92,9 @@ fn main() -> anyhow::Result<()> {
         faults,
         trace: args.replay,
         broken,
+        repair_after_ms,
+        extra_topics: args.extra_topics,
+        concurrent_creates: args.concurrent_creates,
     };
     config(seeds.start).validate()?;
     let jobs = args.jobs.clamp(1, JOBS_MAX);
@@ -195,13 +210,20 @@ fn report(args: &Args, outcome: &Outcome, real: Duration) {
         println!("    {e}");
     }
     println!(
-        "  reproduce: woof-sim --seed {seed} --nodes {} --topics {} --replication {} --clients {} --sim-time {} --faults {}{} --replay",
+        "  reproduce: woof-sim --seed {seed} --nodes {} --topics {} --replication {} --clients {} --sim-time {} --faults {} --repair-after {} --extra-topics {}{}{} --replay",
         args.nodes,
         args.topics,
         args.replication,
         args.clients,
         args.sim_time,
         args.faults,
+        args.repair_after,
+        args.extra_topics,
+        if args.concurrent_creates {
+            " --concurrent-creates"
+        } else {
+            ""
+        },
         args.broken
             .as_ref()
             .map(|b| format!(" --broken {b}"))

@@ -18,6 +18,19 @@
 //! cross it too ([`SimNet::client_call`]): delays and drops of the call or
 //! its answer, no partitions.
 //!
+//! The DHT is simulated here too ([`SimNet::dht`], the
+//! `woof_node::topics::Overlay` each node's `ClusterTopics` is built on):
+//! each node holds records in memory (lost when it crashes, as the
+//! overlay's Kademlia `MemoryStore`); a record lives on the [`DHT_K`]
+//! nodes nearest its key by XOR distance (and on the node that put it);
+//! a put writes to those it reaches (it fails if it reaches none); a get
+//! asks its own store, then those nodes nearest first, and takes the first
+//! answer. Every DHT request crosses the network like any other message
+//! (drops, delays, partitions). The member view it gives is derived from
+//! the network: a node down, or cut off from the asker, for
+//! [`SILENT_AFTER_MS`] or more is suspected, its `silent_ms` growing, and
+//! gone after the overlay's gone time.
+//!
 //! Every send, loss and delivery is an event in the history.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -29,7 +42,8 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use woof_consensus::Error;
 use woof_node::groups::Net;
-use woof_overlay::{Inbound, PeerId};
+use woof_node::topics::Overlay;
+use woof_overlay::{Inbound, Liveness, Member, NodeInfo, PeerId, Timing};
 
 use crate::config::{Fault, Rates};
 use crate::history::{Fnv, Recorder};
@@ -41,6 +55,11 @@ pub const TIMEOUT_MS: u64 = 500;
 const HANDLE_MS_MAX: u64 = 5_000;
 /// A node down this long is reported silent (suspected) to the others.
 pub const SILENT_AFTER_MS: u64 = 1_000;
+/// How many nodes nearest a record's key hold it.
+pub const DHT_K: usize = 3;
+/// Records one node holds at most (the overlay's bound is larger; a run
+/// has few topics).
+const RECORDS_MAX: usize = 10_000;
 
 struct State {
     rng: SimRng,
@@ -52,6 +71,10 @@ struct State {
     down_since: BTreeMap<u64, tokio::time::Instant>,
     /// Cut links (from, to), with how many partitions cut each.
     blocked: BTreeMap<(u64, u64), u32>,
+    /// When each cut link was cut.
+    cut_since: BTreeMap<(u64, u64), tokio::time::Instant>,
+    /// Each node's DHT records (in memory: a crash loses them).
+    records: BTreeMap<u64, BTreeMap<Vec<u8>, Vec<u8>>>,
     next_msg: u64,
 }
 
@@ -61,6 +84,8 @@ pub struct SimNet {
     state: Mutex<State>,
     /// Each node's peer id, by node id (1-based).
     peers: Vec<PeerId>,
+    /// What each node advertises (its tier), by node id (1-based).
+    infos: Vec<NodeInfo>,
 }
 
 /// What happens to one message, drawn when it is sent.
@@ -82,8 +107,15 @@ fn digest(bytes: &[u8]) -> u64 {
 }
 
 impl SimNet {
-    /// The network between nodes 1 to `peers.len()`, with those peer ids.
-    pub fn new(rec: Arc<Recorder>, rng: SimRng, rates: Rates, peers: Vec<PeerId>) -> Arc<Self> {
+    /// The network between nodes 1 to `peers.len()`, with those peer ids
+    /// and what they advertise.
+    pub fn new(
+        rec: Arc<Recorder>,
+        rng: SimRng,
+        rates: Rates,
+        peers: Vec<(PeerId, NodeInfo)>,
+    ) -> Arc<Self> {
+        let (peers, infos) = peers.into_iter().unzip();
         Arc::new(Self {
             rec,
             state: Mutex::new(State {
@@ -92,10 +124,18 @@ impl SimNet {
                 inboxes: BTreeMap::new(),
                 down_since: BTreeMap::new(),
                 blocked: BTreeMap::new(),
+                cut_since: BTreeMap::new(),
+                records: BTreeMap::new(),
                 next_msg: 0,
             }),
             peers,
+            infos,
         })
+    }
+
+    /// What node `id` advertises.
+    pub fn info(&self, id: u64) -> Option<NodeInfo> {
+        self.infos.get((id as usize).checked_sub(1)?).cloned()
     }
 
     /// Node `id`'s peer id.
@@ -128,6 +168,7 @@ impl SimNet {
         if s.inboxes.remove(&node).is_some() {
             s.down_since.insert(node, tokio::time::Instant::now());
         }
+        s.records.remove(&node);
     }
 
     /// What incarnation `incarnation` of node `node` sends with.
@@ -158,8 +199,10 @@ impl SimNet {
     /// with the same list heals it).
     pub fn block(&self, links: &[(u64, u64)]) {
         let mut s = self.state();
+        let now = tokio::time::Instant::now();
         for l in links {
             *s.blocked.entry(*l).or_default() += 1;
+            s.cut_since.entry(*l).or_insert(now);
         }
     }
 
@@ -170,6 +213,7 @@ impl SimNet {
                 *n -= 1;
                 if *n == 0 {
                     s.blocked.remove(l);
+                    s.cut_since.remove(l);
                 }
             }
         }
@@ -177,7 +221,9 @@ impl SimNet {
 
     /// Heals every partition.
     pub fn heal(&self) {
-        self.state().blocked.clear();
+        let mut s = self.state();
+        s.blocked.clear();
+        s.cut_since.clear();
     }
 
     pub fn is_blocked(&self, from: u64, to: u64) -> bool {
@@ -311,7 +357,7 @@ impl SimNet {
         }
     }
 
-    async fn lost(&self, msg: u64, why: &str, waited_ms: u64) -> Result<Vec<u8>, Error> {
+    async fn lost<T>(&self, msg: u64, why: &str, waited_ms: u64) -> Result<T, Error> {
         self.rec.event(format_args!("msg#{msg} lost: {why}"));
         tokio::time::sleep(Duration::from_millis(TIMEOUT_MS.saturating_sub(waited_ms))).await;
         Err(Error::Network(format!("message {msg} lost: {why}")))
@@ -444,5 +490,256 @@ impl Net for Link {
     fn silent_peers(&self) -> BoxFuture<'static, Result<Vec<PeerId>, String>> {
         let silent = self.net.silent();
         async move { Ok(silent) }.boxed()
+    }
+}
+
+/// A record key, for the history.
+fn show_key(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+impl SimNet {
+    /// What incarnation `incarnation` of node `node` sees of the overlay:
+    /// the DHT and the member view (its `ClusterTopics` is built on it).
+    pub fn dht(self: &Arc<Self>, node: u64, incarnation: u64) -> Arc<dyn Overlay> {
+        Arc::new(Dht {
+            me: node,
+            incarnation,
+            net: self.clone(),
+        })
+    }
+
+    /// The nodes that hold `key`'s record: the [`DHT_K`] nearest the key
+    /// by XOR distance, nearest first.
+    fn holders(&self, key: &[u8]) -> Vec<u64> {
+        let mut peers = self.peers.clone();
+        woof_overlay::distance::sort_nearest(key, &mut peers);
+        peers
+            .iter()
+            .take(DHT_K)
+            .filter_map(|p| self.node_of(p))
+            .collect()
+    }
+
+    /// The member view of node `me`: every other node, silent since it went
+    /// down or since its link to `me` was cut.
+    fn members(&self, me: u64) -> Vec<Member> {
+        let s = self.state();
+        let gone_after_ms = Timing::default().gone_after_ms;
+        (1..=self.peers.len() as u64)
+            .filter(|id| *id != me)
+            .filter_map(|id| {
+                let since = [s.down_since.get(&id), s.cut_since.get(&(id, me))]
+                    .into_iter()
+                    .flatten()
+                    .min();
+                let silent_ms = since.map_or(0, |t| t.elapsed().as_millis() as u64);
+                let liveness = if silent_ms < SILENT_AFTER_MS {
+                    Liveness::Alive
+                } else if silent_ms < gone_after_ms {
+                    Liveness::Suspected
+                } else {
+                    Liveness::Gone
+                };
+                Some(Member {
+                    peer: self.peer(id)?,
+                    info: self.info(id)?,
+                    addrs: Vec::new(),
+                    liveness,
+                    silent_ms,
+                })
+            })
+            .collect()
+    }
+
+    /// Runs `op` on node `me`'s own records, if incarnation `incarnation`
+    /// is the one up.
+    fn local_records<T>(
+        &self,
+        me: u64,
+        incarnation: u64,
+        op: impl FnOnce(&mut BTreeMap<Vec<u8>, Vec<u8>>) -> T,
+    ) -> Option<T> {
+        let mut s = self.state();
+        if s.inboxes.get(&me).is_none_or(|(i, _)| *i != incarnation) {
+            return None;
+        }
+        Some(op(s.records.entry(me).or_default()))
+    }
+
+    /// One DHT request from node `me` to node `to`: it crosses the network
+    /// as any message does (drops, delays, partitions both ways), and runs
+    /// `op` on `to`'s records if `to` is up when it arrives.
+    async fn dht_call<T>(
+        &self,
+        me: u64,
+        incarnation: u64,
+        to: u64,
+        what: &str,
+        op: impl FnOnce(&mut BTreeMap<Vec<u8>, Vec<u8>>) -> T,
+    ) -> Result<T, Error> {
+        let p = self.plan(me, incarnation);
+        let msg = p.msg;
+        if !p.sender_up {
+            tokio::time::sleep(Duration::from_millis(p.request_ms)).await;
+            return Err(Error::Closed);
+        }
+        self.rec
+            .event(format_args!("msg#{msg} n{me}->n{to} dht {what}"));
+        if self.is_blocked(me, to) {
+            return self.lost(msg, "link cut at send", 0).await;
+        }
+        if p.drop_request {
+            self.rec
+                .fault(Fault::Drop, format_args!("msg#{msg} request"));
+            return self.lost(msg, "request dropped", 0).await;
+        }
+        tokio::time::sleep(Duration::from_millis(p.request_ms)).await;
+        if self.is_blocked(me, to) {
+            return self.lost(msg, "link cut in flight", p.request_ms).await;
+        }
+        let out = {
+            let mut s = self.state();
+            if !s.inboxes.contains_key(&to) {
+                drop(s);
+                self.rec
+                    .event(format_args!("msg#{msg} refused: n{to} is down"));
+                return Err(Error::Network(format!("node {to} is down")));
+            }
+            op(s.records.entry(to).or_default())
+        };
+        if p.drop_reply {
+            self.rec.fault(Fault::Drop, format_args!("msg#{msg} reply"));
+            return self.lost(msg, "reply dropped", 0).await;
+        }
+        tokio::time::sleep(Duration::from_millis(p.reply_ms)).await;
+        if self.is_blocked(to, me) {
+            return self.lost(msg, "reply's link cut", p.reply_ms).await;
+        }
+        self.rec
+            .event(format_args!("msg#{msg} n{to}->n{me} dht answer"));
+        Ok(out)
+    }
+
+    /// A get of `key` by node `me`: its own store, then the holders,
+    /// nearest first; the first answer wins.
+    async fn get_record(
+        &self,
+        me: u64,
+        incarnation: u64,
+        key: Vec<u8>,
+    ) -> woof_overlay::Result<Option<Vec<u8>>> {
+        let shown = show_key(&key);
+        match self.local_records(me, incarnation, |r| r.get(&key).cloned()) {
+            None => return Err(woof_overlay::Error::Closed),
+            Some(Some(value)) => return Ok(Some(value)),
+            Some(None) => {}
+        }
+        let mut reached = false;
+        for to in self.holders(&key) {
+            if to == me {
+                continue;
+            }
+            let what = format!("get {shown}");
+            match self
+                .dht_call(me, incarnation, to, &what, |r| r.get(&key).cloned())
+                .await
+            {
+                Ok(Some(value)) => return Ok(Some(value)),
+                Ok(None) => reached = true,
+                Err(Error::Closed) => return Err(woof_overlay::Error::Closed),
+                Err(_) => {}
+            }
+        }
+        if reached || self.holders(&key).iter().all(|h| *h == me) {
+            Ok(None)
+        } else {
+            Err(woof_overlay::Error::Record {
+                key: shown,
+                reason: "no node holding it answered".into(),
+            })
+        }
+    }
+
+    /// A put of `key` by node `me`: into its own store and to every holder
+    /// it reaches; it fails if it reaches none.
+    async fn put_record(
+        &self,
+        me: u64,
+        incarnation: u64,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> woof_overlay::Result<()> {
+        let shown = show_key(&key);
+        let store = |records: &mut BTreeMap<Vec<u8>, Vec<u8>>, key: &[u8], value: &[u8]| {
+            if records.len() < RECORDS_MAX || records.contains_key(key) {
+                records.insert(key.to_vec(), value.to_vec());
+            }
+        };
+        if self
+            .local_records(me, incarnation, |r| store(r, &key, &value))
+            .is_none()
+        {
+            return Err(woof_overlay::Error::Closed);
+        }
+        let holders: Vec<u64> = self
+            .holders(&key)
+            .into_iter()
+            .filter(|h| *h != me)
+            .collect();
+        if holders.is_empty() {
+            return Ok(());
+        }
+        let what = format!("put {shown}");
+        let puts = holders
+            .iter()
+            .map(|to| self.dht_call(me, incarnation, *to, &what, |r| store(r, &key, &value)));
+        let stored = futures::future::join_all(puts)
+            .await
+            .iter()
+            .filter(|r| r.is_ok())
+            .count();
+        if stored == 0 {
+            return Err(woof_overlay::Error::Record {
+                key: shown,
+                reason: "no node to store it on answered".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One incarnation of a node, as its `ClusterTopics` sees the overlay.
+struct Dht {
+    me: u64,
+    incarnation: u64,
+    net: Arc<SimNet>,
+}
+
+impl Overlay for Dht {
+    fn peer_id(&self) -> PeerId {
+        self.net.peer(self.me).expect("a node of the run")
+    }
+
+    fn get_record(
+        &self,
+        key: Vec<u8>,
+    ) -> BoxFuture<'static, woof_overlay::Result<Option<Vec<u8>>>> {
+        let (net, me, incarnation) = (self.net.clone(), self.me, self.incarnation);
+        async move { net.get_record(me, incarnation, key).await }.boxed()
+    }
+
+    fn put_record(
+        &self,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    ) -> BoxFuture<'static, woof_overlay::Result<()>> {
+        let (net, me, incarnation) = (self.net.clone(), self.me, self.incarnation);
+        async move { net.put_record(me, incarnation, key, value).await }.boxed()
+    }
+
+    fn members(&self) -> BoxFuture<'static, woof_overlay::Result<Vec<Member>>> {
+        let members = self.net.members(self.me);
+        async move { Ok(members) }.boxed()
     }
 }

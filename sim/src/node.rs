@@ -1,8 +1,13 @@
 //! The simulated cluster: N nodes, each a [`SimStore`], a [`Topics`] with a
-//! simulated clock, and the node's own group layer ([`Groups`]: the Raft
+//! simulated clock, the node's own group layer ([`Groups`]: the Raft
 //! groups it holds, forwarding to leaders, group commit, sleeping groups) on
-//! the simulated network; and T topics, each a Raft group on R nodes chosen
-//! by woof's placement (the nodes' identities drawn with the seed).
+//! the simulated network, and the node's own cluster topic API
+//! ([`ClusterTopics`]: create and delete through the DHT, lookups, the
+//! local-or-leader read choice, remote follow, and repair, which each node
+//! runs as `woof node` does) on the simulated DHT and member view; and T
+//! topics, each created through a node's `ClusterTopics` (from different
+//! nodes), which places it on R nodes by woof's placement (the nodes'
+//! identities drawn with the seed).
 //!
 //! A node crashes as a machine losing power: its disk keeps what was synced
 //! (and a prefix of the rest) and refuses every later call, the network
@@ -17,13 +22,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use woof_consensus::raft::Command;
-use woof_consensus::store::{GROUP_ID_MIN, GroupId};
-use woof_consensus::topic::{Placement, TopicConfig, TopicId, TopicMeta, TopicName};
+use woof_consensus::store::GroupId;
+use woof_consensus::topic::{TopicConfig, TopicId};
 use woof_consensus::{Clock, Topics};
 use woof_node::groups::Groups;
-use woof_node::placement::{self, Candidate, Constraint};
-use woof_overlay::{Keypair, PeerId, Tier};
+use woof_node::topics::{ClusterTopics, TopicView};
+use woof_overlay::{Keypair, NodeInfo, PeerId, Tier};
 
 use crate::Error;
 use crate::config::{Broken, Rates};
@@ -69,9 +73,12 @@ impl Clock for SimClock {
 #[derive(Debug, Clone)]
 pub struct TopicPlan {
     pub index: usize,
+    /// Its group, as its creation chose it (0 until it is created).
     pub group: GroupId,
     pub name: String,
-    /// Node ids, in the order placement chose them.
+    /// Node ids, in the order placement chose them when it was created
+    /// (repair may replace some: [`Cluster::voters`] says where it lives
+    /// now).
     pub replicas: Vec<u64>,
     /// The replica constraint placement honoured, if any.
     pub constraint: Option<String>,
@@ -81,20 +88,22 @@ pub struct TopicPlan {
 /// nodes for it): one replica at the edge, two in the cloud.
 const EDGE_AND_CLOUD: &str = "tier=edge:1,tier=cloud:2";
 
-/// Places `topics` topics of `replication` replicas on the nodes, with
-/// woof's placement (`woof_node::placement::place`): each node has a libp2p
-/// identity drawn from the seed and a tier (the first third at the edge,
-/// the rest in the cloud); a topic goes to the nodes nearest its name in
-/// Kademlia distance, or, every third topic, to one edge and two cloud
-/// nodes.
-fn place_topics(
+/// A node's peer id and what it advertises.
+type Identity = (PeerId, NodeInfo);
+
+/// The nodes' identities, drawn from the seed, and what they advertise:
+/// the first third at the edge, the rest in the cloud; and the topics,
+/// named and given their constraint (every third one, when the cluster has
+/// the nodes for it, one replica at the edge and two in the cloud), to be
+/// placed when they are created.
+fn draw_nodes(
     nodes: u64,
     topics: usize,
     replication: usize,
     rng: &mut SimRng,
-) -> Result<(Vec<PeerId>, Vec<TopicPlan>), Error> {
+) -> Result<(Vec<Identity>, Vec<TopicPlan>), Error> {
     let edge_nodes = nodes.div_ceil(3);
-    let candidates: Vec<Candidate> = (1..=nodes)
+    let peers = (1..=nodes)
         .map(|id| {
             let mut secret = [0u8; 32];
             for chunk in secret.chunks_mut(8) {
@@ -102,49 +111,25 @@ fn place_topics(
             }
             let key = Keypair::ed25519_from_bytes(secret)
                 .map_err(|e| Error::Setup(format!("node {id}'s identity: {e}")))?;
-            Ok(Candidate {
-                peer: key.public().to_peer_id(),
-                tier: if id <= edge_nodes {
-                    Tier::Edge
-                } else {
-                    Tier::Cloud
-                },
-                attrs: BTreeMap::new(),
-                alive: true,
-            })
+            let tier = if id <= edge_nodes {
+                Tier::Edge
+            } else {
+                Tier::Cloud
+            };
+            Ok((key.public().to_peer_id(), NodeInfo::new(tier)))
         })
         .collect::<Result<_, Error>>()?;
-    let id_of = |peer: &PeerId| {
-        candidates
-            .iter()
-            .position(|c| c.peer == *peer)
-            .map(|i| i as u64 + 1)
-    };
     let mixed = replication == 3 && edge_nodes >= 1 && nodes - edge_nodes >= 2;
     let plans = (0..topics)
-        .map(|index| {
-            let name = format!("sim/t{index}");
-            let constraint = (mixed && index % 3 == 2).then_some(EDGE_AND_CLOUD);
-            let parsed = constraint
-                .map(str::parse::<Constraint>)
-                .transpose()
-                .map_err(|e| Error::Setup(format!("{EDGE_AND_CLOUD}: {e}")))?;
-            let peers = placement::place(&name, replication, parsed.as_ref(), &candidates)
-                .map_err(|e| Error::Setup(format!("placing {name}: {e}")))?;
-            let replicas = peers
-                .iter()
-                .map(|p| id_of(p).ok_or(Error::Setup(format!("{name} placed on a stranger"))))
-                .collect::<Result<_, Error>>()?;
-            Ok(TopicPlan {
-                index,
-                group: GroupId(GROUP_ID_MIN + 1 + index as u64),
-                name,
-                replicas,
-                constraint: constraint.map(str::to_string),
-            })
+        .map(|index| TopicPlan {
+            index,
+            group: GroupId(0),
+            name: format!("sim/t{index}"),
+            replicas: Vec::new(),
+            constraint: (mixed && index % 3 == 2).then(|| EDGE_AND_CLOUD.to_string()),
         })
-        .collect::<Result<_, Error>>()?;
-    Ok((candidates.into_iter().map(|c| c.peer).collect(), plans))
+        .collect();
+    Ok((peers, plans))
 }
 
 impl TopicPlan {
@@ -163,7 +148,10 @@ const INBOUND_DEPTH: usize = 1024;
 struct Up {
     topics: Topics,
     groups: Groups,
+    api: ClusterTopics,
     serve: tokio::task::JoinHandle<()>,
+    /// The node's repair loop (`ClusterTopics::maintain`).
+    maintain: tokio::task::JoinHandle<()>,
 }
 
 struct Node {
@@ -178,14 +166,22 @@ pub struct Cluster {
     pub rec: Arc<Recorder>,
     pub net: Arc<SimNet>,
     pub plans: Vec<TopicPlan>,
+    /// Replicas per topic.
+    pub replication: usize,
+    /// How long a replica's node may be silent before repair replaces it.
+    pub repair_after: Duration,
+    /// The random numbers the nodes' `ClusterTopics` draw group ids from.
+    ids: Arc<Mutex<SimRng>>,
     nodes: Mutex<BTreeMap<u64, Node>>,
     /// Node 1's disk stores payloads reversed ([`Broken::DivergentReplica`]).
     corrupt_node_1: bool,
 }
 
 impl Cluster {
-    /// Places `topics` topics on `replication` of `nodes` nodes each (see
-    /// [`place_topics`]), on a network drawn from `net_rng`.
+    /// `nodes` nodes (see [`draw_nodes`]) on a network drawn from
+    /// `net_rng`, and the plans of `topics` topics of `replication`
+    /// replicas each, to be created with [`create_topics`](Self::create_topics).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         rec: Arc<Recorder>,
         net_rng: SimRng,
@@ -194,18 +190,12 @@ impl Cluster {
         replication: usize,
         rng: &mut SimRng,
         broken: Option<Broken>,
+        repair_after: Duration,
     ) -> Result<Self, Error> {
         let corrupt_node_1 = broken == Some(Broken::DivergentReplica);
         let start = tokio::time::Instant::now();
-        let (peers, plans) = place_topics(nodes, topics, replication, rng)?;
-        for p in &plans {
-            rec.event(format_args!(
-                "{} placed on {:?} ({})",
-                p.name,
-                p.replicas,
-                p.constraint.as_deref().unwrap_or("nearest by name")
-            ));
-        }
+        let (peers, plans) = draw_nodes(nodes, topics, replication, rng)?;
+        let ids = Arc::new(Mutex::new(rng.fork("group ids")));
         let net = SimNet::new(rec.clone(), net_rng, Rates::none(), peers);
         let nodes = (1..=nodes)
             .map(|id| {
@@ -224,6 +214,9 @@ impl Cluster {
             rec,
             net,
             plans,
+            replication,
+            repair_after,
+            ids,
             nodes: Mutex::new(nodes),
             corrupt_node_1,
         })
@@ -258,6 +251,11 @@ impl Cluster {
         Some(self.nodes().get(&id)?.up.as_ref()?.topics.clone())
     }
 
+    /// Node `id`'s cluster topic API, if it is up.
+    pub fn api(&self, id: u64) -> Option<ClusterTopics> {
+        Some(self.nodes().get(&id)?.up.as_ref()?.api.clone())
+    }
+
     /// The disk of node `id`'s current incarnation.
     pub fn store(&self, id: u64) -> Option<Arc<SimStore>> {
         self.nodes().get(&id).map(|n| n.store.clone())
@@ -271,9 +269,38 @@ impl Cluster {
         self.nodes().get(&id).map(|n| n.clock.clone())
     }
 
-    /// The peer ids of a topic's replicas, as its group knows its members.
+    /// The voters of topic `plan`'s group now, as the most advanced running
+    /// replica that is up knows them (a leader first); the replicas it was
+    /// created on if none runs.
+    pub fn voters(&self, plan: &TopicPlan) -> Vec<u64> {
+        let mut best: Option<(bool, u64, u64, Vec<String>)> = None;
+        for id in self.up_ids() {
+            let Some(groups) = self.groups(id) else {
+                continue;
+            };
+            for r in groups.replicas() {
+                if r.group != plan.group.0 {
+                    continue;
+                }
+                let rank = (r.is_leader, r.term, r.applied_index);
+                if best.as_ref().is_none_or(|b| rank > (b.0, b.1, b.2)) {
+                    best = Some((rank.0, rank.1, rank.2, r.members));
+                }
+            }
+        }
+        match best {
+            Some((_, _, _, members)) => members
+                .iter()
+                .filter_map(|m| m.parse::<PeerId>().ok())
+                .filter_map(|p| self.net.node_of(&p))
+                .collect(),
+            None => plan.replicas.clone(),
+        }
+    }
+
+    /// The peer ids of topic `plan`'s voters now (see [`voters`](Self::voters)).
     pub fn members(&self, plan: &TopicPlan) -> Vec<PeerId> {
-        plan.replicas
+        self.voters(plan)
             .iter()
             .filter_map(|id| self.net.peer(*id))
             .collect()
@@ -282,7 +309,7 @@ impl Cluster {
     /// The node that leads topic `plan`'s group, as a running replica that
     /// is up says of itself.
     pub fn leader(&self, plan: &TopicPlan) -> Option<u64> {
-        plan.replicas.iter().copied().find(|id| {
+        self.up_ids().into_iter().find(|id| {
             self.groups(*id).is_some_and(|g| {
                 g.replicas()
                     .iter()
@@ -305,7 +332,7 @@ impl Cluster {
         if id == 1 && self.corrupt_node_1 {
             store.corrupt_elements();
         }
-        let topics = Topics::open(store.clone(), clock).await?;
+        let topics = Topics::open(store.clone(), clock.clone()).await?;
         let (inbox, inbound) = mpsc::channel(INBOUND_DEPTH);
         let (groups, serve) = Groups::new(
             store.clone(),
@@ -317,6 +344,26 @@ impl Cluster {
             .load_all()
             .await
             .map_err(|e| Error::Setup(format!("node {id} loading its groups: {e}")))?;
+        let info = self
+            .net
+            .info(id)
+            .ok_or(Error::Setup(format!("no node {id}")))?;
+        let ids = self.ids.clone();
+        let api = ClusterTopics::new(
+            topics.clone(),
+            groups.clone(),
+            self.net.dht(id, incarnation),
+            info,
+        )
+        .with_time(
+            clock,
+            Arc::new(move || ids.lock().unwrap_or_else(|e| e.into_inner()).next_u64()),
+        );
+        // Repair ends when the groups shut down (a crash, or the end of the run).
+        let maintain = tokio::spawn(
+            api.clone()
+                .maintain(self.repair_after, woof_node::shutdown::Shutdown::new()),
+        );
         self.net.attach(id, incarnation, inbox);
         self.rec.event(format_args!(
             "node n{id} up (incarnation {incarnation}, {held} groups)"
@@ -326,45 +373,79 @@ impl Cluster {
         n.up = Some(Up {
             topics,
             groups,
+            api,
             serve,
+            maintain,
         });
         Ok(())
     }
 
-    /// Creates topic `plan` as a node does: its group started on every
-    /// replica (the first initializes it), then the topic created through
-    /// its leader. Fault-free setup.
-    pub async fn create_topic(&self, plan: &TopicPlan, history: u64) -> Result<(), Error> {
-        let first = plan.replicas[0];
-        let groups = self
-            .groups(first)
-            .ok_or(Error::Setup(format!("node {first} down")))?;
-        let members = self.members(plan);
-        groups
-            .create(plan.group, &members)
-            .await
-            .map_err(|e| Error::Setup(format!("creating {}'s group: {e}", plan.name)))?;
-        let meta = TopicMeta {
-            id: plan.topic_id(),
-            name: TopicName::new(&plan.name)?,
-            config: TopicConfig {
-                history,
-                ..TopicConfig::default()
-            },
-            created_at_ms: EPOCH_MS,
-            placement: Placement {
-                replication: plan.replicas.len() as u32,
-                constraint: plan.constraint.clone(),
-            },
+    /// Creates topic `name` through node `node`'s `ClusterTopics`, with
+    /// `replication` replicas honouring `constraint`, keeping `history`
+    /// elements.
+    pub async fn create(
+        &self,
+        node: u64,
+        name: &str,
+        replication: usize,
+        constraint: Option<&str>,
+        history: u64,
+    ) -> woof_node::Result<TopicView> {
+        let api = self
+            .api(node)
+            .ok_or_else(|| woof_node::Error::Internal(format!("n{node} down")))?;
+        let config = TopicConfig {
+            history,
+            ..TopicConfig::default()
         };
-        let r = groups
-            .write(plan.group, &members, Command::Create(meta))
+        api.create(name, config, replication as u32, constraint.unwrap_or(""))
             .await
-            .map_err(|e| Error::Setup(format!("creating {}: {e}", plan.name)))?;
-        self.rec.event(format_args!(
-            "topic {} created on {:?}: {r:?}",
-            plan.name, plan.replicas
-        ));
+    }
+
+    /// Creates every planned topic, fault-free, each through another node
+    /// (topic i through node i mod N + 1), all at once, and notes the
+    /// group and replicas each got.
+    pub async fn create_topics(&mut self, history: u64) -> Result<(), Error> {
+        let ids = self.ids();
+        let this = &*self;
+        let created = futures::future::join_all(this.plans.iter().map(|p| {
+            let node = ids[p.index % ids.len()];
+            async move {
+                let view = this
+                    .create(
+                        node,
+                        &p.name,
+                        this.replication,
+                        p.constraint.as_deref(),
+                        history,
+                    )
+                    .await
+                    .map_err(|e| Error::Setup(format!("creating {} at n{node}: {e}", p.name)))?;
+                Ok::<_, Error>((node, view))
+            }
+        }))
+        .await;
+        for (plan, created) in self.plans.iter_mut().zip(created) {
+            let (node, view) = created?;
+            plan.group = GroupId(view.info.meta.id.0);
+            plan.replicas = view
+                .replicas
+                .iter()
+                .map(|r| {
+                    r.parse::<PeerId>()
+                        .ok()
+                        .and_then(|p| self.net.node_of(&p))
+                        .ok_or_else(|| Error::Setup(format!("{} placed on a stranger", plan.name)))
+                })
+                .collect::<Result<_, Error>>()?;
+            self.rec.event(format_args!(
+                "topic {} created at n{node}: group {}, on {:?} ({})",
+                plan.name,
+                plan.group.0,
+                plan.replicas,
+                plan.constraint.as_deref().unwrap_or("nearest by name")
+            ));
+        }
         Ok(())
     }
 
@@ -426,6 +507,10 @@ impl Cluster {
 async fn stop(up: Up) {
     let wait = Duration::from_millis(SHUTDOWN_MS_MAX);
     let _ = tokio::time::timeout(wait, up.groups.shutdown()).await;
+    // The repair loop ends when the groups stop.
+    if tokio::time::timeout(wait, up.maintain).await.is_err() {
+        tracing::debug!("a repair loop outlived its node");
+    }
     let _ = tokio::time::timeout(wait, up.topics.shutdown()).await;
     if tokio::time::timeout(wait, up.serve).await.is_err() {
         tracing::debug!("a serving loop outlived its node");

@@ -1,13 +1,18 @@
 //! The clients: each appends to random topics with its own producer id and
 //! increasing producer sequences, at a node (the one that last answered for
-//! the topic, else any), whose group layer forwards the append to the
-//! topic's leader (retrying the same producer sequence after any error that
-//! leaves the outcome unknown, with a bounded backoff), and reads a topic's
-//! latest range the same way (the leader confirms with a quorum that it
-//! leads before it answers). Subscribers follow topics from a replica (as a
-//! node serves a topic it holds) or from any other node (which follows it
-//! at the leader, read by read), from the start, the earliest or the latest
-//! element, and resume elsewhere when theirs goes down.
+//! the topic, else any), through that node's `ClusterTopics` (which finds
+//! the topic through its replica, its cache or the DHT, and whose group
+//! layer forwards the append to the topic's leader), retrying the same
+//! producer sequence after any error that leaves the outcome unknown, with
+//! a bounded backoff; reads a topic's latest range and gets elements the
+//! same way (`ClusterTopics::latest` and `get`: a replica that holds an
+//! element answers from its copy, else the leader, which confirms with a
+//! quorum that it leads). Subscribers follow topics through
+//! `ClusterTopics::subscribe` at a replica (its own copy) or at any other
+//! node (a remote follow at the leader), from the start, the earliest or
+//! the latest element, and resume elsewhere when theirs goes down. An admin
+//! creates, deletes and re-creates extra topics from random nodes during
+//! the faults.
 //! After the faults, a probe appends to every topic (the progress checker).
 //! Clients' calls and answers cross the simulated network (delays, drops: a
 //! lost answer leaves the outcome unknown). Every request and answer is
@@ -21,12 +26,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde_bytes::ByteBuf;
-use woof_consensus::raft::{Command, CommandResult};
+use woof_consensus::raft::Command;
 use woof_consensus::store::Store;
-use woof_consensus::{Clock, Start, Subscription};
-use woof_node::groups::{Groups, Read as GroupRead, ReadReply};
-use woof_overlay::PeerId;
+use woof_consensus::topic::Producer;
+use woof_consensus::{Clock, Start};
+use woof_node::topics::Following;
 
 use crate::config::Broken;
 use crate::node::{Cluster, TopicPlan};
@@ -49,8 +55,6 @@ const RESUMES_MAX: u32 = 10;
 /// Elements one subscription takes at most, and per call.
 const SUBSCRIBED_ELEMENTS_MAX: usize = 100_000;
 const SUBSCRIBE_BATCH_MAX: usize = 64;
-/// How long one follow read waits at the leader for new elements.
-const FOLLOW_WAIT_MS: u64 = 1_000;
 /// Elements the sampler reads per replica and topic each round.
 const SAMPLE_ELEMENTS_MAX: usize = 2_000;
 /// Samples one run keeps at most (the sampler stops there).
@@ -147,6 +151,10 @@ pub struct Progress {
     /// Topics whose replicas did not all hold the same elements within
     /// the catch-up time: (topic, each replica's last seq).
     pub lagging: Vec<(usize, Vec<Option<u64>>)>,
+    /// The node lost for good after the heal, if one was.
+    pub lost: Option<u64>,
+    /// The nodes up at the end.
+    pub up: Vec<u64>,
 }
 
 /// A topic's probe after the faults: when it was acknowledged, if it was.
@@ -166,6 +174,10 @@ pub struct Record {
     pub reads: Vec<Read>,
     pub subscriptions: Vec<Subscribed>,
     pub progress: Progress,
+    /// The admin's creates and deletes of extra topics.
+    pub admin: Vec<crate::admin::AdminOp>,
+    /// Names created from several nodes at once (`--concurrent-creates`).
+    pub races: Vec<crate::admin::Race>,
     next_op: u64,
 }
 
@@ -251,8 +263,8 @@ pub async fn client(
 
 /// Reads topic `topic`'s latest range as a node serves it: the client asks
 /// a node picked at random (a client may be connected to any node), whose
-/// group layer asks the topic's leader, which confirms with a quorum that
-/// it leads before it answers from what it applied.
+/// `ClusterTopics` asks the topic's leader, which confirms with a quorum
+/// that it leads before it answers from what it applied.
 async fn read_latest(
     cluster: &Cluster,
     record: &Shared,
@@ -262,21 +274,22 @@ async fn read_latest(
 ) {
     let plan = &cluster.plans[topic];
     let (read, node) = start_read(cluster, record, client, topic, rng);
-    let result = match cluster.groups(node) {
+    let result = match cluster.api(node) {
         None => ReadResult::Failed(format!("n{node} down")),
-        Some(groups) => {
-            let members = cluster.members(plan);
+        Some(api) => {
             let at_node = tokio::time::timeout(
                 Duration::from_millis(REQUEST_MS_MAX),
-                groups.read(plan.group, &members, &plan.name, GroupRead::Latest),
+                api.latest(&plan.name),
             );
             match cluster
                 .net
                 .client_call(&format!("c{client}"), node, REQUEST_MS_MAX, at_node)
                 .await
             {
-                Some(Ok(Ok(ReadReply::Range { first, last }))) => ReadResult::Range { first, last },
-                Some(Ok(Ok(other))) => ReadResult::Failed(format!("n{node}: answered {other:?}")),
+                Some(Ok(Ok(range))) => ReadResult::Range {
+                    first: range.first,
+                    last: range.last,
+                },
                 Some(Ok(Err(e))) => ReadResult::Failed(format!("n{node}: {e}")),
                 None | Some(Err(_)) => {
                     ReadResult::Failed(format!("n{node}: no answer in {REQUEST_MS_MAX} ms"))
@@ -331,9 +344,9 @@ fn finish_read(cluster: &Cluster, record: &Shared, mut read: Read, what: String)
 }
 
 /// Gets element `seq` of topic `topic` as a node serves it: the client asks
-/// a node picked at random; a replica that holds the element answers from
-/// its copy (elements never change), any other node asks the leader
-/// through its group layer (as `ClusterTopics::get` does).
+/// a node picked at random, whose `ClusterTopics::get` answers from its own
+/// replica if that holds the element (elements never change), else asks
+/// the leader.
 async fn get(
     cluster: &Cluster,
     record: &Shared,
@@ -344,27 +357,12 @@ async fn get(
 ) {
     let plan = &cluster.plans[topic];
     let (read, node) = start_read(cluster, record, client, topic, rng);
-    let result = match (cluster.groups(node), cluster.topics(node)) {
-        (Some(groups), Some(topics)) => {
-            let members = cluster.members(plan);
-            let at_node = async {
-                if plan.replicas.contains(&node)
-                    && let Ok(range) = topics.latest(&plan.name)
-                    && seq >= range.first.max(1)
-                    && seq <= range.last
-                {
-                    return topics
-                        .get(&plan.name, seq)
-                        .await
-                        .map_err(woof_node::error::Error::Log);
-                }
-                let read = groups.read(plan.group, &members, &plan.name, GroupRead::Get { seq });
-                let mut elements = read.await.and_then(ReadReply::into_elements)?;
-                elements.pop().ok_or_else(|| {
-                    woof_node::error::Error::Internal("the leader returned no element".into())
-                })
-            };
-            let at_node = tokio::time::timeout(Duration::from_millis(REQUEST_MS_MAX), at_node);
+    let result = match cluster.api(node) {
+        Some(api) => {
+            let at_node = tokio::time::timeout(
+                Duration::from_millis(REQUEST_MS_MAX),
+                api.get(&plan.name, seq),
+            );
             match cluster
                 .net
                 .client_call(&format!("c{client}"), node, REQUEST_MS_MAX, at_node)
@@ -386,7 +384,7 @@ async fn get(
                 }
             }
         }
-        _ => ReadResult::Failed(format!("n{node} down")),
+        None => ReadResult::Failed(format!("n{node} down")),
     };
     finish_read(
         cluster,
@@ -422,7 +420,7 @@ pub async fn subscriber(
             // A replica (which serves it from its own copy) or any node
             // (which follows it at the leader, step by step).
             let candidates = if rng.chance(0.5) {
-                cluster.plans[topic].replicas.clone()
+                cluster.voters(&cluster.plans[topic])
             } else {
                 cluster.ids()
             };
@@ -439,99 +437,33 @@ pub async fn subscriber(
     }
 }
 
-/// Where a subscription's elements come from, as a node serves one: its own
-/// replica's subscription, or, on a node that holds none, follow reads at
-/// the leader through its group layer (as `ClusterTopics`' `RemoteFollow`).
-enum Feed {
-    Local(Subscription),
-    Remote {
-        groups: Groups,
-        members: Vec<PeerId>,
-        next: u64,
-    },
-}
-
-impl Feed {
-    fn next_seq(&self) -> u64 {
-        match self {
-            Feed::Local(sub) => sub.next_seq(),
-            Feed::Remote { next, .. } => *next,
-        }
-    }
-
-    async fn next_batch(&mut self, plan: &TopicPlan) -> Result<Vec<(u64, Vec<u8>)>, String> {
-        match self {
-            Feed::Local(sub) => sub
-                .next_batch(SUBSCRIBE_BATCH_MAX)
-                .await
-                .map(|batch| {
-                    batch
-                        .into_iter()
-                        .map(|e| (e.seq, e.payload.to_vec()))
-                        .collect()
-                })
-                .map_err(|e| e.to_string()),
-            Feed::Remote {
-                groups,
-                members,
-                next,
-            } => loop {
-                let read = GroupRead::Follow {
-                    from: *next,
-                    max: SUBSCRIBE_BATCH_MAX as u32,
-                    wait_ms: FOLLOW_WAIT_MS,
-                };
-                let elements = groups
-                    .read(plan.group, members, &plan.name, read)
-                    .await
-                    .and_then(ReadReply::into_elements)
-                    .map_err(|e| e.to_string())?;
-                if let Some(last) = elements.last() {
-                    *next = last.seq + 1;
-                    return Ok(elements
-                        .into_iter()
-                        .map(|e| (e.seq, e.payload.to_vec()))
-                        .collect());
-                }
-            },
-        }
-    }
-}
-
-/// Opens a subscription to `plan`'s topic at `node` from `start`.
+/// Subscribes to `plan`'s topic at `node` from `start`, as the node serves a
+/// subscription (`ClusterTopics::subscribe`: its own replica, or a remote
+/// follow at the leader).
 async fn open_feed(
     cluster: &Cluster,
     plan: &TopicPlan,
     node: u64,
     start: Start,
-) -> Result<Feed, String> {
-    let (Some(topics), Some(groups)) = (cluster.topics(node), cluster.groups(node)) else {
+) -> Result<Following, String> {
+    let Some(api) = cluster.api(node) else {
         return Err(format!("n{node} down"));
     };
-    if plan.replicas.contains(&node) {
-        return topics
-            .subscribe(&plan.name, start)
-            .map(Feed::Local)
-            .map_err(|e| e.to_string());
-    }
-    let members = cluster.members(plan);
-    let next = match start {
-        Start::Seq(seq) => seq,
-        Start::Earliest => 1,
-        Start::Latest => match groups
-            .read(plan.group, &members, &plan.name, GroupRead::Latest)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            ReadReply::Range { last, .. } => last + 1,
-            other => return Err(format!("answered {other:?}")),
-        },
-    };
-    Ok(Feed::Remote {
-        groups,
-        members,
-        next,
-    })
+    api.subscribe(&plan.name, start)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// The next batch of a subscription, as (seq, payload).
+async fn next_batch(feed: &mut Following) -> Result<Vec<(u64, Vec<u8>)>, String> {
+    let batch = feed
+        .next_batch(SUBSCRIBE_BATCH_MAX)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(batch
+        .into_iter()
+        .map(|e| (e.seq, e.payload.to_vec()))
+        .collect())
 }
 
 /// Follows `topic` at `node` from `start` until `until_ms` or until the
@@ -568,7 +500,7 @@ async fn follow(
     let from = feed.next_seq();
     cluster.rec.event(format_args!(
         "s{subscriber} sub#{op} follows t{topic} at n{node} from {start:?}: seq {from}{}",
-        if matches!(feed, Feed::Remote { .. }) {
+        if matches!(feed, Following::Remote(_)) {
             " (at the leader)"
         } else {
             ""
@@ -579,7 +511,7 @@ async fn follow(
         if got.len() >= SUBSCRIBED_ELEMENTS_MAX {
             break ("enough elements".to_string(), None);
         }
-        match tokio::time::timeout_at(deadline, feed.next_batch(plan)).await {
+        match tokio::time::timeout_at(deadline, next_batch(&mut feed)).await {
             Err(_) => break ("time up".to_string(), None),
             Ok(Err(e)) => break (e, Some(feed.next_seq())),
             Ok(Ok(batch)) => got.extend(batch),
@@ -675,7 +607,6 @@ async fn append(
         payloads,
     } = request;
     let plan = &cluster.plans[topic];
-    let members = cluster.members(plan);
     let op = lock(record).next_op();
     let invoked_ms = cluster.rec.now_ms();
     cluster.rec.event(format_args!(
@@ -696,24 +627,29 @@ async fn append(
                 .pick(&cluster.up_ids())
                 .expect("a majority is always up"),
         };
-        let (Some(groups), Some(clock)) = (cluster.groups(node), cluster.clock(node)) else {
+        let Some(api) = cluster.api(node) else {
             last_error = format!("n{node} down");
             gateways.remove(&topic);
             tokio::time::sleep(Duration::from_millis(backoff)).await;
             backoff = (backoff * 2).min(BACKOFF_MS_MAX);
             continue;
         };
-        let command = Command::Append {
-            payloads: payloads.iter().map(|p| ByteBuf::from(p.clone())).collect(),
-            producer: Some((producer.to_string(), pseq)),
-            time_ms: clock.now_ms(),
-        };
         if broken == Some(Broken::AckBeforeCommit)
             && let Some(leader) = cluster.leader(plan)
-            && let Some(topics) = cluster.topics(leader)
+            && let (Some(topics), Some(groups), Some(clock)) = (
+                cluster.topics(leader),
+                cluster.groups(leader),
+                cluster.clock(leader),
+            )
         {
             let first_seq = topics.latest(&plan.name).map_or(1, |r| r.last + 1);
-            let (group, members) = (plan.group, members.clone());
+            let command = Command::Append {
+                payloads: payloads.iter().map(|p| ByteBuf::from(p.clone())).collect(),
+                producer: Some((producer.to_string(), pseq)),
+                time_ms: clock.now_ms(),
+            };
+            let group = plan.group;
+            let members = groups.local_members(group).unwrap_or_default();
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(
                     Duration::from_millis(REQUEST_MS_MAX),
@@ -727,16 +663,21 @@ async fn append(
                 duplicate: false,
             };
         }
+        let producer_seq = Producer {
+            id: producer.to_string(),
+            seq: pseq,
+        };
+        let batch: Vec<Bytes> = payloads.iter().map(|p| Bytes::from(p.clone())).collect();
         let at_node = tokio::time::timeout(
             Duration::from_millis(REQUEST_MS_MAX),
-            groups.write(plan.group, &members, command),
+            api.append(&plan.name, batch, Some(producer_seq)),
         );
         let answer = cluster
             .net
             .client_call(&format!("c{client}"), node, REQUEST_MS_MAX, at_node)
             .await;
         match answer {
-            Some(Ok(Ok(CommandResult::Appended(o)))) => {
+            Some(Ok(Ok(o))) => {
                 gateways.insert(topic, node);
                 break AppendResult::Acked {
                     first_seq: o.first_seq,
@@ -744,13 +685,11 @@ async fn append(
                     duplicate: o.duplicate,
                 };
             }
-            Some(Ok(Ok(CommandResult::Refused(e)))) => break AppendResult::Refused(e.to_string()),
-            Some(Ok(Ok(other))) => {
-                break AppendResult::Refused(format!("unexpected answer {other:?}"));
-            }
+            Some(Ok(Err(e))) if refused(&e) => break AppendResult::Refused(e.to_string()),
             Some(Ok(Err(e))) => {
-                // No leader reached, a leader lost mid-way: the outcome is
-                // unknown; try again, at another node.
+                // No leader reached, a leader lost mid-way, the topic not
+                // found from there: the outcome is unknown; try again, at
+                // another node.
                 last_error = format!("n{node}: {e}");
                 gateways.remove(&topic);
                 if broken == Some(Broken::RetryWithNewSeq) {
@@ -787,6 +726,16 @@ async fn append(
     (pseq, result)
 }
 
+/// Whether an append's error says that the topic refused it (nothing
+/// written), rather than that its outcome is unknown.
+fn refused(e: &woof_node::Error) -> bool {
+    use woof_consensus::Error as E;
+    matches!(
+        e,
+        woof_node::Error::Log(E::InvalidArgument(_) | E::ProducerSeq { .. } | E::LimitReached(_))
+    )
+}
+
 /// Reads what every running replica stores, once a second, until `until_ms`.
 pub async fn sampler(cluster: Arc<Cluster>, record: Shared, until_ms: u64) {
     // The next seq to read per (node, topic); reset when a node restarts.
@@ -795,11 +744,11 @@ pub async fn sampler(cluster: Arc<Cluster>, record: Shared, until_ms: u64) {
         tokio::time::sleep(Duration::from_millis(1_000)).await;
         let at_ms = cluster.rec.now_ms();
         let mut samples = Vec::new();
+        // Every node that is up: a replica added by repair, or one left
+        // behind by it, holds the topic too.
+        let up = cluster.up_ids();
         for plan in &cluster.plans {
-            for node in &plan.replicas {
-                if !cluster.is_up(*node) {
-                    continue;
-                }
+            for node in &up {
                 let Some(store) = cluster.store(*node) else {
                     continue;
                 };

@@ -59,7 +59,7 @@ fn sim_a_leader_cut_off_never_says_an_acknowledged_element_is_missing() {
     rt.block_on(async {
         let rec = Arc::new(Recorder::new(false));
         let root = SimRng::new(7);
-        let cluster = Cluster::new(
+        let mut cluster = Cluster::new(
             rec,
             root.fork("net"),
             3,
@@ -67,13 +67,14 @@ fn sim_a_leader_cut_off_never_says_an_acknowledged_element_is_missing() {
             3,
             &mut root.fork("placement"),
             None,
+            Duration::from_secs(60),
         )
         .unwrap();
         for id in cluster.ids() {
             cluster.start(id).await.unwrap();
         }
+        cluster.create_topics(1_000).await.unwrap();
         let plan = cluster.plans[0].clone();
-        cluster.create_topic(&plan, 1_000).await.unwrap();
         let old = cluster.leader(&plan).expect("a leader after creation");
         assert_eq!(append(&cluster, &plan, old, "before").await, 1);
 
@@ -111,4 +112,108 @@ fn sim_a_leader_cut_off_never_says_an_acknowledged_element_is_missing() {
         assert_eq!(&found[0].payload[..], b"after");
         cluster.stop().await;
     });
+}
+
+/// Repair, set up on purpose: a replica's node is lost for longer than
+/// the repair time; the topic's leader replaces it by another node (its
+/// placement's choice), the new voter holds what was acknowledged before,
+/// and the topic takes appends at full strength.
+#[test]
+fn sim_a_replica_lost_past_the_repair_time_is_replaced_and_keeps_the_acks() {
+    let rt = woof_sim::runtime(11).unwrap();
+    rt.block_on(async {
+        let rec = Arc::new(Recorder::new(false));
+        let root = SimRng::new(11);
+        let mut cluster = Cluster::new(
+            rec,
+            root.fork("net"),
+            5,
+            1,
+            3,
+            &mut root.fork("placement"),
+            None,
+            Duration::from_secs(3),
+        )
+        .unwrap();
+        for id in cluster.ids() {
+            cluster.start(id).await.unwrap();
+        }
+        cluster.create_topics(1_000).await.unwrap();
+        let plan = cluster.plans[0].clone();
+        let leader = cluster.leader(&plan).expect("a leader after creation");
+        let before = append(&cluster, &plan, leader, "before").await;
+        let lost = *plan
+            .replicas
+            .iter()
+            .find(|id| **id != leader)
+            .expect("a follower");
+        cluster.crash(lost, &mut SimRng::new(1)).await;
+
+        let mut voters = cluster.voters(&plan);
+        for _ in 0..100 {
+            if !voters.contains(&lost) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            voters = cluster.voters(&plan);
+        }
+        assert!(
+            !voters.contains(&lost),
+            "n{lost}'s replica was not replaced within 20 s: {voters:?}"
+        );
+        assert_eq!(voters.len(), 3, "back to three voters: {voters:?}");
+        let new = *voters
+            .iter()
+            .find(|id| !plan.replicas.contains(id))
+            .expect("a new voter");
+        let leader = cluster.leader(&plan).expect("a leader after the repair");
+        let after = append(&cluster, &plan, leader, "after").await;
+        assert_eq!(after, before + 1);
+        for _ in 0..100 {
+            let last = cluster
+                .topics(new)
+                .and_then(|t| t.latest(&plan.name).ok())
+                .map_or(0, |r| r.last);
+            if last >= after {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let topics = cluster.topics(new).expect("the new voter is up");
+        let held = topics.get(&plan.name, before).await.expect("held");
+        assert_eq!(
+            &held.payload[..],
+            b"before",
+            "n{new} holds the acked element"
+        );
+        cluster.stop().await;
+    });
+}
+
+/// Two repair bugs the sweeps found, pinned to the seeds that showed them
+/// (full-size runs; a seed's path changes with the code, so these guard
+/// the fixes only until the next change of the run's shape):
+/// - seed 3: a leader crashed in the middle of a replacement, leaving the
+///   group joint (old and new voters); the next leader never finished the
+///   change and a joint group was never repaired again: four voters at the
+///   end, one of them lost for good (`repair`);
+/// - seed 4: a node whose replica had been replaced while it was away was
+///   chosen again by a later repair; when it came back, the first leader
+///   removed its copy, a voter's by then: voters that held nothing, and
+///   acknowledged appends held by one replica (`lost_ack`, `progress`).
+#[test]
+fn sim_repairs_finish_half_done_changes_and_keep_voters_chosen_again() {
+    for seed in [3, 4] {
+        let outcome = woof_sim::run(&woof_sim::Config {
+            seed,
+            ..woof_sim::Config::default()
+        })
+        .unwrap();
+        assert!(
+            outcome.ok(),
+            "seed {seed}: {:#?}\nlast events:\n{}",
+            outcome.violations,
+            outcome.recent.join("\n")
+        );
+    }
 }

@@ -9,6 +9,13 @@
 //! clients may talk to any node); reads are served by a local replica when
 //! it already holds what was asked, else by the leader; a subscription
 //! follows a local replica, or the leader from a node that holds none.
+//!
+//! What it needs of the overlay (DHT records, the member view) it takes as
+//! [`Overlay`] (`overlay.rs`), which `woof_overlay::Client` implements and
+//! the simulator implements over its simulated network; its clock and the
+//! random numbers of new group ids are passed in too
+//! ([`ClusterTopics::with_time`]), so that `woof-sim` runs this code, repair
+//! (`repair.rs`) included, seed for seed.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -28,7 +35,10 @@ use crate::error::{Error, Result};
 use crate::groups::{Groups, Read, ReadReply, ReplicaStatus};
 use crate::placement::{self, Candidate, Constraint};
 
+mod overlay;
 mod repair;
+
+pub use overlay::Overlay;
 
 /// A topic's replication when the request leaves it at 0, in a cluster.
 pub const REPLICATION_DEFAULT: usize = 3;
@@ -190,6 +200,14 @@ pub enum Following {
 }
 
 impl Following {
+    /// The seq of the next element it will deliver.
+    pub fn next_seq(&self) -> u64 {
+        match self {
+            Following::Local(s) => s.next_seq(),
+            Following::Remote(r) => r.next,
+        }
+    }
+
     /// The next elements in order, at most `max`; waits for them. Errors
     /// end the subscription (see [`Subscription::next_batch`]).
     pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Element>> {
@@ -262,31 +280,48 @@ pub struct ClusterTopics {
     /// This node's replicas, as readers see them.
     topics: Topics,
     groups: Groups,
-    overlay: woof_overlay::Client,
+    overlay: Arc<dyn Overlay>,
     info: NodeInfo,
     clock: Arc<dyn Clock>,
+    /// Where new group ids get their randomness (seeded in the simulator).
+    random: Random,
     /// Where topics were last found.
     directory: Arc<Mutex<HashMap<TopicName, Location>>>,
     /// Serialises creating and deleting each name through this node.
     admin: Arc<Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
+/// A source of random numbers, passed in so that a simulation can seed it.
+pub type Random = Arc<dyn Fn() -> u64 + Send + Sync>;
+
 impl ClusterTopics {
-    pub fn new(
-        topics: Topics,
-        groups: Groups,
-        overlay: woof_overlay::Client,
-        info: NodeInfo,
-    ) -> Self {
+    /// The topics of the cluster `overlay` reaches, served from this node
+    /// (described by `info`), on the wall clock and the process's own
+    /// random numbers.
+    pub fn new(topics: Topics, groups: Groups, overlay: Arc<dyn Overlay>, info: NodeInfo) -> Self {
+        let random: Random = Arc::new(|| {
+            std::collections::hash_map::RandomState::new()
+                .build_hasher()
+                .finish()
+        });
         Self {
             topics,
             groups,
             overlay,
             info,
             clock: Arc::new(SystemClock),
+            random,
             directory: Arc::default(),
             admin: Arc::default(),
         }
+    }
+
+    /// The same on another clock and source of random numbers (the
+    /// simulator's).
+    pub fn with_time(mut self, clock: Arc<dyn Clock>, random: Random) -> Self {
+        self.clock = clock;
+        self.random = random;
+        self
     }
 
     /// Holds the lock of `name` (creating and deleting it).
@@ -411,7 +446,7 @@ impl ClusterTopics {
             &self.candidates().await?,
         )?;
         let now = self.clock.now_ms();
-        let group = new_group_id(&name, &self.overlay.peer_id(), now);
+        let group = new_group_id(&name, &self.overlay.peer_id(), now, (self.random)());
         let meta = TopicMeta {
             id: TopicId(group.0),
             name: name.clone(),
@@ -649,12 +684,14 @@ fn named(e: woof_consensus::Error, name: &TopicName) -> woof_consensus::Error {
 }
 
 /// A new group id, unique in the cluster: from the name, the creating node,
-/// the time and this process's random hash keys, in `[2^62, 2^63)`.
-fn new_group_id(name: &TopicName, creator: &PeerId, now_ms: u64) -> GroupId {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+/// the time and a random number, in `[2^62, 2^63)`.
+fn new_group_id(name: &TopicName, creator: &PeerId, now_ms: u64, random: u64) -> GroupId {
+    // Fixed keys: the randomness is `random`'s alone.
+    let mut h = std::hash::DefaultHasher::new();
     name.as_str().hash(&mut h);
     creator.to_bytes().hash(&mut h);
     now_ms.hash(&mut h);
+    random.hash(&mut h);
     GroupId(GROUP_ID_MIN | (h.finish() >> 2))
 }
 
@@ -666,9 +703,10 @@ mod tests {
     fn group_ids_are_group_ids_and_differ() {
         let name = TopicName::new("a/b").unwrap();
         let peer = PeerId::random();
-        let a = new_group_id(&name, &peer, 1);
-        let b = new_group_id(&name, &peer, 1);
+        let a = new_group_id(&name, &peer, 1, 7);
+        let b = new_group_id(&name, &peer, 1, 8);
         assert!(a.0 >= GROUP_ID_MIN && a.0 < GROUP_ID_MIN << 1, "{a:?}");
         assert_ne!(a, b, "the same name at the same time still gets a new id");
+        assert_eq!(a, new_group_id(&name, &peer, 1, 7), "the id is the inputs'");
     }
 }

@@ -8,7 +8,7 @@
 //! replaced is told to remove its copy (while the leader that replaced it
 //! runs; a copy left behind by a leader that restarted stays on disk, unused).
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use woof_consensus::store::GroupId;
@@ -23,14 +23,17 @@ use crate::shutdown::Shutdown;
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// A node heard from within this long counts as back.
 const BACK_WITHIN_MS: u64 = 3_000;
+/// How long finishing a membership change left half-way may take.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl ClusterTopics {
-    /// Repairs the groups this node leads until `shutdown` is requested.
+    /// Repairs the groups this node leads until `shutdown` is requested or
+    /// the groups shut down.
     /// A repair under way is dropped then: the membership change it asked
     /// for is the group's to finish or abandon (Raft keeps it safe either
     /// way), and the next leader repairs whatever is still missing.
     pub async fn maintain(self, repair_after: Duration, shutdown: Shutdown) {
-        let mut removed: HashSet<(GroupId, PeerId)> = HashSet::new();
+        let mut removed: BTreeSet<(GroupId, PeerId)> = BTreeSet::new();
         let repairing = async {
             loop {
                 tokio::time::sleep(CHECK_EVERY).await;
@@ -39,8 +42,10 @@ impl ClusterTopics {
                 }
             }
         };
+        let mut groups_stopped = self.groups.stopping();
         tokio::select! {
             _ = shutdown.requested() => {}
+            _ = groups_stopped.wait_for(|s| *s) => {}
             _ = repairing => {}
         }
     }
@@ -48,7 +53,7 @@ impl ClusterTopics {
     async fn repair_once(
         &self,
         repair_after: Duration,
-        removed: &mut HashSet<(GroupId, PeerId)>,
+        removed: &mut BTreeSet<(GroupId, PeerId)>,
     ) -> crate::Result<()> {
         let members = self.overlay.members().await?;
         let silent_ms = |peer: &PeerId| {
@@ -60,6 +65,7 @@ impl ClusterTopics {
         let lost =
             |peer: &PeerId| silent_ms(peer).is_some_and(|s| s >= repair_after.as_millis() as u64);
         let me = self.overlay.peer_id();
+        self.finish_changes().await;
 
         for (group, raft, voters) in self.groups.led_groups() {
             let Some(dead) = voters.iter().find(|v| **v != me && lost(v)).copied() else {
@@ -115,7 +121,11 @@ impl ClusterTopics {
 
         // Sleeping groups with a lost replica: the first live member wakes
         // them, so that their leader repairs them.
-        for (group, voters) in self.groups.asleep_groups() {
+        // In group order, whatever order the group layer keeps them in (a
+        // run of the simulator must repeat itself).
+        let mut asleep = self.groups.asleep_groups();
+        asleep.sort_by_key(|(group, _)| *group);
+        for (group, voters) in asleep {
             if !voters.iter().any(&lost) {
                 continue;
             }
@@ -132,9 +142,63 @@ impl ClusterTopics {
             .copied()
             .collect();
         for (group, peer) in back {
-            self.groups.remove(group, &[peer]).await;
             removed.remove(&(group, peer));
+            // A later repair may have chosen the same node again: its copy
+            // is a voter's then (the simulator found voters emptied so).
+            let voter_again = self
+                .groups
+                .local_members(group)
+                .is_some_and(|members| members.contains(&peer));
+            if voter_again {
+                continue;
+            }
+            self.groups.remove(group, &[peer]).await;
         }
         Ok(())
+    }
+
+    /// Finishes the membership changes left half-way in the groups led
+    /// here: a replacement is a joint configuration (old and new voters)
+    /// and then the new voters alone, and a leader that crashed or lost its
+    /// majority between the two leaves the group joint; the next leader
+    /// does not finish it by itself, and a joint group is never repaired
+    /// (the simulator found groups left with four voters, one of them lost
+    /// for good). Each goes on to its new voters.
+    async fn finish_changes(&self) {
+        let mut led: Vec<GroupId> = self
+            .groups
+            .replicas()
+            .into_iter()
+            .filter(|r| r.is_leader)
+            .map(|r| GroupId(r.group))
+            .collect();
+        led.sort();
+        for group in led {
+            let Ok(raft) = self.groups.start(group).await else {
+                continue;
+            };
+            let joint = raft
+                .metrics()
+                .borrow()
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .clone();
+            let (true, Some(next)) = (joint.len() > 1, joint.last().cloned()) else {
+                continue;
+            };
+            tracing::info!(
+                group = group.0,
+                ?next,
+                "finishing a membership change left half-way"
+            );
+            match tokio::time::timeout(FINISH_TIMEOUT, raft.change_membership(next, false)).await {
+                Ok(Ok(_)) => tracing::info!(group = group.0, "membership change finished"),
+                Ok(Err(e)) => tracing::warn!(group = group.0, "finishing a membership change: {e}"),
+                Err(_) => {
+                    tracing::warn!(group = group.0, "finishing a membership change timed out")
+                }
+            }
+        }
     }
 }

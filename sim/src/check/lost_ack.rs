@@ -1,9 +1,11 @@
 //! Promise: no acknowledged append is lost. An append is acknowledged only
 //! once committed (synced on a majority of the topic's replicas), so while a
 //! majority survives, its elements stay under the sequence numbers the
-//! acknowledgement gave. Checked at the end, after the faults stopped and
-//! every node came back: each acknowledged element must be held, under its
-//! acknowledged number, by a majority of the topic's replicas.
+//! acknowledgement gave, across repairs too (a replica replaced must have
+//! handed on what was acknowledged). Checked at the end, after the faults
+//! stopped, every node but the one lost for good came back, and repair
+//! replaced that one's replicas: each acknowledged element must be held,
+//! under its acknowledged number, by a majority of the topic's voters then.
 
 use super::{Observed, show};
 use crate::workload::AppendResult;
@@ -27,13 +29,16 @@ pub fn check(o: &Observed) -> Vec<String> {
             ));
             continue;
         }
-        let plan = &o.plans[a.topic];
-        let majority = plan.replicas.len() / 2 + 1;
+        // The topic's voters at the end: repair may have replaced some of
+        // the replicas it was created on, and must have copied to the new
+        // ones what was acknowledged.
+        let replicas = o.voters.get(&a.topic).unwrap_or(&o.plans[a.topic].replicas);
+        let majority = replicas.len() / 2 + 1;
         for (i, payload) in a.payloads.iter().enumerate() {
             let seq = first_seq + i as u64;
             let mut holders = 0;
             let mut seen = Vec::new();
-            for node in &plan.replicas {
+            for node in replicas {
                 let held = o.finals.get(&(a.topic, *node)).and_then(|els| {
                     els.binary_search_by_key(&seq, |(s, _)| *s)
                         .ok()
@@ -53,7 +58,7 @@ pub fn check(o: &Observed) -> Vec<String> {
                     a.done_ms,
                     a.topic,
                     show(payload),
-                    plan.replicas.len(),
+                    replicas.len(),
                     seen.join(", ")
                 ));
             }

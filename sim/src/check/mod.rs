@@ -14,7 +14,12 @@
 //! - `progress.rs`: after the faults stop, every topic takes an append and
 //!   its replicas catch up within bounded simulated time;
 //! - `linear.rs`: appends and reads of the latest range are linearizable
-//!   per topic.
+//!   per topic;
+//! - `repair.rs`: a replica lost past the repair time is replaced, and every
+//!   topic ends at full strength (its replication factor of voters, all
+//!   up);
+//! - `one_name.rs`: at most one topic per name after concurrent creates
+//!   (`--concurrent-creates`).
 //!
 //! Each takes an [`Observed`] and returns its violations, and is listed in
 //! [`all`].
@@ -23,7 +28,9 @@ pub mod agreement;
 pub mod dense;
 pub mod linear;
 pub mod lost_ack;
+pub mod one_name;
 pub mod progress;
+pub mod repair;
 pub mod subscribers;
 
 use std::collections::BTreeMap;
@@ -38,6 +45,11 @@ pub const REPORTED_MAX: usize = 10;
 pub struct Observed<'a> {
     pub plans: &'a [TopicPlan],
     pub record: &'a Record,
+    /// Each topic's voters at the end (repair may have replaced some of
+    /// the replicas it was created on).
+    pub voters: BTreeMap<usize, Vec<u64>>,
+    /// Voters each topic must have.
+    pub replication: usize,
     /// Each replica's elements at the end: (topic, node) -> (seq, payload),
     /// in seq order.
     pub finals: Finals,
@@ -69,6 +81,8 @@ pub fn all(o: &Observed) -> Vec<Violation> {
         ("subscribers", subscribers::check(o)),
         ("progress", progress::check(o)),
         ("linear", linear::check(o)),
+        ("repair", repair::check(o)),
+        ("one_name", one_name::check(o)),
     ] {
         out.extend(
             found
@@ -143,6 +157,8 @@ mod tests {
         let mut found: Vec<_> = all(&Observed {
             plans: &plans,
             record,
+            voters: [(0, vec![1, 2, 3])].into(),
+            replication: 3,
             finals,
         })
         .into_iter()
@@ -157,6 +173,7 @@ mod tests {
         let mut r = Record::default();
         r.appends = appends;
         r.progress.healed_ms = 100;
+        r.progress.up = vec![1, 2, 3];
         r.progress.probes.push(Probe {
             topic: 0,
             acked_ms: Some(105),
@@ -408,5 +425,86 @@ mod tests {
             timed(acked(2, 2, 3, &["c"]), 0, 10),
         ]);
         assert_eq!(checkers(&r, finals([&all, &all, &all])), ["linear"]);
+    }
+
+    /// The checkers of a run whose one topic ended with `voters`, with
+    /// `lost` lost for good and nodes 1 to 4 up.
+    fn at_strength(voters: Vec<u64>, lost: Option<u64>) -> Vec<&'static str> {
+        let plans = plans();
+        let all = ["a"];
+        let mut r = record(vec![acked(1, 1, 1, &all)]);
+        r.progress.up = vec![1, 2, 3, 4];
+        r.progress.lost = lost;
+        let finals: Finals = voters.iter().map(|n| ((0, *n), log(&all))).collect();
+        let mut found: Vec<_> = all_checks(&plans, &r, [(0, voters)].into(), finals);
+        found.dedup();
+        found
+    }
+
+    fn all_checks(
+        plans: &[TopicPlan],
+        record: &Record,
+        voters: BTreeMap<usize, Vec<u64>>,
+        finals: Finals,
+    ) -> Vec<&'static str> {
+        all(&Observed {
+            plans,
+            record,
+            voters,
+            replication: 3,
+            finals,
+        })
+        .into_iter()
+        .map(|v| v.checker)
+        .collect()
+    }
+
+    #[test]
+    fn a_replica_never_replaced_or_too_few_voters_is_no_repair() {
+        // Replaced: n3 lost, n4 in its place.
+        assert!(at_strength(vec![1, 2, 4], Some(3)).is_empty());
+        assert_eq!(at_strength(vec![1, 2, 3], Some(3)), ["repair"]);
+        assert_eq!(at_strength(vec![1, 2], None), ["repair"]);
+        assert_eq!(at_strength(vec![1, 2, 5], None), ["repair"]);
+    }
+
+    #[test]
+    fn two_creates_of_one_name_or_two_groups_seen_is_two_topics() {
+        use crate::admin::Race;
+        let plans = plans();
+        let all = ["a"];
+        let finals = || finals([&all, &all, &all]);
+        let voters = || BTreeMap::from([(0, vec![1, 2, 3])]);
+        let race = |creates: Vec<(u64, Result<u64, String>)>, seen: Vec<(u64, Option<u64>)>| {
+            let mut r = record(vec![acked(1, 1, 1, &all)]);
+            r.races.push(Race {
+                name: "sim/race0".into(),
+                creates,
+                seen,
+            });
+            all_checks(&plans, &r, voters(), finals())
+        };
+        let taken = || Err("topic \"sim/race0\" already exists".to_string());
+        assert!(
+            race(
+                vec![(1, Ok(7)), (2, taken())],
+                vec![(1, Some(7)), (2, Some(7))]
+            )
+            .is_empty()
+        );
+        assert_eq!(
+            race(
+                vec![(1, Ok(7)), (2, Ok(8))],
+                vec![(1, Some(7)), (2, Some(7))]
+            ),
+            ["one_name"]
+        );
+        assert_eq!(
+            race(
+                vec![(1, Ok(7)), (2, taken())],
+                vec![(1, Some(7)), (2, Some(8))]
+            ),
+            ["one_name"]
+        );
     }
 }
