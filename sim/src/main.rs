@@ -60,6 +60,10 @@ struct Args {
     /// current create loses that race).
     #[arg(long)]
     concurrent_creates: bool,
+    /// Print the nodes' log for one seed, filtered as RUST_LOG filters
+    /// (info, woof_node=debug, ...).
+    #[arg(long, requires = "seed")]
+    log: Option<String>,
     /// Switch on a deliberate bug (ack-before-commit, retry-with-new-seq,
     /// divergent-replica, ignore-producer-window, stale-read,
     /// subscriber-redelivers, restarted-group-unreachable) to see the checkers catch it.
@@ -69,6 +73,13 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(filter) = &args.log {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_new(filter)?)
+            .without_time()
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let seeds = match (&args.seed, &args.seeds) {
         (Some(s), _) => *s..*s + 1,
         (None, Some(text)) => config::parse_seeds(text)?,

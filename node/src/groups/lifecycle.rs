@@ -3,7 +3,7 @@
 //! [`super::hibernate`]), removed with its topic, and stopped with the node.
 //! Each change goes through [`super::slots`], holding the group's gate.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
@@ -11,7 +11,7 @@ use woof_consensus::raft::TypeConfig;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::Transport;
 use woof_consensus::raft::state_machine::peek;
-use woof_consensus::store::{GROUP_ID_MIN, GroupId, Op, WriteBatch, blocking};
+use woof_consensus::store::{GROUP_ID_MIN, GroupId, Op, Store, WriteBatch, blocking};
 use woof_consensus::topic::{Range, TopicId, first_seq};
 use woof_overlay::PeerId;
 
@@ -39,7 +39,13 @@ impl Groups {
         let peeks = blocking(move || {
             let mut peeks = Vec::new();
             // Node-wide values sit below every group id: no group.
-            for group in store.groups()?.into_iter().filter(|g| g.0 >= GROUP_ID_MIN) {
+            let groups: Vec<GroupId> = store
+                .groups()?
+                .into_iter()
+                .filter(|g| g.0 >= GROUP_ID_MIN)
+                .collect();
+            remove_orphans(&*store, &groups)?;
+            for group in groups {
                 peeks.push((group, peek(&*store, &*store, group)?));
             }
             Ok(peeks)
@@ -254,11 +260,17 @@ impl Groups {
         }
         self.topics.retire_replica(TopicId(group.0));
         let store = self.store.clone();
+        // The group's Raft state goes first: a crash between the two writes
+        // leaves topic data without a group, which the next start deletes
+        // (see `load_all`). The other order left a group whose log said
+        // its topic was created and applied while the topic was gone: a
+        // later repair that chose this node again made it a voter that
+        // never held the topic (the simulator found it, seed 1000).
         let removed = blocking(move || {
+            store.delete_group(group)?;
             let mut batch = WriteBatch::default();
             batch.push(Op::DeleteTopic(TopicId(group.0)));
-            store.write(&batch)?;
-            store.delete_group(group)
+            store.write(&batch)
         })
         .await;
         self.slots.finish_leave(group);
@@ -292,5 +304,64 @@ impl Groups {
                 SHUTDOWN_WAIT.as_secs()
             );
         }
+    }
+}
+
+/// Deletes the data of group topics whose group is gone: a crash in the
+/// middle of [`Groups::remove_local`] leaves them.
+fn remove_orphans(store: &dyn Store, groups: &[GroupId]) -> woof_consensus::Result<()> {
+    let held: BTreeSet<u64> = groups.iter().map(|g| g.0).collect();
+    let mut batch = WriteBatch::default();
+    for meta in store.topics()? {
+        if meta.id.0 >= GROUP_ID_MIN && !held.contains(&meta.id.0) {
+            tracing::info!(topic = %meta.name, "removing a topic copy whose group was removed");
+            batch.push(Op::DeleteTopic(meta.id));
+        }
+    }
+    if !batch.is_empty() {
+        store.write(&batch)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use woof_consensus::store::{MemStore, RaftLogStore};
+    use woof_consensus::topic::{TopicConfig, TopicMeta, TopicName};
+
+    use super::*;
+
+    fn meta(id: u64, name: &str) -> TopicMeta {
+        TopicMeta {
+            id: TopicId(id),
+            name: TopicName::new(name).unwrap(),
+            config: TopicConfig::default(),
+            created_at_ms: 1,
+            placement: Default::default(),
+        }
+    }
+
+    #[test]
+    fn orphaned_group_topics_are_removed_and_nothing_else() {
+        let store = MemStore::new();
+        let (held, orphan, standalone) = (GROUP_ID_MIN + 7, GROUP_ID_MIN + 9, 3);
+        let mut batch = WriteBatch::default();
+        for m in [meta(held, "held"), meta(orphan, "orphan"), meta(standalone, "alone")] {
+            batch.push(Op::PutTopic(m));
+        }
+        store.write(&batch).unwrap();
+        store.put_value(GroupId(held), "vote", b"v").unwrap();
+
+        let groups: Vec<GroupId> = store
+            .groups()
+            .unwrap()
+            .into_iter()
+            .filter(|g| g.0 >= GROUP_ID_MIN)
+            .collect();
+        remove_orphans(&store, &groups).unwrap();
+
+        let mut left: Vec<u64> = store.topics().unwrap().iter().map(|m| m.id.0).collect();
+        left.sort();
+        assert_eq!(left, vec![standalone, held]);
     }
 }
