@@ -26,6 +26,9 @@ pub enum Bug {
     /// without the identity it gave it (`woof_node::groups::client`): a
     /// retry of an append already committed is appended again.
     ForwardedRetryWithoutIdentity,
+    /// A topic create skips claiming its name in the directory
+    /// (`woof_node::topics`): nodes creating one name at once all succeed.
+    CreateSkipsClaim,
 }
 
 #[cfg(feature = "sim-bugs")]

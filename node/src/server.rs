@@ -199,7 +199,13 @@ impl Node {
                 self.groups_task = Some(task);
                 let held = groups.load_all().await?;
                 tracing::info!(groups = held, "raft groups loaded (each runs when used)");
+                let me = client.peer_id();
                 let api = ClusterTopics::new(topics, groups, Arc::new(client), self.info.clone());
+                // The cluster's first node makes its name directory (the
+                // others are added to it by repair as they join).
+                if cluster.join.is_empty() {
+                    api.bootstrap_directory(&[me]).await?;
+                }
                 self.shutdown.spawn(
                     api.clone()
                         .maintain(cluster.repair_after, self.shutdown.clone()),

@@ -15,7 +15,7 @@ use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_node::server::Node;
 use woof_overlay::ClusterKey;
 
-const GROUP: GroupId = GroupId(GROUP_ID_MIN);
+const GROUP: GroupId = GroupId(GROUP_ID_MIN + 1);
 
 async fn leader(rafts: &[Raft<TypeConfig>], not: Option<u64>) -> usize {
     for _ in 0..200 {

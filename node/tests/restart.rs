@@ -268,6 +268,19 @@ async fn a_cluster_node_with_busy_groups_stops_and_starts_again_twenty_times() {
         acked.push(w.await.unwrap());
     }
     assert!(acked.iter().all(|a| !a.is_empty()));
+    // Node a is checked below, and a follower may lag the acknowledgements
+    // by a few entries (a leader change under load makes a a follower):
+    // wait until every replica holds the leader's log, then a moment for
+    // the followers to learn that it is committed.
+    for _ in 0..100 {
+        let info = describe(&mut ca, NAMES[0]).await;
+        let matched: Vec<u64> = info.progress.iter().map(|p| p.matched_index).collect();
+        if matched.len() == 3 && matched.iter().all(|m| *m == info.commit_index) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
     drop(ca);
     for n in [a, b, c_node] {
         n.stop().await.unwrap();

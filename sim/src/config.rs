@@ -205,10 +205,15 @@ pub enum Broken {
     SubscriberRedelivers,
     /// woof's groups restarted from disk cannot be reached by their peers.
     RestartedGroupUnreachable,
+    /// woof creates topics without claiming their names in the directory.
+    CreateSkipsClaim,
+    /// woof retries an append it forwards for a client without a producer
+    /// id without the identity it gave it.
+    ForwardedRetryWithoutIdentity,
 }
 
 impl Broken {
-    pub const ALL: [(Broken, &'static str); 7] = [
+    pub const ALL: [(Broken, &'static str); 9] = [
         (Broken::AckBeforeCommit, "ack-before-commit"),
         (Broken::RetryWithNewSeq, "retry-with-new-seq"),
         (Broken::DivergentReplica, "divergent-replica"),
@@ -218,6 +223,11 @@ impl Broken {
         (
             Broken::RestartedGroupUnreachable,
             "restarted-group-unreachable",
+        ),
+        (Broken::CreateSkipsClaim, "create-skips-claim"),
+        (
+            Broken::ForwardedRetryWithoutIdentity,
+            "forwarded-retry-without-identity",
         ),
     ];
 
@@ -243,6 +253,8 @@ impl Broken {
             Broken::StaleRead => Some(Bug::StaleRead),
             Broken::SubscriberRedelivers => Some(Bug::SubscriberRedelivers),
             Broken::RestartedGroupUnreachable => Some(Bug::RestartedGroupUnreachable),
+            Broken::CreateSkipsClaim => Some(Bug::CreateSkipsClaim),
+            Broken::ForwardedRetryWithoutIdentity => Some(Bug::ForwardedRetryWithoutIdentity),
             Broken::AckBeforeCommit | Broken::RetryWithNewSeq | Broken::DivergentReplica => None,
         }
     }
@@ -271,8 +283,8 @@ pub struct Config {
     /// faults (0: none).
     pub extra_topics: usize,
     /// Create new names from two or three nodes at the same instant, and
-    /// check that one create of each succeeds (off by default: the current
-    /// create is check-then-create, and loses that race).
+    /// check that one create of each succeeds (names are claimed in the
+    /// directory group first).
     pub concurrent_creates: bool,
 }
 
@@ -290,7 +302,7 @@ impl Default for Config {
             broken: None,
             repair_after_ms: 4_000,
             extra_topics: 3,
-            concurrent_creates: false,
+            concurrent_creates: true,
         }
     }
 }

@@ -193,6 +193,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
     for id in cluster.ids() {
         cluster.start(id).await?;
     }
+    cluster.bootstrap_directory().await?;
     cluster.create_topics(HISTORY).await?;
     let cluster = Arc::new(cluster);
     rec.event("setup done; faults on");

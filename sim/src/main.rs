@@ -56,9 +56,8 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     extra_topics: usize,
     /// Also create new names from two or three nodes at once, and check
-    /// that at most one create of each succeeds (off by default: the
-    /// current create loses that race).
-    #[arg(long)]
+    /// that at most one create of each succeeds (`false` to leave it out).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     concurrent_creates: bool,
     /// Print the nodes' log for one seed, filtered as RUST_LOG filters
     /// (info, woof_node=debug, ...).
@@ -66,7 +65,9 @@ struct Args {
     log: Option<String>,
     /// Switch on a deliberate bug (ack-before-commit, retry-with-new-seq,
     /// divergent-replica, ignore-producer-window, stale-read,
-    /// subscriber-redelivers, restarted-group-unreachable) to see the checkers catch it.
+    /// subscriber-redelivers, restarted-group-unreachable,
+    /// create-skips-claim, forwarded-retry-without-identity) to see the
+    /// checkers catch it.
     #[arg(long, hide = true)]
     broken: Option<String>,
 }
@@ -231,9 +232,9 @@ fn report(args: &Args, outcome: &Outcome, real: Duration) {
         args.repair_after,
         args.extra_topics,
         if args.concurrent_creates {
-            " --concurrent-creates"
-        } else {
             ""
+        } else {
+            " --concurrent-creates false"
         },
         args.broken
             .as_ref()

@@ -380,6 +380,28 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes the cluster's name directory on its first three nodes, from
+    /// the first (as the first node of a real cluster makes it on itself).
+    pub async fn bootstrap_directory(&self) -> Result<(), Error> {
+        let members: Vec<PeerId> = self
+            .ids()
+            .into_iter()
+            .take(3)
+            .filter_map(|id| self.net.peer(id))
+            .collect();
+        let api = self
+            .api(self.ids().first().copied().unwrap_or(1))
+            .ok_or(Error::Setup("the first node is down".into()))?;
+        api.bootstrap_directory(&members)
+            .await
+            .map_err(|e| Error::Setup(format!("making the name directory: {e}")))?;
+        self.rec.event(format_args!(
+            "name directory made on n1..n{}",
+            members.len()
+        ));
+        Ok(())
+    }
+
     /// Creates topic `name` through node `node`'s `ClusterTopics`, with
     /// `replication` replicas honouring `constraint`, keeping `history`
     /// elements.

@@ -4,7 +4,10 @@
 //! the topic through its replica, its cache or the DHT, and whose group
 //! layer forwards the append to the topic's leader), retrying the same
 //! producer sequence after any error that leaves the outcome unknown, with
-//! a bounded backoff; reads a topic's latest range and gets elements the
+//! a bounded backoff. Client 0 is a client without a producer id (the node
+//! gives its appends an identity of its own, which the node's retries keep):
+//! it never retries, since a retry of its own would be a new append; its
+//! appends must still appear at most once. Clients read a topic's latest range and gets elements the
 //! same way (`ClusterTopics::latest` and `get`: a replica that holds an
 //! element answers from its copy, else the leader, which confirms with a
 //! quorum that it leads). Subscribers follow topics through
@@ -39,6 +42,8 @@ use crate::node::{Cluster, TopicPlan};
 use crate::rng::SimRng;
 
 /// One client request's longest wait for an answer.
+/// The client that appends without a producer id.
+const ANONYMOUS_CLIENT: usize = 0;
 const REQUEST_MS_MAX: u64 = 2_000;
 /// How long a client keeps retrying one append before it gives up on it
 /// (its outcome then stays unknown).
@@ -663,14 +668,15 @@ async fn append(
                 duplicate: false,
             };
         }
-        let producer_seq = Producer {
+        let anonymous = client == ANONYMOUS_CLIENT;
+        let producer_seq = (!anonymous).then(|| Producer {
             id: producer.to_string(),
             seq: pseq,
-        };
+        });
         let batch: Vec<Bytes> = payloads.iter().map(|p| Bytes::from(p.clone())).collect();
         let at_node = tokio::time::timeout(
             Duration::from_millis(REQUEST_MS_MAX),
-            api.append(&plan.name, batch, Some(producer_seq)),
+            api.append(&plan.name, batch, producer_seq),
         );
         let answer = cluster
             .net
@@ -686,6 +692,10 @@ async fn append(
                 };
             }
             Some(Ok(Err(e))) if refused(&e) => break AppendResult::Refused(e.to_string()),
+            Some(Ok(Err(e))) if anonymous => break AppendResult::Unknown(format!("n{node}: {e}")),
+            None | Some(Err(_)) if anonymous => {
+                break AppendResult::Unknown(format!("n{node}: no answer in {REQUEST_MS_MAX} ms"));
+            }
             Some(Ok(Err(e))) => {
                 // No leader reached, a leader lost mid-way, the topic not
                 // found from there: the outcome is unknown; try again, at

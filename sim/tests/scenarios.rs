@@ -73,6 +73,7 @@ fn sim_a_leader_cut_off_never_says_an_acknowledged_element_is_missing() {
         for id in cluster.ids() {
             cluster.start(id).await.unwrap();
         }
+        cluster.bootstrap_directory().await.unwrap();
         cluster.create_topics(1_000).await.unwrap();
         let plan = cluster.plans[0].clone();
         let old = cluster.leader(&plan).expect("a leader after creation");
@@ -138,6 +139,7 @@ fn sim_a_replica_lost_past_the_repair_time_is_replaced_and_keeps_the_acks() {
         for id in cluster.ids() {
             cluster.start(id).await.unwrap();
         }
+        cluster.bootstrap_directory().await.unwrap();
         cluster.create_topics(1_000).await.unwrap();
         let plan = cluster.plans[0].clone();
         let leader = cluster.leader(&plan).expect("a leader after creation");

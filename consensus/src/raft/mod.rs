@@ -28,6 +28,7 @@ pub mod state_machine;
 use serde_bytes::ByteBuf;
 
 use crate::error::Error;
+use crate::topic::directory::{NameAnswer, NameCommand};
 use crate::topic::{AppendOutcome, TopicMeta};
 
 openraft::declare_raft_types!(
@@ -59,6 +60,10 @@ pub enum Command {
     /// Several commands in one log entry, applied in order (how a leader
     /// commits the appends of many clients at once).
     Batch(Vec<Command>),
+    /// A change to the name directory (only the [`DIRECTORY`] group takes it).
+    ///
+    /// [`DIRECTORY`]: crate::topic::directory::DIRECTORY
+    Name(NameCommand),
 }
 
 /// What applying a command gave.
@@ -71,6 +76,8 @@ pub enum CommandResult {
     Deleted,
     /// One result per command of a [`Command::Batch`], in order.
     Batch(Vec<CommandResult>),
+    /// The directory's answer to a [`Command::Name`].
+    Name(NameAnswer),
     /// The command was refused (a bad producer sequence, an unknown topic);
     /// the log still holds it, and every replica refuses it the same way.
     Refused(Error),

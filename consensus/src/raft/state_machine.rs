@@ -38,6 +38,7 @@ use super::snapshot::{
 use super::{Command, CommandResult, TypeConfig, blocking, decode, encode, quick};
 use crate::error::Error;
 use crate::store::{GroupId, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};
+use crate::topic::directory::{DIRECTORY, Directory, NameCommand, NameRecord};
 use crate::topic::{Machine, PRODUCER_WINDOW, Producer, ProducerWindow, TopicId, TopicMeta};
 use crate::topics::Topics;
 
@@ -48,6 +49,10 @@ const APPLIED: &str = "applied";
 const INSTALLING: &str = "installing";
 /// The buffer between a snapshot file and its encoding, either way.
 const SNAPSHOT_IO_BYTES: usize = 64 * 1024;
+/// Directory records read at once when a replica rebuilds the directory.
+const DIRECTORY_PAGE: usize = 1024;
+/// The most bytes of directory records read at once.
+const SNAPSHOT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 type Membership = StoredMembership<u64, BasicNode>;
 /// A snapshot's metadata and its file, open to be read.
@@ -65,6 +70,9 @@ pub struct TopicStateMachine {
     store: Arc<dyn Store>,
     group: GroupId,
     machine: Option<Machine>,
+    /// The name directory, in the [`DIRECTORY`] group only: what its
+    /// topic's records say.
+    directory: Option<Directory>,
     applied: Applied,
     /// Where snapshots are kept (the same database as `store`).
     raft: Arc<dyn RaftLogStore>,
@@ -95,7 +103,7 @@ impl TopicStateMachine {
         group: GroupId,
     ) -> Result<Self, Error> {
         let (s, r) = (store.clone(), raft.clone());
-        let (machine, applied, resumed) = blocking(move || {
+        let (machine, directory, applied, resumed) = blocking(move || {
             // The kept snapshot is then the one just installed.
             let resumed = installing(&*r, group)?;
             if resumed {
@@ -111,13 +119,15 @@ impl TopicStateMachine {
                 .map(|b| decode::<Applied>(&b))
                 .transpose()?
                 .unwrap_or_default();
-            Ok((machine, applied, resumed))
+            let directory = load_directory(&*s, group)?;
+            Ok((machine, directory, applied, resumed))
         })
         .await?;
         Ok(Self {
             store,
             group,
             machine,
+            directory,
             current: resumed.then(|| snapshot_meta(group, &applied)),
             applied,
             raft,
@@ -398,6 +408,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
 fn apply_command(
     store: &dyn Store,
     machine: &mut Option<Machine>,
+    directory: &mut Option<Directory>,
     producers: &mut HashMap<String, ProducerWindow>,
     batch: &mut WriteBatch,
     command: Command,
@@ -410,7 +421,7 @@ fn apply_command(
                     Command::Batch(_) => CommandResult::Refused(Error::InvalidArgument(
                         "a batch inside a batch".into(),
                     )),
-                    command => apply_command(store, machine, producers, batch, command)?,
+                    command => apply_command(store, machine, directory, producers, batch, command)?,
                 });
             }
             CommandResult::Batch(results)
@@ -421,6 +432,33 @@ fn apply_command(
                 *machine = Some(Machine::new(meta, 0));
             }
             CommandResult::Created
+        }
+        Command::Name(command) => {
+            let (Some(m), Some(directory)) = (machine.as_mut(), directory.as_mut()) else {
+                return Ok(CommandResult::Refused(Error::InvalidArgument(
+                    "names are claimed in the directory group only".into(),
+                )));
+            };
+            match directory.decide(&command) {
+                Err(e) => CommandResult::Refused(e),
+                Ok((record, answer)) => {
+                    if let Some(record) = record {
+                        let payload = bytes::Bytes::from(encode(&record)?);
+                        // Stamped with the claimant's clock: the directory
+                        // keeps no time of its own (a confirm or release
+                        // carries none).
+                        let at_ms = match &command {
+                            NameCommand::Claim { at_ms, .. } => *at_ms,
+                            _ => 0,
+                        };
+                        if let Err(e) = m.append(batch, vec![payload], None, at_ms) {
+                            return Ok(CommandResult::Refused(e));
+                        }
+                        directory.apply(&record);
+                    }
+                    CommandResult::Name(answer)
+                }
+            }
         }
         Command::Delete => match machine.take() {
             Some(m) => {
@@ -482,9 +520,10 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         let store = self.store.clone();
         let group = self.group;
         let mut machine = self.machine.clone();
+        let mut directory = self.directory.clone();
         let mut applied = self.applied.clone();
         // Unsynced writes and reads of recent state: done in place.
-        let (machine, applied, results) = quick(move || {
+        let (machine, directory, applied, results) = quick(move || {
             let mut batch = WriteBatch::default();
             let mut producers = HashMap::new();
             let mut results = Vec::with_capacity(entries.len());
@@ -496,9 +535,14 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
                         applied.membership = StoredMembership::new(Some(entry.log_id), m);
                         CommandResult::None
                     }
-                    EntryPayload::Normal(command) => {
-                        apply_command(&*store, &mut machine, &mut producers, &mut batch, command)?
-                    }
+                    EntryPayload::Normal(command) => apply_command(
+                        &*store,
+                        &mut machine,
+                        &mut directory,
+                        &mut producers,
+                        &mut batch,
+                        command,
+                    )?,
                 });
             }
             batch.push(Op::PutRaftValue(group, APPLIED.into(), encode(&applied)?));
@@ -507,11 +551,12 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             // the log is purged, its purge point is written synced, which
             // makes this durable too (one WAL).
             store.write_unsynced(&batch)?;
-            Ok((machine, applied, results))
+            Ok((machine, directory, applied, results))
         })
         .map_err(sm_write)?;
         let existed = self.machine.is_some();
         self.machine = machine;
+        self.directory = directory;
         self.applied = applied;
         self.publish(existed);
         Ok(results)
@@ -558,6 +603,10 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         .map_err(sm_write)?;
         let existed = self.machine.is_some();
         self.machine = installed.meta.map(|m| Machine::new(m, installed.last_seq));
+        let (store, group) = (self.store.clone(), self.group);
+        self.directory = blocking(move || load_directory(&*store, group))
+            .await
+            .map_err(sm_read)?;
         self.applied = installed.applied;
         self.publish(existed);
         self.current = Some(meta.clone());
@@ -582,4 +631,27 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             snapshot: Box::new(SnapshotData::from_file(file)),
         }))
     }
+}
+
+/// The name directory as the records of its topic say, for the
+/// [`DIRECTORY`] group (`None` for every other group).
+fn load_directory(store: &dyn Store, group: GroupId) -> Result<Option<Directory>, Error> {
+    if group != DIRECTORY {
+        return Ok(None);
+    }
+    let topic = TopicId(group.0);
+    let mut directory = Directory::default();
+    let last = store.last_seq(topic)?;
+    let mut next = 1;
+    while next <= last {
+        let page = store.scan(topic, next, DIRECTORY_PAGE, SNAPSHOT_PAGE_BYTES)?;
+        let Some(end) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        for element in page {
+            directory.apply(&decode::<NameRecord>(&element.payload)?);
+        }
+        next = end + 1;
+    }
+    Ok(Some(directory))
 }

@@ -5,6 +5,7 @@
 //! passes the time in and writes the [`WriteBatch`] the machine fills. The same
 //! machine will sit behind a Raft group's apply once topics are replicated.
 
+pub mod directory;
 pub(crate) mod machine;
 mod name;
 mod producer;

@@ -126,6 +126,7 @@ impl Groups {
     /// effort (a member that does not answer keeps its copy).
     pub async fn remove(&self, group: GroupId, members: &[PeerId]) {
         for peer in members {
+            tracing::debug!(group = group.0, %peer, "removing a copy of the group");
             let control = Control::RemoveGroup { group };
             if let Err(e) = self.control(*peer, control, CONTROL_TIMEOUT).await {
                 tracing::warn!(group = group.0, %peer, "removing group: {e}");

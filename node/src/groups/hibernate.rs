@@ -27,6 +27,7 @@ use openraft::Raft;
 use tokio::time::Instant;
 use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::GroupId;
+use woof_consensus::topic::directory::DIRECTORY;
 use woof_overlay::PeerId;
 
 use super::Groups;
@@ -187,6 +188,9 @@ pub(super) async fn supervise(groups: Groups) {
             .slots
             .all_running()
             .into_iter()
+            // The name directory stays awake: its leader publishes where
+            // it is and grows it to full strength (repair).
+            .filter(|(group, _)| *group != DIRECTORY)
             .filter(|(_, r)| {
                 let view = LeaderView::of(&r.handle.raft.metrics().borrow());
                 is_idle_leader(&view, groups.node_id, Some(r.last_used), now)

@@ -250,6 +250,19 @@ impl Groups {
         tracing::debug!(group = group.0, "group asleep");
     }
 
+    /// Removes this node's copy of `group` if it is asleep (a copy that
+    /// runs may have been made a voter again meanwhile). Whether it did.
+    pub async fn remove_asleep_copy(&self, group: GroupId) -> Result<bool> {
+        if !matches!(
+            self.slots.state(group),
+            Some(super::slots::State::Asleep(_))
+        ) {
+            return Ok(false);
+        }
+        self.remove_local(group).await?;
+        Ok(true)
+    }
+
     /// Stops `group` here and removes its log, state and topic data.
     pub(super) async fn remove_local(&self, group: GroupId) -> Result<()> {
         let gate = self.slots.gate(group);
@@ -346,7 +359,11 @@ mod tests {
         let store = MemStore::new();
         let (held, orphan, standalone) = (GROUP_ID_MIN + 7, GROUP_ID_MIN + 9, 3);
         let mut batch = WriteBatch::default();
-        for m in [meta(held, "held"), meta(orphan, "orphan"), meta(standalone, "alone")] {
+        for m in [
+            meta(held, "held"),
+            meta(orphan, "orphan"),
+            meta(standalone, "alone"),
+        ] {
             batch.push(Op::PutTopic(m));
         }
         store.write(&batch).unwrap();

@@ -55,19 +55,20 @@ impl Groups {
         self.serving(group).await.is_ok()
     }
 
-    /// Replaces `lost` among the voters of `group` (led here) by `new`.
+    /// Replaces `lost` among the voters of `group` (led here) by `new`, or
+    /// adds `new` to them when nothing is lost.
     pub async fn replace_voter(
         &self,
         group: GroupId,
         raft: &Raft<TypeConfig>,
         voters: &[PeerId],
-        lost: PeerId,
+        lost: Option<PeerId>,
         new: PeerId,
     ) -> Result<()> {
         let next: Vec<PeerId> = voters
             .iter()
             .copied()
-            .filter(|v| *v != lost)
+            .filter(|v| Some(*v) != lost)
             .chain(std::iter::once(new))
             .collect();
         let start = Control::StartGroup {

@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use serde_bytes::ByteBuf;
+use woof_consensus::bugs::{self, Bug};
 use woof_consensus::raft::{Command, CommandResult, decode, encode};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId};
+use woof_consensus::topic::directory::{DIRECTORY, RESERVED_PREFIX};
 use woof_consensus::topic::{
     AppendOutcome, Element, Placement, Producer, Range, TopicConfig, TopicId, TopicMeta, TopicName,
 };
@@ -35,6 +37,7 @@ use crate::error::{Error, Result};
 use crate::groups::{Groups, Read, ReadReply, ReplicaStatus};
 use crate::placement::{self, Candidate, Constraint};
 
+mod names;
 mod overlay;
 mod repair;
 
@@ -285,6 +288,8 @@ pub struct ClusterTopics {
     clock: Arc<dyn Clock>,
     /// Where new group ids get their randomness (seeded in the simulator).
     random: Random,
+    /// This run of the node, as its name claims record it (`names.rs`).
+    incarnation: u64,
     /// Where topics were last found.
     directory: Arc<Mutex<HashMap<TopicName, Location>>>,
     /// Serialises creating and deleting each name through this node.
@@ -310,6 +315,7 @@ impl ClusterTopics {
             overlay,
             info,
             clock: Arc::new(SystemClock),
+            incarnation: random(),
             random,
             directory: Arc::default(),
             admin: Arc::default(),
@@ -320,6 +326,7 @@ impl ClusterTopics {
     /// simulator's).
     pub fn with_time(mut self, clock: Arc<dyn Clock>, random: Random) -> Self {
         self.clock = clock;
+        self.incarnation = random();
         self.random = random;
         self
     }
@@ -420,6 +427,12 @@ impl ClusterTopics {
         constraint: &str,
     ) -> Result<TopicView> {
         let name = TopicName::new(name)?;
+        if name.as_str().starts_with(RESERVED_PREFIX) {
+            return Err(Error::Log(woof_consensus::Error::InvalidName {
+                name: name.to_string(),
+                reason: format!("names under {RESERVED_PREFIX} are woof's own"),
+            }));
+        }
         config.validate()?;
         let replication = match replication {
             0 => REPLICATION_DEFAULT,
@@ -457,17 +470,44 @@ impl ClusterTopics {
                 constraint: constraint.as_ref().map(ToString::to_string),
             },
         };
-        self.groups.create(group, &members).await?;
+        if !bugs::on(Bug::CreateSkipsClaim) {
+            self.claim(&name, group, &members).await?;
+        }
+        if let Err(e) = self.groups.create(group, &members).await {
+            self.release(&name, group).await;
+            return Err(e);
+        }
         let created = self
             .groups
             .write(group, &members, Command::Create(meta.clone()))
             .await;
         if !matches!(created, Ok(CommandResult::Created)) {
             self.groups.remove(group, &members).await;
+            self.release(&name, group).await;
             return Err(match created {
                 Err(e) => e,
                 Ok(other) => Error::Internal(format!("creating the topic gave {other:?}")),
             });
+        }
+        if !bugs::on(Bug::CreateSkipsClaim) {
+            match self.confirm(&name, group).await {
+                Ok(true) => {}
+                // The name went to another group meanwhile (only possible
+                // when this claim was released: it is not this create's).
+                Ok(false) => {
+                    self.groups.remove(group, &members).await;
+                    return Err(Error::Log(woof_consensus::Error::TopicExists(
+                        name.to_string(),
+                    )));
+                }
+                // Undone, so that the answer is a plain failure: a topic
+                // nobody may know of is never left behind.
+                Err(e) => {
+                    self.groups.remove(group, &members).await;
+                    self.release(&name, group).await;
+                    return Err(e);
+                }
+            }
         }
         let location = Location {
             group: group.0,
@@ -510,6 +550,7 @@ impl ClusterTopics {
             tracing::warn!(topic = %name, "publishing the topic's removal: {e}");
         }
         self.groups.remove(group, &members).await;
+        self.release(&name, group).await;
         tracing::info!(topic = %name, "topic deleted");
         Ok(())
     }
@@ -641,7 +682,8 @@ impl ClusterTopics {
                     continue;
                 }
             };
-            for r in replicas {
+            // The name directory is woof's, not a user's topic.
+            for r in replicas.into_iter().filter(|r| r.group != DIRECTORY.0) {
                 let better = match best.get(&r.group) {
                     None => true,
                     Some(b) => (r.is_leader, r.applied_index) > (b.is_leader, b.applied_index),
@@ -684,7 +726,8 @@ fn named(e: woof_consensus::Error, name: &TopicName) -> woof_consensus::Error {
 }
 
 /// A new group id, unique in the cluster: from the name, the creating node,
-/// the time and a random number, in `[2^62, 2^63)`.
+/// the time and a random number, in `(2^62, 2^63)` (2^62 is the name
+/// directory's).
 fn new_group_id(name: &TopicName, creator: &PeerId, now_ms: u64, random: u64) -> GroupId {
     // Fixed keys: the randomness is `random`'s alone.
     let mut h = std::hash::DefaultHasher::new();
@@ -692,7 +735,7 @@ fn new_group_id(name: &TopicName, creator: &PeerId, now_ms: u64, random: u64) ->
     creator.to_bytes().hash(&mut h);
     now_ms.hash(&mut h);
     random.hash(&mut h);
-    GroupId(GROUP_ID_MIN | (h.finish() >> 2))
+    GroupId(GROUP_ID_MIN | (h.finish() >> 2).max(1))
 }
 
 #[cfg(test)]
@@ -705,7 +748,7 @@ mod tests {
         let peer = PeerId::random();
         let a = new_group_id(&name, &peer, 1, 7);
         let b = new_group_id(&name, &peer, 1, 8);
-        assert!(a.0 >= GROUP_ID_MIN && a.0 < GROUP_ID_MIN << 1, "{a:?}");
+        assert!(a.0 > DIRECTORY.0 && a.0 < GROUP_ID_MIN << 1, "{a:?}");
         assert_ne!(a, b, "the same name at the same time still gets a new id");
         assert_eq!(a, new_group_id(&name, &peer, 1, 7), "the id is the inputs'");
     }

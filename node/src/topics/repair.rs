@@ -1,6 +1,9 @@
 //! Repair: a topic whose replica sits on a node silent for longer than the
 //! repair delay gets a new replica, chosen by the topic's own placement rule,
-//! through a Raft membership change led by the topic's leader.
+//! through a Raft membership change led by the topic's leader. A group with
+//! fewer voters than its placement asks for (the name directory, made on
+//! the cluster's first node alone) gets more as nodes join. What to do
+//! about a group is decided by [`plan`], a plain function.
 //!
 //! Each node repairs the groups it leads. A sleeping group with a lost
 //! replica is woken by its first live member (in peer id order), so that it
@@ -8,14 +11,16 @@
 //! replaced is told to remove its copy (while the leader that replaced it
 //! runs; a copy left behind by a leader that restarted stays on disk, unused).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use woof_consensus::store::GroupId;
-use woof_consensus::topic::TopicId;
+use woof_consensus::topic::directory::DIRECTORY;
+use woof_consensus::topic::{TopicId, TopicMeta};
 use woof_overlay::PeerId;
 
 use super::{ClusterTopics, Location};
+use crate::groups::ReplicaStatus;
 use crate::placement::{self, Constraint};
 use crate::shutdown::Shutdown;
 
@@ -23,6 +28,8 @@ use crate::shutdown::Shutdown;
 const CHECK_EVERY: Duration = Duration::from_secs(2);
 /// A node heard from within this long counts as back.
 const BACK_WITHIN_MS: u64 = 3_000;
+/// Sleeping copies checked per round for having been left behind.
+const LEFT_BEHIND_CHECKS: usize = 2;
 /// How long finishing a membership change left half-way may take.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -34,12 +41,21 @@ impl ClusterTopics {
     /// way), and the next leader repairs whatever is still missing.
     pub async fn maintain(self, repair_after: Duration, shutdown: Shutdown) {
         let mut removed: BTreeSet<(GroupId, PeerId)> = BTreeSet::new();
+        let mut claims_resolved = false;
+        let mut checked = 0;
         let repairing = async {
             loop {
                 tokio::time::sleep(CHECK_EVERY).await;
+                if !claims_resolved {
+                    match self.resolve_left_claims().await {
+                        Ok(()) => claims_resolved = true,
+                        Err(e) => tracing::debug!("resolving the claims left pending: {e}"),
+                    }
+                }
                 if let Err(e) = self.repair_once(repair_after, &mut removed).await {
                     tracing::warn!("repair: {e}");
                 }
+                checked = self.drop_left_behind(checked).await;
             }
         };
         let mut groups_stopped = self.groups.stopping();
@@ -67,24 +83,34 @@ impl ClusterTopics {
         let me = self.overlay.peer_id();
         self.finish_changes().await;
 
+        let metas: HashMap<TopicId, TopicMeta> = self
+            .topics
+            .list()
+            .into_iter()
+            .map(|t| (t.meta.id, t.meta))
+            .collect();
         for (group, raft, voters) in self.groups.led_groups() {
-            let Some(dead) = voters.iter().find(|v| **v != me && lost(v)).copied() else {
+            if group == DIRECTORY {
+                self.publish_directory(&voters).await;
+            }
+            let Some(meta) = metas.get(&TopicId(group.0)) else {
                 continue;
             };
-            let Some(meta) = self
-                .topics
-                .list()
-                .into_iter()
-                .find(|t| t.meta.id == TopicId(group.0))
-                .map(|t| t.meta)
-            else {
-                continue;
+            let replication = meta.placement.replication as usize;
+            let dead = match plan(&voters, me, replication, lost) {
+                Plan::Nothing => continue,
+                Plan::Replace(dead) => Some(dead),
+                Plan::Grow => None,
             };
             let constraint = match &meta.placement.constraint {
                 Some(c) => Some(c.parse::<Constraint>()?),
                 None => None,
             };
-            let keep: Vec<PeerId> = voters.iter().copied().filter(|v| *v != dead).collect();
+            let keep: Vec<PeerId> = voters
+                .iter()
+                .copied()
+                .filter(|v| Some(*v) != dead)
+                .collect();
             let candidates = self.candidates().await?;
             let new = match placement::replacement(
                 meta.name.as_str(),
@@ -93,12 +119,17 @@ impl ClusterTopics {
                 &candidates,
             ) {
                 Ok(new) => new,
+                // Too few nodes yet to grow: not worth a warning.
+                Err(e) if dead.is_none() => {
+                    tracing::debug!(topic = %meta.name, "cannot add a replica yet: {e}");
+                    continue;
+                }
                 Err(e) => {
-                    tracing::warn!(topic = %meta.name, %dead, "cannot replace a lost replica: {e}");
+                    tracing::warn!(topic = %meta.name, ?dead, "cannot replace a lost replica: {e}");
                     continue;
                 }
             };
-            tracing::info!(topic = %meta.name, %dead, %new, "replacing a lost replica");
+            tracing::info!(topic = %meta.name, ?dead, %new, "replacing a lost replica");
             self.groups
                 .replace_voter(group, &raft, &voters, dead, new)
                 .await?;
@@ -115,7 +146,9 @@ impl ClusterTopics {
             if let Err(e) = self.publish(&meta.name, location).await {
                 tracing::warn!(topic = %meta.name, "publishing the new replicas: {e}");
             }
-            removed.insert((group, dead));
+            if let Some(dead) = dead {
+                removed.insert((group, dead));
+            }
             tracing::info!(topic = %meta.name, %new, "replica replaced");
         }
 
@@ -126,6 +159,13 @@ impl ClusterTopics {
         let mut asleep = self.groups.asleep_groups();
         asleep.sort_by_key(|(group, _)| *group);
         for (group, voters) in asleep {
+            // The name directory never sleeps for long: found asleep after
+            // a restart, it is woken (so that it gets a leader, which
+            // publishes where it is).
+            if group == DIRECTORY {
+                self.groups.wake_to_lead(group).await;
+                continue;
+            }
             if !voters.iter().any(&lost) {
                 continue;
             }
@@ -155,6 +195,67 @@ impl ClusterTopics {
             self.groups.remove(group, &[peer]).await;
         }
         Ok(())
+    }
+
+    /// Looks at up to [`LEFT_BEHIND_CHECKS`] of the sleeping copies held
+    /// here, from the `from`th on (the next call goes on where this one
+    /// stopped), for copies whose node was replaced while it was away and
+    /// whose removal never came (the leader that replaced it restarted, or
+    /// the removal was lost): such a copy believes it is a voter, and
+    /// would serve its stale range to readers here. One is removed when the
+    /// topic's published replicas leave this node out and the group's
+    /// leader among them confirms that its voters do.
+    async fn drop_left_behind(&self, from: usize) -> usize {
+        let me = self.overlay.peer_id();
+        let mut asleep: Vec<ReplicaStatus> = self
+            .groups
+            .replicas()
+            .into_iter()
+            .filter(|r| !r.is_leader && r.leader.is_none() && r.group != DIRECTORY.0)
+            .collect();
+        asleep.sort_by_key(|r| r.group);
+        if asleep.is_empty() {
+            return 0;
+        }
+        let from = from % asleep.len();
+        for r in asleep
+            .iter()
+            .cycle()
+            .skip(from)
+            .take(LEFT_BEHIND_CHECKS.min(asleep.len()))
+        {
+            let Ok(location) = self.lookup(&r.meta.name).await else {
+                continue;
+            };
+            let me_text = me.to_string();
+            if location.group != r.group || location.members.contains(&me_text) {
+                continue;
+            }
+            let Ok(peers) = location.peers() else {
+                continue;
+            };
+            let mut confirmed = false;
+            for peer in peers {
+                let Ok(replicas) = self.groups.replicas_at(peer).await else {
+                    continue;
+                };
+                if let Some(leader) = replicas.iter().find(|x| x.group == r.group && x.is_leader) {
+                    confirmed = !leader.members.contains(&me_text);
+                    break;
+                }
+            }
+            if !confirmed {
+                continue;
+            }
+            match self.groups.remove_asleep_copy(GroupId(r.group)).await {
+                Ok(true) => {
+                    tracing::info!(topic = %r.meta.name, "removed a copy left behind by a repair")
+                }
+                Ok(false) => {}
+                Err(e) => tracing::warn!(topic = %r.meta.name, "removing a copy left behind: {e}"),
+            }
+        }
+        from + LEFT_BEHIND_CHECKS
     }
 
     /// Finishes the membership changes left half-way in the groups led
@@ -200,5 +301,74 @@ impl ClusterTopics {
                 }
             }
         }
+    }
+}
+
+/// What repair does about a group this node leads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    Nothing,
+    /// A voter is lost: replace it.
+    Replace(PeerId),
+    /// Fewer voters than the placement asks for, none lost: add one.
+    Grow,
+}
+
+/// Decides what repair does about a group led by `me` whose voters are
+/// `voters`, which its placement wants `replication` of; `lost` says which
+/// peers were silent past the repair time. A lost voter comes first (the
+/// first in `voters`' order); this node never counts itself lost.
+pub fn plan(
+    voters: &[PeerId],
+    me: PeerId,
+    replication: usize,
+    lost: impl Fn(&PeerId) -> bool,
+) -> Plan {
+    if let Some(dead) = voters.iter().find(|v| **v != me && lost(v)) {
+        return Plan::Replace(*dead);
+    }
+    if voters.len() < replication {
+        return Plan::Grow;
+    }
+    Plan::Nothing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peers(n: usize) -> Vec<PeerId> {
+        (0..n).map(|_| PeerId::random()).collect()
+    }
+
+    #[test]
+    fn a_full_group_with_every_voter_heard_needs_nothing() {
+        let v = peers(3);
+        assert_eq!(plan(&v, v[0], 3, |_| false), Plan::Nothing);
+        // More voters than asked (a replacement under way) is not shrunk.
+        let v = peers(4);
+        assert_eq!(plan(&v, v[0], 3, |_| false), Plan::Nothing);
+    }
+
+    #[test]
+    fn a_lost_voter_is_replaced_before_a_small_group_grows() {
+        let v = peers(2);
+        let dead = v[1];
+        assert_eq!(plan(&v, v[0], 3, |p| *p == dead), Plan::Replace(dead));
+        let v = peers(3);
+        let dead = v[2];
+        assert_eq!(plan(&v, v[0], 3, |p| *p == dead), Plan::Replace(dead));
+    }
+
+    #[test]
+    fn the_leader_never_replaces_itself() {
+        let v = peers(3);
+        assert_eq!(plan(&v, v[0], 3, |p| *p == v[0]), Plan::Nothing);
+    }
+
+    #[test]
+    fn a_group_smaller_than_its_placement_grows() {
+        let v = peers(1);
+        assert_eq!(plan(&v, v[0], 3, |_| false), Plan::Grow);
     }
 }
