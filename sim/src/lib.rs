@@ -37,8 +37,8 @@
 //!   topic API with its repair loop, clock), the topics' creation, crash
 //!   and restart;
 //! - `admin.rs`: creates and deletes of extra topics during the faults,
-//!   and (`--concurrent-creates`) one name created from several nodes at
-//!   once;
+//!   and one name created from several nodes at once (names are claimed in
+//!   the directory group, which `node.rs` makes on n1..n3);
 //! - `nemesis.rs`: partitions, crashes, torn writes, failing writes, clock
 //!   jumps and slow disks over time, and the heal at the end;
 //! - `workload.rs`: the clients (producer appends with retries,

@@ -28,6 +28,8 @@ const SUSPECT_POLL: Duration = Duration::from_millis(200);
 pub(super) const NODE_VALUES: GroupId = GroupId(0);
 /// The value of [`NODE_VALUES`] that holds the last lane epoch.
 const LANE_EPOCH: &str = "lane-epoch";
+/// The value of [`NODE_VALUES`] set once this node made a name directory.
+const DIRECTORY_MADE: &str = "directory-made";
 /// Leader hints kept; past this the oldest are forgotten (they are only
 /// where a search starts).
 const LEADER_HINTS_MAX: usize = 65_536;
@@ -220,6 +222,22 @@ impl Groups {
             ControlReply::Read(r) => Ok(r),
             other => Err(unexpected(other)),
         }
+    }
+
+    /// Whether this node's store ever made a name directory (a restarted
+    /// first node must not make a second one once its copy was moved away).
+    pub async fn directory_made_here(&self) -> Result<bool> {
+        let store = self.store.clone();
+        Ok(blocking(move || store.value(NODE_VALUES, DIRECTORY_MADE))
+            .await?
+            .is_some())
+    }
+
+    /// Records that this node made a name directory (synced).
+    pub async fn mark_directory_made(&self) -> Result<()> {
+        let store = self.store.clone();
+        blocking(move || store.put_value(NODE_VALUES, DIRECTORY_MADE, &[1])).await?;
+        Ok(())
     }
 
     /// This node's lanes, in a new epoch the first time (persisted before

@@ -16,6 +16,10 @@
 //! random numbers of new group ids are passed in too
 //! ([`ClusterTopics::with_time`]), so that `woof-sim` runs this code, repair
 //! (`repair.rs`) included, seed for seed.
+//!
+//! A create first claims its name in the cluster's name directory, a Raft
+//! group of its own (`names.rs`, ADR 9), so that of several nodes creating
+//! one name at once exactly one succeeds.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};

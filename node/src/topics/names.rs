@@ -29,9 +29,13 @@ use crate::error::{Error, Result};
 
 impl ClusterTopics {
     /// Makes the cluster's name directory on `members` (this node first),
-    /// unless this node already holds it. Called by a cluster's first node.
+    /// unless this node made one before (it may have been moved to other
+    /// nodes since: a second would split the cluster's names). Called by a
+    /// cluster's first node.
     pub async fn bootstrap_directory(&self, members: &[PeerId]) -> Result<()> {
-        if self.groups.local_members(DIRECTORY).is_some() {
+        if self.groups.local_members(DIRECTORY).is_some()
+            || self.groups.directory_made_here().await?
+        {
             return Ok(());
         }
         let name = directory_name();
@@ -61,6 +65,10 @@ impl ClusterTopics {
                 )));
             }
         }
+        // Marked once made: a crash before leaves nothing (this is a new
+        // cluster's first node, nobody else holds a directory yet) or the
+        // group, which the check above finds.
+        self.groups.mark_directory_made().await?;
         tracing::info!(members = members.len(), "name directory made");
         self.publish_directory(members).await;
         Ok(())
