@@ -288,3 +288,39 @@ async fn a_cluster_node_with_busy_groups_stops_and_starts_again_twenty_times() {
     let held = stored(&dir.path().join("a"), NAMES[0]);
     assert_log_holds(&held, &acked[0]);
 }
+
+/// The first node of a cluster makes the name directory once. Restarted
+/// without `--join` after its copy was moved away (here: removed from its
+/// store, as repair removes a replaced copy), it does not make a second
+/// directory, which would split the cluster's names; a new data directory
+/// does make one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_node_makes_the_name_directory_once() {
+    use woof_consensus::store::{Op, RaftLogStore, WriteBatch};
+    use woof_consensus::topic::TopicId;
+    use woof_consensus::topic::directory::DIRECTORY;
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate();
+    let first = start_clustered(&dir.path().join("a"), key, vec![]).await;
+    assert!(
+        first.groups().unwrap().local_members(DIRECTORY).is_some(),
+        "a new cluster's first node makes the directory"
+    );
+    first.stop().await.unwrap();
+
+    let store = RocksStore::open(&dir.path().join("a").join("db")).unwrap();
+    store.delete_group(DIRECTORY).unwrap();
+    let mut batch = WriteBatch::default();
+    batch.push(Op::DeleteTopic(TopicId(DIRECTORY.0)));
+    store.write(&batch).unwrap();
+    drop(store);
+
+    let again = start_clustered(&dir.path().join("a"), key, vec![]).await;
+    assert_eq!(
+        again.groups().unwrap().local_members(DIRECTORY),
+        None,
+        "a node that made a directory once made a second"
+    );
+    again.stop().await.unwrap();
+}
