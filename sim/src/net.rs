@@ -458,7 +458,8 @@ fn describe(message: &[u8]) -> String {
     }
 }
 
-/// One incarnation of a node, sending.
+/// One incarnation of a node: its group layer's network ([`Net`]) and its
+/// `ClusterTopics`' DHT and member view ([`Overlay`]).
 struct Link {
     me: u64,
     incarnation: u64,
@@ -502,7 +503,7 @@ impl SimNet {
     /// What incarnation `incarnation` of node `node` sees of the overlay:
     /// the DHT and the member view (its `ClusterTopics` is built on it).
     pub fn dht(self: &Arc<Self>, node: u64, incarnation: u64) -> Arc<dyn Overlay> {
-        Arc::new(Dht {
+        Arc::new(Link {
             me: node,
             incarnation,
             net: self.clone(),
@@ -709,14 +710,8 @@ impl SimNet {
     }
 }
 
-/// One incarnation of a node, as its `ClusterTopics` sees the overlay.
-struct Dht {
-    me: u64,
-    incarnation: u64,
-    net: Arc<SimNet>,
-}
-
-impl Overlay for Dht {
+/// The same incarnation, as its `ClusterTopics` sees the overlay.
+impl Overlay for Link {
     fn peer_id(&self) -> PeerId {
         self.net.peer(self.me).expect("a node of the run")
     }

@@ -49,6 +49,29 @@ async fn new_leader(cluster: &Cluster, plan: &TopicPlan, old: u64) -> u64 {
     panic!("no other replica took over within 10 s");
 }
 
+/// `nodes` simulated nodes up, with their name directory and one topic of
+/// 3 replicas (seeded by `seed`).
+async fn one_topic_cluster(seed: u64, nodes: u64, repair_after: Duration) -> Cluster {
+    let root = SimRng::new(seed);
+    let mut cluster = Cluster::new(
+        Arc::new(Recorder::new(false)),
+        root.fork("net"),
+        nodes,
+        1,
+        3,
+        &mut root.fork("placement"),
+        None,
+        repair_after,
+    )
+    .unwrap();
+    for id in cluster.ids() {
+        cluster.start(id).await.unwrap();
+    }
+    cluster.bootstrap_directory().await.unwrap();
+    cluster.create_topics(1_000).await.unwrap();
+    cluster
+}
+
 /// A leader cut off from the others does not know it was replaced: asked
 /// for an element the new leader committed, it must not answer "out of
 /// range" (it did, before reads past what a leader holds were confirmed by
@@ -57,24 +80,7 @@ async fn new_leader(cluster: &Cluster, plan: &TopicPlan, old: u64) -> u64 {
 fn sim_a_leader_cut_off_never_says_an_acknowledged_element_is_missing() {
     let rt = woof_sim::runtime(7).unwrap();
     rt.block_on(async {
-        let rec = Arc::new(Recorder::new(false));
-        let root = SimRng::new(7);
-        let mut cluster = Cluster::new(
-            rec,
-            root.fork("net"),
-            3,
-            1,
-            3,
-            &mut root.fork("placement"),
-            None,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        for id in cluster.ids() {
-            cluster.start(id).await.unwrap();
-        }
-        cluster.bootstrap_directory().await.unwrap();
-        cluster.create_topics(1_000).await.unwrap();
+        let cluster = one_topic_cluster(7, 3, Duration::from_secs(60)).await;
         let plan = cluster.plans[0].clone();
         let old = cluster.leader(&plan).expect("a leader after creation");
         assert_eq!(append(&cluster, &plan, old, "before").await, 1);
@@ -123,24 +129,7 @@ fn sim_a_leader_cut_off_never_says_an_acknowledged_element_is_missing() {
 fn sim_a_replica_lost_past_the_repair_time_is_replaced_and_keeps_the_acks() {
     let rt = woof_sim::runtime(11).unwrap();
     rt.block_on(async {
-        let rec = Arc::new(Recorder::new(false));
-        let root = SimRng::new(11);
-        let mut cluster = Cluster::new(
-            rec,
-            root.fork("net"),
-            5,
-            1,
-            3,
-            &mut root.fork("placement"),
-            None,
-            Duration::from_secs(3),
-        )
-        .unwrap();
-        for id in cluster.ids() {
-            cluster.start(id).await.unwrap();
-        }
-        cluster.bootstrap_directory().await.unwrap();
-        cluster.create_topics(1_000).await.unwrap();
+        let cluster = one_topic_cluster(11, 5, Duration::from_secs(3)).await;
         let plan = cluster.plans[0].clone();
         let leader = cluster.leader(&plan).expect("a leader after creation");
         let before = append(&cluster, &plan, leader, "before").await;
