@@ -54,7 +54,7 @@ const FOLLOW_BATCH: u32 = 256;
 /// How long one such step waits at the leader for new elements.
 const FOLLOW_WAIT_MS: u64 = 2_000;
 /// Topic locations cached by one node; past this the cache starts over.
-const DIRECTORY_CACHE_MAX: usize = 100_000;
+const LOCATIONS_CACHED_MAX: usize = 100_000;
 
 /// A topic as the API describes it: its metadata and range, and on a
 /// cluster node where its replicas are.
@@ -295,7 +295,7 @@ pub struct ClusterTopics {
     /// This run of the node, as its name claims record it (`names.rs`).
     incarnation: u64,
     /// Where topics were last found.
-    directory: Arc<Mutex<HashMap<TopicName, Location>>>,
+    locations: Arc<Mutex<HashMap<TopicName, Location>>>,
     /// Serialises creating and deleting each name through this node.
     admin: Arc<Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<()>>>>>,
 }
@@ -321,7 +321,7 @@ impl ClusterTopics {
             clock: Arc::new(SystemClock),
             incarnation: random(),
             random,
-            directory: Arc::default(),
+            locations: Arc::default(),
             admin: Arc::default(),
         }
     }
@@ -339,7 +339,7 @@ impl ClusterTopics {
     async fn name_lock(&self, name: &TopicName) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = {
             let mut locks = self.admin.lock().unwrap_or_else(|e| e.into_inner());
-            if locks.len() >= DIRECTORY_CACHE_MAX {
+            if locks.len() >= LOCATIONS_CACHED_MAX {
                 // Only locks nobody holds or waits for go.
                 locks.retain(|_, l| Arc::strong_count(l) > 1);
             }
@@ -348,8 +348,8 @@ impl ClusterTopics {
         lock.lock_owned().await
     }
 
-    fn directory(&self) -> std::sync::MutexGuard<'_, HashMap<TopicName, Location>> {
-        self.directory.lock().unwrap_or_else(|e| e.into_inner())
+    fn locations(&self) -> std::sync::MutexGuard<'_, HashMap<TopicName, Location>> {
+        self.locations.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The group and replicas of `name`: from this node's replica, the
@@ -360,7 +360,7 @@ impl ClusterTopics {
         {
             return Ok((GroupId(id.0), members));
         }
-        let cached = self.directory().get(name).cloned();
+        let cached = self.locations().get(name).cloned();
         let location = match cached {
             Some(l) => l,
             None => self.lookup(name).await?,
@@ -378,22 +378,22 @@ impl ClusterTopics {
         if location.deleted {
             return Err(not_found());
         }
-        let mut directory = self.directory();
-        if directory.len() >= DIRECTORY_CACHE_MAX {
-            directory.clear();
+        let mut locations = self.locations();
+        if locations.len() >= LOCATIONS_CACHED_MAX {
+            locations.clear();
         }
-        directory.insert(name.clone(), location.clone());
+        locations.insert(name.clone(), location.clone());
         Ok(location)
     }
 
     /// Publishes where `name` lives (or that it is gone).
     async fn publish(&self, name: &TopicName, location: Location) -> Result<()> {
         {
-            let mut directory = self.directory();
+            let mut locations = self.locations();
             if location.deleted {
-                directory.remove(name);
+                locations.remove(name);
             } else {
-                directory.insert(name.clone(), location.clone());
+                locations.insert(name.clone(), location.clone());
             }
         }
         self.overlay
@@ -578,7 +578,7 @@ impl ClusterTopics {
     /// After a failure at the topic's group, forgets the cached location so
     /// that the next request looks the topic up again.
     fn forget_if_gone(&self, name: &TopicName, e: Error) -> Error {
-        self.directory().remove(name);
+        self.locations().remove(name);
         match e {
             Error::Log(e) => Error::Log(named(e, name)),
             e => e,
