@@ -55,7 +55,13 @@ impl ClusterTopics {
                 if let Err(e) = self.repair_once(repair_after, &mut removed).await {
                     tracing::warn!("repair: {e}");
                 }
-                checked = self.drop_left_behind(checked).await;
+                // Bounded: a check waits on peers that may be down, and
+                // must not hold up the next repair round.
+                checked =
+                    match tokio::time::timeout(CHECK_EVERY, self.drop_left_behind(checked)).await {
+                        Ok(next) => next,
+                        Err(_) => checked + LEFT_BEHIND_CHECKS,
+                    };
             }
         };
         let mut groups_stopped = self.groups.stopping();
@@ -130,9 +136,16 @@ impl ClusterTopics {
                 }
             };
             tracing::info!(topic = %meta.name, ?dead, %new, "replacing a lost replica");
-            self.groups
+            // One group's failed change must not stop the others' repair,
+            // nor the waking of sleeping groups below.
+            if let Err(e) = self
+                .groups
                 .replace_voter(group, &raft, &voters, dead, new)
-                .await?;
+                .await
+            {
+                tracing::warn!(topic = %meta.name, %new, "replacing a replica: {e}");
+                continue;
+            }
             let members: Vec<String> = keep
                 .iter()
                 .chain(std::iter::once(&new))
@@ -234,6 +247,19 @@ impl ClusterTopics {
             let Ok(peers) = location.peers() else {
                 continue;
             };
+            // Only peers heard from lately are asked (a silent one would
+            // take the whole round).
+            let Ok(members) = self.overlay.members().await else {
+                continue;
+            };
+            let peers: Vec<PeerId> = peers
+                .into_iter()
+                .filter(|p| {
+                    members
+                        .iter()
+                        .any(|m| m.peer == *p && m.silent_ms < BACK_WITHIN_MS)
+                })
+                .collect();
             let mut confirmed = false;
             for peer in peers {
                 let Ok(replicas) = self.groups.replicas_at(peer).await else {
