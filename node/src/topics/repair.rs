@@ -46,10 +46,13 @@ impl ClusterTopics {
         let repairing = async {
             loop {
                 tokio::time::sleep(CHECK_EVERY).await;
+                // Bounded too: the directory may be down (its own repair
+                // runs below, in this same loop).
                 if !claims_resolved {
-                    match self.resolve_left_claims().await {
-                        Ok(()) => claims_resolved = true,
-                        Err(e) => tracing::debug!("resolving the claims left pending: {e}"),
+                    match tokio::time::timeout(CHECK_EVERY, self.resolve_left_claims()).await {
+                        Ok(Ok(())) => claims_resolved = true,
+                        Ok(Err(e)) => tracing::debug!("resolving the claims left pending: {e}"),
+                        Err(_) => tracing::debug!("resolving the claims left pending: timed out"),
                     }
                 }
                 if let Err(e) = self.repair_once(repair_after, &mut removed).await {
