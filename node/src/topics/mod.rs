@@ -474,8 +474,15 @@ impl ClusterTopics {
                 constraint: constraint.as_ref().map(ToString::to_string),
             },
         };
-        if !bugs::on(Bug::CreateSkipsClaim) {
-            self.claim(&name, group, &members).await?;
+        if !bugs::on(Bug::CreateSkipsClaim)
+            && let Err(e) = self.claim(&name, group, &members).await
+        {
+            // A claim whose answer was lost may still have been made: this
+            // group's id is new, so releasing it frees nobody else's.
+            if !matches!(e, Error::Log(woof_consensus::Error::TopicExists(_))) {
+                self.release(&name, group).await;
+            }
+            return Err(e);
         }
         if let Err(e) = self.groups.create(group, &members).await {
             self.release(&name, group).await;
