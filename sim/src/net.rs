@@ -363,6 +363,25 @@ impl SimNet {
         Err(Error::Network(format!("message {msg} lost: {why}")))
     }
 
+    /// A request's way to `to`: cut at send, dropped, delayed, cut in
+    /// flight (each a lost message, which the sender learns after its
+    /// timeout).
+    async fn request_leg(&self, msg: u64, me: u64, to: u64, p: &Plan) -> Result<(), Error> {
+        if self.is_blocked(me, to) {
+            return self.lost(msg, "link cut at send", 0).await;
+        }
+        if p.drop_request {
+            self.rec
+                .fault(Fault::Drop, format_args!("msg#{msg} request"));
+            return self.lost(msg, "request dropped", 0).await;
+        }
+        tokio::time::sleep(Duration::from_millis(p.request_ms)).await;
+        if self.is_blocked(me, to) {
+            return self.lost(msg, "link cut in flight", p.request_ms).await;
+        }
+        Ok(())
+    }
+
     async fn send(
         self: Arc<Self>,
         me: u64,
@@ -384,18 +403,7 @@ impl SimNet {
         ));
         self.rec
             .note(|| format!("msg#{msg} is {}", describe(&message)));
-        if self.is_blocked(me, to) {
-            return self.lost(msg, "link cut at send", 0).await;
-        }
-        if p.drop_request {
-            self.rec
-                .fault(Fault::Drop, format_args!("msg#{msg} request"));
-            return self.lost(msg, "request dropped", 0).await;
-        }
-        tokio::time::sleep(Duration::from_millis(p.request_ms)).await;
-        if self.is_blocked(me, to) {
-            return self.lost(msg, "link cut in flight", p.request_ms).await;
-        }
+        self.request_leg(msg, me, to, &p).await?;
         let Some(inbox) = self.inbox(to) else {
             // Connection refused: the sender learns soon.
             self.rec
@@ -587,18 +595,7 @@ impl SimNet {
         }
         self.rec
             .event(format_args!("msg#{msg} n{me}->n{to} dht {what}"));
-        if self.is_blocked(me, to) {
-            return self.lost(msg, "link cut at send", 0).await;
-        }
-        if p.drop_request {
-            self.rec
-                .fault(Fault::Drop, format_args!("msg#{msg} request"));
-            return self.lost(msg, "request dropped", 0).await;
-        }
-        tokio::time::sleep(Duration::from_millis(p.request_ms)).await;
-        if self.is_blocked(me, to) {
-            return self.lost(msg, "link cut in flight", p.request_ms).await;
-        }
+        self.request_leg(msg, me, to, &p).await?;
         let out = {
             let mut s = self.state();
             if !s.inboxes.contains_key(&to) {
