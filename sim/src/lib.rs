@@ -196,6 +196,16 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
     cluster.bootstrap_directory().await?;
     cluster.create_topics(HISTORY).await?;
     let cluster = Arc::new(cluster);
+    for id in cluster.ids() {
+        if let Some(peer) = cluster.net.peer(id) {
+            rec.note(|| {
+                format!(
+                    "n{id} is {peer}, Raft node {}",
+                    woof_node::groups::node_id(&peer)
+                )
+            });
+        }
+    }
     rec.event("setup done; faults on");
 
     let net = cluster.net.clone();
@@ -281,6 +291,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         r.progress.lost = lost;
         r.progress.up = cluster.up_ids();
     }
+    note_views(&cluster);
     let finals = final_contents(&cluster, &voters);
     cluster.stop().await;
     rec.event("run over");
@@ -409,6 +420,44 @@ async fn settle(cluster: &Cluster) -> Vec<(usize, Vec<Option<u64>>)> {
                 lagging.len()
             ));
             return lagging;
+        }
+    }
+}
+
+/// Prints (with `--replay`) what every up node's replica of each topic
+/// says of its group at the end: the first thing to read when a check of
+/// voters or contents fails.
+fn note_views(cluster: &Cluster) {
+    for p in &cluster.plans {
+        for id in cluster.up_ids() {
+            let Some(groups) = cluster.groups(id) else {
+                continue;
+            };
+            for r in groups
+                .replicas()
+                .into_iter()
+                .filter(|r| r.group == p.group.0)
+            {
+                cluster.rec.note(|| {
+                    let nodes = |peers: &[String]| -> Vec<u64> {
+                        peers
+                            .iter()
+                            .filter_map(|m| m.parse().ok())
+                            .filter_map(|m| cluster.net.node_of(&m))
+                            .collect()
+                    };
+                    format!(
+                        "t{} at n{id}: voters {:?}, leader {}, term {}, applied {}, seqs {}..={}",
+                        p.index,
+                        nodes(&r.members),
+                        r.is_leader,
+                        r.term,
+                        r.applied_index,
+                        r.first_seq,
+                        r.last_seq
+                    )
+                });
+            }
         }
     }
 }

@@ -269,9 +269,9 @@ impl Cluster {
         self.nodes().get(&id).map(|n| n.clock.clone())
     }
 
-    /// The voters of topic `plan`'s group now, as the most advanced running
-    /// replica that is up knows them (a leader first); the replicas it was
-    /// created on if none runs.
+    /// The voters of topic `plan`'s group now, as the replica on an up node
+    /// that knows the newest committed membership says (a leader first);
+    /// the replicas it was created on if no node holds one.
     pub fn voters(&self, plan: &TopicPlan) -> Vec<u64> {
         let mut best: Option<(bool, u64, u64, Vec<String>)> = None;
         for id in self.up_ids() {
@@ -282,7 +282,10 @@ impl Cluster {
                 if r.group != plan.group.0 {
                     continue;
                 }
-                let rank = (r.is_leader, r.term, r.applied_index);
+                // The newest committed membership, not the highest term: a
+                // sleeping copy says term 0, and a copy left behind by a
+                // repair may run elections with ever higher terms.
+                let rank = (r.is_leader, r.members_at, r.applied_index);
                 if best.as_ref().is_none_or(|b| rank > (b.0, b.1, b.2)) {
                     best = Some((rank.0, rank.1, rank.2, r.members));
                 }

@@ -356,7 +356,11 @@ pub struct Peek {
     pub last_seq: u64,
     /// The voters' addresses (`BasicNode::addr`), as last applied.
     pub voters: Vec<String>,
+    /// The log index of the membership `voters` come from (0: none yet).
+    pub voters_at: u64,
     pub applied_index: u64,
+    /// The highest log index held (applied or not).
+    pub last_log_index: u64,
 }
 
 /// Reads what `group` applied, from storage (blocking).
@@ -373,6 +377,10 @@ pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Resul
         .transpose()?
         .unwrap_or_default();
     let membership = applied.membership.membership();
+    let applied_index = applied.last_applied.map_or(0, |l| l.index);
+    let last_log_index = raft
+        .last_log(group)?
+        .map_or(applied_index, |(index, _)| index.max(applied_index));
     Ok(Peek {
         meta,
         last_seq,
@@ -380,7 +388,9 @@ pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Resul
             .voter_ids()
             .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
             .collect(),
-        applied_index: applied.last_applied.map_or(0, |l| l.index),
+        voters_at: applied.membership.log_id().map_or(0, |l| l.index),
+        applied_index,
+        last_log_index,
     })
 }
 

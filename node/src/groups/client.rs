@@ -284,6 +284,17 @@ impl Groups {
         }
     }
 
+    /// `peer`'s replica of `group`, if it holds one.
+    pub async fn replica_at(&self, peer: PeerId, group: GroupId) -> Result<Option<ReplicaStatus>> {
+        match self
+            .control(peer, Control::Replica { group }, CONTROL_TIMEOUT)
+            .await?
+        {
+            ControlReply::Replicas(r) => Ok(r.into_iter().find(|r| r.group == group.0)),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Sends what `control` makes to the leader of `group`, as
     /// [`LeaderSearch`] directs. A member the overlay suspects (silent for
     /// seconds: dead, paused or cut off) is passed over without asking, and

@@ -27,6 +27,9 @@ pub(super) enum Control {
     },
     /// This node's replicas, as its groups see them.
     Replicas,
+    /// This node's replica of `group`, if it holds one (answered with
+    /// [`ControlReply::Replicas`], empty or of one).
+    Replica { group: GroupId },
     /// Stop `group` here and remove everything it stored.
     RemoveGroup { group: GroupId },
     /// The leader of `groups` puts them to sleep: stop running them here
@@ -110,6 +113,13 @@ pub struct ReplicaStatus {
     pub is_leader: bool,
     /// The last log index this replica applied (on the leader: committed).
     pub applied_index: u64,
+    /// The log index of the membership `members` come from, if this
+    /// replica knows it committed (applied); 0 if not. A committed
+    /// membership that leaves a node out, newer than anything that node's
+    /// copy holds, shows the copy was left behind by a repair.
+    pub members_at: u64,
+    /// The highest log index this replica holds (applied or not).
+    pub last_log_index: u64,
     pub term: u64,
     /// On the leader: each voter's peer id and the highest log index it
     /// holds matching the leader's (the leader's own last index for itself).

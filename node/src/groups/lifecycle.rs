@@ -17,7 +17,7 @@ use woof_overlay::PeerId;
 
 use super::control::ControlReply;
 use super::slots::Asleep;
-use super::status::voters;
+use super::status::{voters, voters_settled_at};
 use super::{Groups, Member, node_id};
 use crate::error::{Error, Result};
 
@@ -64,7 +64,9 @@ impl Groups {
                 group,
                 Asleep {
                     members: peek.voters,
+                    members_at: peek.voters_at,
                     applied_index: peek.applied_index,
+                    last_log_index: peek.last_log_index,
                     clean: false,
                 },
             );
@@ -239,7 +241,9 @@ impl Groups {
         let m = raft.metrics().borrow().clone();
         let asleep = Asleep {
             members: voters(&m),
+            members_at: voters_settled_at(&m),
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            last_log_index: m.last_log_index.unwrap_or(0),
             clean: true,
         };
         if self.slots.sleep(group, asleep).is_err() {
@@ -250,16 +254,21 @@ impl Groups {
         tracing::debug!(group = group.0, "group asleep");
     }
 
-    /// Removes this node's copy of `group` if it is asleep (a copy that
-    /// runs may have been made a voter again meanwhile). Whether it did.
-    pub async fn remove_asleep_copy(&self, group: GroupId) -> Result<bool> {
-        if !matches!(
-            self.slots.state(group),
-            Some(super::slots::State::Asleep(_))
-        ) {
-            return Ok(false);
+    /// Removes this node's copy of `group`, left behind by a repair: a
+    /// membership committed at log index `evidence_at` leaves this node
+    /// out. Only while the copy holds nothing from that index on (it is
+    /// stopped first, so nothing more arrives while that is checked): a
+    /// copy that holds it may have been made a voter again since. Whether
+    /// it did.
+    pub async fn remove_left_behind(&self, group: GroupId, evidence_at: u64) -> Result<bool> {
+        let gate = self.slots.gate(group);
+        let _gate = gate.lock().await;
+        self.stop_sleeping(group).await;
+        match self.slots.state(group) {
+            Some(super::slots::State::Asleep(a)) if a.last_log_index < evidence_at => {}
+            _ => return Ok(false),
         }
-        self.remove_local(group).await?;
+        self.remove_gated(group).await?;
         Ok(true)
     }
 
@@ -267,6 +276,12 @@ impl Groups {
     pub(super) async fn remove_local(&self, group: GroupId) -> Result<()> {
         let gate = self.slots.gate(group);
         let _gate = gate.lock().await;
+        self.remove_gated(group).await
+    }
+
+    /// [`remove_local`](Self::remove_local), for a caller that holds the
+    /// group's gate.
+    async fn remove_gated(&self, group: GroupId) -> Result<()> {
         if let Some(member) = self.slots.begin_leave(group) {
             self.router.remove(group);
             let _ = member.raft.shutdown().await;

@@ -92,6 +92,9 @@ impl Groups {
             }
             Control::Read { group, topic, read } => self.serve_read(group, topic, read).await,
             Control::Replicas => ControlReply::Replicas(self.replicas()),
+            Control::Replica { group } => {
+                ControlReply::Replicas(self.replica(group).into_iter().collect())
+            }
             Control::RemoveGroup { group } => match self.remove_local(group).await {
                 Ok(()) => ControlReply::Removed,
                 Err(e) => ControlReply::Failed(e.to_string()),

@@ -32,7 +32,12 @@ use woof_consensus::store::GroupId;
 pub(super) struct Asleep {
     /// The voters' peer ids, as last applied.
     pub members: Vec<String>,
+    /// The log index of the membership `members` come from, if it is
+    /// committed (0 if not known to be).
+    pub members_at: u64,
     pub applied_index: u64,
+    /// The highest log index held (applied or not).
+    pub last_log_index: u64,
     /// Put to sleep by its leader (so nobody leads it), rather than found
     /// in storage at start (when a leader may be running elsewhere).
     pub clean: bool,
@@ -290,7 +295,9 @@ mod tests {
     fn asleep(applied: u64) -> Asleep {
         Asleep {
             members: vec!["a".into()],
+            members_at: 1,
             applied_index: applied,
+            last_log_index: applied,
             clean: true,
         }
     }

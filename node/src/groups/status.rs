@@ -45,6 +45,22 @@ impl Groups {
         out
     }
 
+    /// This node's replica of `group`, if it holds one whose topic exists.
+    pub fn replica(&self, group: GroupId) -> Option<ReplicaStatus> {
+        let info = self
+            .topics
+            .list()
+            .into_iter()
+            .find(|i| i.meta.id == TopicId(group.0))?;
+        match self.slots.state(group)? {
+            super::slots::State::Running(r) => {
+                Some(of_running(group, &r.handle.raft, info, self.node_id))
+            }
+            super::slots::State::Asleep(a) => Some(of_asleep(group, &a, info)),
+            _ => None,
+        }
+    }
+
     /// One running replica's status.
     pub(super) fn replica_status(
         &self,
@@ -79,6 +95,16 @@ pub(super) fn voters(metrics: &Metrics) -> Vec<String> {
         .collect()
 }
 
+/// The log index of the membership [`voters`] reads, if it is applied
+/// (so committed); 0 if not yet.
+pub(super) fn voters_settled_at(metrics: &Metrics) -> u64 {
+    let applied = metrics.last_applied.map_or(0, |l| l.index);
+    match metrics.membership_config.log_id() {
+        Some(l) if l.index <= applied => l.index,
+        _ => 0,
+    }
+}
+
 /// Peer ids from their text; ones that do not parse are left out.
 pub(super) fn peers(names: &[String]) -> Vec<PeerId> {
     names.iter().filter_map(|m| m.parse().ok()).collect()
@@ -110,6 +136,8 @@ fn of_running(group: GroupId, raft: &Raft<TypeConfig>, info: TopicInfo, me: u64)
         leader: metrics.current_leader.and_then(addr),
         is_leader: metrics.current_leader == Some(me),
         applied_index: metrics.last_applied.map_or(0, |l| l.index),
+        members_at: voters_settled_at(&metrics),
+        last_log_index: metrics.last_log_index.unwrap_or(0),
         term: metrics.current_term,
         progress: membership
             .voter_ids()
@@ -136,6 +164,8 @@ fn of_asleep(group: GroupId, asleep: &Asleep, info: TopicInfo) -> ReplicaStatus 
         leader: None,
         is_leader: false,
         applied_index: asleep.applied_index,
+        members_at: asleep.members_at,
+        last_log_index: asleep.last_log_index,
         term: 0,
         progress: Vec::new(),
     }

@@ -213,73 +213,74 @@ impl ClusterTopics {
         Ok(())
     }
 
-    /// Looks at up to [`LEFT_BEHIND_CHECKS`] of the sleeping copies held
-    /// here, from the `from`th on (the next call goes on where this one
-    /// stopped), for copies whose node was replaced while it was away and
-    /// whose removal never came (the leader that replaced it restarted, or
-    /// the removal was lost): such a copy believes it is a voter, and
-    /// would serve its stale range to readers here. One is removed when the
-    /// topic's published replicas leave this node out and the group's
-    /// leader among them confirms that its voters do.
+    /// Looks at up to [`LEFT_BEHIND_CHECKS`] of the leaderless copies held
+    /// here (asleep, or running and calling elections nobody answers), from
+    /// the `from`th on (the next call goes on where this one stopped), for
+    /// copies whose node was replaced while it was away and whose removal
+    /// never came (the leader that replaced it restarted, or the removal
+    /// was lost). Such a copy believes it is a voter: it would serve its
+    /// stale range to readers here, and its elections raise its term, so
+    /// that a repair which later picks this node again sees its leader
+    /// deposed by the copy's higher term, round after round (the
+    /// simulator's seeds 30 and 125). The copy's own voters and the
+    /// topic's published replicas are asked for their copies, and
+    /// [`left_behind`] judges by what they say.
     async fn drop_left_behind(&self, from: usize) -> usize {
         let me = self.overlay.peer_id();
-        let mut asleep: Vec<ReplicaStatus> = self
+        let mut leaderless: Vec<ReplicaStatus> = self
             .groups
             .replicas()
             .into_iter()
-            .filter(|r| !r.is_leader && r.leader.is_none() && r.group != DIRECTORY.0)
+            .filter(|r| !r.is_leader && r.leader.is_none())
             .collect();
-        asleep.sort_by_key(|r| r.group);
-        if asleep.is_empty() {
+        leaderless.sort_by_key(|r| r.group);
+        if leaderless.is_empty() {
             return 0;
         }
-        let from = from % asleep.len();
-        for r in asleep
+        let from = from % leaderless.len();
+        for r in leaderless
             .iter()
             .cycle()
             .skip(from)
-            .take(LEFT_BEHIND_CHECKS.min(asleep.len()))
+            .take(LEFT_BEHIND_CHECKS.min(leaderless.len()))
         {
-            let Ok(location) = self.lookup(&r.meta.name).await else {
-                continue;
-            };
-            let me_text = me.to_string();
-            if location.group != r.group || location.members.contains(&me_text) {
-                continue;
+            let mut peers: BTreeSet<PeerId> =
+                r.members.iter().filter_map(|m| m.parse().ok()).collect();
+            if let Ok(location) = self.lookup(&r.meta.name).await
+                && location.group == r.group
+                && let Ok(published) = location.peers()
+            {
+                peers.extend(published);
             }
-            let Ok(peers) = location.peers() else {
-                continue;
-            };
+            peers.remove(&me);
             // Only peers heard from lately are asked (a silent one would
             // take the whole round).
             let Ok(members) = self.overlay.members().await else {
                 continue;
             };
-            let peers: Vec<PeerId> = peers
-                .into_iter()
-                .filter(|p| {
-                    members
-                        .iter()
-                        .any(|m| m.peer == *p && m.silent_ms < BACK_WITHIN_MS)
-                })
-                .collect();
-            let mut confirmed = false;
-            for peer in peers {
-                let Ok(replicas) = self.groups.replicas_at(peer).await else {
-                    continue;
-                };
-                if let Some(leader) = replicas.iter().find(|x| x.group == r.group && x.is_leader) {
-                    confirmed = !leader.members.contains(&me_text);
-                    break;
+            let mut others = Vec::new();
+            for peer in peers.into_iter().filter(|p| {
+                members
+                    .iter()
+                    .any(|m| m.peer == *p && m.silent_ms < BACK_WITHIN_MS)
+            }) {
+                if let Ok(Some(copy)) = self.groups.replica_at(peer, GroupId(r.group)).await {
+                    others.push(copy);
                 }
             }
-            if !confirmed {
+            let Some(evidence_at) = left_behind(&me.to_string(), r.last_log_index, &others) else {
                 continue;
-            }
-            match self.groups.remove_asleep_copy(GroupId(r.group)).await {
-                Ok(true) => {
-                    tracing::info!(topic = %r.meta.name, "removed a copy left behind by a repair")
-                }
+            };
+            match self
+                .groups
+                .remove_left_behind(GroupId(r.group), evidence_at)
+                .await
+            {
+                Ok(true) => tracing::info!(
+                    topic = %r.meta.name,
+                    evidence_at,
+                    "removed a copy left behind by a repair"
+                ),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(topic = %r.meta.name, "removing a copy left behind: {e}"),
             }
@@ -362,9 +363,29 @@ pub fn plan(
     Plan::Nothing
 }
 
+/// Whether this node's copy of a group, which holds log entries up to
+/// index `held`, was left behind by a repair, judged by `others`, other
+/// nodes' copies of the group: the log index of a committed membership that
+/// leaves `me` out and is newer than anything the copy holds, if one of
+/// them knows such a membership. Then a majority of that membership holds
+/// everything committed before it (its entry committed on one), and any
+/// later membership that took this node back would be in this copy's log
+/// (it is not, as it holds nothing that new): nothing the copy holds is
+/// needed. An older one proves nothing: the node may have been taken back
+/// since.
+pub(super) fn left_behind(me: &str, held: u64, others: &[ReplicaStatus]) -> Option<u64> {
+    others
+        .iter()
+        .filter(|r| r.members_at > held && !r.members.is_empty())
+        .filter(|r| !r.members.iter().any(|m| m == me))
+        .map(|r| r.members_at)
+        .max()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use woof_consensus::store::GROUP_ID_MIN;
 
     fn peers(n: usize) -> Vec<PeerId> {
         (0..n).map(|_| PeerId::random()).collect()
@@ -399,5 +420,56 @@ mod tests {
     fn a_group_smaller_than_its_placement_grows() {
         let v = peers(1);
         assert_eq!(plan(&v, v[0], 3, |_| false), Plan::Grow);
+    }
+
+    /// Another node's copy of a group whose voters are `members`, known
+    /// committed at log index `members_at` (0: not known).
+    fn copy(members: &[&str], members_at: u64) -> ReplicaStatus {
+        ReplicaStatus {
+            group: GROUP_ID_MIN + 1,
+            meta: TopicMeta {
+                id: TopicId(GROUP_ID_MIN + 1),
+                name: woof_consensus::topic::TopicName::new("t").unwrap(),
+                config: Default::default(),
+                created_at_ms: 1,
+                placement: Default::default(),
+            },
+            first_seq: 1,
+            last_seq: 0,
+            members: members.iter().map(|m| m.to_string()).collect(),
+            leader: None,
+            is_leader: false,
+            applied_index: members_at,
+            members_at,
+            last_log_index: members_at,
+            term: 1,
+            progress: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_copy_is_left_behind_by_a_newer_committed_membership_without_it() {
+        let others = [copy(&["b", "c", "d"], 40), copy(&["b", "c", "d"], 55)];
+        assert_eq!(left_behind("a", 30, &others), Some(55));
+    }
+
+    #[test]
+    fn a_membership_that_keeps_the_copy_proves_nothing() {
+        assert_eq!(left_behind("a", 30, &[copy(&["a", "b", "c"], 55)]), None);
+    }
+
+    #[test]
+    fn a_membership_no_newer_than_the_copy_proves_nothing() {
+        // The node may have been taken back after index 40: its copy
+        // holds up to 50, so it could hold that later membership.
+        assert_eq!(left_behind("a", 50, &[copy(&["b", "c", "d"], 40)]), None);
+        assert_eq!(left_behind("a", 40, &[copy(&["b", "c", "d"], 40)]), None);
+    }
+
+    #[test]
+    fn a_membership_not_known_committed_proves_nothing() {
+        assert_eq!(left_behind("a", 0, &[copy(&["b", "c", "d"], 0)]), None);
+        assert_eq!(left_behind("a", 3, &[copy(&[], 9)]), None);
+        assert_eq!(left_behind("a", 3, &[]), None);
     }
 }
