@@ -29,6 +29,11 @@ pub enum Bug {
     /// A topic create skips claiming its name in the directory
     /// (`woof_node::topics`): nodes creating one name at once all succeed.
     CreateSkipsClaim,
+    /// A repair makes the new replica a voter (and drops the lost one) in
+    /// the same step it adds it, without waiting for it to catch up
+    /// (`woof_node::groups::membership`): the group counts a voter that
+    /// holds nothing yet.
+    RepairSkipsCatchUp,
 }
 
 #[cfg(feature = "sim-bugs")]

@@ -210,10 +210,12 @@ pub enum Broken {
     /// woof retries an append it forwards for a client without a producer
     /// id without the identity it gave it.
     ForwardedRetryWithoutIdentity,
+    /// woof's repair makes a new replica a voter before it caught up.
+    RepairSkipsCatchUp,
 }
 
 impl Broken {
-    pub const ALL: [(Broken, &'static str); 9] = [
+    pub const ALL: [(Broken, &'static str); 10] = [
         (Broken::AckBeforeCommit, "ack-before-commit"),
         (Broken::RetryWithNewSeq, "retry-with-new-seq"),
         (Broken::DivergentReplica, "divergent-replica"),
@@ -229,6 +231,7 @@ impl Broken {
             Broken::ForwardedRetryWithoutIdentity,
             "forwarded-retry-without-identity",
         ),
+        (Broken::RepairSkipsCatchUp, "repair-skips-catch-up"),
     ];
 
     pub fn parse(text: &str) -> Result<Self, Error> {
@@ -255,6 +258,7 @@ impl Broken {
             Broken::RestartedGroupUnreachable => Some(Bug::RestartedGroupUnreachable),
             Broken::CreateSkipsClaim => Some(Bug::CreateSkipsClaim),
             Broken::ForwardedRetryWithoutIdentity => Some(Bug::ForwardedRetryWithoutIdentity),
+            Broken::RepairSkipsCatchUp => Some(Bug::RepairSkipsCatchUp),
             Broken::AckBeforeCommit | Broken::RetryWithNewSeq | Broken::DivergentReplica => None,
         }
     }

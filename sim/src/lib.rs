@@ -70,6 +70,7 @@ pub mod admin;
 pub mod check;
 pub mod config;
 pub mod history;
+pub mod joins;
 pub mod nemesis;
 pub mod net;
 pub mod node;
@@ -290,6 +291,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         r.progress.lagging = lagging;
         r.progress.lost = lost;
         r.progress.up = cluster.up_ids();
+        r.late_joins = cluster.joins.late();
     }
     note_views(&cluster);
     let finals = final_contents(&cluster, &voters);

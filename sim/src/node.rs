@@ -32,6 +32,7 @@ use woof_overlay::{Keypair, NodeInfo, PeerId, Tier};
 use crate::Error;
 use crate::config::{Broken, Rates};
 use crate::history::Recorder;
+use crate::joins::Joins;
 use crate::net::SimNet;
 use crate::rng::SimRng;
 use crate::store::SimStore;
@@ -172,6 +173,8 @@ pub struct Cluster {
     pub repair_after: Duration,
     /// The random numbers the nodes' `ClusterTopics` draw group ids from.
     ids: Arc<Mutex<SimRng>>,
+    /// Voters made before they held the log, as the nodes' disks tell.
+    pub joins: Arc<Joins>,
     nodes: Mutex<BTreeMap<u64, Node>>,
     /// Node 1's disk stores payloads reversed ([`Broken::DivergentReplica`]).
     corrupt_node_1: bool,
@@ -197,7 +200,7 @@ impl Cluster {
         let (peers, plans) = draw_nodes(nodes, topics, replication, rng)?;
         let ids = Arc::new(Mutex::new(rng.fork("group ids")));
         let net = SimNet::new(rec.clone(), net_rng, Rates::none(), peers);
-        let nodes = (1..=nodes)
+        let nodes: BTreeMap<u64, Node> = (1..=nodes)
             .map(|id| {
                 (
                     id,
@@ -210,7 +213,18 @@ impl Cluster {
                 )
             })
             .collect();
+        let joins = Arc::new(Joins::new(
+            rec.clone(),
+            nodes
+                .keys()
+                .filter_map(|id| Some((net.peer(*id)?.to_string(), *id)))
+                .collect(),
+        ));
+        for (id, node) in &nodes {
+            joins.attach(*id, &node.store);
+        }
         Ok(Self {
+            joins,
             rec,
             net,
             plans,
@@ -506,6 +520,7 @@ impl Cluster {
                 return Ok(());
             }
             n.store = Arc::new(n.store.reopen());
+            self.joins.attach(id, &n.store);
             n.incarnation += 1;
         }
         self.start(id).await

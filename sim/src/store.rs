@@ -27,6 +27,7 @@ use std::io::Cursor;
 use std::sync::{Mutex, MutexGuard};
 
 use woof_consensus::Error;
+use woof_consensus::raft::state_machine::{APPLIED, applied_voters};
 use woof_consensus::store::{GroupId, MemStore, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};
 use woof_consensus::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
@@ -122,12 +123,17 @@ impl Disk {
     }
 }
 
+/// Told of each membership a group applies on a disk: the group, the
+/// membership's log index and its voters (see [`SimStore::watch`]).
+pub type Watcher = Box<dyn Fn(GroupId, u64, Vec<String>) + Send + Sync>;
+
 /// A node's disk. See the module documentation.
 #[derive(Default)]
 pub struct SimStore {
     disk: Mutex<Disk>,
     /// A slow spell: until when, and the numbers that draw each delay.
     slow: Mutex<Option<(tokio::time::Instant, SimRng)>>,
+    watcher: Mutex<Option<Watcher>>,
 }
 
 /// How much longer a synced write of a slow disk takes (range, ms).
@@ -169,6 +175,28 @@ fn poisoned() -> Error {
 impl SimStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Calls `watcher` with each membership a group applies on this disk
+    /// from now on (a state machine writes what it applied with each
+    /// batch of entries it applies, unsynced).
+    pub fn watch(&self, watcher: Watcher) {
+        *self.watcher.lock().unwrap_or_else(|e| e.into_inner()) = Some(watcher);
+    }
+
+    fn tell_watcher(&self, batch: &WriteBatch) {
+        let watcher = self.watcher.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(watcher) = watcher.as_ref() else {
+            return;
+        };
+        for op in batch.ops() {
+            if let Op::PutRaftValue(group, name, value) = op
+                && name == APPLIED
+                && let Ok((at, voters)) = applied_voters(value)
+            {
+                watcher(*group, at, voters);
+            }
+        }
     }
 
     fn disk(&self) -> MutexGuard<'_, Disk> {
@@ -281,6 +309,7 @@ impl SimStore {
                 ..Disk::default()
             }),
             slow: Mutex::default(),
+            watcher: Mutex::default(),
         }
     }
 
@@ -297,7 +326,9 @@ impl Store for SimStore {
     }
 
     fn write_unsynced(&self, batch: &WriteBatch) -> Result<()> {
-        self.mutate(DiskOp::Unsynced(batch.clone()))
+        self.mutate(DiskOp::Unsynced(batch.clone()))?;
+        self.tell_watcher(batch);
+        Ok(())
     }
 
     fn topics(&self) -> Result<Vec<TopicMeta>> {

@@ -183,6 +183,8 @@ pub struct Record {
     pub admin: Vec<crate::admin::AdminOp>,
     /// Names created from several nodes at once (`--concurrent-creates`).
     pub races: Vec<crate::admin::Race>,
+    /// Nodes made voters before they held the log.
+    pub late_joins: Vec<crate::joins::LateJoin>,
     next_op: u64,
 }
 

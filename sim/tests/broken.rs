@@ -102,3 +102,14 @@ fn sim_broken_forwarded_retries_without_their_identity_append_twice() {
         "forwarded retries without their identity went unnoticed"
     );
 }
+
+/// Every run loses a node for good at the end, so every topic it held is
+/// repaired: a repair that makes the new replica a voter before it caught
+/// up is seen when the membership commits.
+#[test]
+fn sim_broken_repairs_that_skip_the_catch_up_count_a_voter_that_holds_nothing() {
+    assert!(
+        caught_by(Broken::RepairSkipsCatchUp, "repair", 20).is_some(),
+        "repairs that skip the catch-up went unnoticed"
+    );
+}

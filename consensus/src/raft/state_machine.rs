@@ -42,8 +42,9 @@ use crate::topic::directory::{DIRECTORY, Directory, NameCommand, NameRecord};
 use crate::topic::{Machine, PRODUCER_WINDOW, Producer, ProducerWindow, TopicId, TopicMeta};
 use crate::topics::Topics;
 
-/// The value name under which the applied state is kept.
-const APPLIED: &str = "applied";
+/// The value name under which the applied state is kept (see
+/// [`applied_voters`]).
+pub const APPLIED: &str = "applied";
 /// The value name that, while not empty, says a snapshot install is under
 /// way: its first batches are written, its last is not.
 const INSTALLING: &str = "installing";
@@ -363,6 +364,25 @@ pub struct Peek {
     pub last_log_index: u64,
 }
 
+/// The voters (`BasicNode::addr`) of the membership an [`APPLIED`] value
+/// holds, with that membership's log index (0: none yet): for a simulator
+/// that watches memberships as they are applied.
+pub fn applied_voters(bytes: &[u8]) -> Result<(u64, Vec<String>), Error> {
+    Ok(voters_of(&decode::<Applied>(bytes)?.membership))
+}
+
+/// A membership's log index (0: none) and its voters' addresses.
+fn voters_of(stored: &Membership) -> (u64, Vec<String>) {
+    let membership = stored.membership();
+    (
+        stored.log_id().map_or(0, |l| l.index),
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
+            .collect(),
+    )
+}
+
 /// Reads what `group` applied, from storage (blocking).
 pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Result<Peek, Error> {
     let topic = TopicId(group.0);
@@ -376,7 +396,7 @@ pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Resul
         .map(|b| decode::<Applied>(&b))
         .transpose()?
         .unwrap_or_default();
-    let membership = applied.membership.membership();
+    let (voters_at, voters) = voters_of(&applied.membership);
     let applied_index = applied.last_applied.map_or(0, |l| l.index);
     let last_log_index = raft
         .last_log(group)?
@@ -384,11 +404,8 @@ pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Resul
     Ok(Peek {
         meta,
         last_seq,
-        voters: membership
-            .voter_ids()
-            .filter_map(|id| membership.get_node(&id).map(|n| n.addr.clone()))
-            .collect(),
-        voters_at: applied.membership.log_id().map_or(0, |l| l.index),
+        voters,
+        voters_at,
         applied_index,
         last_log_index,
     })

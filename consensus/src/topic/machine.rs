@@ -88,6 +88,7 @@ impl Machine {
                 }
                 Seen::New => {
                     window.record(producer.seq, self.last_seq + 1, count);
+                    window.keep_last(producer.remembered());
                     batch.put_producer(self.meta.id, &producer.id, window);
                 }
             }

@@ -8,6 +8,12 @@ use crate::error::{Error, Result};
 pub const PRODUCER_WINDOW: usize = 64;
 /// The longest producer id, in bytes.
 pub const PRODUCER_ID_BYTES_MAX: usize = 128;
+/// How the ids a node gives the appends it forwards for clients that named
+/// no producer begin; clients' ids may not. Such an id never has more than
+/// one append in flight (a retry repeats the last one), so its window
+/// remembers only the last append: a fraction of the bytes written with
+/// each append.
+pub const NODE_PRODUCER_PREFIX: char = '~';
 
 /// Identifies an append for deduplication: a producer's id and its own
 /// sequence number for this append.
@@ -31,6 +37,26 @@ impl Producer {
             ));
         }
         Ok(Self { id, seq })
+    }
+
+    /// A producer named by a client: as [`new`](Self::new), and its id may
+    /// not begin with [`NODE_PRODUCER_PREFIX`].
+    pub fn from_client(id: String, seq: u64) -> Result<Self> {
+        if id.starts_with(NODE_PRODUCER_PREFIX) {
+            return Err(Error::InvalidArgument(format!(
+                "producer ids beginning with {NODE_PRODUCER_PREFIX:?} are the nodes' own"
+            )));
+        }
+        Self::new(id, seq)
+    }
+
+    /// How many of its recent appends its window remembers.
+    pub fn remembered(&self) -> usize {
+        if self.id.starts_with(NODE_PRODUCER_PREFIX) {
+            1
+        } else {
+            PRODUCER_WINDOW
+        }
     }
 }
 
@@ -100,6 +126,13 @@ impl ProducerWindow {
             first_seq,
             count,
         });
+    }
+
+    /// Forgets all but the newest `n` appends (at least one is kept).
+    pub fn keep_last(&mut self, n: usize) {
+        while self.entries.len() > n.max(1) {
+            self.entries.pop_front();
+        }
     }
 
     /// Storage encoding: per entry three little-endian u64s.
@@ -181,10 +214,37 @@ mod tests {
     }
 
     #[test]
+    fn a_node_lane_remembers_its_last_append_only() {
+        let lane = Producer::new("~peer/3".into(), 2).unwrap();
+        assert_eq!(lane.remembered(), 1);
+        assert_eq!(p(1).remembered(), PRODUCER_WINDOW);
+        let mut w = ProducerWindow::default();
+        for seq in 1..=3 {
+            w.record(seq, seq * 10, 1);
+            w.keep_last(lane.remembered());
+        }
+        assert_eq!(w.encode().len(), 24);
+        // Its retry is recognised; an older append is refused, never
+        // applied again.
+        let retry = Producer::new("~peer/3".into(), 3).unwrap();
+        assert_eq!(
+            w.check(&retry).unwrap(),
+            Seen::Duplicate {
+                first_seq: 30,
+                count: 1
+            }
+        );
+        let old = Producer::new("~peer/3".into(), 2).unwrap();
+        assert!(matches!(w.check(&old), Err(Error::ProducerSeq { .. })));
+    }
+
+    #[test]
     fn bad_producers_and_bytes() {
         assert!(Producer::new(String::new(), 1).is_err());
         assert!(Producer::new("x".repeat(129), 1).is_err());
         assert!(Producer::new("x".into(), 0).is_err());
+        assert!(Producer::from_client("~node/1".into(), 1).is_err());
+        assert!(Producer::from_client("sensor-1".into(), 1).is_ok());
         assert!(ProducerWindow::decode(&[1, 2, 3]).is_err());
     }
 }

@@ -81,7 +81,7 @@ pub fn config(c: Option<v1::TopicConfig>) -> Result<TopicConfig, Status> {
 }
 
 pub fn producer(p: Option<v1::Producer>) -> Result<Option<Producer>, Status> {
-    p.map(|p| Producer::new(p.id, p.seq).map_err(status))
+    p.map(|p| Producer::from_client(p.id, p.seq).map_err(status))
         .transpose()
 }
 

@@ -15,9 +15,9 @@
 //!   its replicas catch up within bounded simulated time;
 //! - `linear.rs`: appends and reads of the latest range are linearizable
 //!   per topic;
-//! - `repair.rs`: a replica lost past the repair time is replaced, and every
-//!   topic ends at full strength (its replication factor of voters, all
-//!   up);
+//! - `repair.rs`: a replica lost past the repair time is replaced, only
+//!   made a voter once it holds the log, and every topic ends at full
+//!   strength (its replication factor of voters, all up);
 //! - `one_name.rs`: at most one topic per name after concurrent creates
 //!   (`--concurrent-creates`).
 //!

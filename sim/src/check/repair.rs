@@ -3,12 +3,25 @@
 //! full strength: by the end every topic has its replication factor of
 //! voters, every one of them up (so the node lost for good after the heal,
 //! when the cluster could spare one, is none of them), and the progress
-//! checker sees them catch up.
+//! checker sees them catch up. A new replica becomes a voter only once it
+//! holds the log ([`crate::joins`] watches each membership as it commits):
+//! the group never counts a voter that holds nothing.
 
 use super::Observed;
 
 pub fn check(o: &Observed) -> Vec<String> {
     let mut out = Vec::new();
+    for j in &o.record.late_joins {
+        let what = o
+            .plans
+            .iter()
+            .find(|p| p.group.0 == j.group)
+            .map_or(format!("group {}", j.group), |p| format!("t{}", p.index));
+        out.push(format!(
+            "{what}: n{} was made a voter at {} ms by the membership at log index {}, holding the log only to {} (a new replica must catch up first)",
+            j.node, j.at_ms, j.membership_at, j.held
+        ));
+    }
     let progress = &o.record.progress;
     for plan in o.plans {
         let t = plan.index;
