@@ -20,7 +20,6 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use openraft::{BasicNode, Raft};
-use serde_bytes::ByteBuf;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Router, Transport};
 use woof_consensus::raft::{Command, TypeConfig};
@@ -122,7 +121,7 @@ pub async fn run(replicas: u64, appends: usize) -> anyhow::Result<Report> {
     for i in 0..appends {
         let t = Instant::now();
         raft.client_write(Command::Append {
-            payloads: vec![ByteBuf::from(vec![0x5a; 64])],
+            payloads: vec![bytes::Bytes::from(vec![0x5a; 64])],
             producer: None,
             time_ms: i as u64,
         })

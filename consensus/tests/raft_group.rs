@@ -9,7 +9,6 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use openraft::{BasicNode, Raft};
-use serde_bytes::ByteBuf;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Router, Transport};
 use woof_consensus::raft::{Command, CommandResult, TypeConfig};
@@ -116,7 +115,7 @@ async fn leader(nodes: &[Node], skip: Option<u64>) -> u64 {
 async fn append(raft: &Raft<TypeConfig>, payload: String) -> u64 {
     let r = raft
         .client_write(Command::Append {
-            payloads: vec![ByteBuf::from(payload.into_bytes())],
+            payloads: vec![bytes::Bytes::from(payload.into_bytes())],
             producer: None,
             time_ms: 1,
         })
@@ -225,7 +224,7 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
         // The first writes may race the election; retry until it is settled.
         match l2
             .client_write(Command::Append {
-                payloads: vec![ByteBuf::from(b"after".to_vec())],
+                payloads: vec![bytes::Bytes::from(b"after".to_vec())],
                 producer: None,
                 time_ms: 2,
             })

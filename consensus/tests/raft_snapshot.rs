@@ -12,7 +12,6 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Raft};
-use serde_bytes::ByteBuf;
 use woof_consensus::Error;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Envelope, Router, Rpc, Transport};
@@ -230,7 +229,7 @@ fn payload(seq: usize) -> Vec<u8> {
 
 fn append(seqs: std::ops::Range<usize>, producer: Option<(&str, u64)>) -> Command {
     Command::Append {
-        payloads: seqs.map(|s| ByteBuf::from(payload(s))).collect(),
+        payloads: seqs.map(|s| bytes::Bytes::from(payload(s))).collect(),
         producer: producer.map(|(id, seq)| (id.to_string(), seq)),
         time_ms: 1000,
     }

@@ -56,7 +56,6 @@ fn openraft_suite_on_rocksdb() {
 mod topic_state_machine {
     use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
     use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
-    use serde_bytes::ByteBuf;
     use woof_consensus::raft::{Command, CommandResult};
     use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 
@@ -73,7 +72,7 @@ mod topic_state_machine {
         Command::Append {
             payloads: payloads
                 .iter()
-                .map(|p| ByteBuf::from(p.as_bytes().to_vec()))
+                .map(|p| bytes::Bytes::from(p.as_bytes().to_vec()))
                 .collect(),
             producer: producer.map(|(id, seq)| (id.to_string(), seq)),
             time_ms: 1_000,

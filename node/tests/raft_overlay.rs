@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
-use serde_bytes::ByteBuf;
 use woof_consensus::raft::{Command, CommandResult, TypeConfig};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
@@ -36,7 +35,7 @@ async fn append(raft: &Raft<TypeConfig>, payload: &str) -> u64 {
     for _ in 0..100 {
         let written = raft
             .client_write(Command::Append {
-                payloads: vec![ByteBuf::from(payload.as_bytes().to_vec())],
+                payloads: vec![bytes::Bytes::from(payload.as_bytes().to_vec())],
                 producer: None,
                 time_ms: 1,
             })
@@ -175,7 +174,7 @@ async fn a_node_outside_the_group_creates_it_and_writes_through_the_leader() {
         .unwrap();
     assert_eq!(created, CommandResult::Created);
     let write = |i: u64| Command::Append {
-        payloads: vec![ByteBuf::from(format!("e{i}").into_bytes())],
+        payloads: vec![bytes::Bytes::from(format!("e{i}").into_bytes())],
         producer: Some(("sensor".into(), i)),
         time_ms: 1,
     };

@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde_bytes::ByteBuf;
 use woof_consensus::raft::Command;
 use woof_consensus::store::Store;
 use woof_consensus::topic::Producer;
@@ -651,7 +650,10 @@ async fn append(
         {
             let first_seq = topics.latest(&plan.name).map_or(1, |r| r.last + 1);
             let command = Command::Append {
-                payloads: payloads.iter().map(|p| ByteBuf::from(p.clone())).collect(),
+                payloads: payloads
+                    .iter()
+                    .map(|p| bytes::Bytes::from(p.clone()))
+                    .collect(),
                 producer: Some((producer.to_string(), pseq)),
                 time_ms: clock.now_ms(),
             };

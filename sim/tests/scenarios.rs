@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_bytes::ByteBuf;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_node::error::Error;
 use woof_node::groups::{Read, ReadReply};
@@ -17,7 +16,7 @@ use woof_sim::rng::SimRng;
 async fn append(cluster: &Cluster, plan: &TopicPlan, at: u64, payload: &str) -> u64 {
     let groups = cluster.groups(at).expect("the node is up");
     let command = Command::Append {
-        payloads: vec![ByteBuf::from(payload.as_bytes().to_vec())],
+        payloads: vec![bytes::Bytes::from(payload.as_bytes().to_vec())],
         producer: None,
         time_ms: 0,
     };

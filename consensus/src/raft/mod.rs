@@ -25,8 +25,6 @@ pub mod runtime;
 pub mod snapshot;
 pub mod state_machine;
 
-use serde_bytes::ByteBuf;
-
 use crate::error::Error;
 use crate::topic::directory::{NameAnswer, NameCommand};
 use crate::topic::{AppendOutcome, TopicMeta};
@@ -51,7 +49,9 @@ pub enum Command {
     Create(TopicMeta),
     /// Appends elements, stamped with the leader's clock.
     Append {
-        payloads: Vec<ByteBuf>,
+        /// Shared with the caller's buffers, not copied (CBOR byte strings,
+        /// as `serde_bytes` wrote them).
+        payloads: Vec<bytes::Bytes>,
         producer: Option<(String, u64)>,
         time_ms: u64,
     },

@@ -503,10 +503,6 @@ fn apply_command(
             let Some(m) = machine.as_mut() else {
                 return Ok(CommandResult::Refused(Error::GroupWithoutTopic));
             };
-            let payloads = payloads
-                .into_iter()
-                .map(|p| bytes::Bytes::from(p.into_vec()))
-                .collect();
             let answer = match producer {
                 None => m.append(batch, payloads, None, time_ms),
                 Some((id, seq)) => match Producer::new(id, seq) {

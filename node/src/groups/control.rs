@@ -1,7 +1,7 @@
 //! The node-to-node requests of [`super::Groups`] besides Raft's own, and
 //! what they answer. CBOR on the wire, behind [`super::TAG_CONTROL`].
 
-use serde_bytes::ByteBuf;
+use bytes::Bytes;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::{Element, TopicMeta};
@@ -73,7 +73,7 @@ pub enum Read {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum ReadReply {
     /// (sequence number, append time, payload), in order.
-    Elements(Vec<(u64, u64, ByteBuf)>),
+    Elements(Vec<(u64, u64, Bytes)>),
     Range {
         first: u64,
         last: u64,
@@ -89,7 +89,7 @@ impl ReadReply {
                 .into_iter()
                 .map(|(seq, time, payload)| Element {
                     seq,
-                    payload: bytes::Bytes::from(payload.into_vec()),
+                    payload,
                     append_time_ms: time,
                 })
                 .collect()),

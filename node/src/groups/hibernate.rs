@@ -94,6 +94,17 @@ pub(super) fn is_idle_leader(
         .is_none_or(|r| r.iter().all(|matched| *matched == last))
 }
 
+/// Whether a follower asked to sleep by its leader may: it does not lead,
+/// and it applied every entry it holds. The leader saw every voter's log
+/// match its own, but a follower learns that its last entries committed
+/// only from the leader's next message; asleep, it would not apply them,
+/// and its replica would read short until the group next wakes. One that
+/// may not keeps running, elects itself, and puts the group to sleep
+/// as its leader once all applied (see the module doc).
+pub(super) fn follower_may_sleep(view: &LeaderView, me: u64) -> bool {
+    view.leader != Some(me) && view.last_applied == view.last_log_index
+}
+
 impl Groups {
     /// Puts `idle` groups, which this node leads, to sleep on every member:
     /// one request per follower for all of them, and all stopped here at
@@ -144,7 +155,7 @@ impl Groups {
     }
 
     /// A follower's side of [`Control::Sleep`]: stops each of `groups`
-    /// that runs here and does not think itself the leader.
+    /// that runs here and [may sleep](follower_may_sleep).
     pub(super) async fn sleep_followers(&self, groups: Vec<GroupId>) -> ControlReply {
         if groups.len() > SLEEP_GROUPS_MAX {
             return ControlReply::Failed(format!(
@@ -164,7 +175,7 @@ impl Groups {
                 let Some(raft) = self.running(group) else {
                     return;
                 };
-                if raft.metrics().borrow().current_leader == Some(self.node_id) {
+                if !follower_may_sleep(&LeaderView::of(&raft.metrics().borrow()), self.node_id) {
                     return;
                 }
                 self.stop_sleeping(group).await;
@@ -217,6 +228,29 @@ mod tests {
             last_applied: Some(12),
             matched: Some(vec![Some(12), Some(12)]),
         }
+    }
+
+    #[test]
+    fn a_follower_sleeps_only_once_it_applied_all_it_holds() {
+        let follower = LeaderView {
+            leader: Some(ME + 1),
+            matched: None,
+            ..caught_up()
+        };
+        assert!(follower_may_sleep(&follower, ME));
+        let behind = LeaderView {
+            last_applied: Some(11),
+            ..follower.clone()
+        };
+        assert!(!follower_may_sleep(&behind, ME));
+        // It thinks itself the leader: asleep, nobody would lead.
+        assert!(!follower_may_sleep(&caught_up(), ME));
+        // Knowing no leader is no reason to stay up.
+        let leaderless = LeaderView {
+            leader: None,
+            ..follower
+        };
+        assert!(follower_may_sleep(&leaderless, ME));
     }
 
     #[tokio::test]

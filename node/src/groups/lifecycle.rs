@@ -256,16 +256,18 @@ impl Groups {
 
     /// Removes this node's copy of `group`, left behind by a repair: a
     /// membership committed at log index `evidence_at` leaves this node
-    /// out. Only while the copy holds nothing from that index on (it is
-    /// stopped first, so nothing more arrives while that is checked): a
-    /// copy that holds it may have been made a voter again since. Whether
-    /// it did.
+    /// out. Only while the copy believes this node a voter and holds
+    /// nothing from that index on (it is stopped first, so nothing more
+    /// arrives while that is checked): see `topics::repair::left_behind`.
+    /// Whether it did.
     pub async fn remove_left_behind(&self, group: GroupId, evidence_at: u64) -> Result<bool> {
         let gate = self.slots.gate(group);
         let _gate = gate.lock().await;
         self.stop_sleeping(group).await;
+        let me = self.peer_id().to_string();
         match self.slots.state(group) {
-            Some(super::slots::State::Asleep(a)) if a.last_log_index < evidence_at => {}
+            Some(super::slots::State::Asleep(a))
+                if a.last_log_index < evidence_at && a.members.contains(&me) => {}
             _ => return Ok(false),
         }
         self.remove_gated(group).await?;

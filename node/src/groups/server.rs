@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
-use serde_bytes::ByteBuf;
 use tokio::sync::{Semaphore, mpsc};
 use woof_consensus::Start;
 use woof_consensus::raft::group;
@@ -166,7 +165,7 @@ impl Groups {
             ReadReply::Elements(
                 elements
                     .into_iter()
-                    .map(|e| (e.seq, e.append_time_ms, ByteBuf::from(e.payload.to_vec())))
+                    .map(|e| (e.seq, e.append_time_ms, e.payload))
                     .collect(),
             )
         };

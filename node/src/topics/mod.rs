@@ -26,7 +26,6 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use serde_bytes::ByteBuf;
 use woof_consensus::bugs::{self, Bug};
 use woof_consensus::raft::{Command, CommandResult, decode, encode};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId};
@@ -601,10 +600,7 @@ impl ClusterTopics {
         let name = TopicName::new(name)?;
         let (group, members) = self.locate(&name).await?;
         let command = Command::Append {
-            payloads: payloads
-                .into_iter()
-                .map(|p| ByteBuf::from(p.to_vec()))
-                .collect(),
+            payloads,
             producer: producer.map(|p| (p.id, p.seq)),
             time_ms: self.clock.now_ms(),
         };

@@ -8,8 +8,9 @@
 //! Each node repairs the groups it leads. A sleeping group with a lost
 //! replica is woken by its first live member (in peer id order), so that it
 //! gets a leader to repair it. A node that comes back after its replica was
-//! replaced is told to remove its copy (while the leader that replaced it
-//! runs; a copy left behind by a leader that restarted stays on disk, unused).
+//! replaced is told to remove its copy by the leader that replaced it, if
+//! that leader still runs; otherwise the node finds out itself, by asking
+//! the other copies (see [`left_behind`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -268,7 +269,9 @@ impl ClusterTopics {
                     others.push(copy);
                 }
             }
-            let Some(evidence_at) = left_behind(&me.to_string(), r.last_log_index, &others) else {
+            let Some(evidence_at) =
+                left_behind(&me.to_string(), &r.members, r.last_log_index, &others)
+            else {
                 continue;
             };
             match self
@@ -363,17 +366,31 @@ pub fn plan(
     Plan::Nothing
 }
 
-/// Whether this node's copy of a group, which holds log entries up to
-/// index `held`, was left behind by a repair, judged by `others`, other
-/// nodes' copies of the group: the log index of a committed membership that
-/// leaves `me` out and is newer than anything the copy holds, if one of
-/// them knows such a membership. Then a majority of that membership holds
-/// everything committed before it (its entry committed on one), and any
-/// later membership that took this node back would be in this copy's log
-/// (it is not, as it holds nothing that new): nothing the copy holds is
-/// needed. An older one proves nothing: the node may have been taken back
-/// since.
-pub(super) fn left_behind(me: &str, held: u64, others: &[ReplicaStatus]) -> Option<u64> {
+/// Whether this node's copy of a group, which believes the group's voters
+/// are `voters` and holds log entries up to index `held`, was left behind
+/// by a repair, judged by `others`, other nodes' copies of the group: the
+/// log index of a committed membership that leaves `me` out and is newer
+/// than anything the copy holds, if one of them knows such a membership.
+///
+/// Only a copy that believes itself a voter is judged: a node being added
+/// again holds a copy with no membership yet, or one that names it a
+/// learner, and its log lacks the entry that adds it until it catches up
+/// (the simulator's seed 669 saw such a learner remove its own new copy).
+/// Then a majority of that newer membership holds everything committed
+/// before it (its entry committed on one), and this node is not needed for
+/// anything committed since: a later membership that made it a voter again
+/// would be in the copy's log (it is not, as it holds nothing that new),
+/// and as a learner its copy counts for nothing. An older membership
+/// proves nothing: the node may have been taken back since.
+pub(super) fn left_behind(
+    me: &str,
+    voters: &[String],
+    held: u64,
+    others: &[ReplicaStatus],
+) -> Option<u64> {
+    if !voters.iter().any(|v| v == me) {
+        return None;
+    }
     others
         .iter()
         .filter(|r| r.members_at > held && !r.members.is_empty())
@@ -447,29 +464,57 @@ mod tests {
         }
     }
 
+    /// This node's copy's voters: it believes itself one.
+    fn mine() -> Vec<String> {
+        vec!["a".into(), "b".into(), "c".into()]
+    }
+
+    #[test]
+    fn a_copy_that_does_not_believe_itself_a_voter_is_never_left_behind() {
+        let others = [copy(&["b", "c", "d"], 40)];
+        // A new copy with no membership yet, and a learner's.
+        assert_eq!(left_behind("a", &[], 0, &others), None);
+        assert_eq!(
+            left_behind("a", &["b".into(), "c".into()], 10, &others),
+            None
+        );
+    }
+
     #[test]
     fn a_copy_is_left_behind_by_a_newer_committed_membership_without_it() {
         let others = [copy(&["b", "c", "d"], 40), copy(&["b", "c", "d"], 55)];
-        assert_eq!(left_behind("a", 30, &others), Some(55));
+        assert_eq!(left_behind("a", &mine(), 30, &others), Some(55));
     }
 
     #[test]
     fn a_membership_that_keeps_the_copy_proves_nothing() {
-        assert_eq!(left_behind("a", 30, &[copy(&["a", "b", "c"], 55)]), None);
+        assert_eq!(
+            left_behind("a", &mine(), 30, &[copy(&["a", "b", "c"], 55)]),
+            None
+        );
     }
 
     #[test]
     fn a_membership_no_newer_than_the_copy_proves_nothing() {
         // The node may have been taken back after index 40: its copy
         // holds up to 50, so it could hold that later membership.
-        assert_eq!(left_behind("a", 50, &[copy(&["b", "c", "d"], 40)]), None);
-        assert_eq!(left_behind("a", 40, &[copy(&["b", "c", "d"], 40)]), None);
+        assert_eq!(
+            left_behind("a", &mine(), 50, &[copy(&["b", "c", "d"], 40)]),
+            None
+        );
+        assert_eq!(
+            left_behind("a", &mine(), 40, &[copy(&["b", "c", "d"], 40)]),
+            None
+        );
     }
 
     #[test]
     fn a_membership_not_known_committed_proves_nothing() {
-        assert_eq!(left_behind("a", 0, &[copy(&["b", "c", "d"], 0)]), None);
-        assert_eq!(left_behind("a", 3, &[copy(&[], 9)]), None);
-        assert_eq!(left_behind("a", 3, &[]), None);
+        assert_eq!(
+            left_behind("a", &mine(), 0, &[copy(&["b", "c", "d"], 0)]),
+            None
+        );
+        assert_eq!(left_behind("a", &mine(), 3, &[copy(&[], 9)]), None);
+        assert_eq!(left_behind("a", &mine(), 3, &[]), None);
     }
 }
