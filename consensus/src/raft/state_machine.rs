@@ -551,6 +551,17 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             let mut producers = HashMap::new();
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
+                // Openraft applies each entry once, in log order: anything
+                // else would apply an append twice or skip one.
+                assert!(
+                    applied
+                        .last_applied
+                        .is_none_or(|l| l.index < entry.log_id.index),
+                    "group {}: applying log index {} after {:?}",
+                    group.0,
+                    entry.log_id.index,
+                    applied.last_applied
+                );
                 applied.last_applied = Some(entry.log_id);
                 results.push(match entry.payload {
                     EntryPayload::Blank => CommandResult::None,
