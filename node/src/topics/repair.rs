@@ -147,7 +147,14 @@ impl ClusterTopics {
                 .replace_voter(group, &raft, &voters, dead, new)
                 .await
             {
-                tracing::warn!(topic = %meta.name, %new, "replacing a replica: {e}");
+                // Growing a group (nothing lost) is tried again next round:
+                // not worth a warning (the demo printed one when the node it
+                // chose was being stopped).
+                if dead.is_some() {
+                    tracing::warn!(topic = %meta.name, %new, "replacing a replica: {e}");
+                } else {
+                    tracing::info!(topic = %meta.name, %new, "adding a replica (tried again next round): {e}");
+                }
                 continue;
             }
             let members: Vec<String> = keep
