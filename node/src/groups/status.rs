@@ -47,11 +47,7 @@ impl Groups {
 
     /// This node's replica of `group`, if it holds one whose topic exists.
     pub fn replica(&self, group: GroupId) -> Option<ReplicaStatus> {
-        let info = self
-            .topics
-            .list()
-            .into_iter()
-            .find(|i| i.meta.id == TopicId(group.0))?;
+        let info = self.topic_of(group)?;
         match self.slots.state(group)? {
             super::slots::State::Running(r) => {
                 Some(of_running(group, &r.handle.raft, info, self.node_id))
@@ -67,12 +63,15 @@ impl Groups {
         group: GroupId,
         raft: &Raft<TypeConfig>,
     ) -> Option<ReplicaStatus> {
-        let info = self
-            .topics
+        Some(of_running(group, raft, self.topic_of(group)?, self.node_id))
+    }
+
+    /// The topic of `group` as held here, if created.
+    fn topic_of(&self, group: GroupId) -> Option<TopicInfo> {
+        self.topics
             .list()
             .into_iter()
-            .find(|i| i.meta.id == TopicId(group.0))?;
-        Some(of_running(group, raft, info, self.node_id))
+            .find(|i| i.meta.id == TopicId(group.0))
     }
 
     /// The voters of `group`, if this node holds it.
