@@ -15,7 +15,7 @@ pub enum Bug {
     /// that it leads the group (`raft::group::confirm_leader`).
     StaleRead,
     /// A subscription that waited for new elements delivers its last one
-    /// again (`topics::Subscription::next_batch`).
+    /// again (`local::Subscription::next_batch`).
     SubscriberRedelivers,
     /// A group restarted from what its disk holds is not registered with
     /// the node's router, and the node's waker does not hand it out either:
@@ -27,7 +27,7 @@ pub enum Bug {
     /// retry of an append already committed is appended again.
     ForwardedRetryWithoutIdentity,
     /// A topic create skips claiming its name in the directory
-    /// (`woof_node::topics`): nodes creating one name at once all succeed.
+    /// (`woof_node::api`): nodes creating one name at once all succeed.
     CreateSkipsClaim,
     /// A repair makes the new replica a voter (and drops the lost one) in
     /// the same step it adds it, without waiting for it to catch up

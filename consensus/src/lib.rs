@@ -12,7 +12,9 @@
 //!   suite), the Raft messages with the per-node router of groups, and
 //!   starting a group. How messages travel is passed in as a
 //!   [`raft::network::Transport`].
-//! - [`topics`]: [`Topics`], which runs one writer task per topic on tokio:
+//! - [`local`]: [`Topics`], the topics a node holds locally: one writer
+//!   task per topic on tokio (standalone), or what a group's state machine
+//!   publishes (in a cluster);
 //!   group commit, synced writes, subscriptions, background trimming.
 //! - [`error`]: the crate's one error type.
 //! - [`bugs`]: deliberate bugs the simulator can switch on to show that its
@@ -26,10 +28,10 @@
 
 pub mod bugs;
 pub mod error;
+pub mod local;
 pub mod raft;
 pub mod store;
 pub mod topic;
-pub mod topics;
 
 pub use error::{Error, Result};
-pub use topics::{Clock, Start, Subscription, SystemClock, TopicInfo, Topics};
+pub use local::{Clock, Start, Subscription, SystemClock, TopicInfo, Topics};

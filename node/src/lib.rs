@@ -9,7 +9,7 @@
 //!   spawns its tasks through, so that [`server::Node::stop`] awaits them.
 //! - [`cluster`]: the node's overlay (libp2p, when it is in a cluster) and
 //!   the cluster status it reports.
-//! - [`topics`]: the topic API the node serves: its own topics when it is
+//! - [`api`]: the topic API the node serves (`TopicApi`): its own topics when it is
 //!   standalone, or every topic of the cluster, each a Raft group found
 //!   through the DHT, written at its leader, read from a replica.
 //! - [`groups`]: this node's Raft groups over the overlay, and the
@@ -25,6 +25,7 @@
 //!
 //! `main.rs` only parses the command line and calls into these.
 
+pub mod api;
 pub mod cli;
 pub mod cluster;
 pub mod config;
@@ -35,6 +36,5 @@ pub mod grpc;
 pub mod placement;
 pub mod server;
 pub mod shutdown;
-pub mod topics;
 
 pub use error::{Error, Result};

@@ -21,13 +21,13 @@ use woof_overlay::{Overlay, OverlayConfig};
 use woof_proto::MESSAGE_BYTES_MAX;
 use woof_proto::v1::woof_server::WoofServer;
 
+use crate::api::{ClusterTopics, TopicApi};
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
 use crate::error::{Error, Result};
 use crate::groups::Groups;
 use crate::grpc::Service;
 use crate::shutdown::Shutdown;
-use crate::topics::{ClusterTopics, TopicApi};
 
 /// Requests one client connection may have in flight at once.
 const REQUESTS_PER_CONNECTION_MAX: usize = 1024;

@@ -32,7 +32,7 @@
 //! - `net.rs`: the simulated network ([`net::SimNet`]): the group layer's
 //!   `Net` with drops, delays, duplicates, reordering, partitions, clients'
 //!   calls to nodes, and the DHT and member view `ClusterTopics` is built
-//!   on (`woof_node::topics::Overlay`);
+//!   on (`woof_node::api::Overlay`);
 //! - `node.rs`: the cluster: nodes (disk, topics, group layer, cluster
 //!   topic API with its repair loop, clock), the topics' creation, crash
 //!   and restart;
@@ -54,10 +54,10 @@
 //! Each node runs woof's own group layer (`woof_node::groups::Groups`:
 //! forwarding to leaders, group commit, sleeping groups) over the
 //! simulated network (`woof_node::groups::Net`), and woof's own cluster
-//! topic API (`woof_node::topics::ClusterTopics`: create and delete across
+//! topic API (`woof_node::api::ClusterTopics`: create and delete across
 //! the DHT, lookups and their cache, the local-or-leader read choice,
 //! remote follow, and repair through `maintain`) over a simulated DHT and
-//! member view (`woof_node::topics::Overlay`). Not simulated: libp2p
+//! member view (`woof_node::api::Overlay`). Not simulated: libp2p
 //! itself (Kademlia's routing, Identify, the heartbeats behind the member
 //! view) and gRPC.
 

@@ -19,7 +19,7 @@
 //! its answer, no partitions.
 //!
 //! The DHT is simulated here too ([`SimNet::dht`], the
-//! `woof_node::topics::Overlay` each node's `ClusterTopics` is built on):
+//! `woof_node::api::Overlay` each node's `ClusterTopics` is built on):
 //! each node holds records in memory (lost when it crashes, as the
 //! overlay's Kademlia `MemoryStore`); a record lives on the [`DHT_K`]
 //! nodes nearest its key by XOR distance (and on the node that put it);
@@ -41,8 +41,8 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use woof_consensus::Error;
+use woof_node::api::Overlay;
 use woof_node::groups::Net;
-use woof_node::topics::Overlay;
 use woof_overlay::{Inbound, Liveness, Member, NodeInfo, PeerId, Timing};
 
 use crate::config::{Fault, Rates};

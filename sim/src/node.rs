@@ -25,8 +25,8 @@ use tokio::sync::mpsc;
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::{TopicConfig, TopicId};
 use woof_consensus::{Clock, Topics};
+use woof_node::api::{ClusterTopics, TopicView};
 use woof_node::groups::Groups;
-use woof_node::topics::{ClusterTopics, TopicView};
 use woof_overlay::{Keypair, NodeInfo, PeerId, Tier};
 
 use crate::Error;

@@ -34,7 +34,7 @@ use woof_consensus::raft::Command;
 use woof_consensus::store::Store;
 use woof_consensus::topic::Producer;
 use woof_consensus::{Clock, Start};
-use woof_node::topics::Following;
+use woof_node::api::Following;
 
 use crate::config::Broken;
 use crate::node::{Cluster, TopicPlan};

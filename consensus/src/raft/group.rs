@@ -12,8 +12,8 @@ use super::snapshot::SnapshotLimits;
 use super::state_machine::TopicStateMachine;
 use crate::bugs::{self, Bug};
 use crate::error::Error;
+use crate::local::Topics;
 use crate::store::{GroupId, GroupStore};
-use crate::topics::Topics;
 
 /// Timing of every group on a node, and the sizes its snapshots move in.
 #[derive(Debug, Clone, Copy)]

@@ -37,10 +37,10 @@ use super::snapshot::{
 };
 use super::{Command, CommandResult, TypeConfig, blocking, decode, encode, quick};
 use crate::error::Error;
+use crate::local::Topics;
 use crate::store::{GroupId, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};
 use crate::topic::directory::{DIRECTORY, Directory, NameCommand, NameRecord};
 use crate::topic::{Machine, PRODUCER_WINDOW, Producer, ProducerWindow, TopicId, TopicMeta};
-use crate::topics::Topics;
 
 /// The value name under which the applied state is kept (see
 /// [`applied_voters`]).

@@ -258,7 +258,7 @@ impl Groups {
     /// membership committed at log index `evidence_at` leaves this node
     /// out. Only while the copy believes this node a voter and holds
     /// nothing from that index on (it is stopped first, so nothing more
-    /// arrives while that is checked): see `topics::repair::left_behind`.
+    /// arrives while that is checked): see `api::repair::left_behind`.
     /// Whether it did.
     pub async fn remove_left_behind(&self, group: GroupId, evidence_at: u64) -> Result<bool> {
         let gate = self.slots.gate(group);

@@ -1,7 +1,7 @@
 //! Group commit on a topic's leader: appends that arrive while one is being
 //! committed wait, then go together as one log entry ([`Command::Batch`]),
 //! so many clients share one round of replication and fsyncs (as the
-//! standalone writer in `woof_consensus::topics` does).
+//! standalone writer in `woof_consensus::local` does).
 //!
 //! One client alone waits for nobody and passes through no other task: an
 //! append that finds the group's proposer idle commits itself. Appends that

@@ -6,7 +6,7 @@ use woof_consensus::Start;
 use woof_consensus::topic::{Element, Producer, TopicConfig};
 use woof_proto::v1;
 
-use crate::topics::TopicView;
+use crate::api::TopicView;
 
 /// Every domain error gets the gRPC code the API promises.
 pub fn status(err: Error) -> Status {

@@ -9,12 +9,12 @@ use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use woof_consensus::topics::SCAN_LIMIT_MAX;
+use woof_consensus::local::SCAN_LIMIT_MAX;
 use woof_proto::v1::{self, woof_server::Woof};
 
+use crate::api::TopicApi;
 use crate::cluster::Cluster;
 use crate::shutdown::Shutdown;
-use crate::topics::TopicApi;
 use convert::node_status as status;
 
 /// Subscriptions one node serves at once; past this, RESOURCE_EXHAUSTED.
