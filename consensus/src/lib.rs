@@ -16,6 +16,8 @@
 //!   task per topic on tokio (standalone), or what a group's state machine
 //!   publishes (in a cluster);
 //!   group commit, synced writes, subscriptions, background trimming.
+//! - [`batch`]: filling a batch from a queue, bounded in items and bytes
+//!   (the one rule of every group commit).
 //! - [`error`]: the crate's one error type.
 //! - [`bugs`]: deliberate bugs the simulator can switch on to show that its
 //!   checkers bite (compiled in only with the `sim-bugs` feature; ADR 0006).
@@ -26,6 +28,7 @@
 //! crate places groups, forwards requests and carries the Raft messages
 //! over the overlay; the simulator (`sim/`) drives this crate directly.
 
+pub mod batch;
 pub mod bugs;
 pub mod error;
 pub mod local;

@@ -16,20 +16,21 @@
 //! machine writes the store and calls [`Topics::publish_replica`] after each
 //! apply, so the same reads and subscriptions serve it (see `crate::raft`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::batch::{self, Limits};
 use crate::bugs::{self, Bug};
 use crate::error::{Error, Result};
 use crate::store::{GROUP_ID_MIN, Op, Store, WriteBatch, blocking};
+use crate::topic::appender::{self, Windows};
 use crate::topic::machine::{check_payloads, check_readable};
 use crate::topic::{
-    AppendOutcome, Element, Machine, Producer, ProducerWindow, Range, TopicConfig, TopicId,
-    TopicMeta, TopicName,
+    AppendOutcome, Element, Machine, Producer, Range, TopicConfig, TopicId, TopicMeta, TopicName,
 };
 
 /// The most topics one node holds.
@@ -40,14 +41,13 @@ pub const SCAN_LIMIT_MAX: u32 = 10_000;
 pub const READ_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Appends waiting for one topic's writer; past this, appenders wait.
 const QUEUE_DEPTH: usize = 4096;
-/// The most appends decided and synced together.
-const GROUP_APPENDS_MAX: usize = 1024;
-/// The most payload bytes synced together.
-const GROUP_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// The most appends (and payload bytes) decided and synced together.
+const GROUP: Limits = Limits {
+    items_max: 1024,
+    bytes_max: 16 * 1024 * 1024,
+};
 /// Payload bytes queued in all topics together; past this, appenders wait.
 const QUEUED_BYTES_MAX: usize = 256 * 1024 * 1024;
-/// Producer windows cached by a writer before the cache is dropped and refilled.
-const PRODUCER_CACHE_MAX: usize = 4096;
 /// Deleting fewer trimmed elements than this at a time is not worth a range delete.
 const TRIM_STEP_MAX: u64 = 1024;
 
@@ -251,7 +251,7 @@ impl Topics {
             store: self.inner.store.clone(),
             clock: self.inner.clock.clone(),
             machine,
-            producers: HashMap::new(),
+            windows: Windows::default(),
             published: published_tx,
             trim: Trim {
                 trim: trim_tx,
@@ -706,9 +706,8 @@ struct Writer {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     machine: Machine,
-    /// Producer windows as of the last decided append, so a group can hold
-    /// several appends of one producer and a retry is found without a read.
-    producers: HashMap<String, ProducerWindow>,
+    /// Producer windows as of the last decided append.
+    windows: Windows,
     published: watch::Sender<Published>,
     trim: Trim,
 }
@@ -736,17 +735,8 @@ impl Writer {
                     _ = shutdown.wait_for(|stop| *stop) => break,
                 },
             };
-            let mut commands = vec![first];
-            let mut bytes = commands[0].bytes();
-            while commands.len() < GROUP_APPENDS_MAX {
-                let Ok(c) = rx.try_recv() else { break };
-                if bytes + c.bytes() > GROUP_BYTES_MAX {
-                    carry = Some(c);
-                    break;
-                }
-                bytes += c.bytes();
-                commands.push(c);
-            }
+            let (commands, left) = batch::fill(first, || rx.try_recv().ok(), GROUP, Command::bytes);
+            carry = left;
             deleted = self.process(commands).await;
         }
         let state = if deleted {
@@ -770,27 +760,24 @@ impl Writer {
 
     /// Decides, writes and answers one group. Returns whether the topic was deleted.
     async fn process(&mut self, commands: Vec<Command>) -> bool {
-        let before = self.machine.last_seq();
-        if self.producers.len() > PRODUCER_CACHE_MAX {
-            self.producers.clear();
-        }
+        self.windows.bound();
         let now_ms = self.clock.now_ms();
         // Deciding may read producer windows from the store, so it runs off
         // the async threads together with the write.
         let mut machine = self.machine.clone();
-        let mut producers = std::mem::take(&mut self.producers);
+        let mut windows = std::mem::take(&mut self.windows);
         let store = self.store.clone();
         let joined = crate::store::blocking(move || {
-            let group = decide(&*store, &mut machine, &mut producers, commands, now_ms);
+            let group = decide(&*store, &mut machine, &mut windows, commands, now_ms);
             let written = if group.batch.is_empty() {
                 Ok(())
             } else {
                 store.write(&group.batch)
             };
-            Ok((machine, producers, group, written))
+            Ok((machine, windows, group, written))
         })
         .await;
-        let (machine, producers, group, written) = match joined {
+        let (machine, windows, group, written) = match joined {
             Ok(done) => done,
             Err(e) => {
                 // The commands' reply senders were dropped with the task, so
@@ -802,7 +789,7 @@ impl Writer {
         match written {
             Ok(()) => {
                 self.machine = machine;
-                self.producers = producers;
+                self.windows = windows;
                 let deleted = group.delete.is_some();
                 let range = self.machine.range();
                 self.published.send_modify(|p| p.range = range);
@@ -817,9 +804,8 @@ impl Writer {
             }
             Err(e) => {
                 tracing::error!(topic = %self.machine.meta().name, "write failed: {e}");
-                debug_assert_eq!(self.machine.last_seq(), before);
-                // Windows may hold appends that were never written.
-                self.producers.clear();
+                // The windows decided with this group were never written:
+                // `self.windows` is empty (taken above) and is read again.
                 for (reply, answer) in group.answers {
                     let _ = reply.send(answer.and(Err(e.clone())));
                 }
@@ -841,7 +827,7 @@ impl Writer {
 fn decide(
     store: &dyn Store,
     machine: &mut Machine,
-    producers: &mut HashMap<String, ProducerWindow>,
+    windows: &mut Windows,
     commands: Vec<Command>,
     now_ms: u64,
 ) -> Group {
@@ -861,12 +847,15 @@ fn decide(
                 _permit,
                 reply,
             } => {
-                let answer = match producer {
-                    None => machine.append(&mut group.batch, payloads, None, now_ms),
-                    Some(p) => window(store, machine.meta().id, producers, &p.id).and_then(|w| {
-                        machine.append(&mut group.batch, payloads, Some((&p, w)), now_ms)
-                    }),
-                };
+                let answer = appender::append(
+                    store,
+                    machine,
+                    windows,
+                    &mut group.batch,
+                    payloads,
+                    producer.as_ref(),
+                    now_ms,
+                );
                 group.answers.push((reply, answer));
             }
             Command::Delete { reply } => {
@@ -876,19 +865,6 @@ fn decide(
         }
     }
     group
-}
-
-fn window<'a>(
-    store: &dyn Store,
-    topic: TopicId,
-    cache: &'a mut HashMap<String, ProducerWindow>,
-    id: &str,
-) -> Result<&'a mut ProducerWindow> {
-    if !cache.contains_key(id) {
-        let stored = store.producer(topic, id)?.unwrap_or_default();
-        cache.insert(id.to_string(), stored);
-    }
-    Ok(cache.get_mut(id).expect("just inserted"))
 }
 
 async fn run_trimmer(store: Arc<dyn Store>, topic: TopicId, mut below: watch::Receiver<u64>) {

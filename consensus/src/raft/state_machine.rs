@@ -21,7 +21,6 @@
 //! snapshot's last), the replica's elements stay in place while it
 //! installs: they are the same history's, so readers see no gap.
 
-use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::sync::Arc;
 
@@ -39,8 +38,9 @@ use super::{Command, CommandResult, TypeConfig, blocking, decode, encode, quick}
 use crate::error::Error;
 use crate::local::Topics;
 use crate::store::{GroupId, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};
+use crate::topic::appender::{self, Windows};
 use crate::topic::directory::{DIRECTORY, Directory, NameCommand, NameRecord};
-use crate::topic::{Machine, PRODUCER_WINDOW, Producer, ProducerWindow, TopicId, TopicMeta};
+use crate::topic::{Machine, PRODUCER_WINDOW, Producer, TopicId, TopicMeta};
 
 /// The value name under which the applied state is kept (see
 /// [`applied_voters`]).
@@ -71,6 +71,9 @@ pub struct TopicStateMachine {
     store: Arc<dyn Store>,
     group: GroupId,
     machine: Option<Machine>,
+    /// Producer windows as of the last applied append (read from `store`
+    /// once per producer, then kept across applies).
+    windows: Windows,
     /// The name directory, in the [`DIRECTORY`] group only: what its
     /// topic's records say.
     directory: Option<Directory>,
@@ -128,6 +131,7 @@ impl TopicStateMachine {
             store,
             group,
             machine,
+            windows: Windows::default(),
             directory,
             current: resumed.then(|| snapshot_meta(group, &applied)),
             applied,
@@ -436,7 +440,7 @@ fn apply_command(
     store: &dyn Store,
     machine: &mut Option<Machine>,
     directory: &mut Option<Directory>,
-    producers: &mut HashMap<String, ProducerWindow>,
+    windows: &mut Windows,
     batch: &mut WriteBatch,
     command: Command,
 ) -> Result<CommandResult, Error> {
@@ -448,7 +452,7 @@ fn apply_command(
                     Command::Batch(_) => CommandResult::Refused(Error::InvalidArgument(
                         "a batch inside a batch".into(),
                     )),
-                    command => apply_command(store, machine, directory, producers, batch, command)?,
+                    command => apply_command(store, machine, directory, windows, batch, command)?,
                 });
             }
             CommandResult::Batch(results)
@@ -490,7 +494,7 @@ fn apply_command(
         Command::Delete => match machine.take() {
             Some(m) => {
                 batch.push(Op::DeleteTopic(m.meta().id));
-                producers.clear();
+                windows.clear();
                 CommandResult::Deleted
             }
             None => CommandResult::Deleted,
@@ -503,20 +507,12 @@ fn apply_command(
             let Some(m) = machine.as_mut() else {
                 return Ok(CommandResult::Refused(Error::GroupWithoutTopic));
             };
-            let answer = match producer {
-                None => m.append(batch, payloads, None, time_ms),
-                Some((id, seq)) => match Producer::new(id, seq) {
-                    Err(e) => Err(e),
-                    Ok(p) => {
-                        if !producers.contains_key(&p.id) {
-                            let stored = store.producer(m.meta().id, &p.id)?.unwrap_or_default();
-                            producers.insert(p.id.clone(), stored);
-                        }
-                        let window = producers.get_mut(&p.id).expect("just inserted");
-                        m.append(batch, payloads, Some((&p, window)), time_ms)
-                    }
-                },
-            };
+            let answer = producer
+                .map(|(id, seq)| Producer::new(id, seq))
+                .transpose()
+                .and_then(|p| {
+                    appender::append(store, m, windows, batch, payloads, p.as_ref(), time_ms)
+                });
             match answer {
                 Ok(outcome) => CommandResult::Appended(outcome),
                 Err(e) => CommandResult::Refused(e),
@@ -545,10 +541,13 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         let mut machine = self.machine.clone();
         let mut directory = self.directory.clone();
         let mut applied = self.applied.clone();
+        self.windows.bound();
+        // Taken: a failed apply leaves none behind (they may hold appends
+        // never written), and they are read again from the store.
+        let mut windows = std::mem::take(&mut self.windows);
         // Unsynced writes and reads of recent state: done in place.
-        let (machine, directory, applied, results) = quick(move || {
+        let (machine, windows, directory, applied, results) = quick(move || {
             let mut batch = WriteBatch::default();
-            let mut producers = HashMap::new();
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
                 // Openraft applies each entry once, in log order: anything
@@ -573,7 +572,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
                         &*store,
                         &mut machine,
                         &mut directory,
-                        &mut producers,
+                        &mut windows,
                         &mut batch,
                         command,
                     )?,
@@ -585,11 +584,12 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             // the log is purged, its purge point is written synced, which
             // makes this durable too (one WAL).
             store.write_unsynced(&batch)?;
-            Ok((machine, directory, applied, results))
+            Ok((machine, windows, directory, applied, results))
         })
         .map_err(sm_write)?;
         let existed = self.machine.is_some();
         self.machine = machine;
+        self.windows = windows;
         self.directory = directory;
         self.applied = applied;
         self.publish(existed);
@@ -637,6 +637,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         .map_err(sm_write)?;
         let existed = self.machine.is_some();
         self.machine = installed.meta.map(|m| Machine::new(m, installed.last_seq));
+        self.windows.clear();
         let (store, group) = (self.store.clone(), self.group);
         self.directory = blocking(move || load_directory(&*store, group))
             .await

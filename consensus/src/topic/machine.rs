@@ -45,12 +45,6 @@ impl Machine {
         self.last_seq
     }
 
-    /// Forgets appends decided since `last_seq` (their write failed).
-    pub fn roll_back_to(&mut self, last_seq: u64) {
-        debug_assert!(last_seq <= self.last_seq);
-        self.last_seq = last_seq;
-    }
-
     pub fn range(&self) -> Range {
         Range {
             first: first_seq(self.last_seq, self.meta.config.history),

@@ -1,10 +1,13 @@
 //! The topic log's domain: names, settings, elements, producers, and the
 //! [`Machine`] that decides what an append does.
 //!
-//! Nothing here does I/O or reads the clock: the driver ([`crate::Topics`])
-//! passes the time in and writes the [`WriteBatch`] the machine fills. The same
-//! machine will sit behind a Raft group's apply once topics are replicated.
+//! Nothing here writes or reads the clock: both writers (the standalone
+//! [`crate::Topics`] and a group's state machine) pass the time in, decide
+//! through the one [`appender`] (which reads producer windows it has not
+//! seen through the [`crate::store::Store`] trait), and write the
+//! [`crate::store::WriteBatch`] it fills.
 
+pub mod appender;
 pub mod directory;
 pub(crate) mod machine;
 mod name;

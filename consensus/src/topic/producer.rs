@@ -113,10 +113,11 @@ impl ProducerWindow {
 
     /// Records a committed append. `producer_seq` must be newer than all seen.
     pub fn record(&mut self, producer_seq: u64, first_seq: u64, count: u64) {
-        debug_assert!(
+        assert!(
             self.entries
                 .back()
-                .is_none_or(|e| e.producer_seq < producer_seq)
+                .is_none_or(|e| e.producer_seq < producer_seq),
+            "producer sequence {producer_seq} recorded after a newer one"
         );
         if self.entries.len() == PRODUCER_WINDOW {
             self.entries.pop_front();

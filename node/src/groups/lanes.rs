@@ -53,7 +53,6 @@ impl Lanes {
     /// The lanes of node `peer` in its `epoch`th start (at most
     /// [`EPOCH_MAX`]).
     pub fn new(peer: &PeerId, epoch: u64) -> Self {
-        debug_assert!(epoch <= EPOCH_MAX);
         Self {
             prefix: format!("~{peer}"),
             epoch: epoch.min(EPOCH_MAX),

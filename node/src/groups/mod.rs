@@ -21,10 +21,10 @@
 //! | [`client`] | this node's requests to groups: routing to the leader | [`route::LeaderSearch`] |
 //! | [`lanes`] | producer identities for forwarded appends that name none, so retries never apply twice | |
 //! | [`server`] | answering peers' requests | [`server::must_confirm`] |
-//! | [`propose`] | group commit on a leader | [`batch::fill`] |
+//! | [`propose`] | group commit on a leader | [`woof_consensus::batch::fill`] |
 //! | [`membership`] | replacing a replica | |
 //! | [`status`] | what a replica reports | |
-//! | [`transport`] | Raft traffic, batched per peer | [`batch::fill`] |
+//! | [`transport`] | Raft traffic, batched per peer | [`woof_consensus::batch::fill`] |
 //! | [`control`] | the control messages on the wire | |
 //! | [`net`] | what the groups need of the overlay, as a trait the simulator implements too | |
 //!
@@ -44,7 +44,6 @@ use woof_consensus::raft::network::Router;
 use woof_consensus::store::{GroupId, GroupStore};
 use woof_overlay::{Inbound, PeerId};
 
-mod batch;
 mod client;
 mod control;
 mod hibernate;

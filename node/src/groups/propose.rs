@@ -17,8 +17,8 @@ use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::GroupId;
 
 use super::Groups;
-use super::batch::{self, Limits};
 use super::control::ControlReply;
+use woof_consensus::batch::{self, Limits};
 
 /// Appends waiting for one group; past this, an append is refused.
 const QUEUE_DEPTH: usize = 4096;

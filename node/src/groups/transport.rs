@@ -24,9 +24,9 @@ use woof_consensus::raft::network::{Router, Transport};
 use woof_consensus::raft::{decode, encode};
 use woof_overlay::PeerId;
 
-use super::batch::{self, Limits};
 use super::client::request;
 use super::{Net, TAG_RAFT_BATCH};
+use woof_consensus::batch::{self, Limits};
 
 /// Messages waiting for one peer; past this, senders wait.
 const QUEUE_DEPTH: usize = 4096;

@@ -1,10 +1,11 @@
 //! Filling a batch from a queue, bounded in items and bytes: the one rule
-//! that group commit ([`super::propose`]) and the Raft transport
-//! ([`super::transport`]) share.
+//! that the standalone writer's group commit ([`crate::local`]), a group
+//! leader's group commit and the Raft transport (both in the node's
+//! `groups`) share.
 
 /// How large a batch may grow.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Limits {
+pub struct Limits {
     pub items_max: usize,
     pub bytes_max: usize,
 }
@@ -14,7 +15,7 @@ pub(super) struct Limits {
 /// that did not fit comes back as the second value, for the next batch. A
 /// first item larger than `bytes_max` still goes, alone: nothing waits
 /// forever for room.
-pub(super) fn fill<T>(
+pub fn fill<T>(
     first: T,
     mut more: impl FnMut() -> Option<T>,
     limits: Limits,
@@ -31,7 +32,7 @@ pub(super) fn fill<T>(
         bytes += n;
         batch.push(next);
     }
-    debug_assert!(!batch.is_empty());
+    assert!(!batch.is_empty(), "a batch is never empty");
     (batch, None)
 }
 
