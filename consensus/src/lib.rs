@@ -18,6 +18,8 @@
 //!   group commit, synced writes, subscriptions, background trimming.
 //! - [`batch`]: filling a batch from a queue, bounded in items and bytes
 //!   (the one rule of every group commit).
+//! - [`codec`]: every format written to disk or sent to another node,
+//!   listed, each with its version.
 //! - [`error`]: the crate's one error type.
 //! - [`bugs`]: deliberate bugs the simulator can switch on to show that its
 //!   checkers bite (compiled in only with the `sim-bugs` feature; ADR 0006).
@@ -30,6 +32,7 @@
 
 pub mod batch;
 pub mod bugs;
+pub mod codec;
 pub mod error;
 pub mod local;
 pub mod raft;

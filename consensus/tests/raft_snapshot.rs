@@ -13,11 +13,12 @@ use futures::future::BoxFuture;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Raft};
 use woof_consensus::Error;
+use woof_consensus::codec::decode;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Envelope, Router, Rpc, Transport};
 use woof_consensus::raft::snapshot::SnapshotLimits;
 use woof_consensus::raft::state_machine::TopicStateMachine;
-use woof_consensus::raft::{Command, TypeConfig, decode};
+use woof_consensus::raft::{Command, TypeConfig};
 use woof_consensus::store::{
     GroupId, GroupStore, MemStore, Op, RaftLogStore, RocksStore, SnapshotFile, Store, WriteBatch,
 };

@@ -10,7 +10,8 @@ use openraft::{
     Vote,
 };
 
-use super::{TypeConfig, blocking, decode, encode, quick};
+use super::{TypeConfig, blocking, quick};
+use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::store::{GroupId, RaftLogStore, wait_for_disk};
 

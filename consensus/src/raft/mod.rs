@@ -83,14 +83,4 @@ pub enum CommandResult {
     Refused(Error),
 }
 
-/// Entries and small values are stored as CBOR: compact, and payloads stay
-/// raw bytes.
-pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, Error> {
-    cbor4ii::serde::to_vec(Vec::new(), value).map_err(|e| Error::Corrupt(format!("encode: {e}")))
-}
-
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
-    cbor4ii::serde::from_slice(bytes).map_err(|e| Error::Corrupt(format!("decode: {e}")))
-}
-
 pub(crate) use crate::store::{blocking, quick};

@@ -17,7 +17,8 @@ use openraft::raft::{
 };
 use openraft::{AnyError, BasicNode, Raft};
 
-use super::{TypeConfig, decode, encode};
+use super::TypeConfig;
+use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::store::GroupId;
 

@@ -34,7 +34,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 
-use super::{decode, encode};
+use crate::codec::{decode, encode};
 use crate::error::{Error, Result};
 use crate::store::{PartPath, SnapshotFile};
 use crate::topic::{ELEMENT_BYTES_MAX, Element, PRODUCER_ID_BYTES_MAX, ProducerWindow, TopicMeta};
@@ -189,7 +189,7 @@ impl<W: Write> SnapshotWriter<W> {
                 "a snapshot carries at most {PRODUCERS_MAX} producers"
             )));
         }
-        let window = window.encode();
+        let window = crate::codec::window::encode(window);
         self.producers += 1;
         self.put(&[TAG_PRODUCER])?;
         self.put(&(id.len() as u16).to_le_bytes())?;
@@ -343,7 +343,7 @@ impl<R: Read> SnapshotReader<R> {
                 if len > WINDOW_BYTES_MAX {
                     return Err(corrupt(format!("a producer window of {len} bytes")));
                 }
-                let window = ProducerWindow::decode(&self.take_vec(len)?)?;
+                let window = crate::codec::window::decode(&self.take_vec(len)?)?;
                 self.producers += 1;
                 Ok(Some(Record::Producer(id, window)))
             }

@@ -34,7 +34,8 @@ use serde_bytes::ByteBuf;
 use super::snapshot::{
     Header, PRODUCERS_MAX, Record, SnapshotData, SnapshotLimits, SnapshotReader, SnapshotWriter,
 };
-use super::{Command, CommandResult, TypeConfig, blocking, decode, encode, quick};
+use super::{Command, CommandResult, TypeConfig, blocking, quick};
+use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::local::Topics;
 use crate::store::{GroupId, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};

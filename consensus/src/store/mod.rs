@@ -161,38 +161,3 @@ pub async fn blocking<T: Send + 'static>(
 pub(crate) fn quick<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     f()
 }
-
-/// Storage encoding of an element's value: a version byte, the append time as
-/// a little-endian u64, then the payload.
-pub(crate) mod element_codec {
-    use bytes::Bytes;
-
-    use crate::error::{Error, Result};
-    use crate::topic::Element;
-
-    const VERSION: u8 = 1;
-    const HEADER: usize = 9;
-
-    pub fn encode(element: &Element) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + element.payload.len());
-        out.push(VERSION);
-        out.extend_from_slice(&element.append_time_ms.to_le_bytes());
-        out.extend_from_slice(&element.payload);
-        out
-    }
-
-    pub fn decode(seq: u64, value: &[u8]) -> Result<Element> {
-        if value.len() < HEADER || value[0] != VERSION {
-            return Err(Error::Corrupt(format!(
-                "element {seq}: value of {} bytes with version {:?}",
-                value.len(),
-                value.first()
-            )));
-        }
-        Ok(Element {
-            seq,
-            append_time_ms: u64::from_le_bytes(value[1..HEADER].try_into().expect("8 bytes")),
-            payload: Bytes::copy_from_slice(&value[HEADER..]),
-        })
-    }
-}

@@ -3,9 +3,9 @@
 //!
 //! | column family | key | value |
 //! |---|---|---|
-//! | `topics` | topic id | `TopicMeta` as JSON |
-//! | `elements` | topic id, seq | version, append time, payload |
-//! | `producers` | topic id, producer id | `ProducerWindow` |
+//! | `topics` | topic id | `TopicMeta` |
+//! | `elements` | topic id, seq | an element (`codec::element`) |
+//! | `producers` | topic id, producer id | `codec::window` |
 //! | `meta` | `next_topic_id` | u64 |
 //! | `raft_log` | group id, index | entry bytes |
 //! | `raft_values` | group id, name | value bytes |
@@ -21,7 +21,8 @@ use rocksdb::{
 
 use super::raft_log::{GroupId, READ_ENTRIES_MAX, RaftLogStore};
 use super::snapshot_file::SnapshotDir;
-use super::{Op, SnapshotFile, Store, WriteBatch, element_codec};
+use super::{Op, SnapshotFile, Store, WriteBatch};
+use crate::codec;
 use crate::error::{Error, Result};
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
@@ -101,13 +102,16 @@ impl RocksStore {
     }
 
     /// A RocksDB batch doing what `batch` says.
-    fn batch(&self, batch: &WriteBatch) -> rocksdb::WriteBatch {
+    fn batch(&self, batch: &WriteBatch) -> Result<rocksdb::WriteBatch> {
         let mut wb = rocksdb::WriteBatch::default();
         for op in batch.ops() {
             match op {
                 Op::PutTopic(meta) => {
-                    let json = serde_json::to_vec(meta).expect("TopicMeta serialises");
-                    wb.put_cf(self.cf(CF_TOPICS), meta.id.0.to_be_bytes(), json);
+                    wb.put_cf(
+                        self.cf(CF_TOPICS),
+                        meta.id.0.to_be_bytes(),
+                        codec::encode(meta)?,
+                    );
                 }
                 Op::DeleteTopic(id) => {
                     let next = TopicId(id.0 + 1);
@@ -130,18 +134,22 @@ impl RocksStore {
                     wb.put_cf(
                         self.cf(CF_ELEMENTS),
                         element_key(*topic, e.seq),
-                        element_codec::encode(e),
+                        codec::element::encode(e),
                     );
                 }
                 Op::PutProducer(topic, id, w) => {
-                    wb.put_cf(self.cf(CF_PRODUCERS), producer_key(*topic, id), w.encode());
+                    wb.put_cf(
+                        self.cf(CF_PRODUCERS),
+                        producer_key(*topic, id),
+                        codec::window::encode(w),
+                    );
                 }
                 Op::PutRaftValue(group, name, value) => {
                     wb.put_cf(self.cf(CF_RAFT_VALUES), value_key(*group, name), value);
                 }
             }
         }
-        wb
+        Ok(wb)
     }
 
     fn cf(&self, name: &str) -> &ColumnFamily {
@@ -153,20 +161,18 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn write(&self, batch: &WriteBatch) -> Result<()> {
-        self.write_synced(self.batch(batch), "write")
+        self.write_synced(self.batch(batch)?, "write")
     }
 
     fn write_unsynced(&self, batch: &WriteBatch) -> Result<()> {
-        self.db.write(self.batch(batch)).map_err(storage("write"))
+        self.db.write(self.batch(batch)?).map_err(storage("write"))
     }
 
     fn topics(&self) -> Result<Vec<TopicMeta>> {
         let mut out = Vec::new();
         for item in self.db.iterator_cf(self.cf(CF_TOPICS), IteratorMode::Start) {
             let (_, value) = item.map_err(storage("list topics"))?;
-            let meta = serde_json::from_slice(&value)
-                .map_err(|e| Error::Corrupt(format!("topic metadata: {e}")))?;
-            out.push(meta);
+            out.push(codec::decode(&value)?);
         }
         Ok(out)
     }
@@ -175,10 +181,7 @@ impl Store for RocksStore {
         self.db
             .get_cf(self.cf(CF_TOPICS), id.0.to_be_bytes())
             .map_err(storage("read topic"))?
-            .map(|value| {
-                serde_json::from_slice(&value)
-                    .map_err(|e| Error::Corrupt(format!("topic metadata: {e}")))
-            })
+            .map(|value| codec::decode(&value))
             .transpose()
     }
 
@@ -210,7 +213,7 @@ impl Store for RocksStore {
         self.db
             .get_pinned_cf(self.cf(CF_ELEMENTS), element_key(topic, seq))
             .map_err(storage("read element"))?
-            .map(|v| element_codec::decode(seq, &v))
+            .map(|v| codec::element::decode(seq, &v))
             .transpose()
     }
 
@@ -237,7 +240,7 @@ impl Store for RocksStore {
             }
             let (key, value) = item.map_err(storage("scan elements"))?;
             let seq = be_u64(&key[8..], "element key")?;
-            let e = element_codec::decode(seq, &value)?;
+            let e = codec::element::decode(seq, &value)?;
             if !out.is_empty() && bytes + e.payload.len() > bytes_max {
                 break;
             }
@@ -251,7 +254,7 @@ impl Store for RocksStore {
         self.db
             .get_pinned_cf(self.cf(CF_PRODUCERS), producer_key(topic, id))
             .map_err(storage("read producer"))?
-            .map(|v| ProducerWindow::decode(&v))
+            .map(|v| codec::window::decode(&v))
             .transpose()
     }
 
@@ -269,7 +272,7 @@ impl Store for RocksStore {
             let (key, value) = item.map_err(storage("list producers"))?;
             let id = String::from_utf8(key[8..].to_vec())
                 .map_err(|_| Error::Corrupt("producer id is not UTF-8".into()))?;
-            out.push((id, ProducerWindow::decode(&value)?));
+            out.push((id, codec::window::decode(&value)?));
         }
         Ok(out)
     }

@@ -136,33 +136,42 @@ impl ProducerWindow {
         }
     }
 
-    /// Storage encoding: per entry three little-endian u64s.
-    pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.entries.len() * 24);
-        for e in &self.entries {
-            out.extend_from_slice(&e.producer_seq.to_le_bytes());
-            out.extend_from_slice(&e.first_seq.to_le_bytes());
-            out.extend_from_slice(&e.count.to_le_bytes());
-        }
-        out
+    /// How many appends it remembers.
+    pub fn len(&self) -> usize {
+        self.entries.len()
     }
 
-    pub fn decode(bytes: &[u8]) -> Result<Self> {
-        if !bytes.len().is_multiple_of(24) || bytes.len() / 24 > PRODUCER_WINDOW {
-            return Err(Error::Corrupt(format!(
-                "producer window of {} bytes",
-                bytes.len()
-            )));
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The remembered appends, oldest first: (producer sequence, first
+    /// element, count). How `crate::codec::window` stores it.
+    pub fn appends(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.entries
+            .iter()
+            .map(|e| (e.producer_seq, e.first_seq, e.count))
+    }
+
+    /// A window of `appends` as [`appends`](Self::appends) lists them, or
+    /// `None` if they are more than [`PRODUCER_WINDOW`] or their producer
+    /// sequences do not increase.
+    pub fn from_appends(appends: impl Iterator<Item = (u64, u64, u64)>) -> Option<Self> {
+        let mut entries = VecDeque::new();
+        for (producer_seq, first_seq, count) in appends {
+            let newer = entries
+                .back()
+                .is_none_or(|e: &Entry| e.producer_seq < producer_seq);
+            if !newer || entries.len() == PRODUCER_WINDOW {
+                return None;
+            }
+            entries.push_back(Entry {
+                producer_seq,
+                first_seq,
+                count,
+            });
         }
-        let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-        let entries = (0..bytes.len() / 24)
-            .map(|i| Entry {
-                producer_seq: u64_at(i * 24),
-                first_seq: u64_at(i * 24 + 8),
-                count: u64_at(i * 24 + 16),
-            })
-            .collect();
-        Ok(Self { entries })
+        Some(Self { entries })
     }
 }
 
@@ -210,7 +219,8 @@ mod tests {
             w.check(&p(11)),
             Ok(Seen::Duplicate { first_seq: 11, .. })
         ));
-        let round = ProducerWindow::decode(&w.encode()).unwrap();
+        assert_eq!(w.len(), PRODUCER_WINDOW);
+        let round = ProducerWindow::from_appends(w.appends()).unwrap();
         assert_eq!(round, w);
     }
 
@@ -224,7 +234,7 @@ mod tests {
             w.record(seq, seq * 10, 1);
             w.keep_last(lane.remembered());
         }
-        assert_eq!(w.encode().len(), 24);
+        assert_eq!(w.len(), 1);
         // Its retry is recognised; an older append is refused, never
         // applied again.
         let retry = Producer::new("~peer/3".into(), 3).unwrap();
@@ -246,6 +256,5 @@ mod tests {
         assert!(Producer::new("x".into(), 0).is_err());
         assert!(Producer::from_client("~node/1".into(), 1).is_err());
         assert!(Producer::from_client("sensor-1".into(), 1).is_ok());
-        assert!(ProducerWindow::decode(&[1, 2, 3]).is_err());
     }
 }

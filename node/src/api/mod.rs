@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use woof_consensus::bugs::{self, Bug};
-use woof_consensus::raft::{Command, CommandResult, decode, encode};
+use woof_consensus::codec::{decode, encode};
+use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::directory::{DIRECTORY, RESERVED_PREFIX};
 use woof_consensus::topic::{

@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use woof_consensus::bugs::{self, Bug};
-use woof_consensus::raft::{Command, CommandResult, decode, encode};
+use woof_consensus::codec::{decode, encode};
+use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::{GroupId, blocking};
 use woof_overlay::PeerId;
 

@@ -20,8 +20,8 @@ use openraft::BasicNode;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
+use woof_consensus::codec::{decode, encode};
 use woof_consensus::raft::network::{Router, Transport};
-use woof_consensus::raft::{decode, encode};
 use woof_overlay::PeerId;
 
 use super::client::request;
