@@ -329,7 +329,7 @@ impl Groups {
             };
             let outcome = match answer {
                 Ok(ControlReply::NotLeader(hint)) => {
-                    Outcome::NotLeader(hint.and_then(|h| h.parse().ok()))
+                    Outcome::NotLeader(hint.as_deref().and_then(super::status::peer))
                 }
                 Ok(ControlReply::Refused(e)) => return Err(Error::Log(e)),
                 Ok(ControlReply::NoGroup) => Outcome::NoGroup,

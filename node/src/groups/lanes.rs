@@ -5,7 +5,9 @@
 //!
 //! A topic accepts a producer's sequences only in increasing order, so one
 //! identity must never have two appends in flight: the node keeps a pool of
-//! [`LANES_MAX`] lanes, each an identity (`~<peer id>/<lane>`) with at most one
+//! [`LANES_MAX`] lanes, each an identity (`~<node id>/<lane>`: the node's
+//! Raft node id in hex, unique in a cluster as Raft needs it, and 20
+//! bytes rather than the 53 of a peer id in every entry) with at most one
 //! append under way. An append takes a free lane (waiting for one when all
 //! are busy), keeps it through all its retries, and gives it back. A lane's
 //! sequence is `epoch << 40 | counter`, where the epoch grows by one each
@@ -16,6 +18,7 @@
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use woof_consensus::topic::NODE_PRODUCER_PREFIX;
 use woof_overlay::PeerId;
 
 /// Appends without a producer id that one node forwards at once; more wait.
@@ -54,7 +57,7 @@ impl Lanes {
     /// [`EPOCH_MAX`]).
     pub fn new(peer: &PeerId, epoch: u64) -> Self {
         Self {
-            prefix: format!("~{peer}"),
+            prefix: format!("{NODE_PRODUCER_PREFIX}{:016x}", super::node_id(peer)),
             epoch: epoch.min(EPOCH_MAX),
             state: Mutex::new(vec![(0, true); LANES_MAX]),
             permits: Arc::new(Semaphore::new(LANES_MAX)),
@@ -121,7 +124,10 @@ mod tests {
         let after = Arc::new(Lanes::new(&peer, 2));
         let first = after.take().await;
         assert!(first.seq > last);
-        assert!(first.id.starts_with(&format!("~{peer}/")));
+        // The node's Raft node id, as short as it stays unique.
+        let node = format!("~{:016x}/", super::super::node_id(&peer));
+        assert!(first.id.starts_with(&node), "{} is {node}N", first.id);
+        assert_eq!(first.id.len(), node.len() + 1);
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! group's last known state.
 
 use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
 
 use openraft::{BasicNode, Raft};
 use woof_consensus::TopicInfo;
@@ -106,7 +107,27 @@ pub(super) fn voters_settled_at(metrics: &Metrics) -> u64 {
 
 /// Peer ids from their text; ones that do not parse are left out.
 pub(super) fn peers(names: &[String]) -> Vec<PeerId> {
-    names.iter().filter_map(|m| m.parse().ok()).collect()
+    names.iter().filter_map(|m| peer(m)).collect()
+}
+
+/// Parsed peer ids a node remembers before it forgets them all.
+const PEERS_PARSED_MAX: usize = 1024;
+
+/// A peer id from its text (a voter's `BasicNode::addr`), parsed once per
+/// process: every request reads its group's voters and leader this way, and
+/// parsing base58 each time cost 1.5% of a busy node's CPU.
+pub(super) fn peer(text: &str) -> Option<PeerId> {
+    static PARSED: LazyLock<Mutex<HashMap<String, PeerId>>> = LazyLock::new(Default::default);
+    let mut parsed = PARSED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = parsed.get(text) {
+        return Some(*p);
+    }
+    let p: PeerId = text.parse().ok()?;
+    if parsed.len() >= PEERS_PARSED_MAX {
+        parsed.clear();
+    }
+    parsed.insert(text.to_string(), p);
+    Some(p)
 }
 
 /// The peer id of `group`'s leader, as `metrics` say.
@@ -115,10 +136,8 @@ pub(super) fn leader_of(metrics: &Metrics) -> Option<PeerId> {
     metrics
         .membership_config
         .membership()
-        .get_node(&leader)?
-        .addr
-        .parse()
-        .ok()
+        .get_node(&leader)
+        .and_then(|n| peer(&n.addr))
 }
 
 /// A running replica's status, from its group's metrics.
