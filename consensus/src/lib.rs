@@ -2,8 +2,9 @@
 //! sits on, and the driver that runs it on a node.
 //!
 //! Layout:
-//! - [`topic`]: the domain (names, settings, elements, producers) and the
-//!   [`topic::Machine`] that decides appends. Pure: no I/O, no clock.
+//! - [`topic`]: the domain (names, settings, elements, producers), the
+//!   [`topic::Machine`] that decides appends (pure: no I/O, no clock) and
+//!   the one [`topic::appender`] both writers below decide through.
 //! - [`store`]: the [`store::Store`] (topic data) and [`store::RaftLogStore`]
 //!   (Raft logs) traits, the RocksDB and in-memory stores that implement both,
 //!   and the conformance suite every store passes.
@@ -13,9 +14,9 @@
 //!   starting a group. How messages travel is passed in as a
 //!   [`raft::network::Transport`].
 //! - [`local`]: [`Topics`], the topics a node holds locally: one writer
-//!   task per topic on tokio (standalone), or what a group's state machine
-//!   publishes (in a cluster);
-//!   group commit, synced writes, subscriptions, background trimming.
+//!   task per topic on tokio with group commit and synced writes
+//!   (standalone), or what a group's state machine publishes (in a
+//!   cluster); reads, subscriptions and background trimming for both.
 //! - [`batch`]: filling a batch from a queue, bounded in items and bytes
 //!   (the one rule of every group commit).
 //! - [`codec`]: every format written to disk or sent to another node,
