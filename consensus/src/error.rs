@@ -21,6 +21,9 @@ pub enum Error {
     /// says [`Error::TopicNotFound`] to its own caller.
     #[error("the group's topic was deleted")]
     GroupWithoutTopic,
+    /// No handler of that name is bound to the topic.
+    #[error("handler {0:?} not found")]
+    HandlerNotFound(String),
     /// `create` for a name that is taken.
     #[error("topic {0:?} already exists")]
     TopicExists(String),

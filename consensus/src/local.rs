@@ -28,6 +28,7 @@ use crate::bugs::{self, Bug};
 use crate::error::{Error, Result};
 use crate::store::{GROUP_ID_MIN, Op, Store, WriteBatch, blocking};
 use crate::topic::appender::{self, Windows};
+use crate::topic::handlers::Handlers;
 use crate::topic::machine::{check_payloads, check_readable};
 use crate::topic::{
     AppendOutcome, Element, Machine, Producer, Range, TopicConfig, TopicId, TopicMeta, TopicName,
@@ -160,6 +161,8 @@ struct Topic {
 /// The publishing side of a replicated topic.
 struct Replica {
     published: watch::Sender<Published>,
+    /// The handlers bound to the topic, as its group applied them.
+    handlers: watch::Sender<Arc<Handlers>>,
     /// Taken at shutdown, which ends the trimmer.
     trim: Mutex<Option<Trim>>,
 }
@@ -277,7 +280,7 @@ impl Topics {
     /// Shows readers a Raft group's topic as this replica has applied it:
     /// registers it on first sight, else publishes its new range. Called by
     /// the group's state machine after every apply.
-    pub fn publish_replica(&self, meta: &TopicMeta, range: Range) {
+    pub fn publish_replica(&self, meta: &TopicMeta, range: Range, handlers: &Arc<Handlers>) {
         let existing = self.registry().get(&meta.name).cloned();
         if let Some(topic) = existing {
             if let (true, Some(replica)) = (topic.meta.id == meta.id, &topic.replica) {
@@ -291,6 +294,13 @@ impl Topics {
                         p.range
                     );
                     p.range = range;
+                });
+                replica.handlers.send_if_modified(|h| {
+                    let changed = !Arc::ptr_eq(h, handlers);
+                    if changed {
+                        *h = handlers.clone();
+                    }
+                    changed
                 });
                 if let Some(trim) = replica
                     .trim
@@ -332,6 +342,7 @@ impl Topics {
             published,
             replica: Some(Replica {
                 published: published_tx,
+                handlers: watch::channel(handlers.clone()).0,
                 trim: Mutex::new(Some(trim)),
             }),
             tasks: Mutex::new(vec![trimmer]),
@@ -354,6 +365,13 @@ impl Topics {
                 .published
                 .send_modify(|p| p.state = TopicState::Deleted);
         }
+    }
+
+    /// The handlers bound to `name` as this node's replica applied them,
+    /// changing as they change; `None` if it holds no replica of `name`.
+    pub fn handlers(&self, name: &TopicName) -> Option<watch::Receiver<Arc<Handlers>>> {
+        let topic = self.registry().get(name).cloned()?;
+        Some(topic.replica.as_ref()?.handlers.subscribe())
     }
 
     /// Whether `name` is a replica of a Raft group's topic here, and its id.

@@ -496,3 +496,90 @@ async fn a_corrupt_snapshot_is_an_error_and_changes_nothing() {
         assert_eq!(sm.machine().unwrap().last_seq(), 3);
     }
 }
+
+/// A topic's handlers and their progress are state of the group: applied
+/// on every replica, kept across a restart, and carried by a snapshot to a
+/// new replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot() {
+    use woof_consensus::raft::CommandResult;
+    use woof_consensus::topic::handlers::{Code, From, HandlerAnswer, HandlerCommand, HandlerSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RocksStore::open(dir.path()).unwrap());
+    let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap();
+    let spec = HandlerSpec {
+        name: "double".into(),
+        code: Code::Python("def handle(ctx, seq, payload):\n    pass\n".into()),
+        placement: String::new(),
+        config: "{}".into(),
+    };
+    let progress = |done| {
+        Command::Handler(HandlerCommand::Progress {
+            name: "double".into(),
+            version: 1,
+            done,
+        })
+    };
+    let results = sm
+        .apply(vec![
+            entry(1, Command::Create(meta())),
+            entry(2, append(1..11, None)),
+            entry(
+                3,
+                Command::Handler(HandlerCommand::Deploy {
+                    spec: spec.clone(),
+                    from: From::Seq(3),
+                }),
+            ),
+            entry(4, progress(7)),
+            entry(5, progress(6)),
+            entry(6, progress(11)),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(&results[2], CommandResult::Handler(HandlerAnswer::Deployed(h)) if h.next() == 3)
+    );
+    assert_eq!(
+        results[3],
+        CommandResult::Handler(HandlerAnswer::Progressed(true))
+    );
+    assert_eq!(
+        results[4],
+        CommandResult::Handler(HandlerAnswer::Progressed(false))
+    );
+    assert!(
+        matches!(results[5], CommandResult::Refused(_)),
+        "beyond the topic's end"
+    );
+    assert_eq!(sm.handlers().get("double").unwrap().done, 7);
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    drop(sm);
+
+    let reopened = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap();
+    let h = reopened.handlers().get("double").unwrap();
+    assert_eq!((h.spec.clone(), h.version, h.done), (spec.clone(), 1, 7));
+
+    let fresh = Arc::new(MemStore::new());
+    let mut replica = TopicStateMachine::open(fresh.clone(), fresh.clone(), GROUP)
+        .await
+        .unwrap();
+    replica
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(replica.handlers().get("double").unwrap().done, 7);
+    let reopened = TopicStateMachine::open(fresh.clone(), fresh.clone(), GROUP)
+        .await
+        .unwrap();
+    assert_eq!(reopened.handlers().get("double").unwrap().spec, spec);
+}

@@ -27,6 +27,7 @@ pub mod state_machine;
 
 use crate::error::Error;
 use crate::topic::directory::{NameAnswer, NameCommand};
+use crate::topic::handlers::{HandlerAnswer, HandlerCommand};
 use crate::topic::{AppendOutcome, TopicMeta};
 
 openraft::declare_raft_types!(
@@ -64,6 +65,8 @@ pub enum Command {
     ///
     /// [`DIRECTORY`]: crate::topic::directory::DIRECTORY
     Name(NameCommand),
+    /// A change to the topic's handlers (`crate::topic::handlers`).
+    Handler(HandlerCommand),
 }
 
 /// What applying a command gave.
@@ -78,6 +81,8 @@ pub enum CommandResult {
     Batch(Vec<CommandResult>),
     /// The directory's answer to a [`Command::Name`].
     Name(NameAnswer),
+    /// What a [`Command::Handler`] did.
+    Handler(HandlerAnswer),
     /// The command was refused (a bad producer sequence, an unknown topic);
     /// the log still holds it, and every replica refuses it the same way.
     Refused(Error),

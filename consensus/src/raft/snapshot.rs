@@ -37,6 +37,7 @@ use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use crate::codec::{decode, encode};
 use crate::error::{Error, Result};
 use crate::store::{PartPath, SnapshotFile};
+use crate::topic::handlers::Handlers;
 use crate::topic::{ELEMENT_BYTES_MAX, Element, PRODUCER_ID_BYTES_MAX, ProducerWindow, TopicMeta};
 
 const MAGIC: &[u8; 4] = b"WSNP";
@@ -82,6 +83,9 @@ pub struct Header {
     pub meta: Option<TopicMeta>,
     /// The topic's highest seq (its last element's), 0 if none.
     pub last_seq: u64,
+    /// The handlers bound to the topic, with their progress.
+    #[serde(default)]
+    pub handlers: Handlers,
 }
 
 /// One record of a snapshot after its header.
@@ -241,6 +245,7 @@ impl<R: Read> SnapshotReader<R> {
                 applied: Default::default(),
                 meta: None,
                 last_seq: 0,
+                handlers: Handlers::default(),
             },
             payload_max: 0,
             seq: 0,
@@ -495,6 +500,7 @@ mod tests {
             applied: serde_bytes::ByteBuf::from(vec![1, 2, 3]),
             meta: Some(meta()),
             last_seq: 5,
+            handlers: Handlers::default(),
         };
         let mut w = SnapshotWriter::new(Vec::new(), &header).unwrap();
         for seq in 3..=5 {
@@ -583,6 +589,7 @@ mod tests {
             applied: Default::default(),
             meta: Some(meta()),
             last_seq: 2,
+            handlers: Handlers::default(),
         };
         let mut w = SnapshotWriter::new(Vec::new(), &header).unwrap();
         let e = |seq| Element {

@@ -41,6 +41,7 @@ use crate::local::Topics;
 use crate::store::{GroupId, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};
 use crate::topic::appender::{self, Windows};
 use crate::topic::directory::{DIRECTORY, Directory, NameCommand, NameRecord};
+use crate::topic::handlers::{HandlerCommand, Handlers};
 use crate::topic::{Machine, PRODUCER_WINDOW, Producer, TopicId, TopicMeta};
 
 /// The value name under which the applied state is kept (see
@@ -49,6 +50,11 @@ pub const APPLIED: &str = "applied";
 /// The value name that, while not empty, says a snapshot install is under
 /// way: its first batches are written, its last is not.
 const INSTALLING: &str = "installing";
+/// The raft value that holds the topic's handlers ([`Handlers`]).
+const HANDLERS: &str = "handlers";
+/// The raft value that holds how far each handler got (written far more
+/// often than the handlers themselves).
+const HANDLERS_DONE: &str = "handlers-done";
 /// The buffer between a snapshot file and its encoding, either way.
 const SNAPSHOT_IO_BYTES: usize = 64 * 1024;
 /// Directory records read at once when a replica rebuilds the directory.
@@ -75,6 +81,8 @@ pub struct TopicStateMachine {
     /// Producer windows as of the last applied append (read from `store`
     /// once per producer, then kept across applies).
     windows: Windows,
+    /// The handlers bound to the topic, as applied.
+    handlers: Arc<Handlers>,
     /// The name directory, in the [`DIRECTORY`] group only: what its
     /// topic's records say.
     directory: Option<Directory>,
@@ -108,7 +116,7 @@ impl TopicStateMachine {
         group: GroupId,
     ) -> Result<Self, Error> {
         let (s, r) = (store.clone(), raft.clone());
-        let (machine, directory, applied, resumed) = blocking(move || {
+        let (machine, directory, applied, resumed, handlers) = blocking(move || {
             // The kept snapshot is then the one just installed.
             let resumed = installing(&*r, group)?;
             if resumed {
@@ -125,7 +133,8 @@ impl TopicStateMachine {
                 .transpose()?
                 .unwrap_or_default();
             let directory = load_directory(&*s, group)?;
-            Ok((machine, directory, applied, resumed))
+            let handlers = load_handlers(&*r, group)?;
+            Ok((machine, directory, applied, resumed, handlers))
         })
         .await?;
         Ok(Self {
@@ -133,6 +142,7 @@ impl TopicStateMachine {
             group,
             machine,
             windows: Windows::default(),
+            handlers: Arc::new(handlers),
             directory,
             current: resumed.then(|| snapshot_meta(group, &applied)),
             applied,
@@ -160,10 +170,15 @@ impl TopicStateMachine {
     fn publish(&self, existed: bool) {
         let Some(readers) = &self.readers else { return };
         match &self.machine {
-            Some(m) => readers.publish_replica(m.meta(), m.range()),
+            Some(m) => readers.publish_replica(m.meta(), m.range(), &self.handlers),
             None if existed => readers.retire_replica(self.topic()),
             None => {}
         }
+    }
+
+    /// The handlers bound to the topic, as this replica has applied them.
+    pub fn handlers(&self) -> &Handlers {
+        &self.handlers
     }
 
     /// The topic as this replica has applied it (`None` before creation).
@@ -182,6 +197,7 @@ impl TopicStateMachine {
             applied: ByteBuf::from(encode(&self.applied)?),
             meta: self.machine.as_ref().map(|m| m.meta().clone()),
             last_seq: self.machine.as_ref().map_or(0, Machine::last_seq),
+            handlers: (*self.handlers).clone(),
         };
         let first = self.machine.as_ref().map_or(0, |m| m.range().first);
         let (store, raft, group, limits) = (
@@ -270,6 +286,7 @@ struct Installed {
     meta: Option<TopicMeta>,
     last_seq: u64,
     applied: Applied,
+    handlers: Handlers,
 }
 
 /// Installs `group`'s kept snapshot into the store, in batches of at most
@@ -344,6 +361,7 @@ fn install_kept(
     if let Some(m) = &header.meta {
         batch.push(Op::PutTopic(m.clone()));
     }
+    put_handlers(&mut batch, group, &header.handlers, true)?;
     batch.push(Op::PutRaftValue(group, APPLIED.into(), encode(&applied)?));
     batch.push(Op::PutRaftValue(group, INSTALLING.into(), Vec::new()));
     store.write(&batch)?;
@@ -351,6 +369,7 @@ fn install_kept(
         meta: header.meta,
         last_seq: header.last_seq,
         applied,
+        handlers: header.handlers,
     })
 }
 
@@ -367,6 +386,8 @@ pub struct Peek {
     pub applied_index: u64,
     /// The highest log index held (applied or not).
     pub last_log_index: u64,
+    /// The handlers bound to the topic, as last applied.
+    pub handlers: Handlers,
 }
 
 /// The voters (`BasicNode::addr`) of the membership an [`APPLIED`] value
@@ -413,6 +434,7 @@ pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Resul
         voters_at,
         applied_index,
         last_log_index,
+        handlers: load_handlers(raft, group)?,
     })
 }
 
@@ -441,6 +463,7 @@ fn apply_command(
     store: &dyn Store,
     machine: &mut Option<Machine>,
     directory: &mut Option<Directory>,
+    handlers: &mut Arc<Handlers>,
     windows: &mut Windows,
     batch: &mut WriteBatch,
     command: Command,
@@ -453,7 +476,9 @@ fn apply_command(
                     Command::Batch(_) => CommandResult::Refused(Error::InvalidArgument(
                         "a batch inside a batch".into(),
                     )),
-                    command => apply_command(store, machine, directory, windows, batch, command)?,
+                    command => {
+                        apply_command(store, machine, directory, handlers, windows, batch, command)?
+                    }
                 });
             }
             CommandResult::Batch(results)
@@ -496,10 +521,30 @@ fn apply_command(
             Some(m) => {
                 batch.push(Op::DeleteTopic(m.meta().id));
                 windows.clear();
+                if !handlers.is_empty() {
+                    *handlers = Arc::default();
+                    put_handlers(batch, GroupId(m.meta().id.0), handlers, true)?;
+                }
                 CommandResult::Deleted
             }
             None => CommandResult::Deleted,
         },
+        Command::Handler(command) => {
+            let Some(m) = machine.as_ref() else {
+                return Ok(CommandResult::Refused(Error::GroupWithoutTopic));
+            };
+            let specs_change = !matches!(command, HandlerCommand::Progress { .. });
+            let range = m.range();
+            let mut changed = (**handlers).clone();
+            match changed.decide(command, range.first, range.last) {
+                Err(e) => CommandResult::Refused(e),
+                Ok(answer) => {
+                    *handlers = Arc::new(changed);
+                    put_handlers(batch, GroupId(m.meta().id.0), handlers, specs_change)?;
+                    CommandResult::Handler(answer)
+                }
+            }
+        }
         Command::Append {
             payloads,
             producer,
@@ -541,13 +586,14 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         let group = self.group;
         let mut machine = self.machine.clone();
         let mut directory = self.directory.clone();
+        let mut handlers = self.handlers.clone();
         let mut applied = self.applied.clone();
         self.windows.bound();
         // Taken: a failed apply leaves none behind (they may hold appends
         // never written), and they are read again from the store.
         let mut windows = std::mem::take(&mut self.windows);
         // Unsynced writes and reads of recent state: done in place.
-        let (machine, windows, directory, applied, results) = quick(move || {
+        let (machine, windows, directory, handlers, applied, results) = quick(move || {
             let mut batch = WriteBatch::default();
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -573,6 +619,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
                         &*store,
                         &mut machine,
                         &mut directory,
+                        &mut handlers,
                         &mut windows,
                         &mut batch,
                         command,
@@ -585,12 +632,13 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             // the log is purged, its purge point is written synced, which
             // makes this durable too (one WAL).
             store.write_unsynced(&batch)?;
-            Ok((machine, windows, directory, applied, results))
+            Ok((machine, windows, directory, handlers, applied, results))
         })
         .map_err(sm_write)?;
         let existed = self.machine.is_some();
         self.machine = machine;
         self.windows = windows;
+        self.handlers = handlers;
         self.directory = directory;
         self.applied = applied;
         self.publish(existed);
@@ -639,6 +687,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         let existed = self.machine.is_some();
         self.machine = installed.meta.map(|m| Machine::new(m, installed.last_seq));
         self.windows.clear();
+        self.handlers = Arc::new(installed.handlers);
         let (store, group) = (self.store.clone(), self.group);
         self.directory = blocking(move || load_directory(&*store, group))
             .await
@@ -667,6 +716,37 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             snapshot: Box::new(SnapshotData::from_file(file)),
         }))
     }
+}
+
+/// The handlers of `group`'s topic, as last applied.
+fn load_handlers(raft: &dyn RaftLogStore, group: GroupId) -> Result<Handlers, Error> {
+    let Some(specs) = raft.value(group, HANDLERS)? else {
+        return Ok(Handlers::default());
+    };
+    let handlers: Handlers = decode(&specs)?;
+    Ok(match raft.value(group, HANDLERS_DONE)? {
+        Some(done) => handlers.with_done(&decode(&done)?),
+        None => handlers,
+    })
+}
+
+/// Writes `handlers` with the applied batch: their progress always, the
+/// specs (which may hold Python source) only when `specs` changed.
+fn put_handlers(
+    batch: &mut WriteBatch,
+    group: GroupId,
+    handlers: &Handlers,
+    specs: bool,
+) -> Result<(), Error> {
+    if specs {
+        batch.push(Op::PutRaftValue(group, HANDLERS.into(), encode(handlers)?));
+    }
+    batch.push(Op::PutRaftValue(
+        group,
+        HANDLERS_DONE.into(),
+        encode(&handlers.done())?,
+    ));
+    Ok(())
 }
 
 /// The name directory as the records of its topic say, for the

@@ -9,6 +9,7 @@
 
 pub mod appender;
 pub mod directory;
+pub mod handlers;
 pub(crate) mod machine;
 mod name;
 mod producer;

@@ -4,6 +4,7 @@
 //! Each change goes through [`super::slots`], holding the group's gate.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
@@ -58,7 +59,8 @@ impl Groups {
                     first: first_seq(peek.last_seq, meta.config.history),
                     last: peek.last_seq,
                 };
-                self.topics.publish_replica(meta, range);
+                self.topics
+                    .publish_replica(meta, range, &Arc::new(peek.handlers.clone()));
             }
             self.slots.load(
                 group,

@@ -12,7 +12,9 @@ use crate::api::TopicView;
 pub fn status(err: Error) -> Status {
     let code = match &err {
         Error::InvalidName { .. } | Error::InvalidArgument(_) => Code::InvalidArgument,
-        Error::TopicNotFound(_) | Error::GroupWithoutTopic => Code::NotFound,
+        Error::TopicNotFound(_) | Error::GroupWithoutTopic | Error::HandlerNotFound(_) => {
+            Code::NotFound
+        }
         Error::TopicExists(_) => Code::AlreadyExists,
         Error::OutOfRange { .. } | Error::FellBehind { .. } => Code::OutOfRange,
         Error::ProducerSeq { .. } => Code::FailedPrecondition,

@@ -1,0 +1,398 @@
+//! The handlers bound to a topic, and how far each has got: state that a
+//! topic's group replicates with its elements, so every replica knows the
+//! handlers and where each stopped (DESIGN.md, "Handlers").
+//!
+//! [`Handlers::decide`] is the whole rule, pure: given the table, the
+//! topic's last sequence and a [`HandlerCommand`], it changes the table and
+//! says what happened. Running the handlers is the node's business.
+
+use std::collections::BTreeMap;
+
+use crate::error::{Error, Result};
+
+/// The most handlers one topic has.
+pub const HANDLERS_MAX: usize = 16;
+/// The longest handler name, in bytes.
+pub const HANDLER_NAME_BYTES_MAX: usize = 64;
+/// The largest handler source (Python) or builtin name.
+pub const HANDLER_CODE_BYTES_MAX: usize = 64 * 1024;
+/// The largest handler config (JSON text).
+pub const HANDLER_CONFIG_BYTES_MAX: usize = 16 * 1024;
+/// The longest placement expression.
+pub const PLACEMENT_BYTES_MAX: usize = 1024;
+
+/// What a handler runs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Code {
+    /// A Rust function compiled into the node, by its registered name.
+    Native(String),
+    /// Python source defining `handle(ctx, seq, payload)`.
+    Python(String),
+}
+
+impl Code {
+    fn bytes(&self) -> usize {
+        match self {
+            Code::Native(s) | Code::Python(s) => s.len(),
+        }
+    }
+}
+
+/// A handler as deployed: what it runs, where, with what settings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HandlerSpec {
+    pub name: String,
+    pub code: Code,
+    /// A placement expression (`leader()` when empty).
+    pub placement: String,
+    /// JSON text the handler reads as its config (`{}` when empty).
+    pub config: String,
+}
+
+impl HandlerSpec {
+    /// Checks names and sizes. The node checks the rest (that a builtin
+    /// exists, that Python compiles, that the placement parses) before it
+    /// proposes a deploy.
+    pub fn check(&self) -> Result<()> {
+        check_name(&self.name)?;
+        if self.code.bytes() == 0 || self.code.bytes() > HANDLER_CODE_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "handler code must be 1 to {HANDLER_CODE_BYTES_MAX} bytes, not {}",
+                self.code.bytes()
+            )));
+        }
+        if self.config.len() > HANDLER_CONFIG_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "handler config must be at most {HANDLER_CONFIG_BYTES_MAX} bytes, not {}",
+                self.config.len()
+            )));
+        }
+        if self.placement.len() > PLACEMENT_BYTES_MAX {
+            return Err(Error::InvalidArgument(format!(
+                "a placement expression is at most {PLACEMENT_BYTES_MAX} bytes"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a handler name: 1 to [`HANDLER_NAME_BYTES_MAX`] bytes of
+/// `[a-z0-9._-]`, starting with a letter or digit.
+pub fn check_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= HANDLER_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "handler name {name:?}: 1 to {HANDLER_NAME_BYTES_MAX} bytes of a-z, 0-9, '.', '_', '-', \
+             starting with a letter or digit"
+        )))
+    }
+}
+
+/// Where a newly deployed handler starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum From {
+    /// With the next element appended after the deploy.
+    Next,
+    /// With the first element the topic still holds.
+    Earliest,
+    /// With this sequence number.
+    Seq(u64),
+}
+
+/// A handler bound to a topic, and how far it has got.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Handler {
+    pub spec: HandlerSpec,
+    /// Bumped by each update; progress reported for an older version is
+    /// refused (a runner that did not yet see the update).
+    pub version: u64,
+    /// The first element this version runs for.
+    pub takes_over_at: u64,
+    /// The last element it finished (outputs committed); `takes_over_at - 1`
+    /// before the first.
+    pub done: u64,
+}
+
+impl Handler {
+    /// The next element it runs for.
+    pub fn next(&self) -> u64 {
+        self.done + 1
+    }
+}
+
+/// A change to a topic's handlers, carried in its log.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HandlerCommand {
+    /// Binds a new handler (refused if the name is taken).
+    Deploy { spec: HandlerSpec, from: From },
+    /// Replaces a handler's code, placement or config; the new version
+    /// takes over at the next element it has not finished.
+    Update { spec: HandlerSpec },
+    /// Unbinds a handler.
+    Remove { name: String },
+    /// Records that `name` at `version` finished every element up to `done`.
+    Progress {
+        name: String,
+        version: u64,
+        done: u64,
+    },
+}
+
+/// What a [`HandlerCommand`] did.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HandlerAnswer {
+    /// The handler as it now stands.
+    Deployed(Handler),
+    Removed,
+    /// Progress recorded, or (`false`) older than what was recorded.
+    Progressed(bool),
+}
+
+/// The handlers of one topic, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Handlers {
+    by_name: BTreeMap<String, Handler>,
+}
+
+impl Handlers {
+    pub fn get(&self, name: &str) -> Option<&Handler> {
+        self.by_name.get(name)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Handler> {
+        self.by_name.values()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// Every handler's (version, last element finished): what changes most
+    /// often, stored apart from the specs (which may hold Python source).
+    pub fn done(&self) -> BTreeMap<String, (u64, u64)> {
+        self.by_name
+            .iter()
+            .map(|(n, h)| (n.clone(), (h.version, h.done)))
+            .collect()
+    }
+
+    /// The table with progress from [`done`](Self::done) laid over it: a
+    /// handler's entry counts only for its current version, and only
+    /// forward.
+    pub fn with_done(mut self, done: &BTreeMap<String, (u64, u64)>) -> Self {
+        for (name, h) in &mut self.by_name {
+            if let Some(&(version, d)) = done.get(name)
+                && version == h.version
+                && d > h.done
+            {
+                h.done = d;
+            }
+        }
+        self
+    }
+
+    /// Applies `command` to a topic whose last element is `last_seq` and
+    /// whose first still held is `first_seq`.
+    pub fn decide(
+        &mut self,
+        command: HandlerCommand,
+        first_seq: u64,
+        last_seq: u64,
+    ) -> Result<HandlerAnswer> {
+        match command {
+            HandlerCommand::Deploy { spec, from } => {
+                spec.check()?;
+                if self.by_name.contains_key(&spec.name) {
+                    return Err(Error::InvalidArgument(format!(
+                        "a handler {:?} is already bound to this topic (update it, or remove it first)",
+                        spec.name
+                    )));
+                }
+                if self.by_name.len() >= HANDLERS_MAX {
+                    return Err(Error::InvalidArgument(format!(
+                        "a topic has at most {HANDLERS_MAX} handlers"
+                    )));
+                }
+                let start = match from {
+                    From::Next => last_seq + 1,
+                    From::Earliest => first_seq.max(1),
+                    From::Seq(0) => {
+                        return Err(Error::InvalidArgument(
+                            "sequence numbers start at 1; 0 is not one".into(),
+                        ));
+                    }
+                    From::Seq(s) => s,
+                };
+                let handler = Handler {
+                    spec,
+                    version: 1,
+                    takes_over_at: start,
+                    done: start - 1,
+                };
+                self.by_name
+                    .insert(handler.spec.name.clone(), handler.clone());
+                Ok(HandlerAnswer::Deployed(handler))
+            }
+            HandlerCommand::Update { spec } => {
+                spec.check()?;
+                let Some(h) = self.by_name.get_mut(&spec.name) else {
+                    return Err(not_bound(&spec.name));
+                };
+                h.spec = spec;
+                h.version += 1;
+                h.takes_over_at = h.done + 1;
+                Ok(HandlerAnswer::Deployed(h.clone()))
+            }
+            HandlerCommand::Remove { name } => match self.by_name.remove(&name) {
+                Some(_) => Ok(HandlerAnswer::Removed),
+                None => Err(not_bound(&name)),
+            },
+            HandlerCommand::Progress {
+                name,
+                version,
+                done,
+            } => {
+                let Some(h) = self.by_name.get_mut(&name) else {
+                    return Err(not_bound(&name));
+                };
+                if version != h.version || done <= h.done {
+                    return Ok(HandlerAnswer::Progressed(false));
+                }
+                if done > last_seq {
+                    return Err(Error::InvalidArgument(format!(
+                        "handler {name:?} cannot have finished element {done}: the topic ends at {last_seq}"
+                    )));
+                }
+                h.done = done;
+                Ok(HandlerAnswer::Progressed(true))
+            }
+        }
+    }
+}
+
+fn not_bound(name: &str) -> Error {
+    Error::HandlerNotFound(name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str) -> HandlerSpec {
+        HandlerSpec {
+            name: name.into(),
+            code: Code::Native("forward".into()),
+            placement: String::new(),
+            config: "{}".into(),
+        }
+    }
+
+    fn deploy(h: &mut Handlers, name: &str, from: From, last: u64) -> Result<Handler> {
+        match h.decide(
+            HandlerCommand::Deploy {
+                spec: spec(name),
+                from,
+            },
+            1,
+            last,
+        )? {
+            HandlerAnswer::Deployed(h) => Ok(h),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_deploy_starts_where_asked() {
+        let mut h = Handlers::default();
+        assert_eq!(deploy(&mut h, "a", From::Next, 10).unwrap().next(), 11);
+        assert_eq!(deploy(&mut h, "b", From::Earliest, 10).unwrap().next(), 1);
+        assert_eq!(deploy(&mut h, "c", From::Seq(5), 10).unwrap().next(), 5);
+        assert!(deploy(&mut h, "d", From::Seq(0), 10).is_err());
+        assert!(deploy(&mut h, "a", From::Next, 10).is_err(), "name taken");
+        assert!(deploy(&mut h, "Bad Name", From::Next, 10).is_err());
+        assert_eq!(h.len(), 3);
+    }
+
+    #[test]
+    fn progress_only_moves_forward_for_the_current_version() {
+        let mut h = Handlers::default();
+        deploy(&mut h, "a", From::Earliest, 10).unwrap();
+        let progress = |h: &mut Handlers, version, done| {
+            h.decide(
+                HandlerCommand::Progress {
+                    name: "a".into(),
+                    version,
+                    done,
+                },
+                1,
+                10,
+            )
+        };
+        assert_eq!(
+            progress(&mut h, 1, 4).unwrap(),
+            HandlerAnswer::Progressed(true)
+        );
+        assert_eq!(
+            progress(&mut h, 1, 3).unwrap(),
+            HandlerAnswer::Progressed(false)
+        );
+        assert!(progress(&mut h, 1, 11).is_err(), "beyond the topic");
+        // An update takes over at the next unfinished element; the old
+        // version's progress no longer counts.
+        let updated = h
+            .decide(HandlerCommand::Update { spec: spec("a") }, 1, 10)
+            .unwrap();
+        let HandlerAnswer::Deployed(u) = updated else {
+            panic!()
+        };
+        assert_eq!((u.version, u.takes_over_at, u.done), (2, 5, 4));
+        assert_eq!(
+            progress(&mut h, 1, 8).unwrap(),
+            HandlerAnswer::Progressed(false)
+        );
+        assert_eq!(
+            progress(&mut h, 2, 8).unwrap(),
+            HandlerAnswer::Progressed(true)
+        );
+        assert_eq!(h.get("a").unwrap().done, 8);
+    }
+
+    #[test]
+    fn bounds_and_unknown_names() {
+        let mut h = Handlers::default();
+        for i in 0..HANDLERS_MAX {
+            deploy(&mut h, &format!("h{i}"), From::Next, 0).unwrap();
+        }
+        assert!(deploy(&mut h, "one-more", From::Next, 0).is_err());
+        assert!(matches!(
+            h.decide(
+                HandlerCommand::Remove {
+                    name: "nope".into()
+                },
+                1,
+                0
+            ),
+            Err(Error::HandlerNotFound(_))
+        ));
+        let mut big = spec("big");
+        big.code = Code::Python("x".repeat(HANDLER_CODE_BYTES_MAX + 1));
+        assert!(big.check().is_err());
+        assert_eq!(
+            h.decide(HandlerCommand::Remove { name: "h0".into() }, 1, 0)
+                .unwrap(),
+            HandlerAnswer::Removed
+        );
+        assert_eq!(h.len(), HANDLERS_MAX - 1);
+    }
+}
