@@ -14,6 +14,9 @@
 //!   through the DHT, written at its leader, read from a replica.
 //! - [`groups`]: this node's Raft groups over the overlay, and the
 //!   node-to-node requests that create, write, read and list them.
+//! - [`handlers`]: handlers bound to topics: the supervisor that runs
+//!   them where they are placed, each one's runner (effectively once), and
+//!   the native builtins.
 //! - [`placement`]: which nodes a topic's replicas go to (Kademlia distance,
 //!   or attribute constraints such as `tier=edge:1,tier=cloud:2`).
 //! - [`grpc`]: the `woof.v1.Woof` service, and the conversions between its
@@ -33,6 +36,7 @@ pub mod demo;
 pub mod error;
 pub mod groups;
 pub mod grpc;
+pub mod handlers;
 pub mod placement;
 pub mod server;
 pub mod shutdown;

@@ -89,6 +89,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Command::Handler(cli::HandlerCommand::Builtins) => {
+            for (name, what) in woof_node::handlers::native::BUILTINS {
+                println!("{name}\t{what}");
+            }
+            Ok(())
+        }
         Command::Demo => {
             init_tracing("warn,libp2p_kad=error,openraft=off");
             woof_node::demo::run().await?;

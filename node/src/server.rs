@@ -200,7 +200,8 @@ impl Node {
                 let held = groups.load_all().await?;
                 tracing::info!(groups = held, "raft groups loaded (each runs when used)");
                 let me = client.peer_id();
-                let api = ClusterTopics::new(topics, groups, Arc::new(client), self.info.clone());
+                let api =
+                    ClusterTopics::new(topics, groups.clone(), Arc::new(client), self.info.clone());
                 // The cluster's first node makes its name directory (the
                 // others are added to it by repair as they join).
                 if cluster.join.is_empty() {
@@ -210,6 +211,7 @@ impl Node {
                     api.clone()
                         .maintain(cluster.repair_after, self.shutdown.clone()),
                 );
+                crate::handlers::Supervisor::spawn(api.clone(), groups, self.shutdown.clone());
                 TopicApi::Cluster(Box::new(api))
             }
             None => TopicApi::Local(topics),

@@ -31,6 +31,7 @@ use woof_consensus::codec::{decode, encode};
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::directory::{DIRECTORY, RESERVED_PREFIX};
+use woof_consensus::topic::handlers::{From, Handler, HandlerSpec, Handlers};
 use woof_consensus::topic::{
     AppendOutcome, Element, Placement, Producer, Range, TopicConfig, TopicId, TopicMeta, TopicName,
 };
@@ -41,6 +42,7 @@ use crate::error::{Error, Result};
 use crate::groups::{Groups, Read, ReadReply, ReplicaStatus};
 use crate::placement::{self, Candidate, Constraint};
 
+mod handlers;
 mod names;
 mod overlay;
 mod repair;
@@ -189,6 +191,40 @@ impl TopicApi {
             TopicApi::Local(t) => Ok(Following::Local(t.subscribe(name, start)?)),
             TopicApi::Cluster(c) => c.subscribe(name, start).await,
         }
+    }
+
+    /// The cluster's topics, for what only a cluster does (handlers).
+    fn cluster(&self) -> Result<&ClusterTopics> {
+        match self {
+            TopicApi::Cluster(c) => Ok(c),
+            TopicApi::Local(_) => Err(Error::Usage(
+                "handlers run on cluster nodes: this node is standalone (start it with \
+                 --listen and --cluster-key, or try `woof demo`)"
+                    .into(),
+            )),
+        }
+    }
+
+    pub async fn deploy_handler(
+        &self,
+        topic: &str,
+        spec: HandlerSpec,
+        from: From,
+    ) -> Result<Handler> {
+        self.cluster()?.deploy_handler(topic, spec, from).await
+    }
+
+    pub async fn update_handler(&self, topic: &str, spec: HandlerSpec) -> Result<Handler> {
+        self.cluster()?.update_handler(topic, spec).await
+    }
+
+    pub async fn remove_handler(&self, topic: &str, name: &str) -> Result<()> {
+        self.cluster()?.remove_handler(topic, name).await
+    }
+
+    /// The handlers bound to `topic`, and its last sequence number.
+    pub async fn handlers(&self, topic: &str) -> Result<(Handlers, u64)> {
+        self.cluster()?.handlers(topic).await
     }
 
     /// Stops serving: queued appends fail, subscriptions end.

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 use tonic::transport::{Channel, Endpoint};
+use woof_consensus::topic::handlers::HANDLER_CODE_BYTES_MAX;
 use woof_proto::MESSAGE_BYTES_MAX;
 use woof_proto::v1::{self, woof_client::WoofClient};
 
@@ -44,6 +45,9 @@ pub enum Command {
     /// Create, list, describe and delete topics.
     #[command(subcommand)]
     Topic(TopicCommand),
+    /// Bind code to topics: it runs once for every committed element.
+    #[command(subcommand)]
+    Handler(HandlerCommand),
     /// Append one element; prints its sequence number.
     Append(AppendArgs),
     /// Print one element's payload.
@@ -191,6 +195,100 @@ pub enum TopicCommand {
     Describe { name: String },
     /// Delete a topic and all its elements.
     Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HandlerCommand {
+    /// Bind a handler to a topic.
+    Deploy {
+        #[command(flatten)]
+        code: HandlerCode,
+        /// Where it starts: a sequence number, or `earliest` (the first
+        /// element held) [default: the next element appended].
+        #[arg(long)]
+        from: Option<String>,
+    },
+    /// Replace a handler's code, placement or config; the new version takes
+    /// over at the first element the old one had not finished.
+    Update {
+        #[command(flatten)]
+        code: HandlerCode,
+    },
+    /// List the handlers of a topic, with their progress and lag.
+    List { topic: String },
+    /// Show one handler.
+    Describe { topic: String, name: String },
+    /// Unbind a handler.
+    Rm { topic: String, name: String },
+    /// List the native handlers this CLI's build knows.
+    Builtins,
+}
+
+/// A handler's topic, name and code, as deploy and update take them.
+#[derive(Debug, Args)]
+pub struct HandlerCode {
+    pub topic: String,
+    pub name: String,
+    /// A native handler compiled into the node (`woof handler builtins`).
+    #[arg(long, value_name = "BUILTIN", required_unless_present = "python")]
+    pub native: Option<String>,
+    /// A Python file defining `handle(ctx, seq, payload)`.
+    #[arg(long, value_name = "FILE", conflicts_with = "native")]
+    pub python: Option<PathBuf>,
+    /// Where it runs [default: `leader()`].
+    #[arg(long, value_name = "EXPR", default_value = "")]
+    pub placement: String,
+    /// Its config, as JSON text.
+    #[arg(long, value_name = "JSON", default_value = "")]
+    pub config: String,
+}
+
+impl HandlerCode {
+    /// The handler as the API takes it (reading the Python file).
+    fn into_handler(self) -> Result<v1::Handler> {
+        let code = match (self.native, self.python) {
+            (Some(n), _) => v1::handler::Code::Native(n),
+            (None, Some(path)) => {
+                let source = std::fs::read(&path).map_err(|e| Error::Io {
+                    context: format!("reading {}", path.display()),
+                    source: e,
+                })?;
+                if source.len() > HANDLER_CODE_BYTES_MAX {
+                    return Err(Error::Usage(format!(
+                        "{} is {} bytes; handler source is at most {HANDLER_CODE_BYTES_MAX}",
+                        path.display(),
+                        source.len()
+                    )));
+                }
+                let source = String::from_utf8(source)
+                    .map_err(|_| Error::Usage(format!("{} is not UTF-8 text", path.display())))?;
+                v1::handler::Code::Python(source)
+            }
+            (None, None) => return Err(Error::Usage("give --native or --python".into())),
+        };
+        Ok(v1::Handler {
+            topic: self.topic,
+            name: self.name,
+            code: Some(code),
+            placement: self.placement,
+            config: self.config,
+            ..Default::default()
+        })
+    }
+}
+
+/// `--from`: a sequence number or `earliest`.
+fn parse_from(from: Option<String>) -> Result<(u64, bool)> {
+    match from.as_deref() {
+        None => Ok((0, false)),
+        Some("earliest") => Ok((0, true)),
+        Some(s) => match s.parse::<u64>() {
+            Ok(n) if n >= 1 => Ok((n, false)),
+            _ => Err(Error::Usage(format!(
+                "--from {s:?}: a sequence number (from 1) or `earliest`"
+            ))),
+        },
+    }
 }
 
 #[derive(Debug, Args)]
@@ -378,8 +476,63 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                 out.topics(&r.topics);
             }
         }
+        Command::Handler(HandlerCommand::Deploy { code, from }) => {
+            let (from_seq, from_earliest) = parse_from(from)?;
+            let r = client
+                .deploy_handler(v1::DeployHandlerRequest {
+                    handler: Some(code.into_handler()?),
+                    from_seq,
+                    from_earliest,
+                })
+                .await?
+                .into_inner();
+            out.handler(&r.handler.unwrap_or_default(), "deployed");
+        }
+        Command::Handler(HandlerCommand::Update { code }) => {
+            let r = client
+                .update_handler(v1::DeployHandlerRequest {
+                    handler: Some(code.into_handler()?),
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            out.handler(&r.handler.unwrap_or_default(), "updated");
+        }
+        Command::Handler(HandlerCommand::List { topic }) => {
+            let r = client
+                .list_handlers(v1::ListHandlersRequest { topic })
+                .await?
+                .into_inner();
+            for h in &r.handlers {
+                out.handler(h, "");
+            }
+        }
+        Command::Handler(HandlerCommand::Describe { topic, name }) => {
+            let r = client
+                .list_handlers(v1::ListHandlersRequest {
+                    topic: topic.clone(),
+                })
+                .await?
+                .into_inner();
+            let Some(h) = r.handlers.iter().find(|h| h.name == name) else {
+                return Err(Error::Usage(format!(
+                    "no handler {name:?} is bound to topic {topic:?}"
+                )));
+            };
+            out.handler(h, "");
+        }
+        Command::Handler(HandlerCommand::Rm { topic, name }) => {
+            client
+                .remove_handler(v1::RemoveHandlerRequest {
+                    topic: topic.clone(),
+                    name: name.clone(),
+                })
+                .await?;
+            out.removed_handler(&topic, &name);
+        }
         Command::Node(_)
         | Command::Demo
+        | Command::Handler(HandlerCommand::Builtins)
         | Command::Cluster(
             ClusterCommand::Keygen | ClusterCommand::Up { .. } | ClusterCommand::Down { .. },
         ) => unreachable!("handled by main"),

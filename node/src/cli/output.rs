@@ -157,6 +157,49 @@ impl Output {
         }
     }
 
+    pub fn handler(&mut self, h: &v1::Handler, verb: &str) {
+        let (kind, code) = match &h.code {
+            Some(v1::handler::Code::Native(n)) => ("native", n.as_str()),
+            Some(v1::handler::Code::Python(_)) => ("python", ""),
+            None => ("", ""),
+        };
+        if self.json {
+            self.json(json!({
+                "topic": h.topic, "name": h.name, "kind": kind, "native": code,
+                "placement": h.placement, "config": h.config, "version": h.version,
+                "takes_over_at": h.takes_over_at, "done": h.done, "lag": h.lag,
+            }));
+        } else {
+            let verb = if verb.is_empty() {
+                String::new()
+            } else {
+                format!("{verb} ")
+            };
+            let code = if code.is_empty() {
+                kind.to_string()
+            } else {
+                format!("{kind}:{code}")
+            };
+            let placement = if h.placement.is_empty() {
+                "leader()"
+            } else {
+                &h.placement
+            };
+            self.line(&format!(
+                "{verb}handler {}/{} {code} placement={placement} version={} from={} done={} lag={}",
+                h.topic, h.name, h.version, h.takes_over_at, h.done, h.lag
+            ));
+        }
+    }
+
+    pub fn removed_handler(&mut self, topic: &str, name: &str) {
+        if self.json {
+            self.json(json!({ "removed_handler": name, "topic": topic }));
+        } else {
+            self.line(&format!("removed handler {topic}/{name}"));
+        }
+    }
+
     pub fn deleted(&mut self, name: &str) {
         if self.json {
             self.json(json!({ "deleted": name }));

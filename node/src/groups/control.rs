@@ -4,6 +4,7 @@
 use bytes::Bytes;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::GroupId;
+use woof_consensus::topic::handlers::Handlers;
 use woof_consensus::topic::{Element, TopicMeta};
 
 use crate::error::{Error, Result};
@@ -67,6 +68,8 @@ pub enum Read {
     Follow { from: u64, max: u32, wait_ms: u64 },
     /// The leader's [`ReplicaStatus`].
     Describe,
+    /// The handlers bound to the topic, as the leader applied them.
+    Handlers,
 }
 
 /// What a [`Read`] gave.
@@ -79,6 +82,8 @@ pub enum ReadReply {
         last: u64,
     },
     Status(Box<ReplicaStatus>),
+    /// The handlers, and the topic's last sequence number (for their lag).
+    Handlers(Box<Handlers>, u64),
 }
 
 impl ReadReply {

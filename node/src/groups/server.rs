@@ -11,7 +11,7 @@ use woof_consensus::codec::{decode, encode};
 use woof_consensus::raft::group;
 use woof_consensus::raft::{Command, TypeConfig};
 use woof_consensus::store::GroupId;
-use woof_consensus::topic::{Element, Range};
+use woof_consensus::topic::{Element, Range, TopicName};
 use woof_overlay::Inbound;
 
 use super::control::{Control, ControlReply, Read, ReadReply};
@@ -189,6 +189,15 @@ impl Groups {
                     Err(_) => ReadReply::Elements(Vec::new()),
                 }
             }
+            Read::Handlers => {
+                let name = TopicName::new(topic)?;
+                let Some(handlers) = self.topics.handlers(&name) else {
+                    return Err(woof_consensus::Error::TopicNotFound(topic.to_string()));
+                };
+                let last = self.topics.latest(topic)?.last;
+                let handlers = handlers.borrow().as_ref().clone();
+                ReadReply::Handlers(Box::new(handlers), last)
+            }
             Read::Describe => {
                 return Err(woof_consensus::Error::InvalidArgument(
                     "a description is not read from the store".into(),
@@ -214,7 +223,7 @@ pub(super) fn must_confirm(read: &Read, held: Option<Range>) -> bool {
             *from,
             from.saturating_add(u64::from(*limit)).saturating_sub(1),
         ),
-        Read::Follow { .. } | Read::Describe => false,
+        Read::Follow { .. } | Read::Describe | Read::Handlers => false,
     }
 }
 

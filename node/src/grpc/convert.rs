@@ -3,6 +3,7 @@
 use tonic::{Code, Status};
 use woof_consensus::Error;
 use woof_consensus::Start;
+use woof_consensus::topic::handlers::{Code as Code_, From, Handler, HandlerSpec};
 use woof_consensus::topic::{Element, Producer, TopicConfig};
 use woof_proto::v1;
 
@@ -93,5 +94,55 @@ pub fn start(s: Option<v1::subscribe_request::Start>) -> Start {
         Some(S::FromSeq(seq)) => Start::Seq(seq),
         Some(S::Earliest(_)) => Start::Earliest,
         Some(S::Latest(_)) | None => Start::Latest,
+    }
+}
+
+/// A handler as the API shows it; `last` is its topic's last sequence
+/// number, for the lag.
+pub fn handler(topic: &str, h: &Handler, last: u64) -> v1::Handler {
+    let code = match &h.spec.code {
+        Code_::Native(n) => v1::handler::Code::Native(n.clone()),
+        Code_::Python(p) => v1::handler::Code::Python(p.clone()),
+    };
+    v1::Handler {
+        topic: topic.to_string(),
+        name: h.spec.name.clone(),
+        code: Some(code),
+        placement: h.spec.placement.clone(),
+        config: h.spec.config.clone(),
+        version: h.version,
+        takes_over_at: h.takes_over_at,
+        done: h.done,
+        lag: last.saturating_sub(h.done),
+    }
+}
+
+/// The topic and spec a deploy or update carries.
+pub fn handler_spec(h: Option<v1::Handler>) -> Result<(String, HandlerSpec), Status> {
+    let h = h.ok_or_else(|| Status::invalid_argument("the request names no handler"))?;
+    let code = match h.code {
+        Some(v1::handler::Code::Native(n)) => Code_::Native(n),
+        Some(v1::handler::Code::Python(p)) => Code_::Python(p),
+        None => {
+            return Err(Status::invalid_argument(
+                "a handler needs native or python code",
+            ));
+        }
+    };
+    let spec = HandlerSpec {
+        name: h.name,
+        code,
+        placement: h.placement,
+        config: h.config,
+    };
+    Ok((h.topic, spec))
+}
+
+/// Where a deploy starts.
+pub fn from(from_seq: u64, from_earliest: bool) -> From {
+    match (from_earliest, from_seq) {
+        (true, _) => From::Earliest,
+        (false, 0) => From::Next,
+        (false, s) => From::Seq(s),
     }
 }

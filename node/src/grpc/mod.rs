@@ -212,6 +212,67 @@ impl Woof for Service {
         Ok(Response::new(v1::ClusterStatusResponse { nodes, topics }))
     }
 
+    async fn deploy_handler(
+        &self,
+        request: Request<v1::DeployHandlerRequest>,
+    ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
+        let r = request.into_inner();
+        let (topic, spec) = convert::handler_spec(r.handler)?;
+        let from = convert::from(r.from_seq, r.from_earliest);
+        let h = self
+            .topics
+            .deploy_handler(&topic, spec, from)
+            .await
+            .map_err(status)?;
+        let last = self.topics.latest(&topic).await.map_or(0, |r| r.last);
+        Ok(Response::new(v1::DeployHandlerResponse {
+            handler: Some(convert::handler(&topic, &h, last)),
+        }))
+    }
+
+    async fn update_handler(
+        &self,
+        request: Request<v1::DeployHandlerRequest>,
+    ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
+        let r = request.into_inner();
+        let (topic, spec) = convert::handler_spec(r.handler)?;
+        let h = self
+            .topics
+            .update_handler(&topic, spec)
+            .await
+            .map_err(status)?;
+        let last = self.topics.latest(&topic).await.map_or(0, |r| r.last);
+        Ok(Response::new(v1::DeployHandlerResponse {
+            handler: Some(convert::handler(&topic, &h, last)),
+        }))
+    }
+
+    async fn list_handlers(
+        &self,
+        request: Request<v1::ListHandlersRequest>,
+    ) -> Result<Response<v1::ListHandlersResponse>, Status> {
+        let topic = request.into_inner().topic;
+        let (handlers, last) = self.topics.handlers(&topic).await.map_err(status)?;
+        Ok(Response::new(v1::ListHandlersResponse {
+            handlers: handlers
+                .iter()
+                .map(|h| convert::handler(&topic, h, last))
+                .collect(),
+        }))
+    }
+
+    async fn remove_handler(
+        &self,
+        request: Request<v1::RemoveHandlerRequest>,
+    ) -> Result<Response<v1::RemoveHandlerResponse>, Status> {
+        let r = request.into_inner();
+        self.topics
+            .remove_handler(&r.topic, &r.name)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::RemoveHandlerResponse {}))
+    }
+
     type SubscribeStream = ElementStream;
 
     async fn subscribe(

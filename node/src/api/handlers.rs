@@ -1,0 +1,111 @@
+//! The handlers of a cluster's topics: binding, updating and removing them
+//! (through the topic's group, so every replica knows them), reading them,
+//! and recording how far one got.
+
+use std::sync::Arc;
+
+use woof_consensus::raft::{Command, CommandResult};
+use woof_consensus::topic::TopicName;
+use woof_consensus::topic::handlers::{
+    From, Handler, HandlerAnswer, HandlerCommand, HandlerSpec, Handlers,
+};
+
+use super::ClusterTopics;
+use crate::error::{Error, Result};
+use crate::groups::{Read, ReadReply};
+
+impl ClusterTopics {
+    /// Binds a handler to `topic`, starting where `from` says.
+    pub async fn deploy_handler(
+        &self,
+        topic: &str,
+        spec: HandlerSpec,
+        from: From,
+    ) -> Result<Handler> {
+        crate::handlers::check(&spec)?;
+        self.handler_command(topic, HandlerCommand::Deploy { spec, from })
+            .await
+            .and_then(deployed)
+    }
+
+    /// Replaces a handler's code, placement or config.
+    pub async fn update_handler(&self, topic: &str, spec: HandlerSpec) -> Result<Handler> {
+        crate::handlers::check(&spec)?;
+        self.handler_command(topic, HandlerCommand::Update { spec })
+            .await
+            .and_then(deployed)
+    }
+
+    pub async fn remove_handler(&self, topic: &str, name: &str) -> Result<()> {
+        self.handler_command(
+            topic,
+            HandlerCommand::Remove {
+                name: name.to_string(),
+            },
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// The handlers bound to `topic` and the topic's last sequence number,
+    /// from this node's replica if it holds one, else from the leader.
+    pub async fn handlers(&self, topic: &str) -> Result<(Handlers, u64)> {
+        let name = TopicName::new(topic)?;
+        if let Some(handlers) = self.topics.handlers(&name) {
+            let last = self.topics.latest(topic)?.last;
+            return Ok((handlers.borrow().as_ref().clone(), last));
+        }
+        match self.read(&name, Read::Handlers).await? {
+            ReadReply::Handlers(handlers, last) => Ok((*handlers, last)),
+            other => Err(Error::Internal(format!("reading handlers gave {other:?}"))),
+        }
+    }
+
+    /// The handlers of `name` as this node's replica applied them, if it
+    /// holds one.
+    pub(crate) fn local_handlers(&self, name: &TopicName) -> Option<Arc<Handlers>> {
+        Some(self.topics.handlers(name)?.borrow().clone())
+    }
+
+    /// Records that handler `name` at `version` finished every element of
+    /// `topic` up to `done`. `false`: the record was older than the group's
+    /// (another runner got further, or the handler was updated).
+    pub(crate) async fn handler_done(
+        &self,
+        topic: &TopicName,
+        name: &str,
+        version: u64,
+        done: u64,
+    ) -> Result<bool> {
+        let command = HandlerCommand::Progress {
+            name: name.to_string(),
+            version,
+            done,
+        };
+        match self.handler_command(topic.as_str(), command).await? {
+            HandlerAnswer::Progressed(moved) => Ok(moved),
+            other => Err(Error::Internal(format!(
+                "recording progress gave {other:?}"
+            ))),
+        }
+    }
+
+    async fn handler_command(&self, topic: &str, command: HandlerCommand) -> Result<HandlerAnswer> {
+        let name = TopicName::new(topic)?;
+        let (group, members) = self.locate(&name).await?;
+        match self
+            .write(&name, group, &members, Command::Handler(command))
+            .await?
+        {
+            CommandResult::Handler(answer) => Ok(answer),
+            other => Err(Error::Internal(format!("a handler command gave {other:?}"))),
+        }
+    }
+}
+
+fn deployed(answer: HandlerAnswer) -> Result<Handler> {
+    match answer {
+        HandlerAnswer::Deployed(h) => Ok(h),
+        other => Err(Error::Internal(format!("deploying gave {other:?}"))),
+    }
+}

@@ -1,0 +1,151 @@
+//! Handlers: code that runs once for every committed element of a topic
+//! (DESIGN.md, "Handlers").
+//!
+//! Layout:
+//! - this file: [`check`] (what a deploy must pass) and the [`Supervisor`],
+//!   which starts a runner for each handler of each topic this node leads,
+//!   and stops it when the node no longer leads the topic or the handler
+//!   changed.
+//! - [`runner`]: one handler's loop: feed it the elements from where it
+//!   stopped, append its outputs under keys that make a re-run write
+//!   nothing twice, and record how far it got in the topic's group.
+//! - [`native`]: the handlers compiled into the node.
+//!
+//! The definitions and progress are the topic's group state
+//! (`woof_consensus::topic::handlers`), so whichever node leads the topic
+//! next resumes where the last one stopped.
+//!
+//! Placement is `leader()` for now: a handler runs on its topic's leader.
+
+pub mod native;
+pub mod runner;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use woof_consensus::topic::TopicName;
+use woof_consensus::topic::handlers::{Code, HandlerSpec};
+
+use crate::api::ClusterTopics;
+use crate::error::{Error, Result};
+use crate::groups::Groups;
+use crate::shutdown::Shutdown;
+
+/// How often the supervisor looks at which topics this node leads.
+const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+/// How long a runner that failed waits before it is started again.
+const RESTART_AFTER: Duration = Duration::from_secs(5);
+
+/// Checks what a deploy or update carries beyond names and sizes: that the
+/// code exists and its config suits it, and that the placement is known.
+pub fn check(spec: &HandlerSpec) -> Result<()> {
+    spec.check()?;
+    match &spec.code {
+        Code::Native(name) => {
+            native::build(name, &spec.config).map_err(Error::Usage)?;
+        }
+        Code::Python(_) => {
+            return Err(Error::Usage(
+                "Python handlers are not available on this node yet: deploy a native one \
+                 (`woof handler builtins`)"
+                    .into(),
+            ));
+        }
+    }
+    let placement = spec.placement.trim();
+    if !placement.is_empty() && placement != "leader()" {
+        return Err(Error::Usage(format!(
+            "placement {placement:?}: this node places handlers by `leader()` only"
+        )));
+    }
+    Ok(())
+}
+
+/// Which runner runs: a handler of a topic at one version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    topic: TopicName,
+    handler: String,
+    version: u64,
+}
+
+/// Starts and stops this node's runners.
+pub struct Supervisor {
+    api: ClusterTopics,
+    groups: Groups,
+    shutdown: Shutdown,
+    running: HashMap<Key, (CancellationToken, tokio::task::JoinHandle<()>)>,
+    /// Runners that ended on their own (a failure), and when.
+    failed: HashMap<Key, tokio::time::Instant>,
+}
+
+impl Supervisor {
+    /// Spawns the supervisor on the node's task tracker; it ends with the node.
+    pub fn spawn(api: ClusterTopics, groups: Groups, shutdown: Shutdown) {
+        let me = Self {
+            api,
+            groups,
+            shutdown: shutdown.clone(),
+            running: HashMap::new(),
+            failed: HashMap::new(),
+        };
+        shutdown.spawn(me.run());
+    }
+
+    async fn run(mut self) {
+        loop {
+            tokio::select! {
+                _ = self.shutdown.requested() => break,
+                _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
+            }
+            self.step();
+        }
+        for (_, (token, task)) in self.running.drain() {
+            token.cancel();
+            let _ = task.await;
+        }
+    }
+
+    /// Starts the runners that should run and are not, stops the others.
+    fn step(&mut self) {
+        let mut wanted = HashMap::new();
+        for (group, topic) in self.groups.leading() {
+            let Some(handlers) = self.api.local_handlers(&topic) else {
+                continue;
+            };
+            for h in handlers.iter() {
+                let key = Key {
+                    topic: topic.clone(),
+                    handler: h.spec.name.clone(),
+                    version: h.version,
+                };
+                wanted.insert(key, (group, h.clone()));
+            }
+        }
+        let now = tokio::time::Instant::now();
+        let failed = &mut self.failed;
+        self.running.retain(|key, (token, task)| {
+            if task.is_finished() {
+                failed.insert(key.clone(), now);
+                return false;
+            }
+            let keep = wanted.contains_key(key);
+            if !keep {
+                token.cancel();
+            }
+            keep
+        });
+        self.failed
+            .retain(|key, at| wanted.contains_key(key) && now.duration_since(*at) < RESTART_AFTER);
+        for (key, (group, handler)) in wanted {
+            if self.running.contains_key(&key) || self.failed.contains_key(&key) {
+                continue;
+            }
+            let token = CancellationToken::new();
+            let runner = runner::Runner::new(self.api.clone(), group, key.topic.clone(), handler);
+            let task = self.shutdown.spawn(runner.run(token.clone()));
+            self.running.insert(key, (token, task));
+        }
+    }
+}

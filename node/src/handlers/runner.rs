@@ -1,0 +1,226 @@
+//! One handler's loop on the node that runs it.
+//!
+//! It follows the topic from the first element the handler has not
+//! finished, runs the handler on each element in order, appends the
+//! outputs, and records its progress in the topic's group.
+//!
+//! **Effectively once.** Output `i` of element `seq` is appended as
+//! producer `~h<topic id>.<handler>` with producer sequence `seq << 16 | i`.
+//! The runner appends one output at a time and waits for each, so every
+//! output below the newest one committed was committed too. A re-run of an
+//! element (after a crash, a leader change, or progress recorded late) then
+//! finds each output it already wrote: the last one as a duplicate, older
+//! ones as older than the producer's window; either way nothing is written
+//! twice. Progress is recorded every [`RECORD_EVERY`] elements or
+//! [`RECORD_AFTER`], whichever comes first, so a re-run repeats at most that
+//! much, and writes nothing for it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use woof_consensus::Start;
+use woof_consensus::store::GroupId;
+use woof_consensus::topic::handlers::{Code, Handler};
+use woof_consensus::topic::{Producer, TopicName};
+
+use super::native::{self, Output};
+use crate::api::ClusterTopics;
+use crate::error::{Error, Result};
+
+/// Elements taken from the topic at a time.
+const BATCH: usize = 64;
+/// Progress is recorded after this many elements at most...
+pub const RECORD_EVERY: u64 = 64;
+/// ...or this long after the first element not yet recorded.
+pub const RECORD_AFTER: Duration = Duration::from_millis(50);
+/// The most outputs one element may have.
+pub const OUTPUTS_MAX: usize = 1024;
+/// Attempts at one output append that fails for a reason that may pass.
+const APPEND_ATTEMPTS: u32 = 8;
+/// Attempts at one element whose handler fails.
+const HANDLE_ATTEMPTS: u32 = 5;
+/// The first pause between attempts; doubled each time.
+const BACKOFF: Duration = Duration::from_millis(50);
+
+/// One handler of one topic, at one version, run here.
+pub struct Runner {
+    api: ClusterTopics,
+    topic: TopicName,
+    handler: Handler,
+    /// The producer its outputs are appended as.
+    producer: String,
+}
+
+impl Runner {
+    pub fn new(api: ClusterTopics, group: GroupId, topic: TopicName, handler: Handler) -> Self {
+        let producer = format!("~h{:x}.{}", group.0, handler.spec.name);
+        Self {
+            api,
+            topic,
+            handler,
+            producer,
+        }
+    }
+
+    /// Runs until `stop`, or until the handler fails past its retries (the
+    /// supervisor starts it again later, from its recorded progress).
+    pub async fn run(self, stop: CancellationToken) {
+        let (topic, name) = (self.topic.clone(), self.handler.spec.name.clone());
+        tracing::info!(%topic, handler = %name, from = self.handler.next(), "handler runs here");
+        if let Err(e) = self.feed(&stop).await {
+            tracing::warn!(%topic, handler = %name, "handler stopped: {e}");
+        }
+    }
+
+    async fn feed(&self, stop: &CancellationToken) -> Result<()> {
+        let Code::Native(builtin) = &self.handler.spec.code else {
+            return Err(Error::Usage("only native handlers run on this node".into()));
+        };
+        let mut handler =
+            native::build(builtin, &self.handler.spec.config).map_err(Error::Usage)?;
+        let mut next = self.handler.next();
+        let mut recorded = self.handler.done;
+        let mut unrecorded_since: Option<Instant> = None;
+        let mut following = self
+            .api
+            .subscribe(self.topic.as_str(), Start::Seq(next))
+            .await?;
+        loop {
+            let wait = match unrecorded_since {
+                Some(since) => RECORD_AFTER.saturating_sub(since.elapsed()),
+                None => Duration::from_secs(3600),
+            };
+            let batch = tokio::select! {
+                _ = stop.cancelled() => break,
+                batch = tokio::time::timeout(wait, following.next_batch(BATCH)) => batch,
+            };
+            for element in batch.unwrap_or_else(|_| Ok(Vec::new()))? {
+                if element.seq < next {
+                    continue;
+                }
+                let outputs = self
+                    .handle(&mut *handler, element.seq, &element.payload, stop)
+                    .await?;
+                self.emit(element.seq, outputs, stop).await?;
+                next = element.seq + 1;
+                unrecorded_since.get_or_insert_with(Instant::now);
+            }
+            let done = next - 1;
+            let due = unrecorded_since.is_some_and(|s| s.elapsed() >= RECORD_AFTER);
+            if done > recorded && (done - recorded >= RECORD_EVERY || due) {
+                if !self.record(done).await? {
+                    // Updated, removed, or another runner got further:
+                    // this one is no longer the handler's.
+                    return Ok(());
+                }
+                recorded = done;
+                unrecorded_since = None;
+            }
+        }
+        if next - 1 > recorded {
+            // Best effort: a re-run of these writes nothing twice anyway.
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.record(next - 1)).await;
+        }
+        Ok(())
+    }
+
+    /// The handler's outputs for one element, retried with backoff if it fails.
+    async fn handle(
+        &self,
+        handler: &mut dyn native::Native,
+        seq: u64,
+        payload: &[u8],
+        stop: &CancellationToken,
+    ) -> Result<Vec<Output>> {
+        let mut pause = BACKOFF;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match handler.handle(seq, payload) {
+                Ok(outputs) if outputs.len() > OUTPUTS_MAX => {
+                    return Err(Error::Usage(format!(
+                        "element {seq} gave {} outputs; at most {OUTPUTS_MAX}",
+                        outputs.len()
+                    )));
+                }
+                Ok(outputs) => return Ok(outputs),
+                Err(e) => {
+                    tracing::warn!(topic = %self.topic, handler = %self.handler.spec.name, seq, attempt, "handler failed: {e}");
+                    if attempt == HANDLE_ATTEMPTS {
+                        return Err(Error::Usage(format!("element {seq}: {e}")));
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return Err(Error::Usage("stopped".into())),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause *= 2;
+        }
+    }
+
+    /// Appends the outputs of element `seq`, one at a time, each under its key.
+    async fn emit(&self, seq: u64, outputs: Vec<Output>, stop: &CancellationToken) -> Result<()> {
+        if seq >= 1 << 47 {
+            return Err(Error::Usage(format!(
+                "element {seq} is beyond what output keys number"
+            )));
+        }
+        for (i, output) in outputs.into_iter().enumerate() {
+            let producer = Producer::new(self.producer.clone(), (seq << 16) | i as u64)?;
+            let mut pause = BACKOFF;
+            for attempt in 1..=APPEND_ATTEMPTS {
+                let appended = self
+                    .api
+                    .append(
+                        &output.topic,
+                        vec![output.payload.clone()],
+                        Some(producer.clone()),
+                    )
+                    .await;
+                match appended {
+                    Ok(_) => break,
+                    // Below the newest output committed: committed before.
+                    Err(Error::Log(woof_consensus::Error::ProducerSeq { .. })) => break,
+                    Err(e) if attempt == APPEND_ATTEMPTS || !passing(&e) => {
+                        return Err(Error::Usage(format!(
+                            "element {seq}: appending output {i} to {:?}: {e}",
+                            output.topic
+                        )));
+                    }
+                    Err(e) => {
+                        tracing::debug!(topic = %self.topic, seq, i, attempt, "output append failed: {e}");
+                    }
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => return Err(Error::Usage("stopped".into())),
+                    _ = tokio::time::sleep(pause) => {}
+                }
+                pause *= 2;
+            }
+        }
+        Ok(())
+    }
+
+    async fn record(&self, done: u64) -> Result<bool> {
+        self.api
+            .handler_done(
+                &self.topic,
+                &self.handler.spec.name,
+                self.handler.version,
+                done,
+            )
+            .await
+    }
+}
+
+/// Whether an append that failed this way may succeed if tried again.
+fn passing(e: &Error) -> bool {
+    use woof_consensus::Error as L;
+    match e {
+        Error::Log(L::Network(_) | L::Closed | L::LimitReached(_) | L::Storage(_)) => true,
+        Error::Log(_) | Error::Usage(_) => false,
+        _ => true,
+    }
+}

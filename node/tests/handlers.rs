@@ -1,0 +1,159 @@
+//! Handlers on a cluster of real `woof` processes on loopback: a native
+//! handler bound to a topic runs once for every committed element, in
+//! order, across a SIGKILL of the node that runs it; bad deploys are
+//! refused with their reason.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use woof_proto::v1;
+
+/// Appends `payload` as producer `test` at `seq`, retrying through errors
+/// (a leader change) for up to 30 s: the producer makes retries safe.
+async fn append_surely(client: &mut Client, topic: &str, seq: u64, payload: String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .append(v1::AppendRequest {
+                topic: topic.into(),
+                payload: payload.clone().into_bytes().into(),
+                producer: Some(v1::Producer {
+                    id: "test".into(),
+                    seq,
+                }),
+            })
+            .await;
+        match r {
+            Ok(_) => return,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("append {seq} failed for 30 s: {e}"),
+        }
+    }
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn cli_ok(args: &[&str]) -> String {
+    let out = woof(args);
+    assert!(
+        out.status.success(),
+        "woof {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn cli_refused(args: &[&str]) -> String {
+    let out = woof(args);
+    assert!(!out.status.success(), "woof {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_handler_forwards_every_element_once_across_a_kill_of_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3);
+    let url0 = nodes[0].url.clone();
+    let mut c = connect(&url0).await;
+    create_replicated(&mut c, "in", 3, "").await;
+    create_replicated(&mut c, "out", 3, "").await;
+
+    // Bad deploys say why.
+    let deploy = |name: &str, extra: &[&str]| {
+        let mut args = vec!["--server", &url0, "handler", "deploy", "in", name];
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    let bad = deploy("fwd", &["--native", "nope"]);
+    assert!(cli_refused(&strs(&bad)).contains("no native handler \"nope\""));
+    let bad = deploy("fwd", &["--native", "forward"]);
+    assert!(cli_refused(&strs(&bad)).contains("\"to\""));
+    let bad = deploy(
+        "fwd",
+        &[
+            "--native",
+            "forward",
+            "--config",
+            r#"{"to":"out"}"#,
+            "--placement",
+            "tier(edge)",
+        ],
+    );
+    assert!(cli_refused(&strs(&bad)).contains("placement"));
+    let bad = deploy(
+        "Bad Name",
+        &["--native", "forward", "--config", r#"{"to":"out"}"#],
+    );
+    assert!(cli_refused(&strs(&bad)).contains("handler name"));
+
+    let good = deploy(
+        "fwd",
+        &["--native", "forward", "--config", r#"{"to":"out"}"#],
+    );
+    let said = cli_ok(&strs(&good));
+    assert!(
+        said.contains("deployed handler in/fwd native:forward"),
+        "{said}"
+    );
+    assert!(cli_refused(&strs(&good)).contains("already bound"));
+
+    // Half the elements, then the node that runs the handler (the topic's
+    // leader) is killed; the rest go through another node.
+    let leader = describe(&mut c, "in").await.leader;
+    let victim = nodes
+        .iter()
+        .position(|n| peer_id(&n.url) == leader)
+        .expect("the leader is one of the nodes");
+    let survivor = nodes[(victim + 1) % 3].url.clone();
+    let mut c = connect(&survivor).await;
+    for i in 1..=250u64 {
+        append_surely(&mut c, "in", i, format!("e{i}")).await;
+    }
+    nodes[victim].kill_hard();
+    for i in 251..=500u64 {
+        append_surely(&mut c, "in", i, format!("e{i}")).await;
+    }
+
+    // Every element forwarded, once, in order.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = latest(&mut c, "out").await.last_seq;
+        if last >= 500 || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Longer than a runner needs to write anything it still would.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = scan_all(&mut c, "out", 1).await;
+    let got: Vec<String> = out
+        .iter()
+        .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
+        .collect();
+    let want: Vec<String> = (1..=500).map(|i| format!("e{i}")).collect();
+    assert_eq!(got.len(), 500, "outputs: {:?}...", &got[..got.len().min(5)]);
+    assert_eq!(got, want, "every element once, in order");
+
+    // Its progress is the group's: the list shows it done, from any node.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = cli_ok(&["--server", &survivor, "--json", "handler", "list", "in"]);
+        let h: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
+        if h["done"] == 500 {
+            assert_eq!(h["lag"], 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "progress recorded: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let removed = cli_ok(&["--server", &survivor, "handler", "rm", "in", "fwd"]);
+    assert!(removed.contains("removed handler in/fwd"));
+    let listed = cli_ok(&["--server", &survivor, "handler", "list", "in"]);
+    assert!(listed.trim().is_empty(), "{listed}");
+}
