@@ -22,6 +22,10 @@ use crate::error::{Error, Result};
 use crate::server::Node;
 
 const TOPIC: &str = "farm/north/soil-moisture";
+/// Where the `threshold` handler writes its alerts.
+const ALERTS: &str = "farm/north/alerts";
+/// Where the `forward` handler copies every reading.
+const ARCHIVE: &str = "farm/north/archive";
 const READINGS: u64 = 12;
 
 /// What the steps share.
@@ -269,6 +273,8 @@ async fn steps(d: &mut Demo) -> Result<()> {
         );
     }
 
+    handlers(d).await?;
+
     heading("history: a topic that keeps only its 5 newest elements");
     d.client
         .create_topic(v1::CreateTopicRequest {
@@ -368,7 +374,69 @@ async fn steps(d: &mut Demo) -> Result<()> {
         l.last_seq, next.seq
     );
     failover(d).await?;
-    println!("\ncoming next in woof: handlers, devices.");
+    println!("\ncoming next in woof: Python handlers, placement, devices.");
+    Ok(())
+}
+
+/// Two native handlers on the readings: `threshold` alerts when moisture
+/// rises above 34% (and again when it is back below 32%), `forward` copies
+/// every reading to an archive. Both start with the first reading.
+async fn handlers(d: &mut Demo) -> Result<()> {
+    heading("handlers: code that runs once for every committed reading, on the topic's leader");
+    for topic in [ALERTS, ARCHIVE] {
+        d.client
+            .create_topic(v1::CreateTopicRequest {
+                name: topic.into(),
+                ..Default::default()
+            })
+            .await?;
+    }
+    let deploy = |name: &str, native: &str, config: String| v1::DeployHandlerRequest {
+        handler: Some(v1::Handler {
+            topic: TOPIC.into(),
+            name: name.into(),
+            code: Some(v1::handler::Code::Native(native.into())),
+            config,
+            ..Default::default()
+        }),
+        from_earliest: true,
+        ..Default::default()
+    };
+    for request in [
+        deploy(
+            "dry-alarm",
+            "threshold",
+            format!(r#"{{"to": "{ALERTS}", "field": "moisture_pct", "above": 34, "below": 32}}"#),
+        ),
+        deploy("archive", "forward", format!(r#"{{"to": "{ARCHIVE}"}}"#)),
+    ] {
+        let h = d
+            .client
+            .deploy_handler(request)
+            .await?
+            .into_inner()
+            .handler
+            .unwrap_or_default();
+        println!(
+            "  deployed {} (native {}), from #{}: {}",
+            h.name,
+            match &h.code {
+                Some(v1::handler::Code::Native(n)) => n.as_str(),
+                _ => "?",
+            },
+            h.takes_over_at,
+            h.config
+        );
+    }
+    let handlers = handlers_caught_up(&mut d.client, TOPIC, Duration::from_secs(10)).await?;
+    for h in &handlers {
+        println!("  {}: done #{}, lag {}", h.name, h.done, h.lag);
+    }
+    for (seq, alert) in scan_all(&mut d.client, ALERTS).await? {
+        println!("  {ALERTS} #{seq}: {}", String::from_utf8_lossy(&alert));
+    }
+    let archived = scan_all(&mut d.client, ARCHIVE).await?.len();
+    println!("  {ARCHIVE} holds {archived} copies of the readings");
     Ok(())
 }
 
@@ -437,6 +505,30 @@ async fn failover(d: &mut Demo) -> Result<()> {
             label(n),
             held.last().copied().unwrap_or(0),
             held.len()
+        );
+    }
+    // The handlers ran on the old leader; they moved with the leadership.
+    let mut c = connect(&nodes[0].url()).await?;
+    let handlers = handlers_caught_up(&mut c, TOPIC, Duration::from_secs(15)).await?;
+    let readings: Vec<Vec<u8>> = scan_all(&mut c, TOPIC)
+        .await?
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    let archived: Vec<Vec<u8>> = scan_all(&mut c, ARCHIVE)
+        .await?
+        .into_iter()
+        .map(|e| e.1)
+        .collect();
+    if let Some(h) = handlers.iter().find(|h| h.name == "archive") {
+        println!(
+            "  handler archive moved to the new leader and is done with #{} (lag {}); \
+             {ARCHIVE} holds {} copies of {} readings, in order, none twice: {}",
+            h.done,
+            h.lag,
+            archived.len(),
+            readings.len(),
+            archived == readings
         );
     }
     d.others = nodes;
@@ -509,24 +601,56 @@ async fn describe(client: &mut WoofClient<Channel>, name: &str) -> Result<v1::To
         .unwrap_or_default())
 }
 
-/// Every sequence number the topic holds, by scans.
+/// Every sequence number the demo topic holds, by scans.
 async fn scan_seqs(client: &mut WoofClient<Channel>) -> Result<Vec<u64>> {
-    let mut seqs = Vec::new();
+    Ok(scan_all(client, TOPIC)
+        .await?
+        .into_iter()
+        .map(|e| e.0)
+        .collect())
+}
+
+/// Every element of `topic`: (seq, payload).
+async fn scan_all(client: &mut WoofClient<Channel>, topic: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+    let mut all = Vec::new();
     let mut next = 1;
     loop {
         let r = client
             .scan(v1::ScanRequest {
-                topic: TOPIC.into(),
+                topic: topic.into(),
                 from_seq: next,
                 limit: 1000,
             })
             .await?
             .into_inner();
         if r.elements.is_empty() {
-            return Ok(seqs);
+            return Ok(all);
         }
-        seqs.extend(r.elements.iter().map(|e| e.seq));
+        all.extend(r.elements.into_iter().map(|e| (e.seq, e.payload.to_vec())));
         next = r.next_seq;
+    }
+}
+
+/// Waits (up to `within`) until every handler of `topic` has finished every
+/// element; returns them as they then stand.
+async fn handlers_caught_up(
+    client: &mut WoofClient<Channel>,
+    topic: &str,
+    within: Duration,
+) -> Result<Vec<v1::Handler>> {
+    let deadline = Instant::now() + within;
+    loop {
+        let handlers = client
+            .list_handlers(v1::ListHandlersRequest {
+                topic: topic.into(),
+            })
+            .await?
+            .into_inner()
+            .handlers;
+        if handlers.iter().all(|h| h.lag == 0) || Instant::now() > deadline {
+            return Ok(handlers);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

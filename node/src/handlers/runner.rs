@@ -68,8 +68,13 @@ impl Runner {
     pub async fn run(self, stop: CancellationToken) {
         let (topic, name) = (self.topic.clone(), self.handler.spec.name.clone());
         tracing::info!(%topic, handler = %name, from = self.handler.next(), "handler runs here");
-        if let Err(e) = self.feed(&stop).await {
-            tracing::warn!(%topic, handler = %name, "handler stopped: {e}");
+        match self.feed(&stop).await {
+            Ok(()) => tracing::info!(%topic, handler = %name, "handler stops here"),
+            // The node is stopping, or the topic's replica here closed.
+            Err(Error::Log(woof_consensus::Error::Closed)) => {
+                tracing::info!(%topic, handler = %name, "handler stops with its replica here")
+            }
+            Err(e) => tracing::warn!(%topic, handler = %name, "handler stopped: {e}"),
         }
     }
 
@@ -80,6 +85,7 @@ impl Runner {
         let mut handler =
             native::build(builtin, &self.handler.spec.config).map_err(Error::Usage)?;
         let mut next = self.handler.next();
+        self.warm_up(&mut *handler, next).await?;
         let mut recorded = self.handler.done;
         let mut unrecorded_since: Option<Instant> = None;
         let mut following = self
@@ -121,6 +127,28 @@ impl Runner {
         if next - 1 > recorded {
             // Best effort: a re-run of these writes nothing twice anyway.
             let _ = tokio::time::timeout(Duration::from_secs(1), self.record(next - 1)).await;
+        }
+        Ok(())
+    }
+
+    /// Shows a stateful handler the elements before `next` it asks for.
+    async fn warm_up(&self, handler: &mut dyn native::Native, next: u64) -> Result<()> {
+        let wanted = handler.history().min(native::HISTORY_MAX) as u64;
+        if wanted == 0 || next <= 1 {
+            return Ok(());
+        }
+        let held = self.api.latest(self.topic.as_str()).await?;
+        let mut from = next.saturating_sub(wanted).max(held.first).max(1);
+        while from < next {
+            let limit = (next - from).min(u64::from(u32::MAX)) as u32;
+            let page = self.api.scan(self.topic.as_str(), from, limit).await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            for e in page.iter().filter(|e| e.seq < next) {
+                handler.observe(e.seq, &e.payload);
+            }
+            from = last + 1;
         }
         Ok(())
     }
