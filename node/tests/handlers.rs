@@ -147,6 +147,12 @@ async fn a_native_handler_forwards_every_element_once_across_a_kill_of_its_node(
         let h: serde_json::Value = serde_json::from_str(listed.trim()).unwrap();
         if h["done"] == 500 {
             assert_eq!(h["lag"], 0);
+            // It moved with the leadership, off the killed node.
+            let runs_on = h["runs_on"].as_str().unwrap();
+            assert!(
+                !runs_on.is_empty() && runs_on != leader,
+                "runs on {runs_on}"
+            );
             break;
         }
         assert!(Instant::now() < deadline, "progress recorded: {h}");

@@ -168,6 +168,7 @@ impl Output {
                 "topic": h.topic, "name": h.name, "kind": kind, "native": code,
                 "placement": h.placement, "config": h.config, "version": h.version,
                 "takes_over_at": h.takes_over_at, "done": h.done, "lag": h.lag,
+                "runs_on": h.runs_on,
             }));
         } else {
             let verb = if verb.is_empty() {
@@ -185,8 +186,13 @@ impl Output {
             } else {
                 &h.placement
             };
+            let runs_on = if h.runs_on.is_empty() {
+                "unknown"
+            } else {
+                &h.runs_on
+            };
             self.line(&format!(
-                "{verb}handler {}/{} {code} placement={placement} version={} from={} done={} lag={}",
+                "{verb}handler {}/{} {code} placement={placement} version={} from={} done={} lag={} runs_on={runs_on}",
                 h.topic, h.name, h.version, h.takes_over_at, h.done, h.lag
             ));
         }

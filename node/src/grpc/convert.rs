@@ -99,7 +99,7 @@ pub fn start(s: Option<v1::subscribe_request::Start>) -> Start {
 
 /// A handler as the API shows it; `last` is its topic's last sequence
 /// number, for the lag.
-pub fn handler(topic: &str, h: &Handler, last: u64) -> v1::Handler {
+pub fn handler(topic: &str, h: &Handler, last: u64, runs_on: &str) -> v1::Handler {
     let code = match &h.spec.code {
         Code_::Native(n) => v1::handler::Code::Native(n.clone()),
         Code_::Python(p) => v1::handler::Code::Python(p.clone()),
@@ -114,6 +114,7 @@ pub fn handler(topic: &str, h: &Handler, last: u64) -> v1::Handler {
         takes_over_at: h.takes_over_at,
         done: h.done,
         lag: last.saturating_sub(h.done),
+        runs_on: runs_on.to_string(),
     }
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use woof_consensus::local::SCAN_LIMIT_MAX;
+use woof_consensus::topic::handlers::Handler;
 use woof_proto::v1::{self, woof_server::Woof};
 
 use crate::api::TopicApi;
@@ -60,6 +61,23 @@ impl Service {
             .into_iter()
             .map(convert::topic_info)
             .collect())
+    }
+}
+
+impl Service {
+    /// The answer to a deploy or update: the handler with its lag.
+    async fn deployed(&self, topic: &str, h: &Handler) -> Response<v1::DeployHandlerResponse> {
+        let last = self.topics.latest(topic).await.map_or(0, |r| r.last);
+        let runs_on = self.runs_on(topic).await;
+        Response::new(v1::DeployHandlerResponse {
+            handler: Some(convert::handler(topic, h, last, &runs_on)),
+        })
+    }
+
+    /// Where `topic`'s handlers run now: its leader (placement `leader()`).
+    async fn runs_on(&self, topic: &str) -> String {
+        let view = self.topics.describe(topic).await.ok();
+        view.and_then(|v| v.leader).unwrap_or_default()
     }
 }
 
@@ -224,10 +242,7 @@ impl Woof for Service {
             .deploy_handler(&topic, spec, from)
             .await
             .map_err(status)?;
-        let last = self.topics.latest(&topic).await.map_or(0, |r| r.last);
-        Ok(Response::new(v1::DeployHandlerResponse {
-            handler: Some(convert::handler(&topic, &h, last)),
-        }))
+        Ok(self.deployed(&topic, &h).await)
     }
 
     async fn update_handler(
@@ -241,10 +256,7 @@ impl Woof for Service {
             .update_handler(&topic, spec)
             .await
             .map_err(status)?;
-        let last = self.topics.latest(&topic).await.map_or(0, |r| r.last);
-        Ok(Response::new(v1::DeployHandlerResponse {
-            handler: Some(convert::handler(&topic, &h, last)),
-        }))
+        Ok(self.deployed(&topic, &h).await)
     }
 
     async fn list_handlers(
@@ -253,10 +265,11 @@ impl Woof for Service {
     ) -> Result<Response<v1::ListHandlersResponse>, Status> {
         let topic = request.into_inner().topic;
         let (handlers, last) = self.topics.handlers(&topic).await.map_err(status)?;
+        let runs_on = self.runs_on(&topic).await;
         Ok(Response::new(v1::ListHandlersResponse {
             handlers: handlers
                 .iter()
-                .map(|h| convert::handler(&topic, h, last))
+                .map(|h| convert::handler(&topic, h, last, &runs_on))
                 .collect(),
         }))
     }
