@@ -163,3 +163,76 @@ async fn a_native_handler_forwards_every_element_once_across_a_kill_of_its_node(
     let listed = cli_ok(&["--server", &survivor, "handler", "list", "in"]);
     assert!(listed.trim().is_empty(), "{listed}");
 }
+
+/// A handler whose output is refused (its target topic does not exist) is
+/// parked, with why, on the element it failed on; resumed once the topic
+/// exists, it goes on from there and every element is forwarded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_handler_is_parked_with_its_reason_and_resumes_where_it_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 1);
+    let url = nodes[0].url.clone();
+    let mut c = connect(&url).await;
+    create_replicated(&mut c, "src", 1, "").await;
+    for i in 1..=5u64 {
+        append_surely(&mut c, "src", i, format!("e{i}")).await;
+    }
+    cli_ok(&[
+        "--server",
+        &url,
+        "handler",
+        "deploy",
+        "src",
+        "fwd",
+        "--native",
+        "forward",
+        "--config",
+        r#"{"to":"missing"}"#,
+        "--from",
+        "earliest",
+    ]);
+    let listed = |url: &str| -> serde_json::Value {
+        let out = cli_ok(&[
+            "--server", url, "--json", "handler", "describe", "src", "fwd",
+        ]);
+        serde_json::from_str(out.trim()).unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let parked = loop {
+        let h = listed(&url);
+        if h["parked_at"] != 0 {
+            break h;
+        }
+        assert!(Instant::now() < deadline, "parked within 20 s: {h}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(parked["parked_at"], 1, "{parked}");
+    assert!(
+        parked["parked_error"].as_str().unwrap().contains("missing"),
+        "{parked}"
+    );
+    assert_eq!(parked["done"], 0);
+    assert_eq!(parked["runs_on"], "", "a parked handler runs nowhere");
+    let text = cli_ok(&["--server", &url, "handler", "list", "src"]);
+    assert!(text.contains("PARKED at #1"), "{text}");
+
+    // Parked means parked: more appends, nothing runs.
+    append_surely(&mut c, "src", 6, "e6".into()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(listed(&url)["done"], 0);
+
+    create_replicated(&mut c, "missing", 1, "").await;
+    let resumed = cli_ok(&["--server", &url, "handler", "resume", "src", "fwd"]);
+    assert!(resumed.contains("resumed handler src/fwd"), "{resumed}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while listed(&url)["done"] != 6 {
+        assert!(Instant::now() < deadline, "caught up after the resume");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = scan_all(&mut c, "missing", 1).await;
+    let got: Vec<String> = out
+        .iter()
+        .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(got, (1..=6).map(|i| format!("e{i}")).collect::<Vec<_>>());
+}

@@ -118,7 +118,22 @@ pub struct Handler {
     /// The last element it finished (outputs committed); `takes_over_at - 1`
     /// before the first.
     pub done: u64,
+    /// Set when it failed on an element past its retries: it does not run
+    /// until resumed (or updated).
+    #[serde(default)]
+    pub parked: Option<Parked>,
 }
+
+/// Why a handler stopped running.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Parked {
+    /// The element it failed on.
+    pub seq: u64,
+    pub error: String,
+}
+
+/// The longest error text a parked handler keeps.
+pub const PARKED_ERROR_BYTES_MAX: usize = 1024;
 
 impl Handler {
     /// The next element it runs for.
@@ -143,6 +158,15 @@ pub enum HandlerCommand {
         version: u64,
         done: u64,
     },
+    /// Stops `name` at `version`: it failed on element `seq` past its retries.
+    Park {
+        name: String,
+        version: u64,
+        seq: u64,
+        error: String,
+    },
+    /// Lets a parked handler run again, from the element it failed on.
+    Resume { name: String },
 }
 
 /// What a [`HandlerCommand`] did.
@@ -153,6 +177,8 @@ pub enum HandlerAnswer {
     Removed,
     /// Progress recorded, or (`false`) older than what was recorded.
     Progressed(bool),
+    /// Parked, or (`false`) not: the version had changed.
+    Parked(bool),
 }
 
 /// The handlers of one topic, by name.
@@ -239,6 +265,7 @@ impl Handlers {
                     version: 1,
                     takes_over_at: start,
                     done: start - 1,
+                    parked: None,
                 };
                 self.by_name
                     .insert(handler.spec.name.clone(), handler.clone());
@@ -252,6 +279,7 @@ impl Handlers {
                 h.spec = spec;
                 h.version += 1;
                 h.takes_over_at = h.done + 1;
+                h.parked = None;
                 Ok(HandlerAnswer::Deployed(h.clone()))
             }
             HandlerCommand::Remove { name } => match self.by_name.remove(&name) {
@@ -276,6 +304,35 @@ impl Handlers {
                 }
                 h.done = done;
                 Ok(HandlerAnswer::Progressed(true))
+            }
+            HandlerCommand::Park {
+                name,
+                version,
+                seq,
+                mut error,
+            } => {
+                let Some(h) = self.by_name.get_mut(&name) else {
+                    return Err(not_bound(&name));
+                };
+                if version != h.version {
+                    return Ok(HandlerAnswer::Parked(false));
+                }
+                if error.len() > PARKED_ERROR_BYTES_MAX {
+                    let mut end = PARKED_ERROR_BYTES_MAX;
+                    while !error.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    error.truncate(end);
+                }
+                h.parked = Some(Parked { seq, error });
+                Ok(HandlerAnswer::Parked(true))
+            }
+            HandlerCommand::Resume { name } => {
+                let Some(h) = self.by_name.get_mut(&name) else {
+                    return Err(not_bound(&name));
+                };
+                h.parked = None;
+                Ok(HandlerAnswer::Deployed(h.clone()))
             }
         }
     }
@@ -366,6 +423,40 @@ mod tests {
             HandlerAnswer::Progressed(true)
         );
         assert_eq!(h.get("a").unwrap().done, 8);
+    }
+
+    #[test]
+    fn a_parked_handler_stays_parked_until_resumed_or_updated() {
+        let mut h = Handlers::default();
+        deploy(&mut h, "a", From::Earliest, 10).unwrap();
+        let park = |version| HandlerCommand::Park {
+            name: "a".into(),
+            version,
+            seq: 4,
+            error: "é".repeat(PARKED_ERROR_BYTES_MAX),
+        };
+        assert_eq!(
+            h.decide(park(2), 1, 10).unwrap(),
+            HandlerAnswer::Parked(false)
+        );
+        assert!(
+            h.get("a").unwrap().parked.is_none(),
+            "another version's runner"
+        );
+        assert_eq!(
+            h.decide(park(1), 1, 10).unwrap(),
+            HandlerAnswer::Parked(true)
+        );
+        let parked = h.get("a").unwrap().parked.clone().unwrap();
+        assert_eq!(parked.seq, 4);
+        assert!(parked.error.len() <= PARKED_ERROR_BYTES_MAX);
+        h.decide(HandlerCommand::Resume { name: "a".into() }, 1, 10)
+            .unwrap();
+        assert!(h.get("a").unwrap().parked.is_none());
+        h.decide(park(1), 1, 10).unwrap();
+        h.decide(HandlerCommand::Update { spec: spec("a") }, 1, 10)
+            .unwrap();
+        assert!(h.get("a").unwrap().parked.is_none(), "new code runs");
     }
 
     #[test]

@@ -90,6 +90,36 @@ impl ClusterTopics {
         }
     }
 
+    /// Parks handler `name` at `version`: it failed on element `seq`.
+    pub(crate) async fn park_handler(
+        &self,
+        topic: &TopicName,
+        name: &str,
+        version: u64,
+        seq: u64,
+        error: String,
+    ) -> Result<()> {
+        let command = HandlerCommand::Park {
+            name: name.to_string(),
+            version,
+            seq,
+            error,
+        };
+        self.handler_command(topic.as_str(), command)
+            .await
+            .map(|_| ())
+    }
+
+    /// Lets a parked handler run again, from the element it failed on.
+    pub async fn resume_handler(&self, topic: &str, name: &str) -> Result<Handler> {
+        let command = HandlerCommand::Resume {
+            name: name.to_string(),
+        };
+        self.handler_command(topic, command)
+            .await
+            .and_then(deployed)
+    }
+
     async fn handler_command(&self, topic: &str, command: HandlerCommand) -> Result<HandlerAnswer> {
         let name = TopicName::new(topic)?;
         let (group, members) = self.locate(&name).await?;

@@ -222,6 +222,10 @@ impl TopicApi {
         self.cluster()?.remove_handler(topic, name).await
     }
 
+    pub async fn resume_handler(&self, topic: &str, name: &str) -> Result<Handler> {
+        self.cluster()?.resume_handler(topic, name).await
+    }
+
     /// The handlers bound to `topic`, and its last sequence number.
     pub async fn handlers(&self, topic: &str) -> Result<(Handlers, u64)> {
         self.cluster()?.handlers(topic).await

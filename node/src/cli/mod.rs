@@ -220,6 +220,8 @@ pub enum HandlerCommand {
     Describe { topic: String, name: String },
     /// Unbind a handler.
     Rm { topic: String, name: String },
+    /// Let a parked handler run again, from the element it failed on.
+    Resume { topic: String, name: String },
     /// List the native handlers this CLI's build knows.
     Builtins,
 }
@@ -520,6 +522,13 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                 )));
             };
             out.handler(h, "");
+        }
+        Command::Handler(HandlerCommand::Resume { topic, name }) => {
+            let r = client
+                .resume_handler(v1::RemoveHandlerRequest { topic, name })
+                .await?
+                .into_inner();
+            out.handler(&r.handler.unwrap_or_default(), "resumed");
         }
         Command::Handler(HandlerCommand::Rm { topic, name }) => {
             client

@@ -168,7 +168,7 @@ impl Output {
                 "topic": h.topic, "name": h.name, "kind": kind, "native": code,
                 "placement": h.placement, "config": h.config, "version": h.version,
                 "takes_over_at": h.takes_over_at, "done": h.done, "lag": h.lag,
-                "runs_on": h.runs_on,
+                "runs_on": h.runs_on, "parked_at": h.parked_at, "parked_error": h.parked_error,
             }));
         } else {
             let verb = if verb.is_empty() {
@@ -191,10 +191,17 @@ impl Output {
             } else {
                 &h.runs_on
             };
-            self.line(&format!(
+            let mut line = format!(
                 "{verb}handler {}/{} {code} placement={placement} version={} from={} done={} lag={} runs_on={runs_on}",
                 h.topic, h.name, h.version, h.takes_over_at, h.done, h.lag
-            ));
+            );
+            if h.parked_at > 0 {
+                line.push_str(&format!(
+                    " PARKED at #{}: {} (woof handler resume {} {})",
+                    h.parked_at, h.parked_error, h.topic, h.name
+                ));
+            }
+            self.line(&line);
         }
     }
 

@@ -114,7 +114,18 @@ pub fn handler(topic: &str, h: &Handler, last: u64, runs_on: &str) -> v1::Handle
         takes_over_at: h.takes_over_at,
         done: h.done,
         lag: last.saturating_sub(h.done),
-        runs_on: runs_on.to_string(),
+        // A parked handler runs nowhere.
+        runs_on: if h.parked.is_some() {
+            String::new()
+        } else {
+            runs_on.to_string()
+        },
+        parked_at: h.parked.as_ref().map_or(0, |p| p.seq),
+        parked_error: h
+            .parked
+            .as_ref()
+            .map(|p| p.error.clone())
+            .unwrap_or_default(),
     }
 }
 

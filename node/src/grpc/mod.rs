@@ -274,6 +274,19 @@ impl Woof for Service {
         }))
     }
 
+    async fn resume_handler(
+        &self,
+        request: Request<v1::RemoveHandlerRequest>,
+    ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
+        let r = request.into_inner();
+        let h = self
+            .topics
+            .resume_handler(&r.topic, &r.name)
+            .await
+            .map_err(status)?;
+        Ok(self.deployed(&r.topic, &h).await)
+    }
+
     async fn remove_handler(
         &self,
         request: Request<v1::RemoveHandlerRequest>,

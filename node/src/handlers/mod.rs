@@ -114,7 +114,7 @@ impl Supervisor {
             let Some(handlers) = self.api.local_handlers(&topic) else {
                 continue;
             };
-            for h in handlers.iter() {
+            for h in handlers.iter().filter(|h| h.parked.is_none()) {
                 let key = Key {
                     topic: topic.clone(),
                     handler: h.spec.name.clone(),

@@ -63,7 +63,8 @@ impl Runner {
         }
     }
 
-    /// Runs until `stop`, or until the handler fails past its retries (the
+    /// Runs until `stop`; until an element fails past its retries (the
+    /// handler is parked); or until a failure that may pass (the
     /// supervisor starts it again later, from its recorded progress).
     pub async fn run(self, stop: CancellationToken) {
         let (topic, name) = (self.topic.clone(), self.handler.spec.name.clone());
@@ -105,11 +106,27 @@ impl Runner {
                 if element.seq < next {
                     continue;
                 }
-                let outputs = self
-                    .handle(&mut *handler, element.seq, &element.payload, stop)
-                    .await?;
-                self.emit(element.seq, outputs, stop).await?;
-                next = element.seq + 1;
+                let seq = element.seq;
+                let done = match self
+                    .handle(&mut *handler, seq, &element.payload, stop)
+                    .await
+                {
+                    Ok(outputs) => self.emit(seq, outputs, stop).await,
+                    Err(failure) => Err(failure),
+                };
+                match done {
+                    Ok(()) => {}
+                    Err(Failure::Stopped) => break,
+                    Err(Failure::Passing(e)) => return Err(e),
+                    Err(Failure::Element(why)) => {
+                        // What it finished stays finished; it resumes here.
+                        if next - 1 > recorded {
+                            self.record(next - 1).await?;
+                        }
+                        return self.park(seq, why).await;
+                    }
+                }
+                next = seq + 1;
                 unrecorded_since.get_or_insert_with(Instant::now);
             }
             let done = next - 1;
@@ -153,6 +170,20 @@ impl Runner {
         Ok(())
     }
 
+    /// Stops the handler in its group, with why, until someone resumes it.
+    async fn park(&self, seq: u64, why: String) -> Result<()> {
+        tracing::warn!(topic = %self.topic, handler = %self.handler.spec.name, seq, "handler parked: {why}");
+        self.api
+            .park_handler(
+                &self.topic,
+                &self.handler.spec.name,
+                self.handler.version,
+                seq,
+                why,
+            )
+            .await
+    }
+
     /// The handler's outputs for one element, retried with backoff if it fails.
     async fn handle(
         &self,
@@ -160,14 +191,14 @@ impl Runner {
         seq: u64,
         payload: &[u8],
         stop: &CancellationToken,
-    ) -> Result<Vec<Output>> {
+    ) -> Result<Vec<Output>, Failure> {
         let mut pause = BACKOFF;
         let mut attempt = 0;
         loop {
             attempt += 1;
             match handler.handle(seq, payload) {
                 Ok(outputs) if outputs.len() > OUTPUTS_MAX => {
-                    return Err(Error::Usage(format!(
+                    return Err(Failure::Element(format!(
                         "element {seq} gave {} outputs; at most {OUTPUTS_MAX}",
                         outputs.len()
                     )));
@@ -176,12 +207,14 @@ impl Runner {
                 Err(e) => {
                     tracing::warn!(topic = %self.topic, handler = %self.handler.spec.name, seq, attempt, "handler failed: {e}");
                     if attempt == HANDLE_ATTEMPTS {
-                        return Err(Error::Usage(format!("element {seq}: {e}")));
+                        return Err(Failure::Element(format!(
+                            "element {seq}, {attempt} attempts: {e}"
+                        )));
                     }
                 }
             }
             tokio::select! {
-                _ = stop.cancelled() => return Err(Error::Usage("stopped".into())),
+                _ = stop.cancelled() => return Err(Failure::Stopped),
                 _ = tokio::time::sleep(pause) => {}
             }
             pause *= 2;
@@ -189,14 +222,20 @@ impl Runner {
     }
 
     /// Appends the outputs of element `seq`, one at a time, each under its key.
-    async fn emit(&self, seq: u64, outputs: Vec<Output>, stop: &CancellationToken) -> Result<()> {
+    async fn emit(
+        &self,
+        seq: u64,
+        outputs: Vec<Output>,
+        stop: &CancellationToken,
+    ) -> Result<(), Failure> {
         if seq >= 1 << 47 {
-            return Err(Error::Usage(format!(
+            return Err(Failure::Element(format!(
                 "element {seq} is beyond what output keys number"
             )));
         }
         for (i, output) in outputs.into_iter().enumerate() {
-            let producer = Producer::new(self.producer.clone(), (seq << 16) | i as u64)?;
+            let producer = Producer::new(self.producer.clone(), (seq << 16) | i as u64)
+                .map_err(|e| Failure::Element(e.to_string()))?;
             let mut pause = BACKOFF;
             for attempt in 1..=APPEND_ATTEMPTS {
                 let appended = self
@@ -211,18 +250,19 @@ impl Runner {
                     Ok(_) => break,
                     // Below the newest output committed: committed before.
                     Err(Error::Log(woof_consensus::Error::ProducerSeq { .. })) => break,
-                    Err(e) if attempt == APPEND_ATTEMPTS || !passing(&e) => {
-                        return Err(Error::Usage(format!(
+                    Err(e) if !passing(&e) => {
+                        return Err(Failure::Element(format!(
                             "element {seq}: appending output {i} to {:?}: {e}",
                             output.topic
                         )));
                     }
+                    Err(e) if attempt == APPEND_ATTEMPTS => return Err(Failure::Passing(e)),
                     Err(e) => {
                         tracing::debug!(topic = %self.topic, seq, i, attempt, "output append failed: {e}");
                     }
                 }
                 tokio::select! {
-                    _ = stop.cancelled() => return Err(Error::Usage("stopped".into())),
+                    _ = stop.cancelled() => return Err(Failure::Stopped),
                     _ = tokio::time::sleep(pause) => {}
                 }
                 pause *= 2;
@@ -241,6 +281,18 @@ impl Runner {
             )
             .await
     }
+}
+
+/// Why one element was not finished.
+enum Failure {
+    /// The runner was told to stop.
+    Stopped,
+    /// Something that may pass (the network, a leader change): the runner
+    /// stops, and starts again later where it stopped.
+    Passing(Error),
+    /// The element itself fails (the handler raises, an output is refused):
+    /// the handler is parked.
+    Element(String),
 }
 
 /// Whether an append that failed this way may succeed if tried again.
