@@ -374,6 +374,22 @@ impl Topics {
         Some(topic.replica.as_ref()?.handlers.subscribe())
     }
 
+    /// The replicas here whose handlers (those not parked) have not yet
+    /// finished every element applied here: their groups must not sleep,
+    /// or the handlers would wait for the next client request.
+    pub fn handlers_behind(&self) -> std::collections::HashSet<TopicId> {
+        self.registry()
+            .values()
+            .filter_map(|t| {
+                let replica = t.replica.as_ref()?;
+                let last = t.published.borrow().range.last;
+                let handlers = replica.handlers.borrow();
+                let behind = handlers.iter().any(|h| h.parked.is_none() && h.done < last);
+                behind.then_some(t.meta.id)
+            })
+            .collect()
+    }
+
     /// Whether `name` is a replica of a Raft group's topic here, and its id.
     pub fn replica_id(&self, name: &TopicName) -> Option<TopicId> {
         let registry = self.registry();

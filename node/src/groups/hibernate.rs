@@ -27,6 +27,7 @@ use openraft::Raft;
 use tokio::time::Instant;
 use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::GroupId;
+use woof_consensus::topic::TopicId;
 use woof_consensus::topic::directory::DIRECTORY;
 use woof_overlay::PeerId;
 
@@ -71,14 +72,19 @@ impl LeaderView {
 }
 
 /// Whether `me` leads a group that may sleep: it served no client for
-/// [`SLEEP_AFTER`] (as of `now`), applied all it logged, and every voter's
-/// log matches its own (so nobody needs anything from a leader).
+/// [`SLEEP_AFTER`] (as of `now`), applied all it logged, every voter's log
+/// matches its own (so nobody needs anything from a leader), and none of
+/// its topic's handlers is behind (they run only while it is awake).
 pub(super) fn is_idle_leader(
     view: &LeaderView,
     me: u64,
     last_used: Option<Instant>,
     now: Instant,
+    handlers_behind: bool,
 ) -> bool {
+    if handlers_behind {
+        return false;
+    }
     if last_used.is_some_and(|t| now.saturating_duration_since(t) < SLEEP_AFTER) {
         return false;
     }
@@ -195,6 +201,7 @@ pub(super) async fn supervise(groups: Groups) {
         }
         groups.refresh_suspects().await;
         let now = Instant::now();
+        let behind = groups.topics.handlers_behind();
         let idle: Vec<(GroupId, Raft<TypeConfig>)> = groups
             .slots
             .all_running()
@@ -202,9 +209,16 @@ pub(super) async fn supervise(groups: Groups) {
             // The name directory stays awake: its leader publishes where
             // it is and grows it to full strength (repair).
             .filter(|(group, _)| *group != DIRECTORY)
-            .filter(|(_, r)| {
+            .filter(|(group, r)| {
                 let view = LeaderView::of(&r.handle.raft.metrics().borrow());
-                is_idle_leader(&view, groups.node_id, Some(r.last_used), now)
+                let handlers_behind = behind.contains(&TopicId(group.0));
+                is_idle_leader(
+                    &view,
+                    groups.node_id,
+                    Some(r.last_used),
+                    now,
+                    handlers_behind,
+                )
             })
             .take(SLEEP_GROUPS_MAX)
             .map(|(g, r)| (g, r.handle.raft))
@@ -260,16 +274,25 @@ mod tests {
             &caught_up(),
             ME,
             Some(now - SLEEP_AFTER),
-            now
+            now,
+            false
         ));
-        assert!(is_idle_leader(&caught_up(), ME, None, now));
+        assert!(is_idle_leader(&caught_up(), ME, None, now, false));
+        // A handler still behind keeps it up.
+        assert!(!is_idle_leader(&caught_up(), ME, None, now, true));
     }
 
     #[tokio::test]
     async fn a_recently_used_group_is_not_idle() {
         let now = Instant::now() + SLEEP_AFTER * 2;
         let just_before = now - SLEEP_AFTER + Duration::from_millis(1);
-        assert!(!is_idle_leader(&caught_up(), ME, Some(just_before), now));
+        assert!(!is_idle_leader(
+            &caught_up(),
+            ME,
+            Some(just_before),
+            now,
+            false
+        ));
     }
 
     #[tokio::test]
@@ -279,12 +302,12 @@ mod tests {
             leader: Some(ME + 1),
             ..caught_up()
         };
-        assert!(!is_idle_leader(&follower, ME, None, now));
+        assert!(!is_idle_leader(&follower, ME, None, now, false));
         let leaderless = LeaderView {
             leader: None,
             ..caught_up()
         };
-        assert!(!is_idle_leader(&leaderless, ME, None, now));
+        assert!(!is_idle_leader(&leaderless, ME, None, now, false));
     }
 
     #[tokio::test]
@@ -294,23 +317,23 @@ mod tests {
             last_applied: Some(11),
             ..caught_up()
         };
-        assert!(!is_idle_leader(&unapplied, ME, None, now));
+        assert!(!is_idle_leader(&unapplied, ME, None, now, false));
         let behind = LeaderView {
             matched: Some(vec![Some(12), Some(11)]),
             ..caught_up()
         };
-        assert!(!is_idle_leader(&behind, ME, None, now));
+        assert!(!is_idle_leader(&behind, ME, None, now, false));
         let unknown = LeaderView {
             matched: Some(vec![Some(12), None]),
             ..caught_up()
         };
-        assert!(!is_idle_leader(&unknown, ME, None, now));
+        assert!(!is_idle_leader(&unknown, ME, None, now, false));
         let alone = LeaderView {
             matched: None,
             ..caught_up()
         };
         assert!(
-            is_idle_leader(&alone, ME, None, now),
+            is_idle_leader(&alone, ME, None, now, false),
             "a single-voter group"
         );
     }
