@@ -36,6 +36,7 @@
 mod append;
 mod failover;
 mod floor;
+mod handlers;
 mod nats;
 mod netns;
 mod nodes;
@@ -123,6 +124,14 @@ enum Workload {
         /// Also run the same cases on a peer, side by side, with ratios.
         #[arg(long, value_enum)]
         peer: Option<Peer>,
+    },
+    /// A native `forward` handler on a 3-node cluster, its topics with 1
+    /// and 3 replicas: the time from an append to its copy reaching a
+    /// subscriber, and handler invocations a second over a burst.
+    Handlers {
+        /// 3 s and 2,000 elements per case instead of 20 s and 20,000.
+        #[arg(long)]
+        quick: bool,
     },
     /// One topic's Raft group on RocksDB, its replicas in this process and
     /// no network between them: what a replicated append costs below the
@@ -249,6 +258,7 @@ fn run(
             quick,
             matches!(peer, Some(Peer::Nats)),
         ))?,
+        Workload::Handlers { quick } => runtime.block_on(handlers::run(&woof, quick))?,
         Workload::Floor { replicas, appends } => runtime.block_on(floor::run(replicas, appends))?,
         Workload::Scale {
             topics,

@@ -137,7 +137,7 @@ async fn measure(
 
 /// The latency rows of a case, and a failed check for any subscriber that
 /// did not see everything in order.
-fn summarize(report: &mut Report, case: &str, seen: Vec<Seen>) -> anyhow::Result<()> {
+pub(crate) fn summarize(report: &mut Report, case: &str, seen: Vec<Seen>) -> anyhow::Result<()> {
     let mut h = Histogram::<u64>::new(3)?;
     let mut problems = Vec::new();
     let transient: u64 = seen.iter().map(|s| s.transient_errors).sum();
@@ -234,7 +234,7 @@ async fn peer_cases(report: &mut Report, secs: u64) -> anyhow::Result<()> {
 
 /// Subscribes to `topic` at `url` from `from` and collects `count` elements
 /// in a task of its own; returns once the subscription is open.
-async fn subscriber(
+pub(crate) async fn subscriber(
     url: &str,
     topic: &str,
     from: u64,
