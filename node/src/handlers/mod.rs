@@ -36,6 +36,9 @@ use crate::shutdown::Shutdown;
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
 /// How long a runner that failed waits before it is started again.
 const RESTART_AFTER: Duration = Duration::from_secs(5);
+/// The most handlers one node runs at once; past this, the rest wait (and
+/// their groups stay awake, so they run once others finish or move).
+pub const RUNNERS_MAX: usize = 10_000;
 
 /// Checks what a deploy or update carries beyond names and sizes: that the
 /// code exists and its config suits it, and that the placement is known.
@@ -78,6 +81,8 @@ pub struct Supervisor {
     running: HashMap<Key, (CancellationToken, tokio::task::JoinHandle<()>)>,
     /// Runners that ended on their own (a failure), and when.
     failed: HashMap<Key, tokio::time::Instant>,
+    /// Whether it said it is at [`RUNNERS_MAX`] (said once, not each step).
+    full: bool,
 }
 
 impl Supervisor {
@@ -89,6 +94,7 @@ impl Supervisor {
             shutdown: shutdown.clone(),
             running: HashMap::new(),
             failed: HashMap::new(),
+            full: false,
         };
         shutdown.spawn(me.run());
     }
@@ -142,10 +148,21 @@ impl Supervisor {
             if self.running.contains_key(&key) || self.failed.contains_key(&key) {
                 continue;
             }
+            if self.running.len() >= RUNNERS_MAX {
+                if !self.full {
+                    tracing::warn!(
+                        max = RUNNERS_MAX,
+                        "this node runs as many handlers as it may"
+                    );
+                }
+                self.full = true;
+                return;
+            }
             let token = CancellationToken::new();
             let runner = runner::Runner::new(self.api.clone(), group, key.topic.clone(), handler);
             let task = self.shutdown.spawn(runner.run(token.clone()));
             self.running.insert(key, (token, task));
         }
+        self.full = false;
     }
 }
