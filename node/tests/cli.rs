@@ -297,6 +297,11 @@ fn the_demo_runs_and_shows_each_step() {
         "replicated 3 times",
         "a new leader took over",
         "acknowledged but missing: 0",
+        "dry-alarm: done #12, lag 0",
+        "archive: done #12, lag 0",
+        r#""alert":"above""#,
+        "farm/north/archive holds 12 copies of the readings",
+        "in order, none twice: true",
         "cleaned up",
     ] {
         assert!(
