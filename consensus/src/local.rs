@@ -374,6 +374,18 @@ impl Topics {
         Some(topic.replica.as_ref()?.handlers.subscribe())
     }
 
+    /// The replicas here that have handlers bound, with them: what a node
+    /// looks at to run handlers, without touching the other topics' state.
+    pub fn handled(&self) -> Vec<(TopicId, TopicName, Arc<Handlers>)> {
+        self.registry()
+            .values()
+            .filter_map(|t| {
+                let handlers = t.replica.as_ref()?.handlers.borrow().clone();
+                (!handlers.is_empty()).then(|| (t.meta.id, t.meta.name.clone(), handlers))
+            })
+            .collect()
+    }
+
     /// The replicas here whose handlers (those not parked) have not yet
     /// finished every element applied here: their groups must not sleep,
     /// or the handlers would wait for the next client request.

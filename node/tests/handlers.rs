@@ -8,31 +8,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use woof_proto::v1;
 
-/// Appends `payload` as producer `test` at `seq`, retrying through errors
-/// (a leader change) for up to 30 s: the producer makes retries safe.
 async fn append_surely(client: &mut Client, topic: &str, seq: u64, payload: String) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = client
-            .append(v1::AppendRequest {
-                topic: topic.into(),
-                payload: payload.clone().into_bytes().into(),
-                producer: Some(v1::Producer {
-                    id: "test".into(),
-                    seq,
-                }),
-            })
-            .await;
-        match r {
-            Ok(_) => return,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => panic!("append {seq} failed for 30 s: {e}"),
-        }
-    }
+    append_retrying(client, topic, "test", seq, &payload).await;
 }
 
 fn strs(v: &[String]) -> Vec<&str> {

@@ -18,6 +18,9 @@ pub const HANDLER_NAME_BYTES_MAX: usize = 64;
 pub const HANDLER_CODE_BYTES_MAX: usize = 64 * 1024;
 /// The largest handler config (JSON text).
 pub const HANDLER_CONFIG_BYTES_MAX: usize = 16 * 1024;
+/// Handlers run for elements below this (their outputs' keys number the
+/// element in 47 bits).
+pub const SEQ_MAX: u64 = 1 << 47;
 /// The longest placement expression.
 pub const PLACEMENT_BYTES_MAX: usize = 1024;
 
@@ -258,6 +261,11 @@ impl Handlers {
                             "sequence numbers start at 1; 0 is not one".into(),
                         ));
                     }
+                    From::Seq(s) if s >= SEQ_MAX => {
+                        return Err(Error::InvalidArgument(format!(
+                            "a handler starts at a sequence number below {SEQ_MAX}, not {s}"
+                        )));
+                    }
                     From::Seq(s) => s,
                 };
                 let handler = Handler {
@@ -376,6 +384,7 @@ mod tests {
         assert_eq!(deploy(&mut h, "b", From::Earliest, 10).unwrap().next(), 1);
         assert_eq!(deploy(&mut h, "c", From::Seq(5), 10).unwrap().next(), 5);
         assert!(deploy(&mut h, "d", From::Seq(0), 10).is_err());
+        assert!(deploy(&mut h, "d", From::Seq(SEQ_MAX), 10).is_err());
         assert!(deploy(&mut h, "a", From::Next, 10).is_err(), "name taken");
         assert!(deploy(&mut h, "Bad Name", From::Next, 10).is_err());
         assert_eq!(h.len(), 3);

@@ -2,8 +2,6 @@
 //! (through the topic's group, so every replica knows them), reading them,
 //! and recording how far one got.
 
-use std::sync::Arc;
-
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::topic::TopicName;
 use woof_consensus::topic::handlers::{
@@ -61,10 +59,9 @@ impl ClusterTopics {
         }
     }
 
-    /// The handlers of `name` as this node's replica applied them, if it
-    /// holds one.
-    pub(crate) fn local_handlers(&self, name: &TopicName) -> Option<Arc<Handlers>> {
-        Some(self.topics.handlers(name)?.borrow().clone())
+    /// The topics this node holds replicas of.
+    pub(crate) fn local_topics(&self) -> &woof_consensus::Topics {
+        &self.topics
     }
 
     /// Records that handler `name` at `version` finished every element of

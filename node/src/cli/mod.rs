@@ -251,17 +251,18 @@ impl HandlerCode {
         let code = match (self.native, self.python) {
             (Some(n), _) => v1::handler::Code::Native(n),
             (None, Some(path)) => {
-                let source = std::fs::read(&path).map_err(|e| Error::Io {
+                let io = |e| Error::Io {
                     context: format!("reading {}", path.display()),
                     source: e,
-                })?;
-                if source.len() > HANDLER_CODE_BYTES_MAX {
+                };
+                let size = std::fs::metadata(&path).map_err(io)?.len();
+                if size > HANDLER_CODE_BYTES_MAX as u64 {
                     return Err(Error::Usage(format!(
-                        "{} is {} bytes; handler source is at most {HANDLER_CODE_BYTES_MAX}",
-                        path.display(),
-                        source.len()
+                        "{} is {size} bytes; handler source is at most {HANDLER_CODE_BYTES_MAX}",
+                        path.display()
                     )));
                 }
+                let source = std::fs::read(&path).map_err(io)?;
                 let source = String::from_utf8(source)
                     .map_err(|_| Error::Usage(format!("{} is not UTF-8 text", path.display())))?;
                 v1::handler::Code::Python(source)

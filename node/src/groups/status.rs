@@ -9,7 +9,7 @@ use openraft::{BasicNode, Raft};
 use woof_consensus::TopicInfo;
 use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::GroupId;
-use woof_consensus::topic::{TopicId, TopicName};
+use woof_consensus::topic::TopicId;
 use woof_overlay::PeerId;
 
 use super::Groups;
@@ -46,20 +46,10 @@ impl Groups {
         out
     }
 
-    /// The groups this node leads now, with their topics' names.
-    pub fn leading(&self) -> Vec<(GroupId, TopicName)> {
-        let names: HashMap<TopicId, TopicName> = self
-            .topics
-            .list()
-            .into_iter()
-            .map(|info| (info.meta.id, info.meta.name))
-            .collect();
-        self.slots
-            .all_running()
-            .into_iter()
-            .filter(|(_, r)| r.handle.raft.metrics().borrow().current_leader == Some(self.node_id))
-            .filter_map(|(group, _)| Some((group, names.get(&TopicId(group.0))?.clone())))
-            .collect()
+    /// Whether this node leads `group` now.
+    pub fn leads(&self, group: GroupId) -> bool {
+        self.running(group)
+            .is_some_and(|raft| raft.metrics().borrow().current_leader == Some(self.node_id))
     }
 
     /// This node's replica of `group`, if it holds one whose topic exists.

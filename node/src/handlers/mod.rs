@@ -24,6 +24,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use woof_consensus::store::GroupId;
 use woof_consensus::topic::TopicName;
 use woof_consensus::topic::handlers::{Code, HandlerSpec};
 
@@ -116,10 +117,11 @@ impl Supervisor {
     /// Starts the runners that should run and are not, stops the others.
     fn step(&mut self) {
         let mut wanted = HashMap::new();
-        for (group, topic) in self.groups.leading() {
-            let Some(handlers) = self.api.local_handlers(&topic) else {
+        for (id, topic, handlers) in self.api.local_topics().handled() {
+            let group = GroupId(id.0);
+            if !self.groups.leads(group) {
                 continue;
-            };
+            }
             for h in handlers.iter().filter(|h| h.parked.is_none()) {
                 let key = Key {
                     topic: topic.clone(),

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use woof_consensus::Start;
 use woof_consensus::store::GroupId;
-use woof_consensus::topic::handlers::{Code, Handler};
+use woof_consensus::topic::handlers::{Code, Handler, SEQ_MAX};
 use woof_consensus::topic::{Producer, TopicName};
 
 use super::native::{self, Output};
@@ -228,7 +228,7 @@ impl Runner {
         outputs: Vec<Output>,
         stop: &CancellationToken,
     ) -> Result<(), Failure> {
-        if seq >= 1 << 47 {
+        if seq >= SEQ_MAX {
             return Err(Failure::Element(format!(
                 "element {seq} is beyond what output keys number"
             )));

@@ -467,32 +467,43 @@ pub async fn writer(
             break;
         }
         let payload = format!("w{writer}-{i}");
-        let mut tries = 0;
-        loop {
-            let r = client
-                .append(v1::AppendRequest {
-                    topic: topic.into(),
-                    payload: payload.clone().into_bytes().into(),
-                    producer: Some(v1::Producer {
-                        id: format!("w{writer}"),
-                        seq: i,
-                    }),
-                })
-                .await;
-            match r {
-                Ok(r) => {
-                    acked.push((payload, r.into_inner().seq, Instant::now()));
-                    break;
-                }
-                Err(e) => {
-                    tries += 1;
-                    assert!(tries < 300, "append {payload} kept failing: {e:?}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+        let seq = append_retrying(&mut client, topic, &format!("w{writer}"), i, &payload).await;
+        acked.push((payload, seq, Instant::now()));
+    }
+    acked
+}
+
+/// Appends `payload` as producer `producer` at `seq`, retrying through
+/// errors (a leader change) for up to 15 s: safe, as the producer makes a
+/// retry return the first answer. Returns the element's sequence number.
+pub async fn append_retrying(
+    client: &mut Client,
+    topic: &str,
+    producer: &str,
+    seq: u64,
+    payload: &str,
+) -> u64 {
+    let mut tries = 0;
+    loop {
+        let r = client
+            .append(v1::AppendRequest {
+                topic: topic.into(),
+                payload: payload.to_string().into_bytes().into(),
+                producer: Some(v1::Producer {
+                    id: producer.into(),
+                    seq,
+                }),
+            })
+            .await;
+        match r {
+            Ok(r) => return r.into_inner().seq,
+            Err(e) => {
+                tries += 1;
+                assert!(tries < 300, "append {payload} kept failing: {e:?}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
-    acked
 }
 
 /// Checks a replica's log (from [`stored`]) against what writers were told:
