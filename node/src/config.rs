@@ -41,6 +41,10 @@ pub struct NodeConfig {
     pub info: NodeInfo,
     /// How it joins a cluster; `None` runs it standalone.
     pub cluster: Option<ClusterConfig>,
+    /// The program that runs Python handlers: `None` is this binary
+    /// (`woof __python-worker`). Tests that run a node inside their own
+    /// process point it at the `woof` binary.
+    pub python_worker: Option<PathBuf>,
 }
 
 /// Overlay settings of a node that is part of a cluster.
@@ -227,6 +231,7 @@ impl NodeConfig {
             grpc_listen,
             info,
             cluster,
+            python_worker: None,
         })
     }
 
@@ -237,6 +242,7 @@ impl NodeConfig {
             grpc_listen,
             info: NodeInfo::new(Tier::Edge),
             cluster: None,
+            python_worker: None,
         }
     }
 }

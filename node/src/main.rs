@@ -6,6 +6,11 @@ use woof_node::config::{ConfigFile, NodeConfig};
 use woof_node::server::Node;
 
 fn main() -> std::process::ExitCode {
+    // A node starts its own binary again to run a Python handler in a
+    // sandboxed process (ADR 12); that process does nothing else.
+    if std::env::args_os().nth(1).as_deref() == Some(woof_python::WORKER_ARG.as_ref()) {
+        return std::process::ExitCode::from(woof_python::worker::serve().clamp(0, 255) as u8);
+    }
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

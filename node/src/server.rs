@@ -200,8 +200,11 @@ impl Node {
                 let held = groups.load_all().await?;
                 tracing::info!(groups = held, "raft groups loaded (each runs when used)");
                 let me = client.peer_id();
-                let api =
+                let mut api =
                     ClusterTopics::new(topics, groups.clone(), Arc::new(client), self.info.clone());
+                if let Some(program) = &config.python_worker {
+                    api = api.with_python_worker(program.clone());
+                }
                 // The cluster's first node makes its name directory (the
                 // others are added to it by repair as they join).
                 if cluster.join.is_empty() {

@@ -169,7 +169,12 @@ impl Worker {
 
 fn why(status: Option<ExitStatus>, stderr: &str, memory_bytes: u64) -> String {
     use std::os::unix::process::ExitStatusExt;
-    let last = stderr.lines().last().unwrap_or("").trim();
+    let last = stderr
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("note:"))
+        .unwrap_or("");
     let said = if last.is_empty() {
         String::new()
     } else {

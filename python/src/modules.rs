@@ -69,7 +69,10 @@ fn import(args: FuncArgs, vm: &VirtualMachine) -> PyResult {
     let name = args
         .args
         .first()
-        .and_then(|n| n.downcast_ref::<PyStr>().map(|s| s.to_string_lossy().into_owned()))
+        .and_then(|n| {
+            n.downcast_ref::<PyStr>()
+                .map(|s| s.to_string_lossy().into_owned())
+        })
         .ok_or_else(|| vm.new_type_error("__import__() needs a module name"))?;
     let level = args
         .args
@@ -107,7 +110,9 @@ fn from_source(vm: &VirtualMachine, name: &str, source: &str) -> PyResult<PyObje
         )
         .map_err(|e| vm.new_syntax_error(&e, Some(source)))?;
     let scope = vm.new_scope_with_builtins();
-    scope.globals.set_item("__name__", vm.ctx.new_str(name).into(), vm)?;
+    scope
+        .globals
+        .set_item("__name__", vm.ctx.new_str(name).into(), vm)?;
     vm.run_code_obj(code, scope.clone())?;
     Ok(vm.new_module(name, scope.globals, None).into())
 }
@@ -210,7 +215,11 @@ fn math(vm: &VirtualMachine) -> PyResult<PyObjectRef> {
                 $name,
                 vm.new_function($name, |x: ArgIntoFloat, vm: &VirtualMachine| {
                     let x = x.into_float();
-                    if x.is_nan() { Ok(x) } else { checked(vm, ($f)(x)) }
+                    if x.is_nan() {
+                        Ok(x)
+                    } else {
+                        checked(vm, ($f)(x))
+                    }
                 })
                 .into(),
             )

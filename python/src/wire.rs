@@ -78,9 +78,18 @@ pub struct Refusal {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ask {
-    Get { topic: String, seq: u64 },
-    Latest { topic: String },
-    Scan { topic: String, from: u64, limit: u32 },
+    Get {
+        topic: String,
+        seq: u64,
+    },
+    Latest {
+        topic: String,
+    },
+    Scan {
+        topic: String,
+        from: u64,
+        limit: u32,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

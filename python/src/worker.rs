@@ -99,7 +99,9 @@ fn set_limit(resource: libc::__rlimit_resource_t, bytes: u64) {
 fn send(message: &FromWorker) {
     let sent = CHANNEL.with(|c| {
         let mut c = c.borrow_mut();
-        let c = c.as_mut().expect("the channel is set before the interpreter runs");
+        let c = c
+            .as_mut()
+            .expect("the channel is set before the interpreter runs");
         wire::write(&mut c.output, message)
     });
     if sent.is_err() {
@@ -111,7 +113,9 @@ fn send(message: &FromWorker) {
 fn receive() -> Option<ToWorker> {
     CHANNEL.with(|c| {
         let mut c = c.borrow_mut();
-        let c = c.as_mut().expect("the channel is set before the interpreter runs");
+        let c = c
+            .as_mut()
+            .expect("the channel is set before the interpreter runs");
         wire::read(&mut c.input).ok().flatten()
     })
 }
@@ -234,8 +238,12 @@ fn load_handler(vm: &VirtualMachine, load: &Load) -> Result<Loaded, Refusal> {
             .map_err(|e| vm.new_syntax_error(&e, Some(PRELUDE)))?;
         vm.run_code_obj(code, scope.clone())?;
         let printed = scope.globals.get_item("_Printed", vm)?.call((), vm)?;
-        vm.sys_module.as_object().set_attr("stdout", printed.clone(), vm)?;
-        vm.sys_module.as_object().set_attr("stderr", printed.clone(), vm)?;
+        vm.sys_module
+            .as_object()
+            .set_attr("stdout", printed.clone(), vm)?;
+        vm.sys_module
+            .as_object()
+            .set_attr("stderr", printed.clone(), vm)?;
         modules::install(vm)?;
         let config = modules::json_value(vm, &load.config)?;
         let ctx = scope.globals.get_item("Context", vm)?.call(
@@ -326,7 +334,9 @@ fn invoke(vm: &VirtualMachine, loaded: &Loaded, seq: u64, payload: Vec<u8>) -> O
 fn with_outcome<R>(f: impl FnOnce(&mut Outcome, &mut usize) -> R) -> R {
     CHANNEL.with(|c| {
         let mut c = c.borrow_mut();
-        let c = c.as_mut().expect("the channel is set before the interpreter runs");
+        let c = c
+            .as_mut()
+            .expect("the channel is set before the interpreter runs");
         f(&mut c.outcome, &mut c.output_bytes)
     })
 }
@@ -452,9 +462,7 @@ fn ctx_scan(args: FuncArgs, vm: &VirtualMachine) -> PyResult {
     let (topic, from, limit): (PyObjectRef, u64, u32) = args.bind(vm)?;
     let topic = topic_name(topic, vm)?;
     if limit == 0 || limit > SCAN_MAX {
-        return Err(vm.new_value_error(format!(
-            "ctx.scan(): limit must be 1 to {SCAN_MAX}"
-        )));
+        return Err(vm.new_value_error(format!("ctx.scan(): limit must be 1 to {SCAN_MAX}")));
     }
     match ask(Ask::Scan { topic, from, limit }, vm)? {
         Answer::Elements(elements) => Ok(vm

@@ -167,10 +167,14 @@ async fn bad_source_is_refused_with_its_line() {
         .expect("a module that raises is refused");
     assert!(raises.message.contains("not allowed"), "{raises:?}");
 
-    let loops = Worker::start(program(), load("while True:\n    pass\n"), Limits::default())
-        .await
-        .err()
-        .expect("a module that never finishes loading is refused");
+    let loops = Worker::start(
+        program(),
+        load("while True:\n    pass\n"),
+        Limits::default(),
+    )
+    .await
+    .err()
+    .expect("a module that never finishes loading is refused");
     assert!(matches!(loops, Error::Overran(_)), "{loops}");
 }
 
@@ -202,7 +206,9 @@ async fn hostile_handlers_fail_alone_and_a_new_worker_runs_at_full_speed() {
         time: Duration::from_millis(500),
         memory_bytes: 64 << 20,
     };
-    let mut good = Worker::start(program(), load(DOUBLE), limits).await.unwrap();
+    let mut good = Worker::start(program(), load(DOUBLE), limits)
+        .await
+        .unwrap();
     let timing = async |good: &mut Worker| {
         let started = Instant::now();
         for seq in 1..=300u64 {
@@ -218,8 +224,15 @@ async fn hostile_handlers_fail_alone_and_a_new_worker_runs_at_full_speed() {
             .await
             .unwrap_or_else(|e| panic!("{body}: {e}"));
         let said = match bad.invoke(1, b"", &mut Fixed).await {
-            Ok(Outcome { error: Some(error), outputs, .. }) => {
-                assert!(outputs.is_empty(), "{body}: a failed invocation appends nothing");
+            Ok(Outcome {
+                error: Some(error),
+                outputs,
+                ..
+            }) => {
+                assert!(
+                    outputs.is_empty(),
+                    "{body}: a failed invocation appends nothing"
+                );
                 error
             }
             Ok(outcome) => panic!("{body}: it did not fail: {outcome:?}"),

@@ -20,7 +20,7 @@ impl ClusterTopics {
         spec: HandlerSpec,
         from: From,
     ) -> Result<Handler> {
-        crate::handlers::check(&spec)?;
+        crate::handlers::check(&spec, topic, &self.python).await?;
         self.handler_command(topic, HandlerCommand::Deploy { spec, from })
             .await
             .and_then(deployed)
@@ -28,7 +28,7 @@ impl ClusterTopics {
 
     /// Replaces a handler's code, placement or config.
     pub async fn update_handler(&self, topic: &str, spec: HandlerSpec) -> Result<Handler> {
-        crate::handlers::check(&spec)?;
+        crate::handlers::check(&spec, topic, &self.python).await?;
         self.handler_command(topic, HandlerCommand::Update { spec })
             .await
             .and_then(deployed)

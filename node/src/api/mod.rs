@@ -338,6 +338,8 @@ pub struct ClusterTopics {
     locations: Arc<Mutex<HashMap<TopicName, Location>>>,
     /// Serialises creating and deleting each name through this node.
     admin: Arc<Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<()>>>>>,
+    /// How this node runs Python handlers (and checks them at deploy).
+    python: crate::handlers::code::Python,
 }
 
 /// A source of random numbers, passed in so that a simulation can seed it.
@@ -363,7 +365,23 @@ impl ClusterTopics {
             random,
             locations: Arc::default(),
             admin: Arc::default(),
+            python: crate::handlers::code::Python::this_binary(),
         }
+    }
+
+    /// Runs Python handlers with `program` instead of this binary.
+    pub fn with_python_worker(mut self, program: std::path::PathBuf) -> Self {
+        self.python.program = program;
+        self
+    }
+
+    /// This node's name in the cluster (its peer id).
+    pub(crate) fn me(&self) -> String {
+        self.overlay.peer_id().to_string()
+    }
+
+    pub(crate) fn python(&self) -> &crate::handlers::code::Python {
+        &self.python
     }
 
     /// The same on another clock and source of random numbers (the

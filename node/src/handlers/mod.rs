@@ -9,6 +9,8 @@
 //! - [`runner`]: one handler's loop: feed it the elements from where it
 //!   stopped, append its outputs under keys that make a re-run write
 //!   nothing twice, and record how far it got in the topic's group.
+//! - [`code`]: what a runner runs, native or Python (in a sandboxed
+//!   worker process, `woof_python`), behind one call.
 //! - [`native`]: the handlers compiled into the node.
 //!
 //! The definitions and progress are the topic's group state
@@ -17,6 +19,7 @@
 //!
 //! Placement is `leader()` for now: a handler runs on its topic's leader.
 
+pub mod code;
 pub mod native;
 pub mod runner;
 
@@ -42,20 +45,16 @@ const RESTART_AFTER: Duration = Duration::from_secs(5);
 pub const RUNNERS_MAX: usize = 10_000;
 
 /// Checks what a deploy or update carries beyond names and sizes: that the
-/// code exists and its config suits it, and that the placement is known.
-pub fn check(spec: &HandlerSpec) -> Result<()> {
+/// code exists and its config suits it (a Python handler is loaded in a
+/// worker of its own: it must compile, run and define `handle`), and that
+/// the placement is known.
+pub async fn check(spec: &HandlerSpec, topic: &str, python: &code::Python) -> Result<()> {
     spec.check()?;
     match &spec.code {
         Code::Native(name) => {
             native::build(name, &spec.config).map_err(Error::Usage)?;
         }
-        Code::Python(_) => {
-            return Err(Error::Usage(
-                "Python handlers are not available on this node yet: deploy a native one \
-                 (`woof handler builtins`)"
-                    .into(),
-            ));
-        }
+        Code::Python(source) => python.check(spec, topic, source).await?,
     }
     let placement = spec.placement.trim();
     if !placement.is_empty() && placement != "leader()" {

@@ -21,9 +21,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use woof_consensus::Start;
 use woof_consensus::store::GroupId;
-use woof_consensus::topic::handlers::{Code, Handler, SEQ_MAX};
+use woof_consensus::topic::handlers::{Handler, SEQ_MAX};
 use woof_consensus::topic::{Producer, TopicName};
 
+use bytes::Bytes;
+
+use super::code::Engine;
 use super::native::{self, Output};
 use crate::api::ClusterTopics;
 use crate::error::{Error, Result};
@@ -80,13 +83,16 @@ impl Runner {
     }
 
     async fn feed(&self, stop: &CancellationToken) -> Result<()> {
-        let Code::Native(builtin) = &self.handler.spec.code else {
-            return Err(Error::Usage("only native handlers run on this node".into()));
-        };
-        let mut handler =
-            native::build(builtin, &self.handler.spec.config).map_err(Error::Usage)?;
+        let mut engine = Engine::build(
+            &self.handler.spec,
+            self.topic.as_str(),
+            &self.api.me(),
+            self.api.python(),
+        )?;
         let mut next = self.handler.next();
-        self.warm_up(&mut *handler, next).await?;
+        if let Some(native) = engine.native() {
+            self.warm_up(native, next).await?;
+        }
         let mut recorded = self.handler.done;
         let mut unrecorded_since: Option<Instant> = None;
         let mut following = self
@@ -107,10 +113,7 @@ impl Runner {
                     continue;
                 }
                 let seq = element.seq;
-                let done = match self
-                    .handle(&mut *handler, seq, &element.payload, stop)
-                    .await
-                {
+                let done = match self.handle(&mut engine, seq, &element.payload, stop).await {
                     Ok(outputs) => self.emit(seq, outputs, stop).await,
                     Err(failure) => Err(failure),
                 };
@@ -187,16 +190,17 @@ impl Runner {
     /// The handler's outputs for one element, retried with backoff if it fails.
     async fn handle(
         &self,
-        handler: &mut dyn native::Native,
+        engine: &mut Engine,
         seq: u64,
-        payload: &[u8],
+        payload: &Bytes,
         stop: &CancellationToken,
     ) -> Result<Vec<Output>, Failure> {
         let mut pause = BACKOFF;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match handler.handle(seq, payload) {
+            let ran = engine.run(seq, payload, &self.api).await;
+            match ran.outputs {
                 Ok(outputs) if outputs.len() > OUTPUTS_MAX => {
                     return Err(Failure::Element(format!(
                         "element {seq} gave {} outputs; at most {OUTPUTS_MAX}",

@@ -36,7 +36,10 @@ impl TestNode {
 }
 
 pub fn config(dir: &Path) -> NodeConfig {
-    NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap())
+    let mut config = NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
+    // This test process is not `woof`: Python handlers run in the binary.
+    config.python_worker = Some(woof_bin().into());
+    config
 }
 
 pub fn woof_bin() -> &'static str {

@@ -1,0 +1,157 @@
+//! Python handlers on a cluster of real `woof` processes on loopback: each
+//! runs in a sandboxed worker process the node starts from its own binary;
+//! its outputs are written once, in order, across a SIGKILL of the node
+//! that runs it, even mid-element.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn cli(args: &[&str]) -> (bool, String) {
+    let out = woof(args);
+    let text = if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    } else {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    (out.status.success(), text)
+}
+
+/// Deploys `source` as handler `name` of `topic` through the CLI.
+fn deploy(
+    dir: &std::path::Path,
+    url: &str,
+    topic: &str,
+    name: &str,
+    source: &str,
+) -> (bool, String) {
+    let file = dir.join(format!("{name}.py"));
+    std::fs::write(&file, source).unwrap();
+    let file = file.to_string_lossy().into_owned();
+    cli(&[
+        "--server", url, "handler", "deploy", topic, name, "--python", &file,
+    ])
+}
+
+/// Waits until `topic` holds `count` elements, then a little longer (so a
+/// handler that would write too much has the time to), and returns them.
+async fn settle(c: &mut Client, topic: &str, count: u64) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while latest(c, topic).await.last_seq < count {
+        assert!(
+            Instant::now() < deadline,
+            "{topic} reaches {count} elements"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    scan_all(c, topic, 1)
+        .await
+        .iter()
+        .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
+        .collect()
+}
+
+/// The node that leads `topic`, where its handlers run.
+async fn leader_index(c: &mut Client, nodes: &[NodeProcess], topic: &str) -> usize {
+    let leader = describe(c, topic).await.leader;
+    nodes
+        .iter()
+        .position(|n| peer_id(&n.url) == leader)
+        .expect("the leader is one of the nodes")
+}
+
+const DOUBLE: &str = "import json\n\ndef handle(ctx, seq, payload):\n    ctx.append('out', json.dumps(2 * json.loads(payload)))\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_handler_doubles_500_numbers_once_across_a_kill_of_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3);
+    let url0 = nodes[0].url.clone();
+    let mut c = connect(&url0).await;
+    create_replicated(&mut c, "in", 3, "").await;
+    create_replicated(&mut c, "out", 3, "").await;
+
+    // Source that cannot load is refused at deploy, with where and why.
+    let (ok, said) = deploy(
+        dir.path(),
+        &url0,
+        "in",
+        "double",
+        "import json\n\ndef handle(ctx, seq, payload)\n    pass\n",
+    );
+    assert!(!ok && said.contains("line 3"), "{said}");
+    let (ok, said) = deploy(dir.path(), &url0, "in", "double", "import os\n");
+    assert!(!ok && said.contains("not allowed"), "{said}");
+    let (ok, said) = deploy(dir.path(), &url0, "in", "double", "x = 1\n");
+    assert!(!ok && said.contains("handle"), "{said}");
+
+    let (ok, said) = deploy(dir.path(), &url0, "in", "double", DOUBLE);
+    assert!(ok, "{said}");
+    assert!(said.contains("deployed handler in/double python"), "{said}");
+
+    // Half the numbers, then the node that runs the handler (the topic's
+    // leader, so both at once) is killed; the rest go through another node.
+    let victim = leader_index(&mut c, &nodes, "in").await;
+    let mut c = connect(&nodes[(victim + 1) % 3].url.clone()).await;
+    for i in 1..=250u64 {
+        append_retrying(&mut c, "in", "test", i, &i.to_string()).await;
+    }
+    nodes[victim].kill_hard();
+    for i in 251..=500u64 {
+        append_retrying(&mut c, "in", "test", i, &i.to_string()).await;
+    }
+    let got = settle(&mut c, "out", 500).await;
+    let want: Vec<String> = (1..=500u64).map(|i| (2 * i).to_string()).collect();
+    assert_eq!(got.len(), 500, "exactly 500 outputs");
+    assert_eq!(got, want, "every number doubled once, in order");
+}
+
+/// 100 outputs per element, and the handler's node killed while it is in
+/// the middle of an element's outputs: each output is written once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_killed_in_the_middle_of_its_100_outputs_writes_each_once() {
+    const ELEMENTS: u64 = 12;
+    const PER: u64 = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3);
+    let url0 = nodes[0].url.clone();
+    let mut c = connect(&url0).await;
+    create_replicated(&mut c, "in", 3, "").await;
+    create_replicated(&mut c, "out", 3, "").await;
+    let fan = "def handle(ctx, seq, payload):\n    for i in range(100):\n        ctx.append('out', f'{seq}.{i}')\n";
+    let (ok, said) = deploy(dir.path(), &url0, "in", "fan", fan);
+    assert!(ok, "{said}");
+
+    let victim = leader_index(&mut c, &nodes, "in").await;
+    let mut c = connect(&nodes[(victim + 1) % 3].url.clone()).await;
+    for i in 1..=ELEMENTS {
+        append_retrying(&mut c, "in", "test", i, "x").await;
+    }
+    // Kill the handler's node once some outputs are written, at an output
+    // count that is not a whole number of elements.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let written = latest(&mut c, "out").await.last_seq;
+        if written >= 3 * PER + 30 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "outputs are written ({written})");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    nodes[victim].kill_hard();
+    let written_at_kill = latest(&mut c, "out").await.last_seq;
+
+    let got = settle(&mut c, "out", ELEMENTS * PER).await;
+    let want: Vec<String> = (1..=ELEMENTS)
+        .flat_map(|seq| (0..PER).map(move |i| format!("{seq}.{i}")))
+        .collect();
+    assert_eq!(
+        got.len() as u64,
+        ELEMENTS * PER,
+        "every output once (killed at {written_at_kill})"
+    );
+    assert_eq!(got, want, "every output once, in order");
+}
