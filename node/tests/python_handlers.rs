@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use woof_proto::v1;
 
 fn cli(args: &[&str]) -> (bool, String) {
     let out = woof(args);
@@ -110,10 +111,13 @@ async fn a_python_handler_doubles_500_numbers_once_across_a_kill_of_its_node() {
 }
 
 /// 100 outputs per element, and the handler's node killed while it is in
-/// the middle of an element's outputs: each output is written once.
+/// the middle of them: each output is written once. The 120 elements come
+/// in one batch, so the runner appends their 12,000 outputs in entries of
+/// 1,024, whose edges fall inside elements; the kill comes after some
+/// entries and before the last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handler_killed_in_the_middle_of_its_100_outputs_writes_each_once() {
-    const ELEMENTS: u64 = 12;
+    const ELEMENTS: u64 = 120;
     const PER: u64 = 100;
     let dir = tempfile::tempdir().unwrap();
     let mut nodes = start_cluster(dir.path(), 3);
@@ -127,22 +131,28 @@ async fn a_handler_killed_in_the_middle_of_its_100_outputs_writes_each_once() {
 
     let victim = leader_index(&mut c, &nodes, "in").await;
     let mut c = connect(&nodes[(victim + 1) % 3].url.clone()).await;
-    for i in 1..=ELEMENTS {
-        append_retrying(&mut c, "in", "test", i, "x").await;
-    }
-    // Kill the handler's node once some outputs are written, at an output
-    // count that is not a whole number of elements.
+    c.append_batch(v1::AppendBatchRequest {
+        topic: "in".into(),
+        payloads: (0..ELEMENTS).map(|_| "x".into()).collect(),
+        producer: None,
+    })
+    .await
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let written = latest(&mut c, "out").await.last_seq;
-        if written >= 3 * PER + 30 {
+        if written >= 2 * 1024 {
             break;
         }
         assert!(Instant::now() < deadline, "outputs are written ({written})");
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     nodes[victim].kill_hard();
     let written_at_kill = latest(&mut c, "out").await.last_seq;
+    assert!(
+        written_at_kill < ELEMENTS * PER,
+        "killed before the last outputs ({written_at_kill} written)"
+    );
 
     let got = settle(&mut c, "out", ELEMENTS * PER).await;
     let want: Vec<String> = (1..=ELEMENTS)

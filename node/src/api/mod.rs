@@ -684,6 +684,42 @@ impl ClusterTopics {
         self.topics.latest(name.as_str()).ok()
     }
 
+    /// Appends each payload under its own producer key, in order, in one
+    /// log entry: one result for each (a key already written is refused
+    /// with [`woof_consensus::Error::ProducerSeq`] or answered as a
+    /// duplicate, and the others are still appended).
+    pub async fn append_keyed(
+        &self,
+        name: &str,
+        keyed: Vec<(Producer, Bytes)>,
+    ) -> Result<Vec<Result<AppendOutcome>>> {
+        let name = TopicName::new(name)?;
+        let (group, members) = self.locate(&name).await?;
+        let time_ms = self.clock.now_ms();
+        let count = keyed.len();
+        let command = Command::Batch(
+            keyed
+                .into_iter()
+                .map(|(p, payload)| Command::Append {
+                    payloads: vec![payload],
+                    producer: Some((p.id, p.seq)),
+                    time_ms,
+                })
+                .collect(),
+        );
+        match self.write(&name, group, &members, command).await? {
+            CommandResult::Batch(results) if results.len() == count => Ok(results
+                .into_iter()
+                .map(|r| match r {
+                    CommandResult::Appended(outcome) => Ok(outcome),
+                    CommandResult::Refused(e) => Err(Error::Log(named(e, &name))),
+                    other => Err(Error::Internal(format!("appending gave {other:?}"))),
+                })
+                .collect()),
+            other => Err(Error::Internal(format!("keyed appends gave {other:?}"))),
+        }
+    }
+
     pub async fn get(&self, name: &str, seq: u64) -> Result<Element> {
         let name = TopicName::new(name)?;
         // Elements never change: a replica that holds one may answer.

@@ -46,7 +46,17 @@ pub(super) type Shared = Arc<Mutex<Proposer>>;
 fn bytes(command: &Command) -> usize {
     match command {
         Command::Append { payloads, .. } => payloads.iter().map(|p| p.len() + 16).sum(),
+        Command::Batch(commands) => commands.iter().map(bytes).sum(),
         _ => 64,
+    }
+}
+
+/// How many commands of the log entry a proposal takes (a proposal may be
+/// a batch of its own: a handler's keyed outputs).
+fn width(command: &Command) -> usize {
+    match command {
+        Command::Batch(commands) => commands.len(),
+        _ => 1,
     }
 }
 
@@ -174,16 +184,33 @@ async fn commit(groups: &Groups, group: GroupId, mut batch: Vec<Proposal>) {
         }
         return;
     };
+    // A batch inside the entry's batch is spliced in (the state machine
+    // applies one level), and its results gathered again below.
     let command = if batch.len() == 1 {
         batch[0].command.clone()
     } else {
-        Command::Batch(batch.iter().map(|p| p.command.clone()).collect())
+        let mut commands = Vec::with_capacity(batch.iter().map(|p| width(&p.command)).sum());
+        for p in &batch {
+            match &p.command {
+                Command::Batch(inner) => commands.extend(inner.iter().cloned()),
+                command => commands.push(command.clone()),
+            }
+        }
+        Command::Batch(commands)
     };
     let single = batch.len() == 1;
+    let total: usize = batch.iter().map(|p| width(&p.command)).sum();
     match raft.client_write(command).await {
         Ok(r) => match r.data {
-            CommandResult::Batch(results) if !single && results.len() == batch.len() => {
-                for (p, result) in batch.into_iter().zip(results) {
+            CommandResult::Batch(results) if !single && results.len() == total => {
+                let mut results = results.into_iter();
+                for p in batch {
+                    let result = match &p.command {
+                        Command::Batch(inner) => {
+                            CommandResult::Batch(results.by_ref().take(inner.len()).collect())
+                        }
+                        _ => results.next().expect("as many results as commands"),
+                    };
                     let _ = p.reply.send(ControlReply::Written(result));
                 }
             }

@@ -77,7 +77,16 @@ impl Groups {
                     Ok(raft) => raft,
                     Err(reply) => return reply,
                 };
-                if let Command::Append { .. } = command {
+                // Appends, and batches of keyed appends (a handler's
+                // outputs), commit together with whatever else waits.
+                let appends = match &command {
+                    Command::Append { .. } => true,
+                    Command::Batch(inner) => {
+                        inner.iter().all(|c| matches!(c, Command::Append { .. }))
+                    }
+                    _ => false,
+                };
+                if appends {
                     return self.propose(group, command).await;
                 }
                 match raft.client_write(command).await {

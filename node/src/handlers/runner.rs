@@ -6,14 +6,17 @@
 //!
 //! **Effectively once.** Output `i` of element `seq` is appended as
 //! producer `~h<topic id>.<handler>` with producer sequence `seq << 16 | i`.
-//! The runner appends one output at a time and waits for each, so every
-//! output below the newest one committed was committed too. A re-run of an
-//! element (after a crash, a leader change, or progress recorded late) then
-//! finds each output it already wrote: the last one as a duplicate, older
-//! ones as older than the producer's window; either way nothing is written
-//! twice. Progress is recorded every [`RECORD_EVERY`] elements or
-//! [`RECORD_AFTER`], whichever comes first, so a re-run repeats at most that
-//! much, and writes nothing for it.
+//! The runner takes elements in batches, runs the handler on each, then
+//! appends the batch's outputs per target topic, in key order, in chunks
+//! that are each one log entry (applied whole, in order), one chunk at a
+//! time. So in each target topic every output key below the newest one
+//! committed was committed too. A re-run of an element (after a crash, a
+//! leader change, or progress recorded late) then finds each output it
+//! already wrote: the newest as a duplicate, older ones as older than the
+//! producer's window; either way nothing is written twice. Progress is
+//! recorded every [`RECORD_EVERY`] elements or [`RECORD_AFTER`], whichever
+//! comes first, so a re-run repeats at most that much, and writes nothing
+//! for it.
 
 use std::time::Duration;
 
@@ -32,13 +35,18 @@ use crate::api::ClusterTopics;
 use crate::error::{Error, Result};
 
 /// Elements taken from the topic at a time.
-const BATCH: usize = 64;
+const BATCH: usize = 512;
 /// Progress is recorded after this many elements at most...
-pub const RECORD_EVERY: u64 = 64;
+pub const RECORD_EVERY: u64 = 1024;
 /// ...or this long after the first element not yet recorded.
 pub const RECORD_AFTER: Duration = Duration::from_millis(50);
 /// The most outputs one element may have.
 pub const OUTPUTS_MAX: usize = 1024;
+/// The most outputs, and bytes, appended in one log entry.
+const OUTPUT_CHUNK: woof_consensus::batch::Limits = woof_consensus::batch::Limits {
+    items_max: 1024,
+    bytes_max: 4 << 20,
+};
 /// Attempts at one output append that fails for a reason that may pass.
 const APPEND_ATTEMPTS: u32 = 8;
 /// Attempts at one element whose handler fails.
@@ -108,29 +116,55 @@ impl Runner {
                 _ = stop.cancelled() => break,
                 batch = tokio::time::timeout(wait, following.next_batch(BATCH)) => batch,
             };
+            // Run the handler on each new element, then append all their
+            // outputs; an element that fails ends the batch there.
+            let mut handled: Vec<(u64, Vec<Output>)> = Vec::new();
+            let mut failed: Option<(u64, String)> = None;
+            let mut stopped = false;
             for element in batch.unwrap_or_else(|_| Ok(Vec::new()))? {
                 if element.seq < next {
                     continue;
                 }
-                let seq = element.seq;
-                let done = match self.handle(&mut engine, seq, &element.payload, stop).await {
-                    Ok(outputs) => self.emit(seq, outputs, stop).await,
-                    Err(failure) => Err(failure),
-                };
-                match done {
-                    Ok(()) => {}
-                    Err(Failure::Stopped) => break,
+                match self
+                    .handle(&mut engine, element.seq, &element.payload, stop)
+                    .await
+                {
+                    Ok(outputs) => handled.push((element.seq, outputs)),
+                    Err(Failure::Stopped) => {
+                        stopped = true;
+                        break;
+                    }
                     Err(Failure::Passing(e)) => return Err(e),
-                    Err(Failure::Element(why)) => {
-                        // What it finished stays finished; it resumes here.
-                        if next - 1 > recorded {
-                            self.record(next - 1).await?;
-                        }
-                        return self.park(seq, why).await;
+                    Err(Failure::Element { seq, why }) => {
+                        failed = Some((seq, why));
+                        break;
                     }
                 }
-                next = seq + 1;
-                unrecorded_since.get_or_insert_with(Instant::now);
+            }
+            if let Some(&(last, _)) = handled.last() {
+                match self.emit(&handled, stop).await {
+                    Ok(()) => {
+                        next = last + 1;
+                        unrecorded_since.get_or_insert_with(Instant::now);
+                    }
+                    Err(Failure::Stopped) => break,
+                    Err(Failure::Passing(e)) => return Err(e),
+                    // Every element before it has all its outputs.
+                    Err(Failure::Element { seq, why }) => {
+                        next = seq;
+                        failed = Some((seq, why));
+                    }
+                }
+            }
+            if let Some((seq, why)) = failed {
+                // What it finished stays finished; it resumes here.
+                if next - 1 > recorded {
+                    self.record(next - 1).await?;
+                }
+                return self.park(seq, why).await;
+            }
+            if stopped {
+                break;
             }
             let done = next - 1;
             let due = unrecorded_since.is_some_and(|s| s.elapsed() >= RECORD_AFTER);
@@ -202,18 +236,22 @@ impl Runner {
             let ran = engine.run(seq, payload, &self.api).await;
             match ran.outputs {
                 Ok(outputs) if outputs.len() > OUTPUTS_MAX => {
-                    return Err(Failure::Element(format!(
-                        "element {seq} gave {} outputs; at most {OUTPUTS_MAX}",
-                        outputs.len()
-                    )));
+                    return Err(Failure::Element {
+                        seq,
+                        why: format!(
+                            "element {seq} gave {} outputs; at most {OUTPUTS_MAX}",
+                            outputs.len()
+                        ),
+                    });
                 }
                 Ok(outputs) => return Ok(outputs),
                 Err(e) => {
                     tracing::warn!(topic = %self.topic, handler = %self.handler.spec.name, seq, attempt, "handler failed: {e}");
                     if attempt == HANDLE_ATTEMPTS {
-                        return Err(Failure::Element(format!(
-                            "element {seq}, {attempt} attempts: {e}"
-                        )));
+                        return Err(Failure::Element {
+                            seq,
+                            why: format!("element {seq}, {attempt} attempts: {e}"),
+                        });
                     }
                 }
             }
@@ -225,54 +263,125 @@ impl Runner {
         }
     }
 
-    /// Appends the outputs of element `seq`, one at a time, each under its key.
+    /// Appends the outputs of `handled` (elements in order), each under its
+    /// key: per target topic, in order, in chunks of one log entry each,
+    /// one chunk at a time. An output refused for good fails its element;
+    /// the other topics still get theirs up to that element.
     async fn emit(
         &self,
-        seq: u64,
-        outputs: Vec<Output>,
+        handled: &[(u64, Vec<Output>)],
         stop: &CancellationToken,
     ) -> Result<(), Failure> {
-        if seq >= SEQ_MAX {
-            return Err(Failure::Element(format!(
-                "element {seq} is beyond what output keys number"
-            )));
-        }
-        for (i, output) in outputs.into_iter().enumerate() {
-            let producer = Producer::new(self.producer.clone(), (seq << 16) | i as u64)
-                .map_err(|e| Failure::Element(e.to_string()))?;
-            let mut pause = BACKOFF;
-            for attempt in 1..=APPEND_ATTEMPTS {
-                let appended = self
-                    .api
-                    .append(
-                        &output.topic,
-                        vec![output.payload.clone()],
-                        Some(producer.clone()),
-                    )
-                    .await;
-                match appended {
-                    Ok(_) => break,
-                    // Below the newest output committed: committed before.
-                    Err(Error::Log(woof_consensus::Error::ProducerSeq { .. })) => break,
-                    Err(e) if !passing(&e) => {
-                        return Err(Failure::Element(format!(
-                            "element {seq}: appending output {i} to {:?}: {e}",
-                            output.topic
-                        )));
+        let mut by_topic: Vec<(&str, Vec<Keyed>)> = Vec::new();
+        for (seq, outputs) in handled {
+            let seq = *seq;
+            if seq >= SEQ_MAX && !outputs.is_empty() {
+                return Err(Failure::Element {
+                    seq,
+                    why: format!("element {seq} is beyond what output keys number"),
+                });
+            }
+            for (i, output) in outputs.iter().enumerate() {
+                let key =
+                    Producer::new(self.producer.clone(), (seq << 16) | i as u64).map_err(|e| {
+                        Failure::Element {
+                            seq,
+                            why: e.to_string(),
+                        }
+                    })?;
+                let slot = match by_topic.iter().position(|(t, _)| *t == output.topic) {
+                    Some(slot) => slot,
+                    None => {
+                        by_topic.push((output.topic.as_str(), Vec::new()));
+                        by_topic.len() - 1
                     }
-                    Err(e) if attempt == APPEND_ATTEMPTS => return Err(Failure::Passing(e)),
-                    Err(e) => {
-                        tracing::debug!(topic = %self.topic, seq, i, attempt, "output append failed: {e}");
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return Err(Failure::Stopped),
-                    _ = tokio::time::sleep(pause) => {}
-                }
-                pause *= 2;
+                };
+                by_topic[slot].1.push((seq, key, output.payload.clone()));
             }
         }
-        Ok(())
+        let mut first_failed: Option<(u64, String)> = None;
+        for (topic, keyed) in by_topic {
+            let mut rest = keyed.as_slice();
+            while !rest.is_empty() {
+                let mut more = rest.iter().skip(1);
+                let (fits, _) = woof_consensus::batch::fill(
+                    &rest[0],
+                    || more.next(),
+                    OUTPUT_CHUNK,
+                    |(_, _, payload)| payload.len() + 64,
+                );
+                let chunk = &rest[..fits.len()];
+                let failed = self.emit_chunk(topic, chunk, stop).await?;
+                if let Some((seq, why)) = failed {
+                    if first_failed.as_ref().is_none_or(|(s, _)| seq < *s) {
+                        first_failed = Some((seq, why));
+                    }
+                    break;
+                }
+                rest = &rest[chunk.len()..];
+            }
+        }
+        match first_failed {
+            Some((seq, why)) => Err(Failure::Element { seq, why }),
+            None => Ok(()),
+        }
+    }
+
+    /// Appends one chunk of keyed outputs to `topic`, retrying what may
+    /// pass. `Some((seq, why))`: the first output refused for good.
+    async fn emit_chunk(
+        &self,
+        topic: &str,
+        chunk: &[Keyed],
+        stop: &CancellationToken,
+    ) -> Result<Option<(u64, String)>, Failure> {
+        let mut pause = BACKOFF;
+        for attempt in 1..=APPEND_ATTEMPTS {
+            let keyed = chunk
+                .iter()
+                .map(|(_, key, payload)| (key.clone(), payload.clone()))
+                .collect();
+            let e = match self.api.append_keyed(topic, keyed).await {
+                Ok(results) => {
+                    for ((seq, key, _), result) in chunk.iter().zip(results) {
+                        match result {
+                            // Appended, or already written by an earlier run
+                            // (the newest key: a duplicate; an older one: below
+                            // the producer's window).
+                            Ok(_) | Err(Error::Log(woof_consensus::Error::ProducerSeq { .. })) => {}
+                            Err(e) => {
+                                let i = key.seq & 0xffff;
+                                return Ok(Some((
+                                    *seq,
+                                    format!(
+                                        "element {seq}: appending output {i} to {topic:?}: {e}"
+                                    ),
+                                )));
+                            }
+                        }
+                    }
+                    return Ok(None);
+                }
+                Err(e) => e,
+            };
+            let seq = chunk.first().map_or(0, |(seq, _, _)| *seq);
+            if !passing(&e) {
+                return Ok(Some((
+                    seq,
+                    format!("element {seq}: appending outputs to {topic:?}: {e}"),
+                )));
+            }
+            if attempt == APPEND_ATTEMPTS {
+                return Err(Failure::Passing(e));
+            }
+            tracing::debug!(topic = %self.topic, seq, attempt, "output append failed: {e}");
+            tokio::select! {
+                _ = stop.cancelled() => return Err(Failure::Stopped),
+                _ = tokio::time::sleep(pause) => {}
+            }
+            pause *= 2;
+        }
+        unreachable!("the last attempt returns")
     }
 
     async fn record(&self, done: u64) -> Result<bool> {
@@ -287,6 +396,9 @@ impl Runner {
     }
 }
 
+/// An output ready to append: its element, its key, its payload.
+type Keyed = (u64, Producer, Bytes);
+
 /// Why one element was not finished.
 enum Failure {
     /// The runner was told to stop.
@@ -294,9 +406,9 @@ enum Failure {
     /// Something that may pass (the network, a leader change): the runner
     /// stops, and starts again later where it stopped.
     Passing(Error),
-    /// The element itself fails (the handler raises, an output is refused):
-    /// the handler is parked.
-    Element(String),
+    /// Element `seq` itself fails (the handler raises, an output is
+    /// refused): the handler is parked there.
+    Element { seq: u64, why: String },
 }
 
 /// Whether an append that failed this way may succeed if tried again.
