@@ -110,6 +110,8 @@ impl Start {
 struct Published {
     range: Range,
     state: TopicState,
+    /// When `range` was published (a handler's dispatch is timed from it).
+    at: std::time::Instant,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -247,6 +249,7 @@ impl Topics {
         let (published_tx, published) = watch::channel(Published {
             range: machine.range(),
             state: TopicState::Open,
+            at: std::time::Instant::now(),
         });
         let (commands, rx) = mpsc::channel(QUEUE_DEPTH);
         let (trim_tx, trim_rx) = watch::channel(0);
@@ -294,6 +297,7 @@ impl Topics {
                         p.range
                     );
                     p.range = range;
+                    p.at = std::time::Instant::now();
                 });
                 replica.handlers.send_if_modified(|h| {
                     let changed = !Arc::ptr_eq(h, handlers);
@@ -328,6 +332,7 @@ impl Topics {
         let (published_tx, published) = watch::channel(Published {
             range,
             state: TopicState::Open,
+            at: std::time::Instant::now(),
         });
         let (trim_tx, trim_rx) = watch::channel(0);
         let mut trim = Trim {
@@ -595,13 +600,14 @@ impl Topics {
     pub fn subscribe(&self, name: &str, start: Start) -> Result<Subscription> {
         let topic = self.lookup(name)?;
         let mut published = topic.published.clone();
-        let range = published.borrow_and_update().range;
+        let Published { range, at, .. } = *published.borrow_and_update();
         let next = start.first_seq(topic.meta.name.as_str(), range)?;
         Ok(Subscription {
             store: self.inner.store.clone(),
             topic,
             published,
             next,
+            published_at: at,
         })
     }
 
@@ -694,9 +700,17 @@ pub struct Subscription {
     topic: Arc<Topic>,
     published: watch::Receiver<Published>,
     next: u64,
+    /// When the range the last batch came from was published.
+    published_at: std::time::Instant,
 }
 
 impl Subscription {
+    /// When the elements of the last batch were published here (committed
+    /// and applied, for a replica): the last of them, at the latest.
+    pub fn published_at(&self) -> std::time::Instant {
+        self.published_at
+    }
+
     /// The sequence number the next element will have.
     pub fn next_seq(&self) -> u64 {
         self.next
@@ -727,6 +741,7 @@ impl Subscription {
                     return Err(self.fell_behind(first));
                 };
                 self.next = last.seq + 1;
+                self.published_at = published.at;
                 return Ok(elements);
             }
             if self.published.changed().await.is_err() {
@@ -838,7 +853,10 @@ impl Writer {
                 self.windows = windows;
                 let deleted = group.delete.is_some();
                 let range = self.machine.range();
-                self.published.send_modify(|p| p.range = range);
+                self.published.send_modify(|p| {
+                    p.range = range;
+                    p.at = std::time::Instant::now();
+                });
                 for (reply, answer) in group.answers {
                     let _ = reply.send(answer);
                 }

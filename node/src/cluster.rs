@@ -19,13 +19,17 @@ impl Cluster {
         Self { info, overlay }
     }
 
+    /// This node's peer id; empty for a standalone node.
+    pub fn peer_id(&self) -> String {
+        self.overlay
+            .as_ref()
+            .map_or_else(String::new, |o| o.peer_id().to_string())
+    }
+
     /// This node first, then the others as the overlay sees them.
     pub async fn status(&self) -> Result<Vec<v1::NodeStatus>> {
         let mut nodes = vec![v1::NodeStatus {
-            peer_id: self
-                .overlay
-                .as_ref()
-                .map_or_else(String::new, |o| o.peer_id().to_string()),
+            peer_id: self.peer_id(),
             tier: self.info.tier.to_string(),
             attrs: self.info.attrs.clone().into_iter().collect(),
             capabilities: self.info.capabilities.iter().cloned().collect(),

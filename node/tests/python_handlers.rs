@@ -165,3 +165,104 @@ async fn a_handler_killed_in_the_middle_of_its_100_outputs_writes_each_once() {
     );
     assert_eq!(got, want, "every output once, in order");
 }
+
+/// `woof handler logs` shows each invocation with what it logged and how
+/// it ended; a handler that raises, and one that never returns, are each
+/// parked with their error while another handler on the same node keeps
+/// running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_show_each_invocation_and_hostile_handlers_park_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 1);
+    let url = nodes[0].url.clone();
+    let mut c = connect(&url).await;
+    for topic in ["a", "b", "c", "out"] {
+        create_replicated(&mut c, topic, 1, "").await;
+    }
+    let noisy = "def handle(ctx, seq, payload):\n    print('got', payload.decode())\n    if payload == b'bad':\n        raise ValueError('bad reading')\n    ctx.append('out', payload)\n";
+    assert!(deploy(dir.path(), &url, "a", "noisy", noisy).0);
+    let spin = "def handle(ctx, seq, payload):\n    while True:\n        pass\n";
+    assert!(deploy(dir.path(), &url, "b", "spin", spin).0);
+    assert!(deploy(dir.path(), &url, "c", "good", DOUBLE).0);
+
+    for (i, p) in ["1", "2", "bad"].iter().enumerate() {
+        append_retrying(&mut c, "a", "t", i as u64 + 1, p).await;
+    }
+    append_retrying(&mut c, "b", "t", 1, "x").await;
+    // While `spin` overruns, `good` keeps up with one element every 20 ms.
+    let started = Instant::now();
+    for i in 1..=100u64 {
+        append_retrying(&mut c, "c", "t", i, &i.to_string()).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let doubled = settle(&mut c, "out", 102).await;
+    let kept_up = started.elapsed();
+    assert_eq!(doubled.len(), 102, "{doubled:?}");
+
+    let describe = |topic: &str, name: &str| -> serde_json::Value {
+        let (ok, out) = cli(&[
+            "--server", &url, "--json", "handler", "describe", topic, name,
+        ]);
+        assert!(ok, "{out}");
+        let mut lines = out.lines();
+        let mut h: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        let counts: serde_json::Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+        h["counts"] = counts;
+        h
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (noisy, spin) = loop {
+        let (n, s) = (describe("a", "noisy"), describe("b", "spin"));
+        if n["parked_at"] != 0 && s["parked_at"] != 0 {
+            break (n, s);
+        }
+        assert!(Instant::now() < deadline, "both parked: {n} {s}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(noisy["parked_at"], 3, "{noisy}");
+    assert!(
+        noisy["parked_error"]
+            .as_str()
+            .unwrap()
+            .contains("ValueError: bad reading")
+    );
+    assert_eq!(
+        noisy["counts"]["runs"], 7,
+        "2 ok, 5 attempts at `bad`: {noisy}"
+    );
+    assert_eq!(noisy["counts"]["errors"], 5, "{noisy}");
+    assert!(
+        spin["parked_error"]
+            .as_str()
+            .unwrap()
+            .contains("time budget"),
+        "{spin}"
+    );
+    assert_eq!(spin["counts"]["timeouts"], 5, "{spin}");
+    // The other handler was not held up by the one spinning for 5 s.
+    let good = describe("c", "good");
+    assert_eq!(good["done"], 100, "{good}");
+    assert!(
+        kept_up < Duration::from_secs(8),
+        "100 elements at 50/s took {kept_up:?} to be doubled"
+    );
+
+    let (ok, logs) = cli(&["--server", &url, "handler", "logs", "a", "noisy"]);
+    assert!(ok, "{logs}");
+    assert!(
+        logs.contains("seq=1") && logs.contains("    | got 1"),
+        "{logs}"
+    );
+    assert!(logs.contains("seq=3") && logs.contains("error"), "{logs}");
+    assert!(logs.contains("ValueError: bad reading"), "{logs}");
+    let (ok, json) = cli(&["--server", &url, "--json", "handler", "logs", "b", "spin"]);
+    assert!(ok, "{json}");
+    let outcomes: Vec<String> = json
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["outcome"].to_string())
+        .collect();
+    assert_eq!(outcomes.len(), 5, "{json}");
+    assert!(outcomes.iter().all(|o| o == "\"timeout\""), "{json}");
+    let (ok, said) = cli(&["--server", &url, "handler", "logs", "a", "nope"]);
+    assert!(!ok && said.contains("no handler"), "{said}");
+}

@@ -110,6 +110,14 @@ pub enum TopicApi {
 }
 
 impl TopicApi {
+    /// What the handlers running on this node did (a cluster node's only).
+    pub fn journal(&self) -> Option<&crate::handlers::journal::Journal> {
+        match self {
+            TopicApi::Local(_) => None,
+            TopicApi::Cluster(api) => Some(api.journal()),
+        }
+    }
+
     pub async fn create(
         &self,
         name: &str,
@@ -263,6 +271,15 @@ impl Following {
             Following::Remote(r) => r.next_batch(max).await,
         }
     }
+
+    /// When the last batch's elements were committed here, if this node
+    /// holds a replica (else they came from the leader: unknown).
+    pub fn published_at(&self) -> Option<std::time::Instant> {
+        match self {
+            Following::Local(s) => Some(s.published_at()),
+            Following::Remote(_) => None,
+        }
+    }
 }
 
 /// Follows a topic this node holds no replica of, step by step at its leader.
@@ -340,6 +357,8 @@ pub struct ClusterTopics {
     admin: Arc<Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<()>>>>>,
     /// How this node runs Python handlers (and checks them at deploy).
     python: crate::handlers::code::Python,
+    /// What the handlers running here did, recently.
+    journal: crate::handlers::journal::Journal,
 }
 
 /// A source of random numbers, passed in so that a simulation can seed it.
@@ -366,6 +385,7 @@ impl ClusterTopics {
             locations: Arc::default(),
             admin: Arc::default(),
             python: crate::handlers::code::Python::this_binary(),
+            journal: Default::default(),
         }
     }
 
@@ -382,6 +402,10 @@ impl ClusterTopics {
 
     pub(crate) fn python(&self) -> &crate::handlers::code::Python {
         &self.python
+    }
+
+    pub fn journal(&self) -> &crate::handlers::journal::Journal {
+        &self.journal
     }
 
     /// The same on another clock and source of random numbers (the

@@ -222,6 +222,18 @@ pub enum HandlerCommand {
     Rm { topic: String, name: String },
     /// Let a parked handler run again, from the element it failed on.
     Resume { topic: String, name: String },
+    /// Show a handler's recent invocations on the node that runs it: node,
+    /// element, time taken, outcome, error and what it logged.
+    Logs {
+        topic: String,
+        name: String,
+        /// Keep showing new invocations until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the newest to show first (at most 1,000).
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// List the native handlers this CLI's build knows.
     Builtins,
 }
@@ -523,6 +535,55 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                 )));
             };
             out.handler(h, "");
+            let logs = client
+                .handler_logs(v1::HandlerLogsRequest {
+                    topic,
+                    name,
+                    limit: 1,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            out.handler_counts(&logs);
+        }
+        Command::Handler(HandlerCommand::Logs {
+            topic,
+            name,
+            follow,
+            limit,
+        }) => {
+            let (mut after, mut node) = (0, String::new());
+            loop {
+                let logs = client
+                    .handler_logs(v1::HandlerLogsRequest {
+                        topic: topic.clone(),
+                        name: name.clone(),
+                        after,
+                        limit: if after == 0 { limit } else { 1000 },
+                        here_only: false,
+                    })
+                    .await?
+                    .into_inner();
+                if logs.node != node {
+                    // It moved (or started): its new node numbers afresh.
+                    node = logs.node.clone();
+                    if after > 0 {
+                        after = 0;
+                        continue;
+                    }
+                }
+                for i in &logs.invocations {
+                    out.invocation(&logs.node, i);
+                    after = after.max(i.id);
+                }
+                if !follow {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = tokio::signal::ctrl_c() => break,
+                }
+            }
         }
         Command::Handler(HandlerCommand::Resume { topic, name }) => {
             let r = client

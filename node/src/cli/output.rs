@@ -205,6 +205,48 @@ impl Output {
         }
     }
 
+    /// What a handler's node counted since it started there.
+    pub fn handler_counts(&mut self, logs: &v1::HandlerLogsResponse) {
+        if self.json {
+            self.json(json!({
+                "node": logs.node, "runs": logs.runs, "errors": logs.errors,
+                "timeouts": logs.timeouts,
+            }));
+        } else if logs.node.is_empty() {
+            self.line("  not running anywhere now");
+        } else {
+            self.line(&format!(
+                "  on {}: {} runs, {} errors, {} timeouts",
+                logs.node, logs.runs, logs.errors, logs.timeouts
+            ));
+        }
+    }
+
+    /// One run of a handler on node `node`.
+    pub fn invocation(&mut self, node: &str, i: &v1::Invocation) {
+        if self.json {
+            self.json(json!({
+                "node": node, "id": i.id, "seq": i.seq, "at_ms": i.at_ms,
+                "dispatch_us": i.dispatch_us, "duration_us": i.duration_us,
+                "outcome": i.outcome, "error": i.error, "logs": i.logs,
+            }));
+            return;
+        }
+        let short = node.get(node.len().saturating_sub(8)..).unwrap_or(node);
+        let mut line = format!(
+            "#{} seq={} node=..{short} {} in {} us (dispatched after {} us)",
+            i.id, i.seq, i.outcome, i.duration_us, i.dispatch_us
+        );
+        if !i.error.is_empty() {
+            let last = i.error.lines().last().unwrap_or("");
+            line.push_str(&format!(": {last}"));
+        }
+        self.line(&line);
+        for log in &i.logs {
+            self.line(&format!("    | {log}"));
+        }
+    }
+
     pub fn removed_handler(&mut self, topic: &str, name: &str) {
         if self.json {
             self.json(json!({ "removed_handler": name, "topic": topic }));

@@ -129,6 +129,30 @@ pub fn handler(topic: &str, h: &Handler, last: u64, runs_on: &str) -> v1::Handle
     }
 }
 
+/// A handler's records on node `node`.
+pub fn handler_logs(node: &str, book: crate::handlers::journal::Book) -> v1::HandlerLogsResponse {
+    v1::HandlerLogsResponse {
+        node: node.to_string(),
+        invocations: book
+            .recent
+            .into_iter()
+            .map(|i| v1::Invocation {
+                id: i.id,
+                seq: i.seq,
+                at_ms: i.at_ms,
+                dispatch_us: i.dispatch_us,
+                duration_us: i.duration_us,
+                outcome: i.outcome.as_str().to_string(),
+                error: i.error,
+                logs: i.logs,
+            })
+            .collect(),
+        runs: book.runs,
+        errors: book.errors,
+        timeouts: book.timeouts,
+    }
+}
+
 /// The topic and spec a deploy or update carries.
 pub fn handler_spec(h: Option<v1::Handler>) -> Result<(String, HandlerSpec), Status> {
     let h = h.ok_or_else(|| Status::invalid_argument("the request names no handler"))?;

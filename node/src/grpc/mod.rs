@@ -287,6 +287,57 @@ impl Woof for Service {
         Ok(self.deployed(&r.topic, &h).await)
     }
 
+    async fn handler_logs(
+        &self,
+        request: Request<v1::HandlerLogsRequest>,
+    ) -> Result<Response<v1::HandlerLogsResponse>, Status> {
+        let r = request.into_inner();
+        let limit = match r.limit {
+            0 => 100,
+            n => n.min(1000),
+        } as usize;
+        let (handlers, _) = self.topics.handlers(&r.topic).await.map_err(status)?;
+        if !handlers.iter().any(|h| h.spec.name == r.name) {
+            return Err(Status::not_found(format!(
+                "no handler {:?} is bound to topic {:?}",
+                r.name, r.topic
+            )));
+        }
+        let here = self.cluster.peer_id();
+        let name = woof_consensus::topic::TopicName::new(&r.topic)
+            .map_err(|e| status(crate::error::Error::Log(e)))?;
+        if let Some(book) = self
+            .topics
+            .journal()
+            .and_then(|j| j.read(&name, &r.name, r.after, limit))
+        {
+            return Ok(Response::new(convert::handler_logs(&here, book)));
+        }
+        let runs_on = self.runs_on(&r.topic).await;
+        if r.here_only || runs_on.is_empty() || runs_on == here {
+            return Ok(Response::new(v1::HandlerLogsResponse::default()));
+        }
+        // Its records are on the node that runs it: ask that node.
+        let nodes = self.cluster.status().await.map_err(status)?;
+        let Some(there) = nodes
+            .into_iter()
+            .find(|n| n.peer_id == runs_on && !n.grpc_addr.is_empty())
+        else {
+            return Err(Status::unavailable(format!(
+                "the handler runs on {runs_on}, whose address this node does not know"
+            )));
+        };
+        let mut client = crate::cli::connect(&there.grpc_addr)
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        client
+            .handler_logs(v1::HandlerLogsRequest {
+                here_only: true,
+                ..r
+            })
+            .await
+    }
+
     async fn remove_handler(
         &self,
         request: Request<v1::RemoveHandlerRequest>,

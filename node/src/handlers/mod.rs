@@ -11,6 +11,7 @@
 //!   nothing twice, and record how far it got in the topic's group.
 //! - [`code`]: what a runner runs, native or Python (in a sandboxed
 //!   worker process, `woof_python`), behind one call.
+//! - [`journal`]: what each handler did here, recently (`handler logs`).
 //! - [`native`]: the handlers compiled into the node.
 //!
 //! The definitions and progress are the topic's group state
@@ -20,6 +21,7 @@
 //! Placement is `leader()` for now: a handler runs on its topic's leader.
 
 pub mod code;
+pub mod journal;
 pub mod native;
 pub mod runner;
 

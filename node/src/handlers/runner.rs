@@ -30,6 +30,7 @@ use woof_consensus::topic::{Producer, TopicName};
 use bytes::Bytes;
 
 use super::code::Engine;
+use super::journal;
 use super::native::{self, Output};
 use crate::api::ClusterTopics;
 use crate::error::{Error, Result};
@@ -79,6 +80,7 @@ impl Runner {
     /// supervisor starts it again later, from its recorded progress).
     pub async fn run(self, stop: CancellationToken) {
         let (topic, name) = (self.topic.clone(), self.handler.spec.name.clone());
+        self.api.journal().open(&topic, &name);
         tracing::info!(%topic, handler = %name, from = self.handler.next(), "handler runs here");
         match self.feed(&stop).await {
             Ok(()) => tracing::info!(%topic, handler = %name, "handler stops here"),
@@ -121,12 +123,14 @@ impl Runner {
             let mut handled: Vec<(u64, Vec<Output>)> = Vec::new();
             let mut failed: Option<(u64, String)> = None;
             let mut stopped = false;
-            for element in batch.unwrap_or_else(|_| Ok(Vec::new()))? {
+            let elements = batch.unwrap_or_else(|_| Ok(Vec::new()))?;
+            let committed = following.published_at();
+            for element in elements {
                 if element.seq < next {
                     continue;
                 }
                 match self
-                    .handle(&mut engine, element.seq, &element.payload, stop)
+                    .handle(&mut engine, element.seq, &element.payload, committed, stop)
                     .await
                 {
                     Ok(outputs) => handled.push((element.seq, outputs)),
@@ -227,13 +231,39 @@ impl Runner {
         engine: &mut Engine,
         seq: u64,
         payload: &Bytes,
+        committed: Option<std::time::Instant>,
         stop: &CancellationToken,
     ) -> Result<Vec<Output>, Failure> {
         let mut pause = BACKOFF;
         let mut attempt = 0;
         loop {
             attempt += 1;
+            let started = std::time::Instant::now();
+            let at_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
             let ran = engine.run(seq, payload, &self.api).await;
+            let outcome = match (&ran.outputs, ran.overran) {
+                (Ok(_), _) => journal::Outcome::Ok,
+                (Err(_), true) => journal::Outcome::Timeout,
+                (Err(_), false) => journal::Outcome::Error,
+            };
+            self.api.journal().record(
+                &self.topic,
+                &self.handler.spec.name,
+                journal::Invocation {
+                    id: 0,
+                    seq,
+                    at_ms,
+                    dispatch_us: committed.map_or(0, |c| {
+                        started.saturating_duration_since(c).as_micros() as u64
+                    }),
+                    duration_us: started.elapsed().as_micros() as u64,
+                    outcome,
+                    error: ran.outputs.as_ref().err().cloned().unwrap_or_default(),
+                    logs: ran.logs,
+                },
+            );
             match ran.outputs {
                 Ok(outputs) if outputs.len() > OUTPUTS_MAX => {
                     return Err(Failure::Element {
