@@ -1,12 +1,17 @@
 //! `handlers`: what a handler adds to an append, on a 3-node cluster.
 //!
-//! A native `forward` handler copies every element of `in` to `out`; both
-//! topics have the same replication (1, then 3). Cases:
+//! A handler copies every element of `in` to `out`: the native `forward`,
+//! then the same in Python (`ctx.append(to, payload)`, run in its sandboxed
+//! worker process); both topics have the same replication (1, then 3).
+//! Cases:
 //! - **append to output**: one appender at `in`'s leader, 200 appends a
 //!   second; a subscriber to `out` on the same node. Latency from the
 //!   append being sent to its copy reaching the subscriber: the input's
 //!   commit, the handler's dispatch, the output's commit (on `out`'s
 //!   leader, which with one replica may be another node) and the delivery.
+//!   Also the **dispatch**: from the element's commit on the handler's node
+//!   to the handler starting, as that node recorded it for the last 1,000
+//!   invocations (`woof handler logs`).
 //! - **throughput**: [`BURST`] elements appended in batches of 1,000, and
 //!   the time until the handler has finished all of them (its recorded
 //!   progress), as invocations a second. Each invocation commits one output.
@@ -37,23 +42,39 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
     let cluster = Cluster::start(woof, 3).await?;
     let mut report = Report::new(probe_machine(cluster.dir.path())?);
     for replication in [1, 3] {
-        if let Err(e) = cases(&cluster, &mut report, replication, secs, burst).await {
-            return Err(cluster.explain(e));
+        for kind in [Kind::Native, Kind::Python] {
+            if let Err(e) = cases(&cluster, &mut report, kind, replication, secs, burst).await {
+                return Err(cluster.explain(e));
+            }
         }
     }
     Ok(report)
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Native,
+    Python,
+}
+
+const PYTHON_FORWARD: &str =
+    "def handle(ctx, seq, payload):\n    ctx.append(ctx.config['to'], payload)\n";
+
 async fn cases(
     cluster: &Cluster,
     report: &mut Report,
+    kind: Kind,
     replication: u32,
     secs: u64,
     burst: u64,
 ) -> anyhow::Result<()> {
+    let label = match kind {
+        Kind::Native => "native",
+        Kind::Python => "python",
+    };
     let (input, output) = (
-        format!("bench/in-r{replication}"),
-        format!("bench/out-r{replication}"),
+        format!("bench/{label}-in-r{replication}"),
+        format!("bench/{label}-out-r{replication}"),
     );
     let url0 = cluster.url(0);
     nodes::create(url0, &input, replication).await?;
@@ -65,7 +86,10 @@ async fn cases(
             handler: Some(v1::Handler {
                 topic: input.clone(),
                 name: "fwd".into(),
-                code: Some(v1::handler::Code::Native("forward".into())),
+                code: Some(match kind {
+                    Kind::Native => v1::handler::Code::Native("forward".into()),
+                    Kind::Python => v1::handler::Code::Python(PYTHON_FORWARD.into()),
+                }),
                 config: format!(r#"{{"to": "{output}"}}"#),
                 ..Default::default()
             }),
@@ -78,7 +102,8 @@ async fn cases(
     let mut appender = nodes::connect(url).await?;
 
     // Latency: every payload is the time it was sent.
-    let case = format!("forward, {replication} replica(s): append to output at a subscriber");
+    let case =
+        format!("{label} forward, {replication} replica(s): append to output at a subscriber");
     let epoch = Instant::now();
     let count = secs * APPENDS_PER_SEC;
     let watcher = subscriber(url, &output, 1, count, epoch).await?;
@@ -97,9 +122,36 @@ async fn cases(
         .await?;
     }
     summarize(report, &case, vec![watcher.await?])?;
+    let logs = nodes::call(
+        format!("{url}: logs of {input}/fwd"),
+        appender.handler_logs(v1::HandlerLogsRequest {
+            topic: input.clone(),
+            name: "fwd".into(),
+            limit: 1000,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let mut dispatch: Vec<u64> = logs
+        .invocations
+        .iter()
+        .filter(|i| i.outcome == "ok")
+        .map(|i| i.dispatch_us)
+        .collect();
+    dispatch.sort_unstable();
+    if dispatch.is_empty() {
+        bail!("{case}: the handler's node recorded no invocations");
+    }
+    let at = |q: f64| dispatch[((dispatch.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    let case =
+        format!("{label} forward, {replication} replica(s): dispatch, commit to handler start");
+    report.row(&case, "p50", at(0.5), "ms");
+    report.row(&case, "p99", at(0.99), "ms");
 
     // Throughput: a burst, and the time until the handler finished it.
-    let case = format!("forward, {replication} replica(s): {burst} elements in batches of {BATCH}");
+    let case = format!(
+        "{label} forward, {replication} replica(s): {burst} elements in batches of {BATCH}"
+    );
     let started = Instant::now();
     for b in 0..burst / BATCH {
         nodes::call(
