@@ -24,6 +24,8 @@ pub struct Candidate {
     pub peer: PeerId,
     pub tier: Tier,
     pub attrs: BTreeMap<String, String>,
+    /// What it can run (handler placement's `capability(...)`).
+    pub capabilities: std::collections::BTreeSet<String>,
     pub alive: bool,
 }
 
@@ -238,6 +240,7 @@ mod tests {
             peer: PeerId::random(),
             tier,
             attrs: [("site".to_string(), site.to_string())].into(),
+            capabilities: Default::default(),
             alive: true,
         }
     }

@@ -11,6 +11,7 @@ use woof_consensus::topic::handlers::{
 use super::ClusterTopics;
 use crate::error::{Error, Result};
 use crate::groups::{Read, ReadReply};
+use crate::handlers::placement;
 
 impl ClusterTopics {
     /// Binds a handler to `topic`, starting where `from` says.
@@ -21,6 +22,7 @@ impl ClusterTopics {
         from: From,
     ) -> Result<Handler> {
         crate::handlers::check(&spec, topic, &self.python).await?;
+        self.check_placement(topic, &spec.placement).await?;
         self.handler_command(topic, HandlerCommand::Deploy { spec, from })
             .await
             .and_then(deployed)
@@ -29,6 +31,7 @@ impl ClusterTopics {
     /// Replaces a handler's code, placement or config.
     pub async fn update_handler(&self, topic: &str, spec: HandlerSpec) -> Result<Handler> {
         crate::handlers::check(&spec, topic, &self.python).await?;
+        self.check_placement(topic, &spec.placement).await?;
         self.handler_command(topic, HandlerCommand::Update { spec })
             .await
             .and_then(deployed)
@@ -57,6 +60,40 @@ impl ClusterTopics {
             ReadReply::Handlers(handlers, last) => Ok((*handlers, last)),
             other => Err(Error::Internal(format!("reading handlers gave {other:?}"))),
         }
+    }
+
+    /// Where a handler of `topic` placed by `placement` runs now: the
+    /// chosen node's peer id, or `None` if no live node matches. Every node
+    /// computes the same answer from the same view of the cluster.
+    pub async fn placed_on(&self, topic: &str, placement: &str) -> Result<Option<String>> {
+        let expr = placement::Expr::parse(placement)
+            .map_err(|e| Error::Usage(format!("placement {placement:?}: {e}")))?;
+        let view = self.describe(topic).await?;
+        let leader = view.leader.unwrap_or_default();
+        let nodes = self.candidates().await?;
+        let topic = placement::Topic {
+            leader: &leader,
+            replicas: &view.replicas,
+        };
+        Ok(placement::choose(&expr, &nodes, topic).map(|c| c.peer.to_string()))
+    }
+
+    /// Refuses a placement that does not parse, uses what this node does not
+    /// run yet, or that no live node matches now.
+    async fn check_placement(&self, topic: &str, placement: &str) -> Result<()> {
+        let expr = placement::Expr::parse(placement)
+            .map_err(|e| Error::Usage(format!("placement {placement:?}: {e}")))?;
+        if let Some(part) = expr.unsupported() {
+            return Err(Error::Usage(format!(
+                "placement {placement:?}: {part} is not available yet"
+            )));
+        }
+        if self.placed_on(topic, placement).await?.is_none() {
+            return Err(Error::Usage(format!(
+                "placement {placement:?}: no live node matches it now"
+            )));
+        }
+        Ok(())
     }
 
     /// The topics this node holds replicas of.

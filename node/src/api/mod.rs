@@ -485,11 +485,12 @@ impl ClusterTopics {
     }
 
     /// This node and the live members, as placement sees them.
-    async fn candidates(&self) -> Result<Vec<Candidate>> {
+    pub(crate) async fn candidates(&self) -> Result<Vec<Candidate>> {
         let mut candidates = vec![Candidate {
             peer: self.overlay.peer_id(),
             tier: self.info.tier,
             attrs: self.info.attrs.clone(),
+            capabilities: self.info.capabilities.iter().cloned().collect(),
             alive: true,
         }];
         for m in self.overlay.members().await? {
@@ -497,6 +498,7 @@ impl ClusterTopics {
                 peer: m.peer,
                 tier: m.info.tier,
                 attrs: m.info.attrs,
+                capabilities: m.info.capabilities.into_iter().collect(),
                 alive: m.liveness == Liveness::Alive,
             });
         }

@@ -36,6 +36,21 @@ pub(super) enum Control {
     /// The leader of `groups` puts them to sleep: stop running them here
     /// (their storage stays; any message for one wakes it).
     Sleep { groups: Vec<GroupId> },
+    /// A topic's leader asks this node to run one of its handlers for a
+    /// while (its placement chose this node); renewed while it holds.
+    Lease(HandlerLease),
+}
+
+/// "Run this handler here for `lease_ms`": what a topic's leader sends the
+/// node its placement chose. The group layer only carries it up (to the
+/// node's handler supervisor, [`super::Groups::take_leases`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HandlerLease {
+    pub group: GroupId,
+    pub topic: String,
+    /// The handler as the leader has it (its progress included).
+    pub handler: woof_consensus::topic::handlers::Handler,
+    pub lease_ms: u64,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -46,6 +61,7 @@ pub(super) enum ControlReply {
     Replicas(Vec<ReplicaStatus>),
     Removed,
     Asleep,
+    Leased,
     /// Not the leader; the leader's peer id if known.
     NotLeader(Option<String>),
     NoGroup,

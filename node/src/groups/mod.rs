@@ -58,8 +58,11 @@ mod slots;
 mod status;
 mod transport;
 
-pub use control::{Read, ReadReply, ReplicaStatus};
+pub use control::{HandlerLease, Read, ReadReply, ReplicaStatus};
 pub use net::Net;
+
+use crate::error::{Error, Result};
+use control::{Control, ControlReply};
 
 /// Raft messages for the consensus router (see [`transport`]).
 const TAG_RAFT_BATCH: u8 = 3;
@@ -105,7 +108,17 @@ pub struct Groups {
     tasks: TaskTracker,
     /// Turns true when the groups shut down.
     stop: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Handler leases from topics' leaders, for the node's supervisor.
+    leases: Arc<Leases>,
 }
+
+/// Leases waiting for the supervisor (bounded: a full queue refuses, and
+/// the leader sends again a second later).
+type Leases = (
+    mpsc::Sender<HandlerLease>,
+    std::sync::Mutex<Option<mpsc::Receiver<HandlerLease>>>,
+);
+const LEASES_QUEUED_MAX: usize = 1024;
 
 impl Groups {
     /// Groups over the overlay `client`, storing into `store` and
@@ -120,7 +133,9 @@ impl Groups {
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let tasks = TaskTracker::new();
         let stop = Arc::new(tokio::sync::watch::Sender::new(false));
+        let (lease_tx, lease_rx) = mpsc::channel(LEASES_QUEUED_MAX);
         let groups = Self {
+            leases: Arc::new((lease_tx, std::sync::Mutex::new(Some(lease_rx)))),
             node_id: node_id(&client.peer_id()),
             store,
             topics,
@@ -158,6 +173,23 @@ impl Groups {
         groups.spawn(hibernate::supervise(groups.clone()));
         let task = tokio::spawn(server::serve(inbound, groups.clone()));
         (groups, task)
+    }
+
+    /// The handler leases this node receives; the first caller gets them.
+    pub fn take_leases(&self) -> Option<mpsc::Receiver<HandlerLease>> {
+        self.leases.1.lock().ok()?.take()
+    }
+
+    /// Asks `peer` to run a handler for a while (see [`HandlerLease`]).
+    pub async fn lease(&self, peer: PeerId, lease: HandlerLease) -> Result<()> {
+        match self
+            .control(peer, Control::Lease(lease), client::CONTROL_TIMEOUT)
+            .await?
+        {
+            ControlReply::Leased => Ok(()),
+            ControlReply::Failed(why) => Err(Error::Internal(why)),
+            other => Err(Error::Internal(format!("a lease gave {other:?}"))),
+        }
     }
 
     /// Runs `task` as one of the layer's, awaited by [`Groups::shutdown`].

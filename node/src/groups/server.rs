@@ -109,6 +109,10 @@ impl Groups {
                 Err(e) => ControlReply::Failed(e.to_string()),
             },
             Control::Sleep { groups } => self.sleep_followers(groups).await,
+            Control::Lease(lease) => match self.leases.0.try_send(lease) {
+                Ok(()) => ControlReply::Leased,
+                Err(_) => ControlReply::Failed("this node's handler leases are backed up".into()),
+            },
         }
     }
 

@@ -68,16 +68,20 @@ impl Service {
     /// The answer to a deploy or update: the handler with its lag.
     async fn deployed(&self, topic: &str, h: &Handler) -> Response<v1::DeployHandlerResponse> {
         let last = self.topics.latest(topic).await.map_or(0, |r| r.last);
-        let runs_on = self.runs_on(topic).await;
+        let runs_on = self.runs_on(topic, &h.spec.placement).await;
         Response::new(v1::DeployHandlerResponse {
             handler: Some(convert::handler(topic, h, last, &runs_on)),
         })
     }
 
-    /// Where `topic`'s handlers run now: its leader (placement `leader()`).
-    async fn runs_on(&self, topic: &str) -> String {
-        let view = self.topics.describe(topic).await.ok();
-        view.and_then(|v| v.leader).unwrap_or_default()
+    /// Where a handler of `topic` placed by `placement` runs now (empty:
+    /// nowhere, no live node matches; or unknown).
+    async fn runs_on(&self, topic: &str, placement: &str) -> String {
+        match &self.topics {
+            TopicApi::Cluster(api) => api.placed_on(topic, placement).await.ok().flatten(),
+            TopicApi::Local(_) => None,
+        }
+        .unwrap_or_default()
     }
 }
 
@@ -265,13 +269,12 @@ impl Woof for Service {
     ) -> Result<Response<v1::ListHandlersResponse>, Status> {
         let topic = request.into_inner().topic;
         let (handlers, last) = self.topics.handlers(&topic).await.map_err(status)?;
-        let runs_on = self.runs_on(&topic).await;
-        Ok(Response::new(v1::ListHandlersResponse {
-            handlers: handlers
-                .iter()
-                .map(|h| convert::handler(&topic, h, last, &runs_on))
-                .collect(),
-        }))
+        let mut listed = Vec::with_capacity(handlers.len());
+        for h in handlers.iter() {
+            let runs_on = self.runs_on(&topic, &h.spec.placement).await;
+            listed.push(convert::handler(&topic, h, last, &runs_on));
+        }
+        Ok(Response::new(v1::ListHandlersResponse { handlers: listed }))
     }
 
     async fn resume_handler(
@@ -297,12 +300,16 @@ impl Woof for Service {
             n => n.min(1000),
         } as usize;
         let (handlers, _) = self.topics.handlers(&r.topic).await.map_err(status)?;
-        if !handlers.iter().any(|h| h.spec.name == r.name) {
+        let Some(placement) = handlers
+            .iter()
+            .find(|h| h.spec.name == r.name)
+            .map(|h| h.spec.placement.clone())
+        else {
             return Err(Status::not_found(format!(
                 "no handler {:?} is bound to topic {:?}",
                 r.name, r.topic
             )));
-        }
+        };
         let here = self.cluster.peer_id();
         let name = woof_consensus::topic::TopicName::new(&r.topic)
             .map_err(|e| status(crate::error::Error::Log(e)))?;
@@ -313,7 +320,7 @@ impl Woof for Service {
         {
             return Ok(Response::new(convert::handler_logs(&here, book)));
         }
-        let runs_on = self.runs_on(&r.topic).await;
+        let runs_on = self.runs_on(&r.topic, &placement).await;
         if r.here_only || runs_on.is_empty() || runs_on == here {
             return Ok(Response::new(v1::HandlerLogsResponse::default()));
         }

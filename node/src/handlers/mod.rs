@@ -18,11 +18,20 @@
 //! (`woof_consensus::topic::handlers`), so whichever node leads the topic
 //! next resumes where the last one stopped.
 //!
-//! Placement is `leader()` for now: a handler runs on its topic's leader.
+//! - [`placement`]: placement expressions, and the node one chooses.
+//!
+//! Where a handler runs: the topic's leader evaluates its placement over
+//! the live nodes each step. If it chose itself, it runs the handler; if
+//! another node, it sends that node a lease (renewed every second, good
+//! for three) and that node runs the handler while the lease holds,
+//! following the topic over the overlay if it holds no replica. A move
+//! may let two runners overlap for a moment; keyed outputs and progress
+//! that only goes forward make that harmless (ADR 11).
 
 pub mod code;
 pub mod journal;
 pub mod native;
+pub mod placement;
 pub mod runner;
 
 use std::collections::HashMap;
@@ -31,15 +40,20 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::TopicName;
-use woof_consensus::topic::handlers::{Code, HandlerSpec};
+use woof_consensus::topic::handlers::{Code, Handler, HandlerSpec};
 
 use crate::api::ClusterTopics;
 use crate::error::{Error, Result};
-use crate::groups::Groups;
+use crate::groups::{Groups, HandlerLease};
 use crate::shutdown::Shutdown;
 
 /// How often the supervisor looks at which topics this node leads.
 const SUPERVISE_EVERY: Duration = Duration::from_millis(200);
+/// How often a topic's leader renews the lease of a handler placed on
+/// another node...
+const LEASE_EVERY: Duration = Duration::from_secs(1);
+/// ...and how long that node runs it without a renewal.
+const LEASE: Duration = Duration::from_secs(3);
 /// How long a runner that failed waits before it is started again.
 const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// The most handlers one node runs at once; past this, the rest wait (and
@@ -58,12 +72,8 @@ pub async fn check(spec: &HandlerSpec, topic: &str, python: &code::Python) -> Re
         }
         Code::Python(source) => python.check(spec, topic, source).await?,
     }
-    let placement = spec.placement.trim();
-    if !placement.is_empty() && placement != "leader()" {
-        return Err(Error::Usage(format!(
-            "placement {placement:?}: this node places handlers by `leader()` only"
-        )));
-    }
+    placement::Expr::parse(&spec.placement)
+        .map_err(|e| Error::Usage(format!("placement {:?}: {e}", spec.placement)))?;
     Ok(())
 }
 
@@ -75,7 +85,8 @@ struct Key {
     version: u64,
 }
 
-/// Starts and stops this node's runners.
+/// Starts and stops this node's runners, and places the handlers of the
+/// topics it leads.
 pub struct Supervisor {
     api: ClusterTopics,
     groups: Groups,
@@ -85,6 +96,11 @@ pub struct Supervisor {
     failed: HashMap<Key, tokio::time::Instant>,
     /// Whether it said it is at [`RUNNERS_MAX`] (said once, not each step).
     full: bool,
+    /// Handlers other nodes' topics placed here: what to run, and until when.
+    leased: HashMap<Key, (GroupId, Handler, tokio::time::Instant)>,
+    leases: Option<tokio::sync::mpsc::Receiver<HandlerLease>>,
+    /// When this node last sent each lease it gives, and to whom.
+    given: HashMap<Key, (String, tokio::time::Instant)>,
 }
 
 impl Supervisor {
@@ -92,11 +108,14 @@ impl Supervisor {
     pub fn spawn(api: ClusterTopics, groups: Groups, shutdown: Shutdown) {
         let me = Self {
             api,
-            groups,
+            groups: groups.clone(),
             shutdown: shutdown.clone(),
             running: HashMap::new(),
             failed: HashMap::new(),
             full: false,
+            leased: HashMap::new(),
+            leases: groups.take_leases(),
+            given: HashMap::new(),
         };
         shutdown.spawn(me.run());
     }
@@ -107,7 +126,7 @@ impl Supervisor {
                 _ = self.shutdown.requested() => break,
                 _ = tokio::time::sleep(SUPERVISE_EVERY) => {}
             }
-            self.step();
+            self.step().await;
         }
         for (_, (token, task)) in self.running.drain() {
             token.cancel();
@@ -115,24 +134,81 @@ impl Supervisor {
         }
     }
 
-    /// Starts the runners that should run and are not, stops the others.
-    fn step(&mut self) {
+    /// Places the handlers of the topics this node leads (here, or on the
+    /// node their placement chose, by lease), then starts the runners that
+    /// should run here and are not, and stops the others.
+    async fn step(&mut self) {
+        let now = tokio::time::Instant::now();
+        if let Some(leases) = &mut self.leases {
+            while let Ok(lease) = leases.try_recv() {
+                let Ok(topic) = TopicName::new(&lease.topic) else {
+                    continue;
+                };
+                let key = Key {
+                    topic,
+                    handler: lease.handler.spec.name.clone(),
+                    version: lease.handler.version,
+                };
+                let until =
+                    now + Duration::from_millis(lease.lease_ms.min(LEASE.as_millis() as u64));
+                self.leased.insert(key, (lease.group, lease.handler, until));
+            }
+        }
+        self.leased.retain(|_, (_, _, until)| *until > now);
+        let nodes = match self.api.candidates().await {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                // Without a view of the cluster nothing can be placed:
+                // leave everything as it is until the next step.
+                tracing::debug!("handler placement has no view of the cluster: {e}");
+                return;
+            }
+        };
+        let me = self.api.me();
         let mut wanted = HashMap::new();
+        let mut giving = HashMap::new();
         for (id, topic, handlers) in self.api.local_topics().handled() {
             let group = GroupId(id.0);
             if !self.groups.leads(group) {
                 continue;
             }
+            let replicas = self
+                .groups
+                .replica(group)
+                .map(|r| r.members)
+                .unwrap_or_default();
+            let placed = placement::Topic {
+                leader: &me,
+                replicas: &replicas,
+            };
             for h in handlers.iter().filter(|h| h.parked.is_none()) {
                 let key = Key {
                     topic: topic.clone(),
                     handler: h.spec.name.clone(),
                     version: h.version,
                 };
-                wanted.insert(key, (group, h.clone()));
+                // Checked at deploy; a placement that no longer parses
+                // (from a newer node) runs where the default puts it.
+                let expr =
+                    placement::Expr::parse(&h.spec.placement).unwrap_or(placement::Expr::Leader);
+                match placement::choose(&expr, &nodes, placed) {
+                    Some(c) if c.peer.to_string() == me => {
+                        wanted.insert(key, (group, h.clone()));
+                    }
+                    Some(c) => {
+                        giving.insert(key, (c.peer, group, h.clone()));
+                    }
+                    // Nothing matches: it waits (describe shows it).
+                    None => {}
+                }
             }
         }
-        let now = tokio::time::Instant::now();
+        self.give_leases(giving, now);
+        for (key, (group, handler, _)) in &self.leased {
+            wanted
+                .entry(key.clone())
+                .or_insert_with(|| (*group, handler.clone()));
+        }
         let failed = &mut self.failed;
         self.running.retain(|key, (token, task)| {
             if task.is_finished() {
@@ -167,5 +243,37 @@ impl Supervisor {
             self.running.insert(key, (token, task));
         }
         self.full = false;
+    }
+
+    /// Sends each lease to the node that should run the handler, once every
+    /// [`LEASE_EVERY`] (and at once when it moves).
+    fn give_leases(
+        &mut self,
+        giving: HashMap<Key, (woof_overlay::PeerId, GroupId, Handler)>,
+        now: tokio::time::Instant,
+    ) {
+        self.given.retain(|key, _| giving.contains_key(key));
+        for (key, (peer, group, handler)) in giving {
+            let to = peer.to_string();
+            if let Some((sent_to, at)) = self.given.get(&key)
+                && *sent_to == to
+                && now.duration_since(*at) < LEASE_EVERY
+            {
+                continue;
+            }
+            self.given.insert(key.clone(), (to, now));
+            let lease = HandlerLease {
+                group,
+                topic: key.topic.to_string(),
+                handler,
+                lease_ms: LEASE.as_millis() as u64,
+            };
+            let groups = self.groups.clone();
+            self.shutdown.spawn(async move {
+                if let Err(e) = groups.lease(peer, lease).await {
+                    tracing::debug!(%peer, "handler lease not given: {e}");
+                }
+            });
+        }
     }
 }

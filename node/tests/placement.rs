@@ -1,0 +1,209 @@
+//! Handler placement on a cluster of real `woof` processes: each handler
+//! runs where its expression says (by tier, attribute, leadership, on a
+//! node that holds no replica), moves when its node dies, and writes each
+//! output once; an expression nothing matches is refused at deploy.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Appends `"<seq> <node>"` to the topic named in its config.
+const WHERE: &str =
+    "def handle(ctx, seq, payload):\n    ctx.append(ctx.config['to'], f'{seq} {ctx.node}')\n";
+
+fn deploy(
+    dir: &std::path::Path,
+    url: &str,
+    name: &str,
+    placement: &str,
+    to: &str,
+) -> (bool, String) {
+    let file = dir.join("where.py");
+    std::fs::write(&file, WHERE).unwrap();
+    let config = format!(r#"{{"to": "{to}"}}"#);
+    let out = woof(&[
+        "--server",
+        url,
+        "handler",
+        "deploy",
+        "in",
+        name,
+        "--python",
+        file.to_str().unwrap(),
+        "--placement",
+        placement,
+        "--config",
+        &config,
+    ]);
+    let text = if out.status.success() {
+        &out.stdout
+    } else {
+        &out.stderr
+    };
+    (
+        out.status.success(),
+        String::from_utf8_lossy(text).into_owned(),
+    )
+}
+
+/// Waits for `count` outputs in `topic` (and a little longer), and returns
+/// them as (seq, node), checking each element appears once, in order.
+async fn outputs(c: &mut Client, topic: &str, count: u64) -> Vec<(u64, String)> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latest(c, topic).await.last_seq < count {
+        assert!(Instant::now() < deadline, "{topic} reaches {count} outputs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let got: Vec<(u64, String)> = scan_all(c, topic, 1)
+        .await
+        .iter()
+        .map(|e| {
+            let text = String::from_utf8(e.payload.to_vec()).unwrap();
+            let (seq, node) = text.split_once(' ').unwrap();
+            (seq.parse().unwrap(), node.to_string())
+        })
+        .collect();
+    let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(
+        seqs,
+        (1..=count).collect::<Vec<_>>(),
+        "{topic}: each element once, in order"
+    );
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_run_where_their_placement_says_and_move_when_their_node_dies() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let first = start_node(
+        &dir.path().join("n0"),
+        &key,
+        &["--tier", "cloud", "--attr", "site=hq"],
+    );
+    let join = overlay_addr(&first.url);
+    let mut nodes = vec![first];
+    for (i, (tier, site)) in [("edge", "north"), ("edge", "south"), ("cloud", "north")]
+        .into_iter()
+        .enumerate()
+    {
+        let site = format!("site={site}");
+        nodes.push(start_node(
+            &dir.path().join(format!("n{}", i + 1)),
+            &key,
+            &["--join", &join, "--tier", tier, "--attr", &site],
+        ));
+    }
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    wait_alive(&urls, 4);
+    let ids: Vec<String> = nodes.iter().map(|n| peer_id(&n.url)).collect();
+    let (edge, north) = (
+        BTreeSet::from([ids[1].clone(), ids[2].clone()]),
+        BTreeSet::from([ids[1].clone(), ids[3].clone()]),
+    );
+
+    let url = nodes[0].url.clone();
+    let mut c = connect(&url).await;
+    create_replicated(&mut c, "in", 3, "").await;
+    for out in ["by-edge", "by-north", "not-leader", "outside"] {
+        create_replicated(&mut c, out, 3, "").await;
+    }
+    let view = describe(&mut c, "in").await;
+    let replicas: BTreeSet<String> = view.replicas.iter().cloned().collect();
+    let outside: Vec<String> = ids
+        .iter()
+        .filter(|i| !replicas.contains(*i))
+        .cloned()
+        .collect();
+    assert_eq!(outside.len(), 1, "3 replicas of 4 nodes");
+
+    // Refused at deploy, with why.
+    let (ok, said) = deploy(dir.path(), &url, "h", "tier(device)", "by-edge");
+    assert!(!ok && said.contains("no live node matches"), "{said}");
+    let (ok, said) = deploy(dir.path(), &url, "h", "tier(fog)", "by-edge");
+    assert!(
+        !ok && said.contains("column 6") && said.contains("device, edge or cloud"),
+        "{said}"
+    );
+    let (ok, said) = deploy(dir.path(), &url, "h", "tier(edge) &", "by-edge");
+    assert!(!ok && said.contains("column 13"), "{said}");
+    let (ok, said) = deploy(dir.path(), &url, "h", "all(tier(edge))", "by-edge");
+    assert!(!ok && said.contains("not available yet"), "{said}");
+
+    for (name, placement, to) in [
+        ("edge", "tier(edge)", "by-edge"),
+        ("north", "attr(site=north)", "by-north"),
+        ("notleader", "~leader()", "not-leader"),
+        ("outside", "~replica()", "outside"),
+    ] {
+        let (ok, said) = deploy(dir.path(), &url, name, placement, to);
+        assert!(ok, "{name}: {said}");
+    }
+    for i in 1..=20u64 {
+        append_retrying(&mut c, "in", "t", i, "x").await;
+    }
+    let leader = describe(&mut c, "in").await.leader;
+    let ran_on = |outs: &[(u64, String)]| -> BTreeSet<String> {
+        outs.iter().map(|(_, n)| n.clone()).collect()
+    };
+    let by_edge = outputs(&mut c, "by-edge", 20).await;
+    assert!(
+        ran_on(&by_edge).is_subset(&edge),
+        "tier(edge) ran on {:?}",
+        ran_on(&by_edge)
+    );
+    let by_north = outputs(&mut c, "by-north", 20).await;
+    assert!(
+        ran_on(&by_north).is_subset(&north),
+        "attr ran on {:?}",
+        ran_on(&by_north)
+    );
+    let not_leader = outputs(&mut c, "not-leader", 20).await;
+    assert!(
+        !ran_on(&not_leader).contains(&leader),
+        "~leader() ran on the leader"
+    );
+    let outside_outs = outputs(&mut c, "outside", 20).await;
+    assert_eq!(
+        ran_on(&outside_outs),
+        BTreeSet::from([outside[0].clone()]),
+        "~replica() ran on the node without a replica, fed over the overlay"
+    );
+
+    // `describe` says where each runs.
+    let listed = woof(&["--server", &url, "--json", "handler", "list", "in"]);
+    let runs_on: BTreeMap<String, String> = String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .map(|l| {
+            let h: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                h["name"].as_str().unwrap().to_string(),
+                h["runs_on"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(runs_on["edge"], by_edge.last().unwrap().1);
+    assert_eq!(runs_on["outside"], outside[0]);
+
+    // The edge handler's node dies: it moves to the other edge node and
+    // resumes; every element still gives one output.
+    let edge_node = by_edge.last().unwrap().1.clone();
+    let victim = ids.iter().position(|i| *i == edge_node).unwrap();
+    nodes[victim].kill_hard();
+    let survivor = (0..4).find(|i| *i != victim).unwrap();
+    let mut c = connect(&nodes[survivor].url.clone()).await;
+    for i in 21..=40u64 {
+        append_retrying(&mut c, "in", "t", i, "x").await;
+    }
+    let by_edge = outputs(&mut c, "by-edge", 40).await;
+    assert!(ran_on(&by_edge).is_subset(&edge));
+    let moved_to = &by_edge.last().unwrap().1;
+    assert!(
+        edge.contains(moved_to) && *moved_to != edge_node,
+        "moved to the other edge node"
+    );
+}
