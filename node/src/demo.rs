@@ -82,11 +82,26 @@ async fn start_node(
     key: &ClusterKey,
     join: Vec<Multiaddr>,
 ) -> Result<Node> {
+    start_node_with(dir, name, tier, &[], key, join).await
+}
+
+/// [`start_node`], with attributes beyond its name.
+async fn start_node_with(
+    dir: &tempfile::TempDir,
+    name: &str,
+    tier: Tier,
+    attrs: &[&str],
+    key: &ClusterKey,
+    join: Vec<Multiaddr>,
+) -> Result<Node> {
     let mut config = NodeConfig::standalone(
         dir.path().join(name),
         "127.0.0.1:0".parse().expect("valid address"),
     );
     config.info = NodeInfo::new(tier).with_attr(&format!("name={name}"))?;
+    for attr in attrs {
+        config.info = config.info.with_attr(attr)?;
+    }
     config.cluster = Some(ClusterConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("valid multiaddr")],
         join,
@@ -373,9 +388,262 @@ async fn steps(d: &mut Demo) -> Result<()> {
         "  after the restart {TOPIC} still holds #1..#{}; the next append is #{}",
         l.last_seq, next.seq
     );
+    edge_python(d).await?;
     failover(d).await?;
-    println!("\ncoming next in woof: Python handlers, placement, devices.");
+    println!("\ncoming next in woof: causal traces, adaptive placement, devices.");
     Ok(())
+}
+
+/// A motor's vibration, 5 readings a second.
+const VIBRATION: &str = "mill/motor-3/vibration";
+/// What the Python handler on the edge makes of it.
+const SMOOTHED: &str = "mill/motor-3/smoothed";
+const MOTOR_ALERTS: &str = "mill/motor-3/alerts";
+const VIBRATION_READINGS: u64 = 30;
+
+/// The root mean square of the last 4 readings (read back from the topic,
+/// so that whichever node runs it computes the same).
+const SMOOTH_PY: &str = r##"import json, math
+
+def handle(ctx, seq, payload):
+    window = ctx.scan(ctx.topic, max(1, seq - 3), 4)
+    values = [json.loads(p)["mm_s"] for s, p in window if s <= seq]
+    rms = math.sqrt(sum(v * v for v in values) / len(values))
+    ctx.log(f"#{seq}: rms of {len(values)} readings = {rms:.2f} mm/s")
+    ctx.append(ctx.config["to"], json.dumps(
+        {"reading": seq, "rms_mm_s": round(rms, 2), "node": ctx.node}))
+"##;
+
+/// Two edge nodes join at a mill; a Python handler placed on them smooths a
+/// motor's vibration, a native one placed in the cloud alerts on it; the
+/// edge node running the Python handler is stopped halfway, and the
+/// handler moves to the other one without losing or doubling a result.
+async fn edge_python(d: &mut Demo) -> Result<()> {
+    heading("Python on the edge, an alarm in the cloud: placement, and a handler's node stopped");
+    let join = d.others.first().map(overlay_addr).unwrap_or_default();
+    let mut edges = Vec::new();
+    for name in ["edge-a", "edge-b"] {
+        let node = start_node_with(
+            &d.dir,
+            name,
+            Tier::Edge,
+            &["site=mill"],
+            &d.key,
+            join.clone(),
+        );
+        edges.push(node.await?);
+    }
+    let mut c = d.client.clone();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node_names(&mut c)
+        .await?
+        .values()
+        .filter(|n| n.starts_with("edge-"))
+        .count()
+        < 2
+    {
+        if Instant::now() > deadline {
+            return Err(Error::Internal("the edge nodes did not join".into()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("  edge-a and edge-b joined, at the mill (site=mill)");
+    for topic in [VIBRATION, SMOOTHED, MOTOR_ALERTS] {
+        c.create_topic(v1::CreateTopicRequest {
+            name: topic.into(),
+            replication: 3,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let deploy =
+        |topic: &str, name: &str, code, placement: &str, config: String| v1::DeployHandlerRequest {
+            handler: Some(v1::Handler {
+                topic: topic.into(),
+                name: name.into(),
+                code: Some(code),
+                placement: placement.into(),
+                config,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+    let names = node_names(&mut c).await?;
+    let name_of = |peer: &str| names.get(peer).cloned().unwrap_or_else(|| "none".into());
+    for request in [
+        deploy(
+            VIBRATION,
+            "smooth",
+            v1::handler::Code::Python(SMOOTH_PY.into()),
+            "tier(edge) & attr(site=mill)",
+            format!(r#"{{"to": "{SMOOTHED}"}}"#),
+        ),
+        deploy(
+            SMOOTHED,
+            "worn-bearing",
+            v1::handler::Code::Native("threshold".into()),
+            "tier(cloud)",
+            format!(
+                r#"{{"to": "{MOTOR_ALERTS}", "field": "rms_mm_s", "above": 7.1, "below": 4.5}}"#
+            ),
+        ),
+    ] {
+        let h = c
+            .deploy_handler(request)
+            .await?
+            .into_inner()
+            .handler
+            .unwrap_or_default();
+        let kind = match &h.code {
+            Some(v1::handler::Code::Python(_)) => "Python".to_string(),
+            Some(v1::handler::Code::Native(n)) => format!("native {n}"),
+            None => String::new(),
+        };
+        println!(
+            "  deployed {} on {} ({kind}), placement {}: runs on {}",
+            h.name,
+            h.topic,
+            h.placement,
+            name_of(&h.runs_on)
+        );
+    }
+
+    // Readings at 5 a second: a healthy motor, then a bearing wearing out.
+    let reading = |i: u64| {
+        let mm_s = if i <= 18 {
+            2.0 + (i % 3) as f64 * 0.4
+        } else {
+            2.0 + (i - 18) as f64 * 0.9
+        };
+        format!(r#"{{"motor": 3, "mm_s": {mm_s:.1}}}"#)
+    };
+    let runs_on = |h: &v1::ListHandlersResponse| {
+        h.handlers
+            .first()
+            .map(|h| h.runs_on.clone())
+            .unwrap_or_default()
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut stopped = None;
+    for i in 1..=VIBRATION_READINGS {
+        tick.tick().await;
+        append_surely(&mut c, VIBRATION, i, reading(i)).await?;
+        if i == VIBRATION_READINGS / 2 {
+            let listed = c
+                .list_handlers(v1::ListHandlersRequest {
+                    topic: VIBRATION.into(),
+                })
+                .await?
+                .into_inner();
+            let peer = runs_on(&listed);
+            let Some(at) = edges
+                .iter()
+                .position(|n| n.overlay().map(|o| o.peer_id().to_string()) == Some(peer.clone()))
+            else {
+                return Err(Error::Internal(format!(
+                    "smooth runs on {peer}, not an edge node"
+                )));
+            };
+            let node = edges.remove(at);
+            println!(
+                "  {} readings in; stopping {}, where smooth runs ...",
+                i,
+                label(&node)
+            );
+            stopped = Some(label(&node));
+            node.stop().await?;
+        }
+    }
+    let handlers = handlers_caught_up(&mut c, VIBRATION, Duration::from_secs(20)).await?;
+    let now_on = handlers
+        .first()
+        .map(|h| name_of(&h.runs_on))
+        .unwrap_or_default();
+    let smoothed: Vec<serde_json::Value> = scan_all(&mut c, SMOOTHED)
+        .await?
+        .into_iter()
+        .filter_map(|(_, p)| serde_json::from_slice(&p).ok())
+        .collect();
+    let order: Vec<u64> = smoothed
+        .iter()
+        .filter_map(|v| v["reading"].as_u64())
+        .collect();
+    let mut by_node: BTreeMap<String, usize> = BTreeMap::new();
+    for v in &smoothed {
+        *by_node
+            .entry(name_of(v["node"].as_str().unwrap_or("")))
+            .or_default() += 1;
+    }
+    let by_node: Vec<String> = by_node.iter().map(|(n, k)| format!("{k} on {n}")).collect();
+    println!(
+        "  smooth moved from {} to {now_on}; {SMOOTHED} holds {} results for {VIBRATION_READINGS} \
+         readings ({}), in order, none twice: {}",
+        stopped.unwrap_or_default(),
+        smoothed.len(),
+        by_node.join(", "),
+        order == (1..=VIBRATION_READINGS).collect::<Vec<_>>()
+    );
+    handlers_caught_up(&mut c, SMOOTHED, Duration::from_secs(10)).await?;
+    for (seq, alert) in scan_all(&mut c, MOTOR_ALERTS).await? {
+        println!(
+            "  {MOTOR_ALERTS} #{seq}: {}",
+            String::from_utf8_lossy(&alert)
+        );
+    }
+    let logs = c
+        .handler_logs(v1::HandlerLogsRequest {
+            topic: VIBRATION.into(),
+            name: "smooth".into(),
+            limit: 2,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    println!(
+        "  `woof handler logs {VIBRATION} smooth` ({}: {} runs, {} errors):",
+        name_of(&logs.node),
+        logs.runs,
+        logs.errors
+    );
+    for i in &logs.invocations {
+        println!(
+            "    #{} seq={} {} in {} us, dispatched {} us after its commit",
+            i.id, i.seq, i.outcome, i.duration_us, i.dispatch_us
+        );
+        for line in &i.logs {
+            println!("      | {line}");
+        }
+    }
+    d.others.append(&mut edges);
+    Ok(())
+}
+
+/// Appends reading `seq` of a producer, retrying until it is acknowledged
+/// (a retry never appends twice).
+async fn append_surely(
+    client: &mut WoofClient<Channel>,
+    topic: &str,
+    seq: u64,
+    payload: String,
+) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let answer = client
+            .append(v1::AppendRequest {
+                topic: topic.into(),
+                payload: payload.clone().into(),
+                producer: Some(v1::Producer {
+                    id: "motor-3".into(),
+                    seq,
+                }),
+            })
+            .await;
+        match answer {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e.into()),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// Two native handlers on the readings: `threshold` alerts when moisture

@@ -288,6 +288,11 @@ fn the_demo_runs_and_shows_each_step() {
         3,
         "three nodes alive: {stdout}"
     );
+    assert_eq!(
+        stdout.matches("in order, none twice: true").count(),
+        2,
+        "the archive and the smoothed vibration, each whole: {stdout}"
+    );
     for expected in [
         "no gap, no duplicate: true",
         "(duplicate: true)",
@@ -302,6 +307,11 @@ fn the_demo_runs_and_shows_each_step() {
         r#""alert":"above""#,
         "farm/north/archive holds 12 copies of the readings",
         "in order, none twice: true",
+        "placement tier(edge) & attr(site=mill): runs on edge-",
+        "placement tier(cloud): runs on cloud-",
+        "holds 30 results for 30 readings",
+        r#"mill/motor-3/alerts #1: {"alert":"above","field":"rms_mm_s""#,
+        "| #30: rms of 4 readings",
         "cleaned up",
     ] {
         assert!(

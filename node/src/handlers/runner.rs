@@ -129,6 +129,10 @@ impl Runner {
                 if element.seq < next {
                     continue;
                 }
+                let committed = match committed {
+                    Some(at) => Committed::At(at),
+                    None => Committed::AppendedMs(element.append_time_ms),
+                };
                 match self
                     .handle(&mut engine, element.seq, &element.payload, committed, stop)
                     .await
@@ -231,7 +235,7 @@ impl Runner {
         engine: &mut Engine,
         seq: u64,
         payload: &Bytes,
-        committed: Option<std::time::Instant>,
+        committed: Committed,
         stop: &CancellationToken,
     ) -> Result<Vec<Output>, Failure> {
         let mut pause = BACKOFF;
@@ -239,9 +243,13 @@ impl Runner {
         loop {
             attempt += 1;
             let started = std::time::Instant::now();
-            let at_ms = std::time::SystemTime::now()
+            let now_us = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
+                .map_or(0, |d| d.as_micros() as u64);
+            let dispatch_us = match committed {
+                Committed::At(at) => started.saturating_duration_since(at).as_micros() as u64,
+                Committed::AppendedMs(ms) => now_us.saturating_sub(ms * 1000),
+            };
             let ran = engine.run(seq, payload, &self.api).await;
             let outcome = match (&ran.outputs, ran.overran) {
                 (Ok(_), _) => journal::Outcome::Ok,
@@ -254,10 +262,8 @@ impl Runner {
                 journal::Invocation {
                     id: 0,
                     seq,
-                    at_ms,
-                    dispatch_us: committed.map_or(0, |c| {
-                        started.saturating_duration_since(c).as_micros() as u64
-                    }),
+                    at_ms: now_us / 1000,
+                    dispatch_us,
                     duration_us: started.elapsed().as_micros() as u64,
                     outcome,
                     error: ran.outputs.as_ref().err().cloned().unwrap_or_default(),
@@ -424,6 +430,16 @@ impl Runner {
             )
             .await
     }
+}
+
+/// When an element was committed, as the runner can tell.
+#[derive(Debug, Clone, Copy)]
+enum Committed {
+    /// Applied by this node's replica then.
+    At(std::time::Instant),
+    /// No replica here: the leader's wall-clock time of the append (in ms,
+    /// taken before the commit, so the dispatch looks a little longer).
+    AppendedMs(u64),
 }
 
 /// An output ready to append: its element, its key, its payload.
