@@ -514,6 +514,8 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
         code: Code::Python("def handle(ctx, seq, payload):\n    pass\n".into()),
         placement: String::new(),
         config: "{}".into(),
+        time_budget_ms: 250,
+        memory_mib: 0,
     };
     let progress = |done| {
         Command::Handler(HandlerCommand::Progress {

@@ -182,7 +182,34 @@ async fn logs_show_each_invocation_and_hostile_handlers_park_alone() {
     let noisy = "def handle(ctx, seq, payload):\n    print('got', payload.decode())\n    if payload == b'bad':\n        raise ValueError('bad reading')\n    ctx.append('out', payload)\n";
     assert!(deploy(dir.path(), &url, "a", "noisy", noisy).0);
     let spin = "def handle(ctx, seq, payload):\n    while True:\n        pass\n";
-    assert!(deploy(dir.path(), &url, "b", "spin", spin).0);
+    let file = dir.path().join("spin.py");
+    std::fs::write(&file, spin).unwrap();
+    let (ok, said) = cli(&[
+        "--server",
+        &url,
+        "handler",
+        "deploy",
+        "b",
+        "spin",
+        "--python",
+        file.to_str().unwrap(),
+        "--time-budget-ms",
+        "300",
+    ]);
+    assert!(ok && said.contains("time_budget=300ms"), "{said}");
+    let (ok, said) = cli(&[
+        "--server",
+        &url,
+        "handler",
+        "deploy",
+        "b",
+        "hog",
+        "--python",
+        file.to_str().unwrap(),
+        "--memory-mib",
+        "5000",
+    ]);
+    assert!(!ok && said.contains("at most 1024"), "{said}");
     assert!(deploy(dir.path(), &url, "c", "good", DOUBLE).0);
 
     for (i, p) in ["1", "2", "bad"].iter().enumerate() {
@@ -235,11 +262,11 @@ async fn logs_show_each_invocation_and_hostile_handlers_park_alone() {
         spin["parked_error"]
             .as_str()
             .unwrap()
-            .contains("time budget"),
+            .contains("time budget of 300 ms"),
         "{spin}"
     );
     assert_eq!(spin["counts"]["timeouts"], 5, "{spin}");
-    // The other handler was not held up by the one spinning for 5 s.
+    // The other handler was not held up by the one spinning.
     let good = describe("c", "good");
     assert_eq!(good["done"], 100, "{good}");
     assert!(

@@ -50,6 +50,13 @@ pub struct HandlerSpec {
     pub placement: String,
     /// JSON text the handler reads as its config (`{}` when empty).
     pub config: String,
+    /// Each invocation's time budget, in ms; 0 is the node's default. (A
+    /// Python handler's: native ones do not overrun.)
+    #[serde(default)]
+    pub time_budget_ms: u32,
+    /// A Python invocation's memory cap, in MiB; 0 is the node's default.
+    #[serde(default)]
+    pub memory_mib: u32,
 }
 
 impl HandlerSpec {
@@ -360,6 +367,8 @@ mod tests {
             code: Code::Native("forward".into()),
             placement: String::new(),
             config: "{}".into(),
+            time_budget_ms: 0,
+            memory_mib: 0,
         }
     }
 

@@ -255,6 +255,12 @@ pub struct HandlerCode {
     /// Its config, as JSON text.
     #[arg(long, value_name = "JSON", default_value = "")]
     pub config: String,
+    /// A Python handler's time budget per invocation [default: the node's, 1000].
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    pub time_budget_ms: u32,
+    /// A Python handler's memory cap per invocation [default: the node's, 64].
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    pub memory_mib: u32,
 }
 
 impl HandlerCode {
@@ -287,6 +293,8 @@ impl HandlerCode {
             code: Some(code),
             placement: self.placement,
             config: self.config,
+            time_budget_ms: self.time_budget_ms,
+            memory_mib: self.memory_mib,
             ..Default::default()
         })
     }

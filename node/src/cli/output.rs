@@ -169,6 +169,7 @@ impl Output {
                 "placement": h.placement, "config": h.config, "version": h.version,
                 "takes_over_at": h.takes_over_at, "done": h.done, "lag": h.lag,
                 "runs_on": h.runs_on, "parked_at": h.parked_at, "parked_error": h.parked_error,
+                "time_budget_ms": h.time_budget_ms, "memory_mib": h.memory_mib,
             }));
         } else {
             let verb = if verb.is_empty() {
@@ -187,7 +188,7 @@ impl Output {
                 &h.placement
             };
             let runs_on = if h.runs_on.is_empty() {
-                "unknown"
+                "none"
             } else {
                 &h.runs_on
             };
@@ -195,6 +196,12 @@ impl Output {
                 "{verb}handler {}/{} {code} placement={placement} version={} from={} done={} lag={} runs_on={runs_on}",
                 h.topic, h.name, h.version, h.takes_over_at, h.done, h.lag
             );
+            if h.time_budget_ms > 0 {
+                line.push_str(&format!(" time_budget={}ms", h.time_budget_ms));
+            }
+            if h.memory_mib > 0 {
+                line.push_str(&format!(" memory={}MiB", h.memory_mib));
+            }
             if h.parked_at > 0 {
                 line.push_str(&format!(
                     " PARKED at #{}: {} (woof handler resume {} {})",

@@ -120,6 +120,8 @@ pub fn handler(topic: &str, h: &Handler, last: u64, runs_on: &str) -> v1::Handle
         } else {
             runs_on.to_string()
         },
+        time_budget_ms: h.spec.time_budget_ms,
+        memory_mib: h.spec.memory_mib,
         parked_at: h.parked.as_ref().map_or(0, |p| p.seq),
         parked_error: h
             .parked
@@ -170,6 +172,8 @@ pub fn handler_spec(h: Option<v1::Handler>) -> Result<(String, HandlerSpec), Sta
         code,
         placement: h.placement,
         config: h.config,
+        time_budget_ms: h.time_budget_ms,
+        memory_mib: h.memory_mib,
     };
     Ok((h.topic, spec))
 }

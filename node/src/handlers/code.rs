@@ -26,6 +26,20 @@ pub struct Python {
 }
 
 impl Python {
+    /// The limits of a handler deployed as `spec` (its own, or the node's).
+    pub fn limits_of(&self, spec: &HandlerSpec) -> Limits {
+        Limits {
+            time: match spec.time_budget_ms {
+                0 => self.limits.time,
+                ms => std::time::Duration::from_millis(u64::from(ms)),
+            },
+            memory_bytes: match spec.memory_mib {
+                0 => self.limits.memory_bytes,
+                mib => u64::from(mib) << 20,
+            },
+        }
+    }
+
     /// The node's own binary, with the default limits (1 s, 64 MiB).
     pub fn this_binary() -> Self {
         Self {
@@ -38,7 +52,7 @@ impl Python {
     /// must pass (it compiles, its module runs, it defines `handle`).
     pub async fn check(&self, spec: &HandlerSpec, topic: &str, source: &str) -> Result<()> {
         let load = load(spec, topic, source, "deploy-check");
-        match Worker::start(&self.program, load, self.limits).await {
+        match Worker::start(&self.program, load, self.limits_of(spec)).await {
             Ok(_) => Ok(()),
             Err(e @ (woof_python::Error::Refused(_) | woof_python::Error::Overran(_))) => {
                 Err(Error::Usage(format!(
@@ -94,7 +108,10 @@ impl Engine {
                 native::build(name, &spec.config).map_err(Error::Usage)?,
             )),
             Code::Python(source) => Ok(Self::Python(Box::new(PythonEngine {
-                python: python.clone(),
+                python: Python {
+                    program: python.program.clone(),
+                    limits: python.limits_of(spec),
+                },
                 load: load(spec, topic, source, node),
                 worker: None,
             }))),

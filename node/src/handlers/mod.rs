@@ -60,12 +60,29 @@ const RESTART_AFTER: Duration = Duration::from_secs(5);
 /// their groups stay awake, so they run once others finish or move).
 pub const RUNNERS_MAX: usize = 10_000;
 
+/// The longest time budget a handler may ask for...
+pub const TIME_BUDGET_MS_MAX: u32 = 60_000;
+/// ...and the largest memory cap.
+pub const MEMORY_MIB_MAX: u32 = 1024;
+
 /// Checks what a deploy or update carries beyond names and sizes: that the
 /// code exists and its config suits it (a Python handler is loaded in a
 /// worker of its own: it must compile, run and define `handle`), and that
 /// the placement is known.
 pub async fn check(spec: &HandlerSpec, topic: &str, python: &code::Python) -> Result<()> {
     spec.check()?;
+    if spec.time_budget_ms > TIME_BUDGET_MS_MAX {
+        return Err(Error::Usage(format!(
+            "a time budget of {} ms; at most {TIME_BUDGET_MS_MAX}",
+            spec.time_budget_ms
+        )));
+    }
+    if spec.memory_mib > MEMORY_MIB_MAX {
+        return Err(Error::Usage(format!(
+            "a memory cap of {} MiB; at most {MEMORY_MIB_MAX}",
+            spec.memory_mib
+        )));
+    }
     match &spec.code {
         Code::Native(name) => {
             native::build(name, &spec.config).map_err(Error::Usage)?;
