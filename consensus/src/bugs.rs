@@ -34,6 +34,10 @@ pub enum Bug {
     /// (`woof_node::groups::membership`): the group counts a voter that
     /// holds nothing yet.
     RepairSkipsCatchUp,
+    /// A handler's runner records its progress over a batch of elements
+    /// before their outputs are committed (`woof_node::handlers::runner`):
+    /// a runner that stops in between, and the one after it, skip them.
+    HandlerProgressFirst,
 }
 
 #[cfg(feature = "sim-bugs")]

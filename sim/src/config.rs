@@ -212,10 +212,12 @@ pub enum Broken {
     ForwardedRetryWithoutIdentity,
     /// woof's repair makes a new replica a voter before it caught up.
     RepairSkipsCatchUp,
+    /// woof's handler runners record progress before the outputs commit.
+    HandlerProgressFirst,
 }
 
 impl Broken {
-    pub const ALL: [(Broken, &'static str); 10] = [
+    pub const ALL: [(Broken, &'static str); 11] = [
         (Broken::AckBeforeCommit, "ack-before-commit"),
         (Broken::RetryWithNewSeq, "retry-with-new-seq"),
         (Broken::DivergentReplica, "divergent-replica"),
@@ -232,6 +234,7 @@ impl Broken {
             "forwarded-retry-without-identity",
         ),
         (Broken::RepairSkipsCatchUp, "repair-skips-catch-up"),
+        (Broken::HandlerProgressFirst, "handler-progress-first"),
     ];
 
     pub fn parse(text: &str) -> Result<Self, Error> {
@@ -259,6 +262,7 @@ impl Broken {
             Broken::CreateSkipsClaim => Some(Bug::CreateSkipsClaim),
             Broken::ForwardedRetryWithoutIdentity => Some(Bug::ForwardedRetryWithoutIdentity),
             Broken::RepairSkipsCatchUp => Some(Bug::RepairSkipsCatchUp),
+            Broken::HandlerProgressFirst => Some(Bug::HandlerProgressFirst),
             Broken::AckBeforeCommit | Broken::RetryWithNewSeq | Broken::DivergentReplica => None,
         }
     }

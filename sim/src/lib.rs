@@ -196,6 +196,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
     }
     cluster.bootstrap_directory().await?;
     cluster.create_topics(HISTORY).await?;
+    cluster.bind_handler(HISTORY).await?;
     let cluster = Arc::new(cluster);
     for id in cluster.ids() {
         if let Some(peer) = cluster.net.peer(id) {
@@ -280,6 +281,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
     }
     let lagging = settle(&cluster).await;
     let settled = lagging.is_empty();
+    let handled = workload::handled(&cluster, SETTLE_MS_MAX).await;
     admin::survey(&cluster, &record).await;
     let voters: BTreeMap<usize, Vec<u64>> = cluster
         .plans
@@ -305,6 +307,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         voters,
         replication: config.replication,
         finals,
+        handled,
     });
     for v in &violations {
         rec.event(format_args!("VIOLATION {v}"));

@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use woof_consensus::store::GroupId;
+use woof_consensus::topic::handlers::{Code, From, HandlerSpec};
 use woof_consensus::topic::{TopicConfig, TopicId};
 use woof_consensus::{Clock, Topics};
 use woof_node::api::{ClusterTopics, TopicView};
@@ -36,6 +37,10 @@ use crate::joins::Joins;
 use crate::net::SimNet;
 use crate::rng::SimRng;
 use crate::store::SimStore;
+
+/// The handler every run binds to its first topic, and where it writes.
+pub const HANDLER: &str = "copy";
+pub const HANDLED_OUT: &str = "sim/handled";
 
 /// How long shutting a group or a node's topics down may take.
 const SHUTDOWN_MS_MAX: u64 = 2_000;
@@ -153,6 +158,8 @@ struct Up {
     serve: tokio::task::JoinHandle<()>,
     /// The node's repair loop (`ClusterTopics::maintain`).
     maintain: tokio::task::JoinHandle<()>,
+    /// Stops the node's handler supervisor and its runners.
+    handling: woof_node::shutdown::Shutdown,
 }
 
 struct Node {
@@ -381,6 +388,10 @@ impl Cluster {
             api.clone()
                 .maintain(self.repair_after, woof_node::shutdown::Shutdown::new()),
         );
+        // Handlers run as on `woof node`: a supervisor places those of the
+        // topics this node leads and runs them (native ones only here).
+        let handling = woof_node::shutdown::Shutdown::new();
+        woof_node::handlers::Supervisor::spawn(api.clone(), groups.clone(), handling.clone());
         self.net.attach(id, incarnation, inbox);
         self.rec.event(format_args!(
             "node n{id} up (incarnation {incarnation}, {held} groups)"
@@ -392,6 +403,7 @@ impl Cluster {
             groups,
             api,
             serve,
+            handling,
             maintain,
         });
         Ok(())
@@ -439,6 +451,39 @@ impl Cluster {
         };
         api.create(name, config, replication as u32, constraint.unwrap_or(""))
             .await
+    }
+
+    /// Binds a native `forward` handler to the first topic, copying every
+    /// element from the first on to [`HANDLED_OUT`] (made here too), so
+    /// that the run shows whether each committed element gives its output
+    /// once, in order, through the faults (`check::handled`).
+    pub async fn bind_handler(&self, history: u64) -> Result<(), Error> {
+        let Some(plan) = self.plans.first() else {
+            return Ok(());
+        };
+        let node = self.ids()[0];
+        self.create(node, HANDLED_OUT, self.replication, None, history)
+            .await
+            .map_err(|e| Error::Setup(format!("creating {HANDLED_OUT}: {e}")))?;
+        let api = self
+            .api(node)
+            .ok_or_else(|| Error::Setup(format!("n{node} down")))?;
+        let spec = HandlerSpec {
+            name: HANDLER.into(),
+            code: Code::Native("forward".into()),
+            placement: String::new(),
+            config: format!(r#"{{"to": "{HANDLED_OUT}"}}"#),
+            time_budget_ms: 0,
+            memory_mib: 0,
+        };
+        api.deploy_handler(&plan.name, spec, From::Earliest)
+            .await
+            .map_err(|e| Error::Setup(format!("binding a handler to {}: {e}", plan.name)))?;
+        self.rec.event(format_args!(
+            "handler {HANDLER} bound to {}, writing to {HANDLED_OUT}",
+            plan.name
+        ));
+        Ok(())
     }
 
     /// Creates every planned topic, fault-free, each through another node
@@ -546,6 +591,12 @@ impl Cluster {
 /// (which ends once the network let go of its inbound queue).
 async fn stop(up: Up) {
     let wait = Duration::from_millis(SHUTDOWN_MS_MAX);
+    if tokio::time::timeout(wait, up.handling.stop())
+        .await
+        .is_err()
+    {
+        tracing::debug!("a handler runner outlived its node");
+    }
     let _ = tokio::time::timeout(wait, up.groups.shutdown()).await;
     // The repair loop ends when the groups stop.
     if tokio::time::timeout(wait, up.maintain).await.is_err() {

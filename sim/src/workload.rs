@@ -808,3 +808,57 @@ pub async fn sampler(cluster: Arc<Cluster>, record: Shared, until_ms: u64) {
 pub fn leader_of(cluster: &Cluster, topic: usize) -> Option<u64> {
     cluster.leader(&cluster.plans[topic])
 }
+
+/// After the faults: waits (up to `within_ms` of simulated time) until the
+/// handler bound to the first topic has finished every element, then reads
+/// the topic and the handler's outputs through a live node.
+pub async fn handled(cluster: &Cluster, within_ms: u64) -> Option<crate::check::Handled> {
+    let plan = cluster.plans.first()?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(within_ms);
+    loop {
+        let now_done = async {
+            let api = cluster
+                .up_ids()
+                .into_iter()
+                .find_map(|id| cluster.api(id))?;
+            let (handlers, last) = api.handlers(&plan.name).await.ok()?;
+            let done = handlers
+                .iter()
+                .find(|h| h.spec.name == crate::node::HANDLER)?
+                .done;
+            let input = scan_all(&api, &plan.name, last).await?;
+            let out_last = api.latest(crate::node::HANDLED_OUT).await.ok()?.last;
+            let output = scan_all(&api, crate::node::HANDLED_OUT, out_last).await?;
+            Some(crate::check::Handled {
+                input,
+                output: output.into_iter().map(|(_, p)| p).collect(),
+                done,
+            })
+        }
+        .await;
+        match now_done {
+            Some(h) if h.done >= h.input.last().map_or(0, |e| e.0) => return Some(h),
+            Some(h) if tokio::time::Instant::now() >= deadline => return Some(h),
+            None if tokio::time::Instant::now() >= deadline => return None,
+            _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
+
+/// Elements 1..=`last` of `topic`, page by page.
+async fn scan_all(
+    api: &woof_node::api::ClusterTopics,
+    topic: &str,
+    last: u64,
+) -> Option<Vec<(u64, Vec<u8>)>> {
+    let mut out = Vec::new();
+    let mut from = 1;
+    while from <= last {
+        let limit = (last - from + 1).min(1000) as u32;
+        let page = api.scan(topic, from, limit).await.ok()?;
+        let next = page.last()?.seq + 1;
+        out.extend(page.into_iter().map(|e| (e.seq, e.payload.to_vec())));
+        from = next;
+    }
+    Some(out)
+}

@@ -1,5 +1,5 @@
 //! The checkers bite: with a deliberate bug switched on, the simulator
-//! reports it, by the checker meant for it, within a few seeds. Six of the
+//! reports it, by the checker meant for it, within a few seeds. Eight of the
 //! bugs are in woof's own code (`woof_consensus::bugs`, compiled in for the
 //! simulator only), three in the simulator's client or disk.
 
@@ -111,5 +111,16 @@ fn sim_broken_repairs_that_skip_the_catch_up_count_a_voter_that_holds_nothing() 
     assert!(
         caught_by(Broken::RepairSkipsCatchUp, "repair", 20).is_some(),
         "repairs that skip the catch-up went unnoticed"
+    );
+}
+
+/// Every run binds a handler to its first topic: one that records its
+/// progress before the outputs it covers are committed skips them when it
+/// stops in between (a crash, a partition, a leader change).
+#[test]
+fn sim_broken_handlers_that_record_progress_before_their_outputs_lose_outputs() {
+    assert!(
+        caught_by(Broken::HandlerProgressFirst, "handled", 20).is_some(),
+        "progress recorded before the outputs went unnoticed"
     );
 }

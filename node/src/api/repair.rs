@@ -31,6 +31,12 @@ const CHECK_EVERY: Duration = Duration::from_secs(2);
 const BACK_WITHIN_MS: u64 = 3_000;
 /// Sleeping copies checked per round for having been left behind.
 const LEFT_BEHIND_CHECKS: usize = 2;
+/// Every this many rounds, a leader publishes its topics' DHT records again:
+/// the nodes that held a record may all have restarted since (a DHT's
+/// records live in memory), and a topic no lookup finds is lost to every
+/// node that holds no replica of it (found by the simulator, with a
+/// handler whose output topic was not found after the faults).
+const REPUBLISH_ROUNDS: u64 = 15;
 /// How long finishing a membership change left half-way may take.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -44,9 +50,11 @@ impl ClusterTopics {
         let mut removed: BTreeSet<(GroupId, PeerId)> = BTreeSet::new();
         let mut claims_resolved = false;
         let mut checked = 0;
+        let mut round: u64 = 0;
         let repairing = async {
             loop {
                 tokio::time::sleep(CHECK_EVERY).await;
+                round += 1;
                 // Bounded too: the directory may be down (its own repair
                 // runs below, in this same loop).
                 if !claims_resolved {
@@ -56,7 +64,11 @@ impl ClusterTopics {
                         Err(_) => tracing::debug!("resolving the claims left pending: timed out"),
                     }
                 }
-                if let Err(e) = self.repair_once(repair_after, &mut removed).await {
+                let republish = round % REPUBLISH_ROUNDS == 0;
+                if let Err(e) = self
+                    .repair_once(repair_after, &mut removed, republish)
+                    .await
+                {
                     tracing::warn!("repair: {e}");
                 }
                 // Bounded: a check waits on peers that may be down, and
@@ -80,6 +92,7 @@ impl ClusterTopics {
         &self,
         repair_after: Duration,
         removed: &mut BTreeSet<(GroupId, PeerId)>,
+        republish: bool,
     ) -> crate::Result<()> {
         let members = self.overlay.members().await?;
         let silent_ms = |peer: &PeerId| {
@@ -106,6 +119,16 @@ impl ClusterTopics {
             let Some(meta) = metas.get(&TopicId(group.0)) else {
                 continue;
             };
+            if republish {
+                let location = Location {
+                    group: group.0,
+                    members: voters.iter().map(ToString::to_string).collect(),
+                    deleted: false,
+                };
+                if let Err(e) = self.publish(&meta.name, location).await {
+                    tracing::debug!(topic = %meta.name, "publishing where it is again: {e}");
+                }
+            }
             let replication = meta.placement.replication as usize;
             let dead = match plan(&voters, me, replication, lost) {
                 Plan::Nothing => continue,

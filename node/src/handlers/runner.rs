@@ -150,6 +150,12 @@ impl Runner {
                 }
             }
             if let Some(&(last, _)) = handled.last() {
+                if woof_consensus::bugs::on(woof_consensus::bugs::Bug::HandlerProgressFirst)
+                    && last > recorded
+                {
+                    self.record(last).await?;
+                    recorded = last;
+                }
                 match self.emit(&handled, stop).await {
                     Ok(()) => {
                         next = last + 1;
@@ -175,6 +181,10 @@ impl Runner {
                 break;
             }
             let done = next - 1;
+            if done <= recorded {
+                // Nothing left to record: wait for elements, not a timer.
+                unrecorded_since = None;
+            }
             let due = unrecorded_since.is_some_and(|s| s.elapsed() >= RECORD_AFTER);
             if done > recorded && (done - recorded >= RECORD_EVERY || due) {
                 if !self.record(done).await? {

@@ -19,13 +19,16 @@
 //!   made a voter once it holds the log, and every topic ends at full
 //!   strength (its replication factor of voters, all up);
 //! - `one_name.rs`: at most one topic per name after concurrent creates
-//!   (`--concurrent-creates`).
+//!   (`--concurrent-creates`);
+//! - `handled.rs`: every committed element of the handled topic gave its
+//!   handler's output exactly once, in order, and the handler caught up.
 //!
 //! Each takes an [`Observed`] and returns its violations, and is listed in
 //! [`all`].
 
 pub mod agreement;
 pub mod dense;
+pub mod handled;
 pub mod linear;
 pub mod lost_ack;
 pub mod one_name;
@@ -53,6 +56,20 @@ pub struct Observed<'a> {
     /// Each replica's elements at the end: (topic, node) -> (seq, payload),
     /// in seq order.
     pub finals: Finals,
+    /// The handled topic and its handler's outputs at the end, if the run
+    /// could read them.
+    pub handled: Option<Handled>,
+}
+
+/// What the handler bound to the first topic did, read after the faults.
+#[derive(Debug, Clone, Default)]
+pub struct Handled {
+    /// The handled topic's elements, in order.
+    pub input: Vec<(u64, Vec<u8>)>,
+    /// The output topic's payloads, in order.
+    pub output: Vec<Vec<u8>>,
+    /// The last element the handler recorded as finished.
+    pub done: u64,
 }
 
 /// Each replica's elements: (topic, node) -> (seq, payload), in seq order.
@@ -78,6 +95,7 @@ pub fn all(o: &Observed) -> Vec<Violation> {
         ("lost_ack", lost_ack::check(o)),
         ("agreement", agreement::check(o)),
         ("dense", dense::check(o)),
+        ("handled", handled::check(o)),
         ("subscribers", subscribers::check(o)),
         ("progress", progress::check(o)),
         ("linear", linear::check(o)),
@@ -160,6 +178,7 @@ mod tests {
             voters: [(0, vec![1, 2, 3])].into(),
             replication: 3,
             finals,
+            handled: Some(Handled::default()),
         })
         .into_iter()
         .map(|v| v.checker)
@@ -453,6 +472,7 @@ mod tests {
             voters,
             replication: 3,
             finals,
+            handled: Some(Handled::default()),
         })
         .into_iter()
         .map(|v| v.checker)
