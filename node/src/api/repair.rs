@@ -64,7 +64,7 @@ impl ClusterTopics {
                         Err(_) => tracing::debug!("resolving the claims left pending: timed out"),
                     }
                 }
-                let republish = round % REPUBLISH_ROUNDS == 0;
+                let republish = round.is_multiple_of(REPUBLISH_ROUNDS);
                 if let Err(e) = self
                     .repair_once(repair_after, &mut removed, republish)
                     .await
