@@ -6,17 +6,25 @@
 //! modules listed in [`ALLOWED`] and refuses every other name with an
 //! `ImportError` that says what is allowed.
 //!
-//! `json` and `math` are written here in Rust (the interpreter built this
-//! small has neither); `collections` is a small module of our own around
-//! the interpreter's `deque`; `time`, `itertools` and `functools` are the
-//! interpreter's own.
+//! `json`, `math` and `struct` are written here in Rust (the interpreter
+//! built this small has none of them); `collections` is a small module of
+//! our own around the interpreter's `deque`, and `statistics` one in Python
+//! (`modules/statistics.py`); `time`, `itertools` and `functools` are the
+//! interpreter's own; `re` is CPython's Python code over the interpreter's
+//! native `_sre` engine ([`re`]). `re`, `statistics` and `struct` are made on a
+//! handler's first import of them, so a worker whose handler does not
+//! import them does not pay for them.
+
+mod re;
+mod structs;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use rustpython_vm::builtins::{PyBytes, PyStr};
+use rustpython_vm::builtins::{PyBytes, PyDictRef, PyStr};
 use rustpython_vm::function::{ArgIntoFloat, FuncArgs, OptionalArg};
 use rustpython_vm::py_serde::{PyObjectDeserializer, PyObjectSerializer};
+use rustpython_vm::scope::Scope;
 use rustpython_vm::{AsObject, PyObjectRef, PyResult, VirtualMachine};
 use serde::de::DeserializeSeed;
 
@@ -28,6 +36,9 @@ pub const ALLOWED: &[&str] = &[
     "collections",
     "itertools",
     "functools",
+    "struct",
+    "re",
+    "statistics",
 ];
 
 thread_local! {
@@ -82,13 +93,30 @@ fn import(args: FuncArgs, vm: &VirtualMachine) -> PyResult {
         .map(|l| l.try_into_value::<i64>(vm))
         .transpose()?
         .unwrap_or(0);
+    if level == 0
+        && let Some(module) = MODULES.with(|m| m.borrow().get(&name).cloned())
+    {
+        return Ok(module);
+    }
+    // Only while `re` loads: its own imports, relative ones included.
+    if let Some(module) = re::LOADING.with(|l| l.borrow().get(&(level, name.clone())).cloned()) {
+        return Ok(module);
+    }
     if level != 0 {
         return Err(vm.new_import_error(
             "relative imports are not available in a woof handler".to_owned(),
             vm.ctx.new_str(name),
         ));
     }
-    if let Some(module) = MODULES.with(|m| m.borrow().get(&name).cloned()) {
+    let lazy = match name.as_str() {
+        "re" => Some(re::load(vm)),
+        "struct" => Some(structs::module(vm)),
+        "statistics" => Some(from_source(vm, "statistics", STATISTICS)),
+        _ => None,
+    };
+    if let Some(module) = lazy {
+        let module = module?;
+        MODULES.with(|m| m.borrow_mut().insert(name, module.clone()));
         return Ok(module);
     }
     Err(vm.new_import_error(
@@ -115,6 +143,21 @@ fn from_source(vm: &VirtualMachine, name: &str, source: &str) -> PyResult<PyObje
         .set_item("__name__", vm.ctx.new_str(name).into(), vm)?;
     vm.run_code_obj(code, scope.clone())?;
     Ok(vm.new_module(name, scope.globals, None).into())
+}
+
+/// Runs `text` as module `name` in `dict`.
+fn run_in(vm: &VirtualMachine, name: &str, text: &str, dict: &PyDictRef) -> PyResult<()> {
+    let code = vm
+        .compile(
+            text,
+            rustpython_vm::compiler::Mode::Exec,
+            format!("<woof {name}>"),
+        )
+        .map_err(|e| vm.new_syntax_error(&e, Some(text)))?;
+    dict.set_item("__name__", vm.ctx.new_str(name).into(), vm)?;
+    let scope = Scope::with_builtins(None, dict.clone(), vm);
+    vm.run_code_obj(code, scope)?;
+    Ok(())
 }
 
 fn module(
@@ -166,6 +209,9 @@ class Counter(dict):
     def total(self):
         return sum(self.values())
 "#;
+
+/// `statistics`, ours: the standard one needs fractions, decimal and random.
+const STATISTICS: &str = include_str!("modules/statistics.py");
 
 const FUNCTOOLS: &str = r#"
 from _functools import reduce, partial

@@ -346,13 +346,51 @@ fn traceback(vm: &VirtualMachine, e: rustpython_vm::builtins::PyBaseExceptionRef
     if vm.write_exception(&mut text, &e).is_err() || text.is_empty() {
         text = format!("{}", e.class().name());
     }
-    let text = text.trim_end();
+    let text = qualified(vm, &e, text.trim_end());
+    let text = text.as_str();
     if text.chars().count() > ERROR_CHARS_MAX {
         // The end says what was raised: keep it.
         let skip = text.chars().count() - ERROR_CHARS_MAX;
         format!("...{}", text.chars().skip(skip).collect::<String>())
     } else {
         text.to_string()
+    }
+}
+
+/// `text` with the exception's last line naming its class with its module
+/// (`struct.error: ...`, as CPython does) unless that is `builtins`.
+fn qualified(
+    vm: &VirtualMachine,
+    e: &rustpython_vm::builtins::PyBaseExceptionRef,
+    text: &str,
+) -> String {
+    let class = e.class();
+    let name = class.name().to_string();
+    let module = class
+        .as_object()
+        .get_attr("__module__", vm)
+        .ok()
+        .and_then(|m| {
+            m.downcast_ref::<PyStr>()
+                .map(|m| m.to_string_lossy().into_owned())
+        });
+    let Some(module) = module.filter(|m| m != "builtins" && m != "__main__") else {
+        return text.to_string();
+    };
+    let line = |at: usize| {
+        let rest = &text[at..];
+        rest.strip_prefix(name.as_str()).is_some_and(|after| {
+            after.is_empty() || after.starts_with(':') || after.starts_with('\n')
+        })
+    };
+    let at = text
+        .rmatch_indices('\n')
+        .map(|(i, _)| i + 1)
+        .find(|&i| line(i))
+        .or_else(|| line(0).then_some(0));
+    match at {
+        Some(at) => format!("{}{module}.{}", &text[..at], &text[at..]),
+        None => text.to_string(),
     }
 }
 

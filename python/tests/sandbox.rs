@@ -195,6 +195,11 @@ const HOSTILE: &[(&str, &str)] = &[
         "RecursionError",
     ),
     ("while True:\n        pass", "time budget"),
+    // Catastrophic backtracking: one native call into the regex engine.
+    (
+        "import re\n    re.match('(a+)+$', 'a' * 40 + 'b')",
+        "time budget",
+    ),
     ("10**10**8", "time budget|memory cap"),
     ("x = [0] * 10**9", "memory"),
     ("x = b'x' * 10**10", "memory"),
