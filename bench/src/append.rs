@@ -178,6 +178,7 @@ async fn cases(
                     topic,
                     payload: payload.clone(),
                     producer: None,
+                    handler: Default::default(),
                 })
             })
             .await?;
@@ -356,6 +357,7 @@ async fn one_client(
             topic: topic.into(),
             payload: payload.clone(),
             producer: None,
+            handler: Default::default(),
         });
         tokio::time::timeout(REQUEST_TIMEOUT, request)
             .await

@@ -939,6 +939,7 @@ impl Producer for WoofProducer {
                 id: self.id.clone(),
                 seq: pseq,
             }),
+            handler: Default::default(),
         };
         match client.append(request).await {
             Ok(r) => Ok((r.get_ref().seq, r.get_ref().duplicate)),

@@ -124,6 +124,8 @@ pub async fn run(replicas: u64, appends: usize) -> anyhow::Result<Report> {
             payloads: vec![bytes::Bytes::from(vec![0x5a; 64])],
             producer: None,
             time_ms: i as u64,
+            cause: None,
+            handler: None,
         })
         .await?;
         h.record(t.elapsed().as_nanos() as u64)?;

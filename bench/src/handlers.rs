@@ -117,6 +117,7 @@ async fn cases(
                 topic: input.clone(),
                 payload: bytes::Bytes::copy_from_slice(&sent.to_le_bytes()),
                 producer: None,
+                handler: Default::default(),
             }),
         )
         .await?;

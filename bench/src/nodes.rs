@@ -355,6 +355,7 @@ impl Cluster {
                 topic: topic.into(),
                 payload: first,
                 producer: None,
+                handler: Default::default(),
             }),
         )
         .await?;

@@ -112,6 +112,7 @@ async fn spread(cluster: &Cluster, report: &mut Report, secs: u64) -> anyhow::Re
                     topic,
                     payload: payload.clone(),
                     producer: None,
+                    handler: Default::default(),
                 })
             },
         )
@@ -256,6 +257,7 @@ async fn concurrently(
                                     id: "bench-scale".into(),
                                     seq: 1,
                                 }),
+                                handler: Default::default(),
                             }),
                         )
                         .await

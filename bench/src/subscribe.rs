@@ -121,6 +121,7 @@ async fn measure(
                 topic: topic.into(),
                 payload: bytes::Bytes::copy_from_slice(&sent.to_le_bytes()),
                 producer: None,
+                handler: Default::default(),
             }),
         )
         .await?;

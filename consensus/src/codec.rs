@@ -12,6 +12,8 @@
 //! | format | where | layout | version |
 //! |---|---|---|---|
 //! | element value | store `elements` | [`element`]: version, append time (u64 LE), payload | [`ELEMENT`] |
+//! | element with a cause or a named handler | store `elements` | [`element`]: version, append time (u64 LE), meta length (u16 LE), [`meta`], payload | [`ELEMENT_META`] |
+//! | effect index | store `effects` | key only: topic id, hash of (cause topic, handler), cause seq, seq (`store::rocks`) | the column family set |
 //! | producer window | store `producers`, snapshots | [`window`]: version, then per append 3 × u64 LE | [`WINDOW`] |
 //! | topic metadata | store `topics` | [`encode`] of `TopicMeta` | [`VALUE`] |
 //! | Raft log entry, vote, purge point, applied state | store `raft_log`, `raft_values` | [`encode`] | [`VALUE`] |
@@ -28,12 +30,15 @@
 use bytes::Bytes;
 
 use crate::error::{Error, Result};
-use crate::topic::Element;
+use crate::topic::{CAUSE_BYTES_MAX, Cause, Element};
 
 /// The version byte of every [`encode`]d value.
 pub const VALUE: u8 = 1;
 /// The version byte of an element's stored value.
 pub const ELEMENT: u8 = 1;
+/// The version byte of the stored value of an element with a [`meta`]: a
+/// cause (a handler appended it) or a handler its append named.
+pub const ELEMENT_META: u8 = 2;
 /// The version byte of a stored producer window.
 pub const WINDOW: u8 = 1;
 
@@ -57,33 +62,118 @@ pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
 }
 
 /// An element's stored value: [`ELEMENT`], the append time as a
-/// little-endian u64, then the payload. Its sequence number is in the key.
+/// little-endian u64, then the payload; or, for an element with a cause
+/// or a handler named at its append, [`ELEMENT_META`], the time, the
+/// length of its [`meta`] as a little-endian u16, the meta, then the
+/// payload. Its sequence number is in the key.
 pub mod element {
     use super::*;
 
     const HEADER: usize = 9;
 
     pub fn encode(element: &Element) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER + element.payload.len());
-        out.push(ELEMENT);
+        let meta = meta::encode(element);
+        let extra = meta.as_ref().map_or(0, |m| 2 + m.len());
+        let mut out = Vec::with_capacity(HEADER + extra + element.payload.len());
+        out.push(if meta.is_some() {
+            ELEMENT_META
+        } else {
+            ELEMENT
+        });
         out.extend_from_slice(&element.append_time_ms.to_le_bytes());
+        if let Some(meta) = meta {
+            out.extend_from_slice(&(meta.len() as u16).to_le_bytes());
+            out.extend_from_slice(&meta);
+        }
         out.extend_from_slice(&element.payload);
         out
     }
 
     pub fn decode(seq: u64, value: &[u8]) -> Result<Element> {
-        if value.len() < HEADER || value[0] != ELEMENT {
+        let version = value.first().copied();
+        if value.len() < HEADER || !matches!(version, Some(ELEMENT | ELEMENT_META)) {
             return Err(Error::Corrupt(format!(
-                "element {seq}: value of {} bytes with version {:?}; this node reads {ELEMENT}",
+                "element {seq}: value of {} bytes with version {version:?}; this node reads \
+                 {ELEMENT} and {ELEMENT_META}",
                 value.len(),
-                value.first()
             )));
         }
+        let append_time_ms = u64::from_le_bytes(value[1..HEADER].try_into().expect("8 bytes"));
+        let (meta, payload) = if version == Some(ELEMENT_META) {
+            let rest = &value[HEADER..];
+            let len = rest
+                .get(..2)
+                .map(|l| u16::from_le_bytes([l[0], l[1]]) as usize)
+                .ok_or_else(|| Error::Corrupt(format!("element {seq}: no meta length")))?;
+            let bytes = rest.get(2..2 + len).ok_or_else(|| {
+                Error::Corrupt(format!("element {seq}: a meta of {len} bytes cut short"))
+            })?;
+            (meta::decode(bytes)?, &rest[2 + len..])
+        } else {
+            (meta::Meta::default(), &value[HEADER..])
+        };
         Ok(Element {
             seq,
-            append_time_ms: u64::from_le_bytes(value[1..HEADER].try_into().expect("8 bytes")),
-            payload: Bytes::copy_from_slice(&value[HEADER..]),
+            append_time_ms,
+            payload: Bytes::copy_from_slice(payload),
+            cause: meta.cause,
+            handler: meta.handler,
         })
+    }
+}
+
+/// What an element may carry beside its payload, as elements and snapshots
+/// keep it: its [`Cause`] and the handler its append named, [`encode`]d
+/// together, at most [`META_BYTES_MAX`] bytes.
+pub mod meta {
+    use super::*;
+
+    /// The largest encoded meta.
+    pub const META_BYTES_MAX: usize = CAUSE_BYTES_MAX + 128;
+
+    #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+    pub struct Meta {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub cause: Option<Cause>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub handler: Option<String>,
+    }
+
+    /// `element`'s meta, or `None` if it has none (or, never for what the
+    /// state machine checked, one too large to keep).
+    pub fn encode(element: &Element) -> Option<Vec<u8>> {
+        if element.cause.is_none() && element.handler.is_none() {
+            return None;
+        }
+        let meta = Meta {
+            cause: element.cause.clone(),
+            handler: element.handler.clone(),
+        };
+        super::encode(&meta)
+            .ok()
+            .filter(|b| b.len() <= META_BYTES_MAX)
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Meta> {
+        if bytes.len() > META_BYTES_MAX {
+            return Err(Error::Corrupt(format!(
+                "an element's meta of {} bytes; at most {META_BYTES_MAX}",
+                bytes.len()
+            )));
+        }
+        super::decode(bytes)
+    }
+
+    /// The effect index's 8-byte name for the elements `handler` of
+    /// `topic` made: FNV-1a of both (readers check the cause itself, so a
+    /// collision costs a lookup, never a wrong answer).
+    pub fn source_hash(topic: &str, handler: &str) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in topic.bytes().chain([0]).chain(handler.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
     }
 }
 
@@ -153,13 +243,41 @@ mod tests {
             seq: 9,
             payload: Bytes::from_static(b"hello"),
             append_time_ms: 1234,
+            cause: None,
+            handler: None,
         };
         let bytes = element::encode(&e);
+        assert_eq!(bytes[0], ELEMENT);
         assert_eq!(element::decode(9, &bytes).unwrap(), e);
         assert!(element::decode(9, &bytes[..5]).is_err());
         let mut other = bytes;
-        other[0] = ELEMENT + 1;
+        other[0] = ELEMENT_META + 1;
         assert!(element::decode(9, &other).is_err());
+
+        let caused = Element {
+            cause: Some(Cause {
+                topic: "in".into(),
+                seq: 7,
+                handler: "double".into(),
+                node: "12D3KooW".into(),
+                time_ms: 99,
+            }),
+            ..e.clone()
+        };
+        let bytes = element::encode(&caused);
+        assert_eq!(bytes[0], ELEMENT_META);
+        assert_eq!(element::decode(9, &bytes).unwrap(), caused);
+        let named = Element {
+            handler: Some("h".into()),
+            ..e.clone()
+        };
+        assert_eq!(element::decode(9, &element::encode(&named)).unwrap(), named);
+        // A cause cut short, or claiming more bytes than there are.
+        assert!(element::decode(9, &bytes[..10]).is_err());
+        assert!(element::decode(9, &bytes[..14]).is_err());
+        let mut long = bytes.clone();
+        long[9..11].copy_from_slice(&u16::MAX.to_le_bytes());
+        assert!(element::decode(9, &long).is_err());
     }
 
     #[test]

@@ -596,6 +596,28 @@ impl Topics {
         Ok(elements)
     }
 
+    /// Up to `limit` (at most [`SCAN_LIMIT_MAX`]) elements of topic `name`
+    /// that handler `handler` of topic `cause_topic` appended when it ran on
+    /// element `cause_seq`, in order (see [`crate::topic::Cause`]).
+    pub async fn effects(
+        &self,
+        name: &str,
+        cause_topic: &str,
+        handler: &str,
+        cause_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Element>> {
+        let topic = self.lookup(name)?;
+        let limit = limit.clamp(1, SCAN_LIMIT_MAX) as usize;
+        let first = topic.published.borrow().range.first;
+        let (store, id) = (self.inner.store.clone(), topic.meta.id);
+        let (cause_topic, handler) = (cause_topic.to_string(), handler.to_string());
+        let found =
+            blocking(move || store.effects(id, &cause_topic, &handler, cause_seq, limit)).await?;
+        // Trimmed from the history, even if the store still holds it.
+        Ok(found.into_iter().filter(|e| e.seq >= first).collect())
+    }
+
     /// Follows a topic from `start`: stored elements first, then live ones.
     pub fn subscribe(&self, name: &str, start: Start) -> Result<Subscription> {
         let topic = self.lookup(name)?;
@@ -919,6 +941,7 @@ fn decide(
                     payloads,
                     producer.as_ref(),
                     now_ms,
+                    Default::default(),
                 );
                 group.answers.push((reply, answer));
             }

@@ -118,6 +118,8 @@ async fn append(raft: &Raft<TypeConfig>, payload: String) -> u64 {
             payloads: vec![bytes::Bytes::from(payload.into_bytes())],
             producer: None,
             time_ms: 1,
+            cause: None,
+            handler: None,
         })
         .await
         .unwrap();
@@ -227,6 +229,8 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
                 payloads: vec![bytes::Bytes::from(b"after".to_vec())],
                 producer: None,
                 time_ms: 2,
+                cause: None,
+                handler: None,
             })
             .await
         {

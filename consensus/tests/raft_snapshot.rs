@@ -115,6 +115,17 @@ impl<S: Store> Store for Probe<S> {
     ) -> Result<Vec<(String, ProducerWindow)>, Error> {
         self.inner.producers(topic, limit)
     }
+    fn effects(
+        &self,
+        topic: TopicId,
+        cause_topic: &str,
+        handler: &str,
+        cause_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<woof_consensus::topic::Element>, Error> {
+        self.inner
+            .effects(topic, cause_topic, handler, cause_seq, limit)
+    }
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<(), Error> {
         self.inner.trim(topic, below_seq)
     }
@@ -233,6 +244,18 @@ fn append(seqs: std::ops::Range<usize>, producer: Option<(&str, u64)>) -> Comman
         payloads: seqs.map(|s| bytes::Bytes::from(payload(s))).collect(),
         producer: producer.map(|(id, seq)| (id.to_string(), seq)),
         time_ms: 1000,
+        cause: None,
+        handler: None,
+    }
+}
+
+fn cause() -> woof_consensus::topic::Cause {
+    woof_consensus::topic::Cause {
+        topic: "in".into(),
+        seq: 3,
+        handler: "h".into(),
+        node: "n1".into(),
+        time_ms: 999,
     }
 }
 
@@ -516,12 +539,19 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
         config: "{}".into(),
         time_budget_ms: 250,
         memory_mib: 0,
+        on_demand: false,
     };
+    // The first record also names the topic its outputs went to.
     let progress = |done| {
         Command::Handler(HandlerCommand::Progress {
             name: "double".into(),
             version: 1,
             done,
+            outputs: if done == 7 {
+                vec!["out".into()]
+            } else {
+                vec![]
+            },
         })
     };
     let results = sm
@@ -538,6 +568,17 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
             entry(4, progress(7)),
             entry(5, progress(6)),
             entry(6, progress(11)),
+            // An element a handler made, from element 3 of "in".
+            entry(
+                7,
+                Command::Append {
+                    payloads: vec![bytes::Bytes::from_static(b"made")],
+                    producer: None,
+                    time_ms: 1000,
+                    cause: Some(cause()),
+                    handler: None,
+                },
+            ),
         ])
         .await
         .unwrap();
@@ -570,6 +611,7 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
         .unwrap();
     let h = reopened.handlers().get("double").unwrap();
     assert_eq!((h.spec.clone(), h.version, h.done), (spec.clone(), 1, 7));
+    assert_eq!(h.outputs, vec!["out".to_string()]);
 
     let fresh = Arc::new(MemStore::new());
     let mut replica = TopicStateMachine::open(fresh.clone(), fresh.clone(), GROUP)
@@ -580,6 +622,11 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
         .await
         .unwrap();
     assert_eq!(replica.handlers().get("double").unwrap().done, 7);
+    // The element a handler made kept its cause, and the effect index
+    // was rebuilt from the snapshot.
+    let made = fresh.effects(TopicId(GROUP.0), "in", "h", 3, 10).unwrap();
+    assert_eq!(made.len(), 1);
+    assert_eq!((made[0].seq, made[0].cause.clone()), (11, Some(cause())));
     let reopened = TopicStateMachine::open(fresh.clone(), fresh.clone(), GROUP)
         .await
         .unwrap();

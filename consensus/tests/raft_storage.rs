@@ -76,6 +76,8 @@ mod topic_state_machine {
                 .collect(),
             producer: producer.map(|(id, seq)| (id.to_string(), seq)),
             time_ms: 1_000,
+            cause: None,
+            handler: None,
         }
     }
 

@@ -58,6 +58,18 @@ impl Store for Flaky {
     ) -> woof_consensus::Result<Vec<(String, ProducerWindow)>> {
         self.inner.producers(topic, limit)
     }
+    fn effects(
+        &self,
+        topic: TopicId,
+        cause_topic: &str,
+        handler: &str,
+        cause_seq: u64,
+        limit: usize,
+    ) -> woof_consensus::Result<Vec<woof_consensus::topic::Element>> {
+        self.inner
+            .effects(topic, cause_topic, handler, cause_seq, limit)
+    }
+
     fn trim(&self, topic: TopicId, below_seq: u64) -> woof_consensus::Result<()> {
         self.inner.trim(topic, below_seq)
     }

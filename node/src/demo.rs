@@ -220,6 +220,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
                     id: "probe-north-7".into(),
                     seq: i,
                 }),
+                handler: Default::default(),
             })
             .await?
             .into_inner();
@@ -254,6 +255,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
                 id: "probe-north-7".into(),
                 seq: READINGS,
             }),
+            handler: Default::default(),
         })
         .await?
         .into_inner();
@@ -356,6 +358,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
             topic: TOPIC.into(),
             payload: vec![0u8; 1000].into(),
             producer: None,
+            handler: Default::default(),
         })
         .await;
     println!("  a 1000-byte reading: {}", refusal(err)?);
@@ -381,6 +384,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
             topic: TOPIC.into(),
             payload: "{\"probe\":\"north-7\",\"moisture_pct\":30.1}".into(),
             producer: None,
+            handler: Default::default(),
         })
         .await?
         .into_inner();
@@ -411,7 +415,7 @@ def handle(ctx, seq, payload):
     rms = math.sqrt(sum(v * v for v in values) / len(values))
     ctx.log(f"#{seq}: rms of {len(values)} readings = {rms:.2f} mm/s")
     ctx.append(ctx.config["to"], json.dumps(
-        {"reading": seq, "rms_mm_s": round(rms, 2), "node": ctx.node}))
+        {"reading": seq, "magnitude": round(rms, 2), "node": ctx.node}))
 "##;
 
 /// Two edge nodes join at a mill; a Python handler placed on them smooths a
@@ -478,14 +482,13 @@ async fn edge_python(d: &mut Demo) -> Result<()> {
             "tier(edge) & attr(site=mill)",
             format!(r#"{{"to": "{SMOOTHED}"}}"#),
         ),
+        // NanoLambda's detector keeps 32 readings; 8 here, for a short demo.
         deploy(
             SMOOTHED,
             "worn-bearing",
-            v1::handler::Code::Native("threshold".into()),
+            v1::handler::Code::Native("vibration".into()),
             "tier(cloud)",
-            format!(
-                r#"{{"to": "{MOTOR_ALERTS}", "field": "rms_mm_s", "above": 7.1, "below": 4.5}}"#
-            ),
+            format!(r#"{{"to": "{MOTOR_ALERTS}", "history": 8, "limit": 6.0}}"#),
         ),
     ] {
         let h = c
@@ -584,11 +587,36 @@ async fn edge_python(d: &mut Demo) -> Result<()> {
         order == (1..=VIBRATION_READINGS).collect::<Vec<_>>()
     );
     handlers_caught_up(&mut c, SMOOTHED, Duration::from_secs(10)).await?;
-    for (seq, alert) in scan_all(&mut c, MOTOR_ALERTS).await? {
+    let alerts = scan_all(&mut c, MOTOR_ALERTS).await?;
+    for (seq, alert) in &alerts {
         println!(
             "  {MOTOR_ALERTS} #{seq}: {}",
-            String::from_utf8_lossy(&alert)
+            String::from_utf8_lossy(alert)
         );
+    }
+    if let Some((seq, _)) = alerts.first() {
+        println!("  `woof trace {MOTOR_ALERTS} {seq}`: the alert, back to its reading");
+        let t = c
+            .trace(v1::TraceRequest {
+                topic: MOTOR_ALERTS.into(),
+                seq: *seq,
+            })
+            .await?
+            .into_inner();
+        for step in t.element.iter().chain(&t.upstream) {
+            let e = step.element.clone().unwrap_or_default();
+            let how = match &e.cause {
+                Some(cause) => format!(
+                    "made by {} from {}/{} on {}",
+                    cause.handler,
+                    cause.topic,
+                    cause.seq,
+                    name_of(&cause.node)
+                ),
+                None => "appended by motor-3's sensor".to_string(),
+            };
+            println!("    {}/{} {how}", step.topic, e.seq);
+        }
     }
     let logs = c
         .handler_logs(v1::HandlerLogsRequest {
@@ -636,6 +664,7 @@ async fn append_surely(
                     id: "motor-3".into(),
                     seq,
                 }),
+                handler: Default::default(),
             })
             .await;
         match answer {
@@ -833,6 +862,7 @@ async fn sensor(
                         id: "probe-north-9".into(),
                         seq,
                     }),
+                    handler: Default::default(),
                 })
                 .await;
             match answer {

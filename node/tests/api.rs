@@ -294,6 +294,7 @@ async fn producer_retry_returns_the_first_number_and_writes_nothing() {
             id: "sensor-9".into(),
             seq,
         }),
+        handler: Default::default(),
     };
     let first = c.append(send(1, "a")).await.unwrap().into_inner();
     assert_eq!((first.seq, first.duplicate), (2, false));
@@ -394,6 +395,7 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
             topic: "ok".into(),
             payload: vec![0; 17].into(),
             producer: None,
+            handler: Default::default(),
         })
         .await
         .unwrap_err();
@@ -409,6 +411,7 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
             topic: "nope".into(),
             payload: "x".into(),
             producer: None,
+            handler: Default::default(),
         })
         .await
         .unwrap_err();
@@ -490,6 +493,7 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
             topic: "ok".into(),
             payload: vec![0; 11 * 1024 * 1024].into(),
             producer: None,
+            handler: Default::default(),
         })
         .await
         .unwrap_err();
@@ -507,6 +511,7 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
                 topic: "ok".into(),
                 payload: "x".into(),
                 producer: Some(v1::Producer { id: id.into(), seq }),
+                handler: Default::default(),
             })
             .await
             .unwrap_err();

@@ -310,7 +310,10 @@ fn the_demo_runs_and_shows_each_step() {
         "placement tier(edge) & attr(site=mill): runs on edge-",
         "placement tier(cloud): runs on cloud-",
         "holds 30 results for 30 readings",
-        r#"mill/motor-3/alerts #1: {"alert":"above","field":"rms_mm_s""#,
+        r#"mill/motor-3/alerts #1: {"alert":"motor failing""#,
+        "mill/motor-3/alerts/1 made by worn-bearing from mill/motor-3/smoothed/27 on cloud-",
+        "mill/motor-3/smoothed/27 made by smooth from mill/motor-3/vibration/27 on edge-",
+        "mill/motor-3/vibration/27 appended by motor-3's sensor",
         "| #30: rms of 4 readings",
         "cleaned up",
     ] {

@@ -413,6 +413,7 @@ async fn a_node_without_the_key_cannot_append() {
                 topic: TOPIC.into(),
                 payload: b"intruder".to_vec().into(),
                 producer: producer.map(|(id, seq)| v1::Producer { id: id.into(), seq }),
+                handler: Default::default(),
             })
             .await
             .unwrap_err();
@@ -431,6 +432,7 @@ async fn a_node_without_the_key_cannot_append() {
             topic: TOPIC.into(),
             payload: b"outside the group".to_vec().into(),
             producer: None,
+            handler: Default::default(),
         })
         .await
         .unwrap_err();

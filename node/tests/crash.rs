@@ -31,6 +31,7 @@ async fn sigkill_during_appends_loses_nothing_acknowledged() {
                         topic: "crash/test".into(),
                         payload: payload.clone().into(),
                         producer: None,
+                        handler: Default::default(),
                     })
                     .await;
                 match r {

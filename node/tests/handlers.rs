@@ -215,3 +215,243 @@ async fn a_failing_handler_is_parked_with_its_reason_and_resumes_where_it_failed
         .collect();
     assert_eq!(got, (1..=6).map(|i| format!("e{i}")).collect::<Vec<_>>());
 }
+
+/// A chain of three handlers (Python, then two native ones) across the
+/// nodes: `woof trace` of the alert at its end shows every step back to
+/// the element a client appended, with the handler and node of each, and
+/// the trace of that element shows the same chain as its effects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trace_follows_a_chain_of_three_handlers_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3);
+    let url = nodes[0].url.clone();
+    let mut c = connect(&url).await;
+    for topic in ["in", "mid", "mid2", "alerts"] {
+        create_replicated(&mut c, topic, 3, "").await;
+    }
+    let double = dir.path().join("double.py");
+    std::fs::write(
+        &double,
+        "import json\n\ndef handle(ctx, seq, payload):\n    \
+         ctx.append('mid', json.dumps({'v': 2 * int(payload)}))\n",
+    )
+    .unwrap();
+    let double = double.to_string_lossy().into_owned();
+    cli_ok(&[
+        "--server", &url, "handler", "deploy", "in", "double", "--python", &double,
+    ]);
+    // The second runs anywhere but on its topic's leader.
+    cli_ok(&[
+        "--server",
+        &url,
+        "handler",
+        "deploy",
+        "mid",
+        "copy",
+        "--native",
+        "forward",
+        "--config",
+        r#"{"to":"mid2"}"#,
+        "--placement",
+        "~leader()",
+    ]);
+    cli_ok(&[
+        "--server",
+        &url,
+        "handler",
+        "deploy",
+        "mid2",
+        "alarm",
+        "--native",
+        "threshold",
+        "--config",
+        r#"{"to":"alerts","field":"v","above":10}"#,
+    ]);
+    for i in 1..=8u64 {
+        append_surely(&mut c, "in", i, i.to_string()).await;
+    }
+    // 2, 4, ... 16: the alarm goes off once, at 12 (element 6).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latest(&mut c, "alerts").await.last_seq < 1 || latest(&mut c, "mid2").await.last_seq < 8 {
+        assert!(Instant::now() < deadline, "the chain produced its alert");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mid_leader = describe(&mut c, "mid").await.leader;
+    let peers: Vec<String> = nodes.iter().map(|n| peer_id(&n.url)).collect();
+
+    // Upstream from the alert: three steps, each with its handler and node.
+    let traced = cli_ok(&["--server", &url, "--json", "trace", "alerts", "1"]);
+    let t: serde_json::Value = serde_json::from_str(traced.trim()).unwrap();
+    let cause = &t["element"]["cause"];
+    assert_eq!(
+        (
+            cause["topic"].as_str(),
+            cause["seq"].as_u64(),
+            cause["handler"].as_str()
+        ),
+        (Some("mid2"), Some(6), Some("alarm")),
+        "{t}"
+    );
+    let up = t["upstream"].as_array().unwrap();
+    let chain: Vec<(String, u64, String)> = up
+        .iter()
+        .map(|s| {
+            (
+                s["topic"].as_str().unwrap().to_string(),
+                s["seq"].as_u64().unwrap(),
+                s["cause"]["handler"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chain,
+        vec![
+            ("mid2".to_string(), 6, "copy".to_string()),
+            ("mid".to_string(), 6, "double".to_string()),
+            ("in".to_string(), 6, String::new()),
+        ],
+        "{t}"
+    );
+    assert!(up[2]["cause"].is_null(), "a client appended in/6: {t}");
+    assert_eq!(up[2]["payload"], "6");
+    for step in [&t["element"], &up[0], &up[1]] {
+        let node = step["cause"]["node"].as_str().unwrap();
+        assert!(peers.iter().any(|p| p == node), "{node} is a node: {t}");
+        assert!(step["cause"]["time_ms"].as_u64().unwrap() > 0);
+    }
+    assert_ne!(
+        up[0]["cause"]["node"].as_str().unwrap(),
+        mid_leader,
+        "copy ran off mid's leader: {t}"
+    );
+
+    // Downstream from the reading: the same chain, each under its cause.
+    let traced = cli_ok(&["--server", &url, "--json", "trace", "in", "6"]);
+    let t: serde_json::Value = serde_json::from_str(traced.trim()).unwrap();
+    let down = t["downstream"].as_array().unwrap();
+    let tree: Vec<(String, u64, i64, u64)> = down
+        .iter()
+        .map(|s| {
+            (
+                s["topic"].as_str().unwrap().to_string(),
+                s["seq"].as_u64().unwrap(),
+                s["parent"].as_i64().unwrap(),
+                s["depth"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        tree,
+        vec![
+            ("mid".to_string(), 6, -1, 1),
+            ("mid2".to_string(), 6, 0, 2),
+            ("alerts".to_string(), 1, 1, 3),
+        ],
+        "{t}"
+    );
+    assert!(t["upstream"].as_array().unwrap().is_empty());
+    // An element that set off no alert: two effects.
+    let traced = cli_ok(&["--server", &url, "--json", "trace", "in", "2"]);
+    let t: serde_json::Value = serde_json::from_str(traced.trim()).unwrap();
+    assert_eq!(t["downstream"].as_array().unwrap().len(), 2, "{t}");
+
+    // The text form reads as a chain.
+    let text = cli_ok(&["--server", &url, "trace", "alerts", "1"]);
+    assert!(
+        text.contains("made by handler alarm from mid2/6")
+            && text.contains("made by handler copy from mid/6")
+            && text.contains("made by handler double from in/6")
+            && text.contains("appended by a client"),
+        "{text}"
+    );
+    // Bad input is an error, not a crash.
+    assert!(cli_refused(&["--server", &url, "trace", "alerts", "99"]).contains("99"));
+    assert!(cli_refused(&["--server", &url, "trace", "nope", "1"]).contains("nope"));
+}
+
+/// A handler deployed on demand runs only for the elements whose append
+/// names it, as CSPOT's put does; an append naming any other handler is
+/// refused and writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_on_demand_handler_runs_only_for_appends_that_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3);
+    let url = nodes[0].url.clone();
+    let mut c = connect(&url).await;
+    create_replicated(&mut c, "in", 3, "").await;
+    create_replicated(&mut c, "picked", 3, "").await;
+    create_replicated(&mut c, "all", 3, "").await;
+    let deploy = |name: &str, to: &str, extra: &[&str]| {
+        let config = format!(r#"{{"to":"{to}"}}"#);
+        let mut args = vec![
+            "--server", &url, "handler", "deploy", "in", name, "--native", "forward", "--config",
+            &config,
+        ];
+        args.extend_from_slice(extra);
+        cli_ok(&args)
+    };
+    let said = deploy("pick", "picked", &["--on-demand"]);
+    assert!(said.contains("on_demand"), "{said}");
+    deploy("every", "all", &[]);
+
+    let append = |data: &str, handler: Option<&str>| {
+        let mut args = vec!["--server", &url, "append", "in", data];
+        if let Some(h) = handler {
+            args.extend_from_slice(&["--handler", h]);
+        }
+        woof(&args)
+    };
+    for (data, handler) in [
+        ("a", None),
+        ("b", Some("pick")),
+        ("c", None),
+        ("d", Some("pick")),
+        ("e", None),
+    ] {
+        let out = append(data, handler);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Refused, and nothing written.
+    let unknown = append("x", Some("nope"));
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("no handler \"nope\""));
+    let every = append("y", Some("every"));
+    assert!(!every.status.success());
+    assert!(String::from_utf8_lossy(&every.stderr).contains("every element already"));
+    assert_eq!(latest(&mut c, "in").await.last_seq, 5);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while latest(&mut c, "all").await.last_seq < 5 {
+        assert!(Instant::now() < deadline, "every element forwarded to all");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The on-demand handler has passed every element by now too.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let listed = cli_ok(&["--server", &url, "--json", "handler", "list", "in"]);
+        let done: Vec<u64> = listed
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["done"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        if done == [5, 5] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "both handlers done: {listed}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let picked: Vec<String> = scan_all(&mut c, "picked", 1)
+        .await
+        .iter()
+        .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(picked, ["b", "d"]);
+    assert_eq!(scan_all(&mut c, "all", 1).await.len(), 5);
+}

@@ -207,3 +207,113 @@ async fn handlers_run_where_their_placement_says_and_move_when_their_node_dies()
         "moved to the other edge node"
     );
 }
+
+/// Sleeps 150 ms on the node its element names as slow (well past what an
+/// invocation elsewhere takes, even on a loaded machine).
+const SLOW_ON: &str = "import json, time\n\ndef handle(ctx, seq, payload):\n    \
+    if json.loads(payload)['slow'] == ctx.node:\n        time.sleep(0.15)\n    \
+    ctx.append(ctx.config['to'], f'{seq} {ctx.node}')\n";
+
+/// `adaptive()` between two nodes, the first the topic's leader (where the
+/// runner starts): while it is slowed down on purpose most invocations go
+/// to the other; once it recovers and the other is slowed down, they come
+/// back. (Named by id, both stay candidates if the leadership moves.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_sends_invocations_to_the_fastest_node_and_back_after_a_spike() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3);
+    let url = nodes[0].url.clone();
+    let mut c = connect(&url).await;
+    create_replicated(&mut c, "in", 3, "").await;
+    create_replicated(&mut c, "out", 3, "").await;
+    let leader = describe(&mut c, "in").await.leader;
+    let other = nodes
+        .iter()
+        .map(|n| peer_id(&n.url))
+        .find(|p| *p != leader)
+        .unwrap();
+    let file = dir.path().join("slow.py");
+    std::fs::write(&file, SLOW_ON).unwrap();
+    let placement = format!("adaptive() & (node({leader}) | node({other}))");
+    let out = woof(&[
+        "--server",
+        &url,
+        "handler",
+        "deploy",
+        "in",
+        "spread",
+        "--python",
+        file.to_str().unwrap(),
+        "--placement",
+        &placement,
+        "--config",
+        r#"{"to": "out"}"#,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A stateful native handler cannot be spread.
+    let out = woof(&[
+        "--server",
+        &url,
+        "handler",
+        "deploy",
+        "in",
+        "win",
+        "--native",
+        "window",
+        "--config",
+        r#"{"to": "out", "field": "v", "count": 4}"#,
+        "--placement",
+        "adaptive()",
+    ]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no state"));
+
+    // The leader is slow for 64 elements, then the other node for 64.
+    for i in 1..=128u64 {
+        let slow = if i <= 64 { &leader } else { &other };
+        let payload = format!(r#"{{"slow": "{slow}"}}"#);
+        append_retrying(&mut c, "in", "t", i, &payload).await;
+    }
+    let ran = outputs(&mut c, "out", 128).await;
+    let share_on = |node: &str, seqs: std::ops::RangeInclusive<u64>| {
+        let n = seqs.clone().count() as f64;
+        ran.iter()
+            .filter(|(s, on)| seqs.contains(s) && on == node)
+            .count() as f64
+            / n
+    };
+    // Past the first measurements, most go where it is fast.
+    let away = share_on(&other, 17..=64);
+    assert!(
+        away >= 0.75,
+        "{away:.2} of 17..64 on the other node: {ran:?}"
+    );
+    let back = share_on(&leader, 97..=128);
+    assert!(
+        back >= 0.75,
+        "{back:.2} of 97..128 back on the leader: {ran:?}"
+    );
+    // Every invocation ran on one of the two.
+    assert!(ran.iter().all(|(_, on)| *on == leader || *on == other));
+
+    // The runner's logs say which invocations ran elsewhere, and where.
+    let logs = woof(&[
+        "--server", &url, "--json", "handler", "logs", "in", "spread", "--limit", "200",
+    ]);
+    let elsewhere: Vec<String> = String::from_utf8_lossy(&logs.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter_map(|v| v["ran_on"].as_str().map(str::to_string))
+        .filter(|on| !on.is_empty())
+        .collect();
+    assert!(
+        elsewhere.len() >= 16,
+        "{} invocations logged as run elsewhere",
+        elsewhere.len()
+    );
+    assert!(elsewhere.iter().all(|on| *on == leader || *on == other));
+}

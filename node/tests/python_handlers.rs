@@ -40,7 +40,17 @@ fn deploy(
 /// handler that would write too much has the time to), and returns them.
 async fn settle(c: &mut Client, topic: &str, count: u64) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(90);
-    while latest(c, topic).await.last_seq < count {
+    loop {
+        // A read may fail while a new leader takes over: asked again.
+        let last = c
+            .latest(v1::LatestRequest {
+                topic: topic.into(),
+            })
+            .await
+            .map_or(0, |r| r.into_inner().last_seq);
+        if last >= count {
+            break;
+        }
         assert!(
             Instant::now() < deadline,
             "{topic} reaches {count} elements"

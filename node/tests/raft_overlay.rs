@@ -38,6 +38,8 @@ async fn append(raft: &Raft<TypeConfig>, payload: &str) -> u64 {
                 payloads: vec![bytes::Bytes::from(payload.as_bytes().to_vec())],
                 producer: None,
                 time_ms: 1,
+                cause: None,
+                handler: None,
             })
             .await;
         match written {
@@ -177,6 +179,8 @@ async fn a_node_outside_the_group_creates_it_and_writes_through_the_leader() {
         payloads: vec![bytes::Bytes::from(format!("e{i}").into_bytes())],
         producer: Some(("sensor".into(), i)),
         time_ms: 1,
+        cause: None,
+        handler: None,
     };
     for i in 1..=30u64 {
         match outsider.write(GROUP, &members, write(i)).await.unwrap() {

@@ -65,6 +65,7 @@ async fn a_replica_on_a_dead_node_is_replaced_and_the_topic_is_healthy_again() {
                         id: "p".into(),
                         seq: i,
                     }),
+                    handler: Default::default(),
                 })
                 .await
             {

@@ -163,6 +163,7 @@ async fn bad_topic_requests_in_a_cluster_leave_nothing_behind() {
             topic: "no/such".into(),
             payload: b"x".to_vec().into(),
             producer: None,
+            handler: Default::default(),
         })
         .await
         .unwrap_err();
@@ -181,6 +182,7 @@ async fn bad_topic_requests_in_a_cluster_leave_nothing_behind() {
                 topic: "bad/one".into(),
                 payload: b"x".to_vec().into(),
                 producer: None,
+                handler: Default::default(),
             })
             .await
             .unwrap_err();

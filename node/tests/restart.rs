@@ -33,6 +33,7 @@ async fn append_until_stopped(
                 topic: topic.into(),
                 payload: payload.clone().into(),
                 producer: None,
+                handler: Default::default(),
             })
             .await;
         match r {

@@ -475,6 +475,7 @@ impl Cluster {
             config: format!(r#"{{"to": "{HANDLED_OUT}"}}"#),
             time_budget_ms: 0,
             memory_mib: 0,
+            on_demand: false,
         };
         api.deploy_handler(&plan.name, spec, From::Earliest)
             .await

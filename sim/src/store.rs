@@ -369,6 +369,17 @@ impl Store for SimStore {
         self.read(|s| s.producers(topic, limit))
     }
 
+    fn effects(
+        &self,
+        topic: TopicId,
+        cause_topic: &str,
+        handler: &str,
+        cause_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Element>> {
+        self.read(|s| s.effects(topic, cause_topic, handler, cause_seq, limit))
+    }
+
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()> {
         self.mutate(DiskOp::Trim(topic, below_seq))
     }

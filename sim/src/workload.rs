@@ -656,6 +656,8 @@ async fn append(
                     .collect(),
                 producer: Some((producer.to_string(), pseq)),
                 time_ms: clock.now_ms(),
+                cause: None,
+                handler: None,
             };
             let group = plan.group;
             let members = groups.local_members(group).unwrap_or_default();

@@ -19,6 +19,8 @@ async fn append(cluster: &Cluster, plan: &TopicPlan, at: u64, payload: &str) -> 
         payloads: vec![bytes::Bytes::from(payload.as_bytes().to_vec())],
         producer: None,
         time_ms: 0,
+        cause: None,
+        handler: None,
     };
     match groups
         .write(plan.group, &cluster.members(plan), command)

@@ -15,6 +15,8 @@ fn element(seq: u64) -> WriteBatch {
             seq,
             payload: Bytes::from(format!("e{seq}")),
             append_time_ms: seq,
+            cause: None,
+            handler: None,
         },
     ));
     b
@@ -102,6 +104,8 @@ fn disk_a_torn_sync_survives_whole_or_not_at_all_and_is_never_acknowledged() {
                 seq: 4,
                 payload: Bytes::from_static(b"e4"),
                 append_time_ms: 4,
+                cause: None,
+                handler: None,
             },
         ));
         assert!(s.write(&b).is_err(), "a torn write is never Ok");

@@ -55,6 +55,13 @@ pub enum Command {
         payloads: Vec<bytes::Bytes>,
         producer: Option<(String, u64)>,
         time_ms: u64,
+        /// Set when a handler appends: what made these elements.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cause: Option<crate::topic::Cause>,
+        /// Set when the client named a handler to run for these elements
+        /// alone (one deployed on demand).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handler: Option<String>,
     },
     /// Deletes the topic and its elements.
     Delete,

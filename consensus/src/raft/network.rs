@@ -82,9 +82,15 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 }
 
 /// How long a group leaves a peer it could not reach before it sends to it
-/// again: one heartbeat interval, so a peer that comes back is caught up
-/// at once.
+/// again: one heartbeat interval at first, so a peer that was only briefly
+/// away is caught up at once; then twice as long each time, up to
+/// [`UNREACHABLE_BACKOFF_MAX`], so a peer that is down costs little. (Each
+/// attempt reads and encodes up to a call's worth of entries, and an entry
+/// may hold a thousand appends: at a fixed 100 ms a dead follower kept a
+/// leader's cores busy decoding its own log.) Openraft starts again from
+/// the first once a call gets through.
 const UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
+const UNREACHABLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(1600);
 
 /// One group's link to one peer.
 pub struct GroupClient {
@@ -132,7 +138,9 @@ impl GroupClient {
 
 impl RaftNetwork<TypeConfig> for GroupClient {
     fn backoff(&self) -> Backoff {
-        Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+        Backoff::new(std::iter::successors(Some(UNREACHABLE_BACKOFF), |d| {
+            Some((*d * 2).min(UNREACHABLE_BACKOFF_MAX))
+        }))
     }
 
     async fn append_entries(

@@ -17,6 +17,9 @@
 //! header_len:u32 header:CBOR(Header)          at most HEADER_BYTES_MAX
 //! records, each one tag byte then:
 //!   1 element:  seq:u64 append_time_ms:u64 len:u32 payload
+//!   3 element with a meta (a cause, a named handler): seq:u64
+//!               append_time_ms:u64 meta_len:u16 meta (codec::meta)
+//!               len:u32 payload
 //!   2 producer: id_len:u16 id window_len:u32 window (ProducerWindow encoding)
 //!   0 end:      elements:u64 producers:u64 checksum:u64
 //! ```
@@ -53,6 +56,7 @@ pub const PRODUCERS_MAX: u64 = 100_000;
 const TAG_END: u8 = 0;
 const TAG_ELEMENT: u8 = 1;
 const TAG_PRODUCER: u8 = 2;
+const TAG_META: u8 = 3;
 
 /// How much of a snapshot is in memory at once, on either side.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,11 +182,20 @@ impl<W: Write> SnapshotWriter<W> {
         }
         let len = u32::try_from(e.payload.len())
             .map_err(|_| corrupt(format!("element {} too large", e.seq)))?;
+        let meta = crate::codec::meta::encode(e);
         self.seq = e.seq;
         self.elements += 1;
-        self.put(&[TAG_ELEMENT])?;
+        self.put(&[if meta.is_some() {
+            TAG_META
+        } else {
+            TAG_ELEMENT
+        }])?;
         self.put(&e.seq.to_le_bytes())?;
         self.put(&e.append_time_ms.to_le_bytes())?;
+        if let Some(meta) = meta {
+            self.put(&(meta.len() as u16).to_le_bytes())?;
+            self.put(&meta)?;
+        }
         self.put(&len.to_le_bytes())?;
         self.put(&e.payload)
     }
@@ -309,9 +322,21 @@ impl<R: Read> SnapshotReader<R> {
         }
         let [tag] = self.take()?;
         match tag {
-            TAG_ELEMENT => {
+            TAG_ELEMENT | TAG_META => {
                 let seq = u64::from_le_bytes(self.take()?);
                 let append_time_ms = u64::from_le_bytes(self.take()?);
+                let meta = if tag == TAG_META {
+                    let meta_len = u16::from_le_bytes(self.take()?);
+                    if usize::from(meta_len) > crate::codec::meta::META_BYTES_MAX {
+                        return Err(corrupt(format!(
+                            "element {seq} with a meta of {meta_len} bytes"
+                        )));
+                    }
+                    let bytes = self.take_vec(u32::from(meta_len))?;
+                    crate::codec::meta::decode(&bytes)?
+                } else {
+                    Default::default()
+                };
                 let len = u32::from_le_bytes(self.take()?);
                 if seq <= self.seq || seq > self.header.last_seq {
                     return Err(corrupt(format!(
@@ -332,6 +357,8 @@ impl<R: Read> SnapshotReader<R> {
                     seq,
                     payload,
                     append_time_ms,
+                    cause: meta.cause,
+                    handler: meta.handler,
                 })))
             }
             TAG_PRODUCER => {
@@ -504,10 +531,13 @@ mod tests {
         };
         let mut w = SnapshotWriter::new(Vec::new(), &header).unwrap();
         for seq in 3..=5 {
+            // Element 4 was made by a handler: its cause travels with it.
             w.element(&Element {
                 seq,
                 payload: Bytes::from(vec![seq as u8; 10]),
                 append_time_ms: seq * 100,
+                cause: (seq == 4).then(cause),
+                handler: (seq == 5).then(|| "h".to_string()),
             })
             .unwrap();
         }
@@ -515,6 +545,16 @@ mod tests {
         window.record(1, 3, 1);
         w.producer("p", &window).unwrap();
         w.finish().unwrap()
+    }
+
+    fn cause() -> crate::topic::Cause {
+        crate::topic::Cause {
+            topic: "in".into(),
+            seq: 12,
+            handler: "h".into(),
+            node: "n".into(),
+            time_ms: 3,
+        }
     }
 
     fn read_all(bytes: &[u8]) -> Result<(Header, Vec<Record>)> {
@@ -532,7 +572,15 @@ mod tests {
         assert_eq!(header.last_seq, 5);
         assert_eq!(header.meta, Some(meta()));
         assert_eq!(records.len(), 4);
-        assert!(matches!(&records[0], Record::Element(e) if e.seq == 3 && e.append_time_ms == 300));
+        assert!(
+            matches!(&records[0], Record::Element(e) if e.seq == 3 && e.append_time_ms == 300 && e.cause.is_none())
+        );
+        assert!(
+            matches!(&records[1], Record::Element(e) if e.seq == 4 && e.cause == Some(cause()))
+        );
+        assert!(
+            matches!(&records[2], Record::Element(e) if e.seq == 5 && e.handler.as_deref() == Some("h"))
+        );
         assert!(matches!(&records[3], Record::Producer(id, _) if id == "p"));
     }
 
@@ -596,6 +644,8 @@ mod tests {
             seq,
             payload: Bytes::new(),
             append_time_ms: 0,
+            cause: None,
+            handler: None,
         };
         w.element(&e(2)).unwrap();
         assert!(w.element(&e(2)).is_err());

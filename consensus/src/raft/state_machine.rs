@@ -533,7 +533,12 @@ fn apply_command(
             let Some(m) = machine.as_ref() else {
                 return Ok(CommandResult::Refused(Error::GroupWithoutTopic));
             };
-            let specs_change = !matches!(command, HandlerCommand::Progress { .. });
+            // Progress alone is stored apart from the specs; new output
+            // topics are kept with them.
+            let specs_change = match &command {
+                HandlerCommand::Progress { outputs, .. } => !outputs.is_empty(),
+                _ => true,
+            };
             let range = m.range();
             let mut changed = (**handlers).clone();
             match changed.decide(command, range.first, range.last) {
@@ -549,15 +554,36 @@ fn apply_command(
             payloads,
             producer,
             time_ms,
+            cause,
+            handler,
         } => {
             let Some(m) = machine.as_mut() else {
                 return Ok(CommandResult::Refused(Error::GroupWithoutTopic));
+            };
+            // A handler named at the append must be one that runs on demand.
+            if let Some(name) = &handler
+                && let Err(e) = handlers.check_on_demand(name)
+            {
+                return Ok(CommandResult::Refused(e));
+            }
+            let tags = crate::topic::Tags {
+                cause: cause.as_ref(),
+                handler: handler.as_deref(),
             };
             let answer = producer
                 .map(|(id, seq)| Producer::new(id, seq))
                 .transpose()
                 .and_then(|p| {
-                    appender::append(store, m, windows, batch, payloads, p.as_ref(), time_ms)
+                    appender::append(
+                        store,
+                        m,
+                        windows,
+                        batch,
+                        payloads,
+                        p.as_ref(),
+                        time_ms,
+                        tags,
+                    )
                 });
             match answer {
                 Ok(outcome) => CommandResult::Appended(outcome),

@@ -17,6 +17,7 @@ pub fn run_all<S: Store>(mut fresh: impl FnMut() -> S) {
     trim_removes_only_below(&fresh());
     delete_topic_leaves_others(&fresh());
     producer_windows_round_trip(&fresh());
+    effects_are_indexed_found_and_trimmed(&fresh());
 }
 
 fn meta(id: u64, name: &str) -> TopicMeta {
@@ -34,7 +35,62 @@ fn element(seq: u64, payload: &str) -> Element {
         seq,
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         append_time_ms: 1_000 + seq,
+        cause: None,
+        handler: None,
     }
+}
+
+/// Element `seq` of a topic, made by handler `handler` of topic `from` from
+/// its element `cause_seq`.
+fn caused(seq: u64, from: &str, handler: &str, cause_seq: u64) -> Element {
+    Element {
+        cause: Some(crate::topic::Cause {
+            topic: from.into(),
+            seq: cause_seq,
+            handler: handler.into(),
+            node: "n1".into(),
+            time_ms: 5,
+        }),
+        ..element(seq, "out")
+    }
+}
+
+fn effects_are_indexed_found_and_trimmed<S: Store>(s: &S) {
+    // Topic 3 holds outputs of two handlers of "in" and one of "other",
+    // interleaved, plus elements nobody caused.
+    s.write(&batch([
+        Op::PutElement(TopicId(3), element(1, "plain")),
+        Op::PutElement(TopicId(3), caused(2, "in", "a", 1)),
+        Op::PutElement(TopicId(3), caused(3, "in", "a", 1)),
+        Op::PutElement(TopicId(3), caused(4, "in", "b", 1)),
+        Op::PutElement(TopicId(3), caused(5, "other", "a", 1)),
+        Op::PutElement(TopicId(3), caused(6, "in", "a", 2)),
+        Op::PutElement(TopicId(4), caused(1, "in", "a", 1)),
+    ]))
+    .unwrap();
+    let seqs = |from: &str, h: &str, cause: u64| -> Vec<u64> {
+        s.effects(TopicId(3), from, h, cause, 100)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect()
+    };
+    assert_eq!(seqs("in", "a", 1), vec![2, 3]);
+    assert_eq!(seqs("in", "b", 1), vec![4]);
+    assert_eq!(seqs("other", "a", 1), vec![5]);
+    assert_eq!(seqs("in", "a", 2), vec![6]);
+    assert!(seqs("in", "a", 3).is_empty());
+    assert!(seqs("in", "c", 1).is_empty());
+    assert_eq!(s.effects(TopicId(3), "in", "a", 1, 1).unwrap().len(), 1);
+    assert_eq!(s.get(TopicId(3), 2).unwrap(), Some(caused(2, "in", "a", 1)));
+    // A trim takes the index entries of what it removes, and only those.
+    s.trim(TopicId(3), 4).unwrap();
+    assert!(seqs("in", "a", 1).is_empty());
+    assert_eq!(seqs("in", "b", 1), vec![4]);
+    assert_eq!(seqs("in", "a", 2), vec![6]);
+    assert_eq!(s.effects(TopicId(4), "in", "a", 1, 10).unwrap().len(), 1);
+    s.write(&batch([Op::DeleteTopic(TopicId(4))])).unwrap();
+    assert!(s.effects(TopicId(4), "in", "a", 1, 10).unwrap().is_empty());
 }
 
 fn batch(ops: impl IntoIterator<Item = Op>) -> WriteBatch {

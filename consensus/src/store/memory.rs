@@ -15,6 +15,8 @@ struct State {
     next_topic_id: u64,
     elements: BTreeMap<(TopicId, u64), Element>,
     producers: BTreeMap<(TopicId, String), ProducerWindow>,
+    /// The effect index: (topic, source hash, cause seq, seq).
+    effects: std::collections::BTreeSet<(TopicId, u64, u64, u64)>,
     raft_log: BTreeMap<(GroupId, u64), Vec<u8>>,
     raft_values: BTreeMap<(GroupId, String), Vec<u8>>,
     /// Kept snapshots; shared, as they never change once kept.
@@ -61,9 +63,14 @@ impl Store for MemStore {
                     s.topics.remove(id);
                     s.elements.retain(|(topic, _), _| topic != id);
                     s.producers.retain(|(topic, _), _| topic != id);
+                    s.effects.retain(|(topic, ..)| topic != id);
                 }
                 Op::PutNextTopicId(next) => s.next_topic_id = *next,
                 Op::PutElement(topic, e) => {
+                    if let Some(c) = &e.cause {
+                        let source = crate::codec::meta::source_hash(&c.topic, &c.handler);
+                        s.effects.insert((*topic, source, c.seq, e.seq));
+                    }
                     s.elements.insert((*topic, e.seq), e.clone());
                 }
                 Op::PutProducer(topic, id, w) => {
@@ -153,7 +160,28 @@ impl Store for MemStore {
         for k in doomed {
             s.elements.remove(&k);
         }
+        s.effects
+            .retain(|&(t, _, _, seq)| t != topic || seq >= below_seq);
         Ok(())
+    }
+
+    fn effects(
+        &self,
+        topic: TopicId,
+        cause_topic: &str,
+        handler: &str,
+        cause_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Element>> {
+        let source = crate::codec::meta::source_hash(cause_topic, handler);
+        let s = self.state();
+        Ok(s.effects
+            .range((topic, source, cause_seq, 0)..=(topic, source, cause_seq, u64::MAX))
+            .filter_map(|&(_, _, _, seq)| s.elements.get(&(topic, seq)))
+            .filter(|e| super::caused_by(e, cause_topic, handler, cause_seq))
+            .take(limit)
+            .cloned()
+            .collect())
     }
 }
 

@@ -111,9 +111,30 @@ pub trait Store: Send + Sync + 'static {
     /// Every producer window of `topic` (for snapshots), at most `limit`.
     fn producers(&self, topic: TopicId, limit: usize) -> Result<Vec<(String, ProducerWindow)>>;
 
-    /// Removes `topic`'s elements below `below_seq`. Need not be synced: a
-    /// trim lost in a crash is simply done again.
+    /// Up to `limit` elements of `topic` that handler `handler` of topic
+    /// `cause_topic` appended when it ran on element `cause_seq`, in order:
+    /// the effect index of [`Element::cause`].
+    fn effects(
+        &self,
+        topic: TopicId,
+        cause_topic: &str,
+        handler: &str,
+        cause_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Element>>;
+
+    /// Removes `topic`'s elements below `below_seq` (and their effect
+    /// index entries). Need not be synced: a trim lost in a crash is simply
+    /// done again.
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()>;
+}
+
+/// Whether `e` was appended by `handler` of `cause_topic` running on its
+/// element `cause_seq` (what an effect index entry claims, checked).
+pub(crate) fn caused_by(e: &Element, cause_topic: &str, handler: &str, cause_seq: u64) -> bool {
+    e.cause
+        .as_ref()
+        .is_some_and(|c| c.topic == cause_topic && c.handler == handler && c.seq == cause_seq)
 }
 
 thread_local! {

@@ -6,6 +6,7 @@
 //! | `topics` | topic id | `TopicMeta` |
 //! | `elements` | topic id, seq | an element (`codec::element`) |
 //! | `producers` | topic id, producer id | `codec::window` |
+//! | `effects` | topic id, `codec::meta::source_hash`, cause seq, seq | empty |
 //! | `meta` | `next_topic_id` | u64 |
 //! | `raft_log` | group id, index | entry bytes |
 //! | `raft_values` | group id, name | value bytes |
@@ -29,6 +30,7 @@ use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 const CF_TOPICS: &str = "topics";
 const CF_ELEMENTS: &str = "elements";
 const CF_PRODUCERS: &str = "producers";
+const CF_EFFECTS: &str = "effects";
 const CF_META: &str = "meta";
 const CF_RAFT_LOG: &str = "raft_log";
 const CF_RAFT_VALUES: &str = "raft_values";
@@ -48,6 +50,18 @@ fn element_key(topic: TopicId, seq: u64) -> [u8; 16] {
     let mut k = [0; 16];
     k[..8].copy_from_slice(&topic.0.to_be_bytes());
     k[8..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The effect index's key of element `seq` of `topic`, made by the handler
+/// whose [`codec::meta::source_hash`] is `source` from its element
+/// `cause_seq`.
+fn effect_key(topic: TopicId, source: u64, cause_seq: u64, seq: u64) -> [u8; 32] {
+    let mut k = [0; 32];
+    k[..8].copy_from_slice(&topic.0.to_be_bytes());
+    k[8..16].copy_from_slice(&source.to_be_bytes());
+    k[16..24].copy_from_slice(&cause_seq.to_be_bytes());
+    k[24..].copy_from_slice(&seq.to_be_bytes());
     k
 }
 
@@ -80,6 +94,7 @@ impl RocksStore {
             CF_TOPICS,
             CF_ELEMENTS,
             CF_PRODUCERS,
+            CF_EFFECTS,
             CF_META,
             CF_RAFT_LOG,
             CF_RAFT_VALUES,
@@ -126,6 +141,11 @@ impl RocksStore {
                         id.0.to_be_bytes(),
                         next.0.to_be_bytes(),
                     );
+                    wb.delete_range_cf(
+                        self.cf(CF_EFFECTS),
+                        id.0.to_be_bytes(),
+                        next.0.to_be_bytes(),
+                    );
                 }
                 Op::PutNextTopicId(n) => {
                     wb.put_cf(self.cf(CF_META), KEY_NEXT_TOPIC_ID, n.to_be_bytes());
@@ -136,6 +156,11 @@ impl RocksStore {
                         element_key(*topic, e.seq),
                         codec::element::encode(e),
                     );
+                    if let Some(c) = &e.cause {
+                        let source = codec::meta::source_hash(&c.topic, &c.handler);
+                        let key = effect_key(*topic, source, c.seq, e.seq);
+                        wb.put_cf(self.cf(CF_EFFECTS), key, []);
+                    }
                 }
                 Op::PutProducer(topic, id, w) => {
                     wb.put_cf(
@@ -277,6 +302,39 @@ impl Store for RocksStore {
         Ok(out)
     }
 
+    fn effects(
+        &self,
+        topic: TopicId,
+        cause_topic: &str,
+        handler: &str,
+        cause_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Element>> {
+        let source = codec::meta::source_hash(cause_topic, handler);
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(effect_key(topic, source, cause_seq, u64::MAX));
+        let start = effect_key(topic, source, cause_seq, 0);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_EFFECTS),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = item.map_err(storage("read effects"))?;
+            let seq = be_u64(&key[24..], "effect key")?;
+            if let Some(e) = self.get(topic, seq)?
+                && super::caused_by(&e, cause_topic, handler, cause_seq)
+            {
+                out.push(e);
+            }
+        }
+        Ok(out)
+    }
+
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()> {
         let mut wb = rocksdb::WriteBatch::default();
         wb.delete_range_cf(
@@ -284,6 +342,28 @@ impl Store for RocksStore {
             element_key(topic, 0),
             element_key(topic, below_seq),
         );
+        // The index entries of the trimmed elements. One handler's outputs
+        // come in the order of their causes, so under each handler's prefix
+        // they are the first entries: delete until one that is not trimmed,
+        // then skip to the next handler's prefix.
+        let mut it = self.db.raw_iterator_cf(self.cf(CF_EFFECTS));
+        it.seek(effect_key(topic, 0, 0, 0));
+        while let Some(key) = it.key() {
+            if key.len() != 32 || key[..8] != topic.0.to_be_bytes() {
+                break;
+            }
+            let source = be_u64(&key[8..16], "effect key")?;
+            if be_u64(&key[24..], "effect key")? < below_seq {
+                wb.delete_cf(self.cf(CF_EFFECTS), key);
+                it.next();
+                continue;
+            }
+            match source.checked_add(1) {
+                Some(next) => it.seek(effect_key(topic, next, 0, 0)),
+                None => break,
+            }
+        }
+        it.status().map_err(storage("trim effects"))?;
         self.db.write(wb).map_err(storage("trim"))
     }
 }

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::{AppendOutcome, Machine, Producer, ProducerWindow};
+use super::{AppendOutcome, Machine, Producer, ProducerWindow, Tags};
 use crate::error::Result;
 use crate::store::{Store, WriteBatch};
 
@@ -62,7 +62,8 @@ impl Windows {
 /// Decides one append into `batch`: checks its producer's window (read from
 /// `store` on first use), numbers its elements, and records it in the
 /// window. A retry of an append already decided writes nothing and answers
-/// as the first did.
+/// as the first did. Each element keeps `tags`.
+#[allow(clippy::too_many_arguments)]
 pub fn append(
     store: &dyn Store,
     machine: &mut Machine,
@@ -71,12 +72,13 @@ pub fn append(
     payloads: Vec<Bytes>,
     producer: Option<&Producer>,
     now_ms: u64,
+    tags: Tags<'_>,
 ) -> Result<AppendOutcome> {
     match producer {
-        None => machine.append(batch, payloads, None, now_ms),
+        None => machine.append_tagged(batch, payloads, None, now_ms, tags),
         Some(p) => {
             let window = windows.get(store, machine, &p.id)?;
-            machine.append(batch, payloads, Some((p, window)), now_ms)
+            machine.append_tagged(batch, payloads, Some((p, window)), now_ms, tags)
         }
     }
 }
@@ -111,7 +113,17 @@ mod tests {
         seq: u64,
     ) -> AppendOutcome {
         let p = Producer::new("p".into(), seq).unwrap();
-        append(store, m, w, b, vec![Bytes::from_static(b"x")], Some(&p), 0).unwrap()
+        append(
+            store,
+            m,
+            w,
+            b,
+            vec![Bytes::from_static(b"x")],
+            Some(&p),
+            0,
+            Tags::default(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -155,6 +167,7 @@ mod tests {
                 vec![Bytes::new()],
                 Some(&p),
                 0,
+                Tags::default(),
             )
             .unwrap();
         }

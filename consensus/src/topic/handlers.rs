@@ -23,6 +23,9 @@ pub const HANDLER_CONFIG_BYTES_MAX: usize = 16 * 1024;
 pub const SEQ_MAX: u64 = 1 << 47;
 /// The longest placement expression.
 pub const PLACEMENT_BYTES_MAX: usize = 1024;
+/// The most output topics a handler's record names (for traces): a
+/// handler that appends to more is traced into the first this many.
+pub const OUTPUT_TOPICS_MAX: usize = 64;
 
 /// What a handler runs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -57,6 +60,10 @@ pub struct HandlerSpec {
     /// A Python invocation's memory cap, in MiB; 0 is the node's default.
     #[serde(default)]
     pub memory_mib: u32,
+    /// Runs only for the elements whose append names it (CSPOT's put of
+    /// an element with its handler), not for every element.
+    #[serde(default)]
+    pub on_demand: bool,
 }
 
 impl HandlerSpec {
@@ -132,6 +139,11 @@ pub struct Handler {
     /// until resumed (or updated).
     #[serde(default)]
     pub parked: Option<Parked>,
+    /// The topics it has appended to, in order of name (at most
+    /// [`OUTPUT_TOPICS_MAX`]): where a trace looks for what an element
+    /// caused.
+    #[serde(default)]
+    pub outputs: Vec<String>,
 }
 
 /// Why a handler stopped running.
@@ -162,11 +174,14 @@ pub enum HandlerCommand {
     Update { spec: HandlerSpec },
     /// Unbinds a handler.
     Remove { name: String },
-    /// Records that `name` at `version` finished every element up to `done`.
+    /// Records that `name` at `version` finished every element up to `done`,
+    /// and appended to `outputs` (topics it had not reported before).
     Progress {
         name: String,
         version: u64,
         done: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        outputs: Vec<String>,
     },
     /// Stops `name` at `version`: it failed on element `seq` past its retries.
     Park {
@@ -208,6 +223,21 @@ impl Handlers {
 
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
+    }
+
+    /// Checks that an append may name handler `name`: one bound to run on
+    /// demand.
+    pub fn check_on_demand(&self, name: &str) -> Result<()> {
+        match self.by_name.get(name) {
+            Some(h) if h.spec.on_demand => Ok(()),
+            Some(_) => Err(Error::InvalidArgument(format!(
+                "handler {name:?} runs for every element already; an append names only a \
+                 handler deployed on demand"
+            ))),
+            None => Err(Error::InvalidArgument(format!(
+                "no handler {name:?} is bound to this topic to run on demand"
+            ))),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -281,6 +311,7 @@ impl Handlers {
                     takes_over_at: start,
                     done: start - 1,
                     parked: None,
+                    outputs: Vec::new(),
                 };
                 self.by_name
                     .insert(handler.spec.name.clone(), handler.clone());
@@ -305,10 +336,19 @@ impl Handlers {
                 name,
                 version,
                 done,
+                outputs,
             } => {
                 let Some(h) = self.by_name.get_mut(&name) else {
                     return Err(not_bound(&name));
                 };
+                for topic in outputs {
+                    if let Err(at) = h.outputs.binary_search(&topic)
+                        && h.outputs.len() < OUTPUT_TOPICS_MAX
+                        && topic.len() <= crate::topic::NAME_BYTES_MAX
+                    {
+                        h.outputs.insert(at, topic);
+                    }
+                }
                 if version != h.version || done <= h.done {
                     return Ok(HandlerAnswer::Progressed(false));
                 }
@@ -369,6 +409,7 @@ mod tests {
             config: "{}".into(),
             time_budget_ms: 0,
             memory_mib: 0,
+            on_demand: false,
         }
     }
 
@@ -400,6 +441,55 @@ mod tests {
     }
 
     #[test]
+    fn output_topics_are_kept_sorted_once_and_bounded() {
+        let mut h = Handlers::default();
+        deploy(&mut h, "a", From::Earliest, 10).unwrap();
+        let progress = |h: &mut Handlers, done, outputs: &[&str]| {
+            h.decide(
+                HandlerCommand::Progress {
+                    name: "a".into(),
+                    version: 1,
+                    done,
+                    outputs: outputs.iter().map(|s| s.to_string()).collect(),
+                },
+                1,
+                10,
+            )
+            .unwrap()
+        };
+        progress(&mut h, 2, &["z", "b"]);
+        progress(&mut h, 3, &["b", "c"]);
+        assert_eq!(h.get("a").unwrap().outputs, ["b", "c", "z"]);
+        let many: Vec<String> = (0..2 * OUTPUT_TOPICS_MAX)
+            .map(|i| format!("t{i:03}"))
+            .collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        // Stale progress still says where outputs went.
+        assert_eq!(progress(&mut h, 1, &many), HandlerAnswer::Progressed(false));
+        assert_eq!(h.get("a").unwrap().outputs.len(), OUTPUT_TOPICS_MAX);
+    }
+
+    #[test]
+    fn only_an_on_demand_handler_may_be_named_by_an_append() {
+        let mut h = Handlers::default();
+        deploy(&mut h, "every", From::Next, 0).unwrap();
+        let mut picky = spec("picky");
+        picky.on_demand = true;
+        h.decide(
+            HandlerCommand::Deploy {
+                spec: picky,
+                from: From::Next,
+            },
+            1,
+            0,
+        )
+        .unwrap();
+        assert!(h.check_on_demand("picky").is_ok());
+        assert!(h.check_on_demand("every").is_err());
+        assert!(h.check_on_demand("nope").is_err());
+    }
+
+    #[test]
     fn progress_only_moves_forward_for_the_current_version() {
         let mut h = Handlers::default();
         deploy(&mut h, "a", From::Earliest, 10).unwrap();
@@ -409,6 +499,7 @@ mod tests {
                     name: "a".into(),
                     version,
                     done,
+                    outputs: Vec::new(),
                 },
                 1,
                 10,

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::producer::Seen;
-use super::{Element, Producer, ProducerWindow, Range, TopicMeta, first_seq};
+use super::{Element, Producer, ProducerWindow, Range, Tags, TopicMeta, first_seq};
 use crate::bugs::{self, Bug};
 use crate::error::{Error, Result};
 use crate::store::WriteBatch;
@@ -68,7 +68,26 @@ impl Machine {
         producer: Option<(&Producer, &mut ProducerWindow)>,
         now_ms: u64,
     ) -> Result<AppendOutcome> {
+        self.append_tagged(batch, payloads, producer, now_ms, Tags::default())
+    }
+
+    /// [`append`](Self::append), each element keeping `tags` (its cause, or
+    /// the handler its append named).
+    pub fn append_tagged(
+        &mut self,
+        batch: &mut WriteBatch,
+        payloads: Vec<Bytes>,
+        producer: Option<(&Producer, &mut ProducerWindow)>,
+        now_ms: u64,
+        tags: Tags<'_>,
+    ) -> Result<AppendOutcome> {
         self.check_payloads(&payloads)?;
+        if let Some(cause) = tags.cause {
+            cause.check()?;
+        }
+        if let Some(handler) = tags.handler {
+            super::handlers::check_name(handler)?;
+        }
         let count = payloads.len() as u64;
         let producer = producer.filter(|_| !bugs::on(Bug::IgnoreProducerWindow));
         if let Some((producer, window)) = producer {
@@ -95,6 +114,8 @@ impl Machine {
                     seq: first + i as u64,
                     payload,
                     append_time_ms: now_ms,
+                    cause: tags.cause.cloned(),
+                    handler: tags.handler.map(str::to_string),
                 },
             );
         }

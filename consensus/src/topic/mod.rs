@@ -134,6 +134,81 @@ pub struct Element {
     pub payload: Bytes,
     /// Wall-clock time at the node that committed it; informative only.
     pub append_time_ms: u64,
+    /// What made it, when a handler appended it (see [`Cause`]).
+    pub cause: Option<Cause>,
+    /// The handler its append named to run for it alone (one deployed on
+    /// demand), if any.
+    pub handler: Option<String>,
+}
+
+/// Why an element exists, when a handler appended it: the element the
+/// handler ran on, which handler, on which node, and when. Kept with the
+/// element (and in snapshots), and indexed by its first three fields, so
+/// that a trace goes both ways: from an element to its cause, and from an
+/// element to what it caused (`Store::effects`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "CauseWire", from = "CauseWire")]
+pub struct Cause {
+    /// The topic the handler is bound to.
+    pub topic: String,
+    /// The element of that topic it ran on.
+    pub seq: u64,
+    pub handler: String,
+    /// The node that ran it (its peer id).
+    pub node: String,
+    /// When it ran there (wall clock, ms); informative only.
+    pub time_ms: u64,
+}
+
+/// A [`Cause`] as the log and the store carry it: a CBOR array, without
+/// field names (every output of a handler carries one).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CauseWire(String, u64, String, String, u64);
+
+impl From<Cause> for CauseWire {
+    fn from(c: Cause) -> Self {
+        Self(c.topic, c.seq, c.handler, c.node, c.time_ms)
+    }
+}
+
+impl From<CauseWire> for Cause {
+    fn from(CauseWire(topic, seq, handler, node, time_ms): CauseWire) -> Self {
+        Self {
+            topic,
+            seq,
+            handler,
+            node,
+            time_ms,
+        }
+    }
+}
+
+/// What an append says of its elements beyond their payloads: kept with
+/// each of them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tags<'a> {
+    /// What made them (a handler appends).
+    pub cause: Option<&'a Cause>,
+    /// The on-demand handler to run for them (a client names it).
+    pub handler: Option<&'a str>,
+}
+
+/// The largest encoded [`Cause`]: a topic name, a handler name and a peer id
+/// with room to spare.
+pub const CAUSE_BYTES_MAX: usize = 1024;
+
+impl Cause {
+    /// Checks the sizes a stored cause must keep.
+    pub fn check(&self) -> crate::error::Result<()> {
+        let size = self.topic.len() + self.handler.len() + self.node.len();
+        if size + 32 > CAUSE_BYTES_MAX {
+            return Err(crate::error::Error::InvalidArgument(format!(
+                "a cause of {size} bytes of names; at most {}",
+                CAUSE_BYTES_MAX - 32
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The lowest readable sequence number of a topic whose last is `last`, or 0

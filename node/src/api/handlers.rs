@@ -62,6 +62,20 @@ impl ClusterTopics {
         }
     }
 
+    /// Asks node `peer` to run a handler on one element (an `adaptive()`
+    /// invocation), waiting at most `timeout`.
+    pub(crate) async fn invoke(
+        &self,
+        peer: &str,
+        invoke: crate::groups::HandlerInvoke,
+        timeout: std::time::Duration,
+    ) -> Result<crate::groups::InvokeReply> {
+        let peer: woof_overlay::PeerId = peer
+            .parse()
+            .map_err(|_| Error::Internal(format!("{peer:?} is not a peer id")))?;
+        self.groups.invoke(peer, invoke, timeout).await
+    }
+
     /// Where a handler of `topic` placed by `placement` runs now: the
     /// chosen node's peer id, or `None` if no live node matches. Every node
     /// computes the same answer from the same view of the cluster.
@@ -110,11 +124,13 @@ impl ClusterTopics {
         name: &str,
         version: u64,
         done: u64,
+        outputs: Vec<String>,
     ) -> Result<bool> {
         let command = HandlerCommand::Progress {
             name: name.to_string(),
             version,
             done,
+            outputs,
         };
         match self.handler_command(topic.as_str(), command).await? {
             HandlerAnswer::Progressed(moved) => Ok(moved),

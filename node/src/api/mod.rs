@@ -33,7 +33,8 @@ use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::directory::{DIRECTORY, RESERVED_PREFIX};
 use woof_consensus::topic::handlers::{From, Handler, HandlerSpec, Handlers};
 use woof_consensus::topic::{
-    AppendOutcome, Element, Placement, Producer, Range, TopicConfig, TopicId, TopicMeta, TopicName,
+    AppendOutcome, Cause, Element, Placement, Producer, Range, TopicConfig, TopicId, TopicMeta,
+    TopicName,
 };
 use woof_consensus::{Clock, Start, Subscription, SystemClock, TopicInfo, Topics};
 use woof_overlay::{Liveness, NodeInfo, PeerId};
@@ -46,6 +47,9 @@ mod handlers;
 mod names;
 mod overlay;
 mod repair;
+mod trace;
+
+pub use trace::{Effect, Step, Trace};
 
 pub use overlay::Overlay;
 
@@ -173,6 +177,20 @@ impl TopicApi {
         }
     }
 
+    /// [`append`](Self::append), naming handler `handler` (one deployed on
+    /// demand) to run for these elements alone.
+    pub async fn append_for(
+        &self,
+        name: &str,
+        payloads: Vec<Bytes>,
+        producer: Option<Producer>,
+        handler: String,
+    ) -> Result<AppendOutcome> {
+        self.cluster()?
+            .append_for(name, payloads, producer, Some(handler))
+            .await
+    }
+
     pub async fn get(&self, name: &str, seq: u64) -> Result<Element> {
         match self {
             TopicApi::Local(t) => Ok(t.get(name, seq).await?),
@@ -237,6 +255,11 @@ impl TopicApi {
     /// The handlers bound to `topic`, and its last sequence number.
     pub async fn handlers(&self, topic: &str) -> Result<(Handlers, u64)> {
         self.cluster()?.handlers(topic).await
+    }
+
+    /// Element `seq` of `topic`, its causes and its effects.
+    pub async fn trace(&self, topic: &str, seq: u64) -> Result<Trace> {
+        self.cluster()?.trace(topic, seq).await
     }
 
     /// Stops serving: queued appends fail, subscriptions end.
@@ -398,6 +421,12 @@ impl ClusterTopics {
     /// This node's name in the cluster (its peer id).
     pub(crate) fn me(&self) -> String {
         self.overlay.peer_id().to_string()
+    }
+
+    /// The time now, in ms since the Unix epoch, on this node's clock (the
+    /// simulator's, under the simulator).
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     pub(crate) fn python(&self) -> &crate::handlers::code::Python {
@@ -682,12 +711,25 @@ impl ClusterTopics {
         payloads: Vec<Bytes>,
         producer: Option<Producer>,
     ) -> Result<AppendOutcome> {
+        self.append_for(name, payloads, producer, None).await
+    }
+
+    /// Appends, naming `handler` (if any) to run for these elements alone.
+    pub async fn append_for(
+        &self,
+        name: &str,
+        payloads: Vec<Bytes>,
+        producer: Option<Producer>,
+        handler: Option<String>,
+    ) -> Result<AppendOutcome> {
         let name = TopicName::new(name)?;
         let (group, members) = self.locate(&name).await?;
         let command = Command::Append {
             payloads,
             producer: producer.map(|p| (p.id, p.seq)),
             time_ms: self.clock.now_ms(),
+            cause: None,
+            handler,
         };
         match self.write(&name, group, &members, command).await? {
             CommandResult::Appended(outcome) => Ok(outcome),
@@ -714,10 +756,11 @@ impl ClusterTopics {
     /// log entry: one result for each (a key already written is refused
     /// with [`woof_consensus::Error::ProducerSeq`] or answered as a
     /// duplicate, and the others are still appended).
+    /// Each keeps its cause, if it has one.
     pub async fn append_keyed(
         &self,
         name: &str,
-        keyed: Vec<(Producer, Bytes)>,
+        keyed: Vec<(Producer, Bytes, Option<Cause>)>,
     ) -> Result<Vec<Result<AppendOutcome>>> {
         let name = TopicName::new(name)?;
         let (group, members) = self.locate(&name).await?;
@@ -726,10 +769,12 @@ impl ClusterTopics {
         let command = Command::Batch(
             keyed
                 .into_iter()
-                .map(|(p, payload)| Command::Append {
+                .map(|(p, payload, cause)| Command::Append {
                     payloads: vec![payload],
                     producer: Some((p.id, p.seq)),
                     time_ms,
+                    cause,
+                    handler: None,
                 })
                 .collect(),
         );
@@ -772,6 +817,27 @@ impl ClusterTopics {
         self.read(&name, Read::Scan { from, limit })
             .await?
             .into_elements()
+    }
+
+    /// Up to `limit` elements of `name` that handler `handler` of
+    /// `cause_topic` appended when it ran on element `cause_seq`, as the
+    /// topic's leader has them.
+    pub async fn effects(
+        &self,
+        name: &str,
+        cause_topic: &str,
+        handler: &str,
+        cause_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<Element>> {
+        let name = TopicName::new(name)?;
+        let read = Read::Effects {
+            cause_topic: cause_topic.to_string(),
+            handler: handler.to_string(),
+            cause_seq,
+            limit,
+        };
+        self.read(&name, read).await?.into_elements()
     }
 
     /// The range the leader holds, confirmed by a quorum.

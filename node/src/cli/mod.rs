@@ -72,6 +72,10 @@ pub enum Command {
         #[arg(long)]
         from: Option<u64>,
     },
+    /// Show where an element came from and what it caused: the chain of
+    /// handler runs back to what a client appended, and the tree of what
+    /// handlers made from it, with the node and time of each step.
+    Trace { topic: String, seq: u64 },
     /// Cluster keys and status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -261,6 +265,10 @@ pub struct HandlerCode {
     /// A Python handler's memory cap per invocation [default: the node's, 64].
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     pub memory_mib: u32,
+    /// Run only for elements whose append names it (`woof append TOPIC DATA
+    /// --handler NAME`), not for every element.
+    #[arg(long)]
+    pub on_demand: bool,
 }
 
 impl HandlerCode {
@@ -295,6 +303,7 @@ impl HandlerCode {
             config: self.config,
             time_budget_ms: self.time_budget_ms,
             memory_mib: self.memory_mib,
+            on_demand: self.on_demand,
             ..Default::default()
         })
     }
@@ -325,6 +334,9 @@ pub struct AppendArgs {
     /// This append's number in the producer's own sequence.
     #[arg(long, requires = "producer")]
     pub producer_seq: Option<u64>,
+    /// Run this handler (one deployed with --on-demand) for this element.
+    #[arg(long, value_name = "NAME")]
+    pub handler: Option<String>,
 }
 
 /// Connects to a node.
@@ -417,6 +429,7 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                     topic: args.topic,
                     payload: payload.into(),
                     producer,
+                    handler: args.handler.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
@@ -592,6 +605,13 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                     _ = tokio::signal::ctrl_c() => break,
                 }
             }
+        }
+        Command::Trace { topic, seq } => {
+            let r = client
+                .trace(v1::TraceRequest { topic, seq })
+                .await?
+                .into_inner();
+            out.trace(&r);
         }
         Command::Handler(HandlerCommand::Resume { topic, name }) => {
             let r = client

@@ -170,6 +170,7 @@ impl Output {
                 "takes_over_at": h.takes_over_at, "done": h.done, "lag": h.lag,
                 "runs_on": h.runs_on, "parked_at": h.parked_at, "parked_error": h.parked_error,
                 "time_budget_ms": h.time_budget_ms, "memory_mib": h.memory_mib,
+                "on_demand": h.on_demand, "outputs": h.outputs,
             }));
         } else {
             let verb = if verb.is_empty() {
@@ -201,6 +202,9 @@ impl Output {
             }
             if h.memory_mib > 0 {
                 line.push_str(&format!(" memory={}MiB", h.memory_mib));
+            }
+            if h.on_demand {
+                line.push_str(" on_demand");
             }
             if h.parked_at > 0 {
                 line.push_str(&format!(
@@ -236,6 +240,7 @@ impl Output {
                 "node": node, "id": i.id, "seq": i.seq, "at_ms": i.at_ms,
                 "dispatch_us": i.dispatch_us, "duration_us": i.duration_us,
                 "outcome": i.outcome, "error": i.error, "logs": i.logs,
+                "ran_on": i.ran_on,
             }));
             return;
         }
@@ -244,6 +249,9 @@ impl Output {
             "#{} seq={} node=..{short} {} in {} us (dispatched after {} us)",
             i.id, i.seq, i.outcome, i.duration_us, i.dispatch_us
         );
+        if !i.ran_on.is_empty() {
+            line.push_str(&format!(" ran on {}", short_peer(&i.ran_on)));
+        }
         if !i.error.is_empty() {
             let last = i.error.lines().last().unwrap_or("");
             line.push_str(&format!(": {last}"));
@@ -303,6 +311,77 @@ impl Output {
         }
     }
 
+    /// An element's causal trace: its chain of causes, then the tree of
+    /// what it caused.
+    pub fn trace(&mut self, t: &v1::TraceResponse) {
+        if self.json {
+            let steps = |steps: &[v1::TraceStep]| steps.iter().map(step_json).collect::<Vec<_>>();
+            self.json(json!({
+                "element": t.element.as_ref().map(step_json),
+                "upstream": steps(&t.upstream),
+                "upstream_gone": t.upstream_gone,
+                "downstream": steps(&t.downstream),
+                "truncated": t.truncated,
+            }));
+            return;
+        }
+        let Some(first) = &t.element else { return };
+        self.line("caused by (nearest first):");
+        for s in std::iter::once(first).chain(&t.upstream) {
+            let line = format!("  {}  {}", step_name(s), preview(s));
+            self.line(&line);
+            let e = s.element.clone().unwrap_or_default();
+            let how = match &e.cause {
+                Some(c) => format!(
+                    "    made by handler {} from {}/{} on node {} at {}",
+                    c.handler,
+                    c.topic,
+                    c.seq,
+                    short_peer(&c.node),
+                    clock(c.time_ms)
+                ),
+                None => format!("    appended by a client at {}", clock(e.append_time_ms)),
+            };
+            self.line(&how);
+        }
+        if !t.upstream_gone.is_empty() {
+            self.line(&format!("    (the chain ends here: {})", t.upstream_gone));
+        }
+        if t.downstream.is_empty() {
+            self.line(&format!("caused: nothing (yet) from {}", step_name(first)));
+            return;
+        }
+        self.line(&format!("caused (from {}):", step_name(first)));
+        // Depth first, each effect under the element it came from.
+        let mut stack: Vec<usize> = children(&t.downstream, -1);
+        stack.reverse();
+        while let Some(i) = stack.pop() {
+            let s = &t.downstream[i];
+            let indent = "  ".repeat(s.depth as usize);
+            let by = s
+                .element
+                .as_ref()
+                .and_then(|e| e.cause.as_ref())
+                .map(|c| {
+                    format!(
+                        "by {} on {} at {}",
+                        c.handler,
+                        short_peer(&c.node),
+                        clock(c.time_ms)
+                    )
+                })
+                .unwrap_or_default();
+            let line = format!("{indent}└ {}  {by}  {}", step_name(s), preview(s));
+            self.line(&line);
+            let mut below = children(&t.downstream, i as i64);
+            below.reverse();
+            stack.extend(below);
+        }
+        if t.truncated {
+            self.line("  (cut short: at most 1,000 effects, 16 levels)");
+        }
+    }
+
     /// One element as a line of a scan or tail: `SEQ<TAB>PAYLOAD`.
     pub fn element(&mut self, e: &v1::Element) {
         if self.json {
@@ -321,6 +400,61 @@ impl Output {
 fn short_peer(peer: &str) -> String {
     let tail = peer.len().saturating_sub(8);
     format!("…{}", peer.get(tail..).unwrap_or(peer))
+}
+
+/// `topic/seq` of a trace step.
+fn step_name(s: &v1::TraceStep) -> String {
+    format!("{}/{}", s.topic, s.element.as_ref().map_or(0, |e| e.seq))
+}
+
+/// A step's payload, short, for a line of a trace.
+fn preview(s: &v1::TraceStep) -> String {
+    let payload = s.element.as_ref().map(|e| &e.payload[..]).unwrap_or(&[]);
+    match std::str::from_utf8(payload) {
+        Ok(text) if text.chars().count() > 60 => {
+            format!("{}…", text.chars().take(60).collect::<String>())
+        }
+        Ok(text) => text.to_string(),
+        Err(_) => format!("0x{}", hex(&payload[..payload.len().min(30)])),
+    }
+}
+
+/// The indexes of the effects made from effect `parent` (-1: the traced
+/// element), in order.
+fn children(steps: &[v1::TraceStep], parent: i64) -> Vec<usize> {
+    (0..steps.len())
+        .filter(|&i| steps[i].parent == parent)
+        .collect()
+}
+
+/// A wall-clock time in ms as `HH:MM:SS.mmm` (UTC).
+fn clock(ms: u64) -> String {
+    let day_ms = ms % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        day_ms / 3_600_000,
+        day_ms / 60_000 % 60,
+        day_ms / 1000 % 60,
+        day_ms % 1000
+    )
+}
+
+fn step_json(s: &v1::TraceStep) -> Value {
+    let e = s.element.clone().unwrap_or_default();
+    let mut v = element_json(&e);
+    v["topic"] = json!(s.topic);
+    v["cause"] = match &e.cause {
+        Some(c) => json!({
+            "topic": c.topic, "seq": c.seq, "handler": c.handler,
+            "node": c.node, "time_ms": c.time_ms,
+        }),
+        None => Value::Null,
+    };
+    if s.depth > 0 {
+        v["parent"] = json!(s.parent);
+        v["depth"] = json!(s.depth);
+    }
+    v
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -368,6 +502,7 @@ mod tests {
             seq: 3,
             payload: vec![0xff, 0x00].into(),
             append_time_ms: 9,
+            cause: None,
         };
         assert_eq!(element_json(&e)["payload_hex"], "ff00");
         let t = v1::Element {
@@ -375,5 +510,62 @@ mod tests {
             ..e
         };
         assert_eq!(element_json(&t)["payload"], "hi");
+    }
+
+    #[test]
+    fn clock_times_are_utc_hours_to_millis() {
+        assert_eq!(clock(0), "00:00:00.000");
+        assert_eq!(clock(86_400_000 + 3_723_004), "01:02:03.004");
+    }
+
+    #[test]
+    fn a_trace_prints_each_effect_under_its_cause() {
+        let step = |topic: &str, seq, parent, depth| v1::TraceStep {
+            topic: topic.into(),
+            element: Some(v1::Element {
+                seq,
+                payload: format!("{topic}{seq}").into_bytes().into(),
+                append_time_ms: 0,
+                cause: None,
+            }),
+            parent,
+            depth,
+        };
+        let t = v1::TraceResponse {
+            element: Some(step("in", 1, -1, 0)),
+            upstream: vec![],
+            upstream_gone: String::new(),
+            // Breadth first: b/1 and c/1 from in/1, d/1 from b/1.
+            downstream: vec![step("b", 1, -1, 1), step("c", 1, -1, 1), step("d", 1, 0, 2)],
+            truncated: false,
+        };
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let mut out = Output {
+            json: false,
+            out: Box::new(Shared(buf.clone())),
+        };
+        out.trace(&t);
+        let text = String::from_utf8(buf.lock().unwrap().clone()).unwrap();
+        let order: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains('└'))
+            .map(|l| l.split_whitespace().nth(1).unwrap())
+            .collect();
+        assert_eq!(order, ["b/1", "d/1", "c/1"], "{text}");
+        assert!(
+            text.contains("    └ d/1"),
+            "d/1 is indented under b/1: {text}"
+        );
+        assert!(text.contains("appended by a client"), "{text}");
     }
 }

@@ -154,6 +154,8 @@ impl Groups {
                 payloads,
                 producer: None,
                 time_ms,
+                cause,
+                handler,
             } => {
                 let lane = self.lanes().await?.take().await;
                 let producer = Some((lane.id.clone(), lane.seq));
@@ -161,6 +163,8 @@ impl Groups {
                     payloads,
                     producer,
                     time_ms,
+                    cause,
+                    handler,
                 };
                 (command, Some(lane))
             }
@@ -172,7 +176,11 @@ impl Groups {
                 let retry = attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed) > 0;
                 let command = match &command {
                     Command::Append {
-                        payloads, time_ms, ..
+                        payloads,
+                        time_ms,
+                        cause,
+                        handler,
+                        ..
                     } if retry
                         && lane.is_some()
                         && bugs::on(Bug::ForwardedRetryWithoutIdentity) =>
@@ -181,6 +189,8 @@ impl Groups {
                             payloads: payloads.clone(),
                             producer: None,
                             time_ms: *time_ms,
+                            cause: cause.clone(),
+                            handler: handler.clone(),
                         }
                     }
                     command => command.clone(),

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::handlers::Handlers;
-use woof_consensus::topic::{Element, TopicMeta};
+use woof_consensus::topic::{Cause, Element, TopicMeta};
 
 use crate::error::{Error, Result};
 
@@ -39,6 +39,34 @@ pub(super) enum Control {
     /// A topic's leader asks this node to run one of its handlers for a
     /// while (its placement chose this node); renewed while it holds.
     Lease(HandlerLease),
+    /// The runner of an `adaptive()` handler asks this node to run it on
+    /// one element and send back what it gave.
+    Invoke(HandlerInvoke),
+}
+
+/// "Run this handler on this element, tell me what it gave": one
+/// invocation an `adaptive()` handler's runner sends where it measured the
+/// shortest time to result. The node runs it as the handler's own runner
+/// would (fetching the handler by name and version) and appends nothing:
+/// the runner appends the outputs, under their keys.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct HandlerInvoke {
+    pub topic: String,
+    pub handler: String,
+    pub version: u64,
+    pub seq: u64,
+    pub time_ms: u64,
+    pub payload: Bytes,
+}
+
+/// What an invocation elsewhere gave.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct InvokeReply {
+    /// (topic, payload) of each output, or why it failed.
+    pub outputs: std::result::Result<Vec<(String, Bytes)>, String>,
+    pub logs: Vec<String>,
+    /// It ran past its time budget.
+    pub overran: bool,
 }
 
 /// "Run this handler here for `lease_ms`": what a topic's leader sends the
@@ -62,6 +90,7 @@ pub(super) enum ControlReply {
     Removed,
     Asleep,
     Leased,
+    Invoked(InvokeReply),
     /// Not the leader; the leader's peer id if known.
     NotLeader(Option<String>),
     NoGroup,
@@ -69,6 +98,10 @@ pub(super) enum ControlReply {
     Refused(woof_consensus::Error),
     Failed(String),
 }
+
+/// An element on the wire: sequence number, append time, payload, cause,
+/// handler named.
+pub type WireElement = (u64, u64, Bytes, Option<Cause>, Option<String>);
 
 /// A read served by a topic's leader.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -86,13 +119,22 @@ pub enum Read {
     Describe,
     /// The handlers bound to the topic, as the leader applied them.
     Handlers,
+    /// Up to `limit` elements that handler `handler` of topic `cause_topic`
+    /// appended to this topic when it ran on element `cause_seq`.
+    Effects {
+        cause_topic: String,
+        handler: String,
+        cause_seq: u64,
+        limit: u32,
+    },
 }
 
 /// What a [`Read`] gave.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum ReadReply {
-    /// (sequence number, append time, payload), in order.
-    Elements(Vec<(u64, u64, Bytes)>),
+    /// (sequence number, append time, payload, cause, handler named), in
+    /// order.
+    Elements(Vec<WireElement>),
     Range {
         first: u64,
         last: u64,
@@ -103,15 +145,27 @@ pub enum ReadReply {
 }
 
 impl ReadReply {
+    /// The wire form of `elements`.
+    pub fn elements(elements: Vec<Element>) -> Self {
+        ReadReply::Elements(
+            elements
+                .into_iter()
+                .map(|e| (e.seq, e.append_time_ms, e.payload, e.cause, e.handler))
+                .collect(),
+        )
+    }
+
     /// The elements, from the wire form.
     pub fn into_elements(self) -> Result<Vec<Element>> {
         match self {
             ReadReply::Elements(v) => Ok(v
                 .into_iter()
-                .map(|(seq, time, payload)| Element {
+                .map(|(seq, time, payload, cause, handler)| Element {
                     seq,
                     payload,
                     append_time_ms: time,
+                    cause,
+                    handler,
                 })
                 .collect()),
             other => Err(Error::Internal(format!("expected elements, got {other:?}"))),

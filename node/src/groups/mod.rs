@@ -58,7 +58,7 @@ mod slots;
 mod status;
 mod transport;
 
-pub use control::{HandlerLease, Read, ReadReply, ReplicaStatus};
+pub use control::{HandlerInvoke, HandlerLease, InvokeReply, Read, ReadReply, ReplicaStatus};
 pub use net::Net;
 
 use crate::error::{Error, Result};
@@ -110,7 +110,24 @@ pub struct Groups {
     stop: Arc<tokio::sync::watch::Sender<bool>>,
     /// Handler leases from topics' leaders, for the node's supervisor.
     leases: Arc<Leases>,
+    /// Invocations asked of this node, for its handlers' invoker.
+    invokes: Arc<Invokes>,
 }
+
+/// An invocation asked of this node, and where its answer goes (or why
+/// this node will not run it).
+pub type Invocation = (
+    HandlerInvoke,
+    tokio::sync::oneshot::Sender<std::result::Result<InvokeReply, String>>,
+);
+
+/// Invocations waiting for the invoker (bounded: a full queue refuses, and
+/// the runner runs the element elsewhere).
+type Invokes = (
+    mpsc::Sender<Invocation>,
+    std::sync::Mutex<Option<mpsc::Receiver<Invocation>>>,
+);
+const INVOKES_QUEUED_MAX: usize = 256;
 
 /// Leases waiting for the supervisor (bounded: a full queue refuses, and
 /// the leader sends again a second later).
@@ -134,7 +151,9 @@ impl Groups {
         let tasks = TaskTracker::new();
         let stop = Arc::new(tokio::sync::watch::Sender::new(false));
         let (lease_tx, lease_rx) = mpsc::channel(LEASES_QUEUED_MAX);
+        let (invoke_tx, invoke_rx) = mpsc::channel(INVOKES_QUEUED_MAX);
         let groups = Self {
+            invokes: Arc::new((invoke_tx, std::sync::Mutex::new(Some(invoke_rx)))),
             leases: Arc::new((lease_tx, std::sync::Mutex::new(Some(lease_rx)))),
             node_id: node_id(&client.peer_id()),
             store,
@@ -189,6 +208,27 @@ impl Groups {
             ControlReply::Leased => Ok(()),
             ControlReply::Failed(why) => Err(Error::Internal(why)),
             other => Err(Error::Internal(format!("a lease gave {other:?}"))),
+        }
+    }
+
+    /// The invocations other nodes ask of this one; the first caller gets
+    /// them.
+    pub fn take_invokes(&self) -> Option<mpsc::Receiver<Invocation>> {
+        self.invokes.1.lock().ok()?.take()
+    }
+
+    /// Asks `peer` to run a handler on one element, waiting at most
+    /// `timeout` for what it gave.
+    pub async fn invoke(
+        &self,
+        peer: PeerId,
+        invoke: HandlerInvoke,
+        timeout: std::time::Duration,
+    ) -> Result<InvokeReply> {
+        match self.control(peer, Control::Invoke(invoke), timeout).await? {
+            ControlReply::Invoked(reply) => Ok(reply),
+            ControlReply::Failed(why) => Err(Error::Internal(why)),
+            other => Err(Error::Internal(format!("an invocation gave {other:?}"))),
         }
     }
 

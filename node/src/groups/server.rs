@@ -11,7 +11,7 @@ use woof_consensus::codec::{decode, encode};
 use woof_consensus::raft::group;
 use woof_consensus::raft::{Command, TypeConfig};
 use woof_consensus::store::GroupId;
-use woof_consensus::topic::{Element, Range, TopicName};
+use woof_consensus::topic::{Range, TopicName};
 use woof_overlay::Inbound;
 
 use super::control::{Control, ControlReply, Read, ReadReply};
@@ -113,6 +113,17 @@ impl Groups {
                 Ok(()) => ControlReply::Leased,
                 Err(_) => ControlReply::Failed("this node's handler leases are backed up".into()),
             },
+            Control::Invoke(invoke) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                if self.invokes.0.try_send((invoke, tx)).is_err() {
+                    return ControlReply::Failed("this node's invocations are backed up".into());
+                }
+                match rx.await {
+                    Ok(Ok(reply)) => ControlReply::Invoked(reply),
+                    Ok(Err(why)) => ControlReply::Failed(why),
+                    Err(_) => ControlReply::Failed("this node runs no handlers now".into()),
+                }
+            }
         }
     }
 
@@ -175,14 +186,7 @@ impl Groups {
 
     /// Serves a read from this node's replica.
     async fn read_local(&self, topic: &str, read: Read) -> woof_consensus::Result<ReadReply> {
-        let wire = |elements: Vec<Element>| {
-            ReadReply::Elements(
-                elements
-                    .into_iter()
-                    .map(|e| (e.seq, e.append_time_ms, e.payload))
-                    .collect(),
-            )
-        };
+        let wire = ReadReply::elements;
         Ok(match read {
             Read::Get { seq } => wire(vec![self.topics.get(topic, seq).await?]),
             Read::Scan { from, limit } => wire(self.topics.scan(topic, from, limit).await?),
@@ -211,6 +215,16 @@ impl Groups {
                 let handlers = handlers.borrow().as_ref().clone();
                 ReadReply::Handlers(Box::new(handlers), last)
             }
+            Read::Effects {
+                cause_topic,
+                handler,
+                cause_seq,
+                limit,
+            } => wire(
+                self.topics
+                    .effects(topic, &cause_topic, &handler, cause_seq, limit)
+                    .await?,
+            ),
             Read::Describe => {
                 return Err(woof_consensus::Error::InvalidArgument(
                     "a description is not read from the store".into(),
@@ -236,7 +250,8 @@ pub(super) fn must_confirm(read: &Read, held: Option<Range>) -> bool {
             *from,
             from.saturating_add(u64::from(*limit)).saturating_sub(1),
         ),
-        Read::Follow { .. } | Read::Describe | Read::Handlers => false,
+        // A trace's effects: what the leader applied is answer enough.
+        Read::Follow { .. } | Read::Describe | Read::Handlers | Read::Effects { .. } => false,
     }
 }
 

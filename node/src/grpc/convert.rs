@@ -75,6 +75,43 @@ pub fn element(e: Element) -> v1::Element {
         seq: e.seq,
         payload: e.payload,
         append_time_ms: e.append_time_ms,
+        cause: e.cause.map(cause),
+    }
+}
+
+pub fn cause(c: woof_consensus::topic::Cause) -> v1::Cause {
+    v1::Cause {
+        topic: c.topic,
+        seq: c.seq,
+        handler: c.handler,
+        node: c.node,
+        time_ms: c.time_ms,
+    }
+}
+
+/// A causal trace as the API shows it.
+pub fn trace(t: crate::api::Trace) -> v1::TraceResponse {
+    let step = |s: crate::api::Step, parent: Option<usize>, depth: u32| v1::TraceStep {
+        element: Some(v1::Element {
+            seq: s.seq,
+            payload: s.preview,
+            append_time_ms: s.append_time_ms,
+            cause: s.cause.map(cause),
+        }),
+        topic: s.topic,
+        parent: parent.map_or(-1, |p| p as i64),
+        depth,
+    };
+    v1::TraceResponse {
+        element: Some(step(t.element, None, 0)),
+        upstream: t.upstream.into_iter().map(|s| step(s, None, 0)).collect(),
+        upstream_gone: t.upstream_gone.unwrap_or_default(),
+        downstream: t
+            .downstream
+            .into_iter()
+            .map(|e| step(e.step, e.parent, e.depth))
+            .collect(),
+        truncated: t.truncated,
     }
 }
 
@@ -122,6 +159,8 @@ pub fn handler(topic: &str, h: &Handler, last: u64, runs_on: &str) -> v1::Handle
         },
         time_budget_ms: h.spec.time_budget_ms,
         memory_mib: h.spec.memory_mib,
+        outputs: h.outputs.clone(),
+        on_demand: h.spec.on_demand,
         parked_at: h.parked.as_ref().map_or(0, |p| p.seq),
         parked_error: h
             .parked
@@ -147,6 +186,7 @@ pub fn handler_logs(node: &str, book: crate::handlers::journal::Book) -> v1::Han
                 outcome: i.outcome.as_str().to_string(),
                 error: i.error,
                 logs: i.logs,
+                ran_on: i.ran_on,
             })
             .collect(),
         runs: book.runs,
@@ -174,6 +214,7 @@ pub fn handler_spec(h: Option<v1::Handler>) -> Result<(String, HandlerSpec), Sta
         config: h.config,
         time_budget_ms: h.time_budget_ms,
         memory_mib: h.memory_mib,
+        on_demand: h.on_demand,
     };
     Ok((h.topic, spec))
 }

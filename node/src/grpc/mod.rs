@@ -144,11 +144,16 @@ impl Woof for Service {
     ) -> Result<Response<v1::AppendResponse>, Status> {
         let r = request.into_inner();
         let producer = convert::producer(r.producer)?;
-        let outcome = self
-            .topics
-            .append(&r.topic, vec![r.payload], producer)
-            .await
-            .map_err(status)?;
+        let appended = if r.handler.is_empty() {
+            self.topics
+                .append(&r.topic, vec![r.payload], producer)
+                .await
+        } else {
+            self.topics
+                .append_for(&r.topic, vec![r.payload], producer, r.handler)
+                .await
+        };
+        let outcome = appended.map_err(status)?;
         Ok(Response::new(v1::AppendResponse {
             seq: outcome.first_seq,
             duplicate: outcome.duplicate,
@@ -343,6 +348,15 @@ impl Woof for Service {
                 ..r
             })
             .await
+    }
+
+    async fn trace(
+        &self,
+        request: Request<v1::TraceRequest>,
+    ) -> Result<Response<v1::TraceResponse>, Status> {
+        let r = request.into_inner();
+        let trace = self.topics.trace(&r.topic, r.seq).await.map_err(status)?;
+        Ok(Response::new(convert::trace(trace)))
     }
 
     async fn remove_handler(

@@ -127,10 +127,17 @@ impl Engine {
         }
     }
 
-    pub async fn run(&mut self, seq: u64, payload: &Bytes, api: &ClusterTopics) -> Ran {
+    /// Runs the handler on element `seq`, appended at `time_ms`.
+    pub async fn run(
+        &mut self,
+        seq: u64,
+        time_ms: u64,
+        payload: &Bytes,
+        api: &ClusterTopics,
+    ) -> Ran {
         match self {
             Self::Native(handler) => Ran {
-                outputs: handler.handle(seq, payload),
+                outputs: handler.handle(seq, time_ms, payload),
                 logs: Vec::new(),
                 overran: false,
             },

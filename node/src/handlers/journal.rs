@@ -46,6 +46,9 @@ pub struct Invocation {
     pub outcome: Outcome,
     pub error: String,
     pub logs: Vec<String>,
+    /// The peer id of the node it ran on, when not this one (an
+    /// `adaptive()` handler's invocation sent elsewhere); empty: here.
+    pub ran_on: String,
 }
 
 /// One handler's record.
@@ -132,6 +135,7 @@ mod tests {
             outcome,
             error: String::new(),
             logs: Vec::new(),
+            ran_on: String::new(),
         }
     }
 

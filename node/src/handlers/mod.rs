@@ -19,6 +19,9 @@
 //! next resumes where the last one stopped.
 //!
 //! - [`placement`]: placement expressions, and the node one chooses.
+//! - [`adaptive`]: `adaptive()`, each invocation sent to the candidate with
+//!   the shortest measured time to result; [`invoker`] runs those sent
+//!   here.
 //!
 //! Where a handler runs: the topic's leader evaluates its placement over
 //! the live nodes each step. If it chose itself, it runs the handler; if
@@ -28,7 +31,9 @@
 //! may let two runners overlap for a moment; keyed outputs and progress
 //! that only goes forward make that harmless (ADR 11).
 
+pub mod adaptive;
 pub mod code;
+pub mod invoker;
 pub mod journal;
 pub mod native;
 pub mod placement;
@@ -89,8 +94,18 @@ pub async fn check(spec: &HandlerSpec, topic: &str, python: &code::Python) -> Re
         }
         Code::Python(source) => python.check(spec, topic, source).await?,
     }
-    placement::Expr::parse(&spec.placement)
+    let expr = placement::Expr::parse(&spec.placement)
         .map_err(|e| Error::Usage(format!("placement {:?}: {e}", spec.placement)))?;
+    if expr.is_adaptive()
+        && let Code::Native(name) = &spec.code
+        && native::build(name, &spec.config).is_ok_and(|n| n.history() > 0)
+    {
+        return Err(Error::Usage(format!(
+            "placement {:?}: adaptive() runs each element where it is fastest, so the \
+             handler must keep no state between elements; {name} does",
+            spec.placement
+        )));
+    }
     Ok(())
 }
 
@@ -123,6 +138,9 @@ pub struct Supervisor {
 impl Supervisor {
     /// Spawns the supervisor on the node's task tracker; it ends with the node.
     pub fn spawn(api: ClusterTopics, groups: Groups, shutdown: Shutdown) {
+        if let Some(invocations) = groups.take_invokes() {
+            invoker::spawn(api.clone(), invocations, shutdown.clone());
+        }
         let me = Self {
             api,
             groups: groups.clone(),

@@ -109,10 +109,19 @@ impl Expr {
         }
     }
 
+    /// Whether each invocation is placed on its own (`adaptive()`).
+    pub fn is_adaptive(&self) -> bool {
+        match self {
+            Self::Adaptive => true,
+            Self::All(e) | Self::Not(e) => e.is_adaptive(),
+            Self::And(a, b) | Self::Or(a, b) => a.is_adaptive() || b.is_adaptive(),
+            _ => false,
+        }
+    }
+
     /// Whether the expression uses a part this node does not run yet.
     pub fn unsupported(&self) -> Option<&'static str> {
         match self {
-            Self::Adaptive => Some("adaptive()"),
             Self::All(_) => Some("all(...)"),
             Self::Not(e) => e.unsupported(),
             Self::And(a, b) | Self::Or(a, b) => a.unsupported().or_else(|| b.unsupported()),
@@ -359,6 +368,16 @@ mod tests {
         assert!(Expr::parse(&deep).unwrap_err().message.contains("nested"));
         let long = "leader() | ".repeat(200) + "leader()";
         assert!(Expr::parse(&long).unwrap_err().message.contains("at most"));
+    }
+
+    #[test]
+    fn adaptive_is_found_anywhere_in_an_expression() {
+        let adaptive = |t: &str| Expr::parse(t).unwrap().is_adaptive();
+        assert!(adaptive("adaptive()"));
+        assert!(adaptive("tier(edge) & adaptive()"));
+        assert!(adaptive("(leader() | adaptive()) & attr(a=b)"));
+        assert!(!adaptive("tier(edge) & ~leader()"));
+        assert!(!adaptive(""));
     }
 
     #[test]

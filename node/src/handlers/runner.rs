@@ -24,11 +24,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use woof_consensus::Start;
 use woof_consensus::store::GroupId;
-use woof_consensus::topic::handlers::{Handler, SEQ_MAX};
-use woof_consensus::topic::{Producer, TopicName};
+use woof_consensus::topic::handlers::{Handler, OUTPUT_TOPICS_MAX, SEQ_MAX};
+use woof_consensus::topic::{Cause, Producer, TopicName};
 
 use bytes::Bytes;
 
+use super::adaptive::Spread;
 use super::code::Engine;
 use super::journal;
 use super::native::{self, Output};
@@ -62,16 +63,20 @@ pub struct Runner {
     handler: Handler,
     /// The producer its outputs are appended as.
     producer: String,
+    /// The node it runs on, as its outputs' causes name it.
+    node: String,
 }
 
 impl Runner {
     pub fn new(api: ClusterTopics, group: GroupId, topic: TopicName, handler: Handler) -> Self {
         let producer = format!("~h{:x}.{}", group.0, handler.spec.name);
+        let node = api.me();
         Self {
             api,
             topic,
             handler,
             producer,
+            node,
         }
     }
 
@@ -99,11 +104,16 @@ impl Runner {
             &self.api.me(),
             self.api.python(),
         )?;
+        // `adaptive()`: each invocation runs where it is fastest.
+        let mut spread = Spread::of(&self.handler, self.node.clone());
         let mut next = self.handler.next();
         if let Some(native) = engine.native() {
             self.warm_up(native, next).await?;
         }
         let mut recorded = self.handler.done;
+        // Output topics the group's record of the handler names, and those
+        // to add with the next progress record.
+        let mut outputs = Outputs::new(&self.handler.outputs);
         let mut unrecorded_since: Option<Instant> = None;
         let mut following = self
             .api
@@ -120,7 +130,7 @@ impl Runner {
             };
             // Run the handler on each new element, then append all their
             // outputs; an element that fails ends the batch there.
-            let mut handled: Vec<(u64, Vec<Output>)> = Vec::new();
+            let mut handled: Vec<Handled> = Vec::new();
             let mut failed: Option<(u64, String)> = None;
             let mut stopped = false;
             let elements = batch.unwrap_or_else(|_| Ok(Vec::new()))?;
@@ -129,15 +139,28 @@ impl Runner {
                 if element.seq < next {
                     continue;
                 }
+                if !self.runs_for(&element) {
+                    // On demand, and its append named another or none.
+                    handled.push(Handled {
+                        seq: element.seq,
+                        outputs: Vec::new(),
+                        at_ms: 0,
+                    });
+                    continue;
+                }
                 let committed = match committed {
                     Some(at) => Committed::At(at),
                     None => Committed::AppendedMs(element.append_time_ms),
                 };
                 match self
-                    .handle(&mut engine, element.seq, &element.payload, committed, stop)
+                    .handle(&mut engine, &mut spread, &element, committed, stop)
                     .await
                 {
-                    Ok(outputs) => handled.push((element.seq, outputs)),
+                    Ok(out) => handled.push(Handled {
+                        seq: element.seq,
+                        outputs: out,
+                        at_ms: self.api.now_ms(),
+                    }),
                     Err(Failure::Stopped) => {
                         stopped = true;
                         break;
@@ -149,13 +172,14 @@ impl Runner {
                     }
                 }
             }
-            if let Some(&(last, _)) = handled.last() {
+            if let Some(last) = handled.last().map(|h| h.seq) {
                 if woof_consensus::bugs::on(woof_consensus::bugs::Bug::HandlerProgressFirst)
                     && last > recorded
                 {
-                    self.record(last).await?;
+                    self.record(last, &mut outputs).await?;
                     recorded = last;
                 }
+                outputs.saw(&handled);
                 match self.emit(&handled, stop).await {
                     Ok(()) => {
                         next = last + 1;
@@ -173,7 +197,7 @@ impl Runner {
             if let Some((seq, why)) = failed {
                 // What it finished stays finished; it resumes here.
                 if next - 1 > recorded {
-                    self.record(next - 1).await?;
+                    self.record(next - 1, &mut outputs).await?;
                 }
                 return self.park(seq, why).await;
             }
@@ -187,7 +211,7 @@ impl Runner {
             }
             let due = unrecorded_since.is_some_and(|s| s.elapsed() >= RECORD_AFTER);
             if done > recorded && (done - recorded >= RECORD_EVERY || due) {
-                if !self.record(done).await? {
+                if !self.record(done, &mut outputs).await? {
                     // Updated, removed, or another runner got further:
                     // this one is no longer the handler's.
                     return Ok(());
@@ -198,7 +222,9 @@ impl Runner {
         }
         if next - 1 > recorded {
             // Best effort: a re-run of these writes nothing twice anyway.
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.record(next - 1)).await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), self.record(next - 1, &mut outputs))
+                    .await;
         }
         Ok(())
     }
@@ -217,12 +243,18 @@ impl Runner {
             let Some(last) = page.last().map(|e| e.seq) else {
                 break;
             };
-            for e in page.iter().filter(|e| e.seq < next) {
-                handler.observe(e.seq, &e.payload);
+            for e in page.iter().filter(|e| e.seq < next && self.runs_for(e)) {
+                handler.observe(e.seq, e.append_time_ms, &e.payload);
             }
             from = last + 1;
         }
         Ok(())
+    }
+
+    /// Whether the handler runs for `e`: every element, or (on demand) those
+    /// whose append named it.
+    fn runs_for(&self, e: &woof_consensus::topic::Element) -> bool {
+        !self.handler.spec.on_demand || e.handler.as_deref() == Some(&self.handler.spec.name)
     }
 
     /// Stops the handler in its group, with why, until someone resumes it.
@@ -243,11 +275,12 @@ impl Runner {
     async fn handle(
         &self,
         engine: &mut Engine,
-        seq: u64,
-        payload: &Bytes,
+        spread: &mut Option<Spread>,
+        element: &woof_consensus::topic::Element,
         committed: Committed,
         stop: &CancellationToken,
     ) -> Result<Vec<Output>, Failure> {
+        let seq = element.seq;
         let mut pause = BACKOFF;
         let mut attempt = 0;
         loop {
@@ -260,7 +293,25 @@ impl Runner {
                 Committed::At(at) => started.saturating_duration_since(at).as_micros() as u64,
                 Committed::AppendedMs(ms) => now_us.saturating_sub(ms * 1000),
             };
-            let ran = engine.run(seq, payload, &self.api).await;
+            let (ran, ran_on) = match spread {
+                Some(spread) => {
+                    spread
+                        .run(
+                            &self.api,
+                            self.topic.as_str(),
+                            &self.handler,
+                            engine,
+                            element,
+                        )
+                        .await
+                }
+                None => {
+                    let ran = engine
+                        .run(seq, element.append_time_ms, &element.payload, &self.api)
+                        .await;
+                    (ran, String::new())
+                }
+            };
             let outcome = match (&ran.outputs, ran.overran) {
                 (Ok(_), _) => journal::Outcome::Ok,
                 (Err(_), true) => journal::Outcome::Timeout,
@@ -278,6 +329,7 @@ impl Runner {
                     outcome,
                     error: ran.outputs.as_ref().err().cloned().unwrap_or_default(),
                     logs: ran.logs,
+                    ran_on,
                 },
             );
             match ran.outputs {
@@ -313,14 +365,22 @@ impl Runner {
     /// key: per target topic, in order, in chunks of one log entry each,
     /// one chunk at a time. An output refused for good fails its element;
     /// the other topics still get theirs up to that element.
-    async fn emit(
-        &self,
-        handled: &[(u64, Vec<Output>)],
-        stop: &CancellationToken,
-    ) -> Result<(), Failure> {
+    async fn emit(&self, handled: &[Handled], stop: &CancellationToken) -> Result<(), Failure> {
         let mut by_topic: Vec<(&str, Vec<Keyed>)> = Vec::new();
-        for (seq, outputs) in handled {
+        for Handled {
+            seq,
+            outputs,
+            at_ms,
+        } in handled
+        {
             let seq = *seq;
+            let cause = Cause {
+                topic: self.topic.to_string(),
+                seq,
+                handler: self.handler.spec.name.clone(),
+                node: self.node.clone(),
+                time_ms: *at_ms,
+            };
             if seq >= SEQ_MAX && !outputs.is_empty() {
                 return Err(Failure::Element {
                     seq,
@@ -342,7 +402,9 @@ impl Runner {
                         by_topic.len() - 1
                     }
                 };
-                by_topic[slot].1.push((seq, key, output.payload.clone()));
+                by_topic[slot]
+                    .1
+                    .push((seq, key, output.payload.clone(), cause.clone()));
             }
         }
         let mut first_failed: Option<(u64, String)> = None;
@@ -354,7 +416,7 @@ impl Runner {
                     &rest[0],
                     || more.next(),
                     OUTPUT_CHUNK,
-                    |(_, _, payload)| payload.len() + 64,
+                    |(_, _, payload, _)| payload.len() + 64,
                 );
                 let chunk = &rest[..fits.len()];
                 let failed = self.emit_chunk(topic, chunk, stop).await?;
@@ -385,11 +447,11 @@ impl Runner {
         for attempt in 1..=APPEND_ATTEMPTS {
             let keyed = chunk
                 .iter()
-                .map(|(_, key, payload)| (key.clone(), payload.clone()))
+                .map(|(_, key, payload, cause)| (key.clone(), payload.clone(), Some(cause.clone())))
                 .collect();
             let e = match self.api.append_keyed(topic, keyed).await {
                 Ok(results) => {
-                    for ((seq, key, _), result) in chunk.iter().zip(results) {
+                    for ((seq, key, ..), result) in chunk.iter().zip(results) {
                         match result {
                             // Appended, or already written by an earlier run
                             // (the newest key: a duplicate; an older one: below
@@ -410,7 +472,7 @@ impl Runner {
                 }
                 Err(e) => e,
             };
-            let seq = chunk.first().map_or(0, |(seq, _, _)| *seq);
+            let seq = chunk.first().map_or(0, |(seq, ..)| *seq);
             if !passing(&e) {
                 return Ok(Some((
                     seq,
@@ -430,15 +492,21 @@ impl Runner {
         unreachable!("the last attempt returns")
     }
 
-    async fn record(&self, done: u64) -> Result<bool> {
-        self.api
+    /// Records progress up to `done`, with the output topics not yet
+    /// recorded.
+    async fn record(&self, done: u64, outputs: &mut Outputs) -> Result<bool> {
+        let moved = self
+            .api
             .handler_done(
                 &self.topic,
                 &self.handler.spec.name,
                 self.handler.version,
                 done,
+                outputs.new.clone(),
             )
-            .await
+            .await?;
+        outputs.recorded();
+        Ok(moved)
     }
 }
 
@@ -452,8 +520,49 @@ enum Committed {
     AppendedMs(u64),
 }
 
-/// An output ready to append: its element, its key, its payload.
-type Keyed = (u64, Producer, Bytes);
+/// An output ready to append: its element, its key, its payload, its cause.
+type Keyed = (u64, Producer, Bytes, Cause);
+
+/// One element the handler ran on: its outputs, and when it ran.
+struct Handled {
+    seq: u64,
+    outputs: Vec<Output>,
+    at_ms: u64,
+}
+
+/// The topics a handler appends to, as its record in the group names them
+/// (where a trace looks for an element's effects), and those to add.
+struct Outputs {
+    known: std::collections::BTreeSet<String>,
+    new: Vec<String>,
+}
+
+impl Outputs {
+    fn new(recorded: &[String]) -> Self {
+        Self {
+            known: recorded.iter().cloned().collect(),
+            new: Vec::new(),
+        }
+    }
+
+    /// Notes the output topics of `handled` (before their outputs are
+    /// appended: a name recorded early costs a trace one empty lookup).
+    fn saw(&mut self, handled: &[Handled]) {
+        if self.known.len() >= OUTPUT_TOPICS_MAX {
+            return;
+        }
+        for output in handled.iter().flat_map(|h| &h.outputs) {
+            if self.known.len() < OUTPUT_TOPICS_MAX && self.known.insert(output.topic.clone()) {
+                self.new.push(output.topic.clone());
+            }
+        }
+    }
+
+    /// The new ones are in the group's record now.
+    fn recorded(&mut self) {
+        self.new.clear();
+    }
+}
 
 /// Why one element was not finished.
 enum Failure {

@@ -299,6 +299,7 @@ pub async fn append(client: &mut Client, topic: &str, payload: impl Into<Vec<u8>
             topic: topic.into(),
             payload: payload.into().into(),
             producer: None,
+            handler: Default::default(),
         })
         .await
         .unwrap()
@@ -496,6 +497,7 @@ pub async fn append_retrying(
                     id: producer.into(),
                     seq,
                 }),
+                handler: Default::default(),
             })
             .await;
         match r {
