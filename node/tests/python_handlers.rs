@@ -36,19 +36,30 @@ fn deploy(
     ])
 }
 
+/// The last sequence number of `topic`, asked again while a read fails
+/// (as it may while a new leader takes over after a kill).
+async fn last_seq_surely(c: &mut Client, topic: &str) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = c
+            .latest(v1::LatestRequest {
+                topic: topic.into(),
+            })
+            .await;
+        match answer {
+            Ok(r) => return r.into_inner().last_seq,
+            Err(e) => assert!(Instant::now() < deadline, "{topic}: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until `topic` holds `count` elements, then a little longer (so a
 /// handler that would write too much has the time to), and returns them.
 async fn settle(c: &mut Client, topic: &str, count: u64) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        // A read may fail while a new leader takes over: asked again.
-        let last = c
-            .latest(v1::LatestRequest {
-                topic: topic.into(),
-            })
-            .await
-            .map_or(0, |r| r.into_inner().last_seq);
-        if last >= count {
+        if last_seq_surely(c, topic).await >= count {
             break;
         }
         assert!(
@@ -158,7 +169,7 @@ async fn a_handler_killed_in_the_middle_of_its_100_outputs_writes_each_once() {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     nodes[victim].kill_hard();
-    let written_at_kill = latest(&mut c, "out").await.last_seq;
+    let written_at_kill = last_seq_surely(&mut c, "out").await;
     assert!(
         written_at_kill < ELEMENTS * PER,
         "killed before the last outputs ({written_at_kill} written)"
