@@ -51,8 +51,13 @@ impl Default for Timing {
 
 /// Log entries one AppendEntries carries at most. openraft 0.9 gives each
 /// call one heartbeat interval; a catching-up follower must get small
-/// enough calls to answer in time (an entry may hold a 1,000-element batch).
-const PAYLOAD_ENTRIES_MAX: u64 = 64;
+/// enough calls to answer in time. An entry may hold a 1,000-element batch,
+/// or a handler's 1,024 keyed outputs, each a command of its own with its
+/// cause: 64 such entries took a follower longer to decode than the call
+/// was given, so the same call was sent again and again and the follower
+/// never caught up (seen after a SIGKILL in a test). The next call goes as
+/// soon as one is answered, so small calls cost little.
+const PAYLOAD_ENTRIES_MAX: u64 = 8;
 
 /// Starts (or restarts, from what `store` holds) group `group` as node
 /// `node_id`, and registers it with `router`. With `readers`, what the group
