@@ -209,3 +209,52 @@ fn sim_repairs_finish_half_done_changes_and_keep_voters_chosen_again() {
         );
     }
 }
+
+/// A deleted topic's group stays gone: no node starts it again (a wake
+/// that a peer's message began while the group was being removed once did,
+/// from nothing: a member that never led and never said "no such group",
+/// so appends to the deleted topic found no leader instead of no topic;
+/// seen in CI), and a write from any node learns the group is gone.
+#[test]
+fn sim_a_deleted_topic_group_is_never_started_again() {
+    let rt = woof_sim::runtime(11).unwrap();
+    rt.block_on(async {
+        let cluster = one_topic_cluster(11, 3, Duration::from_secs(60)).await;
+        let plan = cluster.plans[0].clone();
+        let at = cluster.leader(&plan).expect("a leader after creation");
+        assert_eq!(append(&cluster, &plan, at, "before").await, 1);
+        let deleter = cluster.ids().into_iter().find(|id| *id != at).unwrap();
+        cluster
+            .api(deleter)
+            .expect("the node is up")
+            .delete(&plan.name)
+            .await
+            .expect("deleted");
+
+        let members = cluster.members(&plan);
+        for id in cluster.ids() {
+            let groups = cluster.groups(id).expect("the node is up");
+            match groups.start(plan.group).await {
+                Err(Error::Log(woof_consensus::Error::GroupWithoutTopic)) => {}
+                Err(e) => panic!("node {id}: starting the deleted group failed oddly: {e}"),
+                Ok(_) => panic!("node {id} started the deleted topic's group again"),
+            }
+            assert!(
+                !groups.replicas().iter().any(|r| r.group == plan.group.0),
+                "node {id} still runs the deleted group"
+            );
+            let command = Command::Append {
+                payloads: vec![bytes::Bytes::from_static(b"after")],
+                producer: None,
+                time_ms: 0,
+                cause: None,
+                handler: None,
+            };
+            match groups.write(plan.group, &members, command).await {
+                Err(Error::Log(woof_consensus::Error::GroupWithoutTopic)) => {}
+                other => panic!("node {id}: a write to the deleted group gave {other:?}"),
+            }
+        }
+        cluster.stop().await;
+    });
+}

@@ -76,15 +76,35 @@ impl Groups {
         Ok(count)
     }
 
-    /// Starts (or restarts from storage) a group on this node.
+    /// Starts (or restarts from storage) a group on this node; one this
+    /// node no longer holds is [`GroupWithoutTopic`](woof_consensus::Error::GroupWithoutTopic).
     pub async fn start(&self, group: GroupId) -> Result<Raft<TypeConfig>> {
+        self.start_held(group)
+            .await?
+            .ok_or(Error::Log(woof_consensus::Error::GroupWithoutTopic))
+    }
+
+    /// [`start`](Self::start), or `None` if this node does not hold `group`
+    /// (never did, or removed it). Checked under the group's gate: a wake
+    /// that a peer's message began while the group was being removed must
+    /// not start it again from nothing, as a member that never answers
+    /// "no such group" (seen in CI: appends to a deleted topic found no
+    /// leader instead of no topic).
+    async fn start_held(&self, group: GroupId) -> Result<Option<Raft<TypeConfig>>> {
         if let Some(raft) = self.running(group) {
-            return Ok(raft);
+            return Ok(Some(raft));
         }
         let gate = self.slots.gate(group);
         let _gate = gate.lock().await;
         if let Some(raft) = self.running(group) {
-            return Ok(raft);
+            return Ok(Some(raft));
+        }
+        let store = self.store.clone();
+        if blocking(move || store.value(group, "member"))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
         }
         if self.stopped() {
             self.slots.start_failed(group);
@@ -134,7 +154,7 @@ impl Groups {
                 group.0, e.0
             )));
         }
-        Ok(raft)
+        Ok(Some(raft))
     }
 
     /// The running group, started first if it sleeps here; `None` if this
@@ -149,7 +169,7 @@ impl Groups {
             return Ok(None);
         }
         tracing::debug!(group = group.0, "waking group");
-        Ok(Some(self.start(group).await?))
+        self.start_held(group).await
     }
 
     /// The group, running and with a leader if one can be had, to serve a
