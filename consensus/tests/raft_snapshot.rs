@@ -540,6 +540,7 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
         time_budget_ms: 250,
         memory_mib: 0,
         on_demand: false,
+        per_node: false,
     };
     // The first record also names the topic its outputs went to.
     let progress = |done| {
@@ -552,6 +553,7 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
             } else {
                 vec![]
             },
+            instance: None,
         })
     };
     let results = sm

@@ -109,7 +109,7 @@ async fn handlers_run_where_their_placement_says_and_move_when_their_node_dies()
     let url = nodes[0].url.clone();
     let mut c = connect(&url).await;
     create_replicated(&mut c, "in", 3, "").await;
-    for out in ["by-edge", "by-north", "not-leader", "outside"] {
+    for out in ["by-edge", "by-north", "not-leader", "outside", "each-edge"] {
         create_replicated(&mut c, out, 3, "").await;
     }
     let view = describe(&mut c, "in").await;
@@ -131,14 +131,23 @@ async fn handlers_run_where_their_placement_says_and_move_when_their_node_dies()
     );
     let (ok, said) = deploy(dir.path(), &url, "h", "tier(edge) &", "by-edge");
     assert!(!ok && said.contains("column 13"), "{said}");
-    let (ok, said) = deploy(dir.path(), &url, "h", "all(tier(edge))", "by-edge");
-    assert!(!ok && said.contains("not available yet"), "{said}");
+    let (ok, said) = deploy(
+        dir.path(),
+        &url,
+        "h",
+        "tier(edge) & all(leader())",
+        "by-edge",
+    );
+    assert!(!ok && said.contains("whole expression"), "{said}");
+    let (ok, said) = deploy(dir.path(), &url, "h", "all(capability(gpu))", "by-edge");
+    assert!(!ok && said.contains("no live node matches"), "{said}");
 
     for (name, placement, to) in [
         ("edge", "tier(edge)", "by-edge"),
         ("north", "attr(site=north)", "by-north"),
         ("notleader", "~leader()", "not-leader"),
         ("outside", "~replica()", "outside"),
+        ("eachedge", "all(tier(edge))", "each-edge"),
     ] {
         let (ok, said) = deploy(dir.path(), &url, name, placement, to);
         assert!(ok, "{name}: {said}");
@@ -174,6 +183,17 @@ async fn handlers_run_where_their_placement_says_and_move_when_their_node_dies()
         "~replica() ran on the node without a replica, fed over the overlay"
     );
 
+    // all(tier(edge)): once on each edge node, each in order.
+    let each_edge = per_node_outputs(&mut c, "each-edge", 40).await;
+    assert_eq!(
+        each_edge.keys().cloned().collect::<BTreeSet<_>>(),
+        edge,
+        "all(tier(edge)) ran on every edge node and nowhere else"
+    );
+    for (node, seqs) in &each_edge {
+        assert_eq!(*seqs, (1..=20).collect::<Vec<u64>>(), "{node}");
+    }
+
     // `describe` says where each runs.
     let listed = woof(&["--server", &url, "--json", "handler", "list", "in"]);
     let runs_on: BTreeMap<String, String> = String::from_utf8_lossy(&listed.stdout)
@@ -187,6 +207,12 @@ async fn handlers_run_where_their_placement_says_and_move_when_their_node_dies()
         })
         .collect();
     assert_eq!(runs_on["edge"], by_edge.last().unwrap().1);
+    let mut each_runs_on: Vec<&str> = runs_on["eachedge"].split(',').collect();
+    each_runs_on.sort();
+    assert_eq!(
+        each_runs_on,
+        edge.iter().map(String::as_str).collect::<Vec<_>>()
+    );
     assert_eq!(runs_on["outside"], outside[0]);
 
     // The edge handler's node dies: it moves to the other edge node and
@@ -206,6 +232,56 @@ async fn handlers_run_where_their_placement_says_and_move_when_their_node_dies()
         edge.contains(moved_to) && *moved_to != edge_node,
         "moved to the other edge node"
     );
+    // all(tier(edge)) goes on on the live edge node alone, from where it was.
+    let each_edge = per_node_outputs(&mut c, "each-edge", 60).await;
+    assert_eq!(each_edge[&edge_node], (1..=20).collect::<Vec<u64>>());
+    assert_eq!(each_edge[moved_to], (1..=40).collect::<Vec<u64>>());
+    let described = woof(&[
+        "--server",
+        &nodes[survivor].url,
+        "--json",
+        "handler",
+        "describe",
+        "in",
+        "eachedge",
+    ]);
+    let text = String::from_utf8_lossy(&described.stdout);
+    let h: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(h["runs_on"], moved_to.as_str(), "{text}");
+    let instances = h["instances"].as_array().expect("instances listed");
+    let instance = |node: &str| {
+        instances
+            .iter()
+            .find(|i| i["node"] == node)
+            .unwrap_or_else(|| panic!("{node} in {text}"))
+    };
+    assert_eq!(instance(moved_to)["done"], 40, "{text}");
+    assert_eq!(instance(&edge_node)["done"], 20, "{text}");
+    assert_eq!(instance(&edge_node)["placed"], false, "{text}");
+}
+
+/// Waits for `count` outputs in `topic`, written `"<seq> <node>"` by a
+/// handler on several nodes (and a little longer), and returns each node's
+/// sequence numbers in the order written, checking none repeats.
+async fn per_node_outputs(c: &mut Client, topic: &str, count: u64) -> BTreeMap<String, Vec<u64>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while latest(c, topic).await.last_seq < count {
+        assert!(Instant::now() < deadline, "{topic} reaches {count} outputs");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut by_node: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for e in scan_all(c, topic, 1).await {
+        let text = String::from_utf8(e.payload.to_vec()).unwrap();
+        let (seq, node) = text.split_once(' ').unwrap();
+        by_node
+            .entry(node.to_string())
+            .or_default()
+            .push(seq.parse().unwrap());
+    }
+    let total: usize = by_node.values().map(Vec::len).sum();
+    assert_eq!(total as u64, count, "{topic}: {by_node:?}");
+    by_node
 }
 
 /// Sleeps 150 ms on the node its element names as slow (well past what an

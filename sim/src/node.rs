@@ -476,6 +476,7 @@ impl Cluster {
             time_budget_ms: 0,
             memory_mib: 0,
             on_demand: false,
+            per_node: false,
         };
         api.deploy_handler(&plan.name, spec, From::Earliest)
             .await

@@ -26,6 +26,9 @@ pub const PLACEMENT_BYTES_MAX: usize = 1024;
 /// The most output topics a handler's record names (for traces): a
 /// handler that appends to more is traced into the first this many.
 pub const OUTPUT_TOPICS_MAX: usize = 64;
+/// The most instances a handler placed on every matching node
+/// (`all(...)`) keeps progress for.
+pub const INSTANCES_MAX: usize = 64;
 
 /// What a handler runs.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -64,6 +67,10 @@ pub struct HandlerSpec {
     /// an element with its handler), not for every element.
     #[serde(default)]
     pub on_demand: bool,
+    /// Runs once on every node its placement matches (`all(...)`), each
+    /// instance with its own progress; set by the node from the placement.
+    #[serde(default)]
+    pub per_node: bool,
 }
 
 impl HandlerSpec {
@@ -133,8 +140,14 @@ pub struct Handler {
     /// The first element this version runs for.
     pub takes_over_at: u64,
     /// The last element it finished (outputs committed); `takes_over_at - 1`
-    /// before the first.
+    /// before the first. For a handler that runs on every matching node,
+    /// where an instance without progress of its own starts (after this).
     pub done: u64,
+    /// Per node (peer id), the last element that node's instance finished:
+    /// for a handler that runs on every matching node. At most
+    /// [`INSTANCES_MAX`].
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub instances: BTreeMap<String, u64>,
     /// Set when it failed on an element past its retries: it does not run
     /// until resumed (or updated).
     #[serde(default)]
@@ -162,6 +175,16 @@ impl Handler {
     pub fn next(&self) -> u64 {
         self.done + 1
     }
+
+    /// The last element `instance` (a node, for a handler that runs on
+    /// every matching node) finished; the handler's own progress if it has
+    /// none, or for `None`.
+    pub fn done_by(&self, instance: Option<&str>) -> u64 {
+        instance
+            .and_then(|i| self.instances.get(i))
+            .copied()
+            .unwrap_or(self.done)
+    }
 }
 
 /// A change to a topic's handlers, carried in its log.
@@ -175,13 +198,17 @@ pub enum HandlerCommand {
     /// Unbinds a handler.
     Remove { name: String },
     /// Records that `name` at `version` finished every element up to `done`,
-    /// and appended to `outputs` (topics it had not reported before).
+    /// and appended to `outputs` (topics it had not reported before): the
+    /// handler, or its `instance` on one node (placed on every matching
+    /// node).
     Progress {
         name: String,
         version: u64,
         done: u64,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         outputs: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        instance: Option<String>,
     },
     /// Stops `name` at `version`: it failed on element `seq` past its retries.
     Park {
@@ -198,7 +225,7 @@ pub enum HandlerCommand {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum HandlerAnswer {
     /// The handler as it now stands.
-    Deployed(Handler),
+    Deployed(Box<Handler>),
     Removed,
     /// Progress recorded, or (`false`) older than what was recorded.
     Progressed(bool),
@@ -246,23 +273,40 @@ impl Handlers {
 
     /// Every handler's (version, last element finished): what changes most
     /// often, stored apart from the specs (which may hold Python source).
+    /// An instance's is under `name@node` (a name has no `@`).
     pub fn done(&self) -> BTreeMap<String, (u64, u64)> {
-        self.by_name
-            .iter()
-            .map(|(n, h)| (n.clone(), (h.version, h.done)))
-            .collect()
+        let mut done = BTreeMap::new();
+        for (n, h) in &self.by_name {
+            done.insert(n.clone(), (h.version, h.done));
+            for (node, d) in &h.instances {
+                done.insert(format!("{n}@{node}"), (h.version, *d));
+            }
+        }
+        done
     }
 
     /// The table with progress from [`done`](Self::done) laid over it: a
     /// handler's entry counts only for its current version, and only
     /// forward.
     pub fn with_done(mut self, done: &BTreeMap<String, (u64, u64)>) -> Self {
-        for (name, h) in &mut self.by_name {
-            if let Some(&(version, d)) = done.get(name)
-                && version == h.version
-                && d > h.done
-            {
-                h.done = d;
+        for (key, &(version, d)) in done {
+            let (name, instance) = match key.split_once('@') {
+                Some((name, node)) => (name, Some(node)),
+                None => (key.as_str(), None),
+            };
+            let Some(h) = self.by_name.get_mut(name) else {
+                continue;
+            };
+            if version != h.version {
+                continue;
+            }
+            match instance {
+                None if d > h.done => h.done = d,
+                None => {}
+                Some(node) => {
+                    let entry = h.instances.entry(node.to_string()).or_insert(d);
+                    *entry = (*entry).max(d);
+                }
             }
         }
         self
@@ -312,21 +356,31 @@ impl Handlers {
                     done: start - 1,
                     parked: None,
                     outputs: Vec::new(),
+                    instances: BTreeMap::new(),
                 };
                 self.by_name
                     .insert(handler.spec.name.clone(), handler.clone());
-                Ok(HandlerAnswer::Deployed(handler))
+                Ok(HandlerAnswer::Deployed(Box::new(handler)))
             }
             HandlerCommand::Update { spec } => {
                 spec.check()?;
                 let Some(h) = self.by_name.get_mut(&spec.name) else {
                     return Err(not_bound(&spec.name));
                 };
+                if h.spec.per_node && !spec.per_node {
+                    // One runner again: it goes on from where every
+                    // instance had got (the slowest), so no element is
+                    // skipped.
+                    if let Some(slowest) = h.instances.values().min() {
+                        h.done = h.done.max(*slowest);
+                    }
+                    h.instances.clear();
+                }
                 h.spec = spec;
                 h.version += 1;
                 h.takes_over_at = h.done + 1;
                 h.parked = None;
-                Ok(HandlerAnswer::Deployed(h.clone()))
+                Ok(HandlerAnswer::Deployed(Box::new(h.clone())))
             }
             HandlerCommand::Remove { name } => match self.by_name.remove(&name) {
                 Some(_) => Ok(HandlerAnswer::Removed),
@@ -337,6 +391,7 @@ impl Handlers {
                 version,
                 done,
                 outputs,
+                instance,
             } => {
                 let Some(h) = self.by_name.get_mut(&name) else {
                     return Err(not_bound(&name));
@@ -349,7 +404,7 @@ impl Handlers {
                         h.outputs.insert(at, topic);
                     }
                 }
-                if version != h.version || done <= h.done {
+                if version != h.version || done <= h.done_by(instance.as_deref()) {
                     return Ok(HandlerAnswer::Progressed(false));
                 }
                 if done > last_seq {
@@ -357,7 +412,27 @@ impl Handlers {
                         "handler {name:?} cannot have finished element {done}: the topic ends at {last_seq}"
                     )));
                 }
-                h.done = done;
+                match instance {
+                    None => h.done = done,
+                    Some(_) if !h.spec.per_node => {
+                        return Err(Error::InvalidArgument(format!(
+                            "handler {name:?} runs on one node at a time; it has no instances"
+                        )));
+                    }
+                    Some(node) => {
+                        if !h.instances.contains_key(&node) && h.instances.len() >= INSTANCES_MAX {
+                            return Err(Error::InvalidArgument(format!(
+                                "handler {name:?} keeps progress for at most {INSTANCES_MAX} nodes"
+                            )));
+                        }
+                        if node.is_empty() || node.len() > crate::topic::NAME_BYTES_MAX {
+                            return Err(Error::InvalidArgument(format!(
+                                "{node:?} does not name a node"
+                            )));
+                        }
+                        h.instances.insert(node, done);
+                    }
+                }
                 Ok(HandlerAnswer::Progressed(true))
             }
             HandlerCommand::Park {
@@ -387,7 +462,7 @@ impl Handlers {
                     return Err(not_bound(&name));
                 };
                 h.parked = None;
-                Ok(HandlerAnswer::Deployed(h.clone()))
+                Ok(HandlerAnswer::Deployed(Box::new(h.clone())))
             }
         }
     }
@@ -410,6 +485,7 @@ mod tests {
             time_budget_ms: 0,
             memory_mib: 0,
             on_demand: false,
+            per_node: false,
         }
     }
 
@@ -422,7 +498,7 @@ mod tests {
             1,
             last,
         )? {
-            HandlerAnswer::Deployed(h) => Ok(h),
+            HandlerAnswer::Deployed(h) => Ok(*h),
             other => panic!("{other:?}"),
         }
     }
@@ -451,6 +527,7 @@ mod tests {
                     version: 1,
                     done,
                     outputs: outputs.iter().map(|s| s.to_string()).collect(),
+                    instance: None,
                 },
                 1,
                 10,
@@ -500,6 +577,7 @@ mod tests {
                     version,
                     done,
                     outputs: Vec::new(),
+                    instance: None,
                 },
                 1,
                 10,
@@ -594,5 +672,94 @@ mod tests {
             HandlerAnswer::Removed
         );
         assert_eq!(h.len(), HANDLERS_MAX - 1);
+    }
+
+    #[test]
+    fn instances_on_every_node_keep_their_own_progress_through_updates() {
+        let mut h = Handlers::default();
+        let mut per_node = spec("each");
+        per_node.per_node = true;
+        h.decide(
+            HandlerCommand::Deploy {
+                spec: per_node.clone(),
+                from: From::Seq(3),
+            },
+            1,
+            10,
+        )
+        .unwrap();
+        let progress = |h: &mut Handlers, version, done, node: &str| {
+            h.decide(
+                HandlerCommand::Progress {
+                    name: "each".into(),
+                    version,
+                    done,
+                    outputs: Vec::new(),
+                    instance: Some(node.into()),
+                },
+                1,
+                10,
+            )
+        };
+        // A node without progress starts where the deploy said.
+        assert_eq!(h.get("each").unwrap().done_by(Some("n1")), 2);
+        assert_eq!(
+            progress(&mut h, 1, 6, "n1").unwrap(),
+            HandlerAnswer::Progressed(true)
+        );
+        assert_eq!(
+            progress(&mut h, 1, 4, "n2").unwrap(),
+            HandlerAnswer::Progressed(true)
+        );
+        assert_eq!(
+            progress(&mut h, 1, 5, "n1").unwrap(),
+            HandlerAnswer::Progressed(false)
+        );
+        assert_eq!(
+            progress(&mut h, 2, 9, "n1").unwrap(),
+            HandlerAnswer::Progressed(false)
+        );
+        assert!(progress(&mut h, 1, 11, "n1").is_err(), "past the end");
+        let each = h.get("each").unwrap();
+        assert_eq!((each.done_by(Some("n1")), each.done_by(Some("n2"))), (6, 4));
+        assert_eq!(
+            each.done, 2,
+            "the handler's own progress is where new nodes start"
+        );
+
+        // Stored apart and laid back over the specs, it is the same.
+        let mut bare = h.clone();
+        for handler in bare.by_name.values_mut() {
+            handler.instances.clear();
+            handler.done = 2;
+        }
+        assert_eq!(bare.with_done(&h.done()), h);
+
+        // Bounded.
+        for i in 0..INSTANCES_MAX - 2 {
+            progress(&mut h, 1, 3, &format!("m{i}")).unwrap();
+        }
+        assert!(progress(&mut h, 1, 3, "one-too-many").is_err());
+
+        // An update keeps each node's progress; one back to a single runner
+        // goes on from the slowest node.
+        h.decide(
+            HandlerCommand::Update {
+                spec: per_node.clone(),
+            },
+            1,
+            10,
+        )
+        .unwrap();
+        assert_eq!(h.get("each").unwrap().done_by(Some("n1")), 6);
+        h.decide(HandlerCommand::Update { spec: spec("each") }, 1, 10)
+            .unwrap();
+        let single = h.get("each").unwrap();
+        assert!(single.instances.is_empty());
+        assert_eq!(single.done, 3, "the slowest instance had finished 3");
+        assert!(
+            progress(&mut h, 3, 7, "n1").is_err(),
+            "a single runner has no instances"
+        );
     }
 }

@@ -18,20 +18,20 @@ impl ClusterTopics {
     pub async fn deploy_handler(
         &self,
         topic: &str,
-        spec: HandlerSpec,
+        mut spec: HandlerSpec,
         from: From,
     ) -> Result<Handler> {
         crate::handlers::check(&spec, topic, &self.python).await?;
-        self.check_placement(topic, &spec.placement).await?;
+        spec.per_node = self.check_placement(topic, &spec.placement).await?;
         self.handler_command(topic, HandlerCommand::Deploy { spec, from })
             .await
             .and_then(deployed)
     }
 
     /// Replaces a handler's code, placement or config.
-    pub async fn update_handler(&self, topic: &str, spec: HandlerSpec) -> Result<Handler> {
+    pub async fn update_handler(&self, topic: &str, mut spec: HandlerSpec) -> Result<Handler> {
         crate::handlers::check(&spec, topic, &self.python).await?;
-        self.check_placement(topic, &spec.placement).await?;
+        spec.per_node = self.check_placement(topic, &spec.placement).await?;
         self.handler_command(topic, HandlerCommand::Update { spec })
             .await
             .and_then(deployed)
@@ -77,9 +77,10 @@ impl ClusterTopics {
     }
 
     /// Where a handler of `topic` placed by `placement` runs now: the
-    /// chosen node's peer id, or `None` if no live node matches. Every node
-    /// computes the same answer from the same view of the cluster.
-    pub async fn placed_on(&self, topic: &str, placement: &str) -> Result<Option<String>> {
+    /// chosen node's peer id (for `all(...)`, every match's), or none if no
+    /// live node matches. Every node computes the same answer from the same
+    /// view of the cluster.
+    pub async fn placed_on(&self, topic: &str, placement: &str) -> Result<Vec<String>> {
         let expr = placement::Expr::parse(placement)
             .map_err(|e| Error::Usage(format!("placement {placement:?}: {e}")))?;
         let view = self.describe(topic).await?;
@@ -89,25 +90,27 @@ impl ClusterTopics {
             leader: &leader,
             replicas: &view.replicas,
         };
-        Ok(placement::choose(&expr, &nodes, topic).map(|c| c.peer.to_string()))
+        Ok(placement::placements(&expr, &nodes, topic)
+            .iter()
+            .map(|c| c.peer.to_string())
+            .collect())
     }
 
-    /// Refuses a placement that does not parse, uses what this node does not
-    /// run yet, or that no live node matches now.
-    async fn check_placement(&self, topic: &str, placement: &str) -> Result<()> {
+    /// Refuses a placement that does not parse, cannot place a handler, or
+    /// that no live node matches now. Whether it runs one instance on every
+    /// node it matches (`all(...)`).
+    async fn check_placement(&self, topic: &str, placement: &str) -> Result<bool> {
         let expr = placement::Expr::parse(placement)
             .map_err(|e| Error::Usage(format!("placement {placement:?}: {e}")))?;
-        if let Some(part) = expr.unsupported() {
-            return Err(Error::Usage(format!(
-                "placement {placement:?}: {part} is not available yet"
-            )));
+        if let Some(why) = expr.misplaced() {
+            return Err(Error::Usage(format!("placement {placement:?}: {why}")));
         }
-        if self.placed_on(topic, placement).await?.is_none() {
+        if self.placed_on(topic, placement).await?.is_empty() {
             return Err(Error::Usage(format!(
                 "placement {placement:?}: no live node matches it now"
             )));
         }
-        Ok(())
+        Ok(expr.per_node().is_some())
     }
 
     /// The topics this node holds replicas of.
@@ -125,12 +128,14 @@ impl ClusterTopics {
         version: u64,
         done: u64,
         outputs: Vec<String>,
+        instance: Option<String>,
     ) -> Result<bool> {
         let command = HandlerCommand::Progress {
             name: name.to_string(),
             version,
             done,
             outputs,
+            instance,
         };
         match self.handler_command(topic.as_str(), command).await? {
             HandlerAnswer::Progressed(moved) => Ok(moved),
@@ -185,7 +190,7 @@ impl ClusterTopics {
 
 fn deployed(answer: HandlerAnswer) -> Result<Handler> {
     match answer {
-        HandlerAnswer::Deployed(h) => Ok(h),
+        HandlerAnswer::Deployed(h) => Ok(*h),
         other => Err(Error::Internal(format!("deploying gave {other:?}"))),
     }
 }

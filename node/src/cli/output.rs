@@ -171,6 +171,9 @@ impl Output {
                 "runs_on": h.runs_on, "parked_at": h.parked_at, "parked_error": h.parked_error,
                 "time_budget_ms": h.time_budget_ms, "memory_mib": h.memory_mib,
                 "on_demand": h.on_demand, "outputs": h.outputs,
+                "instances": h.instances.iter().map(|i| json!({
+                    "node": i.node, "done": i.done, "lag": i.lag, "placed": i.placed,
+                })).collect::<Vec<_>>(),
             }));
         } else {
             let verb = if verb.is_empty() {
@@ -205,6 +208,13 @@ impl Output {
             }
             if h.on_demand {
                 line.push_str(" on_demand");
+            }
+            for i in &h.instances {
+                let placed = if i.placed { "" } else { " (not placed now)" };
+                line.push_str(&format!(
+                    "\n  instance on {}: done={} lag={}{placed}",
+                    i.node, i.done, i.lag
+                ));
             }
             if h.parked_at > 0 {
                 line.push_str(&format!(

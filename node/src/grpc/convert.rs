@@ -136,7 +136,30 @@ pub fn start(s: Option<v1::subscribe_request::Start>) -> Start {
 
 /// A handler as the API shows it; `last` is its topic's last sequence
 /// number, for the lag.
-pub fn handler(topic: &str, h: &Handler, last: u64, runs_on: &str) -> v1::Handler {
+pub fn handler(topic: &str, h: &Handler, last: u64, runs_on: &[String]) -> v1::Handler {
+    // Placed on every matching node: each placed node's instance (those
+    // without progress yet start after `h.done`), and the ones that ran
+    // before; the handler is as far as the slowest placed one.
+    let mut instances: Vec<v1::HandlerInstance> = Vec::new();
+    if h.spec.per_node {
+        let nodes: std::collections::BTreeSet<&String> =
+            runs_on.iter().chain(h.instances.keys()).collect();
+        for node in nodes {
+            let done = h.done_by(Some(node));
+            instances.push(v1::HandlerInstance {
+                node: node.clone(),
+                done,
+                lag: last.saturating_sub(done),
+                placed: runs_on.contains(node),
+            });
+        }
+    }
+    let done = instances
+        .iter()
+        .filter(|i| i.placed)
+        .map(|i| i.done)
+        .min()
+        .unwrap_or(h.done);
     let code = match &h.spec.code {
         Code_::Native(n) => v1::handler::Code::Native(n.clone()),
         Code_::Python(p) => v1::handler::Code::Python(p.clone()),
@@ -149,18 +172,19 @@ pub fn handler(topic: &str, h: &Handler, last: u64, runs_on: &str) -> v1::Handle
         config: h.spec.config.clone(),
         version: h.version,
         takes_over_at: h.takes_over_at,
-        done: h.done,
-        lag: last.saturating_sub(h.done),
+        done,
+        lag: last.saturating_sub(done),
         // A parked handler runs nowhere.
         runs_on: if h.parked.is_some() {
             String::new()
         } else {
-            runs_on.to_string()
+            runs_on.join(",")
         },
         time_budget_ms: h.spec.time_budget_ms,
         memory_mib: h.spec.memory_mib,
         outputs: h.outputs.clone(),
         on_demand: h.spec.on_demand,
+        instances,
         parked_at: h.parked.as_ref().map_or(0, |p| p.seq),
         parked_error: h
             .parked
@@ -215,6 +239,8 @@ pub fn handler_spec(h: Option<v1::Handler>) -> Result<(String, HandlerSpec), Sta
         time_budget_ms: h.time_budget_ms,
         memory_mib: h.memory_mib,
         on_demand: h.on_demand,
+        // The node sets it from the placement.
+        per_node: false,
     };
     Ok((h.topic, spec))
 }

@@ -76,12 +76,11 @@ impl Service {
 
     /// Where a handler of `topic` placed by `placement` runs now (empty:
     /// nowhere, no live node matches; or unknown).
-    async fn runs_on(&self, topic: &str, placement: &str) -> String {
+    async fn runs_on(&self, topic: &str, placement: &str) -> Vec<String> {
         match &self.topics {
-            TopicApi::Cluster(api) => api.placed_on(topic, placement).await.ok().flatten(),
-            TopicApi::Local(_) => None,
+            TopicApi::Cluster(api) => api.placed_on(topic, placement).await.unwrap_or_default(),
+            TopicApi::Local(_) => Vec::new(),
         }
-        .unwrap_or_default()
     }
 }
 
@@ -325,8 +324,11 @@ impl Woof for Service {
         {
             return Ok(Response::new(convert::handler_logs(&here, book)));
         }
-        let runs_on = self.runs_on(&r.topic, &placement).await;
-        if r.here_only || runs_on.is_empty() || runs_on == here {
+        // Placed on several nodes (`all(...)`), ask the first: each keeps
+        // its own records (`--node`-less callers see one instance's).
+        let placed = self.runs_on(&r.topic, &placement).await;
+        let runs_on = placed.first().cloned().unwrap_or_default();
+        if r.here_only || runs_on.is_empty() || placed.contains(&here) {
             return Ok(Response::new(v1::HandlerLogsResponse::default()));
         }
         // Its records are on the node that runs it: ask that node.

@@ -29,7 +29,9 @@
 //! for three) and that node runs the handler while the lease holds,
 //! following the topic over the overlay if it holds no replica. A move
 //! may let two runners overlap for a moment; keyed outputs and progress
-//! that only goes forward make that harmless (ADR 11).
+//! that only goes forward make that harmless (ADR 11). A handler placed by
+//! `all(EXPR)` runs so on every node EXPR matches, each instance with its
+//! own progress and output keys (ADR 16).
 
 pub mod adaptive;
 pub mod code;
@@ -131,8 +133,8 @@ pub struct Supervisor {
     /// Handlers other nodes' topics placed here: what to run, and until when.
     leased: HashMap<Key, (GroupId, Handler, tokio::time::Instant)>,
     leases: Option<tokio::sync::mpsc::Receiver<HandlerLease>>,
-    /// When this node last sent each lease it gives, and to whom.
-    given: HashMap<Key, (String, tokio::time::Instant)>,
+    /// When this node last sent each lease it gives (to a node).
+    given: HashMap<(Key, woof_overlay::PeerId), tokio::time::Instant>,
 }
 
 impl Supervisor {
@@ -226,15 +228,13 @@ impl Supervisor {
                 // (from a newer node) runs where the default puts it.
                 let expr =
                     placement::Expr::parse(&h.spec.placement).unwrap_or(placement::Expr::Leader);
-                match placement::choose(&expr, &nodes, placed) {
-                    Some(c) if c.peer.to_string() == me => {
-                        wanted.insert(key, (group, h.clone()));
+                // Nothing matches: it waits (describe shows it).
+                for c in placement::placements(&expr, &nodes, placed) {
+                    if c.peer.to_string() == me {
+                        wanted.insert(key.clone(), (group, h.clone()));
+                    } else {
+                        giving.insert((key.clone(), c.peer), (group, h.clone()));
                     }
-                    Some(c) => {
-                        giving.insert(key, (c.peer, group, h.clone()));
-                    }
-                    // Nothing matches: it waits (describe shows it).
-                    None => {}
                 }
             }
         }
@@ -284,19 +284,20 @@ impl Supervisor {
     /// [`LEASE_EVERY`] (and at once when it moves).
     fn give_leases(
         &mut self,
-        giving: HashMap<Key, (woof_overlay::PeerId, GroupId, Handler)>,
+        giving: HashMap<(Key, woof_overlay::PeerId), (GroupId, Handler)>,
         now: tokio::time::Instant,
     ) {
-        self.given.retain(|key, _| giving.contains_key(key));
-        for (key, (peer, group, handler)) in giving {
-            let to = peer.to_string();
-            if let Some((sent_to, at)) = self.given.get(&key)
-                && *sent_to == to
-                && now.duration_since(*at) < LEASE_EVERY
+        self.given.retain(|to, _| giving.contains_key(to));
+        for (to, (group, handler)) in giving {
+            if self
+                .given
+                .get(&to)
+                .is_some_and(|at| now.duration_since(*at) < LEASE_EVERY)
             {
                 continue;
             }
-            self.given.insert(key.clone(), (to, now));
+            self.given.insert(to.clone(), now);
+            let (key, peer) = to;
             let lease = HandlerLease {
                 group,
                 topic: key.topic.to_string(),

@@ -119,13 +119,34 @@ impl Expr {
         }
     }
 
-    /// Whether the expression uses a part this node does not run yet.
-    pub fn unsupported(&self) -> Option<&'static str> {
+    /// For `all(EXPR)`, EXPR: the handler runs once on every node it
+    /// matches, each instance with its own progress.
+    pub fn per_node(&self) -> Option<&Expr> {
         match self {
-            Self::All(_) => Some("all(...)"),
-            Self::Not(e) => e.unsupported(),
-            Self::And(a, b) | Self::Or(a, b) => a.unsupported().or_else(|| b.unsupported()),
+            Self::All(e) => Some(e),
             _ => None,
+        }
+    }
+
+    /// Why the expression cannot place a handler although it parses:
+    /// `all(...)` anywhere but around the whole expression (one instance
+    /// per node of a part of an expression means nothing), or around
+    /// `adaptive()` (which places each invocation on one node).
+    pub fn misplaced(&self) -> Option<&'static str> {
+        fn inner(e: &Expr) -> Option<&'static str> {
+            match e {
+                Expr::All(_) => Some("all(...) must be the whole expression"),
+                Expr::Not(e) => inner(e),
+                Expr::And(a, b) | Expr::Or(a, b) => inner(a).or_else(|| inner(b)),
+                _ => None,
+            }
+        }
+        match self {
+            Self::All(e) if e.is_adaptive() => {
+                Some("all(...) runs on every node it matches; adaptive() picks one per element")
+            }
+            Self::All(e) => inner(e),
+            e => inner(e),
         }
     }
 }
@@ -161,6 +182,29 @@ pub fn choose<'a>(expr: &Expr, nodes: &'a [Candidate], topic: Topic<'_>) -> Opti
     }
     passing.sort_by_key(|c| c.peer.to_string());
     passing.first().copied()
+}
+
+/// The nodes a handler placed by `all(expr)` runs on: every live node of
+/// `nodes` that passes `expr`, by peer id, at most
+/// [`INSTANCES_MAX`](woof_consensus::topic::handlers::INSTANCES_MAX).
+pub fn choose_all<'a>(expr: &Expr, nodes: &'a [Candidate], topic: Topic<'_>) -> Vec<&'a Candidate> {
+    let mut passing: Vec<&Candidate> = nodes
+        .iter()
+        .filter(|c| c.alive && expr.matches(c, topic))
+        .collect();
+    passing.sort_by_key(|c| c.peer.to_string());
+    passing.truncate(woof_consensus::topic::handlers::INSTANCES_MAX);
+    passing
+}
+
+/// The nodes a handler placed by `expr` runs on now: one (see [`choose`]),
+/// or for `all(...)` every match (see [`choose_all`]); none if nothing
+/// matches.
+pub fn placements<'a>(expr: &Expr, nodes: &'a [Candidate], topic: Topic<'_>) -> Vec<&'a Candidate> {
+    match expr.per_node() {
+        Some(inner) => choose_all(inner, nodes, topic),
+        None => choose(expr, nodes, topic).into_iter().collect(),
+    }
 }
 
 struct Parser {
@@ -421,5 +465,43 @@ mod tests {
         let mut passing = [id(0), id(1)];
         passing.sort();
         assert_eq!(pick("~leader()"), Some(passing[0].clone()));
+    }
+
+    #[test]
+    fn all_places_one_instance_on_every_live_match_and_only_around_everything() {
+        let mut nodes = vec![
+            node(Tier::Edge, &[], &[]),
+            node(Tier::Cloud, &[], &[]),
+            node(Tier::Edge, &[], &[]),
+            node(Tier::Edge, &[], &[]),
+        ];
+        nodes[3].alive = false;
+        let leader = nodes[1].peer.to_string();
+        let topic = Topic {
+            leader: &leader,
+            replicas: &[],
+        };
+        let e = Expr::parse("all(tier(edge))").unwrap();
+        assert!(e.misplaced().is_none());
+        let mut edges = vec![nodes[0].peer.to_string(), nodes[2].peer.to_string()];
+        edges.sort();
+        let placed: Vec<String> = placements(&e, &nodes, topic)
+            .iter()
+            .map(|c| c.peer.to_string())
+            .collect();
+        assert_eq!(placed, edges, "live edge nodes, by peer id");
+        let one = placements(&Expr::parse("tier(edge)").unwrap(), &nodes, topic);
+        assert_eq!(one.len(), 1);
+        assert!(
+            placements(&Expr::parse("all(capability(gpu))").unwrap(), &nodes, topic).is_empty()
+        );
+        for bad in [
+            "tier(edge) & all(leader())",
+            "~all(tier(edge))",
+            "all(all(tier(edge)))",
+            "all(adaptive())",
+        ] {
+            assert!(Expr::parse(bad).unwrap().misplaced().is_some(), "{bad}");
+        }
     }
 }

@@ -65,19 +65,29 @@ pub struct Runner {
     producer: String,
     /// The node it runs on, as its outputs' causes name it.
     node: String,
+    /// This node, if the handler runs on every node its placement matches
+    /// (`all(...)`): this instance keeps its own progress.
+    instance: Option<String>,
 }
 
 impl Runner {
     pub fn new(api: ClusterTopics, group: GroupId, topic: TopicName, handler: Handler) -> Self {
-        let producer = format!("~h{:x}.{}", group.0, handler.spec.name);
         let node = api.me();
+        let instance = handler.spec.per_node.then(|| node.clone());
+        let producer = producer(group, &handler.spec.name, instance.as_deref());
         Self {
             api,
             topic,
             handler,
             producer,
             node,
+            instance,
         }
+    }
+
+    /// The last element this runner's handler (or instance) finished.
+    fn done(&self) -> u64 {
+        self.handler.done_by(self.instance.as_deref())
     }
 
     /// Runs until `stop`; until an element fails past its retries (the
@@ -86,7 +96,7 @@ impl Runner {
     pub async fn run(self, stop: CancellationToken) {
         let (topic, name) = (self.topic.clone(), self.handler.spec.name.clone());
         self.api.journal().open(&topic, &name);
-        tracing::info!(%topic, handler = %name, from = self.handler.next(), "handler runs here");
+        tracing::info!(%topic, handler = %name, from = self.done() + 1, "handler runs here");
         match self.feed(&stop).await {
             Ok(()) => tracing::info!(%topic, handler = %name, "handler stops here"),
             // The node is stopping, or the topic's replica here closed.
@@ -106,11 +116,11 @@ impl Runner {
         )?;
         // `adaptive()`: each invocation runs where it is fastest.
         let mut spread = Spread::of(&self.handler, self.node.clone());
-        let mut next = self.handler.next();
+        let mut next = self.done() + 1;
         if let Some(native) = engine.native() {
             self.warm_up(native, next).await?;
         }
-        let mut recorded = self.handler.done;
+        let mut recorded = self.done();
         // Output topics the group's record of the handler names, and those
         // to add with the next progress record.
         let mut outputs = Outputs::new(&self.handler.outputs);
@@ -503,11 +513,26 @@ impl Runner {
                 self.handler.version,
                 done,
                 outputs.new.clone(),
+                self.instance.clone(),
             )
             .await?;
         outputs.recorded();
         Ok(moved)
     }
+}
+
+/// The producer a handler's outputs are appended as: `~h<group>.<name>`,
+/// and for one node's instance (`all(...)`) `@` and the last 16 characters
+/// of the node's peer id (its public key's; a whole one would pass the
+/// producer id's length limit).
+fn producer(group: GroupId, name: &str, instance: Option<&str>) -> String {
+    let mut producer = format!("~h{:x}.{name}", group.0);
+    if let Some(node) = instance {
+        let tail = node.char_indices().rev().nth(15).map_or(0, |(i, _)| i);
+        producer.push('@');
+        producer.push_str(&node[tail..]);
+    }
+    producer
 }
 
 /// When an element was committed, as the runner can tell.
