@@ -16,6 +16,14 @@
 //!   the time until the handler has finished all of them (its recorded
 //!   progress), as invocations a second. Each invocation commits one output.
 //!
+//! - **placed off the replicas**: the native copy with one replica and
+//!   placement `~replica()`, so it runs on a node that holds no replica of
+//!   `in` and follows it over the overlay: append to output, and dispatch
+//!   (timed there from the leader's append time, in whole ms).
+//! - **a chain of three handlers** (`in` -> `a` -> `b` -> `out`, 3
+//!   replicas each), native then Python: append to `in` to the third
+//!   handler's output reaching a subscriber of `out`.
+//!
 //! Every case checks that `out` ends up holding exactly the copies, in
 //! order.
 
@@ -48,6 +56,14 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
             }
         }
     }
+    if let Err(e) = off_replicas(&cluster, &mut report, secs).await {
+        return Err(cluster.explain(e));
+    }
+    for kind in [Kind::Native, Kind::Python] {
+        if let Err(e) = chain(&cluster, &mut report, kind, secs).await {
+            return Err(cluster.explain(e));
+        }
+    }
     Ok(report)
 }
 
@@ -59,6 +75,168 @@ enum Kind {
 
 const PYTHON_FORWARD: &str =
     "def handle(ctx, seq, payload):\n    ctx.append(ctx.config['to'], payload)\n";
+
+/// Deploys a copy from `input` to `output`, placed by `placement`.
+async fn deploy_copy(
+    url: &str,
+    kind: Kind,
+    name: &str,
+    input: &str,
+    output: &str,
+    placement: &str,
+) -> anyhow::Result<()> {
+    let mut c = nodes::connect(url).await?;
+    nodes::call(
+        format!("{url}: deploy {name} on {input}"),
+        c.deploy_handler(v1::DeployHandlerRequest {
+            handler: Some(v1::Handler {
+                topic: input.to_string(),
+                name: name.into(),
+                code: Some(match kind {
+                    Kind::Native => v1::handler::Code::Native("forward".into()),
+                    Kind::Python => v1::handler::Code::Python(PYTHON_FORWARD.into()),
+                }),
+                placement: placement.into(),
+                config: format!(r#"{{"to": "{output}"}}"#),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Appends to `input` at `url`, [`APPENDS_PER_SEC`] for `secs`, each
+/// payload the time it was sent, and records as `case` when each reached
+/// a subscriber of `output` there. Checks `output` then holds them all,
+/// in order, once. The number appended.
+async fn append_to_output(
+    report: &mut Report,
+    case: &str,
+    url: &str,
+    input: &str,
+    output: &str,
+    secs: u64,
+) -> anyhow::Result<u64> {
+    let mut appender = nodes::connect(url).await?;
+    let epoch = Instant::now();
+    let count = secs * APPENDS_PER_SEC;
+    let watcher = subscriber(url, output, 1, count, epoch).await?;
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / APPENDS_PER_SEC));
+    for i in 0..count {
+        tick.tick().await;
+        let sent = epoch.elapsed().as_nanos() as u64;
+        nodes::call(
+            format!("{url}: append {i} to {input}"),
+            appender.append(v1::AppendRequest {
+                topic: input.to_string(),
+                payload: bytes::Bytes::copy_from_slice(&sent.to_le_bytes()),
+                producer: None,
+                handler: Default::default(),
+            }),
+        )
+        .await?;
+    }
+    summarize(report, case, vec![watcher.await?])?;
+    Ok(count)
+}
+
+/// Records the p50 and p99 of `name`'s dispatch on `input`, as the node
+/// that runs it logged its last 1,000 invocations.
+async fn dispatch(
+    report: &mut Report,
+    case: &str,
+    url: &str,
+    input: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    let mut c = nodes::connect(url).await?;
+    let logs = nodes::call(
+        format!("{url}: logs of {input}/{name}"),
+        c.handler_logs(v1::HandlerLogsRequest {
+            topic: input.to_string(),
+            name: name.into(),
+            limit: 1000,
+            ..Default::default()
+        }),
+    )
+    .await?;
+    let mut dispatch: Vec<u64> = logs
+        .invocations
+        .iter()
+        .filter(|i| i.outcome == "ok")
+        .map(|i| i.dispatch_us)
+        .collect();
+    dispatch.sort_unstable();
+    if dispatch.is_empty() {
+        bail!("{case}: the handler's node recorded no invocations");
+    }
+    let at = |q: f64| dispatch[((dispatch.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    report.row(case, "p50", at(0.5), "ms");
+    report.row(case, "p99", at(0.99), "ms");
+    Ok(())
+}
+
+/// Checks that `output` holds exactly `input`'s payloads, in order.
+async fn check_copies(
+    report: &mut Report,
+    case: &str,
+    url: &str,
+    input: &str,
+    output: &str,
+) -> anyhow::Result<()> {
+    let copies = nodes::scan_all(url, output).await?;
+    let originals = nodes::scan_all(url, input).await?;
+    let payloads = |es: &[v1::Element]| es.iter().map(|e| e.payload.clone()).collect::<Vec<_>>();
+    if payloads(&copies) != payloads(&originals) {
+        report.failures.push(format!(
+            "{case}: {output} holds {} elements; expected the {} of {input}, in order, once",
+            copies.len(),
+            originals.len()
+        ));
+    }
+    Ok(())
+}
+
+/// The native copy with one replica, run on a node without a replica.
+async fn off_replicas(cluster: &Cluster, report: &mut Report, secs: u64) -> anyhow::Result<()> {
+    let (input, output) = ("bench/off-in", "bench/off-out");
+    let url0 = cluster.url(0);
+    nodes::create(url0, input, 1).await?;
+    nodes::create(url0, output, 1).await?;
+    deploy_copy(url0, Kind::Native, "fwd", input, output, "~replica()").await?;
+    let url = cluster.url(cluster.leader(0, input).await?);
+    let case = "native forward, 1 replica, placed off it: append to output at a subscriber";
+    append_to_output(report, case, url, input, output, secs).await?;
+    let case = "native forward, 1 replica, placed off it: dispatch, append to handler start";
+    dispatch(report, case, url, input, "fwd").await?;
+    let case = "native forward, 1 replica, placed off it";
+    check_copies(report, case, url, input, output).await
+}
+
+/// Three copies in a row, 3 replicas each: append to the last output.
+async fn chain(cluster: &Cluster, report: &mut Report, kind: Kind, secs: u64) -> anyhow::Result<()> {
+    let label = match kind {
+        Kind::Native => "native",
+        Kind::Python => "python",
+    };
+    let topics: Vec<String> = ["in", "a", "b", "out"]
+        .iter()
+        .map(|t| format!("bench/chain-{label}-{t}"))
+        .collect();
+    let url0 = cluster.url(0);
+    for t in &topics {
+        nodes::create(url0, t, 3).await?;
+    }
+    for (i, pair) in topics.windows(2).enumerate() {
+        deploy_copy(url0, kind, &format!("step{}", i + 1), &pair[0], &pair[1], "").await?;
+    }
+    let url = cluster.url(cluster.leader(0, &topics[0]).await?);
+    let case = format!("{label} chain of 3 handlers, 3 replicas: append to last output");
+    append_to_output(report, &case, url, &topics[0], &topics[3], secs).await?;
+    check_copies(report, &case, url, &topics[0], &topics[3]).await
+}
 
 async fn cases(
     cluster: &Cluster,
@@ -79,24 +257,7 @@ async fn cases(
     let url0 = cluster.url(0);
     nodes::create(url0, &input, replication).await?;
     nodes::create(url0, &output, replication).await?;
-    let mut c = nodes::connect(url0).await?;
-    nodes::call(
-        format!("{url0}: deploy forward on {input}"),
-        c.deploy_handler(v1::DeployHandlerRequest {
-            handler: Some(v1::Handler {
-                topic: input.clone(),
-                name: "fwd".into(),
-                code: Some(match kind {
-                    Kind::Native => v1::handler::Code::Native("forward".into()),
-                    Kind::Python => v1::handler::Code::Python(PYTHON_FORWARD.into()),
-                }),
-                config: format!(r#"{{"to": "{output}"}}"#),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-    )
-    .await?;
+    deploy_copy(url0, kind, "fwd", &input, &output, "").await?;
     let leader = cluster.leader(0, &input).await?;
     let url = cluster.url(leader);
     let mut appender = nodes::connect(url).await?;
@@ -104,50 +265,10 @@ async fn cases(
     // Latency: every payload is the time it was sent.
     let case =
         format!("{label} forward, {replication} replica(s): append to output at a subscriber");
-    let epoch = Instant::now();
-    let count = secs * APPENDS_PER_SEC;
-    let watcher = subscriber(url, &output, 1, count, epoch).await?;
-    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / APPENDS_PER_SEC));
-    for i in 0..count {
-        tick.tick().await;
-        let sent = epoch.elapsed().as_nanos() as u64;
-        nodes::call(
-            format!("{url}: append {i} to {input}"),
-            appender.append(v1::AppendRequest {
-                topic: input.clone(),
-                payload: bytes::Bytes::copy_from_slice(&sent.to_le_bytes()),
-                producer: None,
-                handler: Default::default(),
-            }),
-        )
-        .await?;
-    }
-    summarize(report, &case, vec![watcher.await?])?;
-    let logs = nodes::call(
-        format!("{url}: logs of {input}/fwd"),
-        appender.handler_logs(v1::HandlerLogsRequest {
-            topic: input.clone(),
-            name: "fwd".into(),
-            limit: 1000,
-            ..Default::default()
-        }),
-    )
-    .await?;
-    let mut dispatch: Vec<u64> = logs
-        .invocations
-        .iter()
-        .filter(|i| i.outcome == "ok")
-        .map(|i| i.dispatch_us)
-        .collect();
-    dispatch.sort_unstable();
-    if dispatch.is_empty() {
-        bail!("{case}: the handler's node recorded no invocations");
-    }
-    let at = |q: f64| dispatch[((dispatch.len() - 1) as f64 * q).round() as usize] as f64 / 1000.0;
+    let count = append_to_output(report, &case, url, &input, &output, secs).await?;
     let case =
         format!("{label} forward, {replication} replica(s): dispatch, commit to handler start");
-    report.row(&case, "p50", at(0.5), "ms");
-    report.row(&case, "p99", at(0.99), "ms");
+    dispatch(report, &case, url, &input, "fwd").await?;
 
     // Throughput: a burst, and the time until the handler finished it.
     let case = format!(
@@ -187,15 +308,7 @@ async fn cases(
     }
     let elapsed = started.elapsed().as_secs_f64();
     report.row(&case, "invocations", burst as f64 / elapsed, "per s");
-    let copies = nodes::scan_all(url, &output).await?;
-    let originals = nodes::scan_all(url, &input).await?;
-    let payloads = |es: &[v1::Element]| es.iter().map(|e| e.payload.clone()).collect::<Vec<_>>();
     // Deployed before the first append: the copies are the input, whole.
-    if copies.len() as u64 != last || payloads(&copies) != payloads(&originals) {
-        report.failures.push(format!(
-            "{case}: {output} holds {} elements; expected the {last} of {input}, in order, once",
-            copies.len()
-        ));
-    }
+    check_copies(report, &case, url, &input, &output).await?;
     Ok(())
 }
