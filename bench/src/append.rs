@@ -207,6 +207,7 @@ async fn cases(
                 topic,
                 payloads: batch.clone(),
                 producer: None,
+                handler: String::new(),
             })
         })
         .await?;

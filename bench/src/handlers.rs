@@ -282,6 +282,7 @@ async fn cases(
                 topic: input.clone(),
                 payloads: (0..BATCH).map(|i| format!("b{b}-{i}").into()).collect(),
                 producer: None,
+                handler: String::new(),
             }),
         )
         .await?;

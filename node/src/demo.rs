@@ -311,6 +311,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
                 .map(|i| format!("gate opened #{i}").into())
                 .collect(),
             producer: None,
+            handler: String::new(),
         })
         .await?
         .into_inner();

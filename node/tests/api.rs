@@ -123,6 +123,7 @@ async fn subscriber_from_one_sees_history_then_live_without_gap_or_duplicate() {
             topic: "s".into(),
             payloads: (1..=1000).map(|i| format!("e{i}").into()).collect(),
             producer: None,
+            handler: String::new(),
         })
         .await
         .unwrap()
@@ -257,6 +258,7 @@ async fn a_subscriber_that_falls_behind_the_history_is_told() {
             topic: "fast".into(),
             payloads: vec![vec![7u8; 1000].into(); 1000],
             producer: None,
+            handler: String::new(),
         })
         .await
         .unwrap();
@@ -319,6 +321,7 @@ async fn producer_retry_returns_the_first_number_and_writes_nothing() {
             id: "sensor-9".into(),
             seq: 5,
         }),
+        handler: String::new(),
     };
     let b1 = c.append_batch(batch.clone()).await.unwrap().into_inner();
     let b2 = c.append_batch(batch).await.unwrap().into_inner();
@@ -465,6 +468,7 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
             topic: "ok".into(),
             payloads: vec![Default::default(); 1_000_000],
             producer: None,
+            handler: String::new(),
         })
         .await
         .unwrap_err();
@@ -480,6 +484,7 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
             topic: "ok".into(),
             payloads: vec![],
             producer: None,
+            handler: String::new(),
         })
         .await
         .unwrap_err();

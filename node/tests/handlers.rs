@@ -8,6 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use woof_proto::v1;
 
 async fn append_surely(client: &mut Client, topic: &str, seq: u64, payload: String) {
     append_retrying(client, topic, "test", seq, &payload).await;
@@ -423,9 +424,18 @@ async fn an_on_demand_handler_runs_only_for_appends_that_name_it() {
     assert!(!every.status.success());
     assert!(String::from_utf8_lossy(&every.stderr).contains("every element already"));
     assert_eq!(latest(&mut c, "in").await.last_seq, 5);
+    // A batch may name it too: it runs for each of the batch's elements.
+    c.append_batch(v1::AppendBatchRequest {
+        topic: "in".into(),
+        payloads: vec!["f".into(), "g".into()],
+        producer: None,
+        handler: "pick".into(),
+    })
+    .await
+    .unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(30);
-    while latest(&mut c, "all").await.last_seq < 5 {
+    while latest(&mut c, "all").await.last_seq < 7 {
         assert!(Instant::now() < deadline, "every element forwarded to all");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -441,7 +451,7 @@ async fn an_on_demand_handler_runs_only_for_appends_that_name_it() {
                     .unwrap()
             })
             .collect();
-        if done == [5, 5] {
+        if done == [7, 7] {
             break;
         }
         assert!(Instant::now() < deadline, "both handlers done: {listed}");
@@ -452,6 +462,6 @@ async fn an_on_demand_handler_runs_only_for_appends_that_name_it() {
         .iter()
         .map(|e| String::from_utf8(e.payload.to_vec()).unwrap())
         .collect();
-    assert_eq!(picked, ["b", "d"]);
-    assert_eq!(scan_all(&mut c, "all", 1).await.len(), 5);
+    assert_eq!(picked, ["b", "d", "f", "g"]);
+    assert_eq!(scan_all(&mut c, "all", 1).await.len(), 7);
 }

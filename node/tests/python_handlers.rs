@@ -156,6 +156,7 @@ async fn a_handler_killed_in_the_middle_of_its_100_outputs_writes_each_once() {
         topic: "in".into(),
         payloads: (0..ELEMENTS).map(|_| "x".into()).collect(),
         producer: None,
+        handler: String::new(),
     })
     .await
     .unwrap();

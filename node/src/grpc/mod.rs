@@ -165,11 +165,14 @@ impl Woof for Service {
     ) -> Result<Response<v1::AppendBatchResponse>, Status> {
         let r = request.into_inner();
         let producer = convert::producer(r.producer)?;
-        let outcome = self
-            .topics
-            .append(&r.topic, r.payloads, producer)
-            .await
-            .map_err(status)?;
+        let appended = if r.handler.is_empty() {
+            self.topics.append(&r.topic, r.payloads, producer).await
+        } else {
+            self.topics
+                .append_for(&r.topic, r.payloads, producer, r.handler)
+                .await
+        };
+        let outcome = appended.map_err(status)?;
         Ok(Response::new(v1::AppendBatchResponse {
             first_seq: outcome.first_seq,
             count: outcome.count,
