@@ -297,10 +297,7 @@ mod tests {
         let mut buf = [0u8; 64];
         let len = sealed(&Message::Ping, 9, &mut buf);
         let other = Cipher::new(b"fedcba9876543210");
-        assert_eq!(
-            other.open(&mut buf.clone()[..len], &CTX),
-            Err(Error::Forged)
-        );
+        assert_eq!(other.open(&mut { buf }[..len], &CTX), Err(Error::Forged));
         for ctx in [
             Context { boot_id: 43, ..CTX },
             Context {

@@ -882,10 +882,8 @@ mod tests {
                     n += 1;
                 }
             }
-            if let Some(ev) = s.poll_event(now) {
-                if let Event::GaveUp { seq, .. } = ev {
-                    gave_up = Some((seq, now));
-                }
+            if let Some(Event::GaveUp { seq, .. }) = s.poll_event(now) {
+                gave_up = Some((seq, now));
             }
             now = s.poll_timeout().unwrap().max(now + 1);
         }
