@@ -24,6 +24,10 @@
 //!   sent only when the node says an append committed. No sockets.
 //! - `tests/`: the device session against the gateway session over a lossy,
 //!   duplicating, reordering simulated link, and across a reboot.
+//! - `nostd-check/` (not a workspace member): a `#![no_std]` staticlib with
+//!   its own panic handler that drives the core through one C symbol. It
+//!   fails to build if anything pulls in `std` or `alloc`, and its size is
+//!   the core's code size (see "Size").
 //!
 //! # Frame format
 //!
@@ -82,6 +86,17 @@
 //! `ascon-aead` 0.6 with default features off builds with no `std`, no
 //! `alloc` and no random source; its dependency tree is `aead`, `ascon-core`,
 //! `inout`, `subtle` and `hybrid-array`.
+//!
+//! # Size
+//!
+//! RAM: a device session is its outbox plus about 250 bytes
+//! (`Session<8, 128>`, eight requests of up to 128-byte frames, is 1,528
+//! bytes on a 64-bit host), plus the caller's receive and send buffers (one
+//! frame each). Code: `nostd-check` built with opt-level s, LTO and one
+//! codegen unit is 13.3 KB of text for x86_64 (the whole device core, Ascon
+//! included); no bare-metal target was installed where this was written, so
+//! the Cortex-M figure is still to be measured (Thumb-2 code is usually
+//! well under x86_64's).
 //!
 //! # Features
 //!
