@@ -206,6 +206,8 @@ pub struct Session<const N: usize, const B: usize> {
     next_seq: u32,
     /// Gateway sequence numbers received in this session.
     rx: ReplayWindow,
+    /// The session `rx` belongs to (0: none yet).
+    last_session_id: u32,
     outbox: [Slot<B>; N],
     acks: [u32; DELIVERY_ACKS_MAX],
     acks_len: usize,
@@ -256,6 +258,7 @@ impl<const N: usize, const B: usize> Session<N, B> {
             },
             next_seq: 1,
             rx: ReplayWindow::new(),
+            last_session_id: 0,
             outbox: [const { Slot::EMPTY }; N],
             acks: [0; DELIVERY_ACKS_MAX],
             acks_len: 0,
@@ -630,7 +633,14 @@ impl<const N: usize, const B: usize> Session<N, B> {
                     session_id: ack.session_id,
                     window: ack.window,
                 };
-                self.rx = ReplayWindow::new();
+                // The same gateway session again (a hello after a silence):
+                // its old frames are still valid under these nonces, so the
+                // window must remember them. A new session id makes new
+                // nonces, under which no old frame opens.
+                if ack.session_id != self.last_session_id {
+                    self.rx = ReplayWindow::new();
+                    self.last_session_id = ack.session_id;
+                }
                 self.last_rx_ms = now_ms;
                 // Ping at once: it tells a gateway that held the session as
                 // pending (see `gateway`) that this hello was not a replay.
@@ -1064,5 +1074,41 @@ mod tests {
             Ok(Some(Event::Acked { .. }))
         ));
         assert_eq!(s.outbox_len(), 0);
+    }
+
+    #[test]
+    fn a_hello_again_to_the_same_session_keeps_the_replay_window() {
+        let mut s = connected(0);
+        let mut out = [0u8; 64];
+        let msg = Message::Delivery(wire::Delivery {
+            topic: Topic::Index(0),
+            topic_seq: 1,
+            payload: b"d",
+        });
+        let len = down(msg, 5, 9, &mut out);
+        let captured = out;
+        assert!(matches!(
+            s.handle_input(0, &mut out[..len]),
+            Ok(Some(Event::Delivery { .. }))
+        ));
+        // Silence until the session is given up, then the same gateway
+        // answers the new hello with the same session.
+        let mut now = 0;
+        while s.is_connected() {
+            while s.poll_transmit(now, &mut out).unwrap().is_some() {}
+            now = s.poll_timeout().unwrap().max(now + 1);
+        }
+        while s.poll_transmit(now, &mut out).unwrap().is_some() {}
+        let ack = Message::HelloAck(HelloAck {
+            session_id: 9,
+            window: 2,
+        });
+        let l = down(ack, 0, 0, &mut out);
+        assert!(s.handle_input(now, &mut out[..l]).is_ok());
+        let mut replay = captured;
+        assert_eq!(
+            s.handle_input(now, &mut replay[..len]),
+            Err(Error::Replayed)
+        );
     }
 }
