@@ -70,8 +70,9 @@
 //! (1 while seq < 128, 2 below 16,384, 3 below 2,097,152, 4 up to 2^28 - 1),
 //! and the 16-byte tag: **18 to 21 bytes, a header of at most 5 bytes beyond
 //! the tag** (zenoh-pico's figure). An append of a 4-byte reading to topic
-//! index 3 at device seq 200 is 1 + 2 + 1 + 4 + 16 = 24 bytes; its ack
-//! (topic seq below 16,384) is 1 + 2 + 2 + 2 + 16 = 23 bytes. The nonce is
+//! index 3 at device seq 200 is 1 + 2 + 1 + 4 + 16 = 24 bytes; its ack, at
+//! a gateway seq and a topic seq between 128 and 16,383, is
+//! 1 + 2 + 2 + 2 + 16 = 23 bytes. The nonce is
 //! never sent: both sides derive it from (boot id, session id, direction,
 //! seq), see [`crypto`].
 //!

@@ -551,7 +551,8 @@ impl<const N: usize, const B: usize> Session<N, B> {
     }
 
     /// The next time [`Session::poll_transmit`] or [`Session::poll_event`]
-    /// has something to do, if nothing else happens first.
+    /// has something to do, if nothing else happens first (a time at or
+    /// before now means now).
     pub fn poll_timeout(&self) -> Option<u64> {
         let mut t = match self.link {
             Link::Connecting { deadline_ms, .. } => Some(deadline_ms),

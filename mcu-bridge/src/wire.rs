@@ -984,7 +984,6 @@ pub(crate) mod tests {
             }
             // One extra byte inside the body (before the tag).
             let mut longer = [0u8; FRAME_LEN_MAX + 1];
-            let hl = header_len(3);
             longer[..len - TAG_LEN].copy_from_slice(&buf[..len - TAG_LEN]);
             longer[len - TAG_LEN] = 0;
             if let Ok(f) = Frame::new_checked(&longer[..len + 1]) {
@@ -1000,7 +999,6 @@ pub(crate) mod tests {
                 );
                 assert!(absorbs || parsed.is_err(), "{msg:?} took a trailing byte");
             }
-            let _ = hl;
         }
     }
 
