@@ -216,7 +216,12 @@ async fn off_replicas(cluster: &Cluster, report: &mut Report, secs: u64) -> anyh
 }
 
 /// Three copies in a row, 3 replicas each: append to the last output.
-async fn chain(cluster: &Cluster, report: &mut Report, kind: Kind, secs: u64) -> anyhow::Result<()> {
+async fn chain(
+    cluster: &Cluster,
+    report: &mut Report,
+    kind: Kind,
+    secs: u64,
+) -> anyhow::Result<()> {
     let label = match kind {
         Kind::Native => "native",
         Kind::Python => "python",
@@ -230,7 +235,15 @@ async fn chain(cluster: &Cluster, report: &mut Report, kind: Kind, secs: u64) ->
         nodes::create(url0, t, 3).await?;
     }
     for (i, pair) in topics.windows(2).enumerate() {
-        deploy_copy(url0, kind, &format!("step{}", i + 1), &pair[0], &pair[1], "").await?;
+        deploy_copy(
+            url0,
+            kind,
+            &format!("step{}", i + 1),
+            &pair[0],
+            &pair[1],
+            "",
+        )
+        .await?;
     }
     let url = cluster.url(cluster.leader(0, &topics[0]).await?);
     let case = format!("{label} chain of 3 handlers, 3 replicas: append to last output");

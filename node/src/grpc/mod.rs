@@ -327,8 +327,8 @@ impl Woof for Service {
         {
             return Ok(Response::new(convert::handler_logs(&here, book)));
         }
-        // Placed on several nodes (`all(...)`), ask the first: each keeps
-        // its own records (`--node`-less callers see one instance's).
+        // Placed on several nodes (`all(...)`), each keeps its own records:
+        // this node's if it runs one, else the first placed node's.
         let placed = self.runs_on(&r.topic, &placement).await;
         let runs_on = placed.first().cloned().unwrap_or_default();
         if r.here_only || runs_on.is_empty() || placed.contains(&here) {

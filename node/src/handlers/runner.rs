@@ -5,7 +5,9 @@
 //! outputs, and records its progress in the topic's group.
 //!
 //! **Effectively once.** Output `i` of element `seq` is appended as
-//! producer `~h<topic id>.<handler>` with producer sequence `seq << 16 | i`.
+//! producer `~h<topic id>.<handler>` (for one node's instance of a handler
+//! placed by `all(...)`, `~h<topic id>.<handler>@<node>`: each instance
+//! has its own keys and progress) with producer sequence `seq << 16 | i`.
 //! The runner takes elements in batches, runs the handler on each, then
 //! appends the batch's outputs per target topic, in key order, in chunks
 //! that are each one log entry (applied whole, in order), one chunk at a
