@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
 use woof_consensus::raft::{Command, CommandResult, TypeConfig};
-use woof_consensus::store::{GROUP_ID_MIN, GroupId};
+use woof_consensus::store::{GROUP_ID_MIN, GroupId, RaftLogStore};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_node::server::Node;
 use woof_overlay::ClusterKey;
@@ -93,6 +93,9 @@ async fn a_group_replicates_over_the_overlay_and_survives_a_node_stopping() {
     let mut members = BTreeMap::new();
     for n in &nodes {
         let groups = n.groups().unwrap();
+        // Marked as this node's first, as joining a group does: a node
+        // starts only the groups it holds.
+        groups.store().put_value(GROUP, "member", b"").unwrap();
         rafts.push(groups.start(GROUP).await.unwrap());
         members.insert(
             groups.node_id(),
