@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
 use woof_consensus::raft::{Command, CommandResult, TypeConfig};
-use woof_consensus::store::{GROUP_ID_MIN, GroupId, RaftLogStore};
+use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_node::server::Node;
 use woof_overlay::ClusterKey;
