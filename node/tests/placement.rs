@@ -49,15 +49,21 @@ fn deploy(
     )
 }
 
-/// Waits for `count` outputs in `topic` (and a little longer), and returns
-/// them as (seq, node), checking each element appears once, in order.
-async fn outputs(c: &mut Client, topic: &str, count: u64) -> Vec<(u64, String)> {
+/// Waits for `topic` to hold `count` elements, and a little longer (for
+/// any that should not be there).
+async fn settled(c: &mut Client, topic: &str, count: u64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while latest(c, topic).await.last_seq < count {
         assert!(Instant::now() < deadline, "{topic} reaches {count} outputs");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
+}
+
+/// Waits for `count` outputs in `topic` (and a little longer), and returns
+/// them as (seq, node), checking each element appears once, in order.
+async fn outputs(c: &mut Client, topic: &str, count: u64) -> Vec<(u64, String)> {
+    settled(c, topic, count).await;
     let got: Vec<(u64, String)> = scan_all(c, topic, 1)
         .await
         .iter()
@@ -264,12 +270,7 @@ async fn handlers_run_where_their_placement_says_and_move_when_their_node_dies()
 /// handler on several nodes (and a little longer), and returns each node's
 /// sequence numbers in the order written, checking none repeats.
 async fn per_node_outputs(c: &mut Client, topic: &str, count: u64) -> BTreeMap<String, Vec<u64>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while latest(c, topic).await.last_seq < count {
-        assert!(Instant::now() < deadline, "{topic} reaches {count} outputs");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    settled(c, topic, count).await;
     let mut by_node: BTreeMap<String, Vec<u64>> = BTreeMap::new();
     for e in scan_all(c, topic, 1).await {
         let text = String::from_utf8(e.payload.to_vec()).unwrap();
