@@ -17,8 +17,7 @@ mod producer;
 pub use machine::{AppendOutcome, Machine, check_readable};
 pub use name::{NAME_BYTES_MAX, TopicName};
 pub use producer::{
-    DEVICE_PRODUCER_PREFIX, NODE_PRODUCER_PREFIX, PRODUCER_ID_BYTES_MAX, PRODUCER_WINDOW, Producer,
-    ProducerWindow,
+    NODE_PRODUCER_PREFIX, PRODUCER_ID_BYTES_MAX, PRODUCER_WINDOW, Producer, ProducerWindow,
 };
 
 use bytes::Bytes;

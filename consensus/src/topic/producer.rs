@@ -14,12 +14,6 @@ pub const PRODUCER_ID_BYTES_MAX: usize = 128;
 /// remembers only the last append: a fraction of the bytes written with
 /// each append.
 pub const NODE_PRODUCER_PREFIX: char = '~';
-/// How the ids of devices' appends begin (`~dev:<device>/<boot>`, given by
-/// the bridge gateway). A device has up to 64 requests in flight over a
-/// lossy link, so its appends may commit out of order: its window takes a
-/// sequence it has not seen even below the newest, as long as it is above
-/// the oldest remembered (or nothing was ever forgotten). See ADR 17.
-pub const DEVICE_PRODUCER_PREFIX: &str = "~dev:";
 
 /// Identifies an append for deduplication: a producer's id and its own
 /// sequence number for this append.
@@ -58,21 +52,11 @@ impl Producer {
 
     /// How many of its recent appends its window remembers.
     pub fn remembered(&self) -> usize {
-        if self.unordered() {
-            PRODUCER_WINDOW
-        } else if self.id.starts_with(NODE_PRODUCER_PREFIX) {
+        if self.id.starts_with(NODE_PRODUCER_PREFIX) {
             1
         } else {
             PRODUCER_WINDOW
         }
-    }
-}
-
-impl Producer {
-    /// True for a device's appends, which may commit in any order within
-    /// the window ([`DEVICE_PRODUCER_PREFIX`]).
-    pub fn unordered(&self) -> bool {
-        self.id.starts_with(DEVICE_PRODUCER_PREFIX)
     }
 }
 
@@ -84,11 +68,8 @@ struct Entry {
     count: u64,
 }
 
-/// The last [`PRODUCER_WINDOW`] appends of one producer, with increasing
-/// producer sequences. For an ordered producer these are its last appends;
-/// for an unordered one ([`Producer::unordered`]) the appends with the
-/// highest producer sequences, so that every committed sequence above the
-/// lowest remembered one is remembered.
+/// The last [`PRODUCER_WINDOW`] appends of one producer, oldest first, with
+/// increasing producer sequences.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerWindow {
     entries: VecDeque<Entry>,
@@ -118,13 +99,6 @@ impl ProducerWindow {
                 count: e.count,
             });
         }
-        // Not remembered: never committed if it is above the lowest
-        // remembered, or if the window never had to forget one.
-        if producer.unordered()
-            && (producer.seq > self.entries[0].producer_seq || self.entries.len() < PRODUCER_WINDOW)
-        {
-            return Ok(Seen::New);
-        }
         let why = if producer.seq < self.entries[0].producer_seq {
             "older than the retries this node remembers"
         } else {
@@ -137,29 +111,22 @@ impl ProducerWindow {
         })
     }
 
-    /// Records a committed append that [`check`](Self::check) called new:
-    /// kept in order of producer sequence, forgetting the lowest when full.
+    /// Records a committed append. `producer_seq` must be newer than all seen.
     pub fn record(&mut self, producer_seq: u64, first_seq: u64, count: u64) {
-        let at = self
-            .entries
-            .partition_point(|e| e.producer_seq < producer_seq);
         assert!(
             self.entries
-                .get(at)
-                .is_none_or(|e| e.producer_seq != producer_seq),
-            "producer sequence {producer_seq} recorded twice"
+                .back()
+                .is_none_or(|e| e.producer_seq < producer_seq),
+            "producer sequence {producer_seq} recorded after a newer one"
         );
-        self.entries.insert(
-            at,
-            Entry {
-                producer_seq,
-                first_seq,
-                count,
-            },
-        );
-        if self.entries.len() > PRODUCER_WINDOW {
+        if self.entries.len() == PRODUCER_WINDOW {
             self.entries.pop_front();
         }
+        self.entries.push_back(Entry {
+            producer_seq,
+            first_seq,
+            count,
+        });
     }
 
     /// Forgets all but the newest `n` appends (at least one is kept).
@@ -280,48 +247,6 @@ mod tests {
         );
         let old = Producer::new("~peer/3".into(), 2).unwrap();
         assert!(matches!(w.check(&old), Err(Error::ProducerSeq { .. })));
-    }
-
-    #[test]
-    fn a_device_commits_in_any_order_within_its_window() {
-        let dev = |seq| Producer::new("~dev:pump-7/00000000000000aa".into(), seq).unwrap();
-        assert!(dev(1).unordered() && !p(1).unordered());
-        assert_eq!(dev(1).remembered(), PRODUCER_WINDOW);
-        let mut w = ProducerWindow::default();
-        // 9 and 7 commit before 3 (lost, then retransmitted): all new.
-        for (n, seq) in [9, 7, 3].into_iter().enumerate() {
-            assert_eq!(w.check(&dev(seq)).unwrap(), Seen::New);
-            w.record(seq, n as u64 + 1, 1);
-        }
-        assert_eq!(
-            w.check(&dev(3)).unwrap(),
-            Seen::Duplicate {
-                first_seq: 3,
-                count: 1
-            }
-        );
-        assert_eq!(
-            w.check(&dev(1)).unwrap(),
-            Seen::New,
-            "nothing forgotten yet"
-        );
-        let round = ProducerWindow::from_appends(w.appends()).unwrap();
-        assert_eq!(round, w);
-        // Once full it forgets the lowest, and can no longer tell below it.
-        for seq in 100..100 + PRODUCER_WINDOW as u64 {
-            w.record(seq, seq, 1);
-        }
-        assert_eq!(w.len(), PRODUCER_WINDOW);
-        assert!(matches!(w.check(&dev(9)), Err(Error::ProducerSeq { .. })));
-        assert!(matches!(w.check(&dev(50)), Err(Error::ProducerSeq { .. })));
-        assert_eq!(
-            w.check(&dev(100 + PRODUCER_WINDOW as u64)).unwrap(),
-            Seen::New
-        );
-        // An ordered producer is still refused below its newest.
-        let mut o = ProducerWindow::default();
-        o.record(9, 1, 1);
-        assert!(matches!(o.check(&p(3)), Err(Error::ProducerSeq { .. })));
     }
 
     #[test]
