@@ -21,9 +21,16 @@
 //! packs a little tighter). A request keeps
 //! its device sequence number for life, so its retransmissions are the same
 //! frame and the gateway writes it once. Retransmission follows CoAP
-//! (RFC 7252 §4.2): the first timeout is drawn from [2 s, 3 s) with a random
-//! number from the caller, doubles at each retransmission, and after 4
-//! retransmissions the request is given up ([`Event::GaveUp`]).
+//! (RFC 7252 §4.2) until the session has measured the time to an answer:
+//! the first timeout is drawn from [2 s, 3 s) with a random number from the
+//! caller, doubles at each retransmission, and after 4 retransmissions the
+//! request is given up ([`Event::GaveUp`]). Once answers have been timed,
+//! the first timeout is TCP's (RFC 6298: smoothed time plus four times its
+//! variation, measured only on requests answered at their first send) with
+//! the same random spread, between 200 ms and CoAP's 2 s, and a request is
+//! given up only after 4 retransmissions *and* 45 s (CoAP's
+//! MAX_TRANSMIT_SPAN), so a short timeout never gives up sooner. A lost
+//! frame on a fast link then costs a fraction of a second, not 2 to 3.
 //!
 //! A session belongs to one boot: the caller supplies a boot id that is new
 //! at every boot, and sequence numbers start at 1 again. The gateway keys its
@@ -44,6 +51,12 @@ pub const ACK_TIMEOUT_MS: u64 = 2_000;
 pub const ACK_RANDOM_SPREAD_MS: u64 = 1_000;
 /// CoAP's MAX_RETRANSMIT: sends after the first.
 pub const MAX_RETRANSMIT: u8 = 4;
+/// CoAP's MAX_TRANSMIT_SPAN: a request is not given up sooner.
+pub const GIVE_UP_AFTER_MS: u64 = 45_000;
+/// The shortest first timeout, however fast the answers.
+pub const RTO_MIN_MS: u64 = 200;
+/// The longest wait between two sends of a request.
+pub const RETRANSMIT_TIMEOUT_MAX_MS: u64 = 64_000;
 /// How long the link may stay silent before the device pings.
 pub const PING_INTERVAL_MS: u64 = 30_000;
 /// The longest wait between two hellos.
@@ -152,8 +165,10 @@ struct Slot<const B: usize> {
     kind: RequestKind,
     seq: u32,
     sends: u8,
-    /// The first timeout, kept to start over after a reconnect.
-    initial_ms: u32,
+    /// The caller's random number for the first timeout's spread.
+    jitter: u32,
+    /// When it was first sent (in this session).
+    first_sent_ms: u64,
     timeout_ms: u64,
     deadline_ms: u64,
     len: u16,
@@ -166,7 +181,8 @@ impl<const B: usize> Slot<B> {
         kind: RequestKind::Append,
         seq: 0,
         sends: 0,
-        initial_ms: 0,
+        jitter: 0,
+        first_sent_ms: 0,
         timeout_ms: 0,
         deadline_ms: 0,
         len: 0,
@@ -217,6 +233,10 @@ pub struct Session<const N: usize, const B: usize> {
     disconnected: bool,
     /// xorshift32 state for the hello's and the ping's jitter.
     rng: u32,
+    /// The smoothed time to an answer and its variation, in ms (RFC
+    /// 6298); 0 until an answer was timed.
+    srtt_ms: u32,
+    rttvar_ms: u32,
     drops: Drops,
     stats: Stats,
 }
@@ -266,6 +286,8 @@ impl<const N: usize, const B: usize> Session<N, B> {
             last_rx_ms: now_ms,
             disconnected: false,
             rng: rand | 1,
+            srtt_ms: 0,
+            rttvar_ms: 0,
             drops: Drops::default(),
             stats: Stats::default(),
         };
@@ -352,14 +374,14 @@ impl<const N: usize, const B: usize> Session<N, B> {
             Error::BufferTooSmall => Error::TooLong,
             e => e,
         })?;
-        let initial = initial_timeout_ms(rand);
         *slot = Slot {
             state: SlotState::Active,
             kind,
             seq,
             sends: 0,
-            initial_ms: initial as u32,
-            timeout_ms: initial,
+            jitter: rand,
+            first_sent_ms: 0,
+            timeout_ms: 0,
             deadline_ms: 0,
             len: len as u16,
             frame: slot.frame,
@@ -383,6 +405,7 @@ impl<const N: usize, const B: usize> Session<N, B> {
             if slot.state == SlotState::Active
                 && slot.sends > MAX_RETRANSMIT
                 && now_ms >= slot.deadline_ms
+                && now_ms.saturating_sub(slot.first_sent_ms) >= GIVE_UP_AFTER_MS
             {
                 slot.state = SlotState::Failed;
             }
@@ -417,6 +440,15 @@ impl<const N: usize, const B: usize> Session<N, B> {
         });
     }
 
+    /// Drops the session and says hello again at once, keeping the outbox:
+    /// for a device that moves to another gateway (its requests keep their
+    /// sequence numbers, so a reading the old gateway already wrote is not
+    /// written again). No [`Event::Disconnected`] follows: the caller knows.
+    pub fn reconnect(&mut self, now_ms: u64) {
+        self.lose(now_ms);
+        self.disconnected = false;
+    }
+
     /// The session is gone: say hello again, keep the outbox.
     fn lose(&mut self, now_ms: u64) {
         let t = self.jitter_timeout();
@@ -429,8 +461,8 @@ impl<const N: usize, const B: usize> Session<N, B> {
         self.disconnected = true;
         for slot in &mut self.outbox {
             if slot.state == SlotState::Active {
+                // Its timeouts start over at its next first send.
                 slot.sends = 0;
-                slot.timeout_ms = u64::from(slot.initial_ms);
             }
         }
     }
@@ -535,7 +567,12 @@ impl<const N: usize, const B: usize> Session<N, B> {
         let Some(i) = next else {
             return Ok(None);
         };
+        let first_timeout = self.first_timeout_ms(self.outbox[i].jitter);
         let slot = &mut self.outbox[i];
+        if slot.sends == 0 {
+            slot.first_sent_ms = now_ms;
+            slot.timeout_ms = first_timeout;
+        }
         let len = usize::from(slot.len);
         let frame = out.get_mut(..len).ok_or(Error::BufferTooSmall)?;
         frame.copy_from_slice(&slot.frame[..len]);
@@ -545,7 +582,7 @@ impl<const N: usize, const B: usize> Session<N, B> {
         }
         slot.sends += 1;
         slot.deadline_ms = now_ms.saturating_add(slot.timeout_ms);
-        slot.timeout_ms *= 2;
+        slot.timeout_ms = (slot.timeout_ms * 2).min(RETRANSMIT_TIMEOUT_MAX_MS);
         self.stats.sent = self.stats.sent.saturating_add(1);
         Ok(Some(len))
     }
@@ -679,7 +716,11 @@ impl<const N: usize, const B: usize> Session<N, B> {
         self.last_rx_ms = now_ms;
         match msg {
             Message::Ack(a) => Ok(self
-                .complete(a.acked, &[RequestKind::Append, RequestKind::Subscribe])
+                .complete(
+                    a.acked,
+                    &[RequestKind::Append, RequestKind::Subscribe],
+                    now_ms,
+                )
                 .map(|kind| {
                     self.stats.acked = self.stats.acked.saturating_add(1);
                     Event::Acked {
@@ -688,15 +729,13 @@ impl<const N: usize, const B: usize> Session<N, B> {
                         topic_seq: a.topic_seq,
                     }
                 })),
-            Message::OffloadResult(o) => {
-                Ok(self
-                    .complete(o.acked, &[RequestKind::Offload])
-                    .map(|_| Event::OffloadResult {
-                        seq: o.acked,
-                        status: o.status,
-                        payload: o.payload,
-                    }))
-            }
+            Message::OffloadResult(o) => Ok(self
+                .complete(o.acked, &[RequestKind::Offload], now_ms)
+                .map(|_| Event::OffloadResult {
+                    seq: o.acked,
+                    status: o.status,
+                    payload: o.payload,
+                })),
             Message::Delivery(d) => {
                 self.queue_ack(seq);
                 self.stats.delivered = self.stats.delivered.saturating_add(1);
@@ -729,7 +768,7 @@ impl<const N: usize, const B: usize> Session<N, B> {
                     RequestKind::Subscribe,
                     RequestKind::Offload,
                 ];
-                Ok(self.complete(e.about, &kinds).map(|kind| {
+                Ok(self.complete(e.about, &kinds, now_ms).map(|kind| {
                     self.stats.rejected = self.stats.rejected.saturating_add(1);
                     Event::Rejected {
                         seq: e.about,
@@ -751,20 +790,56 @@ impl<const N: usize, const B: usize> Session<N, B> {
 
     /// Frees the sent request `seq` of one of `kinds`; `None` (counted) if
     /// there is none, which is an answer to a retransmission.
-    fn complete(&mut self, seq: u32, kinds: &[RequestKind]) -> Option<RequestKind> {
+    fn complete(&mut self, seq: u32, kinds: &[RequestKind], now_ms: u64) -> Option<RequestKind> {
         let slot = self.outbox.iter_mut().find(|s| {
             s.state == SlotState::Active && s.sends > 0 && s.seq == seq && kinds.contains(&s.kind)
         });
         match slot {
             Some(slot) => {
                 slot.state = SlotState::Free;
-                Some(slot.kind)
+                let kind = slot.kind;
+                // Karn: only an answer to a single send times the link (an
+                // offload's time is the handler's too).
+                if slot.sends == 1 && kind != RequestKind::Offload {
+                    let sample = now_ms.saturating_sub(slot.first_sent_ms);
+                    self.time_answer(sample);
+                }
+                Some(kind)
             }
             None => {
                 self.stats.stale_answers = self.stats.stale_answers.saturating_add(1);
                 None
             }
         }
+    }
+
+    /// Folds one timed answer into the estimate (RFC 6298, §2).
+    fn time_answer(&mut self, sample_ms: u64) {
+        let r = sample_ms.clamp(1, u64::from(u32::MAX / 8)) as u32;
+        if self.srtt_ms == 0 {
+            self.srtt_ms = r;
+            self.rttvar_ms = r / 2;
+        } else {
+            self.rttvar_ms = (3 * self.rttvar_ms + self.srtt_ms.abs_diff(r)) / 4;
+            self.srtt_ms = (7 * self.srtt_ms + r) / 8;
+        }
+    }
+
+    /// The first timeout of a request with random number `jitter`: CoAP's
+    /// until an answer was timed, then the measured one (module doc).
+    fn first_timeout_ms(&self, jitter: u32) -> u64 {
+        if self.srtt_ms == 0 {
+            return initial_timeout_ms(jitter);
+        }
+        let rto = (u64::from(self.srtt_ms) + 4 * u64::from(self.rttvar_ms).max(1))
+            .clamp(RTO_MIN_MS, ACK_TIMEOUT_MS);
+        rto + ((u64::from(jitter) * (rto / 2)) >> 32)
+    }
+
+    /// The current first timeout without spread, in ms (for the curious:
+    /// the simulator prints it).
+    pub fn retransmit_timeout_ms(&self) -> u64 {
+        self.first_timeout_ms(0)
     }
 
     fn queue_ack(&mut self, gateway_seq: u32) {
@@ -836,6 +911,59 @@ mod tests {
             Ok(Some(Event::Pong { .. }))
         ));
         s
+    }
+
+    #[test]
+    fn timed_answers_shorten_the_first_timeout_but_not_the_give_up() {
+        let mut s = connected(0);
+        let mut out = [0u8; 64];
+        let mut now = 0;
+        // Ten appends, each acked 5 ms after its send.
+        for _ in 0..10 {
+            let seq = s.append(Topic::Index(1), b"x", 0).unwrap();
+            let len = s.poll_transmit(now, &mut out).unwrap().unwrap();
+            assert_eq!(Frame::new_checked(&out[..len]).unwrap().seq(), seq);
+            now += 5;
+            let len = down(
+                Message::Ack(Ack {
+                    acked: seq,
+                    topic_seq: 1,
+                }),
+                100 + seq,
+                9,
+                &mut out,
+            );
+            assert!(matches!(
+                s.handle_input(now, &mut out[..len]),
+                Ok(Some(Event::Acked { .. }))
+            ));
+        }
+        assert_eq!(s.retransmit_timeout_ms(), RTO_MIN_MS);
+        // The next is lost: it is sent again after 200 to 300 ms, not 2 s.
+        let seq = s.append(Topic::Index(1), b"y", u32::MAX).unwrap();
+        let start = now;
+        let mut sends = [0u64; 16];
+        let mut n = 0;
+        let mut gave_up = None;
+        while gave_up.is_none() && now < start + 200_000 {
+            while let Some(len) = s.poll_transmit(now, &mut out).unwrap() {
+                let f = Frame::new_checked(&out[..len]).unwrap();
+                if f.frame_type() == Some(Type::Append) {
+                    assert_eq!(f.seq(), seq);
+                    sends[n] = now - start;
+                    n += 1;
+                }
+            }
+            if let Some(Event::GaveUp { .. }) = s.poll_event(now) {
+                gave_up = Some(now - start);
+            }
+            now = s.poll_timeout().unwrap().max(now + 1);
+        }
+        assert_eq!(&sends[..3], &[0, 299, 897]);
+        // Not given up after 4 retransmissions (under 5 s): only after 45 s.
+        let gave_up = gave_up.unwrap();
+        assert!(gave_up >= GIVE_UP_AFTER_MS, "gave up after {gave_up} ms");
+        assert!(n > 1 + usize::from(MAX_RETRANSMIT) && n < 16, "{n} sends");
     }
 
     #[test]

@@ -384,7 +384,9 @@ impl<'a> Topic<'a> {
         Ok(topic)
     }
 
-    fn check(&self) -> Result<()> {
+    /// Whether it can be sent: an index up to 127, or a name of 1 to 64
+    /// bytes of `[a-z0-9._/-]`.
+    pub fn check(&self) -> Result<()> {
         match *self {
             Topic::Index(i) if i > TOPIC_INDEX_MAX => Err(Error::BadField),
             Topic::Index(_) => Ok(()),

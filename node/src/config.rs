@@ -11,6 +11,8 @@
 //! tier = "edge"
 //! attrs = ["site=north"]
 //! capabilities = ["python"]
+//! # A bridge gateway for microcontrollers (cluster nodes only):
+//! bridge_listen = "udp://0.0.0.0:7900"
 //! ```
 
 use std::net::SocketAddr;
@@ -45,6 +47,8 @@ pub struct NodeConfig {
     /// (`woof __python-worker`). Tests that run a node inside their own
     /// process point it at the `woof` binary.
     pub python_worker: Option<PathBuf>,
+    /// Where it serves devices the bridge protocol (UDP), if anywhere.
+    pub bridge_listen: Option<SocketAddr>,
 }
 
 /// Overlay settings of a node that is part of a cluster.
@@ -76,6 +80,7 @@ pub struct ConfigFile {
     #[serde(default)]
     pub capabilities: Vec<String>,
     pub repair_after_secs: Option<u64>,
+    pub bridge_listen: Option<String>,
 }
 
 impl ConfigFile {
@@ -114,6 +119,8 @@ pub struct Flags {
     pub attrs: Vec<String>,
     pub capabilities: Vec<String>,
     pub repair_after_secs: Option<u64>,
+    /// `udp://HOST:PORT`.
+    pub bridge_listen: Option<String>,
 }
 
 /// The default time before a silent node's replicas are replaced.
@@ -199,6 +206,18 @@ impl NodeConfig {
                 )));
             }
         };
+        let bridge_listen = flags
+            .bridge_listen
+            .or(file.bridge_listen)
+            .map(|a| crate::devices::udp_addr(&a))
+            .transpose()?;
+        if bridge_listen.is_some() && listen.is_empty() {
+            return Err(Error::Usage(
+                "--bridge-listen needs a cluster node (--listen): devices' readings are \
+                 replicated topics"
+                    .into(),
+            ));
+        }
         let cluster = if listen.is_empty() {
             if !join.is_empty() || key_file.is_some() {
                 return Err(Error::Usage(
@@ -232,6 +251,7 @@ impl NodeConfig {
             info,
             cluster,
             python_worker: None,
+            bridge_listen,
         })
     }
 
@@ -243,6 +263,7 @@ impl NodeConfig {
             info: NodeInfo::new(Tier::Edge),
             cluster: None,
             python_worker: None,
+            bridge_listen: None,
         }
     }
 }
@@ -308,9 +329,20 @@ mod tests {
         let mut bad = f.clone();
         bad.tier = Some("fog".into());
         assert!(NodeConfig::resolve(ConfigFile::default(), bad).is_err());
-        let mut bad = f;
+        let mut bad = f.clone();
         bad.attrs = vec!["novalue".into()];
         assert!(NodeConfig::resolve(ConfigFile::default(), bad).is_err());
+        let mut bridge = f.clone();
+        bridge.bridge_listen = Some("udp://127.0.0.1:7900".into());
+        let c = NodeConfig::resolve(ConfigFile::default(), bridge.clone()).unwrap();
+        assert_eq!(c.bridge_listen, Some("127.0.0.1:7900".parse().unwrap()));
+        bridge.bridge_listen = Some("tcp://127.0.0.1:7900".into());
+        let e = NodeConfig::resolve(ConfigFile::default(), bridge).unwrap_err();
+        assert!(e.to_string().contains("only udp://"), "{e}");
+        let mut alone = flags("/d");
+        alone.bridge_listen = Some("udp://127.0.0.1:7900".into());
+        let e = NodeConfig::resolve(ConfigFile::default(), alone).unwrap_err();
+        assert!(e.to_string().contains("cluster node"), "{e}");
         let mut lonely = flags("/d");
         lonely.join = vec!["/ip4/127.0.0.1/tcp/1".into()];
         assert!(NodeConfig::resolve(ConfigFile::default(), lonely).is_err());

@@ -23,6 +23,8 @@
 //!   messages and the domain types of `woof_consensus`, errors included.
 //! - [`cli`]: the command-line client (`woof topic ...`, `woof append ...`),
 //!   which talks gRPC to a node, and its text/JSON output.
+//! - [`devices`]: microcontrollers: the device registry, the bridge
+//!   gateway, and the device simulator.
 //! - [`demo`]: `woof demo`, an embedded node that shows what woof does.
 //! - [`error`]: the crate's one error type.
 //!
@@ -33,6 +35,7 @@ pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+pub mod devices;
 pub mod error;
 pub mod groups;
 pub mod grpc;

@@ -100,6 +100,29 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Device(cli::DeviceCommand::Sim(args)) => {
+            init_tracing("warn");
+            let config = args.config()?;
+            println!(
+                "device {} appending {} readings to {} at {}/s through {} gateway(s), losing {:.0}% of frames each way",
+                config.id,
+                config.count,
+                config.topic,
+                config.rate,
+                config.gateways.len(),
+                config.loss * 100.0
+            );
+            let report = woof_node::devices::simulator::run(config).await?;
+            println!("{report}");
+            if report.acked.len() as u64 != report.readings {
+                anyhow::bail!(
+                    "{} of {} readings were not acknowledged",
+                    report.readings - report.acked.len() as u64,
+                    report.readings
+                );
+            }
+            Ok(())
+        }
         Command::Demo => {
             init_tracing("warn,libp2p_kad=error,openraft=off");
             woof_node::demo::run().await?;

@@ -24,6 +24,7 @@ use woof_proto::v1::woof_server::WoofServer;
 use crate::api::{ClusterTopics, TopicApi};
 use crate::cluster::Cluster;
 use crate::config::NodeConfig;
+use crate::devices::gateway::Gateway;
 use crate::error::{Error, Result};
 use crate::groups::Groups;
 use crate::grpc::Service;
@@ -141,6 +142,8 @@ pub struct Node {
     /// Held so that [`Node::stop`] can tell that nothing else holds the
     /// store any more, and close it itself.
     store: Option<Arc<RocksStore>>,
+    /// The bridge gateway, if the node serves devices.
+    gateway: Option<Gateway>,
 }
 
 impl Node {
@@ -169,6 +172,7 @@ impl Node {
             groups: None,
             groups_task: None,
             store: Some(store),
+            gateway: None,
         };
         if let Err(e) = node.serve(config, listener).await {
             // Whatever started stops, and the store is closed again.
@@ -215,6 +219,11 @@ impl Node {
                         .maintain(cluster.repair_after, self.shutdown.clone()),
                 );
                 crate::handlers::Supervisor::spawn(api.clone(), groups, self.shutdown.clone());
+                if let Some(listen) = config.bridge_listen {
+                    let gateway =
+                        Gateway::start(listen, api.clone(), self.shutdown.clone()).await?;
+                    self.gateway = Some(gateway);
+                }
                 TopicApi::Cluster(Box::new(api))
             }
             None => TopicApi::Local(topics),
@@ -228,6 +237,11 @@ impl Node {
             shutdown.requested().await;
         })));
         Ok(())
+    }
+
+    /// The bridge gateway, if it serves devices (`--bridge-listen`).
+    pub fn gateway(&self) -> Option<&Gateway> {
+        self.gateway.as_ref()
     }
 
     /// Where clients reach the node.

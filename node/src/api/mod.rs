@@ -43,6 +43,7 @@ use crate::error::{Error, Result};
 use crate::groups::{Groups, Read, ReadReply, ReplicaStatus};
 use crate::placement::{self, Candidate, Constraint};
 
+mod devices;
 mod handlers;
 mod names;
 mod overlay;
@@ -154,11 +155,18 @@ impl TopicApi {
     pub async fn list(&self) -> Result<Vec<TopicView>> {
         match self {
             TopicApi::Local(t) => Ok(t.list().into_iter().map(TopicView::local).collect()),
-            TopicApi::Cluster(c) => c.list().await,
+            // woof's own topics (the device registry) are not the user's.
+            TopicApi::Cluster(c) => Ok(c
+                .list()
+                .await?
+                .into_iter()
+                .filter(|v| !v.info.meta.name.as_str().starts_with(RESERVED_PREFIX))
+                .collect()),
         }
     }
 
     pub async fn delete(&self, name: &str) -> Result<()> {
+        user_topic(name, true)?;
         match self {
             TopicApi::Local(t) => Ok(t.delete(name).await?),
             TopicApi::Cluster(c) => c.delete(name).await,
@@ -171,6 +179,7 @@ impl TopicApi {
         payloads: Vec<Bytes>,
         producer: Option<Producer>,
     ) -> Result<AppendOutcome> {
+        user_topic(name, true)?;
         match self {
             TopicApi::Local(t) => Ok(t.append(name, payloads, producer).await?),
             TopicApi::Cluster(c) => c.append(name, payloads, producer).await,
@@ -186,12 +195,14 @@ impl TopicApi {
         producer: Option<Producer>,
         handler: String,
     ) -> Result<AppendOutcome> {
+        user_topic(name, true)?;
         self.cluster()?
             .append_for(name, payloads, producer, Some(handler))
             .await
     }
 
     pub async fn get(&self, name: &str, seq: u64) -> Result<Element> {
+        user_topic(name, false)?;
         match self {
             TopicApi::Local(t) => Ok(t.get(name, seq).await?),
             TopicApi::Cluster(c) => c.get(name, seq).await,
@@ -199,6 +210,7 @@ impl TopicApi {
     }
 
     pub async fn latest(&self, name: &str) -> Result<Range> {
+        user_topic(name, false)?;
         match self {
             TopicApi::Local(t) => Ok(t.latest(name)?),
             TopicApi::Cluster(c) => c.latest(name).await,
@@ -206,6 +218,7 @@ impl TopicApi {
     }
 
     pub async fn scan(&self, name: &str, from: u64, limit: u32) -> Result<Vec<Element>> {
+        user_topic(name, false)?;
         match self {
             TopicApi::Local(t) => Ok(t.scan(name, from, limit).await?),
             TopicApi::Cluster(c) => c.scan(name, from, limit).await,
@@ -213,19 +226,21 @@ impl TopicApi {
     }
 
     pub async fn subscribe(&self, name: &str, start: Start) -> Result<Following> {
+        user_topic(name, false)?;
         match self {
             TopicApi::Local(t) => Ok(Following::Local(t.subscribe(name, start)?)),
             TopicApi::Cluster(c) => c.subscribe(name, start).await,
         }
     }
 
-    /// The cluster's topics, for what only a cluster does (handlers).
-    fn cluster(&self) -> Result<&ClusterTopics> {
+    /// The cluster's topics, for what only a cluster does (handlers,
+    /// devices).
+    pub fn cluster(&self) -> Result<&ClusterTopics> {
         match self {
             TopicApi::Cluster(c) => Ok(c),
             TopicApi::Local(_) => Err(Error::Usage(
-                "handlers run on cluster nodes: this node is standalone (start it with \
-                 --listen and --cluster-key, or try `woof demo`)"
+                "handlers and devices need cluster nodes: this node is standalone (start it \
+                 with --listen and --cluster-key, or try `woof demo`)"
                     .into(),
             )),
         }
@@ -269,6 +284,19 @@ impl TopicApi {
             TopicApi::Cluster(c) => c.topics.shutdown().await,
         }
     }
+}
+
+/// Refuses what clients may not do to woof's own topics: write any of
+/// them, or read the device registry (it holds the devices' keys).
+fn user_topic(name: &str, write: bool) -> Result<()> {
+    let own = name.starts_with(RESERVED_PREFIX);
+    if own && (write || name == crate::devices::registry::DEVICES_TOPIC) {
+        return Err(Error::Log(woof_consensus::Error::InvalidName {
+            name: name.to_string(),
+            reason: format!("topics under {RESERVED_PREFIX} are woof's own"),
+        }));
+    }
+    Ok(())
 }
 
 /// A subscription: to a local topic or replica, or to a leader elsewhere.
@@ -559,6 +587,19 @@ impl ClusterTopics {
             "" => None,
             c => Some(c.parse::<Constraint>()?),
         };
+        self.create_named(name, config, replication, constraint)
+            .await
+    }
+
+    /// [`create`](Self::create) with its arguments checked, for any name
+    /// (woof's own under `_woof/` included).
+    pub(crate) async fn create_named(
+        &self,
+        name: TopicName,
+        config: TopicConfig,
+        replication: usize,
+        constraint: Option<Constraint>,
+    ) -> Result<TopicView> {
         let _admin = self.name_lock(&name).await;
         match self.locate(&name).await {
             Ok(_) => {

@@ -48,6 +48,9 @@ pub enum Command {
     /// Bind code to topics: it runs once for every committed element.
     #[command(subcommand)]
     Handler(HandlerCommand),
+    /// Register microcontrollers for the bridge gateways, and simulate them.
+    #[command(subcommand)]
+    Device(DeviceCommand),
     /// Append one element; prints its sequence number.
     Append(AppendArgs),
     /// Print one element's payload.
@@ -112,6 +115,83 @@ pub enum ClusterCommand {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Register a device; prints its key, once.
+    Add {
+        id: String,
+        /// Topic patterns it may append to, comma-separated (`*` is one
+        /// segment, a final `**` any number); a frame's topic index i names
+        /// the i-th if it has no wildcard.
+        #[arg(long, required = true)]
+        topics: Vec<String>,
+        /// Topic patterns it may follow.
+        #[arg(long)]
+        subscribe: Vec<String>,
+    },
+    /// The registered devices.
+    List,
+    /// Unregister a device: gateways refuse its frames from then on.
+    Rm { id: String },
+    /// Give a device a new key (printed once); the old one stops working.
+    Rotate { id: String },
+    /// Run a simulated device (the same no_std core a microcontroller runs)
+    /// against gateways over UDP, through a lossy link; prints what was
+    /// sent, acknowledged, retransmitted and lost.
+    Sim(DeviceSimArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceSimArgs {
+    /// Gateways, udp://HOST:PORT[,udp://...]: the device moves to the next
+    /// when one stops answering.
+    #[arg(long)]
+    pub gateway: String,
+    #[arg(long)]
+    pub id: String,
+    /// The key `woof device add` printed (or set WOOF_DEVICE_KEY).
+    #[arg(long, env = "WOOF_DEVICE_KEY", hide_env_values = true)]
+    pub key: String,
+    /// The topic its readings go to.
+    #[arg(long)]
+    pub topic: String,
+    /// Readings a second, such as 5/s (or 5).
+    #[arg(long, default_value = "5/s")]
+    pub rate: String,
+    /// How many readings.
+    #[arg(long, default_value_t = 50)]
+    pub count: u64,
+    /// The fraction of frames the link loses each way, 0 to 0.9.
+    #[arg(long, default_value_t = 0.0)]
+    pub loss: f64,
+    /// Seeds the link's losses.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Seconds to wait for the last answers.
+    #[arg(long, default_value_t = 90)]
+    pub drain: u64,
+}
+
+impl DeviceSimArgs {
+    pub fn config(&self) -> Result<crate::devices::simulator::SimConfig> {
+        let rate = self.rate.trim().trim_end_matches("/s");
+        let rate: f64 = rate.parse().map_err(|_| {
+            Error::Usage(format!("--rate {:?} is not a rate such as 5/s", self.rate))
+        })?;
+        Ok(crate::devices::simulator::SimConfig {
+            gateways: crate::devices::simulator::parse_gateways(&self.gateway)?,
+            id: self.id.clone(),
+            key: crate::devices::registry::parse_key(&self.key)?,
+            topic: self.topic.clone(),
+            rate,
+            count: self.count,
+            loss: self.loss,
+            seed: self.seed,
+            drain: std::time::Duration::from_secs(self.drain.min(3600)),
+        })
+    }
+}
+
+#[derive(Debug, Subcommand)]
 pub enum NodeCommand {
     /// Run a node in the foreground until Ctrl-C.
     Start(NodeStartArgs),
@@ -153,6 +233,10 @@ pub struct NodeStartArgs {
     /// [default: 30].
     #[arg(long, value_name = "SECS")]
     pub repair_after: Option<u64>,
+    /// Serve microcontrollers the bridge protocol here, such as
+    /// udp://0.0.0.0:7900 (cluster nodes only).
+    #[arg(long, value_name = "udp://HOST:PORT")]
+    pub bridge_listen: Option<String>,
 }
 
 impl NodeStartArgs {
@@ -169,6 +253,7 @@ impl NodeStartArgs {
             attrs: self.attrs,
             capabilities: self.capabilities,
             repair_after_secs: self.repair_after,
+            bridge_listen: self.bridge_listen,
         }
     }
 }
@@ -629,7 +714,43 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                 .await?;
             out.removed_handler(&topic, &name);
         }
+        Command::Device(DeviceCommand::Add {
+            id,
+            topics,
+            subscribe,
+        }) => {
+            let r = client
+                .add_device(v1::AddDeviceRequest {
+                    id,
+                    topics,
+                    subscribe,
+                })
+                .await?
+                .into_inner();
+            out.device_key(&r, "added");
+        }
+        Command::Device(DeviceCommand::List) => {
+            let r = client
+                .list_devices(v1::ListDevicesRequest {})
+                .await?
+                .into_inner();
+            out.devices(&r.devices);
+        }
+        Command::Device(DeviceCommand::Rm { id }) => {
+            client
+                .remove_device(v1::RemoveDeviceRequest { id: id.clone() })
+                .await?;
+            out.removed_device(&id);
+        }
+        Command::Device(DeviceCommand::Rotate { id }) => {
+            let r = client
+                .rotate_device(v1::RemoveDeviceRequest { id })
+                .await?
+                .into_inner();
+            out.device_key(&r, "rotated");
+        }
         Command::Node(_)
+        | Command::Device(DeviceCommand::Sim(_))
         | Command::Demo
         | Command::Handler(HandlerCommand::Builtins)
         | Command::Cluster(

@@ -280,6 +280,57 @@ impl Output {
         }
     }
 
+    /// A device just registered or given a new key: its key, shown once.
+    pub fn device_key(&mut self, r: &v1::AddDeviceResponse, verb: &str) {
+        let d = r.device.clone().unwrap_or_default();
+        if self.json {
+            self.json(
+                json!({ verb: d.id, "key": r.key, "topics": d.topics, "subscribe": d.subscribe }),
+            );
+        } else {
+            self.line(&format!("{verb} device {}", d.id));
+            self.line(&format!("key {}", r.key));
+            self.line("(give the key to the device now: woof does not show it again)");
+        }
+    }
+
+    pub fn devices(&mut self, devices: &[v1::Device]) {
+        if self.json {
+            for d in devices {
+                self.json(json!({
+                    "id": d.id, "topics": d.topics, "subscribe": d.subscribe,
+                    "added_ms": d.added_ms, "keyed_ms": d.keyed_ms,
+                }));
+            }
+            return;
+        }
+        if devices.is_empty() {
+            self.line("no devices registered (woof device add ID --topics PATTERN)");
+            return;
+        }
+        self.line(&format!("{:<24} {:<32} SUBSCRIBE", "DEVICE", "TOPICS"));
+        for d in devices {
+            let follows = if d.subscribe.is_empty() {
+                "-".to_string()
+            } else {
+                d.subscribe.join(",")
+            };
+            self.line(&format!(
+                "{:<24} {:<32} {follows}",
+                d.id,
+                d.topics.join(",")
+            ));
+        }
+    }
+
+    pub fn removed_device(&mut self, id: &str) {
+        if self.json {
+            self.json(json!({ "removed_device": id }));
+        } else {
+            self.line(&format!("removed device {id}"));
+        }
+    }
+
     pub fn deleted(&mut self, name: &str) {
         if self.json {
             self.json(json!({ "deleted": name }));

@@ -253,3 +253,22 @@ pub fn from(from_seq: u64, from_earliest: bool) -> From {
         (false, s) => From::Seq(s),
     }
 }
+
+/// A registered device, without its key.
+pub fn device(d: &crate::devices::registry::Device) -> v1::Device {
+    v1::Device {
+        id: d.id.clone(),
+        topics: d.topics.iter().map(|p| p.as_str().to_string()).collect(),
+        subscribe: d.subscribe.iter().map(|p| p.as_str().to_string()).collect(),
+        added_ms: d.added_ms,
+        keyed_ms: d.keyed_ms,
+    }
+}
+
+/// A device just added or given a new key, with that key.
+pub fn added_device(d: &crate::devices::registry::Device) -> v1::AddDeviceResponse {
+    v1::AddDeviceResponse {
+        device: Some(device(d)),
+        key: crate::devices::registry::key_hex(&d.key),
+    }
+}

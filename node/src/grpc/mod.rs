@@ -376,6 +376,64 @@ impl Woof for Service {
         Ok(Response::new(v1::RemoveHandlerResponse {}))
     }
 
+    async fn add_device(
+        &self,
+        request: Request<v1::AddDeviceRequest>,
+    ) -> Result<Response<v1::AddDeviceResponse>, Status> {
+        let r = request.into_inner();
+        let device = self
+            .topics
+            .cluster()
+            .map_err(status)?
+            .device_add(&r.id, &r.topics, &r.subscribe)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::added_device(&device)))
+    }
+
+    async fn list_devices(
+        &self,
+        _: Request<v1::ListDevicesRequest>,
+    ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        let registry = self
+            .topics
+            .cluster()
+            .map_err(status)?
+            .devices()
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::ListDevicesResponse {
+            devices: registry.devices().map(convert::device).collect(),
+        }))
+    }
+
+    async fn remove_device(
+        &self,
+        request: Request<v1::RemoveDeviceRequest>,
+    ) -> Result<Response<v1::RemoveDeviceResponse>, Status> {
+        self.topics
+            .cluster()
+            .map_err(status)?
+            .device_remove(&request.into_inner().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(v1::RemoveDeviceResponse {}))
+    }
+
+    async fn rotate_device(
+        &self,
+        request: Request<v1::RemoveDeviceRequest>,
+    ) -> Result<Response<v1::AddDeviceResponse>, Status> {
+        let device = self
+            .topics
+            .cluster()
+            .map_err(status)?
+            .device_rotate(&request.into_inner().id)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(convert::added_device(&device)))
+    }
+
     type SubscribeStream = ElementStream;
 
     async fn subscribe(

@@ -1,0 +1,587 @@
+//! The bridge gateway: devices' frames over UDP in, idempotent appends to
+//! the cluster out, acks back only once committed.
+//!
+//! One task owns every device's [`woof_mcu_bridge::gateway::Session`] and
+//! the socket; each append runs as a task of its own and reports back on a
+//! channel, so a slow topic holds back nobody else's readings. A device is
+//! known by its id in the hello and then by its address: a frame from an
+//! address that has not said a good hello is dropped (the device says hello
+//! again after a silence, see `woof_mcu_bridge::session`).
+//!
+//! A reading is appended as producer `~dev:<id>/<boot>` with the device's
+//! sequence number (ADR 17): a retransmission, here or at another gateway
+//! after a fail-over, is recognised by the topic's group and answered with
+//! the sequence number it got the first time. The hello ack gives every
+//! device a window of one request, so its readings commit in its order; a
+//! reading that arrives after a later one committed (a frame delayed past
+//! the device giving up on it) is refused, never written out of order.
+//!
+//! Bounds: 4 appends in flight per device (more are refused as busy, the
+//! device retransmits), 4,096 in the whole gateway, 200 frames a second per
+//! device (a burst of 400) and per unknown address, sessions forgotten after
+//! 10 minutes of silence; frames over 1,024 bytes are dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use woof_consensus::Start;
+use woof_consensus::topic::{NODE_PRODUCER_PREFIX, Producer};
+use woof_mcu_bridge::gateway::{Input, Session, TopicRef};
+use woof_mcu_bridge::wire::{self, FRAME_LEN_MAX};
+
+use super::registry::{DEVICES_TOPIC, Device, Registry};
+use crate::api::{ClusterTopics, Following};
+use crate::error::{Error, Result};
+use crate::shutdown::Shutdown;
+
+/// Appends one device may have in flight (it is told one; this bounds a
+/// device that does not listen).
+pub const DEVICE_INFLIGHT_MAX: usize = 4;
+/// Appends the whole gateway may have in flight.
+pub const INFLIGHT_MAX: usize = 4096;
+/// Frames a second one device (or one unknown address) may send.
+pub const FRAMES_PER_SECOND: f64 = 200.0;
+/// How many frames one may send at once after a quiet spell.
+pub const FRAMES_BURST: f64 = 400.0;
+/// A silent device's session is forgotten after this.
+pub const IDLE_AFTER: Duration = Duration::from_secs(600);
+/// How long a failing append is retried (no leader, a moving group) before
+/// the device is told the gateway is busy.
+const RETRY_FOR: Duration = Duration::from_secs(10);
+/// The most addresses known to belong to devices.
+const ADDRS_MAX: usize = 65_536;
+/// The most addresses rate-limited before they said a good hello.
+const STRANGERS_MAX: usize = 4096;
+/// The window of requests a device may have in flight, told in the hello
+/// ack: one, so that its readings commit in its order (ADR 17).
+const WINDOW: u8 = 1;
+
+/// What the gateway counts (read by tests and logged when it stops).
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub frames: AtomicU64,
+    /// Frames dropped: bad, forged, replayed, from unknown devices or
+    /// addresses, or over the rate.
+    pub dropped: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub appends: AtomicU64,
+    /// Appends acknowledged (committed, or found committed before).
+    pub acked: AtomicU64,
+    /// Requests refused with an error frame.
+    pub refused: AtomicU64,
+    /// Retransmitted requests answered again, or ignored while pending.
+    pub duplicates: AtomicU64,
+}
+
+impl Counts {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+
+    fn add(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    addr: SocketAddr,
+    counts: Arc<Counts>,
+}
+
+impl Gateway {
+    /// Listens on `listen` (UDP) for `api`'s cluster until `shutdown`.
+    pub async fn start(listen: SocketAddr, api: ClusterTopics, shutdown: Shutdown) -> Result<Self> {
+        let socket = UdpSocket::bind(listen)
+            .await
+            .map_err(|source| Error::Listen {
+                addr: listen,
+                source,
+            })?;
+        let addr = socket.local_addr().map_err(|source| Error::Io {
+            context: "the bridge socket's address".into(),
+            source,
+        })?;
+        let registry = Arc::new(RwLock::new(Registry::default()));
+        shutdown.spawn(follow_registry(
+            api.clone(),
+            registry.clone(),
+            shutdown.clone(),
+        ));
+        let counts = Arc::new(Counts::default());
+        let (done_tx, done_rx) = mpsc::channel(INFLIGHT_MAX);
+        let state = State {
+            socket,
+            api,
+            registry,
+            devices: HashMap::new(),
+            by_addr: HashMap::new(),
+            strangers: HashMap::new(),
+            inflight: 0,
+            done_tx,
+            counts: counts.clone(),
+        };
+        shutdown.spawn(state.run(done_rx, shutdown.clone()));
+        tracing::info!(%addr, "bridge gateway listening (udp)");
+        Ok(Gateway { addr, counts })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn counts(&self) -> &Counts {
+        &self.counts
+    }
+}
+
+/// Keeps `registry` folded from its topic, following it live.
+async fn follow_registry(api: ClusterTopics, registry: Arc<RwLock<Registry>>, shutdown: Shutdown) {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let next = registry.read().expect("registry lock").applied() + 1;
+        let step = async {
+            let mut follow: Following = api.subscribe(DEVICES_TOPIC, Start::Seq(next)).await?;
+            loop {
+                let batch = follow.next_batch(256).await?;
+                let mut r = registry.write().expect("registry lock");
+                for e in batch {
+                    r.apply(e.seq, &e.payload);
+                }
+                backoff = Duration::from_millis(200);
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), Error>(())
+        };
+        let e = tokio::select! {
+            _ = shutdown.requested() => return,
+            r = step => r.err(),
+        };
+        match e {
+            Some(Error::Log(woof_consensus::Error::TopicNotFound(_))) => {}
+            Some(e) => tracing::debug!("following the device registry: {e}"),
+            None => {}
+        }
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// A token bucket.
+struct Rate {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Rate {
+    fn new(now: Instant) -> Rate {
+        Rate {
+            tokens: FRAMES_BURST,
+            at: now,
+        }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.duration_since(self.at).as_secs_f64() * FRAMES_PER_SECOND;
+        self.tokens = (self.tokens + refill).min(FRAMES_BURST);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One device the gateway speaks with.
+struct Peer {
+    session: Session,
+    /// The key the session was made with (a rotation makes a new one).
+    key: [u8; 16],
+    addr: SocketAddr,
+    last_rx: Instant,
+    inflight: usize,
+    rate: Rate,
+}
+
+/// An append's end, reported to the gateway's task.
+struct Done {
+    device: String,
+    boot_id: u64,
+    device_seq: u32,
+    result: Result<u64, (u8, String)>,
+}
+
+struct State {
+    socket: UdpSocket,
+    api: ClusterTopics,
+    registry: Arc<RwLock<Registry>>,
+    devices: HashMap<String, Peer>,
+    by_addr: HashMap<SocketAddr, String>,
+    /// Rate limits of addresses with no session (hellos, strays).
+    strangers: HashMap<SocketAddr, Rate>,
+    inflight: usize,
+    done_tx: mpsc::Sender<Done>,
+    counts: Arc<Counts>,
+}
+
+impl State {
+    async fn run(mut self, mut done_rx: mpsc::Receiver<Done>, shutdown: Shutdown) {
+        // One byte more than a frame may be, to see those that are longer.
+        let mut buf = vec![0u8; FRAME_LEN_MAX + 1];
+        let mut sweep = tokio::time::interval(Duration::from_secs(10));
+        loop {
+            tokio::select! {
+                _ = shutdown.requested() => break,
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, from)) => {
+                        Counts::add(&self.counts.frames);
+                        if n > FRAME_LEN_MAX {
+                            Counts::add(&self.counts.dropped);
+                        } else {
+                            self.frame(&buf[..n], from).await;
+                        }
+                    }
+                    // ICMP port unreachable from a device that went away, and
+                    // the like: nothing to do but go on.
+                    Err(e) => tracing::debug!("bridge socket: {e}"),
+                },
+                Some(done) = done_rx.recv() => self.done(done).await,
+                _ = sweep.tick() => self.sweep(),
+            }
+        }
+        tracing::info!(
+            frames = Counts::get(&self.counts.frames),
+            dropped = Counts::get(&self.counts.dropped),
+            acked = Counts::get(&self.counts.acked),
+            refused = Counts::get(&self.counts.refused),
+            "bridge gateway stopped"
+        );
+    }
+
+    fn registered(&self, id: &str) -> Option<Device> {
+        self.registry
+            .read()
+            .expect("registry lock")
+            .get(id)
+            .cloned()
+    }
+
+    async fn frame(&mut self, frame: &[u8], from: SocketAddr) {
+        let now = Instant::now();
+        if let Some(id) = Session::hello_device_id(frame) {
+            let id = String::from_utf8_lossy(id).into_owned();
+            return self.hello(&id, frame, from, now).await;
+        }
+        let Some(id) = self.by_addr.get(&from).cloned() else {
+            self.stranger(from, now);
+            Counts::add(&self.counts.dropped);
+            return;
+        };
+        // A device removed or given a new key: its session is over.
+        let Some(device) = self
+            .registered(&id)
+            .filter(|d| self.devices.get(&id).is_some_and(|p| p.key == d.key))
+        else {
+            self.forget(&id);
+            Counts::add(&self.counts.dropped);
+            return;
+        };
+        let Some(peer) = self.devices.get_mut(&id) else {
+            Counts::add(&self.counts.dropped);
+            return;
+        };
+        if !peer.rate.take(now) {
+            Counts::add(&self.counts.rate_limited);
+            Counts::add(&self.counts.dropped);
+            return;
+        }
+        let before = peer.session.stats().duplicates;
+        let input = peer.session.handle_input(frame, 0);
+        if peer.session.stats().duplicates > before {
+            Counts::add(&self.counts.duplicates);
+        }
+        if input.is_ok() {
+            // An authentic frame of the session: the device is here now.
+            peer.last_rx = now;
+            peer.addr = from;
+        }
+        match input {
+            Ok(Some(input)) => self.request(&device, input),
+            Ok(None) => {}
+            Err(_) => Counts::add(&self.counts.dropped),
+        }
+        self.flush(&id, None).await;
+    }
+
+    /// Counts a frame from an address with no session against its rate, so
+    /// a flood from one address costs little.
+    fn stranger(&mut self, from: SocketAddr, now: Instant) -> bool {
+        if self.strangers.len() >= STRANGERS_MAX && !self.strangers.contains_key(&from) {
+            return false;
+        }
+        let ok = self
+            .strangers
+            .entry(from)
+            .or_insert_with(|| Rate::new(now))
+            .take(now);
+        if !ok {
+            Counts::add(&self.counts.rate_limited);
+        }
+        ok
+    }
+
+    async fn hello(&mut self, id: &str, frame: &[u8], from: SocketAddr, now: Instant) {
+        if !self.stranger(from, now) {
+            Counts::add(&self.counts.dropped);
+            return;
+        }
+        let Some(device) = self.registered(id) else {
+            tracing::debug!(device = id, %from, "hello from an unregistered device");
+            Counts::add(&self.counts.dropped);
+            return;
+        };
+        if self.devices.get(id).is_some_and(|p| p.key != device.key) {
+            self.forget(id);
+        }
+        let peer = self.devices.entry(id.to_string()).or_insert_with(|| Peer {
+            session: Session::new(id.as_bytes(), device.key, WINDOW),
+            key: device.key,
+            addr: from,
+            last_rx: now,
+            inflight: 0,
+            rate: Rate::new(now),
+        });
+        peer.last_rx = now;
+        // The session id, if this hello starts one (0 is made 1).
+        let rand = getrandom::u32().unwrap_or(1);
+        match peer.session.handle_input(frame, rand) {
+            Ok(_) => {
+                // The hello is authentic, but may be a replay from elsewhere:
+                // the answer goes where it came from, and the device's
+                // address moves only when a frame of its session comes from
+                // there.
+                if self.by_addr.len() < ADDRS_MAX || self.by_addr.contains_key(&from) {
+                    self.by_addr.insert(from, id.to_string());
+                }
+                tracing::debug!(device = id, %from, "device said hello");
+                self.flush(id, Some(from)).await;
+            }
+            Err(e) => {
+                tracing::debug!(device = id, %from, "hello dropped: {e}");
+                Counts::add(&self.counts.dropped);
+            }
+        }
+    }
+
+    /// Starts what a request asks.
+    fn request(&mut self, device: &Device, input: Input) {
+        match input {
+            Input::Append {
+                boot_id,
+                device_seq,
+                topic,
+                payload,
+            } => {
+                Counts::add(&self.counts.appends);
+                let Some(peer) = self.devices.get_mut(&device.id) else {
+                    return;
+                };
+                let topic = match resolve(device, &topic) {
+                    Ok(t) => t,
+                    Err((code, text)) => {
+                        Counts::add(&self.counts.refused);
+                        let _ = peer.session.refuse(boot_id, device_seq, code, &text);
+                        return;
+                    }
+                };
+                if peer.inflight >= DEVICE_INFLIGHT_MAX || self.inflight >= INFLIGHT_MAX {
+                    Counts::add(&self.counts.refused);
+                    let _ = peer
+                        .session
+                        .refuse(boot_id, device_seq, wire::code::BUSY, "busy");
+                    return;
+                }
+                peer.inflight += 1;
+                self.inflight += 1;
+                let producer = format!("{NODE_PRODUCER_PREFIX}dev:{}/{boot_id:016x}", device.id);
+                let api = self.api.clone();
+                let done = self.done_tx.clone();
+                let device = device.id.clone();
+                tokio::spawn(async move {
+                    let result = append(&api, &topic, payload, producer, device_seq).await;
+                    let _ = done
+                        .send(Done {
+                            device,
+                            boot_id,
+                            device_seq,
+                            result,
+                        })
+                        .await;
+                });
+            }
+            Input::Subscribe {
+                boot_id,
+                device_seq,
+                ..
+            }
+            | Input::Offload {
+                boot_id,
+                device_seq,
+                ..
+            } => {
+                Counts::add(&self.counts.refused);
+                if let Some(peer) = self.devices.get_mut(&device.id) {
+                    let _ = peer.session.refuse(
+                        boot_id,
+                        device_seq,
+                        wire::code::REFUSED,
+                        "not served by this gateway yet",
+                    );
+                }
+            }
+            Input::DeliveryAck { .. } => {}
+        }
+    }
+
+    async fn done(&mut self, done: Done) {
+        self.inflight -= 1;
+        let Some(peer) = self.devices.get_mut(&done.device) else {
+            return;
+        };
+        peer.inflight = peer.inflight.saturating_sub(1);
+        let _ = match done.result {
+            Ok(topic_seq) => {
+                Counts::add(&self.counts.acked);
+                peer.session
+                    .committed(done.boot_id, done.device_seq, topic_seq)
+            }
+            Err((code, text)) => {
+                Counts::add(&self.counts.refused);
+                peer.session
+                    .refuse(done.boot_id, done.device_seq, code, &text)
+            }
+        };
+        self.flush(&done.device, None).await;
+    }
+
+    /// Sends what the device's session has for it, to `to` or where the
+    /// device was last heard from.
+    async fn flush(&mut self, id: &str, to: Option<SocketAddr>) {
+        let Some(peer) = self.devices.get_mut(id) else {
+            return;
+        };
+        let to = to.unwrap_or(peer.addr);
+        while let Some(frame) = peer.session.poll_transmit() {
+            if let Err(e) = self.socket.send_to(&frame, to).await {
+                tracing::debug!(device = id, addr = %to, "sending to a device: {e}");
+            }
+        }
+    }
+
+    fn forget(&mut self, id: &str) {
+        self.devices.remove(id);
+        self.by_addr.retain(|_, d| d != id);
+    }
+
+    /// Forgets silent devices and old rate limits.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        let idle: Vec<String> = self
+            .devices
+            .iter()
+            .filter(|(_, p)| p.inflight == 0 && now.duration_since(p.last_rx) > IDLE_AFTER)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in idle {
+            self.forget(&id);
+        }
+        // Addresses a device said hello from but does not use (a replayed
+        // hello, an old NAT binding).
+        let devices = &self.devices;
+        self.by_addr
+            .retain(|addr, id| devices.get(id).is_some_and(|p| p.addr == *addr));
+        self.strangers
+            .retain(|_, r| now.duration_since(r.at) < Duration::from_secs(10));
+    }
+}
+
+/// The topic a request names, if the device may append to it.
+fn resolve(device: &Device, topic: &TopicRef) -> Result<String, (u8, String)> {
+    let name = match topic {
+        TopicRef::Index(i) => device
+            .indexed(*i)
+            .map(str::to_string)
+            .ok_or_else(|| (wire::code::NOT_FOUND, format!("no topic at index {i}")))?,
+        TopicRef::Name(n) => n.clone(),
+    };
+    if !device.may_append(&name) {
+        return Err((wire::code::FORBIDDEN, "topic not allowed".into()));
+    }
+    Ok(name)
+}
+
+/// Appends one reading, retrying what may pass on its own (no leader yet, a
+/// group moving) for up to [`RETRY_FOR`].
+async fn append(
+    api: &ClusterTopics,
+    topic: &str,
+    payload: Vec<u8>,
+    producer: String,
+    device_seq: u32,
+) -> Result<u64, (u8, String)> {
+    let producer = Producer::new(producer, u64::from(device_seq))
+        .map_err(|e| (wire::code::REFUSED, clip(e.to_string())))?;
+    let payload = Bytes::from(payload);
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match api
+            .append(topic, vec![payload.clone()], Some(producer.clone()))
+            .await
+        {
+            Ok(outcome) => return Ok(outcome.first_seq),
+            Err(e) => {
+                let status = crate::grpc::convert::node_status(e);
+                let code = match status.code() {
+                    tonic::Code::NotFound => wire::code::NOT_FOUND,
+                    tonic::Code::Unavailable
+                    | tonic::Code::DeadlineExceeded
+                    | tonic::Code::Aborted
+                    | tonic::Code::ResourceExhausted => {
+                        if started.elapsed() < RETRY_FOR {
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(1));
+                            continue;
+                        }
+                        wire::code::BUSY
+                    }
+                    _ => wire::code::REFUSED,
+                };
+                return Err((code, clip(status.message().to_string())));
+            }
+        }
+    }
+}
+
+/// An error text cut to what an error frame carries.
+fn clip(mut text: String) -> String {
+    if text.len() > wire::ERROR_TEXT_LEN_MAX {
+        let mut end = wire::ERROR_TEXT_LEN_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}

@@ -1,0 +1,331 @@
+//! `woof device sim`: a device that runs the bridge's `no_std` core
+//! ([`woof_mcu_bridge::session::Session`], eight requests of at most 128
+//! bytes, as a small microcontroller would hold) against real gateways
+//! over UDP, through a link that loses a chosen fraction of the frames each
+//! way. It appends one reading per tick and reports what was sent,
+//! acknowledged, retransmitted, refused and given up.
+//!
+//! Fail-over: with several gateways, the device moves to the next one when
+//! requests wait and nothing has come back for [`FAILOVER_AFTER_MS`]; its
+//! pending readings keep their sequence numbers, so none is written twice.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use woof_mcu_bridge::session::{Config, Event, RequestKind, Session};
+use woof_mcu_bridge::wire::{FRAME_LEN_MAX, Topic};
+
+use super::registry::check_id;
+use crate::error::{Error, Result};
+
+/// Requests in flight: what a small device holds.
+const OUTBOX: usize = 8;
+/// The largest frame a request may be.
+const FRAME: usize = 128;
+/// How long requests may wait with nothing heard before the device moves to
+/// the next gateway.
+pub const FAILOVER_AFTER_MS: u64 = 4_000;
+/// The keepalive interval of simulated devices (shorter than a real one's
+/// 30 s, so a dead gateway is noticed within a test).
+const PING_INTERVAL_MS: u64 = 5_000;
+/// Readings a device keeps while its link is slow; past this the oldest
+/// new one is dropped (and counted).
+const BACKLOG_MAX: usize = 100_000;
+/// The most readings one run sends.
+pub const COUNT_MAX: u64 = 10_000_000;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    pub gateways: Vec<SocketAddr>,
+    pub id: String,
+    pub key: [u8; 16],
+    pub topic: String,
+    /// Readings a second.
+    pub rate: f64,
+    pub count: u64,
+    /// The fraction of frames lost, each way.
+    pub loss: f64,
+    pub seed: u64,
+    /// How long to wait for the last answers after the last reading.
+    pub drain: Duration,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SimReport {
+    pub readings: u64,
+    /// Readings acknowledged: reading number to its sequence number in the
+    /// topic.
+    pub acked: BTreeMap<u64, u64>,
+    /// Readings refused by the gateway, with the error code.
+    pub rejected: BTreeMap<u64, u8>,
+    /// Readings given up after every retransmission (perhaps written).
+    pub gave_up: Vec<u64>,
+    /// Readings dropped at the device: its backlog was full.
+    pub dropped: u64,
+    /// Readings still waiting when the run ended.
+    pub unanswered: u64,
+    pub frames_sent: u64,
+    pub retransmitted: u64,
+    pub lost_up: u64,
+    pub lost_down: u64,
+    pub failovers: u64,
+    pub elapsed_ms: u64,
+}
+
+impl std::fmt::Display for SimReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "readings {}  acknowledged {}  refused {}  given up {}  unanswered {}  dropped on the device {}",
+            self.readings,
+            self.acked.len(),
+            self.rejected.len(),
+            self.gave_up.len(),
+            self.unanswered,
+            self.dropped
+        )?;
+        write!(
+            f,
+            "frames sent {}  retransmitted {}  lost on the link: {} up, {} down  gateway changes {}  in {:.1} s",
+            self.frames_sent,
+            self.retransmitted,
+            self.lost_up,
+            self.lost_down,
+            self.failovers,
+            self.elapsed_ms as f64 / 1000.0
+        )
+    }
+}
+
+/// `udp://HOST:PORT[,udp://...]` (the scheme may be left out).
+pub fn parse_gateways(text: &str) -> Result<Vec<SocketAddr>> {
+    let mut out = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        out.push(super::udp_addr(part)?);
+    }
+    if out.is_empty() || out.len() > 16 {
+        return Err(Error::Usage(
+            "--gateway takes 1 to 16 addresses such as udp://127.0.0.1:7900".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// A small deterministic random source (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn u32(&mut self) -> u32 {
+        (self.next() >> 32) as u32
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 <= p && p > 0.0
+    }
+}
+
+/// Runs one simulated device to the end of its readings (and the drain).
+pub async fn run(config: SimConfig) -> Result<SimReport> {
+    check_id(&config.id)?;
+    if config.gateways.is_empty() {
+        return Err(Error::Usage("a device needs a gateway".into()));
+    }
+    if !(config.rate > 0.0 && config.rate <= 10_000.0) {
+        return Err(Error::Usage(
+            "--rate must be above 0 and at most 10000/s".into(),
+        ));
+    }
+    if !(0.0..=0.9).contains(&config.loss) {
+        return Err(Error::Usage("--loss must be 0 to 0.9".into()));
+    }
+    if config.count > COUNT_MAX {
+        return Err(Error::Usage(format!("--count is at most {COUNT_MAX}")));
+    }
+    let topic = Topic::Name(config.topic.as_bytes());
+    topic.check().map_err(|_| {
+        Error::Usage(format!(
+            "{:?} cannot be named in a frame (at most 64 bytes of [a-z0-9._/-])",
+            config.topic
+        ))
+    })?;
+    let bind: SocketAddr = if config.gateways[0].is_ipv4() {
+        "0.0.0.0:0".parse().expect("address")
+    } else {
+        "[::]:0".parse().expect("address")
+    };
+    let socket = UdpSocket::bind(bind).await.map_err(|source| Error::Io {
+        context: "the simulated device's socket".into(),
+        source,
+    })?;
+    let mut rng = Rng(config.seed | 1);
+    let start = Instant::now();
+    let now_ms = || start.elapsed().as_millis() as u64;
+    let boot_id = getrandom::u64().unwrap_or_else(|_| rng.next());
+    let mut session = Session::<OUTBOX, FRAME>::new(
+        &Config {
+            device_id: config.id.as_bytes(),
+            key: config.key,
+            boot_id,
+            caps: 0,
+            ping_interval_ms: PING_INTERVAL_MS,
+        },
+        now_ms(),
+        rng.u32(),
+    )
+    .map_err(|e| Error::Usage(format!("device session: {e}")))?;
+
+    let mut report = SimReport::default();
+    let mut pending: BTreeMap<u32, u64> = BTreeMap::new();
+    let tick_ms = 1000.0 / config.rate;
+    let mut gateway = 0;
+    let mut last_rx = 0u64;
+    let mut last_switch = 0u64;
+    let mut out = [0u8; FRAME_LEN_MAX];
+    let mut buf = [0u8; FRAME_LEN_MAX + 1];
+    let mut drain_from: Option<u64> = None;
+    let mut backlog = std::collections::VecDeque::new();
+    loop {
+        let now = now_ms();
+        // Readings fall due at the rate into a backlog (as a device keeps
+        // them while its link is slow); the outbox takes them as it has room.
+        while report.readings < config.count && now >= (report.readings as f64 * tick_ms) as u64 {
+            if backlog.len() < BACKLOG_MAX {
+                backlog.push_back(report.readings);
+            } else {
+                report.dropped += 1;
+            }
+            report.readings += 1;
+        }
+        while session.outbox_len() < OUTBOX
+            && let Some(&n) = backlog.front()
+        {
+            let payload = format!("{{\"device\":\"{}\",\"n\":{n}}}", config.id);
+            let seq = session
+                .append(topic, payload.as_bytes(), rng.u32())
+                .map_err(|e| {
+                    Error::Usage(format!("a reading does not fit a {FRAME}-byte frame: {e}"))
+                })?;
+            pending.insert(seq, n);
+            backlog.pop_front();
+        }
+        while let Some(len) = session
+            .poll_transmit(now, &mut out)
+            .map_err(|e| Error::Internal(format!("device session: {e}")))?
+        {
+            if rng.chance(config.loss) {
+                report.lost_up += 1;
+                continue;
+            }
+            if let Err(e) = socket.send_to(&out[..len], config.gateways[gateway]).await {
+                tracing::debug!("sending to the gateway: {e}");
+            }
+        }
+        while let Some(event) = session.poll_event(now) {
+            if event == Event::Disconnected && config.gateways.len() > 1 {
+                gateway = (gateway + 1) % config.gateways.len();
+                report.failovers += 1;
+                last_switch = now;
+            }
+            settle(event, &mut pending, &mut report);
+        }
+        // Nothing heard while requests wait: try the next gateway.
+        if config.gateways.len() > 1
+            && !pending.is_empty()
+            && now.saturating_sub(last_rx.max(last_switch)) > FAILOVER_AFTER_MS
+        {
+            gateway = (gateway + 1) % config.gateways.len();
+            session.reconnect(now);
+            report.failovers += 1;
+            last_switch = now;
+            continue;
+        }
+        if report.readings == config.count && backlog.is_empty() {
+            if pending.is_empty() {
+                break;
+            }
+            let from = *drain_from.get_or_insert(now);
+            if now.saturating_sub(from) > config.drain.as_millis() as u64 {
+                break;
+            }
+        }
+        // Sleep until something is due, or a frame comes.
+        let mut wake = session.poll_timeout().unwrap_or(now + 1000);
+        if report.readings < config.count {
+            wake = wake.min((report.readings as f64 * tick_ms) as u64);
+        }
+        if !backlog.is_empty() && session.outbox_len() < OUTBOX {
+            wake = now;
+        }
+        if !pending.is_empty() && config.gateways.len() > 1 {
+            wake = wake.min(last_rx.max(last_switch) + FAILOVER_AFTER_MS + 1);
+        }
+        let wait = Duration::from_millis(wake.saturating_sub(now).clamp(1, 1000));
+        if let Ok(Ok((n, from))) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
+            if n > FRAME_LEN_MAX || from != config.gateways[gateway] {
+                continue;
+            }
+            if rng.chance(config.loss) {
+                report.lost_down += 1;
+                continue;
+            }
+            let now = now_ms();
+            last_rx = now;
+            if let Ok(Some(event)) = session.handle_input(now, &mut buf[..n]) {
+                settle(event, &mut pending, &mut report);
+            }
+        }
+    }
+    let stats = session.stats();
+    report.frames_sent = u64::from(stats.sent);
+    report.retransmitted = u64::from(stats.retransmitted);
+    report.unanswered = (pending.len() + backlog.len()) as u64;
+    report.elapsed_ms = now_ms();
+    Ok(report)
+}
+
+/// Records what an event says about the readings.
+fn settle(event: Event<'_>, pending: &mut BTreeMap<u32, u64>, report: &mut SimReport) {
+    match event {
+        Event::Acked {
+            seq,
+            kind: RequestKind::Append,
+            topic_seq,
+        } => {
+            if let Some(n) = pending.remove(&seq) {
+                report.acked.insert(n, topic_seq);
+            }
+        }
+        Event::Rejected {
+            seq,
+            kind: RequestKind::Append,
+            code,
+        } => {
+            if let Some(n) = pending.remove(&seq) {
+                report.rejected.insert(n, code);
+            }
+        }
+        Event::GaveUp {
+            seq,
+            kind: RequestKind::Append,
+        } => {
+            if let Some(n) = pending.remove(&seq) {
+                report.gave_up.push(n);
+            }
+        }
+        Event::Connected { session_id } => tracing::debug!(session_id, "device connected"),
+        _ => {}
+    }
+}

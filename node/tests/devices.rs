@@ -1,0 +1,336 @@
+//! Microcontrollers through the bridge gateway, end to end: real nodes on
+//! loopback, devices running the `no_std` core over UDP.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::Duration;
+
+use common::*;
+use woof_mcu_bridge::session::{Config, Event, Session};
+use woof_mcu_bridge::wire::{self, Topic};
+use woof_node::devices::simulator::{self, SimConfig, SimReport};
+
+/// A UDP port free a moment ago, for a gateway to bind.
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Registers `id` through the CLI; returns its key.
+fn add_device(url: &str, id: &str, topics: &str) -> [u8; 16] {
+    let out = woof(&[
+        "--server", url, "--json", "device", "add", id, "--topics", topics,
+    ]);
+    assert!(
+        out.status.success(),
+        "device add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    woof_node::devices::registry::parse_key(v["key"].as_str().unwrap()).unwrap()
+}
+
+fn sim(gateways: Vec<SocketAddr>, id: &str, key: [u8; 16], topic: &str) -> SimConfig {
+    SimConfig {
+        gateways,
+        id: id.into(),
+        key,
+        topic: topic.into(),
+        rate: 20.0,
+        count: 100,
+        loss: 0.0,
+        seed: 7,
+        drain: Duration::from_secs(90),
+    }
+}
+
+/// The readings of `device` in `topic`, as (element seq, reading number).
+async fn readings(client: &mut Client, topic: &str, device: &str) -> Vec<(u64, u64)> {
+    scan_all(client, topic, 1)
+        .await
+        .into_iter()
+        .filter_map(|e| {
+            let v: serde_json::Value = serde_json::from_slice(&e.payload).ok()?;
+            (v["device"] == device).then(|| (e.seq, v["n"].as_u64().unwrap()))
+        })
+        .collect()
+}
+
+/// Every reading the device saw acknowledged is in the topic once, at the
+/// sequence number its ack named; no reading is there twice; and the
+/// device's readings are in its order.
+fn assert_once_in_order(report: &SimReport, held: &[(u64, u64)]) {
+    let mut seen = BTreeMap::new();
+    for &(seq, n) in held {
+        assert!(
+            seen.insert(n, seq).is_none(),
+            "reading {n} written twice: {held:?}"
+        );
+    }
+    for (n, seq) in &report.acked {
+        assert_eq!(
+            seen.get(n),
+            Some(seq),
+            "acknowledged reading {n} not at {seq}"
+        );
+    }
+    assert!(
+        held.windows(2).all(|w| w[0].1 < w[1].1),
+        "readings out of the device's order: {held:?}"
+    );
+}
+
+/// Three nodes, two of them gateways; a device appends over a link that
+/// loses 10% of the frames each way, and the gateway it speaks to is
+/// SIGKILLed midway: it moves to the other, and every acknowledged reading
+/// is in the topic once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_survive_loss_and_a_gateway_kill_exactly_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let first = start_node(&dir.path().join("n0"), &key, &[]);
+    let join = overlay_addr(&first.url);
+    let ports = [free_udp_port(), free_udp_port()];
+    let mut gateways = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let bridge = format!("udp://127.0.0.1:{port}");
+        gateways.push(start_node(
+            &dir.path().join(format!("n{}", i + 1)),
+            &key,
+            &["--join", &join, "--bridge-listen", &bridge],
+        ));
+    }
+    let urls = [&first.url, &gateways[0].url, &gateways[1].url];
+    wait_alive(&urls.map(String::as_str), 3);
+    let mut client = connect(&first.url).await;
+    create_replicated(&mut client, "farm/north/soil", 3, "").await;
+    let device_key = add_device(&first.url, "soil-1", "farm/north/*");
+    // Listed without keys; removed once, refused the second time.
+    add_device(&first.url, "soil-2", "farm/**");
+    let out = woof(&["--server", &first.url, "device", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed.contains("soil-1") && listed.contains("soil-2"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&woof_node::devices::registry::key_hex(&device_key)));
+    assert!(
+        woof(&["--server", &first.url, "device", "rm", "soil-2"])
+            .status
+            .success()
+    );
+    let out = woof(&["--server", &first.url, "device", "rm", "soil-2"]);
+    assert!(!out.status.success(), "a second rm is refused");
+    // Nobody reads the registry (it holds the keys) or writes woof's topics.
+    assert!(get(&mut client, "_woof/devices", 1).await.is_err());
+    let out = woof(&["--server", &first.url, "append", "_woof/devices", "x"]);
+    assert!(!out.status.success());
+
+    let addrs: Vec<SocketAddr> = ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
+        .collect();
+    let mut config = sim(addrs, "soil-1", device_key, "farm/north/soil");
+    config.loss = 0.1;
+    config.count = 200;
+    let run = tokio::spawn(simulator::run(config));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    gateways[0].kill_hard();
+    let report = run.await.unwrap().unwrap();
+    eprintln!("{report}");
+    assert!(report.failovers >= 1, "the device never moved: {report}");
+    assert!(
+        report.lost_up > 0 && report.lost_down > 0,
+        "the link lost nothing"
+    );
+    assert!(report.rejected.is_empty(), "{report:?}");
+    assert_eq!(
+        report.acked.len() + report.gave_up.len(),
+        200,
+        "every reading answered or given up: {report}"
+    );
+    assert!(report.acked.len() >= 195, "{report}");
+    let held = readings(&mut client, "farm/north/soil", "soil-1").await;
+    assert_once_in_order(&report, &held);
+}
+
+/// Hostile input at one in-process gateway: wrong keys, replays, topics
+/// outside the registration, garbage, truncated and oversized frames, and a
+/// flood from one address; each is dropped or refused and counted, and an
+/// honest device's readings still all land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_drops_and_counts_bad_frames_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_key = woof_overlay::ClusterKey::generate();
+    let port = free_udp_port();
+    let mut config = woof_node::config::NodeConfig::standalone(
+        dir.path().into(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.cluster = Some(woof_node::config::ClusterConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        join: vec![],
+        key: cluster_key,
+        timing: woof_overlay::Timing::default(),
+        join_timeout: Duration::from_secs(10),
+        repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
+    });
+    let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    config.bridge_listen = Some(gateway);
+    let node = woof_node::server::Node::start(&config).await.unwrap();
+    let url = node.url();
+    let mut client = connect(&url).await;
+    create_replicated(&mut client, "plant/pump", 1, "").await;
+    create_replicated(&mut client, "plant/secret", 1, "").await;
+    let key = add_device(&url, "pump-1", "plant/pump");
+    let counts = || {
+        let c = node.gateway().unwrap().counts();
+        use woof_node::devices::gateway::Counts;
+        (
+            Counts::get(&c.dropped),
+            Counts::get(&c.refused),
+            Counts::get(&c.rate_limited),
+            Counts::get(&c.duplicates),
+        )
+    };
+
+    // A wrong key: its hello never verifies, nothing is acknowledged.
+    let mut wrong = sim(vec![gateway], "pump-1", [0x55; 16], "plant/pump");
+    wrong.count = 1;
+    wrong.drain = Duration::from_secs(4);
+    let before = counts().0;
+    let r = simulator::run(wrong).await.unwrap();
+    assert!(r.acked.is_empty(), "{r}");
+    assert!(counts().0 > before, "the forged hellos were not counted");
+
+    // A topic outside the registration is refused (FORBIDDEN), not written.
+    let mut outside = sim(vec![gateway], "pump-1", key, "plant/secret");
+    outside.count = 3;
+    let r = simulator::run(outside).await.unwrap();
+    assert_eq!(r.rejected.len(), 3, "{r}");
+    assert!(
+        r.rejected.values().all(|&c| c == wire::code::FORBIDDEN),
+        "{r:?}"
+    );
+    assert_eq!(latest(&mut client, "plant/secret").await.last_seq, 0);
+
+    // Garbage, truncated and oversized frames, and a replayed append, from a
+    // raw socket speaking the protocol by hand.
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let before = counts();
+    for frame in [
+        vec![0xff; 40],
+        vec![0x10],
+        vec![],
+        vec![0x12; wire::FRAME_LEN_MAX + 200],
+    ] {
+        socket.send_to(&frame, gateway).await.unwrap();
+    }
+    let mut device = Session::<4, 128>::new(
+        &Config {
+            device_id: b"pump-1",
+            key,
+            boot_id: 0xb007,
+            caps: 0,
+            ping_interval_ms: 30_000,
+        },
+        0,
+        9,
+    )
+    .unwrap();
+    let mut out = [0u8; 1024];
+    let mut buf = [0u8; 1100];
+    // Hello, and its ack.
+    let len = device.poll_transmit(0, &mut out).unwrap().unwrap();
+    socket.send_to(&out[..len], gateway).await.unwrap();
+    let n = recv(&socket, &mut buf).await;
+    assert!(matches!(
+        device.handle_input(1, &mut buf[..n]),
+        Ok(Some(Event::Connected { .. }))
+    ));
+    device.append(Topic::Index(0), b"{\"n\":1}", 3).unwrap();
+    // The device pings first (proving its new session), then appends.
+    let mut append = Vec::new();
+    let mut now = 2;
+    let topic_seq = loop {
+        while let Some(len) = device.poll_transmit(now, &mut out).unwrap() {
+            if wire::Frame::new_checked(&out[..len]).unwrap().frame_type()
+                == Some(wire::Type::Append)
+            {
+                append = out[..len].to_vec();
+            }
+            socket.send_to(&out[..len], gateway).await.unwrap();
+        }
+        let n = recv(&socket, &mut buf).await;
+        now += 1;
+        if let Ok(Some(Event::Acked { topic_seq, .. })) = device.handle_input(now, &mut buf[..n]) {
+            break topic_seq;
+        }
+    };
+    assert!(!append.is_empty());
+    // The same frame again (a replay, or a retransmission): answered again,
+    // never written again.
+    socket.send_to(&append, gateway).await.unwrap();
+    let _ = recv(&socket, &mut buf).await;
+    // A forged copy: one bit of the body flipped.
+    let mut forged = append.clone();
+    forged[3] ^= 1;
+    socket.send_to(&forged, gateway).await.unwrap();
+    wait_for(|| counts().0 >= before.0 + 5).await;
+    let after = counts();
+    assert!(
+        after.0 >= before.0 + 5,
+        "garbage, short, long and forged frames dropped: {after:?}"
+    );
+    assert_eq!(after.3, before.3 + 1, "the replayed append is a duplicate");
+    assert_eq!(latest(&mut client, "plant/pump").await.last_seq, topic_seq);
+
+    // A flood of 100,000 frames from one address while an honest device
+    // appends: the flood is rate-limited, the device's readings all land.
+    let honest = tokio::spawn(simulator::run(sim(
+        vec![gateway],
+        "pump-1",
+        key,
+        "plant/pump",
+    )));
+    let flood = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..100_000u32 {
+        let mut frame = vec![0x12, 0x05];
+        frame.extend_from_slice(&i.to_le_bytes());
+        frame.extend_from_slice(&[0; 16]);
+        let _ = flood.send_to(&frame, gateway).await;
+        if i % 1000 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    let r = honest.await.unwrap().unwrap();
+    assert_eq!(r.acked.len(), 100, "{r}");
+    assert!(counts().2 > 0, "the flood was not rate-limited");
+    let held = readings(&mut client, "plant/pump", "pump-1").await;
+    assert_once_in_order(&r, &held);
+    // The node still answers.
+    assert!(latest(&mut client, "plant/pump").await.last_seq >= 101);
+    node.stop().await.unwrap();
+}
+
+async fn recv(socket: &tokio::net::UdpSocket, buf: &mut [u8]) -> usize {
+    tokio::time::timeout(Duration::from_secs(10), socket.recv_from(buf))
+        .await
+        .expect("no answer from the gateway")
+        .unwrap()
+        .0
+}
+
+async fn wait_for(mut f: impl FnMut() -> bool) {
+    for _ in 0..100 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
