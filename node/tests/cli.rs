@@ -315,6 +315,8 @@ fn the_demo_runs_and_shows_each_step() {
         "mill/motor-3/smoothed/27 made by smooth from mill/motor-3/vibration/27 on edge-",
         "mill/motor-3/vibration/27 appended by motor-3's sensor",
         "| #30: rms of 4 readings",
+        "readings 60  acknowledged 60  refused 0  given up 0",
+        "farm/north/probe-7 holds 60 readings: every acknowledged one once, in the device's order\n",
         "cleaned up",
     ] {
         assert!(

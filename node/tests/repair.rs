@@ -141,3 +141,38 @@ async fn a_replica_on_a_dead_node_is_replaced_and_the_topic_is_healthy_again() {
     assert_eq!(held[0], held[1]);
     assert_eq!(held[0], held[2]);
 }
+
+/// A new cluster's name directory, made on its first node alone, grows to
+/// three voters as soon as three nodes are up: until then, losing the first
+/// node loses every name (the demo once stopped a node the directory had
+/// just grown onto while it still had two voters, and it never recovered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_clusters_name_directory_grows_to_three_voters() {
+    use woof_consensus::topic::directory::DIRECTORY;
+    let dir = tempfile::tempdir().unwrap();
+    let key = woof_overlay::ClusterKey::generate();
+    let first = start_clustered(&dir.path().join("a"), key, vec![]).await;
+    let join = first.overlay().unwrap().listen_addrs().to_vec();
+    let b = start_clustered(&dir.path().join("b"), key, join.clone()).await;
+    let c = start_clustered(&dir.path().join("c"), key, join).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let voters = first
+            .groups()
+            .unwrap()
+            .local_members(DIRECTORY)
+            .unwrap_or_default();
+        if voters.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the directory still has {} voters after 20 s",
+            voters.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for n in [c, b, first] {
+        n.stop().await.unwrap();
+    }
+}
