@@ -96,6 +96,21 @@ impl Cipher {
         Ok(())
     }
 
+    /// A key for device `device_id` derived from this (fleet) key: the
+    /// Ascon-AEAD128 tag over the id as associated data, with an all-zero
+    /// nonce reserved for this and an empty message (a MAC of the id, so
+    /// one fleet key provisions many devices, each with its own key).
+    pub fn derive_key(&self, device_id: &[u8]) -> [u8; KEY_LEN] {
+        let nonce = Array::from([0u8; 16]);
+        let tag = self
+            .aead
+            .encrypt_inout_detached(&nonce, device_id, (&mut [][..]).into())
+            .expect("an empty message always fits");
+        let mut key = [0; KEY_LEN];
+        key.copy_from_slice(&tag);
+        key
+    }
+
     /// Checks a frame's tag and decrypts its body in place. On failure the
     /// body may be garbled; the frame is to be dropped.
     pub fn open(&self, frame: &mut [u8], ctx: &Context) -> Result<()> {
@@ -249,6 +264,16 @@ mod tests {
         let len = msg.emit(seq, buf).unwrap();
         Cipher::new(&KEY).seal(&mut buf[..len], &CTX).unwrap();
         len
+    }
+
+    #[test]
+    fn derived_keys_differ_per_device_and_per_fleet_key() {
+        let fleet = Cipher::new(&KEY);
+        let a = fleet.derive_key(b"probe-1");
+        assert_eq!(a, fleet.derive_key(b"probe-1"));
+        assert_ne!(a, fleet.derive_key(b"probe-2"));
+        assert_ne!(a, Cipher::new(&[7; KEY_LEN]).derive_key(b"probe-1"));
+        assert_ne!(a, KEY);
     }
 
     #[test]

@@ -694,6 +694,7 @@ async fn devices(d: &mut Demo) -> Result<()> {
             id: "probe-7".into(),
             topics: vec!["farm/north/*".into()],
             subscribe: vec![],
+            key: String::new(),
         })
         .await?
         .into_inner();

@@ -103,22 +103,35 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Device(cli::DeviceCommand::Sim(args)) => {
             init_tracing("warn");
             let config = args.config()?;
+            let who = if args.devices > 1 {
+                format!(
+                    "{} devices {}-1 .. {0}-{}",
+                    args.devices, config.id, args.devices
+                )
+            } else {
+                format!("device {}", config.id)
+            };
             println!(
-                "device {} appending {} readings to {} at {}/s through {} gateway(s), losing {:.0}% of frames each way",
-                config.id,
+                "{who} appending {} readings each to {} at {}/s through {} gateway(s), losing {:.0}% of frames each way",
                 config.count,
                 config.topic,
                 config.rate,
                 config.gateways.len(),
                 config.loss * 100.0
             );
-            let report = woof_node::devices::simulator::run(config).await?;
-            println!("{report}");
-            if report.acked.len() as u64 != report.readings {
+            let (readings, acked) = if args.devices > 1 {
+                let report = woof_node::devices::simulator::run_fleet(config, args.devices).await?;
+                println!("{report}");
+                (report.readings(), report.acked())
+            } else {
+                let report = woof_node::devices::simulator::run(config).await?;
+                println!("{report}");
+                (report.readings, report.acked.len() as u64)
+            };
+            if acked != readings {
                 anyhow::bail!(
-                    "{} of {} readings were not acknowledged",
-                    report.readings - report.acked.len() as u64,
-                    report.readings
+                    "{} of {readings} readings were not acknowledged",
+                    readings - acked
                 );
             }
             Ok(())

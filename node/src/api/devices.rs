@@ -11,7 +11,8 @@ use woof_mcu_bridge::crypto::KEY_LEN;
 
 use super::{ClusterTopics, REPLICATION_DEFAULT};
 use crate::devices::registry::{
-    DEVICES_MAX, DEVICES_TOPIC, Device, Record, Registry, check_id, key_hex, parse_patterns,
+    DEVICES_MAX, DEVICES_TOPIC, Device, Record, Registry, check_id, key_hex, new_key,
+    parse_patterns,
 };
 use crate::error::{Error, Result};
 
@@ -95,6 +96,7 @@ impl ClusterTopics {
         id: &str,
         topics: &[String],
         subscribe: &[String],
+        key: Option<[u8; KEY_LEN]>,
     ) -> Result<Device> {
         check_id(id)?;
         let patterns = parse_patterns(topics)?;
@@ -117,7 +119,10 @@ impl ClusterTopics {
         }
         let record = Record::Add {
             id: id.into(),
-            key: key_hex(&new_key()?),
+            key: key_hex(&match key {
+                Some(k) => k,
+                None => new_key()?,
+            }),
             topics: patterns.iter().map(|p| p.as_str().into()).collect(),
             subscribe: follows.iter().map(|p| p.as_str().into()).collect(),
             at_ms: self.clock.now_ms(),
@@ -163,12 +168,4 @@ fn not_registered(id: &str) -> Error {
     Error::Log(woof_consensus::Error::InvalidArgument(format!(
         "no device {id} is registered (`woof device list` shows those that are)"
     )))
-}
-
-/// A fresh key from the operating system's random source.
-fn new_key() -> Result<[u8; KEY_LEN]> {
-    let mut key = [0; KEY_LEN];
-    getrandom::fill(&mut key)
-        .map_err(|e| Error::Internal(format!("no random numbers for a device key: {e}")))?;
-    Ok(key)
 }

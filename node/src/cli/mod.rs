@@ -127,6 +127,14 @@ pub enum DeviceCommand {
         /// Topic patterns it may follow.
         #[arg(long)]
         subscribe: Vec<String>,
+        /// Its key (32 hex digits), if it already has one; else one is made.
+        #[arg(long, conflicts_with = "fleet")]
+        key: Option<String>,
+        /// Register ID-1 .. ID-N instead, each with its own key derived from
+        /// one fleet key, printed once (`woof device sim --devices N` and
+        /// firmware derive them the same way).
+        #[arg(long, value_name = "N")]
+        fleet: Option<u32>,
     },
     /// The registered devices.
     List,
@@ -169,6 +177,10 @@ pub struct DeviceSimArgs {
     /// Seconds to wait for the last answers.
     #[arg(long, default_value_t = 90)]
     pub drain: u64,
+    /// Run N devices, ID-1 .. ID-N, each with its key derived from --key as
+    /// a fleet key (as `woof device add ID --fleet N` registered them).
+    #[arg(long, default_value_t = 1)]
+    pub devices: u32,
 }
 
 impl DeviceSimArgs {
@@ -718,16 +730,46 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
             id,
             topics,
             subscribe,
+            key,
+            fleet: None,
         }) => {
             let r = client
                 .add_device(v1::AddDeviceRequest {
                     id,
                     topics,
                     subscribe,
+                    key: key.unwrap_or_default(),
                 })
                 .await?
                 .into_inner();
             out.device_key(&r, "added");
+        }
+        Command::Device(DeviceCommand::Add {
+            id,
+            topics,
+            subscribe,
+            fleet: Some(n),
+            ..
+        }) => {
+            use crate::devices::registry::{DEVICES_MAX, fleet_device_key, key_hex, new_key};
+            if n == 0 || n as usize > DEVICES_MAX {
+                return Err(Error::Usage(format!(
+                    "--fleet takes 1 to {DEVICES_MAX} devices"
+                )));
+            }
+            let fleet_key = new_key()?;
+            for i in 1..=n {
+                let device = format!("{id}-{i}");
+                client
+                    .add_device(v1::AddDeviceRequest {
+                        key: key_hex(&fleet_device_key(&fleet_key, &device)),
+                        id: device,
+                        topics: topics.clone(),
+                        subscribe: subscribe.clone(),
+                    })
+                    .await?;
+            }
+            out.fleet_key(&id, n, &key_hex(&fleet_key));
         }
         Command::Device(DeviceCommand::List) => {
             let r = client

@@ -294,6 +294,19 @@ impl Output {
         }
     }
 
+    /// A fleet just registered: its fleet key, shown once.
+    pub fn fleet_key(&mut self, id: &str, n: u32, key: &str) {
+        if self.json {
+            self.json(json!({ "fleet": id, "devices": n, "key": key }));
+        } else {
+            self.line(&format!("added devices {id}-1 .. {id}-{n}"));
+            self.line(&format!("fleet key {key}"));
+            self.line(
+                "(each device's key is derived from it and its id; woof does not show it again)",
+            );
+        }
+    }
+
     pub fn devices(&mut self, devices: &[v1::Device]) {
         if self.json {
             for d in devices {

@@ -98,6 +98,20 @@ pub fn parse_key(text: &str) -> Result<[u8; KEY_LEN]> {
     Ok(key)
 }
 
+/// A fresh key from the operating system's random source.
+pub fn new_key() -> Result<[u8; KEY_LEN]> {
+    let mut key = [0; KEY_LEN];
+    getrandom::fill(&mut key)
+        .map_err(|e| Error::Internal(format!("no random numbers for a device key: {e}")))?;
+    Ok(key)
+}
+
+/// The key of device `id` of a fleet registered with `fleet_key`
+/// (`woof device add ID --fleet N`, `woof device sim --devices N`).
+pub fn fleet_device_key(fleet_key: &[u8; KEY_LEN], id: &str) -> [u8; KEY_LEN] {
+    woof_mcu_bridge::crypto::Cipher::new(fleet_key).derive_key(id.as_bytes())
+}
+
 /// A topic pattern: a name whose segments may be `*` (any one segment) or,
 /// last, `**` (any number of segments, none included).
 #[derive(Debug, Clone, PartialEq, Eq)]

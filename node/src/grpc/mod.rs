@@ -381,11 +381,15 @@ impl Woof for Service {
         request: Request<v1::AddDeviceRequest>,
     ) -> Result<Response<v1::AddDeviceResponse>, Status> {
         let r = request.into_inner();
+        let key = match r.key.as_str() {
+            "" => None,
+            k => Some(crate::devices::registry::parse_key(k).map_err(status)?),
+        };
         let device = self
             .topics
             .cluster()
             .map_err(status)?
-            .device_add(&r.id, &r.topics, &r.subscribe)
+            .device_add(&r.id, &r.topics, &r.subscribe, key)
             .await
             .map_err(status)?;
         Ok(Response::new(convert::added_device(&device)))
