@@ -15,7 +15,8 @@
 //!   sleeping topics; throughput as nodes go from 3 to 9), `floor.rs` (one Raft group's
 //!   replicas in this process, without a network: the floor under `append`),
 //!   `subscribe.rs` (append-to-delivery latency on the leader's node, on a
-//!   follower's, and fanned out to 100 subscribers);
+//!   follower's, and fanned out to 100 subscribers), `devices.rs`
+//!   (simulated microcontrollers through one bridge gateway);
 //! - `plot.rs`: SVG plots of a report (`--plots DIR`: latency by
 //!   percentile, figures over time);
 //! - `nats.rs`: NATS JetStream as the peer (`append`, `subscribe` and
@@ -34,6 +35,7 @@
 //! side: JetStream for `append`, `subscribe` and `failover`.
 
 mod append;
+mod devices;
 mod failover;
 mod floor;
 mod handlers;
@@ -130,6 +132,14 @@ enum Workload {
     /// subscriber, and handler invocations a second over a burst.
     Handlers {
         /// 3 s and 2,000 elements per case instead of 20 s and 20,000.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Simulated microcontrollers through one bridge gateway of a 3-node
+    /// cluster: readings acknowledged a second as the fleet grows, and the
+    /// device-side time from send to durable ack.
+    Devices {
+        /// 5 s per case and the two smallest fleets only.
         #[arg(long)]
         quick: bool,
     },
@@ -259,6 +269,7 @@ fn run(
             matches!(peer, Some(Peer::Nats)),
         ))?,
         Workload::Handlers { quick } => runtime.block_on(handlers::run(&woof, quick))?,
+        Workload::Devices { quick } => runtime.block_on(devices::run(&woof, quick))?,
         Workload::Floor { replicas, appends } => runtime.block_on(floor::run(replicas, appends))?,
         Workload::Scale {
             topics,

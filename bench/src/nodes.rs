@@ -216,6 +216,16 @@ impl Cluster {
     /// namespace and listens on its address, the bench reaching it through
     /// the bridge.
     pub async fn start_on(woof: &Path, n: usize, net: Option<Arc<Net>>) -> anyhow::Result<Self> {
+        Self::start_with(woof, n, net, |_| Vec::new()).await
+    }
+
+    /// As [`Cluster::start_on`], node `i` also given the flags `extra(i)`.
+    pub async fn start_with(
+        woof: &Path,
+        n: usize,
+        net: Option<Arc<Net>>,
+        extra: impl Fn(usize) -> Vec<OsString>,
+    ) -> anyhow::Result<Self> {
         if let Some(net) = &net
             && net.hosts() < n
         {
@@ -245,7 +255,9 @@ impl Cluster {
         for i in 0..n {
             let data = cluster.dir.path().join(format!("n{i}"));
             let log = cluster.dir.path().join(format!("n{i}.log"));
-            let process = cluster.spawn(i, &data, &log, join.as_deref()).await?;
+            let process = cluster
+                .spawn(i, &data, &log, join.as_deref(), extra(i))
+                .await?;
             let url = process.url.clone();
             let (peer_id, overlay) = whoami(&url).await?;
             join.get_or_insert(overlay);
@@ -268,6 +280,7 @@ impl Cluster {
         data: &Path,
         log: &Path,
         join: Option<&str>,
+        extra: Vec<OsString>,
     ) -> anyhow::Result<NodeProcess> {
         let (host, command) = match &self.net {
             Some(net) => (net.addr(i), net.command(i, &self.woof)),
@@ -286,6 +299,7 @@ impl Cluster {
         if let Some(join) = join {
             args.extend(["--join".into(), join.into()]);
         }
+        args.extend(extra);
         let log = log.to_path_buf();
         // Waiting for the node's first line blocks: not on the runtime.
         tokio::task::spawn_blocking(move || NodeProcess::start_command(command, &args, &log))
@@ -380,7 +394,11 @@ impl Cluster {
         }
         let (_, join) = whoami(self.url(via)).await?;
         let m = &self.nodes[i];
-        let process = self.spawn(i, &m.data, &m.log, Some(&join)).await?;
+        // Without the extra flags of its first start (no workload restarts a
+        // node that had any).
+        let process = self
+            .spawn(i, &m.data, &m.log, Some(&join), Vec::new())
+            .await?;
         let (peer, _) = whoami(&process.url).await?;
         if peer != m.peer_id {
             bail!(

@@ -695,6 +695,7 @@ async fn devices(d: &mut Demo) -> Result<()> {
             topics: vec!["farm/north/*".into()],
             subscribe: vec![],
             key: String::new(),
+            fleet: 0,
         })
         .await?
         .into_inner();

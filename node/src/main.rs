@@ -119,15 +119,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.gateways.len(),
                 config.loss * 100.0
             );
-            let (readings, acked) = if args.devices > 1 {
-                let report = woof_node::devices::simulator::run_fleet(config, args.devices).await?;
-                println!("{report}");
-                (report.readings(), report.acked())
+            let report =
+                woof_node::devices::simulator::run_fleet(config, args.devices.max(1)).await?;
+            if cli.json {
+                println!("{}", report.summary());
+            } else if let [(_, one)] = report.devices.as_slice() {
+                println!("{one}");
             } else {
-                let report = woof_node::devices::simulator::run(config).await?;
                 println!("{report}");
-                (report.readings, report.acked.len() as u64)
-            };
+            }
+            let (readings, acked) = (report.readings(), report.acked());
             if acked != readings {
                 anyhow::bail!(
                     "{} of {readings} readings were not acknowledged",

@@ -11,8 +11,8 @@ use woof_mcu_bridge::crypto::KEY_LEN;
 
 use super::{ClusterTopics, REPLICATION_DEFAULT};
 use crate::devices::registry::{
-    DEVICES_MAX, DEVICES_TOPIC, Device, Record, Registry, check_id, key_hex, new_key,
-    parse_patterns,
+    DEVICES_MAX, DEVICES_TOPIC, Device, Record, Registry, check_id, fleet_device_key, key_hex,
+    new_key, parse_patterns,
 };
 use crate::error::{Error, Result};
 
@@ -59,20 +59,28 @@ impl ClusterTopics {
     /// Appends `record` to the registry (making its topic first if need
     /// be) and returns the registry up to it, and whether it took effect.
     async fn change(&self, record: Record) -> Result<(Registry, bool)> {
-        let payload = Bytes::from(record.to_bytes());
-        let appended = match self
-            .append(DEVICES_TOPIC, vec![payload.clone()], None)
-            .await
-        {
+        let (registry, took) = self.changes(vec![record]).await?;
+        Ok((registry, took == 1))
+    }
+
+    /// Appends `records` in one batch (one commit) and returns the registry
+    /// up to them, and how many took effect.
+    async fn changes(&self, records: Vec<Record>) -> Result<(Registry, usize)> {
+        let payloads: Vec<Bytes> = records.iter().map(|r| Bytes::from(r.to_bytes())).collect();
+        let appended = match self.append(DEVICES_TOPIC, payloads.clone(), None).await {
             Err(Error::Log(woof_consensus::Error::TopicNotFound(_))) => {
                 self.make_devices_topic().await?;
-                self.append(DEVICES_TOPIC, vec![payload], None).await?
+                self.append(DEVICES_TOPIC, payloads.clone(), None).await?
             }
             other => other?,
         };
         let mut registry = Registry::default();
         self.fold(&mut registry, appended.first_seq - 1).await?;
-        let took = registry.apply(appended.first_seq, &record.to_bytes());
+        let took = payloads
+            .iter()
+            .zip(appended.first_seq..)
+            .filter(|(p, seq)| registry.apply(*seq, p))
+            .count();
         Ok((registry, took))
     }
 
@@ -134,6 +142,49 @@ impl ClusterTopics {
                 "device {id} was registered by another request at the same time"
             ))),
         }
+    }
+
+    /// Registers devices `id-1` .. `id-n` in one commit, each with its key
+    /// derived from `fleet_key` and its id; returns how many it registered
+    /// (ids already taken are left as they are).
+    pub async fn device_fleet(
+        &self,
+        id: &str,
+        n: u32,
+        topics: &[String],
+        subscribe: &[String],
+        fleet_key: [u8; KEY_LEN],
+    ) -> Result<usize> {
+        let last = format!("{id}-{n}");
+        check_id(&last)?;
+        let patterns = parse_patterns(topics)?;
+        if patterns.is_empty() {
+            return Err(Error::Usage(
+                "a device needs at least one topic pattern it may append to (--topics)".into(),
+            ));
+        }
+        let follows = parse_patterns(subscribe)?;
+        let current = self.devices().await?;
+        if n == 0 || current.len() + n as usize > DEVICES_MAX {
+            return Err(Error::Usage(format!(
+                "a fleet is 1 device or more, and the cluster has at most {DEVICES_MAX} ({} now)",
+                current.len()
+            )));
+        }
+        let at_ms = self.clock.now_ms();
+        let records = (1..=n)
+            .map(|i| {
+                let device = format!("{id}-{i}");
+                Record::Add {
+                    key: key_hex(&fleet_device_key(&fleet_key, &device)),
+                    id: device,
+                    topics: patterns.iter().map(|p| p.as_str().into()).collect(),
+                    subscribe: follows.iter().map(|p| p.as_str().into()).collect(),
+                    at_ms,
+                }
+            })
+            .collect();
+        Ok(self.changes(records).await?.1)
     }
 
     /// Gives a device a new key; the old one stops working at once.

@@ -739,6 +739,7 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                     topics,
                     subscribe,
                     key: key.unwrap_or_default(),
+                    fleet: 0,
                 })
                 .await?
                 .into_inner();
@@ -751,25 +752,17 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
             fleet: Some(n),
             ..
         }) => {
-            use crate::devices::registry::{DEVICES_MAX, fleet_device_key, key_hex, new_key};
-            if n == 0 || n as usize > DEVICES_MAX {
-                return Err(Error::Usage(format!(
-                    "--fleet takes 1 to {DEVICES_MAX} devices"
-                )));
-            }
-            let fleet_key = new_key()?;
-            for i in 1..=n {
-                let device = format!("{id}-{i}");
-                client
-                    .add_device(v1::AddDeviceRequest {
-                        key: key_hex(&fleet_device_key(&fleet_key, &device)),
-                        id: device,
-                        topics: topics.clone(),
-                        subscribe: subscribe.clone(),
-                    })
-                    .await?;
-            }
-            out.fleet_key(&id, n, &key_hex(&fleet_key));
+            let r = client
+                .add_device(v1::AddDeviceRequest {
+                    id: id.clone(),
+                    topics,
+                    subscribe,
+                    key: String::new(),
+                    fleet: n,
+                })
+                .await?
+                .into_inner();
+            out.fleet_key(&id, n, &r.key);
         }
         Command::Device(DeviceCommand::List) => {
             let r = client

@@ -364,6 +364,26 @@ impl FleetReport {
         self.sum(|r| r.acked.len() as u64)
     }
 
+    /// The figures as one JSON object (`woof --json device sim`).
+    pub fn summary(&self) -> serde_json::Value {
+        let secs = (self.elapsed_ms as f64 / 1000.0).max(0.001);
+        serde_json::json!({
+            "devices": self.devices.len(),
+            "readings": self.readings(),
+            "acked": self.acked(),
+            "acked_per_sec": self.acked() as f64 / secs,
+            "refused": self.sum(|r| r.rejected.len() as u64),
+            "given_up": self.sum(|r| r.gave_up.len() as u64),
+            "unanswered": self.sum(|r| r.unanswered),
+            "ack_p50_ms": f64::from(self.ack_quantile_us(0.5)) / 1000.0,
+            "ack_p99_ms": f64::from(self.ack_quantile_us(0.99)) / 1000.0,
+            "frames_sent": self.sum(|r| r.frames_sent),
+            "retransmitted": self.sum(|r| r.retransmitted),
+            "gateway_changes": self.sum(|r| r.failovers),
+            "elapsed_ms": self.elapsed_ms,
+        })
+    }
+
     /// The `q` quantile (0..=1) of the time from first send to ack, in µs.
     pub fn ack_quantile_us(&self, q: f64) -> u32 {
         let mut all: Vec<u32> = self
@@ -412,7 +432,8 @@ impl std::fmt::Display for FleetReport {
     }
 }
 
-/// Runs `devices` simulated devices at once, `ID-1` .. `ID-N`, each with its
+/// Runs `devices` simulated devices at once (one: the device `config` names),
+/// `ID-1` .. `ID-N`, each with its
 /// key derived from `config.key` as a fleet key
 /// ([`super::registry::fleet_device_key`]), its own socket and seed, and
 /// its own first gateway (round robin); their starts are spread over one
@@ -425,14 +446,23 @@ pub async fn run_fleet(config: SimConfig, devices: u32) -> Result<FleetReport> {
     let spread = Duration::from_secs_f64(1.0 / config.rate.max(0.001));
     let mut tasks = Vec::new();
     for i in 1..=devices {
-        let id = format!("{}-{i}", config.id);
         let mut c = config.clone();
-        c.key = super::registry::fleet_device_key(&config.key, &id);
+        // One device is the one named, with its own key.
+        let id = if devices == 1 {
+            config.id.clone()
+        } else {
+            format!("{}-{i}", config.id)
+        };
+        if devices > 1 {
+            c.key = super::registry::fleet_device_key(&config.key, &id);
+        }
         c.id = id.clone();
         c.seed = config.seed.wrapping_add(u64::from(i));
         // Spread over the gateways: each device starts at another.
-        let first = i as usize % c.gateways.len();
-        c.gateways.rotate_left(first);
+        if devices > 1 {
+            let first = i as usize % c.gateways.len();
+            c.gateways.rotate_left(first);
+        }
         let delay = spread.mul_f64(f64::from(i - 1) / f64::from(devices));
         tasks.push((
             id,

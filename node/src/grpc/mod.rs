@@ -385,10 +385,23 @@ impl Woof for Service {
             "" => None,
             k => Some(crate::devices::registry::parse_key(k).map_err(status)?),
         };
-        let device = self
-            .topics
-            .cluster()
-            .map_err(status)?
+        let api = self.topics.cluster().map_err(status)?;
+        if r.fleet > 0 {
+            let fleet_key = match key {
+                Some(k) => k,
+                None => crate::devices::registry::new_key().map_err(status)?,
+            };
+            api.device_fleet(&r.id, r.fleet, &r.topics, &r.subscribe, fleet_key)
+                .await
+                .map_err(status)?;
+            let first = format!("{}-1", r.id);
+            let registry = api.devices().await.map_err(status)?;
+            return Ok(Response::new(v1::AddDeviceResponse {
+                device: registry.get(&first).map(convert::device),
+                key: crate::devices::registry::key_hex(&fleet_key),
+            }));
+        }
+        let device = api
             .device_add(&r.id, &r.topics, &r.subscribe, key)
             .await
             .map_err(status)?;
