@@ -1,6 +1,7 @@
 //! The gateway side of one device's session (feature `std`): pure logic, no
-//! sockets, no clock. The node's gateway will hold one of these per device
-//! and drive it; the tests drive it against [`crate::session::Session`].
+//! sockets, no clock. The node's gateway (`woof_node::devices::gateway`)
+//! holds one of these per device and drives it; the tests drive it against
+//! [`crate::session::Session`].
 //!
 //! It authenticates every frame, answers hellos and pings itself, and hands
 //! requests up as [`Input`]s. It answers a request only when told to

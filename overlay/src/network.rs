@@ -275,6 +275,7 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
         members: Members::new(config.timing),
         info: config.info.clone(),
         started,
+        early_bootstraps: 0,
         pending_requests: HashMap::new(),
         pending_put: HashMap::new(),
         pending_get: HashMap::new(),
@@ -405,11 +406,17 @@ fn join_failure(error: &libp2p::swarm::DialError) -> String {
 
 type Answer = BoxFuture<'static, (ResponseChannel<Response>, Response)>;
 
+/// Bootstraps in a node's first seconds, beyond the one at its join.
+const EARLY_BOOTSTRAPS: u32 = 5;
+
 /// Everything the event loop keeps besides the swarm.
 struct State {
     members: Members,
     info: NodeInfo,
     started: Instant,
+    /// Kademlia bootstraps done in the first seconds (see
+    /// [`State::heartbeat`]).
+    early_bootstraps: u32,
     pending_requests: HashMap<OutboundRequestId, oneshot::Sender<Result<Vec<u8>>>>,
     pending_put: HashMap<kad::QueryId, (Vec<u8>, oneshot::Sender<Result<()>>)>,
     pending_get: HashMap<kad::QueryId, oneshot::Sender<Result<Option<Vec<u8>>>>>,
@@ -446,6 +453,17 @@ impl State {
     }
 
     fn heartbeat(&mut self, swarm: &mut Swarm<Behaviour>) {
+        // A node's one bootstrap at its join can ask its join peer before
+        // that peer has added the node that joined just before: the two
+        // new nodes would then not find each other until the periodic
+        // bootstrap, 30 s later. Bootstrap again 1, 2, 4, 8 and 16 s after
+        // the start.
+        if self.early_bootstraps < EARLY_BOOTSTRAPS
+            && self.started.elapsed() >= Duration::from_secs(1 << self.early_bootstraps)
+        {
+            self.early_bootstraps += 1;
+            let _ = swarm.behaviour_mut().kad.bootstrap();
+        }
         let mut peers: HashSet<PeerId> = self
             .members
             .snapshot(self.now_ms())

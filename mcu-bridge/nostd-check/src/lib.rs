@@ -55,3 +55,11 @@ pub unsafe extern "C" fn woof_device_step(
         _ => 0,
     }
 }
+
+/// The RAM of the session a small device keeps (eight requests of up to
+/// 128-byte frames), readable in the archive as a symbol's value.
+#[unsafe(no_mangle)]
+pub static WOOF_SESSION_8X128_BYTES: usize = core::mem::size_of::<Session<8, 128>>();
+/// The same for four requests of up to 64 bytes.
+#[unsafe(no_mangle)]
+pub static WOOF_SESSION_4X64_BYTES: usize = core::mem::size_of::<Session<4, 64>>();
