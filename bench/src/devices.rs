@@ -7,9 +7,9 @@
 //! outbox slots each, every device its own UDP socket) in one process on
 //! the same machine. Every device sends its readings to one topic with 3
 //! replicas, one in flight at a time (ADR 17), each acknowledged only once
-//! committed on a majority. Cases: fleets of growing size at 1 reading a
-//! second (the aim: 5,000 devices), and 200 devices at 5 a second
-//! over links that lose 10% of the frames each way. Figures: readings
+//! committed on a majority. Cases: 200 devices at 5 readings a second over
+//! links that lose 10% of the frames each way; 1,000 and 5,000 devices at
+//! 1 a second (the aim: 5,000); 1,000 devices at 5 a second. Figures: readings
 //! acknowledged a second, and the device-side time from a reading's first
 //! send to its ack (p50, p99). A case fails if any reading is refused or
 //! not acknowledged.
@@ -23,12 +23,13 @@ use crate::nodes::{self, Cluster};
 use crate::report::{Report, probe_machine};
 
 /// (devices, readings a second each, loss) per case.
-const CASES: [(u32, u32, f64); 5] = [
+/// Each case registers its own fleet: together at most the cluster's
+/// 10,000 devices.
+const CASES: [(u32, u32, f64); 4] = [
     (200, 5, 0.1),
     (1000, 1, 0.0),
-    (2000, 1, 0.0),
     (5000, 1, 0.0),
-    (8000, 1, 0.0),
+    (1000, 5, 0.0),
 ];
 
 pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
