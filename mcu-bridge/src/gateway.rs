@@ -34,6 +34,9 @@ pub const REQUESTS_REMEMBERED: usize = 4096;
 /// Frames waiting in [`Session::poll_transmit`]; beyond this the oldest are
 /// dropped (every answer is sent again when its request is retransmitted).
 pub const OUTBOX_MAX: usize = 256;
+/// Deliveries sent and not yet acknowledged by the device; past this,
+/// [`Session::deliver`] refuses ([`Error::OutboxFull`]).
+pub const DELIVERIES_UNACKED_MAX: usize = 64;
 
 /// A topic named in a request, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,6 +111,9 @@ struct Live {
     requests: BTreeMap<u32, Reply>,
     /// Requests at or below this were forgotten.
     floor: u32,
+    /// Deliveries not yet acknowledged, sealed, by gateway sequence number:
+    /// sent again as they are, so the device recognises a repeat.
+    unacked: BTreeMap<u32, Vec<u8>>,
 }
 
 impl Live {
@@ -119,6 +125,7 @@ impl Live {
             tx_seq: 1,
             requests: BTreeMap::new(),
             floor: 0,
+            unacked: BTreeMap::new(),
         }
     }
 
@@ -276,9 +283,12 @@ impl Session {
                     Verdict::TooOld => return Err(Error::TooOld),
                 }
                 return Ok(match msg {
-                    Message::DeliveryAck(d) => Some(Input::DeliveryAck {
-                        gateway_seq: d.acked,
-                    }),
+                    Message::DeliveryAck(d) => {
+                        live.unacked.remove(&d.acked);
+                        Some(Input::DeliveryAck {
+                            gateway_seq: d.acked,
+                        })
+                    }
                     _ => {
                         self.send(Message::Pong(Pong { acked: seq }))?;
                         None
@@ -429,19 +439,43 @@ impl Session {
     }
 
     /// Sends an element of a followed topic; returns the gateway sequence
-    /// number that [`Input::DeliveryAck`] will name.
+    /// number that [`Input::DeliveryAck`] will name. Until that ack, the
+    /// frame is kept for [`Session::redeliver`].
     pub fn deliver(&mut self, topic: Topic<'_>, topic_seq: u64, payload: &[u8]) -> Result<u32> {
-        let seq = self
-            .current
-            .as_ref()
-            .map(|l| l.tx_seq)
-            .ok_or(Error::NotConnected)?;
+        let live = self.current.as_ref().ok_or(Error::NotConnected)?;
+        if live.unacked.len() >= DELIVERIES_UNACKED_MAX {
+            return Err(Error::OutboxFull);
+        }
+        let seq = live.tx_seq;
         self.send(Message::Delivery(Delivery {
             topic,
             topic_seq,
             payload,
         }))?;
+        if let (Some(frame), Some(live)) = (self.outbox.back(), self.current.as_mut()) {
+            live.unacked.insert(seq, frame.clone());
+        }
         Ok(seq)
+    }
+
+    /// Sends delivery `gateway_seq` again, the same frame; false if it was
+    /// acknowledged (or its session is over).
+    pub fn redeliver(&mut self, gateway_seq: u32) -> bool {
+        let Some(frame) = self
+            .current
+            .as_ref()
+            .and_then(|l| l.unacked.get(&gateway_seq))
+            .cloned()
+        else {
+            return false;
+        };
+        self.push(frame);
+        true
+    }
+
+    /// Deliveries sent and not yet acknowledged.
+    pub fn unacked_deliveries(&self) -> usize {
+        self.current.as_ref().map_or(0, |l| l.unacked.len())
     }
 
     fn send(&mut self, msg: Message<'_>) -> Result<()> {

@@ -721,6 +721,8 @@ async fn devices(d: &mut Demo) -> Result<()> {
         loss: 0.1,
         seed: 42,
         drain: Duration::from_secs(60),
+        follow: None,
+        expect_deliveries: 0,
     };
     println!(
         "  probe-7 sends {PROBE_READINGS} readings at 20/s to {} (udp://{first}), losing 10% of \

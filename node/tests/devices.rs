@@ -46,6 +46,8 @@ fn sim(gateways: Vec<SocketAddr>, id: &str, key: [u8; 16], topic: &str) -> SimCo
         loss: 0.0,
         seed: 7,
         drain: Duration::from_secs(90),
+        follow: None,
+        expect_deliveries: 0,
     }
 }
 
@@ -162,7 +164,7 @@ async fn readings_survive_loss_and_a_gateway_kill_exactly_once_in_order() {
 /// Hostile input at one in-process gateway: wrong keys, replays, topics
 /// outside the registration, garbage, truncated and oversized frames, and a
 /// flood from one address; each is dropped or refused and counted, and an
-/// honest device's readings still all land.
+/// honest device's readings still all land. Then a device follows a topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_drops_and_counts_bad_frames_and_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -315,6 +317,63 @@ async fn a_gateway_drops_and_counts_bad_frames_and_keeps_serving() {
     assert_once_in_order(&r, &held);
     // The node still answers.
     assert!(latest(&mut client, "plant/pump").await.last_seq >= 101);
+
+    // A device that follows a topic gets every element once, in order, over
+    // a link that loses 20% of the frames each way (a delivery whose ack is
+    // lost is sent again, the same frame); elements appended while it
+    // follows come too.
+    create_replicated(&mut client, "plant/cmd", 1, "").await;
+    for i in 1..=10 {
+        common::append(&mut client, "plant/cmd", format!("cmd {i}")).await;
+    }
+    let out = woof(&[
+        "--server",
+        &url,
+        "--json",
+        "device",
+        "add",
+        "valve-1",
+        "--topics",
+        "plant/valve",
+        "--subscribe",
+        "plant/cmd",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let valve = woof_node::devices::registry::parse_key(v["key"].as_str().unwrap()).unwrap();
+    let mut follow = sim(vec![gateway], "valve-1", valve, "plant/valve");
+    follow.count = 0;
+    follow.loss = 0.2;
+    follow.follow = Some("plant/cmd".into());
+    follow.expect_deliveries = 20;
+    follow.drain = Duration::from_secs(60);
+    let run = tokio::spawn(simulator::run(follow));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 11..=20 {
+        common::append(&mut client, "plant/cmd", format!("cmd {i}")).await;
+    }
+    let r = run.await.unwrap().unwrap();
+    assert_eq!(r.subscribed_from, Some(1), "{r}");
+    let got: Vec<(u64, String)> = r
+        .delivered
+        .iter()
+        .map(|(seq, p)| (*seq, String::from_utf8_lossy(p).into_owned()))
+        .collect();
+    let want: Vec<(u64, String)> = (1..=20).map(|i| (i, format!("cmd {i}"))).collect();
+    assert_eq!(got, want, "{r}");
+    // Following a topic outside the registration is refused.
+    let mut nosy = sim(vec![gateway], "pump-1", key, "plant/pump");
+    nosy.count = 0;
+    nosy.follow = Some("plant/cmd".into());
+    nosy.expect_deliveries = 1;
+    nosy.drain = Duration::from_secs(20);
+    let r = simulator::run(nosy).await.unwrap();
+    assert_eq!(r.subscribe_refused, Some(wire::code::FORBIDDEN), "{r}");
+    assert!(r.delivered.is_empty());
     node.stop().await.unwrap();
 }
 

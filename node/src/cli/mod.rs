@@ -181,6 +181,13 @@ pub struct DeviceSimArgs {
     /// a fleet key (as `woof device add ID --fleet N` registered them).
     #[arg(long, default_value_t = 1)]
     pub devices: u32,
+    /// Also follow this topic from its first element, printing how many
+    /// elements arrived (once each, in order).
+    #[arg(long)]
+    pub follow: Option<String>,
+    /// With --follow: run until this many elements arrived (or --drain ends).
+    #[arg(long, default_value_t = 0)]
+    pub expect: u64,
 }
 
 impl DeviceSimArgs {
@@ -199,6 +206,8 @@ impl DeviceSimArgs {
             loss: self.loss,
             seed: self.seed,
             drain: std::time::Duration::from_secs(self.drain.min(3600)),
+            follow: self.follow.clone(),
+            expect_deliveries: self.expect,
         })
     }
 }

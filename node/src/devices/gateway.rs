@@ -16,6 +16,15 @@
 //! reading that arrives after a later one committed (a frame delayed past
 //! the device giving up on it) is refused, never written out of order.
 //!
+//! A device may follow up to 4 topics its registration allows: each
+//! subscription is a task that follows the topic from where the device
+//! asked and hands the gateway the next element once the device has
+//! acknowledged the last ([`DELIVERY_WINDOW`], so they arrive in order); one not
+//! acknowledged within 2 s is sent again, the same frame (the device's
+//! replay window recognises it and acknowledges it again). A new boot's
+//! subscriptions replace the old boot's; a device that moves to another
+//! gateway subscribes there again.
+//!
 //! Bounds: 4 appends in flight per device (more are refused as busy, the
 //! device retransmits), 4,096 in the whole gateway, 200 frames a second per
 //! device (a burst of 400) and per unknown address, sessions forgotten after
@@ -29,7 +38,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 use woof_consensus::Start;
 use woof_consensus::topic::{NODE_PRODUCER_PREFIX, Producer};
 use woof_mcu_bridge::gateway::{Input, Session, TopicRef};
@@ -58,6 +68,19 @@ const RETRY_FOR: Duration = Duration::from_secs(10);
 const ADDRS_MAX: usize = 65_536;
 /// The most addresses rate-limited before they said a good hello.
 const STRANGERS_MAX: usize = 4096;
+/// Topics one device may follow at once.
+pub const DEVICE_SUBSCRIPTIONS_MAX: usize = 4;
+/// Subscriptions the whole gateway serves.
+pub const SUBSCRIPTIONS_MAX: usize = 10_000;
+/// Deliveries one subscription may have unacknowledged: one, so that a
+/// device gets its topic's elements in order even when one is lost and sent
+/// again (the device keeps no reorder buffer), and the topic is read no
+/// faster than the device acknowledges.
+pub const DELIVERY_WINDOW: usize = 1;
+/// A delivery unacknowledged this long is sent again (the same frame).
+const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// How often deliveries are checked for resending.
+const RESEND_EVERY: Duration = Duration::from_millis(500);
 /// The window of requests a device may have in flight, told in the hello
 /// ack: one, so that its readings commit in its order (ADR 17).
 const WINDOW: u8 = 1;
@@ -77,6 +100,8 @@ pub struct Counts {
     pub refused: AtomicU64,
     /// Retransmitted requests answered again, or ignored while pending.
     pub duplicates: AtomicU64,
+    /// Elements sent to devices that follow their topics (first sends).
+    pub delivered: AtomicU64,
 }
 
 impl Counts {
@@ -115,7 +140,7 @@ impl Gateway {
             shutdown.clone(),
         ));
         let counts = Arc::new(Counts::default());
-        let (done_tx, done_rx) = mpsc::channel(INFLIGHT_MAX);
+        let (done_tx, done_rx) = mpsc::channel(INFLIGHT_MAX + SUBSCRIPTIONS_MAX);
         let state = State {
             socket,
             api,
@@ -125,6 +150,7 @@ impl Gateway {
             strangers: HashMap::new(),
             inflight: 0,
             done_tx,
+            next_sub: 0,
             counts: counts.clone(),
         };
         shutdown.spawn(state.run(done_rx, shutdown.clone()));
@@ -212,6 +238,52 @@ struct Peer {
     last_rx: Instant,
     inflight: usize,
     rate: Rate,
+    /// Its subscriptions, by id.
+    subs: HashMap<u64, Sub>,
+    /// Deliveries not yet acknowledged: gateway sequence number to the
+    /// subscription and when it was last sent.
+    unacked: HashMap<u32, (u64, Instant)>,
+}
+
+/// One topic a device follows.
+struct Sub {
+    boot_id: u64,
+    /// Stops its follow task.
+    cancel: CancellationToken,
+    /// Deliveries it may have unacknowledged: its follow task takes one per
+    /// element, an ack gives it back.
+    window: Arc<Semaphore>,
+}
+
+impl Drop for Sub {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// What a task reports to the gateway's task.
+enum Report {
+    Done(Done),
+    Subscribed(Subscribed),
+    Element(Element),
+}
+
+/// A subscription in place (its first sequence number) or refused.
+struct Subscribed {
+    device: String,
+    boot_id: u64,
+    device_seq: u32,
+    sub: u64,
+    result: Result<u64, (u8, String)>,
+}
+
+/// An element for a device that follows its topic.
+struct Element {
+    device: String,
+    sub: u64,
+    topic: TopicRef,
+    seq: u64,
+    payload: Bytes,
 }
 
 /// An append's end, reported to the gateway's task.
@@ -231,15 +303,18 @@ struct State {
     /// Rate limits of addresses with no session (hellos, strays).
     strangers: HashMap<SocketAddr, Rate>,
     inflight: usize,
-    done_tx: mpsc::Sender<Done>,
+    done_tx: mpsc::Sender<Report>,
+    /// The last subscription id given.
+    next_sub: u64,
     counts: Arc<Counts>,
 }
 
 impl State {
-    async fn run(mut self, mut done_rx: mpsc::Receiver<Done>, shutdown: Shutdown) {
+    async fn run(mut self, mut done_rx: mpsc::Receiver<Report>, shutdown: Shutdown) {
         // One byte more than a frame may be, to see those that are longer.
         let mut buf = vec![0u8; FRAME_LEN_MAX + 1];
         let mut sweep = tokio::time::interval(Duration::from_secs(10));
+        let mut resend = tokio::time::interval(RESEND_EVERY);
         loop {
             tokio::select! {
                 _ = shutdown.requested() => break,
@@ -256,8 +331,13 @@ impl State {
                     // the like: nothing to do but go on.
                     Err(e) => tracing::debug!("bridge socket: {e}"),
                 },
-                Some(done) = done_rx.recv() => self.done(done).await,
+                Some(report) = done_rx.recv() => match report {
+                    Report::Done(done) => self.done(done).await,
+                    Report::Subscribed(s) => self.subscribed(s).await,
+                    Report::Element(e) => self.element(e).await,
+                },
                 _ = sweep.tick() => self.sweep(),
+                _ = resend.tick() => self.resend().await,
             }
         }
         tracing::info!(
@@ -361,6 +441,8 @@ impl State {
             last_rx: now,
             inflight: 0,
             rate: Rate::new(now),
+            subs: HashMap::new(),
+            unacked: HashMap::new(),
         });
         peer.last_rx = now;
         // The session id, if this hello starts one (0 is made 1).
@@ -421,21 +503,22 @@ impl State {
                 tokio::spawn(async move {
                     let result = append(&api, &topic, payload, producer, device_seq).await;
                     let _ = done
-                        .send(Done {
+                        .send(Report::Done(Done {
                             device,
                             boot_id,
                             device_seq,
                             result,
-                        })
+                        }))
                         .await;
                 });
             }
             Input::Subscribe {
                 boot_id,
                 device_seq,
-                ..
-            }
-            | Input::Offload {
+                topic,
+                from,
+            } => self.subscribe(device, boot_id, device_seq, topic, from),
+            Input::Offload {
                 boot_id,
                 device_seq,
                 ..
@@ -450,7 +533,215 @@ impl State {
                     );
                 }
             }
-            Input::DeliveryAck { .. } => {}
+            Input::DeliveryAck { gateway_seq } => {
+                if let Some(peer) = self.devices.get_mut(&device.id)
+                    && let Some((sub, _)) = peer.unacked.remove(&gateway_seq)
+                    && let Some(s) = peer.subs.get(&sub)
+                {
+                    s.window.add_permits(1);
+                }
+            }
+        }
+    }
+
+    /// Starts following a topic for a device: refused if its registration
+    /// does not allow it, or past the bounds.
+    fn subscribe(
+        &mut self,
+        device: &Device,
+        boot_id: u64,
+        device_seq: u32,
+        topic: TopicRef,
+        from: u64,
+    ) {
+        let Some(peer) = self.devices.get_mut(&device.id) else {
+            return;
+        };
+        let name = match resolve_follow(device, &topic) {
+            Ok(n) => n,
+            Err((code, text)) => {
+                Counts::add(&self.counts.refused);
+                let _ = peer.session.refuse(boot_id, device_seq, code, &text);
+                return;
+            }
+        };
+        // A new boot's subscriptions replace the old boot's.
+        peer.subs.retain(|_, s| s.boot_id == boot_id);
+        let all: usize = self.devices.values().map(|p| p.subs.len()).sum();
+        let Some(peer) = self.devices.get_mut(&device.id) else {
+            return;
+        };
+        if peer.subs.len() >= DEVICE_SUBSCRIPTIONS_MAX || all >= SUBSCRIPTIONS_MAX {
+            Counts::add(&self.counts.refused);
+            let _ = peer.session.refuse(
+                boot_id,
+                device_seq,
+                wire::code::BUSY,
+                "too many subscriptions",
+            );
+            return;
+        }
+        self.next_sub += 1;
+        let id = self.next_sub;
+        let cancel = CancellationToken::new();
+        let window = Arc::new(Semaphore::new(DELIVERY_WINDOW));
+        peer.subs.insert(
+            id,
+            Sub {
+                boot_id,
+                cancel: cancel.clone(),
+                window: window.clone(),
+            },
+        );
+        let api = self.api.clone();
+        let tx = self.done_tx.clone();
+        let device = device.id.clone();
+        tokio::spawn(async move {
+            let start = if from == 0 {
+                Start::Latest
+            } else {
+                Start::Seq(from)
+            };
+            let follow = tokio::select! {
+                _ = cancel.cancelled() => return,
+                f = api.subscribe(&name, start) => f,
+            };
+            let mut follow = match follow {
+                Ok(f) => {
+                    let _ = tx
+                        .send(Report::Subscribed(Subscribed {
+                            device: device.clone(),
+                            boot_id,
+                            device_seq,
+                            sub: id,
+                            result: Ok(f.next_seq()),
+                        }))
+                        .await;
+                    f
+                }
+                Err(e) => {
+                    let status = crate::grpc::convert::node_status(e);
+                    let code = match status.code() {
+                        tonic::Code::NotFound => wire::code::NOT_FOUND,
+                        _ => wire::code::REFUSED,
+                    };
+                    let _ = tx
+                        .send(Report::Subscribed(Subscribed {
+                            device,
+                            boot_id,
+                            device_seq,
+                            sub: id,
+                            result: Err((code, clip(status.message().to_string()))),
+                        }))
+                        .await;
+                    return;
+                }
+            };
+            loop {
+                let batch = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    b = follow.next_batch(DELIVERY_WINDOW) => b,
+                };
+                let Ok(batch) = batch else {
+                    // The topic went away, or the follow failed: the device
+                    // notices no more deliveries and may subscribe again.
+                    return;
+                };
+                for e in batch {
+                    let permit = tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        p = window.acquire() => p,
+                    };
+                    let Ok(permit) = permit else { return };
+                    permit.forget();
+                    let element = Element {
+                        device: device.clone(),
+                        sub: id,
+                        topic: topic.clone(),
+                        seq: e.seq,
+                        payload: e.payload,
+                    };
+                    if tx.send(Report::Element(element)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    async fn subscribed(&mut self, s: Subscribed) {
+        let Some(peer) = self.devices.get_mut(&s.device) else {
+            return;
+        };
+        let _ = match s.result {
+            Ok(first) => peer.session.subscribed(s.boot_id, s.device_seq, first),
+            Err((code, text)) => {
+                Counts::add(&self.counts.refused);
+                peer.subs.remove(&s.sub);
+                peer.session.refuse(s.boot_id, s.device_seq, code, &text)
+            }
+        };
+        self.flush(&s.device, None).await;
+    }
+
+    /// Sends an element to the device that follows its topic.
+    async fn element(&mut self, e: Element) {
+        let Some(peer) = self.devices.get_mut(&e.device) else {
+            return;
+        };
+        let Some(sub) = peer.subs.get(&e.sub) else {
+            return;
+        };
+        let live = peer.session.current().map(|(boot, _)| boot);
+        if live != Some(sub.boot_id) {
+            // That boot's session is over: so is the subscription.
+            peer.subs.remove(&e.sub);
+            return;
+        }
+        match peer.session.deliver(e.topic.as_wire(), e.seq, &e.payload) {
+            Ok(gateway_seq) => {
+                peer.unacked.insert(gateway_seq, (e.sub, Instant::now()));
+                Counts::add(&self.counts.delivered);
+            }
+            Err(err) => {
+                // Too large for a frame, or the session is full: skipped
+                // (the window slot comes back), counted.
+                tracing::debug!(device = %e.device, seq = e.seq, "delivery skipped: {err}");
+                Counts::add(&self.counts.refused);
+                sub.window.add_permits(1);
+            }
+        }
+        self.flush(&e.device, None).await;
+    }
+
+    /// Sends again every delivery unacknowledged for [`RESEND_AFTER`].
+    async fn resend(&mut self) {
+        let now = Instant::now();
+        let mut touched = Vec::new();
+        for (id, peer) in &mut self.devices {
+            let due: Vec<u32> = peer
+                .unacked
+                .iter()
+                .filter(|(_, (_, sent))| now.duration_since(*sent) >= RESEND_AFTER)
+                .map(|(seq, _)| *seq)
+                .collect();
+            for gateway_seq in due {
+                if peer.session.redeliver(gateway_seq) {
+                    if let Some((_, sent)) = peer.unacked.get_mut(&gateway_seq) {
+                        *sent = now;
+                    }
+                    touched.push(id.clone());
+                } else if let Some((sub, _)) = peer.unacked.remove(&gateway_seq)
+                    && let Some(s) = peer.subs.get(&sub)
+                {
+                    // Its session is over: the slot comes back.
+                    s.window.add_permits(1);
+                }
+            }
+        }
+        touched.dedup();
+        for id in touched {
+            self.flush(&id, None).await;
         }
     }
 
@@ -514,6 +805,24 @@ impl State {
         self.strangers
             .retain(|_, r| now.duration_since(r.at) < Duration::from_secs(10));
     }
+}
+
+/// The topic a subscription names, if the device may follow it: a name, or
+/// an index among its follow patterns without wildcards.
+fn resolve_follow(device: &Device, topic: &TopicRef) -> Result<String, (u8, String)> {
+    let name = match topic {
+        TopicRef::Index(i) => device
+            .subscribe
+            .get(usize::from(*i))
+            .and_then(|p| p.literal())
+            .map(str::to_string)
+            .ok_or_else(|| (wire::code::NOT_FOUND, format!("no topic at index {i}")))?,
+        TopicRef::Name(n) => n.clone(),
+    };
+    if !device.may_subscribe(&name) {
+        return Err((wire::code::FORBIDDEN, "topic not allowed".into()));
+    }
+    Ok(name)
 }
 
 /// The topic a request names, if the device may append to it.

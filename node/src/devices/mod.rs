@@ -8,7 +8,8 @@
 //! - [`gateway`]: the node's side of the protocol over UDP
 //!   (`--bridge-listen udp://HOST:PORT`): one session per device, readings
 //!   appended once each (keyed by device, boot and device sequence number,
-//!   ADR 17), acks only after commit.
+//!   ADR 17), acks only after commit; the topics devices follow, delivered
+//!   with flow control and sent again until acknowledged.
 //! - [`simulator`]: `woof device sim`, devices running the same `no_std`
 //!   core with small fixed buffers over a lossy link to real gateways.
 //!

@@ -35,6 +35,8 @@ const PING_INTERVAL_MS: u64 = 2_000;
 /// Readings a device keeps while its link is slow; past this the oldest
 /// new one is dropped (and counted).
 const BACKLOG_MAX: usize = 100_000;
+/// Followed elements a run keeps.
+const DELIVERED_KEPT_MAX: usize = 100_000;
 /// The most readings one run sends.
 pub const COUNT_MAX: u64 = 10_000_000;
 
@@ -53,6 +55,12 @@ pub struct SimConfig {
     pub seed: u64,
     /// How long to wait for the last answers after the last reading.
     pub drain: Duration,
+    /// A topic to follow from its first element (subscribed again after a
+    /// gateway change, from the element after the last one received).
+    pub follow: Option<String>,
+    /// With `follow`: run until this many elements were received (or the
+    /// drain ends).
+    pub expect_deliveries: u64,
 }
 
 /// What happened.
@@ -71,6 +79,13 @@ pub struct SimReport {
     /// Each acknowledged reading's time from its first send to its ack
     /// (committed on a majority), in µs.
     pub ack_us: Vec<u32>,
+    /// Elements of the followed topic received, in order, once each:
+    /// (sequence number, payload).
+    pub delivered: Vec<(u64, Vec<u8>)>,
+    /// The first element the gateway said the subscription starts at.
+    pub subscribed_from: Option<u64>,
+    /// Why the gateway refused the subscription (a wire error code).
+    pub subscribe_refused: Option<u8>,
     /// Readings still waiting when the run ended.
     pub unanswered: u64,
     pub frames_sent: u64,
@@ -102,7 +117,16 @@ impl std::fmt::Display for SimReport {
             self.lost_down,
             self.failovers,
             self.elapsed_ms as f64 / 1000.0
-        )
+        )?;
+        match (self.subscribe_refused, self.subscribed_from) {
+            (Some(code), _) => write!(f, "\nfollowing refused (code {code})"),
+            (None, Some(from)) => write!(
+                f,
+                "\nfollowed from #{from}: {} elements received, in order, once each",
+                self.delivered.len()
+            ),
+            (None, None) => Ok(()),
+        }
     }
 }
 
@@ -201,6 +225,10 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
     let mut out = [0u8; FRAME_LEN_MAX];
     let mut buf = [0u8; FRAME_LEN_MAX + 1];
     let mut drain_from: Option<u64> = None;
+    // Following: subscribe when there is room, and again after a new
+    // session at another gateway.
+    let mut need_subscribe = config.follow.is_some();
+    let mut subscribed = false;
     let mut backlog = std::collections::VecDeque::new();
     loop {
         let now = now_ms();
@@ -228,6 +256,16 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             pending.insert(seq, (n, Instant::now()));
             backlog.pop_front();
         }
+        if need_subscribe
+            && session.outbox_len() < OUTBOX
+            && let Some(follow) = &config.follow
+        {
+            let from = report.delivered.last().map_or(1, |(seq, _)| seq + 1);
+            session
+                .subscribe(Topic::Name(follow.as_bytes()), from, rng.u32())
+                .map_err(|e| Error::Usage(format!("cannot follow {follow:?}: {e}")))?;
+            need_subscribe = false;
+        }
         while let Some(len) = session
             .poll_transmit(now, &mut out)
             .map_err(|e| Error::Internal(format!("device session: {e}")))?
@@ -245,8 +283,10 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
                 gateway = (gateway + 1) % config.gateways.len();
                 report.failovers += 1;
                 last_switch = now;
+                need_subscribe |= subscribed;
+                subscribed = false;
             }
-            settle(event, &mut pending, &mut report);
+            settle(event, &mut pending, &mut report, &mut subscribed);
         }
         // Nothing heard while requests wait: try the next gateway.
         if config.gateways.len() > 1
@@ -257,10 +297,15 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             session.reconnect(now);
             report.failovers += 1;
             last_switch = now;
+            need_subscribe |= subscribed;
+            subscribed = false;
             continue;
         }
+        let followed_enough = config.follow.is_none()
+            || report.delivered.len() as u64 >= config.expect_deliveries
+            || report.subscribe_refused.is_some();
         if report.readings == config.count && backlog.is_empty() {
-            if pending.is_empty() {
+            if pending.is_empty() && followed_enough {
                 break;
             }
             let from = *drain_from.get_or_insert(now);
@@ -291,7 +336,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             let now = now_ms();
             last_rx = now;
             if let Ok(Some(event)) = session.handle_input(now, &mut buf[..n]) {
-                settle(event, &mut pending, &mut report);
+                settle(event, &mut pending, &mut report, &mut subscribed);
             }
         }
     }
@@ -304,8 +349,37 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
 }
 
 /// Records what an event says about the readings.
-fn settle(event: Event<'_>, pending: &mut BTreeMap<u32, (u64, Instant)>, report: &mut SimReport) {
+fn settle(
+    event: Event<'_>,
+    pending: &mut BTreeMap<u32, (u64, Instant)>,
+    report: &mut SimReport,
+    subscribed: &mut bool,
+) {
     match event {
+        Event::Acked {
+            kind: RequestKind::Subscribe,
+            topic_seq,
+            ..
+        } => {
+            *subscribed = true;
+            report.subscribed_from.get_or_insert(topic_seq);
+        }
+        Event::Rejected {
+            kind: RequestKind::Subscribe,
+            code,
+            ..
+        } => report.subscribe_refused = Some(code),
+        // Once each, in order: a repeat (its ack was lost) is skipped.
+        Event::Delivery {
+            topic_seq, payload, ..
+        } if report
+            .delivered
+            .last()
+            .is_none_or(|(last, _)| topic_seq > *last)
+            && report.delivered.len() < DELIVERED_KEPT_MAX =>
+        {
+            report.delivered.push((topic_seq, payload.to_vec()));
+        }
         Event::Acked {
             seq,
             kind: RequestKind::Append,
