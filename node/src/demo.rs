@@ -674,6 +674,8 @@ async fn edge_python(d: &mut Demo) -> Result<()> {
 
 /// A microcontroller's topic, and how many readings it sends.
 const PROBE_TOPIC: &str = "farm/north/probe-7";
+/// The topic it follows: commands for it.
+const PROBE_COMMANDS: &str = "cmd/probe-7";
 const PROBE_READINGS: u64 = 60;
 
 /// A simulated microcontroller (the bridge's `no_std` core, eight requests
@@ -683,24 +685,39 @@ const PROBE_READINGS: u64 = 60;
 async fn devices(d: &mut Demo) -> Result<()> {
     heading("a microcontroller: bridge protocol over lossy UDP, durable acks, a gateway stopped");
     let mut c = d.client.clone();
-    c.create_topic(v1::CreateTopicRequest {
-        name: PROBE_TOPIC.into(),
-        replication: 3,
-        ..Default::default()
-    })
-    .await?;
+    for topic in [PROBE_TOPIC, PROBE_COMMANDS] {
+        c.create_topic(v1::CreateTopicRequest {
+            name: topic.into(),
+            replication: 3,
+            ..Default::default()
+        })
+        .await?;
+    }
+    for command in [
+        "{\"valve\":\"open\"}",
+        "{\"interval_s\":5}",
+        "{\"valve\":\"closed\"}",
+    ] {
+        c.append(v1::AppendRequest {
+            topic: PROBE_COMMANDS.into(),
+            payload: command.into(),
+            ..Default::default()
+        })
+        .await?;
+    }
     let added = c
         .add_device(v1::AddDeviceRequest {
             id: "probe-7".into(),
             topics: vec!["farm/north/*".into()],
-            subscribe: vec![],
+            subscribe: vec![PROBE_COMMANDS.into()],
             key: String::new(),
             fleet: 0,
         })
         .await?
         .into_inner();
     println!(
-        "  `woof device add probe-7 --topics 'farm/north/*'`: key {}… (shown once)",
+        "  `woof device add probe-7 --topics 'farm/north/*' --subscribe {PROBE_COMMANDS}`: key {}… \
+         (shown once)",
         &added.key[..8]
     );
     // The mill's edge node (last to join) is the device's first gateway.
@@ -721,12 +738,12 @@ async fn devices(d: &mut Demo) -> Result<()> {
         loss: 0.1,
         seed: 42,
         drain: Duration::from_secs(60),
-        follow: None,
-        expect_deliveries: 0,
+        follow: Some(PROBE_COMMANDS.into()),
+        expect_deliveries: 3,
     };
     println!(
-        "  probe-7 sends {PROBE_READINGS} readings at 20/s to {} (udp://{first}), losing 10% of \
-         frames each way",
+        "  probe-7 follows {PROBE_COMMANDS} and sends {PROBE_READINGS} readings at 20/s to {} \
+         (udp://{first}), losing 10% of frames each way",
         label(&mill)
     );
     let run = tokio::spawn(crate::devices::simulator::run(config));
@@ -738,6 +755,12 @@ async fn devices(d: &mut Demo) -> Result<()> {
         .map_err(|e| Error::Internal(format!("device task: {e}")))??;
     for line in report.to_string().lines() {
         println!("  {line}");
+    }
+    for (seq, command) in &report.delivered {
+        println!(
+            "    probe-7 got {PROBE_COMMANDS} #{seq}: {}",
+            String::from_utf8_lossy(command)
+        );
     }
     let held = scan_all(&mut c, PROBE_TOPIC).await?;
     let numbers: Vec<u64> = held
@@ -755,7 +778,9 @@ async fn devices(d: &mut Demo) -> Result<()> {
         if acked_held { "" } else { " (NOT!)" },
         if in_order { "" } else { " (NOT!)" }
     );
-    if !(acked_held && in_order && report.acked.len() as u64 == PROBE_READINGS) {
+    let commands_in_order = report.delivered.iter().map(|(s, _)| *s).eq(1..=3);
+    if !(acked_held && in_order && report.acked.len() as u64 == PROBE_READINGS && commands_in_order)
+    {
         return Err(Error::Internal(format!(
             "the device's readings are not all acknowledged once, in order: {report}"
         )));

@@ -317,6 +317,8 @@ fn the_demo_runs_and_shows_each_step() {
         "| #30: rms of 4 readings",
         "readings 60  acknowledged 60  refused 0  given up 0",
         "farm/north/probe-7 holds 60 readings: every acknowledged one once, in the device's order\n",
+        "followed from #1: 3 elements received, in order, once each",
+        r#"probe-7 got cmd/probe-7 #3: {"valve":"closed"}"#,
         "cleaned up",
     ] {
         assert!(
