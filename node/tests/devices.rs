@@ -132,6 +132,21 @@ async fn readings_survive_loss_and_a_gateway_kill_exactly_once_in_order() {
     assert!(get(&mut client, "_woof/devices", 1).await.is_err());
     let out = woof(&["--server", &first.url, "append", "_woof/devices", "x"]);
     assert!(!out.status.success());
+    // Nor can a handler be bound to it, to copy its elements out.
+    let out = woof(&[
+        "--server",
+        &first.url,
+        "handler",
+        "deploy",
+        "_woof/devices",
+        "leak",
+        "--native",
+        "forward",
+        "--config",
+        r#"{"to":"farm/north/soil"}"#,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("woof's own"), "{err}");
 
     let addrs: Vec<SocketAddr> = ports
         .iter()

@@ -252,10 +252,13 @@ impl TopicApi {
         spec: HandlerSpec,
         from: From,
     ) -> Result<Handler> {
+        // A handler on woof's own topics could copy them out.
+        user_topic(topic, true)?;
         self.cluster()?.deploy_handler(topic, spec, from).await
     }
 
     pub async fn update_handler(&self, topic: &str, spec: HandlerSpec) -> Result<Handler> {
+        user_topic(topic, true)?;
         self.cluster()?.update_handler(topic, spec).await
     }
 
@@ -274,6 +277,7 @@ impl TopicApi {
 
     /// Element `seq` of `topic`, its causes and its effects.
     pub async fn trace(&self, topic: &str, seq: u64) -> Result<Trace> {
+        user_topic(topic, false)?;
         self.cluster()?.trace(topic, seq).await
     }
 
@@ -286,9 +290,10 @@ impl TopicApi {
     }
 }
 
-/// Refuses what clients may not do to woof's own topics: write any of
-/// them, or read the device registry (it holds the devices' keys).
-fn user_topic(name: &str, write: bool) -> Result<()> {
+/// Refuses what clients and handlers may not do to woof's own topics:
+/// write any of them, or read the device registry (it holds the devices'
+/// keys).
+pub(crate) fn user_topic(name: &str, write: bool) -> Result<()> {
     let own = name.starts_with(RESERVED_PREFIX);
     if own && (write || name == crate::devices::registry::DEVICES_TOPIC) {
         return Err(Error::Log(woof_consensus::Error::InvalidName {
@@ -803,6 +808,8 @@ impl ClusterTopics {
         name: &str,
         keyed: Vec<(Producer, Bytes, Option<Cause>)>,
     ) -> Result<Vec<Result<AppendOutcome>>> {
+        // Handlers' outputs: never to woof's own topics.
+        user_topic(name, true)?;
         let name = TopicName::new(name)?;
         let (group, members) = self.locate(&name).await?;
         let time_ms = self.clock.now_ms();

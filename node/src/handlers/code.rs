@@ -190,6 +190,13 @@ struct Reads<'a>(&'a ClusterTopics);
 
 impl woof_python::Reads for Reads<'_> {
     async fn answer(&mut self, ask: Ask) -> Answer {
+        let topic = match &ask {
+            Ask::Get { topic, .. } | Ask::Latest { topic } | Ask::Scan { topic, .. } => topic,
+        };
+        // The device registry holds keys: no handler reads it.
+        if let Err(e) = crate::api::user_topic(topic, false) {
+            return Answer::Failed(e.to_string());
+        }
         let element = |seq: u64, payload: Bytes| Element {
             seq,
             payload: payload.to_vec(),
