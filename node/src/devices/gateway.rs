@@ -79,6 +79,8 @@ pub const SUBSCRIPTIONS_MAX: usize = 10_000;
 pub const DELIVERY_WINDOW: usize = 1;
 /// A delivery unacknowledged this long is sent again (the same frame).
 const RESEND_AFTER: Duration = Duration::from_secs(2);
+/// How often the gateway logs its counts (when they changed).
+const COUNTS_EVERY: Duration = Duration::from_secs(60);
 /// How often deliveries are checked for resending.
 const RESEND_EVERY: Duration = Duration::from_millis(500);
 /// The window of requests a device may have in flight, told in the hello
@@ -315,6 +317,8 @@ impl State {
         let mut buf = vec![0u8; FRAME_LEN_MAX + 1];
         let mut sweep = tokio::time::interval(Duration::from_secs(10));
         let mut resend = tokio::time::interval(RESEND_EVERY);
+        let mut report = tokio::time::interval(COUNTS_EVERY);
+        let mut reported = [0u64; 3];
         loop {
             tokio::select! {
                 _ = shutdown.requested() => break,
@@ -338,6 +342,7 @@ impl State {
                 },
                 _ = sweep.tick() => self.sweep(),
                 _ = resend.tick() => self.resend().await,
+                _ = report.tick() => reported = self.log_counts(reported),
             }
         }
         tracing::info!(
@@ -783,6 +788,32 @@ impl State {
     fn forget(&mut self, id: &str) {
         self.devices.remove(id);
         self.by_addr.retain(|_, d| d != id);
+    }
+
+    /// Logs what the gateway did since the last time, if anything: so an
+    /// operator sees drops and refusals without a debugger.
+    fn log_counts(&self, last: [u64; 3]) -> [u64; 3] {
+        let c = &self.counts;
+        let now = [
+            Counts::get(&c.frames),
+            Counts::get(&c.dropped),
+            Counts::get(&c.refused),
+        ];
+        if now != last {
+            tracing::info!(
+                devices = self.devices.len(),
+                frames = now[0],
+                dropped = now[1],
+                rate_limited = Counts::get(&c.rate_limited),
+                refused = now[2],
+                duplicates = Counts::get(&c.duplicates),
+                appends = Counts::get(&c.appends),
+                acked = Counts::get(&c.acked),
+                delivered = Counts::get(&c.delivered),
+                "bridge gateway, since it started"
+            );
+        }
+        now
     }
 
     /// Forgets silent devices and old rate limits.
