@@ -591,4 +591,36 @@ fn subscribe_deliver_offload_and_refuse() {
     )));
     assert_eq!(inputs, [Input::DeliveryAck { gateway_seq: gseq }]);
     assert_eq!(dev.outbox_len(), 0);
+    // Acknowledged: nothing left to send again.
+    assert_eq!(gw.unacked_deliveries(), 0);
+    assert!(!gw.redeliver(gseq));
+
+    // A delivery whose frame is lost is sent again as the same frame; the
+    // device acknowledges the repeat and reports the element once.
+    let lost = gw.deliver(Topic::Name(b"cmd/valve"), 42, b"close").unwrap();
+    let first = gw.poll_transmit().unwrap();
+    assert_eq!(gw.unacked_deliveries(), 1);
+    assert!(gw.redeliver(lost));
+    let again = gw.poll_transmit().unwrap();
+    assert_eq!(first, again, "a repeat is the same frame");
+    let mut frame = again.clone();
+    let ev = dev.handle_input(2, &mut frame).unwrap();
+    assert!(
+        matches!(ev, Some(Event::Delivery { topic_seq: 42, .. })),
+        "{ev:?}"
+    );
+    // Its ack is lost too: the gateway sends it once more, the device
+    // acks again without reporting it twice.
+    let mut buf = [0u8; 256];
+    while dev.poll_transmit(3, &mut buf).unwrap().is_some() {}
+    assert!(gw.redeliver(lost));
+    let mut frame = gw.poll_transmit().unwrap();
+    assert!(
+        dev.handle_input(4, &mut frame).is_err(),
+        "a repeat is not reported again"
+    );
+    let (events, inputs) = exchange(&mut dev, &mut gw, 5, &mut sniff);
+    assert!(events.is_empty(), "{events:?}");
+    assert_eq!(inputs, [Input::DeliveryAck { gateway_seq: lost }]);
+    assert_eq!(gw.unacked_deliveries(), 0);
 }
