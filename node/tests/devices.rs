@@ -21,11 +21,14 @@ fn free_udp_port() -> u16 {
         .port()
 }
 
-/// Registers `id` through the CLI; returns its key.
-fn add_device(url: &str, id: &str, topics: &str) -> [u8; 16] {
-    let out = woof(&[
+/// Registers `id` through the CLI (with `extra` flags); returns its key
+/// (a fleet's key with `--fleet N`).
+fn add_device(url: &str, id: &str, topics: &str, extra: &[&str]) -> [u8; 16] {
+    let mut args = vec![
         "--server", url, "--json", "device", "add", id, "--topics", topics,
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = woof(&args);
     assert!(
         out.status.success(),
         "device add: {}",
@@ -111,9 +114,9 @@ async fn readings_survive_loss_and_a_gateway_kill_exactly_once_in_order() {
     wait_alive(&urls.map(String::as_str), 3);
     let mut client = connect(&first.url).await;
     create_replicated(&mut client, "farm/north/soil", 3, "").await;
-    let device_key = add_device(&first.url, "soil-1", "farm/north/*");
+    let device_key = add_device(&first.url, "soil-1", "farm/north/*", &[]);
     // Listed without keys; removed once, refused the second time.
-    add_device(&first.url, "soil-2", "farm/**");
+    add_device(&first.url, "soil-2", "farm/**", &[]);
     let out = woof(&["--server", &first.url, "device", "list"]);
     let listed = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -128,6 +131,11 @@ async fn readings_survive_loss_and_a_gateway_kill_exactly_once_in_order() {
     );
     let out = woof(&["--server", &first.url, "device", "rm", "soil-2"]);
     assert!(!out.status.success(), "a second rm is refused");
+    let out = woof(&[
+        "--server", &first.url, "device", "add", "none", "--topics", "farm/**", "--fleet", "0",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--fleet"), "{err}");
     // Nobody reads the registry (it holds the keys) or writes woof's topics.
     assert!(get(&mut client, "_woof/devices", 1).await.is_err());
     let out = woof(&["--server", &first.url, "append", "_woof/devices", "x"]);
@@ -204,7 +212,7 @@ async fn a_gateway_drops_and_counts_bad_frames_and_keeps_serving() {
     let mut client = connect(&url).await;
     create_replicated(&mut client, "plant/pump", 1, "").await;
     create_replicated(&mut client, "plant/secret", 1, "").await;
-    let key = add_device(&url, "pump-1", "plant/pump");
+    let key = add_device(&url, "pump-1", "plant/pump", &[]);
     let counts = || {
         let c = node.gateway().unwrap().counts();
         use woof_node::devices::gateway::Counts;
@@ -341,25 +349,12 @@ async fn a_gateway_drops_and_counts_bad_frames_and_keeps_serving() {
     for i in 1..=10 {
         common::append(&mut client, "plant/cmd", format!("cmd {i}")).await;
     }
-    let out = woof(&[
-        "--server",
+    let valve = add_device(
         &url,
-        "--json",
-        "device",
-        "add",
         "valve-1",
-        "--topics",
         "plant/valve",
-        "--subscribe",
-        "plant/cmd",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["--subscribe", "plant/cmd"],
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let valve = woof_node::devices::registry::parse_key(v["key"].as_str().unwrap()).unwrap();
     let mut follow = sim(vec![gateway], "valve-1", valve, "plant/valve");
     follow.count = 0;
     follow.loss = 0.2;
@@ -437,25 +432,7 @@ async fn two_hundred_devices_over_lossy_links_each_reading_once_in_order() {
     wait_alive(&urls, 3);
     let mut client = connect(&nodes[0].url).await;
     create_replicated(&mut client, "farm/fleet", 3, "").await;
-    let out = woof(&[
-        "--server",
-        &nodes[0].url,
-        "--json",
-        "device",
-        "add",
-        "probe",
-        "--topics",
-        "farm/**",
-        "--fleet",
-        "200",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let fleet_key = woof_node::devices::registry::parse_key(v["key"].as_str().unwrap()).unwrap();
+    let fleet_key = add_device(&nodes[0].url, "probe", "farm/**", &["--fleet", "200"]);
 
     let mut config = sim(
         ports

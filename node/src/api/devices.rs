@@ -11,8 +11,8 @@ use woof_mcu_bridge::crypto::KEY_LEN;
 
 use super::{ClusterTopics, REPLICATION_DEFAULT};
 use crate::devices::registry::{
-    DEVICES_MAX, DEVICES_TOPIC, Device, Record, Registry, check_id, fleet_device_key, key_hex,
-    new_key, parse_patterns,
+    DEVICES_MAX, DEVICES_TOPIC, Device, Pattern, Record, Registry, check_id, fleet_device_key,
+    key_hex, new_key, parse_patterns,
 };
 use crate::error::{Error, Result};
 
@@ -107,13 +107,7 @@ impl ClusterTopics {
         key: Option<[u8; KEY_LEN]>,
     ) -> Result<Device> {
         check_id(id)?;
-        let patterns = parse_patterns(topics)?;
-        if patterns.is_empty() {
-            return Err(Error::Usage(
-                "a device needs at least one topic pattern it may append to (--topics)".into(),
-            ));
-        }
-        let follows = parse_patterns(subscribe)?;
+        let (patterns, follows) = registration(topics, subscribe)?;
         let current = self.devices().await?;
         if current.get(id).is_some() {
             return Err(Error::Usage(format!(
@@ -157,13 +151,7 @@ impl ClusterTopics {
     ) -> Result<usize> {
         let last = format!("{id}-{n}");
         check_id(&last)?;
-        let patterns = parse_patterns(topics)?;
-        if patterns.is_empty() {
-            return Err(Error::Usage(
-                "a device needs at least one topic pattern it may append to (--topics)".into(),
-            ));
-        }
-        let follows = parse_patterns(subscribe)?;
+        let (patterns, follows) = registration(topics, subscribe)?;
         let current = self.devices().await?;
         if n == 0 || current.len() + n as usize > DEVICES_MAX {
             return Err(Error::Usage(format!(
@@ -213,6 +201,18 @@ impl ClusterTopics {
             _ => Err(not_registered(id)),
         }
     }
+}
+
+/// A registration's append and follow patterns, checked: at least one
+/// to append to.
+fn registration(topics: &[String], subscribe: &[String]) -> Result<(Vec<Pattern>, Vec<Pattern>)> {
+    let patterns = parse_patterns(topics)?;
+    if patterns.is_empty() {
+        return Err(Error::Usage(
+            "a device needs at least one topic pattern it may append to (--topics)".into(),
+        ));
+    }
+    Ok((patterns, parse_patterns(subscribe)?))
 }
 
 fn not_registered(id: &str) -> Error {

@@ -761,6 +761,9 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
             fleet: Some(n),
             ..
         }) => {
+            if n == 0 {
+                return Err(Error::Usage("--fleet takes 1 device or more".into()));
+            }
             let r = client
                 .add_device(v1::AddDeviceRequest {
                     id: id.clone(),
