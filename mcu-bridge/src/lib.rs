@@ -19,6 +19,8 @@
 //!   clocks: bytes and the time in, bytes and the next deadline out. Hello,
 //!   append with CoAP-style retransmission, subscribe, deliveries and their
 //!   acks, ping, offload, all in a fixed outbox of `N` slots.
+//! - [`offload`]: the device's choice per invocation between its own
+//!   function and an offloaded call, by measured time to result.
 //! - `gateway` (feature `std`): the gateway's logic for one device:
 //!   authentication, dedupe by (boot id, device sequence number), and acks
 //!   sent only when the node says an append committed. No sockets.
@@ -115,6 +117,7 @@ extern crate std;
 pub mod crypto;
 #[cfg(feature = "std")]
 pub mod gateway;
+pub mod offload;
 pub mod session;
 pub mod wire;
 

@@ -740,6 +740,7 @@ async fn devices(d: &mut Demo) -> Result<()> {
         drain: Duration::from_secs(60),
         follow: Some(PROBE_COMMANDS.into()),
         expect_deliveries: 3,
+        offload: None,
     };
     println!(
         "  probe-7 follows {PROBE_COMMANDS} and sends {PROBE_READINGS} readings at 20/s to {} \

@@ -111,10 +111,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 format!("device {}", config.id)
             };
+            let what = match &config.offload {
+                Some(o) => format!(
+                    "invoking {} (locally: {}) {} times",
+                    o.handler, o.builtin, config.count
+                ),
+                None => format!(
+                    "appending {} readings each to {}",
+                    config.count, config.topic
+                ),
+            };
             println!(
-                "{who} appending {} readings each to {} at {}/s through {} gateway(s), losing {:.0}% of frames each way",
-                config.count,
-                config.topic,
+                "{who} {what} at {}/s through {} gateway(s), losing {:.0}% of frames each way",
                 config.rate,
                 config.gateways.len(),
                 config.loss * 100.0
@@ -128,14 +136,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 println!("{report}");
             }
-            let (readings, acked) = (report.readings(), report.acked());
-            if acked != readings {
-                anyhow::bail!(
-                    "{} of {readings} readings were not acknowledged",
-                    readings - acked
-                );
+            match report.shortfall() {
+                Some(why) => anyhow::bail!("{why}"),
+                None => Ok(()),
             }
-            Ok(())
         }
         Command::Demo => {
             init_tracing("warn,libp2p_kad=error,openraft=off");

@@ -51,6 +51,7 @@ fn sim(gateways: Vec<SocketAddr>, id: &str, key: [u8; 16], topic: &str) -> SimCo
         drain: Duration::from_secs(90),
         follow: None,
         expect_deliveries: 0,
+        offload: None,
     }
 }
 
@@ -465,4 +466,193 @@ async fn two_hundred_devices_over_lossy_links_each_reading_once_in_order() {
     }
     // Losses cost retransmissions, not readings.
     assert!(report.acked() >= 19_900, "{report}");
+}
+
+/// `woof --json device sim` with an offloaded function: the summary.
+fn sim_offload(gateway: &str, id: &str, key: &[u8; 16], extra: &[&str]) -> serde_json::Value {
+    let key = woof_node::devices::registry::key_hex(key);
+    let mut args = vec![
+        "--json",
+        "device",
+        "sim",
+        "--gateway",
+        gateway,
+        "--id",
+        id,
+        "--key",
+        &key,
+        "--topic",
+        "mill/vibration",
+        "--rate",
+        "20/s",
+        "--count",
+        "48",
+        "--drain",
+        "60",
+    ];
+    args.extend_from_slice(extra);
+    let out = woof(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "device sim {extra:?}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str::<serde_json::Value>(last).unwrap()["offload"].clone()
+}
+
+/// A device offloads a function to its gateway or runs it itself, by
+/// measured time to result: a native handler and a Python one answer with
+/// what the device's own run gives, the chooser takes the gateway when the
+/// device is slow and itself when it is fast (re-probing the other side
+/// every 16 invocations), and a handler the device may not reach fails
+/// without stopping it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offloaded_calls_give_the_local_result_and_the_faster_side_is_chosen() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let port = free_udp_port();
+    let gateway = format!("udp://127.0.0.1:{port}");
+    let node = start_node(&dir.path().join("n0"), &key, &["--bridge-listen", &gateway]);
+    wait_alive(&[&node.url], 1);
+    let mut client = connect(&node.url).await;
+    create_replicated(&mut client, "mill/vibration", 1, "").await;
+    create_replicated(&mut client, "mill/other", 1, "").await;
+    let deploy = |topic: &str, name: &str, code: &[&str]| {
+        let mut args = vec!["--server", &node.url, "handler", "deploy", topic, name];
+        args.extend_from_slice(code);
+        let out = woof(&args);
+        assert!(
+            out.status.success(),
+            "deploy {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let stats = r#"{"to":"mill/stats","field":"n","count":8}"#;
+    deploy(
+        "mill/vibration",
+        "stats",
+        &["--native", "window", "--config", stats],
+    );
+    let script = dir.path().join("echo.py");
+    std::fs::write(
+        &script,
+        "def handle(ctx, seq, payload):\n    ctx.append('mill/echo', payload)\n",
+    )
+    .unwrap();
+    deploy(
+        "mill/vibration",
+        "echo",
+        &["--python", script.to_str().unwrap()],
+    );
+    deploy(
+        "mill/other",
+        "hidden",
+        &["--native", "window", "--config", stats],
+    );
+    let device_key = add_device(&node.url, "mill-1", "mill/vibration", &[]);
+
+    // A slow device (50 ms a run): the gateway answers sooner, so it takes
+    // nearly every call, and each answer is the device's own result.
+    let slow = sim_offload(
+        &gateway,
+        "mill-1",
+        &device_key,
+        &[
+            "--offload",
+            "stats",
+            "--local",
+            "window",
+            "--local-config",
+            stats,
+            "--local-cost-ms",
+            "50",
+        ],
+    );
+    eprintln!("slow device: {slow}");
+    assert_eq!(slow["mismatched"], 0, "{slow}");
+    assert_eq!(slow["failed"], 0, "{slow}");
+    let (local, remote) = (
+        slow["local"].as_u64().unwrap(),
+        slow["remote"].as_u64().unwrap(),
+    );
+    assert_eq!(local + remote, 48, "{slow}");
+    assert!(
+        remote >= 40 && local >= 3,
+        "offloaded while slower, re-probed: {slow}"
+    );
+
+    // A fast device: it keeps its calls, trying the gateway once per 16.
+    let fast = sim_offload(
+        &gateway,
+        "mill-1",
+        &device_key,
+        &[
+            "--offload",
+            "stats",
+            "--local",
+            "window",
+            "--local-config",
+            stats,
+        ],
+    );
+    eprintln!("fast device: {fast}");
+    let (local, remote) = (
+        fast["local"].as_u64().unwrap(),
+        fast["remote"].as_u64().unwrap(),
+    );
+    assert!(
+        local >= 40 && remote >= 3,
+        "kept local while faster: {fast}"
+    );
+    assert_eq!(fast["mismatched"], 0, "{fast}");
+
+    // A Python handler gives what the device's own `forward` gives.
+    let echo = sim_offload(
+        &gateway,
+        "mill-1",
+        &device_key,
+        &[
+            "--offload",
+            "echo",
+            "--local",
+            "forward",
+            "--local-config",
+            r#"{"to":"mill/echo"}"#,
+            "--local-cost-ms",
+            "50",
+        ],
+    );
+    eprintln!("python: {echo}");
+    assert_eq!(echo["mismatched"], 0, "{echo}");
+    assert!(echo["remote"].as_u64().unwrap() >= 40, "{echo}");
+
+    // A handler of a topic outside the registration is not found: the
+    // device counts the failures and runs the function itself.
+    let hidden = sim_offload(
+        &gateway,
+        "mill-1",
+        &device_key,
+        &[
+            "--offload",
+            "hidden",
+            "--local",
+            "window",
+            "--local-config",
+            stats,
+            "--local-cost-ms",
+            "5",
+        ],
+    );
+    eprintln!("hidden: {hidden}");
+    assert_eq!(hidden["remote"], 0, "{hidden}");
+    assert!(hidden["failed"].as_u64().unwrap() >= 3, "{hidden}");
+    assert_eq!(
+        hidden["local"].as_u64().unwrap() + hidden["failed"].as_u64().unwrap(),
+        48,
+        "{hidden}"
+    );
+    // Nothing was appended by the calls: no reading, no handler output.
+    assert_eq!(latest(&mut client, "mill/vibration").await.last_seq, 0);
 }

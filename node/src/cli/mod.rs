@@ -188,6 +188,22 @@ pub struct DeviceSimArgs {
     /// With --follow: run until this many elements arrived (or --drain ends).
     #[arg(long, default_value_t = 0)]
     pub expect: u64,
+    /// Invoke the gateway's handler of this name (bound to one of the
+    /// device's topics) each tick instead of appending a reading, or run
+    /// --local on the device: whichever answered faster lately.
+    #[arg(long, requires = "local")]
+    pub offload: Option<String>,
+    /// With --offload: the device's own implementation, a native handler
+    /// (`woof handler builtins`).
+    #[arg(long, requires = "offload")]
+    pub local: Option<String>,
+    /// With --local: its config (JSON), as the gateway's handler has it.
+    #[arg(long, default_value = "")]
+    pub local_config: String,
+    /// With --local: milliseconds a local run costs on top, standing for a
+    /// microcontroller that much slower than this machine.
+    #[arg(long, default_value_t = 0)]
+    pub local_cost_ms: u64,
 }
 
 impl DeviceSimArgs {
@@ -208,6 +224,21 @@ impl DeviceSimArgs {
             drain: std::time::Duration::from_secs(self.drain.min(3600)),
             follow: self.follow.clone(),
             expect_deliveries: self.expect,
+            offload: match (&self.offload, &self.local) {
+                (Some(handler), Some(builtin)) => {
+                    crate::handlers::native::build(builtin, &self.local_config)
+                        .map_err(|e| Error::Usage(format!("--local {builtin}: {e}")))?;
+                    Some(crate::devices::simulator::OffloadConfig {
+                        handler: handler.clone(),
+                        builtin: builtin.clone(),
+                        config: self.local_config.clone(),
+                        local_cost: std::time::Duration::from_millis(
+                            self.local_cost_ms.min(60_000),
+                        ),
+                    })
+                }
+                _ => None,
+            },
         })
     }
 }

@@ -25,8 +25,11 @@
 //! subscriptions replace the old boot's; a device that moves to another
 //! gateway subscribes there again.
 //!
-//! Bounds: 4 appends in flight per device (more are refused as busy, the
-//! device retransmits), 4,096 in the whole gateway, 200 frames a second per
+//! An offloaded call (`super::offload`) runs as a task of its own too, and
+//! its result goes back in the session like an ack.
+//!
+//! Bounds: 4 requests in flight per device (more are refused as busy, the
+//! device retransmits), 4,096 appends and 64 offloaded calls in the whole gateway, 200 frames a second per
 //! device (a burst of 400) and per unknown address, sessions forgotten after
 //! 10 minutes of silence; frames over 1,024 bytes are dropped.
 
@@ -45,6 +48,8 @@ use woof_consensus::topic::{NODE_PRODUCER_PREFIX, Producer};
 use woof_mcu_bridge::gateway::{Input, Session, TopicRef};
 use woof_mcu_bridge::wire::{self, FRAME_LEN_MAX};
 
+use super::clip;
+use super::offload::{self, Engines};
 use super::registry::{DEVICES_TOPIC, Device, Registry};
 use crate::api::{ClusterTopics, Following};
 use crate::error::{Error, Result};
@@ -104,6 +109,10 @@ pub struct Counts {
     pub duplicates: AtomicU64,
     /// Elements sent to devices that follow their topics (first sends).
     pub delivered: AtomicU64,
+    /// Offloaded calls run...
+    pub offloads: AtomicU64,
+    /// ...and those that returned a result.
+    pub offloaded: AtomicU64,
 }
 
 impl Counts {
@@ -151,6 +160,8 @@ impl Gateway {
             by_addr: HashMap::new(),
             strangers: HashMap::new(),
             inflight: 0,
+            offloads: 0,
+            engines: Engines::default(),
             done_tx,
             next_sub: 0,
             counts: counts.clone(),
@@ -266,6 +277,7 @@ impl Drop for Sub {
 /// What a task reports to the gateway's task.
 enum Report {
     Done(Done),
+    Offloaded(Offloaded),
     Subscribed(Subscribed),
     Element(Element),
 }
@@ -288,6 +300,14 @@ struct Element {
     payload: Bytes,
 }
 
+/// An offloaded call's end.
+struct Offloaded {
+    device: String,
+    boot_id: u64,
+    device_seq: u32,
+    outcome: offload::Outcome,
+}
+
 /// An append's end, reported to the gateway's task.
 struct Done {
     device: String,
@@ -305,6 +325,9 @@ struct State {
     /// Rate limits of addresses with no session (hellos, strays).
     strangers: HashMap<SocketAddr, Rate>,
     inflight: usize,
+    /// Offloaded calls running.
+    offloads: usize,
+    engines: Engines,
     done_tx: mpsc::Sender<Report>,
     /// The last subscription id given.
     next_sub: u64,
@@ -337,6 +360,7 @@ impl State {
                 },
                 Some(report) = done_rx.recv() => match report {
                     Report::Done(done) => self.done(done).await,
+                    Report::Offloaded(o) => self.offloaded(o).await,
                     Report::Subscribed(s) => self.subscribed(s).await,
                     Report::Element(e) => self.element(e).await,
                 },
@@ -526,17 +550,36 @@ impl State {
             Input::Offload {
                 boot_id,
                 device_seq,
-                ..
+                handler,
+                payload,
             } => {
-                Counts::add(&self.counts.refused);
-                if let Some(peer) = self.devices.get_mut(&device.id) {
-                    let _ = peer.session.refuse(
-                        boot_id,
-                        device_seq,
-                        wire::code::REFUSED,
-                        "not served by this gateway yet",
-                    );
+                let Some(peer) = self.devices.get_mut(&device.id) else {
+                    return;
+                };
+                if peer.inflight >= DEVICE_INFLIGHT_MAX || self.offloads >= offload::OFFLOADS_MAX {
+                    Counts::add(&self.counts.refused);
+                    let _ = peer
+                        .session
+                        .refuse(boot_id, device_seq, wire::code::BUSY, "busy");
+                    return;
                 }
+                Counts::add(&self.counts.offloads);
+                peer.inflight += 1;
+                self.offloads += 1;
+                let (api, engines, done) =
+                    (self.api.clone(), self.engines.clone(), self.done_tx.clone());
+                let device = device.clone();
+                tokio::spawn(async move {
+                    let outcome = engines.call(&api, &device, &handler, payload).await;
+                    let _ = done
+                        .send(Report::Offloaded(Offloaded {
+                            device: device.id,
+                            boot_id,
+                            device_seq,
+                            outcome,
+                        }))
+                        .await;
+                });
             }
             Input::DeliveryAck { gateway_seq } => {
                 if let Some(peer) = self.devices.get_mut(&device.id)
@@ -771,6 +814,24 @@ impl State {
         self.flush(&done.device, None).await;
     }
 
+    async fn offloaded(&mut self, o: Offloaded) {
+        self.offloads -= 1;
+        let Some(peer) = self.devices.get_mut(&o.device) else {
+            return;
+        };
+        peer.inflight = peer.inflight.saturating_sub(1);
+        let (status, payload) = o.outcome;
+        if status == 0 {
+            Counts::add(&self.counts.offloaded);
+        } else {
+            Counts::add(&self.counts.refused);
+        }
+        let _ = peer
+            .session
+            .offload_result(o.boot_id, o.device_seq, status, &payload);
+        self.flush(&o.device, None).await;
+    }
+
     /// Sends what the device's session has for it, to `to` or where the
     /// device was last heard from.
     async fn flush(&mut self, id: &str, to: Option<SocketAddr>) {
@@ -810,6 +871,8 @@ impl State {
                 appends = Counts::get(&c.appends),
                 acked = Counts::get(&c.acked),
                 delivered = Counts::get(&c.delivered),
+                offloads = Counts::get(&c.offloads),
+                offloaded = Counts::get(&c.offloaded),
                 "bridge gateway, since it started"
             );
         }
@@ -912,16 +975,4 @@ async fn append(
             }
         }
     }
-}
-
-/// An error text cut to what an error frame carries.
-fn clip(mut text: String) -> String {
-    if text.len() > wire::ERROR_TEXT_LEN_MAX {
-        let mut end = wire::ERROR_TEXT_LEN_MAX;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }

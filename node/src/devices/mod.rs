@@ -10,6 +10,8 @@
 //!   appended once each (keyed by device, boot and device sequence number,
 //!   ADR 17), acks only after commit; the topics devices follow, delivered
 //!   with flow control and sent again until acknowledged.
+//! - [`offload`]: a device's offloaded call: a handler of one of its
+//!   topics run here on its payload, the result sent back.
 //! - [`simulator`]: `woof device sim`, devices running the same `no_std`
 //!   core with small fixed buffers over a lossy link to real gateways.
 //!
@@ -17,6 +19,7 @@
 //! `ClusterTopics` methods (`api/devices.rs`), served over gRPC.
 
 pub mod gateway;
+pub mod offload;
 pub mod registry;
 pub mod simulator;
 
@@ -43,4 +46,16 @@ pub fn udp_addr(text: &str) -> Result<SocketAddr> {
                 "{text:?} is not an address such as udp://127.0.0.1:7900"
             ))
         })
+}
+
+/// An error text cut to what an error frame carries.
+pub(crate) fn clip(mut text: String) -> String {
+    if text.len() > woof_mcu_bridge::wire::ERROR_TEXT_LEN_MAX {
+        let mut end = woof_mcu_bridge::wire::ERROR_TEXT_LEN_MAX;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }

@@ -5,6 +5,14 @@
 //! way. It appends one reading per tick and reports what was sent,
 //! acknowledged, retransmitted, refused and given up.
 //!
+//! Offload: with an [`OffloadConfig`], each tick is an invocation of a
+//! function instead of a reading. The device's
+//! [`woof_mcu_bridge::offload::Chooser`] runs it either locally (a native
+//! handler built into the simulator, plus a chosen cost for the slow
+//! microcontroller it stands for) or as an offloaded call to the gateway,
+//! by measured time to result; every remote result is checked against the
+//! local one.
+//!
 //! Fail-over: with several gateways, the device moves to the next one when
 //! requests wait and nothing has come back for [`FAILOVER_AFTER_MS`]; its
 //! pending readings keep their sequence numbers, so none is written twice.
@@ -14,6 +22,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
+use woof_mcu_bridge::offload::{Chooser, Side};
 use woof_mcu_bridge::session::{Config, Event, RequestKind, Session};
 use woof_mcu_bridge::wire::{FRAME_LEN_MAX, Topic};
 
@@ -61,6 +70,90 @@ pub struct SimConfig {
     /// With `follow`: run until this many elements were received (or the
     /// drain ends).
     pub expect_deliveries: u64,
+    /// Invoke a function each tick instead of appending a reading.
+    pub offload: Option<OffloadConfig>,
+}
+
+/// A function the device runs itself or offloads, chosen per invocation.
+#[derive(Debug, Clone)]
+pub struct OffloadConfig {
+    /// The handler the gateway runs (bound to one of the device's topics).
+    pub handler: String,
+    /// The device's own implementation: a native handler and its config,
+    /// the same code the gateway's handler should run.
+    pub builtin: String,
+    pub config: String,
+    /// What running it locally costs on top of the host's time: the
+    /// microcontroller the simulator stands for is that much slower.
+    pub local_cost: Duration,
+}
+
+impl OffloadConfig {
+    /// Runs the function here, on the payload as element 0 (as the gateway
+    /// does): the payload of its first output, or nothing.
+    fn local(&self, payload: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        let mut handler = crate::handlers::native::build(&self.builtin, &self.config)?;
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let outputs = handler.handle(0, unix_ms, payload)?;
+        Ok(outputs
+            .into_iter()
+            .next()
+            .map(|o| o.payload.to_vec())
+            .unwrap_or_default())
+    }
+}
+
+/// What the invocations did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OffloadReport {
+    /// Invocations run on the device...
+    pub local: u64,
+    /// ...and offloaded to the gateway, answered with a result.
+    pub remote: u64,
+    /// Remote results that differ from the local result of the same input.
+    pub mismatched: u64,
+    /// Offloaded calls refused, failed or given up (the chooser counts the
+    /// gateway as slowest until its next reset).
+    pub failed: u64,
+    /// Local failures (the function refused the input).
+    pub local_failed: u64,
+    /// Time to result of each, µs.
+    pub local_us: Vec<u32>,
+    pub remote_us: Vec<u32>,
+}
+
+impl OffloadReport {
+    /// Whether there were invocations at all.
+    pub fn any(&self) -> bool {
+        self.local + self.remote + self.failed > 0
+    }
+
+    fn add(&mut self, o: &OffloadReport) {
+        self.local += o.local;
+        self.remote += o.remote;
+        self.mismatched += o.mismatched;
+        self.failed += o.failed;
+        self.local_failed += o.local_failed;
+        self.local_us.extend_from_slice(&o.local_us);
+        self.remote_us.extend_from_slice(&o.remote_us);
+    }
+}
+
+impl std::fmt::Display for OffloadReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "invocations: {} local (p50 {:.2} ms), {} offloaded (p50 {:.2} ms), {} offloads failed, {} results differed from local",
+            self.local,
+            f64::from(quantile(&self.local_us, 0.5)) / 1000.0,
+            self.remote,
+            f64::from(quantile(&self.remote_us, 0.5)) / 1000.0,
+            self.failed,
+            self.mismatched
+        )
+    }
 }
 
 /// What happened.
@@ -94,6 +187,7 @@ pub struct SimReport {
     pub lost_down: u64,
     pub failovers: u64,
     pub elapsed_ms: u64,
+    pub offload: OffloadReport,
 }
 
 impl std::fmt::Display for SimReport {
@@ -126,8 +220,22 @@ impl std::fmt::Display for SimReport {
                 self.delivered.len()
             ),
             (None, None) => Ok(()),
+        }?;
+        if self.offload.any() {
+            write!(f, "\n{}", self.offload)?;
         }
+        Ok(())
     }
+}
+
+/// The `q` quantile (0..=1) of `values`, 0 if there are none.
+fn quantile(values: &[u32], q: f64) -> u32 {
+    let mut all = values.to_vec();
+    if all.is_empty() {
+        return 0;
+    }
+    all.sort_unstable();
+    all[((all.len() - 1) as f64 * q).round() as usize]
 }
 
 /// `udp://HOST:PORT[,udp://...]` (the scheme may be left out).
@@ -230,6 +338,9 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
     let mut need_subscribe = config.follow.is_some();
     let mut subscribed = false;
     let mut backlog = std::collections::VecDeque::new();
+    let mut chooser = Chooser::new();
+    // Offloaded calls waiting: device seq to (invocation, first send, input).
+    let mut offloads: BTreeMap<u32, (u64, Instant, Vec<u8>)> = BTreeMap::new();
     loop {
         let now = now_ms();
         // Readings fall due at the rate into a backlog (as a device keeps
@@ -243,11 +354,45 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             report.readings += 1;
         }
         // One at a time (the gateway's window is one, ADR 17), so that a
-        // reading's time to its ack is from its first send.
+        // reading's time to its ack is from its first send. Invocations wait
+        // for the first hello's answer, so that the chooser's first remote
+        // measurement is a call's, not the handshake's.
         while session.outbox_len() == 0
+            && (config.offload.is_none() || session.is_connected() || report.failovers > 0)
             && let Some(&n) = backlog.front()
         {
             let payload = format!("{{\"device\":\"{}\",\"n\":{n}}}", config.id);
+            if let Some(o) = &config.offload {
+                backlog.pop_front();
+                match chooser.pick() {
+                    Side::Local => {
+                        let started = Instant::now();
+                        let result = o.local(payload.as_bytes());
+                        // (A zero sleep would still wait for the timer's tick.)
+                        if !o.local_cost.is_zero() {
+                            tokio::time::sleep(o.local_cost).await;
+                        }
+                        let took = micros(started);
+                        chooser.record(Side::Local, u64::from(took));
+                        report.offload.local += 1;
+                        report.offload.local_us.push(took);
+                        if result.is_err() {
+                            report.offload.local_failed += 1;
+                        }
+                    }
+                    Side::Remote => {
+                        let seq = session
+                            .offload(o.handler.as_bytes(), payload.as_bytes(), rng.u32())
+                            .map_err(|e| {
+                                Error::Usage(format!(
+                                    "an offloaded call does not fit a {FRAME}-byte frame: {e}"
+                                ))
+                            })?;
+                        offloads.insert(seq, (n, Instant::now(), payload.into_bytes()));
+                    }
+                }
+                continue;
+            }
             let seq = session
                 .append(topic, payload.as_bytes(), rng.u32())
                 .map_err(|e| {
@@ -286,11 +431,14 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
                 need_subscribe |= subscribed;
                 subscribed = false;
             }
+            if let Some(o) = &config.offload {
+                settle_offload(&event, o, &mut offloads, &mut chooser, &mut report.offload);
+            }
             settle(event, &mut pending, &mut report, &mut subscribed);
         }
         // Nothing heard while requests wait: try the next gateway.
         if config.gateways.len() > 1
-            && !pending.is_empty()
+            && !(pending.is_empty() && offloads.is_empty())
             && now.saturating_sub(last_rx.max(last_switch)) > FAILOVER_AFTER_MS
         {
             gateway = (gateway + 1) % config.gateways.len();
@@ -305,7 +453,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             || report.delivered.len() as u64 >= config.expect_deliveries
             || report.subscribe_refused.is_some();
         if report.readings == config.count && backlog.is_empty() {
-            if pending.is_empty() && followed_enough {
+            if pending.is_empty() && offloads.is_empty() && followed_enough {
                 break;
             }
             let from = *drain_from.get_or_insert(now);
@@ -321,7 +469,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
         if !backlog.is_empty() && session.outbox_len() == 0 {
             wake = now;
         }
-        if !pending.is_empty() && config.gateways.len() > 1 {
+        if !(pending.is_empty() && offloads.is_empty()) && config.gateways.len() > 1 {
             wake = wake.min(last_rx.max(last_switch) + FAILOVER_AFTER_MS + 1);
         }
         let wait = Duration::from_millis(wake.saturating_sub(now).clamp(1, 1000));
@@ -336,6 +484,9 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             let now = now_ms();
             last_rx = now;
             if let Ok(Some(event)) = session.handle_input(now, &mut buf[..n]) {
+                if let Some(o) = &config.offload {
+                    settle_offload(&event, o, &mut offloads, &mut chooser, &mut report.offload);
+                }
                 settle(event, &mut pending, &mut report, &mut subscribed);
             }
         }
@@ -343,9 +494,69 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
     let stats = session.stats();
     report.frames_sent = u64::from(stats.sent);
     report.retransmitted = u64::from(stats.retransmitted);
-    report.unanswered = (pending.len() + backlog.len()) as u64;
+    report.unanswered = (pending.len() + offloads.len() + backlog.len()) as u64;
     report.elapsed_ms = now_ms();
     Ok(report)
+}
+
+/// µs since `t`, saturated.
+fn micros(t: Instant) -> u32 {
+    t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32
+}
+
+/// Records what an event says about an offloaded call: its time to result
+/// for the chooser, and whether the result is the local one.
+fn settle_offload(
+    event: &Event<'_>,
+    o: &OffloadConfig,
+    offloads: &mut BTreeMap<u32, (u64, Instant, Vec<u8>)>,
+    chooser: &mut Chooser,
+    report: &mut OffloadReport,
+) {
+    match *event {
+        Event::OffloadResult {
+            seq,
+            status,
+            payload,
+        } => {
+            let Some((_, sent, input)) = offloads.remove(&seq) else {
+                return;
+            };
+            if status != 0 {
+                tracing::debug!(
+                    status,
+                    "offloaded call failed: {}",
+                    String::from_utf8_lossy(payload)
+                );
+                report.failed += 1;
+                chooser.remote_failed();
+                return;
+            }
+            let took = micros(sent);
+            chooser.record(Side::Remote, u64::from(took));
+            report.remote += 1;
+            report.remote_us.push(took);
+            if o.local(&input).ok().as_deref() != Some(payload) {
+                report.mismatched += 1;
+            }
+        }
+        // Refused (the handler is not found, the gateway is busy) or no
+        // answer: the gateway is the slower side until the next reset.
+        Event::Rejected {
+            seq,
+            kind: RequestKind::Offload,
+            ..
+        }
+        | Event::GaveUp {
+            seq,
+            kind: RequestKind::Offload,
+        } if offloads.remove(&seq).is_some() => {
+            tracing::debug!(?event, "offloaded call failed");
+            report.failed += 1;
+            chooser.remote_failed();
+        }
+        _ => {}
+    }
 }
 
 /// Records what an event says about the readings.
@@ -387,9 +598,7 @@ fn settle(
         } => {
             if let Some((n, sent)) = pending.remove(&seq) {
                 report.acked.insert(n, topic_seq);
-                report
-                    .ack_us
-                    .push(sent.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                report.ack_us.push(micros(sent));
             }
         }
         Event::Rejected {
@@ -438,8 +647,35 @@ impl FleetReport {
         self.sum(|r| r.acked.len() as u64)
     }
 
+    /// What went wrong, if anything: readings not acknowledged; or, for
+    /// invocations, ones never answered, local runs that failed, and
+    /// remote results that differ from local ones.
+    pub fn shortfall(&self) -> Option<String> {
+        let (readings, acked) = (self.readings(), self.acked());
+        let offload = self.offload();
+        if !offload.any() {
+            return (acked != readings).then(|| {
+                format!(
+                    "{} of {readings} readings were not acknowledged",
+                    readings - acked
+                )
+            });
+        }
+        let (unanswered, local_failed, mismatched) = (
+            self.sum(|r| r.unanswered),
+            offload.local_failed,
+            offload.mismatched,
+        );
+        (unanswered + local_failed + mismatched > 0).then(|| {
+            format!(
+                "of {readings} invocations, {unanswered} were not answered, {local_failed} failed locally and {mismatched} offloaded results differed from the local ones"
+            )
+        })
+    }
+
     /// The figures as one JSON object (`woof --json device sim`).
     pub fn summary(&self) -> serde_json::Value {
+        let offload = self.offload();
         let secs = (self.elapsed_ms as f64 / 1000.0).max(0.001);
         serde_json::json!({
             "devices": self.devices.len(),
@@ -455,21 +691,35 @@ impl FleetReport {
             "retransmitted": self.sum(|r| r.retransmitted),
             "gateway_changes": self.sum(|r| r.failovers),
             "elapsed_ms": self.elapsed_ms,
+            "offload": {
+                "local": offload.local,
+                "remote": offload.remote,
+                "failed": offload.failed,
+                "local_failed": offload.local_failed,
+                "mismatched": offload.mismatched,
+                "local_p50_ms": f64::from(quantile(&offload.local_us, 0.5)) / 1000.0,
+                "remote_p50_ms": f64::from(quantile(&offload.remote_us, 0.5)) / 1000.0,
+            },
         })
+    }
+
+    /// Every device's invocations together.
+    pub fn offload(&self) -> OffloadReport {
+        let mut all = OffloadReport::default();
+        for (_, r) in &self.devices {
+            all.add(&r.offload);
+        }
+        all
     }
 
     /// The `q` quantile (0..=1) of the time from first send to ack, in µs.
     pub fn ack_quantile_us(&self, q: f64) -> u32 {
-        let mut all: Vec<u32> = self
+        let all: Vec<u32> = self
             .devices
             .iter()
             .flat_map(|(_, r)| r.ack_us.iter().copied())
             .collect();
-        if all.is_empty() {
-            return 0;
-        }
-        all.sort_unstable();
-        all[((all.len() - 1) as f64 * q).round() as usize]
+        quantile(&all, q)
     }
 }
 
@@ -502,7 +752,12 @@ impl std::fmt::Display for FleetReport {
             self.sum(|r| r.lost_up),
             self.sum(|r| r.lost_down),
             self.sum(|r| r.failovers),
-        )
+        )?;
+        let offload = self.offload();
+        if offload.any() {
+            write!(f, "\n{offload}")?;
+        }
+        Ok(())
     }
 }
 
