@@ -680,6 +680,10 @@ impl<const N: usize, const B: usize> Session<N, B> {
                     self.last_session_id = ack.session_id;
                 }
                 self.last_rx_ms = now_ms;
+                // A loss not reported yet is over: reported after this
+                // Connected, it would leave the caller thinking it is
+                // disconnected while it is not.
+                self.disconnected = false;
                 // Ping at once: it tells a gateway that held the session as
                 // pending (see `gateway`) that this hello was not a replay.
                 self.start_ping(now_ms);
@@ -1155,6 +1159,34 @@ mod tests {
             Frame::new_checked(&out[..len]).unwrap().frame_type(),
             Some(Type::Hello)
         );
+    }
+
+    /// Found by the fuzzer (mcu-bridge/fuzz, target device): a session lost
+    /// to silence, answered again before the caller polled its events,
+    /// reported Connected and then the stale Disconnected.
+    #[test]
+    fn a_loss_answered_before_it_is_polled_is_not_reported_after_connected() {
+        let mut s = connected(0);
+        let mut out = [0u8; 64];
+        let mut now = 0;
+        // Pings unanswered until the session is given up; nothing polls
+        // the events meanwhile.
+        while s.is_connected() {
+            while s.poll_transmit(now, &mut out).unwrap().is_some() {}
+            now = s.poll_timeout().unwrap().max(now + 1);
+        }
+        while s.poll_transmit(now, &mut out).unwrap().is_some() {}
+        let ack = Message::HelloAck(HelloAck {
+            session_id: 9,
+            window: 2,
+        });
+        let len = down(ack, 0, 0, &mut out);
+        assert_eq!(
+            s.handle_input(now, &mut out[..len]).unwrap(),
+            Some(Event::Connected { session_id: 9 })
+        );
+        assert_eq!(s.poll_event(now), None);
+        assert!(s.is_connected());
     }
 
     #[test]
