@@ -703,6 +703,19 @@ impl<const N: usize, const B: usize> Session<N, B> {
             direction: Direction::Down,
         };
         self.cipher.open(buf, &ctx)?;
+        // A frame that only goes up is dropped before the replay window
+        // takes its seq (a dropped frame leaves the session as it was).
+        if matches!(
+            ty,
+            Type::Hello
+                | Type::Append
+                | Type::Subscribe
+                | Type::DeliveryAck
+                | Type::Ping
+                | Type::Offload
+        ) {
+            return Err(Error::Unexpected);
+        }
         let verdict = self.rx.check(seq);
         if verdict == Verdict::TooOld {
             return Err(Error::TooOld);
@@ -781,7 +794,7 @@ impl<const N: usize, const B: usize> Session<N, B> {
                     }
                 }))
             }
-            // Frames that only go up.
+            // Frames that only go up (dropped above).
             Message::Hello(_)
             | Message::HelloAck(_)
             | Message::Append(_)
@@ -1187,6 +1200,37 @@ mod tests {
         );
         assert_eq!(s.poll_event(now), None);
         assert!(s.is_connected());
+    }
+
+    /// Found by the fuzzer (mcu-bridge/fuzz, target device): an authentic
+    /// frame of a type that only goes up was dropped as unexpected, but its
+    /// seq had gone into the replay window (and its arrival reset the
+    /// keepalive), so a dropped frame changed the session.
+    #[test]
+    fn a_frame_that_only_goes_up_leaves_the_window_and_the_keepalive() {
+        let mut s = connected(0);
+        let mut out = [0u8; 64];
+        let deadline = s.poll_timeout();
+        let up_only = Message::Subscribe(Subscribe {
+            topic: Topic::Index(1),
+            from: 0,
+        });
+        let len = down(up_only, 5, 9, &mut out);
+        assert_eq!(
+            s.handle_input(1_000, &mut out[..len]),
+            Err(Error::Unexpected)
+        );
+        assert_eq!(s.poll_timeout(), deadline);
+        let msg = Message::Delivery(wire::Delivery {
+            topic: Topic::Index(0),
+            topic_seq: 1,
+            payload: b"d",
+        });
+        let len = down(msg, 5, 9, &mut out);
+        assert!(matches!(
+            s.handle_input(1_000, &mut out[..len]),
+            Ok(Some(Event::Delivery { .. }))
+        ));
     }
 
     #[test]
