@@ -1,0 +1,346 @@
+/*
+ * woof_bridge.h: the device side of woof's bridge protocol in C99, for
+ * boards the Rust core (mcu-bridge/src) does not reach: an ESP8266 with the
+ * Arduino core, any Arduino sketch, a vendor SDK. The same frames as the
+ * Rust core, byte for byte (mcu-bridge/c-test proves it frame for frame);
+ * see mcu-bridge/src/lib.rs for the frame format and DESIGN.md,
+ * "Microcontrollers", for what the bridge promises.
+ *
+ * One header and one source file (woof_bridge.c). No malloc, no clock, no
+ * sockets, no libc beyond memcpy/memset/memcmp: the caller owns a
+ * `woof_session` (a static, or on the stack), brings the time in
+ * milliseconds and random numbers, and moves datagrams. Bytes and the time
+ * go in (woof_handle_input), bytes and the next deadline come out
+ * (woof_poll_transmit, woof_poll_timeout), and what the application should
+ * know comes out as events (woof_handle_input, woof_poll_event).
+ *
+ * Sizes are fixed at compile time; define these before including this
+ * header (and when compiling woof_bridge.c, e.g. with -D) to change them:
+ *
+ *   WOOF_OUTBOX     requests (appends, subscribes, offloads) waiting for an
+ *                   answer or their first send: outbox slots (default 8).
+ *   WOOF_FRAME_MAX  bytes per slot: a request's whole frame, tag included,
+ *                   must fit (default 128; a reading of p bytes to a topic
+ *                   index takes p + 20 at most, to a name of n bytes
+ *                   p + n + 21 at most).
+ *
+ * A session takes about WOOF_OUTBOX * (WOOF_FRAME_MAX + 40) + 230 bytes of
+ * RAM (woof_session_size() says exactly), plus the caller's buffers: one to
+ * send, of WOOF_TX_MAX bytes, and one to receive, of up to
+ * WOOF_FRAME_LEN_MAX (1,024) bytes (a smaller one drops longer deliveries).
+ *
+ * On an ESP8266 with the Arduino core (a 20-line sketch; the gateway is a
+ * woof node started with --bridge-listen udp://0.0.0.0:4210 and the device
+ * registered with `woof device add soil-1 --topics farm/soil`, which prints
+ * its key):
+ *
+ *   #include <ESP8266WiFi.h>
+ *   #include <WiFiUdp.h>
+ *   #include "woof_bridge.h"
+ *   static const uint8_t KEY[16] = {0x3a, 0x91, ...};  // from device add
+ *   static woof_session s; static WiFiUDP udp; static uint8_t buf[1024];
+ *   static uint64_t ms(void) {  // millis() wraps after 49 days: widen it
+ *     static uint32_t last, high; uint32_t m = millis();
+ *     if (m < last) high++; last = m; return ((uint64_t)high << 32) | m; }
+ *   void setup() {
+ *     WiFi.begin("ssid", "pass");
+ *     while (WiFi.status() != WL_CONNECTED) delay(100);
+ *     udp.begin(4210);
+ *     woof_config c = {}; c.device_id = "soil-1"; memcpy(c.key, KEY, 16);
+ *     c.boot_id = ((uint64_t)RANDOM_REG32 << 32) | RANDOM_REG32;  // new each boot
+ *     c.ping_interval_ms = WOOF_PING_INTERVAL_MS;
+ *     woof_init(&s, &c, ms(), RANDOM_REG32); }
+ *   void loop() {
+ *     static uint64_t next; uint64_t now = ms(); woof_event ev; int n;
+ *     if (now >= next) { char p[32]; next = now + 10000;
+ *       n = snprintf(p, sizeof p, "{\"moisture\":%d}", analogRead(A0));
+ *       woof_append_named(&s, "farm/soil", p, n, RANDOM_REG32); }
+ *     while ((n = woof_poll_transmit(&s, now, buf, sizeof buf)) > 0) {
+ *       udp.beginPacket("192.168.1.10", 4210); udp.write(buf, n); udp.endPacket(); }
+ *     while (woof_poll_event(&s, now, &ev) > 0) Serial.println(ev.type);
+ *     if ((n = udp.parsePacket()) > 0 && (n = udp.read(buf, sizeof buf)) > 0
+ *         && woof_handle_input(&s, now, buf, n, &ev) > 0 && ev.type == WOOF_EV_ACKED)
+ *       Serial.printf("reading %u is element %llu\n", ev.seq, ev.topic_seq); }
+ *
+ * (A real sketch also sleeps until woof_poll_timeout(&s) or a datagram
+ * instead of spinning.) mcu-bridge/c/examples/udp_device.c is the same loop
+ * with POSIX sockets, for a host.
+ *
+ * Rules: call woof_poll_transmit until it returns 0 after every input,
+ * every new request and whenever woof_poll_timeout comes; call
+ * woof_poll_event until it returns 0 as often; pass a time that never goes
+ * back. A boot id must be new at every boot (random, or a counter kept in
+ * flash): with it, the gateway tells a reboot from a retransmission.
+ * Untrusted bytes only ever go to woof_handle_input, which reads nothing
+ * outside [buf, buf + len) and drops (and counts) anything that is not an
+ * authentic, well-formed, fresh frame from the gateway. No function here
+ * allocates, blocks or keeps a pointer to the caller's data past its return
+ * (events point into the buffer given to woof_handle_input).
+ *
+ * Retransmission is the Rust core's: CoAP's (first timeout 2 to 3 s with
+ * the caller's random number, doubling, 4 retransmissions) until answers
+ * have been timed, then RFC 6298's estimate between 200 ms and 2 s, and a
+ * request is given up only after 4 retransmissions and 45 s.
+ */
+#ifndef WOOF_BRIDGE_H
+#define WOOF_BRIDGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#ifndef WOOF_OUTBOX
+#define WOOF_OUTBOX 8
+#endif
+#ifndef WOOF_FRAME_MAX
+#define WOOF_FRAME_MAX 128
+#endif
+
+/* The protocol's bounds (the Rust core's wire:: and crypto:: constants). */
+#define WOOF_FRAME_LEN_MAX 1024
+#define WOOF_TAG_LEN 16
+#define WOOF_KEY_LEN 16
+#define WOOF_SEQ_MAX 0x0fffffffUL
+#define WOOF_DEVICE_ID_LEN_MAX 32
+#define WOOF_TOPIC_NAME_LEN_MAX 64
+#define WOOF_TOPIC_INDEX_MAX 127
+#define WOOF_HANDLER_NAME_LEN_MAX 32
+#define WOOF_ERROR_TEXT_LEN_MAX 64
+/* The longest hello (a 32-byte id); every other frame the device sends is
+ * a request from the outbox or at most 25 bytes. */
+#define WOOF_HELLO_LEN_MAX 60
+/* A send buffer this big takes every frame woof_poll_transmit writes. */
+#define WOOF_TX_MAX (WOOF_FRAME_MAX > WOOF_HELLO_LEN_MAX ? WOOF_FRAME_MAX : WOOF_HELLO_LEN_MAX)
+
+/* Timing (session.rs). */
+#define WOOF_PING_INTERVAL_MS 30000u
+#define WOOF_DELIVERY_ACKS_MAX 8
+
+/* Capabilities announced in the hello. */
+#define WOOF_CAP_SUBSCRIBE 1u
+#define WOOF_CAP_OFFLOAD 2u
+
+/* Codes in WOOF_EV_REJECTED and a WOOF_EV_OFFLOAD_RESULT's status. */
+#define WOOF_CODE_UNKNOWN_SESSION 1
+#define WOOF_CODE_FORBIDDEN 2
+#define WOOF_CODE_NOT_FOUND 3
+#define WOOF_CODE_BUSY 4
+#define WOOF_CODE_REFUSED 5
+#define WOOF_CODE_HANDLER_FAILED 6
+
+/* Errors: every function returning int returns one of these (negative) on
+ * failure, in the order of the Rust core's Error enum. A frame given to
+ * woof_handle_input that is dropped comes back as the reason. */
+#define WOOF_OK 0
+#define WOOF_ERR_TRUNCATED (-1)        /* fewer bytes than a frame or field needs */
+#define WOOF_ERR_TOO_LONG (-2)         /* over 1,024 bytes, or too big for a slot */
+#define WOOF_ERR_VERSION (-3)          /* another protocol version */
+#define WOOF_ERR_UNKNOWN_TYPE (-4)     /* an unknown frame type */
+#define WOOF_ERR_BAD_VARINT (-5)       /* a varint too long, large or not shortest */
+#define WOOF_ERR_BAD_FIELD (-6)        /* a length, name or id out of bounds */
+#define WOOF_ERR_TRAILING_BYTES (-7)   /* bytes after the last field */
+#define WOOF_ERR_FORGED (-8)           /* the tag did not verify */
+#define WOOF_ERR_REPLAYED (-9)         /* an authentic frame already received */
+#define WOOF_ERR_TOO_OLD (-10)         /* too far behind the replay window */
+#define WOOF_ERR_UNEXPECTED (-11)      /* authentic, but makes no sense now */
+#define WOOF_ERR_NOT_CONNECTED (-12)   /* no session yet */
+#define WOOF_ERR_OUTBOX_FULL (-13)     /* no free outbox slot */
+#define WOOF_ERR_BUFFER_TOO_SMALL (-14)/* the output buffer is too small */
+#define WOOF_ERR_SEQ_EXHAUSTED (-15)   /* every sequence number used: new boot */
+
+/* Request kinds. */
+#define WOOF_REQ_APPEND 0
+#define WOOF_REQ_SUBSCRIBE 1
+#define WOOF_REQ_OFFLOAD 2
+
+/* Event types. */
+#define WOOF_EV_CONNECTED 1      /* session_id: the gateway answered the hello */
+#define WOOF_EV_DISCONNECTED 2   /* the gateway went silent or forgot us; saying hello again */
+#define WOOF_EV_ACKED 3          /* seq, kind, topic_seq: committed (append) or in place (subscribe) */
+#define WOOF_EV_REJECTED 4       /* seq, kind, code: refused, not retried */
+#define WOOF_EV_GAVE_UP 5        /* seq, kind: no answer after every retransmission */
+#define WOOF_EV_DELIVERY 6       /* topic, topic_seq, payload: an element of a followed topic */
+#define WOOF_EV_OFFLOAD_RESULT 7 /* seq, code (the status), payload */
+#define WOOF_EV_PONG 8           /* rtt_ms: the keepalive was answered */
+
+/* What a session needs to start. */
+typedef struct woof_config {
+    /* 1..=32 bytes, NUL-terminated, as registered with the cluster. */
+    const char *device_id;
+    uint8_t key[WOOF_KEY_LEN];
+    /* New at every boot. */
+    uint64_t boot_id;
+    /* WOOF_CAP_* bits. */
+    uint8_t caps;
+    /* Silence after which the device pings (WOOF_PING_INTERVAL_MS). */
+    uint64_t ping_interval_ms;
+} woof_config;
+
+/* What the application should know. Which fields are set depends on the
+ * type (see WOOF_EV_*); pointers point into the buffer given to
+ * woof_handle_input and live as long as its bytes. */
+typedef struct woof_event {
+    uint8_t type;
+    /* WOOF_REQ_* (ACKED, REJECTED, GAVE_UP). */
+    uint8_t kind;
+    /* The refusal's code (REJECTED) or the handler's status (OFFLOAD_RESULT). */
+    uint8_t code;
+    /* DELIVERY: the topic's index when topic_name is NULL. */
+    uint8_t topic_index;
+    /* The device sequence number of the request answered. */
+    uint32_t seq;
+    uint32_t session_id;
+    uint64_t topic_seq;
+    uint64_t rtt_ms;
+    /* DELIVERY to a named topic: the name, not NUL-terminated. */
+    const uint8_t *topic_name;
+    size_t topic_name_len;
+    const uint8_t *payload;
+    size_t payload_len;
+} woof_event;
+
+/* Counts (saturating), the Rust core's session::Stats. */
+typedef struct woof_stats {
+    uint32_t sent;           /* frames sent, retransmissions included */
+    uint32_t retransmitted;  /* retransmissions of requests */
+    uint32_t acked;
+    uint32_t rejected;
+    uint32_t gave_up;
+    uint32_t delivered;
+    uint32_t stale_answers;  /* answers to requests already answered */
+} woof_stats;
+
+/* Frames dropped, by reason (saturating), the Rust core's crypto::Drops. */
+typedef struct woof_drops {
+    uint32_t malformed;
+    uint32_t forged;
+    uint32_t replayed;
+    uint32_t too_old;
+    uint32_t unexpected;
+} woof_drops;
+
+/* The rest is the session's state: read it through the functions below. */
+typedef struct woof_slot {
+    uint64_t first_sent_ms;
+    uint64_t timeout_ms;
+    uint64_t deadline_ms;
+    uint32_t seq;
+    uint32_t jitter;
+    uint16_t len;
+    uint8_t state;
+    uint8_t kind;
+    uint8_t sends;
+    uint8_t frame[WOOF_FRAME_MAX];
+} woof_slot;
+
+typedef struct woof_session {
+    uint64_t boot_id;
+    uint64_t ping_interval_ms;
+    uint64_t hello_deadline_ms;
+    uint64_t hello_timeout_ms;
+    uint64_t ping_first_sent_ms;
+    uint64_t ping_timeout_ms;
+    uint64_t ping_deadline_ms;
+    uint64_t last_rx_ms;
+    uint64_t rx_seen;
+    uint32_t rx_top;
+    uint32_t session_id;
+    uint32_t last_session_id;
+    uint32_t next_seq;
+    uint32_t ping_first_seq;
+    uint32_t rng;
+    uint32_t srtt_ms;
+    uint32_t rttvar_ms;
+    uint32_t acks[WOOF_DELIVERY_ACKS_MAX];
+    woof_stats stats;
+    woof_drops drops;
+    uint8_t key[WOOF_KEY_LEN];
+    uint8_t device_id[WOOF_DEVICE_ID_LEN_MAX];
+    uint8_t device_id_len;
+    uint8_t caps;
+    uint8_t connected;
+    uint8_t window;
+    uint8_t acks_len;
+    uint8_t ping_active;
+    uint8_t ping_due;
+    uint8_t ping_sends;
+    uint8_t disconnected;
+    woof_slot outbox[WOOF_OUTBOX];
+} woof_session;
+
+/* Starts a session that says hello at now_ms; rand seeds the jitter of
+ * hellos and pings. WOOF_OK, or WOOF_ERR_BAD_FIELD for an id that is empty
+ * or longer than 32 bytes (the session is then unusable). */
+int woof_init(woof_session *s, const woof_config *config, uint64_t now_ms, uint32_t rand);
+
+/* Queue a reading for the topic at `topic_index` (0..=127) among the
+ * device's registered topics, or for the topic named `topic`
+ * (NUL-terminated, 1..=64 bytes of [a-z0-9._/-]). `rand` spreads its first
+ * timeout. Returns the request's device sequence number (>= 1), which
+ * WOOF_EV_ACKED, _REJECTED or _GAVE_UP will name, or a negative WOOF_ERR_*
+ * (OUTBOX_FULL: try again after an answer; TOO_LONG: does not fit a slot). */
+int32_t woof_append(woof_session *s, uint8_t topic_index, const void *payload, size_t len,
+                    uint32_t rand);
+int32_t woof_append_named(woof_session *s, const char *topic, const void *payload, size_t len,
+                          uint32_t rand);
+
+/* Queue a subscription from element `from` (0: the next one). */
+int32_t woof_subscribe(woof_session *s, uint8_t topic_index, uint64_t from, uint32_t rand);
+int32_t woof_subscribe_named(woof_session *s, const char *topic, uint64_t from, uint32_t rand);
+
+/* Queue a call of `handler` (NUL-terminated, 1..=32 bytes of [a-z0-9._-])
+ * on `payload` at the gateway; the answer is WOOF_EV_OFFLOAD_RESULT. */
+int32_t woof_offload(woof_session *s, const char *handler, const void *payload, size_t len,
+                     uint32_t rand);
+
+/* Writes the next frame to send into out[0..cap) and returns its length;
+ * 0 when nothing is due; a negative WOOF_ERR_* (BUFFER_TOO_SMALL: give it
+ * WOOF_TX_MAX bytes). */
+int woof_poll_transmit(woof_session *s, uint64_t now_ms, uint8_t *out, size_t cap);
+
+/* Takes one received datagram, decrypting it in place. Returns 1 and fills
+ * *ev (if ev is not NULL) when there is something to report, 0 when the
+ * frame was taken without, and a negative WOOF_ERR_* saying why the frame
+ * was dropped (counted in woof_get_drops; the session is unchanged). */
+int woof_handle_input(woof_session *s, uint64_t now_ms, uint8_t *buf, size_t len,
+                      woof_event *ev);
+
+/* Events that come from time passing (GAVE_UP, DISCONNECTED): returns 1
+ * and fills *ev, or 0. Call until 0. */
+int woof_poll_event(woof_session *s, uint64_t now_ms, woof_event *ev);
+
+/* The next time woof_poll_transmit or woof_poll_event has something to do
+ * if nothing else happens first (a time at or before now means now). */
+uint64_t woof_poll_timeout(const woof_session *s);
+
+/* Drops the session and says hello again at once, keeping the outbox (for
+ * a device that moves to another gateway; no DISCONNECTED event follows). */
+void woof_reconnect(woof_session *s, uint64_t now_ms);
+
+int woof_is_connected(const woof_session *s);
+/* The gateway's session id, 0 before one. */
+uint32_t woof_session_id(const woof_session *s);
+/* Requests waiting for an answer or for their first send. */
+size_t woof_outbox_len(const woof_session *s);
+/* The current first retransmission timeout without its random spread. */
+uint64_t woof_retransmit_timeout_ms(const woof_session *s);
+void woof_get_stats(const woof_session *s, woof_stats *out);
+void woof_get_drops(const woof_session *s, woof_drops *out);
+/* sizeof(woof_session) as compiled (for bindings that allocate it). */
+size_t woof_session_size(void);
+/* A short English text for a WOOF_ERR_* code. */
+const char *woof_strerror(int err);
+
+/* The key of device `device_id` (NUL-terminated) in a fleet registered with
+ * `woof device add ID --fleet N` from its fleet key: what the node derives. */
+int woof_derive_key(const uint8_t fleet_key[WOOF_KEY_LEN], const char *device_id,
+                    uint8_t out[WOOF_KEY_LEN]);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* WOOF_BRIDGE_H */
