@@ -397,10 +397,14 @@ impl Session {
         if live.boot_id != boot_id || device_seq > SEQ_MAX {
             return Ok(false);
         }
-        if device_seq > live.floor {
-            live.requests.insert(device_seq, reply.clone());
+        // Sent first: an answer that cannot be sent (too long for a frame)
+        // is not kept to answer the retransmissions either.
+        self.answer(device_seq, reply.clone())?;
+        if let Some(live) = self.current.as_mut()
+            && device_seq > live.floor
+        {
+            live.requests.insert(device_seq, reply);
         }
-        self.answer(device_seq, reply)?;
         Ok(true)
     }
 
@@ -503,5 +507,76 @@ impl Session {
     /// The next frame to send to the device.
     pub fn poll_transmit(&mut self) -> Option<Vec<u8>> {
         self.outbox.pop_front()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: [u8; KEY_LEN] = *b"0123456789abcdef";
+
+    /// A frame from device `dev-1` in boot 7, sealed as the device would.
+    fn up(msg: Message<'_>, seq: u32, session_id: u32) -> Vec<u8> {
+        let mut out = vec![0; msg.buffer_len(seq)];
+        msg.emit(seq, &mut out).unwrap();
+        let ctx = Context {
+            boot_id: 7,
+            session_id,
+            direction: Direction::Up,
+        };
+        Cipher::new(&KEY).seal(&mut out, &ctx).unwrap();
+        out
+    }
+
+    /// Found with the fuzz harness (mcu-bridge/fuzz, target gateway, whose
+    /// duplicate count check failed on it): an offload result too long for
+    /// a frame was refused, yet kept as the answer, so every retransmission
+    /// of the request failed again as a malformed frame instead of waiting
+    /// for the real answer.
+    #[test]
+    fn an_answer_too_long_to_send_is_not_kept() {
+        let mut g = Session::new(b"dev-1", KEY, 4);
+        let hello = Message::Hello(wire::Hello {
+            device_id: b"dev-1",
+            boot_id: 7,
+            caps: 0,
+        });
+        let mut frame = vec![0; hello.buffer_len(0)];
+        hello.emit(0, &mut frame).unwrap();
+        let ctx = Context {
+            boot_id: 7,
+            session_id: 0,
+            direction: Direction::Up,
+        };
+        Cipher::new(&KEY).seal(&mut frame, &ctx).unwrap();
+        g.handle_input(&frame, 5).unwrap();
+        let (_, session_id) = g.current().unwrap();
+        let offload = up(
+            Message::Offload(wire::Offload {
+                handler: b"fft",
+                payload: b"x",
+            }),
+            1,
+            session_id,
+        );
+        assert!(matches!(
+            g.handle_input(&offload, 0),
+            Ok(Some(Input::Offload { .. }))
+        ));
+        while g.poll_transmit().is_some() {}
+        assert_eq!(
+            g.offload_result(7, 1, 0, &[0; wire::FRAME_LEN_MAX]),
+            Err(Error::TooLong)
+        );
+        assert_eq!(g.poll_transmit(), None);
+        // The retransmission waits for the answer, as before any answer.
+        assert_eq!(g.handle_input(&offload, 0), Err(Error::Replayed));
+        assert_eq!(g.drops().malformed, 0);
+        assert_eq!(g.poll_transmit(), None);
+        assert_eq!(g.offload_result(7, 1, 0, b"ok"), Ok(true));
+        assert!(g.poll_transmit().is_some());
+        assert_eq!(g.handle_input(&offload, 0), Err(Error::Replayed));
+        assert!(g.poll_transmit().is_some(), "the answer again");
     }
 }
