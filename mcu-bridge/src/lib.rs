@@ -30,6 +30,11 @@
 //!   its own panic handler that drives the core through one C symbol. It
 //!   fails to build if anything pulls in `std` or `alloc`, and its size is
 //!   the core's code size (see "Size").
+//! - `c/`: the device core in C99 for boards Rust does not reach
+//!   (`woof_bridge.h` and `woof_bridge.c`: no malloc, the same frames and
+//!   timing) and `c/examples/udp_device.c`; `c-test/` (a workspace member)
+//!   proves it frame for frame against [`session`], against `gateway` over
+//!   a lossy link, under hostile input and under sanitizers.
 //!
 //! # Frame format
 //!
