@@ -21,6 +21,7 @@
 //!   acks, ping, offload, all in a fixed outbox of `N` slots.
 //! - [`offload`]: the device's choice per invocation between its own
 //!   function and an offloaded call, by measured time to result.
+//! - [`stream`]: SLIP framing, for frames over TCP or a serial line.
 //! - `gateway` (feature `std`): the gateway's logic for one device:
 //!   authentication, dedupe by (boot id, device sequence number), and acks
 //!   sent only when the node says an append committed. No sockets.
@@ -124,6 +125,7 @@ pub mod crypto;
 pub mod gateway;
 pub mod offload;
 pub mod session;
+pub mod stream;
 pub mod wire;
 
 /// Everything that can go wrong, in one enum: a bad frame from outside is one

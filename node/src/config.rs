@@ -12,7 +12,7 @@
 //! attrs = ["site=north"]
 //! capabilities = ["python"]
 //! # A bridge gateway for microcontrollers (cluster nodes only):
-//! bridge_listen = "udp://0.0.0.0:7900"
+//! bridge_listen = "udp://0.0.0.0:7900,tcp://0.0.0.0:7900"
 //! ```
 
 use std::net::SocketAddr;
@@ -47,8 +47,9 @@ pub struct NodeConfig {
     /// (`woof __python-worker`). Tests that run a node inside their own
     /// process point it at the `woof` binary.
     pub python_worker: Option<PathBuf>,
-    /// Where it serves devices the bridge protocol (UDP), if anywhere.
-    pub bridge_listen: Option<SocketAddr>,
+    /// Where it serves devices the bridge protocol (UDP, TCP, serial
+    /// lines), if anywhere.
+    pub bridge_listen: Vec<crate::devices::transport::Transport>,
 }
 
 /// Overlay settings of a node that is part of a cluster.
@@ -209,9 +210,10 @@ impl NodeConfig {
         let bridge_listen = flags
             .bridge_listen
             .or(file.bridge_listen)
-            .map(|a| crate::devices::udp_addr(&a))
-            .transpose()?;
-        if bridge_listen.is_some() && listen.is_empty() {
+            .map(|a| crate::devices::transport::Transport::parse_list(&a))
+            .transpose()?
+            .unwrap_or_default();
+        if !bridge_listen.is_empty() && listen.is_empty() {
             return Err(Error::Usage(
                 "--bridge-listen needs a cluster node (--listen): devices' readings are \
                  replicated topics"
@@ -263,7 +265,7 @@ impl NodeConfig {
             info: NodeInfo::new(Tier::Edge),
             cluster: None,
             python_worker: None,
-            bridge_listen: None,
+            bridge_listen: Vec::new(),
         }
     }
 }
@@ -335,10 +337,18 @@ mod tests {
         let mut bridge = f.clone();
         bridge.bridge_listen = Some("udp://127.0.0.1:7900".into());
         let c = NodeConfig::resolve(ConfigFile::default(), bridge.clone()).unwrap();
-        assert_eq!(c.bridge_listen, Some("127.0.0.1:7900".parse().unwrap()));
-        bridge.bridge_listen = Some("tcp://127.0.0.1:7900".into());
+        assert_eq!(
+            c.bridge_listen,
+            [crate::devices::transport::Transport::Udp(
+                "127.0.0.1:7900".parse().unwrap()
+            )]
+        );
+        bridge.bridge_listen = Some("udp://127.0.0.1:7900,tcp://127.0.0.1:7900".into());
+        let c = NodeConfig::resolve(ConfigFile::default(), bridge.clone()).unwrap();
+        assert_eq!(c.bridge_listen.len(), 2);
+        bridge.bridge_listen = Some("quic://127.0.0.1:7900".into());
         let e = NodeConfig::resolve(ConfigFile::default(), bridge).unwrap_err();
-        assert!(e.to_string().contains("only udp://"), "{e}");
+        assert!(e.to_string().contains("udp://, tcp:// or serial://"), "{e}");
         let mut alone = flags("/d");
         alone.bridge_listen = Some("udp://127.0.0.1:7900".into());
         let e = NodeConfig::resolve(ConfigFile::default(), alone).unwrap_err();

@@ -111,7 +111,11 @@ async fn start_node_with(
         repair_after: crate::config::REPAIR_AFTER_DEFAULT,
     });
     // Every demo node is also a bridge gateway for microcontrollers.
-    config.bridge_listen = Some("127.0.0.1:0".parse().expect("valid address"));
+    let any = "127.0.0.1:0".parse().expect("valid address");
+    config.bridge_listen = vec![
+        crate::devices::transport::Transport::Udp(any),
+        crate::devices::transport::Transport::Tcp(any),
+    ];
     Node::start(&config).await
 }
 
@@ -418,8 +422,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
     devices(d).await?;
     failover(d).await?;
     println!(
-        "\ncoming next in woof: devices that follow topics and offload handlers, a C port and \
-         ESP32 firmware, faster replicated appends, TLS and tokens."
+        "\ncoming next in woof: faster replicated appends, TLS and tokens, metrics and a dashboard."
     );
     Ok(())
 }
@@ -683,7 +686,9 @@ const PROBE_READINGS: u64 = 60;
 /// frames, and its gateway node is stopped midway: it moves to another
 /// gateway, and its readings are in the topic once each, in its order.
 async fn devices(d: &mut Demo) -> Result<()> {
-    heading("a microcontroller: bridge protocol over lossy UDP, durable acks, a gateway stopped");
+    heading(
+        "a microcontroller: bridge protocol over lossy UDP then TCP, durable acks, a gateway stopped",
+    );
     let mut c = d.client.clone();
     for topic in [PROBE_TOPIC, PROBE_COMMANDS] {
         c.create_topic(v1::CreateTopicRequest {
@@ -724,12 +729,21 @@ async fn devices(d: &mut Demo) -> Result<()> {
     let Some(mill) = d.others.pop() else {
         return Err(Error::Internal("no mill node".into()));
     };
-    let gateway = |n: &Node| n.gateway().map(|g| g.addr());
-    let (Some(first), Some(second)) = (gateway(&mill), d.node.as_ref().and_then(gateway)) else {
+    // Over UDP to the mill's node, over TCP to the next.
+    use crate::devices::transport::Transport;
+    let (Some(first), Some(second)) = (
+        mill.gateway()
+            .and_then(|g| g.udp_addr())
+            .map(Transport::Udp),
+        d.node
+            .as_ref()
+            .and_then(|n| n.gateway()?.tcp_addr())
+            .map(Transport::Tcp),
+    ) else {
         return Err(Error::Internal("the demo nodes have no gateways".into()));
     };
     let config = crate::devices::simulator::SimConfig {
-        gateways: vec![first, second],
+        gateways: vec![first.clone(), second.clone()],
         id: "probe-7".into(),
         key: crate::devices::registry::parse_key(&added.key)?,
         topic: PROBE_TOPIC.into(),
@@ -744,7 +758,7 @@ async fn devices(d: &mut Demo) -> Result<()> {
     };
     println!(
         "  probe-7 follows {PROBE_COMMANDS} and sends {PROBE_READINGS} readings at 20/s to {} \
-         (udp://{first}), losing 10% of frames each way",
+         ({first}; then {second}), losing 10% of frames each way",
         label(&mill)
     );
     let run = tokio::spawn(crate::devices::simulator::run(config));

@@ -219,9 +219,10 @@ impl Node {
                         .maintain(cluster.repair_after, self.shutdown.clone()),
                 );
                 crate::handlers::Supervisor::spawn(api.clone(), groups, self.shutdown.clone());
-                if let Some(listen) = config.bridge_listen {
+                if !config.bridge_listen.is_empty() {
                     let gateway =
-                        Gateway::start(listen, api.clone(), self.shutdown.clone()).await?;
+                        Gateway::start(&config.bridge_listen, api.clone(), self.shutdown.clone())
+                            .await?;
                     self.gateway = Some(gateway);
                 }
                 TopicApi::Cluster(Box::new(api))

@@ -36,6 +36,13 @@ impl Shutdown {
         self.signal.cancel();
     }
 
+    /// A token cancelled with the stop signal, for tasks that are not
+    /// waited for (a connection's, which ends when its peer or the signal
+    /// says so).
+    pub fn token(&self) -> CancellationToken {
+        self.signal.child_token()
+    }
+
     /// Whether the stop signal was given.
     pub fn is_requested(&self) -> bool {
         self.signal.is_cancelled()

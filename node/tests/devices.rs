@@ -11,6 +11,7 @@ use common::*;
 use woof_mcu_bridge::session::{Config, Event, Session};
 use woof_mcu_bridge::wire::{self, Topic};
 use woof_node::devices::simulator::{self, SimConfig, SimReport};
+use woof_node::devices::transport::Transport;
 
 /// A UDP port free a moment ago, for a gateway to bind.
 fn free_udp_port() -> u16 {
@@ -40,7 +41,7 @@ fn add_device(url: &str, id: &str, topics: &str, extra: &[&str]) -> [u8; 16] {
 
 fn sim(gateways: Vec<SocketAddr>, id: &str, key: [u8; 16], topic: &str) -> SimConfig {
     SimConfig {
-        gateways,
+        gateways: gateways.into_iter().map(Transport::Udp).collect(),
         id: id.into(),
         key,
         topic: topic.into(),
@@ -207,7 +208,7 @@ async fn a_gateway_drops_and_counts_bad_frames_and_keeps_serving() {
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
     });
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    config.bridge_listen = Some(gateway);
+    config.bridge_listen = vec![Transport::Udp(gateway)];
     let node = woof_node::server::Node::start(&config).await.unwrap();
     let url = node.url();
     let mut client = connect(&url).await;
@@ -655,4 +656,149 @@ async fn offloaded_calls_give_the_local_result_and_the_faster_side_is_chosen() {
     );
     // Nothing was appended by the calls: no reading, no handler output.
     assert_eq!(latest(&mut client, "mill/vibration").await.last_seq, 0);
+}
+
+/// A device over a TCP connection and one over a serial line (a
+/// pseudo-terminal) reach the same gateway: each reading is acknowledged
+/// after commit and held once, in order; garbage and an overlong run on a
+/// stream are dropped and counted, and the stream keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_and_serial_links_carry_readings_once_and_drop_garbage() {
+    use tokio::io::AsyncWriteExt;
+    use woof_mcu_bridge::stream::END;
+    use woof_node::devices::transport::{self, Serial};
+
+    let dir = tempfile::tempdir().unwrap();
+    // The serial line: a pseudo-terminal, the gateway on its named side.
+    let (mut master, mut slave) = (0, 0);
+    // SAFETY: openpty fills both descriptors; the names are not asked for.
+    let r = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    let slave_path = std::fs::read_link(format!("/proc/self/fd/{slave}")).unwrap();
+    // SAFETY: both descriptors are ours, open, and owned by one File each.
+    let (master, _slave) = unsafe {
+        use std::os::fd::FromRawFd;
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+
+    let mut config = woof_node::config::NodeConfig::standalone(
+        dir.path().into(),
+        "127.0.0.1:0".parse().unwrap(),
+    );
+    config.cluster = Some(woof_node::config::ClusterConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+        join: vec![],
+        key: woof_overlay::ClusterKey::generate(),
+        timing: woof_overlay::Timing::default(),
+        join_timeout: Duration::from_secs(10),
+        repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
+    });
+    config.bridge_listen = Transport::parse_list(&format!(
+        "tcp://127.0.0.1:0,serial://{}?baud=115200",
+        slave_path.display()
+    ))
+    .unwrap();
+    let node = woof_node::server::Node::start(&config).await.unwrap();
+    let url = node.url();
+    let tcp = node.gateway().unwrap().tcp_addr().unwrap();
+    let mut client = connect(&url).await;
+    create_replicated(&mut client, "line/tcp", 1, "").await;
+    create_replicated(&mut client, "line/serial", 1, "").await;
+    let key = add_device(&url, "wired-1", "line/*", &[]);
+    let dropped = || {
+        let c = node.gateway().unwrap().counts();
+        woof_node::devices::gateway::Counts::get(&c.dropped)
+    };
+
+    // Garbage on a TCP connection of its own: an unframed run longer than
+    // any frame, then framed junk. Both dropped, both counted.
+    let before = dropped();
+    let mut junk = tokio::net::TcpStream::connect(tcp).await.unwrap();
+    let mut bytes = vec![0x42; 3 * wire::FRAME_LEN_MAX];
+    bytes.extend_from_slice(&[END, 1, 2, 3, END]);
+    junk.write_all(&bytes).await.unwrap();
+    wait_for(|| dropped() >= before + 2).await;
+    assert!(dropped() >= before + 2, "{} dropped", dropped() - before);
+
+    // A simulated device over TCP.
+    let mut over_tcp = sim(vec![], "wired-1", key, "line/tcp");
+    over_tcp.gateways = vec![Transport::Tcp(tcp)];
+    over_tcp.count = 60;
+    let report = simulator::run(over_tcp).await.unwrap();
+    assert_eq!(report.acked.len(), 60, "{report}");
+    assert_once_in_order(&report, &readings(&mut client, "line/tcp", "wired-1").await);
+
+    // The device core over the serial line, driven by hand: 20 readings.
+    let (r, w) = tokio::io::split(Serial::from_file(master, 115_200).unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut line = transport::framed(r, w, stop.clone(), Default::default());
+    let start = std::time::Instant::now();
+    let now = || start.elapsed().as_millis() as u64;
+    let mut device = Session::<8, 128>::new(
+        &Config {
+            device_id: b"wired-1",
+            key,
+            boot_id: 0x5e7a_1001,
+            caps: 0,
+            ping_interval_ms: 30_000,
+        },
+        now(),
+        7,
+    )
+    .unwrap();
+    let mut acked = BTreeMap::new();
+    let mut next = 0u64;
+    let mut out = [0u8; wire::FRAME_LEN_MAX];
+    let deadline = start + Duration::from_secs(60);
+    while next < 20 || acked.values().any(Option::is_none) {
+        assert!(std::time::Instant::now() < deadline, "acked {acked:?}");
+        if next < 20 && device.outbox_len() == 0 {
+            let reading = format!("{{\"device\":\"wired-1\",\"n\":{next}}}");
+            let seq = device
+                .append(Topic::Name(b"line/serial"), reading.as_bytes(), 3)
+                .unwrap();
+            acked.insert(u64::from(seq), None);
+            next += 1;
+        }
+        while let Some(n) = device.poll_transmit(now(), &mut out).unwrap() {
+            line.tx.send(out[..n].to_vec()).await.unwrap();
+        }
+        while let Some(event) = device.poll_event(now()) {
+            if let Event::Acked { seq, topic_seq, .. } = event {
+                acked.insert(u64::from(seq), Some(topic_seq));
+            }
+        }
+        let wait = device
+            .poll_timeout()
+            .map_or(100, |t| t.saturating_sub(now()).clamp(1, 100));
+        if let Ok(Some(mut frame)) =
+            tokio::time::timeout(Duration::from_millis(wait), line.rx.recv()).await
+            && let Ok(Some(Event::Acked { seq, topic_seq, .. })) =
+                device.handle_input(now(), &mut frame)
+        {
+            acked.insert(u64::from(seq), Some(topic_seq));
+        }
+    }
+    let held = readings(&mut client, "line/serial", "wired-1").await;
+    assert_eq!(
+        held.iter().map(|(_, n)| *n).collect::<Vec<_>>(),
+        (0..20).collect::<Vec<_>>(),
+        "each reading over the serial line once, in order"
+    );
+    let mut topic_seqs: Vec<u64> = acked.values().map(|v| v.unwrap()).collect();
+    topic_seqs.sort_unstable();
+    assert_eq!(topic_seqs, held.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+    stop.cancel();
+    node.stop().await.unwrap();
 }

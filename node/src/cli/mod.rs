@@ -286,8 +286,9 @@ pub struct NodeStartArgs {
     #[arg(long, value_name = "SECS")]
     pub repair_after: Option<u64>,
     /// Serve microcontrollers the bridge protocol here, such as
-    /// udp://0.0.0.0:7900 (cluster nodes only).
-    #[arg(long, value_name = "udp://HOST:PORT")]
+    /// udp://0.0.0.0:7900,tcp://0.0.0.0:7900 or serial:///dev/ttyUSB0?baud=115200
+    /// (cluster nodes only).
+    #[arg(long, value_name = "udp://HOST:PORT[,tcp://..][,serial://..]")]
     pub bridge_listen: Option<String>,
 }
 

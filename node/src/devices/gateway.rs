@@ -1,12 +1,16 @@
-//! The bridge gateway: devices' frames over UDP in, idempotent appends to
-//! the cluster out, acks back only once committed.
+//! The bridge gateway: devices' frames in (over UDP, TCP or serial lines,
+//! [`super::transport`]), idempotent appends to the cluster out, acks back
+//! only once committed.
 //!
-//! One task owns every device's [`woof_mcu_bridge::gateway::Session`] and
-//! the socket; each append runs as a task of its own and reports back on a
-//! channel, so a slow topic holds back nobody else's readings. A device is
-//! known by its id in the hello and then by its address: a frame from an
-//! address that has not said a good hello is dropped (the device says hello
-//! again after a silence, see `woof_mcu_bridge::session`).
+//! One task owns every device's [`woof_mcu_bridge::gateway::Session`], the
+//! UDP socket and the writing ends of the streams (each TCP connection or
+//! serial line has tasks of its own that read and write its bytes and hand
+//! over whole frames); each append runs as a task of its own and reports
+//! back on a channel, so a slow topic holds back nobody else's readings. A
+//! device is known by its id in the hello and then by its [`Link`] (a UDP
+//! address, or a stream): a frame from a link that has not said a good
+//! hello is dropped (the device says hello again after a silence, see
+//! `woof_mcu_bridge::session`).
 //!
 //! A reading is appended as producer `~dev:<id>/<boot>` with the device's
 //! sequence number (ADR 17): a retransmission, here or at another gateway
@@ -31,7 +35,8 @@
 //! Bounds: 4 requests in flight per device (more are refused as busy, the
 //! device retransmits), 4,096 appends and 64 offloaded calls in the whole gateway, 200 frames a second per
 //! device (a burst of 400) and per unknown address, sessions forgotten after
-//! 10 minutes of silence; frames over 1,024 bytes are dropped.
+//! 10 minutes of silence; frames over 1,024 bytes are dropped; at most
+//! 4,096 streams at once (TCP connections past that are closed at once).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,7 +45,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use woof_consensus::Start;
@@ -51,6 +56,7 @@ use woof_mcu_bridge::wire::{self, FRAME_LEN_MAX};
 use super::clip;
 use super::offload::{self, Engines};
 use super::registry::{DEVICES_TOPIC, Device, Registry};
+use super::transport::{self, Serial, Transport};
 use crate::api::{ClusterTopics, Following};
 use crate::error::{Error, Result};
 use crate::shutdown::Shutdown;
@@ -88,6 +94,10 @@ const RESEND_AFTER: Duration = Duration::from_secs(2);
 const COUNTS_EVERY: Duration = Duration::from_secs(60);
 /// How often deliveries are checked for resending.
 const RESEND_EVERY: Duration = Duration::from_millis(500);
+/// Streams (TCP connections, serial lines) served at once.
+pub const STREAMS_MAX: usize = 4096;
+/// Frames from all streams waiting for the gateway's task.
+const STREAM_FRAMES_QUEUED: usize = 1024;
 /// The window of requests a device may have in flight, told in the hello
 /// ack: one, so that its readings commit in its order (ADR 17).
 const WINDOW: u8 = 1;
@@ -125,35 +135,83 @@ impl Counts {
     }
 }
 
+/// Where a device is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Link {
+    Udp(SocketAddr),
+    /// A TCP connection or a serial line, by its number.
+    Stream(u64),
+}
+
+/// What the streams' tasks tell the gateway's task.
+enum StreamEvent {
+    Opened(u64, mpsc::Sender<Vec<u8>>),
+    Frame(u64, Vec<u8>),
+    Closed(u64),
+}
+
 /// A running gateway.
 pub struct Gateway {
-    addr: SocketAddr,
+    listening: Vec<Transport>,
     counts: Arc<Counts>,
 }
 
 impl Gateway {
-    /// Listens on `listen` (UDP) for `api`'s cluster until `shutdown`.
-    pub async fn start(listen: SocketAddr, api: ClusterTopics, shutdown: Shutdown) -> Result<Self> {
-        let socket = UdpSocket::bind(listen)
-            .await
-            .map_err(|source| Error::Listen {
-                addr: listen,
-                source,
-            })?;
-        let addr = socket.local_addr().map_err(|source| Error::Io {
-            context: "the bridge socket's address".into(),
-            source,
-        })?;
+    /// Listens at `listen` (one UDP address at most, any number of TCP
+    /// addresses and serial lines) for `api`'s cluster until `shutdown`.
+    pub async fn start(
+        listen: &[Transport],
+        api: ClusterTopics,
+        shutdown: Shutdown,
+    ) -> Result<Self> {
+        let counts = Arc::new(Counts::default());
+        let (streams_tx, streams_rx) = mpsc::channel(STREAM_FRAMES_QUEUED);
+        let streams = Streams {
+            events: streams_tx,
+            next: Arc::new(AtomicU64::new(0)),
+            open: Arc::new(AtomicU64::new(0)),
+            counts: counts.clone(),
+            stop: shutdown.token(),
+        };
+        let mut udp = None;
+        let mut listening = Vec::new();
+        for t in listen {
+            let bound = |addr: SocketAddr, source| Error::Listen { addr, source };
+            match t {
+                Transport::Udp(addr) => {
+                    if udp.is_some() {
+                        return Err(Error::Usage(
+                            "a gateway listens on one UDP address at most".into(),
+                        ));
+                    }
+                    let socket = UdpSocket::bind(addr).await.map_err(|e| bound(*addr, e))?;
+                    let at = socket.local_addr().map_err(|e| bound(*addr, e))?;
+                    listening.push(Transport::Udp(at));
+                    udp = Some(socket);
+                }
+                Transport::Tcp(addr) => {
+                    let listener = TcpListener::bind(addr).await.map_err(|e| bound(*addr, e))?;
+                    let at = listener.local_addr().map_err(|e| bound(*addr, e))?;
+                    listening.push(Transport::Tcp(at));
+                    shutdown.spawn(streams.clone().accept(listener));
+                }
+                Transport::Serial { path, baud } => {
+                    let line = Serial::open(path, *baud)?;
+                    listening.push(t.clone());
+                    streams.clone().serve(tokio::io::split(line)).await;
+                }
+            }
+        }
         let registry = Arc::new(RwLock::new(Registry::default()));
         shutdown.spawn(follow_registry(
             api.clone(),
             registry.clone(),
             shutdown.clone(),
         ));
-        let counts = Arc::new(Counts::default());
         let (done_tx, done_rx) = mpsc::channel(INFLIGHT_MAX + SUBSCRIPTIONS_MAX);
         let state = State {
-            socket,
+            udp,
+            streams: HashMap::new(),
             api,
             registry,
             devices: HashMap::new(),
@@ -166,17 +224,123 @@ impl Gateway {
             next_sub: 0,
             counts: counts.clone(),
         };
-        shutdown.spawn(state.run(done_rx, shutdown.clone()));
-        tracing::info!(%addr, "bridge gateway listening (udp)");
-        Ok(Gateway { addr, counts })
+        shutdown.spawn(state.run(done_rx, streams_rx, shutdown.clone()));
+        for t in &listening {
+            tracing::info!(at = %t, "bridge gateway listening");
+        }
+        Ok(Gateway { listening, counts })
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    /// Where it listens (with the ports the system chose).
+    pub fn listening(&self) -> &[Transport] {
+        &self.listening
+    }
+
+    /// Its UDP address, if it has one.
+    pub fn udp_addr(&self) -> Option<SocketAddr> {
+        self.listening.iter().find_map(|t| match t {
+            Transport::Udp(a) => Some(*a),
+            _ => None,
+        })
+    }
+
+    /// Its first TCP address, if it has one.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.listening.iter().find_map(|t| match t {
+            Transport::Tcp(a) => Some(*a),
+            _ => None,
+        })
     }
 
     pub fn counts(&self) -> &Counts {
         &self.counts
+    }
+}
+
+/// What the stream tasks share: how to reach the gateway's task, and the
+/// bounds.
+#[derive(Clone)]
+struct Streams {
+    events: mpsc::Sender<StreamEvent>,
+    /// The last stream number given.
+    next: Arc<AtomicU64>,
+    /// Streams open now.
+    open: Arc<AtomicU64>,
+    counts: Arc<Counts>,
+    stop: CancellationToken,
+}
+
+impl Streams {
+    /// Takes TCP connections until the gateway stops.
+    async fn accept(self, listener: TcpListener) {
+        loop {
+            let conn = tokio::select! {
+                _ = self.stop.cancelled() => return,
+                c = listener.accept() => c,
+            };
+            match conn {
+                Ok((stream, from)) => {
+                    if self.open.load(Ordering::Relaxed) >= STREAMS_MAX as u64 {
+                        tracing::debug!(%from, "bridge connection refused: too many streams");
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    self.serve(stream.into_split()).await;
+                }
+                // Out of file descriptors and the like: wait a little.
+                Err(e) => {
+                    tracing::debug!("accepting a bridge connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    /// Serves one stream: its frames go to the gateway's task, tagged with
+    /// its number, until it ends.
+    async fn serve<R, W>(&self, (reader, writer): (R, W))
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let dropped = Arc::new(AtomicU64::new(0));
+        let mut framed =
+            transport::framed(reader, writer, self.stop.child_token(), dropped.clone());
+        if self
+            .events
+            .send(StreamEvent::Opened(id, framed.tx))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut counted = 0;
+            while let Some(frame) = framed.rx.recv().await {
+                // Runs and broken escapes the framing dropped count as bad frames.
+                let now = dropped.load(Ordering::Relaxed);
+                this.counts
+                    .dropped
+                    .fetch_add(now - counted, Ordering::Relaxed);
+                this.counts
+                    .frames
+                    .fetch_add(now - counted, Ordering::Relaxed);
+                counted = now;
+                if this
+                    .events
+                    .send(StreamEvent::Frame(id, frame))
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+            }
+            this.open.fetch_sub(1, Ordering::Relaxed);
+            let _ = this.events.send(StreamEvent::Closed(id)).await;
+        });
     }
 }
 
@@ -247,7 +411,7 @@ struct Peer {
     session: Session,
     /// The key the session was made with (a rotation makes a new one).
     key: [u8; 16],
-    addr: SocketAddr,
+    addr: Link,
     last_rx: Instant,
     inflight: usize,
     rate: Rate,
@@ -317,13 +481,15 @@ struct Done {
 }
 
 struct State {
-    socket: UdpSocket,
+    udp: Option<UdpSocket>,
+    /// The streams open now, by number: where to put frames for them.
+    streams: HashMap<u64, mpsc::Sender<Vec<u8>>>,
     api: ClusterTopics,
     registry: Arc<RwLock<Registry>>,
     devices: HashMap<String, Peer>,
-    by_addr: HashMap<SocketAddr, String>,
-    /// Rate limits of addresses with no session (hellos, strays).
-    strangers: HashMap<SocketAddr, Rate>,
+    by_addr: HashMap<Link, String>,
+    /// Rate limits of links with no session (hellos, strays).
+    strangers: HashMap<Link, Rate>,
     inflight: usize,
     /// Offloaded calls running.
     offloads: usize,
@@ -335,7 +501,12 @@ struct State {
 }
 
 impl State {
-    async fn run(mut self, mut done_rx: mpsc::Receiver<Report>, shutdown: Shutdown) {
+    async fn run(
+        mut self,
+        mut done_rx: mpsc::Receiver<Report>,
+        mut streams_rx: mpsc::Receiver<StreamEvent>,
+        shutdown: Shutdown,
+    ) {
         // One byte more than a frame may be, to see those that are longer.
         let mut buf = vec![0u8; FRAME_LEN_MAX + 1];
         let mut sweep = tokio::time::interval(Duration::from_secs(10));
@@ -345,18 +516,32 @@ impl State {
         loop {
             tokio::select! {
                 _ = shutdown.requested() => break,
-                r = self.socket.recv_from(&mut buf) => match r {
+                r = recv(self.udp.as_ref(), &mut buf) => match r {
                     Ok((n, from)) => {
                         Counts::add(&self.counts.frames);
                         if n > FRAME_LEN_MAX {
                             Counts::add(&self.counts.dropped);
                         } else {
-                            self.frame(&buf[..n], from).await;
+                            self.frame(&buf[..n], Link::Udp(from)).await;
                         }
                     }
                     // ICMP port unreachable from a device that went away, and
                     // the like: nothing to do but go on.
                     Err(e) => tracing::debug!("bridge socket: {e}"),
+                },
+                Some(event) = streams_rx.recv() => match event {
+                    StreamEvent::Opened(id, tx) => {
+                        self.streams.insert(id, tx);
+                    }
+                    StreamEvent::Frame(id, frame) => {
+                        Counts::add(&self.counts.frames);
+                        self.frame(&frame, Link::Stream(id)).await;
+                    }
+                    StreamEvent::Closed(id) => {
+                        self.streams.remove(&id);
+                        self.by_addr.remove(&Link::Stream(id));
+                        self.strangers.remove(&Link::Stream(id));
+                    }
                 },
                 Some(report) = done_rx.recv() => match report {
                     Report::Done(done) => self.done(done).await,
@@ -386,7 +571,7 @@ impl State {
             .cloned()
     }
 
-    async fn frame(&mut self, frame: &[u8], from: SocketAddr) {
+    async fn frame(&mut self, frame: &[u8], from: Link) {
         let now = Instant::now();
         if let Some(id) = Session::hello_device_id(frame) {
             let id = String::from_utf8_lossy(id).into_owned();
@@ -435,7 +620,7 @@ impl State {
 
     /// Counts a frame from an address with no session against its rate, so
     /// a flood from one address costs little.
-    fn stranger(&mut self, from: SocketAddr, now: Instant) -> bool {
+    fn stranger(&mut self, from: Link, now: Instant) -> bool {
         if self.strangers.len() >= STRANGERS_MAX && !self.strangers.contains_key(&from) {
             return false;
         }
@@ -450,13 +635,13 @@ impl State {
         ok
     }
 
-    async fn hello(&mut self, id: &str, frame: &[u8], from: SocketAddr, now: Instant) {
+    async fn hello(&mut self, id: &str, frame: &[u8], from: Link, now: Instant) {
         if !self.stranger(from, now) {
             Counts::add(&self.counts.dropped);
             return;
         }
         let Some(device) = self.registered(id) else {
-            tracing::debug!(device = id, %from, "hello from an unregistered device");
+            tracing::debug!(device = id, ?from, "hello from an unregistered device");
             Counts::add(&self.counts.dropped);
             return;
         };
@@ -485,11 +670,11 @@ impl State {
                 if self.by_addr.len() < ADDRS_MAX || self.by_addr.contains_key(&from) {
                     self.by_addr.insert(from, id.to_string());
                 }
-                tracing::debug!(device = id, %from, "device said hello");
+                tracing::debug!(device = id, ?from, "device said hello");
                 self.flush(id, Some(from)).await;
             }
             Err(e) => {
-                tracing::debug!(device = id, %from, "hello dropped: {e}");
+                tracing::debug!(device = id, ?from, "hello dropped: {e}");
                 Counts::add(&self.counts.dropped);
             }
         }
@@ -834,14 +1019,27 @@ impl State {
 
     /// Sends what the device's session has for it, to `to` or where the
     /// device was last heard from.
-    async fn flush(&mut self, id: &str, to: Option<SocketAddr>) {
+    async fn flush(&mut self, id: &str, to: Option<Link>) {
         let Some(peer) = self.devices.get_mut(id) else {
             return;
         };
         let to = to.unwrap_or(peer.addr);
         while let Some(frame) = peer.session.poll_transmit() {
-            if let Err(e) = self.socket.send_to(&frame, to).await {
-                tracing::debug!(device = id, addr = %to, "sending to a device: {e}");
+            match to {
+                Link::Udp(addr) => {
+                    if let Some(udp) = &self.udp
+                        && let Err(e) = udp.send_to(&frame, addr).await
+                    {
+                        tracing::debug!(device = id, %addr, "sending to a device: {e}");
+                    }
+                }
+                // A stream that is full or gone loses the frame; the
+                // device retransmits what matters.
+                Link::Stream(stream) => {
+                    if let Some(tx) = self.streams.get(&stream) {
+                        let _ = tx.try_send(frame);
+                    }
+                }
             }
         }
     }
@@ -898,6 +1096,14 @@ impl State {
             .retain(|addr, id| devices.get(id).is_some_and(|p| p.addr == *addr));
         self.strangers
             .retain(|_, r| now.duration_since(r.at) < Duration::from_secs(10));
+    }
+}
+
+/// The next datagram, if there is a UDP socket (else never).
+async fn recv(udp: Option<&UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match udp {
+        Some(socket) => socket.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 

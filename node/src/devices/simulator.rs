@@ -22,11 +22,13 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
 use woof_mcu_bridge::offload::{Chooser, Side};
 use woof_mcu_bridge::session::{Config, Event, RequestKind, Session};
 use woof_mcu_bridge::wire::{FRAME_LEN_MAX, Topic};
 
 use super::registry::check_id;
+use super::transport::{self, Framed, Transport};
 use crate::error::{Error, Result};
 
 /// Requests in flight: what a small device holds.
@@ -52,7 +54,7 @@ pub const COUNT_MAX: u64 = 10_000_000;
 /// What to simulate.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
-    pub gateways: Vec<SocketAddr>,
+    pub gateways: Vec<Transport>,
     pub id: String,
     pub key: [u8; 16],
     pub topic: String,
@@ -238,18 +240,99 @@ fn quantile(values: &[u32], q: f64) -> u32 {
     all[((all.len() - 1) as f64 * q).round() as usize]
 }
 
-/// `udp://HOST:PORT[,udp://...]` (the scheme may be left out).
-pub fn parse_gateways(text: &str) -> Result<Vec<SocketAddr>> {
-    let mut out = Vec::new();
-    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        out.push(super::udp_addr(part)?);
+/// `udp://HOST:PORT[,tcp://...][,serial://...]` (the scheme may be left
+/// out for UDP).
+pub fn parse_gateways(text: &str) -> Result<Vec<Transport>> {
+    Transport::parse_list(text)
+}
+
+/// The device's end of its link to one gateway.
+enum Link {
+    Udp {
+        socket: UdpSocket,
+        to: SocketAddr,
+    },
+    /// A TCP connection or a serial line; its tasks stop when it is dropped.
+    Stream {
+        framed: Framed,
+        _stop: tokio_util::sync::DropGuard,
+    },
+    /// Not connected (refused, or closed): frames go nowhere until the
+    /// device opens a link again.
+    Down,
+}
+
+impl Link {
+    async fn open(to: &Transport) -> Link {
+        let opened = match to {
+            Transport::Udp(addr) => {
+                let bind: SocketAddr = if addr.is_ipv4() {
+                    "0.0.0.0:0".parse().expect("address")
+                } else {
+                    "[::]:0".parse().expect("address")
+                };
+                UdpSocket::bind(bind)
+                    .await
+                    .map(|socket| Link::Udp { socket, to: *addr })
+                    .map_err(|source| Error::Io {
+                        context: "the simulated device's socket".into(),
+                        source,
+                    })
+            }
+            stream => {
+                let stop = CancellationToken::new();
+                transport::connect(stream, stop.clone())
+                    .await
+                    .map(|framed| Link::Stream {
+                        framed,
+                        _stop: stop.drop_guard(),
+                    })
+            }
+        };
+        opened.unwrap_or_else(|e| {
+            tracing::debug!("device link to {to}: {e}");
+            Link::Down
+        })
     }
-    if out.is_empty() || out.len() > 16 {
-        return Err(Error::Usage(
-            "--gateway takes 1 to 16 addresses such as udp://127.0.0.1:7900".into(),
-        ));
+
+    async fn send(&mut self, frame: &[u8]) {
+        match self {
+            Link::Udp { socket, to } => {
+                if let Err(e) = socket.send_to(frame, *to).await {
+                    tracing::debug!("sending to the gateway: {e}");
+                }
+            }
+            Link::Stream { framed, .. } => {
+                let _ = framed.tx.try_send(frame.to_vec());
+            }
+            Link::Down => {}
+        }
     }
-    Ok(out)
+
+    /// The next frame from the gateway, into `buf`; never, while down.
+    async fn recv(&mut self, buf: &mut [u8]) -> usize {
+        loop {
+            match self {
+                Link::Udp { socket, to } => {
+                    if let Ok((n, from)) = socket.recv_from(buf).await
+                        && n <= FRAME_LEN_MAX
+                        && from == *to
+                    {
+                        return n;
+                    }
+                }
+                Link::Stream { framed, .. } => match framed.rx.recv().await {
+                    Some(frame) if frame.len() <= buf.len() => {
+                        buf[..frame.len()].copy_from_slice(&frame);
+                        return frame.len();
+                    }
+                    Some(_) => {}
+                    None => *self = Link::Down,
+                },
+                Link::Down => std::future::pending().await,
+            }
+        }
+    }
 }
 
 /// A small deterministic random source (xorshift64*).
@@ -298,15 +381,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             config.topic
         ))
     })?;
-    let bind: SocketAddr = if config.gateways[0].is_ipv4() {
-        "0.0.0.0:0".parse().expect("address")
-    } else {
-        "[::]:0".parse().expect("address")
-    };
-    let socket = UdpSocket::bind(bind).await.map_err(|source| Error::Io {
-        context: "the simulated device's socket".into(),
-        source,
-    })?;
+    let mut link = Link::open(&config.gateways[0]).await;
     let mut rng = Rng(config.seed | 1);
     let start = Instant::now();
     let now_ms = || start.elapsed().as_millis() as u64;
@@ -419,17 +494,19 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
                 report.lost_up += 1;
                 continue;
             }
-            if let Err(e) = socket.send_to(&out[..len], config.gateways[gateway]).await {
-                tracing::debug!("sending to the gateway: {e}");
-            }
+            link.send(&out[..len]).await;
         }
         while let Some(event) = session.poll_event(now) {
-            if event == Event::Disconnected && config.gateways.len() > 1 {
-                gateway = (gateway + 1) % config.gateways.len();
-                report.failovers += 1;
-                last_switch = now;
-                need_subscribe |= subscribed;
-                subscribed = false;
+            if event == Event::Disconnected {
+                if config.gateways.len() > 1 {
+                    gateway = (gateway + 1) % config.gateways.len();
+                    report.failovers += 1;
+                    last_switch = now;
+                    need_subscribe |= subscribed;
+                    subscribed = false;
+                }
+                // A new link (a stream that closed is connected again).
+                link = Link::open(&config.gateways[gateway]).await;
             }
             if let Some(o) = &config.offload {
                 settle_offload(&event, o, &mut offloads, &mut chooser, &mut report.offload);
@@ -442,6 +519,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             && now.saturating_sub(last_rx.max(last_switch)) > FAILOVER_AFTER_MS
         {
             gateway = (gateway + 1) % config.gateways.len();
+            link = Link::open(&config.gateways[gateway]).await;
             session.reconnect(now);
             report.failovers += 1;
             last_switch = now;
@@ -473,10 +551,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             wake = wake.min(last_rx.max(last_switch) + FAILOVER_AFTER_MS + 1);
         }
         let wait = Duration::from_millis(wake.saturating_sub(now).clamp(1, 1000));
-        if let Ok(Ok((n, from))) = tokio::time::timeout(wait, socket.recv_from(&mut buf)).await {
-            if n > FRAME_LEN_MAX || from != config.gateways[gateway] {
-                continue;
-            }
+        if let Ok(n) = tokio::time::timeout(wait, link.recv(&mut buf)).await {
             if rng.chance(config.loss) {
                 report.lost_down += 1;
                 continue;
