@@ -1067,6 +1067,15 @@ int32_t woof_offload(woof_session *s, const char *handler, const void *payload, 
     return enqueue(s, WOOF_REQ_OFFLOAD, &m, rand);
 }
 
+/* The queue of delivery acks loses its first (oldest). */
+static void drop_first_ack(woof_session *s) {
+    size_t i;
+    for (i = 1; i < s->acks_len; i++) {
+        s->acks[i - 1] = s->acks[i];
+    }
+    s->acks_len--;
+}
+
 static int take_seq(woof_session *s, uint32_t *seq) {
     if (s->next_seq > SEQ_MAX) {
         return WOOF_ERR_SEQ_EXHAUSTED;
@@ -1224,8 +1233,7 @@ int woof_poll_transmit(woof_session *s, uint64_t now_ms, uint8_t *out, size_t ca
             (e = seal_into(s, &m, seq, s->session_id, out, cap, &len)) != 0) {
             return e;
         }
-        memmove(s->acks, s->acks + 1, (size_t)(s->acks_len - 1) * sizeof s->acks[0]);
-        s->acks_len--;
+        drop_first_ack(s);
         inc(&s->stats.sent);
         return (int)len;
     }
@@ -1363,8 +1371,7 @@ static void queue_ack(woof_session *s, uint32_t gateway_seq) {
         }
     }
     if (s->acks_len == WOOF_DELIVERY_ACKS_MAX) {
-        memmove(s->acks, s->acks + 1, (WOOF_DELIVERY_ACKS_MAX - 1) * sizeof s->acks[0]);
-        s->acks_len--;
+        drop_first_ack(s);
     }
     s->acks[s->acks_len++] = gateway_seq;
 }
@@ -1425,6 +1432,9 @@ static int input(woof_session *s, uint64_t now_ms, uint8_t *buf, size_t len, woo
             s->last_session_id = m.num;
         }
         s->last_rx_ms = now_ms;
+        /* A loss not reported yet is over: reported after this CONNECTED,
+         * it would leave the caller thinking it is disconnected. */
+        s->disconnected = 0;
         /* Ping at once: it tells a gateway that held the session as
          * pending that this hello was not a replay. */
         start_ping(s, now_ms);
@@ -1438,6 +1448,12 @@ static int input(woof_session *s, uint64_t now_ms, uint8_t *buf, size_t len, woo
     }
     if ((e = open_frame(s->key, buf, len, s->boot_id, s->session_id)) != 0) {
         return e;
+    }
+    /* A frame that only goes up is dropped before the replay window takes
+     * its seq (a dropped frame leaves the session as it was). */
+    if (type == T_HELLO || type == T_APPEND || type == T_SUBSCRIBE || type == T_DELIVERY_ACK ||
+        type == T_PING || type == T_OFFLOAD) {
+        return WOOF_ERR_UNEXPECTED;
     }
     verdict = window_check(s, seq);
     if (verdict == TOO_OLD) {
@@ -1516,7 +1532,7 @@ static int input(woof_session *s, uint64_t now_ms, uint8_t *buf, size_t len, woo
         ev->code = m.byte;
         return 1;
     default:
-        /* Frames that only go up. */
+        /* Frames that only go up (dropped above). */
         return WOOF_ERR_UNEXPECTED;
     }
 }

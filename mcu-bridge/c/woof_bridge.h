@@ -24,12 +24,12 @@
  *                   index takes p + 20 at most, to a name of n bytes
  *                   p + n + 21 at most).
  *
- * A session takes about WOOF_OUTBOX * (WOOF_FRAME_MAX + 40) + 230 bytes of
+ * A session takes about WOOF_OUTBOX * (WOOF_FRAME_MAX + 40) + 250 bytes of
  * RAM (woof_session_size() says exactly), plus the caller's buffers: one to
  * send, of WOOF_TX_MAX bytes, and one to receive, of up to
  * WOOF_FRAME_LEN_MAX (1,024) bytes (a smaller one drops longer deliveries).
  *
- * On an ESP8266 with the Arduino core (a 20-line sketch; the gateway is a
+ * On an ESP8266 with the Arduino core (a sketch of about 20 lines; the gateway is a
  * woof node started with --bridge-listen udp://0.0.0.0:4210 and the device
  * registered with `woof device add soil-1 --topics farm/soil`, which prints
  * its key):
@@ -43,7 +43,7 @@
  *     static uint32_t last, high; uint32_t m = millis();
  *     if (m < last) high++; last = m; return ((uint64_t)high << 32) | m; }
  *   void setup() {
- *     WiFi.begin("ssid", "pass");
+ *     Serial.begin(115200); WiFi.begin("ssid", "pass");
  *     while (WiFi.status() != WL_CONNECTED) delay(100);
  *     udp.begin(4210);
  *     woof_config c = {}; c.device_id = "soil-1"; memcpy(c.key, KEY, 16);
@@ -60,7 +60,8 @@
  *     while (woof_poll_event(&s, now, &ev) > 0) Serial.println(ev.type);
  *     if ((n = udp.parsePacket()) > 0 && (n = udp.read(buf, sizeof buf)) > 0
  *         && woof_handle_input(&s, now, buf, n, &ev) > 0 && ev.type == WOOF_EV_ACKED)
- *       Serial.printf("reading %u is element %llu\n", ev.seq, ev.topic_seq); }
+ *       Serial.printf("reading %lu is element %lu\n", (unsigned long)ev.seq,
+ *                     (unsigned long)ev.topic_seq); }
  *
  * (A real sketch also sleeps until woof_poll_timeout(&s) or a datagram
  * instead of spinning.) mcu-bridge/c/examples/udp_device.c is the same loop

@@ -989,6 +989,69 @@ fn ascon_over_every_length(impls: &[Impl]) {
     dev.finish();
 }
 
+/// The Rust core's fuzzer findings, as the C core must follow them: a
+/// session lost to silence and answered again before the caller polled its
+/// events reports Connected and no stale Disconnected after it; an
+/// authentic frame of a type that only goes up leaves the replay window and
+/// the keepalive as they were.
+fn fuzzer_findings(impls: &[Impl]) {
+    let mut dev = Lockstep::start(impls, &spec(0xb007), 0, 12345).unwrap();
+    let ack = |session_id| {
+        down(
+            &KEY,
+            0xb007,
+            0,
+            0,
+            &Message::HelloAck(HelloAck {
+                session_id,
+                window: 2,
+            }),
+        )
+    };
+    dev.transmit_all(0);
+    assert_eq!(
+        dev.handle_input(0, &ack(9)),
+        Ok(Some(Ev::Connected { session_id: 9 }))
+    );
+    let mut now = 0;
+    while dev.state().connected {
+        dev.transmit_all(now);
+        now = dev.state().poll_timeout.max(now + 1);
+    }
+    dev.transmit_all(now);
+    assert_eq!(
+        dev.handle_input(now, &ack(9)),
+        Ok(Some(Ev::Connected { session_id: 9 }))
+    );
+    assert_eq!(dev.poll_event(now), None);
+    assert!(dev.state().connected);
+
+    let deadline = dev.state().poll_timeout;
+    let up_only = Message::Subscribe(wire::Subscribe {
+        topic: Topic::Index(1),
+        from: 0,
+    });
+    let f = down(&KEY, 0xb007, 9, 500, &up_only);
+    assert_eq!(dev.handle_input(now + 1_000, &f), Err(-11));
+    assert_eq!(dev.state().poll_timeout, deadline);
+    let d = down(
+        &KEY,
+        0xb007,
+        9,
+        500,
+        &Message::Delivery(Delivery {
+            topic: Topic::Index(0),
+            topic_seq: 1,
+            payload: b"d",
+        }),
+    );
+    assert!(matches!(
+        dev.handle_input(now + 1_000, &d),
+        Ok(Some(Ev::Delivery { .. }))
+    ));
+    dev.finish();
+}
+
 fn harness() -> &'static (PathBuf, bool) {
     static HARNESS: OnceLock<(PathBuf, bool)> = OnceLock::new();
     HARNESS
@@ -1021,6 +1084,11 @@ fn hostile_input_is_dropped_and_counted_frame_for_frame() {
 }
 
 #[test]
+fn fuzzer_findings_frame_for_frame() {
+    fuzzer_findings(RUST_AND_C);
+}
+
+#[test]
 fn ascon_over_every_length_frame_for_frame() {
     ascon_over_every_length(RUST_AND_C);
 }
@@ -1035,6 +1103,7 @@ fn the_c_core_alone_passes_every_scenario() {
     subscribe_deliver_offload_and_errors(c);
     refused_requests(c);
     hostile_input(c, 500);
+    fuzzer_findings(c);
     ascon_over_every_length(c);
 }
 
@@ -1053,5 +1122,6 @@ fn every_scenario_under_sanitizers() {
     subscribe_deliver_offload_and_errors(both);
     refused_requests(both);
     hostile_input(both, 1_000);
+    fuzzer_findings(both);
     ascon_over_every_length(both);
 }
