@@ -9,7 +9,10 @@
 //! replicas, one in flight at a time (ADR 17), each acknowledged only once
 //! committed on a majority. Cases: 200 devices at 5 readings a second over
 //! links that lose 10% of the frames each way; 1,000 and 5,000 devices at
-//! 1 a second (the issue's aim: 5,000); 1,000 devices at 5 a second. Figures: readings
+//! 1 a second (the issue's aim: 5,000); 1,000 devices at 5 a second; and
+//! 1,000 devices at 1 a second again while one address floods the gateway
+//! with forged hellos and garbage as fast as one thread sends them (the
+//! honest devices' figures beside the same case without the flood). Figures: readings
 //! acknowledged a second, and the device-side time from a reading's first
 //! send to its ack (p50, p99). A case fails if any reading is refused or
 //! not acknowledged.
@@ -22,14 +25,15 @@ use anyhow::{Context, bail};
 use crate::nodes::{self, Cluster};
 use crate::report::{Report, probe_machine};
 
-/// (devices, readings a second each, loss) per case.
+/// (devices, readings a second each, loss, flooded) per case.
 /// Each case registers its own fleet: together at most the cluster's
 /// 10,000 devices.
-const CASES: [(u32, u32, f64); 4] = [
-    (200, 5, 0.1),
-    (1000, 1, 0.0),
-    (5000, 1, 0.0),
-    (1000, 5, 0.0),
+const CASES: [(u32, u32, f64, bool); 5] = [
+    (200, 5, 0.1, false),
+    (1000, 1, 0.0, false),
+    (1000, 1, 0.0, true),
+    (5000, 1, 0.0, false),
+    (1000, 5, 0.0, false),
 ];
 
 pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
@@ -49,8 +53,8 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
     .await?;
     let mut report = Report::new(probe_machine(cluster.dir.path())?);
     let url = cluster.url(0).to_string();
-    for (i, (devices, rate, loss)) in CASES.into_iter().enumerate() {
-        let cases = if quick { &CASES[..2] } else { &CASES[..] };
+    for (i, (devices, rate, loss, flooded)) in CASES.into_iter().enumerate() {
+        let cases = if quick { &CASES[..3] } else { &CASES[..] };
         if i >= cases.len() {
             break;
         }
@@ -77,6 +81,7 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
             .context("no fleet key")?
             .to_string();
         let count = secs * u64::from(rate);
+        let flood = flooded.then(|| Flood::start(port, &format!("{id}-1")));
         let summary = woof_cli(
             woof,
             &[
@@ -103,12 +108,18 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
                 "60",
             ],
         );
+        let flood = flood.map(Flood::stop);
         let case = format!(
-            "{devices} devices x {rate}/s{}",
+            "{devices} devices x {rate}/s{}{}",
             if loss > 0.0 {
                 format!(", {:.0}% loss", loss * 100.0)
             } else {
                 String::new()
+            },
+            if flooded {
+                ", one address flooding"
+            } else {
+                ""
             }
         );
         let summary = match summary {
@@ -126,6 +137,9 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
         report.row(&case, "send to ack p50", f("ack_p50_ms"), "ms");
         report.row(&case, "send to ack p99", f("ack_p99_ms"), "ms");
         report.row(&case, "retransmitted", f("retransmitted"), "frames");
+        if let Some((frames, secs)) = flood {
+            report.row(&case, "flood", frames as f64 / secs, "frames per s");
+        }
         if f("acked") < f("readings") || f("refused") > 0.0 {
             report.failures.push(format!(
                 "{case}: {} of {} readings acknowledged, {} refused",
@@ -140,6 +154,65 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
          then the last answers; the simulated devices share the machine's cores with the nodes"
     ));
     Ok(report)
+}
+
+/// One address sending the gateway forged hellos (a registered device's
+/// id under a wrong key) and garbage, as fast as one thread can.
+struct Flood {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+    started: std::time::Instant,
+}
+
+impl Flood {
+    fn start(port: u16, device: &str) -> Flood {
+        use woof_mcu_bridge::session::{Config, Session};
+        let mut hello = [0u8; 128];
+        let mut forged = Session::<1, 128>::new(
+            &Config {
+                device_id: device.as_bytes(),
+                key: [0x5a; 16],
+                boot_id: 1,
+                caps: 0,
+                ping_interval_ms: 30_000,
+            },
+            0,
+            1,
+        )
+        .expect("a forged session");
+        let n = forged
+            .poll_transmit(0, &mut hello)
+            .ok()
+            .flatten()
+            .expect("a hello");
+        let hello = hello[..n].to_vec();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a flood socket");
+            let garbage = [0xffu8; 64];
+            let mut sent = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let frame: &[u8] = if sent.is_multiple_of(2) { &hello } else { &garbage };
+                if socket.send_to(frame, ("127.0.0.1", port)).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        });
+        Flood {
+            stop,
+            thread,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Frames sent, and over how many seconds.
+    fn stop(self) -> (u64, f64) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let secs = self.started.elapsed().as_secs_f64();
+        (self.thread.join().unwrap_or(0), secs)
+    }
 }
 
 /// Runs the `woof` CLI; its standard output, or why it failed.

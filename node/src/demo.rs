@@ -540,27 +540,63 @@ async fn edge_python(d: &mut Demo) -> Result<()> {
         );
     }
 
-    // Readings at 5 a second: a healthy motor, then a bearing wearing out.
-    let reading = |i: u64| {
-        let mm_s = if i <= 18 {
-            2.0 + (i % 3) as f64 * 0.4
-        } else {
-            2.0 + (i - 18) as f64 * 0.9
-        };
-        format!(r#"{{"motor": 3, "mm_s": {mm_s:.1}}}"#)
+    // The sensor: a simulated microcontroller (the bridge's no_std core)
+    // sending 5 readings a second through the gateway of the first node.
+    let added = c
+        .add_device(v1::AddDeviceRequest {
+            id: "motor-3".into(),
+            topics: vec![VIBRATION.into()],
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let Some(gateway) = d.node.as_ref().and_then(|n| n.gateway()?.udp_addr()) else {
+        return Err(Error::Internal("the first node has no gateway".into()));
     };
+    let sensor = crate::devices::simulator::SimConfig {
+        gateways: vec![crate::devices::transport::Transport::Udp(gateway)],
+        id: "motor-3".into(),
+        key: crate::devices::registry::parse_key(&added.key)?,
+        topic: VIBRATION.into(),
+        rate: 5.0,
+        count: VIBRATION_READINGS,
+        loss: 0.0,
+        seed: 3,
+        drain: Duration::from_secs(60),
+        follow: None,
+        expect_deliveries: 0,
+        offload: None,
+        reading: motor_reading,
+    };
+    println!(
+        "  motor-3's vibration sensor, a simulated microcontroller, sends {VIBRATION_READINGS} \
+         readings at 5/s through {}'s gateway (udp://{gateway})",
+        d.node.as_ref().map(label).unwrap_or_default()
+    );
+    let sensor = tokio::spawn(crate::devices::simulator::run(sensor));
     let runs_on = |h: &v1::ListHandlersResponse| {
         h.handlers
             .first()
             .map(|h| h.runs_on.clone())
             .unwrap_or_default()
     };
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut stopped = None;
-    for i in 1..=VIBRATION_READINGS {
-        tick.tick().await;
-        append_surely(&mut c, VIBRATION, i, reading(i)).await?;
-        if i == VIBRATION_READINGS / 2 {
+    // Halfway, the node where smooth runs is stopped.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stopped;
+    loop {
+        let i = c
+            .latest(v1::LatestRequest {
+                topic: VIBRATION.into(),
+            })
+            .await
+            .map(|r| r.into_inner().last_seq)
+            .unwrap_or(0);
+        if Instant::now() > deadline {
+            return Err(Error::Internal(format!(
+                "the sensor's readings did not arrive ({i} of {VIBRATION_READINGS})"
+            )));
+        }
+        if i >= VIBRATION_READINGS / 2 {
             let listed = c
                 .list_handlers(v1::ListHandlersRequest {
                     topic: VIBRATION.into(),
@@ -584,8 +620,27 @@ async fn edge_python(d: &mut Demo) -> Result<()> {
             );
             stopped = Some(label(&node));
             node.stop().await?;
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let report = sensor
+        .await
+        .map_err(|e| Error::Internal(format!("sensor task: {e}")))??;
+    if report.acked.len() as u64 != VIBRATION_READINGS {
+        return Err(Error::Internal(format!(
+            "the sensor's readings were not all acknowledged: {report}"
+        )));
+    }
+    println!(
+        "  the sensor's {} readings acknowledged after commit (send to ack p50 {:.1} ms)",
+        report.acked.len(),
+        {
+            let mut us = report.ack_us.clone();
+            us.sort_unstable();
+            f64::from(us.get(us.len() / 2).copied().unwrap_or(0)) / 1000.0
+        }
+    );
     let handlers = handlers_caught_up(&mut c, VIBRATION, Duration::from_secs(20)).await?;
     let now_on = handlers
         .first()
@@ -675,6 +730,18 @@ async fn edge_python(d: &mut Demo) -> Result<()> {
     Ok(())
 }
 
+/// Reading `n` (from 0) of motor-3's sensor: a healthy motor, then a
+/// bearing wearing out.
+fn motor_reading(_id: &str, n: u64) -> String {
+    let i = n + 1;
+    let mm_s = if i <= 18 {
+        2.0 + (i % 3) as f64 * 0.4
+    } else {
+        2.0 + (i - 18) as f64 * 0.9
+    };
+    format!(r#"{{"motor": 3, "mm_s": {mm_s:.1}}}"#)
+}
+
 /// A microcontroller's topic, and how many readings it sends.
 const PROBE_TOPIC: &str = "farm/north/probe-7";
 /// The topic it follows: commands for it.
@@ -755,6 +822,7 @@ async fn devices(d: &mut Demo) -> Result<()> {
         follow: Some(PROBE_COMMANDS.into()),
         expect_deliveries: 3,
         offload: None,
+        reading: crate::devices::simulator::default_reading,
     };
     println!(
         "  probe-7 follows {PROBE_COMMANDS} and sends {PROBE_READINGS} readings at 20/s to {} \
@@ -801,35 +869,6 @@ async fn devices(d: &mut Demo) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Appends reading `seq` of a producer, retrying until it is acknowledged
-/// (a retry never appends twice).
-async fn append_surely(
-    client: &mut WoofClient<Channel>,
-    topic: &str,
-    seq: u64,
-    payload: String,
-) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let answer = client
-            .append(v1::AppendRequest {
-                topic: topic.into(),
-                payload: payload.clone().into(),
-                producer: Some(v1::Producer {
-                    id: "motor-3".into(),
-                    seq,
-                }),
-                handler: Default::default(),
-            })
-            .await;
-        match answer {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e.into()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }
 
 /// Two native handlers on the readings: `threshold` alerts when moisture

@@ -53,6 +53,7 @@ fn sim(gateways: Vec<SocketAddr>, id: &str, key: [u8; 16], topic: &str) -> SimCo
         follow: None,
         expect_deliveries: 0,
         offload: None,
+        reading: simulator::default_reading,
     }
 }
 

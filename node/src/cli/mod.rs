@@ -239,6 +239,7 @@ impl DeviceSimArgs {
                 }
                 _ => None,
             },
+            reading: crate::devices::simulator::default_reading,
         })
     }
 }

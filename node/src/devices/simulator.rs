@@ -74,6 +74,15 @@ pub struct SimConfig {
     pub expect_deliveries: u64,
     /// Invoke a function each tick instead of appending a reading.
     pub offload: Option<OffloadConfig>,
+    /// Reading `n` (from 0) of device `id`: [`default_reading`] unless the
+    /// caller simulates a particular sensor.
+    pub reading: fn(&str, u64) -> String,
+}
+
+/// `{"device":ID,"n":N}`: what the simulated devices send, so that a test
+/// can tell each device's readings and their order.
+pub fn default_reading(id: &str, n: u64) -> String {
+    format!("{{\"device\":\"{id}\",\"n\":{n}}}")
 }
 
 /// A function the device runs itself or offloads, chosen per invocation.
@@ -436,7 +445,7 @@ pub async fn run(config: SimConfig) -> Result<SimReport> {
             && (config.offload.is_none() || session.is_connected() || report.failovers > 0)
             && let Some(&n) = backlog.front()
         {
-            let payload = format!("{{\"device\":\"{}\",\"n\":{n}}}", config.id);
+            let payload = (config.reading)(&config.id, n);
             if let Some(o) = &config.offload {
                 backlog.pop_front();
                 match chooser.pick() {
