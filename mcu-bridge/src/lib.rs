@@ -28,9 +28,16 @@
 //! - `tests/`: the device session against the gateway session over a lossy,
 //!   duplicating, reordering simulated link, and across a reboot.
 //! - `nostd-check/` (not a workspace member): a `#![no_std]` staticlib with
-//!   its own panic handler that drives the core through one C symbol. It
-//!   fails to build if anything pulls in `std` or `alloc`, and its size is
-//!   the core's code size (see "Size").
+//!   its own panic handler that drives the core through one C symbol, and
+//!   (feature `link`) a `#![no_main]` bare-metal program linking the same
+//!   code for a Cortex-M4, which fails to link if anything pulls in `std`,
+//!   `alloc` or a C symbol such as `malloc` (`./dev test` builds both). Its
+//!   archive object is the core's code size (see "Size").
+//! - `firmware/esp32c3/` (its own workspace): an ESP32-C3 firmware example
+//!   (esp-hal, esp-radio, embassy-net) that joins Wi-Fi and appends the
+//!   chip's temperature once a second through a [`session::Session`].
+//! - `fuzz/` (its own workspace): fuzz targets for the frame decoder, the
+//!   device session and the gateway session, with a small corpus.
 //! - `c/`: the device core in C99 for boards Rust does not reach
 //!   (`woof_bridge.h` and `woof_bridge.c`: no malloc, the same frames and
 //!   timing) and `c/examples/udp_device.c`; `c-test/` (a workspace member)
