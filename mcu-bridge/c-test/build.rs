@@ -1,6 +1,6 @@
 //! Compiles the C port (`../c/woof_bridge.c`) into this crate, with the
-//! outbox sizes the tests compare against (`Session<8, 128>`, see
-//! `src/lib.rs`) and every warning an error.
+//! outbox sizes the tests compare against (`Session<8, 128>`, and
+//! `Deframer<66>`: see `src/lib.rs`) and every warning an error.
 
 fn main() {
     println!("cargo:rerun-if-changed=../c/woof_bridge.c");
@@ -11,6 +11,7 @@ fn main() {
         .std("c99")
         .define("WOOF_OUTBOX", "8")
         .define("WOOF_FRAME_MAX", "128")
+        .define("WOOF_DEFRAME_MAX", "66")
         .flag("-pedantic")
         .flag("-Wall")
         .flag("-Wextra")

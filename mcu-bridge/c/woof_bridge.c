@@ -7,18 +7,21 @@
  *
  * Layout: LEB128 varints and bounds-checked readers/writers; the frame
  * header and the message bodies; Ascon-AEAD128 (NIST SP 800-232) and the
- * nonce; the replay window; the session.
+ * nonce; the replay window; the session; SLIP framing (stream.rs); the
+ * local-or-offloaded chooser (offload.rs).
  *
  * Every read of untrusted bytes goes through `rd`, which checks its bounds,
  * and every write through `wr`; every length is checked before it is used.
  */
 #include "woof_bridge.h"
 
+#include <limits.h>
 #include <string.h>
 
 /* Compile-time checks of the sizes (C99 has no _Static_assert). */
 typedef char woof_check_outbox[(WOOF_OUTBOX >= 1 && WOOF_OUTBOX <= 64) ? 1 : -1];
 typedef char woof_check_frame_max[(WOOF_FRAME_MAX >= 20 && WOOF_FRAME_MAX <= 1024) ? 1 : -1];
+typedef char woof_check_deframe_max[(WOOF_DEFRAME_MAX >= 1 && WOOF_DEFRAME_MAX <= 1025) ? 1 : -1];
 
 #define VERSION 1u
 #define TAG_LEN 16u
@@ -1613,4 +1616,141 @@ const char *woof_strerror(int err) {
     default:
         return "unknown error";
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* SLIP framing (stream.rs)                                            */
+/* ------------------------------------------------------------------ */
+
+int woof_slip_encode(const uint8_t *frame, size_t len, uint8_t *out, size_t cap) {
+    size_t i, n = 0;
+    /* The length must fit the int returned. */
+    if (cap > (size_t)INT_MAX) {
+        cap = (size_t)INT_MAX;
+    }
+    if (cap < 2) {
+        return WOOF_ERR_BUFFER_TOO_SMALL;
+    }
+    out[n++] = WOOF_SLIP_END;
+    for (i = 0; i < len; i++) {
+        uint8_t b = frame[i];
+        /* Room for this byte, escaped or not, and the final END. */
+        if (b == WOOF_SLIP_END || b == WOOF_SLIP_ESC) {
+            if (cap - n < 3) {
+                return WOOF_ERR_BUFFER_TOO_SMALL;
+            }
+            out[n++] = WOOF_SLIP_ESC;
+            out[n++] = b == WOOF_SLIP_END ? WOOF_SLIP_ESC_END : WOOF_SLIP_ESC_ESC;
+        } else {
+            if (cap - n < 2) {
+                return WOOF_ERR_BUFFER_TOO_SMALL;
+            }
+            out[n++] = b;
+        }
+    }
+    out[n++] = WOOF_SLIP_END;
+    return (int)n;
+}
+
+void woof_deframer_init(woof_deframer *d) { memset(d, 0, sizeof *d); }
+
+size_t woof_deframer_push(woof_deframer *d, uint8_t b) {
+    if (b == WOOF_SLIP_END) {
+        size_t n = 0;
+        if (d->skipping || d->escaped) {
+            inc(&d->dropped);
+        } else {
+            n = d->len; /* 0: an empty frame, skipped */
+        }
+        d->len = 0;
+        d->escaped = 0;
+        d->skipping = 0;
+        return n;
+    }
+    if (d->skipping) {
+        return 0;
+    }
+    if (d->escaped) {
+        d->escaped = 0;
+        if (b == WOOF_SLIP_ESC_END) {
+            b = WOOF_SLIP_END;
+        } else if (b == WOOF_SLIP_ESC_ESC) {
+            b = WOOF_SLIP_ESC;
+        } else {
+            d->skipping = 1;
+            return 0;
+        }
+    } else if (b == WOOF_SLIP_ESC) {
+        d->escaped = 1;
+        return 0;
+    }
+    if (d->len < WOOF_DEFRAME_MAX) {
+        d->buf[d->len++] = b;
+    } else {
+        d->skipping = 1;
+    }
+    return 0;
+}
+
+size_t woof_deframer_feed(woof_deframer *d, const uint8_t *in, size_t len,
+                          woof_frame_fn on_frame, void *ctx) {
+    size_t i, frames = 0;
+    for (i = 0; i < len; i++) {
+        size_t n = woof_deframer_push(d, in[i]);
+        if (n > 0) {
+            if (on_frame != NULL) {
+                on_frame(ctx, d->buf, n);
+            }
+            frames++;
+        }
+    }
+    return frames;
+}
+
+uint32_t woof_deframer_dropped(const woof_deframer *d) { return d->dropped; }
+
+size_t woof_deframer_size(void) { return sizeof(woof_deframer); }
+
+/* ------------------------------------------------------------------ */
+/* Local or offloaded (offload.rs)                                     */
+/* ------------------------------------------------------------------ */
+
+void woof_chooser_init(woof_chooser *c) { memset(c, 0, sizeof *c); }
+
+int woof_chooser_pick(woof_chooser *c) {
+    if (c->since_reset >= WOOF_FORGET_EVERY) {
+        woof_chooser_init(c);
+    }
+    c->since_reset++;
+    if (!(c->measured & WOOF_MEASURED_LOCAL)) {
+        return WOOF_SIDE_LOCAL;
+    }
+    if (!(c->measured & WOOF_MEASURED_REMOTE)) {
+        return WOOF_SIDE_REMOTE;
+    }
+    return c->remote_time < c->local_time ? WOOF_SIDE_REMOTE : WOOF_SIDE_LOCAL;
+}
+
+void woof_chooser_record(woof_chooser *c, int side, uint64_t elapsed) {
+    if (side == WOOF_SIDE_LOCAL) {
+        c->local_time = elapsed;
+        c->measured |= WOOF_MEASURED_LOCAL;
+    } else if (side == WOOF_SIDE_REMOTE) {
+        c->remote_time = elapsed;
+        c->measured |= WOOF_MEASURED_REMOTE;
+    }
+}
+
+void woof_chooser_remote_failed(woof_chooser *c) {
+    woof_chooser_record(c, WOOF_SIDE_REMOTE, UINT64_MAX);
+}
+
+unsigned woof_chooser_measured(const woof_chooser *c, uint64_t *local, uint64_t *remote) {
+    if (local != NULL && (c->measured & WOOF_MEASURED_LOCAL)) {
+        *local = c->local_time;
+    }
+    if (remote != NULL && (c->measured & WOOF_MEASURED_REMOTE)) {
+        *remote = c->remote_time;
+    }
+    return c->measured;
 }

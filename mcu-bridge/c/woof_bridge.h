@@ -12,7 +12,10 @@
  * milliseconds and random numbers, and moves datagrams. Bytes and the time
  * go in (woof_handle_input), bytes and the next deadline come out
  * (woof_poll_transmit, woof_poll_timeout), and what the application should
- * know comes out as events (woof_handle_input, woof_poll_event).
+ * know comes out as events (woof_handle_input, woof_poll_event). Over a
+ * byte stream (a serial line, TCP) rather than datagrams, frames travel in
+ * SLIP (woof_slip_encode, woof_deframer); woof_chooser picks between
+ * running a function on the device and offloading it (see the end).
  *
  * Sizes are fixed at compile time; define these before including this
  * header (and when compiling woof_bridge.c, e.g. with -D) to change them:
@@ -23,6 +26,10 @@
  *                   must fit (default 128; a reading of p bytes to a topic
  *                   index takes p + 20 at most, to a name of n bytes
  *                   p + n + 21 at most).
+ *   WOOF_DEFRAME_MAX  bytes a woof_deframer holds (frames over a serial
+ *                   line or TCP, below): 1..=1,025, default 1,025, one more
+ *                   than a frame may be, as the gateway's; a smaller one
+ *                   drops longer frames (counted).
  *
  * A session takes about WOOF_OUTBOX * (WOOF_FRAME_MAX + 40) + 250 bytes of
  * RAM (woof_session_size() says exactly), plus the caller's buffers: one to
@@ -67,6 +74,28 @@
  * instead of spinning.) mcu-bridge/c/examples/udp_device.c is the same loop
  * with POSIX sockets, for a host.
  *
+ * Over the serial line instead (the gateway started with --bridge-listen
+ * serial:///dev/ttyUSB0?baud=115200, where the board's USB serial shows up
+ * on the gateway's host), frames in SLIP: setup() leaves out Wi-Fi and UDP,
+ * nothing else may be written to Serial (print to Serial1, if anywhere),
+ * and the loop sends and receives through Serial:
+ *
+ *   static woof_deframer rx;  // a zeroed one is ready
+ *   static uint8_t f[WOOF_TX_MAX], w[WOOF_SLIP_LEN_MAX(WOOF_TX_MAX)];
+ *   void loop() {
+ *     uint64_t now = ms(); woof_event ev; int n; size_t len;
+ *     ...  // queue readings as above
+ *     while ((n = woof_poll_transmit(&s, now, f, sizeof f)) > 0)
+ *       Serial.write(w, (size_t)woof_slip_encode(f, (size_t)n, w, sizeof w));
+ *     while (woof_poll_event(&s, now, &ev) > 0) {}
+ *     while (Serial.available() > 0)
+ *       if ((len = woof_deframer_push(&rx, (uint8_t)Serial.read())) > 0
+ *           && woof_handle_input(&s, now, rx.buf, len, &ev) > 0) {}  // ev as above
+ *   }
+ *
+ * (rx takes WOOF_DEFRAME_MAX + 16 bytes of RAM in place of the 1,024-byte
+ * receive buffer; at 115,200 baud a 100-byte frame takes about 9 ms.)
+ *
  * Rules: call woof_poll_transmit until it returns 0 after every input,
  * every new request and whenever woof_poll_timeout comes; call
  * woof_poll_event until it returns 0 as often; pass a time that never goes
@@ -98,6 +127,9 @@ extern "C" {
 #endif
 #ifndef WOOF_FRAME_MAX
 #define WOOF_FRAME_MAX 128
+#endif
+#ifndef WOOF_DEFRAME_MAX
+#define WOOF_DEFRAME_MAX (WOOF_FRAME_LEN_MAX + 1)
 #endif
 
 /* The protocol's bounds (the Rust core's wire:: and crypto:: constants). */
@@ -339,6 +371,129 @@ const char *woof_strerror(int err);
  * `woof device add ID --fleet N` from its fleet key: what the node derives. */
 int woof_derive_key(const uint8_t fleet_key[WOOF_KEY_LEN], const char *device_id,
                     uint8_t out[WOOF_KEY_LEN]);
+
+/* ------------------------------------------------------------------
+ * Frames over a byte stream (a serial line, TCP): SLIP, RFC 1055, as the
+ * Rust core's stream.rs and the gateway's serial:// and tcp:// links.
+ *
+ * Each frame goes between two END bytes (0xC0), with END and ESC (0xDB)
+ * inside it sent as ESC 0xDC and ESC 0xDD. A receiver that starts in the
+ * middle of a frame, or hears noise, loses at most the frame it is in: the
+ * next END starts afresh (and a damaged frame fails its tag anyway).
+ * ------------------------------------------------------------------ */
+
+#define WOOF_SLIP_END 0xC0
+#define WOOF_SLIP_ESC 0xDB
+#define WOOF_SLIP_ESC_END 0xDC
+#define WOOF_SLIP_ESC_ESC 0xDD
+/* The most bytes woof_slip_encode writes for a frame of len bytes (a
+ * constant expression for a constant len: size a buffer with it). */
+#define WOOF_SLIP_LEN_MAX(len) (2 * (len) + 2)
+
+/* Writes frame[0..len) with its delimiters into out[0..cap) and returns
+ * the length written (at least 2), or WOOF_ERR_BUFFER_TOO_SMALL (give it
+ * WOOF_SLIP_LEN_MAX(len) bytes; what was written is then garbage). frame
+ * may be NULL when len is 0. */
+int woof_slip_encode(const uint8_t *frame, size_t len, uint8_t *out, size_t cap);
+
+/* Collects whole frames from the bytes received, in a buffer of
+ * WOOF_DEFRAME_MAX bytes: no allocation, about WOOF_DEFRAME_MAX + 16 bytes
+ * of RAM. Empty frames (two ENDs in a row: a sender may start with one to
+ * flush the line's noise) are skipped; a frame longer than the buffer, or
+ * with ESC followed by anything but 0xDC or 0xDD, is dropped up to the
+ * next END and counted (woof_deframer_dropped). Read buf only as below. */
+typedef struct woof_deframer {
+    size_t len;
+    uint32_t dropped;
+    uint8_t escaped;
+    uint8_t skipping;
+    uint8_t buf[WOOF_DEFRAME_MAX];
+} woof_deframer;
+
+/* Empty, nothing dropped. A zeroed woof_deframer (a static) is the same. */
+void woof_deframer_init(woof_deframer *d);
+
+/* Takes one received byte (the natural fit for Arduino's Serial.read()).
+ * When it ends a frame, returns the frame's length n > 0: the frame is
+ * d->buf[0..n), for the caller to use (and change: woof_handle_input
+ * decrypts it in place) until the next call on d. Otherwise returns 0. */
+size_t woof_deframer_push(woof_deframer *d, uint8_t byte);
+
+/* Called by woof_deframer_feed with each whole frame (in d->buf: it may be
+ * changed in place, and is gone when the callback returns). ctx is the
+ * feed's. The callback must not feed the same deframer. */
+typedef void (*woof_frame_fn)(void *ctx, uint8_t *frame, size_t len);
+
+/* Takes in[0..len) (a chunk read from a socket or UART; in may be NULL
+ * when len is 0), calling on_frame (if not NULL) with each whole frame in
+ * order. Returns how many frames were handed out. The same as
+ * woof_deframer_push on each byte. */
+size_t woof_deframer_feed(woof_deframer *d, const uint8_t *in, size_t len,
+                          woof_frame_fn on_frame, void *ctx);
+
+/* Frames lost to overlong runs and bad escapes so far (saturating). */
+uint32_t woof_deframer_dropped(const woof_deframer *d);
+
+/* sizeof(woof_deframer) as compiled (for bindings that allocate it). */
+size_t woof_deframer_size(void);
+
+/* ------------------------------------------------------------------
+ * Local or offloaded: where the device runs a function it can both run
+ * itself and offload (woof_offload) to a handler at the gateway, as the
+ * Rust core's offload.rs (NanoLambda's on-device versus remote choice).
+ *
+ * A woof_chooser keeps the last time to result measured on each side and
+ * sends each invocation to the faster; a side not measured yet is tried
+ * first (local first). Every WOOF_FORGET_EVERY invocations it forgets what
+ * it measured, so both sides are tried again: a gateway that was slow (or
+ * a link that was lossy) for a while wins its share back once it is fast
+ * again. Pure: times go in, choices come out, in any one unit for both
+ * sides (milliseconds on a device). 24 bytes of RAM.
+ *
+ *   int side = woof_chooser_pick(&ch);
+ *   uint64_t t0 = ms();
+ *   if (side == WOOF_SIDE_LOCAL) { run it here; woof_chooser_record(&ch, side, ms() - t0); }
+ *   else woof_offload(&s, "score", in, n, RANDOM_REG32);  // and remember t0:
+ *   // at its WOOF_EV_OFFLOAD_RESULT, status 0: woof_chooser_record(&ch,
+ *   // WOOF_SIDE_REMOTE, ms() - t0); any other status, or WOOF_EV_REJECTED or
+ *   // WOOF_EV_GAVE_UP for it: woof_chooser_remote_failed(&ch) (and run it here).
+ * ------------------------------------------------------------------ */
+
+#define WOOF_SIDE_LOCAL 0
+#define WOOF_SIDE_REMOTE 1
+/* Invocations (picks) between two resets of what was measured. */
+#define WOOF_FORGET_EVERY 16u
+/* Bits of woof_chooser_measured's result. */
+#define WOOF_MEASURED_LOCAL 1u
+#define WOOF_MEASURED_REMOTE 2u
+
+typedef struct woof_chooser {
+    uint64_t local_time;
+    uint64_t remote_time;
+    uint32_t since_reset;
+    uint8_t measured; /* WOOF_MEASURED_* */
+} woof_chooser;
+
+/* Nothing measured. A zeroed woof_chooser (a static) is the same. */
+void woof_chooser_init(woof_chooser *c);
+
+/* The side (WOOF_SIDE_*) the next invocation runs on: one not measured
+ * since the last reset (local first), else the faster (local on a tie).
+ * Counts the invocation. */
+int woof_chooser_pick(woof_chooser *c);
+
+/* An invocation on `side` took `elapsed` to its result (a side other than
+ * WOOF_SIDE_LOCAL or WOOF_SIDE_REMOTE is ignored). */
+void woof_chooser_record(woof_chooser *c, int side, uint64_t elapsed);
+
+/* An offloaded call failed (refused, the handler failed, or no answer): the
+ * remote side counts as slower than anything until the next reset. */
+void woof_chooser_remote_failed(woof_chooser *c);
+
+/* What was measured since the last reset: WOOF_MEASURED_* bits, and the
+ * times into *local and *remote (either may be NULL; a failed remote is
+ * UINT64_MAX; a side not measured is left alone). */
+unsigned woof_chooser_measured(const woof_chooser *c, uint64_t *local, uint64_t *remote);
 
 #ifdef __cplusplus
 }

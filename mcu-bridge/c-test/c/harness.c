@@ -20,6 +20,20 @@
  *                MALFORMED FORGED REPLAYED TOOOLD UNEXPECTED
  *
  * EVENT is TYPE KIND CODE INDEX SEQ SESSION TOPIC_SEQ RTT NAME PAYLOAD.
+ *
+ * SLIP and the chooser (a deframer and a chooser of their own, static, so
+ * zeroed as the header allows):
+ *
+ *   slip FRAME CAP        -> r RC OUT        woof_slip_encode into CAP bytes
+ *   dinit                 -> r 0             woof_deframer_init
+ *   dfeed MODE BYTES      -> r FRAME... ; COUNT DROPPED
+ *                            MODE 0: woof_deframer_feed with a callback;
+ *                            1: woof_deframer_push byte by byte
+ *   dsize                 -> r SIZEOF WOOF_DEFRAME_MAX
+ *   cinit / cfail         -> r 0             woof_chooser_init / _remote_failed
+ *   cpick                 -> r SIDE
+ *   crec SIDE ELAPSED     -> r 0
+ *   cmeas                 -> r BITS LOCAL REMOTE   (- for a side not measured)
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +44,8 @@
 #define LINE_MAX_LEN 8192
 
 static woof_session session;
+static woof_deframer deframer;
+static woof_chooser chooser;
 
 static int unhex(const char *text, unsigned char *out, size_t cap, size_t *len) {
     size_t n = 0;
@@ -73,6 +89,14 @@ static void put_event(int rc, const woof_event *ev) {
     putchar('\n');
 }
 
+static void put_frame(void *ctx, uint8_t *frame, size_t len) {
+    size_t *count = (size_t *)ctx;
+    *count += 1;
+    put_hex(frame, len);
+    /* The frame is ours to change: the deframer must not read it again. */
+    memset(frame, 0xC0, len);
+}
+
 static void fail(const char *line) {
     fprintf(stderr, "harness: bad command: %s\n", line);
     exit(2);
@@ -83,6 +107,7 @@ int main(void) {
     static unsigned char a[LINE_MAX_LEN / 2 + 1], b[LINE_MAX_LEN / 2 + 1];
     static char sa[LINE_MAX_LEN / 2 + 1];
     static char w1[LINE_MAX_LEN], w2[LINE_MAX_LEN], w3[LINE_MAX_LEN];
+    static unsigned char slip_out[LINE_MAX_LEN + 2];
     while (fgets(line, sizeof line, stdin) != NULL) {
         char cmd[16];
         unsigned long long x, y, z, t;
@@ -199,6 +224,84 @@ int main(void) {
                    (unsigned long)st.stale_answers, (unsigned long)d.malformed,
                    (unsigned long)d.forged, (unsigned long)d.replayed,
                    (unsigned long)d.too_old, (unsigned long)d.unexpected);
+        } else if (strcmp(cmd, "slip") == 0) {
+            unsigned char *out;
+            int rc;
+            if (sscanf(line, "slip %s %llu", w1, &x) != 2 || unhex(w1, a, sizeof a, &la) ||
+                x > sizeof slip_out) {
+                fail(line);
+            }
+            /* Exactly CAP bytes to write into and la to read, at the ends
+             * of their buffers, so that the sanitizer sees any access past
+             * them. */
+            out = slip_out + sizeof slip_out - x;
+            memmove(b + sizeof b - la, a, la);
+            rc = woof_slip_encode(la ? b + sizeof b - la : NULL, la, out, (size_t)x);
+            printf("r %d", rc);
+            put_hex(out, rc > 0 ? (size_t)rc : 0);
+            putchar('\n');
+        } else if (strcmp(cmd, "dinit") == 0) {
+            woof_deframer_init(&deframer);
+            printf("r 0\n");
+        } else if (strcmp(cmd, "dfeed") == 0) {
+            unsigned char *exact;
+            size_t count = 0, returned = 0, i;
+            if (sscanf(line, "dfeed %llu %s", &x, w1) != 2 || unhex(w1, a, sizeof a, &la)) {
+                fail(line);
+            }
+            exact = b + sizeof b - la;
+            memmove(exact, a, la);
+            printf("r");
+            if (x == 0) {
+                returned = woof_deframer_feed(&deframer, la ? exact : NULL, la, put_frame, &count);
+                if (returned != count) {
+                    fprintf(stderr, "harness: feed returned %lu for %lu frames\n",
+                            (unsigned long)returned, (unsigned long)count);
+                    exit(3);
+                }
+            } else {
+                for (i = 0; i < la; i++) {
+                    size_t n = woof_deframer_push(&deframer, exact[i]);
+                    if (n > 0) {
+                        put_hex(deframer.buf, n);
+                        memset(deframer.buf, 0xC0, n);
+                        count++;
+                    }
+                }
+            }
+            printf(" ; %lu %lu\n", (unsigned long)count,
+                   (unsigned long)woof_deframer_dropped(&deframer));
+        } else if (strcmp(cmd, "dsize") == 0) {
+            printf("r %lu %lu\n", (unsigned long)woof_deframer_size(),
+                   (unsigned long)WOOF_DEFRAME_MAX);
+        } else if (strcmp(cmd, "cinit") == 0) {
+            woof_chooser_init(&chooser);
+            printf("r 0\n");
+        } else if (strcmp(cmd, "cfail") == 0) {
+            woof_chooser_remote_failed(&chooser);
+            printf("r 0\n");
+        } else if (strcmp(cmd, "cpick") == 0) {
+            printf("r %d\n", woof_chooser_pick(&chooser));
+        } else if (strcmp(cmd, "crec") == 0) {
+            if (sscanf(line, "crec %llu %llu", &x, &y) != 2) {
+                fail(line);
+            }
+            woof_chooser_record(&chooser, (int)x, y);
+            printf("r 0\n");
+        } else if (strcmp(cmd, "cmeas") == 0) {
+            uint64_t l = 0, rt = 0;
+            unsigned bits = woof_chooser_measured(&chooser, &l, &rt);
+            printf("r %u", bits);
+            if (bits & WOOF_MEASURED_LOCAL) {
+                printf(" %llu", (unsigned long long)l);
+            } else {
+                printf(" -");
+            }
+            if (bits & WOOF_MEASURED_REMOTE) {
+                printf(" %llu\n", (unsigned long long)rt);
+            } else {
+                printf(" -\n");
+            }
         } else {
             fail(line);
         }

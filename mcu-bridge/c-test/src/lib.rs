@@ -9,6 +9,10 @@
 //! same calls and asserts after every one that they answered the same:
 //! every frame byte for byte, every event, every error, every counter and
 //! deadline. So a scenario written once proves the C port frame for frame.
+//!
+//! The SLIP framing and the local-or-offloaded chooser are compared the same
+//! way through [`Framer`] ([`RustFramer`], [`CFramer`], [`ProcDevice`]) and
+//! [`Choose`] ([`RustChooser`], [`CChooser`], [`ProcDevice`]).
 
 use std::ffi::{CString, c_char, c_void};
 use std::fmt::Debug;
@@ -18,8 +22,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use woof_mcu_bridge::Error;
 use woof_mcu_bridge::crypto::{Cipher, Context, Direction, Drops, KEY_LEN};
+use woof_mcu_bridge::offload::{Chooser, Side};
 use woof_mcu_bridge::session::{Config, Event, RequestKind, Session, Stats};
-use woof_mcu_bridge::wire::{Message, TAG_LEN, Topic, Type, VERSION};
+use woof_mcu_bridge::stream::{self, Deframer};
+use woof_mcu_bridge::wire::{FRAME_LEN_MAX, Message, TAG_LEN, Topic, Type, VERSION};
 
 /// Outbox slots and slot bytes: `build.rs` and [`C_SIZE_DEFINES`] compile
 /// the C core with these.
@@ -27,8 +33,20 @@ pub const OUTBOX: usize = 8;
 pub const SLOT_BYTES: usize = 128;
 /// The Rust session the C one is compared with.
 pub type RustSession = Session<OUTBOX, SLOT_BYTES>;
+/// The deframer's buffer in the C core `build.rs` links (small, so that
+/// random streams often overrun it), compared with `Deframer<DEFRAME_MAX>`.
+/// 66 so that on a 64-bit host the buffer ends `woof_deframer` with no
+/// padding after it: a write one past it reaches the sanitizer's redzone.
+pub const DEFRAME_MAX: usize = 66;
+/// `WOOF_DEFRAME_MAX` when it is not defined: one byte more than a frame
+/// may be, as the gateway's `Deframer<{ FRAME_LEN_MAX + 1 }>`.
+pub const DEFRAME_MAX_DEFAULT: usize = FRAME_LEN_MAX + 1;
 /// The `-D` flags for a C build with the same sizes.
-pub const C_SIZE_DEFINES: [&str; 2] = ["-DWOOF_OUTBOX=8", "-DWOOF_FRAME_MAX=128"];
+pub const C_SIZE_DEFINES: [&str; 3] = [
+    "-DWOOF_OUTBOX=8",
+    "-DWOOF_FRAME_MAX=128",
+    "-DWOOF_DEFRAME_MAX=66",
+];
 
 mod ffi {
     use std::ffi::{c_char, c_void};
@@ -119,6 +137,45 @@ mod ffi {
         pub fn woof_session_size() -> usize;
         pub fn woof_strerror(err: i32) -> *const c_char;
         pub fn woof_derive_key(fleet: *const u8, id: *const c_char, out: *mut u8) -> i32;
+
+        pub fn woof_slip_encode(frame: *const u8, len: usize, out: *mut u8, cap: usize) -> i32;
+        pub fn woof_deframer_init(d: *mut Deframer);
+        pub fn woof_deframer_push(d: *mut Deframer, byte: u8) -> usize;
+        pub fn woof_deframer_feed(
+            d: *mut Deframer,
+            input: *const u8,
+            len: usize,
+            on_frame: Option<unsafe extern "C" fn(*mut c_void, *mut u8, usize)>,
+            ctx: *mut c_void,
+        ) -> usize;
+        pub fn woof_deframer_dropped(d: *const Deframer) -> u32;
+        pub fn woof_deframer_size() -> usize;
+        pub fn woof_chooser_init(c: *mut Chooser);
+        pub fn woof_chooser_pick(c: *mut Chooser) -> i32;
+        pub fn woof_chooser_record(c: *mut Chooser, side: i32, elapsed: u64);
+        pub fn woof_chooser_remote_failed(c: *mut Chooser);
+        pub fn woof_chooser_measured(c: *const Chooser, local: *mut u64, remote: *mut u64) -> u32;
+    }
+
+    /// `woof_deframer` as `build.rs` compiles it (`WOOF_DEFRAME_MAX` is
+    /// [`super::DEFRAME_MAX`]; [`super::CFramer::new`] checks the size).
+    #[repr(C)]
+    pub struct Deframer {
+        pub len: usize,
+        pub dropped: u32,
+        pub escaped: u8,
+        pub skipping: u8,
+        pub buf: [u8; super::DEFRAME_MAX],
+    }
+
+    /// `woof_chooser`.
+    #[repr(C)]
+    #[derive(Default)]
+    pub struct Chooser {
+        pub local_time: u64,
+        pub remote_time: u64,
+        pub since_reset: u32,
+        pub measured: u8,
     }
 }
 
@@ -661,7 +718,9 @@ pub struct ProcDevice {
 }
 
 impl ProcDevice {
-    pub fn new(binary: &Path, spec: &Spec, now: u64, rand: u32) -> Result<ProcDevice, i32> {
+    /// The harness at `binary`, its session not started (for its
+    /// [`Framer`] and [`Choose`]).
+    pub fn spawn(binary: &Path) -> ProcDevice {
         let mut child = Command::new(binary)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -670,11 +729,15 @@ impl ProcDevice {
             .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
-        let mut dev = ProcDevice {
+        ProcDevice {
             child,
             stdin,
             stdout,
-        };
+        }
+    }
+
+    pub fn new(binary: &Path, spec: &Spec, now: u64, rand: u32) -> Result<ProcDevice, i32> {
+        let mut dev = ProcDevice::spawn(binary);
         let r = dev.call(&format!(
             "init {} {} {} {} {} {now} {rand}",
             hex(spec.id.as_bytes()),
@@ -687,6 +750,12 @@ impl ProcDevice {
             0 => Ok(dev),
             e => Err(e),
         }
+    }
+
+    /// `(sizeof(woof_deframer), WOOF_DEFRAME_MAX)` as the harness was built.
+    pub fn deframer_size(&mut self) -> (usize, usize) {
+        let w = self.call("dsize");
+        (w[0].parse().expect("a size"), w[1].parse().expect("a size"))
     }
 
     /// One command, one answer (its words after "r").
@@ -1141,6 +1210,11 @@ pub fn sanitizers_work(dir: &Path) -> bool {
 /// work here, else with the strict warnings only. Returns the binary and
 /// whether it is sanitized.
 pub fn build_harness(dir: &Path) -> (PathBuf, bool) {
+    build_harness_with(dir, &C_SIZE_DEFINES)
+}
+
+/// [`build_harness`] with other `-D` flags (`&[]`: the header's defaults).
+pub fn build_harness_with(dir: &Path, defines: &[&str]) -> (PathBuf, bool) {
     std::fs::create_dir_all(dir).expect("a build directory");
     let sanitized = sanitizers_work(dir);
     let bin = dir.join(if sanitized { "harness-asan" } else { "harness" });
@@ -1149,7 +1223,7 @@ pub fn build_harness(dir: &Path) -> (PathBuf, bool) {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("c/harness.c"),
     ];
     let mut flags = vec!["-g", "-O1"];
-    flags.extend(C_SIZE_DEFINES);
+    flags.extend(defines);
     if sanitized {
         flags.extend([
             "-fsanitize=address,undefined",
@@ -1161,4 +1235,328 @@ pub fn build_harness(dir: &Path) -> (PathBuf, bool) {
         panic!("building the harness: {e}");
     }
     (bin, sanitized)
+}
+
+/// SLIP framing (`stream.rs`; `woof_slip_encode` and `woof_deframer`),
+/// whichever the language.
+pub trait Framer {
+    /// `encode` into a buffer of `cap` bytes: what it wrote, or `None`.
+    fn encode(&mut self, frame: &[u8], cap: usize) -> Option<Vec<u8>>;
+    /// Starts a new deframer.
+    fn reset_deframer(&mut self);
+    /// Feeds `input` to the deframer (`by_byte`: one byte at a time, in C
+    /// by `woof_deframer_push`): the frames handed out, in order (their
+    /// number checked against what `feed` returned), and `dropped()` after.
+    fn feed(&mut self, input: &[u8], by_byte: bool) -> (Vec<Vec<u8>>, u32);
+}
+
+/// The local-or-offloaded chooser (`offload.rs`; `woof_chooser`),
+/// whichever the language.
+pub trait Choose {
+    fn reset_chooser(&mut self);
+    fn pick(&mut self) -> Side;
+    fn record(&mut self, side: Side, elapsed: u64);
+    fn remote_failed(&mut self);
+    fn measured(&mut self) -> (Option<u64>, Option<u64>);
+}
+
+/// The Rust core's deframer with a buffer of `B` bytes, and its encoder.
+pub struct RustFramer<const B: usize>(pub Deframer<B>);
+
+impl<const B: usize> RustFramer<B> {
+    pub fn new() -> RustFramer<B> {
+        RustFramer(Deframer::new())
+    }
+}
+
+impl<const B: usize> Default for RustFramer<B> {
+    fn default() -> Self {
+        RustFramer::new()
+    }
+}
+
+impl<const B: usize> Framer for RustFramer<B> {
+    fn encode(&mut self, frame: &[u8], cap: usize) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; cap];
+        stream::encode(frame, &mut out).map(|n| out[..n].to_vec())
+    }
+
+    fn reset_deframer(&mut self) {
+        self.0 = Deframer::new();
+    }
+
+    fn feed(&mut self, input: &[u8], by_byte: bool) -> (Vec<Vec<u8>>, u32) {
+        let mut frames = Vec::new();
+        let parts: Vec<&[u8]> = if by_byte {
+            input.chunks(1).collect()
+        } else {
+            vec![input]
+        };
+        for part in parts {
+            let before = frames.len();
+            let n = self.0.feed(part, |f| frames.push(f.to_vec()));
+            assert_eq!(n, frames.len() - before, "feed's count");
+        }
+        (frames, self.0.dropped())
+    }
+}
+
+/// The C core's encoder and deframer, linked in (`WOOF_DEFRAME_MAX` is
+/// [`DEFRAME_MAX`]).
+pub struct CFramer(Box<ffi::Deframer>);
+
+impl CFramer {
+    pub fn new() -> CFramer {
+        // SAFETY: no arguments, no state.
+        let size = unsafe { ffi::woof_deframer_size() };
+        assert_eq!(
+            size,
+            std::mem::size_of::<ffi::Deframer>(),
+            "woof_deframer as compiled is not the one mirrored here"
+        );
+        let mut d = Box::new(ffi::Deframer {
+            len: 7,
+            dropped: 7,
+            escaped: 7,
+            skipping: 7,
+            buf: [7; DEFRAME_MAX],
+        });
+        // SAFETY: d is a woof_deframer (the size checked above).
+        unsafe { ffi::woof_deframer_init(&mut *d) };
+        CFramer(d)
+    }
+}
+
+impl Default for CFramer {
+    fn default() -> Self {
+        CFramer::new()
+    }
+}
+
+/// `woof_frame_fn` collecting into the `Vec<Vec<u8>>` at `ctx`; then it
+/// scribbles over the frame, which the deframer must not read again.
+unsafe extern "C" fn collect_frame(ctx: *mut c_void, frame: *mut u8, len: usize) {
+    // SAFETY: ctx is the &mut Vec<Vec<u8>> CFramer::feed passes; frame
+    // holds len bytes, ours to change until we return.
+    unsafe {
+        let frames = &mut *(ctx as *mut Vec<Vec<u8>>);
+        frames.push(std::slice::from_raw_parts(frame, len).to_vec());
+        std::ptr::write_bytes(frame, stream::END, len);
+    }
+}
+
+impl Framer for CFramer {
+    fn encode(&mut self, frame: &[u8], cap: usize) -> Option<Vec<u8>> {
+        let mut out = vec![0u8; cap];
+        // SAFETY: frame holds frame.len() bytes, out cap.
+        let rc =
+            unsafe { ffi::woof_slip_encode(nonnull(frame), frame.len(), out.as_mut_ptr(), cap) };
+        match rc {
+            n if n > 0 => {
+                assert!(n as usize <= cap, "C wrote {n} bytes into {cap}");
+                out.truncate(n as usize);
+                Some(out)
+            }
+            -14 => None,
+            r => panic!("woof_slip_encode returned {r}"),
+        }
+    }
+
+    fn reset_deframer(&mut self) {
+        // SAFETY: a woof_deframer.
+        unsafe { ffi::woof_deframer_init(&mut *self.0) };
+    }
+
+    fn feed(&mut self, input: &[u8], by_byte: bool) -> (Vec<Vec<u8>>, u32) {
+        let mut frames: Vec<Vec<u8>> = Vec::new();
+        let d: &mut ffi::Deframer = &mut self.0;
+        if by_byte {
+            for &b in input {
+                // SAFETY: a woof_deframer.
+                let n = unsafe { ffi::woof_deframer_push(d, b) };
+                if n > 0 {
+                    assert!(n <= DEFRAME_MAX, "a frame of {n} bytes");
+                    frames.push(d.buf[..n].to_vec());
+                    // Ours to change until the next push.
+                    d.buf[..n].fill(stream::END);
+                }
+            }
+        } else {
+            // SAFETY: input holds its length; the callback gets frames as
+            // ctx, which outlives the call.
+            let n = unsafe {
+                ffi::woof_deframer_feed(
+                    d,
+                    nonnull(input),
+                    input.len(),
+                    Some(collect_frame),
+                    (&mut frames as *mut Vec<Vec<u8>>).cast(),
+                )
+            };
+            assert_eq!(n, frames.len(), "woof_deframer_feed's count");
+        }
+        // SAFETY: a woof_deframer.
+        (frames, unsafe { ffi::woof_deframer_dropped(d) })
+    }
+}
+
+/// The Rust core's chooser.
+#[derive(Default)]
+pub struct RustChooser(pub Chooser);
+
+impl Choose for RustChooser {
+    fn reset_chooser(&mut self) {
+        self.0 = Chooser::new();
+    }
+
+    fn pick(&mut self) -> Side {
+        self.0.pick()
+    }
+
+    fn record(&mut self, side: Side, elapsed: u64) {
+        self.0.record(side, elapsed);
+    }
+
+    fn remote_failed(&mut self) {
+        self.0.remote_failed();
+    }
+
+    fn measured(&mut self) -> (Option<u64>, Option<u64>) {
+        self.0.measured()
+    }
+}
+
+fn side_of(code: i32) -> Side {
+    match code {
+        0 => Side::Local,
+        1 => Side::Remote,
+        s => panic!("C picked side {s}"),
+    }
+}
+
+fn side_code(side: Side) -> i32 {
+    match side {
+        Side::Local => 0,
+        Side::Remote => 1,
+    }
+}
+
+/// The C core's chooser, linked in.
+pub struct CChooser(Box<ffi::Chooser>);
+
+impl CChooser {
+    pub fn new() -> CChooser {
+        let mut c = Box::new(ffi::Chooser {
+            local_time: 7,
+            remote_time: 7,
+            since_reset: 7,
+            measured: 7,
+        });
+        // SAFETY: a woof_chooser.
+        unsafe { ffi::woof_chooser_init(&mut *c) };
+        CChooser(c)
+    }
+
+    /// What `woof_chooser_measured` returns and writes, with outputs that
+    /// start as `start`: (bits, local, remote).
+    pub fn measured_raw(&self, start: u64) -> (u32, u64, u64) {
+        let (mut l, mut r) = (start, start);
+        // SAFETY: a woof_chooser; the outputs are valid.
+        let bits = unsafe { ffi::woof_chooser_measured(&*self.0, &mut l, &mut r) };
+        (bits, l, r)
+    }
+
+    /// `woof_chooser_record` with any side code.
+    pub fn record_code(&mut self, side: i32, elapsed: u64) {
+        // SAFETY: a woof_chooser.
+        unsafe { ffi::woof_chooser_record(&mut *self.0, side, elapsed) }
+    }
+}
+
+impl Default for CChooser {
+    fn default() -> Self {
+        CChooser::new()
+    }
+}
+
+impl Choose for CChooser {
+    fn reset_chooser(&mut self) {
+        // SAFETY: a woof_chooser.
+        unsafe { ffi::woof_chooser_init(&mut *self.0) }
+    }
+
+    fn pick(&mut self) -> Side {
+        // SAFETY: a woof_chooser.
+        side_of(unsafe { ffi::woof_chooser_pick(&mut *self.0) })
+    }
+
+    fn record(&mut self, side: Side, elapsed: u64) {
+        self.record_code(side_code(side), elapsed);
+    }
+
+    fn remote_failed(&mut self) {
+        // SAFETY: a woof_chooser.
+        unsafe { ffi::woof_chooser_remote_failed(&mut *self.0) }
+    }
+
+    fn measured(&mut self) -> (Option<u64>, Option<u64>) {
+        let (bits, l, r) = self.measured_raw(0);
+        assert_eq!(bits & !3, 0, "woof_chooser_measured returned {bits}");
+        ((bits & 1 != 0).then_some(l), (bits & 2 != 0).then_some(r))
+    }
+}
+
+impl Framer for ProcDevice {
+    fn encode(&mut self, frame: &[u8], cap: usize) -> Option<Vec<u8>> {
+        let w = self.call(&format!("slip {} {cap}", hex(frame)));
+        match w[0].parse::<i32>().expect("a code") {
+            n if n > 0 => {
+                let out = unhex(&w[1]);
+                assert_eq!(out.len(), n as usize, "the harness's encoding");
+                Some(out)
+            }
+            -14 => None,
+            r => panic!("woof_slip_encode returned {r}"),
+        }
+    }
+
+    fn reset_deframer(&mut self) {
+        self.call("dinit");
+    }
+
+    fn feed(&mut self, input: &[u8], by_byte: bool) -> (Vec<Vec<u8>>, u32) {
+        let w = self.call(&format!("dfeed {} {}", u8::from(by_byte), hex(input)));
+        let semi = w
+            .iter()
+            .position(|x| x == ";")
+            .expect("frames ; count dropped");
+        let frames: Vec<Vec<u8>> = w[..semi].iter().map(|f| unhex(f)).collect();
+        let count: usize = w[semi + 1].parse().expect("a count");
+        assert_eq!(count, frames.len(), "the harness's count");
+        (frames, w[semi + 2].parse().expect("a count"))
+    }
+}
+
+impl Choose for ProcDevice {
+    fn reset_chooser(&mut self) {
+        self.call("cinit");
+    }
+
+    fn pick(&mut self) -> Side {
+        side_of(self.call("cpick")[0].parse().expect("a side"))
+    }
+
+    fn record(&mut self, side: Side, elapsed: u64) {
+        self.call(&format!("crec {} {elapsed}", side_code(side)));
+    }
+
+    fn remote_failed(&mut self) {
+        self.call("cfail");
+    }
+
+    fn measured(&mut self) -> (Option<u64>, Option<u64>) {
+        let w = self.call("cmeas");
+        let time = |x: &str| (x != "-").then(|| x.parse().expect("a time"));
+        (time(&w[1]), time(&w[2]))
+    }
 }

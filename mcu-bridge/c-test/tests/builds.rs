@@ -35,16 +35,26 @@ fn the_core_builds_with_every_warning_at_any_size() {
     ];
     object("strict.o", &strict).unwrap();
     let mut smallest = strict.to_vec();
-    smallest.extend(["-DWOOF_OUTBOX=1", "-DWOOF_FRAME_MAX=20"]);
+    smallest.extend([
+        "-DWOOF_OUTBOX=1",
+        "-DWOOF_FRAME_MAX=20",
+        "-DWOOF_DEFRAME_MAX=1",
+    ]);
     object("smallest.o", &smallest).unwrap();
     let mut largest = strict.to_vec();
-    largest.extend(["-DWOOF_OUTBOX=64", "-DWOOF_FRAME_MAX=1024"]);
+    largest.extend([
+        "-DWOOF_OUTBOX=64",
+        "-DWOOF_FRAME_MAX=1024",
+        "-DWOOF_DEFRAME_MAX=1025",
+    ]);
     object("largest.o", &largest).unwrap();
     for bad in [
         ["-DWOOF_OUTBOX=0", "-DWOOF_FRAME_MAX=128"],
         ["-DWOOF_OUTBOX=65", "-DWOOF_FRAME_MAX=128"],
         ["-DWOOF_OUTBOX=8", "-DWOOF_FRAME_MAX=19"],
         ["-DWOOF_OUTBOX=8", "-DWOOF_FRAME_MAX=1025"],
+        ["-DWOOF_OUTBOX=8", "-DWOOF_DEFRAME_MAX=0"],
+        ["-DWOOF_OUTBOX=8", "-DWOOF_DEFRAME_MAX=1026"],
     ] {
         assert!(object("bad.o", &bad).is_err(), "{bad:?} compiled");
     }
@@ -58,12 +68,22 @@ fn the_header_compiles_as_cpp() {
         &src,
         "#include \"woof_bridge.h\"\n\
          static woof_session s;\n\
+         static woof_deframer d;\n\
+         static woof_chooser ch;\n\
+         static uint8_t w[WOOF_SLIP_LEN_MAX(WOOF_TX_MAX)];\n\
+         static void on_frame(void *, uint8_t *f, size_t n) { woof_handle_input(&s, 0, f, n, 0); }\n\
          int main() {\n\
            woof_config c = {};\n\
            c.device_id = \"soil-1\";\n\
            c.ping_interval_ms = WOOF_PING_INTERVAL_MS;\n\
            woof_event ev;\n\
-           return woof_init(&s, &c, 0, 1) + woof_poll_event(&s, 0, &ev);\n\
+           uint8_t b = WOOF_SLIP_END;\n\
+           woof_deframer_init(&d);\n\
+           woof_chooser_init(&ch);\n\
+           woof_chooser_record(&ch, woof_chooser_pick(&ch), 5);\n\
+           return woof_init(&s, &c, 0, 1) + woof_poll_event(&s, 0, &ev)\n\
+             + (int)woof_deframer_push(&d, b) + (int)woof_deframer_feed(&d, &b, 1, on_frame, 0)\n\
+             + woof_slip_encode(&b, 1, w, sizeof w);\n\
          }\n",
     )
     .unwrap();
