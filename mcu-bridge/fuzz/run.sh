@@ -34,7 +34,7 @@ flags+=" -Cllvm-args=-sanitizer-coverage-inline-8bit-counters"
 flags+=" -Cllvm-args=-sanitizer-coverage-pc-table"
 flags+=" -Cllvm-args=-sanitizer-coverage-trace-compares"
 flags+=" -Cllvm-args=-simplifycfg-branch-fold-threshold=0"
-flags+=" --cfg fuzzing -Clink-dead-code"
+flags+=" --cfg fuzzing"
 case "$triple" in *-linux-*) flags+=" -Cllvm-args=-sanitizer-coverage-stack-depth" ;; esac
 flags+=" -Cdebug-assertions -C codegen-units=1"
 RUSTFLAGS="$flags${RUSTFLAGS:+ $RUSTFLAGS}" \
