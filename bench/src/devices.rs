@@ -11,8 +11,12 @@
 //! links that lose 10% of the frames each way; 1,000 and 5,000 devices at
 //! 1 a second (the issue's aim: 5,000); 1,000 devices at 5 a second; and
 //! 1,000 devices at 1 a second again while one address floods the gateway
-//! with forged hellos and garbage as fast as one thread sends them (the
-//! honest devices' figures beside the same case without the flood). Figures: readings
+//! with forged hellos and garbage as fast as one thread sends them, 100,000
+//! frames from 5 s into the run (the issue's flood), and then without end
+//! (the honest devices' figures beside the same case without a flood); and
+//! 100 devices at 10 calls a second choosing between a local run (20 ms
+//! dearer than the host's) and an offloaded call to a native handler.
+//! Figures: readings
 //! acknowledged a second, and the device-side time from a reading's first
 //! send to its ack (p50, p99). A case fails if any reading is refused or
 //! not acknowledged.
@@ -25,16 +29,27 @@ use anyhow::{Context, bail};
 use crate::nodes::{self, Cluster};
 use crate::report::{Report, probe_machine};
 
-/// (devices, readings a second each, loss, flooded) per case.
+/// (devices, readings a second each, loss, flood) per case.
 /// Each case registers its own fleet: together at most the cluster's
 /// 10,000 devices.
-const CASES: [(u32, u32, f64, bool); 5] = [
-    (200, 5, 0.1, false),
-    (1000, 1, 0.0, false),
-    (1000, 1, 0.0, true),
-    (5000, 1, 0.0, false),
-    (1000, 5, 0.0, false),
+const CASES: [(u32, u32, f64, Flooding); 6] = [
+    (200, 5, 0.1, Flooding::No),
+    (1000, 1, 0.0, Flooding::No),
+    (1000, 1, 0.0, Flooding::Frames(100_000)),
+    (1000, 1, 0.0, Flooding::Endless),
+    (5000, 1, 0.0, Flooding::No),
+    (1000, 5, 0.0, Flooding::No),
 ];
+
+/// Whether one address floods the gateway during a case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flooding {
+    No,
+    /// This many frames, from 5 s into the case.
+    Frames(u64),
+    /// For the whole case.
+    Endless,
+}
 
 pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
     let secs: u64 = if quick { 5 } else { 20 };
@@ -81,7 +96,11 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
             .context("no fleet key")?
             .to_string();
         let count = secs * u64::from(rate);
-        let flood = flooded.then(|| Flood::start(port, &format!("{id}-1")));
+        let flood = match flooded {
+            Flooding::No => None,
+            Flooding::Frames(n) => Some(Flood::start(port, &format!("{id}-1"), Some(n))),
+            Flooding::Endless => Some(Flood::start(port, &format!("{id}-1"), None)),
+        };
         let summary = woof_cli(
             woof,
             &[
@@ -116,10 +135,10 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
             } else {
                 String::new()
             },
-            if flooded {
-                ", one address flooding"
-            } else {
-                ""
+            match flooded {
+                Flooding::No => String::new(),
+                Flooding::Frames(n) => format!(", {n} frames from one address"),
+                Flooding::Endless => ", one address flooding without end".into(),
             }
         );
         let summary = match summary {
@@ -138,7 +157,8 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
         report.row(&case, "send to ack p99", f("ack_p99_ms"), "ms");
         report.row(&case, "retransmitted", f("retransmitted"), "frames");
         if let Some((frames, secs)) = flood {
-            report.row(&case, "flood", frames as f64 / secs, "frames per s");
+            report.row(&case, "flood", frames as f64, "frames");
+            report.row(&case, "flood rate", frames as f64 / secs, "frames per s");
         }
         if f("acked") < f("readings") || f("refused") > 0.0 {
             report.failures.push(format!(
@@ -149,6 +169,9 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
             ));
         }
     }
+    if let Err(e) = offload(woof, &url, &gateway, secs, &mut report).await {
+        report.failures.push(format!("offload: {e}"));
+    }
     report.notes.push(format!(
         "one gateway (node 0) of a 3-node cluster on loopback; each case {secs} s of readings, \
          then the last answers; the simulated devices share the machine's cores with the nodes"
@@ -156,16 +179,112 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// Devices invoking a function each tick, on themselves or offloaded to
+/// the gateway (a native handler), by measured time to result: a device
+/// run costs 20 ms more than the host's (a slow microcontroller), so the
+/// gateway should take most calls. Every remote result is checked against
+/// the local one by the simulator.
+async fn offload(
+    woof: &Path,
+    url: &str,
+    gateway: &str,
+    secs: u64,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    const DEVICES: u32 = 100;
+    const RATE: u32 = 10;
+    let topic = "fleet/offload";
+    let config = r#"{"to":"fleet/stats","field":"n","count":8}"#;
+    nodes::create(url, topic, 3).await?;
+    woof_cli(
+        woof,
+        &[
+            "--server", url, "handler", "deploy", topic, "stats", "--native", "window", "--config",
+            config,
+        ],
+    )?;
+    let out = woof_cli(
+        woof,
+        &[
+            "--server",
+            url,
+            "--json",
+            "device",
+            "add",
+            "calls",
+            "--topics",
+            topic,
+            "--fleet",
+            &DEVICES.to_string(),
+        ],
+    )?;
+    let key = serde_json::from_str::<serde_json::Value>(&out)?["key"]
+        .as_str()
+        .context("no fleet key")?
+        .to_string();
+    let summary = woof_cli(
+        woof,
+        &[
+            "--json",
+            "device",
+            "sim",
+            "--gateway",
+            gateway,
+            "--id",
+            "calls",
+            "--key",
+            &key,
+            "--topic",
+            topic,
+            "--rate",
+            &format!("{RATE}/s"),
+            "--count",
+            &(secs * u64::from(RATE)).to_string(),
+            "--devices",
+            &DEVICES.to_string(),
+            "--drain",
+            "60",
+            "--offload",
+            "stats",
+            "--local",
+            "window",
+            "--local-config",
+            config,
+            "--local-cost-ms",
+            "20",
+        ],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(summary.trim())
+        .with_context(|| format!("the simulator's summary: {summary}"))?;
+    let o = &v["offload"];
+    let f = |k: &str| o[k].as_f64().unwrap_or(0.0);
+    let case = format!("{DEVICES} devices x {RATE}/s offloading (a local run costs 20 ms)");
+    let elapsed = v["elapsed_ms"].as_f64().unwrap_or(1.0) / 1000.0;
+    report.row(&case, "offloaded", f("remote") / elapsed, "per s");
+    report.row(&case, "run locally", f("local") / elapsed, "per s");
+    report.row(&case, "offloaded call p50", f("remote_p50_ms"), "ms");
+    report.row(&case, "local run p50", f("local_p50_ms"), "ms");
+    if f("mismatched") > 0.0 || f("failed") > 0.0 {
+        report.failures.push(format!(
+            "{case}: {} results differed from local, {} calls failed",
+            f("mismatched"),
+            f("failed")
+        ));
+    }
+    Ok(())
+}
+
 /// One address sending the gateway forged hellos (a registered device's
 /// id under a wrong key) and garbage, as fast as one thread can.
 struct Flood {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
-    started: std::time::Instant,
+    /// Frames sent, and the seconds spent sending them.
+    thread: std::thread::JoinHandle<(u64, f64)>,
 }
 
 impl Flood {
-    fn start(port: u16, device: &str) -> Flood {
+    /// `frames` of them from 5 s on, or without end from now.
+    fn start(port: u16, device: &str, frames: Option<u64>) -> Flood {
         use woof_mcu_bridge::session::{Config, Session};
         let mut hello = [0u8; 128];
         let mut forged = Session::<1, 128>::new(
@@ -192,26 +311,31 @@ impl Flood {
             let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a flood socket");
             let garbage = [0xffu8; 64];
             let mut sent = 0u64;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
-                let frame: &[u8] = if sent.is_multiple_of(2) { &hello } else { &garbage };
+            if frames.is_some() {
+                std::thread::sleep(std::time::Duration::from_secs(5));
+            }
+            let started = std::time::Instant::now();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed)
+                && frames.is_none_or(|n| sent < n)
+            {
+                let frame: &[u8] = if sent.is_multiple_of(2) {
+                    &hello
+                } else {
+                    &garbage
+                };
                 if socket.send_to(frame, ("127.0.0.1", port)).is_ok() {
                     sent += 1;
                 }
             }
-            sent
+            (sent, started.elapsed().as_secs_f64().max(1e-3))
         });
-        Flood {
-            stop,
-            thread,
-            started: std::time::Instant::now(),
-        }
+        Flood { stop, thread }
     }
 
     /// Frames sent, and over how many seconds.
     fn stop(self) -> (u64, f64) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        let secs = self.started.elapsed().as_secs_f64();
-        (self.thread.join().unwrap_or(0), secs)
+        self.thread.join().unwrap_or((0, 1.0))
     }
 }
 

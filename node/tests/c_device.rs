@@ -4,6 +4,8 @@
 //! topic then holds exactly those readings, once each, in order, at the
 //! element numbers the device was told. A second run (a reboot: a new boot
 //! id, sequence numbers from 1 again) adds to them, written once more each.
+//! Then the C device and the Rust core (`woof device sim`) append through
+//! the same gateway at the same time, each once per reading, in order.
 
 mod common;
 
@@ -147,4 +149,59 @@ async fn a_c_device_appends_through_the_gateway_once_each_in_order() {
         })
         .collect();
     assert_eq!(held, want);
+
+    // The C port and the Rust core at once, through the same gateway.
+    let out = woof(&[
+        "--server",
+        &node.url,
+        "--json",
+        "device",
+        "add",
+        "rust-dev-1",
+        "--topics",
+        "farm/c",
+    ]);
+    assert!(out.status.success());
+    let rust_key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let gateway = format!("udp://127.0.0.1:{port}");
+    let rust = std::thread::spawn(move || {
+        woof(&[
+            "--json",
+            "device",
+            "sim",
+            "--gateway",
+            &gateway,
+            "--id",
+            "rust-dev-1",
+            "--key",
+            &rust_key,
+            "--topic",
+            "farm/c",
+            "--rate",
+            "20/s",
+            "--count",
+            "40",
+        ])
+    });
+    let c = run_device(&bin, port, &device_key, 40);
+    let rust = rust.join().unwrap();
+    assert!(
+        rust.status.success(),
+        "device sim: {}",
+        String::from_utf8_lossy(&rust.stdout)
+    );
+    assert_eq!(c["acked"], 40, "{c}");
+    let held = scan(&node.url);
+    for device in ["c-dev-1", "rust-dev-1"] {
+        let ns: Vec<u64> = held[60..]
+            .iter()
+            .filter(|(_, v)| v["device"] == device)
+            .map(|(_, v)| v["n"].as_u64().unwrap())
+            .collect();
+        assert_eq!(ns, (0..40).collect::<Vec<u64>>(), "{device}'s readings");
+    }
+    assert_eq!(held.len(), 140, "nothing else, nothing twice");
 }
