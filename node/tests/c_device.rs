@@ -77,7 +77,9 @@ fn run_device(bin: &Path, port: u16, key: &str, count: u32) -> serde_json::Value
 
 /// `woof --json scan farm/c`: (seq, payload) of every element.
 fn scan(url: &str) -> Vec<(u64, serde_json::Value)> {
-    let out = woof(&["--server", url, "--json", "scan", "farm/c"]);
+    let out = woof(&[
+        "--server", url, "--json", "scan", "farm/c", "--limit", "1000",
+    ]);
     assert!(
         out.status.success(),
         "scan: {}",
