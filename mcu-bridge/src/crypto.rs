@@ -9,10 +9,14 @@
 //! ```
 //!
 //! `boot_id` is new at every device boot, `session_id` new at every hello
-//! the gateway answers (0 for the hello and its answer), and `seq` grows by
-//! one with every frame a side sends (at most [`SEQ_MAX`], 28 bits, so bit
-//! 31 is free for the direction). So a key never sees the same nonce twice
-//! for two different frames. A retransmission is the same frame: the same
+//! the gateway answers, and `seq` grows by one with every frame a side
+//! sends (at most [`SEQ_MAX`], 28 bits, so bit 31 is free for the
+//! direction). The hello and its answer are `seq` 0, which no other frame
+//! is, and carry the hello's attempt number (the device's count of hellos
+//! in this boot) where the session id goes. So a key never sees the same
+//! nonce twice for two different frames (but for two gateways answering one
+//! hello differently, which only a replayed hello brings about: those
+//! answers are MACs over cleartext, see `wire::HelloAck`). A retransmission is the same frame: the same
 //! bytes under the same nonce, which reveals nothing new.
 //!
 //! The associated data is the header (version, type, sequence number); for

@@ -333,7 +333,7 @@ impl Session {
         let mut buf = frame.to_vec();
         let ctx = Context {
             boot_id,
-            session_id: 0,
+            session_id: hello.attempt,
             direction: Direction::Up,
         };
         self.cipher.open(&mut buf, &ctx)?;
@@ -355,12 +355,13 @@ impl Session {
         let ack = Message::HelloAck(HelloAck {
             session_id,
             window: self.window,
+            attempt: hello.attempt,
         });
         let mut out = vec![0; ack.buffer_len(0)];
         ack.emit(0, &mut out)?;
         let ctx = Context {
             boot_id,
-            session_id: 0,
+            session_id: hello.attempt,
             direction: Direction::Down,
         };
         self.cipher.seal(&mut out, &ctx)?;
@@ -541,12 +542,13 @@ mod tests {
             device_id: b"dev-1",
             boot_id: 7,
             caps: 0,
+            attempt: 1,
         });
         let mut frame = vec![0; hello.buffer_len(0)];
         hello.emit(0, &mut frame).unwrap();
         let ctx = Context {
             boot_id: 7,
-            session_id: 0,
+            session_id: 1,
             direction: Direction::Up,
         };
         Cipher::new(&KEY).seal(&mut frame, &ctx).unwrap();

@@ -63,8 +63,8 @@
 //!
 //! | type | n | body |
 //! |---|---|---|
-//! | Hello | 0 | id length (1..=32), device id, boot id (u64 LE), capabilities (u8) |
-//! | HelloAck | 1 | session id (u32 LE, non-zero), window (1..=64) |
+//! | Hello | 0 | id length (1..=32), device id, boot id (u64 LE), capabilities (u8), attempt (u32 LE, non-zero) |
+//! | HelloAck | 1 | session id (u32 LE, non-zero), window (1..=64), attempt (u32 LE, the hello's) |
 //! | Append | 2 | topic, payload (the rest) |
 //! | Ack | 3 | acked device seq (varint), topic seq (varint u64) |
 //! | Subscribe | 4 | topic, from (varint u64, 0 = next) |

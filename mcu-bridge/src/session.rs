@@ -224,6 +224,8 @@ pub struct Session<const N: usize, const B: usize> {
     rx: ReplayWindow,
     /// The session `rx` belongs to (0: none yet).
     last_session_id: u32,
+    /// Hellos sent in this boot: the last one's [`Hello::attempt`].
+    attempt: u32,
     outbox: [Slot<B>; N],
     acks: [u32; DELIVERY_ACKS_MAX],
     acks_len: usize,
@@ -279,6 +281,7 @@ impl<const N: usize, const B: usize> Session<N, B> {
             next_seq: 1,
             rx: ReplayWindow::new(),
             last_session_id: 0,
+            attempt: 0,
             outbox: [const { Slot::EMPTY }; N],
             acks: [0; DELIVERY_ACKS_MAX],
             acks_len: 0,
@@ -331,6 +334,12 @@ impl<const N: usize, const B: usize> Session<N, B> {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// The attempt number of the last hello sent (0 before the first): what
+    /// its answer must name.
+    pub fn hello_attempt(&self) -> u32 {
+        self.attempt
     }
 
     /// Requests waiting for an answer or for their first send.
@@ -480,14 +489,18 @@ impl<const N: usize, const B: usize> Session<N, B> {
                 if now_ms < deadline_ms {
                     return Ok(None);
                 }
+                // Each hello is a new attempt (never 0), which its answer
+                // must name.
+                self.attempt = self.attempt.wrapping_add(1).max(1);
                 let hello = Message::Hello(Hello {
                     device_id: &self.device_id[..usize::from(self.device_id_len)],
                     boot_id: self.boot_id,
                     caps: self.caps,
+                    attempt: self.attempt,
                 });
                 let ctx = Context {
                     boot_id: self.boot_id,
-                    session_id: 0,
+                    session_id: self.attempt,
                     direction: Direction::Up,
                 };
                 let len = seal_into(&self.cipher, &hello, 0, &ctx, out)?;
@@ -658,15 +671,20 @@ impl<const N: usize, const B: usize> Session<N, B> {
                 if seq != 0 {
                     return Err(Error::BadField);
                 }
+                // Only the answer to the last hello opens (an earlier one's
+                // nonce differs), so a recorded answer cannot be replayed.
                 let ctx = Context {
                     boot_id: self.boot_id,
-                    session_id: 0,
+                    session_id: self.attempt,
                     direction: Direction::Down,
                 };
                 self.cipher.open(buf, &ctx)?;
                 let Message::HelloAck(ack) = Message::parse(&Frame::new_unchecked(&*buf))? else {
                     return Err(Error::Unexpected);
                 };
+                if ack.attempt != self.attempt {
+                    return Err(Error::Replayed);
+                }
                 self.link = Link::Up {
                     session_id: ack.session_id,
                     window: ack.window,
@@ -911,8 +929,9 @@ mod tests {
         let ack = Message::HelloAck(HelloAck {
             session_id: 9,
             window: 2,
+            attempt: s.hello_attempt(),
         });
-        let len = down(ack, 0, 0, &mut out);
+        let len = down(ack, 0, s.hello_attempt(), &mut out);
         let ev = s.handle_input(now, &mut out[..len]).unwrap();
         assert_eq!(ev, Some(Event::Connected { session_id: 9 }));
         // The confirming ping.
@@ -1192,8 +1211,9 @@ mod tests {
         let ack = Message::HelloAck(HelloAck {
             session_id: 9,
             window: 2,
+            attempt: s.hello_attempt(),
         });
-        let len = down(ack, 0, 0, &mut out);
+        let len = down(ack, 0, s.hello_attempt(), &mut out);
         assert_eq!(
             s.handle_input(now, &mut out[..len]).unwrap(),
             Some(Event::Connected { session_id: 9 })
@@ -1307,13 +1327,62 @@ mod tests {
         let ack = Message::HelloAck(HelloAck {
             session_id: 9,
             window: 2,
+            attempt: s.hello_attempt(),
         });
-        let l = down(ack, 0, 0, &mut out);
+        let l = down(ack, 0, s.hello_attempt(), &mut out);
         assert!(s.handle_input(now, &mut out[..l]).is_ok());
         let mut replay = captured;
         assert_eq!(
             s.handle_input(now, &mut replay[..len]),
             Err(Error::Replayed)
+        );
+    }
+
+    /// A hello's answer recorded by an attacker and replayed to a later
+    /// hello (after the device moved to another gateway and back) is not
+    /// taken: it would reset the replay window and let the old session's
+    /// deliveries in again.
+    #[test]
+    fn a_recorded_hello_ack_is_not_taken_for_a_later_hello() {
+        let mut s = connected(0);
+        assert_eq!(s.hello_attempt(), 1);
+        let mut recorded = [0u8; 128];
+        let ack = |session_id, attempt| {
+            Message::HelloAck(HelloAck {
+                session_id,
+                window: 2,
+                attempt,
+            })
+        };
+        let recorded_len = down(ack(9, 1), 0, 1, &mut recorded);
+        let mut out = [0u8; 128];
+        // To another gateway: session 10.
+        s.reconnect(10);
+        while s.poll_transmit(10, &mut out).unwrap().is_some() {}
+        assert_eq!(s.hello_attempt(), 2);
+        let len = down(ack(10, 2), 0, 2, &mut out);
+        assert_eq!(
+            s.handle_input(10, &mut out[..len]).unwrap(),
+            Some(Event::Connected { session_id: 10 })
+        );
+        // And on again: the recorded answer to the first hello is refused,
+        // and so is the right answer to an older hello.
+        s.reconnect(20);
+        while s.poll_transmit(20, &mut out).unwrap().is_some() {}
+        assert_eq!(s.hello_attempt(), 3);
+        let mut replay = recorded;
+        assert!(s.handle_input(20, &mut replay[..recorded_len]).is_err());
+        let len = down(ack(10, 2), 0, 2, &mut out);
+        assert!(s.handle_input(20, &mut out[..len]).is_err());
+        // An answer naming another attempt under this one's nonce (only the
+        // key's holder can make one) is refused too.
+        let len = down(ack(9, 1), 0, 3, &mut out);
+        assert_eq!(s.handle_input(20, &mut out[..len]), Err(Error::Replayed));
+        assert!(!s.is_connected());
+        let len = down(ack(11, 3), 0, 3, &mut out);
+        assert_eq!(
+            s.handle_input(20, &mut out[..len]).unwrap(),
+            Some(Event::Connected { session_id: 11 })
         );
     }
 }

@@ -448,6 +448,12 @@ pub struct Hello<'a> {
     pub boot_id: u64,
     /// [`caps`] bits.
     pub caps: u8,
+    /// How many hellos the device has sent in this boot, this one included
+    /// (1 for the first; a retransmission counts too). The answer must name
+    /// it, so an answer recorded earlier cannot be replayed to a later hello
+    /// (it would reset the device's replay window and let old deliveries
+    /// in). It also takes the session id's place in the handshake's nonces.
+    pub attempt: u32,
 }
 
 /// The gateway's answer to [`Hello`].
@@ -458,6 +464,8 @@ pub struct HelloAck {
     pub session_id: u32,
     /// How many requests the device may have in flight (1..=64).
     pub window: u8,
+    /// The [`Hello::attempt`] this answers.
+    pub attempt: u32,
 }
 
 /// A reading for a topic.
@@ -624,19 +632,29 @@ impl<'a> Message<'a> {
                 let device_id = r.bytes(len)?;
                 let boot_id = r.u64_le()?;
                 let caps = r.u8()?;
+                let attempt = r.u32_le()?;
+                if attempt == 0 {
+                    return Err(Error::BadField);
+                }
                 Message::Hello(Hello {
                     device_id,
                     boot_id,
                     caps,
+                    attempt,
                 })
             }
             Type::HelloAck => {
                 let session_id = r.u32_le()?;
                 let window = r.u8()?;
-                if session_id == 0 || window == 0 || window > 64 {
+                let attempt = r.u32_le()?;
+                if session_id == 0 || window == 0 || window > 64 || attempt == 0 {
                     return Err(Error::BadField);
                 }
-                Message::HelloAck(HelloAck { session_id, window })
+                Message::HelloAck(HelloAck {
+                    session_id,
+                    window,
+                    attempt,
+                })
             }
             Type::Append => {
                 let topic = Topic::parse(&mut r)?;
@@ -694,8 +712,8 @@ impl<'a> Message<'a> {
     pub fn body_len(&self) -> usize {
         let seq = |s: u32| varint_len(u64::from(s));
         match self {
-            Message::Hello(h) => 1 + h.device_id.len() + 8 + 1,
-            Message::HelloAck(_) => 5,
+            Message::Hello(h) => 1 + h.device_id.len() + 8 + 1 + 4,
+            Message::HelloAck(_) => 9,
             Message::Append(a) => a.topic.len() + a.payload.len(),
             Message::Ack(a) => seq(a.acked) + varint_len(a.topic_seq),
             Message::Subscribe(s) => s.topic.len() + varint_len(s.from),
@@ -745,20 +763,23 @@ impl<'a> Message<'a> {
         };
         match self {
             Message::Hello(h) => {
-                if h.device_id.is_empty() || h.device_id.len() > DEVICE_ID_LEN_MAX {
+                if h.device_id.is_empty() || h.device_id.len() > DEVICE_ID_LEN_MAX || h.attempt == 0
+                {
                     return Err(Error::BadField);
                 }
                 w.u8(h.device_id.len() as u8)?;
                 w.bytes(h.device_id)?;
                 w.bytes(&h.boot_id.to_le_bytes())?;
-                w.u8(h.caps)
+                w.u8(h.caps)?;
+                w.bytes(&h.attempt.to_le_bytes())
             }
             Message::HelloAck(a) => {
-                if a.session_id == 0 || a.window == 0 || a.window > 64 {
+                if a.session_id == 0 || a.window == 0 || a.window > 64 || a.attempt == 0 {
                     return Err(Error::BadField);
                 }
                 w.bytes(&a.session_id.to_le_bytes())?;
-                w.u8(a.window)
+                w.u8(a.window)?;
+                w.bytes(&a.attempt.to_le_bytes())
             }
             Message::Append(a) => {
                 a.topic.emit(w)?;
@@ -814,10 +835,12 @@ pub(crate) mod tests {
                 device_id: b"sensor-17",
                 boot_id: 0x0102_0304_0506_0708,
                 caps: caps::SUBSCRIBE | caps::OFFLOAD,
+                attempt: 3,
             }),
             Message::HelloAck(HelloAck {
                 session_id: 0xdead_beef,
                 window: 8,
+                attempt: 3,
             }),
             Message::Append(Append {
                 topic: Topic::Index(3),
@@ -1048,6 +1071,7 @@ pub(crate) mod tests {
                 device_id: &[b'x'; DEVICE_ID_LEN_MAX + 1],
                 boot_id: 1,
                 caps: 0,
+                attempt: 1,
             }),
             Message::Offload(Offload {
                 handler: b"",
@@ -1065,6 +1089,12 @@ pub(crate) mod tests {
             Message::HelloAck(HelloAck {
                 session_id: 0,
                 window: 1,
+                attempt: 1,
+            }),
+            Message::HelloAck(HelloAck {
+                session_id: 1,
+                window: 1,
+                attempt: 0,
             }),
         ];
         for msg in bad {
