@@ -298,6 +298,8 @@ typedef struct {
     /* Hello: device id; Offload: handler. */
     const uint8_t *name;
     size_t name_len;
+    /* Hello, HelloAck: the attempt (the hello's number in this boot). */
+    uint32_t attempt;
     /* Append, Delivery, Offload, OffloadResult: payload; Error: text. */
     const uint8_t *payload;
     size_t payload_len;
@@ -440,15 +442,19 @@ static int parse_body(uint8_t type, const uint8_t *body, size_t len, msg_t *m) {
         }
         m->name_len = n;
         if ((e = rd_bytes(&r, n, &m->name)) != 0 || (e = rd_u64_le(&r, &m->big)) != 0 ||
-            (e = rd_u8(&r, &m->byte)) != 0) {
+            (e = rd_u8(&r, &m->byte)) != 0 || (e = rd_u32_le(&r, &m->attempt)) != 0) {
             return e;
+        }
+        if (m->attempt == 0) {
+            return WOOF_ERR_BAD_FIELD;
         }
         break;
     case T_HELLO_ACK:
-        if ((e = rd_u32_le(&r, &m->num)) != 0 || (e = rd_u8(&r, &m->byte)) != 0) {
+        if ((e = rd_u32_le(&r, &m->num)) != 0 || (e = rd_u8(&r, &m->byte)) != 0 ||
+            (e = rd_u32_le(&r, &m->attempt)) != 0) {
             return e;
         }
-        if (m->num == 0 || m->byte == 0 || m->byte > 64) {
+        if (m->num == 0 || m->byte == 0 || m->byte > 64 || m->attempt == 0) {
             return WOOF_ERR_BAD_FIELD;
         }
         break;
@@ -524,7 +530,7 @@ static size_t add_cap(size_t a, size_t b) { return (a >= LEN_CAP || b >= LEN_CAP
 static size_t body_len(const msg_t *m) {
     switch (m->type) {
     case T_HELLO:
-        return add_cap(m->name_len, 1 + 8 + 1);
+        return add_cap(m->name_len, 1 + 8 + 1 + 4);
     case T_APPEND:
         return add_cap(add_cap(m->topic.name == NULL ? 0 : m->topic.name_len, 1), m->payload_len);
     case T_SUBSCRIBE:
@@ -564,15 +570,17 @@ static int emit(const msg_t *m, uint32_t seq, uint8_t *buf, size_t cap, size_t *
     }
     switch (m->type) {
     case T_HELLO:
-        if (m->name_len == 0 || m->name_len > WOOF_DEVICE_ID_LEN_MAX) {
+        if (m->name_len == 0 || m->name_len > WOOF_DEVICE_ID_LEN_MAX || m->attempt == 0) {
             return WOOF_ERR_BAD_FIELD;
         }
         {
-            uint8_t boot[8];
+            uint8_t boot[8], attempt[4];
             store_le(boot, m->big, 8);
+            store_le(attempt, m->attempt, 4);
             if ((e = wr_u8(&w, (uint8_t)m->name_len)) != 0 ||
                 (e = wr_bytes(&w, m->name, m->name_len)) != 0 ||
-                (e = wr_bytes(&w, boot, 8)) != 0 || (e = wr_u8(&w, m->byte)) != 0) {
+                (e = wr_bytes(&w, boot, 8)) != 0 || (e = wr_u8(&w, m->byte)) != 0 ||
+                (e = wr_bytes(&w, attempt, 4)) != 0) {
                 return e;
             }
         }
@@ -780,7 +788,9 @@ static void ascon_finish(ascon_state *s, const uint8_t key[16], uint8_t tag[16])
 #define DIR_UP 0u
 #define DIR_DOWN 1u
 
-/* boot id (u64 LE) | session id (u32 LE) | seq with bit 31 the direction. */
+/* boot id (u64 LE) | session id (u32 LE) | seq with bit 31 the direction.
+ * The hello and its answer (seq 0, which no other frame is) carry the
+ * hello's attempt number where the session id goes. */
 static void make_nonce(uint8_t n[16], uint64_t boot_id, uint32_t session_id, unsigned dir,
                        uint32_t seq) {
     uint32_t last = (seq & SEQ_MAX) | (dir == DIR_DOWN ? (uint32_t)1 << 31 : 0);
@@ -1214,12 +1224,20 @@ int woof_poll_transmit(woof_session *s, uint64_t now_ms, uint8_t *out, size_t ca
         if (now_ms < s->hello_deadline_ms) {
             return 0;
         }
+        /* Each hello is a new attempt (never 0), which its answer must
+         * name; the handshake's nonces take it in the session id's place.
+         * Counted even when the send fails below, as in the Rust core. */
+        s->attempt++;
+        if (s->attempt == 0) {
+            s->attempt = 1;
+        }
         m.type = T_HELLO;
         m.name = s->device_id;
         m.name_len = s->device_id_len;
         m.big = s->boot_id;
         m.byte = s->caps;
-        if ((e = seal_into(s, &m, 0, 0, out, cap, &len)) != 0) {
+        m.attempt = s->attempt;
+        if ((e = seal_into(s, &m, 0, s->attempt, out, cap, &len)) != 0) {
             return e;
         }
         s->hello_deadline_ms = sat_add64(now_ms, t);
@@ -1420,9 +1438,16 @@ static int input(woof_session *s, uint64_t now_ms, uint8_t *buf, size_t len, woo
         if (seq != 0) {
             return WOOF_ERR_BAD_FIELD;
         }
-        if ((e = open_frame(s->key, buf, len, s->boot_id, 0)) != 0 ||
+        /* Only the answer to the last hello opens (an earlier one's nonce
+         * differs), and it must name that hello: a recorded answer cannot
+         * be replayed to a later hello (it would reset the replay window
+         * and let the old session's deliveries in again). */
+        if ((e = open_frame(s->key, buf, len, s->boot_id, s->attempt)) != 0 ||
             (e = parse_body(type, buf + hl, len - hl - TAG_LEN, &m)) != 0) {
             return e;
+        }
+        if (m.attempt != s->attempt) {
+            return WOOF_ERR_REPLAYED;
         }
         s->connected = 1;
         s->session_id = m.num;
@@ -1562,6 +1587,8 @@ int woof_handle_input(woof_session *s, uint64_t now_ms, uint8_t *buf, size_t len
 int woof_is_connected(const woof_session *s) { return s->connected; }
 
 uint32_t woof_session_id(const woof_session *s) { return s->connected ? s->session_id : 0; }
+
+uint32_t woof_hello_attempt(const woof_session *s) { return s->attempt; }
 
 size_t woof_outbox_len(const woof_session *s) {
     size_t i, n = 0;

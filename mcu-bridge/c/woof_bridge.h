@@ -101,6 +101,12 @@
  * woof_poll_event until it returns 0 as often; pass a time that never goes
  * back. A boot id must be new at every boot (random, or a counter kept in
  * flash): with it, the gateway tells a reboot from a retransmission.
+ * Every hello carries its attempt number (woof_hello_attempt: the count of
+ * hellos sent in this boot, retransmissions included) and is sealed under
+ * a nonce made with it; the gateway's answer must name the same attempt
+ * under the same nonce, so an answer recorded earlier and replayed to a
+ * later hello is dropped (WOOF_ERR_FORGED, or WOOF_ERR_REPLAYED when it
+ * opens but names another attempt) and cannot reset the replay window.
  * Untrusted bytes only ever go to woof_handle_input, which reads nothing
  * outside [buf, buf + len) and drops (and counts) anything that is not an
  * authentic, well-formed, fresh frame from the gateway. No function here
@@ -142,9 +148,10 @@ extern "C" {
 #define WOOF_TOPIC_INDEX_MAX 127
 #define WOOF_HANDLER_NAME_LEN_MAX 32
 #define WOOF_ERROR_TEXT_LEN_MAX 64
-/* The longest hello (a 32-byte id); every other frame the device sends is
- * a request from the outbox or at most 25 bytes. */
-#define WOOF_HELLO_LEN_MAX 60
+/* The longest hello (a 32-byte id: header 2, id length 1, id 32, boot id
+ * 8, caps 1, attempt 4, tag 16); every other frame the device sends is a
+ * request from the outbox or at most 25 bytes. */
+#define WOOF_HELLO_LEN_MAX 64
 /* A send buffer this big takes every frame woof_poll_transmit writes. */
 #define WOOF_TX_MAX (WOOF_FRAME_MAX > WOOF_HELLO_LEN_MAX ? WOOF_FRAME_MAX : WOOF_HELLO_LEN_MAX)
 
@@ -287,6 +294,7 @@ typedef struct woof_session {
     uint32_t rng;
     uint32_t srtt_ms;
     uint32_t rttvar_ms;
+    uint32_t attempt;
     uint32_t acks[WOOF_DELIVERY_ACKS_MAX];
     woof_stats stats;
     woof_drops drops;
@@ -356,6 +364,10 @@ void woof_reconnect(woof_session *s, uint64_t now_ms);
 int woof_is_connected(const woof_session *s);
 /* The gateway's session id, 0 before one. */
 uint32_t woof_session_id(const woof_session *s);
+/* The attempt number of the last hello sent (0 before the first): hellos
+ * sent in this boot, retransmissions included, wrapping past 0 to 1. Only
+ * a hello ack naming it, sealed under it, opens a session. */
+uint32_t woof_hello_attempt(const woof_session *s);
 /* Requests waiting for an answer or for their first send. */
 size_t woof_outbox_len(const woof_session *s);
 /* The current first retransmission timeout without its random spread. */

@@ -17,7 +17,7 @@
  *   timeout                                          -> r T
  *   reconnect NOW                                    -> r 0
  *   state  -> r CONNECTED SESSION OUTBOX RTO SENT RETX ACKED REJ GAVEUP DELIV STALE
- *                MALFORMED FORGED REPLAYED TOOOLD UNEXPECTED
+ *                MALFORMED FORGED REPLAYED TOOOLD UNEXPECTED ATTEMPT
  *
  * EVENT is TYPE KIND CODE INDEX SEQ SESSION TOPIC_SEQ RTT NAME PAYLOAD.
  *
@@ -214,7 +214,7 @@ int main(void) {
             woof_drops d;
             woof_get_stats(&session, &st);
             woof_get_drops(&session, &d);
-            printf("r %d %lu %lu %llu %lu %lu %lu %lu %lu %lu %lu %lu %lu %lu %lu %lu\n",
+            printf("r %d %lu %lu %llu %lu %lu %lu %lu %lu %lu %lu %lu %lu %lu %lu %lu %lu\n",
                    woof_is_connected(&session), (unsigned long)woof_session_id(&session),
                    (unsigned long)woof_outbox_len(&session),
                    (unsigned long long)woof_retransmit_timeout_ms(&session),
@@ -223,7 +223,8 @@ int main(void) {
                    (unsigned long)st.gave_up, (unsigned long)st.delivered,
                    (unsigned long)st.stale_answers, (unsigned long)d.malformed,
                    (unsigned long)d.forged, (unsigned long)d.replayed,
-                   (unsigned long)d.too_old, (unsigned long)d.unexpected);
+                   (unsigned long)d.too_old, (unsigned long)d.unexpected,
+                   (unsigned long)woof_hello_attempt(&session));
         } else if (strcmp(cmd, "slip") == 0) {
             unsigned char *out;
             int rc;

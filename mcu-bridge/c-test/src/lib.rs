@@ -25,7 +25,7 @@ use woof_mcu_bridge::crypto::{Cipher, Context, Direction, Drops, KEY_LEN};
 use woof_mcu_bridge::offload::{Chooser, Side};
 use woof_mcu_bridge::session::{Config, Event, RequestKind, Session, Stats};
 use woof_mcu_bridge::stream::{self, Deframer};
-use woof_mcu_bridge::wire::{FRAME_LEN_MAX, Message, TAG_LEN, Topic, Type, VERSION};
+use woof_mcu_bridge::wire::{FRAME_LEN_MAX, HelloAck, Message, TAG_LEN, Topic, Type, VERSION};
 
 /// Outbox slots and slot bytes: `build.rs` and [`C_SIZE_DEFINES`] compile
 /// the C core with these.
@@ -130,6 +130,7 @@ mod ffi {
         pub fn woof_reconnect(s: *mut c_void, now: u64);
         pub fn woof_is_connected(s: *const c_void) -> i32;
         pub fn woof_session_id(s: *const c_void) -> u32;
+        pub fn woof_hello_attempt(s: *const c_void) -> u32;
         pub fn woof_outbox_len(s: *const c_void) -> usize;
         pub fn woof_retransmit_timeout_ms(s: *const c_void) -> u64;
         pub fn woof_get_stats(s: *const c_void, out: *mut Stats);
@@ -388,6 +389,8 @@ impl Spec {
 pub struct State {
     pub connected: bool,
     pub session_id: Option<u32>,
+    /// The last hello's attempt number (0 before the first).
+    pub hello_attempt: u32,
     pub outbox_len: usize,
     pub retransmit_timeout_ms: u64,
     pub poll_timeout: u64,
@@ -461,6 +464,7 @@ impl Device for RustDevice {
         State {
             connected: self.0.is_connected(),
             session_id: self.0.session_id(),
+            hello_attempt: self.0.hello_attempt(),
             outbox_len: self.0.outbox_len(),
             retransmit_timeout_ms: self.0.retransmit_timeout_ms(),
             poll_timeout: self.0.poll_timeout().unwrap_or(u64::MAX),
@@ -668,6 +672,7 @@ impl Device for CDevice {
             State {
                 connected,
                 session_id: connected.then_some(sid),
+                hello_attempt: ffi::woof_hello_attempt(s),
                 outbox_len: ffi::woof_outbox_len(s),
                 retransmit_timeout_ms: ffi::woof_retransmit_timeout_ms(s),
                 poll_timeout: ffi::woof_poll_timeout(s),
@@ -877,6 +882,7 @@ impl Device for ProcDevice {
         State {
             connected,
             session_id: connected.then_some(n(1) as u32),
+            hello_attempt: n(16) as u32,
             outbox_len: n(2) as usize,
             retransmit_timeout_ms: n(3),
             poll_timeout: t[0].parse().expect("a time"),
@@ -1091,6 +1097,23 @@ pub fn down(
     buf.truncate(len);
     seal_down(key, boot_id, session_id, &mut buf);
     buf
+}
+
+/// The gateway's answer to the hello with attempt number `attempt` (which
+/// it names), sealed as the gateway seals it: under that attempt's nonce.
+pub fn hello_ack(
+    key: &[u8; KEY_LEN],
+    boot_id: u64,
+    session_id: u32,
+    window: u8,
+    attempt: u32,
+) -> Vec<u8> {
+    let ack = Message::HelloAck(HelloAck {
+        session_id,
+        window,
+        attempt,
+    });
+    down(key, boot_id, attempt, 0, &ack)
 }
 
 /// A frame from the gateway with any body bytes (valid or not), sealed:

@@ -40,6 +40,15 @@ fn frame_seq(f: &[u8]) -> u32 {
     Frame::new_checked(f).unwrap().seq()
 }
 
+/// A hello's fields (its body travels in the clear): the device id, boot
+/// id and caps, and apart the attempt number.
+fn hello_of(f: &[u8]) -> ((Vec<u8>, u64, u8), u32) {
+    let Ok(Message::Hello(h)) = Message::parse(&Frame::new_checked(f).unwrap()) else {
+        panic!("not a hello: {f:02x?}")
+    };
+    ((h.device_id.to_vec(), h.boot_id, h.caps), h.attempt)
+}
+
 /// Frames both ways with no loss until both sides are quiet: the device's
 /// events and the gateway's inputs.
 fn exchange(dev: &mut Lockstep, gw: &mut gateway::Session, now: u64) -> (Vec<Ev>, Vec<Input>) {
@@ -95,8 +104,15 @@ fn handshake_appends_and_retransmissions(impls: &[Impl]) {
         hellos.push((now, f[0].clone()));
         now = dev.state().poll_timeout;
     }
-    // The same frame each time; 2 to 3 s, then doubling.
-    assert!(hellos.iter().all(|(_, f)| *f == hellos[0].1));
+    // The same hello each time but for its attempt number, one more at
+    // each (so a new tag too); 2 to 3 s, then doubling.
+    let fields: Vec<_> = hellos.iter().map(|(_, f)| hello_of(f)).collect();
+    assert!(fields.iter().all(|(h, _)| *h == fields[0].0));
+    assert_eq!(fields[0].0, (ID.as_bytes().to_vec(), 0xb007, spec(0).caps));
+    let attempts: Vec<u32> = fields.iter().map(|(_, a)| *a).collect();
+    assert_eq!(attempts, [1, 2, 3, 4]);
+    assert!(hellos.windows(2).all(|w| w[0].1 != w[1].1));
+    assert_eq!(dev.state().hello_attempt, 4);
     let gaps: Vec<u64> = hellos.windows(2).map(|w| w[1].0 - w[0].0).collect();
     assert!((2_000..3_000).contains(&gaps[0]), "{gaps:?}");
     assert_eq!(gaps[1], 2 * gaps[0]);
@@ -215,7 +231,10 @@ fn handshake_appends_and_retransmissions(impls: &[Impl]) {
     let f = dev.transmit_all(now);
     assert_eq!(f.len(), 1);
     assert_eq!(frame_type(&f[0]), Type::Hello);
-    assert_eq!(f[0], hellos[0].1, "the same boot's hello");
+    let (again, attempt) = hello_of(&f[0]);
+    assert_eq!(again, fields[0].0, "the same boot's hello");
+    assert_eq!(attempt, dev.state().hello_attempt);
+    assert!(attempt > 5, "a later attempt: {attempt}");
     dev.finish();
 }
 
@@ -226,16 +245,8 @@ fn retransmission_timing(impls: &[Impl]) {
     let connected = |dev: &mut Lockstep| {
         let f = dev.transmit_all(0);
         assert_eq!(frame_type(&f[0]), Type::Hello);
-        let ack = down(
-            &KEY,
-            0xb007,
-            0,
-            0,
-            &Message::HelloAck(HelloAck {
-                session_id: 9,
-                window: 2,
-            }),
-        );
+        assert_eq!(dev.state().hello_attempt, 1);
+        let ack = hello_ack(&KEY, 0xb007, 9, 2, 1);
         assert_eq!(
             dev.handle_input(0, &ack),
             Ok(Some(Ev::Connected { session_id: 9 }))
@@ -567,10 +578,13 @@ fn refused_requests(impls: &[Impl]) {
     assert_eq!(Lockstep::start(impls, &s, 0, 1).err(), Some(-6));
     s.id = "x".repeat(32);
     let mut dev = Lockstep::start(impls, &s, 0, 1).unwrap();
-    // The longest hello; a buffer one byte short.
-    assert_eq!(dev.poll_transmit(0, 59), Err(-14));
-    let hello = dev.poll_transmit(0, 60).unwrap().unwrap();
-    assert_eq!(hello.len(), 60);
+    // The longest hello; a buffer one byte short (the attempt counted
+    // all the same, as in the Rust core).
+    assert_eq!(dev.poll_transmit(0, 63), Err(-14));
+    assert_eq!(dev.state().hello_attempt, 1);
+    let hello = dev.poll_transmit(0, 64).unwrap().unwrap();
+    assert_eq!(hello.len(), 64);
+    assert_eq!(hello_of(&hello).1, 2);
     dev.finish();
 
     let mut dev = Lockstep::start(impls, &spec(2), 0, 2).unwrap();
@@ -688,10 +702,12 @@ fn valid_body(ty: Type, rng: &mut Rng) -> Vec<u8> {
             device_id: &id,
             boot_id: big,
             caps: rng.u32() as u8,
+            attempt: rng.u32() | 1,
         }),
         Type::HelloAck => Message::HelloAck(HelloAck {
             session_id: rng.u32() | 1,
             window: 1 + rng.below(64) as u8,
+            attempt: rng.u32() | 1,
         }),
         Type::Append => Message::Append(wire::Append {
             topic,
@@ -780,7 +796,11 @@ fn hostile_input(impls: &[Impl], rounds: u32) {
         r
     };
 
-    // Before a session: only an authentic hello ack for this boot opens one.
+    // Before a session: only an authentic hello ack for this boot, naming
+    // the hello sent (attempt 1) under its nonce, opens one.
+    let hello = dev.transmit_all(0);
+    assert_eq!(hello.len(), 1);
+    assert_eq!(dev.state().hello_attempt, 1);
     for i in 0..rounds {
         let mut f = {
             let n = rng.below(200) as usize;
@@ -791,13 +811,26 @@ fn hostile_input(impls: &[Impl], rounds: u32) {
         }
         assert!(feed(&mut dev, 0, &f).is_err());
     }
-    let helloack = |window: u8, seq: u32, boot: u64, key: &[u8; 16]| {
-        down_raw(key, boot, 0, Type::HelloAck, seq, &{
-            let mut b = 0x1234_5678u32.to_le_bytes().to_vec();
-            b.push(window);
-            b
-        })
+    // Body: session id, window, the attempt named; sealed under the
+    // nonce of attempt `sealed`.
+    let ack_body = |window: u8, named: u32| {
+        let mut b = 0x1234_5678u32.to_le_bytes().to_vec();
+        b.push(window);
+        b.extend(named.to_le_bytes());
+        b
     };
+    let helloack_as = |window: u8, seq: u32, boot: u64, key: &[u8; 16], named: u32, sealed| {
+        down_raw(
+            key,
+            boot,
+            sealed,
+            Type::HelloAck,
+            seq,
+            &ack_body(window, named),
+        )
+    };
+    let helloack =
+        |window: u8, seq: u32, boot: u64, key: &[u8; 16]| helloack_as(window, seq, boot, key, 1, 1);
     let ping = down(&KEY, boot, 0, 3, &Message::Ping);
     assert_eq!(feed(&mut dev, 0, &ping), Err(-12));
     assert_eq!(feed(&mut dev, 0, &helloack(4, 3, boot, &KEY)), Err(-6));
@@ -808,18 +841,50 @@ fn hostile_input(impls: &[Impl], rounds: u32) {
     );
     assert_eq!(feed(&mut dev, 0, &helloack(0, 0, boot, &KEY)), Err(-6));
     assert_eq!(feed(&mut dev, 0, &helloack(65, 0, boot, &KEY)), Err(-6));
-    let mut trailing = 0x1234_5678u32.to_le_bytes().to_vec();
-    trailing.extend([4, 0]);
+    // The attempt: 0 is no attempt; under another attempt's nonce (the
+    // handshake's old nonce, 0, among them) nothing opens; under this one's,
+    // an answer naming another attempt is a replay.
+    assert_eq!(
+        feed(&mut dev, 0, &helloack_as(4, 0, boot, &KEY, 0, 1)),
+        Err(-6)
+    );
+    for sealed in [0, 2, u32::MAX] {
+        assert_eq!(
+            feed(&mut dev, 0, &helloack_as(4, 0, boot, &KEY, 1, sealed)),
+            Err(-8),
+            "{sealed}"
+        );
+    }
+    let replayed = dev.state().drops.replayed;
+    assert_eq!(
+        feed(&mut dev, 0, &helloack_as(4, 0, boot, &KEY, 2, 1)),
+        Err(-9)
+    );
+    assert_eq!(dev.state().drops.replayed, replayed + 1);
+    // The old body, without the attempt: too short.
+    let old = ack_body(4, 1);
     assert_eq!(
         feed(
             &mut dev,
             0,
-            &down_raw(&KEY, boot, 0, Type::HelloAck, 0, &trailing)
+            &down_raw(&KEY, boot, 1, Type::HelloAck, 0, &old[..5])
+        ),
+        Err(-1)
+    );
+    let mut trailing = ack_body(4, 1);
+    trailing.push(0);
+    assert_eq!(
+        feed(
+            &mut dev,
+            0,
+            &down_raw(&KEY, boot, 1, Type::HelloAck, 0, &trailing)
         ),
         Err(-7)
     );
     assert!(!dev.state().connected);
+    // The real gateway's answer to the hello sent.
     let mut gw = gateway::Session::new(ID.as_bytes(), KEY, 4);
+    assert!(matches!(gw.handle_input(&hello[0], 0x5e55_0001), Ok(None)));
     connect(&mut dev, &mut gw, 1);
     let sid = 0x5e55_0001;
 
@@ -996,21 +1061,15 @@ fn ascon_over_every_length(impls: &[Impl]) {
 /// the keepalive as they were.
 fn fuzzer_findings(impls: &[Impl]) {
     let mut dev = Lockstep::start(impls, &spec(0xb007), 0, 12345).unwrap();
-    let ack = |session_id| {
-        down(
-            &KEY,
-            0xb007,
-            0,
-            0,
-            &Message::HelloAck(HelloAck {
-                session_id,
-                window: 2,
-            }),
-        )
+    // The answer to the last hello sent.
+    let ack = |dev: &mut Lockstep, session_id| {
+        let attempt = dev.state().hello_attempt;
+        hello_ack(&KEY, 0xb007, session_id, 2, attempt)
     };
     dev.transmit_all(0);
+    let a = ack(&mut dev, 9);
     assert_eq!(
-        dev.handle_input(0, &ack(9)),
+        dev.handle_input(0, &a),
         Ok(Some(Ev::Connected { session_id: 9 }))
     );
     let mut now = 0;
@@ -1019,8 +1078,9 @@ fn fuzzer_findings(impls: &[Impl]) {
         now = dev.state().poll_timeout.max(now + 1);
     }
     dev.transmit_all(now);
+    let a = ack(&mut dev, 9);
     assert_eq!(
-        dev.handle_input(now, &ack(9)),
+        dev.handle_input(now, &a),
         Ok(Some(Ev::Connected { session_id: 9 }))
     );
     assert_eq!(dev.poll_event(now), None);
@@ -1049,6 +1109,110 @@ fn fuzzer_findings(impls: &[Impl]) {
         dev.handle_input(now + 1_000, &d),
         Ok(Some(Ev::Delivery { .. }))
     ));
+    dev.finish();
+}
+
+/// The Rust core's `a_recorded_hello_ack_is_not_taken_for_a_later_hello`,
+/// both cores alike: an answer to a hello recorded by an attacker and
+/// replayed to a later hello (after the device moved to another gateway
+/// and back) is refused, as are the right answer to an older hello (a
+/// slow gateway's to a hello retransmitted since, too) and an answer
+/// naming another attempt under this one's nonce, with the same errors and
+/// drop counts. Taken, the recorded answer would reopen session 9 with a
+/// fresh replay window (the last session was 10), and let its recorded
+/// deliveries in again.
+fn recorded_hello_ack_refused(impls: &[Impl]) {
+    let boot = 0xb007;
+    let mut dev = Lockstep::start(impls, &spec(boot), 0, 12345).unwrap();
+    let f = dev.transmit_all(0);
+    assert_eq!(hello_of(&f[0]).1, 1);
+    assert_eq!(dev.state().hello_attempt, 1);
+    let recorded = hello_ack(&KEY, boot, 9, 2, 1);
+    assert_eq!(
+        dev.handle_input(0, &recorded),
+        Ok(Some(Ev::Connected { session_id: 9 }))
+    );
+    // A delivery of session 9, recorded too: a replay while it lasts.
+    let delivery = down(
+        &KEY,
+        boot,
+        9,
+        1,
+        &Message::Delivery(Delivery {
+            topic: Topic::Index(0),
+            topic_seq: 1,
+            payload: b"open",
+        }),
+    );
+    assert!(matches!(
+        dev.handle_input(1, &delivery),
+        Ok(Some(Ev::Delivery { .. }))
+    ));
+    dev.transmit_all(1);
+    assert_eq!(dev.handle_input(2, &delivery), Err(-9));
+
+    // To another gateway: session 10.
+    dev.reconnect(10);
+    let f = dev.transmit_all(10);
+    assert_eq!(f.len(), 1);
+    assert_eq!(hello_of(&f[0]).1, 2);
+    assert_eq!(dev.state().hello_attempt, 2);
+    assert_eq!(
+        dev.handle_input(10, &hello_ack(&KEY, boot, 10, 2, 2)),
+        Ok(Some(Ev::Connected { session_id: 10 }))
+    );
+
+    // And on again: the recorded answer to the first hello is refused (it
+    // does not open under attempt 3's nonce), and so is the right answer
+    // to an older hello.
+    dev.reconnect(20);
+    let f = dev.transmit_all(20);
+    assert_eq!(hello_of(&f[0]).1, 3);
+    assert_eq!(dev.state().hello_attempt, 3);
+    let before = dev.state().drops;
+    assert_eq!(dev.handle_input(20, &recorded), Err(-8));
+    assert_eq!(
+        dev.handle_input(20, &hello_ack(&KEY, boot, 10, 2, 2)),
+        Err(-8)
+    );
+    // An answer naming another attempt under this one's nonce (only the
+    // key's holder can make one): a replay.
+    let named_other = down(
+        &KEY,
+        boot,
+        3,
+        0,
+        &Message::HelloAck(HelloAck {
+            session_id: 9,
+            window: 2,
+            attempt: 1,
+        }),
+    );
+    assert_eq!(dev.handle_input(20, &named_other), Err(-9));
+    let after = dev.state().drops;
+    assert_eq!(after.forged, before.forged + 2);
+    assert_eq!(after.replayed, before.replayed + 1);
+    assert_eq!(after.total(), before.total() + 3);
+    assert!(!dev.state().connected);
+    assert_eq!(dev.state().session_id, None);
+    assert_eq!(dev.handle_input(20, &delivery), Err(-12));
+
+    // A slow gateway: its answer to attempt 3 comes after the device sent
+    // attempt 4 (a retransmission is a new attempt), and is refused; the
+    // answer to attempt 4 opens session 11.
+    let late = hello_ack(&KEY, boot, 11, 2, 3);
+    let t = dev.state().poll_timeout;
+    assert!(t > 20);
+    let f = dev.transmit_all(t);
+    assert_eq!(f.len(), 1);
+    assert_eq!(hello_of(&f[0]).1, 4);
+    assert_eq!(dev.handle_input(t, &late), Err(-8));
+    assert_eq!(
+        dev.handle_input(t, &hello_ack(&KEY, boot, 11, 2, 4)),
+        Ok(Some(Ev::Connected { session_id: 11 }))
+    );
+    // Session 11's nonces: session 9's recorded delivery does not open.
+    assert_eq!(dev.handle_input(t, &delivery), Err(-8));
     dev.finish();
 }
 
@@ -1089,6 +1253,11 @@ fn fuzzer_findings_frame_for_frame() {
 }
 
 #[test]
+fn a_recorded_hello_ack_is_refused_frame_for_frame() {
+    recorded_hello_ack_refused(RUST_AND_C);
+}
+
+#[test]
 fn ascon_over_every_length_frame_for_frame() {
     ascon_over_every_length(RUST_AND_C);
 }
@@ -1104,6 +1273,7 @@ fn the_c_core_alone_passes_every_scenario() {
     refused_requests(c);
     hostile_input(c, 500);
     fuzzer_findings(c);
+    recorded_hello_ack_refused(c);
     ascon_over_every_length(c);
 }
 
@@ -1123,5 +1293,6 @@ fn every_scenario_under_sanitizers() {
     refused_requests(both);
     hostile_input(both, 1_000);
     fuzzer_findings(both);
+    recorded_hello_ack_refused(both);
     ascon_over_every_length(both);
 }
