@@ -226,6 +226,10 @@ pub struct Session<const N: usize, const B: usize> {
     last_session_id: u32,
     /// Hellos sent in this boot: the last one's [`Hello::attempt`].
     attempt: u32,
+    /// Whether the last hello's answer was taken: it is taken once, so a
+    /// copy of it (or another gateway's answer to the same hello, replayed
+    /// to it) is refused after the session is lost, until the next hello.
+    answered: bool,
     outbox: [Slot<B>; N],
     acks: [u32; DELIVERY_ACKS_MAX],
     acks_len: usize,
@@ -282,6 +286,7 @@ impl<const N: usize, const B: usize> Session<N, B> {
             rx: ReplayWindow::new(),
             last_session_id: 0,
             attempt: 0,
+            answered: false,
             outbox: [const { Slot::EMPTY }; N],
             acks: [0; DELIVERY_ACKS_MAX],
             acks_len: 0,
@@ -492,6 +497,7 @@ impl<const N: usize, const B: usize> Session<N, B> {
                 // Each hello is a new attempt (never 0), which its answer
                 // must name.
                 self.attempt = self.attempt.wrapping_add(1).max(1);
+                self.answered = false;
                 let hello = Message::Hello(Hello {
                     device_id: &self.device_id[..usize::from(self.device_id_len)],
                     boot_id: self.boot_id,
@@ -682,9 +688,10 @@ impl<const N: usize, const B: usize> Session<N, B> {
                 let Message::HelloAck(ack) = Message::parse(&Frame::new_unchecked(&*buf))? else {
                     return Err(Error::Unexpected);
                 };
-                if ack.attempt != self.attempt {
+                if ack.attempt != self.attempt || self.answered {
                     return Err(Error::Replayed);
                 }
+                self.answered = true;
                 self.link = Link::Up {
                     session_id: ack.session_id,
                     window: ack.window,
@@ -1383,6 +1390,54 @@ mod tests {
         assert_eq!(
             s.handle_input(20, &mut out[..len]).unwrap(),
             Some(Event::Connected { session_id: 11 })
+        );
+    }
+
+    /// A hello's answer is taken once. Replayed after the session is lost
+    /// and before the next hello (the attempt is still the same), the
+    /// recorded answer is refused, and so is another gateway's answer to
+    /// the same hello (replayed to it by an attacker), which would have
+    /// started a new replay window and let that gateway's old deliveries
+    /// in again.
+    #[test]
+    fn a_hello_ack_is_taken_once() {
+        let mut s = connected(0);
+        let ack = |session_id| {
+            Message::HelloAck(HelloAck {
+                session_id,
+                window: 2,
+                attempt: 1,
+            })
+        };
+        let mut out = [0u8; 128];
+        s.reconnect(10);
+        assert_eq!(s.hello_attempt(), 1);
+        let len = down(ack(9), 0, 1, &mut out);
+        assert_eq!(s.handle_input(10, &mut out[..len]), Err(Error::Replayed));
+        let len = down(ack(12), 0, 1, &mut out);
+        assert_eq!(s.handle_input(10, &mut out[..len]), Err(Error::Replayed));
+        assert!(!s.is_connected());
+        assert_eq!(s.drops().total(), 2);
+        // The next hello's answer is taken.
+        let len = s.poll_transmit(10, &mut out).unwrap().unwrap();
+        assert_eq!(
+            Frame::new_checked(&out[..len]).unwrap().frame_type(),
+            Some(Type::Hello)
+        );
+        assert_eq!(s.hello_attempt(), 2);
+        let len = down(
+            Message::HelloAck(HelloAck {
+                session_id: 12,
+                window: 2,
+                attempt: 2,
+            }),
+            0,
+            2,
+            &mut out,
+        );
+        assert_eq!(
+            s.handle_input(10, &mut out[..len]).unwrap(),
+            Some(Event::Connected { session_id: 12 })
         );
     }
 }
