@@ -1231,6 +1231,7 @@ int woof_poll_transmit(woof_session *s, uint64_t now_ms, uint8_t *out, size_t ca
         if (s->attempt == 0) {
             s->attempt = 1;
         }
+        s->answered = 0;
         m.type = T_HELLO;
         m.name = s->device_id;
         m.name_len = s->device_id_len;
@@ -1446,9 +1447,13 @@ static int input(woof_session *s, uint64_t now_ms, uint8_t *buf, size_t len, woo
             (e = parse_body(type, buf + hl, len - hl - TAG_LEN, &m)) != 0) {
             return e;
         }
-        if (m.attempt != s->attempt) {
+        /* Taken once: a copy (or another gateway's answer to the same
+         * hello, replayed here) after the session is lost and before the
+         * next hello would start a new replay window. */
+        if (m.attempt != s->attempt || s->answered) {
             return WOOF_ERR_REPLAYED;
         }
+        s->answered = 1;
         s->connected = 1;
         s->session_id = m.num;
         s->window = m.byte;

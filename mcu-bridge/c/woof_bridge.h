@@ -303,6 +303,8 @@ typedef struct woof_session {
     uint8_t device_id_len;
     uint8_t caps;
     uint8_t connected;
+    /* The last hello's answer was taken (it is taken once). */
+    uint8_t answered;
     uint8_t window;
     uint8_t acks_len;
     uint8_t ping_active;

@@ -1216,6 +1216,41 @@ fn recorded_hello_ack_refused(impls: &[Impl]) {
     dev.finish();
 }
 
+/// A hello's answer is taken once (the Rust core's 5286ceb): after the
+/// session is lost and before the next hello (the attempt unchanged), a
+/// copy of the answer, or another gateway's answer to the same hello, is a
+/// replay; the next hello's answer is taken.
+fn hello_ack_taken_once(impls: &[Impl]) {
+    let boot = 0xb008;
+    let mut dev = Lockstep::start(impls, &spec(boot), 0, 777).unwrap();
+    dev.transmit_all(0);
+    assert_eq!(
+        dev.handle_input(0, &hello_ack(&KEY, boot, 9, 2, 1)),
+        Ok(Some(Ev::Connected { session_id: 9 }))
+    );
+    dev.transmit_all(0);
+    dev.reconnect(10);
+    assert_eq!(dev.state().hello_attempt, 1);
+    let before = dev.state().drops;
+    assert_eq!(
+        dev.handle_input(10, &hello_ack(&KEY, boot, 9, 2, 1)),
+        Err(-9)
+    );
+    assert_eq!(
+        dev.handle_input(10, &hello_ack(&KEY, boot, 12, 2, 1)),
+        Err(-9)
+    );
+    assert!(!dev.state().connected);
+    assert_eq!(dev.state().drops.replayed, before.replayed + 2);
+    let f = dev.transmit_all(10);
+    assert_eq!(hello_of(&f[0]).1, 2);
+    assert_eq!(
+        dev.handle_input(10, &hello_ack(&KEY, boot, 13, 2, 2)),
+        Ok(Some(Ev::Connected { session_id: 13 }))
+    );
+    dev.finish();
+}
+
 fn harness() -> &'static (PathBuf, bool) {
     static HARNESS: OnceLock<(PathBuf, bool)> = OnceLock::new();
     HARNESS
@@ -1258,6 +1293,11 @@ fn a_recorded_hello_ack_is_refused_frame_for_frame() {
 }
 
 #[test]
+fn a_hello_ack_is_taken_once_frame_for_frame() {
+    hello_ack_taken_once(RUST_AND_C);
+}
+
+#[test]
 fn ascon_over_every_length_frame_for_frame() {
     ascon_over_every_length(RUST_AND_C);
 }
@@ -1274,6 +1314,7 @@ fn the_c_core_alone_passes_every_scenario() {
     hostile_input(c, 500);
     fuzzer_findings(c);
     recorded_hello_ack_refused(c);
+    hello_ack_taken_once(c);
     ascon_over_every_length(c);
 }
 
@@ -1294,5 +1335,6 @@ fn every_scenario_under_sanitizers() {
     hostile_input(both, 1_000);
     fuzzer_findings(both);
     recorded_hello_ack_refused(both);
+    hello_ack_taken_once(both);
     ascon_over_every_length(both);
 }
