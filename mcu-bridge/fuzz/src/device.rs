@@ -16,14 +16,23 @@
 //! - only authentic frames are taken (a frame taken opens under the key: a
 //!   raw, mutated, truncated, extended or reflected one is an error, unless
 //!   the fuzzer rebuilt a sealed frame byte for byte); a dropped frame
-//!   changes nothing the caller can see (deadline, outbox, session, stats);
-//! - every frame sent is well-formed, opens under its own context, and no
-//!   two different frames are sent under one nonce; a request is only sent
-//!   while queued and unfinished; a delivery ack names a frame taken;
+//!   changes nothing the caller can see (deadline, outbox, session, hello
+//!   attempt, stats);
+//! - a hello ack is taken only as the answer to the device's last hello:
+//!   under that hello's nonce, naming its attempt, at seq 0, and at most
+//!   once per hello; so an answer recorded earlier and replayed (to a later
+//!   hello, or after the session is lost and before the next hello) is
+//!   refused and cannot restart the replay window; the valid answer to a
+//!   hello not answered yet is taken;
+//! - every frame sent is well-formed, opens under its own context (a hello:
+//!   its attempt's, the count of hellos sent), and no two different frames
+//!   are sent under one nonce; a request is only sent while queued and
+//!   unfinished; a delivery ack names a frame taken;
 //! - events: a request ends at most once (acked, rejected, answered or given
 //!   up), only after it was sent, and as the kind it was; a delivery is
-//!   reported at most once per gateway session; the stats and drop counts
-//!   match what was seen.
+//!   reported at most once per gateway session (a new replay window starts
+//!   only with a fresh answer naming another session id); the stats and
+//!   drop counts match what was seen.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -57,7 +66,13 @@ pub mod op {
     /// Send everything due and report every event, then check the
     /// deadline is in the future.
     pub const SETTLE: u8 = 4;
-    /// session id u32, window u8, seq byte (non-zero: that seq).
+    /// session id u32, window u8, how byte: below 0x80, the answer to the
+    /// device's current hello at seq `how` (0: the valid one); from 0x80,
+    /// at seq 0 under the nonce of attempt `current - (how & 0x1f)` (an
+    /// earlier hello's answer, as an attacker could have recorded it), or
+    /// of any attempt (0x20: attempt u32), naming that attempt or (0x40:
+    /// attempt u32) any. Before the device's first hello, its hello is
+    /// taken first.
     pub const HELLO_ACK: u8 = 5;
     /// A gateway frame: type byte, seq byte, session byte, then the body's
     /// fields (see `Harness::down`).
@@ -106,8 +121,13 @@ struct Harness<const N: usize, const B: usize> {
     down: Vec<Vec<u8>>,
     /// Frames the device sent, to reflect.
     up: Vec<Vec<u8>>,
-    /// (session id, seq) of every frame the device sent -> its bytes.
+    /// (session id, seq) of every frame the device sent -> its bytes (a
+    /// hello's: (attempt, 0)).
     up_nonces: HashMap<(u32, u32), Vec<u8>>,
+    /// Hellos sent: the last one's attempt.
+    hellos: u32,
+    /// The hellos (attempts) answered.
+    answered: HashSet<u32>,
     next_down: u32,
     last_ping: Option<u32>,
     /// The session the next two sets are about (the device's replay window
@@ -153,6 +173,8 @@ impl<const N: usize, const B: usize> Harness<N, B> {
             down: Vec::new(),
             up: Vec::new(),
             up_nonces: HashMap::new(),
+            hellos: 0,
+            answered: HashSet::new(),
             next_down: 1,
             last_ping: None,
             rx_session: None,
@@ -203,22 +225,7 @@ impl<const N: usize, const B: usize> Harness<N, B> {
                     self.queued(RequestKind::Offload, r);
                 }
                 op::SETTLE => self.settle(),
-                op::HELLO_ACK => {
-                    let session_id = c.u32();
-                    let window = c.u8();
-                    let seq = u32::from(c.u8());
-                    let body = [session_id.to_le_bytes().as_slice(), &[window]].concat();
-                    let ctx = self.ctx(0);
-                    let frame = sealed_raw(&self.cipher, Type::HelloAck as u8, seq, &body, &ctx);
-                    let was_connected = self.s.is_connected();
-                    let r = self.feed(frame, true);
-                    if let Ok(Some(Event::Connected { session_id: sid })) = r {
-                        assert!(!was_connected);
-                        assert_eq!(sid, session_id);
-                        assert_eq!(seq, 0);
-                        assert!(session_id != 0 && (1..=64).contains(&window));
-                    }
-                }
+                op::HELLO_ACK => self.hello_ack(c),
                 op::DOWN => self.down(c),
                 op::REPLAY => {
                     if !self.down.is_empty() {
@@ -256,6 +263,62 @@ impl<const N: usize, const B: usize> Harness<N, B> {
         }
         self.settle();
         self.check();
+    }
+
+    /// A hello ack sealed with the key (see [`op::HELLO_ACK`]): the answer
+    /// to the current hello is taken once, and nothing else is.
+    fn hello_ack(&mut self, c: &mut Cursor<'_>) {
+        if self.s.hello_attempt() == 0 {
+            // A hello ack answers a hello.
+            self.transmit();
+        }
+        let session_id = c.u32();
+        let window = c.u8();
+        let how = c.u8();
+        let current = self.s.hello_attempt();
+        let (seq, nonce_attempt, attempt) = if how < 0x80 {
+            (u32::from(how), current, current)
+        } else {
+            let nonce_attempt = if how & 0x20 != 0 {
+                c.u32()
+            } else {
+                current.saturating_sub(u32::from(how & 0x1f))
+            };
+            let attempt = if how & 0x40 != 0 {
+                c.u32()
+            } else {
+                nonce_attempt
+            };
+            (0, nonce_attempt, attempt)
+        };
+        let body = [
+            session_id.to_le_bytes().as_slice(),
+            &[window],
+            &attempt.to_le_bytes(),
+        ]
+        .concat();
+        let ctx = self.ctx(nonce_attempt);
+        let frame = sealed_raw(&self.cipher, Type::HelloAck as u8, seq, &body, &ctx);
+        let was_connected = self.s.is_connected();
+        let unanswered = current != 0 && !self.answered.contains(&current);
+        let r = self.feed(frame, true);
+        let valid = seq == 0
+            && nonce_attempt == current
+            && attempt == current
+            && session_id != 0
+            && (1..=64).contains(&window);
+        if let Ok(Some(Event::Connected { session_id: sid })) = r {
+            assert!(!was_connected);
+            assert_eq!(sid, session_id);
+            assert!(
+                valid,
+                "an answer naming attempt {attempt} under attempt {nonce_attempt}'s nonce \
+                 at seq {seq} (session {session_id}, window {window}) taken for attempt \
+                 {current}"
+            );
+        } else if !was_connected && unanswered && valid {
+            panic!("the answer to the current hello ({current}) was refused: {r:?}");
+        }
     }
 
     fn ctx(&self, session_id: u32) -> Context {
@@ -363,10 +426,12 @@ impl<const N: usize, const B: usize> Harness<N, B> {
                     device_id: DEVICE_ID,
                     boot_id: BOOT,
                     caps: 0,
+                    attempt: 1,
                 }),
                 9 => Message::HelloAck(HelloAck {
                     session_id: session_id.max(1),
                     window: 4,
+                    attempt: self.s.hello_attempt().max(1),
                 }),
                 10 => Message::Subscribe(wire::Subscribe {
                     topic: Topic::Index(2),
@@ -393,12 +458,14 @@ impl<const N: usize, const B: usize> Harness<N, B> {
             }
             self.down.push(frame.clone());
         }
-        // Whether it is a frame sealed with the key for where the device is
-        // (the fuzzer can rebuild one it saw compared in an earlier run).
-        let genuine = [Some(0), self.s.session_id()]
+        // Whether it is a frame sealed with the key for where the device is:
+        // its session, or (a hello ack) its last hello (the fuzzer can
+        // rebuild a sealed frame it saw compared in an earlier run).
+        let genuine = [Some(self.s.hello_attempt()), self.s.session_id()]
             .into_iter()
             .flatten()
             .any(|sid| self.cipher.open(&mut frame.clone(), &self.ctx(sid)).is_ok());
+        let original = frame.clone();
         let seq = Frame::new_checked(&frame[..]).map(|f| f.seq()).ok();
         let ty = Frame::new_checked(&frame[..])
             .ok()
@@ -421,6 +488,20 @@ impl<const N: usize, const B: usize> Harness<N, B> {
             Ok(ev) => {
                 assert!(genuine, "a frame not sealed with the key was taken: {ev:?}");
                 let seq = seq.expect("a taken frame has a header");
+                if ty == Some(Type::HelloAck) {
+                    // Only the answer to the last hello, under its nonce.
+                    let attempt = self.s.hello_attempt();
+                    let mut plain = original;
+                    self.cipher
+                        .open(&mut plain, &self.ctx(attempt))
+                        .expect("a hello ack taken opens under the last hello's nonce");
+                    let Ok(Message::HelloAck(a)) =
+                        Message::parse(&Frame::new_checked(&plain[..]).expect("checked"))
+                    else {
+                        panic!("a hello ack taken does not parse");
+                    };
+                    assert_eq!(a.attempt, attempt, "a hello ack for another attempt taken");
+                }
                 self.taken.insert(seq);
                 match ev {
                     Some(ev) => {
@@ -456,6 +537,21 @@ impl<const N: usize, const B: usize> Harness<N, B> {
         match ev {
             Event::Connected { session_id } => {
                 assert_eq!(self.s.session_id(), Some(session_id));
+                // Each hello is answered at most once: an answer taken
+                // before (or another answer to the same hello, from a
+                // gateway it was replayed to) is refused, so a recorded
+                // answer cannot start a new replay window below.
+                let attempt = self.s.hello_attempt();
+                assert!(attempt >= 1, "connected before any hello");
+                assert!(
+                    self.answered.insert(attempt),
+                    "hello {attempt} answered twice (a recorded hello ack taken again)"
+                );
+                // A new session id: a new replay window on the device, and
+                // the frames of an earlier session under that id count
+                // again. Only a fresh answer to the last hello (checked
+                // above) gets here, i.e. a gateway holding the key; see
+                // README.md for the one still going back to a session.
                 if self.rx_session != Some(session_id) {
                     self.rx_session = Some(session_id);
                     self.reported.clear();
@@ -555,8 +651,16 @@ impl<const N: usize, const B: usize> Harness<N, B> {
             let ty = f.frame_type().expect("checked");
             let seq = f.seq();
             let session_id = if ty == Type::Hello {
+                // Its nonce has the attempt where the session id goes: the
+                // count of hellos sent in this boot.
                 assert_eq!(seq, 0);
-                0
+                self.hellos += 1;
+                assert_eq!(
+                    self.s.hello_attempt(),
+                    self.hellos,
+                    "a hello's attempt is not the count of hellos sent"
+                );
+                self.hellos
             } else {
                 assert!(seq > 0);
                 self.s
@@ -582,6 +686,7 @@ impl<const N: usize, const B: usize> Harness<N, B> {
             crate::trace!("  out seq {seq} {msg:?}");
             let kind = match msg {
                 Message::Hello(h) => {
+                    assert_eq!(h.attempt, self.hellos);
                     assert_eq!(h.device_id, DEVICE_ID);
                     assert_eq!(h.boot_id, BOOT);
                     assert_eq!(h.caps, self.caps);
@@ -653,6 +758,7 @@ impl<const N: usize, const B: usize> Harness<N, B> {
             self.s.poll_timeout(),
             self.s.outbox_len(),
             self.s.session_id(),
+            self.s.hello_attempt(),
             self.s.stats(),
             self.s.retransmit_timeout_ms(),
         )

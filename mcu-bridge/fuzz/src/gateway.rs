@@ -16,8 +16,10 @@
 //! - replies are bounded: at most one frame per input or call, at most
 //!   `OUTBOX_MAX` waiting, and what was dropped is counted;
 //! - every frame sent is well-formed and opens under the live session (or,
-//!   a hello ack, under the hello's), no two different frames share a nonce,
-//!   and a hello ack names the live session when its boot is live;
+//!   a hello ack, under the hello's boot and attempt, which it names), no
+//!   two different frames share a nonce (but two answers to one hello
+//!   replayed, MACs over cleartext), and a hello ack names the live session
+//!   when its boot is live;
 //! - an ack, offload result or error answers only what the node said, for
 //!   that session, with what it said (no ack for anything not committed); a
 //!   pong only an authentic ping; a delivery is a frame `deliver` made, and
@@ -47,7 +49,8 @@ pub const BOOTS: [u64; 4] = [1, 2, 0x5eed_0000_0000_0003, u64::MAX];
 /// The operations; an opcode byte is taken modulo [`op::COUNT`].
 pub mod op {
     /// boot, rand u32, flags byte (1: another device id, 2: another key,
-    /// 4: seq 1, 8: caps 0xff).
+    /// 4: seq 1, 8: caps 0xff, 0x10: attempt u32 follows; else the boot's
+    /// next attempt, as the device counts its hellos).
     pub const HELLO: u8 = 0;
     /// boot, session byte, seq byte, kind byte, fields (see
     /// `Harness::request`).
@@ -104,8 +107,10 @@ struct Harness {
     next_seq: HashMap<u64, u32>,
     /// Frames sent to the gateway, to replay and mutate.
     up: Vec<Vec<u8>>,
-    /// The boot of the hello being answered.
-    hello_boot: Option<u64>,
+    /// The boot and attempt of the hello being answered.
+    hello: Option<(u64, u32)>,
+    /// Per boot: the attempt of its last hello.
+    attempts: HashMap<u64, u32>,
     handed: Vec<HandedUp>,
     handed_in: HashSet<(Live, u32)>,
     /// What the node said for (session, device seq).
@@ -137,7 +142,8 @@ impl Harness {
             sessions_of: HashMap::new(),
             next_seq: HashMap::new(),
             up: Vec::new(),
-            hello_boot: None,
+            hello: None,
+            attempts: HashMap::new(),
             handed: Vec::new(),
             handed_in: HashSet::new(),
             replies: HashMap::new(),
@@ -167,7 +173,7 @@ impl Harness {
                     if !self.up.is_empty() {
                         let i = usize::from(c.u8()) % self.up.len();
                         let frame = self.up[i].clone();
-                        self.hello_boot = Session::hello_boot(&frame);
+                        self.hello = Session::hello_of(&frame);
                         let _ = self.feed(&frame, c.u32());
                         self.drain(1);
                     }
@@ -183,7 +189,7 @@ impl Harness {
                 }
                 op::RAW => {
                     let frame = c.bytes(FRAME_LEN_MAX + 8).to_vec();
-                    self.hello_boot = Session::hello_boot(&frame);
+                    self.hello = Session::hello_of(&frame);
                     let _ = self.feed(&frame, c.u32());
                     self.drain(1);
                 }
@@ -239,7 +245,7 @@ impl Harness {
                         let i = usize::from(c.u8()) % self.up.len();
                         let n = usize::from(c.u8()) * 2;
                         let frame = self.up[i].clone();
-                        self.hello_boot = Session::hello_boot(&frame);
+                        self.hello = Session::hello_of(&frame);
                         let before = self.g.stats().outbox_overflow;
                         for _ in 0..n {
                             let _ = self.feed(&frame, 0);
@@ -268,6 +274,13 @@ impl Harness {
         let boot_id = Self::boot(c);
         let rand = c.u32();
         let flags = c.u8();
+        let attempt = if flags & 0x10 != 0 {
+            c.u32().max(1)
+        } else {
+            let a = self.attempts.entry(boot_id).or_insert(0);
+            *a = a.wrapping_add(1).max(1);
+            *a
+        };
         let msg = Message::Hello(Hello {
             device_id: if flags & 1 != 0 {
                 b"someone-else"
@@ -276,6 +289,7 @@ impl Harness {
             },
             boot_id,
             caps: if flags & 8 != 0 { 0xff } else { 0 },
+            attempt,
         });
         let cipher = if flags & 2 != 0 {
             Cipher::new(b"not-the-key-0000")
@@ -284,7 +298,7 @@ impl Harness {
         };
         let ctx = Context {
             boot_id,
-            session_id: 0,
+            session_id: attempt,
             direction: Direction::Up,
         };
         let seq = u32::from(flags & 4 != 0);
@@ -293,7 +307,7 @@ impl Harness {
         if good {
             self.keep(&frame);
         }
-        self.hello_boot = Some(boot_id);
+        self.hello = Some((boot_id, attempt));
         let r = self.feed(&frame, rand);
         assert_eq!(r.is_ok(), good, "{r:?}");
         self.drain(1);
@@ -405,6 +419,7 @@ impl Harness {
                     _ => Message::HelloAck(HelloAck {
                         session_id: 5,
                         window: 4,
+                        attempt: 1,
                     }),
                 };
                 sealed(&self.cipher, &msg, seq, &ctx)
@@ -417,7 +432,7 @@ impl Harness {
         if good {
             self.keep(&frame);
         }
-        self.hello_boot = Session::hello_boot(&frame);
+        self.hello = Session::hello_of(&frame);
         let r = self.feed(&frame, 0);
         if !good {
             assert!(r.is_err());
@@ -519,9 +534,9 @@ impl Harness {
             Ok(input) => {
                 let (ty, seq) = header.expect("a taken frame has a header");
                 if ty == Some(Type::Hello) {
-                    let boot_id = Session::hello_boot(frame).expect("a hello");
+                    let (boot_id, attempt) = Session::hello_of(frame).expect("a hello");
                     assert!(
-                        self.opens(frame, boot_id, 0),
+                        self.opens(frame, boot_id, attempt),
                         "a hello not sealed with the key was taken"
                     );
                     assert!(input.is_none());
@@ -606,10 +621,10 @@ impl Harness {
         let seq = f.seq();
         let mut plain = frame.to_vec();
         if ty == Type::HelloAck {
-            let boot_id = self.hello_boot.expect("a hello ack answers a hello");
+            let (boot_id, attempt) = self.hello.expect("a hello ack answers a hello");
             let ctx = Context {
                 boot_id,
-                session_id: 0,
+                session_id: attempt,
                 direction: Direction::Down,
             };
             self.cipher
@@ -621,6 +636,7 @@ impl Harness {
                 panic!("a hello ack that does not parse");
             };
             assert_eq!(seq, 0);
+            assert_eq!(a.attempt, attempt, "a hello ack names another attempt");
             assert_eq!(a.window, self.window);
             if let Some((b, s)) = self.current
                 && b == boot_id
@@ -714,11 +730,12 @@ impl Harness {
 struct Session;
 
 impl Session {
-    /// The boot a well-formed hello names (for checking its answer).
-    fn hello_boot(frame: &[u8]) -> Option<u64> {
+    /// The boot and attempt a well-formed hello names (for checking its
+    /// answer).
+    fn hello_of(frame: &[u8]) -> Option<(u64, u32)> {
         let f = Frame::new_checked(frame).ok()?;
         match Message::parse(&f).ok()? {
-            Message::Hello(h) => Some(h.boot_id),
+            Message::Hello(h) => Some((h.boot_id, h.attempt)),
             _ => None,
         }
     }

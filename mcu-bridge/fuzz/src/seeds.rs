@@ -23,10 +23,12 @@ pub fn frame() -> Vec<(String, Vec<u8>)> {
             device_id: b"sensor-17",
             boot_id: 0x0102_0304_0506_0708,
             caps: caps::SUBSCRIBE | caps::OFFLOAD,
+            attempt: 3,
         }),
         Message::HelloAck(HelloAck {
             session_id: 0xdead_beef,
             window: 8,
+            attempt: 3,
         }),
         Message::Append(Append {
             topic: Topic::Index(3),
@@ -204,6 +206,55 @@ pub fn device() -> Vec<(String, Vec<u8>)> {
     b.u8(d::TRANSMIT).u8(d::EVENTS);
     out.push(("forgeries".into(), b.0));
 
+    // Answers recorded earlier, replayed: after the session is lost and
+    // before the next hello, to a later hello, under a later hello's nonce
+    // naming an earlier one; then the fresh answers. The last goes back to
+    // the first gateway, which still holds session 9: a new replay window,
+    // so its old delivery is taken again (known, see README.md).
+    let mut b = device_header(0);
+    device_connect(&mut b); // down[0] the hello ack, down[1] the pong
+    b.u8(d::SUBSCRIBE).u8(0).u64(0).u32(3);
+    b.u8(d::SETTLE);
+    device_ack(&mut b, 100); // down[2]
+    // down[3]: a delivery in session 9.
+    b.u8(d::DOWN)
+        .u8(1)
+        .u8(0)
+        .u8(0)
+        .u8(0)
+        .u64(100)
+        .bytes(b"open");
+    b.u8(d::SETTLE);
+    b.u8(d::RECONNECT);
+    b.u8(d::REPLAY).u8(0); // before the next hello
+    b.u8(d::SETTLE); // hello 2
+    b.u8(d::REPLAY).u8(0); // to hello 2
+    b.u8(d::HELLO_ACK).u32(10).u8(4).u8(0); // another gateway
+    b.u8(d::SETTLE);
+    b.u8(d::REPLAY).u8(3); // the old delivery: not in session 10
+    b.u8(d::RECONNECT).u8(d::SETTLE); // hello 3
+    b.u8(d::REPLAY).u8(0);
+    b.u8(d::HELLO_ACK).u32(9).u8(4).u8(0x81); // hello 2's answer
+    b.u8(d::HELLO_ACK).u32(9).u8(4).u8(0xc0).u32(1); // naming hello 1
+    b.u8(d::HELLO_ACK).u32(9).u8(4).u8(0); // back to the first gateway
+    b.u8(d::REPLAY).u8(3);
+    b.u8(d::SETTLE);
+    b.u8(d::TICK).u16(0x8000 | 20);
+    b.u8(d::SETTLE);
+    out.push(("hello-ack-replayed".into(), b.0));
+
+    // A session lost to silence and answered again before the caller
+    // polls its events: Connected, and no stale Disconnected after it.
+    let mut b = device_header(0);
+    device_connect(&mut b);
+    for _ in 0..6 {
+        b.u8(d::TRANSMIT).u8(d::TICK).u16(0x8000 | 64);
+    }
+    b.u8(d::TRANSMIT); // the session is lost: hello 2
+    b.u8(d::HELLO_ACK).u32(9).u8(4).u8(0);
+    b.u8(d::EVENTS).u8(d::SETTLE);
+    out.push(("lost-answered-before-events".into(), b.0));
+
     let mut b = device_header(0);
     // Silence: hellos back off.
     for _ in 0..6 {
@@ -285,6 +336,23 @@ pub fn gateway() -> Vec<(String, Vec<u8>)> {
     b.u8(g::MUTATE).u8(0).u16(9).u8(4).u8(1).u32(0);
     b.u8(g::RAW).bytes(&[0x10, 0, b'x']).u32(0);
     out.push(("forgeries-and-floods".into(), b.0));
+
+    // Hellos again: the same boot's next attempt (its answer lost, or the
+    // device back from another gateway) gets the same session, named for
+    // that attempt; a replayed earlier hello, the same session named for
+    // its own; any attempt; a new boot, pending until its ping.
+    let mut b = gateway_header();
+    b.u8(g::HELLO).u8(0).u32(21).u8(0); // attempt 1
+    gateway_request(&mut b, 0, 3); // ping
+    b.u8(g::HELLO).u8(0).u32(22).u8(0); // attempt 2
+    b.u8(g::REPLAY).u8(0).u32(23); // attempt 1 again
+    b.u8(g::HELLO).u8(0).u32(24).u8(0x10).u32(0x8000_0000);
+    gateway_request(&mut b, 0, 0).u8(1).bytes(b"a");
+    b.u8(g::HELLO).u8(1).u32(25).u8(0); // boot 2, attempt 1: pending
+    b.u8(g::HELLO).u8(1).u32(26).u8(0); // attempt 2
+    gateway_request(&mut b, 1, 3); // its ping: live
+    b.u8(g::REPLAY).u8(2).u32(27); // the first boot's hello 2: pending
+    out.push(("hello-attempts".into(), b.0));
 
     // An offload result too long for a frame: refused and not kept, so the
     // retransmission waits for the real one.
