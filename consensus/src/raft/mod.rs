@@ -76,6 +76,37 @@ pub enum Command {
     Handler(HandlerCommand),
 }
 
+impl Command {
+    /// About how many bytes the command takes encoded: its payloads and
+    /// names, and a little for each element's framing. Cheap (no
+    /// encoding); for bounding what one message carries.
+    pub fn approx_bytes(&self) -> usize {
+        const PER_ITEM: usize = 16;
+        match self {
+            Command::Append {
+                payloads,
+                producer,
+                cause,
+                handler,
+                ..
+            } => {
+                payloads.iter().map(|p| p.len() + PER_ITEM).sum::<usize>()
+                    + producer.as_ref().map_or(0, |(id, _)| id.len() + PER_ITEM)
+                    + cause.as_ref().map_or(0, |c| {
+                        c.topic.len() + c.handler.len() + c.node.len() + 2 * PER_ITEM
+                    })
+                    + handler.as_ref().map_or(0, String::len)
+                    + PER_ITEM
+            }
+            Command::Batch(commands) => {
+                commands.iter().map(Command::approx_bytes).sum::<usize>() + PER_ITEM
+            }
+            // Small, or rare: a topic's metadata, a name, a handler's code.
+            Command::Create(_) | Command::Delete | Command::Name(_) | Command::Handler(_) => 256,
+        }
+    }
+}
+
 /// What applying a command gave.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CommandResult {

@@ -92,6 +92,32 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
 const UNREACHABLE_BACKOFF: std::time::Duration = std::time::Duration::from_millis(100);
 const UNREACHABLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_millis(1600);
 
+/// About how many entry bytes one AppendEntries carries: openraft 0.9 gives
+/// each call one heartbeat interval (100 ms), and a follower starved of CPU
+/// could not decode and write 8 entries of a handler's 1,024 outputs each in
+/// that time, so the same call timed out again and again and the follower
+/// never caught up (a CI flake: the other follower then died and the group
+/// had no quorum). A call longer than this carries a prefix of its entries
+/// (one at least), and a success is reported as a partial one up to the
+/// last sent, so openraft goes on from there.
+pub const CALL_ENTRY_BYTES_MAX: usize = 64 << 10;
+
+/// How many of `entries` one call carries: a prefix under
+/// [`CALL_ENTRY_BYTES_MAX`], never empty unless `entries` is.
+fn entries_per_call(entries: &[openraft::Entry<TypeConfig>]) -> usize {
+    let mut bytes = 0;
+    for (i, e) in entries.iter().enumerate() {
+        bytes += match &e.payload {
+            openraft::EntryPayload::Normal(command) => command.approx_bytes(),
+            _ => 256,
+        };
+        if bytes > CALL_ENTRY_BYTES_MAX && i > 0 {
+            return i;
+        }
+    }
+    entries.len()
+}
+
 /// One group's link to one peer.
 pub struct GroupClient {
     group: GroupId,
@@ -145,10 +171,18 @@ impl RaftNetwork<TypeConfig> for GroupClient {
 
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+        let keep = entries_per_call(&rpc.entries);
+        let cut = keep < rpc.entries.len();
+        rpc.entries.truncate(keep);
+        let last_sent = rpc.entries.last().map(|e| e.log_id);
         match self.call(Rpc::AppendEntries(rpc)).await? {
+            // The follower holds what was sent: that much, and no more.
+            Reply::AppendEntries(Ok(AppendEntriesResponse::Success)) if cut => {
+                Ok(AppendEntriesResponse::PartialSuccess(last_sent))
+            }
             Reply::AppendEntries(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
@@ -270,5 +304,44 @@ impl Router {
             Rpc::InstallSnapshot(r) => Reply::InstallSnapshot(raft.install_snapshot(r).await),
         };
         encode(&reply)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+
+    use super::*;
+    use crate::raft::Command;
+
+    /// An entry appending `n` payloads of `bytes` each.
+    fn entry(index: u64, n: usize, bytes: usize) -> Entry<TypeConfig> {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            payload: EntryPayload::Normal(Command::Append {
+                payloads: vec![bytes::Bytes::from(vec![0u8; bytes]); n],
+                producer: None,
+                time_ms: 0,
+                cause: None,
+                handler: None,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_call_carries_a_prefix_under_the_byte_bound_and_never_nothing() {
+        assert_eq!(entries_per_call(&[]), 0);
+        // Small entries: all of them.
+        let small: Vec<_> = (1..=8).map(|i| entry(i, 10, 10)).collect();
+        assert_eq!(entries_per_call(&small), 8);
+        // A handler's 1,024 outputs of 50 bytes (about 67 KiB) each: one a
+        // call, even when that one alone is over the bound.
+        let big: Vec<_> = (1..=8).map(|i| entry(i, 1024, 50)).collect();
+        assert_eq!(entries_per_call(&big), 1);
+        // Up to the bound, not past it.
+        let half: Vec<_> = (1..=8)
+            .map(|i| entry(i, 1, CALL_ENTRY_BYTES_MAX / 3))
+            .collect();
+        assert_eq!(entries_per_call(&half), 2);
     }
 }
