@@ -472,6 +472,18 @@ async fn two_hundred_devices_over_lossy_links_each_reading_once_in_order() {
 
 /// `woof --json device sim` with an offloaded function: the summary.
 fn sim_offload(gateway: &str, id: &str, key: &[u8; 16], extra: &[&str]) -> serde_json::Value {
+    sim_offload_n(gateway, id, key, 48, extra)
+}
+
+/// [`sim_offload`] with `count` invocations.
+fn sim_offload_n(
+    gateway: &str,
+    id: &str,
+    key: &[u8; 16],
+    count: u32,
+    extra: &[&str],
+) -> serde_json::Value {
+    let count = count.to_string();
     let key = woof_node::devices::registry::key_hex(key);
     let mut args = vec![
         "--json",
@@ -488,7 +500,7 @@ fn sim_offload(gateway: &str, id: &str, key: &[u8; 16], extra: &[&str]) -> serde
         "--rate",
         "20/s",
         "--count",
-        "48",
+        &count,
         "--drain",
         "60",
     ];
@@ -555,7 +567,7 @@ async fn offloaded_calls_give_the_local_result_and_the_faster_side_is_chosen() {
     );
     let device_key = add_device(&node.url, "mill-1", "mill/vibration", &[]);
 
-    // A slow device (50 ms a run): the gateway answers sooner, so it takes
+    // A slow device (200 ms a run): the gateway answers sooner, so it takes
     // nearly every call, and each answer is the device's own result.
     let slow = sim_offload(
         &gateway,
@@ -569,7 +581,7 @@ async fn offloaded_calls_give_the_local_result_and_the_faster_side_is_chosen() {
             "--local-config",
             stats,
             "--local-cost-ms",
-            "50",
+            "200",
         ],
     );
     eprintln!("slow device: {slow}");
@@ -610,7 +622,18 @@ async fn offloaded_calls_give_the_local_result_and_the_faster_side_is_chosen() {
     );
     assert_eq!(fast["mismatched"], 0, "{fast}");
 
-    // A Python handler gives what the device's own `forward` gives.
+    // A Python handler gives what the device's own `forward` gives. Its
+    // worker starts at the first call, which may take longer than a local
+    // run: a first few calls warm it, so that the run below measures calls.
+    let python = [
+        "--offload",
+        "echo",
+        "--local",
+        "forward",
+        "--local-config",
+        r#"{"to":"mill/echo"}"#,
+    ];
+    sim_offload_n(&gateway, "mill-1", &device_key, 4, &python);
     let echo = sim_offload(
         &gateway,
         "mill-1",
@@ -623,7 +646,7 @@ async fn offloaded_calls_give_the_local_result_and_the_faster_side_is_chosen() {
             "--local-config",
             r#"{"to":"mill/echo"}"#,
             "--local-cost-ms",
-            "50",
+            "200",
         ],
     );
     eprintln!("python: {echo}");
