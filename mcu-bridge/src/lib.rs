@@ -110,9 +110,10 @@
 //! codegen unit: the whole device core, Ascon included, is **10.2 KB of
 //! code** (`llvm-size` of the crate's object in the archive; the few
 //! compiler-builtins it calls, such as 64-bit division, come on top), 13.3 KB
-//! on x86_64. RAM: a device session is its outbox plus about 250 bytes:
-//! `Session<8, 128>` (eight requests of up to 128-byte frames) is **1,600
-//! bytes** on the Cortex-M4 and `Session<4, 64>` 672 (read from
+//! on x86_64. RAM: a device session is its outbox plus about 350 bytes:
+//! `Session<8, 128>` (eight requests of up to 128-byte frames) is **1,696
+//! bytes** on the Cortex-M4 and `Session<4, 64>` 768 (96 of them the replay
+//! windows of the last four sessions; read from
 //! `nostd-check`'s `WOOF_SESSION_*_BYTES` symbols), plus the caller's receive
 //! and send buffers (one frame each).
 //!

@@ -59,6 +59,10 @@ pub const RTO_MIN_MS: u64 = 200;
 pub const RETRANSMIT_TIMEOUT_MAX_MS: u64 = 64_000;
 /// How long the link may stay silent before the device pings.
 pub const PING_INTERVAL_MS: u64 = 30_000;
+/// Earlier sessions whose replay windows a device keeps (beside the
+/// current one's): going back to a gateway that still holds one of them
+/// restores its window, so its old frames stay replays.
+pub const SESSIONS_KEPT: usize = 4;
 /// The longest wait between two hellos.
 pub const HELLO_TIMEOUT_MAX_MS: u64 = 64_000;
 /// Delivery acks waiting to be sent; beyond this the oldest is forgotten
@@ -224,6 +228,11 @@ pub struct Session<const N: usize, const B: usize> {
     rx: ReplayWindow,
     /// The session `rx` belongs to (0: none yet).
     last_session_id: u32,
+    /// The windows of the sessions before it, newest first ((0, _): none):
+    /// a device that goes back to a gateway that still holds its session
+    /// gets that session again, whose old frames still open, so its window
+    /// must come back with it.
+    past: [(u32, ReplayWindow); SESSIONS_KEPT],
     /// Hellos sent in this boot: the last one's [`Hello::attempt`].
     attempt: u32,
     /// Whether the last hello's answer was taken: it is taken once, so a
@@ -285,6 +294,7 @@ impl<const N: usize, const B: usize> Session<N, B> {
             next_seq: 1,
             rx: ReplayWindow::new(),
             last_session_id: 0,
+            past: [(0, ReplayWindow::new()); SESSIONS_KEPT],
             attempt: 0,
             answered: false,
             outbox: [const { Slot::EMPTY }; N],
@@ -339,6 +349,28 @@ impl<const N: usize, const B: usize> Session<N, B> {
 
     pub fn stats(&self) -> Stats {
         self.stats
+    }
+
+    /// Makes `session_id`'s window the current one: its own if it is one of
+    /// the last [`SESSIONS_KEPT`] sessions, else a new one; the current
+    /// one is kept among them.
+    fn switch_window(&mut self, session_id: u32) {
+        let kept = self
+            .past
+            .iter()
+            .position(|(id, _)| *id == session_id)
+            .map(|i| {
+                let w = self.past[i].1;
+                self.past.copy_within(i + 1.., i);
+                self.past[SESSIONS_KEPT - 1] = (0, ReplayWindow::new());
+                w
+            });
+        if self.last_session_id != 0 {
+            self.past.copy_within(..SESSIONS_KEPT - 1, 1);
+            self.past[0] = (self.last_session_id, self.rx);
+        }
+        self.rx = kept.unwrap_or_else(ReplayWindow::new);
+        self.last_session_id = session_id;
     }
 
     /// The attempt number of the last hello sent (0 before the first): what
@@ -696,13 +728,13 @@ impl<const N: usize, const B: usize> Session<N, B> {
                     session_id: ack.session_id,
                     window: ack.window,
                 };
-                // The same gateway session again (a hello after a silence):
-                // its old frames are still valid under these nonces, so the
-                // window must remember them. A new session id makes new
-                // nonces, under which no old frame opens.
+                // The same gateway session again (a hello after a silence,
+                // or back at a gateway that kept it): its old frames are
+                // still valid under these nonces, so its window must
+                // remember them. A new session id makes new nonces, under
+                // which no old frame opens.
                 if ack.session_id != self.last_session_id {
-                    self.rx = ReplayWindow::new();
-                    self.last_session_id = ack.session_id;
+                    self.switch_window(ack.session_id);
                 }
                 self.last_rx_ms = now_ms;
                 // A loss not reported yet is over: reported after this
@@ -1267,9 +1299,10 @@ mod tests {
         extern crate std;
         std::println!("Session<4, 64>: {small} bytes; Session<8, 128>: {usual} bytes");
         // Slots are B bytes plus 40 of bookkeeping; the rest (keys, ids,
-        // window, acks, counters) is under 300 bytes.
-        assert!(small <= 4 * (64 + 40) + 300, "{small}");
-        assert!(usual <= 8 * (128 + 40) + 300, "{usual}");
+        // the replay windows of this session and the last SESSIONS_KEPT,
+        // acks, counters) is under 400 bytes.
+        assert!(small <= 4 * (64 + 40) + 400, "{small}");
+        assert!(usual <= 8 * (128 + 40) + 400, "{usual}");
     }
 
     #[test]
@@ -1439,5 +1472,61 @@ mod tests {
             s.handle_input(10, &mut out[..len]).unwrap(),
             Some(Event::Connected { session_id: 12 })
         );
+    }
+
+    /// Back at a gateway that kept an earlier session (A, then B, then A
+    /// again, or through several more): that session's window comes back,
+    /// so a frame of it recorded before is still a replay. Past
+    /// [`SESSIONS_KEPT`] sessions ago a window is forgotten.
+    #[test]
+    fn going_back_to_an_earlier_session_restores_its_window() {
+        let mut s = connected(0);
+        let mut out = [0u8; 64];
+        let delivery = Message::Delivery(wire::Delivery {
+            topic: Topic::Index(0),
+            topic_seq: 1,
+            payload: b"d",
+        });
+        let len = down(delivery, 5, 9, &mut out);
+        let captured = out;
+        assert!(matches!(
+            s.handle_input(0, &mut out[..len]),
+            Ok(Some(Event::Delivery { .. }))
+        ));
+        let mut session = |s: &mut Session<4, 64>, id: u32, now: u64| {
+            s.reconnect(now);
+            let mut buf = [0u8; 64];
+            while s.poll_transmit(now, &mut buf).unwrap().is_some() {}
+            let ack = Message::HelloAck(HelloAck {
+                session_id: id,
+                window: 2,
+                attempt: s.hello_attempt(),
+            });
+            let l = down(ack, 0, s.hello_attempt(), &mut buf);
+            assert_eq!(
+                s.handle_input(now, &mut buf[..l]).unwrap(),
+                Some(Event::Connected { session_id: id })
+            );
+        };
+        // To B, and back to A's session 9: the recorded delivery is a
+        // replay.
+        session(&mut s, 10, 10);
+        session(&mut s, 9, 20);
+        let mut replay = captured;
+        assert_eq!(s.handle_input(20, &mut replay[..len]), Err(Error::Replayed));
+        // Through SESSIONS_KEPT others and back: still remembered...
+        for id in 11..11 + SESSIONS_KEPT as u32 - 1 {
+            session(&mut s, id, 30);
+        }
+        session(&mut s, 9, 40);
+        let mut replay = captured;
+        assert_eq!(s.handle_input(40, &mut replay[..len]), Err(Error::Replayed));
+        // ...one more, and it is forgotten (the bound of the device's RAM).
+        for id in 20..20 + SESSIONS_KEPT as u32 + 1 {
+            session(&mut s, id, 50);
+        }
+        session(&mut s, 9, 60);
+        let mut replay = captured;
+        assert!(s.handle_input(60, &mut replay[..len]).is_ok());
     }
 }
