@@ -905,6 +905,41 @@ static void window_reset(woof_session *s) {
     s->rx_seen = 1;
 }
 
+/* Makes session `id`'s window the current one: its own if it is one of the
+ * last WOOF_SESSIONS_KEPT sessions, else a new one; the current one is kept
+ * among them (as the Rust core's switch_window). */
+static void switch_window(woof_session *s, uint32_t id) {
+    uint64_t seen = 1;
+    uint32_t top = 0;
+    size_t i;
+    for (i = 0; i < WOOF_SESSIONS_KEPT; i++) {
+        if (s->past[i].id == id) {
+            break;
+        }
+    }
+    if (i < WOOF_SESSIONS_KEPT) {
+        seen = s->past[i].seen;
+        top = s->past[i].top;
+        for (; i + 1 < WOOF_SESSIONS_KEPT; i++) {
+            s->past[i] = s->past[i + 1];
+        }
+        s->past[WOOF_SESSIONS_KEPT - 1].id = 0;
+        s->past[WOOF_SESSIONS_KEPT - 1].seen = 1;
+        s->past[WOOF_SESSIONS_KEPT - 1].top = 0;
+    }
+    if (s->last_session_id != 0) {
+        for (i = WOOF_SESSIONS_KEPT - 1; i > 0; i--) {
+            s->past[i] = s->past[i - 1];
+        }
+        s->past[0].id = s->last_session_id;
+        s->past[0].seen = s->rx_seen;
+        s->past[0].top = s->rx_top;
+    }
+    s->rx_seen = seen;
+    s->rx_top = top;
+    s->last_session_id = id;
+}
+
 static void count_drop(woof_session *s, int err) {
     switch (err) {
     case WOOF_ERR_FORGED:
@@ -1457,12 +1492,12 @@ static int input(woof_session *s, uint64_t now_ms, uint8_t *buf, size_t len, woo
         s->connected = 1;
         s->session_id = m.num;
         s->window = m.byte;
-        /* The same gateway session again (a hello after a silence): its
-         * old frames are still valid under these nonces, so the window
-         * must remember them. A new session id makes new nonces. */
+        /* The same gateway session again (a hello after a silence, or back
+         * at a gateway that kept it): its old frames are still valid under
+         * these nonces, so its window must remember them. A new session id
+         * makes new nonces. */
         if (m.num != s->last_session_id) {
-            window_reset(s);
-            s->last_session_id = m.num;
+            switch_window(s, m.num);
         }
         s->last_rx_ms = now_ms;
         /* A loss not reported yet is over: reported after this CONNECTED,

@@ -276,6 +276,18 @@ typedef struct woof_slot {
     uint8_t frame[WOOF_FRAME_MAX];
 } woof_slot;
 
+/* Earlier sessions whose replay windows a device keeps (the Rust core's
+ * SESSIONS_KEPT): going back to a gateway that still holds one of them
+ * restores its window, so its old frames stay replays. */
+#define WOOF_SESSIONS_KEPT 4
+
+/* One earlier session's replay window (id 0: none). */
+typedef struct {
+    uint64_t seen;
+    uint32_t top;
+    uint32_t id;
+} woof_past_window;
+
 typedef struct woof_session {
     uint64_t boot_id;
     uint64_t ping_interval_ms;
@@ -289,6 +301,8 @@ typedef struct woof_session {
     uint32_t rx_top;
     uint32_t session_id;
     uint32_t last_session_id;
+    /* The windows of the sessions before it, newest first. */
+    woof_past_window past[WOOF_SESSIONS_KEPT];
     uint32_t next_seq;
     uint32_t ping_first_seq;
     uint32_t rng;

@@ -118,12 +118,12 @@ fn the_header_compiles_as_cpp() {
 
 #[test]
 fn sizes_and_texts_as_compiled() {
-    // Session<8, 128> on this host is 1,528 bytes in Rust; the C session
-    // stores a little more (the key rather than a cipher, the events'
-    // fields) but is of the same order.
+    // Session<8, 128> is 8 slots and under 400 bytes more in Rust (the
+    // key, ids, the replay windows of this session and the last four,
+    // counters: see session.rs); the C session stores about as much.
     let size = CDevice::session_size();
     assert!(
-        (8 * 128..=8 * (128 + 40) + 300).contains(&size),
+        (8 * 128..=8 * (128 + 40) + 400).contains(&size),
         "woof_session is {size} bytes"
     );
     assert_eq!(c_strerror(-13), "outbox full");

@@ -1251,6 +1251,63 @@ fn hello_ack_taken_once(impls: &[Impl]) {
     dev.finish();
 }
 
+/// Back at a gateway that kept an earlier session (the Rust core's
+/// b57510a): that session's window comes back, so a frame of it recorded
+/// before is a replay; past the last WOOF_SESSIONS_KEPT sessions a window is
+/// forgotten.
+fn earlier_session_window_restored(impls: &[Impl]) {
+    let boot = 0xb009;
+    let mut dev = Lockstep::start(impls, &spec(boot), 0, 4242).unwrap();
+    dev.transmit_all(0);
+    assert_eq!(
+        dev.handle_input(0, &hello_ack(&KEY, boot, 9, 2, 1)),
+        Ok(Some(Ev::Connected { session_id: 9 }))
+    );
+    let delivery = down(
+        &KEY,
+        boot,
+        9,
+        1,
+        &Message::Delivery(Delivery {
+            topic: Topic::Index(0),
+            topic_seq: 1,
+            payload: b"open",
+        }),
+    );
+    assert!(matches!(
+        dev.handle_input(0, &delivery),
+        Ok(Some(Ev::Delivery { .. }))
+    ));
+    dev.transmit_all(0);
+    let mut to = |dev: &mut Lockstep, id: u32, now: u64| {
+        dev.reconnect(now);
+        dev.transmit_all(now);
+        let attempt = dev.state().hello_attempt;
+        assert_eq!(
+            dev.handle_input(now, &hello_ack(&KEY, boot, id, 2, attempt)),
+            Ok(Some(Ev::Connected { session_id: id }))
+        );
+        dev.transmit_all(now);
+    };
+    to(&mut dev, 10, 10);
+    to(&mut dev, 9, 20);
+    assert_eq!(dev.handle_input(20, &delivery), Err(-9));
+    for id in 11..14 {
+        to(&mut dev, id, 30);
+    }
+    to(&mut dev, 9, 40);
+    assert_eq!(dev.handle_input(40, &delivery), Err(-9));
+    for id in 20..25 {
+        to(&mut dev, id, 50);
+    }
+    to(&mut dev, 9, 60);
+    assert!(matches!(
+        dev.handle_input(60, &delivery),
+        Ok(Some(Ev::Delivery { .. }))
+    ));
+    dev.finish();
+}
+
 fn harness() -> &'static (PathBuf, bool) {
     static HARNESS: OnceLock<(PathBuf, bool)> = OnceLock::new();
     HARNESS
@@ -1298,6 +1355,11 @@ fn a_hello_ack_is_taken_once_frame_for_frame() {
 }
 
 #[test]
+fn going_back_to_an_earlier_session_frame_for_frame() {
+    earlier_session_window_restored(RUST_AND_C);
+}
+
+#[test]
 fn ascon_over_every_length_frame_for_frame() {
     ascon_over_every_length(RUST_AND_C);
 }
@@ -1315,6 +1377,7 @@ fn the_c_core_alone_passes_every_scenario() {
     fuzzer_findings(c);
     recorded_hello_ack_refused(c);
     hello_ack_taken_once(c);
+    earlier_session_window_restored(c);
     ascon_over_every_length(c);
 }
 
@@ -1336,5 +1399,6 @@ fn every_scenario_under_sanitizers() {
     fuzzer_findings(both);
     recorded_hello_ack_refused(both);
     hello_ack_taken_once(both);
+    earlier_session_window_restored(both);
     ascon_over_every_length(both);
 }
