@@ -1279,7 +1279,7 @@ fn earlier_session_window_restored(impls: &[Impl]) {
         Ok(Some(Ev::Delivery { .. }))
     ));
     dev.transmit_all(0);
-    let mut to = |dev: &mut Lockstep, id: u32, now: u64| {
+    let to = |dev: &mut Lockstep, id: u32, now: u64| {
         dev.reconnect(now);
         dev.transmit_all(now);
         let attempt = dev.state().hello_attempt;
