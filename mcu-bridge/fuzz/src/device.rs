@@ -40,7 +40,7 @@ use woof_mcu_bridge::Error;
 use woof_mcu_bridge::crypto::{Cipher, Context, Direction};
 use woof_mcu_bridge::session::{
     Config, Event, HELLO_TIMEOUT_MAX_MS, PING_INTERVAL_MS, RETRANSMIT_TIMEOUT_MAX_MS, RequestKind,
-    Session,
+    SESSIONS_KEPT, Session,
 };
 use woof_mcu_bridge::wire::{
     self, Ack, Delivery, DeliveryAck, ErrorReport, FRAME_LEN_MAX, Frame, Hello, HelloAck, Message,
@@ -139,6 +139,9 @@ struct Harness<const N: usize, const B: usize> {
     /// sent again is acked again, and so is a delivery at the seq of another
     /// frame, which only a gateway with the key could send.
     taken: HashSet<u32>,
+    /// The same two sets of the sessions before `rx_session`, newest
+    /// first, as many as the device keeps windows of (`SESSIONS_KEPT`).
+    past: std::collections::VecDeque<(u32, HashSet<u32>, HashSet<u32>)>,
     errors: u32,
     sent: u32,
     acked: u32,
@@ -180,6 +183,7 @@ impl<const N: usize, const B: usize> Harness<N, B> {
             rx_session: None,
             reported: HashSet::new(),
             taken: HashSet::from([0]),
+            past: std::collections::VecDeque::new(),
             errors: 0,
             sent: 0,
             acked: 0,
@@ -547,15 +551,29 @@ impl<const N: usize, const B: usize> Harness<N, B> {
                     self.answered.insert(attempt),
                     "hello {attempt} answered twice (a recorded hello ack taken again)"
                 );
-                // A new session id: a new replay window on the device, and
-                // the frames of an earlier session under that id count
-                // again. Only a fresh answer to the last hello (checked
-                // above) gets here, i.e. a gateway holding the key; see
-                // README.md for the one still going back to a session.
+                // Another session id: the device takes that session's
+                // window back if it is one of the last SESSIONS_KEPT (a
+                // gateway that kept it: its old frames stay replays), else
+                // starts a new one, under which the frames of a session
+                // forgotten count again. Only a fresh answer to the last
+                // hello (checked above) gets here.
                 if self.rx_session != Some(session_id) {
+                    let kept = self
+                        .past
+                        .iter()
+                        .position(|(id, _, _)| *id == session_id)
+                        .and_then(|i| self.past.remove(i));
+                    let (reported, taken) = match kept {
+                        Some((_, reported, taken)) => (reported, taken),
+                        None => (HashSet::new(), HashSet::from([0])),
+                    };
+                    let reported = std::mem::replace(&mut self.reported, reported);
+                    let taken = std::mem::replace(&mut self.taken, taken);
+                    if let Some(old) = self.rx_session {
+                        self.past.push_front((old, reported, taken));
+                        self.past.truncate(SESSIONS_KEPT);
+                    }
                     self.rx_session = Some(session_id);
-                    self.reported.clear();
-                    self.taken = HashSet::from([0]);
                 }
                 Event::Connected { session_id }
             }
