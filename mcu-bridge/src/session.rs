@@ -1493,7 +1493,7 @@ mod tests {
             s.handle_input(0, &mut out[..len]),
             Ok(Some(Event::Delivery { .. }))
         ));
-        let mut session = |s: &mut Session<4, 64>, id: u32, now: u64| {
+        let session = |s: &mut Session<4, 64>, id: u32, now: u64| {
             s.reconnect(now);
             let mut buf = [0u8; 64];
             while s.poll_transmit(now, &mut buf).unwrap().is_some() {}

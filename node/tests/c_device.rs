@@ -9,20 +9,10 @@
 
 mod common;
 
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
-
-/// A UDP port free a moment ago, for the gateway to bind.
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// `udp_device`, built into `dir` with the strict flags.
 fn build_udp_device(dir: &Path) -> PathBuf {
@@ -106,16 +96,8 @@ async fn a_c_device_appends_through_the_gateway_once_each_in_order() {
     wait_alive(&[&node.url], 1);
     let mut client = connect(&node.url).await;
     create_replicated(&mut client, "farm/c", 1, "").await;
-    let out = woof(&[
-        "--server", &node.url, "--json", "device", "add", "c-dev-1", "--topics", "farm/c",
-    ]);
-    assert!(
-        out.status.success(),
-        "device add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let device_key = added["key"].as_str().unwrap().to_string();
+    let device_key =
+        woof_node::devices::registry::key_hex(&add_device(&node.url, "c-dev-1", "farm/c", &[]));
 
     let first = run_device(&bin, port, &device_key, 50);
     assert_eq!(first["sent"], 50);
@@ -153,21 +135,8 @@ async fn a_c_device_appends_through_the_gateway_once_each_in_order() {
     assert_eq!(held, want);
 
     // The C port and the Rust core at once, through the same gateway.
-    let out = woof(&[
-        "--server",
-        &node.url,
-        "--json",
-        "device",
-        "add",
-        "rust-dev-1",
-        "--topics",
-        "farm/c",
-    ]);
-    assert!(out.status.success());
-    let rust_key = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["key"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rust_key =
+        woof_node::devices::registry::key_hex(&add_device(&node.url, "rust-dev-1", "farm/c", &[]));
     let gateway = format!("udp://127.0.0.1:{port}");
     let rust = std::thread::spawn(move || {
         woof(&[

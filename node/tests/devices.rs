@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
@@ -12,32 +12,6 @@ use woof_mcu_bridge::session::{Config, Event, Session};
 use woof_mcu_bridge::wire::{self, Topic};
 use woof_node::devices::simulator::{self, SimConfig, SimReport};
 use woof_node::devices::transport::Transport;
-
-/// A UDP port free a moment ago, for a gateway to bind.
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Registers `id` through the CLI (with `extra` flags); returns its key
-/// (a fleet's key with `--fleet N`).
-fn add_device(url: &str, id: &str, topics: &str, extra: &[&str]) -> [u8; 16] {
-    let mut args = vec![
-        "--server", url, "--json", "device", "add", id, "--topics", topics,
-    ];
-    args.extend_from_slice(extra);
-    let out = woof(&args);
-    assert!(
-        out.status.success(),
-        "device add: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    woof_node::devices::registry::parse_key(v["key"].as_str().unwrap()).unwrap()
-}
 
 fn sim(gateways: Vec<SocketAddr>, id: &str, key: [u8; 16], topic: &str) -> SimConfig {
     SimConfig {

@@ -544,3 +544,29 @@ pub async fn start_clustered(dir: &std::path::Path, key: ClusterKey, join: Vec<M
     });
     Node::start(&config).await.unwrap()
 }
+
+/// A UDP port free a moment ago, for a gateway to bind.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Registers `id` through the CLI (with `extra` flags); returns its key
+/// (a fleet's key with `--fleet N`).
+pub fn add_device(url: &str, id: &str, topics: &str, extra: &[&str]) -> [u8; 16] {
+    let mut args = vec![
+        "--server", url, "--json", "device", "add", id, "--topics", topics,
+    ];
+    args.extend_from_slice(extra);
+    let out = woof(&args);
+    assert!(
+        out.status.success(),
+        "device add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    woof_node::devices::registry::parse_key(v["key"].as_str().unwrap()).unwrap()
+}
