@@ -5,7 +5,9 @@
 //! worker process); both topics have the same replication (1, then 3).
 //! Cases:
 //! - **append to output**: one appender at `in`'s leader, 200 appends a
-//!   second; a subscriber to `out` on the same node. Latency from the
+//!   second; a subscriber to `out` on the same node. `out` is made so that
+//!   its leader is on `in`'s leader's node (where the handler runs), and
+//!   in one more case (native, 1 replica) on another node. Latency from the
 //!   append being sent to its copy reaching the subscriber: the input's
 //!   commit, the handler's dispatch, the output's commit (on `out`'s
 //!   leader, which with one replica may be another node) and the delivery.
@@ -51,10 +53,16 @@ pub async fn run(woof: &Path, quick: bool) -> anyhow::Result<Report> {
     let mut report = Report::new(probe_machine(cluster.dir.path())?);
     for replication in [1, 3] {
         for kind in [Kind::Native, Kind::Python] {
-            if let Err(e) = cases(&cluster, &mut report, kind, replication, secs, burst).await {
+            let run = cases(&cluster, &mut report, kind, replication, false, secs, burst);
+            if let Err(e) = run.await {
                 return Err(cluster.explain(e));
             }
         }
+    }
+    // The same, with the output's leader on another node.
+    let run = cases(&cluster, &mut report, Kind::Native, 1, true, secs, burst);
+    if let Err(e) = run.await {
+        return Err(cluster.explain(e));
     }
     if let Err(e) = off_replicas(&cluster, &mut report, secs).await {
         return Err(cluster.explain(e));
@@ -251,27 +259,79 @@ async fn chain(
     check_copies(report, &case, url, &topics[0], &topics[3]).await
 }
 
+/// Creates a topic named `base` (or, if its leader is not where it should
+/// be, `base-2`, `base-3`, ...) whose leader is where `at` says. Where a topic's leader lands
+/// depends on the nodes' random peer ids and on its election, so without
+/// this an output's leader is on the handler's node in one run and not in
+/// the next, and the figures swing with it (an output appended on another
+/// node costs a round trip over the overlay). The name it got.
+async fn create_led_by(
+    cluster: &Cluster,
+    base: &str,
+    replication: u32,
+    at: Led,
+) -> anyhow::Result<String> {
+    for attempt in 1..=CREATE_TRIES {
+        let name = match attempt {
+            1 => base.to_string(),
+            n => format!("{base}-{n}"),
+        };
+        nodes::create(cluster.url(0), &name, replication).await?;
+        let leader = cluster.leader(0, &name).await?;
+        let fits = match at {
+            Led::By(node) => leader == node,
+            Led::NotBy(node) => leader != node,
+        };
+        if fits {
+            return Ok(name);
+        }
+    }
+    bail!("{base}: no leader where wanted ({at:?}) in {CREATE_TRIES} topics")
+}
+
+/// Where [`create_led_by`] wants a topic's leader.
+#[derive(Debug, Clone, Copy)]
+enum Led {
+    By(usize),
+    NotBy(usize),
+}
+
+/// Topics [`create_led_by`] tries.
+const CREATE_TRIES: u32 = 24;
+
 async fn cases(
     cluster: &Cluster,
     report: &mut Report,
     kind: Kind,
     replication: u32,
+    far: bool,
     secs: u64,
     burst: u64,
 ) -> anyhow::Result<()> {
-    let label = match kind {
+    let kind_label = match kind {
         Kind::Native => "native",
         Kind::Python => "python",
     };
+    let (label, tag) = match far {
+        false => (kind_label.to_string(), kind_label.to_string()),
+        true => (
+            format!("{kind_label} (output's leader on another node)"),
+            format!("{kind_label}-far"),
+        ),
+    };
     let (input, output) = (
-        format!("bench/{label}-in-r{replication}"),
-        format!("bench/{label}-out-r{replication}"),
+        format!("bench/{tag}-in-r{replication}"),
+        format!("bench/{tag}-out-r{replication}"),
     );
     let url0 = cluster.url(0);
     nodes::create(url0, &input, replication).await?;
-    nodes::create(url0, &output, replication).await?;
-    deploy_copy(url0, kind, "fwd", &input, &output, "").await?;
     let leader = cluster.leader(0, &input).await?;
+    let at = match far {
+        false => Led::By(leader),
+        true => Led::NotBy(leader),
+    };
+    let output = create_led_by(cluster, &output, replication, at).await?;
+    deploy_copy(url0, kind, "fwd", &input, &output, "").await?;
     let url = cluster.url(leader);
     let mut appender = nodes::connect(url).await?;
 

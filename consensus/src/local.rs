@@ -26,7 +26,7 @@ use tokio::task::JoinHandle;
 use crate::batch::{self, Limits};
 use crate::bugs::{self, Bug};
 use crate::error::{Error, Result};
-use crate::store::{GROUP_ID_MIN, Op, Store, WriteBatch, blocking};
+use crate::store::{GROUP_ID_MIN, Op, Store, WriteBatch, blocking, quick};
 use crate::topic::appender::{self, Windows};
 use crate::topic::handlers::Handlers;
 use crate::topic::machine::{check_payloads, check_readable};
@@ -705,6 +705,26 @@ async fn read(
     let store = store.clone();
     let id = topic.meta.id;
     let mut elements = blocking(move || store.scan(id, from, count, READ_BYTES_MAX)).await?;
+    contiguous(&mut elements, from);
+    Ok(elements)
+}
+
+/// Reads up to `count` elements from `from` where the caller is, without
+/// the hand-off to the blocking pool and back (tens of µs, the most of a
+/// handler's dispatch): for the newest few elements of a topic, which were
+/// written a moment ago and are in RocksDB's memtable.
+fn read_tail(store: &dyn Store, topic: &Topic, from: u64, count: usize) -> Result<Vec<Element>> {
+    let mut elements = quick(|| store.scan(topic.meta.id, from, count, READ_BYTES_MAX))?;
+    contiguous(&mut elements, from);
+    Ok(elements)
+}
+
+/// How near the newest element a follower's next read must start, and how
+/// few it may read, to be read in place ([`read_tail`]).
+const TAIL_INLINE: u64 = 64;
+
+/// Keeps only the elements numbered on from `from` without a hole.
+fn contiguous(elements: &mut Vec<Element>, from: u64) {
     // Only consecutive elements count; anything after a hole is left for later.
     let contiguous = elements
         .iter()
@@ -712,7 +732,6 @@ async fn read(
         .take_while(|(i, e)| e.seq == from + *i as u64)
         .count();
     elements.truncate(contiguous);
-    Ok(elements)
 }
 
 /// A reader following one topic. Holds no elements between calls, so a slow
@@ -756,8 +775,13 @@ impl Subscription {
                 return Err(self.fell_behind(range.first));
             }
             if self.next <= range.last {
-                let count = (range.last - self.next + 1).min(max.max(1) as u64) as usize;
-                let elements = read(&self.store, &self.topic, self.next, count).await?;
+                let behind = range.last - self.next + 1;
+                let count = behind.min(max.max(1) as u64) as usize;
+                let elements = if behind <= TAIL_INLINE {
+                    read_tail(self.store.as_ref(), &self.topic, self.next, count)?
+                } else {
+                    read(&self.store, &self.topic, self.next, count).await?
+                };
                 let Some(last) = elements.last() else {
                     let first = self.topic.published.borrow().range.first;
                     return Err(self.fell_behind(first));

@@ -220,6 +220,27 @@ async fn handlers_run_where_their_placement_says_and_move_when_their_node_dies()
         edge.iter().map(String::as_str).collect::<Vec<_>>()
     );
     assert_eq!(runs_on["outside"], outside[0]);
+    // `handler logs` of an all() handler shows every instance's records.
+    let logs = woof(&[
+        "--server", &url, "--json", "handler", "logs", "in", "eachedge", "--limit", "100",
+    ]);
+    assert!(logs.status.success(), "{logs:?}");
+    let mut logged: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&logs.stdout).lines() {
+        let i: serde_json::Value = serde_json::from_str(line).unwrap();
+        logged
+            .entry(i["node"].as_str().unwrap().to_string())
+            .or_default()
+            .push(i["seq"].as_u64().unwrap());
+    }
+    assert_eq!(
+        logged.keys().cloned().collect::<BTreeSet<_>>(),
+        edge,
+        "logs of every all() instance"
+    );
+    for (node, seqs) in &logged {
+        assert_eq!(*seqs, (1..=20).collect::<Vec<u64>>(), "{node}'s logs");
+    }
 
     // The edge handler's node dies: it moves to the other edge node and
     // resumes; every element still gives one output.

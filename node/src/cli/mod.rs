@@ -725,29 +725,66 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
             follow,
             limit,
         }) => {
-            let (mut after, mut node) = (0, String::new());
+            // A handler placed by `all(...)` keeps records on each node it
+            // runs on: read every instance's.
+            let r = client
+                .list_handlers(v1::ListHandlersRequest {
+                    topic: topic.clone(),
+                })
+                .await?
+                .into_inner();
+            let instances: Vec<String> = r
+                .handlers
+                .iter()
+                .find(|h| h.name == name)
+                .map(|h| h.instances.iter().map(|i| i.node.clone()).collect())
+                .unwrap_or_default();
+            // Per instance (one unnamed if it runs on one node): the last
+            // invocation seen, and the node whose records those were.
+            let mut seen: Vec<(String, u64, String)> = match instances.is_empty() {
+                true => vec![(String::new(), 0, String::new())],
+                false => instances
+                    .into_iter()
+                    .map(|n| (n, 0, String::new()))
+                    .collect(),
+            };
             loop {
-                let logs = client
-                    .handler_logs(v1::HandlerLogsRequest {
-                        topic: topic.clone(),
-                        name: name.clone(),
-                        after,
-                        limit: if after == 0 { limit } else { 1000 },
-                        here_only: false,
-                    })
-                    .await?
-                    .into_inner();
-                if logs.node != node {
-                    // It moved (or started): its new node numbers afresh.
-                    node = logs.node.clone();
-                    if after > 0 {
-                        after = 0;
-                        continue;
+                for (instance, after, node) in seen.iter_mut() {
+                    let logs = loop {
+                        let asked = client
+                            .handler_logs(v1::HandlerLogsRequest {
+                                topic: topic.clone(),
+                                name: name.clone(),
+                                after: *after,
+                                limit: if *after == 0 { limit } else { 1000 },
+                                here_only: false,
+                                node: instance.clone(),
+                            })
+                            .await;
+                        let logs = match asked {
+                            Ok(logs) => logs.into_inner(),
+                            // One instance's node out of reach: the others'
+                            // records still show.
+                            Err(e) if !instance.is_empty() => {
+                                eprintln!("{instance}: {}", e.message());
+                                break v1::HandlerLogsResponse::default();
+                            }
+                            Err(e) => return Err(e.into()),
+                        };
+                        if logs.node != *node {
+                            // It moved (or started): its new node numbers afresh.
+                            *node = logs.node.clone();
+                            if *after > 0 {
+                                *after = 0;
+                                continue;
+                            }
+                        }
+                        break logs;
+                    };
+                    for i in &logs.invocations {
+                        out.invocation(&logs.node, i);
+                        *after = (*after).max(i.id);
                     }
-                }
-                for i in &logs.invocations {
-                    out.invocation(&logs.node, i);
-                    after = after.max(i.id);
                 }
                 if !follow {
                     break;

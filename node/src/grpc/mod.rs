@@ -35,6 +35,8 @@ const SUBSCRIBER_BUFFER: usize = 64;
 const SUBSCRIBER_BATCH: usize = 256;
 /// A scan's limit when the request leaves it at 0.
 const SCAN_LIMIT_DEFAULT: u32 = 100;
+/// The longest peer id a request may name (a libp2p peer id is 52).
+const NODE_ID_MAX: usize = 128;
 
 /// The span a gRPC request is handled in: `rpc` (`woof.v1.Woof/Append`),
 /// `peer` (the client's address) and `topic`, left empty for the method to
@@ -357,21 +359,36 @@ impl Woof for Service {
                 r.name, r.topic
             )));
         };
+        if r.node.len() > NODE_ID_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a node's peer id is at most {NODE_ID_MAX} characters"
+            )));
+        }
         let here = self.cluster.peer_id();
         let name = woof_consensus::topic::TopicName::new(&r.topic)
             .map_err(|e| status(crate::error::Error::Log(e)))?;
+        let asked_here = r.node.is_empty() || r.node == here;
         if let Some(book) = self
             .topics
             .journal()
+            .filter(|_| asked_here)
             .and_then(|j| j.read(&name, &r.name, r.after, limit))
         {
             return Ok(Response::new(convert::handler_logs(&here, book)));
         }
+        if r.here_only {
+            return Ok(Response::new(v1::HandlerLogsResponse::default()));
+        }
         // Placed on several nodes (`all(...)`), each keeps its own records:
-        // this node's if it runs one, else the first placed node's.
+        // the asked node's, else this node's if it runs one, else the first
+        // placed node's.
         let placed = self.runs_on(&r.topic, &placement).await;
-        let runs_on = placed.first().cloned().unwrap_or_default();
-        if r.here_only || runs_on.is_empty() || placed.contains(&here) {
+        let runs_on = match r.node.as_str() {
+            "" if placed.contains(&here) => String::new(),
+            "" => placed.first().cloned().unwrap_or_default(),
+            asked => asked.to_string(),
+        };
+        if runs_on.is_empty() || runs_on == here {
             return Ok(Response::new(v1::HandlerLogsResponse::default()));
         }
         // Its records are on the node that runs it: ask that node.
@@ -381,7 +398,7 @@ impl Woof for Service {
             .find(|n| n.peer_id == runs_on && !n.grpc_addr.is_empty())
         else {
             return Err(Status::unavailable(format!(
-                "the handler runs on {runs_on}, whose address this node does not know"
+                "this node does not know the address of {runs_on}, whose records were asked for"
             )));
         };
         let mut client = crate::cli::connect(&there.grpc_addr)
