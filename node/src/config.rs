@@ -13,6 +13,8 @@
 //! capabilities = ["python"]
 //! # A bridge gateway for microcontrollers (cluster nodes only):
 //! bridge_listen = "udp://0.0.0.0:7900,tcp://0.0.0.0:7900"
+//! # Prometheus metrics (GET /metrics):
+//! metrics_listen = "127.0.0.1:9100"
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +52,8 @@ pub struct NodeConfig {
     /// Where it serves devices the bridge protocol (UDP, TCP, serial
     /// lines), if anywhere.
     pub bridge_listen: Vec<crate::devices::transport::Transport>,
+    /// Where it serves Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Overlay settings of a node that is part of a cluster.
@@ -82,6 +86,7 @@ pub struct ConfigFile {
     pub capabilities: Vec<String>,
     pub repair_after_secs: Option<u64>,
     pub bridge_listen: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ConfigFile {
@@ -122,6 +127,7 @@ pub struct Flags {
     pub repair_after_secs: Option<u64>,
     /// `udp://HOST:PORT`.
     pub bridge_listen: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// The default time before a silent node's replicas are replaced.
@@ -254,6 +260,7 @@ impl NodeConfig {
             cluster,
             python_worker: None,
             bridge_listen,
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
         })
     }
 
@@ -266,6 +273,7 @@ impl NodeConfig {
             cluster: None,
             python_worker: None,
             bridge_listen: Vec::new(),
+            metrics_listen: None,
         }
     }
 }

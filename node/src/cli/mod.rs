@@ -291,6 +291,10 @@ pub struct NodeStartArgs {
     /// (cluster nodes only).
     #[arg(long, value_name = "udp://HOST:PORT[,tcp://..][,serial://..]")]
     pub bridge_listen: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) on this address, such as
+    /// 127.0.0.1:9100.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl NodeStartArgs {
@@ -308,6 +312,7 @@ impl NodeStartArgs {
             capabilities: self.capabilities,
             repair_after_secs: self.repair_after,
             bridge_listen: self.bridge_listen,
+            metrics_listen: self.metrics_listen,
         }
     }
 }
