@@ -15,6 +15,8 @@
 //! # A bridge gateway for microcontrollers (cluster nodes only):
 //! bridge_listen = "udp://0.0.0.0:7900,tcp://0.0.0.0:7900"
 //! log_format = "json"           # or "text" (the default)
+//! # Prometheus metrics (GET /metrics):
+//! metrics_listen = "127.0.0.1:9100"
 //! ```
 
 use std::net::SocketAddr;
@@ -52,6 +54,8 @@ pub struct NodeConfig {
     /// Where it serves devices the bridge protocol (UDP, TCP, serial
     /// lines), if anywhere.
     pub bridge_listen: Vec<crate::devices::transport::Transport>,
+    /// Where it serves Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Overlay settings of a node that is part of a cluster.
@@ -90,6 +94,7 @@ pub struct ConfigFile {
     pub join_timeout: Option<String>,
     /// `text` or `json`; read by `main` before the rest, to set up logging.
     pub log_format: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ConfigFile {
@@ -130,6 +135,7 @@ pub struct Flags {
     pub repair_after_secs: Option<u64>,
     /// `udp://HOST:PORT`.
     pub bridge_listen: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
     /// Such as `30s`; see [`parse_duration`].
     pub join_timeout: Option<String>,
 }
@@ -330,6 +336,7 @@ impl NodeConfig {
             cluster,
             python_worker: None,
             bridge_listen,
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
         })
     }
 
@@ -342,6 +349,7 @@ impl NodeConfig {
             cluster: None,
             python_worker: None,
             bridge_listen: Vec::new(),
+            metrics_listen: None,
         }
     }
 }

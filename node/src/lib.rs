@@ -28,6 +28,9 @@
 //!   which talks gRPC to a node, and its text/JSON output.
 //! - [`devices`]: microcontrollers: the device registry, the bridge
 //!   gateway, and the device simulator.
+//! - [`metrics`]: Prometheus metrics, served at `/metrics` on
+//!   `--metrics-listen`: what the node counts and what it reads at each
+//!   scrape.
 //! - [`demo`]: `woof demo`, an embedded node that shows what woof does.
 //! - [`error`]: the crate's one error type.
 //!
@@ -43,6 +46,7 @@ pub mod error;
 pub mod groups;
 pub mod grpc;
 pub mod handlers;
+pub mod metrics;
 pub mod placement;
 pub mod server;
 pub mod shutdown;

@@ -48,6 +48,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let stop_signal = shutdown_signal();
             let mut node = Node::start(&config).await?;
             println!("woof node serving gRPC on {}", node.url());
+            if let Some(addr) = node.metrics_addr() {
+                println!("woof node serving metrics on http://{addr}/metrics");
+            }
             let failed = tokio::select! {
                 result = node.wait() => Some(result),
                 _ = stop_signal => None,

@@ -79,6 +79,7 @@ pub async fn run(
     topics: TopicApi,
     cluster: Cluster,
     store: Weak<RocksStore>,
+    metrics: crate::metrics::Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     // The subscription tasks: they end on this signal, and are awaited
@@ -88,7 +89,9 @@ pub async fn run(
     let reflection = crate::grpc::health::reflection()?;
     health.serving().await;
     streams.spawn(health.clone().watch_storage(store, streams.clone()));
-    let service = WoofServer::new(Service::new(topics.clone(), cluster, streams.clone()))
+    let service =
+        Service::new(topics.clone(), cluster, streams.clone()).with_metrics(metrics.clone());
+    let service = WoofServer::new(service)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let cut = CancellationToken::new();
@@ -112,6 +115,7 @@ pub async fn run(
     let serving = Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .trace_fn(crate::grpc::request_span)
+        .layer(crate::metrics::http::RequestLayer(metrics))
         .add_service(service)
         .add_service(health_service)
         .add_service(reflection)
@@ -163,6 +167,9 @@ pub struct Node {
     store: Option<Arc<RocksStore>>,
     /// The bridge gateway, if the node serves devices.
     gateway: Option<Gateway>,
+    /// What `/metrics` shows, and where it is served (`--metrics-listen`).
+    metrics: crate::metrics::Metrics,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -178,6 +185,21 @@ impl Node {
             context: "reading the bound address".into(),
             source,
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| Error::Io {
+                context: "reading the bound metrics address".into(),
+                source,
+            })?),
+            None => None,
+        };
         let (topics, store) = open_topics(config).await?;
         let mut info = config.info.clone();
         info.grpc_addr = Some(format!("http://{grpc_addr}"));
@@ -192,7 +214,17 @@ impl Node {
             groups_task: None,
             store: Some(store),
             gateway: None,
+            metrics: crate::metrics::Metrics::new(),
+            metrics_addr,
         };
+        if let Some(listener) = metrics_listener {
+            node.shutdown.spawn(crate::metrics::http::serve(
+                listener,
+                node.metrics.clone(),
+                node.shutdown.clone(),
+            ));
+            tracing::info!(addr = ?metrics_addr, "serving metrics at /metrics");
+        }
         if let Err(e) = node.serve(config, listener).await {
             // Whatever started stops, and the store is closed again.
             node.shutdown.request();
@@ -223,6 +255,8 @@ impl Node {
                     Groups::new(store, topics.clone(), Arc::new(client.clone()), inbound);
                 self.groups = Some(groups.clone());
                 self.groups_task = Some(task);
+                self.metrics.watch_groups(groups.clone());
+                self.metrics.watch_overlay(client.clone());
                 let held = groups.load_all().await?;
                 tracing::info!(groups = held, "raft groups loaded (each runs when used)");
                 let me = client.peer_id();
@@ -235,6 +269,7 @@ impl Node {
                 if let Some(program) = &config.python_worker {
                     api = api.with_python_worker(program.clone());
                 }
+                api = api.with_metrics(&self.metrics);
                 // The cluster's first node makes its name directory (the
                 // others are added to it by repair as they join). A node
                 // that knew others is not a first node, with or without
@@ -255,6 +290,7 @@ impl Node {
                     let gateway =
                         Gateway::start(&config.bridge_listen, api.clone(), self.shutdown.clone())
                             .await?;
+                    self.metrics.watch_gateway(gateway.shared_counts());
                     self.gateway = Some(gateway);
                 }
                 TopicApi::Cluster(Box::new(api))
@@ -266,13 +302,17 @@ impl Node {
             self.overlay.as_ref().map(|o| o.client.clone()),
         );
         let shutdown = self.shutdown.clone();
-        self.server =
-            Some(
-                self.shutdown
-                    .spawn(run(listener, api, cluster, store_seen, async move {
-                        shutdown.requested().await;
-                    })),
-            );
+        let metrics = self.metrics.clone();
+        self.server = Some(self.shutdown.spawn(run(
+            listener,
+            api,
+            cluster,
+            store_seen,
+            metrics,
+            async move {
+                shutdown.requested().await;
+            },
+        )));
         Ok(())
     }
 
@@ -284,6 +324,11 @@ impl Node {
     /// Where clients reach the node.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Where `/metrics` is served, if it is (`--metrics-listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `http://ADDR`, as clients want it.
@@ -322,6 +367,8 @@ impl Node {
     /// After the server ended: stops the rest in order, and closes the store.
     async fn release(&mut self) -> Result<()> {
         self.shutdown.stop().await;
+        // The metrics read the groups, which hold the store.
+        self.metrics.unwatch();
         if let Some(topics) = self.topics.take() {
             topics.shutdown().await;
         }

@@ -303,6 +303,10 @@ pub struct NodeStartArgs {
     /// logs names its rpc, topic and peer (the client's address).
     #[arg(long, value_enum)]
     pub log_format: Option<crate::config::LogFormat>,
+    /// Serve Prometheus metrics (GET /metrics) on this address, such as
+    /// 127.0.0.1:9100.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl NodeStartArgs {
@@ -321,6 +325,7 @@ impl NodeStartArgs {
             repair_after_secs: self.repair_after,
             bridge_listen: self.bridge_listen,
             join_timeout: self.join_timeout,
+            metrics_listen: self.metrics_listen,
         }
     }
 }

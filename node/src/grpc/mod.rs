@@ -74,6 +74,8 @@ pub struct Service {
     /// signal, and the server waits for them (they hold the topics, and so
     /// the store).
     shutdown: Shutdown,
+    /// Appends per topic and subscribers are counted here.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Service {
@@ -83,7 +85,14 @@ impl Service {
             cluster,
             subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
             shutdown,
+            metrics: Default::default(),
         }
+    }
+
+    /// Counts into `metrics` (else into metrics nobody reads).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -179,6 +188,7 @@ impl Woof for Service {
         let r = request.into_inner();
         in_topic(&r.topic);
         let producer = convert::producer(r.producer)?;
+        let bytes = r.payload.len() as u64;
         let appended = if r.handler.is_empty() {
             self.topics
                 .append(&r.topic, vec![r.payload], producer)
@@ -189,6 +199,9 @@ impl Woof for Service {
                 .await
         };
         let outcome = appended.map_err(status)?;
+        if !outcome.duplicate {
+            self.metrics.appended(&r.topic, 1, bytes);
+        }
         Ok(Response::new(v1::AppendResponse {
             seq: outcome.first_seq,
             duplicate: outcome.duplicate,
@@ -202,6 +215,7 @@ impl Woof for Service {
         let r = request.into_inner();
         in_topic(&r.topic);
         let producer = convert::producer(r.producer)?;
+        let bytes = r.payloads.iter().map(|p| p.len() as u64).sum();
         let appended = if r.handler.is_empty() {
             self.topics.append(&r.topic, r.payloads, producer).await
         } else {
@@ -210,6 +224,9 @@ impl Woof for Service {
                 .await
         };
         let outcome = appended.map_err(status)?;
+        if !outcome.duplicate {
+            self.metrics.appended(&r.topic, outcome.count, bytes);
+        }
         Ok(Response::new(v1::AppendBatchResponse {
             first_seq: outcome.first_seq,
             count: outcome.count,
@@ -530,9 +547,11 @@ impl Woof for Service {
             .map_err(status)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let shutdown = self.shutdown.clone();
+        let counted = self.metrics.subscribed();
         self.shutdown.spawn(
             async move {
                 let _permit = permit;
+                let _counted = counted;
                 let stopping = || {
                     // Tell the client to resume elsewhere, without waiting for
                     // room in its buffer.
