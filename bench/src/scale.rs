@@ -8,7 +8,8 @@
 //! append), each node process's CPU (utime + stime from /proc/PID/stat, in %
 //! of one core) and resident memory (VmRSS from /proc/PID/status) are
 //! sampled every second for [`MEASURE`]. The idle cluster without topics is
-//! measured first, as the baseline.
+//! measured first, as the baseline. Each node serves `/metrics`; once the
+//! topics sleep, [`SCRAPES`] scrapes of each are timed.
 //!
 //! Then, for each cluster size in `--nodes` (3 to 9 by default), a fresh
 //! cluster of that many nodes gets [`SPREAD_TOPICS`] topics with 3 replicas
@@ -72,9 +73,23 @@ pub async fn run(woof: &Path, mut plan: Plan) -> anyhow::Result<Report> {
     }
     let mut report = None;
     if !plan.topics.is_empty() {
-        let cluster = Cluster::start(woof, 3).await?;
+        // Each node serves /metrics, to time a scrape with many topics.
+        let ports = (0..3)
+            .map(|_| free_port())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let cluster = Cluster::start_with(woof, 3, None, |i| {
+            vec![
+                "--metrics-listen".into(),
+                format!("127.0.0.1:{}", ports[i]).into(),
+            ]
+        })
+        .await?;
+        let scrape: Vec<std::net::SocketAddr> = ports
+            .iter()
+            .map(|p| std::net::SocketAddr::from(([127, 0, 0, 1], *p)))
+            .collect();
         let report = report.get_or_insert(Report::new(probe_machine(cluster.dir.path())?));
-        if let Err(e) = measure(&cluster, report, &plan).await {
+        if let Err(e) = measure(&cluster, report, &plan, &scrape).await {
             return Err(cluster.explain(e));
         }
     }
@@ -142,7 +157,12 @@ async fn spread(cluster: &Cluster, report: &mut Report, secs: u64) -> anyhow::Re
     Ok(())
 }
 
-async fn measure(cluster: &Cluster, report: &mut Report, plan: &Plan) -> anyhow::Result<()> {
+async fn measure(
+    cluster: &Cluster,
+    report: &mut Report,
+    plan: &Plan,
+    scrape: &[std::net::SocketAddr],
+) -> anyhow::Result<()> {
     let (tick, per_node, window) = (clock_ticks(), plan.creators, plan.measure);
     eprintln!("measuring the idle cluster for {window:?}");
     usage(cluster, report, "no topics (idle cluster)", tick, window).await?;
@@ -199,6 +219,7 @@ async fn measure(cluster: &Cluster, report: &mut Report, plan: &Plan) -> anyhow:
         eprintln!("measuring {target} sleeping topics for {window:?}");
         let what = format!("{target} sleeping topics");
         usage(cluster, report, &what, tick, window).await?;
+        scrapes(report, &what, scrape).await?;
     }
     Ok(())
 }
@@ -358,6 +379,61 @@ async fn usage(
     report.row(&case, "CPU mean", cpu_sum, "% of a core");
     report.row(&case, "RSS mean", rss_sum, "MiB");
     Ok(())
+}
+
+/// Scrapes taken of each node's /metrics; the median and the slowest are
+/// reported.
+const SCRAPES: usize = 5;
+
+/// Times [`SCRAPES`] scrapes of each node's `/metrics`.
+async fn scrapes(
+    report: &mut Report,
+    what: &str,
+    nodes: &[std::net::SocketAddr],
+) -> anyhow::Result<()> {
+    for (i, addr) in nodes.iter().enumerate() {
+        let mut times = Vec::new();
+        let mut size = 0;
+        for _ in 0..SCRAPES {
+            let started = Instant::now();
+            size = http_get(*addr, "/metrics").await?.len();
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        times.sort_by(f64::total_cmp);
+        let case = format!("{what}, node {i}");
+        report.row(&case, "/metrics scrape, median", times[SCRAPES / 2], "ms");
+        report.row(&case, "/metrics scrape, slowest", times[SCRAPES - 1], "ms");
+        report.row(&case, "/metrics size", size as f64 / 1024.0, "KiB");
+    }
+    Ok(())
+}
+
+/// The body of `GET path` over a fresh HTTP/1.1 connection.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
+        .await
+        .with_context(|| format!("{addr}{path} took over 30 s"))??;
+    let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        bail!("{addr}{path}: no HTTP answer");
+    };
+    if !raw.starts_with(b"HTTP/1.1 200") {
+        bail!("{addr}{path}: {}", String::from_utf8_lossy(&raw[..at]));
+    }
+    Ok(raw.split_off(at + 4))
+}
+
+/// A TCP port free on loopback now.
+fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 if that fails).

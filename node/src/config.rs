@@ -7,12 +7,16 @@
 //! # Joining a cluster (all optional; without `listen` the node is standalone):
 //! listen = ["/ip4/0.0.0.0/tcp/7800"]
 //! join = ["/ip4/10.0.0.5/tcp/7800"]
+//! join_timeout = "30s"          # give up joining after this (default: never)
 //! cluster_key_file = "/etc/woof/cluster.key"
 //! tier = "edge"
 //! attrs = ["site=north"]
 //! capabilities = ["python"]
 //! # A bridge gateway for microcontrollers (cluster nodes only):
 //! bridge_listen = "udp://0.0.0.0:7900,tcp://0.0.0.0:7900"
+//! log_format = "json"           # or "text" (the default)
+//! # Prometheus metrics (GET /metrics):
+//! metrics_listen = "127.0.0.1:9100"
 //! ```
 
 use std::net::SocketAddr;
@@ -50,6 +54,8 @@ pub struct NodeConfig {
     /// Where it serves devices the bridge protocol (UDP, TCP, serial
     /// lines), if anywhere.
     pub bridge_listen: Vec<crate::devices::transport::Transport>,
+    /// Where it serves Prometheus metrics (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// Overlay settings of a node that is part of a cluster.
@@ -59,7 +65,9 @@ pub struct ClusterConfig {
     pub join: Vec<Multiaddr>,
     pub key: ClusterKey,
     pub timing: Timing,
-    pub join_timeout: Duration,
+    /// How long to keep dialling `join` before giving up; `None` keeps on
+    /// until a node answers (nodes started together come up in any order).
+    pub join_timeout: Option<Duration>,
     /// A topic's replica on a node silent this long is replaced.
     pub repair_after: Duration,
 }
@@ -82,6 +90,11 @@ pub struct ConfigFile {
     pub capabilities: Vec<String>,
     pub repair_after_secs: Option<u64>,
     pub bridge_listen: Option<String>,
+    /// Such as `"30s"`; see [`parse_duration`].
+    pub join_timeout: Option<String>,
+    /// `text` or `json`; read by `main` before the rest, to set up logging.
+    pub log_format: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ConfigFile {
@@ -122,6 +135,60 @@ pub struct Flags {
     pub repair_after_secs: Option<u64>,
     /// `udp://HOST:PORT`.
     pub bridge_listen: Option<String>,
+    pub metrics_listen: Option<SocketAddr>,
+    /// Such as `30s`; see [`parse_duration`].
+    pub join_timeout: Option<String>,
+}
+
+/// The longest `--join-timeout` (a day): longer is a typo for "never",
+/// which is what leaving it out means.
+const JOIN_TIMEOUT_MAX: Duration = Duration::from_secs(86_400);
+
+/// Parses a duration as people write them: a whole number and a unit, `ms`,
+/// `s`, `m` or `h` (`500ms`, `10s`, `2m`).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let bad = || format!("{text:?} is not a duration such as 500ms, 10s, 2m or 1h");
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let unit_ms: u64 = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    number
+        .checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+/// How log lines are written to standard error.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text each, for people.
+    #[default]
+    Text,
+    /// One JSON object each, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            other => Err(Error::Usage(format!(
+                "log format {other:?}: it is text or json"
+            ))),
+        }
+    }
 }
 
 /// The default time before a silent node's replicas are replaced.
@@ -198,6 +265,20 @@ impl NodeConfig {
             "join",
         )?;
         let key_file = flags.cluster_key_file.or(file.cluster_key_file);
+        let join_timeout = match flags.join_timeout.or(file.join_timeout) {
+            None => None,
+            Some(text) => match parse_duration(&text) {
+                Ok(d) if !d.is_zero() && d <= JOIN_TIMEOUT_MAX => Some(d),
+                Ok(_) => {
+                    return Err(Error::Usage(format!(
+                        "the join timeout must be more than 0 and at most {} h, not {text:?} \
+                         (leave it out to wait as long as it takes)",
+                        JOIN_TIMEOUT_MAX.as_secs() / 3600
+                    )));
+                }
+                Err(e) => return Err(Error::Usage(format!("join timeout: {e}"))),
+            },
+        };
         let repair_after = match flags.repair_after_secs.or(file.repair_after_secs) {
             None => REPAIR_AFTER_DEFAULT,
             Some(s) if (1..=REPAIR_AFTER_MAX_SECS).contains(&s) => Duration::from_secs(s),
@@ -221,9 +302,10 @@ impl NodeConfig {
             ));
         }
         let cluster = if listen.is_empty() {
-            if !join.is_empty() || key_file.is_some() {
+            if !join.is_empty() || key_file.is_some() || join_timeout.is_some() {
                 return Err(Error::Usage(
-                    "--join and --cluster-key need --listen (the node's own overlay address)"
+                    "--join, --join-timeout and --cluster-key need --listen (the node's own \
+                     overlay address)"
                         .into(),
                 ));
             }
@@ -243,7 +325,7 @@ impl NodeConfig {
                 join,
                 key,
                 timing: Timing::default(),
-                join_timeout: Duration::from_secs(10),
+                join_timeout,
                 repair_after,
             })
         };
@@ -254,6 +336,7 @@ impl NodeConfig {
             cluster,
             python_worker: None,
             bridge_listen,
+            metrics_listen: flags.metrics_listen.or(file.metrics_listen),
         })
     }
 
@@ -266,6 +349,7 @@ impl NodeConfig {
             cluster: None,
             python_worker: None,
             bridge_listen: Vec::new(),
+            metrics_listen: None,
         }
     }
 }
@@ -356,5 +440,47 @@ mod tests {
         let mut lonely = flags("/d");
         lonely.join = vec!["/ip4/127.0.0.1/tcp/1".into()];
         assert!(NodeConfig::resolve(ConfigFile::default(), lonely).is_err());
+    }
+
+    #[test]
+    fn join_timeouts_are_durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "s",
+            "10",
+            "1.5s",
+            "-1s",
+            "10 parsecs",
+            "99999999999999999999h",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+        let mut f = flags("/d");
+        f.listen = vec!["/ip4/127.0.0.1/tcp/0".into()];
+        f.cluster_key = Some(ClusterKey::generate().to_file_text());
+        let c = NodeConfig::resolve(ConfigFile::default(), f.clone()).unwrap();
+        assert_eq!(
+            c.cluster.unwrap().join_timeout,
+            None,
+            "waits as long as it takes"
+        );
+        let file = ConfigFile::parse("join_timeout = \"30s\"").unwrap();
+        let c = NodeConfig::resolve(file, f.clone()).unwrap();
+        assert_eq!(
+            c.cluster.unwrap().join_timeout,
+            Some(Duration::from_secs(30))
+        );
+        for bad in ["0s", "25h", "soon"] {
+            let mut b = f.clone();
+            b.join_timeout = Some(bad.into());
+            let e = NodeConfig::resolve(ConfigFile::default(), b).unwrap_err();
+            assert!(e.to_string().contains("join timeout"), "{bad}: {e}");
+        }
+        assert_eq!("json".parse::<LogFormat>().unwrap(), LogFormat::Json);
+        assert!("yaml".parse::<LogFormat>().is_err());
     }
 }

@@ -107,7 +107,7 @@ async fn start_node_with(
         join,
         key: *key,
         timing: Timing::default(),
-        join_timeout: Duration::from_secs(10),
+        join_timeout: Some(Duration::from_secs(10)),
         repair_after: crate::config::REPAIR_AFTER_DEFAULT,
     });
     // Every demo node is also a bridge gateway for microcontrollers.

@@ -7,8 +7,9 @@
 //!   and the demo hand it a socket and a stop signal.
 //! - [`shutdown`]: the stop signal and task tracker every part of a node
 //!   spawns its tasks through, so that [`server::Node::stop`] awaits them.
-//! - [`cluster`]: the node's overlay (libp2p, when it is in a cluster) and
-//!   the cluster status it reports.
+//! - [`cluster`]: the node's overlay (libp2p, when it is in a cluster), the
+//!   cluster status it reports, and the nodes it knew last time
+//!   (`DATA_DIR/peers`), which a restarted node dials to rejoin.
 //! - [`api`]: the topic API the node serves (`TopicApi`): its own topics when it is
 //!   standalone, or every topic of the cluster, each a Raft group found
 //!   through the DHT, written at its leader, read from a replica.
@@ -20,11 +21,16 @@
 //! - [`placement`]: which nodes a topic's replicas go to (Kademlia distance,
 //!   or attribute constraints such as `tier=edge:1,tier=cloud:2`).
 //! - [`grpc`]: the `woof.v1.Woof` service, and the conversions between its
-//!   messages and the domain types of `woof_consensus`, errors included.
+//!   messages and the domain types of `woof_consensus`, errors included;
+//!   the span each request is handled in (rpc, topic, peer); and in
+//!   `grpc::health`, `grpc.health.v1` and server reflection.
 //! - [`cli`]: the command-line client (`woof topic ...`, `woof append ...`),
 //!   which talks gRPC to a node, and its text/JSON output.
 //! - [`devices`]: microcontrollers: the device registry, the bridge
 //!   gateway, and the device simulator.
+//! - [`metrics`]: Prometheus metrics, served at `/metrics` on
+//!   `--metrics-listen`: what the node counts and what it reads at each
+//!   scrape.
 //! - [`demo`]: `woof demo`, an embedded node that shows what woof does.
 //! - [`error`]: the crate's one error type.
 //!
@@ -40,6 +46,7 @@ pub mod error;
 pub mod groups;
 pub mod grpc;
 pub mod handlers;
+pub mod metrics;
 pub mod placement;
 pub mod server;
 pub mod shutdown;

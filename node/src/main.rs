@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use woof_node::cli::{self, Cli, ClusterCommand, Command, NodeCommand, Output, local_cluster};
-use woof_node::config::{ConfigFile, NodeConfig};
+use woof_node::config::{ConfigFile, LogFormat, NodeConfig};
 use woof_node::server::Node;
 
 fn main() -> std::process::ExitCode {
@@ -31,18 +31,26 @@ fn main() -> std::process::ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Node(NodeCommand::Start(args)) => {
-            // libp2p's Kademlia warns about every bootstrap of a lone node, and
-            // openraft logs every failed heartbeat to a stopped peer as an
-            // error, ten times a second; WOOF_LOG=openraft=debug shows them.
-            init_tracing("info,libp2p_kad=error,openraft=off");
             let file = match &args.config {
                 Some(path) => ConfigFile::load(path)?,
                 None => ConfigFile::default(),
             };
+            let format = match (args.log_format, &file.log_format) {
+                (Some(format), _) => format,
+                (None, Some(text)) => text.parse()?,
+                (None, None) => LogFormat::Text,
+            };
+            // libp2p's Kademlia warns about every bootstrap of a lone node, and
+            // openraft logs every failed heartbeat to a stopped peer as an
+            // error, ten times a second; WOOF_LOG=openraft=debug shows them.
+            init_logs("info,libp2p_kad=error,openraft=off", format);
             let config = NodeConfig::resolve(file, args.flags())?;
             let stop_signal = shutdown_signal();
             let mut node = Node::start(&config).await?;
             println!("woof node serving gRPC on {}", node.url());
+            if let Some(addr) = node.metrics_addr() {
+                println!("woof node serving metrics on http://{addr}/metrics");
+            }
             let failed = tokio::select! {
                 result = node.wait() => Some(result),
                 _ = stop_signal => None,
@@ -186,12 +194,27 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 }
 
 fn init_tracing(default: &str) {
+    init_logs(default, LogFormat::Text);
+}
+
+/// Logs to standard error, filtered by `WOOF_LOG` (else `default`), as text
+/// or as one JSON object per line; in JSON, the fields of the spans an event
+/// is in (a gRPC request's `rpc`, `topic` and `peer`) are in its `spans`.
+fn init_logs(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("WOOF_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only for a person at a terminal, not in log files.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            // Colours only for a person at a terminal, not in log files.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(false)
+            .with_span_list(true)
+            .init(),
+    }
 }

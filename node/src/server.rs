@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use crate::devices::gateway::Gateway;
 use crate::error::{Error, Result};
 use crate::groups::Groups;
 use crate::grpc::Service;
+use crate::grpc::health::Health;
 use crate::shutdown::Shutdown;
 
 /// Requests one client connection may have in flight at once.
@@ -36,6 +37,10 @@ const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 /// How long a stopping server lets requests under way finish and clients
 /// read what their streams still hold, before it cuts their connections.
 pub const DRAIN_MAX: Duration = Duration::from_secs(5);
+
+/// How long a stopping node still takes requests after its health turned
+/// NOT_SERVING, so that those watching it hear it before the port closes.
+const NOT_SERVING_GRACE: Duration = Duration::from_millis(100);
 
 /// How long [`Node::stop`], once every task it started has ended, waits for
 /// the last other references to the store to go. Two kinds end just after
@@ -62,7 +67,9 @@ pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>
     Ok((topics, store))
 }
 
-/// Serves `topics` on `listener` until `shutdown` resolves; then stops the
+/// Serves `topics` on `listener` until `shutdown` resolves, with gRPC health
+/// (SERVING until then, or until a write to `store` fails) and server
+/// reflection beside it; then turns NOT_SERVING, stops the
 /// topics (queued appends fail as UNAVAILABLE, subscriptions end) and returns
 /// once every request has finished and every subscription task has ended.
 /// Connections still open [`DRAIN_MAX`] after the signal (a client that
@@ -71,12 +78,20 @@ pub async fn run(
     listener: TcpListener,
     topics: TopicApi,
     cluster: Cluster,
+    store: Weak<RocksStore>,
+    metrics: crate::metrics::Metrics,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     // The subscription tasks: they end on this signal, and are awaited
     // before returning.
     let streams = Shutdown::new();
-    let service = WoofServer::new(Service::new(topics.clone(), cluster, streams.clone()))
+    let (health, health_service) = Health::new();
+    let reflection = crate::grpc::health::reflection()?;
+    health.serving().await;
+    streams.spawn(health.clone().watch_storage(store, streams.clone()));
+    let service =
+        Service::new(topics.clone(), cluster, streams.clone()).with_metrics(metrics.clone());
+    let service = WoofServer::new(service)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let cut = CancellationToken::new();
@@ -88,6 +103,10 @@ pub async fn run(
         });
     let stopping = async {
         shutdown.await;
+        // Before the port closes: a load balancer watching the health
+        // sends no new requests here.
+        health.not_serving("the node is stopping").await;
+        tokio::time::sleep(NOT_SERVING_GRACE).await;
         tracing::info!("shutting down");
         // Streams end, so that the connections that carry them can close.
         streams.request();
@@ -95,7 +114,11 @@ pub async fn run(
     };
     let serving = Server::builder()
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
+        .trace_fn(crate::grpc::request_span)
+        .layer(crate::metrics::http::RequestLayer(metrics))
         .add_service(service)
+        .add_service(health_service)
+        .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, stopping);
     // Each connection holds the service, and so the store: the server
     // waits for them all to close, and those that do not close in time are
@@ -144,6 +167,9 @@ pub struct Node {
     store: Option<Arc<RocksStore>>,
     /// The bridge gateway, if the node serves devices.
     gateway: Option<Gateway>,
+    /// What `/metrics` shows, and where it is served (`--metrics-listen`).
+    metrics: crate::metrics::Metrics,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -159,6 +185,21 @@ impl Node {
             context: "reading the bound address".into(),
             source,
         })?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Listen { addr, source })?,
+            ),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| Error::Io {
+                context: "reading the bound metrics address".into(),
+                source,
+            })?),
+            None => None,
+        };
         let (topics, store) = open_topics(config).await?;
         let mut info = config.info.clone();
         info.grpc_addr = Some(format!("http://{grpc_addr}"));
@@ -173,7 +214,17 @@ impl Node {
             groups_task: None,
             store: Some(store),
             gateway: None,
+            metrics: crate::metrics::Metrics::new(),
+            metrics_addr,
         };
+        if let Some(listener) = metrics_listener {
+            node.shutdown.spawn(crate::metrics::http::serve(
+                listener,
+                node.metrics.clone(),
+                node.shutdown.clone(),
+            ));
+            tracing::info!(addr = ?metrics_addr, "serving metrics at /metrics");
+        }
         if let Err(e) = node.serve(config, listener).await {
             // Whatever started stops, and the store is closed again.
             node.shutdown.request();
@@ -191,9 +242,12 @@ impl Node {
         let (Some(topics), Some(store)) = (self.topics.clone(), self.store.clone()) else {
             return Err(Error::Internal("a node serves once".into()));
         };
+        // Health turns NOT_SERVING if a write fails; it holds no reference.
+        let store_seen = Arc::downgrade(&store);
         let api = match &config.cluster {
             Some(cluster) => {
-                let mut overlay = start_overlay(config, cluster, self.info.clone()).await?;
+                let (mut overlay, rejoined) =
+                    start_overlay(config, cluster, self.info.clone()).await?;
                 let client = overlay.client.clone();
                 let inbound = std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1);
                 self.overlay = Some(overlay);
@@ -201,19 +255,32 @@ impl Node {
                     Groups::new(store, topics.clone(), Arc::new(client.clone()), inbound);
                 self.groups = Some(groups.clone());
                 self.groups_task = Some(task);
+                self.metrics.watch_groups(groups.clone());
+                self.metrics.watch_overlay(client.clone());
                 let held = groups.load_all().await?;
                 tracing::info!(groups = held, "raft groups loaded (each runs when used)");
                 let me = client.peer_id();
-                let mut api =
-                    ClusterTopics::new(topics, groups.clone(), Arc::new(client), self.info.clone());
+                let mut api = ClusterTopics::new(
+                    topics,
+                    groups.clone(),
+                    Arc::new(client.clone()),
+                    self.info.clone(),
+                );
                 if let Some(program) = &config.python_worker {
                     api = api.with_python_worker(program.clone());
                 }
+                api = api.with_metrics(&self.metrics);
                 // The cluster's first node makes its name directory (the
-                // others are added to it by repair as they join).
-                if cluster.join.is_empty() {
+                // others are added to it by repair as they join). A node
+                // that knew others is not a first node, with or without
+                // --join: a directory of its own would split the cluster's.
+                if cluster.join.is_empty() && !rejoined {
                     api.bootstrap_directory(&[me]).await?;
                 }
+                self.shutdown.spawn(
+                    crate::cluster::KnownPeers::in_dir(&config.data_dir)
+                        .keep(client.clone(), self.shutdown.clone()),
+                );
                 self.shutdown.spawn(
                     api.clone()
                         .maintain(cluster.repair_after, self.shutdown.clone()),
@@ -223,6 +290,7 @@ impl Node {
                     let gateway =
                         Gateway::start(&config.bridge_listen, api.clone(), self.shutdown.clone())
                             .await?;
+                    self.metrics.watch_gateway(gateway.shared_counts());
                     self.gateway = Some(gateway);
                 }
                 TopicApi::Cluster(Box::new(api))
@@ -234,9 +302,17 @@ impl Node {
             self.overlay.as_ref().map(|o| o.client.clone()),
         );
         let shutdown = self.shutdown.clone();
-        self.server = Some(self.shutdown.spawn(run(listener, api, cluster, async move {
-            shutdown.requested().await;
-        })));
+        let metrics = self.metrics.clone();
+        self.server = Some(self.shutdown.spawn(run(
+            listener,
+            api,
+            cluster,
+            store_seen,
+            metrics,
+            async move {
+                shutdown.requested().await;
+            },
+        )));
         Ok(())
     }
 
@@ -248,6 +324,11 @@ impl Node {
     /// Where clients reach the node.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// Where `/metrics` is served, if it is (`--metrics-listen`).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// `http://ADDR`, as clients want it.
@@ -286,6 +367,8 @@ impl Node {
     /// After the server ended: stops the rest in order, and closes the store.
     async fn release(&mut self) -> Result<()> {
         self.shutdown.stop().await;
+        // The metrics read the groups, which hold the store.
+        self.metrics.unwatch();
         if let Some(topics) = self.topics.take() {
             topics.shutdown().await;
         }
@@ -365,21 +448,36 @@ impl Drop for Node {
     }
 }
 
-/// Starts the overlay with the node's identity from its data directory.
+/// Starts the overlay with the node's identity from its data directory,
+/// joining through `--join` and the nodes it knew in its last run (see
+/// [`crate::cluster::KnownPeers`]). Returns it and whether it knew any.
 async fn start_overlay(
     config: &NodeConfig,
     cluster: &crate::config::ClusterConfig,
     info: woof_overlay::NodeInfo,
-) -> Result<Overlay> {
+) -> Result<(Overlay, bool)> {
     let keypair = woof_overlay::identity::load_or_create(&config.data_dir.join("node.key"))?;
+    let me = keypair.public().to_peer_id();
+    let known = crate::cluster::KnownPeers::in_dir(&config.data_dir).load(Some(me))?;
+    let rejoined = !known.is_empty();
+    // With --join the start waits for any of these to answer; without, the
+    // node starts at once and dials the ones it knew in the background.
+    let (join, rejoin) = if cluster.join.is_empty() {
+        (Vec::new(), known)
+    } else {
+        let mut join = cluster.join.clone();
+        join.extend(known.into_iter().filter(|a| !cluster.join.contains(a)));
+        (join, Vec::new())
+    };
     let overlay = woof_overlay::start(OverlayConfig {
         keypair,
         cluster_key: Some(cluster.key),
         listen: cluster.listen.clone(),
-        join: cluster.join.clone(),
+        join,
         info,
         timing: cluster.timing,
         join_timeout: cluster.join_timeout,
+        rejoin,
     })
     .await?;
     tracing::info!(
@@ -388,7 +486,7 @@ async fn start_overlay(
         key = %cluster.key.fingerprint(),
         "overlay up"
     );
-    Ok(overlay)
+    Ok((overlay, rejoined))
 }
 
 /// A client connection that fails every read and write once `cut` is

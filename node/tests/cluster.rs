@@ -7,6 +7,124 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// A TCP port free a moment ago.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn nodes_started_together_form_a_cluster_whichever_comes_up_first() {
+    // As systemd or a scheduler starts them: two nodes join a first one
+    // that comes up 2 s after them.
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let first = format!("/ip4/127.0.0.1/tcp/{}", free_tcp_port());
+    let joining: Vec<_> = ["b", "c"]
+        .into_iter()
+        .map(|name| {
+            let (data, key, first) = (dir.path().join(name), key.clone(), first.clone());
+            std::thread::spawn(move || start_node(&data, &key, &["--join", &first]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let a = NodeProcess::start(&[
+        "--data-dir",
+        dir.path().join("a").to_str().unwrap(),
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--listen",
+        &first,
+        "--cluster-key",
+        key.to_str().unwrap(),
+    ]);
+    let joined: Vec<NodeProcess> = joining.into_iter().map(|t| t.join().unwrap()).collect();
+    let urls = [
+        a.url.as_str(),
+        joined[0].url.as_str(),
+        joined[1].url.as_str(),
+    ];
+    wait_alive(&urls, 3);
+    // The joining nodes said whom they waited for.
+    let log = std::fs::read_to_string(&joined[0].log).unwrap();
+    assert!(
+        log.contains(&format!("waiting for a node of the cluster at {first}")),
+        "{log}"
+    );
+    // A topic on all three works, written through a joined node.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = connect(&joined[1].url).await;
+        create_replicated(&mut client, "started/together", 3, "").await;
+        assert_eq!(append(&mut client, "started/together", "one").await, 1);
+        let info = describe(&mut connect(&a.url).await, "started/together").await;
+        assert_eq!(info.replicas.len(), 3, "{info:?}");
+        let got = get(&mut connect(&a.url).await, "started/together", 1)
+            .await
+            .unwrap();
+        assert_eq!(&got.payload[..], b"one");
+    });
+}
+
+#[test]
+fn a_restarted_node_rejoins_through_the_nodes_it_knew() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = start_cluster(dir.path(), 3);
+    let key = dir.path().join("cluster.key");
+    let data = dir.path().join("n2");
+    let peer = peer_id(&nodes[2].url);
+    // It keeps the others' addresses in its data directory (every 2 s).
+    let known = data.join("peers");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(&known).map_or(0, |t| t.matches("/p2p/").count()) < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no known peers saved in {known:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    nodes[2].kill_hard();
+    // Started again without --join, on another port.
+    let again = start_node(&data, &key, &[]);
+    assert_eq!(peer_id(&again.url), peer);
+    wait_alive(&[nodes[0].url.as_str(), again.url.as_str()], 3);
+    let seen = status(&nodes[0].url);
+    assert!(
+        seen.iter()
+            .any(|n| n["peer_id"] == peer.as_str() && n["state"] == "alive"),
+        "{seen:#?}"
+    );
+    let log = std::fs::read_to_string(&again.log).unwrap();
+    assert!(
+        !log.contains("name directory made"),
+        "it made a directory of its own: {log}"
+    );
+    // It serves a replicated topic, and the cluster's names are its names.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = connect(&again.url).await;
+        create_replicated(&mut client, "rejoined/topic", 3, "").await;
+        assert_eq!(append(&mut client, "rejoined/topic", "back").await, 1);
+        let got = get(&mut connect(&nodes[0].url).await, "rejoined/topic", 1)
+            .await
+            .unwrap();
+        assert_eq!(&got.payload[..], b"back");
+        let err = connect(&nodes[1].url)
+            .await
+            .create_topic(woof_proto::v1::CreateTopicRequest {
+                name: "rejoined/topic".into(),
+                replication: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err}");
+    });
+}
+
 #[test]
 fn three_nodes_join_and_agree_on_the_cluster() {
     let dir = tempfile::tempdir().unwrap();
@@ -152,8 +270,23 @@ fn bad_cluster_settings_are_clear_errors() {
                 key,
                 "--join",
                 &silent,
+                "--join-timeout",
+                "1s",
             ],
-            "could not join",
+            "could not join the cluster: no node of this cluster answered within 1 s",
+        ),
+        (
+            vec![
+                listen[0],
+                listen[1],
+                "--cluster-key",
+                key,
+                "--join",
+                &silent,
+                "--join-timeout",
+                "soon",
+            ],
+            "join timeout",
         ),
         (
             vec![
@@ -174,8 +307,14 @@ fn bad_cluster_settings_are_clear_errors() {
     ] {
         let mut args = base.to_vec();
         args.extend(extra.iter().copied());
+        let started = Instant::now();
         let out = woof(&args);
         assert!(!out.status.success(), "{args:?} started");
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{args:?} took {:?} to fail",
+            started.elapsed()
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr.lines().last().unwrap_or_default();
         assert!(

@@ -179,7 +179,7 @@ async fn a_gateway_drops_and_counts_bad_frames_and_keeps_serving() {
         join: vec![],
         key: cluster_key,
         timing: woof_overlay::Timing::default(),
-        join_timeout: Duration::from_secs(10),
+        join_timeout: Some(Duration::from_secs(10)),
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
     });
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -699,7 +699,7 @@ async fn tcp_and_serial_links_carry_readings_once_and_drop_garbage() {
         join: vec![],
         key: woof_overlay::ClusterKey::generate(),
         timing: woof_overlay::Timing::default(),
-        join_timeout: Duration::from_secs(10),
+        join_timeout: Some(Duration::from_secs(10)),
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
     });
     config.bridge_listen = Transport::parse_list(&format!(

@@ -8,7 +8,9 @@
 //!   plain struct fed with what was heard and the time.
 //! - [`distance`]: Kademlia (XOR) distance between keys and peers.
 //! - [`network`]: the swarm (TCP, private network, noise, yamux; Kademlia,
-//!   Identify, request-response) owned by one event loop, and the
+//!   Identify, request-response) owned by one event loop, the join (retried
+//!   with backoff until a node answers) and the rejoin through nodes known
+//!   from an earlier run, and the
 //!   [`network::Client`] handle the rest of the node uses.
 //! - [`error`]: the crate's one error type.
 //!
@@ -28,6 +30,6 @@ pub use error::{Error, Result};
 pub use info::{NodeInfo, Tier};
 pub use key::ClusterKey;
 pub use libp2p::identity::Keypair;
-pub use libp2p::{Multiaddr, PeerId};
+pub use libp2p::{Multiaddr, PeerId, multiaddr};
 pub use members::{Liveness, Member, Timing};
 pub use network::{Client, Inbound, Overlay, OverlayConfig, start};

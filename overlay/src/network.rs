@@ -49,6 +49,14 @@ const RECORDS_MAX: usize = 100_000;
 const RECORD_BYTES_MAX: usize = 64 * 1024;
 /// How long a request to a peer may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first wait before dialling the join (or rejoin) addresses again; it
+/// doubles up to [`JOIN_RETRY_MAX`], as NATS routes and Consul's
+/// `retry_join` do.
+const JOIN_RETRY_FIRST: Duration = Duration::from_millis(100);
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long one round of join dials may take before the next: a connection
+/// that opens but never identifies itself does not hold up the join.
+const JOIN_ROUND_MAX: Duration = Duration::from_secs(10);
 
 /// How to start a node's overlay.
 #[derive(Debug, Clone)]
@@ -62,8 +70,14 @@ pub struct OverlayConfig {
     pub join: Vec<Multiaddr>,
     pub info: NodeInfo,
     pub timing: Timing,
-    /// How long to wait for a `join` address to answer.
-    pub join_timeout: Duration,
+    /// How long to keep trying the `join` addresses before giving up;
+    /// `None` tries until one answers (nodes started together come up in
+    /// any order).
+    pub join_timeout: Option<Duration>,
+    /// Nodes met in an earlier run (kept in the data directory by the node):
+    /// dialled at start, and again with backoff whenever this node is
+    /// connected to no node of the cluster, without holding up the start.
+    pub rejoin: Vec<Multiaddr>,
 }
 
 /// A request from a peer for the node above the overlay. Answer through
@@ -282,6 +296,9 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
         answering: FuturesUnordered::new(),
         identified: HashSet::new(),
         inbound: None,
+        rejoin: Vec::new(),
+        rejoin_at: None,
+        rejoin_delay: JOIN_RETRY_FIRST,
     };
 
     // Listen, and learn the actual addresses (port 0 becomes a real port).
@@ -316,48 +333,19 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
         }
     }
 
-    // Join: dial every address; wait until one answers as a woof node.
+    // Join: dial every address; wait until one answers as a woof node,
+    // dialling again with backoff (bounded by `join_timeout`, if any).
     if !config.join.is_empty() {
-        let mut failures = Vec::new();
-        let mut dialing = 0;
-        for addr in &config.join {
-            match swarm.dial(addr.clone()) {
-                Ok(()) => dialing += 1,
-                Err(e) => failures.push(format!("{addr}: {e}")),
-            }
-        }
-        let deadline = started + config.join_timeout;
-        loop {
-            if !state.identified.is_empty() {
-                break;
-            }
-            if dialing == 0 {
-                return Err(Error::Join(failures.join("; ")));
-            }
-            let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await
-            else {
-                failures.push(format!(
-                    "no node of this cluster answered within {} s",
-                    config.join_timeout.as_secs()
-                ));
-                return Err(Error::Join(failures.join("; ")));
-            };
-            match &event {
-                SwarmEvent::OutgoingConnectionError { error, .. } => {
-                    dialing -= 1;
-                    failures.push(join_failure(error));
-                }
-                SwarmEvent::ConnectionClosed {
-                    cause: Some(cause), ..
-                } if state.identified.is_empty() => {
-                    dialing -= 1;
-                    failures.push(format!("connection closed: {cause}"));
-                }
-                _ => {}
-            }
-            state.handle(&mut swarm, event);
-        }
+        join(&mut swarm, &mut state, &config.join, config.join_timeout).await?;
         let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+    if !config.rejoin.is_empty() {
+        tracing::info!(
+            peers = config.rejoin.len(),
+            "dialling the nodes known from the last run"
+        );
+        state.rejoin = config.rejoin.clone();
+        state.rejoin_at = Some(Instant::now());
     }
 
     let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
@@ -375,33 +363,152 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
     })
 }
 
-/// One line per failed address: the address and the innermost cause.
-fn join_failure(error: &libp2p::swarm::DialError) -> String {
+/// Dials `addrs` in rounds until a node of this cluster identifies itself,
+/// waiting [`JOIN_RETRY_FIRST`] after the first failed round, doubling up to
+/// [`JOIN_RETRY_MAX`]. Gives up when `timeout` (from the overlay's start)
+/// runs out, or at once when every address of a round answered with a failed
+/// handshake: a node with another cluster key, which no retry will change.
+async fn join(
+    swarm: &mut Swarm<Behaviour>,
+    state: &mut State,
+    addrs: &[Multiaddr],
+    timeout: Option<Duration>,
+) -> Result<()> {
+    let deadline = timeout.map(|t| state.started + t);
+    let waited_for = addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let gave_up = |failures: &[String]| {
+        let why = if failures.is_empty() {
+            "no answer".to_string()
+        } else {
+            failures.join("; ")
+        };
+        Error::Join(format!(
+            "no node of this cluster answered within {} at {waited_for} ({why})",
+            humane(timeout.unwrap_or_default())
+        ))
+    };
+    let mut delay = JOIN_RETRY_FIRST;
+    let mut rounds = 0u32;
+    loop {
+        rounds = rounds.saturating_add(1);
+        let mut failures = Vec::new();
+        let mut handshakes = 0;
+        let mut dialing = 0;
+        for addr in addrs {
+            match swarm.dial(addr.clone()) {
+                Ok(()) => dialing += 1,
+                Err(e) => failures.push(format!("{addr}: {e}")),
+            }
+        }
+        let round_end = Instant::now() + JOIN_ROUND_MAX;
+        let round_end = deadline.map_or(round_end, |d| d.min(round_end));
+        while state.identified.is_empty() && dialing > 0 {
+            let Ok(event) = tokio::time::timeout_at(round_end, swarm.select_next_some()).await
+            else {
+                failures.push("no answer".into());
+                break;
+            };
+            match &event {
+                SwarmEvent::OutgoingConnectionError { error, .. } => {
+                    dialing -= 1;
+                    let (failure, handshake) = join_failure(error);
+                    handshakes += usize::from(handshake);
+                    failures.push(failure);
+                }
+                SwarmEvent::ConnectionClosed {
+                    cause, endpoint, ..
+                } if endpoint.is_dialer() => {
+                    dialing -= 1;
+                    failures.push(match cause {
+                        Some(cause) => format!("connection closed: {cause}"),
+                        None => "connection closed".into(),
+                    });
+                }
+                _ => {}
+            }
+            state.handle(swarm, event);
+        }
+        if !state.identified.is_empty() {
+            if rounds > 1 {
+                tracing::info!(rounds, "joined the cluster");
+            }
+            return Ok(());
+        }
+        if handshakes > 0 && handshakes == addrs.len() {
+            return Err(Error::Join(failures.join("; ")));
+        }
+        let now = Instant::now();
+        if deadline.is_some_and(|d| now >= d) {
+            return Err(gave_up(&failures));
+        }
+        tracing::info!(
+            "waiting for a node of the cluster at {waited_for} ({}); trying again in {}",
+            failures.join("; "),
+            humane(delay)
+        );
+        // The swarm keeps running while waiting: a node that dials this one
+        // (one that joins through it) joins it to the cluster too.
+        let wake = deadline.map_or(now + delay, |d| d.min(now + delay));
+        while state.identified.is_empty() {
+            match tokio::time::timeout_at(wake, swarm.select_next_some()).await {
+                Ok(event) => state.handle(swarm, event),
+                Err(_) => break,
+            }
+        }
+        if !state.identified.is_empty() {
+            return Ok(());
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(gave_up(&failures));
+        }
+        delay = (delay * 2).min(JOIN_RETRY_MAX);
+    }
+}
+
+/// `250 ms`, `5 s`: durations as people write them.
+fn humane(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{} s", d.as_secs())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+/// One line per failed address: the address and the innermost cause; and
+/// whether the handshake failed (the peer has another cluster key).
+fn join_failure(error: &libp2p::swarm::DialError) -> (String, bool) {
     use libp2p::swarm::DialError;
-    let innermost = |e: &dyn std::error::Error| {
-        let mut handshake = false;
+    let mut handshake = false;
+    let mut innermost = |e: &dyn std::error::Error| {
+        let mut shook = false;
         let mut last = e.to_string();
         let mut source = e.source();
         while let Some(s) = source {
-            handshake |= s.to_string().contains("andshake");
+            shook |= s.to_string().contains("andshake");
             last = s.to_string();
             source = s.source();
         }
-        if handshake || last.contains("andshake") {
+        if shook || last.contains("andshake") {
             // A peer with another cluster key garbles the handshake.
+            handshake = true;
             format!("{last}: handshake failed (a node with a different cluster key?)")
         } else {
             last
         }
     };
-    match error {
+    let line = match error {
         DialError::Transport(errors) => errors
             .iter()
             .map(|(addr, e)| format!("{addr}: {}", innermost(e)))
             .collect::<Vec<_>>()
             .join("; "),
         other => innermost(other),
-    }
+    };
+    (line, handshake)
 }
 
 type Answer = BoxFuture<'static, (ResponseChannel<Response>, Response)>;
@@ -425,6 +532,13 @@ struct State {
     /// Peers whose Identify said they are woof nodes.
     identified: HashSet<PeerId>,
     inbound: Option<mpsc::Sender<Inbound>>,
+    /// Nodes known from an earlier run, dialled whenever no node is
+    /// connected (see [`OverlayConfig::rejoin`]).
+    rejoin: Vec<Multiaddr>,
+    /// When to look again whether they must be dialled; `None` without any.
+    rejoin_at: Option<Instant>,
+    /// The wait after the next dial, doubling while no node answers.
+    rejoin_delay: Duration,
 }
 
 impl State {
@@ -447,9 +561,38 @@ impl State {
                     let _ = swarm.behaviour_mut().rpc.send_response(channel, response);
                 }
                 _ = heartbeat.tick() => self.heartbeat(&mut swarm),
+                _ = tokio::time::sleep_until(self.rejoin_at.unwrap_or_else(Instant::now)),
+                    if self.rejoin_at.is_some() => self.rejoin(&mut swarm),
             }
         }
         tracing::debug!("overlay event loop stopped");
+    }
+
+    /// Dials the nodes known from an earlier run if no node of the cluster
+    /// is connected, backing off while none answers; looks again after
+    /// [`JOIN_RETRY_MAX`] while connected.
+    fn rejoin(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let now = Instant::now();
+        if !self.identified.is_empty() {
+            self.rejoin_delay = JOIN_RETRY_FIRST;
+            self.rejoin_at = Some(now + JOIN_RETRY_MAX);
+            return;
+        }
+        if self.rejoin_delay == JOIN_RETRY_FIRST {
+            tracing::info!(
+                peers = ?self.rejoin.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "connected to no node of the cluster; dialling the nodes known from before"
+            );
+        } else {
+            tracing::debug!(retry_in = ?self.rejoin_delay, "dialling the known nodes again");
+        }
+        for addr in &self.rejoin {
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, "cannot dial: {e}");
+            }
+        }
+        self.rejoin_at = Some(now + self.rejoin_delay);
+        self.rejoin_delay = (self.rejoin_delay * 2).min(JOIN_RETRY_MAX);
     }
 
     fn heartbeat(&mut self, swarm: &mut Swarm<Behaviour>) {

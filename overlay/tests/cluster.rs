@@ -20,7 +20,8 @@ fn config(key: Option<ClusterKey>, info: NodeInfo, join: Vec<Multiaddr>) -> Over
             suspect_after_ms: 800,
             gone_after_ms: 2_000,
         },
-        join_timeout: Duration::from_secs(5),
+        join_timeout: Some(Duration::from_secs(5)),
+        rejoin: Vec::new(),
     }
 }
 

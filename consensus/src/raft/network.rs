@@ -30,6 +30,10 @@ pub trait Transport: Send + Sync + 'static {
         node: &BasicNode,
         message: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, Error>>;
+
+    /// Told before each snapshot chunk a group sends (`first`: the chunk
+    /// that begins a snapshot), so a node can count snapshot sends.
+    fn snapshot_chunk_sent(&self, _first: bool, _bytes: usize) {}
 }
 
 /// A Raft message for one group.
@@ -198,6 +202,8 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
+        self.transport
+            .snapshot_chunk_sent(rpc.offset == 0, rpc.data.len());
         match self.call(Rpc::InstallSnapshot(rpc)).await? {
             Reply::InstallSnapshot(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

@@ -40,6 +40,9 @@ const KEY_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 pub struct RocksStore {
     db: DB,
     snapshots: SnapshotDir,
+    /// The first write that failed: after it the node cannot promise
+    /// durability, and says so (its gRPC health turns NOT_SERVING).
+    failure: std::sync::OnceLock<String>,
 }
 
 fn storage(context: &str) -> impl FnOnce(rocksdb::Error) -> Error + '_ {
@@ -107,13 +110,33 @@ impl RocksStore {
             ))
         })?;
         let snapshots = SnapshotDir::open(dir.join("snapshots"))?;
-        Ok(Self { db, snapshots })
+        Ok(Self {
+            db,
+            snapshots,
+            failure: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Why the first failed write failed, if one did.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// `result` of a write, the first failure remembered.
+    fn written(&self, result: Result<(), rocksdb::Error>, context: &str) -> Result<()> {
+        result.map_err(|e| {
+            let e = storage(context)(e);
+            if self.failure.set(e.to_string()).is_ok() {
+                tracing::error!("{e}: this node's storage failed");
+            }
+            e
+        })
     }
 
     fn write_synced(&self, wb: rocksdb::WriteBatch, context: &str) -> Result<()> {
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_sync(true);
-        self.db.write_opt(wb, &wo).map_err(storage(context))
+        self.written(self.db.write_opt(wb, &wo), context)
     }
 
     /// A RocksDB batch doing what `batch` says.
@@ -190,7 +213,7 @@ impl Store for RocksStore {
     }
 
     fn write_unsynced(&self, batch: &WriteBatch) -> Result<()> {
-        self.db.write(self.batch(batch)?).map_err(storage("write"))
+        self.written(self.db.write(self.batch(batch)?), "write")
     }
 
     fn topics(&self) -> Result<Vec<TopicMeta>> {
@@ -364,7 +387,7 @@ impl Store for RocksStore {
             }
         }
         it.status().map_err(storage("trim effects"))?;
-        self.db.write(wb).map_err(storage("trim"))
+        self.written(self.db.write(wb), "trim")
     }
 }
 
@@ -444,7 +467,7 @@ impl RaftLogStore for RocksStore {
             None => element_key(TopicId(group.0 + 1), 0),
         };
         wb.delete_range_cf(self.cf(CF_RAFT_LOG), element_key(TopicId(group.0), 0), end);
-        self.db.write(wb).map_err(storage("purge raft log"))
+        self.written(self.db.write(wb), "purge raft log")
     }
 
     fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {

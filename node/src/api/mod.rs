@@ -451,6 +451,12 @@ impl ClusterTopics {
         self
     }
 
+    /// Counts the handlers' invocations into `metrics` too.
+    pub fn with_metrics(mut self, metrics: &crate::metrics::Metrics) -> Self {
+        self.journal = crate::handlers::journal::Journal::with_metrics(metrics.handlers().clone());
+        self
+    }
+
     /// This node's name in the cluster (its peer id).
     pub(crate) fn me(&self) -> String {
         self.overlay.peer_id().to_string()

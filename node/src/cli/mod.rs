@@ -266,9 +266,16 @@ pub struct NodeStartArgs {
     #[arg(long)]
     pub listen: Vec<String>,
     /// A node of the cluster to join through, such as /ip4/127.0.0.1/tcp/7800
-    /// (no peer id needed; repeatable).
+    /// (no peer id needed; repeatable). Until one answers the node dials them
+    /// again, 100 ms after the first try doubling to every 5 s, so nodes
+    /// started together come up in any order. A node restarted on its data
+    /// directory also dials the nodes it knew, with or without --join.
     #[arg(long)]
     pub join: Vec<String>,
+    /// Give up joining after this long, such as 30s or 2m, with an error
+    /// [default: never].
+    #[arg(long, value_name = "DURATION")]
+    pub join_timeout: Option<String>,
     /// The cluster key file (from `woof cluster keygen`); or set WOOF_CLUSTER_KEY
     /// to the key itself.
     #[arg(long)]
@@ -291,6 +298,15 @@ pub struct NodeStartArgs {
     /// (cluster nodes only).
     #[arg(long, value_name = "udp://HOST:PORT[,tcp://..][,serial://..]")]
     pub bridge_listen: Option<String>,
+    /// How to write the log to standard error: text, or json (one object
+    /// per line, for log shippers) [default: text]. Each line a gRPC request
+    /// logs names its rpc, topic and peer (the client's address).
+    #[arg(long, value_enum)]
+    pub log_format: Option<crate::config::LogFormat>,
+    /// Serve Prometheus metrics (GET /metrics) on this address, such as
+    /// 127.0.0.1:9100.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl NodeStartArgs {
@@ -308,6 +324,8 @@ impl NodeStartArgs {
             capabilities: self.capabilities,
             repair_after_secs: self.repair_after,
             bridge_listen: self.bridge_listen,
+            join_timeout: self.join_timeout,
+            metrics_listen: self.metrics_listen,
         }
     }
 }

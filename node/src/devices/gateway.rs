@@ -123,6 +123,10 @@ pub struct Counts {
     pub offloads: AtomicU64,
     /// ...and those that returned a result.
     pub offloaded: AtomicU64,
+    /// Frames sent to devices (first sends and resends).
+    pub sent: AtomicU64,
+    /// Devices with a session here now.
+    pub devices: AtomicU64,
 }
 
 impl Counts {
@@ -254,6 +258,11 @@ impl Gateway {
 
     pub fn counts(&self) -> &Counts {
         &self.counts
+    }
+
+    /// The counts, shared (the metrics read them at each scrape).
+    pub fn shared_counts(&self) -> Arc<Counts> {
+        self.counts.clone()
     }
 }
 
@@ -1024,7 +1033,14 @@ impl State {
             return;
         };
         let to = to.unwrap_or(peer.addr);
+        self.counts
+            .devices
+            .store(self.devices.len() as u64, Ordering::Relaxed);
+        let Some(peer) = self.devices.get_mut(id) else {
+            return;
+        };
         while let Some(frame) = peer.session.poll_transmit() {
+            Counts::add(&self.counts.sent);
             match to {
                 Link::Udp(addr) => {
                     if let Some(udp) = &self.udp
@@ -1047,6 +1063,9 @@ impl State {
     fn forget(&mut self, id: &str) {
         self.devices.remove(id);
         self.by_addr.retain(|_, d| d != id);
+        self.counts
+            .devices
+            .store(self.devices.len() as u64, Ordering::Relaxed);
     }
 
     /// Logs what the gateway did since the last time, if anything: so an

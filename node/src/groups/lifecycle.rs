@@ -154,6 +154,11 @@ impl Groups {
                 group.0, e.0
             )));
         }
+        self.spawn(count_leader_changes(
+            raft.metrics(),
+            self.counters.clone(),
+            self.stopping(),
+        ));
         Ok(Some(raft))
     }
 
@@ -374,6 +379,32 @@ fn remove_orphans(store: &dyn Store, groups: &[GroupId]) -> woof_consensus::Resu
         store.write(&batch)?;
     }
     Ok(())
+}
+
+/// Counts, for the metrics, each time the group behind `metrics` gets a
+/// leader in a newer term than the last one it had a leader in; ends when
+/// the group stops (its metrics close) or the groups shut down.
+async fn count_leader_changes(
+    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
+    counters: std::sync::Arc<crate::metrics::RaftCounters>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut led_term = 0;
+    loop {
+        {
+            let m = metrics.borrow_and_update();
+            if m.current_leader.is_some() && m.current_term > led_term {
+                led_term = m.current_term;
+                counters
+                    .leader_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -112,6 +112,8 @@ pub struct Groups {
     leases: Arc<Leases>,
     /// Invocations asked of this node, for its handlers' invoker.
     invokes: Arc<Invokes>,
+    /// Leader changes and snapshot sends, for the metrics.
+    counters: Arc<crate::metrics::RaftCounters>,
 }
 
 /// An invocation asked of this node, and where its answer goes (or why
@@ -152,6 +154,7 @@ impl Groups {
         let stop = Arc::new(tokio::sync::watch::Sender::new(false));
         let (lease_tx, lease_rx) = mpsc::channel(LEASES_QUEUED_MAX);
         let (invoke_tx, invoke_rx) = mpsc::channel(INVOKES_QUEUED_MAX);
+        let counters = Arc::new(crate::metrics::RaftCounters::default());
         let groups = Self {
             invokes: Arc::new((invoke_tx, std::sync::Mutex::new(Some(invoke_rx)))),
             leases: Arc::new((lease_tx, std::sync::Mutex::new(Some(lease_rx)))),
@@ -163,7 +166,9 @@ impl Groups {
                 client.clone(),
                 tasks.clone(),
                 stop.subscribe(),
+                counters.clone(),
             )),
+            counters,
             client,
             slots: Arc::default(),
             routes: Arc::default(),
@@ -235,6 +240,11 @@ impl Groups {
     /// Runs `task` as one of the layer's, awaited by [`Groups::shutdown`].
     fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.spawn(task);
+    }
+
+    /// What the groups counted (leader changes, snapshot sends).
+    pub fn counters(&self) -> &crate::metrics::RaftCounters {
+        &self.counters
     }
 
     /// This node's id in every group.

@@ -157,6 +157,20 @@ impl<H: Clone> Slots<H> {
     }
 
     /// How many groups this node holds.
+    /// How many groups are asleep and how many running.
+    pub fn census(&self) -> (usize, usize) {
+        let map = self.map();
+        let asleep = map
+            .values()
+            .filter(|s| matches!(s.state, State::Asleep(_)))
+            .count();
+        let running = map
+            .values()
+            .filter(|s| matches!(s.state, State::Running(_)))
+            .count();
+        (asleep, running)
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
         self.map().len()

@@ -19,6 +19,43 @@ use super::slots::Asleep;
 pub(super) type Metrics = openraft::RaftMetrics<u64, BasicNode>;
 
 impl Groups {
+    /// The groups as a metrics scrape reports them: asleep and awake, this
+    /// node's role in the awake ones, their highest term, and how far
+    /// followers lag in those it leads.
+    pub fn census(&self) -> crate::metrics::RaftCensus {
+        let (asleep, _) = self.slots.census();
+        let mut c = crate::metrics::RaftCensus {
+            asleep: asleep as u64,
+            ..Default::default()
+        };
+        for (_, running) in self.slots.all_running() {
+            let m = running.handle.raft.metrics();
+            let m = m.borrow();
+            c.awake += 1;
+            c.term_max = c.term_max.max(m.current_term);
+            match m.state {
+                openraft::ServerState::Leader => c.leading += 1,
+                openraft::ServerState::Candidate => c.candidate += 1,
+                openraft::ServerState::Learner => c.learner += 1,
+                _ => c.following += 1,
+            }
+            if m.current_leader != Some(self.node_id) {
+                continue;
+            }
+            let last = m.last_log_index.unwrap_or(0);
+            for (node, matched) in m.replication.iter().flatten() {
+                if *node == self.node_id {
+                    continue;
+                }
+                let lag = last.saturating_sub(matched.map_or(0, |l| l.index));
+                c.lag_max = c.lag_max.max(lag);
+                c.lag_sum = c.lag_sum.saturating_add(lag);
+                c.followers_behind += u64::from(lag > 0);
+            }
+        }
+        c
+    }
+
     /// This node's replicas, as its groups see them.
     pub fn replicas(&self) -> Vec<ReplicaStatus> {
         let mut topics: HashMap<TopicId, TopicInfo> = self

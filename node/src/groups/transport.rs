@@ -58,15 +58,23 @@ pub(super) struct OverlayTransport {
     /// Turns true when the groups shut down: the senders stop at once,
     /// dropping what is in flight.
     stop: watch::Receiver<bool>,
+    /// Where snapshot sends are counted.
+    counters: Arc<crate::metrics::RaftCounters>,
 }
 
 impl OverlayTransport {
-    pub fn new(client: Arc<dyn Net>, tasks: TaskTracker, stop: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        client: Arc<dyn Net>,
+        tasks: TaskTracker,
+        stop: watch::Receiver<bool>,
+        counters: Arc<crate::metrics::RaftCounters>,
+    ) -> Self {
         Self {
             client,
             queues: Mutex::default(),
             tasks,
             stop,
+            counters,
         }
     }
 
@@ -95,6 +103,16 @@ impl OverlayTransport {
 }
 
 impl Transport for OverlayTransport {
+    fn snapshot_chunk_sent(&self, first: bool, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if first {
+            self.counters.snapshot_sends.fetch_add(1, Relaxed);
+        }
+        self.counters
+            .snapshot_bytes
+            .fetch_add(bytes as u64, Relaxed);
+    }
+
     fn send(&self, node: &BasicNode, message: Vec<u8>) -> BoxFuture<'static, Answer> {
         let queue = node.addr.parse::<PeerId>().map(|peer| self.queue(peer));
         async move {

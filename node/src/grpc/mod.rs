@@ -1,6 +1,12 @@
-//! The `woof.v1.Woof` gRPC service over the node's [`TopicApi`].
+//! The `woof.v1.Woof` gRPC service over the node's [`TopicApi`]; beside it,
+//! in [`health`], `grpc.health.v1` and server reflection.
+//!
+//! Each request is handled in a span ([`request_span`]) with fields `rpc`,
+//! `peer` (the client's address) and `topic` (recorded by the method, when
+//! the request names one), so every line it logs carries them.
 
 pub mod convert;
+pub mod health;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,7 +14,9 @@ use std::sync::Arc;
 use futures::Stream;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::TcpConnectInfo;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use woof_consensus::local::SCAN_LIMIT_MAX;
 use woof_consensus::topic::handlers::Handler;
 use woof_proto::v1::{self, woof_server::Woof};
@@ -30,6 +38,33 @@ const SCAN_LIMIT_DEFAULT: u32 = 100;
 /// The longest peer id a request may name (a libp2p peer id is 52).
 const NODE_ID_MAX: usize = 128;
 
+/// The span a gRPC request is handled in: `rpc` (`woof.v1.Woof/Append`),
+/// `peer` (the client's address) and `topic`, left empty for the method to
+/// record ([`in_topic`]).
+pub fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Span {
+    let rpc = request.uri().path().trim_start_matches('/');
+    let peer = request
+        .extensions()
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr);
+    match peer {
+        Some(peer) => {
+            tracing::info_span!("rpc", rpc, %peer, topic = tracing::field::Empty)
+        }
+        None => tracing::info_span!(
+            "rpc",
+            rpc,
+            peer = tracing::field::Empty,
+            topic = tracing::field::Empty
+        ),
+    }
+}
+
+/// Records the topic a request is about in its span.
+fn in_topic(topic: &str) {
+    tracing::Span::current().record("topic", topic);
+}
+
 /// The service: a thin translation onto [`TopicApi`].
 pub struct Service {
     topics: TopicApi,
@@ -39,6 +74,8 @@ pub struct Service {
     /// signal, and the server waits for them (they hold the topics, and so
     /// the store).
     shutdown: Shutdown,
+    /// Appends per topic and subscribers are counted here.
+    metrics: crate::metrics::Metrics,
 }
 
 impl Service {
@@ -48,7 +85,14 @@ impl Service {
             cluster,
             subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
             shutdown,
+            metrics: Default::default(),
         }
+    }
+
+    /// Counts into `metrics` (else into metrics nobody reads).
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = metrics;
+        self
     }
 }
 
@@ -95,6 +139,7 @@ impl Woof for Service {
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
         let r = request.into_inner();
+        in_topic(&r.name);
         let config = convert::config(r.config)?;
         let info = self
             .topics
@@ -110,11 +155,9 @@ impl Woof for Service {
         &self,
         request: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
-        let info = self
-            .topics
-            .describe(&request.into_inner().name)
-            .await
-            .map_err(status)?;
+        let name = request.into_inner().name;
+        in_topic(&name);
+        let info = self.topics.describe(&name).await.map_err(status)?;
         Ok(Response::new(v1::DescribeTopicResponse {
             topic: Some(convert::topic_info(info)),
         }))
@@ -132,10 +175,9 @@ impl Woof for Service {
         &self,
         request: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
-        self.topics
-            .delete(&request.into_inner().name)
-            .await
-            .map_err(status)?;
+        let name = request.into_inner().name;
+        in_topic(&name);
+        self.topics.delete(&name).await.map_err(status)?;
         Ok(Response::new(v1::DeleteTopicResponse {}))
     }
 
@@ -144,7 +186,9 @@ impl Woof for Service {
         request: Request<v1::AppendRequest>,
     ) -> Result<Response<v1::AppendResponse>, Status> {
         let r = request.into_inner();
+        in_topic(&r.topic);
         let producer = convert::producer(r.producer)?;
+        let bytes = r.payload.len() as u64;
         let appended = if r.handler.is_empty() {
             self.topics
                 .append(&r.topic, vec![r.payload], producer)
@@ -155,6 +199,9 @@ impl Woof for Service {
                 .await
         };
         let outcome = appended.map_err(status)?;
+        if !outcome.duplicate {
+            self.metrics.appended(&r.topic, 1, bytes);
+        }
         Ok(Response::new(v1::AppendResponse {
             seq: outcome.first_seq,
             duplicate: outcome.duplicate,
@@ -166,7 +213,9 @@ impl Woof for Service {
         request: Request<v1::AppendBatchRequest>,
     ) -> Result<Response<v1::AppendBatchResponse>, Status> {
         let r = request.into_inner();
+        in_topic(&r.topic);
         let producer = convert::producer(r.producer)?;
+        let bytes = r.payloads.iter().map(|p| p.len() as u64).sum();
         let appended = if r.handler.is_empty() {
             self.topics.append(&r.topic, r.payloads, producer).await
         } else {
@@ -175,6 +224,9 @@ impl Woof for Service {
                 .await
         };
         let outcome = appended.map_err(status)?;
+        if !outcome.duplicate {
+            self.metrics.appended(&r.topic, outcome.count, bytes);
+        }
         Ok(Response::new(v1::AppendBatchResponse {
             first_seq: outcome.first_seq,
             count: outcome.count,
@@ -187,6 +239,7 @@ impl Woof for Service {
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
         let r = request.into_inner();
+        in_topic(&r.topic);
         let e = self.topics.get(&r.topic, r.seq).await.map_err(status)?;
         Ok(Response::new(v1::GetResponse {
             element: Some(convert::element(e)),
@@ -197,11 +250,9 @@ impl Woof for Service {
         &self,
         request: Request<v1::LatestRequest>,
     ) -> Result<Response<v1::LatestResponse>, Status> {
-        let range = self
-            .topics
-            .latest(&request.into_inner().topic)
-            .await
-            .map_err(status)?;
+        let topic = request.into_inner().topic;
+        in_topic(&topic);
+        let range = self.topics.latest(&topic).await.map_err(status)?;
         Ok(Response::new(v1::LatestResponse {
             last_seq: range.last,
             first_seq: range.first,
@@ -213,6 +264,7 @@ impl Woof for Service {
         request: Request<v1::ScanRequest>,
     ) -> Result<Response<v1::ScanResponse>, Status> {
         let r = request.into_inner();
+        in_topic(&r.topic);
         let limit = if r.limit == 0 {
             SCAN_LIMIT_DEFAULT
         } else {
@@ -249,6 +301,7 @@ impl Woof for Service {
     ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
         let r = request.into_inner();
         let (topic, spec) = convert::handler_spec(r.handler)?;
+        in_topic(&topic);
         let from = convert::from(r.from_seq, r.from_earliest);
         let h = self
             .topics
@@ -264,6 +317,7 @@ impl Woof for Service {
     ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
         let r = request.into_inner();
         let (topic, spec) = convert::handler_spec(r.handler)?;
+        in_topic(&topic);
         let h = self
             .topics
             .update_handler(&topic, spec)
@@ -277,6 +331,7 @@ impl Woof for Service {
         request: Request<v1::ListHandlersRequest>,
     ) -> Result<Response<v1::ListHandlersResponse>, Status> {
         let topic = request.into_inner().topic;
+        in_topic(&topic);
         let (handlers, last) = self.topics.handlers(&topic).await.map_err(status)?;
         let mut listed = Vec::with_capacity(handlers.len());
         for h in handlers.iter() {
@@ -291,6 +346,7 @@ impl Woof for Service {
         request: Request<v1::RemoveHandlerRequest>,
     ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
         let r = request.into_inner();
+        in_topic(&r.topic);
         let h = self
             .topics
             .resume_handler(&r.topic, &r.name)
@@ -304,6 +360,7 @@ impl Woof for Service {
         request: Request<v1::HandlerLogsRequest>,
     ) -> Result<Response<v1::HandlerLogsResponse>, Status> {
         let r = request.into_inner();
+        in_topic(&r.topic);
         let limit = match r.limit {
             0 => 100,
             n => n.min(1000),
@@ -377,6 +434,7 @@ impl Woof for Service {
         request: Request<v1::TraceRequest>,
     ) -> Result<Response<v1::TraceResponse>, Status> {
         let r = request.into_inner();
+        in_topic(&r.topic);
         let trace = self.topics.trace(&r.topic, r.seq).await.map_err(status)?;
         Ok(Response::new(convert::trace(trace)))
     }
@@ -386,6 +444,7 @@ impl Woof for Service {
         request: Request<v1::RemoveHandlerRequest>,
     ) -> Result<Response<v1::RemoveHandlerResponse>, Status> {
         let r = request.into_inner();
+        in_topic(&r.topic);
         self.topics
             .remove_handler(&r.topic, &r.name)
             .await
@@ -475,6 +534,7 @@ impl Woof for Service {
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let r = request.into_inner();
+        in_topic(&r.topic);
         let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {
             Status::resource_exhausted(format!(
                 "this node serves at most {SUBSCRIBERS_MAX} subscriptions at once"
@@ -487,45 +547,50 @@ impl Woof for Service {
             .map_err(status)?;
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let shutdown = self.shutdown.clone();
-        self.shutdown.spawn(async move {
-            let _permit = permit;
-            let stopping = || {
-                // Tell the client to resume elsewhere, without waiting for
-                // room in its buffer.
-                let _ = tx.try_send(Err(Status::unavailable("the node is stopping")));
-            };
-            loop {
-                let batch = tokio::select! {
-                    batch = subscription.next_batch(SUBSCRIBER_BATCH) => batch,
-                    // The client went away while we waited for appends.
-                    _ = tx.closed() => return,
-                    _ = shutdown.requested() => return stopping(),
+        let counted = self.metrics.subscribed();
+        self.shutdown.spawn(
+            async move {
+                let _permit = permit;
+                let _counted = counted;
+                let stopping = || {
+                    // Tell the client to resume elsewhere, without waiting for
+                    // room in its buffer.
+                    let _ = tx.try_send(Err(Status::unavailable("the node is stopping")));
                 };
-                match batch {
-                    Ok(elements) => {
-                        for e in elements {
-                            let item = v1::SubscribeResponse {
-                                element: Some(convert::element(e)),
-                            };
-                            tokio::select! {
-                                sent = tx.send(Ok(item)) => if sent.is_err() {
-                                    return;
-                                },
-                                // A slow client does not hold the node up.
-                                _ = shutdown.requested() => return stopping(),
+                loop {
+                    let batch = tokio::select! {
+                        batch = subscription.next_batch(SUBSCRIBER_BATCH) => batch,
+                        // The client went away while we waited for appends.
+                        _ = tx.closed() => return,
+                        _ = shutdown.requested() => return stopping(),
+                    };
+                    match batch {
+                        Ok(elements) => {
+                            for e in elements {
+                                let item = v1::SubscribeResponse {
+                                    element: Some(convert::element(e)),
+                                };
+                                tokio::select! {
+                                    sent = tx.send(Ok(item)) => if sent.is_err() {
+                                        return;
+                                    },
+                                    // A slow client does not hold the node up.
+                                    _ = shutdown.requested() => return stopping(),
+                                }
                             }
                         }
-                    }
-                    Err(e) => {
-                        tokio::select! {
-                            _ = tx.send(Err(status(e))) => {}
-                            _ = shutdown.requested() => {}
+                        Err(e) => {
+                            tokio::select! {
+                                _ = tx.send(Err(status(e))) => {}
+                                _ = shutdown.requested() => {}
+                            }
+                            return;
                         }
-                        return;
                     }
                 }
             }
-        });
+            .in_current_span(),
+        );
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -66,11 +66,21 @@ type Key = (TopicName, String);
 #[derive(Debug, Clone, Default)]
 pub struct Journal {
     books: Arc<Mutex<HashMap<Key, Book>>>,
+    /// Where each invocation is also counted (the node's `/metrics`).
+    metrics: crate::metrics::HandlerMetrics,
 }
 
 impl Journal {
     fn books(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Book>> {
         self.books.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A journal that also counts into `metrics`.
+    pub fn with_metrics(metrics: crate::metrics::HandlerMetrics) -> Self {
+        Self {
+            books: Arc::default(),
+            metrics,
+        }
     }
 
     /// Starts a handler's record afresh (it starts running here).
@@ -88,6 +98,12 @@ impl Journal {
 
     /// Records one invocation (its `id` is given here).
     pub fn record(&self, topic: &TopicName, handler: &str, mut invocation: Invocation) {
+        self.metrics.record(
+            topic.as_str(),
+            handler,
+            invocation.outcome,
+            std::time::Duration::from_micros(invocation.dispatch_us),
+        );
         let mut books = self.books();
         let Some(book) = books.get_mut(&(topic.clone(), handler.to_string())) else {
             return;

@@ -539,7 +539,7 @@ pub async fn start_clustered(dir: &std::path::Path, key: ClusterKey, join: Vec<M
         join,
         key,
         timing: Timing::default(),
-        join_timeout: Duration::from_secs(10),
+        join_timeout: Some(Duration::from_secs(10)),
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
     });
     Node::start(&config).await.unwrap()
