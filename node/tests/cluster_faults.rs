@@ -385,7 +385,7 @@ async fn a_node_without_the_key_cannot_append() {
         &join,
     ]);
     assert!(
-        last.starts_with("error: --join and --cluster-key need --listen"),
+        last.starts_with("error: --join, --join-timeout and --cluster-key need --listen"),
         "{last}"
     );
 
