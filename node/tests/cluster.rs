@@ -7,15 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// A TCP port free a moment ago.
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn nodes_started_together_form_a_cluster_whichever_comes_up_first() {
     // As systemd or a scheduler starts them: two nodes join a first one

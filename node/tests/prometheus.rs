@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::free_tcp_port;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,14 +34,6 @@ fn prometheus_bin() -> PathBuf {
                  `apt-get install -y prometheus` (./dev does so when it is missing)"
             )
         })
-}
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Percent-encodes a query parameter.

@@ -546,6 +546,15 @@ pub async fn start_clustered(dir: &std::path::Path, key: ClusterKey, join: Vec<M
 }
 
 /// A UDP port free a moment ago, for a gateway to bind.
+/// A TCP port on loopback that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 pub fn free_udp_port() -> u16 {
     std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
