@@ -382,3 +382,87 @@ fn cluster_up_and_down_run_a_local_cluster() {
             .success()
     );
 }
+
+/// Where a topic lives is a DHT record, kept only in the memory of the
+/// nodes nearest its key: once every node has restarted nobody holds it,
+/// and a topic whose leader has not published it since (a sleeping one
+/// never does) was lost to every node without a replica (the simulator
+/// found it: seed 12 of the long sweep). Such a node now asks the name
+/// directory, then the copies, and publishes the answer again.
+#[test]
+fn a_topic_is_found_after_every_node_restarted() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = keygen(dir.path());
+    let listen: Vec<String> = (0..3)
+        .map(|_| format!("/ip4/127.0.0.1/tcp/{}", free_tcp_port()))
+        .collect();
+    let start = |i: usize| {
+        let data = dir.path().join(format!("n{i}"));
+        let mut args = vec![
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--listen",
+            &listen[i],
+            "--cluster-key",
+            key.to_str().unwrap(),
+            "--attr",
+        ];
+        let site = format!("site=n{i}");
+        args.push(site.as_str());
+        if i > 0 {
+            args.extend(["--join", listen[0].as_str()]);
+        }
+        NodeProcess::start(&args)
+    };
+    let mut nodes: Vec<NodeProcess> = (0..3).map(start).collect();
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    wait_alive(&urls, 3);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut client = connect(&nodes[0].url).await;
+        // Members' attributes come with their first heartbeats.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Err(e) = client
+            .create_topic(woof_proto::v1::CreateTopicRequest {
+                name: "found/again".into(),
+                replication: 1,
+                replicas: "site=n2".into(),
+                ..Default::default()
+            })
+            .await
+        {
+            assert!(Instant::now() < deadline, "creating found/again: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(append(&mut client, "found/again", "kept").await, 1);
+    });
+    for node in &mut nodes {
+        node.kill_hard();
+    }
+    let nodes: Vec<NodeProcess> = (0..3).map(start).collect();
+    let urls: Vec<&str> = nodes.iter().map(|n| n.url.as_str()).collect();
+    wait_alive(&urls, 3);
+    // Well before the replica's node would publish it again (every 30 s,
+    // and only while its group has a leader).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    rt.block_on(async {
+        for url in &urls[..2] {
+            let mut client = connect(url).await;
+            loop {
+                match get(&mut client, "found/again", 1).await {
+                    Ok(e) => {
+                        assert_eq!(&e.payload[..], b"kept");
+                        break;
+                    }
+                    Err(status) => assert!(
+                        Instant::now() < deadline,
+                        "{url}: found/again not found within 20 s of the restart: {status}"
+                    ),
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    });
+}

@@ -813,35 +813,54 @@ pub fn leader_of(cluster: &Cluster, topic: usize) -> Option<u64> {
 
 /// After the faults: waits (up to `within_ms` of simulated time) until the
 /// handler bound to the first topic has finished every element, then reads
-/// the topic and the handler's outputs through a live node.
-pub async fn handled(cluster: &Cluster, within_ms: u64) -> Option<crate::check::Handled> {
+/// the topic and the handler's outputs through a live node. `None` when the
+/// run has no topic; an error names the read that failed last, and why.
+pub async fn handled(
+    cluster: &Cluster,
+    within_ms: u64,
+) -> Option<Result<crate::check::Handled, String>> {
     let plan = cluster.plans.first()?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(within_ms);
     loop {
         let now_done = async {
-            let api = cluster
+            let (id, api) = cluster
                 .up_ids()
                 .into_iter()
-                .find_map(|id| cluster.api(id))?;
-            let (handlers, last) = api.handlers(&plan.name).await.ok()?;
+                .find_map(|id| Some((id, cluster.api(id)?)))
+                .ok_or("no node is up")?;
+            let at = |what: &str, e: &dyn std::fmt::Display| format!("n{id}: {what}: {e}");
+            let (handlers, last) = api
+                .handlers(&plan.name)
+                .await
+                .map_err(|e| at("handlers", &e))?;
             let done = handlers
                 .iter()
-                .find(|h| h.spec.name == crate::node::HANDLER)?
+                .find(|h| h.spec.name == crate::node::HANDLER)
+                .ok_or_else(|| format!("n{id}: the handler is not bound"))?
                 .done;
-            let input = scan_all(&api, &plan.name, last).await?;
-            let out_last = api.latest(crate::node::HANDLED_OUT).await.ok()?.last;
-            let output = scan_all(&api, crate::node::HANDLED_OUT, out_last).await?;
-            Some(crate::check::Handled {
+            let input = scan_all(&api, &plan.name, last)
+                .await
+                .map_err(|e| at("scanning the handled topic", &e))?;
+            let out_last = api
+                .latest(crate::node::HANDLED_OUT)
+                .await
+                .map_err(|e| at("latest of the outputs", &e))?
+                .last;
+            let output = scan_all(&api, crate::node::HANDLED_OUT, out_last)
+                .await
+                .map_err(|e| at("scanning the outputs", &e))?;
+            Ok::<_, String>(crate::check::Handled {
                 input,
                 output: output.into_iter().map(|(_, p)| p).collect(),
                 done,
             })
         }
         .await;
+        let over = tokio::time::Instant::now() >= deadline;
         match now_done {
-            Some(h) if h.done >= h.input.last().map_or(0, |e| e.0) => return Some(h),
-            Some(h) if tokio::time::Instant::now() >= deadline => return Some(h),
-            None if tokio::time::Instant::now() >= deadline => return None,
+            Ok(h) if h.done >= h.input.last().map_or(0, |e| e.0) => return Some(Ok(h)),
+            Ok(h) if over => return Some(Ok(h)),
+            Err(e) if over => return Some(Err(e)),
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
@@ -852,15 +871,22 @@ async fn scan_all(
     api: &woof_node::api::ClusterTopics,
     topic: &str,
     last: u64,
-) -> Option<Vec<(u64, Vec<u8>)>> {
+) -> Result<Vec<(u64, Vec<u8>)>, String> {
     let mut out = Vec::new();
     let mut from = 1;
     while from <= last {
         let limit = (last - from + 1).min(1000) as u32;
-        let page = api.scan(topic, from, limit).await.ok()?;
-        let next = page.last()?.seq + 1;
+        let page = api
+            .scan(topic, from, limit)
+            .await
+            .map_err(|e| format!("from {from}: {e}"))?;
+        let next = page
+            .last()
+            .ok_or_else(|| format!("nothing from {from}, though {last} is the last"))?
+            .seq
+            + 1;
         out.extend(page.into_iter().map(|e| (e.seq, e.payload.to_vec())));
         from = next;
     }
-    Some(out)
+    Ok(out)
 }

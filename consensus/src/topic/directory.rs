@@ -64,6 +64,9 @@ pub enum NameCommand {
     Release { name: String, group: u64 },
     /// Which claims of `claimant` are pending (changes nothing).
     Pending { claimant: String },
+    /// The claim on `name`, if any (changes nothing): where a topic lives
+    /// when the DHT has lost its record.
+    Get { name: String },
 }
 
 /// The directory's answer to a [`NameCommand`].
@@ -78,6 +81,8 @@ pub enum NameAnswer {
     NotHeld,
     /// The pending claims asked for (at most [`PENDING_MAX`]), by name.
     Pending(Vec<(String, Claim)>),
+    /// The claim on the name asked for, if any.
+    Held(Option<Claim>),
 }
 
 /// One element of the directory topic.
@@ -177,6 +182,7 @@ impl Directory {
                     .collect();
                 (None, NameAnswer::Pending(pending))
             }
+            NameCommand::Get { name } => (None, NameAnswer::Held(self.names.get(name).cloned())),
         })
     }
 
@@ -327,6 +333,20 @@ mod tests {
             d.decide(&theirs).unwrap().1,
             NameAnswer::Pending(Vec::new())
         );
+    }
+
+    #[test]
+    fn a_get_answers_the_claim_and_changes_nothing() {
+        let mut d = Directory::default();
+        run(&mut d, claim("a", 1, None));
+        let get = |name: &str| NameCommand::Get { name: name.into() };
+        let (record, answer) = d.decide(&get("a")).unwrap();
+        assert!(record.is_none());
+        match answer {
+            NameAnswer::Held(Some(c)) => assert_eq!((c.group, c.confirmed), (1, false)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(d.decide(&get("b")).unwrap().1, NameAnswer::Held(None));
     }
 
     #[test]

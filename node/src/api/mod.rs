@@ -62,6 +62,11 @@ const FOLLOW_BATCH: u32 = 256;
 const FOLLOW_WAIT_MS: u64 = 2_000;
 /// Topic locations cached by one node; past this the cache starts over.
 const LOCATIONS_CACHED_MAX: usize = 100_000;
+/// How long the directory's "no such topic" is believed (see
+/// `ClusterTopics::directory_misses`).
+const DIRECTORY_MISS_MS: u64 = 1_000;
+/// The most names whose directory misses are remembered.
+const DIRECTORY_MISSES_MAX: usize = 10_000;
 
 /// A topic as the API describes it: its metadata and range, and on a
 /// cluster node where its replicas are.
@@ -409,6 +414,10 @@ pub struct ClusterTopics {
     incarnation: u64,
     /// Where topics were last found.
     locations: Arc<Mutex<HashMap<TopicName, Location>>>,
+    /// Names the directory lately said no topic has, and when (ms): the
+    /// DHT is still asked first each time, the directory at most once per
+    /// [`DIRECTORY_MISS_MS`] per name (`names.rs`).
+    directory_misses: Arc<Mutex<HashMap<TopicName, u64>>>,
     /// Serialises creating and deleting each name through this node.
     admin: Arc<Mutex<HashMap<TopicName, Arc<tokio::sync::Mutex<()>>>>>,
     /// How this node runs Python handlers (and checks them at deploy).
@@ -439,6 +448,7 @@ impl ClusterTopics {
             incarnation: random(),
             random,
             locations: Arc::default(),
+            directory_misses: Arc::default(),
             admin: Arc::default(),
             python: crate::handlers::code::Python::this_binary(),
             journal: Default::default(),
@@ -521,10 +531,24 @@ impl ClusterTopics {
     /// Asks the DHT where `name` lives, and caches the answer.
     async fn lookup(&self, name: &TopicName) -> Result<Location> {
         let not_found = || Error::Log(woof_consensus::Error::TopicNotFound(name.to_string()));
-        let Some(bytes) = self.overlay.get_record(record_key(name)).await? else {
-            return Err(not_found());
+        let location: Location = match self.overlay.get_record(record_key(name)).await {
+            Ok(Some(bytes)) => decode(&bytes)?,
+            // The directory itself is found through the DHT alone.
+            Ok(None) if *name == names::directory_name() => return Err(not_found()),
+            Err(e) if *name == names::directory_name() => return Err(e.into()),
+            // Lost, or out of reach: the directory knows.
+            found => match Box::pin(self.locate_by_directory(name)).await {
+                Ok(Some(location)) => location,
+                Ok(None) => return Err(not_found()),
+                Err(e) => {
+                    tracing::debug!(topic = %name, "the directory could not locate it: {e}");
+                    return match found {
+                        Err(dht) => Err(dht.into()),
+                        Ok(_) => Err(not_found()),
+                    };
+                }
+            },
         };
-        let location: Location = decode(&bytes)?;
         if location.deleted {
             return Err(not_found());
         }

@@ -18,13 +18,21 @@
 //! A confirmed claim whose group no member holds any more (a delete that
 //! stopped before it released the name) is taken over by the next create.
 
+use std::collections::HashMap;
+
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::directory::{Claim, DIRECTORY, DIRECTORY_NAME, NameAnswer, NameCommand};
 use woof_consensus::topic::{HISTORY_MAX, Placement, TopicConfig, TopicId, TopicMeta, TopicName};
-use woof_overlay::PeerId;
+use woof_overlay::{Liveness, PeerId};
 
-use super::{ClusterTopics, Location, REPLICATION_DEFAULT};
+use super::{
+    ClusterTopics, DIRECTORY_MISS_MS, DIRECTORY_MISSES_MAX, Location, REPLICATION_DEFAULT,
+};
+use crate::groups::ReplicaStatus;
+
+/// The most nodes asked for their copy of a topic the DHT lost.
+const LOCATE_ASKS_MAX: usize = 16;
 use crate::error::{Error, Result};
 
 impl ClusterTopics {
@@ -210,6 +218,99 @@ impl ClusterTopics {
             }
         }
         Ok(())
+    }
+
+    /// Where `name` lives, found without the DHT, whose records live only
+    /// in the memory of the nodes nearest their key (all of them may have
+    /// restarted since the topic's leader last published, and a sleeping
+    /// topic has no leader to publish it). The directory's claim names the
+    /// topic's group and first voters; the live nodes holding a copy (those
+    /// voters first, then the others, at most [`LOCATE_ASKS_MAX`]) name the
+    /// voters now, the copy with the newest committed membership winning.
+    /// What is found is published again. `None`: no topic of that name.
+    pub(super) async fn locate_by_directory(&self, name: &TopicName) -> Result<Option<Location>> {
+        let now = self.clock.now_ms();
+        let missed = |misses: &HashMap<TopicName, u64>| {
+            misses
+                .get(name)
+                .is_some_and(|at| now.saturating_sub(*at) < DIRECTORY_MISS_MS)
+        };
+        if missed(&self.misses()) {
+            return Ok(None);
+        }
+        let get = NameCommand::Get {
+            name: name.to_string(),
+        };
+        let claim = match self.name_command(get).await? {
+            NameAnswer::Held(Some(claim)) if claim.confirmed => claim,
+            // Being created or deleted: not there yet, or no more.
+            NameAnswer::Held(_) => {
+                let mut misses = self.misses();
+                if misses.len() >= DIRECTORY_MISSES_MAX {
+                    misses.retain(|_, at| now.saturating_sub(*at) < DIRECTORY_MISS_MS);
+                    if misses.len() >= DIRECTORY_MISSES_MAX {
+                        misses.clear();
+                    }
+                }
+                misses.insert(name.clone(), now);
+                return Ok(None);
+            }
+            other => {
+                return Err(Error::Internal(format!(
+                    "the directory answered a lookup with {other:?}"
+                )));
+            }
+        };
+        let me = self.overlay.peer_id();
+        let alive: Vec<PeerId> = self
+            .overlay
+            .members()
+            .await?
+            .into_iter()
+            .filter(|m| m.liveness == Liveness::Alive)
+            .map(|m| m.peer)
+            .collect();
+        let first: Vec<PeerId> = claim
+            .members
+            .iter()
+            .filter_map(|m| m.parse().ok())
+            .collect();
+        let asked = first
+            .iter()
+            .filter(|p| alive.contains(p))
+            .chain(alive.iter().filter(|p| !first.contains(p)))
+            .filter(|p| **p != me)
+            .take(LOCATE_ASKS_MAX);
+        let mut best: Option<ReplicaStatus> = None;
+        for peer in asked {
+            if let Ok(Some(copy)) = self.groups.replica_at(*peer, GroupId(claim.group)).await
+                && best.as_ref().is_none_or(|b| copy.members_at > b.members_at)
+            {
+                best = Some(copy);
+            }
+        }
+        let Some(copy) = best else {
+            return Err(Error::Log(woof_consensus::Error::Network(format!(
+                "{name} is group {} in the directory, but no live node answered with a copy",
+                claim.group
+            ))));
+        };
+        let location = Location {
+            group: claim.group,
+            members: copy.members,
+            deleted: false,
+        };
+        tracing::info!(topic = %name, "found through the directory; published again");
+        if let Err(e) = self.publish(name, location.clone()).await {
+            tracing::debug!(topic = %name, "publishing where a topic is again: {e}");
+        }
+        Ok(Some(location))
+    }
+
+    fn misses(&self) -> std::sync::MutexGuard<'_, HashMap<TopicName, u64>> {
+        self.directory_misses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// Runs `command` at the directory's leader.

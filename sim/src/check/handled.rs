@@ -10,9 +10,12 @@ use super::Observed;
 
 pub fn check(o: &Observed) -> Vec<String> {
     match &o.handled {
-        Some(h) => compare(h),
+        Some(Ok(h)) => compare(h),
+        Some(Err(why)) => vec![format!(
+            "the handled topic and its outputs could not be read after the faults ({why})"
+        )],
         None if o.plans.is_empty() => Vec::new(),
-        None => vec!["the handled topic and its outputs could not be read after the faults".into()],
+        None => vec!["the run's topic was not checked for its handler".into()],
     }
 }
 

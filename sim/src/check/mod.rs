@@ -56,9 +56,9 @@ pub struct Observed<'a> {
     /// Each replica's elements at the end: (topic, node) -> (seq, payload),
     /// in seq order.
     pub finals: Finals,
-    /// The handled topic and its handler's outputs at the end, if the run
-    /// could read them.
-    pub handled: Option<Handled>,
+    /// The handled topic and its handler's outputs at the end, or why the
+    /// run could not read them (`None`: the run had no topic).
+    pub handled: Option<Result<Handled, String>>,
 }
 
 /// What the handler bound to the first topic did, read after the faults.
@@ -178,7 +178,7 @@ mod tests {
             voters: [(0, vec![1, 2, 3])].into(),
             replication: 3,
             finals,
-            handled: Some(Handled::default()),
+            handled: Some(Ok(Handled::default())),
         })
         .into_iter()
         .map(|v| v.checker)
@@ -472,7 +472,7 @@ mod tests {
             voters,
             replication: 3,
             finals,
-            handled: Some(Handled::default()),
+            handled: Some(Ok(Handled::default())),
         })
         .into_iter()
         .map(|v| v.checker)
