@@ -8,11 +8,14 @@
 //! producer `~h<topic id>.<handler>` (for one node's instance of a handler
 //! placed by `all(...)`, `~h<topic id>.<handler>@<node>`: each instance
 //! has its own keys and progress) with producer sequence `seq << 16 | i`.
-//! The runner takes elements in batches, runs the handler on each, then
-//! appends the batch's outputs per target topic, in key order, in chunks
-//! that are each one log entry (applied whole, in order), one chunk at a
-//! time. So in each target topic every output key below the newest one
-//! committed was committed too. A re-run of an element (after a crash, a
+//! The runner takes elements in batches and runs the handler on each; its
+//! outbox (a task of its own, so that the handler goes on with the next
+//! elements meanwhile) appends the outputs of the elements it is given, in
+//! their order, per target topic, in key order, in chunks that are each one
+//! log entry (applied whole, in order), one chunk at a time. So in each
+//! target topic every output key below the newest one committed was
+//! committed too. Progress counts only elements whose outputs the outbox
+//! saw committed; the handler runs at most [`OUTBOX_QUEUE`] batches ahead. A re-run of an element (after a crash, a
 //! leader change, or progress recorded late) then finds each output it
 //! already wrote: the newest as a duplicate, older ones as older than the
 //! producer's window; either way nothing is written twice. Progress is
@@ -22,8 +25,10 @@
 
 use std::time::Duration;
 
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use woof_consensus::Start;
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::handlers::{Handler, OUTPUT_TOPICS_MAX, SEQ_MAX};
@@ -123,6 +128,8 @@ impl Runner {
             self.warm_up(native, next).await?;
         }
         let mut recorded = self.done();
+        // The last element whose outputs are all committed.
+        let mut done = recorded;
         // Output topics the group's record of the handler names, and those
         // to add with the next progress record.
         let mut outputs = Outputs::new(&self.handler.outputs);
@@ -131,98 +138,111 @@ impl Runner {
             .api
             .subscribe(self.topic.as_str(), Start::Seq(next))
             .await?;
-        loop {
+        // The outputs are appended by a task of their own, so that the
+        // handler runs on the next elements while the last ones' outputs
+        // commit.
+        let Started {
+            queue: mut outbox,
+            mut emitted,
+            task: mut emitting,
+        } = Outbox::start(self, done, stop);
+        // An element that failed past its retries, or whose outputs were
+        // refused for good.
+        let mut failed: Option<(u64, String)> = None;
+        let mut stopped = false;
+        while failed.is_none() {
             let wait = match unrecorded_since {
                 Some(since) => RECORD_AFTER.saturating_sub(since.elapsed()),
                 None => Duration::from_secs(3600),
             };
-            let batch = tokio::select! {
-                _ = stop.cancelled() => break,
-                batch = tokio::time::timeout(wait, following.next_batch(BATCH)) => batch,
-            };
-            // Run the handler on each new element, then append all their
-            // outputs; an element that fails ends the batch there.
-            let mut handled: Vec<Handled> = Vec::new();
-            let mut failed: Option<(u64, String)> = None;
-            let mut stopped = false;
-            let elements = batch.unwrap_or_else(|_| Ok(Vec::new()))?;
-            let committed = following.published_at();
-            for element in elements {
-                if element.seq < next {
-                    continue;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => {
+                    stopped = true;
+                    break;
                 }
-                if !self.runs_for(&element) {
-                    // On demand, and its append named another or none.
-                    handled.push(Handled {
-                        seq: element.seq,
-                        outputs: Vec::new(),
-                        at_ms: 0,
-                    });
-                    continue;
-                }
-                let committed = match committed {
-                    Some(at) => Committed::At(at),
-                    None => Committed::AppendedMs(element.append_time_ms),
-                };
-                match self
-                    .handle(&mut engine, &mut spread, &element, committed, stop)
-                    .await
-                {
-                    Ok(out) => handled.push(Handled {
-                        seq: element.seq,
-                        outputs: out,
-                        at_ms: self.api.now_ms(),
-                    }),
-                    Err(Failure::Stopped) => {
+                ended = &mut emitting => match ended {
+                    // It ends only when told to or on a failure.
+                    Ok(Ok(())) | Ok(Err(Failure::Stopped)) => {
                         stopped = true;
                         break;
                     }
-                    Err(Failure::Passing(e)) => return Err(e),
-                    Err(Failure::Element { seq, why }) => {
+                    Ok(Err(Failure::Passing(e))) => return Err(e),
+                    Ok(Err(Failure::Element { seq, why })) => {
+                        // Every element before it has all its outputs.
+                        done = done.max(seq - 1);
                         failed = Some((seq, why));
-                        break;
                     }
-                }
-            }
-            if let Some(last) = handled.last().map(|h| h.seq) {
-                if woof_consensus::bugs::on(woof_consensus::bugs::Bug::HandlerProgressFirst)
-                    && last > recorded
-                {
-                    self.record(last, &mut outputs).await?;
-                    recorded = last;
-                }
-                outputs.saw(&handled);
-                match self.emit(&handled, stop).await {
-                    Ok(()) => {
-                        next = last + 1;
+                    Err(e) => return Err(Error::Internal(format!("a handler's outbox failed: {e}"))),
+                },
+                changed = emitted.changed() => {
+                    if changed.is_ok() {
+                        done = *emitted.borrow_and_update();
                         unrecorded_since.get_or_insert_with(Instant::now);
                     }
-                    Err(Failure::Stopped) => break,
-                    Err(Failure::Passing(e)) => return Err(e),
-                    // Every element before it has all its outputs.
-                    Err(Failure::Element { seq, why }) => {
-                        next = seq;
-                        failed = Some((seq, why));
+                }
+                batch = tokio::time::timeout(wait, following.next_batch(BATCH)) => {
+                    let elements = batch.unwrap_or_else(|_| Ok(Vec::new()))?;
+                    let committed = following.published_at();
+                    let (handled, failure) = self
+                        .run_batch(&mut engine, &mut spread, elements, next, committed, stop)
+                        .await;
+                    if let Some(last) = handled.last().map(|h| h.seq) {
+                        if woof_consensus::bugs::on(woof_consensus::bugs::Bug::HandlerProgressFirst)
+                            && last > recorded
+                        {
+                            self.record(last, &mut outputs).await?;
+                            recorded = last;
+                        }
+                        outputs.saw(&handled);
+                        next = last + 1;
+                        // Waits while the outbox is full: the handler runs no
+                        // further ahead of its committed outputs than that.
+                        if outbox.send(handled).await.is_err() {
+                            // It ended: the next turn reads why.
+                            continue;
+                        }
+                    }
+                    match failure {
+                        None => {}
+                        Some(Failure::Stopped) => {
+                            stopped = true;
+                            break;
+                        }
+                        Some(Failure::Passing(e)) => return Err(e),
+                        Some(Failure::Element { seq, why }) => {
+                            // Its outputs, and those before it, go first.
+                            drop(outbox);
+                            outbox = mpsc::channel(1).0;
+                            match (&mut emitting).await {
+                                Ok(Ok(())) => done = next - 1,
+                                Ok(Err(Failure::Element { seq: first, why: first_why })) => {
+                                    done = done.max(first - 1);
+                                    failed = Some((first, first_why));
+                                    break;
+                                }
+                                Ok(Err(Failure::Stopped)) => {
+                                    stopped = true;
+                                    break;
+                                }
+                                Ok(Err(Failure::Passing(e))) => return Err(e),
+                                Err(e) => {
+                                    return Err(Error::Internal(format!(
+                                        "a handler's outbox failed: {e}"
+                                    )));
+                                }
+                            }
+                            failed = Some((seq, why));
+                        }
                     }
                 }
             }
-            if let Some((seq, why)) = failed {
-                // What it finished stays finished; it resumes here.
-                if next - 1 > recorded {
-                    self.record(next - 1, &mut outputs).await?;
-                }
-                return self.park(seq, why).await;
-            }
-            if stopped {
-                break;
-            }
-            let done = next - 1;
             if done <= recorded {
                 // Nothing left to record: wait for elements, not a timer.
                 unrecorded_since = None;
             }
             let due = unrecorded_since.is_some_and(|s| s.elapsed() >= RECORD_AFTER);
-            if done > recorded && (done - recorded >= RECORD_EVERY || due) {
+            if failed.is_none() && done > recorded && (done - recorded >= RECORD_EVERY || due) {
                 if !self.record(done, &mut outputs).await? {
                     // Updated, removed, or another runner got further:
                     // this one is no longer the handler's.
@@ -232,13 +252,61 @@ impl Runner {
                 unrecorded_since = None;
             }
         }
-        if next - 1 > recorded {
+        if let Some((seq, why)) = failed {
+            // What it finished stays finished; it resumes here.
+            if done > recorded {
+                self.record(done, &mut outputs).await?;
+            }
+            return self.park(seq, why).await;
+        }
+        debug_assert!(stopped);
+        if done > recorded {
             // Best effort: a re-run of these writes nothing twice anyway.
             let _ =
-                tokio::time::timeout(Duration::from_secs(1), self.record(next - 1, &mut outputs))
-                    .await;
+                tokio::time::timeout(Duration::from_secs(1), self.record(done, &mut outputs)).await;
         }
         Ok(())
+    }
+
+    /// Runs the handler on each element of `elements` from `next` on, in
+    /// order, until one fails: those it finished, and the failure.
+    async fn run_batch(
+        &self,
+        engine: &mut Engine,
+        spread: &mut Option<Spread>,
+        elements: Vec<woof_consensus::topic::Element>,
+        next: u64,
+        committed: Option<std::time::Instant>,
+        stop: &CancellationToken,
+    ) -> (Vec<Handled>, Option<Failure>) {
+        let mut handled: Vec<Handled> = Vec::with_capacity(elements.len());
+        for element in elements {
+            if element.seq < next {
+                continue;
+            }
+            if !self.runs_for(&element) {
+                // On demand, and its append named another or none.
+                handled.push(Handled {
+                    seq: element.seq,
+                    outputs: Vec::new(),
+                    at_ms: 0,
+                });
+                continue;
+            }
+            let committed = match committed {
+                Some(at) => Committed::At(at),
+                None => Committed::AppendedMs(element.append_time_ms),
+            };
+            match self.handle(engine, spread, &element, committed, stop).await {
+                Ok(out) => handled.push(Handled {
+                    seq: element.seq,
+                    outputs: out,
+                    at_ms: self.api.now_ms(),
+                }),
+                Err(failure) => return (handled, Some(failure)),
+            }
+        }
+        (handled, None)
     }
 
     /// Shows a stateful handler the elements before `next` it asks for.
@@ -373,6 +441,99 @@ impl Runner {
         }
     }
 
+    /// Records progress up to `done`, with the output topics not yet
+    /// recorded.
+    async fn record(&self, done: u64, outputs: &mut Outputs) -> Result<bool> {
+        let moved = self
+            .api
+            .handler_done(
+                &self.topic,
+                &self.handler.spec.name,
+                self.handler.version,
+                done,
+                outputs.new.clone(),
+                self.instance.clone(),
+            )
+            .await?;
+        outputs.recorded();
+        Ok(moved)
+    }
+}
+
+/// Appends a runner's outputs, in a task of its own: what the runner sends
+/// it (handled elements, in order), one batch at a time, merging what is
+/// queued; it tells which element's outputs are all committed.
+struct Outbox {
+    api: ClusterTopics,
+    topic: TopicName,
+    handler: String,
+    producer: String,
+    node: String,
+}
+
+/// A started [`Outbox`]: where to send it handled elements, the last
+/// element whose outputs it saw committed, and its task (which ends only
+/// when the queue is closed, or on a failure).
+struct Started {
+    queue: mpsc::Sender<Vec<Handled>>,
+    emitted: watch::Receiver<u64>,
+    task: AbortOnDropHandle<Result<(), Failure>>,
+}
+
+/// Batches of handled elements that may wait for the outbox.
+const OUTBOX_QUEUE: usize = 4;
+/// The most outputs the outbox merges into one round of appends.
+const OUTBOX_MERGE: usize = 4096;
+
+impl Outbox {
+    /// Starts one for `runner`, whose outputs are committed up to `done`.
+    fn start(runner: &Runner, done: u64, stop: &CancellationToken) -> Started {
+        let outbox = Self {
+            api: runner.api.clone(),
+            topic: runner.topic.clone(),
+            handler: runner.handler.spec.name.clone(),
+            producer: runner.producer.clone(),
+            node: runner.node.clone(),
+        };
+        let (tx, rx) = mpsc::channel(OUTBOX_QUEUE);
+        let (done_tx, done_rx) = watch::channel(done);
+        let task = tokio::spawn(outbox.run(rx, done_tx, stop.clone()));
+        Started {
+            queue: tx,
+            emitted: done_rx,
+            task: AbortOnDropHandle::new(task),
+        }
+    }
+
+    /// Until the runner closes the queue (`Ok`), or a failure.
+    async fn run(
+        self,
+        mut queue: mpsc::Receiver<Vec<Handled>>,
+        done: watch::Sender<u64>,
+        stop: CancellationToken,
+    ) -> Result<(), Failure> {
+        loop {
+            let mut handled = tokio::select! {
+                _ = stop.cancelled() => return Err(Failure::Stopped),
+                next = queue.recv() => match next {
+                    Some(handled) => handled,
+                    None => return Ok(()),
+                },
+            };
+            let mut count: usize = handled.iter().map(|h| h.outputs.len()).sum();
+            while count < OUTBOX_MERGE {
+                let Ok(more) = queue.try_recv() else { break };
+                count += more.iter().map(|h| h.outputs.len()).sum::<usize>();
+                handled.extend(more);
+            }
+            let Some(last) = handled.last().map(|h| h.seq) else {
+                continue;
+            };
+            self.emit(&handled, &stop).await?;
+            done.send_replace(last);
+        }
+    }
+
     /// Appends the outputs of `handled` (elements in order), each under its
     /// key: per target topic, in order, in chunks of one log entry each,
     /// one chunk at a time. An output refused for good fails its element;
@@ -389,7 +550,7 @@ impl Runner {
             let cause = Cause {
                 topic: self.topic.to_string(),
                 seq,
-                handler: self.handler.spec.name.clone(),
+                handler: self.handler.clone(),
                 node: self.node.clone(),
                 time_ms: *at_ms,
             };
@@ -502,24 +663,6 @@ impl Runner {
             pause *= 2;
         }
         unreachable!("the last attempt returns")
-    }
-
-    /// Records progress up to `done`, with the output topics not yet
-    /// recorded.
-    async fn record(&self, done: u64, outputs: &mut Outputs) -> Result<bool> {
-        let moved = self
-            .api
-            .handler_done(
-                &self.topic,
-                &self.handler.spec.name,
-                self.handler.version,
-                done,
-                outputs.new.clone(),
-                self.instance.clone(),
-            )
-            .await?;
-        outputs.recorded();
-        Ok(moved)
     }
 }
 
