@@ -33,7 +33,9 @@ fn value(text: &str, series: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_scrape_counts_what_was_appended() {
     let dir = tempfile::tempdir().unwrap();
-    let mut config = common::config(dir.path());
+    // Clustered: handlers run only on cluster nodes.
+    let key = woof_overlay::ClusterKey::generate();
+    let mut config = common::clustered_config(dir.path(), key, vec![]);
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let node = Node::start(&config).await.unwrap();
     let addr = node.metrics_addr().expect("it serves metrics");
@@ -53,7 +55,21 @@ async fn a_scrape_counts_what_was_appended() {
     assert!(value(&before, "woof_process_resident_memory_bytes").unwrap() > 0.0);
     assert!(value(&before, "woof_process_cpu_seconds_total").is_some());
 
-    common::create(&mut client, "farm/soil", 1024, 1000).await;
+    common::create_replicated(&mut client, "farm/soil", 1, "").await;
+    common::create_replicated(&mut client, "farm/copy", 1, "").await;
+    client
+        .deploy_handler(v1::DeployHandlerRequest {
+            handler: Some(v1::Handler {
+                topic: "farm/soil".into(),
+                name: "copy".into(),
+                code: Some(v1::handler::Code::Native("forward".into())),
+                config: r#"{"to": "farm/copy"}"#.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     let mut bytes = 0;
     for i in 0..7 {
         let payload = format!("reading {i}");
@@ -99,10 +115,46 @@ async fn a_scrape_counts_what_was_appended() {
     .await;
     // The subscription's task starts as its stream is answered.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // The handler copied all ten.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let handlers = client
+            .list_handlers(v1::ListHandlersRequest {
+                topic: "farm/soil".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .handlers;
+        if handlers.first().is_some_and(|h| h.done >= 10) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the handler did not finish: {handlers:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     let (_, text) = http_get(addr, "/metrics").await;
     let topic = |name: &str| value(&text, &format!("{name}{{topic=\"farm/soil\"}}"));
     assert_eq!(topic("woof_topic_appends_total"), Some(10.0), "{text}");
+    let handler = |name: &str| {
+        value(
+            &text,
+            &format!("{name}{{topic=\"farm/soil\",handler=\"copy\"}}"),
+        )
+    };
+    assert_eq!(
+        handler("woof_handler_invocations_total"),
+        Some(10.0),
+        "{text}"
+    );
+    assert_eq!(handler("woof_handler_errors_total"), Some(0.0), "{text}");
+    assert_eq!(
+        value(&text, "woof_handler_dispatch_latency_seconds_count"),
+        Some(10.0)
+    );
     assert_eq!(topic("woof_topic_appended_bytes_total"), Some(bytes as f64));
     // One observation per append request that succeeded: 7 + 1 batch.
     assert_eq!(value(&text, "woof_append_latency_seconds_count"), Some(8.0));

@@ -58,20 +58,24 @@ pub struct Book {
     pub runs: u64,
     pub errors: u64,
     pub timeouts: u64,
+    /// Where its invocations also count (the node's `/metrics`); a copy
+    /// [`Journal::read`] gives has none.
+    pub metrics: Option<crate::metrics::HandlerHandles>,
 }
 
-type Key = (TopicName, String);
+/// Books by topic, then handler (looked up without allocating).
+type Books = HashMap<TopicName, HashMap<String, Book>>;
 
 /// Every handler's record on this node; cheap to clone (shared).
 #[derive(Debug, Clone, Default)]
 pub struct Journal {
-    books: Arc<Mutex<HashMap<Key, Book>>>,
+    books: Arc<Mutex<Books>>,
     /// Where each invocation is also counted (the node's `/metrics`).
     metrics: crate::metrics::HandlerMetrics,
 }
 
 impl Journal {
-    fn books(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Book>> {
+    fn books(&self) -> std::sync::MutexGuard<'_, Books> {
         self.books.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -85,29 +89,46 @@ impl Journal {
 
     /// Starts a handler's record afresh (it starts running here).
     pub fn open(&self, topic: &TopicName, handler: &str) {
+        let book = Book {
+            metrics: Some(self.metrics.handles(topic.as_str(), handler)),
+            ..Book::default()
+        };
         let mut books = self.books();
-        if books.len() >= BOOKS_MAX {
+        let open: usize = books.values().map(HashMap::len).sum();
+        let here = books.get(topic).is_some_and(|b| b.contains_key(handler));
+        if open >= BOOKS_MAX && !here {
             // Only handlers that stopped running here can be past the
             // bound: forget one of them.
             if let Some(old) = books.keys().next().cloned() {
-                books.remove(&old);
+                let emptied = books.get_mut(&old).is_some_and(|handlers| {
+                    if let Some(name) = handlers.keys().next().cloned() {
+                        handlers.remove(&name);
+                    }
+                    handlers.is_empty()
+                });
+                if emptied {
+                    books.remove(&old);
+                }
             }
         }
-        books.insert((topic.clone(), handler.to_string()), Book::default());
+        books
+            .entry(topic.clone())
+            .or_default()
+            .insert(handler.to_string(), book);
     }
 
     /// Records one invocation (its `id` is given here).
     pub fn record(&self, topic: &TopicName, handler: &str, mut invocation: Invocation) {
-        self.metrics.record(
-            topic.as_str(),
-            handler,
-            invocation.outcome,
-            std::time::Duration::from_micros(invocation.dispatch_us),
-        );
         let mut books = self.books();
-        let Some(book) = books.get_mut(&(topic.clone(), handler.to_string())) else {
+        let Some(book) = books.get_mut(topic).and_then(|b| b.get_mut(handler)) else {
             return;
         };
+        if let Some(metrics) = &book.metrics {
+            metrics.record(
+                invocation.outcome,
+                std::time::Duration::from_micros(invocation.dispatch_us),
+            );
+        }
         book.runs += 1;
         match invocation.outcome {
             Outcome::Ok => {}
@@ -125,7 +146,7 @@ impl Journal {
     /// first, with the counts; `None` if the handler never ran here.
     pub fn read(&self, topic: &TopicName, handler: &str, after: u64, limit: usize) -> Option<Book> {
         let books = self.books();
-        let book = books.get(&(topic.clone(), handler.to_string()))?;
+        let book = books.get(topic)?.get(handler)?;
         let newer: Vec<&Invocation> = book.recent.iter().filter(|i| i.id > after).collect();
         let skip = newer.len().saturating_sub(limit);
         Some(Book {
@@ -133,6 +154,7 @@ impl Journal {
             runs: book.runs,
             errors: book.errors,
             timeouts: book.timeouts,
+            metrics: None,
         })
     }
 }

@@ -533,6 +533,17 @@ pub fn assert_log_holds(held: &[(u64, Vec<u8>)], acked: &[(String, u64, Instant)
 /// A node in this process in a cluster of loopback nodes keyed by `key`,
 /// joining `join` (none for the first).
 pub async fn start_clustered(dir: &std::path::Path, key: ClusterKey, join: Vec<Multiaddr>) -> Node {
+    Node::start(&clustered_config(dir, key, join))
+        .await
+        .unwrap()
+}
+
+/// The configuration [`start_clustered`] starts a node with.
+pub fn clustered_config(
+    dir: &std::path::Path,
+    key: ClusterKey,
+    join: Vec<Multiaddr>,
+) -> NodeConfig {
     let mut config = NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
     config.cluster = Some(ClusterConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
@@ -542,7 +553,7 @@ pub async fn start_clustered(dir: &std::path::Path, key: ClusterKey, join: Vec<M
         join_timeout: Some(Duration::from_secs(10)),
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
     });
-    Node::start(&config).await.unwrap()
+    config
 }
 
 /// A UDP port free a moment ago, for a gateway to bind.
