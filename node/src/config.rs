@@ -571,4 +571,55 @@ mod tests {
         assert_eq!("json".parse::<LogFormat>().unwrap(), LogFormat::Json);
         assert!("yaml".parse::<LogFormat>().is_err());
     }
+
+    #[test]
+    fn security_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        crate::auth::tls::make_certs(&pki, &["n1".into()], &[]).unwrap();
+        let root = dir.path().join("root.key");
+        crate::auth::token::keygen_to(&root).unwrap();
+        let public = crate::auth::token::pub_path(&root);
+        let file = ConfigFile::parse(&format!(
+            "tls_cert = {:?}\ntls_key = {:?}\nrequire_token = true\ntoken_root = {:?}",
+            pki.join("n1.pem"),
+            pki.join("n1.key"),
+            public
+        ))
+        .unwrap();
+        let c = NodeConfig::resolve(file, flags("/b")).unwrap();
+        assert!(c.security.tls.is_some());
+        // Trusts its own chain when it calls other nodes.
+        assert!(c.security.client_tls.is_some());
+        assert!(c.security.token_root.is_some());
+
+        let half = Flags {
+            tls_cert: Some(pki.join("n1.pem")),
+            ..flags("/b")
+        };
+        assert!(NodeConfig::resolve(ConfigFile::default(), half).is_err());
+        let no_root = Flags {
+            require_token: true,
+            ..flags("/b")
+        };
+        let err = NodeConfig::resolve(ConfigFile::default(), no_root).unwrap_err();
+        assert!(err.to_string().contains("--token-root"), "{err}");
+        // The private key is not a root a node takes.
+        let private_root = Flags {
+            require_token: true,
+            token_root: Some(root),
+            ..flags("/b")
+        };
+        let err = NodeConfig::resolve(ConfigFile::default(), private_root).unwrap_err();
+        assert!(err.to_string().contains("private"), "{err}");
+        // A key that is not the certificate's.
+        crate::auth::tls::make_certs(&dir.path().join("other"), &["n1".into()], &[]).unwrap();
+        let mismatched = Flags {
+            tls_cert: Some(pki.join("n1.pem")),
+            tls_key: Some(dir.path().join("other").join("n1.key")),
+            ..flags("/b")
+        };
+        let err = NodeConfig::resolve(ConfigFile::default(), mismatched).unwrap_err();
+        assert!(matches!(err, Error::Tls(_)), "{err}");
+    }
 }

@@ -119,11 +119,14 @@ async fn latest(url: &str, token: Option<&str>, topic: &str) -> Result<u64, toni
 async fn a_node_requiring_tokens_checks_every_request() {
     let dir = tempfile::tempdir().unwrap();
     let (root, public) = root_key(dir.path());
+    let metrics = format!("127.0.0.1:{}", free_tcp_port());
     let node = NodeProcess::start(&[
         "--data-dir",
         dir.path().join("n").to_str().unwrap(),
         "--grpc-listen",
         "127.0.0.1:0",
+        "--metrics-listen",
+        &metrics,
         "--require-token",
         "--token-root",
         public.to_str().unwrap(),
@@ -263,6 +266,32 @@ async fn a_node_requiring_tokens_checks_every_request() {
         latest(url, Some(&admin), "farm/north/x").await.unwrap(),
         101
     );
+    // Each refusal is counted.
+    let text = scrape(&metrics).await;
+    let counted: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("woof_requests_rejected_total{code=\"UNAUTHENTICATED\"} ")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no UNAUTHENTICATED count in:\n{text}"));
+    assert!(counted >= 10_000.0, "{counted} refusals counted");
+}
+
+/// `GET /metrics` at `addr`: the body.
+async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("a scrape answers within 10 s")
+        .unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    raw.split_once("\r\n\r\n").unwrap().1.to_string()
 }
 
 /// Three nodes requiring tokens: an expired token and a revoked one (and a
