@@ -16,7 +16,8 @@
 //!   replicas in this process, without a network: the floor under `append`),
 //!   `subscribe.rs` (append-to-delivery latency on the leader's node, on a
 //!   follower's, and fanned out to 100 subscribers), `devices.rs`
-//!   (simulated microcontrollers through one bridge gateway);
+//!   (simulated microcontrollers through one bridge gateway), `security.rs`
+//!   (a token check, and appends with tokens, TLS, both and neither);
 //! - `plot.rs`: SVG plots of a report (`--plots DIR`: latency by
 //!   percentile, figures over time);
 //! - `nats.rs`: NATS JetStream as the peer (`append`, `subscribe` and
@@ -45,6 +46,7 @@ mod nodes;
 mod plot;
 mod report;
 mod scale;
+mod security;
 mod subscribe;
 
 use std::path::PathBuf;
@@ -174,6 +176,14 @@ enum Workload {
         #[arg(long, default_value_t = scale::CREATORS_PER_NODE)]
         creators: usize,
     },
+    /// The cost of capability tokens and TLS: one token check (uncached and
+    /// cached), and synced appends to one node with neither, tokens, TLS
+    /// and both, from 1 and 64 clients.
+    Security {
+        /// 2 s per case instead of 10 s.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Every workload in turn (floor, append, subscribe, failover, scale),
     /// with their default settings; each report goes to OUT as NAME.md and
     /// NAME.json, its plots to OUT/NAME/. A workload that fails is reported
@@ -269,6 +279,7 @@ fn run(
             matches!(peer, Some(Peer::Nats)),
         ))?,
         Workload::Handlers { quick } => runtime.block_on(handlers::run(&woof, quick))?,
+        Workload::Security { quick } => runtime.block_on(security::run(&woof, quick))?,
         Workload::Devices { quick } => runtime.block_on(devices::run(&woof, quick))?,
         Workload::Floor { replicas, appends } => runtime.block_on(floor::run(replicas, appends))?,
         Workload::Scale {

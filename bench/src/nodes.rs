@@ -108,7 +108,7 @@ impl NodeProcess {
             .trim()
             .rsplit(' ')
             .next()
-            .filter(|u| u.starts_with("http://"))
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
         else {
             let _ = child.kill();
             let _ = child.wait();

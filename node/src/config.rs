@@ -17,6 +17,14 @@
 //! log_format = "json"           # or "text" (the default)
 //! # Prometheus metrics (GET /metrics):
 //! metrics_listen = "127.0.0.1:9100"
+//! # TLS on the client API, and the CA this node trusts when it calls
+//! # another node (default: the chain in tls_cert):
+//! tls_cert = "/etc/woof/node-1.pem"
+//! tls_key = "/etc/woof/node-1.key"
+//! ca = "/etc/woof/ca.pem"
+//! # Capability tokens: every request needs one signed by this root key.
+//! require_token = true
+//! token_root = "/etc/woof/root.key.pub"
 //! ```
 
 use std::net::SocketAddr;
@@ -56,6 +64,20 @@ pub struct NodeConfig {
     pub bridge_listen: Vec<crate::devices::transport::Transport>,
     /// Where it serves Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// TLS and tokens on the client API.
+    pub security: Security,
+}
+
+/// TLS and capability tokens on a node's client API.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// The node's certificate and key (`--tls-cert`, `--tls-key`), checked.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// What this node trusts when it calls another node's API: `--ca`, else
+    /// the chain in its own `--tls-cert`.
+    pub client_tls: Option<crate::auth::tls::ClientTls>,
+    /// With `--require-token`: the root public key tokens must be signed by.
+    pub token_root: Option<biscuit_auth::PublicKey>,
 }
 
 /// Overlay settings of a node that is part of a cluster.
@@ -95,6 +117,12 @@ pub struct ConfigFile {
     /// `text` or `json`; read by `main` before the rest, to set up logging.
     pub log_format: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub require_token: bool,
+    pub token_root: Option<PathBuf>,
 }
 
 impl ConfigFile {
@@ -138,6 +166,11 @@ pub struct Flags {
     pub metrics_listen: Option<SocketAddr>,
     /// Such as `30s`; see [`parse_duration`].
     pub join_timeout: Option<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub ca: Option<PathBuf>,
+    pub require_token: bool,
+    pub token_root: Option<PathBuf>,
 }
 
 /// The longest `--join-timeout` (a day): longer is a typo for "never",
@@ -329,6 +362,13 @@ impl NodeConfig {
                 repair_after,
             })
         };
+        let security = Security::resolve(
+            flags.tls_cert.or(file.tls_cert),
+            flags.tls_key.or(file.tls_key),
+            flags.ca.or(file.ca),
+            flags.require_token || file.require_token,
+            flags.token_root.or(file.token_root),
+        )?;
         Ok(Self {
             data_dir,
             grpc_listen,
@@ -337,6 +377,7 @@ impl NodeConfig {
             python_worker: None,
             bridge_listen,
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            security,
         })
     }
 
@@ -350,7 +391,54 @@ impl NodeConfig {
             python_worker: None,
             bridge_listen: Vec::new(),
             metrics_listen: None,
+            security: Security::default(),
         }
+    }
+}
+
+impl Security {
+    /// Reads and checks the files the settings name.
+    pub fn resolve(
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        ca: Option<PathBuf>,
+        require_token: bool,
+        token_root: Option<PathBuf>,
+    ) -> Result<Self> {
+        use crate::auth::tls::{ClientTls, server_config};
+        let tls = match (&tls_cert, &tls_key) {
+            (Some(cert), Some(key)) => Some(server_config(cert, key)?),
+            (None, None) => None,
+            _ => {
+                return Err(Error::Usage("--tls-cert and --tls-key go together".into()));
+            }
+        };
+        let client_tls = match (&ca, &tls_cert) {
+            (Some(ca), _) => Some(ClientTls::load(ca)?),
+            (None, Some(chain)) => Some(ClientTls::load(chain)?),
+            (None, None) => None,
+        };
+        let token_root = match (require_token, token_root) {
+            (true, Some(path)) => Some(crate::auth::token::load_public(&path)?),
+            (true, None) => {
+                return Err(Error::Usage(
+                    "--require-token needs --token-root FILE (the public root key, \
+                     root.key.pub from `woof token keygen`)"
+                        .into(),
+                ));
+            }
+            (false, Some(_)) => {
+                return Err(Error::Usage(
+                    "--token-root is used with --require-token".into(),
+                ));
+            }
+            (false, None) => None,
+        };
+        Ok(Self {
+            tls,
+            client_tls,
+            token_root,
+        })
     }
 }
 
@@ -482,5 +570,56 @@ mod tests {
         }
         assert_eq!("json".parse::<LogFormat>().unwrap(), LogFormat::Json);
         assert!("yaml".parse::<LogFormat>().is_err());
+    }
+
+    #[test]
+    fn security_settings_come_from_the_file_and_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = dir.path().join("pki");
+        crate::auth::tls::make_certs(&pki, &["n1".into()], &[]).unwrap();
+        let root = dir.path().join("root.key");
+        crate::auth::token::keygen_to(&root).unwrap();
+        let public = crate::auth::token::pub_path(&root);
+        let file = ConfigFile::parse(&format!(
+            "tls_cert = {:?}\ntls_key = {:?}\nrequire_token = true\ntoken_root = {:?}",
+            pki.join("n1.pem"),
+            pki.join("n1.key"),
+            public
+        ))
+        .unwrap();
+        let c = NodeConfig::resolve(file, flags("/b")).unwrap();
+        assert!(c.security.tls.is_some());
+        // Trusts its own chain when it calls other nodes.
+        assert!(c.security.client_tls.is_some());
+        assert!(c.security.token_root.is_some());
+
+        let half = Flags {
+            tls_cert: Some(pki.join("n1.pem")),
+            ..flags("/b")
+        };
+        assert!(NodeConfig::resolve(ConfigFile::default(), half).is_err());
+        let no_root = Flags {
+            require_token: true,
+            ..flags("/b")
+        };
+        let err = NodeConfig::resolve(ConfigFile::default(), no_root).unwrap_err();
+        assert!(err.to_string().contains("--token-root"), "{err}");
+        // The private key is not a root a node takes.
+        let private_root = Flags {
+            require_token: true,
+            token_root: Some(root),
+            ..flags("/b")
+        };
+        let err = NodeConfig::resolve(ConfigFile::default(), private_root).unwrap_err();
+        assert!(err.to_string().contains("private"), "{err}");
+        // A key that is not the certificate's.
+        crate::auth::tls::make_certs(&dir.path().join("other"), &["n1".into()], &[]).unwrap();
+        let mismatched = Flags {
+            tls_cert: Some(pki.join("n1.pem")),
+            tls_key: Some(dir.path().join("other").join("n1.key")),
+            ..flags("/b")
+        };
+        let err = NodeConfig::resolve(ConfigFile::default(), mismatched).unwrap_err();
+        assert!(matches!(err, Error::Tls(_)), "{err}");
     }
 }

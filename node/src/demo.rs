@@ -9,8 +9,8 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tonic::transport::Channel;
-use woof_proto::v1::{self, woof_client::WoofClient};
+
+use woof_proto::v1;
 
 use std::collections::BTreeMap;
 
@@ -36,7 +36,7 @@ struct Demo {
     node: Option<Node>,
     /// The two cloud nodes.
     others: Vec<Node>,
-    client: WoofClient<Channel>,
+    client: crate::cli::Client,
 }
 
 /// Runs the whole demo and cleans up after it.
@@ -1041,7 +1041,7 @@ async fn failover(d: &mut Demo) -> Result<()> {
 /// is acknowledged (safe: a retry never appends twice); returns each
 /// acknowledged sequence number and when it was acknowledged.
 async fn sensor(
-    mut client: WoofClient<Channel>,
+    mut client: crate::cli::Client,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<(u64, Instant)>> {
     let mut acked = Vec::new();
@@ -1080,7 +1080,7 @@ async fn sensor(
 }
 
 /// Peer id -> the demo name of each node, from cluster status.
-async fn node_names(client: &mut WoofClient<Channel>) -> Result<BTreeMap<String, String>> {
+async fn node_names(client: &mut crate::cli::Client) -> Result<BTreeMap<String, String>> {
     let nodes = client
         .cluster_status(v1::ClusterStatusRequest {})
         .await?
@@ -1095,7 +1095,7 @@ async fn node_names(client: &mut WoofClient<Channel>) -> Result<BTreeMap<String,
         .collect())
 }
 
-async fn describe(client: &mut WoofClient<Channel>, name: &str) -> Result<v1::TopicInfo> {
+async fn describe(client: &mut crate::cli::Client, name: &str) -> Result<v1::TopicInfo> {
     Ok(client
         .describe_topic(v1::DescribeTopicRequest { name: name.into() })
         .await?
@@ -1105,7 +1105,7 @@ async fn describe(client: &mut WoofClient<Channel>, name: &str) -> Result<v1::To
 }
 
 /// Every sequence number the demo topic holds, by scans.
-async fn scan_seqs(client: &mut WoofClient<Channel>) -> Result<Vec<u64>> {
+async fn scan_seqs(client: &mut crate::cli::Client) -> Result<Vec<u64>> {
     Ok(scan_all(client, TOPIC)
         .await?
         .into_iter()
@@ -1114,7 +1114,7 @@ async fn scan_seqs(client: &mut WoofClient<Channel>) -> Result<Vec<u64>> {
 }
 
 /// Every element of `topic`: (seq, payload).
-async fn scan_all(client: &mut WoofClient<Channel>, topic: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+async fn scan_all(client: &mut crate::cli::Client, topic: &str) -> Result<Vec<(u64, Vec<u8>)>> {
     let mut all = Vec::new();
     let mut next = 1;
     loop {
@@ -1137,7 +1137,7 @@ async fn scan_all(client: &mut WoofClient<Channel>, topic: &str) -> Result<Vec<(
 /// Waits (up to `within`) until every handler of `topic` has finished every
 /// element; returns them as they then stand.
 async fn handlers_caught_up(
-    client: &mut WoofClient<Channel>,
+    client: &mut crate::cli::Client,
     topic: &str,
     within: Duration,
 ) -> Result<Vec<v1::Handler>> {

@@ -32,6 +32,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// A certificate, key or CA file is missing or bad, or TLS failed.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A task inside the node failed unexpectedly (a bug).
     #[error("internal error: {0}")]
     Internal(String),

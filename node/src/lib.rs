@@ -24,6 +24,9 @@
 //!   messages and the domain types of `woof_consensus`, errors included;
 //!   the span each request is handled in (rpc, topic, peer); and in
 //!   `grpc::health`, `grpc.health.v1` and server reflection.
+//! - [`auth`]: capability tokens (biscuit): making, narrowing and checking
+//!   them, the replicated revocation list; and TLS on the client API, with
+//!   `woof cluster certs` for test clusters.
 //! - [`cli`]: the command-line client (`woof topic ...`, `woof append ...`),
 //!   which talks gRPC to a node, and its text/JSON output.
 //! - [`devices`]: microcontrollers: the device registry, the bridge
@@ -37,6 +40,7 @@
 //! `main.rs` only parses the command line and calls into these.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;

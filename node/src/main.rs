@@ -1,7 +1,10 @@
 //! The `woof` binary: parses the command line and hands over to the library.
 
 use clap::Parser;
-use woof_node::cli::{self, Cli, ClusterCommand, Command, NodeCommand, Output, local_cluster};
+use woof_node::cli::{
+    self, Cli, ClientOptions, ClusterCommand, Command, NodeCommand, Output, TokenCommand,
+    local_cluster,
+};
 use woof_node::config::{ConfigFile, LogFormat, NodeConfig};
 use woof_node::server::Node;
 
@@ -49,7 +52,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             // openraft logs every failed heartbeat to a stopped peer as an
             // error, ten times a second; WOOF_LOG=openraft=debug shows them.
             init_logs("info,libp2p_kad=error,openraft=off", format);
-            let config = NodeConfig::resolve(file, args.flags())?;
+            let mut flags = args.flags();
+            flags.ca = cli.ca.clone();
+            let config = NodeConfig::resolve(file, flags)?;
             let stop_signal = shutdown_signal();
             let mut node = Node::start(&config).await?;
             println!("woof node serving gRPC on {}", node.url());
@@ -67,6 +72,88 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             stopped?;
             tracing::info!("stopped cleanly");
+            Ok(())
+        }
+        Command::Cluster(ClusterCommand::Certs {
+            dir,
+            nodes,
+            names,
+            san,
+        }) => {
+            let names = match (nodes, names.is_empty()) {
+                (Some(n), _) => (1..=n).map(|i| format!("node-{i}")).collect(),
+                (None, false) => names,
+                (None, true) => (1..=3).map(|i| format!("node-{i}")).collect(),
+            };
+            let written = woof_node::auth::tls::make_certs(&dir, &names, &san)?;
+            println!("CA: {} (clients: --ca {0})", written.ca.display());
+            for (name, cert, key) in &written.nodes {
+                println!(
+                    "{name}: --tls-cert {} --tls-key {}",
+                    cert.display(),
+                    key.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Token(TokenCommand::Keygen { out }) => {
+            let public = woof_node::auth::token::keygen_to(&out)?;
+            println!("{public}");
+            eprintln!(
+                "private key in {} (keep it off the nodes); public key in {} (nodes: --token-root)",
+                out.display(),
+                woof_node::auth::token::pub_path(&out).display()
+            );
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create {
+            root_key,
+            topics,
+            ops,
+            expires,
+        }) => {
+            use woof_node::auth::token;
+            let root = token::load_private(&root_key)?;
+            let grant = token::Grant {
+                topics: token::parse_topics(&topics)?,
+                ops: token::parse_ops(&ops)?,
+                expires_in: token::parse_lifetime(&expires)?,
+            };
+            let made = token::create(&root, &grant)?;
+            println!("{made}");
+            eprintln!("id (to revoke it): {}", token::token_id(&made)?);
+            Ok(())
+        }
+        Command::Token(TokenCommand::Attenuate {
+            token: text,
+            topics,
+            ops,
+            expires,
+        }) => {
+            use woof_node::auth::token;
+            let narrowing = token::Narrowing {
+                topics: if topics.is_empty() {
+                    None
+                } else {
+                    Some(token::parse_topics(&topics)?)
+                },
+                ops: ops.as_deref().map(token::parse_ops).transpose()?,
+                expires_in: expires.as_deref().map(token::parse_lifetime).transpose()?,
+            };
+            let made = token::attenuate(&text, &narrowing)?;
+            println!("{made}");
+            let (ids, _) = token::inspect(&made)?;
+            if let Some(own) = ids.last() {
+                eprintln!("id of this attenuation (to revoke it alone): {own}");
+            }
+            Ok(())
+        }
+        Command::Token(TokenCommand::Inspect { token: text }) => {
+            let (ids, source) = woof_node::auth::token::inspect(&text)?;
+            for (i, id) in ids.iter().enumerate() {
+                println!("id {i}: {id}");
+            }
+            print!("{source}");
             Ok(())
         }
         Command::Cluster(ClusterCommand::Keygen) => {
@@ -162,7 +249,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         command => {
             init_tracing("warn");
             let mut out = Output::stdout(cli.json);
-            cli::run_client(&cli.server, command, &mut out).await?;
+            let options = ClientOptions::from_cli(cli.ca.as_deref(), cli.token.as_deref())?;
+            cli::run_client(&cli.server, &options, command, &mut out).await?;
             Ok(())
         }
     }

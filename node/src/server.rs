@@ -38,6 +38,10 @@ const REQUESTS_PER_CONNECTION_MAX: usize = 1024;
 /// read what their streams still hold, before it cuts their connections.
 pub const DRAIN_MAX: Duration = Duration::from_secs(5);
 
+/// The most bytes of request headers (metadata) a client may send: a token
+/// is at most 4 KiB ([`crate::auth::TOKEN_BYTES_MAX`]).
+const HEADER_LIST_BYTES_MAX: u32 = 64 * 1024;
+
 /// How long a stopping node still takes requests after its health turned
 /// NOT_SERVING, so that those watching it hear it before the port closes.
 const NOT_SERVING_GRACE: Duration = Duration::from_millis(100);
@@ -74,12 +78,15 @@ pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>
 /// once every request has finished and every subscription task has ended.
 /// Connections still open [`DRAIN_MAX`] after the signal (a client that
 /// stopped reading its stream) are cut.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     listener: TcpListener,
     topics: TopicApi,
     cluster: Cluster,
     store: Weak<RocksStore>,
     metrics: crate::metrics::Metrics,
+    security: &crate::config::Security,
+    auth: Option<Arc<crate::auth::Authority>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     // The subscription tasks: they end on this signal, and are awaited
@@ -89,8 +96,10 @@ pub async fn run(
     let reflection = crate::grpc::health::reflection()?;
     health.serving().await;
     streams.spawn(health.clone().watch_storage(store, streams.clone()));
-    let service =
-        Service::new(topics.clone(), cluster, streams.clone()).with_metrics(metrics.clone());
+    let service = Service::new(topics.clone(), cluster, streams.clone())
+        .with_metrics(metrics.clone())
+        .with_auth(auth)
+        .with_client_tls(security.client_tls.clone());
     let service = WoofServer::new(service)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
@@ -112,7 +121,14 @@ pub async fn run(
         streams.request();
         topics.shutdown().await;
     };
-    let serving = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &security.tls {
+        builder = builder
+            .tls_config(tls.clone())
+            .map_err(|e| Error::Tls(crate::auth::tls::chain(&e)))?;
+    }
+    let serving = builder
+        .http2_max_header_list_size(HEADER_LIST_BYTES_MAX)
         .concurrency_limit_per_connection(REQUESTS_PER_CONNECTION_MAX)
         .trace_fn(crate::grpc::request_span)
         .layer(crate::metrics::http::RequestLayer(metrics))
@@ -149,6 +165,8 @@ pub async fn run(
 /// directory, in the same process, right after.
 pub struct Node {
     grpc_addr: SocketAddr,
+    /// Whether the client API is served over TLS (`https://`).
+    tls: bool,
     info: woof_overlay::NodeInfo,
     /// The stop signal, and the tasks started here: the gRPC server and,
     /// in a cluster, repair.
@@ -200,11 +218,29 @@ impl Node {
             })?),
             None => None,
         };
+        let tls = config.security.tls.is_some();
+        if !tls && !grpc_addr.ip().is_loopback() {
+            tracing::warn!(
+                %grpc_addr,
+                "the client API listens beyond loopback WITHOUT TLS: requests and tokens cross \
+                 the network unencrypted and the node is not authenticated to its clients \
+                 (start it with --tls-cert and --tls-key)"
+            );
+        }
+        if config.security.token_root.is_none() && !grpc_addr.ip().is_loopback() {
+            tracing::warn!(
+                %grpc_addr,
+                "the client API listens beyond loopback WITHOUT --require-token: anyone who \
+                 reaches this port may read, write and delete every topic"
+            );
+        }
         let (topics, store) = open_topics(config).await?;
         let mut info = config.info.clone();
-        info.grpc_addr = Some(format!("http://{grpc_addr}"));
+        let scheme = if tls { "https" } else { "http" };
+        info.grpc_addr = Some(format!("{scheme}://{grpc_addr}"));
         let mut node = Self {
             grpc_addr,
+            tls,
             info,
             shutdown: Shutdown::new(),
             server: None,
@@ -301,18 +337,34 @@ impl Node {
             self.info.clone(),
             self.overlay.as_ref().map(|o| o.client.clone()),
         );
+        let auth = config.security.token_root.map(|root| {
+            let revoked = crate::auth::Revoked::default();
+            self.shutdown.spawn(crate::auth::revocation::follow(
+                api.clone(),
+                revoked.clone(),
+                self.shutdown.clone(),
+            ));
+            tracing::info!(root = %root, "every request needs a token signed by this root key");
+            Arc::new(crate::auth::Authority::new(root, revoked))
+        });
         let shutdown = self.shutdown.clone();
         let metrics = self.metrics.clone();
-        self.server = Some(self.shutdown.spawn(run(
-            listener,
-            api,
-            cluster,
-            store_seen,
-            metrics,
-            async move {
-                shutdown.requested().await;
-            },
-        )));
+        let security = config.security.clone();
+        self.server = Some(self.shutdown.spawn(async move {
+            run(
+                listener,
+                api,
+                cluster,
+                store_seen,
+                metrics,
+                &security,
+                auth,
+                async move {
+                    shutdown.requested().await;
+                },
+            )
+            .await
+        }));
         Ok(())
     }
 
@@ -331,9 +383,10 @@ impl Node {
         self.metrics_addr
     }
 
-    /// `http://ADDR`, as clients want it.
+    /// `http://ADDR` (`https://` with TLS), as clients want it.
     pub fn url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.grpc_addr)
     }
 
     /// This node's overlay, if it is in a cluster.

@@ -10,6 +10,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use woof_consensus::topic::handlers::HANDLER_CODE_BYTES_MAX;
 use woof_proto::MESSAGE_BYTES_MAX;
@@ -33,6 +36,15 @@ pub struct Cli {
     /// Print one JSON object per line instead of plain text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The CA certificate (PEM) to trust the node's certificate by, for
+    /// https:// addresses. A node takes it too: the CA it trusts when it
+    /// calls another node [default: the chain in its --tls-cert].
+    #[arg(long, global = true, env = "WOOF_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// A capability token (`woof token create`), sent with every request
+    /// as `authorization: Bearer TOKEN`.
+    #[arg(long, global = true, env = "WOOF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -82,6 +94,9 @@ pub enum Command {
     /// Cluster keys and status.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Capability tokens: root keys, tokens, narrower tokens, revocation.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Start an embedded node on this machine and show what woof does.
     Demo,
 }
@@ -112,6 +127,70 @@ pub enum ClusterCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Make a CA and a certificate per node for a test cluster, in --dir:
+    /// ca.pem (give it to clients as --ca), and NAME.pem / NAME.key (the
+    /// node's --tls-cert / --tls-key), each valid for localhost, 127.0.0.1,
+    /// ::1 and its name.
+    Certs {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Name the nodes node-1 .. node-N.
+        #[arg(long, conflicts_with = "names")]
+        nodes: Option<usize>,
+        /// Or name them (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
+        /// More host names or IP addresses every certificate is valid for
+        /// (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        san: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a root key pair: the private key to --out (mode 0600), the
+    /// public one printed and written to OUT.pub (nodes' --token-root).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a token signed by the root key; prints it.
+    Create {
+        /// The private root key (`woof token keygen`).
+        #[arg(long)]
+        root_key: PathBuf,
+        /// Topic patterns: NAME, NAME/** (it and all under it) or **
+        /// (comma-separated).
+        #[arg(long, required = true, value_delimiter = ',')]
+        topics: Vec<String>,
+        /// Operations: read, append, subscribe, admin, deploy
+        /// (comma-separated).
+        #[arg(long, required = true)]
+        ops: String,
+        /// Its lifetime, such as 1h, 30d.
+        #[arg(long, default_value = "30d")]
+        expires: String,
+    },
+    /// Make a narrower token from TOKEN, offline and without the root key.
+    Attenuate {
+        token: String,
+        /// Only these topic patterns (within the token's).
+        #[arg(long, value_delimiter = ',')]
+        topics: Vec<String>,
+        /// Only these operations.
+        #[arg(long)]
+        ops: Option<String>,
+        /// A shorter lifetime, such as 1h.
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Print a token's ids (the first revokes it and every token made from
+    /// it) and its rules.
+    Inspect { token: String },
+    /// Revoke a token by its id (from `woof token inspect`): every node
+    /// refuses it within seconds. Needs a token with admin on **.
+    Revoke { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -307,6 +386,18 @@ pub struct NodeStartArgs {
     /// 127.0.0.1:9100.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the client API over TLS with this certificate (chain, PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse every request without a token signed by --token-root's key.
+    #[arg(long)]
+    pub require_token: bool,
+    /// The public root key (root.key.pub from `woof token keygen`).
+    #[arg(long, value_name = "FILE")]
+    pub token_root: Option<PathBuf>,
 }
 
 impl NodeStartArgs {
@@ -326,6 +417,12 @@ impl NodeStartArgs {
             bridge_listen: self.bridge_listen,
             join_timeout: self.join_timeout,
             metrics_listen: self.metrics_listen,
+            tls_cert: self.tls_cert,
+            tls_key: self.tls_key,
+            // The global --ca; main sets it.
+            ca: None,
+            require_token: self.require_token,
+            token_root: self.token_root,
         }
     }
 }
@@ -496,33 +593,199 @@ pub struct AppendArgs {
     pub handler: Option<String>,
 }
 
-/// Connects to a node.
-pub async fn connect(server: &str) -> Result<WoofClient<Channel>> {
+/// A gRPC client of a node, sending a token with each request if it has one.
+pub type Client = WoofClient<InterceptedService<Channel, Bearer>>;
+
+/// Adds `authorization: Bearer TOKEN` to each request (nothing without a
+/// token).
+#[derive(Clone, Debug, Default)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    /// From a token's text.
+    pub fn token(token: &str) -> Result<Self> {
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| Error::Usage("the token is not printable ASCII text".into()))?;
+        Ok(Self(Some(value)))
+    }
+
+    /// The header a request came with, passed on unchanged (a node
+    /// forwarding a client's request to another node).
+    pub fn from_request(metadata: &tonic::metadata::MetadataMap) -> Self {
+        Self(metadata.get("authorization").cloned())
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// How a client reaches a node: the CA it trusts (for https://) and the
+/// token it sends.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    pub tls: Option<crate::auth::tls::ClientTls>,
+    pub bearer: Bearer,
+}
+
+impl ClientOptions {
+    /// From the global --ca and --token.
+    pub fn from_cli(ca: Option<&std::path::Path>, token: Option<&str>) -> Result<Self> {
+        Ok(Self {
+            tls: ca.map(crate::auth::tls::ClientTls::load).transpose()?,
+            bearer: match token {
+                Some(t) if !t.trim().is_empty() => Bearer::token(t)?,
+                _ => Bearer::default(),
+            },
+        })
+    }
+}
+
+/// Connects to a node, without TLS or token.
+pub async fn connect(server: &str) -> Result<Client> {
+    connect_with(server, &ClientOptions::default()).await
+}
+
+/// Connects to a node: over TLS for an https:// address (trusting
+/// `options.tls`'s CA), sending `options.bearer`'s token.
+pub async fn connect_with(server: &str, options: &ClientOptions) -> Result<Client> {
     let unreachable = |reason: String| Error::Connect {
         server: server.to_string(),
         reason,
     };
-    let endpoint = Endpoint::from_shared(server.to_string())
+    let mut endpoint = Endpoint::from_shared(server.to_string())
         .map_err(|e| unreachable(format!("not a valid URL ({e})")))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true);
-    let channel = endpoint.connect().await.map_err(|e| {
-        let mut reason = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            reason = s.to_string();
-            source = s.source();
+    let https = server.starts_with("https://");
+    if https {
+        let Some(tls) = &options.tls else {
+            return Err(Error::Usage(format!(
+                "{server} is https://: give the CA that signed the node's certificate \
+                 with --ca FILE or WOOF_CA"
+            )));
+        };
+        endpoint = endpoint
+            .tls_config(tls.config())
+            .map_err(|e| unreachable(format!("TLS settings: {e}")))?;
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| unreachable(explain(&crate::auth::tls::chain(&e), https, options)))?;
+    Ok(
+        WoofClient::with_interceptor(channel, options.bearer.clone())
+            .max_decoding_message_size(MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(MESSAGE_BYTES_MAX),
+    )
+}
+
+/// Says what a failed connection most likely means.
+fn explain(reason: &str, https: bool, options: &ClientOptions) -> String {
+    let ca = options
+        .tls
+        .as_ref()
+        .map_or_else(String::new, |t| t.source.clone());
+    if https && (reason.contains("UnknownIssuer") || reason.contains("invalid peer certificate")) {
+        format!(
+            "the node's TLS certificate is not trusted by the CA in {ca} (is it the CA that \
+             signed the node's certificate?): {reason}"
+        )
+    } else if https && (reason.contains("InvalidContentType") || reason.contains("corrupt message"))
+    {
+        format!("the node does not speak TLS there (use http://): {reason}")
+    } else {
+        reason.to_string()
+    }
+}
+
+/// Whether the node at `server` (an http:// address) answers a TLS
+/// handshake: a plaintext client on a TLS port sees only a cut HTTP/2
+/// connection (CANCELLED, UNKNOWN or UNAVAILABLE, by timing), so on such an
+/// error the CLI asks the port itself. The handshake trusts no CA: a
+/// certificate refused as unknown is all it needs to see.
+async fn speaks_tls(server: &str) -> bool {
+    let Some(rest) = server.strip_prefix("http://") else {
+        return false;
+    };
+    let Ok(endpoint) = Endpoint::from_shared(format!("https://{rest}")) else {
+        return false;
+    };
+    let Ok(endpoint) = endpoint
+        .connect_timeout(Duration::from_secs(5))
+        .tls_config(tonic::transport::ClientTlsConfig::new())
+    else {
+        return false;
+    };
+    match tokio::time::timeout(Duration::from_secs(5), endpoint.connect()).await {
+        Ok(Err(e)) => {
+            let why = crate::auth::tls::chain(&e);
+            why.contains("invalid peer certificate") || why.contains("UnknownIssuer")
         }
-        unreachable(reason)
-    })?;
-    Ok(WoofClient::new(channel)
-        .max_decoding_message_size(MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(MESSAGE_BYTES_MAX))
+        _ => false,
+    }
+}
+
+/// A plaintext client's error from a TLS port, explained.
+async fn explain_failure(server: &str, error: Error) -> Error {
+    let cut = match &error {
+        Error::Rpc(status) => matches!(
+            status.code(),
+            tonic::Code::Unavailable
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
+                | tonic::Code::Internal
+        ),
+        Error::Connect { .. } => true,
+        _ => false,
+    };
+    if cut && server.starts_with("http://") && speaks_tls(server).await {
+        return Error::Connect {
+            server: server.to_string(),
+            reason: format!(
+                "the node serves TLS on this port: use https://{} with --ca FILE \
+                 (the CA that signed its certificate); plaintext gets only a cut connection ({error})",
+                server.trim_start_matches("http://")
+            ),
+        };
+    }
+    error
 }
 
 /// Runs a client command (everything but `node start` and `demo`).
-pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Result<()> {
-    let mut client = connect(server).await?;
+pub async fn run_client(
+    server: &str,
+    options: &ClientOptions,
+    command: Command,
+    out: &mut Output,
+) -> Result<()> {
+    let mut client = match connect_with(server, options).await {
+        Ok(c) => c,
+        Err(e) => return Err(explain_failure(server, e).await),
+    };
+    match run_command(server, &mut client, command, out).await {
+        Err(e) => Err(explain_failure(server, e).await),
+        ok => ok,
+    }
+}
+
+async fn run_command(
+    server: &str,
+    client: &mut Client,
+    command: Command,
+    out: &mut Output,
+) -> Result<()> {
     match command {
         Command::Topic(TopicCommand::Create {
             name,
@@ -884,12 +1147,34 @@ pub async fn run_client(server: &str, command: Command, out: &mut Output) -> Res
                 .into_inner();
             out.device_key(&r, "rotated");
         }
+        Command::Token(TokenCommand::Revoke { id }) => {
+            let Some(bytes) = crate::auth::unhex(&id) else {
+                return Err(Error::Usage(format!(
+                    "{id:?} is not a token id (hex, from `woof token inspect`)"
+                )));
+            };
+            client
+                .revoke_token(v1::RevokeTokenRequest {
+                    id: crate::auth::hex(&bytes),
+                })
+                .await?;
+            out.revoked(&id);
+        }
         Command::Node(_)
+        | Command::Token(
+            TokenCommand::Keygen { .. }
+            | TokenCommand::Create { .. }
+            | TokenCommand::Attenuate { .. }
+            | TokenCommand::Inspect { .. },
+        )
         | Command::Device(DeviceCommand::Sim(_))
         | Command::Demo
         | Command::Handler(HandlerCommand::Builtins)
         | Command::Cluster(
-            ClusterCommand::Keygen | ClusterCommand::Up { .. } | ClusterCommand::Down { .. },
+            ClusterCommand::Keygen
+            | ClusterCommand::Up { .. }
+            | ClusterCommand::Down { .. }
+            | ClusterCommand::Certs { .. },
         ) => unreachable!("handled by main"),
     }
     Ok(())

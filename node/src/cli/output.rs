@@ -344,6 +344,14 @@ impl Output {
         }
     }
 
+    pub fn revoked(&mut self, id: &str) {
+        if self.json {
+            self.json(json!({ "revoked": id }));
+        } else {
+            self.line(&format!("revoked token {id}"));
+        }
+    }
+
     pub fn deleted(&mut self, name: &str) {
         if self.json {
             self.json(json!({ "deleted": name }));

@@ -22,6 +22,7 @@ use woof_consensus::topic::handlers::Handler;
 use woof_proto::v1::{self, woof_server::Woof};
 
 use crate::api::TopicApi;
+use crate::auth::{Authority, Grant, Op, Scope};
 use crate::cluster::Cluster;
 use crate::shutdown::Shutdown;
 use convert::node_status as status;
@@ -46,7 +47,13 @@ pub fn request_span(request: &tonic::codegen::http::Request<()>) -> tracing::Spa
     let peer = request
         .extensions()
         .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr);
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            request
+                .extensions()
+                .get::<tonic::transport::server::TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        });
     match peer {
         Some(peer) => {
             tracing::info_span!("rpc", rpc, %peer, topic = tracing::field::Empty)
@@ -76,6 +83,10 @@ pub struct Service {
     shutdown: Shutdown,
     /// Appends per topic and subscribers are counted here.
     metrics: crate::metrics::Metrics,
+    /// With `--require-token`: checks every request's token.
+    auth: Option<Arc<Authority>>,
+    /// The CA this node trusts when it calls another node's API.
+    client_tls: Option<crate::auth::tls::ClientTls>,
 }
 
 impl Service {
@@ -86,6 +97,46 @@ impl Service {
             subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
             shutdown,
             metrics: Default::default(),
+            auth: None,
+            client_tls: None,
+        }
+    }
+
+    /// Requires a token granting each request's operation
+    /// (`--require-token`).
+    pub fn with_auth(mut self, auth: Option<Arc<Authority>>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// Trusts this CA when calling other nodes (their API is TLS).
+    pub fn with_client_tls(mut self, tls: Option<crate::auth::tls::ClientTls>) -> Self {
+        self.client_tls = tls;
+        self
+    }
+
+    /// Checks the request's token grants `op` on `scope`; `None` when the
+    /// node does not require tokens. Every method calls this first.
+    fn allow<T>(
+        &self,
+        request: &Request<T>,
+        op: Op,
+        scope: Scope,
+    ) -> Result<Option<Grant>, Status> {
+        match &self.auth {
+            None => Ok(None),
+            Some(auth) => auth.check(request.metadata(), op, scope).map(Some),
+        }
+    }
+
+    /// The topics of a listing the request's token may read.
+    fn readable(&self, grant: &Option<Grant>, topics: Vec<v1::TopicInfo>) -> Vec<v1::TopicInfo> {
+        match (&self.auth, grant) {
+            (Some(auth), Some(grant)) => topics
+                .into_iter()
+                .filter(|t| auth.allowed(grant, Op::Read, Scope::Topic(&t.name)).is_ok())
+                .collect(),
+            _ => topics,
         }
     }
 
@@ -138,6 +189,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::CreateTopicRequest>,
     ) -> Result<Response<v1::CreateTopicResponse>, Status> {
+        self.allow(&request, Op::Admin, Scope::Topic(&request.get_ref().name))?;
         let r = request.into_inner();
         in_topic(&r.name);
         let config = convert::config(r.config)?;
@@ -155,6 +207,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::DescribeTopicRequest>,
     ) -> Result<Response<v1::DescribeTopicResponse>, Status> {
+        self.allow(&request, Op::Read, Scope::Topic(&request.get_ref().name))?;
         let name = request.into_inner().name;
         in_topic(&name);
         let info = self.topics.describe(&name).await.map_err(status)?;
@@ -165,9 +218,10 @@ impl Woof for Service {
 
     async fn list_topics(
         &self,
-        _request: Request<v1::ListTopicsRequest>,
+        request: Request<v1::ListTopicsRequest>,
     ) -> Result<Response<v1::ListTopicsResponse>, Status> {
-        let topics = self.topic_infos().await?;
+        let grant = self.allow(&request, Op::Read, Scope::Listing)?;
+        let topics = self.readable(&grant, self.topic_infos().await?);
         Ok(Response::new(v1::ListTopicsResponse { topics }))
     }
 
@@ -175,6 +229,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::DeleteTopicRequest>,
     ) -> Result<Response<v1::DeleteTopicResponse>, Status> {
+        self.allow(&request, Op::Admin, Scope::Topic(&request.get_ref().name))?;
         let name = request.into_inner().name;
         in_topic(&name);
         self.topics.delete(&name).await.map_err(status)?;
@@ -185,6 +240,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::AppendRequest>,
     ) -> Result<Response<v1::AppendResponse>, Status> {
+        self.allow(&request, Op::Append, Scope::Topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         in_topic(&r.topic);
         let producer = convert::producer(r.producer)?;
@@ -212,6 +268,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::AppendBatchRequest>,
     ) -> Result<Response<v1::AppendBatchResponse>, Status> {
+        self.allow(&request, Op::Append, Scope::Topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         in_topic(&r.topic);
         let producer = convert::producer(r.producer)?;
@@ -238,6 +295,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::GetRequest>,
     ) -> Result<Response<v1::GetResponse>, Status> {
+        self.allow(&request, Op::Read, Scope::Topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         in_topic(&r.topic);
         let e = self.topics.get(&r.topic, r.seq).await.map_err(status)?;
@@ -250,6 +308,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::LatestRequest>,
     ) -> Result<Response<v1::LatestResponse>, Status> {
+        self.allow(&request, Op::Read, Scope::Topic(&request.get_ref().topic))?;
         let topic = request.into_inner().topic;
         in_topic(&topic);
         let range = self.topics.latest(&topic).await.map_err(status)?;
@@ -263,6 +322,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::ScanRequest>,
     ) -> Result<Response<v1::ScanResponse>, Status> {
+        self.allow(&request, Op::Read, Scope::Topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         in_topic(&r.topic);
         let limit = if r.limit == 0 {
@@ -284,14 +344,15 @@ impl Woof for Service {
 
     async fn cluster_status(
         &self,
-        _request: Request<v1::ClusterStatusRequest>,
+        request: Request<v1::ClusterStatusRequest>,
     ) -> Result<Response<v1::ClusterStatusResponse>, Status> {
+        let grant = self.allow(&request, Op::Read, Scope::Listing)?;
         let nodes = self
             .cluster
             .status()
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
-        let topics = self.topic_infos().await?;
+        let topics = self.readable(&grant, self.topic_infos().await?);
         Ok(Response::new(v1::ClusterStatusResponse { nodes, topics }))
     }
 
@@ -299,6 +360,12 @@ impl Woof for Service {
         &self,
         request: Request<v1::DeployHandlerRequest>,
     ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
+        let topic = request
+            .get_ref()
+            .handler
+            .as_ref()
+            .map_or("", |h| h.topic.as_str());
+        self.allow(&request, Op::Deploy, Scope::Topic(topic))?;
         let r = request.into_inner();
         let (topic, spec) = convert::handler_spec(r.handler)?;
         in_topic(&topic);
@@ -315,6 +382,12 @@ impl Woof for Service {
         &self,
         request: Request<v1::DeployHandlerRequest>,
     ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
+        let topic = request
+            .get_ref()
+            .handler
+            .as_ref()
+            .map_or("", |h| h.topic.as_str());
+        self.allow(&request, Op::Deploy, Scope::Topic(topic))?;
         let r = request.into_inner();
         let (topic, spec) = convert::handler_spec(r.handler)?;
         in_topic(&topic);
@@ -330,6 +403,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::ListHandlersRequest>,
     ) -> Result<Response<v1::ListHandlersResponse>, Status> {
+        self.allow(&request, Op::Read, Scope::Topic(&request.get_ref().topic))?;
         let topic = request.into_inner().topic;
         in_topic(&topic);
         let (handlers, last) = self.topics.handlers(&topic).await.map_err(status)?;
@@ -345,6 +419,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::RemoveHandlerRequest>,
     ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
+        self.allow(&request, Op::Deploy, Scope::Topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         in_topic(&r.topic);
         let h = self
@@ -359,6 +434,10 @@ impl Woof for Service {
         &self,
         request: Request<v1::HandlerLogsRequest>,
     ) -> Result<Response<v1::HandlerLogsResponse>, Status> {
+        self.allow(&request, Op::Read, Scope::Topic(&request.get_ref().topic))?;
+        // Passed on if the records are on another node: it checks the
+        // client's token itself (ADR 0019).
+        let bearer = crate::cli::Bearer::from_request(request.metadata());
         let r = request.into_inner();
         in_topic(&r.topic);
         let limit = match r.limit {
@@ -418,7 +497,11 @@ impl Woof for Service {
                 "this node does not know the address of {runs_on}, whose records were asked for"
             )));
         };
-        let mut client = crate::cli::connect(&there.grpc_addr)
+        let options = crate::cli::ClientOptions {
+            tls: self.client_tls.clone(),
+            bearer,
+        };
+        let mut client = crate::cli::connect_with(&there.grpc_addr, &options)
             .await
             .map_err(|e| Status::unavailable(e.to_string()))?;
         client
@@ -433,6 +516,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::TraceRequest>,
     ) -> Result<Response<v1::TraceResponse>, Status> {
+        self.allow(&request, Op::Read, Scope::Topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         in_topic(&r.topic);
         let trace = self.topics.trace(&r.topic, r.seq).await.map_err(status)?;
@@ -443,6 +527,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::RemoveHandlerRequest>,
     ) -> Result<Response<v1::RemoveHandlerResponse>, Status> {
+        self.allow(&request, Op::Deploy, Scope::Topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         in_topic(&r.topic);
         self.topics
@@ -456,6 +541,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::AddDeviceRequest>,
     ) -> Result<Response<v1::AddDeviceResponse>, Status> {
+        self.allow(&request, Op::Admin, Scope::Cluster)?;
         let r = request.into_inner();
         let key = match r.key.as_str() {
             "" => None,
@@ -486,8 +572,9 @@ impl Woof for Service {
 
     async fn list_devices(
         &self,
-        _: Request<v1::ListDevicesRequest>,
+        request: Request<v1::ListDevicesRequest>,
     ) -> Result<Response<v1::ListDevicesResponse>, Status> {
+        self.allow(&request, Op::Admin, Scope::Cluster)?;
         let registry = self
             .topics
             .cluster()
@@ -504,6 +591,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::RemoveDeviceRequest>,
     ) -> Result<Response<v1::RemoveDeviceResponse>, Status> {
+        self.allow(&request, Op::Admin, Scope::Cluster)?;
         self.topics
             .cluster()
             .map_err(status)?
@@ -517,6 +605,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::RemoveDeviceRequest>,
     ) -> Result<Response<v1::AddDeviceResponse>, Status> {
+        self.allow(&request, Op::Admin, Scope::Cluster)?;
         let device = self
             .topics
             .cluster()
@@ -527,12 +616,40 @@ impl Woof for Service {
         Ok(Response::new(convert::added_device(&device)))
     }
 
+    async fn revoke_token(
+        &self,
+        request: Request<v1::RevokeTokenRequest>,
+    ) -> Result<Response<v1::RevokeTokenResponse>, Status> {
+        self.allow(&request, Op::Admin, Scope::Cluster)?;
+        let id = request.into_inner().id;
+        let Some(bytes) = crate::auth::unhex(&id) else {
+            return Err(Status::invalid_argument(format!(
+                "{id:?} is not a token id (hex, from `woof token inspect`)"
+            )));
+        };
+        crate::auth::revocation::revoke(&self.topics, bytes.clone())
+            .await
+            .map_err(status)?;
+        // This node refuses it at once; the others within their next read
+        // of the list.
+        if let Some(auth) = &self.auth {
+            auth.revoked().insert(bytes);
+        }
+        tracing::info!(id, "token revoked");
+        Ok(Response::new(v1::RevokeTokenResponse {}))
+    }
+
     type SubscribeStream = ElementStream;
 
     async fn subscribe(
         &self,
         request: Request<v1::SubscribeRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.allow(
+            &request,
+            Op::Subscribe,
+            Scope::Topic(&request.get_ref().topic),
+        )?;
         let r = request.into_inner();
         in_topic(&r.topic);
         let permit = self.subscribers.clone().try_acquire_owned().map_err(|_| {

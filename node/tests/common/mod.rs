@@ -8,14 +8,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
 use woof_consensus::store::{RocksStore, Store};
 use woof_node::config::{ClusterConfig, NodeConfig};
 use woof_node::server::Node;
 use woof_overlay::{ClusterKey, Multiaddr, Timing};
-use woof_proto::v1::{self, woof_client::WoofClient};
+use woof_proto::v1;
 
-pub type Client = WoofClient<Channel>;
+pub type Client = woof_node::cli::Client;
 
 /// A node in this process, with its directory.
 pub struct TestNode {
@@ -88,7 +87,7 @@ impl NodeProcess {
         let url = line
             .rsplit(' ')
             .next()
-            .filter(|u| u.starts_with("http://"))
+            .filter(|u| u.starts_with("http://") || u.starts_with("https://"))
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_string();
         let args = args.iter().map(ToString::to_string).collect();
@@ -164,6 +163,8 @@ pub fn woof(args: &[&str]) -> std::process::Output {
         .args(args)
         .env_remove("WOOF_SERVER")
         .env_remove("WOOF_CLUSTER_KEY")
+        .env_remove("WOOF_TOKEN")
+        .env_remove("WOOF_CA")
         .output()
         .unwrap()
 }
