@@ -528,7 +528,8 @@ impl ClusterTopics {
         Ok((GroupId(location.group), location.peers()?))
     }
 
-    /// Asks the DHT where `name` lives, and caches the answer.
+    /// Asks the DHT where `name` lives (or, when the DHT lost its record,
+    /// the name directory and the copies: ADR 20), and caches the answer.
     async fn lookup(&self, name: &TopicName) -> Result<Location> {
         let not_found = || Error::Log(woof_consensus::Error::TopicNotFound(name.to_string()));
         let location: Location = match self.overlay.get_record(record_key(name)).await {
