@@ -8,11 +8,6 @@ use woof_node::cli::{
 use woof_node::config::{ConfigFile, LogFormat, NodeConfig};
 use woof_node::server::Node;
 
-/// mimalloc rather than the C library's allocator: a handler burst spent
-/// about a sixth of the node's time in glibc's malloc and free (ADR 21).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> std::process::ExitCode {
     // A node starts its own binary again to run a Python handler in a
     // sandboxed process (ADR 12); that process does nothing else.
