@@ -5,23 +5,15 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use woof_node::server::Node;
 use woof_proto::v1;
 
-/// `GET path` over a fresh HTTP/1.1 connection: (status line, body).
-async fn http_get(addr: SocketAddr, path: &str) -> (String, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+/// `GET path`: (status code, body).
+async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let answer = common::http::get(addr, path)
         .await
-        .expect("a scrape answers within 10 s")
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.lines().next().unwrap().to_string(), body.to_string())
+        .expect("a scrape answers within 10 s");
+    (answer.status, answer.body)
 }
 
 /// The value of the series `name` (with its labels, exactly), if present.
@@ -43,7 +35,7 @@ async fn a_scrape_counts_what_was_appended() {
 
     // Before anything: the families are there, with their help texts.
     let (status, before) = http_get(addr, "/metrics").await;
-    assert!(status.contains("200"), "{status}");
+    assert_eq!(status, 200);
     assert!(
         before.contains("# HELP woof_append_latency_seconds "),
         "{before}"
@@ -176,7 +168,7 @@ async fn a_scrape_counts_what_was_appended() {
     assert!(text.ends_with("# EOF\n"));
 
     let (status, _) = http_get(addr, "/other").await;
-    assert!(status.contains("404"), "{status}");
+    assert_eq!(status, 404);
     drop(client);
     node.stop().await.unwrap();
 }

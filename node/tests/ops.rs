@@ -1,6 +1,7 @@
 //! Running a node for real: JSON logs whose request lines name their topic
 //! and peer, gRPC health (`grpc.health.v1`) that turns NOT_SERVING as the
-//! node stops, and server reflection; all on real `woof` processes.
+//! node stops or its storage fails, and server reflection; all on real
+//! `woof` processes.
 
 mod common;
 
@@ -15,6 +16,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::{ServerReflectionRequest, ServerReflectionResponse};
+use woof_proto::v1;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_name_each_requests_topic_and_peer() {
@@ -191,4 +193,125 @@ async fn health_and_reflection_answer_and_health_turns_not_serving_as_the_node_s
         .await
         .unwrap();
     assert!(status.success(), "{status}");
+}
+
+/// A node whose disk refuses writes: its process may not grow a file past
+/// 4 MiB (RLIMIT_FSIZE, with SIGXFSZ ignored, so a write past it fails
+/// with EFBIG as on a full disk), so its write-ahead log soon cannot grow.
+/// The append that fails is refused with a clear error, the health turns
+/// NOT_SERVING, what was acknowledged before is still read, and the node
+/// keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_turns_not_serving_when_the_storage_fails() {
+    use std::os::unix::process::CommandExt;
+    const FILE_BYTES_MAX: libc::rlim_t = 4 << 20;
+    let dir = tempfile::tempdir().unwrap();
+    let node = tokio::task::spawn_blocking({
+        let data = dir.path().join("n");
+        move || {
+            NodeProcess::start_with(
+                &[
+                    "--data-dir",
+                    data.to_str().unwrap(),
+                    "--grpc-listen",
+                    "127.0.0.1:0",
+                ],
+                |command| {
+                    // SAFETY: only async-signal-safe calls between fork and exec.
+                    unsafe {
+                        command.pre_exec(|| {
+                            let limit = libc::rlimit {
+                                rlim_cur: FILE_BYTES_MAX,
+                                rlim_max: FILE_BYTES_MAX,
+                            };
+                            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0
+                                || libc::signal(libc::SIGXFSZ, libc::SIG_IGN) == libc::SIG_ERR
+                            {
+                                return Err(std::io::Error::last_os_error());
+                            }
+                            Ok(())
+                        });
+                    }
+                },
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let channel = tonic::transport::Endpoint::new(node.url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let status = |mut h: HealthClient<tonic::transport::Channel>| async move {
+        h.check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status
+    };
+    assert_eq!(status(health.clone()).await, ServingStatus::Serving as i32);
+
+    let mut client = connect(&node.url).await;
+    let topic = "disk/full";
+    create(&mut client, topic, 64 * 1024, 0).await;
+    let mut acked = Vec::new();
+    let refused = loop {
+        let payload = vec![acked.len() as u8; 60 * 1024];
+        match client
+            .append(v1::AppendRequest {
+                topic: topic.into(),
+                payload: payload.clone().into(),
+                ..Default::default()
+            })
+            .await
+        {
+            Ok(r) => acked.push((r.into_inner().seq, payload)),
+            Err(e) => break e,
+        }
+        // 4 MiB of log holds fewer than 70 such elements.
+        assert!(acked.len() < 200, "200 appends of 60 KiB were all written");
+    };
+    assert!(!acked.is_empty(), "the first append failed: {refused:?}");
+    assert!(
+        matches!(
+            refused.code(),
+            tonic::Code::Unavailable | tonic::Code::Internal
+        ),
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().to_lowercase().contains("stor")
+            || refused.message().to_lowercase().contains("write"),
+        "says what failed: {refused:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status(health.clone()).await != ServingStatus::NotServing as i32 {
+        assert!(
+            Instant::now() < deadline,
+            "health still SERVING 10 s after the storage failed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let watched = health
+        .check(HealthCheckRequest {
+            service: "woof.v1.Woof".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(watched, ServingStatus::NotServing as i32);
+    // What was acknowledged is still there.
+    for (seq, payload) in [&acked[0], acked.last().unwrap()] {
+        let element = get(&mut client, topic, *seq).await.unwrap();
+        assert_eq!(element.payload.as_ref(), payload.as_slice(), "#{seq}");
+    }
+    eprintln!(
+        "{} appends acknowledged before the storage failed: {refused:?}",
+        acked.len()
+    );
 }

@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, free_tcp_port, keygen, woof};
+use common::{NodeProcess, free_tcp_port, keygen, root_key, token, woof};
 use tonic::Code;
 use woof_node::cli::{Bearer, ClientOptions, connect_with};
 use woof_proto::v1;
@@ -24,45 +24,6 @@ fn cli(url: &str, token: Option<&str>, args: &[&str]) -> (bool, String, String) 
         String::from_utf8_lossy(&out.stdout).trim().to_string(),
         String::from_utf8_lossy(&out.stderr).trim().to_string(),
     )
-}
-
-/// `woof token keygen` into `dir`: (private key, public key file).
-fn root_key(dir: &Path) -> (PathBuf, PathBuf) {
-    let private = dir.join("root.key");
-    let out = woof(&["token", "keygen", "--out", private.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let public = dir.join("root.key.pub");
-    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    assert_eq!(std::fs::read_to_string(&public).unwrap().trim(), printed);
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600, "the private key is for its owner only");
-    (private, public)
-}
-
-fn token(root: &Path, topics: &str, ops: &str, expires: &str) -> String {
-    let out = woof(&[
-        "token",
-        "create",
-        "--root-key",
-        root.to_str().unwrap(),
-        "--topics",
-        topics,
-        "--ops",
-        ops,
-        "--expires",
-        expires,
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
 fn attenuate(token: &str, args: &[&str]) -> String {
@@ -281,17 +242,10 @@ async fn a_node_requiring_tokens_checks_every_request() {
 
 /// `GET /metrics` at `addr`: the body.
 async fn scrape(addr: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+    common::http::get(addr.parse().unwrap(), "/metrics")
         .await
         .expect("a scrape answers within 10 s")
-        .unwrap();
-    let raw = String::from_utf8(raw).unwrap();
-    raw.split_once("\r\n\r\n").unwrap().1.to_string()
+        .body
 }
 
 /// Three nodes requiring tokens: an expired token and a revoked one (and a

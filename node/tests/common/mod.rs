@@ -2,8 +2,10 @@
 //! real `woof` processes, always on loopback, each in its own temporary dir.
 #![allow(dead_code)]
 
+pub mod http;
+
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -61,18 +63,25 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts `woof node start` with `args` and waits for it to serve.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with(args, |_| {})
+    }
+
+    /// [`NodeProcess::start`], with the command set up further by
+    /// `configure` first (limits on the process, say).
+    pub fn start_with(args: &[&str], configure: impl FnOnce(&mut Command)) -> Self {
         let log = std::env::temp_dir().join(format!(
             "woof-test-node-{}-{}.log",
             std::process::id(),
             LOGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
-        let mut child = Command::new(woof_bin())
+        let mut command = Command::new(woof_bin());
+        command
             .args(["node", "start"])
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
+            .stderr(std::fs::File::create(&log).unwrap());
+        configure(&mut command);
+        let mut child = command.spawn().unwrap();
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -590,4 +599,45 @@ pub fn add_device(url: &str, id: &str, topics: &str, extra: &[&str]) -> [u8; 16]
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     woof_node::devices::registry::parse_key(v["key"].as_str().unwrap()).unwrap()
+}
+
+/// `woof token keygen` into `dir`: (private key, public key file).
+pub fn root_key(dir: &Path) -> (PathBuf, PathBuf) {
+    let private = dir.join("root.key");
+    let out = woof(&["token", "keygen", "--out", private.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = dir.join("root.key.pub");
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(std::fs::read_to_string(&public).unwrap().trim(), printed);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the private key is for its owner only");
+    (private, public)
+}
+
+/// `woof token create`: a token for `topics` granting `ops`, expiring after
+/// `expires`.
+pub fn token(root: &Path, topics: &str, ops: &str, expires: &str) -> String {
+    let out = woof(&[
+        "token",
+        "create",
+        "--root-key",
+        root.to_str().unwrap(),
+        "--topics",
+        topics,
+        "--ops",
+        ops,
+        "--expires",
+        expires,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
