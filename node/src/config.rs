@@ -17,6 +17,8 @@
 //! log_format = "json"           # or "text" (the default)
 //! # Prometheus metrics (GET /metrics):
 //! metrics_listen = "127.0.0.1:9100"
+//! # The web dashboard (same tokens as the client API):
+//! http_listen = "127.0.0.1:7780"
 //! # TLS on the client API, and the CA this node trusts when it calls
 //! # another node (default: the chain in tls_cert):
 //! tls_cert = "/etc/woof/node-1.pem"
@@ -64,6 +66,8 @@ pub struct NodeConfig {
     pub bridge_listen: Vec<crate::devices::transport::Transport>,
     /// Where it serves Prometheus metrics (`GET /metrics`), if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where it serves the web dashboard, if anywhere.
+    pub http_listen: Option<SocketAddr>,
     /// TLS and tokens on the client API.
     pub security: Security,
 }
@@ -117,6 +121,7 @@ pub struct ConfigFile {
     /// `text` or `json`; read by `main` before the rest, to set up logging.
     pub log_format: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub ca: Option<PathBuf>,
@@ -164,6 +169,7 @@ pub struct Flags {
     /// `udp://HOST:PORT`.
     pub bridge_listen: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
     /// Such as `30s`; see [`parse_duration`].
     pub join_timeout: Option<String>,
     pub tls_cert: Option<PathBuf>,
@@ -377,6 +383,7 @@ impl NodeConfig {
             python_worker: None,
             bridge_listen,
             metrics_listen: flags.metrics_listen.or(file.metrics_listen),
+            http_listen: flags.http_listen.or(file.http_listen),
             security,
         })
     }
@@ -391,6 +398,7 @@ impl NodeConfig {
             python_worker: None,
             bridge_listen: Vec::new(),
             metrics_listen: None,
+            http_listen: None,
             security: Security::default(),
         }
     }

@@ -6,6 +6,7 @@
 //! The demo is a list of steps over a shared [`Demo`]; later parts of woof
 //! (handlers, devices) add their own steps.
 
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -37,6 +38,9 @@ struct Demo {
     /// The two cloud nodes.
     others: Vec<Node>,
     client: crate::cli::Client,
+    /// Where the edge node serves the dashboard (the same address after
+    /// its restart).
+    dashboard: Option<SocketAddr>,
 }
 
 /// Runs the whole demo and cleans up after it.
@@ -49,11 +53,16 @@ pub async fn run() -> Result<()> {
             source,
         })?;
     let key = ClusterKey::generate();
-    let node = start_node(&dir, "edge", Tier::Edge, &key, vec![]).await?;
+    // A port for the dashboard that the edge node takes again when it
+    // restarts.
+    let dashboard = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .ok();
+    let node = start_node(&dir, "edge", Tier::Edge, &key, vec![], dashboard).await?;
     let join = overlay_addr(&node);
     let mut others = Vec::new();
     for name in ["cloud-1", "cloud-2"] {
-        others.push(start_node(&dir, name, Tier::Cloud, &key, join.clone()).await?);
+        others.push(start_node(&dir, name, Tier::Cloud, &key, join.clone(), None).await?);
     }
     let client = connect(&node.url()).await?;
     let mut demo = Demo {
@@ -62,6 +71,7 @@ pub async fn run() -> Result<()> {
         node: Some(node),
         others,
         client,
+        dashboard,
     };
     let result = steps(&mut demo).await;
     if let Some(node) = demo.node.take() {
@@ -74,15 +84,19 @@ pub async fn run() -> Result<()> {
     result
 }
 
-/// Starts node `name` of the demo cluster, in its own directory.
+/// Starts node `name` of the demo cluster, in its own directory (serving
+/// the dashboard on `http`, if given).
 async fn start_node(
     dir: &tempfile::TempDir,
     name: &str,
     tier: Tier,
     key: &ClusterKey,
     join: Vec<Multiaddr>,
+    http: Option<SocketAddr>,
 ) -> Result<Node> {
-    start_node_with(dir, name, tier, &[], key, join).await
+    let mut config = node_config(dir, name, tier, &[], key, join)?;
+    config.http_listen = http;
+    Node::start(&config).await
 }
 
 /// [`start_node`], with attributes beyond its name.
@@ -94,6 +108,18 @@ async fn start_node_with(
     key: &ClusterKey,
     join: Vec<Multiaddr>,
 ) -> Result<Node> {
+    Node::start(&node_config(dir, name, tier, attrs, key, join)?).await
+}
+
+/// A demo node's settings.
+fn node_config(
+    dir: &tempfile::TempDir,
+    name: &str,
+    tier: Tier,
+    attrs: &[&str],
+    key: &ClusterKey,
+    join: Vec<Multiaddr>,
+) -> Result<NodeConfig> {
     let mut config = NodeConfig::standalone(
         dir.path().join(name),
         "127.0.0.1:0".parse().expect("valid address"),
@@ -116,7 +142,7 @@ async fn start_node_with(
         crate::devices::transport::Transport::Udp(any),
         crate::devices::transport::Transport::Tcp(any),
     ];
-    Node::start(&config).await
+    Ok(config)
 }
 
 /// A node's overlay address, as another node would `--join` it.
@@ -157,6 +183,11 @@ async fn steps(d: &mut Demo) -> Result<()> {
         );
     }
     println!("  (* is the edge node the sensor talks to)");
+    if let Some(addr) = d.dashboard {
+        println!(
+            "  watch it live while the demo runs: http://{addr}/ (the dashboard, served by *)"
+        );
+    }
     // The cluster's name directory starts on the first node and grows to
     // three voters through repair; the demo stops nodes later, so it waits.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -394,7 +425,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
         node.stop().await?;
     }
     let join = d.others.first().map(overlay_addr).unwrap_or_default();
-    let node = start_node(&d.dir, "edge", Tier::Edge, &d.key, join).await?;
+    let node = start_node(&d.dir, "edge", Tier::Edge, &d.key, join, d.dashboard).await?;
     d.client = connect(&node.url()).await?;
     d.node = Some(node);
     let l = d
@@ -421,9 +452,7 @@ async fn steps(d: &mut Demo) -> Result<()> {
     edge_python(d).await?;
     devices(d).await?;
     failover(d).await?;
-    println!(
-        "\ncoming next in woof: faster replicated appends, TLS and tokens, metrics and a dashboard."
-    );
+    println!("\ncoming next in woof: faster replicated appends.");
     Ok(())
 }
 

@@ -34,6 +34,11 @@
 //! - [`metrics`]: Prometheus metrics, served at `/metrics` on
 //!   `--metrics-listen`: what the node counts and what it reads at each
 //!   scrape.
+//! - [`dashboard`]: the web dashboard on `--http-listen`: a page bundled
+//!   in the binary and the live views it reads (server-sent events), built
+//!   by calling the gRPC service in-process with the browser's token.
+//! - [`http`]: the small HTTP/1.1 server loop `/metrics` and the dashboard
+//!   share (bounded connections, each for a bounded time).
 //! - [`demo`]: `woof demo`, an embedded node that shows what woof does.
 //! - [`error`]: the crate's one error type.
 //!
@@ -44,12 +49,14 @@ pub mod auth;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod devices;
 pub mod error;
 pub mod groups;
 pub mod grpc;
 pub mod handlers;
+pub mod http;
 pub mod metrics;
 pub mod placement;
 pub mod server;

@@ -177,6 +177,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.display()
             );
             println!("reach it with: export WOOF_SERVER={}", nodes[0].grpc);
+            println!("watch it at:   {}", nodes[0].dashboard);
             println!("stop it with:  woof cluster down --dir {}", dir.display());
             Ok(())
         }

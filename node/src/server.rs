@@ -56,6 +56,23 @@ const NOT_SERVING_GRACE: Duration = Duration::from_millis(100);
 /// milliseconds; a reference held past this is a bug, and stop says so.
 const STORE_RELEASE_WAIT: Duration = Duration::from_secs(2);
 
+/// Binds `addr`, if given (`--metrics-listen`, `--http-listen`).
+async fn bind_optional(
+    addr: Option<SocketAddr>,
+) -> Result<(Option<TcpListener>, Option<SocketAddr>)> {
+    let Some(addr) = addr else {
+        return Ok((None, None));
+    };
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })?;
+    let bound = listener.local_addr().map_err(|source| Error::Io {
+        context: format!("reading the address bound for {addr}"),
+        source,
+    })?;
+    Ok((Some(listener), Some(bound)))
+}
+
 /// Opens the node's storage in `config.data_dir` and loads its topics.
 pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>)> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| Error::Io {
@@ -71,7 +88,8 @@ pub async fn open_topics(config: &NodeConfig) -> Result<(Topics, Arc<RocksStore>
     Ok((topics, store))
 }
 
-/// Serves `topics` on `listener` until `shutdown` resolves, with gRPC health
+/// Serves `topics` on `listener` until `shutdown` resolves (and the
+/// dashboard on `dashboard`, if given), with gRPC health
 /// (SERVING until then, or until a write to `store` fails) and server
 /// reflection beside it; then turns NOT_SERVING, stops the
 /// topics (queued appends fail as UNAVAILABLE, subscriptions end) and returns
@@ -87,6 +105,7 @@ pub async fn run(
     metrics: crate::metrics::Metrics,
     security: &crate::config::Security,
     auth: Option<Arc<crate::auth::Authority>>,
+    dashboard: Option<TcpListener>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     // The subscription tasks: they end on this signal, and are awaited
@@ -96,11 +115,22 @@ pub async fn run(
     let reflection = crate::grpc::health::reflection()?;
     health.serving().await;
     streams.spawn(health.clone().watch_storage(store, streams.clone()));
-    let service = Service::new(topics.clone(), cluster, streams.clone())
-        .with_metrics(metrics.clone())
-        .with_auth(auth)
-        .with_client_tls(security.client_tls.clone());
-    let service = WoofServer::new(service)
+    let service = Arc::new(
+        Service::new(topics.clone(), cluster, streams.clone())
+            .with_metrics(metrics.clone())
+            .with_auth(auth)
+            .with_client_tls(security.client_tls.clone()),
+    );
+    if let Some(listener) = dashboard {
+        // Its connections hold the service: they are tasks on `streams`,
+        // which end with the subscriptions.
+        streams.spawn(crate::dashboard::serve(
+            listener,
+            service.clone(),
+            streams.clone(),
+        ));
+    }
+    let service = WoofServer::from_arc(service)
         .max_decoding_message_size(MESSAGE_BYTES_MAX)
         .max_encoding_message_size(MESSAGE_BYTES_MAX);
     let cut = CancellationToken::new();
@@ -188,6 +218,8 @@ pub struct Node {
     /// What `/metrics` shows, and where it is served (`--metrics-listen`).
     metrics: crate::metrics::Metrics,
     metrics_addr: Option<SocketAddr>,
+    /// Where the dashboard is served, if it is (`--http-listen`).
+    http_addr: Option<SocketAddr>,
 }
 
 impl Node {
@@ -203,21 +235,8 @@ impl Node {
             context: "reading the bound address".into(),
             source,
         })?;
-        let metrics_listener = match config.metrics_listen {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .map_err(|source| Error::Listen { addr, source })?,
-            ),
-            None => None,
-        };
-        let metrics_addr = match &metrics_listener {
-            Some(l) => Some(l.local_addr().map_err(|source| Error::Io {
-                context: "reading the bound metrics address".into(),
-                source,
-            })?),
-            None => None,
-        };
+        let (metrics_listener, metrics_addr) = bind_optional(config.metrics_listen).await?;
+        let (http_listener, http_addr) = bind_optional(config.http_listen).await?;
         let tls = config.security.tls.is_some();
         if !tls && !grpc_addr.ip().is_loopback() {
             tracing::warn!(
@@ -232,6 +251,14 @@ impl Node {
                 %grpc_addr,
                 "the client API listens beyond loopback WITHOUT --require-token: anyone who \
                  reaches this port may read, write and delete every topic"
+            );
+        }
+        if let Some(addr) = http_addr.filter(|a| !a.ip().is_loopback()) {
+            tracing::warn!(
+                %addr,
+                "the dashboard listens beyond loopback over plain HTTP: the tokens browsers give \
+                 it cross the network unencrypted (put it behind a TLS proxy, or keep it on \
+                 loopback)"
             );
         }
         let (topics, store) = open_topics(config).await?;
@@ -252,6 +279,7 @@ impl Node {
             gateway: None,
             metrics: crate::metrics::Metrics::new(),
             metrics_addr,
+            http_addr,
         };
         if let Some(listener) = metrics_listener {
             node.shutdown.spawn(crate::metrics::http::serve(
@@ -261,7 +289,10 @@ impl Node {
             ));
             tracing::info!(addr = ?metrics_addr, "serving metrics at /metrics");
         }
-        if let Err(e) = node.serve(config, listener).await {
+        if let Some(addr) = http_addr {
+            tracing::info!(%addr, "serving the dashboard at http://{addr}/");
+        }
+        if let Err(e) = node.serve(config, listener, http_listener).await {
             // Whatever started stops, and the store is closed again.
             node.shutdown.request();
             if let Err(stop) = node.release().await {
@@ -274,7 +305,12 @@ impl Node {
     }
 
     /// Starts the overlay and the groups (in a cluster), then the server.
-    async fn serve(&mut self, config: &NodeConfig, listener: TcpListener) -> Result<()> {
+    async fn serve(
+        &mut self,
+        config: &NodeConfig,
+        listener: TcpListener,
+        dashboard: Option<TcpListener>,
+    ) -> Result<()> {
         let (Some(topics), Some(store)) = (self.topics.clone(), self.store.clone()) else {
             return Err(Error::Internal("a node serves once".into()));
         };
@@ -359,6 +395,7 @@ impl Node {
                 metrics,
                 &security,
                 auth,
+                dashboard,
                 async move {
                     shutdown.requested().await;
                 },
@@ -381,6 +418,11 @@ impl Node {
     /// Where `/metrics` is served, if it is (`--metrics-listen`).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// Where the dashboard is served, if it is (`--http-listen`).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// `http://ADDR` (`https://` with TLS), as clients want it.

@@ -320,7 +320,8 @@ fn cluster_up_and_down_run_a_local_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let cluster_dir = dir.path().join("c");
     let cluster_dir = cluster_dir.to_str().unwrap();
-    // A free block of ports: probe the gRPC and overlay ports of 3 nodes.
+    // A free block of ports: probe the gRPC, dashboard and overlay ports
+    // of 3 nodes.
     let base = loop {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
@@ -328,6 +329,7 @@ fn cluster_up_and_down_run_a_local_cluster() {
         if port < 60_000
             && (0..3).all(|i| {
                 std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok()
+                    && std::net::TcpListener::bind(("127.0.0.1", port + 50 + i)).is_ok()
                     && std::net::TcpListener::bind(("127.0.0.1", port + 100 + i)).is_ok()
             })
         {
@@ -353,6 +355,22 @@ fn cluster_up_and_down_run_a_local_cluster() {
         String::from_utf8_lossy(&up.stderr)
     );
     assert!(stdout.contains("cluster up: 3 nodes"), "{stdout}");
+    let dashboard = format!("http://127.0.0.1:{}/", base + 50);
+    assert!(
+        stdout.contains(&format!("watch it at:   {dashboard}")),
+        "{stdout}"
+    );
+    let page = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(common::http::get(
+            format!("127.0.0.1:{}", base + 50).parse().unwrap(),
+            "/",
+        ))
+        .unwrap();
+    assert!(
+        page.status == 200 && page.body.contains("woof dashboard"),
+        "{page:?}"
+    );
     let url = format!("http://127.0.0.1:{base}");
     let nodes = status(&url);
     assert_eq!(nodes.iter().filter(|n| n["state"] == "alive").count(), 3);

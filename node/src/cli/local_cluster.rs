@@ -16,6 +16,9 @@ use crate::error::{Error, Result};
 /// The most nodes `up` starts.
 pub const NODES_MAX: usize = 32;
 const STATE_FILE: &str = "cluster.json";
+/// Node i's ports: gRPC at the base port + i, its dashboard at + 50 + i,
+/// its overlay at + 100 + i.
+const DASHBOARD_OFFSET: usize = 50;
 
 /// One node of a local cluster, as `cluster.json` records it.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -25,6 +28,10 @@ pub struct LocalNode {
     pub pid: u32,
     pub grpc: String,
     pub overlay: String,
+    /// Its web dashboard (`http://127.0.0.1:PORT/`); empty in a
+    /// `cluster.json` written before nodes had one.
+    #[serde(default)]
+    pub dashboard: String,
 }
 
 /// Parses `edge:2,cloud:3` into one tier per node; empty means all `edge`.
@@ -111,6 +118,7 @@ async fn start_all(
         std::fs::create_dir_all(&data).map_err(io(format!("creating {}", data.display())))?;
         let grpc = format!("127.0.0.1:{}", base_port as usize + i);
         let overlay = format!("/ip4/127.0.0.1/tcp/{}", base_port as usize + 100 + i);
+        let http = format!("127.0.0.1:{}", base_port as usize + DASHBOARD_OFFSET + i);
         let log_path = data.join("node.log");
         let log = std::fs::File::create(&log_path)
             .map_err(io(format!("creating {}", log_path.display())))?;
@@ -123,6 +131,8 @@ async fn start_all(
                 &grpc,
                 "--listen",
                 &overlay,
+                "--http-listen",
+                &http,
                 "--cluster-key",
             ])
             .arg(key_path)
@@ -149,6 +159,7 @@ async fn start_all(
             pid: child.id(),
             grpc: format!("http://{grpc}"),
             overlay: overlay.clone(),
+            dashboard: format!("http://{http}/"),
         });
         wait_serving(&nodes[i], &log_path).await?;
     }

@@ -118,7 +118,8 @@ pub enum ClusterCommand {
         /// Where the nodes keep their data, logs and the cluster key.
         #[arg(long)]
         dir: PathBuf,
-        /// Node i serves gRPC on BASE+i and the overlay on BASE+100+i.
+        /// Node i serves gRPC on BASE+i, its dashboard on BASE+50+i and
+        /// the overlay on BASE+100+i.
         #[arg(long, default_value_t = 7700)]
         base_port: u16,
     },
@@ -386,6 +387,10 @@ pub struct NodeStartArgs {
     /// 127.0.0.1:9100.
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Serve the web dashboard on this address, such as 127.0.0.1:7780
+    /// (with --require-token, the page asks for a token).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Serve the client API over TLS with this certificate (chain, PEM).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -417,6 +422,7 @@ impl NodeStartArgs {
             bridge_listen: self.bridge_listen,
             join_timeout: self.join_timeout,
             metrics_listen: self.metrics_listen,
+            http_listen: self.http_listen,
             tls_cert: self.tls_cert,
             tls_key: self.tls_key,
             // The global --ca; main sets it.

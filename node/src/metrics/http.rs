@@ -1,72 +1,34 @@
 //! `GET /metrics` over HTTP/1.1 (hyper), and the layer on the gRPC server
 //! that times requests and counts the refused ones.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use super::{Metrics, Timed};
 use crate::shutdown::Shutdown;
 
-/// Scrape connections served at once; more wait to be accepted.
-pub const CONNECTIONS_MAX: usize = 16;
-/// The longest a scrape connection stays open.
-const CONNECTION_TIME_MAX: Duration = Duration::from_secs(30);
+/// Scrape connections served at once, and how long one stays open.
+const LIMITS: crate::http::Limits = crate::http::Limits {
+    connections: 16,
+    connection_time: Duration::from_secs(30),
+};
 /// What a scrape gets: OpenMetrics text.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Serves `metrics` on `listener` until `shutdown` is requested.
 pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Shutdown) {
-    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
-    loop {
-        let acquired = tokio::select! {
-            permit = slots.clone().acquire_owned() => permit,
-            () = shutdown.requested() => return,
-        };
-        let Ok(permit) = acquired else {
-            return;
-        };
-        let (socket, _) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors, say: wait, do not spin.
-                    tracing::warn!("metrics: accepting a connection failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            () = shutdown.requested() => return,
-        };
+    crate::http::serve("metrics", listener, LIMITS, shutdown, move |req| {
         let metrics = metrics.clone();
-        let stop = shutdown.clone();
-        shutdown.spawn(async move {
-            let _permit = permit;
-            let service = hyper::service::service_fn(move |req| {
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(answer(&metrics, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(socket), service);
-            tokio::select! {
-                served = conn => if let Err(e) = served {
-                    tracing::debug!("metrics: a connection ended: {e}");
-                },
-                () = tokio::time::sleep(CONNECTION_TIME_MAX) => {}
-                () = stop.requested() => {}
-            }
-        });
-    }
+        async move { answer(&metrics, req).await }
+    })
+    .await
 }
 
 async fn answer(metrics: &Metrics, req: Request<Incoming>) -> Response<Full<Bytes>> {
