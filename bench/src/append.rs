@@ -226,6 +226,22 @@ async fn cases(
     .await;
     failed(report, &case, outcome);
 
+    // Many topics with few clients each (issue 16): does a node's disk
+    // serve its groups' syncs together?
+    if let Target::Cluster(cluster) = target {
+        let case = many_case(pre, "topics", size);
+        let outcome = async {
+            let prefix = format!("bench/many-{size}");
+            let pace = Pace::new(secs);
+            let (count, hist, _) = many_topics(cluster, &prefix, secs, &payload, &pace).await?;
+            report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
+            report.latencies(&case, "", &hist);
+            anyhow::Ok(())
+        }
+        .await;
+        failed(report, &case, outcome);
+    }
+
     // One client through a node that is not the leader: every append is
     // forwarded to the leader.
     if let Target::Cluster(cluster) = target {
@@ -244,6 +260,60 @@ async fn cases(
         failed(report, &case, outcome);
     }
     Ok(())
+}
+
+/// Topics (or streams) in the many-topics case, and clients per topic.
+pub const MANY_TOPICS: usize = 18;
+pub const MANY_CLIENTS: usize = 4;
+
+/// The many-topics case's name: `what` is `topics` or `streams`.
+fn many_case(pre: &str, what: &str, size: usize) -> String {
+    format!(
+        "{pre}{MANY_TOPICS} {what} x {MANY_CLIENTS} clients at their leaders, {size} B, synced append"
+    )
+}
+
+/// [`MANY_TOPICS`] topics `PREFIX/NN` with 3 replicas, [`MANY_CLIENTS`]
+/// clients appending `payload` to each at its leader for `secs`, all at
+/// once: appends acknowledged, their latencies, and each topic's leader.
+pub async fn many_topics(
+    cluster: &Cluster,
+    prefix: &str,
+    secs: u64,
+    payload: &bytes::Bytes,
+    pace: &Arc<Pace>,
+) -> anyhow::Result<(u64, Histogram<u64>, Vec<usize>)> {
+    let mut leaders = Vec::new();
+    for t in 0..MANY_TOPICS {
+        let topic = format!("{prefix}/{t:02}");
+        let leader = cluster.awake_topic(&topic, payload.clone()).await?;
+        leaders.push((topic, leader));
+    }
+    let runs = leaders.iter().map(|(topic, leader)| {
+        concurrent(
+            cluster.url(*leader),
+            topic,
+            MANY_CLIENTS,
+            secs,
+            pace,
+            |topic| {
+                Request::One(v1::AppendRequest {
+                    topic,
+                    payload: payload.clone(),
+                    producer: None,
+                    handler: Default::default(),
+                })
+            },
+        )
+    });
+    let mut count = 0;
+    let mut hist = Histogram::<u64>::new(3)?;
+    for outcome in futures::future::join_all(runs).await {
+        let (c, h) = outcome?;
+        count += c;
+        hist.add(h)?;
+    }
+    Ok((count, hist, leaders.into_iter().map(|l| l.1).collect()))
 }
 
 /// The woof cases again on NATS JetStream (default sync, then a sync on
@@ -297,6 +367,26 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
         }
         .await;
         failed(report, &case, outcome);
+
+        let case = many_case(&pre, "streams", size);
+        let outcome = async {
+            let streams = js.many_streams(MANY_TOPICS).await?;
+            let runs = streams.iter().map(|(subject, leader)| {
+                nats::concurrent(&js.urls[*leader], subject, MANY_CLIENTS, 1, &payload, secs)
+            });
+            let mut count = 0;
+            let mut hist = Histogram::<u64>::new(3)?;
+            for outcome in futures::future::join_all(runs).await {
+                let (c, h) = outcome?;
+                count += c;
+                hist.add(h)?;
+            }
+            report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
+            report.latencies(&case, "", &hist);
+            anyhow::Ok(())
+        }
+        .await;
+        failed(report, &case, outcome);
     }
     ratios(report, size);
     Ok(())
@@ -323,6 +413,12 @@ fn ratios(report: &mut Report, size: usize) {
                 &format!("{peer}, {case}"),
             );
         }
+        report.ratio(
+            format!("woof / {peer}, {MANY_TOPICS} topics x {MANY_CLIENTS} clients, {size} B"),
+            "throughput",
+            &many_case("3 replicas, ", "topics", size),
+            &many_case(&format!("{peer}, "), "streams", size),
+        );
         report.ratio(
             format!("woof / {peer}, batched, {size} B"),
             "throughput",

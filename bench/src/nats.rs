@@ -267,9 +267,14 @@ impl JetStream {
     /// The server leading the stream, asking through server `via`: retried
     /// (for 15 s) while the answer names no leader or fails (an election).
     pub async fn leader(&self, via: usize) -> anyhow::Result<usize> {
+        self.leader_of(via, STREAM).await
+    }
+
+    /// The server leading stream `name`, as [`JetStream::leader`].
+    async fn leader_of(&self, via: usize, name: &str) -> anyhow::Result<usize> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            let last = match self.info(via).await {
+            let last = match self.info_of(via, name).await {
                 Ok(info) => {
                     let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
                     match leader.as_deref().and_then(|l| self.index_of(l)) {
@@ -280,7 +285,7 @@ impl JetStream {
                 Err(e) => format!("{e:#}"),
             };
             if Instant::now() > deadline {
-                bail!("{STREAM}: no known leader after 15 s; last answer: {last}");
+                bail!("{name}: no known leader after 15 s; last answer: {last}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -296,10 +301,15 @@ impl JetStream {
 
     /// The stream's info, asked through server `via`.
     async fn info(&self, via: usize) -> anyhow::Result<stream::Info> {
+        self.info_of(via, STREAM).await
+    }
+
+    /// Stream `name`'s info, asked through server `via`.
+    async fn info_of(&self, via: usize, name: &str) -> anyhow::Result<stream::Info> {
         let url = &self.urls[via];
         let ask = async {
             let js = jetstream::new(connect(url).await?);
-            let info = js.get_stream(STREAM).await?.get_info().await?;
+            let info = js.get_stream(name).await?.get_info().await?;
             anyhow::Ok(info)
         };
         tokio::time::timeout(REQUEST_TIMEOUT, ask)
@@ -413,6 +423,31 @@ impl JetStream {
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
         }
+    }
+
+    /// `count` more streams (`MANY-00`, ... taking `many.00.>`, ...), each
+    /// with 3 replicas and file storage, as the bench's stream: for each, a
+    /// subject it takes and the server leading it.
+    pub async fn many_streams(&self, count: usize) -> anyhow::Result<Vec<(String, usize)>> {
+        let js = jetstream::new(connect(&self.urls[0]).await?);
+        let mut streams = Vec::with_capacity(count);
+        for i in 0..count {
+            let name = format!("MANY-{i:02}");
+            let create = js.get_or_create_stream(stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("many.{i:02}.>")],
+                storage: stream::StorageType::File,
+                num_replicas: 3,
+                ..Default::default()
+            });
+            tokio::time::timeout(READY_TIMEOUT, create)
+                .await
+                .map_err(|_| anyhow!("{name}: not created within {READY_TIMEOUT:?}"))?
+                .map_err(|e| anyhow!("{name}: {e}"))?;
+            let leader = self.leader_of(0, &name).await?;
+            streams.push((format!("many.{i:02}.x"), leader));
+        }
+        Ok(streams)
     }
 
     /// The client URL of the stream's leader.

@@ -27,7 +27,7 @@ use hdrhistogram::Histogram;
 use tonic::Code;
 use woof_proto::v1;
 
-use crate::append::{self, Request};
+use crate::append;
 use crate::nodes::{self, Cluster};
 use crate::report::{Pace, Report, probe_machine};
 
@@ -46,8 +46,8 @@ fn name(i: usize) -> String {
 
 /// Topics the throughput-by-nodes cases append to (a multiple of 3 and 9,
 /// so that leaders can spread evenly), and clients per topic.
-const SPREAD_TOPICS: usize = 18;
-const CLIENTS_PER_TOPIC: usize = 4;
+const SPREAD_TOPICS: usize = append::MANY_TOPICS;
+const CLIENTS_PER_TOPIC: usize = append::MANY_CLIENTS;
 /// The largest cluster `--nodes` accepts.
 const NODES_MAX: usize = 16;
 
@@ -108,38 +108,9 @@ pub async fn run(woof: &Path, mut plan: Plan) -> anyhow::Result<Report> {
 async fn spread(cluster: &Cluster, report: &mut Report, secs: u64) -> anyhow::Result<()> {
     let n = cluster.nodes.len();
     let payload = bytes::Bytes::from_static(&[b'x'; 64]);
-    let mut leaders = Vec::new();
-    for t in 0..SPREAD_TOPICS {
-        let topic = format!("spread/{t:02}");
-        let leader = cluster.awake_topic(&topic, payload.clone()).await?;
-        leaders.push((topic, leader));
-    }
     let pace = Pace::new(secs);
-    let runs = leaders.iter().map(|(topic, leader)| {
-        append::concurrent(
-            cluster.url(*leader),
-            topic,
-            CLIENTS_PER_TOPIC,
-            secs,
-            &pace,
-            |topic| {
-                Request::One(v1::AppendRequest {
-                    topic,
-                    payload: payload.clone(),
-                    producer: None,
-                    handler: Default::default(),
-                })
-            },
-        )
-    });
-    let mut count = 0;
-    let mut hist = Histogram::<u64>::new(3)?;
-    for outcome in futures::future::join_all(runs).await {
-        let (c, h) = outcome?;
-        count += c;
-        hist.add(h)?;
-    }
-    let mut leading: Vec<usize> = leaders.iter().map(|l| l.1).collect();
+    let (count, hist, mut leading) =
+        append::many_topics(cluster, "spread", secs, &payload, &pace).await?;
     leading.sort_unstable();
     leading.dedup();
     let clients = SPREAD_TOPICS * CLIENTS_PER_TOPIC;
