@@ -306,6 +306,15 @@ pub async fn many_topics(
             },
         )
     });
+    let (count, hist) = together(runs).await?;
+    Ok((count, hist, leaders.into_iter().map(|l| l.1).collect()))
+}
+
+/// Runs `runs` at once: the sum of their counts, their latencies together.
+async fn together<F>(runs: impl IntoIterator<Item = F>) -> anyhow::Result<(u64, Histogram<u64>)>
+where
+    F: std::future::Future<Output = anyhow::Result<(u64, Histogram<u64>)>>,
+{
     let mut count = 0;
     let mut hist = Histogram::<u64>::new(3)?;
     for outcome in futures::future::join_all(runs).await {
@@ -313,7 +322,7 @@ pub async fn many_topics(
         count += c;
         hist.add(h)?;
     }
-    Ok((count, hist, leaders.into_iter().map(|l| l.1).collect()))
+    Ok((count, hist))
 }
 
 /// The woof cases again on NATS JetStream (default sync, then a sync on
@@ -374,13 +383,7 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
             let runs = streams.iter().map(|(subject, leader)| {
                 nats::concurrent(&js.urls[*leader], subject, MANY_CLIENTS, 1, &payload, secs)
             });
-            let mut count = 0;
-            let mut hist = Histogram::<u64>::new(3)?;
-            for outcome in futures::future::join_all(runs).await {
-                let (c, h) = outcome?;
-                count += c;
-                hist.add(h)?;
-            }
+            let (count, hist) = together(runs).await?;
             report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
             report.latencies(&case, "", &hist);
             anyhow::Ok(())
