@@ -150,6 +150,26 @@ impl Browser {
     }
 }
 
+impl Drop for Browser {
+    /// Ends the session, which closes Chromium (killing ChromeDriver alone
+    /// would leave the browser running); blocking, and bounded to 10 s.
+    fn drop(&mut self) {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(self.driver) else {
+            return;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let request = format!(
+            "DELETE /session/{} HTTP/1.1\r\nHost: {}\r\nContent-Length: 0\r\n\r\n",
+            self.session, self.driver
+        );
+        if s.write_all(request.as_bytes()).is_ok() {
+            // The answer comes once the browser is gone.
+            let _ = s.read(&mut [0u8; 1024]);
+        }
+    }
+}
+
 /// One WebDriver call: its `value`, or a panic with the driver's error.
 async fn call(driver: SocketAddr, method: &str, path: &str, body: &Value) -> Value {
     let text = if body.is_null() {

@@ -131,7 +131,15 @@ async fn a_busy_node_stops_and_starts_again_twenty_times() {
             })
             .collect();
         // Busy: stop once the writers got going, while they still append.
+        let deadline = Instant::now() + Duration::from_secs(30);
         while latest(&mut c, TOPICS[2]).await.last_seq < base + 20 {
+            let ended = writers.iter().filter(|(_, w)| w.is_finished()).count();
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {TOPICS:?}[2] not 20 appends further within 30 s; \
+                 {ended} of {} writers ended (an append failed)",
+                writers.len()
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
 
