@@ -129,6 +129,17 @@ impl Service {
         }
     }
 
+    /// Checks the token grants `deploy` on the handler's topic.
+    fn allow_deploy(&self, request: &Request<v1::DeployHandlerRequest>) -> Result<(), Status> {
+        let topic = request
+            .get_ref()
+            .handler
+            .as_ref()
+            .map_or("", |h| h.topic.as_str());
+        self.allow(request, Op::Deploy, Scope::Topic(topic))
+            .map(drop)
+    }
+
     /// The topics of a listing the request's token may read.
     fn readable(&self, grant: &Option<Grant>, topics: Vec<v1::TopicInfo>) -> Vec<v1::TopicInfo> {
         match (&self.auth, grant) {
@@ -360,12 +371,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::DeployHandlerRequest>,
     ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
-        let topic = request
-            .get_ref()
-            .handler
-            .as_ref()
-            .map_or("", |h| h.topic.as_str());
-        self.allow(&request, Op::Deploy, Scope::Topic(topic))?;
+        self.allow_deploy(&request)?;
         let r = request.into_inner();
         let (topic, spec) = convert::handler_spec(r.handler)?;
         in_topic(&topic);
@@ -382,12 +388,7 @@ impl Woof for Service {
         &self,
         request: Request<v1::DeployHandlerRequest>,
     ) -> Result<Response<v1::DeployHandlerResponse>, Status> {
-        let topic = request
-            .get_ref()
-            .handler
-            .as_ref()
-            .map_or("", |h| h.topic.as_str());
-        self.allow(&request, Op::Deploy, Scope::Topic(topic))?;
+        self.allow_deploy(&request)?;
         let r = request.into_inner();
         let (topic, spec) = convert::handler_spec(r.handler)?;
         in_topic(&topic);
