@@ -194,6 +194,10 @@ struct Inner {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     registry: RwLock<BTreeMap<TopicName, Arc<Topic>>>,
+    /// The replicas that may have handlers bound: every one that has, and
+    /// some that had (dropped when [`Topics::handled`] finds them without),
+    /// so that a node looking for handlers does not visit every topic.
+    with_handlers: Mutex<std::collections::BTreeSet<TopicName>>,
     /// Serialises creating and deleting topics; holds the next topic id.
     admin: tokio::sync::Mutex<u64>,
     queued_bytes: Arc<Semaphore>,
@@ -230,6 +234,7 @@ impl Topics {
                 store,
                 clock,
                 registry: RwLock::new(BTreeMap::new()),
+                with_handlers: Mutex::new(Default::default()),
                 admin: tokio::sync::Mutex::new(next_id),
                 queued_bytes: Arc::new(Semaphore::new(QUEUED_BYTES_MAX)),
                 shutdown: watch::Sender::new(false),
@@ -306,6 +311,7 @@ impl Topics {
                     }
                     changed
                 });
+                self.note_handlers(&meta.name, handlers);
                 if let Some(trim) = replica
                     .trim
                     .lock()
@@ -353,6 +359,53 @@ impl Topics {
             tasks: Mutex::new(vec![trimmer]),
         });
         self.registry_mut().insert(meta.name.clone(), topic);
+        self.note_handlers(&meta.name, handlers);
+    }
+
+    /// Keeps `name` among the replicas with handlers if it has some. Called
+    /// after they are published: [`Topics::handled`] drops a name only
+    /// while holding the set and seeing no handlers.
+    fn note_handlers(&self, name: &TopicName, handlers: &Handlers) {
+        if handlers.is_empty() {
+            return;
+        }
+        let mut set = self.with_handlers();
+        if !set.contains(name) {
+            set.insert(name.clone());
+        }
+    }
+
+    fn with_handlers(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<TopicName>> {
+        self.inner
+            .with_handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The replicas here with handlers bound, each with what `pick` takes
+    /// from it and its handlers (`None` to leave it out).
+    fn visit_handled<T>(
+        &self,
+        mut pick: impl FnMut(&Topic, &Arc<Handlers>) -> Option<T>,
+    ) -> Vec<T> {
+        let mut set = self.with_handlers();
+        let registry = self.registry();
+        let mut picked = Vec::new();
+        set.retain(|name| {
+            let Some(topic) = registry.get(name) else {
+                return false;
+            };
+            let Some(replica) = &topic.replica else {
+                return false;
+            };
+            let handlers = replica.handlers.borrow().clone();
+            if handlers.is_empty() {
+                return false;
+            }
+            picked.extend(pick(topic, &handlers));
+            true
+        });
+        picked
     }
 
     /// A replicated topic is gone from this node (deleted, or its group
@@ -382,29 +435,20 @@ impl Topics {
     /// The replicas here that have handlers bound, with them: what a node
     /// looks at to run handlers, without touching the other topics' state.
     pub fn handled(&self) -> Vec<(TopicId, TopicName, Arc<Handlers>)> {
-        self.registry()
-            .values()
-            .filter_map(|t| {
-                let handlers = t.replica.as_ref()?.handlers.borrow().clone();
-                (!handlers.is_empty()).then(|| (t.meta.id, t.meta.name.clone(), handlers))
-            })
-            .collect()
+        self.visit_handled(|t, handlers| Some((t.meta.id, t.meta.name.clone(), handlers.clone())))
     }
 
     /// The replicas here whose handlers (those not parked) have not yet
     /// finished every element applied here: their groups must not sleep,
     /// or the handlers would wait for the next client request.
     pub fn handlers_behind(&self) -> std::collections::HashSet<TopicId> {
-        self.registry()
-            .values()
-            .filter_map(|t| {
-                let replica = t.replica.as_ref()?;
-                let last = t.published.borrow().range.last;
-                let handlers = replica.handlers.borrow();
-                let behind = handlers.iter().any(|h| h.parked.is_none() && h.done < last);
-                behind.then_some(t.meta.id)
-            })
-            .collect()
+        self.visit_handled(|t, handlers| {
+            let last = t.published.borrow().range.last;
+            let behind = handlers.iter().any(|h| h.parked.is_none() && h.done < last);
+            behind.then_some(t.meta.id)
+        })
+        .into_iter()
+        .collect()
     }
 
     /// Whether `name` is a replica of a Raft group's topic here, and its id.
@@ -512,6 +556,13 @@ impl Topics {
     pub fn list(&self) -> Vec<TopicInfo> {
         let registry = self.registry();
         registry.values().map(|t| info(t)).collect()
+    }
+
+    /// The topic with id `id`, if this node holds it: one topic's info
+    /// without copying every other's.
+    pub fn info_by_id(&self, id: TopicId) -> Option<TopicInfo> {
+        let registry = self.registry();
+        registry.values().find(|t| t.meta.id == id).map(|t| info(t))
     }
 
     /// Appends `payloads` as consecutive elements, answering once they are

@@ -611,7 +611,10 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         let store = self.store.clone();
         let group = self.group;
         let mut machine = self.machine.clone();
-        let mut directory = self.directory.clone();
+        // Taken, not copied: the directory holds every name of the
+        // cluster, and a copy per apply made each create cost as much as
+        // all the names before it. A failed apply reads it again below.
+        let mut directory = self.directory.take();
         let mut handlers = self.handlers.clone();
         let mut applied = self.applied.clone();
         self.windows.bound();
@@ -619,7 +622,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         // never written), and they are read again from the store.
         let mut windows = std::mem::take(&mut self.windows);
         // Unsynced writes and reads of recent state: done in place.
-        let (machine, windows, directory, handlers, applied, results) = quick(move || {
+        let outcome = quick(move || {
             let mut batch = WriteBatch::default();
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -659,8 +662,25 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             // makes this durable too (one WAL).
             store.write_unsynced(&batch)?;
             Ok((machine, windows, directory, handlers, applied, results))
-        })
-        .map_err(sm_write)?;
+        });
+        let (machine, windows, directory, handlers, applied, results) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                // The state stays as it was applied before these entries:
+                // what the store holds.
+                let (store, group) = (self.store.clone(), self.group);
+                match blocking(move || load_directory(&*store, group)).await {
+                    Ok(directory) => self.directory = directory,
+                    Err(reload) => {
+                        tracing::error!(
+                            group = group.0,
+                            "reading the name directory again: {reload}"
+                        )
+                    }
+                }
+                return Err(sm_write(e));
+            }
+        };
         let existed = self.machine.is_some();
         self.machine = machine;
         self.windows = windows;

@@ -258,23 +258,21 @@ impl ClusterTopics {
     /// [`left_behind`] judges by what they say.
     async fn drop_left_behind(&self, from: usize) -> usize {
         let me = self.overlay.peer_id();
-        let mut leaderless: Vec<ReplicaStatus> = self
-            .groups
-            .replicas()
-            .into_iter()
-            .filter(|r| !r.is_leader && r.leader.is_none())
-            .collect();
-        leaderless.sort_by_key(|r| r.group);
+        // Only the groups looked at are described: a node holds thousands.
+        let leaderless = self.groups.leaderless();
         if leaderless.is_empty() {
             return 0;
         }
         let from = from % leaderless.len();
-        for r in leaderless
+        let looked_at: Vec<ReplicaStatus> = leaderless
             .iter()
             .cycle()
             .skip(from)
             .take(LEFT_BEHIND_CHECKS.min(leaderless.len()))
-        {
+            .filter_map(|group| self.groups.replica(*group))
+            .filter(|r| !r.is_leader && r.leader.is_none())
+            .collect();
+        for r in &looked_at {
             let mut peers: BTreeSet<PeerId> =
                 r.members.iter().filter_map(|m| m.parse().ok()).collect();
             if let Ok(location) = self.lookup(&r.meta.name).await
@@ -329,15 +327,7 @@ impl ClusterTopics {
     /// (the simulator found groups left with four voters, one of them lost
     /// for good). Each goes on to its new voters.
     async fn finish_changes(&self) {
-        let mut led: Vec<GroupId> = self
-            .groups
-            .replicas()
-            .into_iter()
-            .filter(|r| r.is_leader)
-            .map(|r| GroupId(r.group))
-            .collect();
-        led.sort();
-        for group in led {
+        for group in self.groups.leading() {
             let Ok(raft) = self.groups.start(group).await else {
                 continue;
             };

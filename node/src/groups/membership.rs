@@ -49,6 +49,41 @@ impl Groups {
             .collect()
     }
 
+    /// The groups led here now, joint ones included, in id order.
+    pub fn leading(&self) -> Vec<GroupId> {
+        self.slots
+            .all_running()
+            .into_iter()
+            .filter(|(_, running)| {
+                running.handle.raft.metrics().borrow().current_leader == Some(self.node_id)
+            })
+            .map(|(group, _)| group)
+            .collect()
+    }
+
+    /// The groups held here that know no leader (asleep, or running and
+    /// calling elections nobody answers), in id order.
+    pub fn leaderless(&self) -> Vec<GroupId> {
+        let mut out: Vec<GroupId> = self
+            .slots
+            .all_running()
+            .into_iter()
+            .filter(|(_, running)| {
+                running
+                    .handle
+                    .raft
+                    .metrics()
+                    .borrow()
+                    .current_leader
+                    .is_none()
+            })
+            .map(|(group, _)| group)
+            .chain(self.slots.all_asleep().into_iter().map(|(group, _)| group))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// The groups sleeping here, with their voters.
     pub fn asleep_groups(&self) -> Vec<(GroupId, Vec<PeerId>)> {
         self.slots

@@ -112,10 +112,7 @@ impl Groups {
 
     /// The topic of `group` as held here, if created.
     fn topic_of(&self, group: GroupId) -> Option<TopicInfo> {
-        self.topics
-            .list()
-            .into_iter()
-            .find(|i| i.meta.id == TopicId(group.0))
+        self.topics.info_by_id(TopicId(group.0))
     }
 
     /// The voters of `group`, if this node holds it.
