@@ -31,6 +31,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use woof_overlay::{ClusterKey, Multiaddr, NodeInfo, Tier, Timing};
@@ -77,6 +78,8 @@ pub struct NodeConfig {
 pub struct Security {
     /// The node's certificate and key (`--tls-cert`, `--tls-key`), checked.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// The same certificate and key for the dashboard (HTTPS).
+    pub https: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// What this node trusts when it calls another node's API: `--ca`, else
     /// the chain in its own `--tls-cert`.
     pub client_tls: Option<crate::auth::tls::ClientTls>,
@@ -414,9 +417,12 @@ impl Security {
         token_root: Option<PathBuf>,
     ) -> Result<Self> {
         use crate::auth::tls::{ClientTls, server_config};
-        let tls = match (&tls_cert, &tls_key) {
-            (Some(cert), Some(key)) => Some(server_config(cert, key)?),
-            (None, None) => None,
+        let (tls, https) = match (&tls_cert, &tls_key) {
+            (Some(cert), Some(key)) => {
+                let (grpc, https) = server_config(cert, key)?;
+                (Some(grpc), Some(https))
+            }
+            (None, None) => (None, None),
             _ => {
                 return Err(Error::Usage("--tls-cert and --tls-key go together".into()));
             }
@@ -444,6 +450,7 @@ impl Security {
         };
         Ok(Self {
             tls,
+            https,
             client_tls,
             token_root,
         })

@@ -160,11 +160,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             tiers,
             dir,
             base_port,
+            secure,
         }) => {
             init_tracing("warn");
             let tiers = local_cluster::parse_tiers(&tiers, nodes)?;
             let woof = std::env::current_exe()?;
-            let nodes = local_cluster::up(&woof, &dir, &tiers, base_port).await?;
+            let (nodes, secured) =
+                local_cluster::up(&woof, &dir, &tiers, base_port, secure).await?;
             for n in &nodes {
                 println!(
                     "{:<8} {:<6} gRPC {:<24} overlay {:<28} pid {}",
@@ -177,7 +179,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir.display()
             );
             println!("reach it with: export WOOF_SERVER={}", nodes[0].grpc);
-            println!("watch it at:   {}", nodes[0].dashboard);
+            match &secured {
+                None => println!("watch it at:   {}", nodes[0].dashboard),
+                Some(s) => {
+                    println!(
+                        "               export WOOF_CA={} WOOF_TOKEN=$(cat {})",
+                        s.ca.display(),
+                        s.token_file.display()
+                    );
+                    println!(
+                        "               (TLS by the CA in {}; {} may do everything for 30 days: \
+                         narrow it with `woof token attenuate`, mint others with --root-key {})",
+                        s.ca.display(),
+                        s.token_file.display(),
+                        dir.join("root.key").display()
+                    );
+                    // The fragment stays in the browser: the token is not
+                    // sent in the request line, nor logged.
+                    println!("watch it at:   {}#token={}", nodes[0].dashboard, s.token);
+                    println!(
+                        "               (the browser must trust {} to open it without a warning)",
+                        s.ca.display()
+                    );
+                }
+            }
             println!("stop it with:  woof cluster down --dir {}", dir.display());
             Ok(())
         }

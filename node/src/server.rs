@@ -126,6 +126,7 @@ pub async fn run(
         // which end with the subscriptions.
         streams.spawn(crate::dashboard::serve(
             listener,
+            security.https.clone(),
             service.clone(),
             streams.clone(),
         ));
@@ -253,12 +254,12 @@ impl Node {
                  reaches this port may read, write and delete every topic"
             );
         }
-        if let Some(addr) = http_addr.filter(|a| !a.ip().is_loopback()) {
+        if let Some(addr) = http_addr.filter(|a| !tls && !a.ip().is_loopback()) {
             tracing::warn!(
                 %addr,
                 "the dashboard listens beyond loopback over plain HTTP: the tokens browsers give \
-                 it cross the network unencrypted (put it behind a TLS proxy, or keep it on \
-                 loopback)"
+                 it cross the network unencrypted (start the node with --tls-cert and --tls-key \
+                 and it serves HTTPS, or keep it on loopback)"
             );
         }
         let (topics, store) = open_topics(config).await?;
@@ -290,7 +291,7 @@ impl Node {
             tracing::info!(addr = ?metrics_addr, "serving metrics at /metrics");
         }
         if let Some(addr) = http_addr {
-            tracing::info!(%addr, "serving the dashboard at http://{addr}/");
+            tracing::info!(%addr, "serving the dashboard at {scheme}://{addr}/");
         }
         if let Err(e) = node.serve(config, listener, http_listener).await {
             // Whatever started stops, and the store is closed again.

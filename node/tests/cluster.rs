@@ -315,27 +315,31 @@ fn bad_cluster_settings_are_clear_errors() {
     }
 }
 
+/// A base port for `cluster up` whose gRPC, dashboard and overlay ports
+/// for `nodes` nodes are free.
+fn free_base_port(nodes: u16) -> u16 {
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        if port < 60_000
+            && (0..nodes).all(|i| {
+                [0, 50, 100].iter().all(|offset| {
+                    std::net::TcpListener::bind(("127.0.0.1", port + offset + i)).is_ok()
+                })
+            })
+        {
+            return port;
+        }
+    }
+}
+
 #[test]
 fn cluster_up_and_down_run_a_local_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let cluster_dir = dir.path().join("c");
     let cluster_dir = cluster_dir.to_str().unwrap();
-    // A free block of ports: probe the gRPC, dashboard and overlay ports
-    // of 3 nodes.
-    let base = loop {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        drop(l);
-        if port < 60_000
-            && (0..3).all(|i| {
-                std::net::TcpListener::bind(("127.0.0.1", port + i)).is_ok()
-                    && std::net::TcpListener::bind(("127.0.0.1", port + 50 + i)).is_ok()
-                    && std::net::TcpListener::bind(("127.0.0.1", port + 100 + i)).is_ok()
-            })
-        {
-            break port;
-        }
-    };
+    let base = free_base_port(3);
     let up = woof(&[
         "cluster",
         "up",
@@ -399,6 +403,91 @@ fn cluster_up_and_down_run_a_local_cluster() {
             .status
             .success()
     );
+}
+
+/// `cluster up --secure`: the nodes serve TLS and require tokens; what it
+/// prints (the CA, the admin token) is all a client needs, the dashboard
+/// is HTTPS and takes the token, and nothing works without them.
+#[test]
+fn cluster_up_secure_serves_tls_and_requires_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster_dir = dir.path().join("c");
+    let base = free_base_port(3);
+    let up = woof(&[
+        "cluster",
+        "up",
+        "--secure",
+        "--dir",
+        cluster_dir.to_str().unwrap(),
+        "--base-port",
+        &base.to_string(),
+    ]);
+    let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
+    let down = || woof(&["cluster", "down", "--dir", cluster_dir.to_str().unwrap()]);
+    if !up.status.success() {
+        down();
+        panic!("{stdout}{}", String::from_utf8_lossy(&up.stderr));
+    }
+    let url = format!("https://127.0.0.1:{base}");
+    let ca = cluster_dir.join("pki/ca.pem");
+    let token = std::fs::read_to_string(cluster_dir.join("admin.token")).unwrap();
+    let token = token.trim();
+    assert!(
+        stdout.contains(&format!("export WOOF_SERVER={url}")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("export WOOF_CA={}", ca.display())),
+        "{stdout}"
+    );
+    let dashboard = format!("https://127.0.0.1:{}/#token={token}", base + 50);
+    assert!(stdout.contains(&dashboard), "{stdout}");
+
+    let run = |args: &[&str], with_token: bool| {
+        let mut command = std::process::Command::new(common::woof_bin());
+        command
+            .args(args)
+            .env("WOOF_SERVER", &url)
+            .env("WOOF_CA", &ca)
+            .env_remove("WOOF_TOKEN");
+        if with_token {
+            command.env("WOOF_TOKEN", token);
+        }
+        let out = command.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = run(&["topic", "create", "lab/secure"], false);
+    assert!(!ok && err.contains("UNAUTHENTICATED"), "{err}");
+    let (ok, _, err) = run(&["topic", "create", "lab/secure"], true);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(&["append", "lab/secure", "hello"], true);
+    assert!(ok && out == "1", "{out} {err}");
+    let (ok, out, err) = run(&["get", "lab/secure", "1"], true);
+    assert!(ok && out == "hello", "{out} {err}");
+    let (ok, out, err) = run(&["cluster", "status"], true);
+    assert!(ok && out.matches("alive").count() >= 3, "{out} {err}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", base + 50).parse().unwrap();
+    let with = rt
+        .block_on(common::http::https_get(
+            http,
+            &ca,
+            &format!("/api/view?token={token}"),
+        ))
+        .unwrap();
+    assert_eq!(with.status, 200, "{with:?}");
+    assert!(with.body.contains("lab/secure"), "{}", with.body);
+    let without = rt
+        .block_on(common::http::https_get(http, &ca, "/api/view"))
+        .unwrap();
+    assert_eq!(without.status, 401, "{without:?}");
+
+    assert!(down().status.success());
 }
 
 /// Where a topic lives is a DHT record, kept only in the memory of the

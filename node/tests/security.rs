@@ -379,13 +379,19 @@ fn certs(dir: &Path, nodes: &str) {
 
 /// A node serving TLS: the CLI with the right CA works; with another CA it
 /// says the certificate is not trusted; plaintext to the TLS port says to
-/// use https; bad certificate files stop the node with a clear error.
+/// use https; the dashboard is HTTPS with the same certificate (plain HTTP
+/// to it gets no answer); bad certificate files stop the node with a clear
+/// error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_on_the_client_api() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path().join("pki");
     certs(&pki, "1");
+    let http: std::net::SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+    let http_listen = http.to_string();
     let node = NodeProcess::start(&[
+        "--http-listen",
+        &http_listen,
         "--data-dir",
         dir.path().join("n").to_str().unwrap(),
         "--grpc-listen",
@@ -433,6 +439,35 @@ async fn tls_on_the_client_api() {
     assert!(!ok, "plaintext was served on the TLS port");
     assert!(err.contains("TLS") && err.contains("https://"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
+
+    // The dashboard: HTTPS by the node's certificate, and its views work.
+    let page = common::http::https_get(http, &pki.join("ca.pem"), "/")
+        .await
+        .expect("the dashboard over HTTPS");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("<html"), "{}", page.body);
+    let view = common::http::https_get(http, &pki.join("ca.pem"), "/api/view")
+        .await
+        .unwrap();
+    assert_eq!(view.status, 200, "{view:?}");
+    let view: serde_json::Value = serde_json::from_str(&view.body).unwrap();
+    assert!(
+        view.to_string().contains("lab/t"),
+        "the view lacks the topic: {view}"
+    );
+    // A client that does not trust the node's CA is refused.
+    let foreign = common::http::https_get(http, &other.join("ca.pem"), "/").await;
+    assert!(foreign.is_err(), "a foreign CA was trusted: {foreign:?}");
+    // Plain HTTP to the dashboard: no page, and the node goes on.
+    let plain = common::http::get(http, "/").await;
+    assert!(
+        plain.as_ref().map_or(true, |a| a.status == 0),
+        "plain HTTP was served on the HTTPS port: {plain:?}"
+    );
+    let again = common::http::https_get(http, &pki.join("ca.pem"), "/")
+        .await
+        .unwrap();
+    assert_eq!(again.status, 200);
 
     // Bad certificate and key files: exit 1 with a clear error.
     let garbage = dir.path().join("garbage.pem");

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio_rustls::rustls::ServerConfig as HttpsConfig;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, Server, ServerTlsConfig};
 
 use crate::error::{Error, Result};
@@ -36,25 +37,54 @@ fn read_pem(path: &Path, what: &str, marker: &str) -> Result<Vec<u8>> {
 }
 
 /// The node's TLS settings from its certificate (chain) and key files,
-/// checked now: a bad file stops the start with a clear error.
-pub fn server_config(cert: &Path, key: &Path) -> Result<ServerTlsConfig> {
+/// checked now: a bad file stops the start with a clear error. The first
+/// is the client API's (tonic); the second the dashboard's (HTTP/1.1),
+/// the same certificate and key.
+pub fn server_config(cert: &Path, key: &Path) -> Result<(ServerTlsConfig, Arc<HttpsConfig>)> {
     let cert_pem = read_pem(cert, "--tls-cert", "BEGIN CERTIFICATE")?;
     let key_pem = read_pem(key, "--tls-key", "PRIVATE KEY")?;
+    let both = |reason: String| {
+        Error::Tls(format!(
+            "--tls-cert {} with --tls-key {}: {reason}",
+            cert.display(),
+            key.display(),
+        ))
+    };
+    let https = https_config(&cert_pem, &key_pem).map_err(both)?;
     let config = ServerTlsConfig::new()
         .identity(Identity::from_pem(cert_pem, key_pem))
         .timeout(HANDSHAKE_TIMEOUT);
     // tonic parses the files only when the server is built: build one here
     // to find out.
-    Server::builder().tls_config(config.clone()).map_err(|e| {
-        Error::Tls(format!(
-            "--tls-cert {} with --tls-key {}: {}",
-            cert.display(),
-            key.display(),
-            chain(&e)
-        ))
-    })?;
-    Ok(config)
+    Server::builder()
+        .tls_config(config.clone())
+        .map_err(|e| both(chain(&e)))?;
+    Ok((config, https))
 }
+
+/// The dashboard's TLS settings: rustls with the provider tonic uses,
+/// HTTP/1.1 only.
+fn https_config(cert_pem: &[u8], key_pem: &[u8]) -> std::result::Result<Arc<HttpsConfig>, String> {
+    use tokio_rustls::rustls::crypto::ring;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| format!("reading the certificates: {e}"))?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("reading the key: {e}"))?;
+    let mut config = HttpsConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| e.to_string())?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// How long an HTTPS client has to finish its handshake.
+pub const HTTPS_HANDSHAKE_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
 
 /// The CA a client trusts a node's certificate by.
 #[derive(Clone, Debug)]

@@ -4,6 +4,9 @@
 //! `up` writes everything under `--dir`: the cluster key, one data directory
 //! and log per node, and `cluster.json` (what `down` reads). The nodes run in
 //! their own process group, so they outlive the command that started them.
+//! With `--secure` it also makes a CA and node certificates (`pki/`), a
+//! root key (`root.key`, `root.key.pub`) and a token for everything
+//! (`admin.token`), and the nodes serve TLS and require tokens.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -75,8 +78,77 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
 
-/// Starts the nodes and waits until every one sees all the others alive.
-pub async fn up(woof: &Path, dir: &Path, tiers: &[Tier], base_port: u16) -> Result<Vec<LocalNode>> {
+/// What `up --secure` made for the clients: the CA to trust and a token
+/// that may do everything.
+#[derive(Debug)]
+pub struct Secured {
+    pub ca: PathBuf,
+    pub token_file: PathBuf,
+    pub token: String,
+    /// The nodes' flags.
+    args: Vec<std::ffi::OsString>,
+    /// Node i's certificate and key.
+    certs: Vec<(PathBuf, PathBuf)>,
+}
+
+/// How long `up --secure`'s admin token lasts.
+const ADMIN_TOKEN_LIFETIME: Duration = Duration::from_secs(30 * 86_400);
+
+/// Makes the CA, the node certificates, the root key and the admin token
+/// for `nodes` nodes in `dir`.
+fn secure(dir: &Path, nodes: usize) -> Result<Secured> {
+    use crate::auth::token;
+    let names: Vec<String> = (1..=nodes).map(|i| format!("node-{i}")).collect();
+    let written = crate::auth::tls::make_certs(&dir.join("pki"), &names, &[])?;
+    let root_path = dir.join("root.key");
+    token::keygen_to(&root_path)?;
+    let root = token::load_private(&root_path)?;
+    let admin = token::create(
+        &root,
+        &token::Grant {
+            topics: token::parse_topics(&["**".into()])?,
+            ops: crate::auth::Op::ALL.to_vec(),
+            expires_in: ADMIN_TOKEN_LIFETIME,
+        },
+    )?;
+    let token_file = dir.join("admin.token");
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&token_file)
+            .map_err(io(format!("writing {}", token_file.display())))?;
+        file.write_all(format!("{admin}\n").as_bytes())
+            .map_err(io(format!("writing {}", token_file.display())))?;
+    }
+    let args = vec![
+        "--ca".into(),
+        written.ca.clone().into_os_string(),
+        "--require-token".into(),
+        "--token-root".into(),
+        token::pub_path(&root_path).into_os_string(),
+    ];
+    Ok(Secured {
+        ca: written.ca,
+        token_file,
+        token: admin,
+        args,
+        certs: written.nodes.into_iter().map(|(_, c, k)| (c, k)).collect(),
+    })
+}
+
+/// Starts the nodes and waits until every one sees all the others alive;
+/// with `secured`, over TLS and requiring tokens.
+pub async fn up(
+    woof: &Path,
+    dir: &Path,
+    tiers: &[Tier],
+    base_port: u16,
+    secured: bool,
+) -> Result<(Vec<LocalNode>, Option<Secured>)> {
     if dir.join(STATE_FILE).exists() {
         return Err(Error::Usage(format!(
             "{} already holds a cluster; `woof cluster down --dir {}` first",
@@ -94,14 +166,25 @@ pub async fn up(woof: &Path, dir: &Path, tiers: &[Tier], base_port: u16) -> Resu
     std::fs::write(&key_path, ClusterKey::generate().to_file_text())
         .map_err(io(format!("writing {}", key_path.display())))?;
 
+    let secured = secured.then(|| secure(dir, tiers.len())).transpose()?;
+
     let mut nodes = Vec::new();
-    let result = start_all(woof, dir, tiers, base_port, &key_path, &mut nodes).await;
+    let result = start_all(
+        woof,
+        dir,
+        tiers,
+        base_port,
+        &key_path,
+        secured.as_ref(),
+        &mut nodes,
+    )
+    .await;
     // Record what was started even on failure, so `down` can stop it.
     let state = serde_json::to_string_pretty(&nodes).expect("serialisable");
     std::fs::write(dir.join(STATE_FILE), state)
         .map_err(io(format!("writing {}", dir.join(STATE_FILE).display())))?;
     result?;
-    Ok(nodes)
+    Ok((nodes, secured))
 }
 
 async fn start_all(
@@ -110,8 +193,14 @@ async fn start_all(
     tiers: &[Tier],
     base_port: u16,
     key_path: &Path,
+    secured: Option<&Secured>,
     nodes: &mut Vec<LocalNode>,
 ) -> Result<()> {
+    let options = match secured {
+        Some(s) => super::ClientOptions::from_cli(Some(s.ca.as_path()), Some(&s.token))?,
+        None => super::ClientOptions::default(),
+    };
+    let scheme = if secured.is_some() { "https" } else { "http" };
     for (i, tier) in tiers.iter().enumerate() {
         let name = format!("node-{}", i + 1);
         let data = dir.join(&name);
@@ -145,6 +234,15 @@ async fn start_all(
         if let Some(first) = nodes.first() {
             command.args(["--join", &first.overlay]);
         }
+        if let Some(s) = secured {
+            let (cert, key) = &s.certs[i];
+            command
+                .arg("--tls-cert")
+                .arg(cert)
+                .arg("--tls-key")
+                .arg(key)
+                .args(&s.args);
+        }
         use std::os::unix::process::CommandExt;
         let child = command
             .stdin(Stdio::null())
@@ -157,16 +255,16 @@ async fn start_all(
             name: name.clone(),
             tier: tier.to_string(),
             pid: child.id(),
-            grpc: format!("http://{grpc}"),
+            grpc: format!("{scheme}://{grpc}"),
             overlay: overlay.clone(),
-            dashboard: format!("http://{http}/"),
+            dashboard: format!("{scheme}://{http}/"),
         });
-        wait_serving(&nodes[i], &log_path).await?;
+        wait_serving(&nodes[i], &log_path, &options).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     for node in nodes.iter() {
         loop {
-            let alive = alive_count(&node.grpc).await;
+            let alive = alive_count(&node.grpc, &options).await;
             if alive == nodes.len() {
                 break;
             }
@@ -184,8 +282,8 @@ async fn start_all(
     Ok(())
 }
 
-async fn alive_count(url: &str) -> usize {
-    let Ok(mut client) = super::connect(url).await else {
+async fn alive_count(url: &str, options: &super::ClientOptions) -> usize {
+    let Ok(mut client) = super::connect_with(url, options).await else {
         return 0;
     };
     client
@@ -202,10 +300,10 @@ async fn alive_count(url: &str) -> usize {
 }
 
 /// Waits until a node answers gRPC, or explains from its log why not.
-async fn wait_serving(node: &LocalNode, log: &Path) -> Result<()> {
+async fn wait_serving(node: &LocalNode, log: &Path, options: &super::ClientOptions) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if super::connect(&node.grpc).await.is_ok() {
+        if super::connect_with(&node.grpc, options).await.is_ok() {
             return Ok(());
         }
         if !is_running(node.pid) {

@@ -122,6 +122,11 @@ pub enum ClusterCommand {
         /// the overlay on BASE+100+i.
         #[arg(long, default_value_t = 7700)]
         base_port: u16,
+        /// Serve TLS and require tokens: makes a CA and node certificates
+        /// (DIR/pki), a root key (DIR/root.key) and a token that may do
+        /// everything (DIR/admin.token), and says how to use them.
+        #[arg(long)]
+        secure: bool,
     },
     /// Stop the cluster `cluster up` started in --dir (its data stays).
     Down {

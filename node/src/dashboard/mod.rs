@@ -75,11 +75,17 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; connect-src 'self'; \
 
 type Body = BoxBody<Bytes, Infallible>;
 
-/// Serves the dashboard on `listener` until `shutdown` is requested; each
-/// connection is a task on `shutdown`.
-pub async fn serve(listener: TcpListener, service: Arc<Service>, shutdown: Shutdown) {
+/// Serves the dashboard on `listener` (HTTPS with `tls`: the node's
+/// certificate) until `shutdown` is requested; each connection is a task
+/// on `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    service: Arc<Service>,
+    shutdown: Shutdown,
+) {
     let tasks = shutdown.clone();
-    crate::http::serve("dashboard", listener, LIMITS, shutdown, move |req| {
+    crate::http::serve("dashboard", listener, tls, LIMITS, shutdown, move |req| {
         answer(service.clone(), tasks.clone(), req)
     })
     .await

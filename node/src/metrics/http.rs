@@ -24,7 +24,7 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 /// Serves `metrics` on `listener` until `shutdown` is requested.
 pub async fn serve(listener: TcpListener, metrics: Metrics, shutdown: Shutdown) {
-    crate::http::serve("metrics", listener, LIMITS, shutdown, move |req| {
+    crate::http::serve("metrics", listener, None, LIMITS, shutdown, move |req| {
         let metrics = metrics.clone();
         async move { answer(&metrics, req).await }
     })
