@@ -60,7 +60,7 @@ use woof_proto::v1;
 use crate::nats::{self, JetStream};
 use crate::netns::Net;
 use crate::nodes::{self, Client, Cluster};
-use crate::report::{Report, Series, Timeline, probe_machine};
+use crate::report::{Report, Series, Timeline, median, probe_machine};
 
 const TOPIC: &str = "bench/failover";
 /// JetStream's subject for the same appends (in the stream `BENCH`).
@@ -663,16 +663,6 @@ fn timeline(who: &str, trial: &Trial, log: &Log) -> Timeline {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 fn min(v: &[f64]) -> f64 {
