@@ -488,6 +488,28 @@ fn cluster_up_secure_serves_tls_and_requires_tokens() {
     assert_eq!(without.status, 401, "{without:?}");
 
     assert!(down().status.success());
+    // Up again on the same directory: the same root key, so a token made
+    // from it before still works.
+    let again = woof(&[
+        "cluster",
+        "up",
+        "--secure",
+        "--dir",
+        cluster_dir.to_str().unwrap(),
+        "--base-port",
+        &base.to_string(),
+    ]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert!(
+            again.status.success(),
+            "{}",
+            String::from_utf8_lossy(&again.stderr)
+        );
+        let (ok, out, err) = run(&["get", "lab/secure", "1"], true);
+        assert!(ok && out == "hello", "{out} {err}");
+    }));
+    assert!(down().status.success());
+    result.unwrap();
 }
 
 /// Where a topic lives is a DHT record, kept only in the memory of the

@@ -100,8 +100,12 @@ fn secure(dir: &Path, nodes: usize) -> Result<Secured> {
     use crate::auth::token;
     let names: Vec<String> = (1..=nodes).map(|i| format!("node-{i}")).collect();
     let written = crate::auth::tls::make_certs(&dir.join("pki"), &names, &[])?;
+    // A directory brought up before (and taken down) keeps its root key,
+    // so that the tokens made from it still work; the rest is made again.
     let root_path = dir.join("root.key");
-    token::keygen_to(&root_path)?;
+    if !root_path.exists() {
+        token::keygen_to(&root_path)?;
+    }
     let root = token::load_private(&root_path)?;
     let admin = token::create(
         &root,
@@ -117,7 +121,8 @@ fn secure(dir: &Path, nodes: usize) -> Result<Secured> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
             .open(&token_file)
             .map_err(io(format!("writing {}", token_file.display())))?;
