@@ -413,15 +413,19 @@ fn cluster_up_secure_serves_tls_and_requires_tokens() {
     let dir = tempfile::tempdir().unwrap();
     let cluster_dir = dir.path().join("c");
     let base = free_base_port(3);
-    let up = woof(&[
-        "cluster",
-        "up",
-        "--secure",
-        "--dir",
-        cluster_dir.to_str().unwrap(),
-        "--base-port",
-        &base.to_string(),
-    ]);
+    let base_port = base.to_string();
+    let up_secure = || {
+        woof(&[
+            "cluster",
+            "up",
+            "--secure",
+            "--dir",
+            cluster_dir.to_str().unwrap(),
+            "--base-port",
+            &base_port,
+        ])
+    };
+    let up = up_secure();
     let stdout = String::from_utf8_lossy(&up.stdout).into_owned();
     let down = || woof(&["cluster", "down", "--dir", cluster_dir.to_str().unwrap()]);
     if !up.status.success() {
@@ -490,15 +494,7 @@ fn cluster_up_secure_serves_tls_and_requires_tokens() {
     assert!(down().status.success());
     // Up again on the same directory: the same root key, so a token made
     // from it before still works.
-    let again = woof(&[
-        "cluster",
-        "up",
-        "--secure",
-        "--dir",
-        cluster_dir.to_str().unwrap(),
-        "--base-port",
-        &base.to_string(),
-    ]);
+    let again = up_secure();
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         assert!(
             again.status.success(),
