@@ -322,7 +322,10 @@ impl Node {
                 let (mut overlay, rejoined) =
                     start_overlay(config, cluster, self.info.clone()).await?;
                 let client = overlay.client.clone();
-                let inbound = std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1);
+                let inbound = vec![
+                    std::mem::replace(&mut overlay.inbound, mpsc::channel(1).1),
+                    std::mem::replace(&mut overlay.link_inbound, mpsc::channel(1).1),
+                ];
                 self.overlay = Some(overlay);
                 let (groups, task) =
                     Groups::new(store, topics.clone(), Arc::new(client.clone()), inbound);
@@ -472,7 +475,8 @@ impl Node {
             groups.shutdown().await;
         }
         if let Some(overlay) = self.overlay.take() {
-            // Its event loop ends, and with it the inbound channel.
+            // Its event loop and links end, and with them the inbound
+            // channels.
             overlay.shutdown().await;
         }
         let mut result = Ok(());

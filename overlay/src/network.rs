@@ -24,13 +24,14 @@ use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, Transport, identify, kad, noise, tcp, yamux,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::info::NodeInfo;
 use crate::key::ClusterKey;
+use crate::link::Links;
 use crate::members::{Member, Members, Timing};
 
 /// Identify's protocol version: nodes of other systems are not members.
@@ -108,6 +109,7 @@ struct Behaviour {
     kad: kad::Behaviour<MemoryStore>,
     identify: identify::Behaviour,
     rpc: request_response::cbor::Behaviour<Request, Response>,
+    link: libp2p_stream::Behaviour,
 }
 
 enum Command {
@@ -133,6 +135,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Client {
     commands: mpsc::Sender<Command>,
+    links: Links,
     peer_id: PeerId,
     listen_addrs: Vec<Multiaddr>,
 }
@@ -171,6 +174,13 @@ impl Client {
         .await?
     }
 
+    /// Sends `payload` to `peer` on the link between the two (see
+    /// [`crate::link`]), not through the event loop, and waits for its
+    /// answer, which comes out of the peer's [`Overlay::link_inbound`].
+    pub async fn link_request(&self, peer: PeerId, payload: Vec<u8>) -> Result<Vec<u8>> {
+        self.links.request(peer, payload, REQUEST_TIMEOUT).await
+    }
+
     /// Stores a record in the DHT, on the nodes closest to its key.
     pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
         self.call(|reply| Command::PutRecord { key, value, reply })
@@ -188,7 +198,12 @@ pub struct Overlay {
     pub client: Client,
     /// Requests from peers for the node above.
     pub inbound: mpsc::Receiver<Inbound>,
+    /// Requests from peers that came on their links
+    /// ([`Client::link_request`]), answered the same way.
+    pub link_inbound: mpsc::Receiver<Inbound>,
     task: JoinHandle<()>,
+    /// Turns true to stop the links.
+    stop: watch::Sender<bool>,
 }
 
 impl Overlay {
@@ -196,6 +211,7 @@ impl Overlay {
     /// listeners and connections are dropped, and [`Overlay::inbound`]
     /// closes. Clones of the [`Client`] answer [`Error::Closed`] from then on.
     pub async fn shutdown(self) {
+        self.stop.send_replace(true);
         let _ = self.client.commands.send(Command::Shutdown).await;
         if let Err(e) = self.task.await {
             tracing::warn!("the overlay's event loop failed: {e}");
@@ -263,7 +279,12 @@ fn behaviour(keypair: &Keypair) -> Behaviour {
         [(RPC_PROTOCOL, ProtocolSupport::Full)],
         codec_config,
     );
-    Behaviour { kad, identify, rpc }
+    Behaviour {
+        kad,
+        identify,
+        rpc,
+        link: libp2p_stream::Behaviour::new(),
+    }
 }
 
 /// Builds the swarm, listens, joins through `config.join` and starts the
@@ -351,15 +372,26 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
     let (commands, commands_rx) = mpsc::channel(COMMAND_QUEUE);
     let (inbound_tx, inbound) = mpsc::channel(INBOUND_QUEUE);
     state.inbound = Some(inbound_tx);
+    let (stop, stopped) = watch::channel(false);
+    let (link_tx, link_inbound) = mpsc::channel(INBOUND_QUEUE);
+    let links = Links::start(
+        swarm.behaviour().link.new_control(),
+        link_tx,
+        MESSAGE_BYTES_MAX as usize,
+        stopped,
+    )?;
     let task = tokio::spawn(state.run(swarm, commands_rx));
     Ok(Overlay {
         client: Client {
             commands,
+            links,
             peer_id,
             listen_addrs,
         },
         inbound,
+        link_inbound,
         task,
+        stop,
     })
 }
 

@@ -198,3 +198,104 @@ async fn requests_reach_the_node_above_and_records_spread() {
     assert!(matches!(err, Error::Request { .. }), "{err}");
     b.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_answer_each_request_as_soon_as_it_is_ready() {
+    let key = ClusterKey::generate();
+    let a = start(config(Some(key), NodeInfo::new(Tier::Cloud), vec![]))
+        .await
+        .unwrap();
+    let mut b = start(config(
+        Some(key),
+        NodeInfo::new(Tier::Edge),
+        vec![plain_addr(&a)],
+    ))
+    .await
+    .unwrap();
+    eventually(&a, "a sees b", |m| alive(m) == 1).await;
+
+    // B's node answers link requests by reversing them, "slow" after 3 s,
+    // and drops "drop" unanswered. Requests on the event loop's path do not
+    // come out of the link queue.
+    let b_id = b.client.peer_id();
+    let a_id = a.client.peer_id();
+    let mut links = std::mem::replace(&mut b.link_inbound, tokio::sync::mpsc::channel(1).1);
+    tokio::spawn(async move {
+        while let Some(req) = links.recv().await {
+            assert_eq!(req.peer, a_id);
+            tokio::spawn(async move {
+                match req.payload.as_slice() {
+                    b"slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+                    b"drop" => return,
+                    _ => {}
+                }
+                let mut p = req.payload;
+                p.reverse();
+                let _ = req.reply.send(p);
+            });
+        }
+    });
+
+    let slow = {
+        let client = a.client.clone();
+        tokio::spawn(async move { client.link_request(b_id, b"slow".to_vec()).await })
+    };
+    // 500 requests at once, all answered, each with its own answer, while
+    // the slow one still waits.
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all((0..500u32).map(|i| {
+        let client = a.client.clone();
+        async move {
+            let payload = format!("request {i}").into_bytes();
+            let answer = client.link_request(b_id, payload.clone()).await.unwrap();
+            let mut expected = payload;
+            expected.reverse();
+            assert_eq!(answer, expected, "request {i}");
+        }
+    }))
+    .await;
+    assert_eq!(answers.len(), 500);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "500 link requests took {:?}: they waited for the slow one",
+        started.elapsed()
+    );
+    assert!(!slow.is_finished(), "the slow request was answered early");
+    assert_eq!(slow.await.unwrap().unwrap(), b"wols");
+
+    // A request the node drops is refused, clearly; the link goes on.
+    let err = a
+        .client
+        .link_request(b_id, b"drop".to_vec())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("dropped"), "{err}");
+    assert_eq!(
+        a.client.link_request(b_id, b"ab".to_vec()).await.unwrap(),
+        b"ba"
+    );
+
+    // Too large to send: refused before it leaves.
+    let err = a
+        .client
+        .link_request(b_id, vec![0; 17 * 1024 * 1024])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at most"), "{err}");
+
+    // A node that is gone fails the link's requests; they do not hang.
+    b.shutdown().await;
+    let started = std::time::Instant::now();
+    let err = a
+        .client
+        .link_request(b_id, b"x".to_vec())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Request { .. }), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(11),
+        "{:?}",
+        started.elapsed()
+    );
+    a.shutdown().await;
+}

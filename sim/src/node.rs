@@ -362,7 +362,7 @@ impl Cluster {
             store.clone(),
             topics.clone(),
             self.net.link(id, incarnation),
-            inbound,
+            vec![inbound],
         );
         let held = groups
             .load_all()

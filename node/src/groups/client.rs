@@ -87,12 +87,17 @@ pub(super) async fn request(
     tag: u8,
     message: &[u8],
 ) -> woof_consensus::Result<Vec<u8>> {
+    net.request(peer, tagged(tag, message))
+        .await
+        .map_err(woof_consensus::Error::Network)
+}
+
+/// `message` with `tag` in front, as peers' requests carry it.
+pub(super) fn tagged(tag: u8, message: &[u8]) -> Vec<u8> {
     let mut framed = Vec::with_capacity(message.len() + 1);
     framed.push(tag);
     framed.extend_from_slice(message);
-    net.request(peer, framed)
-        .await
-        .map_err(woof_consensus::Error::Network)
+    framed
 }
 
 impl Groups {

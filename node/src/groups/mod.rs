@@ -141,14 +141,16 @@ const LEASES_QUEUED_MAX: usize = 1024;
 
 impl Groups {
     /// Groups over the overlay `client`, storing into `store` and
-    /// publishing to `topics`. The returned task serves `inbound` peer
-    /// requests until the overlay closes it; await it after shutting the
-    /// overlay down.
+    /// publishing to `topics`. The returned task serves the peer requests
+    /// of every `inbound` queue (each with its own bound on what it handles
+    /// at once, so that the Raft traffic on the links never waits behind
+    /// slow control requests) until the overlay closes them; await it after
+    /// shutting the overlay down.
     pub fn new(
         store: Arc<dyn GroupStore>,
         topics: Topics,
         client: Arc<dyn Net>,
-        inbound: mpsc::Receiver<Inbound>,
+        inbound: Vec<mpsc::Receiver<Inbound>>,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let tasks = TaskTracker::new();
         let stop = Arc::new(tokio::sync::watch::Sender::new(false));
@@ -195,7 +197,11 @@ impl Groups {
                 .boxed()
         })));
         groups.spawn(hibernate::supervise(groups.clone()));
-        let task = tokio::spawn(server::serve(inbound, groups.clone()));
+        let serving: Vec<_> = inbound
+            .into_iter()
+            .map(|inbound| server::serve(inbound, groups.clone()))
+            .collect();
+        let task = tokio::spawn(futures::future::join_all(serving).map(drop));
         (groups, task)
     }
 

@@ -1,6 +1,6 @@
 //! What the groups need of the overlay, as a trait: this node's peer id, a
-//! request to a peer answered with bytes, and the peers the overlay has
-//! stopped hearing from. A node passes its [`woof_overlay::Client`]; the
+//! request to a peer answered with bytes (through the event loop, or on the
+//! link to the peer), and the peers the overlay has stopped hearing from. A node passes its [`woof_overlay::Client`]; the
 //! simulator (`sim/`) passes its simulated network, so that the same group
 //! layer (forwarding to leaders, group commit, sleeping groups) runs there.
 
@@ -18,6 +18,17 @@ pub trait Net: Send + Sync + 'static {
         peer: PeerId,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>>;
+
+    /// Sends `payload` to `peer` on the link between the two, which the
+    /// swarm's event loop does not carry (the Raft traffic), and waits for
+    /// its answer. Where there is no such link, as a request.
+    fn link_request(
+        &self,
+        peer: PeerId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        self.request(peer, payload)
+    }
 
     /// The peers the overlay suspects or has given up on (silent for
     /// seconds: dead, paused or cut off).
@@ -37,6 +48,20 @@ impl Net for woof_overlay::Client {
         let client = self.clone();
         async move {
             woof_overlay::Client::request(&client, peer, payload)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn link_request(
+        &self,
+        peer: PeerId,
+        payload: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let client = self.clone();
+        async move {
+            woof_overlay::Client::link_request(&client, peer, payload)
                 .await
                 .map_err(|e| e.to_string())
         }

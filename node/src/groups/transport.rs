@@ -1,4 +1,6 @@
-//! Raft traffic over the overlay, coalesced per peer.
+//! Raft traffic over the overlay, coalesced per peer, on the link to each
+//! peer (a stream of its own, which the swarm's event loop does not carry;
+//! see `woof_overlay::Client::link_request`).
 //!
 //! Every group sends its own heartbeats and appends; a node with hundreds of
 //! awake groups would open thousands of overlay streams a second to each
@@ -24,7 +26,7 @@ use woof_consensus::codec::{decode, encode};
 use woof_consensus::raft::network::{Router, Transport};
 use woof_overlay::PeerId;
 
-use super::client::request;
+use super::client::tagged;
 use super::{Net, TAG_RAFT_BATCH};
 use woof_consensus::batch::{self, Limits};
 
@@ -179,9 +181,12 @@ async fn send_one(client: &dyn Net, peer: PeerId, batch: Vec<Pending>) {
         .map(|p| (ByteBuf::from(p.message), p.reply))
         .unzip();
     let answers = match encode(&messages) {
-        Ok(bytes) => match request(client, peer, TAG_RAFT_BATCH, &bytes).await {
+        Ok(bytes) => match client
+            .link_request(peer, tagged(TAG_RAFT_BATCH, &bytes))
+            .await
+        {
             Ok(reply) => decode::<Vec<Result<ByteBuf, String>>>(&reply),
-            Err(e) => Err(e),
+            Err(e) => Err(woof_consensus::Error::Network(e)),
         },
         Err(e) => Err(e),
     };

@@ -1,0 +1,490 @@
+//! Links: one long-lived stream to each peer, for requests that must not
+//! wait behind the swarm's event loop nor open a stream each (the Raft
+//! groups' messages).
+//!
+//! A link is a libp2p stream ([`LINK_PROTOCOL`]) on the connection the
+//! overlay already holds to the peer, so it is authenticated as every other
+//! stream is: the cluster key's private network and the peers' noise
+//! identities. The event loop only helps to open it; from then on its bytes
+//! go between the connection's task and the link's own task. Requests and
+//! answers are frames carrying a request number, many in flight at once,
+//! and each answer leaves as soon as it is ready (none waits for another).
+//! Frames queued together are written together, with one flush.
+//!
+//! A frame: its kind (1 byte), the request number (8 bytes, big-endian),
+//! the length of what follows (4 bytes, big-endian), the bytes. Requests
+//! go one way on a link, answers and refusals the other; a peer that breaks
+//! the format loses the link (its requests fail and the next one opens a
+//! new link), never the node.
+//!
+//! Everything is bounded: the frame size, the requests waiting for an
+//! answer on one link ([`IN_FLIGHT_MAX`]; more wait for room), the requests
+//! of one peer's link handled at once ([`SERVE_MAX`]; past it the link is
+//! not read, and the peer's writes wait), and how long opening may take.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{FutureExt, StreamExt};
+use libp2p::{PeerId, Stream, StreamProtocol};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::network::Inbound;
+
+pub(crate) const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/woof/link/1.0.0");
+/// Requests on one link waiting for their answers; more wait for room.
+const IN_FLIGHT_MAX: usize = 1024;
+/// Requests from one peer's link handled at once; past this, the link is
+/// not read until one is answered.
+const SERVE_MAX: usize = 256;
+/// Frames waiting for a link's writer.
+const QUEUE: usize = 1024;
+/// Bytes gathered into one write before it goes (a larger frame goes alone).
+const WRITE_GATHER: usize = 1 << 20;
+/// How long opening a link may take.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+const HEADER: usize = 13;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Request = 1,
+    Answer = 2,
+    Refused = 3,
+}
+
+#[derive(Debug)]
+struct Frame {
+    kind: Kind,
+    id: u64,
+    bytes: Vec<u8>,
+}
+
+impl Frame {
+    fn put(&self, out: &mut Vec<u8>) {
+        out.push(self.kind as u8);
+        out.extend_from_slice(&self.id.to_be_bytes());
+        // Lengths were checked against the frame bound, itself below 4 GiB.
+        out.extend_from_slice(&(self.bytes.len() as u32).to_be_bytes());
+        out.extend_from_slice(&self.bytes);
+    }
+}
+
+/// Reads one frame; `None` at a clean end of the stream.
+async fn read_frame(
+    r: &mut (impl AsyncRead + Unpin),
+    bytes_max: usize,
+) -> std::io::Result<Option<Frame>> {
+    let mut header = [0u8; HEADER];
+    match r.read_exact(&mut header[..1]).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    r.read_exact(&mut header[1..]).await?;
+    let kind = match header[0] {
+        1 => Kind::Request,
+        2 => Kind::Answer,
+        3 => Kind::Refused,
+        k => return Err(invalid(format!("a frame of unknown kind {k}"))),
+    };
+    let id = u64::from_be_bytes(header[1..9].try_into().expect("8 bytes"));
+    let len = u32::from_be_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
+    if len > bytes_max {
+        return Err(invalid(format!(
+            "a frame of {len} bytes; at most {bytes_max}"
+        )));
+    }
+    let mut bytes = vec![0u8; len];
+    r.read_exact(&mut bytes).await?;
+    Ok(Some(Frame { kind, id, bytes }))
+}
+
+fn invalid(why: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, why)
+}
+
+/// Writes what `frames` gives, gathering what is queued into one write,
+/// until the queue closes or the stream fails.
+async fn write_frames(
+    w: &mut (impl AsyncWrite + Unpin),
+    frames: &mut mpsc::Receiver<Frame>,
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    while let Some(frame) = frames.recv().await {
+        buf.clear();
+        frame.put(&mut buf);
+        while buf.len() < WRITE_GATHER {
+            match frames.try_recv() {
+                Ok(frame) => frame.put(&mut buf),
+                Err(_) => break,
+            }
+        }
+        w.write_all(&buf).await?;
+        w.flush().await?;
+    }
+    w.close().await
+}
+
+/// The links of one node: to every peer it sent to, and the task that
+/// answers the links peers open.
+#[derive(Clone)]
+pub(crate) struct Links {
+    control: libp2p_stream::Control,
+    peers: Arc<Mutex<HashMap<PeerId, Arc<Link>>>>,
+    bytes_max: usize,
+    stop: watch::Receiver<bool>,
+}
+
+/// One outbound link: frames for its writer and the requests it waits on.
+struct Link {
+    frames: mpsc::Sender<Frame>,
+    /// `None` once the link failed: nothing more is waited on.
+    pending: Mutex<Option<HashMap<u64, oneshot::Sender<Result<Vec<u8>>>>>>,
+    next_id: AtomicU64,
+    room: Semaphore,
+}
+
+impl Link {
+    /// Fails every waiting request with `why`; later ones fail at once.
+    fn fail(&self, why: &str, peer: PeerId) {
+        let waiting = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        for (_, reply) in waiting.into_iter().flatten() {
+            let _ = reply.send(Err(Error::Request {
+                peer: peer.to_string(),
+                reason: why.to_string(),
+            }));
+        }
+    }
+}
+
+impl Links {
+    /// Links over `control`, answering peers' links with requests on
+    /// `inbound`; frames are at most `bytes_max`. Everything stops when
+    /// `stop` turns true.
+    pub fn start(
+        mut control: libp2p_stream::Control,
+        inbound: mpsc::Sender<Inbound>,
+        bytes_max: usize,
+        stop: watch::Receiver<bool>,
+    ) -> Result<Self> {
+        let incoming = control
+            .accept(LINK_PROTOCOL)
+            .map_err(|e| Error::Join(format!("links: {e}")))?;
+        tokio::spawn(accept(incoming, inbound, bytes_max, stop.clone()));
+        Ok(Self {
+            control,
+            peers: Arc::default(),
+            bytes_max,
+            stop,
+        })
+    }
+
+    /// Sends `payload` to `peer` on its link (opened on first use, and
+    /// again after it failed) and waits at most `timeout` for the answer.
+    pub async fn request(
+        &self,
+        peer: PeerId,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        if payload.len() > self.bytes_max {
+            return Err(Error::Request {
+                peer: peer.to_string(),
+                reason: format!(
+                    "a request of {} bytes; at most {}",
+                    payload.len(),
+                    self.bytes_max
+                ),
+            });
+        }
+        let failed = |reason: &str| Error::Request {
+            peer: peer.to_string(),
+            reason: reason.to_string(),
+        };
+        let link = self.link(peer);
+        let attempt = async {
+            let _room = link.room.acquire().await.map_err(|_| Error::Closed)?;
+            let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+            let (reply, answer) = oneshot::channel();
+            match &mut *link.pending.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some(pending) => pending.insert(id, reply),
+                None => return Err(failed("the link to it failed")),
+            };
+            // Whatever ends this request early (a timeout, a caller gone)
+            // forgets it.
+            let _forget = Forget { link: &link, id };
+            let frame = Frame {
+                kind: Kind::Request,
+                id,
+                bytes: payload,
+            };
+            if link.frames.send(frame).await.is_err() {
+                return Err(failed("the link to it closed"));
+            }
+            answer.await.map_err(|_| failed("the link to it closed"))?
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(answer) => answer,
+            Err(_) => Err(failed(&format!(
+                "no answer within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// The link to `peer`, started if there is none (or it failed).
+    fn link(&self, peer: PeerId) -> Arc<Link> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(link) = peers.get(&peer)
+            && !link.frames.is_closed()
+        {
+            return link.clone();
+        }
+        let (frames, queue) = mpsc::channel(QUEUE);
+        let link = Arc::new(Link {
+            frames,
+            pending: Mutex::new(Some(HashMap::new())),
+            next_id: AtomicU64::new(0),
+            room: Semaphore::new(IN_FLIGHT_MAX),
+        });
+        peers.insert(peer, link.clone());
+        tokio::spawn(run_link(self.clone(), peer, link.clone(), queue));
+        link
+    }
+}
+
+/// Forgets a request when its caller stops waiting (answered, timed out or
+/// dropped): what the reader no longer finds, it drops.
+struct Forget<'a> {
+    link: &'a Link,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = &mut *self.link.pending.lock().unwrap_or_else(|e| e.into_inner()) {
+            pending.remove(&self.id);
+        }
+    }
+}
+
+/// Opens the link to `peer`, then writes its requests and reads the
+/// answers until it fails, the node stops, or nobody holds it any more.
+async fn run_link(links: Links, peer: PeerId, link: Arc<Link>, mut queue: mpsc::Receiver<Frame>) {
+    let mut stop = links.stop.clone();
+    let mut control = links.control.clone();
+    let opened = tokio::select! {
+        _ = stop.wait_for(|s| *s) => Err("the node is stopping".to_string()),
+        opened = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LINK_PROTOCOL)) => match opened {
+            Ok(Ok(stream)) => Ok(stream),
+            Ok(Err(e)) => Err(format!("cannot open a link: {e}")),
+            Err(_) => Err(format!("cannot open a link within {} s", OPEN_TIMEOUT.as_secs())),
+        },
+    };
+    let why = match opened {
+        Ok(stream) => {
+            tracing::debug!(%peer, "link opened");
+            let (mut r, mut w) = stream.split();
+            let reading = read_answers(&mut r, &link, peer, links.bytes_max);
+            let writing = write_frames(&mut w, &mut queue);
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => "the node is stopping".to_string(),
+                read = reading => match read {
+                    Ok(()) => "the peer closed the link".to_string(),
+                    Err(e) => format!("the link failed: {e}"),
+                },
+                written = writing => match written {
+                    Ok(()) => "the link closed".to_string(),
+                    Err(e) => format!("the link failed: {e}"),
+                },
+            }
+        }
+        Err(why) => why,
+    };
+    tracing::debug!(%peer, "link ended: {why}");
+    // Later requests start a new link; this one's fail now.
+    queue.close();
+    {
+        let mut peers = links.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if peers.get(&peer).is_some_and(|l| Arc::ptr_eq(l, &link)) {
+            peers.remove(&peer);
+        }
+    }
+    link.fail(&why, peer);
+}
+
+/// Hands each answer read from an outbound link to its request.
+async fn read_answers(
+    r: &mut (impl AsyncRead + Unpin),
+    link: &Link,
+    peer: PeerId,
+    bytes_max: usize,
+) -> std::io::Result<()> {
+    while let Some(frame) = read_frame(r, bytes_max).await? {
+        let answer = match frame.kind {
+            Kind::Answer => Ok(frame.bytes),
+            Kind::Refused => Err(String::from_utf8_lossy(&frame.bytes).into_owned()),
+            Kind::Request => return Err(invalid("a request on an outbound link".into())),
+        };
+        let reply = link
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .and_then(|p| p.remove(&frame.id));
+        // None: its caller stopped waiting.
+        if let Some(reply) = reply {
+            let _ = reply.send(answer.map_err(|reason| Error::Request {
+                peer: peer.to_string(),
+                reason,
+            }));
+        }
+    }
+    Ok(())
+}
+
+/// Takes the links peers open and serves each on its own task.
+async fn accept(
+    mut incoming: libp2p_stream::IncomingStreams,
+    inbound: mpsc::Sender<Inbound>,
+    bytes_max: usize,
+    stop: watch::Receiver<bool>,
+) {
+    let mut stopping = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return,
+            next = incoming.next() => match next {
+                Some((peer, stream)) => {
+                    tokio::spawn(serve(peer, stream, inbound.clone(), bytes_max, stop.clone()));
+                }
+                None => return,
+            },
+        }
+    }
+}
+
+/// Answers the requests on a link `peer` opened, each as soon as the node
+/// answers it, until the link ends or the node stops.
+async fn serve(
+    peer: PeerId,
+    stream: Stream,
+    inbound: mpsc::Sender<Inbound>,
+    bytes_max: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (mut r, mut w) = stream.split();
+    let (answers, mut queue) = mpsc::channel(SERVE_MAX);
+    let room = Arc::new(Semaphore::new(SERVE_MAX));
+    let reading = async {
+        while let Some(frame) = read_frame(&mut r, bytes_max).await? {
+            if frame.kind != Kind::Request {
+                return Err(invalid("an answer on an inbound link".into()));
+            }
+            let Ok(permit) = room.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let (reply, answer) = oneshot::channel();
+            let request = Inbound {
+                peer,
+                payload: frame.bytes,
+                reply,
+            };
+            if inbound.send(request).await.is_err() {
+                return Ok(());
+            }
+            let answers = answers.clone();
+            tokio::spawn(
+                answer
+                    .map(move |answer| match answer {
+                        Ok(bytes) => Frame {
+                            kind: Kind::Answer,
+                            id: frame.id,
+                            bytes,
+                        },
+                        Err(_) => Frame {
+                            kind: Kind::Refused,
+                            id: frame.id,
+                            bytes: b"the node dropped the request".to_vec(),
+                        },
+                    })
+                    .then(move |frame| async move {
+                        let _ = answers.send(frame).await;
+                        drop(permit);
+                    }),
+            );
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let writing = write_frames(&mut w, &mut queue);
+    let ended = tokio::select! {
+        _ = stop.wait_for(|s| *s) => Ok(()),
+        read = reading => read,
+        written = writing => written,
+    };
+    match ended {
+        Ok(()) => tracing::debug!(%peer, "inbound link ended"),
+        Err(e) => tracing::debug!(%peer, "inbound link failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+
+    fn read(bytes: &[u8], max: usize) -> std::io::Result<Option<Frame>> {
+        block_on(read_frame(&mut Cursor::new(bytes.to_vec()), max))
+    }
+
+    #[test]
+    fn frames_read_back_as_written() {
+        let mut out = Vec::new();
+        for (kind, id, bytes) in [
+            (Kind::Request, 7, b"abc".to_vec()),
+            (Kind::Answer, u64::MAX, Vec::new()),
+            (Kind::Refused, 0, b"busy".to_vec()),
+        ] {
+            Frame { kind, id, bytes }.put(&mut out);
+        }
+        let mut r = Cursor::new(out);
+        let mut got = Vec::new();
+        while let Some(f) = block_on(read_frame(&mut r, 16)).unwrap() {
+            got.push((f.kind, f.id, f.bytes));
+        }
+        assert_eq!(
+            got,
+            vec![
+                (Kind::Request, 7, b"abc".to_vec()),
+                (Kind::Answer, u64::MAX, Vec::new()),
+                (Kind::Refused, 0, b"busy".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_frames_are_errors_not_panics() {
+        // An unknown kind.
+        let err = read(&[9, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0], 16).unwrap_err();
+        assert!(err.to_string().contains("unknown kind 9"), "{err}");
+        // Longer than allowed: refused before anything is allocated.
+        let mut frame = vec![1, 0, 0, 0, 0, 0, 0, 0, 1];
+        frame.extend_from_slice(&u32::MAX.to_be_bytes());
+        let err = read(&frame, 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("at most 1048576"), "{err}");
+        // Cut short in the header, and in the bytes.
+        assert!(read(&[1, 0, 0], 16).is_err());
+        assert!(read(&[2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 5, b'x'], 16).is_err());
+        // Nothing at all is the link's clean end.
+        assert!(read(&[], 16).unwrap().is_none());
+    }
+}
