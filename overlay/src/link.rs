@@ -139,11 +139,14 @@ pub(crate) struct Links {
     stop: watch::Receiver<bool>,
 }
 
+/// The requests waiting for their answers on one link, by number.
+type Waiting = HashMap<u64, oneshot::Sender<Result<Vec<u8>>>>;
+
 /// One outbound link: frames for its writer and the requests it waits on.
 struct Link {
     frames: mpsc::Sender<Frame>,
     /// `None` once the link failed: nothing more is waited on.
-    pending: Mutex<Option<HashMap<u64, oneshot::Sender<Result<Vec<u8>>>>>>,
+    pending: Mutex<Option<Waiting>>,
     next_id: AtomicU64,
     room: Semaphore,
 }
