@@ -38,6 +38,12 @@ pub enum Bug {
     /// before their outputs are committed (`woof_node::handlers::runner`):
     /// a runner that stops in between, and the one after it, skip them.
     HandlerProgressFirst,
+    /// A group's leader writes the entries it proposes without syncing them
+    /// and reports them flushed at once (`raft::log_store`): it counts
+    /// itself in the majority before its own write is durable, so an entry
+    /// acknowledged with one follower can vanish when the leader loses
+    /// power and the other follower wins the next election.
+    LeaderCountsItselfUnsynced,
 }
 
 #[cfg(feature = "sim-bugs")]

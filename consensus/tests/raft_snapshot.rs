@@ -135,6 +135,9 @@ impl<S: RaftLogStore> RaftLogStore for Probe<S> {
     fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<(), Error> {
         self.inner.append_log(group, entries)
     }
+    fn append_log_unsynced(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<(), Error> {
+        self.inner.append_log_unsynced(group, entries)
+    }
     fn read_log(
         &self,
         group: GroupId,

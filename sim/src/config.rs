@@ -214,10 +214,13 @@ pub enum Broken {
     RepairSkipsCatchUp,
     /// woof's handler runners record progress before the outputs commit.
     HandlerProgressFirst,
+    /// woof's group leaders count themselves in the majority before their
+    /// own log write is synced.
+    LeaderCountsItselfUnsynced,
 }
 
 impl Broken {
-    pub const ALL: [(Broken, &'static str); 11] = [
+    pub const ALL: [(Broken, &'static str); 12] = [
         (Broken::AckBeforeCommit, "ack-before-commit"),
         (Broken::RetryWithNewSeq, "retry-with-new-seq"),
         (Broken::DivergentReplica, "divergent-replica"),
@@ -235,6 +238,10 @@ impl Broken {
         ),
         (Broken::RepairSkipsCatchUp, "repair-skips-catch-up"),
         (Broken::HandlerProgressFirst, "handler-progress-first"),
+        (
+            Broken::LeaderCountsItselfUnsynced,
+            "leader-counts-itself-unsynced",
+        ),
     ];
 
     pub fn parse(text: &str) -> Result<Self, Error> {
@@ -263,6 +270,7 @@ impl Broken {
             Broken::ForwardedRetryWithoutIdentity => Some(Bug::ForwardedRetryWithoutIdentity),
             Broken::RepairSkipsCatchUp => Some(Bug::RepairSkipsCatchUp),
             Broken::HandlerProgressFirst => Some(Bug::HandlerProgressFirst),
+            Broken::LeaderCountsItselfUnsynced => Some(Bug::LeaderCountsItselfUnsynced),
             Broken::AckBeforeCommit | Broken::RetryWithNewSeq | Broken::DivergentReplica => None,
         }
     }

@@ -9,7 +9,8 @@
 //! - synced calls (`Store::write`, `append_log`, `truncate_log`,
 //!   `put_value`, `delete_group`, `snapshot_keep`) are durable when they return, and make
 //!   every unsynced call before them durable too;
-//! - unsynced calls (`write_unsynced`, `trim`, `purge_log`) wait in
+//! - unsynced calls (`write_unsynced`, `trim`, `purge_log`,
+//!   `append_log_unsynced`) wait in
 //!   `pending` until the next synced one;
 //! - [`SimStore::crash`] keeps the durable state plus a random prefix of
 //!   `pending`, and poisons the store: every later call is
@@ -42,6 +43,7 @@ enum DiskOp {
     Unsynced(WriteBatch),
     Trim(TopicId, u64),
     AppendLog(GroupId, Vec<(u64, Vec<u8>)>),
+    AppendLogUnsynced(GroupId, Vec<(u64, Vec<u8>)>),
     TruncateLog(GroupId, u64),
     PurgeLog(GroupId, u64),
     PutValue(GroupId, String, Vec<u8>),
@@ -55,7 +57,10 @@ impl DiskOp {
     fn synced(&self) -> bool {
         !matches!(
             self,
-            DiskOp::Unsynced(_) | DiskOp::Trim(..) | DiskOp::PurgeLog(..)
+            DiskOp::Unsynced(_)
+                | DiskOp::Trim(..)
+                | DiskOp::PurgeLog(..)
+                | DiskOp::AppendLogUnsynced(..)
         )
     }
 
@@ -63,7 +68,9 @@ impl DiskOp {
         match self {
             DiskOp::Write(b) | DiskOp::Unsynced(b) => to.write(b),
             DiskOp::Trim(topic, below) => to.trim(*topic, *below),
-            DiskOp::AppendLog(g, entries) => to.append_log(*g, entries),
+            DiskOp::AppendLog(g, entries) | DiskOp::AppendLogUnsynced(g, entries) => {
+                to.append_log(*g, entries)
+            }
             DiskOp::TruncateLog(g, from) => to.truncate_log(*g, *from),
             DiskOp::PurgeLog(g, upto) => to.purge_log(*g, *upto),
             DiskOp::PutValue(g, name, value) => to.put_value(*g, name, value),
@@ -402,6 +409,10 @@ impl RaftLogStore for SimStore {
 
     fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
         self.mutate(DiskOp::AppendLog(group, entries.to_vec()))
+    }
+
+    fn append_log_unsynced(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
+        self.mutate(DiskOp::AppendLogUnsynced(group, entries.to_vec()))
     }
 
     fn read_log(

@@ -1,5 +1,5 @@
 //! The checkers bite: with a deliberate bug switched on, the simulator
-//! reports it, by the checker meant for it, within a few seeds. Eight of the
+//! reports it, by the checker meant for it, within a few seeds. Nine of the
 //! bugs are in woof's own code (`woof_consensus::bugs`, compiled in for the
 //! simulator only), three in the simulator's client or disk.
 
@@ -122,5 +122,17 @@ fn sim_broken_handlers_that_record_progress_before_their_outputs_lose_outputs() 
     assert!(
         caught_by(Broken::HandlerProgressFirst, "handled", 20).is_some(),
         "progress recorded before the outputs went unnoticed"
+    );
+}
+
+/// A leader that reports its own log write flushed before it is synced
+/// commits an entry with one follower alone; when the leader loses power
+/// and the follower without the entry wins the next election, an
+/// acknowledged append is gone.
+#[test]
+fn sim_broken_leaders_that_count_themselves_before_their_sync_lose_acks() {
+    assert!(
+        caught_by(Broken::LeaderCountsItselfUnsynced, "lost_ack", 20).is_some(),
+        "leaders counting an unsynced write went unnoticed"
     );
 }

@@ -90,6 +90,36 @@ fn disk_a_synced_write_makes_earlier_unsynced_ones_durable() {
 }
 
 #[test]
+fn disk_an_unsynced_log_append_waits_for_the_next_sync() {
+    let mut lost = 0;
+    for seed in 0..50 {
+        let s = SimStore::new();
+        s.append_log(GroupId(1), &[(1, vec![1])]).unwrap();
+        s.append_log_unsynced(GroupId(1), &[(2, vec![2])]).unwrap();
+        assert_eq!(s.last_log(GroupId(1)).unwrap(), Some((2, vec![2])));
+        let crash = s.crash(&mut SimRng::new(seed));
+        assert_eq!(crash.pending, 1);
+        let last = s.reopen().last_log(GroupId(1)).unwrap();
+        if crash.kept == 0 {
+            lost += 1;
+            assert_eq!(last, Some((1, vec![1])), "seed {seed}");
+        } else {
+            assert_eq!(last, Some((2, vec![2])), "seed {seed}");
+        }
+    }
+    assert!(
+        0 < lost && lost < 50,
+        "both outcomes happen: {lost} of 50 lost"
+    );
+    // A synced call of any group after it makes it durable.
+    let s = SimStore::new();
+    s.append_log_unsynced(GroupId(1), &[(1, vec![1])]).unwrap();
+    s.put_value(GroupId(2), "vote", b"v").unwrap();
+    s.crash(&mut SimRng::new(0));
+    assert_eq!(s.reopen().last_log(GroupId(1)).unwrap(), Some((1, vec![1])));
+}
+
+#[test]
 fn disk_a_torn_sync_survives_whole_or_not_at_all_and_is_never_acknowledged() {
     let mut outcomes = std::collections::BTreeSet::new();
     for seed in 0..100 {

@@ -85,7 +85,7 @@ pub async fn start(
     .validate()
     .map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?;
     let unreachable = bugs::on(Bug::RestartedGroupUnreachable) && store.last_log(group)?.is_some();
-    let log = LogStore::new(store.clone(), group);
+    let log = LogStore::new(store.clone(), group, node_id);
     let mut sm = TopicStateMachine::open(store.clone(), store, group)
         .await?
         .with_snapshot_limits(timing.snapshot_limits);

@@ -11,6 +11,7 @@ use openraft::{
 };
 
 use super::{TypeConfig, blocking, quick};
+use crate::bugs::{self, Bug};
 use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::store::{GroupId, RaftLogStore, wait_for_disk};
@@ -19,16 +20,17 @@ const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
 
-/// One group's log. Cheap to clone: clones share the store.
+/// One group's log on node `node`. Cheap to clone: clones share the store.
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<dyn RaftLogStore>,
     group: GroupId,
+    node: u64,
 }
 
 impl LogStore {
-    pub fn new(store: Arc<dyn RaftLogStore>, group: GroupId) -> Self {
-        Self { store, group }
+    pub fn new(store: Arc<dyn RaftLogStore>, group: GroupId, node: u64) -> Self {
+        Self { store, group, node }
     }
 
     async fn value<T: serde::de::DeserializeOwned + Send + 'static>(
@@ -127,6 +129,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
     }
 
+    /// Synced, though openraft awaits it between a commit and applying it
+    /// (one more sync in a row on every commit: without it `floor` is 25 %
+    /// faster). A leader that restarts takes up its leadership again at
+    /// once (openraft 0.9's `Engine::startup`) and confirms reads against
+    /// this committed log id alone: one lost in a crash let it answer a
+    /// read without appends it had acknowledged (found by the simulator,
+    /// seed 24 of the sweep, when this write was not synced).
     async fn save_committed(
         &mut self,
         committed: Option<LogId<u64>>,
@@ -153,12 +162,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let mut own = true;
         let encoded = entries
             .into_iter()
-            .map(|e| Ok((e.log_id.index, encode(&e)?)))
+            .map(|e| {
+                own &= e.log_id.leader_id.node_id == self.node;
+                Ok((e.log_id.index, encode(&e)?))
+            })
             .collect::<Result<Vec<_>, Error>>()
             .map_err(write_err)?;
         let (store, group) = (self.store.clone(), self.group);
+        if own && bugs::on(Bug::LeaderCountsItselfUnsynced) {
+            return match blocking(move || store.append_log_unsynced(group, &encoded)).await {
+                Ok(()) => {
+                    callback.log_io_completed(Ok(()));
+                    Ok(())
+                }
+                Err(e) => Err(write_err(e)),
+            };
+        }
         // The store syncs before returning: only then is the append flushed.
         wait_for_disk(&*store).await;
         let written = blocking(move || store.append_log(group, &encoded)).await;

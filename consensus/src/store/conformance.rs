@@ -357,6 +357,13 @@ fn raft_log_reads_ranges<S: RaftLogStore>(s: &S) {
     // Re-appending an index replaces it.
     s.append_log(GroupId(1), &[(20, b"new".to_vec())]).unwrap();
     assert_eq!(s.last_log(GroupId(1)).unwrap(), Some((20, b"new".to_vec())));
+    // An unsynced append reads back at once, like a synced one.
+    s.append_log_unsynced(GroupId(1), &[entry(21), entry(22)])
+        .unwrap();
+    assert_eq!(
+        indexes(s.read_log(GroupId(1), 19, 30, 100).unwrap()),
+        [19, 20, 21, 22]
+    );
 }
 
 fn raft_log_truncates_and_purges<S: RaftLogStore>(s: &S) {

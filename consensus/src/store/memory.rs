@@ -194,6 +194,10 @@ impl RaftLogStore for MemStore {
         Ok(())
     }
 
+    fn append_log_unsynced(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
+        self.append_log(group, entries)
+    }
+
     fn read_log(
         &self,
         group: GroupId,

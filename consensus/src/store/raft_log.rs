@@ -37,6 +37,13 @@ pub trait RaftLogStore: Send + Sync + 'static {
     /// same index. Synced before it returns.
     fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()>;
 
+    /// [`append_log`](Self::append_log) without waiting for the disk: the
+    /// entries are read back at once and are durable after the next synced
+    /// call (a crash before it may lose them). Only the simulator's
+    /// deliberate bug `LeaderCountsItselfUnsynced` counts such entries as
+    /// flushed.
+    fn append_log_unsynced(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()>;
+
     /// Entries of `group` with `from <= index < to`, in order, at most
     /// `limit` (and at most [`READ_ENTRIES_MAX`]).
     fn read_log(

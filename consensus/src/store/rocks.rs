@@ -398,8 +398,8 @@ fn value_key(group: GroupId, name: &str) -> Vec<u8> {
     k
 }
 
-impl RaftLogStore for RocksStore {
-    fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
+impl RocksStore {
+    fn log_batch(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> rocksdb::WriteBatch {
         let mut wb = rocksdb::WriteBatch::default();
         for (index, bytes) in entries {
             wb.put_cf(
@@ -408,7 +408,18 @@ impl RaftLogStore for RocksStore {
                 bytes,
             );
         }
-        self.write_synced(wb, "append raft log")
+        wb
+    }
+}
+
+impl RaftLogStore for RocksStore {
+    fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
+        self.write_synced(self.log_batch(group, entries), "append raft log")
+    }
+
+    fn append_log_unsynced(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
+        let wb = self.log_batch(group, entries);
+        self.written(self.db.write(wb), "append raft log")
     }
 
     fn read_log(
