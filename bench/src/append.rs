@@ -3,7 +3,9 @@
 //! the topic's leader, plus one client through a follower), for each element
 //! size (`--size`, 64 B and 1 KiB by default). Latency (p50, p99, p99.9) for
 //! one client, throughput for 16 and 64 clients and for batches of 1,000,
-//! and the throughput over time of the 64-client and batch cases. With
+//! and the throughput over time of the 64-client and batch cases; with 3
+//! replicas also many topics at once, and one client beside a flood of
+//! 8 MiB batches on another topic (issue 16). With
 //! `--peer nats` (replication 3), the same cases then run on a 3-server NATS
 //! JetStream cluster, with its default sync and with a sync on every write,
 //! and the report adds woof/JetStream ratios.
@@ -242,6 +244,45 @@ async fn cases(
         failed(report, &case, outcome);
     }
 
+    // One client beside a flood (issue 16, "no stalls"): another topic on
+    // the same nodes takes 8 MiB batches from several requests at once.
+    if let Target::Cluster(_) = target {
+        let case = format!("{pre}1 client{at}, {size} B, beside a flood of 8 MiB batches");
+        let outcome = async {
+            let topic = format!("bench/calm-{size}");
+            let (url, leader) = target.topic(&topic, &payload).await?;
+            let flooded = format!("bench/flood-{size}");
+            let (flood_url, flood_leader) = target.topic(&flooded, &payload).await?;
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flood = tokio::spawn(flood(flood_url, flooded.clone(), stop.clone()));
+            // The flood fills its queues first.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let calm = one_client(&url, &topic, &payload, secs).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let flooded_bytes = flood.await??;
+            let (_, h) = calm?;
+            target.check_leader(report, &topic, leader).await?;
+            target.check_leader(report, &flooded, flood_leader).await?;
+            report.latencies(&case, "", &h);
+            let secs = flooded_bytes.elapsed.as_secs_f64();
+            report.row(
+                &case,
+                "flood throughput",
+                flooded_bytes.bytes as f64 / secs / (1 << 20) as f64,
+                "MiB/s",
+            );
+            report.row(
+                &case,
+                "flood pushed back",
+                flooded_bytes.refused as f64 / secs,
+                "refusals/s",
+            );
+            anyhow::Ok(())
+        }
+        .await;
+        failed(report, &case, outcome);
+    }
+
     // One client through a node that is not the leader: every append is
     // forwarded to the leader.
     if let Target::Cluster(cluster) = target {
@@ -260,6 +301,72 @@ async fn cases(
         failed(report, &case, outcome);
     }
     Ok(())
+}
+
+/// Requests the flood keeps going at once, and each one's batch.
+const FLOOD_REQUESTS: usize = 4;
+const FLOOD_PAYLOADS: usize = 8;
+const FLOOD_PAYLOAD_BYTES: usize = 1 << 20;
+
+/// What a flood got in.
+struct Flooded {
+    bytes: u64,
+    refused: u64,
+    elapsed: Duration,
+}
+
+/// Appends batches of [`FLOOD_PAYLOADS`] x [`FLOOD_PAYLOAD_BYTES`] to
+/// `topic` from [`FLOOD_REQUESTS`] requests at once until `stop`; a refusal
+/// (RESOURCE_EXHAUSTED) is counted and retried after a short pause, as a
+/// client would.
+async fn flood(
+    url: String,
+    topic: String,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> anyhow::Result<Flooded> {
+    let started = Instant::now();
+    let payloads = vec![bytes::Bytes::from(vec![b'f'; FLOOD_PAYLOAD_BYTES]); FLOOD_PAYLOADS];
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD_REQUESTS {
+        let mut c = nodes::connect(&url).await?;
+        let request = v1::AppendBatchRequest {
+            topic: topic.clone(),
+            payloads: payloads.clone(),
+            producer: None,
+            handler: String::new(),
+        };
+        let stop = stop.clone();
+        let what = format!("{url}: flooding {topic}");
+        tasks.spawn(async move {
+            let (mut bytes, mut refused) = (0u64, 0u64);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let sent = tokio::time::timeout(REQUEST_TIMEOUT, c.append_batch(request.clone()))
+                    .await
+                    .with_context(|| format!("{what}: a batch took over {REQUEST_TIMEOUT:?}"))?;
+                match sent {
+                    Ok(r) => bytes += r.into_inner().count * FLOOD_PAYLOAD_BYTES as u64,
+                    Err(s) if s.code() == tonic::Code::ResourceExhausted => {
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err(s) => return Err(anyhow::Error::new(s).context(what)),
+                }
+            }
+            anyhow::Ok((bytes, refused))
+        });
+    }
+    let mut out = Flooded {
+        bytes: 0,
+        refused: 0,
+        elapsed: Duration::ZERO,
+    };
+    while let Some(done) = tasks.join_next().await {
+        let (bytes, refused) = done??;
+        out.bytes += bytes;
+        out.refused += refused;
+    }
+    out.elapsed = started.elapsed();
+    Ok(out)
 }
 
 /// Topics (or streams) in the many-topics case, and clients per topic.

@@ -20,8 +20,12 @@ use super::Groups;
 use super::control::ControlReply;
 use woof_consensus::batch::{self, Limits};
 
-/// Appends waiting for one group; past this, an append is refused.
+/// Appends waiting for one group, and their payload bytes; past either, an
+/// append is refused with RESOURCE_EXHAUSTED (the client retries later)
+/// rather than queued behind seconds of work. An append larger than the
+/// bytes bound is taken when nothing waits.
 const QUEUE_DEPTH: usize = 4096;
+const QUEUE_BYTES_MAX: usize = 16 << 20;
 /// The most appends, and payload bytes, in one entry (a larger append
 /// still goes, alone).
 const BATCH: Limits = Limits {
@@ -39,6 +43,8 @@ pub(super) struct Proposal {
 pub(super) struct Proposer {
     busy: bool,
     queue: VecDeque<Proposal>,
+    /// The payload bytes in `queue`.
+    queued_bytes: usize,
 }
 
 pub(super) type Shared = Arc<Mutex<Proposer>>;
@@ -77,12 +83,11 @@ impl Groups {
             if !p.busy {
                 p.busy = true;
                 Ok(command)
-            } else if p.queue.len() >= QUEUE_DEPTH {
-                return ControlReply::Failed(format!(
-                    "{QUEUE_DEPTH} appends already wait for this topic's leader; try again"
-                ));
+            } else if let Some(full) = full(&p, bytes(&command)) {
+                return ControlReply::Refused(woof_consensus::Error::LimitReached(full));
             } else {
                 let (reply, answer) = oneshot::channel();
+                p.queued_bytes += bytes(&command);
                 p.queue.push_back(Proposal { command, reply });
                 Err(answer)
             }
@@ -143,6 +148,27 @@ impl Drop for Leading {
     }
 }
 
+/// Why an append of `size` bytes cannot wait for `p`'s group now, if it
+/// cannot: the queue is full in count or bytes (a client backs off and
+/// retries; the message says roughly when).
+fn full(p: &Proposer, size: usize) -> Option<String> {
+    let over_bytes = !p.queue.is_empty() && p.queued_bytes + size > QUEUE_BYTES_MAX;
+    if p.queue.len() < QUEUE_DEPTH && !over_bytes {
+        return None;
+    }
+    Some(format!(
+        "this topic's leader has {} appends ({} MiB) waiting to be committed, at most \
+         {QUEUE_DEPTH} ({} MiB): retry in about {RETRY_HINT_MS} ms",
+        p.queue.len(),
+        p.queued_bytes >> 20,
+        QUEUE_BYTES_MAX >> 20,
+    ))
+}
+
+/// The pause a refused client is told to take before it retries: about one
+/// commit of a full batch on a busy disk.
+const RETRY_HINT_MS: u64 = 50;
+
 /// Takes the next batch from the queue, or marks the proposer idle if
 /// nothing waits.
 fn next_batch(proposer: &Shared) -> Option<Vec<Proposal>> {
@@ -156,6 +182,8 @@ fn next_batch(proposer: &Shared) -> Option<Vec<Proposal>> {
     if let Some(carry) = carry {
         p.queue.push_front(carry);
     }
+    let taken: usize = batch.iter().map(|p| bytes(&p.command)).sum();
+    p.queued_bytes = p.queued_bytes.saturating_sub(taken);
     Some(batch)
 }
 
@@ -235,5 +263,69 @@ async fn commit(groups: &Groups, group: GroupId, mut batch: Vec<Proposal>) {
                 let _ = p.reply.send(reply.clone());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn append(bytes: usize) -> Command {
+        Command::Append {
+            payloads: vec![bytes::Bytes::from(vec![0; bytes])],
+            producer: None,
+            time_ms: 0,
+            cause: None,
+            handler: None,
+        }
+    }
+
+    fn queued(sizes: &[usize]) -> Proposer {
+        let mut p = Proposer {
+            busy: true,
+            ..Proposer::default()
+        };
+        for &size in sizes {
+            let (reply, _) = oneshot::channel();
+            let command = append(size);
+            p.queued_bytes += bytes(&command);
+            p.queue.push_back(Proposal { command, reply });
+        }
+        p
+    }
+
+    #[test]
+    fn the_queue_refuses_past_its_bytes_and_says_when_to_retry() {
+        let p = queued(&[8 << 20]);
+        assert_eq!(full(&p, 4 << 20), None);
+        let refused = full(&p, 8 << 20).expect("over 16 MiB waiting");
+        assert!(refused.contains("retry in about 50 ms"), "{refused}");
+        assert!(refused.contains("(8 MiB) waiting"), "{refused}");
+        // Small appends still fit beside a large one.
+        assert_eq!(full(&queued(&[15 << 20]), 1000), None);
+    }
+
+    #[test]
+    fn an_append_larger_than_the_bound_is_taken_when_nothing_waits() {
+        assert_eq!(full(&queued(&[]), 64 << 20), None);
+        assert!(full(&queued(&[10]), 64 << 20).is_some());
+    }
+
+    #[test]
+    fn the_queue_refuses_past_its_count() {
+        let p = queued(&vec![1; QUEUE_DEPTH]);
+        assert!(full(&p, 1).is_some());
+        assert_eq!(full(&queued(&vec![1; QUEUE_DEPTH - 1]), 1), None);
+    }
+
+    #[test]
+    fn taking_a_batch_frees_its_bytes() {
+        let shared: Shared = Arc::new(Mutex::new(queued(&[6 << 20, 6 << 20, 100])));
+        let batch = next_batch(&shared).expect("a batch");
+        // 8 MiB a batch: the first alone; the second and the small one wait.
+        assert_eq!(batch.len(), 1);
+        let p = lock(&shared);
+        assert_eq!(p.queue.len(), 2);
+        assert_eq!(p.queued_bytes, (6 << 20) + 16 + 100 + 16);
     }
 }
