@@ -20,7 +20,14 @@ use woof_consensus::{Error, Start, Subscription, SystemClock, Topics};
 struct LoopNet {
     routers: RwLock<HashMap<String, Router>>,
     down: RwLock<HashSet<String>>,
+    /// How long a message of over [`LARGE`] bytes takes to arrive, if not
+    /// at once; and how many such messages arrived.
+    slow: RwLock<Option<Duration>>,
+    large_arrived: std::sync::atomic::AtomicUsize,
 }
+
+/// A message this long carries entries, not only a heartbeat or a vote.
+const LARGE: usize = 2048;
 
 /// One node's view of the loop network: a message is lost if either end is cut off.
 struct NodeNet {
@@ -39,7 +46,16 @@ impl Transport for NodeNet {
             let down = self.net.down.read().unwrap();
             down.contains(&node.addr) || down.contains(&self.me)
         };
+        let delay = (*self.net.slow.read().unwrap()).filter(|_| message.len() > LARGE);
+        let net = self.net.clone();
         async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            if message.len() > LARGE {
+                net.large_arrived
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
             match router {
                 Some(r) if !down => r.handle(&message).await,
                 _ => Err(Error::Closed),
@@ -112,6 +128,25 @@ async fn leader(nodes: &[Node], skip: Option<u64>) -> u64 {
     panic!("no leader within 5 s");
 }
 
+/// Creates the group's topic, `farm/replicated`, through its leader.
+async fn create(leader: &Raft<TypeConfig>) {
+    let meta = TopicMeta {
+        id: TopicId(GROUP.0),
+        name: TopicName::new("farm/replicated").unwrap(),
+        config: TopicConfig::default(),
+        created_at_ms: 1,
+        placement: Default::default(),
+    };
+    assert_eq!(
+        leader
+            .client_write(Command::Create(meta))
+            .await
+            .unwrap()
+            .data,
+        CommandResult::Created
+    );
+}
+
 async fn append(raft: &Raft<TypeConfig>, payload: String) -> u64 {
     let r = raft
         .client_write(Command::Append {
@@ -171,17 +206,7 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
     let nodes = cluster(&net).await;
     let first = leader(&nodes, None).await;
     let l = &nodes[first as usize - 1].raft;
-    let meta = TopicMeta {
-        id: TopicId(GROUP.0),
-        name: TopicName::new("farm/replicated").unwrap(),
-        config: TopicConfig::default(),
-        created_at_ms: 1,
-        placement: Default::default(),
-    };
-    assert_eq!(
-        l.client_write(Command::Create(meta)).await.unwrap().data,
-        CommandResult::Created
-    );
+    create(l).await;
     for i in 1..=100u64 {
         assert_eq!(append(l, format!("e{i}")).await, i, "dense from 1");
     }
@@ -276,6 +301,41 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
             .unwrap_err();
         assert!(matches!(err, Error::TopicNotFound(_)), "{err}");
     }
+    for n in nodes {
+        n.raft.shutdown().await.unwrap();
+    }
+}
+
+/// Openraft 0.9 gives an AppendEntries one heartbeat interval (100 ms),
+/// then drops it and sends the same entries again. Entries that take longer
+/// to cross (a large batch, a busy disk) must still commit, and be sent
+/// once: the call runs on and the retry waits for its answer. (Sent again
+/// and again, each copy dropped at 100 ms, they never committed.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_slower_than_a_heartbeat_commit_and_are_sent_once() {
+    let net = Arc::new(LoopNet::default());
+    let nodes = cluster(&net).await;
+    let l = leader(&nodes, None).await;
+    create(&nodes[l as usize - 1].raft).await;
+    append(&nodes[l as usize - 1].raft, "warm".into()).await;
+    converged(&[&nodes[0].store, &nodes[1].store, &nodes[2].store], 1).await;
+
+    *net.slow.write().unwrap() = Some(Duration::from_millis(350));
+    let big = "b".repeat(4 * LARGE);
+    let seq = tokio::time::timeout(
+        Duration::from_secs(10),
+        append(&nodes[l as usize - 1].raft, big.clone()),
+    )
+    .await
+    .expect("a slow entry committed within 10 s");
+    assert_eq!(seq, 2);
+    converged(&[&nodes[0].store, &nodes[1].store, &nodes[2].store], 2).await;
+    for n in &nodes {
+        assert_eq!(elements(&n.store)[1].1, big.as_bytes());
+    }
+    // Once to each follower, though each took over three heartbeats.
+    let arrived = net.large_arrived.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(arrived, 2, "the entry arrived {arrived} times");
     for n in nodes {
         n.raft.shutdown().await.unwrap();
     }

@@ -81,6 +81,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             transport: self.transport.clone(),
+            pending: None,
         }
     }
 }
@@ -128,30 +129,97 @@ pub struct GroupClient {
     target: u64,
     node: BasicNode,
     transport: Arc<dyn Transport>,
+    /// The last AppendEntries sent whose answer nobody has taken yet.
+    pending: Option<Pending>,
 }
+
+/// An AppendEntries on its way, kept past openraft's timeout. Openraft 0.9
+/// gives each call one heartbeat interval (100 ms) and then drops it and
+/// sends the same entries again; a large entry (a batch of 8 MiB) on a busy
+/// disk takes longer than that at the follower, so it was sent, written and
+/// dropped again and again while the follower's queue grew, and the group
+/// stalled for seconds (lost its leader, even). Now the call runs on in its
+/// own task; a retry of the same entries waits for that call's answer
+/// instead of sending them again.
+struct Pending {
+    /// What the call carried: the leader's vote, the entry before the
+    /// first sent, and the last sent. The leader's commit index is left
+    /// out: a retry that only carries a newer one does not need sending,
+    /// the next call carries it.
+    key: PendingKey,
+    answer: tokio::task::JoinHandle<Result<Vec<u8>, Error>>,
+}
+
+type PendingKey = (
+    openraft::Vote<u64>,
+    Option<openraft::LogId<u64>>,
+    Option<openraft::LogId<u64>>,
+);
 
 impl GroupClient {
     async fn call<E: std::error::Error>(
         &self,
         rpc: Rpc,
     ) -> Result<Reply, RPCError<u64, BasicNode, E>> {
-        let broken = |e: Error| RPCError::Network(NetworkError::new(&AnyError::new(&e)));
-        // The peer is down, cut off, or not running the group: openraft
-        // then pauses replication to it for [`UNREACHABLE_BACKOFF`] instead
-        // of retrying at once (which read and re-sent the log in a tight
-        // loop for as long as a peer was down; found by the simulator).
-        let unreachable = |e: Error| RPCError::Unreachable(Unreachable::new(&AnyError::new(&e)));
         let message = encode(&Envelope {
             group: self.group.0,
             rpc,
         })
         .map_err(broken)?;
-        let answer = self
-            .transport
-            .send(&self.node, message)
-            .await
-            .map_err(unreachable)?;
-        let reply: Reply = decode(&answer).map_err(broken)?;
+        let answer = self.transport.send(&self.node, message).await;
+        self.reply(answer)
+    }
+
+    /// An AppendEntries call: the one still on its way if it carried the
+    /// same entries (see [`Pending`]), else a new one.
+    async fn append_call<E: std::error::Error>(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> Result<Reply, RPCError<u64, BasicNode, E>> {
+        let key = (
+            rpc.vote,
+            rpc.prev_log_id,
+            rpc.entries.last().map(|e| e.log_id),
+        );
+        if self.pending.as_ref().is_some_and(|p| p.key != key) {
+            // Openraft has moved on: that call may still land (harmless,
+            // the follower checks it as any other) but nobody waits for it.
+            self.pending = None;
+        }
+        let pending = match &mut self.pending {
+            Some(p) => p,
+            None => {
+                let message = encode(&Envelope {
+                    group: self.group.0,
+                    rpc: Rpc::AppendEntries(rpc),
+                })
+                .map_err(broken)?;
+                let answer = tokio::spawn(self.transport.send(&self.node, message));
+                self.pending.insert(Pending { key, answer })
+            }
+        };
+        // Cancel-safe: dropped here (openraft's timeout), the call stays in
+        // `pending` for the retry.
+        let answer = (&mut pending.answer).await;
+        self.pending = None;
+        self.reply(
+            answer.unwrap_or_else(|e| Err(Error::Network(format!("a Raft call failed: {e}")))),
+        )
+    }
+
+    /// Reads a peer's answer. (The error is openraft's own type, as the
+    /// calls that return it must.)
+    #[allow(clippy::result_large_err)]
+    fn reply<E: std::error::Error>(
+        &self,
+        answer: Result<Vec<u8>, Error>,
+    ) -> Result<Reply, RPCError<u64, BasicNode, E>> {
+        // The peer is down, cut off, or not running the group: openraft
+        // then pauses replication to it for [`UNREACHABLE_BACKOFF`] instead
+        // of retrying at once (which read and re-sent the log in a tight
+        // loop for as long as a peer was down; found by the simulator).
+        let unreachable = |e: Error| RPCError::Unreachable(Unreachable::new(&AnyError::new(&e)));
+        let reply: Reply = decode(&answer.map_err(unreachable)?).map_err(broken)?;
         if let Reply::NoGroup(group) = reply {
             return Err(unreachable(Error::Network(format!(
                 "node {} does not run group {group}",
@@ -164,6 +232,11 @@ impl GroupClient {
     fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, BasicNode, E> {
         RPCError::Network(NetworkError::new(&AnyError::error("mismatched reply")))
     }
+}
+
+/// A message that could not be encoded or an answer that could not be read.
+fn broken<E: std::error::Error>(e: Error) -> RPCError<u64, BasicNode, E> {
+    RPCError::Network(NetworkError::new(&AnyError::new(&e)))
 }
 
 impl RaftNetwork<TypeConfig> for GroupClient {
@@ -182,7 +255,7 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         let cut = keep < rpc.entries.len();
         rpc.entries.truncate(keep);
         let last_sent = rpc.entries.last().map(|e| e.log_id);
-        match self.call(Rpc::AppendEntries(rpc)).await? {
+        match self.append_call(rpc).await? {
             // The follower holds what was sent: that much, and no more.
             Reply::AppendEntries(Ok(AppendEntriesResponse::Success)) if cut => {
                 Ok(AppendEntriesResponse::PartialSuccess(last_sent))
