@@ -829,10 +829,19 @@ pub async fn handled(
                 .find_map(|id| Some((id, cluster.api(id)?)))
                 .ok_or("no node is up")?;
             let at = |what: &str, e: &dyn std::fmt::Display| format!("n{id}: {what}: {e}");
-            let (handlers, last) = api
+            // `handlers` answers from this node's own replica, which may
+            // lag (its `last` did, by 39 elements, in seed 188: the outputs,
+            // read through the leader, then looked like outputs of nothing);
+            // the input's extent is read as the outputs' is.
+            let (handlers, _) = api
                 .handlers(&plan.name)
                 .await
                 .map_err(|e| at("handlers", &e))?;
+            let last = api
+                .latest(&plan.name)
+                .await
+                .map_err(|e| at("latest of the handled topic", &e))?
+                .last;
             let done = handlers
                 .iter()
                 .find(|h| h.spec.name == crate::node::HANDLER)

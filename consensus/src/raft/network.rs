@@ -145,7 +145,8 @@ struct Pending {
     /// What the call carried: the leader's vote, the entry before the
     /// first sent, and the last sent. The leader's commit index is left
     /// out: a retry that only carries a newer one does not need sending,
-    /// the next call carries it.
+    /// the next call carries it. Only a retry that follows at once may take
+    /// the answer: any other call in between (a snapshot) drops it.
     key: PendingKey,
     answer: tokio::task::JoinHandle<Result<Vec<u8>, Error>>,
 }
@@ -275,6 +276,11 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         InstallSnapshotResponse<u64>,
         RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
     > {
+        // An answer to entries sent before the snapshot describes the
+        // follower as it was: taken after it, it would move openraft's view
+        // of the follower backwards (which openraft forbids, and the
+        // simulator caught: a conflict below what the snapshot matched).
+        self.pending = None;
         self.transport
             .snapshot_chunk_sent(rpc.offset == 0, rpc.data.len());
         match self.call(Rpc::InstallSnapshot(rpc)).await? {

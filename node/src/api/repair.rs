@@ -402,13 +402,20 @@ pub fn plan(
 /// would be in the copy's log (it is not, as it holds nothing that new),
 /// and as a learner its copy counts for nothing. An older membership
 /// proves nothing: the node may have been taken back since.
+///
+/// Nor is a copy judged while another copy names this node a learner: a
+/// repair is adding it back, and its leader may already have sent entries
+/// to the old copy and counted them held (removed then, the copy's log
+/// went backwards under that leader, which openraft forbids: the
+/// simulator's seed 67 saw the leader's Raft task panic).
 pub(super) fn left_behind(
     me: &str,
     voters: &[String],
     held: u64,
     others: &[ReplicaStatus],
 ) -> Option<u64> {
-    if !voters.iter().any(|v| v == me) {
+    if !voters.iter().any(|v| v == me) || others.iter().any(|r| r.learners.iter().any(|l| l == me))
+    {
         return None;
     }
     others
@@ -474,6 +481,7 @@ mod tests {
             first_seq: 1,
             last_seq: 0,
             members: members.iter().map(|m| m.to_string()).collect(),
+            learners: Vec::new(),
             leader: None,
             is_leader: false,
             applied_index: members_at,
@@ -504,6 +512,15 @@ mod tests {
     fn a_copy_is_left_behind_by_a_newer_committed_membership_without_it() {
         let others = [copy(&["b", "c", "d"], 40), copy(&["b", "c", "d"], 55)];
         assert_eq!(left_behind("a", &mine(), 30, &others), Some(55));
+    }
+
+    #[test]
+    fn a_copy_being_added_back_as_a_learner_is_not_left_behind() {
+        let mut leader = copy(&["b", "c", "d"], 56);
+        leader.learners = vec!["a".into()];
+        let others = [copy(&["b", "c", "d"], 55), leader];
+        assert_eq!(left_behind("a", &mine(), 31, &others), None);
+        assert_eq!(left_behind("a", &mine(), 31, &others[..1]), Some(55));
     }
 
     #[test]

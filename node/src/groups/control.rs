@@ -182,6 +182,10 @@ pub struct ReplicaStatus {
     pub last_seq: u64,
     /// Peer ids of the group's voters.
     pub members: Vec<String>,
+    /// Peer ids of the group's learners (nodes being added), as this
+    /// replica's membership names them; none for a sleeping replica.
+    #[serde(default)]
+    pub learners: Vec<String>,
     /// Peer id of the leader this replica knows, if any.
     pub leader: Option<String>,
     /// Whether this replica leads.
