@@ -159,6 +159,10 @@ impl<S: RaftLogStore> RaftLogStore for Probe<S> {
     fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<(), Error> {
         self.inner.put_value(group, name, value)
     }
+
+    fn put_value_unsynced(&self, group: GroupId, name: &str, value: &[u8]) -> Result<(), Error> {
+        self.inner.put_value_unsynced(group, name, value)
+    }
     fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>, Error> {
         self.inner.value(group, name)
     }

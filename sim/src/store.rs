@@ -47,6 +47,7 @@ enum DiskOp {
     TruncateLog(GroupId, u64),
     PurgeLog(GroupId, u64),
     PutValue(GroupId, String, Vec<u8>),
+    PutValueUnsynced(GroupId, String, Vec<u8>),
     DeleteGroup(GroupId),
     /// A group's snapshot made its kept one: like a file synced and
     /// renamed into place, durable when the call returns.
@@ -61,6 +62,7 @@ impl DiskOp {
                 | DiskOp::Trim(..)
                 | DiskOp::PurgeLog(..)
                 | DiskOp::AppendLogUnsynced(..)
+                | DiskOp::PutValueUnsynced(..)
         )
     }
 
@@ -73,7 +75,9 @@ impl DiskOp {
             }
             DiskOp::TruncateLog(g, from) => to.truncate_log(*g, *from),
             DiskOp::PurgeLog(g, upto) => to.purge_log(*g, *upto),
-            DiskOp::PutValue(g, name, value) => to.put_value(*g, name, value),
+            DiskOp::PutValue(g, name, value) | DiskOp::PutValueUnsynced(g, name, value) => {
+                to.put_value(*g, name, value)
+            }
             DiskOp::DeleteGroup(g) => to.delete_group(*g),
             DiskOp::KeepSnapshot(g, bytes) => {
                 to.snapshot_keep(*g, SnapshotFile::Memory(Cursor::new(bytes.clone())))
@@ -439,6 +443,14 @@ impl RaftLogStore for SimStore {
 
     fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
         self.mutate(DiskOp::PutValue(group, name.to_string(), value.to_vec()))
+    }
+
+    fn put_value_unsynced(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
+        self.mutate(DiskOp::PutValueUnsynced(
+            group,
+            name.to_string(),
+            value.to_vec(),
+        ))
     }
 
     fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>> {

@@ -111,11 +111,37 @@ pub async fn start(
 /// has applied everything committed before the call: after `Ok`, what this
 /// replica's topic holds is a linearizable answer. Otherwise the error says
 /// who leads, if known.
+///
+/// Openraft's own check waits for what the leader knows committed; a
+/// leader that restarted may know an older commit than it acknowledged
+/// (the committed log id is not synced, see `LogStore::save_committed`),
+/// so this also waits until the leader has applied every entry it held
+/// when the read came in: all it acknowledged is among them (a leader
+/// syncs an entry before it sends it to anyone). They commit as soon as a
+/// quorum answers it, or the read fails after [`HELD_APPLIED_WITHIN`].
 pub async fn confirm_leader(
     raft: &Raft<TypeConfig>,
 ) -> Result<(), RaftError<u64, CheckIsLeaderError<u64, BasicNode>>> {
     if bugs::on(Bug::StaleRead) {
         return Ok(());
     }
-    raft.ensure_linearizable().await.map(|_| ())
+    let held = raft.metrics().borrow().last_log_index;
+    raft.ensure_linearizable().await?;
+    if held > raft.metrics().borrow().last_applied.map(|l| l.index) {
+        raft.wait(Some(HELD_APPLIED_WITHIN))
+            .applied_index_at_least(held, "a read waits for what its leader holds")
+            .await
+            .map_err(|e| {
+                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(
+                    openraft::error::QuorumNotEnough {
+                        cluster: format!("the entries this leader held were not applied: {e}"),
+                        got: Default::default(),
+                    },
+                ))
+            })?;
+    }
+    Ok(())
 }
+
+/// How long a read waits for its leader to apply what it held.
+const HELD_APPLIED_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);

@@ -386,8 +386,16 @@ fn raft_groups_are_separate<S: RaftLogStore>(s: &S) {
         .unwrap();
     s.append_log(GroupId(256), &(1..=5).map(entry).collect::<Vec<_>>())
         .unwrap();
+    s.put_value_unsynced(GroupId(255), "committed", b"1")
+        .unwrap();
     s.put_value(GroupId(255), "committed", b"2").unwrap();
-    s.put_value(GroupId(256), "committed", b"4").unwrap();
+    s.put_value_unsynced(GroupId(256), "committed", b"4")
+        .unwrap();
+    assert_eq!(
+        s.value(GroupId(256), "committed").unwrap().as_deref(),
+        Some(&b"4"[..]),
+        "an unsynced value reads back at once"
+    );
     s.truncate_log(GroupId(255), 2).unwrap();
     assert_eq!(s.last_log(GroupId(256)).unwrap(), Some(entry(5)));
     s.delete_group(GroupId(256)).unwrap();

@@ -247,6 +247,10 @@ impl RaftLogStore for MemStore {
         Ok(())
     }
 
+    fn put_value_unsynced(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
+        self.put_value(group, name, value)
+    }
+
     fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>> {
         Ok(self
             .state()

@@ -68,6 +68,11 @@ pub trait RaftLogStore: Send + Sync + 'static {
     /// Stores a small named value of `group` (at most a few KiB). Synced.
     fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()>;
 
+    /// [`put_value`](Self::put_value) without waiting for the disk: read
+    /// back at once, durable after the next synced call (a crash before it
+    /// may lose it, and leave the value before).
+    fn put_value_unsynced(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()>;
+
     /// Reads a named value of `group`.
     fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>>;
 

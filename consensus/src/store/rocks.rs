@@ -487,6 +487,12 @@ impl RaftLogStore for RocksStore {
         self.write_synced(wb, "save raft value")
     }
 
+    fn put_value_unsynced(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.put_cf(self.cf(CF_RAFT_VALUES), value_key(group, name), value);
+        self.written(self.db.write(wb), "save raft value")
+    }
+
     fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>> {
         self.db
             .get_cf(self.cf(CF_RAFT_VALUES), value_key(group, name))
