@@ -44,6 +44,11 @@ pub enum Bug {
     /// acknowledged with one follower can vanish when the leader loses
     /// power and the other follower wins the next election.
     LeaderCountsItselfUnsynced,
+    /// A read's leader check waits only for what the leader knows
+    /// committed, not for every entry it held when the read came in
+    /// (`raft::group::confirm_leader`): a leader that restarted with an
+    /// older commit than it acknowledged answers without those appends.
+    ReadSkipsHeldEntries,
 }
 
 #[cfg(feature = "sim-bugs")]
