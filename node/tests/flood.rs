@@ -1,0 +1,128 @@
+//! A flood of large batches beside single appends, on real `woof`
+//! processes on loopback. In a test binary of its own: the figures it
+//! asserts are about one cluster on the machine, and the tests of another
+//! binary's file run at the same time as each other (three clusters on
+//! two cores made the flooded group wait over 2 s in CI).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use tonic::Code;
+use woof_proto::v1;
+
+/// One client floods a topic with batches of 8 MiB (four at a time) while
+/// another appends single elements to another topic on the same three
+/// nodes: the flood is pushed back (RESOURCE_EXHAUSTED with a retry hint)
+/// rather than queued, its group keeps committing, and the single appends
+/// never stall. (Before, every 8 MiB entry outlived openraft's 100 ms per
+/// AppendEntries on a busy disk and was resent again and again: the flooded
+/// group lost its leader and the single appends waited for seconds.)
+///
+/// The bound here is "no stall", [`STALL`]; the aim of issue 16, a p99 of
+/// 50 ms for the single appends, is not reached on one disk shared by the
+/// three replicas (80 to 160 ms in this test; docs/BENCHMARKS.md says why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_batches_neither_stalls_its_group_nor_the_next_topic() {
+    const BIG: &str = "flood/big";
+    const CALM: &str = "flood/calm";
+    const PAYLOADS: usize = 8;
+    const PAYLOAD_BYTES: usize = 1 << 20;
+    const STALL: Duration = Duration::from_millis(1500);
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = start_cluster(dir.path(), 3);
+    let mut admin = connect(&nodes[0].url).await;
+    create_replicated(&mut admin, BIG, 3, "").await;
+    create_replicated(&mut admin, CALM, 3, "").await;
+    let leader_url = |leader: String| {
+        let n = nodes.iter().find(|n| peer_id(&n.url) == leader).unwrap();
+        n.url.clone()
+    };
+    let big_url = leader_url(describe(&mut admin, BIG).await.leader);
+    let calm_url = leader_url(describe(&mut admin, CALM).await.leader);
+    let mut calm = connect(&calm_url).await;
+    append(&mut calm, CALM, "first").await;
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let mut flooders = Vec::new();
+    for _ in 0..4 {
+        let mut c = connect(&big_url).await;
+        let stop = stop.clone();
+        let request = v1::AppendBatchRequest {
+            topic: BIG.into(),
+            payloads: vec![vec![b'f'; PAYLOAD_BYTES].into(); PAYLOADS],
+            producer: None,
+            handler: String::new(),
+        };
+        flooders.push(tokio::spawn(async move {
+            // When each batch was acknowledged, and how many were refused.
+            let (mut accepted, mut refused) = (Vec::new(), 0u64);
+            while !*stop.borrow() {
+                match c.append_batch(request.clone()).await {
+                    Ok(r) => {
+                        assert_eq!(r.into_inner().count, PAYLOADS as u64);
+                        accepted.push(Instant::now());
+                    }
+                    Err(s) => {
+                        assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+                        assert!(s.message().contains("retry in about"), "{s:?}");
+                        refused += 1;
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            (accepted, refused)
+        }));
+    }
+
+    // Single appends beside the flood, once it is under way.
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut latencies = Vec::new();
+    let until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < until {
+        let t = Instant::now();
+        append(&mut calm, CALM, "calm").await;
+        latencies.push(t.elapsed());
+    }
+    stop_tx.send_replace(true);
+    let (mut accepted, mut refused) = (vec![started], 0);
+    for f in flooders {
+        let (a, r) = f.await.unwrap();
+        accepted.extend(a);
+        refused += r;
+    }
+    accepted.sort();
+    let batches = accepted.len() as u64 - 1;
+    let gap = accepted.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let max = *latencies.last().unwrap();
+    eprintln!(
+        "flood: {batches} batches taken, {refused} refused, longest wait for one {gap:?}; \
+         single appends: {}, p50 {:?}, p99 {p99:?}, max {max:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+    );
+    assert!(
+        batches >= 8,
+        "the flood made little progress: {batches} batches"
+    );
+    assert!(refused > 0, "the flood was never pushed back");
+    assert!(
+        gap < STALL,
+        "the flooded group committed nothing for {gap:?}"
+    );
+    assert!(
+        latencies.len() > 100,
+        "{} single appends in 8 s",
+        latencies.len()
+    );
+    assert!(max < STALL, "a single append waited {max:?}");
+    let mut big = connect(&big_url).await;
+    assert_eq!(
+        latest(&mut big, BIG).await.last_seq,
+        batches * PAYLOADS as u64
+    );
+}
