@@ -31,6 +31,7 @@ pub async fn run(
     sizes: &[usize],
     replications: &[u32],
     peer: bool,
+    only: Option<&str>,
 ) -> anyhow::Result<Report> {
     let secs = if quick { 2 } else { 20 };
     if peer && !replications.contains(&3) {
@@ -52,14 +53,21 @@ pub async fn run(
             let node = Standalone::start(woof)?;
             let report = report.get_or_insert(Report::new(probe_machine(node.dir.path())?));
             for size in sizes {
-                cases(report, &Target::Standalone(&node.node.url), secs, *size).await?;
+                cases(
+                    report,
+                    &Target::Standalone(&node.node.url),
+                    secs,
+                    *size,
+                    only,
+                )
+                .await?;
             }
         } else {
             let cluster = Cluster::start(woof, 3).await?;
             let report = report.get_or_insert(Report::new(probe_machine(cluster.dir.path())?));
             let target = Target::Cluster(&cluster);
             for size in sizes {
-                if let Err(e) = cases(report, &target, secs, *size).await {
+                if let Err(e) = cases(report, &target, secs, *size, only).await {
                     return Err(cluster.explain(e));
                 }
             }
@@ -70,7 +78,7 @@ pub async fn run(
     if peer {
         report::settle_disk();
         for size in sizes {
-            peer_cases(&mut report, secs, *size).await?;
+            peer_cases(&mut report, secs, *size, only).await?;
         }
     }
     Ok(report)
@@ -150,6 +158,7 @@ async fn cases(
     target: &Target<'_>,
     secs: u64,
     size: usize,
+    only: Option<&str>,
 ) -> anyhow::Result<()> {
     let payload = bytes::Bytes::from(vec![b'x'; size]);
     let (pre, at) = (target.prefix(), target.at());
@@ -157,6 +166,9 @@ async fn cases(
     // One client, one append at a time.
     let case = format!("{pre}1 client{at}, {size} B, synced append");
     let outcome = async {
+        if !wanted(only, &case) {
+            return Ok(());
+        }
         let topic = format!("bench/one-{size}");
         let (url, leader) = target.topic(&topic, &payload).await?;
         let (n, h) = one_client(&url, &topic, &payload, secs).await?;
@@ -172,6 +184,9 @@ async fn cases(
     for clients in [16usize, 64] {
         let case = format!("{pre}{clients} clients{at}, {size} B, synced append");
         let outcome = async {
+            if !wanted(only, &case) {
+                return Ok(());
+            }
             let topic = format!("bench/c{clients}-{size}");
             let (url, leader) = target.topic(&topic, &payload).await?;
             let pace = Pace::new(secs);
@@ -200,6 +215,9 @@ async fn cases(
     // Batches: 4 clients, 1,000 elements per AppendBatch.
     let case = format!("{pre}4 clients{at}, AppendBatch of 1000 x {size} B");
     let outcome = async {
+        if !wanted(only, &case) {
+            return Ok(());
+        }
         let topic = format!("bench/batch-{size}");
         let (url, leader) = target.topic(&topic, &payload).await?;
         let batch: Vec<bytes::Bytes> = vec![payload.clone(); 1000];
@@ -233,6 +251,9 @@ async fn cases(
     if let Target::Cluster(cluster) = target {
         let case = many_case(pre, "topics", size);
         let outcome = async {
+            if !wanted(only, &case) {
+                return Ok(());
+            }
             let prefix = format!("bench/many-{size}");
             let pace = Pace::new(secs);
             let (count, hist, _) = many_topics(cluster, &prefix, secs, &payload, &pace).await?;
@@ -249,6 +270,9 @@ async fn cases(
     if let Target::Cluster(_) = target {
         let case = format!("{pre}1 client{at}, {size} B, beside a flood of 8 MiB batches");
         let outcome = async {
+            if !wanted(only, &case) {
+                return Ok(());
+            }
             let topic = format!("bench/calm-{size}");
             let (url, leader) = target.topic(&topic, &payload).await?;
             let flooded = format!("bench/flood-{size}");
@@ -288,6 +312,9 @@ async fn cases(
     if let Target::Cluster(cluster) = target {
         let case = format!("{pre}1 client via a follower, {size} B, synced append");
         let outcome = async {
+            if !wanted(only, &case) {
+                return Ok(());
+            }
             let topic = format!("bench/follower-{size}");
             let (_, leader) = target.topic(&topic, &payload).await?;
             let leader = leader.context("a cluster topic has a leader")?;
@@ -434,7 +461,12 @@ where
 
 /// The woof cases again on NATS JetStream (default sync, then a sync on
 /// every write), then woof/JetStream ratios of the same figures.
-async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Result<()> {
+async fn peer_cases(
+    report: &mut Report,
+    secs: u64,
+    size: usize,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
     let payload = bytes::Bytes::from(vec![b'x'; size]);
     let binary = nats::server()?;
     for (sync, label) in [(false, "default sync"), (true, "sync always")] {
@@ -445,6 +477,9 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
 
         let case = format!("{pre}1 client at the leader, {size} B, synced append");
         let outcome = async {
+            if !wanted(only, &case) {
+                return Ok(());
+            }
             let subject = format!("bench.one-{size}");
             let (n, h) = nats::one_client(&url, &subject, &payload, secs).await?;
             report.latencies(&case, "", &h);
@@ -458,6 +493,9 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
             let case = format!("{pre}{clients} clients at the leader, {size} B, synced append");
             let subject = format!("bench.c{clients}-{size}");
             let outcome = async {
+                if !wanted(only, &case) {
+                    return Ok(());
+                }
                 let (count, h) =
                     nats::concurrent(&url, &subject, clients, 1, &payload, secs).await?;
                 report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
@@ -470,6 +508,9 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
 
         let case = format!("{pre}4 clients at the leader, 1000 publishes in flight x {size} B");
         let outcome = async {
+            if !wanted(only, &case) {
+                return Ok(());
+            }
             let subject = format!("bench.batch-{size}");
             let (count, h) = nats::concurrent(&url, &subject, 4, 1000, &payload, secs).await?;
             report.row(
@@ -486,6 +527,9 @@ async fn peer_cases(report: &mut Report, secs: u64, size: usize) -> anyhow::Resu
 
         let case = many_case(&pre, "streams", size);
         let outcome = async {
+            if !wanted(only, &case) {
+                return Ok(());
+            }
             let streams = js.many_streams(MANY_TOPICS).await?;
             let runs = streams.iter().map(|(subject, leader)| {
                 nats::concurrent(&js.urls[*leader], subject, MANY_CLIENTS, 1, &payload, secs)
@@ -536,6 +580,12 @@ fn ratios(report: &mut Report, size: usize) {
             &format!("{peer}, 4 clients at the leader, 1000 publishes in flight x {size} B"),
         );
     }
+}
+
+/// Whether `case` runs: every case, or with `--only TEXT` those whose name
+/// contains TEXT.
+fn wanted(only: Option<&str>, case: &str) -> bool {
+    only.is_none_or(|text| case.contains(text))
 }
 
 /// Records a case that failed.

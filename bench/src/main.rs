@@ -102,6 +102,10 @@ enum Workload {
         /// cluster, installed from PyPI if missing.
         #[arg(long, value_enum)]
         peer: Option<Peer>,
+        /// Only the cases whose name contains this text (as the report
+        /// names them: "18 topics", "beside a flood", "via a follower").
+        #[arg(long)]
+        only: Option<String>,
     },
     /// A 3-node cluster, a client appending through a follower, the leader
     /// SIGKILLed, SIGSTOPped, or cut off (link down, in network namespaces,
@@ -255,12 +259,14 @@ fn run(
             size,
             replication,
             peer,
+            only,
         } => runtime.block_on(append::run(
             &woof,
             quick,
             &size,
             &replication,
             matches!(peer, Some(Peer::Nats)),
+            only.as_deref(),
         ))?,
         Workload::Failover {
             trials,
@@ -344,6 +350,7 @@ fn all(
                 size: vec![64, 1024],
                 replication: vec![1, 3],
                 peer,
+                only: None,
             },
             with_peer(&format!("append{q}")),
         ),

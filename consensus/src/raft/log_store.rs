@@ -186,9 +186,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Err(e) => Err(write_err(e)),
             };
         }
-        // The store syncs before returning: only then is the append flushed.
+        // Flushed once the store has synced it: RocksDB's together with the
+        // other groups' appends that come meanwhile, on its log writer's
+        // thread, while this task waits without holding one.
         wait_for_disk(&*store).await;
-        let written = blocking(move || store.append_log(group, &encoded)).await;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.append_log_then(
+            group,
+            encoded,
+            Box::new(move |outcome| {
+                let _ = tx.send(outcome);
+            }),
+        );
+        let written = rx
+            .await
+            .unwrap_or_else(|_| Err(Error::Storage("the log writer stopped".into())));
         match written {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));

@@ -12,7 +12,7 @@ mod rocks;
 mod snapshot_file;
 
 pub use memory::MemStore;
-pub use raft_log::{GROUP_ID_MIN, GroupId, RaftLogStore};
+pub use raft_log::{AppendDone, GROUP_ID_MIN, GroupId, RaftLogStore};
 pub use rocks::RocksStore;
 pub use snapshot_file::{PartPath, SnapshotFile};
 

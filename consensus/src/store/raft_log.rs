@@ -22,6 +22,10 @@ pub const GROUP_ID_MIN: u64 = 1 << 62;
 /// The most entries one `read_log` returns, whatever the caller asks.
 pub const READ_ENTRIES_MAX: usize = 10_000;
 
+/// Told the outcome of an [`RaftLogStore::append_log_then`], once the
+/// entries are synced (or failed), perhaps on another thread.
+pub type AppendDone = Box<dyn FnOnce(Result<()>) + Send>;
+
 /// Where Raft groups keep their logs. Shared between threads; every method
 /// may do I/O and is called from blocking contexts.
 pub trait RaftLogStore: Send + Sync + 'static {
@@ -36,6 +40,15 @@ pub trait RaftLogStore: Send + Sync + 'static {
     /// Writes `entries` (index, bytes) of `group`, replacing any entry at the
     /// same index. Synced before it returns.
     fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()>;
+
+    /// [`append_log`](Self::append_log) for a caller that must not block:
+    /// `done` is told the outcome once the entries are synced. A store may
+    /// return at once and sync the appends of many groups together
+    /// (RocksDB's does, on a writer thread of its own); by default the
+    /// entries are written in place, before this returns.
+    fn append_log_then(&self, group: GroupId, entries: Vec<(u64, Vec<u8>)>, done: AppendDone) {
+        done(self.append_log(group, &entries));
+    }
 
     /// [`append_log`](Self::append_log) without waiting for the disk: the
     /// entries are read back at once and are durable after the next synced

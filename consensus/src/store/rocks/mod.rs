@@ -12,15 +12,20 @@
 //! | `raft_values` | group id, name | value bytes |
 //!
 //! A group's kept snapshot is a file beside the database's, in
-//! `snapshots/` ([`SnapshotDir`]).
+//! `snapshots/` ([`SnapshotDir`]). The groups' synced log appends go
+//! through one writer thread ([`log_writer`]), which syncs those that
+//! arrive together once.
+
+mod log_writer;
 
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, ReadOptions,
 };
 
-use super::raft_log::{GroupId, READ_ENTRIES_MAX, RaftLogStore};
+use super::raft_log::{AppendDone, GroupId, READ_ENTRIES_MAX, RaftLogStore};
 use super::snapshot_file::SnapshotDir;
 use super::{Op, SnapshotFile, Store, WriteBatch};
 use crate::codec;
@@ -38,15 +43,46 @@ const KEY_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
 
 /// A node's RocksDB database.
 pub struct RocksStore {
-    db: DB,
+    /// First, so that it is dropped (its thread joined, its handle on the
+    /// database let go) before the database closes.
+    log_writer: log_writer::LogWriter,
+    db: Arc<DB>,
     snapshots: SnapshotDir,
     /// The first write that failed: after it the node cannot promise
     /// durability, and says so (its gRPC health turns NOT_SERVING).
-    failure: std::sync::OnceLock<String>,
+    failure: Arc<OnceLock<String>>,
 }
 
 fn storage(context: &str) -> impl FnOnce(rocksdb::Error) -> Error + '_ {
     move |e| Error::Storage(format!("{context}: {e}"))
+}
+
+/// `result` of a write, the first failure remembered in `failure`.
+fn written(
+    failure: &OnceLock<String>,
+    result: Result<(), rocksdb::Error>,
+    context: &str,
+) -> Result<()> {
+    result.map_err(|e| {
+        let e = storage(context)(e);
+        if failure.set(e.to_string()).is_ok() {
+            tracing::error!("{e}: this node's storage failed");
+        }
+        e
+    })
+}
+
+/// Puts `group`'s log `entries` (index, bytes) into `wb`; `cf` is the
+/// `raft_log` column family.
+fn put_log(
+    wb: &mut rocksdb::WriteBatch,
+    cf: &ColumnFamily,
+    group: GroupId,
+    entries: &[(u64, Vec<u8>)],
+) {
+    for (index, bytes) in entries {
+        wb.put_cf(cf, element_key(TopicId(group.0), *index), bytes);
+    }
 }
 
 fn element_key(topic: TopicId, seq: u64) -> [u8; 16] {
@@ -110,10 +146,12 @@ impl RocksStore {
             ))
         })?;
         let snapshots = SnapshotDir::open(dir.join("snapshots"))?;
+        let (db, failure) = (Arc::new(db), Arc::new(OnceLock::new()));
         Ok(Self {
+            log_writer: log_writer::LogWriter::start(db.clone(), failure.clone())?,
             db,
             snapshots,
-            failure: std::sync::OnceLock::new(),
+            failure,
         })
     }
 
@@ -122,15 +160,8 @@ impl RocksStore {
         self.failure.get().map(String::as_str)
     }
 
-    /// `result` of a write, the first failure remembered.
     fn written(&self, result: Result<(), rocksdb::Error>, context: &str) -> Result<()> {
-        result.map_err(|e| {
-            let e = storage(context)(e);
-            if self.failure.set(e.to_string()).is_ok() {
-                tracing::error!("{e}: this node's storage failed");
-            }
-            e
-        })
+        written(&self.failure, result, context)
     }
 
     fn write_synced(&self, wb: rocksdb::WriteBatch, context: &str) -> Result<()> {
@@ -401,13 +432,7 @@ fn value_key(group: GroupId, name: &str) -> Vec<u8> {
 impl RocksStore {
     fn log_batch(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> rocksdb::WriteBatch {
         let mut wb = rocksdb::WriteBatch::default();
-        for (index, bytes) in entries {
-            wb.put_cf(
-                self.cf(CF_RAFT_LOG),
-                element_key(TopicId(group.0), *index),
-                bytes,
-            );
-        }
+        put_log(&mut wb, self.cf(CF_RAFT_LOG), group, entries);
         wb
     }
 }
@@ -415,6 +440,14 @@ impl RocksStore {
 impl RaftLogStore for RocksStore {
     fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
         self.write_synced(self.log_batch(group, entries), "append raft log")
+    }
+
+    /// Through the log writer, synced together with what other groups
+    /// append meanwhile; in place if its queue is full.
+    fn append_log_then(&self, group: GroupId, entries: Vec<(u64, Vec<u8>)>, done: AppendDone) {
+        if let Err(append) = self.log_writer.submit(group, entries, done) {
+            (append.done)(self.append_log(group, &append.entries));
+        }
     }
 
     fn append_log_unsynced(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {

@@ -1,0 +1,146 @@
+//! One thread per database that writes the synced Raft log appends of all
+//! the node's groups (ADR 0024). Appends that arrive while a write is being
+//! synced go into the next write together: N groups appending at once cost
+//! one sync, not N, and no caller holds a thread of its own while it waits
+//! (it hands the entries over and is told the outcome).
+//!
+//! Per group, appends stay in order: a group hands over its next append
+//! only once it has the answer to the one before (openraft waits for each
+//! flush), and the writer takes appends in the order they came.
+
+use std::sync::{Arc, OnceLock, mpsc};
+use std::thread::JoinHandle;
+
+use rocksdb::DB;
+
+use super::{CF_RAFT_LOG, put_log, written};
+use crate::error::{Error, Result};
+use crate::store::GroupId;
+use crate::store::raft_log::AppendDone;
+
+/// Appends waiting for the writer, at most. Each group has at most one in
+/// flight, so this is only reached with thousands of groups appending at
+/// once; past it a caller writes in place ([`LogWriter::submit`]).
+const QUEUED_MAX: usize = 4096;
+/// One write takes the appends waiting, in order, while they hold at most
+/// this many bytes together (but always at least one): a small append is
+/// not held behind megabytes of others (RocksDB's own write groups stop at
+/// 1 MiB too).
+const WRITE_BYTES_MAX: usize = 1 << 20;
+/// And at most this many appends.
+const WRITE_APPENDS_MAX: usize = 1024;
+
+/// A group's entries waiting to be written, and who to tell.
+pub(super) struct Append {
+    group: GroupId,
+    pub(super) entries: Vec<(u64, Vec<u8>)>,
+    bytes: usize,
+    pub(super) done: AppendDone,
+}
+
+/// The writer thread and the way to it. Dropping it lets the thread finish
+/// what it holds and joins it.
+pub(super) struct LogWriter {
+    queue: Option<mpsc::SyncSender<Append>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LogWriter {
+    /// Starts the writer of `db`; a failed write is recorded in `failure`
+    /// as the store's own writes are.
+    pub(super) fn start(db: Arc<DB>, failure: Arc<OnceLock<String>>) -> Result<Self> {
+        let (queue, waiting) = mpsc::sync_channel(QUEUED_MAX);
+        let thread = std::thread::Builder::new()
+            .name("woof-log-writer".into())
+            .spawn(move || run(&db, &failure, &waiting))
+            .map_err(|e| Error::Storage(format!("cannot start the log writer: {e}")))?;
+        Ok(Self {
+            queue: Some(queue),
+            thread: Some(thread),
+        })
+    }
+
+    /// Hands `group`'s `entries` to the writer, which calls `done` once they
+    /// are synced. If its queue is full (or it has stopped), the append
+    /// comes back for the caller to write itself.
+    pub(super) fn submit(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        done: AppendDone,
+    ) -> std::result::Result<(), Append> {
+        let bytes = entries.iter().map(|(_, e)| e.len() + 16).sum();
+        let append = Append {
+            group,
+            entries,
+            bytes,
+            done,
+        };
+        let Some(queue) = &self.queue else {
+            return Err(append);
+        };
+        queue.try_send(append).map_err(|e| match e {
+            mpsc::TrySendError::Full(a) | mpsc::TrySendError::Disconnected(a) => a,
+        })
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("the log writer panicked");
+        }
+    }
+}
+
+/// The writer's loop: takes what waits (within the bounds), writes it all
+/// in one synced batch, tells every caller, again until the queue closes.
+fn run(db: &DB, failure: &OnceLock<String>, waiting: &mpsc::Receiver<Append>) {
+    let mut carried: Option<Append> = None;
+    let mut taken: Vec<Append> = Vec::new();
+    loop {
+        let first = match carried.take() {
+            Some(append) => append,
+            None => match waiting.recv() {
+                Ok(append) => append,
+                Err(_) => return,
+            },
+        };
+        let mut bytes = first.bytes;
+        taken.push(first);
+        while taken.len() < WRITE_APPENDS_MAX {
+            match waiting.try_recv() {
+                Ok(append) if bytes + append.bytes <= WRITE_BYTES_MAX => {
+                    bytes += append.bytes;
+                    taken.push(append);
+                }
+                Ok(append) => {
+                    carried = Some(append);
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        let outcome = write(db, failure, &taken);
+        for append in taken.drain(..) {
+            (append.done)(outcome.clone());
+        }
+    }
+}
+
+/// Writes `appends` as one batch, synced.
+fn write(db: &DB, failure: &OnceLock<String>, appends: &[Append]) -> Result<()> {
+    let cf = db
+        .cf_handle(CF_RAFT_LOG)
+        .expect("column families are created at open");
+    let mut wb = rocksdb::WriteBatch::default();
+    for append in appends {
+        put_log(&mut wb, cf, append.group, &append.entries);
+    }
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    written(failure, db.write_opt(wb, &wo), "append raft log")
+}
