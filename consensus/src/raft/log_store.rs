@@ -138,16 +138,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// committed log id, so [`confirm_leader`](super::group::confirm_leader)
     /// also waits for everything the leader holds (the simulator's seed 24
     /// found a read without appends the leader had acknowledged when it did
-    /// not).
+    /// not). Written in place: handing it to the blocking pool cost more
+    /// than the write (18 topics x 4 clients +20 % without the hand-over).
     async fn save_committed(
         &mut self,
         committed: Option<LogId<u64>>,
     ) -> Result<(), StorageError<u64>> {
         let bytes = encode(&committed).map_err(write_err)?;
-        let (store, group) = (self.store.clone(), self.group);
-        blocking(move || store.put_value_unsynced(group, COMMITTED, &bytes))
-            .await
-            .map_err(write_err)
+        quick(|| self.store.put_value_unsynced(self.group, COMMITTED, &bytes)).map_err(write_err)
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
