@@ -22,11 +22,14 @@ use woof_proto::v1;
 ///
 /// The bound here is "no stall", [`STALL`]; the aim of issue 16, a p99 of
 /// 50 ms for the single appends, is not reached on one disk shared by the
-/// three replicas (80 to 160 ms in this test; docs/BENCHMARKS.md says why).
+/// three replicas (80 to 290 ms in this test; docs/BENCHMARKS.md says why).
+///
+/// Once flaky (about half the runs, flooded batches taking 2-3 s): the
+/// topics sat idle for 5 s before the flood, so their groups had gone to
+/// sleep, and the flood's first batches woke the group; its election under
+/// the flood took 2-3 s and sometimes moved the leader away from the
+/// flooders, whose batches were then forwarded. The leader is now checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on 2 cores, issue 16: in about half the runs the flooded group takes 2-2.4 s \
-            per batch (10-15 batches, a dozen refusals) instead of 0.5-1 s (30-48 batches, \
-            300 refusals); cause not found yet. Run it with --ignored"]
 async fn a_flood_of_large_batches_neither_stalls_its_group_nor_the_next_topic() {
     const BIG: &str = "flood/big";
     const CALM: &str = "flood/calm";
@@ -35,6 +38,14 @@ async fn a_flood_of_large_batches_neither_stalls_its_group_nor_the_next_topic() 
     const STALL: Duration = Duration::from_millis(1500);
     let dir = tempfile::tempdir().unwrap();
     let nodes = start_cluster(dir.path(), 3);
+    // The cluster's own start-up work first: its name directory grows to
+    // three replicas by repair, a round every 2 s (a flood started beside
+    // it waited over 2 s for its first batch in CI).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    // Then the topics, used at once: a group that served nobody for 3 s
+    // sleeps (`groups::hibernate`), and one woken by the flood's first
+    // batches is a different test (its election under the flood may move
+    // the leader away from the flooders, whose batches are then forwarded).
     let mut admin = connect(&nodes[0].url).await;
     create_replicated(&mut admin, BIG, 3, "").await;
     create_replicated(&mut admin, CALM, 3, "").await;
@@ -46,10 +57,6 @@ async fn a_flood_of_large_batches_neither_stalls_its_group_nor_the_next_topic() 
     let calm_url = leader_url(describe(&mut admin, CALM).await.leader);
     let mut calm = connect(&calm_url).await;
     append(&mut calm, CALM, "first").await;
-    // The cluster's own start-up work first: its name directory grows to
-    // three replicas by repair, a round every 2 s (a flood started beside
-    // it waited over 2 s for its first batch in CI).
-    tokio::time::sleep(Duration::from_secs(5)).await;
 
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let mut flooders = Vec::new();
@@ -101,6 +108,11 @@ async fn a_flood_of_large_batches_neither_stalls_its_group_nor_the_next_topic() 
         refused += r;
     }
     accepted.sort();
+    assert_eq!(
+        describe(&mut admin, BIG).await.leader,
+        peer_id(&big_url),
+        "the flooded group's leader moved"
+    );
     let batches = accepted.len() as u64 - 1;
     let gap = accepted.windows(2).map(|w| w[1] - w[0]).max().unwrap();
     latencies.sort();
