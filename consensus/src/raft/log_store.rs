@@ -57,6 +57,22 @@ impl LogStore {
     }
 }
 
+/// The node that led `group` when it last knew a leader: the leader of
+/// its stored vote, if that vote is committed (granted by a quorum). A
+/// sleeping group's replicas know it without running the group, and that
+/// node takes its leadership up again as soon as the group starts there
+/// (openraft's `Engine::startup`).
+pub fn stored_leader(store: &dyn RaftLogStore, group: GroupId) -> Result<Option<u64>, Error> {
+    let Some(bytes) = store.value(group, VOTE)? else {
+        return Ok(None);
+    };
+    let vote: Vote<u64> = decode(&bytes)?;
+    Ok(vote
+        .is_committed()
+        .then_some(vote.leader_id().voted_for())
+        .flatten())
+}
+
 fn read_err(e: Error) -> StorageError<u64> {
     StorageIOError::read_logs(AnyError::new(&e)).into()
 }
@@ -228,5 +244,36 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || store.purge_log(group, log_id.index))
             .await
             .map_err(write_err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemStore;
+
+    #[test]
+    fn the_stored_leader_is_the_one_a_quorum_granted() {
+        let store = MemStore::new();
+        let group = GroupId(9);
+        assert_eq!(stored_leader(&store, group).unwrap(), None, "no vote yet");
+        let put = |vote: Vote<u64>| {
+            store
+                .put_value(group, VOTE, &encode(&vote).unwrap())
+                .unwrap()
+        };
+        put(Vote::new(3, 5));
+        assert_eq!(
+            stored_leader(&store, group).unwrap(),
+            None,
+            "a vote only asked for names no leader"
+        );
+        put(Vote::new_committed(3, 5));
+        assert_eq!(stored_leader(&store, group).unwrap(), Some(5));
+        store.put_value(group, VOTE, b"not a vote").unwrap();
+        assert!(
+            stored_leader(&store, group).is_err(),
+            "bad bytes are an error"
+        );
     }
 }

@@ -323,9 +323,11 @@ impl Groups {
         timeout: Duration,
         control: impl Fn() -> Control,
     ) -> Result<ControlReply> {
-        let Some(mut search) =
-            LeaderSearch::new(members, self.local_leader(group), self.routes.leader(group))
-        else {
+        let hint = self
+            .routes
+            .leader(group)
+            .or_else(|| self.slept_leader(group, members));
+        let Some(mut search) = LeaderSearch::new(members, self.local_leader(group), hint) else {
             return Err(Error::Usage(format!("group {} has no members", group.0)));
         };
         loop {
@@ -413,6 +415,22 @@ impl Groups {
     /// The leader this node's running replica of `group` knows, if any.
     fn local_leader(&self, group: GroupId) -> Option<PeerId> {
         leader_of(&self.running(group)?.metrics().borrow())
+    }
+
+    /// If `group` sleeps here, the member that led it when it went to
+    /// sleep: asked first, it wakes the group and leads again at once. (A
+    /// request that woke the group here instead asked for an election, which
+    /// the old leader, woken by it and leading again, refused until its
+    /// lease ran out: a flood of batches waited 2-3 s for its first, and the
+    /// election could end on either node.)
+    fn slept_leader(&self, group: GroupId, members: &[PeerId]) -> Option<PeerId> {
+        if self.running(group).is_some() {
+            return None;
+        }
+        let id = woof_consensus::raft::log_store::stored_leader(&*self.store, group)
+            .ok()
+            .flatten()?;
+        members.iter().find(|p| node_id(p) == id).copied()
     }
 
     /// Refreshes the peers the overlay suspects.

@@ -27,6 +27,35 @@ use crate::error::{Error, Result};
 const LEADER_NOTICE: Duration = Duration::from_millis(300);
 /// How long a woken group waits for an election to give it a leader.
 const ELECTION_WAIT: Duration = Duration::from_secs(2);
+
+/// A request's claim on asking for `group`'s election: at most one at a
+/// time per group on this node, let go when the request is done waiting
+/// (or is dropped).
+struct Electing {
+    set: Arc<std::sync::Mutex<std::collections::HashSet<GroupId>>>,
+    group: GroupId,
+}
+
+impl Electing {
+    /// The claim, unless another request holds it.
+    fn ask(
+        set: &Arc<std::sync::Mutex<std::collections::HashSet<GroupId>>>,
+        group: GroupId,
+    ) -> Option<Self> {
+        let mut held = set.lock().unwrap_or_else(|e| e.into_inner());
+        held.insert(group).then(|| Self {
+            set: set.clone(),
+            group,
+        })
+    }
+}
+
+impl Drop for Electing {
+    fn drop(&mut self) {
+        let mut held = self.set.lock().unwrap_or_else(|e| e.into_inner());
+        held.remove(&self.group);
+    }
+}
 /// How long [`Groups::shutdown`] waits for the layer's tasks to end.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
@@ -201,8 +230,23 @@ impl Groups {
                     .metrics(|m| m.current_leader.is_some(), "a leader")
                     .await;
             }
-            if !has_leader(&raft) {
+            // One election at a time: the requests that came together
+            // (a burst woke the group) would each start one, every one
+            // with a higher term than the one before it, and none would
+            // finish while the next began (a flood of batches woke a group
+            // and waited 2.8-3.8 s for it in half the runs, and sometimes
+            // another node won, to which the burst was then forwarded).
+            // Not while this node campaigns already (openraft's own timer),
+            // nor while another request here waits for the election it
+            // asked for (asking is fire-and-forget: the state changes later).
+            let campaigning = raft.metrics().borrow().state == openraft::ServerState::Candidate;
+            let asked = (!has_leader(&raft) && !campaigning)
+                .then(|| Electing::ask(&self.electing, group))
+                .flatten();
+            if asked.is_some() {
                 let _ = raft.trigger().elect().await;
+            }
+            if !has_leader(&raft) {
                 let _ = raft
                     .wait(Some(ELECTION_WAIT))
                     .metrics(|m| m.current_leader.is_some(), "a leader")
@@ -413,6 +457,20 @@ mod tests {
     use woof_consensus::topic::{TopicConfig, TopicMeta, TopicName};
 
     use super::*;
+
+    #[test]
+    fn one_request_at_a_time_asks_for_a_groups_election() {
+        let set = Arc::default();
+        let first = Electing::ask(&set, GroupId(7)).expect("nobody asked yet");
+        assert!(Electing::ask(&set, GroupId(7)).is_none(), "asked twice");
+        let other = Electing::ask(&set, GroupId(8));
+        assert!(other.is_some(), "another group is not held back");
+        drop(first);
+        assert!(
+            Electing::ask(&set, GroupId(7)).is_some(),
+            "the claim is let go when its request is done"
+        );
+    }
 
     fn meta(id: u64, name: &str) -> TopicMeta {
         TopicMeta {

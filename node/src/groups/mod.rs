@@ -114,6 +114,10 @@ pub struct Groups {
     invokes: Arc<Invokes>,
     /// Leader changes and snapshot sends, for the metrics.
     counters: Arc<crate::metrics::RaftCounters>,
+    /// Groups for which a client request here has asked for an election
+    /// and waits for its outcome: the requests that woke a group together
+    /// ask once (see `Groups::serving`).
+    electing: Arc<std::sync::Mutex<std::collections::HashSet<GroupId>>>,
 }
 
 /// An invocation asked of this node, and where its answer goes (or why
@@ -177,6 +181,7 @@ impl Groups {
             lanes: Arc::default(),
             tasks,
             stop,
+            electing: Arc::default(),
         };
         let waking = groups.clone();
         groups.router.set_waker(Some(Arc::new(move |group| {
