@@ -9,11 +9,14 @@
 //! the topic stays readable from every replica.
 //!
 //! Any Raft message for a sleeping group starts it again (the router's
-//! waker), and so does a client request: the node that gets one starts the
-//! group and, as nobody leads a group that went to sleep, asks for an
-//! election at once. After a restart a node runs none of its groups until
-//! something needs them; there it first gives a running leader a moment to
-//! make itself known, and only then asks for an election.
+//! waker), and so does a client request. A request goes first to the
+//! member that led the group when it went to sleep (every replica's stored
+//! vote names it): started there, the group leads again at once, with no
+//! election. If that member does not answer, the node the request reaches
+//! starts the group and asks for an election (one for all the requests
+//! that woke it together). After a restart a node runs none of its groups
+//! until something needs them; there it first gives a running leader a
+//! moment to make itself known, and only then asks for an election.
 //!
 //! A follower that missed the request to sleep keeps running, elects itself
 //! (waking the others with its vote requests), and later puts the group to
