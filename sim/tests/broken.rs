@@ -150,11 +150,13 @@ fn sim_broken_leaders_that_count_themselves_before_their_sync_lose_acks() {
 
 /// Rarer than the others: a leader must restart having lost its newest
 /// committed log id (not synced) while a client reads right after its own
-/// append. Caught at seed 23 with 8 clients for 30 s.
+/// append. Caught at seed 62 with 8 clients for 30 s (and at 79 and 100
+/// below 160); at seed 23 until requests for sleeping groups went to their
+/// old leader (9024e57), which changed how the runs unfold.
 #[test]
 fn sim_broken_reads_that_skip_what_their_leader_held_are_stale() {
     assert!(
-        caught_in(Broken::ReadSkipsHeldEntries, "linear", 40, 8, 30_000).is_some(),
+        caught_in(Broken::ReadSkipsHeldEntries, "linear", 64, 8, 30_000).is_some(),
         "reads that do not wait for what their leader held went unnoticed"
     );
 }
