@@ -30,9 +30,6 @@ use woof_proto::v1;
 /// the flood took 2-3 s and sometimes moved the leader away from the
 /// flooders, whose batches were then forwarded. The leader is now checked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on 2 cores, issue 16: in about 1 run of 4 the flooded group waits 1.8-3.4 s \
-            for one batch mid-flood (same leader, hundreds of refusals); cause not found yet. \
-            Run it with --ignored"]
 async fn a_flood_of_large_batches_neither_stalls_its_group_nor_the_next_topic() {
     flood(false).await;
 }
@@ -48,9 +45,6 @@ async fn a_flood_of_large_batches_neither_stalls_its_group_nor_the_next_topic() 
 /// stored vote says which), which wakes it and leads again at once; and
 /// requests that wake a group together ask for one election at most.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "flaky on 2 cores, issue 16: in about 1 run of 4 the flooded group waits 1.8-3.4 s \
-            for one batch mid-flood (same leader, hundreds of refusals); cause not found yet. \
-            Run it with --ignored"]
 async fn a_flood_that_wakes_a_sleeping_group_gets_it_a_leader_at_once() {
     flood(true).await;
 }
