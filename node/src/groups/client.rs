@@ -428,6 +428,9 @@ impl Groups {
             return None;
         }
         let id = woof_consensus::raft::log_store::stored_leader(&*self.store, group)
+            .inspect_err(|e| {
+                tracing::warn!(group = group.0, "reading the stored vote: {e}");
+            })
             .ok()
             .flatten()?;
         members.iter().find(|p| node_id(p) == id).copied()

@@ -32,16 +32,13 @@ const ELECTION_WAIT: Duration = Duration::from_secs(2);
 /// time per group on this node, let go when the request is done waiting
 /// (or is dropped).
 struct Electing {
-    set: Arc<std::sync::Mutex<std::collections::HashSet<GroupId>>>,
+    set: Arc<super::Elections>,
     group: GroupId,
 }
 
 impl Electing {
     /// The claim, unless another request holds it.
-    fn ask(
-        set: &Arc<std::sync::Mutex<std::collections::HashSet<GroupId>>>,
-        group: GroupId,
-    ) -> Option<Self> {
+    fn ask(set: &Arc<super::Elections>, group: GroupId) -> Option<Self> {
         let mut held = set.lock().unwrap_or_else(|e| e.into_inner());
         held.insert(group).then(|| Self {
             set: set.clone(),

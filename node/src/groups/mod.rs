@@ -117,8 +117,12 @@ pub struct Groups {
     /// Groups for which a client request here has asked for an election
     /// and waits for its outcome: the requests that woke a group together
     /// ask once (see `Groups::serving`).
-    electing: Arc<std::sync::Mutex<std::collections::HashSet<GroupId>>>,
+    electing: Arc<Elections>,
 }
+
+/// The groups a request here has asked an election for (see
+/// `Groups::electing`).
+type Elections = std::sync::Mutex<std::collections::HashSet<GroupId>>;
 
 /// An invocation asked of this node, and where its answer goes (or why
 /// this node will not run it).
