@@ -49,6 +49,10 @@ pub enum Bug {
     /// (`raft::group::confirm_leader`): a leader that restarted with an
     /// older commit than it acknowledged answers without those appends.
     ReadSkipsHeldEntries,
+    /// A group purges its log without first making durable what its state
+    /// machine applied from it (`raft::log_store`): a crash then loses
+    /// applied elements that no log entry is left to apply again.
+    PurgeBeforePersist,
 }
 
 #[cfg(feature = "sim-bugs")]

@@ -327,8 +327,13 @@ impl Node {
                     std::mem::replace(&mut overlay.link_inbound, mpsc::channel(1).1),
                 ];
                 self.overlay = Some(overlay);
-                let (groups, task) =
-                    Groups::new(store, topics.clone(), Arc::new(client.clone()), inbound);
+                let (groups, task) = Groups::new(
+                    store,
+                    topics.clone(),
+                    Arc::new(client.clone()),
+                    inbound,
+                    Default::default(),
+                );
                 self.groups = Some(groups.clone());
                 self.groups_task = Some(task);
                 self.metrics.watch_groups(groups.clone());

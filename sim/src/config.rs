@@ -306,6 +306,10 @@ pub struct Config {
     /// check that one create of each succeeds (names are claimed in the
     /// directory group first).
     pub concurrent_creates: bool,
+    /// Groups snapshot after this many entries (and keep a fifth of it
+    /// after a purge) instead of a node's 10,000 and 1,000, so that runs
+    /// of seconds snapshot, purge and install snapshots.
+    pub snapshot_every: Option<u64>,
 }
 
 impl Default for Config {
@@ -323,12 +327,16 @@ impl Default for Config {
             repair_after_ms: 4_000,
             extra_topics: 3,
             concurrent_creates: true,
+            snapshot_every: None,
         }
     }
 }
 
 impl Config {
     pub fn validate(&self) -> Result<(), Error> {
+        if self.snapshot_every.is_some_and(|n| n < 10) {
+            return Err(Error::Config("--snapshot-every must be at least 10".into()));
+        }
         if self.nodes == 0 || self.nodes > 64 {
             return Err(Error::Config("--nodes must be 1 to 64".into()));
         }

@@ -191,6 +191,10 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         config.broken,
         Duration::from_millis(config.repair_after_ms),
     )?;
+    if let Some(every) = config.snapshot_every {
+        cluster.group_timing.snapshot_every = every;
+        cluster.group_timing.log_kept = every / 5;
+    }
     for id in cluster.ids() {
         cluster.start(id).await?;
     }

@@ -59,6 +59,11 @@ struct Args {
     /// that at most one create of each succeeds (`false` to leave it out).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     concurrent_creates: bool,
+    /// Groups snapshot after this many log entries (a node's: 10,000), and
+    /// keep a fifth of that after a purge: runs of seconds then snapshot,
+    /// purge and install snapshots.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
     /// Print the nodes' log for one seed, filtered as RUST_LOG filters
     /// (info, woof_node=debug, ...).
     #[arg(long, requires = "seed")]
@@ -107,6 +112,7 @@ fn main() -> anyhow::Result<()> {
         repair_after_ms,
         extra_topics: args.extra_topics,
         concurrent_creates: args.concurrent_creates,
+        snapshot_every: args.snapshot_every,
     };
     config(seeds.start).validate()?;
     let jobs = args.jobs.clamp(1, JOBS_MAX);
@@ -240,5 +246,9 @@ fn report(args: &Args, outcome: &Outcome, real: Duration) {
             .as_ref()
             .map(|b| format!(" --broken {b}"))
             .unwrap_or_default()
+            + &args
+                .snapshot_every
+                .map(|n| format!(" --snapshot-every {n}"))
+                .unwrap_or_default()
     );
 }

@@ -185,6 +185,8 @@ pub struct Cluster {
     nodes: Mutex<BTreeMap<u64, Node>>,
     /// Node 1's disk stores payloads reversed ([`Broken::DivergentReplica`]).
     corrupt_node_1: bool,
+    /// Every group's timing (the node's unless `--snapshot-every`).
+    pub group_timing: woof_consensus::raft::group::Timing,
 }
 
 impl Cluster {
@@ -240,6 +242,7 @@ impl Cluster {
             ids,
             nodes: Mutex::new(nodes),
             corrupt_node_1,
+            group_timing: Default::default(),
         })
     }
 
@@ -363,6 +366,7 @@ impl Cluster {
             topics.clone(),
             self.net.link(id, incarnation),
             vec![inbound],
+            self.group_timing,
         );
         let held = groups
             .load_all()
@@ -546,9 +550,11 @@ impl Cluster {
         let crash = store.crash(rng);
         self.net.detach(id);
         self.rec.event(format_args!(
-            "node n{id} down: kept {} of {} unsynced writes{}",
+            "node n{id} down: kept {} of {} unsynced writes, {} of {} since the last flush whole{}",
             crash.kept,
             crash.pending,
+            crash.flushed,
+            crash.since_flush,
             if crash.torn { " (torn sync)" } else { "" }
         ));
         if let Some(up) = up {

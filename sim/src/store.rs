@@ -1,20 +1,29 @@
 //! A simulated disk: woof's [`Store`] and [`RaftLogStore`] in memory, with a
 //! crash model.
 //!
-//! RocksDB applies every trait call as one atomic batch, in one write-ahead
-//! log, so a crash keeps every synced call and a prefix of the unsynced ones
-//! issued after the last sync (never a later one without an earlier one).
-//! `SimStore` keeps what its process sees (`current`) apart from what is on
-//! the platter (`durable`):
+//! RocksDB applies every trait call as one atomic batch. All but one kind go
+//! through one write-ahead log, so a crash keeps every synced call and a
+//! prefix of the unsynced ones issued after the last sync (never a later
+//! one without an earlier one). What a state machine applied
+//! (`write_applied`) skips that log: it is durable only once the memtables
+//! are flushed, which makes every call before it durable too. `SimStore`
+//! keeps what its process sees (`current`) apart from what is on the
+//! platter (`durable`):
 //! - synced calls (`Store::write`, `append_log`, `truncate_log`,
-//!   `put_value`, `delete_group`, `snapshot_keep`) are durable when they return, and make
-//!   every unsynced call before them durable too;
-//! - unsynced calls (`write_unsynced`, `trim`, `purge_log`,
-//!   `append_log_unsynced`) wait in
-//!   `pending` until the next synced one;
-//! - [`SimStore::crash`] keeps the durable state plus a random prefix of
-//!   `pending`, and poisons the store: every later call is
-//!   `Err(Storage)`, so the dead incarnation's leftover tasks can do nothing;
+//!   `put_value`, `delete_group`, `snapshot_keep`) are durable when they
+//!   return, and make every logged call before them durable too;
+//! - logged unsynced calls (`write_unsynced`, `trim`, `purge_log`,
+//!   `append_log_unsynced`, `put_value_unsynced`) wait for the next synced
+//!   one;
+//! - applied calls (`write_applied`) wait for a flush: the next
+//!   `persist_applied`, or one the disk makes on its own after
+//!   [`FLUSH_AFTER_CALLS`] calls;
+//! - [`SimStore::crash`] keeps what the last flush held, then the calls
+//!   since: all of them up to a random point (a flush the disk may have
+//!   made then), and after it the logged ones up to the last sync and a
+//!   random prefix of those after it. It poisons the store: every later
+//!   call is `Err(Storage)`, so the dead incarnation's leftover tasks can
+//!   do nothing;
 //! - [`SimStore::reopen`] is the restarted process's fresh view of the
 //!   durable state;
 //! - [`SimStore::tear_next_sync`] crashes during the next synced call: it
@@ -41,6 +50,8 @@ type Result<T> = std::result::Result<T, Error>;
 enum DiskOp {
     Write(WriteBatch),
     Unsynced(WriteBatch),
+    /// What a state machine applied: off the write-ahead log.
+    Applied(WriteBatch),
     Trim(TopicId, u64),
     AppendLog(GroupId, Vec<(u64, Vec<u8>)>),
     AppendLogUnsynced(GroupId, Vec<(u64, Vec<u8>)>),
@@ -59,6 +70,7 @@ impl DiskOp {
         !matches!(
             self,
             DiskOp::Unsynced(_)
+                | DiskOp::Applied(_)
                 | DiskOp::Trim(..)
                 | DiskOp::PurgeLog(..)
                 | DiskOp::AppendLogUnsynced(..)
@@ -66,9 +78,14 @@ impl DiskOp {
         )
     }
 
+    /// Whether the write-ahead log holds it.
+    fn logged(&self) -> bool {
+        !matches!(self, DiskOp::Applied(_))
+    }
+
     fn apply(&self, to: &MemStore) -> Result<()> {
         match self {
-            DiskOp::Write(b) | DiskOp::Unsynced(b) => to.write(b),
+            DiskOp::Write(b) | DiskOp::Unsynced(b) | DiskOp::Applied(b) => to.write(b),
             DiskOp::Trim(topic, below) => to.trim(*topic, *below),
             DiskOp::AppendLog(g, entries) | DiskOp::AppendLogUnsynced(g, entries) => {
                 to.append_log(*g, entries)
@@ -89,19 +106,35 @@ impl DiskOp {
 /// What a crash kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Crash {
-    /// Unsynced calls waiting when the disk went down.
+    /// Calls since the last sync when the disk went down.
     pub pending: usize,
-    /// How many of them (the first ones) survived.
+    /// How many of them (the first ones) survived, as far as they are
+    /// logged (an applied one among them only if a flush kept it).
     pub kept: usize,
+    /// Calls since the last flush, and how many of them (the first ones)
+    /// a flush kept whole.
+    pub since_flush: usize,
+    pub flushed: usize,
     /// The crash happened during a synced call (the last of `pending`).
     pub torn: bool,
 }
 
+/// After this many calls since the last flush, the disk flushes on its own
+/// (as RocksDB does when a memtable fills up).
+pub const FLUSH_AFTER_CALLS: usize = 4096;
+
 #[derive(Default)]
 struct Disk {
     current: MemStore,
+    /// What the last flush held, plus the logged calls since, up to the
+    /// last sync: what a crash keeps at the least.
     durable: MemStore,
-    pending: Vec<DiskOp>,
+    /// What the last flush held.
+    flushed: MemStore,
+    /// Every call since the last flush, in order.
+    since_flush: Vec<DiskOp>,
+    /// How many of `since_flush` the last sync covers.
+    synced: usize,
     poisoned: bool,
     fail_next_write: bool,
     /// Writes failed on purpose so far.
@@ -116,21 +149,36 @@ struct Disk {
 
 impl Disk {
     fn crash(&mut self, rng: &mut SimRng, torn: bool) -> Crash {
-        let pending = std::mem::take(&mut self.pending);
-        let kept = rng.range(0, pending.len() as u64 + 1) as usize;
-        for op in &pending[..kept] {
-            op.apply(&self.durable)
-                .expect("an in-memory store never fails");
+        let calls = std::mem::take(&mut self.since_flush);
+        let (n, synced) = (calls.len(), self.synced);
+        let logged = rng.range(synced as u64, n as u64 + 1) as usize;
+        let flushed = rng.range(0, n as u64 + 1) as usize;
+        let kept = self.flushed.clone();
+        for (i, op) in calls.iter().enumerate() {
+            if i < flushed || (op.logged() && i < logged) {
+                op.apply(&kept).expect("an in-memory store never fails");
+            }
         }
+        self.durable = kept;
         self.poisoned = true;
         self.tear_next_sync = None;
         let crash = Crash {
-            pending: pending.len(),
-            kept,
+            pending: n - synced,
+            kept: logged.max(flushed) - synced,
+            since_flush: n,
+            flushed,
             torn,
         };
         self.crashed = Some(crash);
         crash
+    }
+
+    /// Everything so far is on the platter.
+    fn flush(&mut self) {
+        self.flushed = self.current.clone();
+        self.durable = self.current.clone();
+        self.since_flush.clear();
+        self.synced = 0;
     }
 }
 
@@ -175,6 +223,7 @@ fn corrupted(op: DiskOp) -> DiskOp {
     match op {
         DiskOp::Write(b) => DiskOp::Write(flip(&b)),
         DiskOp::Unsynced(b) => DiskOp::Unsynced(flip(&b)),
+        DiskOp::Applied(b) => DiskOp::Applied(flip(&b)),
         other => other,
     }
 }
@@ -237,25 +286,30 @@ impl SimStore {
         if op.synced()
             && let Some(seed) = d.tear_next_sync
         {
-            d.pending.push(op);
+            d.since_flush.push(op);
             d.crash(&mut SimRng::new(seed), true);
             return Err(poisoned());
         }
         op.apply(&d.current)?;
-        if op.synced() {
-            let pending = std::mem::take(&mut d.pending);
-            for p in &pending {
-                p.apply(&d.durable)?;
+        let synced = op.synced();
+        d.since_flush.push(op);
+        if synced {
+            let d = &mut *d;
+            for p in &d.since_flush[d.synced..] {
+                if p.logged() {
+                    p.apply(&d.durable)?;
+                }
             }
-            op.apply(&d.durable)?;
-        } else {
-            d.pending.push(op);
+            d.synced = d.since_flush.len();
+        }
+        if d.since_flush.len() >= FLUSH_AFTER_CALLS {
+            d.flush();
         }
         Ok(())
     }
 
-    /// Power loss: keeps the durable state and a random prefix of the
-    /// unsynced calls since the last sync; every later call fails.
+    /// Power loss: keeps what the module documentation says; every later
+    /// call fails.
     pub fn crash(&self, rng: &mut SimRng) -> Crash {
         let mut d = self.disk();
         if let Some(c) = d.crashed {
@@ -316,6 +370,7 @@ impl SimStore {
         SimStore {
             disk: Mutex::new(Disk {
                 current: durable.clone(),
+                flushed: durable.clone(),
                 durable,
                 ..Disk::default()
             }),
@@ -338,6 +393,12 @@ impl Store for SimStore {
 
     fn write_unsynced(&self, batch: &WriteBatch) -> Result<()> {
         self.mutate(DiskOp::Unsynced(batch.clone()))?;
+        self.tell_watcher(batch);
+        Ok(())
+    }
+
+    fn write_applied(&self, batch: &WriteBatch) -> Result<()> {
+        self.mutate(DiskOp::Applied(batch.clone()))?;
         self.tell_watcher(batch);
         Ok(())
     }
@@ -439,6 +500,15 @@ impl RaftLogStore for SimStore {
 
     fn purge_log(&self, group: GroupId, upto: u64) -> Result<()> {
         self.mutate(DiskOp::PurgeLog(group, upto))
+    }
+
+    fn persist_applied(&self) -> Result<()> {
+        let mut d = self.disk();
+        if d.poisoned {
+            return Err(poisoned());
+        }
+        d.flush();
+        Ok(())
     }
 
     fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {

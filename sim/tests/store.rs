@@ -163,3 +163,141 @@ fn disk_a_failed_write_applies_nothing() {
     s.write(&element(3)).unwrap();
     assert_eq!(seqs(&s), [1, 3]);
 }
+
+#[test]
+fn disk_applied_writes_wait_for_a_flush_and_logged_ones_after_them_do_not() {
+    let mut outcomes = std::collections::BTreeSet::new();
+    for seed in 0..100 {
+        let s = SimStore::new();
+        s.write_applied(&element(1)).unwrap();
+        s.persist_applied().unwrap();
+        s.write_applied(&element(2)).unwrap();
+        s.write_applied(&element(3)).unwrap();
+        s.put_value(GroupId(1), "vote", b"v").unwrap();
+        assert_eq!(seqs(&s), [1, 2, 3]);
+        let crash = s.crash(&mut SimRng::new(seed));
+        assert_eq!(crash.since_flush, 3);
+        let r = s.reopen();
+        // The sync after them does not make them durable: only a flush
+        // does, and it keeps a prefix.
+        let after = seqs(&r);
+        assert_eq!(
+            after,
+            (1..=1 + crash.flushed.min(2) as u64).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            r.value(GroupId(1), "vote").unwrap().as_deref(),
+            Some(&b"v"[..]),
+            "seed {seed}"
+        );
+        outcomes.insert(after.len());
+    }
+    assert_eq!(outcomes.len(), 3, "each prefix happens: {outcomes:?}");
+}
+
+mod purge {
+    use std::sync::Arc;
+
+    use openraft::storage::{RaftLogStorage, RaftStateMachine};
+    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
+    use woof_consensus::bugs::Bug;
+    use woof_consensus::raft::log_store::LogStore;
+    use woof_consensus::raft::state_machine::TopicStateMachine;
+    use woof_consensus::raft::{Command, TypeConfig};
+    use woof_consensus::store::GroupId;
+    use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
+    use woof_sim::rng::SimRng;
+    use woof_sim::store::SimStore;
+
+    const GROUP: GroupId = GroupId(1 << 62 | 5);
+
+    fn log_id(index: u64) -> LogId<u64> {
+        LogId::new(CommittedLeaderId::new(1, 1), index)
+    }
+
+    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+        Entry {
+            log_id: log_id(index),
+            payload: EntryPayload::Normal(command),
+        }
+    }
+
+    fn applied_entries() -> Vec<Entry<TypeConfig>> {
+        let meta = TopicMeta {
+            id: TopicId(GROUP.0),
+            name: TopicName::new("purge/test").unwrap(),
+            config: TopicConfig::default(),
+            created_at_ms: 1,
+            placement: Default::default(),
+        };
+        let append = Command::Append {
+            payloads: vec![bytes::Bytes::from_static(b"one")],
+            producer: None,
+            time_ms: 2,
+            cause: None,
+            handler: None,
+        };
+        vec![entry(1, Command::Create(meta)), entry(2, append)]
+    }
+
+    async fn applied_after_crash(s: &SimStore, seed: u64) -> Option<u64> {
+        s.crash(&mut SimRng::new(seed));
+        let r = Arc::new(s.reopen());
+        let mut sm = TopicStateMachine::open(r.clone(), r, GROUP).await.unwrap();
+        sm.applied_state().await.unwrap().0.map(|l| l.index)
+    }
+
+    /// What the state machine applied survives a crash once the log it came
+    /// from is purged (the purge flushes first); without the purge a crash
+    /// may take it back, to be applied again from the log.
+    #[tokio::test]
+    async fn a_purge_makes_what_was_applied_durable_first() {
+        // What a crash leaves of a state machine that applied two entries,
+        // their log purged first if `purge` (without its flush if `bug`).
+        async fn kept(seed: u64, purge: bool, bug: bool) -> Option<u64> {
+            let s = Arc::new(SimStore::new());
+            let mut sm = TopicStateMachine::open(s.clone(), s.clone(), GROUP)
+                .await
+                .unwrap();
+            sm.apply(applied_entries()).await.unwrap();
+            if purge {
+                woof_consensus::bugs::set(bug.then_some(Bug::PurgeBeforePersist));
+                let purged = LogStore::new(s.clone(), GROUP, 1).purge(log_id(2)).await;
+                woof_consensus::bugs::set(None);
+                purged.unwrap();
+            }
+            applied_after_crash(&s, seed).await
+        }
+        let (mut lost, mut lost_by_bug) = (0, 0);
+        for seed in 0..20 {
+            assert_eq!(kept(seed, true, false).await, Some(2), "seed {seed}");
+            lost += usize::from(kept(seed, false, false).await != Some(2));
+            lost_by_bug += usize::from(kept(seed, true, true).await != Some(2));
+        }
+        assert!(lost > 0, "a crash without a purge never took anything back");
+        assert!(lost_by_bug > 0, "a purge without its flush lost nothing");
+    }
+
+    /// A purge past what the state machine applied (openraft 0.9 purges a
+    /// follower's log before the state machine installs the snapshot that
+    /// covers it) purges only what was applied.
+    #[tokio::test]
+    async fn a_purge_stops_at_what_was_applied() {
+        let s = Arc::new(SimStore::new());
+        let mut sm = TopicStateMachine::open(s.clone(), s.clone(), GROUP)
+            .await
+            .unwrap();
+        sm.apply(applied_entries()).await.unwrap();
+        let mut log = LogStore::new(s.clone(), GROUP, 1);
+        log.purge(log_id(9)).await.unwrap();
+        let state = log.get_log_state().await.unwrap();
+        assert_eq!(state.last_purged_log_id, Some(log_id(2)));
+        // As asked, for openraft's storage suite.
+        let mut log = LogStore::new(s.clone(), GROUP, 1).purging_as_asked();
+        log.purge(log_id(9)).await.unwrap();
+        assert_eq!(
+            log.get_log_state().await.unwrap().last_purged_log_id,
+            Some(log_id(9))
+        );
+    }
+}

@@ -27,6 +27,10 @@ pub struct Timing {
     /// How much of a snapshot a replica reads or writes at once while it
     /// builds or installs one.
     pub snapshot_limits: SnapshotLimits,
+    /// A group builds a snapshot after this many log entries since its
+    /// last, and then purges its log up to `log_kept` entries before it.
+    pub snapshot_every: u64,
+    pub log_kept: u64,
 }
 
 /// 1 MiB: well under what one message of the node's transport may carry
@@ -35,18 +39,24 @@ pub struct Timing {
 const SNAPSHOT_CHUNK_BYTES: u64 = 1 << 20;
 
 impl Default for Timing {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl Timing {
     /// Failover within about a second and a half on a LAN: openraft 0.9
     /// lets a follower that heard a leader wait out a lease of
     /// `election_max_ms` plus a random election timeout before it stands.
-    fn default() -> Self {
-        Self {
-            heartbeat_ms: 100,
-            election_min_ms: 400,
-            election_max_ms: 700,
-            snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
-            snapshot_limits: SnapshotLimits::default(),
-        }
-    }
+    pub const DEFAULT: Self = Self {
+        heartbeat_ms: 100,
+        election_min_ms: 400,
+        election_max_ms: 700,
+        snapshot_chunk_bytes: SNAPSHOT_CHUNK_BYTES,
+        snapshot_limits: SnapshotLimits::DEFAULT,
+        snapshot_every: 10_000,
+        log_kept: 1_000,
+    };
 }
 
 /// Log entries one AppendEntries carries at most. openraft 0.9 gives each
@@ -76,9 +86,9 @@ pub async fn start(
         heartbeat_interval: timing.heartbeat_ms,
         election_timeout_min: timing.election_min_ms,
         election_timeout_max: timing.election_max_ms,
-        snapshot_policy: SnapshotPolicy::LogsSinceLast(10_000),
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_every),
         max_payload_entries: PAYLOAD_ENTRIES_MAX,
-        max_in_snapshot_log_to_keep: 1_000,
+        max_in_snapshot_log_to_keep: timing.log_kept,
         snapshot_max_chunk_size: timing.snapshot_chunk_bytes,
         ..Config::default()
     }
@@ -105,6 +115,43 @@ pub async fn start(
         router.insert(group, raft.clone());
     }
     Ok(raft)
+}
+
+/// The most entries [`catch_up`] applies at once.
+const CATCH_UP_ENTRIES: u64 = 256;
+
+/// Applies again, without running the group, the entries that `group`'s
+/// log holds as committed beyond what its state machine applied, as
+/// openraft does when a group starts. A crash takes back what the state
+/// machines applied since the store's last flush (`Store::write_applied`);
+/// a node calls this for every group it holds when it starts, so that the
+/// topics of groups it does not run (asleep) serve readers all their log
+/// committed. How many entries it applied.
+pub async fn catch_up(store: Arc<dyn GroupStore>, group: GroupId) -> Result<u64, Error> {
+    use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
+    let storage =
+        |e: openraft::StorageError<u64>| Error::Storage(format!("group {}: {e}", group.0));
+    let mut log = LogStore::new(store.clone(), group, 0);
+    let Some(committed) = log.read_committed().await.map_err(storage)? else {
+        return Ok(0);
+    };
+    let mut sm = TopicStateMachine::open(store.clone(), store, group).await?;
+    let (applied, _) = sm.applied_state().await.map_err(storage)?;
+    let mut next = applied.map_or(0, |l| l.index + 1);
+    let mut count = 0;
+    while next <= committed.index {
+        let to = committed.index.min(next + CATCH_UP_ENTRIES - 1);
+        let entries = log.try_get_log_entries(next..=to).await.map_err(storage)?;
+        if entries.first().map(|e| e.log_id.index) != Some(next) {
+            // Purged (its snapshot holds them) or missing: openraft deals
+            // with it when the group runs.
+            break;
+        }
+        next = entries.last().map_or(to, |e| e.log_id.index) + 1;
+        count += entries.len() as u64;
+        sm.apply(entries).await.map_err(storage)?;
+    }
+    Ok(count)
 }
 
 /// Confirms, with a quorum of the group, that this replica leads it and

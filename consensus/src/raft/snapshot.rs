@@ -70,11 +70,15 @@ pub struct SnapshotLimits {
 
 impl Default for SnapshotLimits {
     fn default() -> Self {
-        Self {
-            batch_bytes_max: 4 << 20,
-            batch_elements_max: 1000,
-        }
+        Self::DEFAULT
     }
+}
+
+impl SnapshotLimits {
+    pub const DEFAULT: Self = Self {
+        batch_bytes_max: 4 << 20,
+        batch_elements_max: 1000,
+    };
 }
 
 /// What a snapshot says about its topic before its records. `applied` is

@@ -73,6 +73,18 @@ struct Applied {
     membership: Membership,
 }
 
+/// The last log id `group`'s state machine applied, as stored (durable
+/// only after `RaftLogStore::persist_applied`).
+pub fn applied_log_id(
+    raft: &dyn RaftLogStore,
+    group: GroupId,
+) -> Result<Option<LogId<u64>>, Error> {
+    Ok(match raft.value(group, APPLIED)? {
+        Some(bytes) => decode::<Applied>(&bytes)?.last_applied,
+        None => None,
+    })
+}
+
 /// One topic's state machine.
 pub struct TopicStateMachine {
     store: Arc<dyn Store>,
@@ -656,11 +668,10 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
                 });
             }
             batch.push(Op::PutRaftValue(group, APPLIED.into(), encode(&applied)?));
-            // Unsynced: the log these entries come from is synced, and a crash
-            // that loses this batch makes openraft apply them again. Before
-            // the log is purged, its purge point is written synced, which
-            // makes this durable too (one WAL).
-            store.write_unsynced(&batch)?;
+            // Off the write-ahead log: the log these entries come from is
+            // synced, and a crash that loses this batch makes openraft apply
+            // them again. The log is purged only after `persist_applied`.
+            store.write_applied(&batch)?;
             Ok((machine, windows, directory, handlers, applied, results))
         });
         let (machine, windows, directory, handlers, applied, results) = match outcome {

@@ -18,6 +18,28 @@ pub fn run_all<S: Store>(mut fresh: impl FnMut() -> S) {
     delete_topic_leaves_others(&fresh());
     producer_windows_round_trip(&fresh());
     effects_are_indexed_found_and_trimmed(&fresh());
+    applied_writes_are_read_at_once(&fresh());
+}
+
+/// What a state machine applied is read back at once, in order with the
+/// other writes, whether or not it is durable yet.
+fn applied_writes_are_read_at_once<S: Store>(s: &S) {
+    s.write(&batch([Op::PutElement(TopicId(9), element(1, "logged"))]))
+        .unwrap();
+    s.write_applied(&batch([
+        Op::PutElement(TopicId(9), element(1, "applied")),
+        Op::PutElement(TopicId(9), element(2, "two")),
+    ]))
+    .unwrap();
+    s.write_unsynced(&batch([Op::PutElement(TopicId(9), element(3, "three"))]))
+        .unwrap();
+    let payloads: Vec<Bytes> = s
+        .scan(TopicId(9), 1, 10, 1 << 20)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.payload)
+        .collect();
+    assert_eq!(payloads, ["applied", "two", "three"].map(Bytes::from));
 }
 
 fn meta(id: u64, name: &str) -> TopicMeta {
@@ -272,6 +294,7 @@ pub fn run_raft_log<S: RaftLogStore>(mut fresh: impl FnMut() -> S) {
     raft_log_appends_handed_over(&fresh());
     raft_groups_are_listed(&fresh());
     raft_snapshots_are_kept(&fresh());
+    fresh().persist_applied().unwrap();
 }
 
 fn read_snapshot(mut f: super::SnapshotFile) -> Vec<u8> {

@@ -79,6 +79,18 @@ pub trait Store: Send + Sync + 'static {
         self.write(batch)
     }
 
+    /// Applies what a Raft state machine applied (`batch`, atomically),
+    /// and keeps it off the write-ahead log: the log entries it came from
+    /// are there already. A crash may lose any of these writes since the
+    /// last `persist_applied` (it keeps a prefix of
+    /// them, perhaps none), while the synced writes issued after them
+    /// survive; openraft then applies those entries again. So before a
+    /// group's log is purged, [`RaftLogStore::persist_applied`] must have
+    /// returned.
+    fn write_applied(&self, batch: &WriteBatch) -> Result<()> {
+        self.write_unsynced(batch)
+    }
+
     /// Every topic's metadata, in no particular order.
     fn topics(&self) -> Result<Vec<TopicMeta>>;
 

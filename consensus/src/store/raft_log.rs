@@ -75,8 +75,16 @@ pub trait RaftLogStore: Send + Sync + 'static {
     fn truncate_log(&self, group: GroupId, from: u64) -> Result<()>;
 
     /// Removes the entries with `index <= upto` (compacted into a snapshot).
-    /// Need not be synced: purging again after a crash is harmless.
+    /// Need not be synced: purging again after a crash is harmless. Call
+    /// [`persist_applied`](Self::persist_applied) first.
     fn purge_log(&self, group: GroupId, upto: u64) -> Result<()>;
+
+    /// Makes every [`Store::write_applied`](super::Store::write_applied) so
+    /// far durable. Slow (a RocksDB flush): for rare moments such as a log
+    /// purge.
+    fn persist_applied(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Stores a small named value of `group` (at most a few KiB). Synced.
     fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()>;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use openraft::{BasicNode, Raft};
 use woof_consensus::raft::TypeConfig;
-use woof_consensus::raft::group::{self, Timing};
+use woof_consensus::raft::group;
 use woof_consensus::raft::network::Transport;
 use woof_consensus::raft::state_machine::peek;
 use woof_consensus::store::{GROUP_ID_MIN, GroupId, Op, Store, WriteBatch, blocking};
@@ -62,6 +62,23 @@ impl Groups {
     /// a message or a client needs it (a node with thousands of quiet topics
     /// runs none of their groups).
     pub async fn load_all(&self) -> Result<usize> {
+        let store = self.store.clone();
+        let groups = blocking(move || store.groups()).await?;
+        // A crash takes back what the state machines applied since the
+        // store's last flush (`Store::write_applied`): apply their logs'
+        // committed entries again first, or a replica whose group sleeps
+        // would serve readers less than its log holds.
+        let mut caught_up = 0;
+        for group in groups.into_iter().filter(|g| g.0 >= GROUP_ID_MIN) {
+            match group::catch_up(self.store.clone(), group).await {
+                Ok(n) => caught_up += n,
+                // The group applies them when it runs.
+                Err(e) => tracing::warn!(group = group.0, "applying a log again: {e}"),
+            }
+        }
+        if caught_up > 0 {
+            tracing::info!(entries = caught_up, "applied again what a crash took back");
+        }
         let store = self.store.clone();
         let peeks = blocking(move || {
             let mut peeks = Vec::new();
@@ -145,7 +162,7 @@ impl Groups {
             self.store.clone(),
             self.transport.clone() as std::sync::Arc<dyn Transport>,
             &self.router,
-            Timing::default(),
+            self.timing,
             Some(&self.topics),
         )
         .await;

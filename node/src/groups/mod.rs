@@ -118,6 +118,8 @@ pub struct Groups {
     /// and waits for its outcome: the requests that woke a group together
     /// ask once (see `Groups::serving`).
     electing: Arc<Elections>,
+    /// Every group's timing and snapshot sizes.
+    timing: woof_consensus::raft::group::Timing,
 }
 
 /// The groups a request here has asked an election for (see
@@ -159,6 +161,7 @@ impl Groups {
         topics: Topics,
         client: Arc<dyn Net>,
         inbound: Vec<mpsc::Receiver<Inbound>>,
+        timing: woof_consensus::raft::group::Timing,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let tasks = TaskTracker::new();
         let stop = Arc::new(tokio::sync::watch::Sender::new(false));
@@ -181,6 +184,7 @@ impl Groups {
             counters,
             client,
             slots: Arc::default(),
+            timing,
             routes: Arc::default(),
             lanes: Arc::default(),
             tasks,

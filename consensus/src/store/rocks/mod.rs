@@ -40,6 +40,15 @@ const CF_META: &str = "meta";
 const CF_RAFT_LOG: &str = "raft_log";
 const CF_RAFT_VALUES: &str = "raft_values";
 const KEY_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
+const CFS: [&str; 7] = [
+    CF_TOPICS,
+    CF_ELEMENTS,
+    CF_PRODUCERS,
+    CF_EFFECTS,
+    CF_META,
+    CF_RAFT_LOG,
+    CF_RAFT_VALUES,
+];
 
 /// A node's RocksDB database.
 pub struct RocksStore {
@@ -129,16 +138,11 @@ impl RocksStore {
         opts.set_keep_log_file_num(4);
         // Bound the write-ahead log: past this, memtables are flushed.
         opts.set_max_total_wal_size(256 * 1024 * 1024);
-        let cfs = [
-            CF_TOPICS,
-            CF_ELEMENTS,
-            CF_PRODUCERS,
-            CF_EFFECTS,
-            CF_META,
-            CF_RAFT_LOG,
-            CF_RAFT_VALUES,
-        ]
-        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+        // What the state machines apply skips the write-ahead log
+        // (`write_applied`): flushing every column family at one point
+        // keeps such writes consistent with the rest across a crash.
+        opts.set_atomic_flush(true);
+        let cfs = CFS.map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             Error::Storage(format!(
                 "cannot open the database in {}: {e}",
@@ -245,6 +249,12 @@ impl Store for RocksStore {
 
     fn write_unsynced(&self, batch: &WriteBatch) -> Result<()> {
         self.written(self.db.write(self.batch(batch)?), "write")
+    }
+
+    fn write_applied(&self, batch: &WriteBatch) -> Result<()> {
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.disable_wal(true);
+        self.written(self.db.write_opt(self.batch(batch)?, &wo), "write applied")
     }
 
     fn topics(&self) -> Result<Vec<TopicMeta>> {
@@ -514,6 +524,15 @@ impl RaftLogStore for RocksStore {
         self.written(self.db.write(wb), "purge raft log")
     }
 
+    fn persist_applied(&self) -> Result<()> {
+        // With `atomic_flush`, every column family's memtable at once: the
+        // files on disk then hold one consistent point of all writes.
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(true);
+        let cfs: Vec<_> = CFS.iter().map(|name| self.cf(name)).collect();
+        self.written(self.db.flush_cfs_opt(&cfs, &fo), "persist applied")
+    }
+
     fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
         let mut wb = rocksdb::WriteBatch::default();
         wb.put_cf(self.cf(CF_RAFT_VALUES), value_key(group, name), value);
@@ -663,6 +682,70 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names, ["3.snap"]);
+    }
+
+    /// A copy of the open database's files, as a crash of the process
+    /// would leave them (nothing flushed on the way out), opened.
+    fn crashed_copy(from: &Path, to: &Path) -> RocksStore {
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() && entry.file_name() != "LOCK" {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+        RocksStore::open(to).unwrap()
+    }
+
+    #[test]
+    fn applied_writes_skip_the_wal_until_persisted_and_logged_ones_do_not() {
+        let (dir, copy1, copy2) = (
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+            tempfile::tempdir().unwrap(),
+        );
+        let (topic, group) = (TopicId(7), GroupId(7));
+        let put = |seq: u64| {
+            let mut b = WriteBatch::default();
+            b.put_element(
+                topic,
+                Element {
+                    seq,
+                    payload: bytes::Bytes::from(vec![seq as u8; 16]),
+                    append_time_ms: 0,
+                    cause: None,
+                    handler: None,
+                },
+            );
+            b
+        };
+        let store = RocksStore::open(dir.path()).unwrap();
+        store.append_log(group, &[(1, b"one".to_vec())]).unwrap();
+        store.write_unsynced(&put(1)).unwrap();
+        store.write_applied(&put(2)).unwrap();
+        store.put_value(group, "after", b"synced").unwrap();
+
+        let crashed = crashed_copy(dir.path(), copy1.path());
+        assert!(
+            crashed.get(topic, 1).unwrap().is_some(),
+            "a logged write survives"
+        );
+        assert_eq!(
+            crashed.get(topic, 2).unwrap(),
+            None,
+            "an applied one is lost"
+        );
+        assert_eq!(crashed.value(group, "after").unwrap().unwrap(), b"synced");
+        assert_eq!(crashed.read_log(group, 1, 2, 10).unwrap().len(), 1);
+
+        store.persist_applied().unwrap();
+        store.write_applied(&put(3)).unwrap();
+        let crashed = crashed_copy(dir.path(), copy2.path());
+        assert_eq!(
+            crashed.get(topic, 2).unwrap().unwrap().payload,
+            vec![2u8; 16]
+        );
+        assert_eq!(crashed.get(topic, 3).unwrap(), None);
+        assert_eq!(crashed.last_seq(topic).unwrap(), 2);
     }
 
     #[test]
