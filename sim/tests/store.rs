@@ -279,25 +279,40 @@ mod purge {
     }
 
     /// A purge past what the state machine applied (openraft 0.9 purges a
-    /// follower's log before the state machine installs the snapshot that
-    /// covers it) purges only what was applied.
-    #[tokio::test]
-    async fn a_purge_stops_at_what_was_applied() {
+    /// follower's log before the state machine has installed the snapshot
+    /// that covers it) waits until it is applied; one that never is fails,
+    /// purging nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_purge_waits_for_the_state_machine_to_apply_what_it_purges() {
         let s = Arc::new(SimStore::new());
         let mut sm = TopicStateMachine::open(s.clone(), s.clone(), GROUP)
             .await
             .unwrap();
         sm.apply(applied_entries()).await.unwrap();
         let mut log = LogStore::new(s.clone(), GROUP, 1);
-        log.purge(log_id(9)).await.unwrap();
-        let state = log.get_log_state().await.unwrap();
-        assert_eq!(state.last_purged_log_id, Some(log_id(2)));
+        let purge = tokio::spawn(async move { log.purge(log_id(3)).await.map(|()| log) });
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        assert!(
+            !purge.is_finished(),
+            "the purge went ahead of the state machine"
+        );
+        let third = Command::Append {
+            payloads: vec![bytes::Bytes::from_static(b"two")],
+            producer: None,
+            time_ms: 3,
+            cause: None,
+            handler: None,
+        };
+        sm.apply(vec![entry(3, third)]).await.unwrap();
+        let mut log = purge.await.unwrap().unwrap();
+        let purged = |state: openraft::storage::LogState<TypeConfig>| state.last_purged_log_id;
+        assert_eq!(purged(log.get_log_state().await.unwrap()), Some(log_id(3)));
+
+        assert!(log.purge(log_id(9)).await.is_err());
+        assert_eq!(purged(log.get_log_state().await.unwrap()), Some(log_id(3)));
         // As asked, for openraft's storage suite.
         let mut log = LogStore::new(s.clone(), GROUP, 1).purging_as_asked();
         log.purge(log_id(9)).await.unwrap();
-        assert_eq!(
-            log.get_log_state().await.unwrap().last_purged_log_id,
-            Some(log_id(9))
-        );
+        assert_eq!(purged(log.get_log_state().await.unwrap()), Some(log_id(9)));
     }
 }

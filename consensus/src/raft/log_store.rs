@@ -19,6 +19,10 @@ use crate::store::{GroupId, RaftLogStore, wait_for_disk};
 const VOTE: &str = "vote";
 const COMMITTED: &str = "committed";
 const LAST_PURGED: &str = "last_purged";
+/// How long a purge waits for the state machine to apply what it purges
+/// (a snapshot being installed), and how often it looks.
+const PURGE_WAITS_FOR_APPLY: std::time::Duration = std::time::Duration::from_secs(30);
+const PURGE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// One group's log on node `node`. Cheap to clone: clones share the store.
 #[derive(Clone)]
@@ -254,30 +258,35 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // state machine, before the install is done: an install that fails,
         // or a crash before it ends, would leave the replica behind a
         // purged log, unable to start again (openraft then finds its purge
-        // point past its snapshot, and panics; seen in the simulator). What
-        // is left here is purged with the next snapshot. Read before the
-        // flush below, so that the flush covers it.
-        let log_id = if self.purge_applied_only {
-            let (store, group) = (self.store.clone(), self.group);
-            let applied = blocking(move || state_machine::applied_log_id(&*store, group))
-                .await
-                .map_err(write_err)?;
-            match applied {
-                Some(applied) if applied.index < log_id.index => {
-                    tracing::debug!(
-                        group = self.group.0,
-                        "purging the log up to {} of {}: the state machine is not further",
-                        applied.index,
-                        log_id.index
-                    );
-                    applied
+        // point past its snapshot, and panics; seen in the simulator). So
+        // the purge waits for the install (the state machine's own task
+        // runs it meanwhile); if it never ends, the purge fails, which
+        // stops the group with nothing purged. (Purging only what was
+        // applied instead left holes below the snapshot that the next
+        // start could not read.) Read before the flush below, so that the
+        // flush covers it.
+        if self.purge_applied_only {
+            let deadline = tokio::time::Instant::now() + PURGE_WAITS_FOR_APPLY;
+            loop {
+                let (store, group) = (self.store.clone(), self.group);
+                let applied = blocking(move || state_machine::applied_log_id(&*store, group))
+                    .await
+                    .map_err(read_err)?;
+                if applied.is_some_and(|a| a.index >= log_id.index) {
+                    break;
                 }
-                Some(_) => log_id,
-                None => return Ok(()),
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(write_err(Error::Storage(format!(
+                        "purging the log of group {} up to {}: its state machine applied \
+                         only {:?} within {PURGE_WAITS_FOR_APPLY:?}",
+                        self.group.0,
+                        log_id.index,
+                        applied.map(|a| a.index)
+                    ))));
+                }
+                tokio::time::sleep(PURGE_POLL).await;
             }
-        } else {
-            log_id
-        };
+        }
         let purged: Option<LogId<u64>> = self.value(LAST_PURGED).await.map_err(read_err)?;
         if purged.is_some_and(|p| p.index >= log_id.index) {
             return Ok(());

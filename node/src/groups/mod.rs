@@ -199,7 +199,13 @@ impl Groups {
             waking
                 .tasks
                 .spawn(async move {
-                    let raft = groups.wake(group).await.ok().flatten()?;
+                    let raft = match groups.wake(group).await {
+                        Ok(raft) => raft?,
+                        Err(e) => {
+                            tracing::warn!(group = group.0, "waking the group: {e}");
+                            return None;
+                        }
+                    };
                     let unregistered = groups.router.get(group).is_none();
                     if unregistered && bugs::on(Bug::RestartedGroupUnreachable) {
                         return None;
