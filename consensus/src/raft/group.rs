@@ -6,10 +6,11 @@ use openraft::error::{CheckIsLeaderError, RaftError};
 use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
 
 use super::TypeConfig;
+use super::blocking;
 use super::log_store::LogStore;
 use super::network::{NetworkFactory, Router, Transport};
 use super::snapshot::SnapshotLimits;
-use super::state_machine::TopicStateMachine;
+use super::state_machine::{self, TopicStateMachine};
 use crate::bugs::{self, Bug};
 use crate::error::Error;
 use crate::local::Topics;
@@ -131,10 +132,17 @@ pub async fn catch_up(store: Arc<dyn GroupStore>, group: GroupId) -> Result<u64,
     use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
     let storage =
         |e: openraft::StorageError<u64>| Error::Storage(format!("group {}: {e}", group.0));
+    // Only reads and applies: the node id (which appends use) is not needed.
     let mut log = LogStore::new(store.clone(), group, 0);
     let Some(committed) = log.read_committed().await.map_err(storage)? else {
         return Ok(0);
     };
+    // One key to read for a group that is not behind (most, at every start).
+    let (s, g) = (store.clone(), group);
+    let applied = blocking(move || state_machine::applied_log_id(&*s, g)).await?;
+    if applied.is_some_and(|a| a.index >= committed.index) {
+        return Ok(0);
+    }
     let mut sm = TopicStateMachine::open(store.clone(), store, group).await?;
     let (applied, _) = sm.applied_state().await.map_err(storage)?;
     let mut next = applied.map_or(0, |l| l.index + 1);

@@ -253,6 +253,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+        // Already purged: nothing to wait for.
+        let purged: Option<LogId<u64>> = self.value(LAST_PURGED).await.map_err(read_err)?;
+        if purged.is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
         // Never past what the state machine applied. openraft 0.9 purges a
         // follower's log as soon as it hands a leader's snapshot to the
         // state machine, before the install is done: an install that fails,
@@ -286,10 +291,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
                 tokio::time::sleep(PURGE_POLL).await;
             }
-        }
-        let purged: Option<LogId<u64>> = self.value(LAST_PURGED).await.map_err(read_err)?;
-        if purged.is_some_and(|p| p.index >= log_id.index) {
-            return Ok(());
         }
         // What the state machine applied from these entries may still be
         // only in memory (`Store::write_applied`): once they are gone, a
