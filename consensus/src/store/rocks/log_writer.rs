@@ -131,7 +131,9 @@ fn run(db: &DB, failure: &OnceLock<String>, waiting: &mpsc::Receiver<Append>) {
     }
 }
 
-/// Writes `appends` as one batch, synced.
+/// Writes `appends` as one batch, then writes out and syncs the
+/// write-ahead log (manual flush, see `RocksStore::open`): the sync runs
+/// outside RocksDB's write queue, so other writes go on meanwhile.
 fn write(db: &DB, failure: &OnceLock<String>, appends: &[Append]) -> Result<()> {
     let cf = db
         .cf_handle(CF_RAFT_LOG)
@@ -140,7 +142,6 @@ fn write(db: &DB, failure: &OnceLock<String>, appends: &[Append]) -> Result<()> 
     for append in appends {
         put_log(&mut wb, cf, append.group, &append.entries);
     }
-    let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(true);
-    written(failure, db.write_opt(wb, &wo), "append raft log")
+    written(failure, db.write(wb), "append raft log")?;
+    written(failure, db.flush_wal(true), "sync raft log")
 }
