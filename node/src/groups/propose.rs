@@ -7,12 +7,21 @@
 //! append that finds the group's proposer idle commits itself. Appends that
 //! arrive meanwhile queue; when it is done, a task commits what queued, in
 //! batches, until the queue is empty (flat combining).
+//!
+//! A few clients at once would otherwise split into two halves that take
+//! turns (each half's clients send their next append while the other
+//! half's round runs): two rounds per append, each round half full. So once
+//! a round has committed several appends, the next waits a little
+//! ([`linger`]) for as many more to queue as it committed, their clients
+//! having just been answered: one round per append, twice as full.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use openraft::BasicNode;
-use tokio::sync::oneshot;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::GroupId;
 
@@ -45,9 +54,23 @@ pub(super) struct Proposer {
     queue: VecDeque<Proposal>,
     /// The payload bytes in `queue`.
     queued_bytes: usize,
+    /// Told when an append queues (a lingering commit waits for it).
+    queued: Arc<Notify>,
 }
 
+/// The longest a commit waits for appends to gather (see [`linger`]).
+const LINGER_MAX: Duration = Duration::from_millis(2);
+
 pub(super) type Shared = Arc<Mutex<Proposer>>;
+
+impl Proposer {
+    /// Queues `proposal` and tells a lingering commit.
+    fn push(&mut self, proposal: Proposal) {
+        self.queued_bytes += bytes(&proposal.command);
+        self.queue.push_back(proposal);
+        self.queued.notify_one();
+    }
+}
 
 fn bytes(command: &Command) -> usize {
     match command {
@@ -87,8 +110,7 @@ impl Groups {
                 return ControlReply::Refused(woof_consensus::Error::LimitReached(full));
             } else {
                 let (reply, answer) = oneshot::channel();
-                p.queued_bytes += bytes(&command);
-                p.queue.push_back(Proposal { command, reply });
+                p.push(Proposal { command, reply });
                 Err(answer)
             }
         };
@@ -191,10 +213,41 @@ fn next_batch(proposer: &Shared) -> Option<Vec<Proposal>> {
 async fn drain(groups: Groups, group: GroupId, proposer: Shared, first: Vec<Proposal>) {
     let mut batch = first;
     loop {
+        let (took, started) = (batch.len(), Instant::now());
         commit(&groups, group, batch).await;
+        linger(&proposer, took, (started.elapsed() / 4).min(LINGER_MAX)).await;
         match next_batch(&proposer) {
             Some(next) => batch = next,
             None => return,
+        }
+    }
+}
+
+/// After a round that committed `took` appends: if it took several, waits
+/// until as many more have queued (their clients were just answered and
+/// send their next), the next round's bytes are full, or `wait` is over (a
+/// quarter of the round just made, at most [`LINGER_MAX`]), so that they
+/// share the next round rather than split into two. One client alone never
+/// waits: it has nobody to share with.
+async fn linger(proposer: &Shared, took: usize, wait: Duration) {
+    if took < 2 {
+        return;
+    }
+    let until = Instant::now() + wait;
+    let target = (lock(proposer).queue.len() + took).min(BATCH.items_max);
+    loop {
+        let queued = {
+            let p = lock(proposer);
+            if p.queue.len() >= target || p.queued_bytes >= BATCH.bytes_max {
+                return;
+            }
+            p.queued.clone()
+        };
+        if tokio::time::timeout_at(until, queued.notified())
+            .await
+            .is_err()
+        {
+            return;
         }
     }
 }
@@ -280,18 +333,60 @@ mod tests {
         }
     }
 
+    fn proposal(size: usize) -> Proposal {
+        let (reply, _) = oneshot::channel();
+        Proposal {
+            command: append(size),
+            reply,
+        }
+    }
+
     fn queued(sizes: &[usize]) -> Proposer {
         let mut p = Proposer {
             busy: true,
             ..Proposer::default()
         };
         for &size in sizes {
-            let (reply, _) = oneshot::channel();
-            let command = append(size);
-            p.queued_bytes += bytes(&command);
-            p.queue.push_back(Proposal { command, reply });
+            p.push(proposal(size));
         }
         p
+    }
+
+    /// A wait no test reaches unless the linger is wrong.
+    const LONG: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn a_round_of_several_waits_for_as_many_more_to_queue() {
+        let shared: Shared = Arc::new(Mutex::new(queued(&[10])));
+        let clients = shared.clone();
+        tokio::spawn(async move {
+            for _ in 0..2 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                lock(&clients).push(proposal(10));
+            }
+        });
+        let started = Instant::now();
+        linger(&shared, 2, LONG).await;
+        assert_eq!(lock(&shared).queue.len(), 3, "the one waiting and two more");
+        assert!(started.elapsed() >= Duration::from_millis(40));
+        assert!(started.elapsed() < LONG / 2, "it waited for nothing more");
+    }
+
+    #[tokio::test]
+    async fn a_linger_ends_when_nobody_comes() {
+        let shared: Shared = Arc::new(Mutex::new(queued(&[])));
+        let started = Instant::now();
+        linger(&shared, 3, Duration::from_millis(50)).await;
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(started.elapsed() < LONG / 2);
+    }
+
+    #[tokio::test]
+    async fn one_client_alone_or_a_full_round_does_not_linger() {
+        let started = Instant::now();
+        linger(&Arc::new(Mutex::new(queued(&[]))), 1, LONG).await;
+        linger(&Arc::new(Mutex::new(queued(&[BATCH.bytes_max]))), 4, LONG).await;
+        assert!(started.elapsed() < LONG / 2);
     }
 
     #[test]
