@@ -19,10 +19,11 @@ use anyhow::{Context, bail};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
-use openraft::{BasicNode, Raft};
+use openraft::BasicNode;
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Router, Transport};
-use woof_consensus::raft::{Command, TypeConfig};
+use woof_consensus::raft::Command;
 use woof_consensus::store::{GROUP_ID_MIN, GroupId, RocksStore};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 
@@ -70,7 +71,7 @@ pub async fn run(replicas: u64, appends: usize) -> anyhow::Result<Report> {
     let mut report = Report::new(probe_machine(dir.path())?);
     let net = Arc::new(InProcess::default());
     let group = GroupId(GROUP_ID_MIN);
-    let mut rafts: Vec<Raft<TypeConfig>> = Vec::new();
+    let mut rafts: Vec<Raft> = Vec::new();
     for id in 1..=replicas {
         let router = Router::default();
         net.routers
@@ -105,7 +106,7 @@ pub async fn run(replicas: u64, appends: usize) -> anyhow::Result<Report> {
         .context("no leader")?;
     let raft = rafts
         .iter()
-        .find(|r| r.metrics().borrow().id == leader)
+        .find(|r| r.metrics().borrow_watched().id == leader)
         .context("the leader is not one of the replicas")?
         .clone();
     let meta = TopicMeta {

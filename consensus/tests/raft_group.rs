@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use openraft::{BasicNode, Raft};
+use openraft::BasicNode;
+use woof_consensus::raft::Raft;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Router, Transport};
-use woof_consensus::raft::{Command, CommandResult, TypeConfig};
+use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::{GroupId, MemStore, Store};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_consensus::{Error, Start, Subscription, SystemClock, Topics};
@@ -69,7 +70,7 @@ struct Node {
     store: Arc<MemStore>,
     /// What the group applies, as readers see it.
     topics: Topics,
-    raft: Raft<TypeConfig>,
+    raft: Raft,
 }
 
 const GROUP: GroupId = GroupId(9);
@@ -129,7 +130,7 @@ async fn leader(nodes: &[Node], skip: Option<u64>) -> u64 {
 }
 
 /// Creates the group's topic, `farm/replicated`, through its leader.
-async fn create(leader: &Raft<TypeConfig>) {
+async fn create(leader: &Raft) {
     let meta = TopicMeta {
         id: TopicId(GROUP.0),
         name: TopicName::new("farm/replicated").unwrap(),
@@ -147,7 +148,7 @@ async fn create(leader: &Raft<TypeConfig>) {
     );
 }
 
-async fn append(raft: &Raft<TypeConfig>, payload: String) -> u64 {
+async fn append(raft: &Raft, payload: String) -> u64 {
     let r = raft
         .client_write(Command::Append {
             payloads: vec![bytes::Bytes::from(payload.into_bytes())],
@@ -237,7 +238,7 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
     let follower = &nodes[first as usize % 3].raft;
     let err = follower.client_write(Command::Delete).await.unwrap_err();
     let forward = err
-        .forward_to_leader::<BasicNode>()
+        .forward_to_leader()
         .expect("forward to leader");
     assert_eq!(forward.leader_id, Some(first));
 

@@ -11,14 +11,16 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-use openraft::{BasicNode, CommittedLeaderId, Entry, EntryPayload, LogId, Raft};
+use openraft_legacy::network_v1::SnapshotReceiverFactory;
+use openraft::BasicNode;
+use woof_consensus::raft::{Entry, EntryPayload, Raft, WatchReceiver, log_id};
 use woof_consensus::Error;
 use woof_consensus::codec::decode;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Envelope, Router, Rpc, Transport};
 use woof_consensus::raft::snapshot::SnapshotLimits;
 use woof_consensus::raft::state_machine::TopicStateMachine;
-use woof_consensus::raft::{Command, TypeConfig};
+use woof_consensus::raft::Command;
 use woof_consensus::store::{
     GroupId, GroupStore, MemStore, Op, RaftLogStore, RocksStore, SnapshotFile, Store, WriteBatch,
 };
@@ -292,7 +294,7 @@ fn timing() -> Timing {
     }
 }
 
-async fn start(id: u64, store: Arc<dyn GroupStore>, net: &Arc<Net>) -> Raft<TypeConfig> {
+async fn start(id: u64, store: Arc<dyn GroupStore>, net: &Arc<Net>) -> Raft {
     let router = Router::default();
     net.routers
         .lock()
@@ -332,7 +334,7 @@ async fn new_replica_from_snapshot<S: GroupStore>(leader: S, follower: S) {
         .await
         .unwrap();
     until("node 1 leads", || {
-        raft1.metrics().borrow().current_leader == Some(1)
+        raft1.metrics().borrow_watched().current_leader == Some(1)
     })
     .await;
     raft1.client_write(Command::Create(meta())).await.unwrap();
@@ -345,20 +347,20 @@ async fn new_replica_from_snapshot<S: GroupStore>(leader: S, follower: S) {
     }
     // The metrics may lag behind the writes: wait for a snapshot that holds
     // at least what they show, then purge the log up to it.
-    let applied = raft1.metrics().borrow().last_applied.unwrap();
+    let applied = raft1.metrics().borrow_watched().last_applied.unwrap();
     raft1.trigger().snapshot().await.unwrap();
     until("the snapshot is built", || {
         raft1
             .metrics()
-            .borrow()
+            .borrow_watched()
             .snapshot
             .is_some_and(|s| s >= applied)
     })
     .await;
-    let built = raft1.metrics().borrow().snapshot.unwrap();
+    let built = raft1.metrics().borrow_watched().snapshot.unwrap();
     raft1.trigger().purge_log(built.index).await.unwrap();
     until("the log is purged", || {
-        raft1.metrics().borrow().purged == Some(built)
+        raft1.metrics().borrow_watched().purged == Some(built)
     })
     .await;
 
@@ -368,9 +370,9 @@ async fn new_replica_from_snapshot<S: GroupStore>(leader: S, follower: S) {
         .add_learner(2, BasicNode::new("n2"), true)
         .await
         .unwrap();
-    let want = raft1.metrics().borrow().last_applied;
+    let want = raft1.metrics().borrow_watched().last_applied;
     until("node 2 applied what node 1 did", || {
-        raft2.metrics().borrow().last_applied >= want
+        raft2.metrics().borrow_watched().last_applied >= want
     })
     .await;
 
@@ -433,9 +435,9 @@ async fn a_topic_larger_than_the_bounds_reaches_a_new_replica_in_memory() {
     new_replica_from_snapshot(MemStore::new(), MemStore::new()).await;
 }
 
-fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+fn entry(index: u64, command: Command) -> Entry {
     Entry {
-        log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+        log_id: log_id(1, 1, index),
         payload: EntryPayload::Normal(command),
     }
 }
@@ -453,7 +455,7 @@ async fn an_interrupted_install_is_finished_on_open() {
     for (i, first) in (1..=100).step_by(10).enumerate() {
         entries.push(entry(i as u64 + 2, append(first..first + 10, None)));
     }
-    sm.apply(entries).await.unwrap();
+    sm.apply_entries(entries).await.unwrap();
     let snapshot = sm
         .get_snapshot_builder()
         .await
@@ -472,7 +474,7 @@ async fn an_interrupted_install_is_finished_on_open() {
             batch_elements_max: 1000,
         });
     replica
-        .apply(vec![
+        .apply_entries(vec![
             entry(1, Command::Create(meta())),
             entry(2, append(1..11, None)),
         ])
@@ -513,7 +515,7 @@ async fn a_corrupt_snapshot_is_an_error_and_changes_nothing() {
     let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
         .await
         .unwrap();
-    sm.apply(vec![
+    sm.apply_entries(vec![
         entry(1, Command::Create(meta())),
         entry(2, append(1..4, None)),
     ])
@@ -576,7 +578,7 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
         })
     };
     let results = sm
-        .apply(vec![
+        .apply_entries(vec![
             entry(1, Command::Create(meta())),
             entry(2, append(1..11, None)),
             entry(

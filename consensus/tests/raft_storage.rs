@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use openraft::StorageError;
-use openraft::testing::{StoreBuilder, Suite};
+use openraft::testing::log::{StoreBuilder, Suite};
 use woof_consensus::raft::TypeConfig;
 use woof_consensus::raft::log_store::LogStore;
 use woof_consensus::raft::state_machine::TopicStateMachine;
@@ -12,7 +12,7 @@ use woof_consensus::store::{GroupId, MemStore, RaftLogStore, RocksStore, Store};
 
 async fn build<S: Store + RaftLogStore>(
     store: S,
-) -> Result<(LogStore, TopicStateMachine), StorageError<u64>> {
+) -> Result<(LogStore, TopicStateMachine), StorageError<TypeConfig>> {
     let store = Arc::new(store);
     let group = GroupId(42);
     // The suite purges logs it never applies.
@@ -26,7 +26,7 @@ async fn build<S: Store + RaftLogStore>(
 struct InMemory;
 
 impl StoreBuilder<TypeConfig, LogStore, TopicStateMachine, ()> for InMemory {
-    async fn build(&self) -> Result<((), LogStore, TopicStateMachine), StorageError<u64>> {
+    async fn build(&self) -> Result<((), LogStore, TopicStateMachine), StorageError<TypeConfig>> {
         let (log, sm) = build(MemStore::new()).await?;
         Ok(((), log, sm))
     }
@@ -37,34 +37,33 @@ struct OnRocks;
 impl StoreBuilder<TypeConfig, LogStore, TopicStateMachine, tempfile::TempDir> for OnRocks {
     async fn build(
         &self,
-    ) -> Result<(tempfile::TempDir, LogStore, TopicStateMachine), StorageError<u64>> {
+    ) -> Result<(tempfile::TempDir, LogStore, TopicStateMachine), StorageError<TypeConfig>> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (log, sm) = build(RocksStore::open(dir.path()).expect("open rocksdb")).await?;
         Ok((dir, log, sm))
     }
 }
 
-#[test]
-fn openraft_suite_in_memory() {
-    Suite::test_all(InMemory).unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_suite_in_memory() {
+    Suite::test_all(InMemory).await.unwrap();
 }
 
-#[test]
-fn openraft_suite_on_rocksdb() {
-    Suite::test_all(OnRocks).unwrap();
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openraft_suite_on_rocksdb() {
+    Suite::test_all(OnRocks).await.unwrap();
 }
 
 mod topic_state_machine {
     use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
-    use woof_consensus::raft::{Command, CommandResult};
+    use woof_consensus::raft::{Command, CommandResult, Entry, EntryPayload, log_id};
     use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 
     use super::*;
 
-    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    fn entry(index: u64, command: Command) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            log_id: log_id(1, 0, index),
             payload: EntryPayload::Normal(command),
         }
     }
@@ -102,7 +101,7 @@ mod topic_state_machine {
             .await
             .unwrap();
         let results = sm
-            .apply(vec![
+            .apply_entries(vec![
                 entry(1, append(&["early"], None)),
                 entry(2, Command::Create(meta())),
                 entry(3, append(&["a", "b"], Some(("p", 1)))),
@@ -161,7 +160,7 @@ mod topic_state_machine {
         let e = other.get(TopicId(42), 4).unwrap().unwrap();
         assert_eq!(&e.payload[..], b"d");
         let results = replica
-            .apply(vec![entry(7, append(&["a", "b"], Some(("p", 1))))])
+            .apply_entries(vec![entry(7, append(&["a", "b"], Some(("p", 1))))])
             .await
             .unwrap();
         let CommandResult::Appended(retry) = &results[0] else {
@@ -176,7 +175,7 @@ mod topic_state_machine {
         // one entry: a producer's retry inside it is recognised, a bad one
         // refused alone, and a nested batch refused.
         let results = replica
-            .apply(vec![entry(
+            .apply_entries(vec![entry(
                 8,
                 Command::Batch(vec![
                     append(&["e"], Some(("q", 7))),
@@ -212,7 +211,7 @@ mod topic_state_machine {
 
         // Delete removes the topic.
         let results = replica
-            .apply(vec![entry(9, Command::Delete)])
+            .apply_entries(vec![entry(9, Command::Delete)])
             .await
             .unwrap();
         assert_eq!(results[0], CommandResult::Deleted);

@@ -7,8 +7,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use openraft::{BasicNode, Raft};
-use woof_consensus::raft::{Command, CommandResult, TypeConfig};
+use openraft::BasicNode;
+use woof_consensus::raft::{Raft, WatchReceiver};
+use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_node::server::Node;
@@ -16,12 +17,12 @@ use woof_overlay::ClusterKey;
 
 const GROUP: GroupId = GroupId(GROUP_ID_MIN + 1);
 
-async fn leader(rafts: &[Raft<TypeConfig>], not: Option<u64>) -> usize {
+async fn leader(rafts: &[Raft], not: Option<u64>) -> usize {
     for _ in 0..200 {
         for r in rafts {
             if let Some(l) = r.current_leader().await
                 && Some(l) != not
-                && let Some(i) = rafts.iter().position(|r| r.metrics().borrow().id == l)
+                && let Some(i) = rafts.iter().position(|r| r.metrics().borrow_watched().id == l)
             {
                 return i;
             }
@@ -31,7 +32,7 @@ async fn leader(rafts: &[Raft<TypeConfig>], not: Option<u64>) -> usize {
     panic!("no leader within 10 s");
 }
 
-async fn append(raft: &Raft<TypeConfig>, payload: &str) -> u64 {
+async fn append(raft: &Raft, payload: &str) -> u64 {
     for _ in 0..100 {
         let written = raft
             .client_write(Command::Append {
@@ -120,7 +121,7 @@ async fn a_group_replicates_over_the_overlay_and_survives_a_node_stopping() {
     converged(&all, 100).await;
 
     // Stop the leader's node entirely; the other two carry on.
-    let old = rafts[l].metrics().borrow().id;
+    let old = rafts[l].metrics().borrow_watched().id;
     let mut nodes = nodes;
     let stopped = nodes.remove(l);
     rafts.remove(l);
@@ -201,7 +202,7 @@ async fn a_node_outside_the_group_creates_it_and_writes_through_the_leader() {
     assert!(seqs(&nodes[3]).is_empty(), "the outsider holds nothing");
 
     // Stop whichever member leads; writes from the outsider go on.
-    let rafts: Vec<Raft<TypeConfig>> = nodes[..3]
+    let rafts: Vec<Raft> = nodes[..3]
         .iter()
         .map(|n| n.groups().unwrap().start(GROUP))
         .collect::<futures::future::JoinAll<_>>()

@@ -61,6 +61,10 @@
 //! itself (Kademlia's routing, Identify, the heartbeats behind the member
 //! view) and gRPC.
 
+// openraft 0.10's futures are deep: laying out the admin calls that await
+// them passes the default limit of 128.
+#![recursion_limit = "256"]
+
 #[cfg(not(tokio_unstable))]
 compile_error!(
     "woof-sim needs tokio's unstable API to seed the runtime (`--cfg tokio_unstable`, set in .cargo/config.toml); a RUSTFLAGS variable overrides that file"

@@ -199,11 +199,10 @@ mod purge {
     use std::sync::Arc;
 
     use openraft::storage::{RaftLogStorage, RaftStateMachine};
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
     use woof_consensus::bugs::Bug;
     use woof_consensus::raft::log_store::LogStore;
     use woof_consensus::raft::state_machine::TopicStateMachine;
-    use woof_consensus::raft::{Command, TypeConfig};
+    use woof_consensus::raft::{Command, Entry, EntryPayload, LogId, TypeConfig};
     use woof_consensus::store::GroupId;
     use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
     use woof_sim::rng::SimRng;
@@ -211,18 +210,18 @@ mod purge {
 
     const GROUP: GroupId = GroupId(1 << 62 | 5);
 
-    fn log_id(index: u64) -> LogId<u64> {
-        LogId::new(CommittedLeaderId::new(1, 1), index)
+    fn log_id(index: u64) -> LogId {
+        woof_consensus::raft::log_id(1, 1, index)
     }
 
-    fn entry(index: u64, command: Command) -> Entry<TypeConfig> {
+    fn entry(index: u64, command: Command) -> Entry {
         Entry {
             log_id: log_id(index),
             payload: EntryPayload::Normal(command),
         }
     }
 
-    fn applied_entries() -> Vec<Entry<TypeConfig>> {
+    fn applied_entries() -> Vec<Entry> {
         let meta = TopicMeta {
             id: TopicId(GROUP.0),
             name: TopicName::new("purge/test").unwrap(),
@@ -259,7 +258,7 @@ mod purge {
             let mut sm = TopicStateMachine::open(s.clone(), s.clone(), GROUP)
                 .await
                 .unwrap();
-            sm.apply(applied_entries()).await.unwrap();
+            sm.apply_entries(applied_entries()).await.unwrap();
             if purge {
                 woof_consensus::bugs::set(bug.then_some(Bug::PurgeBeforePersist));
                 let purged = LogStore::new(s.clone(), GROUP, 1).purge(log_id(2)).await;
@@ -288,7 +287,7 @@ mod purge {
         let mut sm = TopicStateMachine::open(s.clone(), s.clone(), GROUP)
             .await
             .unwrap();
-        sm.apply(applied_entries()).await.unwrap();
+        sm.apply_entries(applied_entries()).await.unwrap();
         let mut log = LogStore::new(s.clone(), GROUP, 1);
         let purge = tokio::spawn(async move { log.purge(log_id(3)).await.map(|()| log) });
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
@@ -303,7 +302,7 @@ mod purge {
             cause: None,
             handler: None,
         };
-        sm.apply(vec![entry(3, third)]).await.unwrap();
+        sm.apply_entries(vec![entry(3, third)]).await.unwrap();
         let mut log = purge.await.unwrap().unwrap();
         let purged = |state: openraft::storage::LogState<TypeConfig>| state.last_purged_log_id;
         assert_eq!(purged(log.get_log_state().await.unwrap()), Some(log_id(3)));

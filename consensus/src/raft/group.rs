@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use openraft::error::{CheckIsLeaderError, RaftError};
-use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use openraft::async_runtime::WatchReceiver;
+use openraft::error::{LinearizableReadError, RaftError};
+use openraft::{Config, ReadPolicy, SnapshotPolicy};
 
-use super::TypeConfig;
-use super::blocking;
+use super::{Raft, TypeConfig, blocking};
 use super::log_store::LogStore;
 use super::network::{NetworkFactory, Router, Transport};
 use super::snapshot::SnapshotLimits;
@@ -81,7 +81,7 @@ pub async fn start(
     router: &Router,
     timing: Timing,
     readers: Option<&Topics>,
-) -> Result<Raft<TypeConfig>, Error> {
+) -> Result<Raft, Error> {
     let config = Config {
         cluster_name: "woof".into(),
         heartbeat_interval: timing.heartbeat_ms,
@@ -130,8 +130,7 @@ const CATCH_UP_ENTRIES: u64 = 256;
 /// committed. How many entries it applied.
 pub async fn catch_up(store: Arc<dyn GroupStore>, group: GroupId) -> Result<u64, Error> {
     use openraft::storage::{RaftLogReader, RaftLogStorage, RaftStateMachine};
-    let storage =
-        |e: openraft::StorageError<u64>| Error::Storage(format!("group {}: {e}", group.0));
+    let storage = |e: std::io::Error| Error::Storage(format!("group {}: {e}", group.0));
     // Only reads and applies: the node id (which appends use) is not needed.
     let mut log = LogStore::new(store.clone(), group, 0);
     let Some(committed) = log.read_committed().await.map_err(storage)? else {
@@ -157,7 +156,7 @@ pub async fn catch_up(store: Arc<dyn GroupStore>, group: GroupId) -> Result<u64,
         }
         next = entries.last().map_or(to, |e| e.log_id.index) + 1;
         count += entries.len() as u64;
-        sm.apply(entries).await.map_err(storage)?;
+        sm.apply_entries(entries).await.map_err(storage)?;
     }
     Ok(count)
 }
@@ -175,21 +174,21 @@ pub async fn catch_up(store: Arc<dyn GroupStore>, group: GroupId) -> Result<u64,
 /// syncs an entry before it sends it to anyone). They commit as soon as a
 /// quorum answers it, or the read fails after [`HELD_APPLIED_WITHIN`].
 pub async fn confirm_leader(
-    raft: &Raft<TypeConfig>,
-) -> Result<(), RaftError<u64, CheckIsLeaderError<u64, BasicNode>>> {
+    raft: &Raft,
+) -> Result<(), RaftError<TypeConfig, LinearizableReadError<TypeConfig>>> {
     if bugs::on(Bug::StaleRead) {
         return Ok(());
     }
-    let held = raft.metrics().borrow().last_log_index;
-    raft.ensure_linearizable().await?;
+    let held = raft.metrics().borrow_watched().last_log_index;
+    raft.ensure_linearizable(ReadPolicy::ReadIndex).await?;
     if !bugs::on(Bug::ReadSkipsHeldEntries)
-        && held > raft.metrics().borrow().last_applied.map(|l| l.index)
+        && held > raft.metrics().borrow_watched().last_applied.map(|l| l.index)
     {
         raft.wait(Some(HELD_APPLIED_WITHIN))
             .applied_index_at_least(held, "a read waits for what its leader holds")
             .await
             .map_err(|e| {
-                RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(
+                RaftError::APIError(LinearizableReadError::QuorumNotEnough(
                     openraft::error::QuorumNotEnough {
                         cluster: format!("the entries this leader held were not applied: {e}"),
                         got: Default::default(),

@@ -4,13 +4,10 @@ use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;
 
-use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{
-    AnyError, Entry, LogId, LogState, OptionalSend, RaftLogReader, StorageError, StorageIOError,
-    Vote,
-};
+use openraft::storage::{IOFlushed, RaftLogStorage};
+use openraft::{LogState, OptionalSend, RaftLogReader};
 
-use super::{TypeConfig, blocking, quick, state_machine};
+use super::{Entry, LogId, TypeConfig, Vote, blocking, quick, state_machine};
 use crate::bugs::{self, Bug};
 use crate::codec::{decode, encode};
 use crate::error::Error;
@@ -84,26 +81,21 @@ pub fn stored_leader(store: &dyn RaftLogStore, group: GroupId) -> Result<Option<
     let Some(bytes) = store.value(group, VOTE)? else {
         return Ok(None);
     };
-    let vote: Vote<u64> = decode(&bytes)?;
-    Ok(vote
-        .is_committed()
-        .then_some(vote.leader_id().voted_for())
-        .flatten())
+    let vote: Vote = decode(&bytes)?;
+    Ok(vote.is_committed().then_some(vote.leader_id().node_id))
 }
 
-fn read_err(e: Error) -> StorageError<u64> {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
-}
-
-fn write_err(e: Error) -> StorageError<u64> {
-    StorageIOError::write_logs(AnyError::new(&e)).into()
+/// openraft's storage traits speak `std::io::Error`; woof's error is its
+/// source, and openraft says which read or write failed.
+pub(super) fn io_err(e: Error) -> std::io::Error {
+    std::io::Error::other(e)
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry<TypeConfig>>, StorageError<u64>> {
+    ) -> Result<Vec<Entry>, std::io::Error> {
         let from = match range.start_bound() {
             Bound::Included(i) => *i,
             Bound::Excluded(i) => i.saturating_add(1),
@@ -122,24 +114,28 @@ impl RaftLogReader<TypeConfig> for LogStore {
                 .map(|(_, bytes)| decode(bytes))
                 .collect()
         })
-        .map_err(read_err)
+        .map_err(io_err)
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
+        self.value(VOTE).await.map_err(io_err)
     }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError<u64>> {
-        let last_purged: Option<LogId<u64>> = self.value(LAST_PURGED).await.map_err(read_err)?;
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, std::io::Error> {
+        let last_purged: Option<LogId> = self.value(LAST_PURGED).await.map_err(io_err)?;
         let (store, group) = (self.store.clone(), self.group);
-        let last: Option<Entry<TypeConfig>> = blocking(move || {
+        let last: Option<Entry> = blocking(move || {
             store
                 .last_log(group)?
                 .map(|(_, bytes)| decode(&bytes))
                 .transpose()
         })
         .await
-        .map_err(read_err)?;
+        .map_err(io_err)?;
         Ok(LogState {
             last_purged_log_id: last_purged,
             // Entries a crash left below the purge point do not count.
@@ -151,16 +147,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote<u64>) -> Result<(), StorageError<u64>> {
-        self.put_value(VOTE, vote)
-            .await
-            .map_err(|e| StorageIOError::write_vote(AnyError::new(&e)).into())
-    }
-
-    async fn read_vote(&mut self) -> Result<Option<Vote<u64>>, StorageError<u64>> {
-        self.value(VOTE)
-            .await
-            .map_err(|e| StorageIOError::read_vote(AnyError::new(&e)).into())
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), std::io::Error> {
+        self.put_value(VOTE, vote).await.map_err(io_err)
     }
 
     /// Not synced: openraft awaits it between a commit and applying it,
@@ -174,29 +162,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// found a read without appends the leader had acknowledged when it did
     /// not). Written in place: handing it to the blocking pool cost more
     /// than the write (18 topics x 4 clients +20 % without the hand-over).
-    async fn save_committed(
-        &mut self,
-        committed: Option<LogId<u64>>,
-    ) -> Result<(), StorageError<u64>> {
-        let bytes = encode(&committed).map_err(write_err)?;
-        quick(|| self.store.put_value_unsynced(self.group, COMMITTED, &bytes)).map_err(write_err)
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
+        let bytes = encode(&committed).map_err(io_err)?;
+        quick(|| self.store.put_value_unsynced(self.group, COMMITTED, &bytes)).map_err(io_err)
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<u64>>, StorageError<u64>> {
+    async fn read_committed(&mut self) -> Result<Option<LogId>, std::io::Error> {
         Ok(self
-            .value::<Option<LogId<u64>>>(COMMITTED)
+            .value::<Option<LogId>>(COMMITTED)
             .await
-            .map_err(read_err)?
+            .map_err(io_err)?
             .flatten())
     }
 
     async fn append<I>(
         &mut self,
         entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError<u64>>
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), std::io::Error>
     where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
         let mut own = true;
@@ -207,15 +192,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Ok((e.log_id.index, encode(&e)?))
             })
             .collect::<Result<Vec<_>, Error>>()
-            .map_err(write_err)?;
+            .map_err(io_err)?;
         let (store, group) = (self.store.clone(), self.group);
         if own && bugs::on(Bug::LeaderCountsItselfUnsynced) {
             return match blocking(move || store.append_log_unsynced(group, &encoded)).await {
                 Ok(()) => {
-                    callback.log_io_completed(Ok(()));
+                    callback.io_completed(Ok(()));
                     Ok(())
                 }
-                Err(e) => Err(write_err(e)),
+                Err(e) => Err(io_err(e)),
             };
         }
         // Flushed once the store has synced it: RocksDB's together with the
@@ -235,26 +220,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .unwrap_or_else(|_| Err(Error::Storage("the log writer stopped".into())));
         match written {
             Ok(()) => {
-                callback.log_io_completed(Ok(()));
+                callback.io_completed(Ok(()));
                 Ok(())
             }
             Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(write_err(e))
+                callback.io_completed(Err(std::io::Error::other(e.to_string())));
+                Err(io_err(e))
             }
         }
     }
 
-    async fn truncate(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+    async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), std::io::Error> {
+        let from = last.map_or(0, |l| l.index + 1);
         let (store, group) = (self.store.clone(), self.group);
-        blocking(move || store.truncate_log(group, log_id.index))
+        blocking(move || store.truncate_log(group, from))
             .await
-            .map_err(write_err)
+            .map_err(io_err)
     }
 
-    async fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
+    async fn purge(&mut self, log_id: LogId) -> Result<(), std::io::Error> {
         // Already purged: nothing to wait for.
-        let purged: Option<LogId<u64>> = self.value(LAST_PURGED).await.map_err(read_err)?;
+        let purged: Option<LogId> = self.value(LAST_PURGED).await.map_err(io_err)?;
         if purged.is_some_and(|p| p.index >= log_id.index) {
             return Ok(());
         }
@@ -276,12 +262,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 let (store, group) = (self.store.clone(), self.group);
                 let applied = blocking(move || state_machine::applied_log_id(&*store, group))
                     .await
-                    .map_err(read_err)?;
+                    .map_err(io_err)?;
                 if applied.is_some_and(|a| a.index >= log_id.index) {
                     break;
                 }
                 if tokio::time::Instant::now() >= deadline {
-                    return Err(write_err(Error::Storage(format!(
+                    return Err(io_err(Error::Storage(format!(
                         "purging the log of group {} up to {}: its state machine applied \
                          only {:?} within {PURGE_WAITS_FOR_APPLY:?}",
                         self.group.0,
@@ -299,17 +285,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let store = self.store.clone();
             blocking(move || store.persist_applied())
                 .await
-                .map_err(write_err)?;
+                .map_err(io_err)?;
         }
         // Record the purge point first: a crash in between leaves entries
         // that are below it, which readers never ask for.
         self.put_value(LAST_PURGED, &log_id)
             .await
-            .map_err(write_err)?;
+            .map_err(io_err)?;
         let (store, group) = (self.store.clone(), self.group);
         blocking(move || store.purge_log(group, log_id.index))
             .await
-            .map_err(write_err)
+            .map_err(io_err)
     }
 }
 
@@ -323,7 +309,7 @@ mod tests {
         let store = MemStore::new();
         let group = GroupId(9);
         assert_eq!(stored_leader(&store, group).unwrap(), None, "no vote yet");
-        let put = |vote: Vote<u64>| {
+        let put = |vote: Vote| {
             store
                 .put_value(group, VOTE, &encode(&vote).unwrap())
                 .unwrap()

@@ -37,10 +37,41 @@ openraft::declare_raft_types!(
         R = CommandResult,
         NodeId = u64,
         Node = openraft::BasicNode,
-        Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = snapshot::SnapshotData,
         AsyncRuntime = runtime::WoofRuntime,
 );
+
+/// A topic's Raft group: openraft's handle, with woof's state machine.
+pub type Raft = openraft::Raft<TypeConfig, state_machine::TopicStateMachine>;
+/// A position in a group's log: the leader that wrote it, and its index.
+pub type LogId = openraft::alias::LogIdOf<TypeConfig>;
+/// The leader that wrote an entry (a term and a node).
+pub type CommittedLeaderId = openraft::alias::CommittedLeaderIdOf<TypeConfig>;
+/// A node's vote: the leader it granted, and whether a quorum did.
+pub type Vote = openraft::alias::VoteOf<TypeConfig>;
+/// One entry of a group's log.
+pub type Entry = openraft::alias::EntryOf<TypeConfig>;
+/// What an entry holds.
+pub type EntryPayload = openraft::alias::EntryPayloadOf<TypeConfig>;
+/// A group's membership, with the entry that set it.
+pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
+/// What a snapshot covers.
+pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
+/// openraft's error for a failed read or write of a group's storage.
+pub type StorageError = openraft::StorageError<TypeConfig>;
+
+/// What openraft says of a group on this node (its role, leader, log).
+pub type Metrics = openraft::RaftMetrics<TypeConfig>;
+/// Where a group's [`Metrics`] are watched.
+pub type MetricsReceiver = openraft::alias::WatchReceiverOf<TypeConfig, Metrics>;
+/// What reads a group's metrics (`borrow_watched`, `changed`): openraft's
+/// watch channels are its runtime's.
+pub use openraft::async_runtime::WatchReceiver;
+
+/// The log id of entry `index`, written by `node` in `term`.
+pub fn log_id(term: u64, node: u64, index: u64) -> LogId {
+    use openraft::vote::RaftLeaderId;
+    LogId::new(CommittedLeaderId::new(term, node), index)
+}
 
 /// What a topic's log carries. Applied in log order on every replica, so
 /// everything a decision needs (such as the time) is in the command.
@@ -103,6 +134,20 @@ impl Command {
             }
             // Small, or rare: a topic's metadata, a name, a handler's code.
             Command::Create(_) | Command::Delete | Command::Name(_) | Command::Handler(_) => 256,
+        }
+    }
+}
+
+/// How openraft's logs name a command: its kind and size, never payloads.
+impl std::fmt::Display for Command {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Create(meta) => write!(f, "create({})", meta.name),
+            Command::Append { payloads, .. } => write!(f, "append({} elements)", payloads.len()),
+            Command::Delete => write!(f, "delete"),
+            Command::Batch(commands) => write!(f, "batch({} commands)", commands.len()),
+            Command::Name(_) => write!(f, "name"),
+            Command::Handler(_) => write!(f, "handler"),
         }
     }
 }

@@ -7,17 +7,17 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
-use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
+use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::{AnyError, BasicNode};
+use openraft_legacy::network_v1::{
+    Adapter, ChunkedSnapshotReceiver, InstallSnapshotError, InstallSnapshotRequest,
+    InstallSnapshotResponse, RaftNetwork,
 };
-use openraft::network::{Backoff, RPCOption, RaftNetwork, RaftNetworkFactory};
-use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
-};
-use openraft::{AnyError, BasicNode, Raft};
 
-use super::TypeConfig;
+use super::snapshot::SnapshotData;
+use super::{Entry, EntryPayload, LogId, Raft, TypeConfig, Vote};
 use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::store::GroupId;
@@ -46,15 +46,17 @@ pub struct Envelope {
 #[derive(serde::Serialize, serde::Deserialize)]
 pub enum Rpc {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
-    Vote(VoteRequest<u64>),
+    Vote(VoteRequest<TypeConfig>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
 pub enum Reply {
-    AppendEntries(Result<AppendEntriesResponse<u64>, RaftError<u64>>),
-    Vote(Result<VoteResponse<u64>, RaftError<u64>>),
-    InstallSnapshot(Result<InstallSnapshotResponse<u64>, RaftError<u64, InstallSnapshotError>>),
+    AppendEntries(Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>>),
+    Vote(Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>>),
+    InstallSnapshot(
+        Result<InstallSnapshotResponse<TypeConfig>, RaftError<TypeConfig, InstallSnapshotError>>,
+    ),
     /// The target does not (or no longer) run this group.
     NoGroup(u64),
 }
@@ -73,9 +75,11 @@ impl NetworkFactory {
 }
 
 impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
-    type Network = GroupClient;
+    /// Snapshots travel in pieces (openraft's chunked protocol, kept by
+    /// `openraft-legacy`): each piece a message of its own, bounded.
+    type Network = Adapter<TypeConfig, GroupClient, SnapshotData>;
 
-    async fn new_client(&mut self, target: u64, node: &BasicNode) -> GroupClient {
+    async fn new_client(&mut self, target: u64, node: &BasicNode) -> Self::Network {
         GroupClient {
             group: self.group,
             target,
@@ -83,6 +87,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             transport: self.transport.clone(),
             pending: None,
         }
+        .into_v2()
     }
 }
 
@@ -109,11 +114,11 @@ pub const CALL_ENTRY_BYTES_MAX: usize = 64 << 10;
 
 /// How many of `entries` one call carries: a prefix under
 /// [`CALL_ENTRY_BYTES_MAX`], never empty unless `entries` is.
-fn entries_per_call(entries: &[openraft::Entry<TypeConfig>]) -> usize {
+fn entries_per_call(entries: &[Entry]) -> usize {
     let mut bytes = 0;
     for (i, e) in entries.iter().enumerate() {
         bytes += match &e.payload {
-            openraft::EntryPayload::Normal(command) => command.approx_bytes(),
+            EntryPayload::Normal(command) => command.approx_bytes(),
             _ => 256,
         };
         if bytes > CALL_ENTRY_BYTES_MAX && i > 0 {
@@ -151,17 +156,13 @@ struct Pending {
     answer: tokio::task::JoinHandle<Result<Vec<u8>, Error>>,
 }
 
-type PendingKey = (
-    openraft::Vote<u64>,
-    Option<openraft::LogId<u64>>,
-    Option<openraft::LogId<u64>>,
-);
+type PendingKey = (Vote, Option<LogId>, Option<LogId>);
 
 impl GroupClient {
     async fn call<E: std::error::Error>(
         &self,
         rpc: Rpc,
-    ) -> Result<Reply, RPCError<u64, BasicNode, E>> {
+    ) -> Result<Reply, RPCError<TypeConfig, E>> {
         let message = encode(&Envelope {
             group: self.group.0,
             rpc,
@@ -176,7 +177,7 @@ impl GroupClient {
     async fn append_call<E: std::error::Error>(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-    ) -> Result<Reply, RPCError<u64, BasicNode, E>> {
+    ) -> Result<Reply, RPCError<TypeConfig, E>> {
         let key = (
             rpc.vote,
             rpc.prev_log_id,
@@ -214,7 +215,7 @@ impl GroupClient {
     fn reply<E: std::error::Error>(
         &self,
         answer: Result<Vec<u8>, Error>,
-    ) -> Result<Reply, RPCError<u64, BasicNode, E>> {
+    ) -> Result<Reply, RPCError<TypeConfig, E>> {
         // The peer is down, cut off, or not running the group: openraft
         // then pauses replication to it for [`UNREACHABLE_BACKOFF`] instead
         // of retrying at once (which read and re-sent the log in a tight
@@ -230,13 +231,13 @@ impl GroupClient {
         Ok(reply)
     }
 
-    fn unexpected<E: std::error::Error>(&self) -> RPCError<u64, BasicNode, E> {
+    fn unexpected<E: std::error::Error>(&self) -> RPCError<TypeConfig, E> {
         RPCError::Network(NetworkError::new(&AnyError::error("mismatched reply")))
     }
 }
 
 /// A message that could not be encoded or an answer that could not be read.
-fn broken<E: std::error::Error>(e: Error) -> RPCError<u64, BasicNode, E> {
+fn broken<E: std::error::Error>(e: Error) -> RPCError<TypeConfig, E> {
     RPCError::Network(NetworkError::new(&AnyError::new(&e)))
 }
 
@@ -251,7 +252,7 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>> {
         let keep = entries_per_call(&rpc.entries);
         let cut = keep < rpc.entries.len();
         rpc.entries.truncate(keep);
@@ -273,8 +274,8 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
     ) -> Result<
-        InstallSnapshotResponse<u64>,
-        RPCError<u64, BasicNode, RaftError<u64, InstallSnapshotError>>,
+        InstallSnapshotResponse<TypeConfig>,
+        RPCError<TypeConfig, RaftError<TypeConfig, InstallSnapshotError>>,
     > {
         // An answer to entries sent before the snapshot describes the
         // follower as it was: taken after it, it would move openraft's view
@@ -293,9 +294,9 @@ impl RaftNetwork<TypeConfig> for GroupClient {
 
     async fn vote(
         &mut self,
-        rpc: VoteRequest<u64>,
+        rpc: VoteRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<VoteResponse<u64>, RPCError<u64, BasicNode, RaftError<u64>>> {
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>> {
         match self.call(Rpc::Vote(rpc)).await? {
             Reply::Vote(r) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
@@ -307,12 +308,12 @@ impl RaftNetwork<TypeConfig> for GroupClient {
 
 /// Starts a group that is not running (a hibernating group woken by a
 /// message); `None` if this node has no such group.
-pub type Waker = Arc<dyn Fn(GroupId) -> BoxFuture<'static, Option<Raft<TypeConfig>>> + Send + Sync>;
+pub type Waker = Arc<dyn Fn(GroupId) -> BoxFuture<'static, Option<Raft>> + Send + Sync>;
 
 /// The groups this node runs, by id: where incoming Raft messages go.
 #[derive(Default, Clone)]
 pub struct Router {
-    groups: Arc<RwLock<HashMap<GroupId, Raft<TypeConfig>>>>,
+    groups: Arc<RwLock<HashMap<GroupId, Raft>>>,
     waker: Arc<RwLock<Option<Waker>>>,
 }
 
@@ -323,14 +324,14 @@ impl Router {
         *self.waker.write().unwrap_or_else(|e| e.into_inner()) = waker;
     }
 
-    pub fn insert(&self, group: GroupId, raft: Raft<TypeConfig>) {
+    pub fn insert(&self, group: GroupId, raft: Raft) {
         self.groups
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(group, raft);
     }
 
-    pub fn remove(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
+    pub fn remove(&self, group: GroupId) -> Option<Raft> {
         self.groups
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -338,7 +339,7 @@ impl Router {
     }
 
     /// Removes and returns every group (for shutdown).
-    pub fn drain(&self) -> Vec<Raft<TypeConfig>> {
+    pub fn drain(&self) -> Vec<Raft> {
         let mut groups: Vec<_> = self
             .groups
             .write()
@@ -351,14 +352,14 @@ impl Router {
     }
 
     /// Every registered group, in id order.
-    pub fn list(&self) -> Vec<(GroupId, Raft<TypeConfig>)> {
+    pub fn list(&self) -> Vec<(GroupId, Raft)> {
         let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
         let mut list: Vec<_> = groups.iter().map(|(g, r)| (*g, r.clone())).collect();
         list.sort_by_key(|(g, _)| *g);
         list
     }
 
-    pub fn get(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
+    pub fn get(&self, group: GroupId) -> Option<Raft> {
         self.groups
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -394,15 +395,13 @@ impl Router {
 
 #[cfg(test)]
 mod tests {
-    use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId};
-
     use super::*;
-    use crate::raft::Command;
+    use crate::raft::{Command, log_id};
 
     /// An entry appending `n` payloads of `bytes` each.
-    fn entry(index: u64, n: usize, bytes: usize) -> Entry<TypeConfig> {
+    fn entry(index: u64, n: usize, bytes: usize) -> Entry {
         Entry {
-            log_id: LogId::new(CommittedLeaderId::new(1, 0), index),
+            log_id: log_id(1, 0, index),
             payload: EntryPayload::Normal(Command::Append {
                 payloads: vec![bytes::Bytes::from(vec![0u8; bytes]); n],
                 producer: None,

@@ -7,11 +7,10 @@ use std::cell::Cell;
 use std::future::Future;
 use std::time::Duration;
 
-use openraft::{AsyncRuntime, OptionalSend, TokioRuntime};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-
-type Tokio = TokioRuntime;
+use openraft::{AsyncRuntime, OptionalSend};
+use openraft_rt_tokio::TokioRuntime as Tokio;
+use rand_raft::SeedableRng;
+use rand_raft::rngs::StdRng;
 
 thread_local! {
     static SEED: Cell<Option<u64>> = const { Cell::new(None) };
@@ -32,8 +31,10 @@ fn splitmix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct WoofRuntime;
+/// tokio's runtime (openraft's own adapter), with [`seed_thread_rng`]'s
+/// random numbers.
+#[derive(Debug)]
+pub struct WoofRuntime(Tokio);
 
 impl AsyncRuntime for WoofRuntime {
     type JoinError = <Tokio as AsyncRuntime>::JoinError;
@@ -43,9 +44,10 @@ impl AsyncRuntime for WoofRuntime {
     type TimeoutError = <Tokio as AsyncRuntime>::TimeoutError;
     type Timeout<R, T: Future<Output = R> + OptionalSend> = <Tokio as AsyncRuntime>::Timeout<R, T>;
     type ThreadLocalRng = StdRng;
-    type OneshotSender<T: OptionalSend> = <Tokio as AsyncRuntime>::OneshotSender<T>;
-    type OneshotReceiverError = <Tokio as AsyncRuntime>::OneshotReceiverError;
-    type OneshotReceiver<T: OptionalSend> = <Tokio as AsyncRuntime>::OneshotReceiver<T>;
+    type Mpsc = <Tokio as AsyncRuntime>::Mpsc;
+    type Watch = <Tokio as AsyncRuntime>::Watch;
+    type Oneshot = <Tokio as AsyncRuntime>::Oneshot;
+    type Mutex<T: OptionalSend + 'static> = <Tokio as AsyncRuntime>::Mutex<T>;
 
     fn spawn<T>(future: T) -> Self::JoinHandle<T::Output>
     where
@@ -87,21 +89,34 @@ impl AsyncRuntime for WoofRuntime {
                 s.set(Some(splitmix(seed)));
                 StdRng::seed_from_u64(seed)
             }
-            None => StdRng::from_entropy(),
+            None => rand_raft::make_rng(),
         })
     }
 
-    fn oneshot<T>() -> (Self::OneshotSender<T>, Self::OneshotReceiver<T>)
+    fn new(threads: usize) -> Self {
+        WoofRuntime(Tokio::new(threads))
+    }
+
+    fn block_on<F, T>(&mut self, future: F) -> T
     where
-        T: OptionalSend,
+        F: Future<Output = T>,
     {
-        Tokio::oneshot()
+        self.0.block_on(future)
+    }
+
+    fn spawn_blocking<F, T>(f: F) -> impl Future<Output = Result<T, std::io::Error>> + Send
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let task = tokio::task::spawn_blocking(f);
+        async move { task.await.map_err(std::io::Error::other) }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use rand::Rng;
+    use rand_raft::RngExt;
 
     use super::*;
 
@@ -110,7 +125,7 @@ mod tests {
         let draws = |seed| {
             seed_thread_rng(seed);
             let d: Vec<u64> = (0..4)
-                .map(|_| WoofRuntime::thread_rng().gen_range(400..700))
+                .map(|_| WoofRuntime::thread_rng().random_range(400..700))
                 .collect();
             seed_thread_rng(None);
             d

@@ -24,17 +24,20 @@
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::sync::Arc;
 
-use openraft::storage::RaftStateMachine;
-use openraft::{
-    AnyError, BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, Snapshot,
-    SnapshotMeta, StorageError, StorageIOError, StoredMembership,
-};
+use futures::TryStreamExt;
+use openraft::storage::{EntryResponder, RaftStateMachine};
+use openraft::{OptionalSend, RaftSnapshotBuilder};
+use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use serde_bytes::ByteBuf;
 
 use super::snapshot::{
     Header, PRODUCERS_MAX, Record, SnapshotData, SnapshotLimits, SnapshotReader, SnapshotWriter,
 };
-use super::{Command, CommandResult, TypeConfig, blocking, quick};
+use super::log_store::io_err;
+use super::{
+    Command, CommandResult, Entry, EntryPayload, LogId, SnapshotMeta, StoredMembership, TypeConfig,
+    blocking, quick,
+};
 use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::local::Topics;
@@ -62,14 +65,16 @@ const DIRECTORY_PAGE: usize = 1024;
 /// The most bytes of directory records read at once.
 const SNAPSHOT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
-type Membership = StoredMembership<u64, BasicNode>;
+type Membership = StoredMembership;
 /// A snapshot's metadata and its file, open to be read.
-type Built = (SnapshotMeta<u64, BasicNode>, SnapshotFile);
+type Built = (SnapshotMeta, SnapshotFile);
+/// A snapshot as openraft hands it over.
+type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
 /// The last applied log id and membership, stored with the data.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 struct Applied {
-    last_applied: Option<LogId<u64>>,
+    last_applied: Option<LogId>,
     membership: Membership,
 }
 
@@ -78,7 +83,7 @@ struct Applied {
 pub fn applied_log_id(
     raft: &dyn RaftLogStore,
     group: GroupId,
-) -> Result<Option<LogId<u64>>, Error> {
+) -> Result<Option<LogId>, Error> {
     Ok(match raft.value(group, APPLIED)? {
         Some(bytes) => decode::<Applied>(&bytes)?.last_applied,
         None => None,
@@ -103,18 +108,10 @@ pub struct TopicStateMachine {
     raft: Arc<dyn RaftLogStore>,
     /// What the group's kept snapshot holds, once this process built or
     /// installed it (`None` while it is being replaced).
-    current: Option<SnapshotMeta<u64, BasicNode>>,
+    current: Option<SnapshotMeta>,
     /// Where readers learn of what was applied.
     readers: Option<Topics>,
     limits: SnapshotLimits,
-}
-
-fn sm_read(e: Error) -> StorageError<u64> {
-    StorageIOError::read_state_machine(AnyError::new(&e)).into()
-}
-
-fn sm_write(e: Error) -> StorageError<u64> {
-    StorageIOError::write_state_machine(AnyError::new(&e)).into()
 }
 
 impl TopicStateMachine {
@@ -156,7 +153,7 @@ impl TopicStateMachine {
             windows: Windows::default(),
             handlers: Arc::new(handlers),
             directory,
-            current: resumed.then(|| snapshot_meta(group, &applied)),
+            current: resumed.then(|| snapshot_meta(&applied)),
             applied,
             raft,
             readers: None,
@@ -252,24 +249,17 @@ impl TopicStateMachine {
                 .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))
         })
         .await?;
-        let meta = snapshot_meta(self.group, &self.applied);
+        let meta = snapshot_meta(&self.applied);
         self.current = Some(meta.clone());
         Ok((meta, file))
     }
 }
 
 /// What a snapshot of `group` in the state `applied` is called.
-fn snapshot_meta(group: GroupId, applied: &Applied) -> SnapshotMeta<u64, BasicNode> {
-    let last = applied.last_applied;
+fn snapshot_meta(applied: &Applied) -> SnapshotMeta {
     SnapshotMeta {
-        last_log_id: last,
+        last_log_id: applied.last_applied,
         last_membership: applied.membership.clone(),
-        snapshot_id: format!(
-            "{}-{}-{}",
-            group.0,
-            last.map_or(0, |l| l.leader_id.term),
-            last.map_or(0, |l| l.index)
-        ),
     }
 }
 
@@ -308,7 +298,7 @@ fn install_kept(
     store: &dyn Store,
     raft: &dyn RaftLogStore,
     group: GroupId,
-    expect: Option<Option<LogId<u64>>>,
+    expect: Option<Option<LogId>>,
     limits: SnapshotLimits,
 ) -> Result<Installed, Error> {
     let file = raft
@@ -457,15 +447,17 @@ pub struct Builder {
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
-    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError<u64>> {
+    type SnapshotData = SnapshotData;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
         let (meta, file) = self
             .taken
             .take()
             .unwrap_or_else(|| Err(Error::InvalidArgument("a builder builds once".into())))
-            .map_err(sm_read)?;
+            .map_err(io_err)?;
         Ok(Snapshot {
             meta,
-            snapshot: Box::new(SnapshotData::from_file(file)),
+            snapshot: SnapshotData::from_file(file),
         })
     }
 }
@@ -605,21 +597,13 @@ fn apply_command(
     })
 }
 
-impl RaftStateMachine<TypeConfig> for TopicStateMachine {
-    type SnapshotBuilder = Builder;
-
-    async fn applied_state(
+impl TopicStateMachine {
+    /// Applies committed `entries`, in log order, and says what each gave
+    /// (openraft's `apply` hands these to the clients waiting for them).
+    pub async fn apply_entries(
         &mut self,
-    ) -> Result<(Option<LogId<u64>>, Membership), StorageError<u64>> {
-        Ok((self.applied.last_applied, self.applied.membership.clone()))
-    }
-
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResult>, StorageError<u64>>
-    where
-        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
-        I::IntoIter: OptionalSend,
-    {
-        let entries: Vec<_> = entries.into_iter().collect();
+        entries: Vec<Entry>,
+    ) -> Result<Vec<CommandResult>, std::io::Error> {
         let store = self.store.clone();
         let group = self.group;
         let mut machine = self.machine.clone();
@@ -689,7 +673,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
                         )
                     }
                 }
-                return Err(sm_write(e));
+                return Err(io_err(e));
             }
         };
         let existed = self.machine.is_some();
@@ -701,6 +685,33 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         self.publish(existed);
         Ok(results)
     }
+}
+
+impl RaftStateMachine<TypeConfig> for TopicStateMachine {
+    type SnapshotData = SnapshotData;
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, Membership), std::io::Error> {
+        Ok((self.applied.last_applied, self.applied.membership.clone()))
+    }
+
+    async fn apply<S>(&mut self, entries: S) -> Result<(), std::io::Error>
+    where
+        S: futures::Stream<Item = Result<EntryResponder<TypeConfig>, std::io::Error>>
+            + Unpin
+            + OptionalSend,
+    {
+        // What openraft has ready: a bounded batch of committed entries.
+        let (entries, responders): (Vec<_>, Vec<_>) =
+            entries.try_collect::<Vec<_>>().await?.into_iter().unzip();
+        let results = self.apply_entries(entries).await?;
+        for (responder, result) in responders.into_iter().zip(results) {
+            if let Some(responder) = responder {
+                responder.send(result);
+            }
+        }
+        Ok(())
+    }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         Builder {
@@ -708,19 +719,11 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError<u64>> {
-        let raft = self.raft.clone();
-        let file = blocking(move || raft.snapshot_create())
-            .await
-            .map_err(sm_write)?;
-        Ok(Box::new(SnapshotData::from_file(file)))
-    }
-
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta<u64, BasicNode>,
-        snapshot: Box<SnapshotData>,
-    ) -> Result<(), StorageError<u64>> {
+        meta: &SnapshotMeta,
+        snapshot: SnapshotData,
+    ) -> Result<(), std::io::Error> {
         let mut file = snapshot.into_file().await;
         let (store, raft, group, limits) = (
             self.store.clone(),
@@ -733,14 +736,14 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         // this replica as it was.
         let file = blocking(move || verify(&mut file).map(|()| file))
             .await
-            .map_err(sm_read)?;
+            .map_err(io_err)?;
         self.current = None;
         let installed = blocking(move || {
             raft.snapshot_keep(group, file)?;
             install_kept(&*store, &*raft, group, Some(expect), limits)
         })
         .await
-        .map_err(sm_write)?;
+        .map_err(io_err)?;
         let existed = self.machine.is_some();
         self.machine = installed.meta.map(|m| Machine::new(m, installed.last_seq));
         self.windows.clear();
@@ -748,16 +751,14 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         let (store, group) = (self.store.clone(), self.group);
         self.directory = blocking(move || load_directory(&*store, group))
             .await
-            .map_err(sm_read)?;
+            .map_err(io_err)?;
         self.applied = installed.applied;
         self.publish(existed);
         self.current = Some(meta.clone());
         Ok(())
     }
 
-    async fn get_current_snapshot(
-        &mut self,
-    ) -> Result<Option<Snapshot<TypeConfig>>, StorageError<u64>> {
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
         let Some(meta) = self.current.clone() else {
             return Ok(None);
         };
@@ -767,11 +768,25 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
                 .ok_or_else(|| Error::Storage("the group's kept snapshot is gone".into()))
         })
         .await
-        .map_err(sm_read)?;
+        .map_err(io_err)?;
         Ok(Some(Snapshot {
             meta,
-            snapshot: Box::new(SnapshotData::from_file(file)),
+            snapshot: SnapshotData::from_file(file),
         }))
+    }
+}
+
+/// Snapshots come from the leader in pieces (openraft's chunked protocol,
+/// kept by `openraft-legacy`), written into a new file as they arrive.
+impl SnapshotReceiverFactory<TypeConfig> for TopicStateMachine {
+    type SnapshotReceiver = SnapshotData;
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<SnapshotData, std::io::Error> {
+        let raft = self.raft.clone();
+        let file = blocking(move || raft.snapshot_create())
+            .await
+            .map_err(io_err)?;
+        Ok(SnapshotData::from_file(file))
     }
 }
 

@@ -12,6 +12,7 @@
 //! that leader still runs; otherwise the node finds out itself, by asking
 //! the other copies (see [`left_behind`]).
 
+use woof_consensus::raft::WatchReceiver;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -333,7 +334,7 @@ impl ClusterTopics {
             };
             let joint = raft
                 .metrics()
-                .borrow()
+                .borrow_watched()
                 .membership_config
                 .membership()
                 .get_joint_config()

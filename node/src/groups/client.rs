@@ -2,6 +2,7 @@
 //! wherever they run. Whom to ask is decided by [`LeaderSearch`]; this file
 //! sends, waits, gives up on silent peers and keeps the hints for next time.
 
+use woof_consensus::raft::WatchReceiver;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -391,7 +392,7 @@ impl Groups {
         let mut metrics = self.running(group).map(|raft| raft.metrics());
         loop {
             if let Some(rx) = &metrics {
-                let leader = rx.borrow().current_leader;
+                let leader = rx.borrow_watched().current_leader;
                 if leader.is_some_and(|l| l != node_id(&target)) {
                     return "the group elected another leader".into();
                 }
@@ -414,7 +415,7 @@ impl Groups {
 
     /// The leader this node's running replica of `group` knows, if any.
     fn local_leader(&self, group: GroupId) -> Option<PeerId> {
-        leader_of(&self.running(group)?.metrics().borrow())
+        leader_of(&self.running(group)?.metrics().borrow_watched())
     }
 
     /// If `group` sleeps here, the member that led it when it went to

@@ -26,9 +26,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use openraft::Raft;
+use woof_consensus::raft::{Raft, WatchReceiver};
 use tokio::time::Instant;
-use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::TopicId;
 use woof_consensus::topic::directory::DIRECTORY;
@@ -118,7 +117,7 @@ impl Groups {
     /// Puts `idle` groups, which this node leads, to sleep on every member:
     /// one request per follower for all of them, and all stopped here at
     /// once, so that sleeping keeps pace with however many groups go idle.
-    async fn hibernate(&self, idle: Vec<(GroupId, Raft<TypeConfig>)>) {
+    async fn hibernate(&self, idle: Vec<(GroupId, Raft)>) {
         let me = self.peer_id();
         // In peer order: the simulator repeats a run only if this does.
         let mut by_peer: BTreeMap<PeerId, Vec<GroupId>> = BTreeMap::new();
@@ -126,7 +125,7 @@ impl Groups {
             // Quiet first: a heartbeat reaching a follower that already
             // slept would wake it without a leader, and it would stand.
             raft.runtime_config().heartbeat(false);
-            for peer in peers(&voters(&raft.metrics().borrow())) {
+            for peer in peers(&voters(&raft.metrics().borrow_watched())) {
                 if peer != me {
                     by_peer.entry(peer).or_default().push(*group);
                 }
@@ -184,7 +183,7 @@ impl Groups {
                 let Some(raft) = self.running(group) else {
                     return;
                 };
-                if !follower_may_sleep(&LeaderView::of(&raft.metrics().borrow()), self.node_id) {
+                if !follower_may_sleep(&LeaderView::of(&raft.metrics().borrow_watched()), self.node_id) {
                     return;
                 }
                 self.stop_sleeping(group).await;
@@ -205,7 +204,7 @@ pub(super) async fn supervise(groups: Groups) {
         groups.refresh_suspects().await;
         let now = Instant::now();
         let behind = groups.topics.handlers_behind();
-        let idle: Vec<(GroupId, Raft<TypeConfig>)> = groups
+        let idle: Vec<(GroupId, Raft)> = groups
             .slots
             .all_running()
             .into_iter()
@@ -213,7 +212,7 @@ pub(super) async fn supervise(groups: Groups) {
             // it is and grows it to full strength (repair).
             .filter(|(group, _)| *group != DIRECTORY)
             .filter(|(group, r)| {
-                let view = LeaderView::of(&r.handle.raft.metrics().borrow());
+                let view = LeaderView::of(&r.handle.raft.metrics().borrow_watched());
                 let handlers_behind = behind.contains(&TopicId(group.0));
                 is_idle_leader(
                     &view,

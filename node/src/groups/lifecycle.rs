@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Raft};
-use woof_consensus::raft::TypeConfig;
+use openraft::BasicNode;
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::raft::group;
 use woof_consensus::raft::network::Transport;
 use woof_consensus::raft::state_machine::peek;
@@ -121,7 +121,7 @@ impl Groups {
 
     /// Starts (or restarts from storage) a group on this node; one this
     /// node no longer holds is [`GroupWithoutTopic`](woof_consensus::Error::GroupWithoutTopic).
-    pub async fn start(&self, group: GroupId) -> Result<Raft<TypeConfig>> {
+    pub async fn start(&self, group: GroupId) -> Result<Raft> {
         self.start_held(group)
             .await?
             .ok_or(Error::Log(woof_consensus::Error::GroupWithoutTopic))
@@ -133,7 +133,7 @@ impl Groups {
     /// not start it again from nothing, as a member that never answers
     /// "no such group" (seen in CI: appends to a deleted topic found no
     /// leader instead of no topic).
-    async fn start_held(&self, group: GroupId) -> Result<Option<Raft<TypeConfig>>> {
+    async fn start_held(&self, group: GroupId) -> Result<Option<Raft>> {
         if let Some(raft) = self.running(group) {
             return Ok(Some(raft));
         }
@@ -207,7 +207,7 @@ impl Groups {
 
     /// The running group, started first if it sleeps here; `None` if this
     /// node holds no such group.
-    pub(super) async fn wake(&self, group: GroupId) -> Result<Option<Raft<TypeConfig>>> {
+    pub(super) async fn wake(&self, group: GroupId) -> Result<Option<Raft>> {
         if let Some(raft) = self.running(group) {
             return Ok(Some(raft));
         }
@@ -225,7 +225,7 @@ impl Groups {
     pub(super) async fn serving(
         &self,
         group: GroupId,
-    ) -> std::result::Result<Raft<TypeConfig>, ControlReply> {
+    ) -> std::result::Result<Raft, ControlReply> {
         let slept_cleanly = match self.slots.state(group) {
             Some(super::slots::State::Asleep(a)) => Some(a.clean),
             _ => None,
@@ -236,7 +236,7 @@ impl Groups {
             Err(e) => return Err(ControlReply::Failed(e.to_string())),
         };
         self.touch(group);
-        let has_leader = |raft: &Raft<TypeConfig>| raft.metrics().borrow().current_leader.is_some();
+        let has_leader = |raft: &Raft| raft.metrics().borrow_watched().current_leader.is_some();
         if !has_leader(&raft) {
             if slept_cleanly != Some(true) {
                 let _ = raft
@@ -253,12 +253,12 @@ impl Groups {
             // Not while this node campaigns already (openraft's own timer),
             // nor while another request here waits for the election it
             // asked for (asking is fire-and-forget: the state changes later).
-            let campaigning = raft.metrics().borrow().state == openraft::ServerState::Candidate;
+            let campaigning = raft.metrics().borrow_watched().state == openraft::ServerState::Candidate;
             let asked = (!has_leader(&raft) && !campaigning)
                 .then(|| Electing::ask(&self.electing, group))
                 .flatten();
             if asked.is_some() {
-                let _ = raft.trigger().elect().await;
+                let _ = raft.trigger().elect(false).await;
             }
             if !has_leader(&raft) {
                 let _ = raft
@@ -309,7 +309,7 @@ impl Groups {
                 // Stand at once rather than after an election timeout: the
                 // others run the group already.
                 Ok(()) => {
-                    let _ = raft.trigger().elect().await;
+                    let _ = raft.trigger().elect(false).await;
                 }
                 Err(e) => tracing::debug!(group = group.0, "initialize: {e}"),
             }
@@ -323,7 +323,7 @@ impl Groups {
         let Some(raft) = self.running(group) else {
             return;
         };
-        let m = raft.metrics().borrow().clone();
+        let m = raft.metrics().borrow_watched().clone();
         let asleep = Asleep {
             members: voters(&m),
             members_at: voters_settled_at(&m),
@@ -443,7 +443,7 @@ fn remove_orphans(store: &dyn Store, groups: &[GroupId]) -> woof_consensus::Resu
 /// leader in a newer term than the last one it had a leader in; ends when
 /// the group stops (its metrics close) or the groups shut down.
 async fn count_leader_changes(
-    mut metrics: tokio::sync::watch::Receiver<openraft::RaftMetrics<u64, openraft::BasicNode>>,
+    mut metrics: woof_consensus::raft::MetricsReceiver,
     counters: std::sync::Arc<crate::metrics::RaftCounters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {

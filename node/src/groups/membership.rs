@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use openraft::{BasicNode, Raft};
+use openraft::BasicNode;
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::bugs::{self, Bug};
-use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::GroupId;
 use woof_overlay::PeerId;
 
@@ -31,13 +31,13 @@ const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Groups {
     /// The running groups this node leads, with their voters.
-    pub fn led_groups(&self) -> Vec<(GroupId, Raft<TypeConfig>, Vec<PeerId>)> {
+    pub fn led_groups(&self) -> Vec<(GroupId, Raft, Vec<PeerId>)> {
         self.slots
             .all_running()
             .into_iter()
             .filter_map(|(group, running)| {
                 let raft = running.handle.raft;
-                let m = raft.metrics().borrow().clone();
+                let m = raft.metrics().borrow_watched().clone();
                 if m.current_leader != Some(self.node_id) {
                     return None;
                 }
@@ -56,7 +56,7 @@ impl Groups {
             .all_running()
             .into_iter()
             .filter(|(_, running)| {
-                running.handle.raft.metrics().borrow().current_leader == Some(self.node_id)
+                running.handle.raft.metrics().borrow_watched().current_leader == Some(self.node_id)
             })
             .map(|(group, _)| group)
             .collect()
@@ -74,7 +74,7 @@ impl Groups {
                     .handle
                     .raft
                     .metrics()
-                    .borrow()
+                    .borrow_watched()
                     .current_leader
                     .is_none()
             })
@@ -105,7 +105,7 @@ impl Groups {
     pub async fn replace_voter(
         &self,
         group: GroupId,
-        raft: &Raft<TypeConfig>,
+        raft: &Raft,
         voters: &[PeerId],
         lost: Option<PeerId>,
         new: PeerId,

@@ -34,12 +34,11 @@
 use std::sync::Arc;
 
 use futures::FutureExt;
-use openraft::Raft;
+use woof_consensus::raft::Raft;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use woof_consensus::Topics;
 use woof_consensus::bugs::{self, Bug};
-use woof_consensus::raft::TypeConfig;
 use woof_consensus::raft::network::Router;
 use woof_consensus::store::{GroupId, GroupStore};
 use woof_overlay::{Inbound, PeerId};
@@ -81,7 +80,7 @@ pub fn node_id(peer: &PeerId) -> u64 {
 /// A group running on this node: its Raft instance and its proposer.
 #[derive(Clone)]
 struct Member {
-    raft: Raft<TypeConfig>,
+    raft: Raft,
     proposer: propose::Shared,
 }
 
@@ -298,7 +297,7 @@ impl Groups {
     }
 
     /// The running group `group`, if it runs here.
-    fn running(&self, group: GroupId) -> Option<Raft<TypeConfig>> {
+    fn running(&self, group: GroupId) -> Option<Raft> {
         self.slots.running(group).map(|m| m.raft)
     }
 }

@@ -19,7 +19,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::BasicNode;
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 use woof_consensus::raft::{Command, CommandResult};
@@ -318,7 +317,7 @@ async fn commit(groups: &Groups, group: GroupId, mut batch: Vec<Proposal>) {
             }
         },
         Err(e) => {
-            let reply = match e.forward_to_leader::<BasicNode>() {
+            let reply = match e.forward_to_leader() {
                 Some(f) => ControlReply::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone())),
                 None => ControlReply::Failed(e.to_string()),
             };

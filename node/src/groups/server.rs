@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::{BasicNode, Raft};
+use woof_consensus::raft::{Raft, WatchReceiver};
 use tokio::sync::{Semaphore, mpsc};
 use woof_consensus::Start;
 use woof_consensus::codec::{decode, encode};
 use woof_consensus::raft::group;
-use woof_consensus::raft::{Command, TypeConfig};
+use woof_consensus::raft::Command;
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::{Range, TopicName};
 use woof_overlay::Inbound;
@@ -91,7 +91,7 @@ impl Groups {
                 }
                 match raft.client_write(command).await {
                     Ok(r) => ControlReply::Written(r.data),
-                    Err(e) => match e.forward_to_leader::<BasicNode>() {
+                    Err(e) => match e.forward_to_leader() {
                         Some(f) => {
                             ControlReply::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone()))
                         }
@@ -164,11 +164,11 @@ impl Groups {
 
     /// `None` if this node leads the group (confirmed by a quorum when
     /// `confirm`), else the answer pointing at the leader.
-    async fn check_leader(&self, raft: &Raft<TypeConfig>, confirm: bool) -> Option<ControlReply> {
+    async fn check_leader(&self, raft: &Raft, confirm: bool) -> Option<ControlReply> {
         if confirm {
             return match group::confirm_leader(raft).await {
                 Ok(_) => None,
-                Err(e) => Some(match e.forward_to_leader::<BasicNode>() {
+                Err(e) => Some(match e.forward_to_leader() {
                     Some(f) => {
                         ControlReply::NotLeader(f.leader_node.as_ref().map(|n| n.addr.clone()))
                     }
@@ -176,7 +176,7 @@ impl Groups {
                 }),
             };
         }
-        let metrics = raft.metrics().borrow().clone();
+        let metrics = raft.metrics().borrow_watched().clone();
         if metrics.current_leader == Some(self.node_id) {
             return None;
         }

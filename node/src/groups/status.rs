@@ -5,9 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
-use openraft::{BasicNode, Raft};
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::TopicInfo;
-use woof_consensus::raft::TypeConfig;
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::TopicId;
 use woof_overlay::PeerId;
@@ -16,7 +15,7 @@ use super::Groups;
 use super::control::ReplicaStatus;
 use super::slots::Asleep;
 
-pub(super) type Metrics = openraft::RaftMetrics<u64, BasicNode>;
+pub(super) type Metrics = woof_consensus::raft::Metrics;
 
 impl Groups {
     /// The groups as a metrics scrape reports them: asleep and awake, this
@@ -30,7 +29,7 @@ impl Groups {
         };
         for (_, running) in self.slots.all_running() {
             let m = running.handle.raft.metrics();
-            let m = m.borrow();
+            let m = m.borrow_watched();
             c.awake += 1;
             c.term_max = c.term_max.max(m.current_term);
             match m.state {
@@ -86,7 +85,7 @@ impl Groups {
     /// Whether this node leads `group` now.
     pub fn leads(&self, group: GroupId) -> bool {
         self.running(group)
-            .is_some_and(|raft| raft.metrics().borrow().current_leader == Some(self.node_id))
+            .is_some_and(|raft| raft.metrics().borrow_watched().current_leader == Some(self.node_id))
     }
 
     /// This node's replica of `group`, if it holds one whose topic exists.
@@ -105,7 +104,7 @@ impl Groups {
     pub(super) fn replica_status(
         &self,
         group: GroupId,
-        raft: &Raft<TypeConfig>,
+        raft: &Raft,
     ) -> Option<ReplicaStatus> {
         Some(of_running(group, raft, self.topic_of(group)?, self.node_id))
     }
@@ -118,7 +117,7 @@ impl Groups {
     /// The voters of `group`, if this node holds it.
     pub fn local_members(&self, group: GroupId) -> Option<Vec<PeerId>> {
         let members = match self.slots.state(group)? {
-            super::slots::State::Running(r) => peers(&voters(&r.handle.raft.metrics().borrow())),
+            super::slots::State::Running(r) => peers(&voters(&r.handle.raft.metrics().borrow_watched())),
             super::slots::State::Asleep(a) => peers(&a.members),
             _ => return None,
         };
@@ -181,8 +180,8 @@ pub(super) fn leader_of(metrics: &Metrics) -> Option<PeerId> {
 }
 
 /// A running replica's status, from its group's metrics.
-fn of_running(group: GroupId, raft: &Raft<TypeConfig>, info: TopicInfo, me: u64) -> ReplicaStatus {
-    let metrics = raft.metrics().borrow().clone();
+fn of_running(group: GroupId, raft: &Raft, info: TopicInfo, me: u64) -> ReplicaStatus {
+    let metrics = raft.metrics().borrow_watched().clone();
     let membership = metrics.membership_config.membership();
     let addr = |id: u64| membership.get_node(&id).map(|n| n.addr.clone());
     ReplicaStatus {
