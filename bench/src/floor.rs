@@ -20,10 +20,10 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use hdrhistogram::Histogram;
 use openraft::BasicNode;
-use woof_consensus::raft::{Raft, WatchReceiver};
+use woof_consensus::raft::Command;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Router, Transport};
-use woof_consensus::raft::Command;
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId, RocksStore};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 
@@ -89,6 +89,7 @@ pub async fn run(replicas: u64, appends: usize) -> anyhow::Result<Report> {
                 &router,
                 Timing::default(),
                 None,
+                false,
             )
             .await?,
         );

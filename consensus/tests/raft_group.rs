@@ -99,6 +99,7 @@ async fn cluster(net: &Arc<LoopNet>) -> Vec<Node> {
             &router,
             Timing::default(),
             Some(&topics),
+            false,
         )
         .await
         .unwrap();
@@ -237,9 +238,7 @@ async fn three_replicas_agree_and_survive_the_loss_of_the_leader() {
     // A follower refuses writes and names the leader.
     let follower = &nodes[first as usize % 3].raft;
     let err = follower.client_write(Command::Delete).await.unwrap_err();
-    let forward = err
-        .forward_to_leader()
-        .expect("forward to leader");
+    let forward = err.forward_to_leader().expect("forward to leader");
     assert_eq!(forward.leader_id, Some(first));
 
     // Cut the leader off; the other two elect a new one and go on.

@@ -10,17 +10,17 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use openraft::BasicNode;
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft_legacy::network_v1::SnapshotReceiverFactory;
-use openraft::BasicNode;
-use woof_consensus::raft::{Entry, EntryPayload, Raft, WatchReceiver, log_id};
 use woof_consensus::Error;
 use woof_consensus::codec::decode;
+use woof_consensus::raft::Command;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Envelope, Router, Rpc, Transport};
 use woof_consensus::raft::snapshot::SnapshotLimits;
 use woof_consensus::raft::state_machine::TopicStateMachine;
-use woof_consensus::raft::Command;
+use woof_consensus::raft::{Entry, EntryPayload, Raft, WatchReceiver, log_id};
 use woof_consensus::store::{
     GroupId, GroupStore, MemStore, Op, RaftLogStore, RocksStore, SnapshotFile, Store, WriteBatch,
 };
@@ -308,6 +308,7 @@ async fn start(id: u64, store: Arc<dyn GroupStore>, net: &Arc<Net>) -> Raft {
         &router,
         timing(),
         None,
+        false,
     )
     .await
     .unwrap()

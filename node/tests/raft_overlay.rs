@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use openraft::BasicNode;
-use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::raft::{Command, CommandResult};
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId};
 use woof_consensus::topic::{TopicConfig, TopicId, TopicMeta, TopicName};
 use woof_node::server::Node;
@@ -22,7 +22,9 @@ async fn leader(rafts: &[Raft], not: Option<u64>) -> usize {
         for r in rafts {
             if let Some(l) = r.current_leader().await
                 && Some(l) != not
-                && let Some(i) = rafts.iter().position(|r| r.metrics().borrow_watched().id == l)
+                && let Some(i) = rafts
+                    .iter()
+                    .position(|r| r.metrics().borrow_watched().id == l)
             {
                 return i;
             }

@@ -12,6 +12,11 @@
 //! - synced calls (`Store::write`, `append_log`, `truncate_log`,
 //!   `put_value`, `delete_group`, `snapshot_keep`) are durable when they
 //!   return, and make every logged call before them durable too;
+//! - `append_log_then` writes at once, unsynced, and is told `written`;
+//!   the disk's syncer syncs later, in order, after the disk's delay
+//!   (`slow_until`), and tells `done`: as RocksDB's log writer, so a
+//!   leader's own entries may still be unsynced when its followers have
+//!   theirs;
 //! - logged unsynced calls (`write_unsynced`, `trim`, `purge_log`,
 //!   `append_log_unsynced`, `put_value_unsynced`) wait for the next synced
 //!   one;
@@ -34,11 +39,13 @@
 //!   is fatal to it).
 
 use std::io::Cursor;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use woof_consensus::Error;
 use woof_consensus::raft::state_machine::{APPLIED, applied_voters};
-use woof_consensus::store::{GroupId, MemStore, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};
+use woof_consensus::store::{
+    AppendDone, GroupId, MemStore, Op, RaftLogStore, SnapshotFile, Store, WriteBatch,
+};
 use woof_consensus::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
 use crate::rng::SimRng;
@@ -63,6 +70,9 @@ enum DiskOp {
     /// A group's snapshot made its kept one: like a file synced and
     /// renamed into place, durable when the call returns.
     KeepSnapshot(GroupId, Vec<u8>),
+    /// The syncer's sync of the log: changes nothing, makes every logged
+    /// call before it durable.
+    Sync,
 }
 
 impl DiskOp {
@@ -99,6 +109,7 @@ impl DiskOp {
             DiskOp::KeepSnapshot(g, bytes) => {
                 to.snapshot_keep(*g, SnapshotFile::Memory(Cursor::new(bytes.clone())))
             }
+            DiskOp::Sync => Ok(()),
         }
     }
 }
@@ -189,7 +200,10 @@ pub type Watcher = Box<dyn Fn(GroupId, u64, Vec<String>) + Send + Sync>;
 /// A node's disk. See the module documentation.
 #[derive(Default)]
 pub struct SimStore {
-    disk: Mutex<Disk>,
+    disk: Arc<Mutex<Disk>>,
+    /// The way to the disk's syncer (started at the first handed-over
+    /// append; see `append_log_then`).
+    syncer: Mutex<Option<tokio::sync::mpsc::Sender<Unsynced>>>,
     /// A slow spell: until when, and the numbers that draw each delay.
     slow: Mutex<Option<(tokio::time::Instant, SimRng)>>,
     watcher: Mutex<Option<Watcher>>,
@@ -197,6 +211,71 @@ pub struct SimStore {
 
 /// How much longer a synced write of a slow disk takes (range, ms).
 const SLOW_SYNC_MS: (u64, u64) = (20, 400);
+
+/// An append written but not yet synced: how long its sync takes, and who
+/// to tell then.
+type Unsynced = (std::time::Duration, AppendDone);
+
+/// Appends waiting for the syncer, at most; past it an append is synced in
+/// place.
+const UNSYNCED_MAX: usize = 1024;
+
+/// The disk's syncer: syncs what was handed over, in order, all that waits
+/// at once (after the longest delay among it), as RocksDB's log writer.
+async fn sync_in_order(disk: Arc<Mutex<Disk>>, mut waiting: tokio::sync::mpsc::Receiver<Unsynced>) {
+    let mut batch = Vec::new();
+    while let Some((mut delay, done)) = waiting.recv().await {
+        batch.push(done);
+        while let Ok((d, done)) = waiting.try_recv() {
+            delay = delay.max(d);
+            batch.push(done);
+        }
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        let outcome = mutate(&disk, DiskOp::Sync);
+        for done in batch.drain(..) {
+            done(outcome.clone());
+        }
+    }
+}
+
+/// Applies `op` to `disk` as the module documentation says.
+fn mutate(disk: &Mutex<Disk>, op: DiskOp) -> Result<()> {
+    let mut d = disk.lock().unwrap_or_else(|e| e.into_inner());
+    if d.poisoned {
+        return Err(poisoned());
+    }
+    let op = if d.corrupt { corrupted(op) } else { op };
+    if d.fail_next_write && !matches!(op, DiskOp::Sync) {
+        d.fail_next_write = false;
+        d.failed_writes += 1;
+        return Err(Error::Storage("simulated write failure".into()));
+    }
+    if op.synced()
+        && let Some(seed) = d.tear_next_sync
+    {
+        d.since_flush.push(op);
+        d.crash(&mut SimRng::new(seed), true);
+        return Err(poisoned());
+    }
+    op.apply(&d.current)?;
+    let synced = op.synced();
+    d.since_flush.push(op);
+    if synced {
+        let d = &mut *d;
+        for p in &d.since_flush[d.synced..] {
+            if p.logged() {
+                p.apply(&d.durable)?;
+            }
+        }
+        d.synced = d.since_flush.len();
+    }
+    if d.since_flush.len() >= FLUSH_AFTER_CALLS {
+        d.flush();
+    }
+    Ok(())
+}
 
 /// `op` with its elements' payloads reversed.
 fn corrupted(op: DiskOp) -> DiskOp {
@@ -273,39 +352,7 @@ impl SimStore {
     }
 
     fn mutate(&self, op: DiskOp) -> Result<()> {
-        let mut d = self.disk();
-        if d.poisoned {
-            return Err(poisoned());
-        }
-        let op = if d.corrupt { corrupted(op) } else { op };
-        if d.fail_next_write {
-            d.fail_next_write = false;
-            d.failed_writes += 1;
-            return Err(Error::Storage("simulated write failure".into()));
-        }
-        if op.synced()
-            && let Some(seed) = d.tear_next_sync
-        {
-            d.since_flush.push(op);
-            d.crash(&mut SimRng::new(seed), true);
-            return Err(poisoned());
-        }
-        op.apply(&d.current)?;
-        let synced = op.synced();
-        d.since_flush.push(op);
-        if synced {
-            let d = &mut *d;
-            for p in &d.since_flush[d.synced..] {
-                if p.logged() {
-                    p.apply(&d.durable)?;
-                }
-            }
-            d.synced = d.since_flush.len();
-        }
-        if d.since_flush.len() >= FLUSH_AFTER_CALLS {
-            d.flush();
-        }
-        Ok(())
+        mutate(&self.disk, op)
     }
 
     /// Power loss: keeps what the module documentation says; every later
@@ -368,12 +415,13 @@ impl SimStore {
         let d = self.disk();
         let durable = d.durable.clone();
         SimStore {
-            disk: Mutex::new(Disk {
+            disk: Arc::new(Mutex::new(Disk {
                 current: durable.clone(),
                 flushed: durable.clone(),
                 durable,
                 ..Disk::default()
-            }),
+            })),
+            syncer: Mutex::default(),
             slow: Mutex::default(),
             watcher: Mutex::default(),
         }
@@ -478,6 +526,35 @@ impl RaftLogStore for SimStore {
 
     fn append_log_unsynced(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
         self.mutate(DiskOp::AppendLogUnsynced(group, entries.to_vec()))
+    }
+
+    fn append_log_then(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        written: AppendDone,
+        done: AppendDone,
+    ) {
+        let outcome = self.mutate(DiskOp::AppendLogUnsynced(group, entries));
+        written(outcome.clone());
+        if outcome.is_err() {
+            return done(outcome);
+        }
+        // Outside a runtime (a test's threads) there is no syncer to run.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return done(self.mutate(DiskOp::Sync));
+        };
+        let delay = self.sync_delay();
+        let mut syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
+        let queue = syncer.get_or_insert_with(|| {
+            let (queue, waiting) = tokio::sync::mpsc::channel(UNSYNCED_MAX);
+            runtime.spawn(sync_in_order(self.disk.clone(), waiting));
+            queue
+        });
+        if let Err(e) = queue.try_send((delay, done)) {
+            let (_, done) = e.into_inner();
+            done(self.mutate(DiskOp::Sync));
+        }
     }
 
     fn read_log(

@@ -6,11 +6,11 @@ use openraft::async_runtime::WatchReceiver;
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::{Config, ReadPolicy, SnapshotPolicy};
 
-use super::{Raft, TypeConfig, blocking};
 use super::log_store::LogStore;
 use super::network::{NetworkFactory, Router, Transport};
 use super::snapshot::SnapshotLimits;
 use super::state_machine::{self, TopicStateMachine};
+use super::{Raft, TypeConfig, blocking};
 use crate::bugs::{self, Bug};
 use crate::error::Error;
 use crate::local::Topics;
@@ -73,6 +73,17 @@ const PAYLOAD_ENTRIES_MAX: u64 = 8;
 /// Starts (or restarts, from what `store` holds) group `group` as node
 /// `node_id`, and registers it with `router`. With `readers`, what the group
 /// applies is published to those topics (reads and subscriptions).
+///
+/// `resume_leading`: a replica that led the group when it stopped leads it
+/// again at once, with no election. Only for a group this process stopped
+/// itself (put to sleep): its log holds everything it ever sent, synced or
+/// about to be (the node's log writer syncs in order). After a crash it
+/// must not: a leader sends entries before its own write of them is synced
+/// (ADR 28), so its log may have lost entries its followers hold under the
+/// same term, and leading that term again would write different entries
+/// under the same log ids. It stands for election in a new term instead,
+/// which it wins only with a log as complete as a quorum's.
+#[allow(clippy::too_many_arguments)]
 pub async fn start(
     node_id: u64,
     group: GroupId,
@@ -81,6 +92,7 @@ pub async fn start(
     router: &Router,
     timing: Timing,
     readers: Option<&Topics>,
+    resume_leading: bool,
 ) -> Result<Raft, Error> {
     let config = Config {
         cluster_name: "woof".into(),
@@ -91,6 +103,7 @@ pub async fn start(
         max_payload_entries: PAYLOAD_ENTRIES_MAX,
         max_in_snapshot_log_to_keep: timing.log_kept,
         snapshot_max_chunk_size: timing.snapshot_chunk_bytes,
+        enable_leader_restore: Some(resume_leading),
         ..Config::default()
     }
     .validate()
@@ -182,7 +195,12 @@ pub async fn confirm_leader(
     let held = raft.metrics().borrow_watched().last_log_index;
     raft.ensure_linearizable(ReadPolicy::ReadIndex).await?;
     if !bugs::on(Bug::ReadSkipsHeldEntries)
-        && held > raft.metrics().borrow_watched().last_applied.map(|l| l.index)
+        && held
+            > raft
+                .metrics()
+                .borrow_watched()
+                .last_applied
+                .map(|l| l.index)
     {
         raft.wait(Some(HELD_APPLIED_WITHIN))
             .applied_index_at_least(held, "a read waits for what its leader holds")

@@ -203,10 +203,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 Err(e) => Err(io_err(e)),
             };
         }
-        // Flushed once the store has synced it: RocksDB's together with the
-        // other groups' appends that come meanwhile, on its log writer's
-        // thread, while this task waits without holding one.
-        wait_for_disk(&*store).await;
+        // Returns once the entries read back (the leader replicates them
+        // meanwhile: openraft 0.10 reads them for its followers as soon as
+        // this returns); `callback` is told once they are synced, and only
+        // then does this replica count in the quorum for them. RocksDB's
+        // log writer syncs them together with the other groups' appends
+        // that come meanwhile, on its own thread; no task waits for it.
         let (tx, rx) = tokio::sync::oneshot::channel();
         store.append_log_then(
             group,
@@ -214,20 +216,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             Box::new(move |outcome| {
                 let _ = tx.send(outcome);
             }),
+            Box::new(move |outcome: Result<(), Error>| {
+                callback.io_completed(outcome.map_err(io_err));
+            }),
         );
-        let written = rx
-            .await
-            .unwrap_or_else(|_| Err(Error::Storage("the log writer stopped".into())));
-        match written {
-            Ok(()) => {
-                callback.io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(io_err(e))
-            }
-        }
+        rx.await
+            .unwrap_or_else(|_| Err(Error::Storage("the log writer stopped".into())))
+            .map_err(io_err)
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), std::io::Error> {
@@ -289,9 +284,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // Record the purge point first: a crash in between leaves entries
         // that are below it, which readers never ask for.
-        self.put_value(LAST_PURGED, &log_id)
-            .await
-            .map_err(io_err)?;
+        self.put_value(LAST_PURGED, &log_id).await.map_err(io_err)?;
         let (store, group) = (self.store.clone(), self.group);
         blocking(move || store.purge_log(group, log_id.index))
             .await

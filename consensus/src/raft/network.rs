@@ -159,10 +159,7 @@ struct Pending {
 type PendingKey = (Vote, Option<LogId>, Option<LogId>);
 
 impl GroupClient {
-    async fn call<E: std::error::Error>(
-        &self,
-        rpc: Rpc,
-    ) -> Result<Reply, RPCError<TypeConfig, E>> {
+    async fn call<E: std::error::Error>(&self, rpc: Rpc) -> Result<Reply, RPCError<TypeConfig, E>> {
         let message = encode(&Envelope {
             group: self.group.0,
             rpc,
@@ -252,7 +249,8 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         &mut self,
         mut rpc: AppendEntriesRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>> {
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>>
+    {
         let keep = entries_per_call(&rpc.entries);
         let cut = keep < rpc.entries.len();
         rpc.entries.truncate(keep);

@@ -30,10 +30,10 @@ use openraft::{OptionalSend, RaftSnapshotBuilder};
 use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use serde_bytes::ByteBuf;
 
+use super::log_store::io_err;
 use super::snapshot::{
     Header, PRODUCERS_MAX, Record, SnapshotData, SnapshotLimits, SnapshotReader, SnapshotWriter,
 };
-use super::log_store::io_err;
 use super::{
     Command, CommandResult, Entry, EntryPayload, LogId, SnapshotMeta, StoredMembership, TypeConfig,
     blocking, quick,
@@ -80,10 +80,7 @@ struct Applied {
 
 /// The last log id `group`'s state machine applied, as stored (durable
 /// only after `RaftLogStore::persist_applied`).
-pub fn applied_log_id(
-    raft: &dyn RaftLogStore,
-    group: GroupId,
-) -> Result<Option<LogId>, Error> {
+pub fn applied_log_id(raft: &dyn RaftLogStore, group: GroupId) -> Result<Option<LogId>, Error> {
     Ok(match raft.value(group, APPLIED)? {
         Some(bytes) => decode::<Applied>(&bytes)?.last_applied,
         None => None,

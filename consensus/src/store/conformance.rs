@@ -404,9 +404,10 @@ fn raft_log_truncates_and_purges<S: RaftLogStore>(s: &S) {
 }
 
 /// Appends handed over with `append_log_then`, from several threads at
-/// once, one at a time per group as a group's Raft does: each is told Ok,
-/// and every group reads back all its entries, in order. Among them, appends
-/// bigger than a store may write together (2 MiB), between small ones.
+/// once, one at a time per group as a group's Raft does: each is told Ok
+/// twice, reads back once told it is written, and every group reads back
+/// all its entries, in order. Among them, appends bigger than a store may
+/// write together (2 MiB), between small ones.
 fn raft_log_appends_handed_over<S: RaftLogStore>(s: &S) {
     const GROUPS: u64 = 6;
     const APPENDS: u64 = 40;
@@ -421,11 +422,16 @@ fn raft_log_appends_handed_over<S: RaftLogStore>(s: &S) {
                         entry(i)
                     };
                     let (tx, rx) = std::sync::mpsc::channel();
+                    let (wtx, wrx) = std::sync::mpsc::channel();
                     s.append_log_then(
                         GroupId(100 + g),
                         vec![e],
+                        Box::new(move |outcome| wtx.send(outcome).unwrap()),
                         Box::new(move |outcome| tx.send(outcome).unwrap()),
                     );
+                    wrx.recv().unwrap().unwrap();
+                    let last = s.last_log(GroupId(100 + g)).unwrap();
+                    assert_eq!(last.map(|(i, _)| i), Some(i), "written, not read back");
                     rx.recv().unwrap().unwrap();
                 }
             });

@@ -22,8 +22,8 @@ pub const GROUP_ID_MIN: u64 = 1 << 62;
 /// The most entries one `read_log` returns, whatever the caller asks.
 pub const READ_ENTRIES_MAX: usize = 10_000;
 
-/// Told the outcome of an [`RaftLogStore::append_log_then`], once the
-/// entries are synced (or failed), perhaps on another thread.
+/// Told an outcome of an [`RaftLogStore::append_log_then`], perhaps on
+/// another thread: once its entries read back, and once they are synced.
 pub type AppendDone = Box<dyn FnOnce(Result<()>) + Send>;
 
 /// Where Raft groups keep their logs. Shared between threads; every method
@@ -42,12 +42,23 @@ pub trait RaftLogStore: Send + Sync + 'static {
     fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()>;
 
     /// [`append_log`](Self::append_log) for a caller that must not block:
-    /// `done` is told the outcome once the entries are synced. A store may
+    /// `written` is told once the entries read back (before they are
+    /// synced: a leader replicates them meanwhile), then `done` once they
+    /// are synced; on a failure both are told it. Per group, appends are
+    /// written and synced in the order they were handed over. A store may
     /// return at once and sync the appends of many groups together
     /// (RocksDB's does, on a writer thread of its own); by default the
-    /// entries are written in place, before this returns.
-    fn append_log_then(&self, group: GroupId, entries: Vec<(u64, Vec<u8>)>, done: AppendDone) {
-        done(self.append_log(group, &entries));
+    /// entries are written and synced in place, before this returns.
+    fn append_log_then(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        written: AppendDone,
+        done: AppendDone,
+    ) {
+        let outcome = self.append_log(group, &entries);
+        written(outcome.clone());
+        done(outcome);
     }
 
     /// [`append_log`](Self::append_log) without waiting for the disk: the

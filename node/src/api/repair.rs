@@ -12,9 +12,9 @@
 //! that leader still runs; otherwise the node finds out itself, by asking
 //! the other copies (see [`left_behind`]).
 
-use woof_consensus::raft::WatchReceiver;
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
+use woof_consensus::raft::WatchReceiver;
 
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::directory::DIRECTORY;

@@ -2,10 +2,10 @@
 //! wherever they run. Whom to ask is decided by [`LeaderSearch`]; this file
 //! sends, waits, gives up on silent peers and keeps the hints for next time.
 
-use woof_consensus::raft::WatchReceiver;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use woof_consensus::raft::WatchReceiver;
 
 use woof_consensus::bugs::{self, Bug};
 use woof_consensus::codec::{decode, encode};

@@ -26,8 +26,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
-use woof_consensus::raft::{Raft, WatchReceiver};
 use tokio::time::Instant;
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::TopicId;
 use woof_consensus::topic::directory::DIRECTORY;
@@ -183,7 +183,10 @@ impl Groups {
                 let Some(raft) = self.running(group) else {
                     return;
                 };
-                if !follower_may_sleep(&LeaderView::of(&raft.metrics().borrow_watched()), self.node_id) {
+                if !follower_may_sleep(
+                    &LeaderView::of(&raft.metrics().borrow_watched()),
+                    self.node_id,
+                ) {
                     return;
                 }
                 self.stop_sleeping(group).await;

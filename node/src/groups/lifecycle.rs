@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::BasicNode;
-use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::raft::group;
 use woof_consensus::raft::network::Transport;
 use woof_consensus::raft::state_machine::peek;
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::store::{GROUP_ID_MIN, GroupId, Op, Store, WriteBatch, blocking};
 use woof_consensus::topic::{Range, TopicId, first_seq};
 use woof_overlay::PeerId;
@@ -153,6 +153,11 @@ impl Groups {
             self.slots.start_failed(group);
             return Err(Error::Log(woof_consensus::Error::Closed));
         }
+        // Put to sleep by this process: a leader then leads again at once.
+        let slept_cleanly = matches!(
+            self.slots.state(group),
+            Some(super::slots::State::Asleep(a)) if a.clean
+        );
         self.slots
             .begin_start(group)
             .map_err(|e| Error::Internal(format!("group {}: cannot {}", group.0, e.0)))?;
@@ -164,6 +169,7 @@ impl Groups {
             &self.router,
             self.timing,
             Some(&self.topics),
+            slept_cleanly,
         )
         .await;
         let raft = match started {
@@ -222,10 +228,7 @@ impl Groups {
 
     /// The group, running and with a leader if one can be had, to serve a
     /// client; else the reply that says why not.
-    pub(super) async fn serving(
-        &self,
-        group: GroupId,
-    ) -> std::result::Result<Raft, ControlReply> {
+    pub(super) async fn serving(&self, group: GroupId) -> std::result::Result<Raft, ControlReply> {
         let slept_cleanly = match self.slots.state(group) {
             Some(super::slots::State::Asleep(a)) => Some(a.clean),
             _ => None,
@@ -253,7 +256,8 @@ impl Groups {
             // Not while this node campaigns already (openraft's own timer),
             // nor while another request here waits for the election it
             // asked for (asking is fire-and-forget: the state changes later).
-            let campaigning = raft.metrics().borrow_watched().state == openraft::ServerState::Candidate;
+            let campaigning =
+                raft.metrics().borrow_watched().state == openraft::ServerState::Candidate;
             let asked = (!has_leader(&raft) && !campaigning)
                 .then(|| Electing::ask(&self.electing, group))
                 .flatten();

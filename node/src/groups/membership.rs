@@ -8,8 +8,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use openraft::BasicNode;
-use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::bugs::{self, Bug};
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::store::GroupId;
 use woof_overlay::PeerId;
 
@@ -56,7 +56,13 @@ impl Groups {
             .all_running()
             .into_iter()
             .filter(|(_, running)| {
-                running.handle.raft.metrics().borrow_watched().current_leader == Some(self.node_id)
+                running
+                    .handle
+                    .raft
+                    .metrics()
+                    .borrow_watched()
+                    .current_leader
+                    == Some(self.node_id)
             })
             .map(|(group, _)| group)
             .collect()

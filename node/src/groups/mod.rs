@@ -34,11 +34,11 @@
 use std::sync::Arc;
 
 use futures::FutureExt;
-use woof_consensus::raft::Raft;
 use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 use woof_consensus::Topics;
 use woof_consensus::bugs::{self, Bug};
+use woof_consensus::raft::Raft;
 use woof_consensus::raft::network::Router;
 use woof_consensus::store::{GroupId, GroupStore};
 use woof_overlay::{Inbound, PeerId};

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use woof_consensus::raft::{Raft, WatchReceiver};
 use tokio::sync::{Semaphore, mpsc};
 use woof_consensus::Start;
 use woof_consensus::codec::{decode, encode};
-use woof_consensus::raft::group;
 use woof_consensus::raft::Command;
+use woof_consensus::raft::group;
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::{Range, TopicName};
 use woof_overlay::Inbound;

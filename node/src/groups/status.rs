@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
-use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::TopicInfo;
+use woof_consensus::raft::{Raft, WatchReceiver};
 use woof_consensus::store::GroupId;
 use woof_consensus::topic::TopicId;
 use woof_overlay::PeerId;
@@ -84,8 +84,9 @@ impl Groups {
 
     /// Whether this node leads `group` now.
     pub fn leads(&self, group: GroupId) -> bool {
-        self.running(group)
-            .is_some_and(|raft| raft.metrics().borrow_watched().current_leader == Some(self.node_id))
+        self.running(group).is_some_and(|raft| {
+            raft.metrics().borrow_watched().current_leader == Some(self.node_id)
+        })
     }
 
     /// This node's replica of `group`, if it holds one whose topic exists.
@@ -101,11 +102,7 @@ impl Groups {
     }
 
     /// One running replica's status.
-    pub(super) fn replica_status(
-        &self,
-        group: GroupId,
-        raft: &Raft,
-    ) -> Option<ReplicaStatus> {
+    pub(super) fn replica_status(&self, group: GroupId, raft: &Raft) -> Option<ReplicaStatus> {
         Some(of_running(group, raft, self.topic_of(group)?, self.node_id))
     }
 
@@ -117,7 +114,9 @@ impl Groups {
     /// The voters of `group`, if this node holds it.
     pub fn local_members(&self, group: GroupId) -> Option<Vec<PeerId>> {
         let members = match self.slots.state(group)? {
-            super::slots::State::Running(r) => peers(&voters(&r.handle.raft.metrics().borrow_watched())),
+            super::slots::State::Running(r) => {
+                peers(&voters(&r.handle.raft.metrics().borrow_watched()))
+            }
             super::slots::State::Asleep(a) => peers(&a.members),
             _ => return None,
         };

@@ -4,9 +4,10 @@
 //! one sync, not N, and no caller holds a thread of its own while it waits
 //! (it hands the entries over and is told the outcome).
 //!
-//! Per group, appends stay in order: a group hands over its next append
-//! only once it has the answer to the one before (openraft waits for each
-//! flush), and the writer takes appends in the order they came.
+//! Each append is told twice: once its batch is written (its entries read
+//! back, so a leader may replicate them), then once the batch is synced.
+//! Per group, appends stay in order: the writer takes them in the order
+//! they came, and a group hands them over in log order.
 
 use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::JoinHandle;
@@ -35,6 +36,8 @@ pub(super) struct Append {
     group: GroupId,
     pub(super) entries: Vec<(u64, Vec<u8>)>,
     bytes: usize,
+    /// Told once written (taken then).
+    pub(super) written: Option<AppendDone>,
     pub(super) done: AppendDone,
 }
 
@@ -60,13 +63,15 @@ impl LogWriter {
         })
     }
 
-    /// Hands `group`'s `entries` to the writer, which calls `done` once they
-    /// are synced. If its queue is full (or it has stopped), the append
-    /// comes back for the caller to write itself.
+    /// Hands `group`'s `entries` to the writer, which calls `written` once
+    /// they read back and `done` once they are synced. If its queue is full
+    /// (or it has stopped), the append comes back for the caller to write
+    /// itself.
     pub(super) fn submit(
         &self,
         group: GroupId,
         entries: Vec<(u64, Vec<u8>)>,
+        written: AppendDone,
         done: AppendDone,
     ) -> std::result::Result<(), Append> {
         let bytes = entries.iter().map(|(_, e)| e.len() + 16).sum();
@@ -74,6 +79,7 @@ impl LogWriter {
             group,
             entries,
             bytes,
+            written: Some(written),
             done,
         };
         let Some(queue) = &self.queue else {
@@ -97,7 +103,8 @@ impl Drop for LogWriter {
 }
 
 /// The writer's loop: takes what waits (within the bounds), writes it all
-/// in one synced batch, tells every caller, again until the queue closes.
+/// in one batch, tells every caller it is written, syncs it, tells every
+/// caller it is synced, again until the queue closes.
 fn run(db: &DB, failure: &OnceLock<String>, waiting: &mpsc::Receiver<Append>) {
     let mut carried: Option<Append> = None;
     let mut taken: Vec<Append> = Vec::new();
@@ -124,16 +131,20 @@ fn run(db: &DB, failure: &OnceLock<String>, waiting: &mpsc::Receiver<Append>) {
                 Err(_) => break,
             }
         }
-        let outcome = write(db, failure, &taken);
+        let wrote = write(db, failure, &taken);
+        for append in &mut taken {
+            if let Some(tell) = append.written.take() {
+                tell(wrote.clone());
+            }
+        }
+        let outcome = wrote.and_then(|()| sync(db, failure));
         for append in taken.drain(..) {
             (append.done)(outcome.clone());
         }
     }
 }
 
-/// Writes `appends` as one batch, then writes out and syncs the
-/// write-ahead log (manual flush, see `RocksStore::open`): the sync runs
-/// outside RocksDB's write queue, so other writes go on meanwhile.
+/// Writes `appends` as one batch (read back at once, not yet durable).
 fn write(db: &DB, failure: &OnceLock<String>, appends: &[Append]) -> Result<()> {
     let cf = db
         .cf_handle(CF_RAFT_LOG)
@@ -142,6 +153,12 @@ fn write(db: &DB, failure: &OnceLock<String>, appends: &[Append]) -> Result<()> 
     for append in appends {
         put_log(&mut wb, cf, append.group, &append.entries);
     }
-    written(failure, db.write(wb), "append raft log")?;
+    written(failure, db.write(wb), "append raft log")
+}
+
+/// Writes out and syncs the write-ahead log (manual flush, see
+/// `RocksStore::open`), and with it every write before: the sync runs
+/// outside RocksDB's write queue, so other writes go on meanwhile.
+fn sync(db: &DB, failure: &OnceLock<String>) -> Result<()> {
     written(failure, db.flush_wal(true), "sync raft log")
 }

@@ -468,9 +468,19 @@ impl RaftLogStore for RocksStore {
 
     /// Through the log writer, synced together with what other groups
     /// append meanwhile; in place if its queue is full.
-    fn append_log_then(&self, group: GroupId, entries: Vec<(u64, Vec<u8>)>, done: AppendDone) {
-        if let Err(append) = self.log_writer.submit(group, entries, done) {
-            (append.done)(self.append_log(group, &append.entries));
+    fn append_log_then(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        written: AppendDone,
+        done: AppendDone,
+    ) {
+        if let Err(append) = self.log_writer.submit(group, entries, written, done) {
+            let outcome = self.append_log(group, &append.entries);
+            if let Some(written) = append.written {
+                written(outcome.clone());
+            }
+            (append.done)(outcome);
         }
     }
 
@@ -777,6 +787,7 @@ mod tests {
         store.append_log_then(
             group,
             vec![(1, b"one".to_vec()), (2, b"two".to_vec())],
+            Box::new(|_| {}),
             Box::new(move |outcome| tx.send(outcome).unwrap()),
         );
         rx.recv().unwrap().unwrap();
