@@ -1784,9 +1784,19 @@ size_t woof_deframer_size(void) { return sizeof(woof_deframer); }
 
 void woof_chooser_init(woof_chooser *c) { memset(c, 0, sizeof *c); }
 
+size_t woof_chooser_size(void) { return sizeof(woof_chooser); }
+
+/* A side's time: the lesser of its last two. */
+static uint64_t chooser_time(const uint64_t *times) {
+    return times[1] < times[0] ? times[1] : times[0];
+}
+
 int woof_chooser_pick(woof_chooser *c) {
     if (c->since_reset >= WOOF_FORGET_EVERY) {
-        woof_chooser_init(c);
+        /* Both are measured afresh; their times stay as the ones before,
+         * for the fresh ones to be taken with. */
+        c->measured = 0;
+        c->since_reset = 0;
     }
     c->since_reset++;
     if (!(c->measured & WOOF_MEASURED_LOCAL)) {
@@ -1795,29 +1805,42 @@ int woof_chooser_pick(woof_chooser *c) {
     if (!(c->measured & WOOF_MEASURED_REMOTE)) {
         return WOOF_SIDE_REMOTE;
     }
-    return c->remote_time < c->local_time ? WOOF_SIDE_REMOTE : WOOF_SIDE_LOCAL;
+    return chooser_time(c->remote_time) < chooser_time(c->local_time) ? WOOF_SIDE_REMOTE
+                                                                      : WOOF_SIDE_LOCAL;
 }
 
 void woof_chooser_record(woof_chooser *c, int side, uint64_t elapsed) {
+    uint64_t *times;
+    unsigned bit;
     if (side == WOOF_SIDE_LOCAL) {
-        c->local_time = elapsed;
-        c->measured |= WOOF_MEASURED_LOCAL;
+        times = c->local_time;
+        bit = WOOF_MEASURED_LOCAL;
     } else if (side == WOOF_SIDE_REMOTE) {
-        c->remote_time = elapsed;
-        c->measured |= WOOF_MEASURED_REMOTE;
+        times = c->remote_time;
+        bit = WOOF_MEASURED_REMOTE;
+    } else {
+        return;
     }
+    /* A side never measured has no time before: UINT64_MAX, which the
+     * lesser of the two ignores (as the Rust core's initial times). */
+    times[1] = (c->held & bit) ? times[0] : UINT64_MAX;
+    times[0] = elapsed;
+    c->held = (uint8_t)(c->held | bit);
+    c->measured = (uint8_t)(c->measured | bit);
 }
 
 void woof_chooser_remote_failed(woof_chooser *c) {
+    /* Both times, or the lesser of the two would hide the failure. */
+    woof_chooser_record(c, WOOF_SIDE_REMOTE, UINT64_MAX);
     woof_chooser_record(c, WOOF_SIDE_REMOTE, UINT64_MAX);
 }
 
 unsigned woof_chooser_measured(const woof_chooser *c, uint64_t *local, uint64_t *remote) {
     if (local != NULL && (c->measured & WOOF_MEASURED_LOCAL)) {
-        *local = c->local_time;
+        *local = chooser_time(c->local_time);
     }
     if (remote != NULL && (c->measured & WOOF_MEASURED_REMOTE)) {
-        *remote = c->remote_time;
+        *remote = chooser_time(c->remote_time);
     }
     return c->measured;
 }

@@ -470,13 +470,19 @@ size_t woof_deframer_size(void);
  * itself and offload (woof_offload) to a handler at the gateway, as the
  * Rust core's offload.rs (NanoLambda's on-device versus remote choice).
  *
- * A woof_chooser keeps the last time to result measured on each side and
- * sends each invocation to the faster; a side not measured yet is tried
- * first (local first). Every WOOF_FORGET_EVERY invocations it forgets what
- * it measured, so both sides are tried again: a gateway that was slow (or
- * a link that was lossy) for a while wins its share back once it is fast
- * again. Pure: times go in, choices come out, in any one unit for both
- * sides (milliseconds on a device). 24 bytes of RAM.
+ * A woof_chooser keeps the last two times to result measured on each side
+ * and sends each invocation to the side whose lesser time of its two is
+ * lower; a side not measured since the last reset is tried first (local
+ * first). The lesser of two, not the last alone, so that one slow run (an
+ * interrupt) does not send the rest of a window to the other side: two
+ * slow runs in a row do. Every WOOF_FORGET_EVERY invocations it resets:
+ * each side is measured once afresh, and that time is taken with the last
+ * one from before the reset, so a side that was slow and is fast again
+ * wins at once, and one that went slow costs at most one more call. A
+ * gateway that was slow (or a link that was lossy) for a while thus wins
+ * its share back once it is fast again. Pure: times go in, choices come
+ * out, in any one unit for both sides (milliseconds on a device). 40 bytes
+ * of RAM (woof_chooser_size() says exactly).
  *
  *   int side = woof_chooser_pick(&ch);
  *   uint64_t t0 = ms();
@@ -496,18 +502,24 @@ size_t woof_deframer_size(void);
 #define WOOF_MEASURED_REMOTE 2u
 
 typedef struct woof_chooser {
-    uint64_t local_time;
-    uint64_t remote_time;
+    /* The last time measured on each side, then the one before it; kept
+     * across resets for the fresh time to be taken with. */
+    uint64_t local_time[2];
+    uint64_t remote_time[2];
     uint32_t since_reset;
-    uint8_t measured; /* WOOF_MEASURED_* */
+    uint8_t measured; /* WOOF_MEASURED_*: sides measured since the reset */
+    uint8_t held;     /* WOOF_MEASURED_*: sides measured since init ([0] is a time) */
 } woof_chooser;
 
 /* Nothing measured. A zeroed woof_chooser (a static) is the same. */
 void woof_chooser_init(woof_chooser *c);
 
+/* sizeof(woof_chooser) as compiled (for bindings that allocate it). */
+size_t woof_chooser_size(void);
+
 /* The side (WOOF_SIDE_*) the next invocation runs on: one not measured
- * since the last reset (local first), else the faster (local on a tie).
- * Counts the invocation. */
+ * since the last reset (local first), else the faster by the lesser of
+ * each side's last two times (local on a tie). Counts the invocation. */
 int woof_chooser_pick(woof_chooser *c);
 
 /* An invocation on `side` took `elapsed` to its result (a side other than
@@ -515,12 +527,14 @@ int woof_chooser_pick(woof_chooser *c);
 void woof_chooser_record(woof_chooser *c, int side, uint64_t elapsed);
 
 /* An offloaded call failed (refused, the handler failed, or no answer): the
- * remote side counts as slower than anything until the next reset. */
+ * remote side counts as slower than anything until the next reset (both of
+ * its times are UINT64_MAX); after it, its fresh time counts. */
 void woof_chooser_remote_failed(woof_chooser *c);
 
 /* What was measured since the last reset: WOOF_MEASURED_* bits, and the
- * times into *local and *remote (either may be NULL; a failed remote is
- * UINT64_MAX; a side not measured is left alone). */
+ * time each side counts as (the lesser of its last two) into *local and
+ * *remote (either may be NULL; a failed remote is UINT64_MAX; a side not
+ * measured since the reset is left alone). */
 unsigned woof_chooser_measured(const woof_chooser *c, uint64_t *local, uint64_t *remote);
 
 #ifdef __cplusplus

@@ -152,6 +152,7 @@ mod ffi {
         pub fn woof_deframer_dropped(d: *const Deframer) -> u32;
         pub fn woof_deframer_size() -> usize;
         pub fn woof_chooser_init(c: *mut Chooser);
+        pub fn woof_chooser_size() -> usize;
         pub fn woof_chooser_pick(c: *mut Chooser) -> i32;
         pub fn woof_chooser_record(c: *mut Chooser, side: i32, elapsed: u64);
         pub fn woof_chooser_remote_failed(c: *mut Chooser);
@@ -169,14 +170,15 @@ mod ffi {
         pub buf: [u8; super::DEFRAME_MAX],
     }
 
-    /// `woof_chooser`.
+    /// `woof_chooser` ([`super::CChooser::new`] checks the size).
     #[repr(C)]
     #[derive(Default)]
     pub struct Chooser {
-        pub local_time: u64,
-        pub remote_time: u64,
+        pub local_time: [u64; 2],
+        pub remote_time: [u64; 2],
         pub since_reset: u32,
         pub measured: u8,
+        pub held: u8,
     }
 }
 
@@ -1469,13 +1471,21 @@ pub struct CChooser(Box<ffi::Chooser>);
 
 impl CChooser {
     pub fn new() -> CChooser {
+        // SAFETY: no arguments, no state.
+        let size = unsafe { ffi::woof_chooser_size() };
+        assert_eq!(
+            size,
+            std::mem::size_of::<ffi::Chooser>(),
+            "woof_chooser as compiled is not the one mirrored here"
+        );
         let mut c = Box::new(ffi::Chooser {
-            local_time: 7,
-            remote_time: 7,
+            local_time: [7; 2],
+            remote_time: [7; 2],
             since_reset: 7,
             measured: 7,
+            held: 7,
         });
-        // SAFETY: a woof_chooser.
+        // SAFETY: c is a woof_chooser (the size checked above).
         unsafe { ffi::woof_chooser_init(&mut *c) };
         CChooser(c)
     }

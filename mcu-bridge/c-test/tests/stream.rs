@@ -344,8 +344,56 @@ fn clean_streams(framers: &mut [(&str, &mut dyn Framer)], b: usize, rounds: u32,
     }
 }
 
+/// The chooser's policy written again, plainly: each side's last two times
+/// (the later first, `None` where there is none), and whether it was
+/// measured since the last reset. Index 0 is local, 1 remote.
+#[derive(Default)]
+struct ChooserModel {
+    times: [[Option<u64>; 2]; 2],
+    fresh: [bool; 2],
+    since_reset: u32,
+}
+
+impl ChooserModel {
+    fn time(&self, side: usize) -> u64 {
+        self.times[side].iter().flatten().copied().min().unwrap()
+    }
+
+    fn pick(&mut self) -> Side {
+        if self.since_reset == FORGET_EVERY {
+            self.fresh = [false; 2];
+            self.since_reset = 0;
+        }
+        self.since_reset += 1;
+        if !self.fresh[0] || (self.fresh[1] && self.time(1) >= self.time(0)) {
+            Side::Local
+        } else {
+            Side::Remote
+        }
+    }
+
+    fn record(&mut self, side: Side, elapsed: u64) {
+        let i = usize::from(side == Side::Remote);
+        self.times[i] = [Some(elapsed), self.times[i][0]];
+        self.fresh[i] = true;
+    }
+
+    fn remote_failed(&mut self) {
+        self.times[1] = [Some(u64::MAX); 2];
+        self.fresh[1] = true;
+    }
+
+    fn measured(&self) -> (Option<u64>, Option<u64>) {
+        (
+            self.fresh[0].then(|| self.time(0)),
+            self.fresh[1].then(|| self.time(1)),
+        )
+    }
+}
+
 /// `rounds` sequences of picks and random records, failures and resets;
-/// every pick and every `measured()` the same. Returns the remote picks.
+/// every pick and every `measured()` the same, and as [`ChooserModel`]
+/// says. Returns the remote picks.
 fn choose_scenario(choosers: &mut [(&str, &mut dyn Choose)], rounds: u32, seed: u64) -> u64 {
     let mut rng = Rng(seed);
     let mut remote = 0;
@@ -355,6 +403,7 @@ fn choose_scenario(choosers: &mut [(&str, &mut dyn Choose)], rounds: u32, seed: 
                 c.reset_chooser();
             }
         }
+        let mut model = ChooserModel::default();
         let mut since_reset = 0u32;
         for step in 0..1 + rng.below(120) {
             let what = || format!("round {round} (seed {seed}), step {step}");
@@ -368,6 +417,12 @@ fn choose_scenario(choosers: &mut [(&str, &mut dyn Choose)], rounds: u32, seed: 
                     .iter_mut()
                     .map(|(n, c)| (*n, c.measured()))
                     .collect(),
+            );
+            assert_eq!(
+                (side, measured),
+                (model.pick(), model.measured()),
+                "{} (the model)",
+                what()
             );
             if since_reset == FORGET_EVERY {
                 since_reset = 0;
@@ -393,6 +448,7 @@ fn choose_scenario(choosers: &mut [(&str, &mut dyn Choose)], rounds: u32, seed: 
                     for (_, c) in choosers.iter_mut() {
                         c.record(side, elapsed);
                     }
+                    model.record(side, elapsed);
                 }
                 12..=13 => {
                     let other = if side == Side::Local {
@@ -403,28 +459,32 @@ fn choose_scenario(choosers: &mut [(&str, &mut dyn Choose)], rounds: u32, seed: 
                     for (_, c) in choosers.iter_mut() {
                         c.record(other, elapsed);
                     }
+                    model.record(other, elapsed);
                 }
                 14..=16 => {
                     for (_, c) in choosers.iter_mut() {
                         c.remote_failed();
                     }
+                    model.remote_failed();
                 }
                 17 => {
                     for (_, c) in choosers.iter_mut() {
                         c.reset_chooser();
                     }
+                    model = ChooserModel::default();
                     since_reset = 0;
                 }
                 // No answer yet.
                 _ => {}
             }
-            same(
+            let measured = same(
                 &what,
                 choosers
                     .iter_mut()
                     .map(|(n, c)| (*n, c.measured()))
                     .collect(),
             );
+            assert_eq!(measured, model.measured(), "{} (the model)", what());
         }
     }
     remote
