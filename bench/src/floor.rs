@@ -110,6 +110,11 @@ pub async fn run(replicas: u64, appends: usize) -> anyhow::Result<Report> {
         .find(|r| r.metrics().borrow_watched().id == leader)
         .context("the leader is not one of the replicas")?
         .clone();
+    // The others may name it before it has taken office.
+    raft.wait(Some(Duration::from_secs(10)))
+        .metrics(|m| m.state == openraft::ServerState::Leader, "leading")
+        .await
+        .context("the leader did not take office within 10 s")?;
     let meta = TopicMeta {
         id: TopicId(group.0),
         name: TopicName::new("bench/floor")?,

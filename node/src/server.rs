@@ -50,7 +50,7 @@ const NOT_SERVING_GRACE: Duration = Duration::from_millis(100);
 /// the last other references to the store to go. Two kinds end just after
 /// the tasks that started them, and cannot be awaited: a store call on the
 /// blocking pool whose future was dropped (a client went away, a
-/// subscription was stopped), which cannot be cancelled; and openraft 0.9's
+/// subscription was stopped), which cannot be cancelled; and openraft's
 /// state machine worker and replication tasks, which `Raft::shutdown` does
 /// not join (they end once the core that fed them is gone). They take
 /// milliseconds; a reference held past this is a bug, and stop says so.

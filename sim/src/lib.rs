@@ -160,9 +160,32 @@ pub fn runtime(seed: u64) -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
+thread_local! {
+    /// Panics on this thread since the run began (a run's tasks, storage
+    /// included, all run on its thread).
+    static PANICS: std::cell::RefCell<Vec<String>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Records every panic on the thread it happens on (then reports it as
+/// before): a node must never panic, and openraft's own assertions (in
+/// debug builds) are the first to see a log that went wrong.
+fn record_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let report = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let what = format!("{info}");
+            PANICS.with(|p| p.borrow_mut().push(what));
+            report(info);
+        }));
+    });
+}
+
 /// Runs one seed on the calling thread.
 pub fn run(config: &Config) -> Result<Outcome, Error> {
     config.validate()?;
+    record_panics();
+    PANICS.with(|p| p.borrow_mut().clear());
     let rt = runtime(config.seed)?;
     woof_consensus::bugs::set(config.broken.and_then(Broken::in_woof));
     let outcome = rt.block_on(simulate(config.clone()));
@@ -309,7 +332,7 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
     rec.event("run over");
 
     let record = std::mem::take(&mut *workload::lock(&record));
-    let violations = check::all(&check::Observed {
+    let mut violations = check::all(&check::Observed {
         plans: &cluster.plans,
         record: &record,
         voters,
@@ -317,6 +340,16 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         finals,
         handled,
     });
+    let panics = PANICS.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    violations.extend(
+        panics
+            .into_iter()
+            .take(check::REPORTED_MAX)
+            .map(|what| check::Violation {
+                checker: "panic",
+                what,
+            }),
+    );
     for v in &violations {
         rec.event(format_args!("VIOLATION {v}"));
     }

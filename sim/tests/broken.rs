@@ -139,11 +139,39 @@ fn sim_broken_handlers_that_record_progress_before_their_outputs_lose_outputs() 
 /// A leader that reports its own log write flushed before it is synced
 /// commits an entry with one follower alone; when the leader loses power
 /// and the follower without the entry wins the next election, an
-/// acknowledged append is gone.
+/// acknowledged append is gone. Since the leader sends entries before its
+/// own write is synced (openraft 0.10, ADR 28), the first sign is often
+/// openraft's own assertion: a replica told to replace an entry it knows
+/// committed, which panics its group (the `panic` checker), or the lost
+/// ack itself. The window is a leader's crash between its acknowledgement
+/// and its next sync, so this run crashes a node about once a simulated
+/// second (default: 0.15): caught at seeds 0, 1, 2, 6, 13 and 15 of the
+/// first 16 then, at 69 with the default rate. The same runs without the
+/// bug found nothing in 16 seeds.
 #[test]
 fn sim_broken_leaders_that_count_themselves_before_their_sync_lose_acks() {
+    let mut faults = woof_sim::Rates::all();
+    faults.set(woof_sim::Fault::Crash, 1.0);
+    let caught = (0..12).find(|seed| {
+        let outcome = woof_sim::run(&Config {
+            seed: *seed,
+            nodes: 5,
+            topics: 4,
+            replication: 3,
+            clients: 4,
+            sim_time_ms: 10_000,
+            faults: faults.clone(),
+            broken: Some(Broken::LeaderCountsItselfUnsynced),
+            ..Config::default()
+        })
+        .unwrap();
+        outcome
+            .violations
+            .iter()
+            .any(|v| v.checker == "lost_ack" || v.what.contains("committed"))
+    });
     assert!(
-        caught_by(Broken::LeaderCountsItselfUnsynced, "lost_ack", 20).is_some(),
+        caught.is_some(),
         "leaders counting an unsynced write went unnoticed"
     );
 }

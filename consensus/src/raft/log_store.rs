@@ -155,12 +155,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// and synced it was one more sync in a row on every commit (`floor`
     /// 25 % slower). A crash may lose the newest, which only delays
     /// applying what was committed until the group commits again; but a
-    /// leader that restarts takes up its leadership again at once (openraft
-    /// 0.9's `Engine::startup`) and would confirm reads against the older
-    /// committed log id, so [`confirm_leader`](super::group::confirm_leader)
+    /// leader that takes up its leadership again at once (openraft's
+    /// `Engine::startup`; since ADR 28 only after this process put the
+    /// group to sleep, not after a crash) would confirm reads against an
+    /// older committed log id, so [`confirm_leader`](super::group::confirm_leader)
     /// also waits for everything the leader holds (the simulator's seed 24
-    /// found a read without appends the leader had acknowledged when it did
-    /// not). Written in place: handing it to the blocking pool cost more
+    /// found a read without appends the leader had acknowledged, under
+    /// openraft 0.9, when it did not). Written in place: handing it to the blocking pool cost more
     /// than the write (18 topics x 4 clients +20 % without the hand-over).
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), std::io::Error> {
         let bytes = encode(&committed).map_err(io_err)?;

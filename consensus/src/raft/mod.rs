@@ -1,6 +1,7 @@
-//! A topic as a Raft group (openraft 0.9, storage v2): the type
-//! configuration, the commands a group's log carries, and the openraft
-//! storage adapters over woof's own storage traits.
+//! A topic as a Raft group (openraft 0.10, pinned: ADR 28): the type
+//! configuration and the names of openraft's types woof uses, the commands
+//! a group's log carries, and the openraft storage adapters over woof's own
+//! storage traits.
 //!
 //! Layout:
 //! - this file: [`TypeConfig`], [`Command`], [`CommandResult`], encoding.
@@ -172,3 +173,64 @@ pub enum CommandResult {
 }
 
 pub(crate) use crate::store::{blocking, quick};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    /// The shapes openraft 0.9 stored votes and log ids in (its default,
+    /// "advanced" leader ids: a term and a node).
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct LeaderId09 {
+        term: u64,
+        node_id: u64,
+    }
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct Vote09 {
+        leader_id: LeaderId09,
+        committed: bool,
+    }
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct LogId09 {
+        leader_id: LeaderId09,
+        index: u64,
+    }
+
+    /// A node's storage written before openraft 0.10 reads the same, and
+    /// the other way round: votes and log ids kept their shape (ADR 28).
+    #[test]
+    fn votes_and_log_ids_are_stored_as_before_openraft_0_10() {
+        let old = Vote09 {
+            leader_id: LeaderId09 {
+                term: 3,
+                node_id: 5,
+            },
+            committed: true,
+        };
+        let vote: Vote = decode(&encode(&old).unwrap()).unwrap();
+        assert_eq!(vote, Vote::new_committed(3, 5));
+        let back: Vote09 = decode(&encode(&Vote::new(4, 6)).unwrap()).unwrap();
+        assert_eq!(
+            back,
+            Vote09 {
+                leader_id: LeaderId09 {
+                    term: 4,
+                    node_id: 6
+                },
+                committed: false
+            }
+        );
+        let old = LogId09 {
+            leader_id: LeaderId09 {
+                term: 2,
+                node_id: 7,
+            },
+            index: 41,
+        };
+        let id: LogId = decode(&encode(&old).unwrap()).unwrap();
+        assert_eq!(id, log_id(2, 7, 41));
+        let back: LogId09 = decode(&encode(&id).unwrap()).unwrap();
+        assert_eq!(back, old);
+    }
+}

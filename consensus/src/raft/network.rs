@@ -109,7 +109,9 @@ const UNREACHABLE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_m
 /// never caught up (a CI flake: the other follower then died and the group
 /// had no quorum). A call longer than this carries a prefix of its entries
 /// (one at least), and a success is reported as a partial one up to the
-/// last sent, so openraft goes on from there.
+/// last sent, so openraft goes on from there. (openraft 0.10 hands the
+/// interval to the network as advice only; the bound keeps every call a
+/// bounded message all the same.)
 pub const CALL_ENTRY_BYTES_MAX: usize = 64 << 10;
 
 /// How many of `entries` one call carries: a prefix under

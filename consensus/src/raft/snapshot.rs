@@ -6,8 +6,8 @@
 //! directory for RocksDB, a buffer for the in-memory stores of tests and the
 //! simulator (which must stay on one thread and off real files; their whole
 //! store is in memory anyway). One enum serves both, so openraft's type
-//! configuration names one type. openraft 0.9 sends it to a follower in
-//! chunks of `Config::snapshot_max_chunk_size` bytes (see
+//! configuration names one type. openraft sends it to a follower in
+//! chunks (the v1 protocol, kept by `openraft-legacy`: ADR 28) of `Config::snapshot_max_chunk_size` bytes (see
 //! [`super::group::Timing`]), which the follower writes into a new file.
 //!
 //! Encoding, version 1 (integers little-endian):
