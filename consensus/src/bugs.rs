@@ -44,11 +44,6 @@ pub enum Bug {
     /// acknowledged with one follower can vanish when the leader loses
     /// power and the other follower wins the next election.
     LeaderCountsItselfUnsynced,
-    /// A read's leader check waits only for what the leader knows
-    /// committed, not for every entry it held when the read came in
-    /// (`raft::group::confirm_leader`): a leader that restarted with an
-    /// older commit than it acknowledged answers without those appends.
-    ReadSkipsHeldEntries,
     /// A group purges its log without first making durable what its state
     /// machine applied from it (`raft::log_store`): a crash then loses
     /// applied elements that no log entry is left to apply again.

@@ -217,12 +217,10 @@ pub enum Broken {
     /// woof's group leaders count themselves in the majority before their
     /// own log write is synced.
     LeaderCountsItselfUnsynced,
-    /// woof's read check does not wait for the entries its leader held.
-    ReadSkipsHeldEntries,
 }
 
 impl Broken {
-    pub const ALL: [(Broken, &'static str); 13] = [
+    pub const ALL: [(Broken, &'static str); 12] = [
         (Broken::AckBeforeCommit, "ack-before-commit"),
         (Broken::RetryWithNewSeq, "retry-with-new-seq"),
         (Broken::DivergentReplica, "divergent-replica"),
@@ -244,7 +242,6 @@ impl Broken {
             Broken::LeaderCountsItselfUnsynced,
             "leader-counts-itself-unsynced",
         ),
-        (Broken::ReadSkipsHeldEntries, "read-skips-held-entries"),
     ];
 
     pub fn parse(text: &str) -> Result<Self, Error> {
@@ -274,7 +271,6 @@ impl Broken {
             Broken::RepairSkipsCatchUp => Some(Bug::RepairSkipsCatchUp),
             Broken::HandlerProgressFirst => Some(Bug::HandlerProgressFirst),
             Broken::LeaderCountsItselfUnsynced => Some(Bug::LeaderCountsItselfUnsynced),
-            Broken::ReadSkipsHeldEntries => Some(Bug::ReadSkipsHeldEntries),
             Broken::AckBeforeCommit | Broken::RetryWithNewSeq | Broken::DivergentReplica => None,
         }
     }

@@ -1,5 +1,5 @@
 //! The checkers bite: with a deliberate bug switched on, the simulator
-//! reports it, by the checker meant for it, within a few seeds. Nine of the
+//! reports it, by the checker meant for it, within a few seeds. Ten of the
 //! bugs are in woof's own code (`woof_consensus::bugs`, compiled in for the
 //! simulator only), three in the simulator's client or disk.
 
@@ -160,7 +160,7 @@ fn sim_broken_leaders_that_count_themselves_before_their_sync_lose_acks() {
             replication: 3,
             clients: 4,
             sim_time_ms: 10_000,
-            faults: faults.clone(),
+            faults,
             broken: Some(Broken::LeaderCountsItselfUnsynced),
             ..Config::default()
         })
@@ -173,28 +173,5 @@ fn sim_broken_leaders_that_count_themselves_before_their_sync_lose_acks() {
     assert!(
         caught.is_some(),
         "leaders counting an unsynced write went unnoticed"
-    );
-}
-
-/// Rarer than the others: a leader must restart having lost its newest
-/// committed log id (not synced) while a client reads right after its own
-/// append. Caught at seed 27 of the sweep's own runs (20 topics, 8 clients,
-/// 30 s; and at 31, none else failing below 100) since the state machines'
-/// writes left the write-ahead log (ADR 25), which changed how the runs
-/// unfold; before that at seed 62 with 4 topics, and at 23 until 9024e57.
-#[test]
-fn sim_broken_reads_that_skip_what_their_leader_held_are_stale() {
-    let caught = (0..32).find(|seed| {
-        let outcome = woof_sim::run(&Config {
-            seed: *seed,
-            broken: Some(Broken::ReadSkipsHeldEntries),
-            ..Config::default()
-        })
-        .unwrap();
-        outcome.violations.iter().any(|v| v.checker == "linear")
-    });
-    assert!(
-        caught.is_some(),
-        "reads that do not wait for what their leader held went unnoticed"
     );
 }
