@@ -122,7 +122,18 @@ pub async fn run(replicas: u64, appends: usize) -> anyhow::Result<Report> {
         created_at_ms: 1,
         placement: Default::default(),
     };
-    raft.client_write(Command::Create(meta)).await?;
+    // A new leader may still refuse for a moment (openraft 0.10 takes
+    // office in steps); the create is retried for up to 10 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match raft.client_write(Command::Create(meta.clone())).await {
+            Ok(_) => break,
+            Err(e) if e.forward_to_leader().is_some() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     let mut h = Histogram::<u64>::new(3)?;
     let started = Instant::now();
     for i in 0..appends {
