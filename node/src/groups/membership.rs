@@ -55,15 +55,7 @@ impl Groups {
         self.slots
             .all_running()
             .into_iter()
-            .filter(|(_, running)| {
-                running
-                    .handle
-                    .raft
-                    .metrics()
-                    .borrow_watched()
-                    .current_leader
-                    == Some(self.node_id)
-            })
+            .filter(|(_, running)| known_leader(&running.handle.raft) == Some(self.node_id))
             .map(|(group, _)| group)
             .collect()
     }
@@ -75,15 +67,7 @@ impl Groups {
             .slots
             .all_running()
             .into_iter()
-            .filter(|(_, running)| {
-                running
-                    .handle
-                    .raft
-                    .metrics()
-                    .borrow_watched()
-                    .current_leader
-                    .is_none()
-            })
+            .filter(|(_, running)| known_leader(&running.handle.raft).is_none())
             .map(|(group, _)| group)
             .chain(self.slots.all_asleep().into_iter().map(|(group, _)| group))
             .collect();
@@ -266,6 +250,11 @@ impl CatchUp {
             Step::Wait
         }
     }
+}
+
+/// The leader a running group's replica here knows, if any.
+fn known_leader(raft: &Raft) -> Option<u64> {
+    raft.metrics().borrow_watched().current_leader
 }
 
 #[cfg(test)]
