@@ -106,7 +106,6 @@ pub async fn start(
         max_in_snapshot_log_to_keep: timing.log_kept,
         snapshot_max_chunk_size: timing.snapshot_chunk_bytes,
         enable_leader_restore: Some(resume_leading),
-        broadcast_submitted_on_append: Some(true),
         ..Config::default()
     }
     .validate()
