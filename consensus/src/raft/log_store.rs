@@ -1,8 +1,9 @@
 //! openraft's log storage for one group, over a [`RaftLogStore`].
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{IOFlushed, RaftLogStorage};
 use openraft::{LogState, OptionalSend, RaftLogReader};
@@ -21,7 +22,8 @@ const LAST_PURGED: &str = "last_purged";
 const PURGE_WAITS_FOR_APPLY: std::time::Duration = std::time::Duration::from_secs(30);
 const PURGE_POLL: std::time::Duration = std::time::Duration::from_millis(10);
 
-/// One group's log on node `node`. Cheap to clone: clones share the store.
+/// One group's log on node `node`. Cheap to clone: clones share the store
+/// and the recent entries.
 #[derive(Clone)]
 pub struct LogStore {
     store: Arc<dyn RaftLogStore>,
@@ -29,6 +31,108 @@ pub struct LogStore {
     node: u64,
     /// Purges only what the group's state machine applied (see `purge`).
     purge_applied_only: bool,
+    recent: Arc<Mutex<Recent>>,
+}
+
+/// The most entries, and payload bytes, [`Recent`] keeps for one group.
+const RECENT_ENTRIES_MAX: usize = 1024;
+const RECENT_BYTES_MAX: usize = 4 << 20;
+
+/// The entries this group appended last, as openraft handed them over, in
+/// index order up to the log's last: openraft reads each entry back at once
+/// (for every follower's replication, and on every replica to apply it), and
+/// from here it needs neither a read from storage nor decoding, and its
+/// payloads are shared, not copied. Always what the storage holds at those
+/// indexes: an append replaces what it overwrites, a truncation or a purge
+/// removes what it removes. Bounded by [`RECENT_ENTRIES_MAX`] and
+/// [`RECENT_BYTES_MAX`] (the oldest go first; a larger entry is not kept);
+/// a group that sleeps drops it with its log store. Older entries are read
+/// from storage as before.
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<Entry>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn first(&self) -> Option<u64> {
+        self.entries.front().map(|e| e.log_id.index)
+    }
+
+    /// Removes the entries with `index >= from`.
+    fn truncate(&mut self, from: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= from) {
+            let e = self.entries.pop_back().expect("a last entry");
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+
+    /// Removes the entries with `index <= upto`.
+    fn purge(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|e| e.log_id.index <= upto) {
+            let e = self.entries.pop_front().expect("a first entry");
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+
+    /// Records `appended` (consecutive indexes), now in storage in place of
+    /// whatever it held from their first index on.
+    fn append(&mut self, appended: Vec<Entry>) {
+        let Some(first) = appended.first().map(|e| e.log_id.index) else {
+            return;
+        };
+        self.truncate(first);
+        if self
+            .entries
+            .back()
+            .is_some_and(|e| e.log_id.index + 1 != first)
+        {
+            // Not the next: what lies between is only in storage.
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        for e in appended {
+            let size = entry_bytes(&e);
+            if size > RECENT_BYTES_MAX {
+                // Kept only in storage; so is all before it.
+                self.entries.clear();
+                self.bytes = 0;
+                continue;
+            }
+            self.bytes += size;
+            self.entries.push_back(e);
+        }
+        while self.entries.len() > RECENT_ENTRIES_MAX || self.bytes > RECENT_BYTES_MAX {
+            let e = self.entries.pop_front().expect("an entry over the bound");
+            self.bytes -= entry_bytes(&e);
+        }
+    }
+
+    /// The kept entries with `from <= index < to`, if `from` is kept. The
+    /// kept entries end with the log's last, so none past them exists.
+    fn read(&self, from: u64, to: u64) -> Option<Vec<Entry>> {
+        let first = self.first()?;
+        let skip = usize::try_from(from.checked_sub(first)?).ok()?;
+        if skip >= self.entries.len() {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .skip(skip)
+                .take_while(|e| e.log_id.index < to)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
+/// About how many bytes `entry` holds (its payloads, for the bound).
+fn entry_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        super::EntryPayload::Normal(command) => command.approx_bytes(),
+        _ => 256,
+    }
 }
 
 impl LogStore {
@@ -38,7 +142,12 @@ impl LogStore {
             group,
             node,
             purge_applied_only: true,
+            recent: Arc::default(),
         }
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Purges all it is asked to, whatever the state machine applied: for
@@ -106,15 +215,31 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(i) => *i,
             Bound::Unbounded => u64::MAX,
         };
-        // Replication reads what was just appended: the memtable answers.
-        quick(|| {
-            self.store
-                .read_log(self.group, from, to, usize::MAX)?
-                .iter()
-                .map(|(_, bytes)| decode(bytes))
-                .collect()
-        })
-        .map_err(io_err)
+        // Replication and the state machine read what was just appended:
+        // it is kept, or else the memtable answers. What is older than the
+        // kept entries comes from storage, the rest from them.
+        let (kept, stored_to) = {
+            let recent = self.recent();
+            match recent.first() {
+                Some(first) if first <= from => (recent.read(from, to), from),
+                Some(first) if first < to => (recent.read(first, to), first),
+                _ => (None, to),
+            }
+        };
+        let mut entries: Vec<Entry> = if from < stored_to {
+            quick(|| {
+                self.store
+                    .read_log(self.group, from, stored_to, usize::MAX)?
+                    .iter()
+                    .map(|(_, bytes)| decode(bytes))
+                    .collect()
+            })
+            .map_err(io_err)?
+        } else {
+            Vec::new()
+        };
+        entries.extend(kept.into_iter().flatten());
+        Ok(entries)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, std::io::Error> {
@@ -185,19 +310,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut own = true;
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let own = entries
+            .iter()
+            .all(|e| e.log_id.leader_id.node_id == self.node);
         let encoded = entries
-            .into_iter()
-            .map(|e| {
-                own &= e.log_id.leader_id.node_id == self.node;
-                Ok((e.log_id.index, encode(&e)?))
-            })
+            .iter()
+            .map(|e| Ok((e.log_id.index, encode(e)?)))
             .collect::<Result<Vec<_>, Error>>()
             .map_err(io_err)?;
         let (store, group) = (self.store.clone(), self.group);
         if own && bugs::on(Bug::LeaderCountsItselfUnsynced) {
             return match blocking(move || store.append_log_unsynced(group, &encoded)).await {
                 Ok(()) => {
+                    self.recent().append(entries);
                     callback.io_completed(Ok(()));
                     Ok(())
                 }
@@ -221,13 +347,26 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 callback.io_completed(outcome.map_err(io_err));
             }),
         );
-        rx.await
-            .unwrap_or_else(|_| Err(Error::Storage("the log writer stopped".into())))
-            .map_err(io_err)
+        let written = rx
+            .await
+            .unwrap_or_else(|_| Err(Error::Storage("the log writer stopped".into())));
+        match written {
+            Ok(()) => {
+                self.recent().append(entries);
+                Ok(())
+            }
+            Err(e) => {
+                // What storage holds from here on is unknown.
+                let first = entries.first().map_or(u64::MAX, |e| e.log_id.index);
+                self.recent().truncate(first);
+                Err(io_err(e))
+            }
+        }
     }
 
     async fn truncate_after(&mut self, last: Option<LogId>) -> Result<(), std::io::Error> {
         let from = last.map_or(0, |l| l.index + 1);
+        self.recent().truncate(from);
         let (store, group) = (self.store.clone(), self.group);
         blocking(move || store.truncate_log(group, from))
             .await
@@ -286,6 +425,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Record the purge point first: a crash in between leaves entries
         // that are below it, which readers never ask for.
         self.put_value(LAST_PURGED, &log_id).await.map_err(io_err)?;
+        self.recent().purge(log_id.index);
         let (store, group) = (self.store.clone(), self.group);
         blocking(move || store.purge_log(group, log_id.index))
             .await
@@ -321,5 +461,114 @@ mod tests {
             stored_leader(&store, group).is_err(),
             "bad bytes are an error"
         );
+    }
+
+    fn entry(index: u64, term: u64, payload: &[u8]) -> Entry {
+        Entry {
+            log_id: crate::raft::log_id(term, 1, index),
+            payload: crate::raft::EntryPayload::Normal(crate::raft::Command::Append {
+                payloads: vec![bytes::Bytes::copy_from_slice(payload)],
+                producer: None,
+                time_ms: 0,
+                cause: None,
+                handler: None,
+            }),
+        }
+    }
+
+    async fn append(log: &mut LogStore, entries: Vec<Entry>) {
+        log.append(entries, IOFlushed::noop()).await.unwrap();
+    }
+
+    /// What a log store that keeps nothing reads: storage's answer.
+    async fn stored(store: &Arc<MemStore>, from: u64, to: u64) -> Vec<Entry> {
+        let mut fresh = LogStore::new(store.clone(), GroupId(7), 1);
+        fresh.try_get_log_entries(from..to).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn kept_entries_answer_as_storage_would_through_appends_truncations_and_purges() {
+        let store = Arc::new(MemStore::new());
+        // No state machine here applies what the purge below removes.
+        let mut log = LogStore::new(store.clone(), GroupId(7), 1).purging_as_asked();
+        append(&mut log, (1..=5).map(|i| entry(i, 1, b"a")).collect()).await;
+        append(&mut log, (6..=8).map(|i| entry(i, 1, b"b")).collect()).await;
+        for (from, to) in [(1, 9), (3, 6), (6, 20), (8, 9), (9, 12), (0, 4)] {
+            assert_eq!(
+                log.try_get_log_entries(from..to).await.unwrap(),
+                stored(&store, from, to).await,
+                "{from}..{to}"
+            );
+        }
+        // A new leader's entries replace a conflicting suffix.
+        log.truncate_after(Some(crate::raft::log_id(1, 1, 5)))
+            .await
+            .unwrap();
+        assert_eq!(log.try_get_log_entries(1..20).await.unwrap().len(), 5);
+        append(&mut log, (6..=7).map(|i| entry(i, 2, b"c")).collect()).await;
+        let read = log.try_get_log_entries(1..20).await.unwrap();
+        assert_eq!(read, stored(&store, 1, 20).await);
+        assert_eq!(read.len(), 7);
+        assert_eq!(read[6], entry(7, 2, b"c"));
+        // An append over a suffix without a truncation first.
+        append(&mut log, vec![entry(7, 3, b"d")]).await;
+        assert_eq!(
+            log.recent().first(),
+            Some(1),
+            "what comes before stays kept"
+        );
+        assert_eq!(
+            log.try_get_log_entries(1..20).await.unwrap(),
+            stored(&store, 1, 20).await
+        );
+        log.purge(crate::raft::log_id(1, 1, 3)).await.unwrap();
+        assert_eq!(
+            log.try_get_log_entries(1..20).await.unwrap(),
+            stored(&store, 1, 20).await
+        );
+        assert_eq!(log.try_get_log_entries(4..20).await.unwrap().len(), 4);
+    }
+
+    #[tokio::test]
+    async fn what_was_just_appended_is_read_without_storage_and_older_entries_from_it() {
+        let store = Arc::new(MemStore::new());
+        let mut log = LogStore::new(store.clone(), GroupId(7), 1);
+        append(&mut log, (1..=3).map(|i| entry(i, 1, b"x")).collect()).await;
+        // Bytes under entry 2 that no log store could decode: a read that
+        // goes to storage fails, one answered from memory does not.
+        store
+            .append_log(GroupId(7), &[(2, b"not an entry".to_vec())])
+            .unwrap();
+        let mut fresh = LogStore::new(store.clone(), GroupId(7), 1);
+        assert!(fresh.try_get_log_entries(2..3).await.is_err());
+        assert_eq!(
+            log.try_get_log_entries(1..4).await.unwrap(),
+            (1..=3).map(|i| entry(i, 1, b"x")).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_kept_entries_are_bounded_and_the_rest_is_read_from_storage() {
+        let store = Arc::new(MemStore::new());
+        let mut log = LogStore::new(store.clone(), GroupId(7), 1);
+        let count = RECENT_ENTRIES_MAX as u64 + 10;
+        append(&mut log, (1..=count).map(|i| entry(i, 1, b"y")).collect()).await;
+        assert_eq!(log.recent().entries.len(), RECENT_ENTRIES_MAX);
+        assert_eq!(log.recent().first(), Some(11));
+        let all = log.try_get_log_entries(1..count + 1).await.unwrap();
+        assert_eq!(all, stored(&store, 1, count + 1).await);
+        assert_eq!(all.len() as u64, count);
+        // An entry over the bytes bound is not kept, nor anything before it.
+        let big = vec![0u8; RECENT_BYTES_MAX + 1];
+        append(&mut log, vec![entry(count + 1, 1, &big)]).await;
+        assert!(log.recent().entries.is_empty());
+        assert_eq!(log.recent().bytes, 0);
+        append(&mut log, vec![entry(count + 2, 1, b"z")]).await;
+        assert_eq!(log.recent().first(), Some(count + 2));
+        let tail = log.try_get_log_entries(count..count + 3).await.unwrap();
+        assert_eq!(tail, stored(&store, count, count + 3).await);
+        assert_eq!(tail.len(), 3);
+        let kept: usize = log.recent().entries.iter().map(entry_bytes).sum();
+        assert_eq!(log.recent().bytes, kept);
     }
 }
