@@ -55,6 +55,11 @@ struct Recent {
 }
 
 impl Recent {
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.bytes = 0;
+    }
+
     fn first(&self) -> Option<u64> {
         self.entries.front().map(|e| e.log_id.index)
     }
@@ -88,15 +93,13 @@ impl Recent {
             .is_some_and(|e| e.log_id.index + 1 != first)
         {
             // Not the next: what lies between is only in storage.
-            self.entries.clear();
-            self.bytes = 0;
+            self.clear();
         }
         for e in appended {
             let size = entry_bytes(&e);
             if size > RECENT_BYTES_MAX {
                 // Kept only in storage; so is all before it.
-                self.entries.clear();
-                self.bytes = 0;
+                self.clear();
                 continue;
             }
             self.bytes += size;

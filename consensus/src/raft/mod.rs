@@ -5,7 +5,8 @@
 //!
 //! Layout:
 //! - this file: [`TypeConfig`], [`Command`], [`CommandResult`], encoding.
-//! - [`log_store`]: openraft's `RaftLogStorage` over a [`RaftLogStore`].
+//! - [`log_store`]: openraft's `RaftLogStorage` over a [`RaftLogStore`],
+//!   keeping a group's recent entries in memory for replication and apply.
 //! - [`state_machine`]: openraft's `RaftStateMachine`: applies commands to
 //!   the topic through [`crate::topic::Machine`], snapshots the topic.
 //! - [`snapshot`]: a snapshot's bytes (a file, or a buffer for in-memory
