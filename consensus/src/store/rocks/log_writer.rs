@@ -19,9 +19,11 @@ use crate::error::{Error, Result};
 use crate::store::GroupId;
 use crate::store::raft_log::AppendDone;
 
-/// Appends waiting for the writer, at most. Each group has at most one in
-/// flight, so this is only reached with thousands of groups appending at
-/// once; past it a caller writes in place ([`LogWriter::submit`]).
+/// Appends waiting for the writer, at most. A group hands over its next
+/// append once the previous one is written (openraft 0.10 goes on before
+/// the sync), so a busy group has a few waiting; this is only reached with
+/// thousands of groups appending at once; past it a caller writes in place
+/// ([`LogWriter::submit`]).
 const QUEUED_MAX: usize = 4096;
 /// One write takes the appends waiting, in order, while they hold at most
 /// this many bytes together (but always at least one): a small append is
