@@ -1,7 +1,9 @@
-//! The cluster key: a libp2p pre-shared key (private network). Only nodes
-//! holding the same key can even start a handshake with each other.
+//! The cluster key: 32 secret bytes shared by a cluster's nodes. Only nodes
+//! holding the same key can even start a handshake with each other (the
+//! private network, [`crate::psk`]).
 //!
-//! Its file form is the one libp2p and IPFS use:
+//! Its file form, and its fingerprint, are the ones libp2p and IPFS use for
+//! a private network's pre-shared key:
 //! `/key/swarm/psk/1.0.0/\n/base16/\n<64 hex digits>\n`.
 
 use std::path::Path;
@@ -16,7 +18,10 @@ const KEY_FILE_BYTES_MAX: u64 = 4096;
 
 /// A cluster's shared secret.
 #[derive(Clone, Copy)]
-pub struct ClusterKey(PreSharedKey);
+pub struct ClusterKey {
+    psk: PreSharedKey,
+    secret: [u8; 32],
+}
 
 impl ClusterKey {
     /// A new random key.
@@ -29,14 +34,29 @@ impl ClusterKey {
             .secret();
         let mut bytes = [0u8; 32];
         bytes.copy_from_slice(secret.as_ref());
-        Self(PreSharedKey::new(bytes))
+        Self {
+            psk: PreSharedKey::new(bytes),
+            secret: bytes,
+        }
     }
 
     /// Parses the file form.
     pub fn parse(text: &str) -> Result<Self> {
-        PreSharedKey::from_str(text.trim())
-            .map(Self)
-            .map_err(|e| Error::ClusterKey(e.to_string()))
+        let text = text.trim();
+        let psk = PreSharedKey::from_str(text).map_err(|e| Error::ClusterKey(e.to_string()))?;
+        // libp2p checked the form; its last line is the key in hex.
+        let hex = text.lines().last().unwrap_or_default().trim().as_bytes();
+        let mut secret = [0u8; 32];
+        for (byte, pair) in secret.iter_mut().zip(hex.chunks(2)) {
+            let digits = std::str::from_utf8(pair).ok();
+            *byte = digits
+                .and_then(|d| u8::from_str_radix(d, 16).ok())
+                .ok_or_else(|| Error::ClusterKey("the key is not 64 hex digits".into()))?;
+        }
+        if hex.len() != 64 {
+            return Err(Error::ClusterKey("the key is not 64 hex digits".into()));
+        }
+        Ok(Self { psk, secret })
     }
 
     /// Reads a key file.
@@ -55,16 +75,17 @@ impl ClusterKey {
 
     /// The file form.
     pub fn to_file_text(&self) -> String {
-        self.0.to_key_file()
+        self.psk.to_key_file()
     }
 
     /// A short public fingerprint, safe to log.
     pub fn fingerprint(&self) -> String {
-        self.0.fingerprint().to_string()
+        self.psk.fingerprint().to_string()
     }
 
-    pub(crate) fn psk(&self) -> PreSharedKey {
-        self.0
+    /// The key the private network encrypts connections with.
+    pub(crate) fn network_key(&self) -> [u8; 32] {
+        crate::psk::derive(&self.secret)
     }
 }
 
@@ -85,10 +106,11 @@ mod tests {
         assert_ne!(a.fingerprint(), b.fingerprint());
         let text = a.to_file_text();
         assert!(text.starts_with("/key/swarm/psk/1.0.0/"));
-        assert_eq!(
-            ClusterKey::parse(&text).unwrap().fingerprint(),
-            a.fingerprint()
-        );
+        let parsed = ClusterKey::parse(&text).unwrap();
+        assert_eq!(parsed.fingerprint(), a.fingerprint());
+        assert_eq!(parsed.secret, a.secret, "the same secret bytes");
+        assert_eq!(parsed.network_key(), a.network_key());
+        assert_ne!(a.network_key(), b.network_key());
     }
 
     #[test]

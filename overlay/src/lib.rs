@@ -1,7 +1,10 @@
 //! woof's overlay: how nodes find and talk to each other, with libp2p.
 //!
 //! Layout:
-//! - [`key`]: the cluster key (a libp2p private-network pre-shared key).
+//! - [`key`]: the cluster key (in the file form of a libp2p private
+//!   network's pre-shared key).
+//! - `psk`: the private network: every connection encrypted under a key
+//!   derived from the cluster key before noise runs (XChaCha20; ADR 30).
 //! - [`identity`]: a node's keypair, kept across restarts.
 //! - [`info`]: what a node advertises: tier, attributes, capabilities.
 //! - [`members`]: the live view of the others (alive, suspected, gone), a
@@ -29,6 +32,7 @@ pub mod key;
 mod link;
 pub mod members;
 pub mod network;
+mod psk;
 
 pub use error::{Error, Result};
 pub use info::{NodeInfo, Tier};

@@ -18,7 +18,6 @@ use libp2p::core::transport::Boxed;
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig};
-use libp2p::pnet::PnetConfig;
 use libp2p::request_response::{self, OutboundRequestId, ProtocolSupport, ResponseChannel};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
@@ -228,8 +227,8 @@ fn transport(
     let upgrade_timeout = Duration::from_secs(10);
     Ok(match cluster_key {
         Some(key) => {
-            let psk = key.psk();
-            tcp.and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            let key = key.network_key();
+            tcp.and_then(move |socket, _| crate::psk::handshake(socket, key))
                 .upgrade(Version::V1Lazy)
                 .authenticate(noise)
                 .multiplex(yamux::Config::default())
