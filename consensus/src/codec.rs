@@ -47,8 +47,9 @@ pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
     cbor4ii::serde::to_vec(vec![VALUE], value).map_err(|e| Error::Corrupt(format!("encode: {e}")))
 }
 
-/// The value [`encode`] made of `bytes`.
-pub fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+/// The value [`encode`] made of `bytes` (a value may borrow from them: a
+/// `&serde_bytes::Bytes` is read without a copy).
+pub fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
     match bytes.split_first() {
         Some((&VALUE, rest)) => {
             cbor4ii::serde::from_slice(rest).map_err(|e| Error::Corrupt(format!("decode: {e}")))

@@ -234,7 +234,8 @@ async fn send_one(client: &dyn Net, peer: PeerId, batch: Vec<Pending>) {
 /// group past openraft's AppendEntries timeout (one heartbeat interval). A
 /// wake goes on in the background (see the router's waker).
 pub(super) async fn handle_batch(router: &Router, batch: &[u8]) -> woof_consensus::Result<Vec<u8>> {
-    let messages: Vec<ByteBuf> = decode(batch)?;
+    // Borrowed from the batch: each message is read where it lies.
+    let messages: Vec<&serde_bytes::Bytes> = decode(batch)?;
     if messages.len() > BATCH.items_max {
         return Err(woof_consensus::Error::InvalidArgument(format!(
             "a batch of {} Raft messages; at most {}",
