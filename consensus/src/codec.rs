@@ -44,7 +44,14 @@ pub const WINDOW: u8 = 1;
 
 /// A structured value for disk or wire: [`VALUE`], then CBOR.
 pub fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    cbor4ii::serde::to_vec(vec![VALUE], value).map_err(|e| Error::Corrupt(format!("encode: {e}")))
+    encode_after(Vec::new(), value)
+}
+
+/// [`encode`]'s bytes after `prefix` (a message's tag), in one buffer: no
+/// copy to put the tag in front.
+pub fn encode_after<T: serde::Serialize>(mut prefix: Vec<u8>, value: &T) -> Result<Vec<u8>> {
+    prefix.push(VALUE);
+    cbor4ii::serde::to_vec(prefix, value).map_err(|e| Error::Corrupt(format!("encode: {e}")))
 }
 
 /// The value [`encode`] made of `bytes` (a value may borrow from them: a
@@ -222,6 +229,20 @@ pub mod window {
 mod tests {
     use super::*;
     use crate::topic::{Producer, ProducerWindow};
+
+    #[test]
+    fn a_value_after_a_tag_reads_as_the_value_and_may_be_borrowed() {
+        let payloads = vec![serde_bytes::ByteBuf::from(vec![1u8, 2, 3])];
+        let bytes = encode_after(vec![9], &payloads).unwrap();
+        assert_eq!(bytes[0], 9, "the tag first");
+        assert_eq!(&bytes[1..], &encode(&payloads).unwrap()[..]);
+        let read: Vec<&serde_bytes::Bytes> = decode(&bytes[1..]).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(&read[0][..], &[1, 2, 3]);
+        // Borrowed: the bytes read are inside the buffer.
+        let range = bytes.as_ptr_range();
+        assert!(range.contains(&read[0].as_ptr()));
+    }
 
     #[test]
     fn values_round_trip_and_other_versions_are_refused() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use woof_consensus::raft::WatchReceiver;
 
 use woof_consensus::bugs::{self, Bug};
-use woof_consensus::codec::{decode, encode};
+use woof_consensus::codec::{decode, encode_after};
 use woof_consensus::raft::{Command, CommandResult};
 use woof_consensus::store::{GroupId, blocking};
 use woof_overlay::PeerId;
@@ -81,24 +81,15 @@ impl Routes {
     }
 }
 
-/// Sends a tagged message to `peer`.
+/// Sends `payload` (a tag, then the message) to `peer`.
 pub(super) async fn request(
     net: &dyn Net,
     peer: PeerId,
-    tag: u8,
-    message: &[u8],
+    payload: Vec<u8>,
 ) -> woof_consensus::Result<Vec<u8>> {
-    net.request(peer, tagged(tag, message))
+    net.request(peer, payload)
         .await
         .map_err(woof_consensus::Error::Network)
-}
-
-/// `message` with `tag` in front, as peers' requests carry it.
-pub(super) fn tagged(tag: u8, message: &[u8]) -> Vec<u8> {
-    let mut framed = Vec::with_capacity(message.len() + 1);
-    framed.push(tag);
-    framed.extend_from_slice(message);
-    framed
 }
 
 impl Groups {
@@ -455,8 +446,8 @@ impl Groups {
         if peer == self.client.peer_id() {
             return Ok(self.handle_control(control).await);
         }
-        let message = encode(&control)?;
-        let sent = request(&*self.client, peer, TAG_CONTROL, &message);
+        let message = encode_after(vec![TAG_CONTROL], &control)?;
+        let sent = request(&*self.client, peer, message);
         match tokio::time::timeout(timeout, sent).await {
             Ok(answer) => Ok(decode(&answer?)?),
             Err(_) => Err(Error::Log(woof_consensus::Error::Network(format!(

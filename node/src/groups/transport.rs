@@ -22,11 +22,10 @@ use openraft::BasicNode;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::task::TaskTracker;
-use woof_consensus::codec::{decode, encode};
+use woof_consensus::codec::{decode, encode, encode_after};
 use woof_consensus::raft::network::{Router, Transport};
 use woof_overlay::PeerId;
 
-use super::client::tagged;
 use super::{Net, TAG_RAFT_BATCH};
 use woof_consensus::batch::{self, Limits};
 
@@ -188,11 +187,8 @@ async fn send_one(client: &dyn Net, peer: PeerId, batch: Vec<Pending>) {
         .into_iter()
         .map(|p| (ByteBuf::from(p.message), p.reply))
         .unzip();
-    let answers = match encode(&messages) {
-        Ok(bytes) => match client
-            .link_request(peer, tagged(TAG_RAFT_BATCH, &bytes))
-            .await
-        {
+    let answers = match encode_after(vec![TAG_RAFT_BATCH], &messages) {
+        Ok(bytes) => match client.link_request(peer, bytes).await {
             Ok(reply) => decode::<Vec<Result<ByteBuf, String>>>(&reply),
             Err(e) => Err(woof_consensus::Error::Network(e)),
         },
