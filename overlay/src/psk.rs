@@ -10,6 +10,10 @@
 //! There is no integrity here: noise, inside, authenticates every byte and
 //! the peers' identities. The key is SHA-256 of a fixed label and the
 //! cluster key, so this cipher never shares a key with another use of it.
+//! `chacha20` counts blocks in 32 bits, so one keystream covers at most
+//! 256 GiB (an hour of a busy link); each direction starts a new one every
+//! [`SEGMENT`] bytes, with the segment's number XORed into the nonce's last
+//! 8 bytes (libp2p-pnet's XSalsa20 counted in 64 bits and never ran out).
 //!
 //! XChaCha20 runs on the processor's vector instructions (AVX2 where there
 //! are any, detected at run time); libp2p's XSalsa20 ran in portable code
@@ -25,6 +29,10 @@ use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use sha2::{Digest, Sha256};
 
 const NONCE: usize = 24;
+/// Bytes one keystream covers before the next begins: a quarter of what
+/// `chacha20`'s 32-bit block counter allows.
+const SEGMENT: u64 = 64 << 30;
+const _: () = assert!(SEGMENT <= (u32::MAX as u64) * 64);
 /// The most bytes one write encrypts and holds before it is on its way.
 const WRITE_CHUNK: usize = 64 << 10;
 /// Keeps this cipher's key apart from any other use of the cluster key.
@@ -50,8 +58,8 @@ where
     socket.read_exact(&mut remote).await?;
     Ok(Encrypted {
         inner: socket,
-        read: XChaCha20::new(&key.into(), &remote.into()),
-        write: XChaCha20::new(&key.into(), &local.into()),
+        read: Keystream::new(key, remote, SEGMENT),
+        write: Keystream::new(key, local, SEGMENT),
         out: vec![0u8; WRITE_CHUNK].into_boxed_slice(),
         held: 0,
         sent: 0,
@@ -61,14 +69,69 @@ where
 /// A connection encrypted under the private network's key.
 pub struct Encrypted<S> {
     inner: S,
-    read: XChaCha20,
-    write: XChaCha20,
+    read: Keystream,
+    write: Keystream,
     /// Encrypted bytes taken from the writer (`out[sent..held]`) and not
     /// yet on the socket: the keystream has moved past them, so they go
     /// before anything else.
     out: Box<[u8]>,
     held: usize,
     sent: usize,
+}
+
+/// One direction's keystream: XChaCha20 under the key and the direction's
+/// nonce, begun afresh every `segment` bytes with the segment's number in
+/// the nonce.
+struct Keystream {
+    key: [u8; 32],
+    nonce: [u8; NONCE],
+    segment: u64,
+    cipher: XChaCha20,
+    /// The segment now in use, and the bytes left in it.
+    number: u64,
+    left: u64,
+}
+
+impl Keystream {
+    fn new(key: [u8; 32], nonce: [u8; NONCE], segment: u64) -> Self {
+        Self {
+            cipher: XChaCha20::new(&key.into(), &nonce.into()),
+            key,
+            nonce,
+            segment,
+            number: 0,
+            left: segment,
+        }
+    }
+
+    /// XORs the keystream into `out`: over `out` itself, or over `input`
+    /// (the same length) written into `out`.
+    fn apply(&mut self, out: &mut [u8], input: Option<&[u8]>) -> io::Result<()> {
+        let mut done = 0;
+        while done < out.len() {
+            if self.left == 0 {
+                self.number += 1;
+                let mut nonce = self.nonce;
+                for (n, s) in nonce[NONCE - 8..].iter_mut().zip(self.number.to_le_bytes()) {
+                    *n ^= s;
+                }
+                self.cipher = XChaCha20::new(&self.key.into(), &nonce.into());
+                self.left = self.segment;
+            }
+            let n = (out.len() - done).min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            let part = &mut out[done..done + n];
+            let applied = match input {
+                Some(input) => self
+                    .cipher
+                    .apply_keystream_b2b(&input[done..done + n], part),
+                None => self.cipher.try_apply_keystream(part),
+            };
+            applied.map_err(|e| io::Error::other(format!("private network keystream: {e}")))?;
+            self.left -= n as u64;
+            done += n;
+        }
+        Ok(())
+    }
 }
 
 impl<S: AsyncWrite + Unpin> Encrypted<S> {
@@ -96,7 +159,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Encrypted<S> {
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
         let n = ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        this.read.apply_keystream(&mut buf[..n]);
+        this.read.apply(&mut buf[..n], None)?;
         Poll::Ready(Ok(n))
     }
 }
@@ -112,8 +175,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Encrypted<S> {
         let take = buf.len().min(WRITE_CHUNK);
         // Encrypted on the way into the buffer: no copy of its own.
         this.write
-            .apply_keystream_b2b(&buf[..take], &mut this.out[..take])
-            .map_err(|e| io::Error::other(e.to_string()))?;
+            .apply(&mut this.out[..take], Some(&buf[..take]))?;
         this.held = take;
         // Taken: on its way now if the socket has room, else at the next
         // write or flush.
@@ -233,6 +295,36 @@ mod tests {
         let b = written(key, &[b"the same bytes"], 1 << 20).await;
         assert_ne!(a[..NONCE], b[..NONCE], "fresh nonces");
         assert_ne!(a[NONCE..], b[NONCE..], "so different ciphertexts");
+    }
+
+    #[test]
+    fn a_keystream_begins_anew_each_segment_and_reads_back_across_them() {
+        let (key, nonce) = (derive(&[7u8; 32]), [3u8; NONCE]);
+        let plain: Vec<u8> = (0..1000).map(|i| (i * 7) as u8).collect();
+        // Written in pieces that straddle the 100-byte segments...
+        let mut w = Keystream::new(key, nonce, 100);
+        let mut wire = vec![0u8; plain.len()];
+        for (c, p) in wire.chunks_mut(37).zip(plain.chunks(37)) {
+            w.apply(c, Some(p)).unwrap();
+        }
+        // ... read in other pieces.
+        let mut r = Keystream::new(key, nonce, 100);
+        for c in wire.chunks_mut(230) {
+            r.apply(c, None).unwrap();
+        }
+        assert_eq!(wire, plain);
+        // Segment 1 is XChaCha20 under the nonce with 1 in its last 8
+        // bytes, from its start: no segment reuses another's keystream.
+        let mut zeros = vec![0u8; 200];
+        Keystream::new(key, nonce, 100)
+            .apply(&mut zeros, None)
+            .unwrap();
+        let mut nonce1 = nonce;
+        nonce1[NONCE - 8] ^= 1;
+        let mut fresh = vec![0u8; 100];
+        XChaCha20::new(&key.into(), &nonce1.into()).apply_keystream(&mut fresh);
+        assert_eq!(&zeros[100..], &fresh[..]);
+        assert_ne!(zeros[..100], zeros[100..]);
     }
 
     #[test]
