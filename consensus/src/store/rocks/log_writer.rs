@@ -1,5 +1,5 @@
-//! One thread per database that writes the synced Raft log appends of all
-//! the node's groups (ADR 0024). Appends that arrive while a write is being
+//! One thread per database (per lane, ADR 31) that writes the synced Raft
+//! log appends of all the node's groups (ADR 0024). Appends that arrive while a write is being
 //! synced go into the next write together: N groups appending at once cost
 //! one sync, not N, and no caller holds a thread of its own while it waits
 //! (it hands the entries over and is told the outcome).
@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 
 use rocksdb::DB;
 
-use super::{CF_RAFT_LOG, put_log, written};
+use super::{log_bytes, log_cf, put_log, written};
 use crate::error::{Error, Result};
 use crate::store::GroupId;
 use crate::store::raft_log::AppendDone;
@@ -51,12 +51,12 @@ pub(super) struct LogWriter {
 }
 
 impl LogWriter {
-    /// Starts the writer of `db`; a failed write is recorded in `failure`
-    /// as the store's own writes are.
-    pub(super) fn start(db: Arc<DB>, failure: Arc<OnceLock<String>>) -> Result<Self> {
+    /// Starts the writer of `db`, a thread called `name`; a failed write
+    /// is recorded in `failure` as the store's own writes are.
+    pub(super) fn start(name: &str, db: Arc<DB>, failure: Arc<OnceLock<String>>) -> Result<Self> {
         let (queue, waiting) = mpsc::sync_channel(QUEUED_MAX);
         let thread = std::thread::Builder::new()
-            .name("woof-log-writer".into())
+            .name(name.into())
             .spawn(move || run(&db, &failure, &waiting))
             .map_err(|e| Error::Storage(format!("cannot start the log writer: {e}")))?;
         Ok(Self {
@@ -76,7 +76,7 @@ impl LogWriter {
         written: AppendDone,
         done: AppendDone,
     ) -> std::result::Result<(), Append> {
-        let bytes = entries.iter().map(|(_, e)| e.len() + 16).sum();
+        let bytes = log_bytes(&entries);
         let append = Append {
             group,
             entries,
@@ -148,9 +148,7 @@ fn run(db: &DB, failure: &OnceLock<String>, waiting: &mpsc::Receiver<Append>) {
 
 /// Writes `appends` as one batch (read back at once, not yet durable).
 fn write(db: &DB, failure: &OnceLock<String>, appends: &[Append]) -> Result<()> {
-    let cf = db
-        .cf_handle(CF_RAFT_LOG)
-        .expect("column families are created at open");
+    let cf = log_cf(db);
     let mut wb = rocksdb::WriteBatch::default();
     for append in appends {
         put_log(&mut wb, cf, append.group, &append.entries);
