@@ -295,6 +295,10 @@ fn timing() -> Timing {
 }
 
 async fn start(id: u64, store: Arc<dyn GroupStore>, net: &Arc<Net>) -> Raft {
+    start_timed(id, store, net, timing()).await
+}
+
+async fn start_timed(id: u64, store: Arc<dyn GroupStore>, net: &Arc<Net>, timing: Timing) -> Raft {
     let router = Router::default();
     net.routers
         .lock()
@@ -306,7 +310,7 @@ async fn start(id: u64, store: Arc<dyn GroupStore>, net: &Arc<Net>) -> Raft {
         store,
         Arc::new(NodeNet(net.clone())),
         &router,
-        timing(),
+        timing,
         None,
         false,
     )
@@ -655,4 +659,73 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
         .await
         .unwrap();
     assert_eq!(reopened.handlers().get("double").unwrap().spec, spec);
+}
+
+/// A group of large entries holds a bounded log, in bytes, though openraft's
+/// count of entries would never snapshot it: 150 appends of 300 KiB (45 MiB,
+/// to a topic that keeps its last 1 MiB), with a snapshot due every 1 MiB
+/// and 256 KiB of log kept behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_large_entries_is_bounded_in_bytes() {
+    const PER_APPEND: usize = 30;
+    const APPENDS: usize = 150;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RocksStore::open(dir.path()).unwrap());
+    let net = Arc::new(Net::default());
+    let timing = Timing {
+        snapshot_every: 10_000,
+        log_kept: 1_000,
+        snapshot_log_bytes: 1 << 20,
+        log_kept_bytes: 256 << 10,
+        ..timing()
+    };
+    let raft = start_timed(1, store.clone(), &net, timing).await;
+    raft.initialize(BTreeMap::from([(1, BasicNode::new("n1"))]))
+        .await
+        .unwrap();
+    until("node 1 leads", || {
+        raft.metrics().borrow_watched().current_leader == Some(1)
+    })
+    .await;
+    let mut small = meta();
+    small.config.history = 100;
+    raft.client_write(Command::Create(small)).await.unwrap();
+    for first in (1..=PER_APPEND * APPENDS).step_by(PER_APPEND) {
+        raft.client_write(append(first..first + PER_APPEND, None))
+            .await
+            .unwrap();
+    }
+    let last = raft.metrics().borrow_watched().last_log_index.unwrap();
+    assert!(last as usize > APPENDS);
+    // About 1 MiB since the last snapshot, 256 KiB behind it, and an entry
+    // either side: at most 8 entries of 300 KiB. The purge follows the
+    // snapshot by a moment.
+    let held = || {
+        let purged = raft
+            .metrics()
+            .borrow_watched()
+            .purged
+            .map_or(0, |p| p.index);
+        last - purged
+    };
+    until("the log is purged to a few entries", || held() <= 8).await;
+    let metrics = raft.metrics().borrow_watched().clone();
+    assert!(metrics.snapshot.is_some(), "snapshots were built");
+    // Gone from the store too (both of its logs), not only in openraft's
+    // count.
+    let purged = metrics.purged.unwrap().index;
+    let below = store.read_log(GROUP, 1, purged + 1, usize::MAX).unwrap();
+    assert!(
+        below.is_empty(),
+        "{} purged entries still stored",
+        below.len()
+    );
+    // And the topic holds every append.
+    let total = (PER_APPEND * APPENDS) as u64;
+    let last = store
+        .scan(TopicId(GROUP.0), total - 99, 1000, 64 << 20)
+        .unwrap();
+    assert_eq!(last.len(), 100);
+    assert_eq!(last.last().unwrap().seq, total);
+    raft.shutdown().await.unwrap();
 }

@@ -1,11 +1,13 @@
 //! Starting a topic's Raft group on a node.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use openraft::async_runtime::WatchReceiver;
 use openraft::error::{LinearizableReadError, RaftError};
 use openraft::{Config, ReadPolicy, SnapshotPolicy};
 
+use super::log_bytes::{Ask, LogBytes};
 use super::log_store::LogStore;
 use super::network::{NetworkFactory, Router, Transport};
 use super::snapshot::SnapshotLimits;
@@ -32,6 +34,12 @@ pub struct Timing {
     /// last, and then purges its log up to `log_kept` entries before it.
     pub snapshot_every: u64,
     pub log_kept: u64,
+    /// And after this many bytes applied since its last, or as many as the
+    /// last snapshot's size if that is more; then it keeps about
+    /// `log_kept_bytes` of log before it, if that is less than `log_kept`
+    /// entries hold (see [`super::log_bytes`]).
+    pub snapshot_log_bytes: u64,
+    pub log_kept_bytes: u64,
 }
 
 /// 1 MiB: well under what one message of the node's transport may carry
@@ -57,6 +65,8 @@ impl Timing {
         snapshot_limits: SnapshotLimits::DEFAULT,
         snapshot_every: 10_000,
         log_kept: 1_000,
+        snapshot_log_bytes: 256 << 20,
+        log_kept_bytes: 64 << 20,
     };
 }
 
@@ -112,9 +122,14 @@ pub async fn start(
     .map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?;
     let unreachable = bugs::on(Bug::RestartedGroupUnreachable) && store.last_log(group)?.is_some();
     let log = LogStore::new(store.clone(), group, node_id);
+    let (asks, asked) = tokio::sync::mpsc::channel(UPKEEP_ASKS);
     let mut sm = TopicStateMachine::open(store.clone(), store, group)
         .await?
-        .with_snapshot_limits(timing.snapshot_limits);
+        .with_snapshot_limits(timing.snapshot_limits)
+        .with_upkeep(
+            LogBytes::new(timing.snapshot_log_bytes, timing.log_kept_bytes),
+            asks,
+        );
     if let Some(topics) = readers {
         sm = sm.publishing_to(topics.clone());
     }
@@ -127,10 +142,49 @@ pub async fn start(
     )
     .await
     .map_err(|e| Error::Storage(format!("starting group {}: {e}", group.0)))?;
+    tokio::spawn(upkeep(raft.clone(), asked));
     if !unreachable {
         router.insert(group, raft.clone());
     }
     Ok(raft)
+}
+
+/// Asks a group's state machine may have waiting at once; one more is
+/// dropped, and made again later (see [`super::log_bytes`]).
+const UPKEEP_ASKS: usize = 4;
+
+/// How long a purge waits for openraft to hear of the snapshot that holds
+/// it (openraft purges only what its last snapshot holds).
+const PURGE_WAITS_FOR_SNAPSHOT: Duration = Duration::from_secs(10);
+
+/// Passes what the group's state machine asks for on to openraft, until the
+/// state machine is gone (the group stopped).
+async fn upkeep(raft: Raft, mut asked: tokio::sync::mpsc::Receiver<Ask>) {
+    while let Some(ask) = asked.recv().await {
+        let done = match ask {
+            Ask::Snapshot => raft.trigger().snapshot().await.map_err(|e| e.to_string()),
+            Ask::PurgeUpTo(index) => {
+                let held = raft
+                    .wait(Some(PURGE_WAITS_FOR_SNAPSHOT))
+                    .metrics(
+                        |m| m.snapshot.is_some_and(|s| s.index >= index),
+                        "a snapshot that holds the purge",
+                    )
+                    .await;
+                match held {
+                    Ok(_) => raft
+                        .trigger()
+                        .purge_log(index)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        };
+        if let Err(e) = done {
+            tracing::debug!(?ask, "group upkeep: {e}");
+        }
+    }
 }
 
 /// The most entries [`catch_up`] applies at once.

@@ -9,6 +9,8 @@
 //!   keeping a group's recent entries in memory for replication and apply.
 //! - [`state_machine`]: openraft's `RaftStateMachine`: applies commands to
 //!   the topic through [`crate::topic::Machine`], snapshots the topic.
+//! - [`log_bytes`]: the log a group holds, counted in bytes, and when to ask
+//!   for a snapshot and a purge because of them.
 //! - [`snapshot`]: a snapshot's bytes (a file, or a buffer for in-memory
 //!   stores) and their versioned encoding, read and written in bounded
 //!   pieces.
@@ -21,6 +23,7 @@
 //! [`RaftLogStore`]: crate::store::RaftLogStore
 
 pub mod group;
+pub mod log_bytes;
 pub mod log_store;
 pub mod network;
 pub mod runtime;

@@ -20,6 +20,10 @@
 //! extends what this replica holds (the same topic, no element past the
 //! snapshot's last), the replica's elements stay in place while it
 //! installs: they are the same history's, so readers see no gap.
+//!
+//! With [`TopicStateMachine::with_upkeep`], it also counts the bytes it
+//! applies and asks its group for a snapshot and a purge when they make one
+//! due ([`super::log_bytes`]): openraft's own policy counts entries only.
 
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
 use std::sync::Arc;
@@ -30,6 +34,7 @@ use openraft::{OptionalSend, RaftSnapshotBuilder};
 use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use serde_bytes::ByteBuf;
 
+use super::log_bytes::{Ask, Due, LogBytes};
 use super::log_store::io_err;
 use super::snapshot::{
     Header, PRODUCERS_MAX, Record, SnapshotData, SnapshotLimits, SnapshotReader, SnapshotWriter,
@@ -109,6 +114,15 @@ pub struct TopicStateMachine {
     /// Where readers learn of what was applied.
     readers: Option<Topics>,
     limits: SnapshotLimits,
+    /// The log's bytes, and where to ask for a snapshot or a purge because
+    /// of them (none: never asks).
+    upkeep: Option<Upkeep>,
+}
+
+/// A group's log counted in bytes, and the way to its upkeep task.
+struct Upkeep {
+    bytes: LogBytes,
+    asks: tokio::sync::mpsc::Sender<Ask>,
 }
 
 impl TopicStateMachine {
@@ -155,7 +169,35 @@ impl TopicStateMachine {
             raft,
             readers: None,
             limits: SnapshotLimits::default(),
+            upkeep: None,
         })
+    }
+
+    /// Counts the log's bytes in `bytes`, and sends what that asks for
+    /// (a snapshot, a purge) to `asks`.
+    pub fn with_upkeep(mut self, bytes: LogBytes, asks: tokio::sync::mpsc::Sender<Ask>) -> Self {
+        self.upkeep = Some(Upkeep { bytes, asks });
+        self
+    }
+
+    /// Asks for a snapshot if what was applied since the last makes one due.
+    async fn ask_for_snapshot_if_due(&mut self) {
+        let (raft, group) = (self.raft.clone(), self.group);
+        let Some(upkeep) = self.upkeep.as_mut() else {
+            return;
+        };
+        let mut due = upkeep.bytes.due();
+        if due == Due::NeedSize {
+            let size = blocking(move || kept_snapshot_bytes(&*raft, group)).await;
+            upkeep.bytes.snapshot_size(size.unwrap_or_else(|e| {
+                tracing::warn!(group = group.0, "reading the kept snapshot's size: {e}");
+                0
+            }));
+            due = upkeep.bytes.due();
+        }
+        if due == Due::Yes && upkeep.asks.try_send(Ask::Snapshot).is_ok() {
+            upkeep.bytes.asked();
+        }
     }
 
     /// Builds and installs snapshots within `limits`.
@@ -242,10 +284,21 @@ impl TopicStateMachine {
                 .into_inner()
                 .map_err(|e| Error::Storage(format!("writing a snapshot: {}", e.error())))?;
             raft.snapshot_keep(group, file)?;
-            raft.snapshot_open(group)?
-                .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))
+            let mut file = raft
+                .snapshot_open(group)?
+                .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))?;
+            let bytes = file_bytes(&mut file)?;
+            Ok((file, bytes))
         })
         .await?;
+        let (file, bytes) = file;
+        if let Some(upkeep) = self.upkeep.as_mut()
+            && let Some(upto) = upkeep.bytes.built(bytes)
+        {
+            // Dropped if the task has asks waiting: the next snapshot
+            // purges as far.
+            let _ = upkeep.asks.try_send(Ask::PurgeUpTo(upto));
+        }
         let meta = snapshot_meta(&self.applied);
         self.current = Some(meta.clone());
         Ok((meta, file))
@@ -257,6 +310,24 @@ fn snapshot_meta(applied: &Applied) -> SnapshotMeta {
     SnapshotMeta {
         last_log_id: applied.last_applied,
         last_membership: applied.membership.clone(),
+    }
+}
+
+/// The size of `file`, which is left at its start.
+fn file_bytes(file: &mut SnapshotFile) -> Result<u64, Error> {
+    let at_end = file.seek(SeekFrom::End(0));
+    let rewound = file.seek(SeekFrom::Start(0));
+    match (at_end, rewound) {
+        (Ok(bytes), Ok(_)) => Ok(bytes),
+        (Err(e), _) | (_, Err(e)) => Err(Error::Storage(format!("reading a snapshot: {e}"))),
+    }
+}
+
+/// The size of `group`'s kept snapshot (0: it has none).
+fn kept_snapshot_bytes(raft: &dyn RaftLogStore, group: GroupId) -> Result<u64, Error> {
+    match raft.snapshot_open(group)? {
+        Some(mut file) => file_bytes(&mut file),
+        None => Ok(0),
     }
 }
 
@@ -614,6 +685,18 @@ impl TopicStateMachine {
         // Taken: a failed apply leaves none behind (they may hold appends
         // never written), and they are read again from the store.
         let mut windows = std::mem::take(&mut self.windows);
+        let sizes: Vec<(u64, u64)> = match self.upkeep {
+            Some(_) => entries
+                .iter()
+                .map(|e| match &e.payload {
+                    EntryPayload::Normal(command) => {
+                        (e.log_id.index, command.approx_bytes() as u64)
+                    }
+                    _ => (e.log_id.index, 0),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         // Unsynced writes and reads of recent state: done in place.
         let outcome = quick(move || {
             let mut batch = WriteBatch::default();
@@ -680,6 +763,12 @@ impl TopicStateMachine {
         self.directory = directory;
         self.applied = applied;
         self.publish(existed);
+        if let Some(upkeep) = self.upkeep.as_mut() {
+            for (index, bytes) in sizes {
+                upkeep.bytes.applied(index, bytes);
+            }
+            self.ask_for_snapshot_if_due().await;
+        }
         Ok(results)
     }
 }
@@ -731,9 +820,13 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         let expect = meta.last_log_id;
         // Checked whole before anything is written: a bad snapshot leaves
         // this replica as it was.
-        let file = blocking(move || verify(&mut file).map(|()| file))
-            .await
-            .map_err(io_err)?;
+        let (file, bytes) = blocking(move || {
+            verify(&mut file)?;
+            let bytes = file_bytes(&mut file)?;
+            Ok((file, bytes))
+        })
+        .await
+        .map_err(io_err)?;
         self.current = None;
         let installed = blocking(move || {
             raft.snapshot_keep(group, file)?;
@@ -752,6 +845,9 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         self.applied = installed.applied;
         self.publish(existed);
         self.current = Some(meta.clone());
+        if let Some(upkeep) = self.upkeep.as_mut() {
+            upkeep.bytes.installed(bytes);
+        }
         Ok(())
     }
 
