@@ -35,48 +35,8 @@ pub struct LogStore {
 }
 
 /// The most entries, and payload bytes, [`Recent`] keeps for one group.
-/// An entry larger than `RECENT_BYTES_MAX` is a large one: it is kept
-/// besides, within `RECENT_LARGE_BYTES_MAX` for the group and within what
-/// the process's [`LargePool`] has left.
 const RECENT_ENTRIES_MAX: usize = 1024;
 const RECENT_BYTES_MAX: usize = 4 << 20;
-const RECENT_LARGE_BYTES_MAX: usize = 32 << 20;
-/// The most bytes of large entries all groups of the process keep.
-const LARGE_POOL_BYTES: usize = 96 << 20;
-
-/// The bytes of large entries the groups of a process may still keep: a
-/// bound for all of them together, where a bound for each would grow with
-/// the number of groups. A large entry (a batch of several MiB) is read
-/// back at once, once for each follower and once to apply it; kept, it is
-/// neither read from storage nor decoded again.
-struct LargePool {
-    free: std::sync::atomic::AtomicUsize,
-}
-
-impl LargePool {
-    const fn new(bytes: usize) -> Self {
-        Self {
-            free: std::sync::atomic::AtomicUsize::new(bytes),
-        }
-    }
-
-    /// Takes `bytes` if that many are free.
-    fn take(&self, bytes: usize) -> bool {
-        use std::sync::atomic::Ordering;
-        self.free
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
-                free.checked_sub(bytes)
-            })
-            .is_ok()
-    }
-
-    fn give(&self, bytes: usize) {
-        self.free
-            .fetch_add(bytes, std::sync::atomic::Ordering::AcqRel);
-    }
-}
-
-static LARGE_POOL: LargePool = LargePool::new(LARGE_POOL_BYTES);
 
 /// The entries this group appended last, as openraft handed them over, in
 /// index order up to the log's last: openraft reads each entry back at once
@@ -84,80 +44,20 @@ static LARGE_POOL: LargePool = LargePool::new(LARGE_POOL_BYTES);
 /// from here it needs neither a read from storage nor decoding, and its
 /// payloads are shared, not copied. Always what the storage holds at those
 /// indexes: an append replaces what it overwrites, a truncation or a purge
-/// removes what it removes. Bounded by [`RECENT_ENTRIES_MAX`],
-/// [`RECENT_BYTES_MAX`] and, for large entries, [`RECENT_LARGE_BYTES_MAX`]
-/// and the [`LargePool`] (the oldest go first; an entry that finds no room
-/// is not kept, nor anything before it); a group that sleeps drops it with
-/// its log store. Older entries are read from storage as before.
+/// removes what it removes. Bounded by [`RECENT_ENTRIES_MAX`] and
+/// [`RECENT_BYTES_MAX`] (the oldest go first; a larger entry is not kept);
+/// a group that sleeps drops it with its log store. Older entries are read
+/// from storage as before.
+#[derive(Default)]
 struct Recent {
     entries: VecDeque<Entry>,
-    /// The bytes of the entries kept that are not large.
     bytes: usize,
-    /// The bytes of the large ones, taken from `pool`.
-    large: usize,
-    pool: &'static LargePool,
-}
-
-impl Default for Recent {
-    fn default() -> Self {
-        Self::new(&LARGE_POOL)
-    }
-}
-
-impl Drop for Recent {
-    fn drop(&mut self) {
-        self.pool.give(self.large);
-    }
 }
 
 impl Recent {
-    fn new(pool: &'static LargePool) -> Self {
-        Self {
-            entries: VecDeque::new(),
-            bytes: 0,
-            large: 0,
-            pool,
-        }
-    }
-
     fn clear(&mut self) {
         self.entries.clear();
         self.bytes = 0;
-        self.pool.give(self.large);
-        self.large = 0;
-    }
-
-    /// Counts `entry` as no longer kept.
-    fn release(&mut self, entry: &Entry) {
-        let size = entry_bytes(entry);
-        if size > RECENT_BYTES_MAX {
-            self.large -= size;
-            self.pool.give(size);
-        } else {
-            self.bytes -= size;
-        }
-    }
-
-    fn pop_front(&mut self) {
-        if let Some(e) = self.entries.pop_front() {
-            self.release(&e);
-        }
-    }
-
-    /// Makes room for a large entry of `size` bytes: within the group's
-    /// bound, then from the pool. False if there is none.
-    fn room_for_large(&mut self, size: usize) -> bool {
-        if size > RECENT_LARGE_BYTES_MAX {
-            return false;
-        }
-        while self.large + size > RECENT_LARGE_BYTES_MAX {
-            self.pop_front();
-        }
-        if !self.pool.take(size) {
-            return false;
-        }
-        self.large += size;
-        true
     }
 
     fn first(&self) -> Option<u64> {
@@ -168,14 +68,15 @@ impl Recent {
     fn truncate(&mut self, from: u64) {
         while self.entries.back().is_some_and(|e| e.log_id.index >= from) {
             let e = self.entries.pop_back().expect("a last entry");
-            self.release(&e);
+            self.bytes -= entry_bytes(&e);
         }
     }
 
     /// Removes the entries with `index <= upto`.
     fn purge(&mut self, upto: u64) {
         while self.entries.front().is_some_and(|e| e.log_id.index <= upto) {
-            self.pop_front();
+            let e = self.entries.pop_front().expect("a first entry");
+            self.bytes -= entry_bytes(&e);
         }
     }
 
@@ -196,17 +97,17 @@ impl Recent {
         }
         for e in appended {
             let size = entry_bytes(&e);
-            if size <= RECENT_BYTES_MAX {
-                self.bytes += size;
-            } else if !self.room_for_large(size) {
+            if size > RECENT_BYTES_MAX {
                 // Kept only in storage; so is all before it.
                 self.clear();
                 continue;
             }
+            self.bytes += size;
             self.entries.push_back(e);
         }
         while self.entries.len() > RECENT_ENTRIES_MAX || self.bytes > RECENT_BYTES_MAX {
-            self.pop_front();
+            let e = self.entries.pop_front().expect("an entry over the bound");
+            self.bytes -= entry_bytes(&e);
         }
     }
 
@@ -660,9 +561,8 @@ mod tests {
         let all = log.try_get_log_entries(1..count + 1).await.unwrap();
         assert_eq!(all, stored(&store, 1, count + 1).await);
         assert_eq!(all.len() as u64, count);
-        // An entry over the bound for large ones is not kept, nor anything
-        // before it.
-        let big = vec![0u8; RECENT_LARGE_BYTES_MAX + 1];
+        // An entry over the bytes bound is not kept, nor anything before it.
+        let big = vec![0u8; RECENT_BYTES_MAX + 1];
         append(&mut log, vec![entry(count + 1, 1, &big)]).await;
         assert!(log.recent().entries.is_empty());
         assert_eq!(log.recent().bytes, 0);
@@ -673,69 +573,5 @@ mod tests {
         assert_eq!(tail.len(), 3);
         let kept: usize = log.recent().entries.iter().map(entry_bytes).sum();
         assert_eq!(log.recent().bytes, kept);
-    }
-
-    /// A log store whose large entries come from `pool`.
-    fn with_pool(store: Arc<MemStore>, pool: &'static LargePool) -> LogStore {
-        let log = LogStore::new(store, GroupId(7), 1);
-        *log.recent() = Recent::new(pool);
-        log
-    }
-
-    #[tokio::test]
-    async fn large_entries_are_kept_within_the_groups_bound_and_the_pools() {
-        let large = vec![7u8; RECENT_BYTES_MAX + 1];
-        let size = entry_bytes(&entry(1, 1, &large));
-        assert!(size > RECENT_BYTES_MAX);
-        let pool: &'static LargePool = Box::leak(Box::new(LargePool::new(3 * size)));
-        let free = || pool.free.load(std::sync::atomic::Ordering::SeqCst);
-        let store = Arc::new(MemStore::new());
-        let mut log = with_pool(store.clone(), pool);
-        append(&mut log, vec![entry(1, 1, b"a"), entry(2, 1, &large)]).await;
-        append(&mut log, vec![entry(3, 1, &large)]).await;
-        assert_eq!(log.recent().first(), Some(1), "large entries kept");
-        assert_eq!(log.recent().large, 2 * size);
-        assert_eq!(free(), 3 * size - 2 * size);
-        // Read from memory: storage under them no log store could decode.
-        store
-            .append_log(GroupId(7), &[(2, b"not an entry".to_vec())])
-            .unwrap();
-        let read = log.try_get_log_entries(2..4).await.unwrap();
-        assert_eq!(read, vec![entry(2, 1, &large), entry(3, 1, &large)]);
-
-        // A second group takes what is left of the pool; a third entry of
-        // the first group then finds none, and nothing before it is kept.
-        let other = Arc::new(MemStore::new());
-        let mut second = with_pool(other.clone(), pool);
-        append(&mut second, vec![entry(1, 1, &large)]).await;
-        assert!(free() < size);
-        append(&mut log, vec![entry(4, 1, &large)]).await;
-        assert!(log.recent().entries.is_empty());
-        assert_eq!(log.recent().large, 0);
-        assert_eq!(free(), 3 * size - size, "given back");
-
-        // A truncation, a purge and a dropped store give back what they held.
-        append(&mut log, vec![entry(5, 1, &large), entry(6, 1, &large)]).await;
-        assert_eq!(log.recent().large, 2 * size);
-        log.truncate_after(Some(crate::raft::log_id(1, 1, 5)))
-            .await
-            .unwrap();
-        assert_eq!(log.recent().large, size);
-        log.purge_applied_only = false;
-        log.purge(crate::raft::log_id(1, 1, 5)).await.unwrap();
-        assert!(log.recent().entries.is_empty());
-        assert_eq!(log.recent().large, 0);
-        drop(second);
-        assert_eq!(free(), 3 * size);
-
-        // Within a group's own bound, the oldest large entries make room.
-        let pool: &'static LargePool = Box::leak(Box::new(LargePool::new(usize::MAX / 2)));
-        let mut log = with_pool(Arc::new(MemStore::new()), pool);
-        let fit = RECENT_LARGE_BYTES_MAX / size;
-        let many: Vec<Entry> = (1..=fit as u64 + 2).map(|i| entry(i, 1, &large)).collect();
-        append(&mut log, many).await;
-        assert_eq!(log.recent().entries.len(), fit);
-        assert_eq!(log.recent().first(), Some(3));
-        assert!(log.recent().large <= RECENT_LARGE_BYTES_MAX);
     }
 }
