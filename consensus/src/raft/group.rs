@@ -65,7 +65,7 @@ impl Timing {
         snapshot_limits: SnapshotLimits::DEFAULT,
         snapshot_every: 10_000,
         log_kept: 1_000,
-        snapshot_log_bytes: 256 << 20,
+        snapshot_log_bytes: 1 << 30,
         log_kept_bytes: 64 << 20,
     };
 }
