@@ -306,6 +306,10 @@ pub struct Config {
     /// after a purge) instead of a node's 10,000 and 1,000, so that runs
     /// of seconds snapshot, purge and install snapshots.
     pub snapshot_every: Option<u64>,
+    /// Groups snapshot after this many payload bytes applied (and keep a
+    /// fifth of it after a purge) instead of a node's 1 GiB and 64 MiB:
+    /// the byte bound of ADR 32, which no run of seconds reaches otherwise.
+    pub snapshot_bytes: Option<u64>,
 }
 
 impl Default for Config {
@@ -324,6 +328,7 @@ impl Default for Config {
             extra_topics: 3,
             concurrent_creates: true,
             snapshot_every: None,
+            snapshot_bytes: None,
         }
     }
 }
@@ -332,6 +337,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), Error> {
         if self.snapshot_every.is_some_and(|n| n < 10) {
             return Err(Error::Config("--snapshot-every must be at least 10".into()));
+        }
+        if self.snapshot_bytes.is_some_and(|n| n < 100) {
+            return Err(Error::Config(
+                "--snapshot-bytes must be at least 100".into(),
+            ));
         }
         if self.nodes == 0 || self.nodes > 64 {
             return Err(Error::Config("--nodes must be 1 to 64".into()));

@@ -222,6 +222,10 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
         cluster.group_timing.snapshot_every = every;
         cluster.group_timing.log_kept = every / 5;
     }
+    if let Some(bytes) = config.snapshot_bytes {
+        cluster.group_timing.snapshot_log_bytes = bytes;
+        cluster.group_timing.log_kept_bytes = bytes / 5;
+    }
     for id in cluster.ids() {
         cluster.start(id).await?;
     }

@@ -64,6 +64,10 @@ struct Args {
     /// purge and install snapshots.
     #[arg(long)]
     snapshot_every: Option<u64>,
+    /// Groups snapshot after this many payload bytes applied (a node's:
+    /// 1 GiB), and keep a fifth of that after a purge.
+    #[arg(long)]
+    snapshot_bytes: Option<u64>,
     /// Print the nodes' log for one seed, filtered as RUST_LOG filters
     /// (info, woof_node=debug, ...).
     #[arg(long, requires = "seed")]
@@ -113,6 +117,7 @@ fn main() -> anyhow::Result<()> {
         extra_topics: args.extra_topics,
         concurrent_creates: args.concurrent_creates,
         snapshot_every: args.snapshot_every,
+        snapshot_bytes: args.snapshot_bytes,
     };
     config(seeds.start).validate()?;
     let jobs = args.jobs.clamp(1, JOBS_MAX);
@@ -249,6 +254,10 @@ fn report(args: &Args, outcome: &Outcome, real: Duration) {
             + &args
                 .snapshot_every
                 .map(|n| format!(" --snapshot-every {n}"))
+                .unwrap_or_default()
+            + &args
+                .snapshot_bytes
+                .map(|n| format!(" --snapshot-bytes {n}"))
                 .unwrap_or_default()
     );
 }
