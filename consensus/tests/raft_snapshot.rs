@@ -22,7 +22,8 @@ use woof_consensus::raft::snapshot::SnapshotLimits;
 use woof_consensus::raft::state_machine::TopicStateMachine;
 use woof_consensus::raft::{Entry, EntryPayload, Raft, WatchReceiver, log_id};
 use woof_consensus::store::{
-    GroupId, GroupStore, MemStore, Op, RaftLogStore, RocksStore, SnapshotFile, Store, WriteBatch,
+    Fixed, GroupId, GroupStore, MemStore, Op, RaftLogStore, RocksStore, SnapshotFile, Store,
+    WriteBatch,
 };
 use woof_consensus::topic::{Element, ProducerWindow, TopicConfig, TopicId, TopicMeta, TopicName};
 
@@ -40,6 +41,45 @@ struct Probe<S> {
     batch_elements_max: AtomicUsize,
     /// Writes that may still succeed (`usize::MAX`: all).
     writes_left: AtomicUsize,
+    /// While set, a read through [`Store::read_fixed`] waits for a message
+    /// here (or its sender's end) before it reads.
+    gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+/// A fixed view whose first read waits at the probe's gate.
+struct Gated<'a> {
+    view: &'a dyn Fixed,
+    gate: &'a Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+}
+
+impl Gated<'_> {
+    fn wait(&self) {
+        let gate = self.gate.lock().unwrap().take();
+        if let Some(gate) = gate {
+            let _ = gate.recv_timeout(Duration::from_secs(60));
+        }
+    }
+}
+
+impl Fixed for Gated<'_> {
+    fn scan(
+        &self,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Element>, Error> {
+        self.wait();
+        self.view.scan(topic, from, limit, bytes_max)
+    }
+    fn producers(
+        &self,
+        topic: TopicId,
+        limit: usize,
+    ) -> Result<Vec<(String, ProducerWindow)>, Error> {
+        self.wait();
+        self.view.producers(topic, limit)
+    }
 }
 
 impl<S> Probe<S> {
@@ -49,6 +89,7 @@ impl<S> Probe<S> {
             batch_bytes_max: AtomicUsize::new(0),
             batch_elements_max: AtomicUsize::new(0),
             writes_left: AtomicUsize::new(usize::MAX),
+            gate: Mutex::new(None),
         }
     }
 
@@ -130,6 +171,14 @@ impl<S: Store> Store for Probe<S> {
     }
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<(), Error> {
         self.inner.trim(topic, below_seq)
+    }
+    fn read_fixed(&self, f: &mut dyn FnMut(&dyn Fixed) -> Result<(), Error>) -> Result<(), Error> {
+        self.inner.read_fixed(&mut |view| {
+            f(&Gated {
+                view,
+                gate: &self.gate,
+            })
+        })
     }
 }
 
@@ -728,4 +777,119 @@ async fn a_log_of_large_entries_is_bounded_in_bytes() {
     assert_eq!(last.len(), 100);
     assert_eq!(last.last().unwrap().seq, total);
     raft.shutdown().await.unwrap();
+}
+
+/// A snapshot is copied while its group goes on applying: it holds the
+/// state of the moment openraft asked for it, the applies made meanwhile
+/// neither wait for the copy nor reach it (not even their producer
+/// windows), and a replica that installs it then applies them as new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_copied_while_its_group_goes_on_applying() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Probe::new(RocksStore::open(dir.path()).unwrap()));
+    let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap();
+    sm.apply_entries(vec![
+        entry(1, Command::Create(meta())),
+        entry(2, append(1..101, Some(("p", 1)))),
+    ])
+    .await
+    .unwrap();
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    *store.gate.lock().unwrap() = Some(gate);
+    let mut builder = tokio::time::timeout(Duration::from_secs(20), sm.get_snapshot_builder())
+        .await
+        .expect("asking for a snapshot waited for its copy");
+
+    // The copy waits at the gate; applies go on.
+    let later = vec![
+        entry(3, append(101..201, Some(("p", 2)))),
+        entry(4, append(201..211, None)),
+    ];
+    tokio::time::timeout(Duration::from_secs(20), sm.apply_entries(later.clone()))
+        .await
+        .expect("applies waited for the snapshot being copied")
+        .unwrap();
+    assert_eq!(sm.machine().unwrap().last_seq(), 210);
+    open_gate.send(()).unwrap();
+    let snapshot = builder.build_snapshot().await.unwrap();
+    assert_eq!(snapshot.meta.last_log_id.map(|l| l.index), Some(2));
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, snapshot.meta, "the built snapshot is kept");
+
+    let other = Arc::new(MemStore::new());
+    let mut replica = TopicStateMachine::open(other.clone(), other.clone(), GROUP)
+        .await
+        .unwrap();
+    replica
+        .install_snapshot(&snapshot.meta, snapshot.snapshot)
+        .await
+        .unwrap();
+    let (installed, source) = (elements(&*other), elements(&*store));
+    let seqs = |v: &[(u64, u64, Vec<u8>)]| v.iter().map(|e| e.0).collect::<Vec<_>>();
+    assert_eq!(seqs(&installed), (1..=100).collect::<Vec<_>>());
+    assert!(installed[..] == source[..100], "the snapshot's elements");
+    replica.apply_entries(later).await.unwrap();
+    let replayed = elements(&*other);
+    assert_eq!(
+        seqs(&replayed),
+        seqs(&source),
+        "the producer's second append is new to the snapshot's state"
+    );
+    assert!(replayed == source);
+}
+
+/// A snapshot whose copy ends after a newer one was installed (a leader's,
+/// sent meanwhile) is not kept: the group's kept snapshot stays the newer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_across_an_install_of_a_newer_one_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Probe::new(RocksStore::open(dir.path()).unwrap()));
+    let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap();
+    let entries = vec![
+        entry(1, Command::Create(meta())),
+        entry(2, append(1..51, None)),
+        entry(3, append(51..101, None)),
+    ];
+    sm.apply_entries(entries[..2].to_vec()).await.unwrap();
+    let leader = Arc::new(MemStore::new());
+    let mut newer = TopicStateMachine::open(leader.clone(), leader.clone(), GROUP)
+        .await
+        .unwrap();
+    newer.apply_entries(entries).await.unwrap();
+    let newer = newer
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    *store.gate.lock().unwrap() = Some(gate);
+    let mut older = sm.get_snapshot_builder().await;
+    sm.install_snapshot(&newer.meta, newer.snapshot)
+        .await
+        .unwrap();
+    open_gate.send(()).unwrap();
+    let older = older.build_snapshot().await.unwrap();
+    assert_eq!(older.meta.last_log_id.map(|l| l.index), Some(2));
+
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(
+        current.meta, newer.meta,
+        "the installed snapshot stays kept"
+    );
+    let third = Arc::new(MemStore::new());
+    let mut replica = TopicStateMachine::open(third.clone(), third.clone(), GROUP)
+        .await
+        .unwrap();
+    replica
+        .install_snapshot(&current.meta, current.snapshot)
+        .await
+        .unwrap();
+    assert_eq!(replica.machine().unwrap().last_seq(), 100);
+    assert!(elements(&*third) == elements(&*leader));
 }

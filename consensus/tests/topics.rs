@@ -73,6 +73,12 @@ impl Store for Flaky {
     fn trim(&self, topic: TopicId, below_seq: u64) -> woof_consensus::Result<()> {
         self.inner.trim(topic, below_seq)
     }
+    fn read_fixed(
+        &self,
+        f: &mut dyn FnMut(&dyn woof_consensus::store::Fixed) -> woof_consensus::Result<()>,
+    ) -> woof_consensus::Result<()> {
+        self.inner.read_fixed(f)
+    }
 }
 
 async fn open(store: Arc<Flaky>) -> Topics {

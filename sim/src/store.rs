@@ -44,7 +44,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use woof_consensus::Error;
 use woof_consensus::raft::state_machine::{APPLIED, applied_voters};
 use woof_consensus::store::{
-    AppendDone, GroupId, MemStore, Op, RaftLogStore, SnapshotFile, Store, WriteBatch,
+    AppendDone, Fixed, GroupId, MemStore, Op, RaftLogStore, SnapshotFile, Store, WriteBatch,
 };
 use woof_consensus::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
@@ -502,6 +502,12 @@ impl Store for SimStore {
 
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()> {
         self.mutate(DiskOp::Trim(topic, below_seq))
+    }
+
+    /// A copy of what the process sees now, read with the disk unlocked.
+    fn read_fixed(&self, f: &mut dyn FnMut(&dyn Fixed) -> Result<()>) -> Result<()> {
+        let copy = self.read(|s| Ok(s.topics_copy()))?;
+        f(&copy)
     }
 }
 

@@ -128,16 +128,26 @@ impl LogBytes {
         self.asked_at = Some(self.applied);
     }
 
-    /// A snapshot of `bytes` bytes was built of everything applied so far:
-    /// where the log may now be purged to, if anywhere (the newest entry
-    /// with at least `kept` bytes applied after it).
-    pub fn built(&mut self, bytes: u64) -> Option<u64> {
-        self.restart(bytes);
+    /// A snapshot of `bytes` bytes was built of the state after entry
+    /// `index` (applies went on while it was built): where the log may now
+    /// be purged to, if anywhere (the newest entry up to `index` with at
+    /// least `kept` bytes applied after it).
+    pub fn built(&mut self, index: u64, bytes: u64) -> Option<u64> {
+        // What was applied up to the snapshot (the oldest mark's if the
+        // marks no longer reach back to it).
+        let at = self
+            .marks
+            .iter()
+            .rev()
+            .find(|(i, _)| *i <= index)
+            .or(self.marks.front())
+            .map_or(self.applied, |(_, after)| *after);
+        self.restart(at, bytes);
         let upto = self
             .marks
             .iter()
             .rev()
-            .find(|(_, after)| self.applied - after >= self.kept)
+            .find(|(i, after)| *i <= index && self.applied - after >= self.kept)
             .map(|(index, _)| *index)?;
         while self.marks.front().is_some_and(|(i, _)| *i <= upto) {
             self.marks.pop_front();
@@ -148,12 +158,12 @@ impl LogBytes {
     /// A snapshot of `bytes` bytes was installed: the log before it is
     /// openraft's to drop, and counting starts again.
     pub fn installed(&mut self, bytes: u64) {
-        self.restart(bytes);
+        self.restart(self.applied, bytes);
         self.marks.clear();
     }
 
-    fn restart(&mut self, bytes: u64) {
-        self.at_snapshot = self.applied;
+    fn restart(&mut self, at: u64, bytes: u64) {
+        self.at_snapshot = at;
         self.snapshot_bytes = Some(bytes);
         self.asked_at = None;
     }
@@ -183,7 +193,7 @@ mod tests {
 
         // Built at 20 (200 bytes): the newest entry with 30 bytes after it
         // is 17, and the next is due after the snapshot's own size.
-        assert_eq!(log.built(250), Some(17));
+        assert_eq!(log.built(20, 250), Some(17));
         for i in 21..=44 {
             log.applied(i, 10);
         }
@@ -197,17 +207,46 @@ mod tests {
         let mut log = LogBytes::new(1, 100);
         log.applied(1, 40);
         log.applied(2, 40);
-        assert_eq!(log.built(80), None, "only 80 bytes: all kept");
+        assert_eq!(log.built(2, 80), None, "only 80 bytes: all kept");
         log.applied(3, 40);
         log.applied(4, 40);
         log.applied(5, 40);
         // After 1: 160 bytes; after 2: 120; after 3: 80.
-        assert_eq!(log.built(200), Some(2));
-        assert_eq!(log.built(200), None, "nothing applied since: nothing more");
+        assert_eq!(log.built(5, 200), Some(2));
+        assert_eq!(
+            log.built(5, 200),
+            None,
+            "nothing applied since: nothing more"
+        );
         log.applied(6, 1000);
-        assert_eq!(log.built(1200), Some(5));
+        assert_eq!(log.built(6, 1200), Some(5));
         log.installed(5000);
-        assert_eq!(log.built(5000), None, "an install drops the marks");
+        assert_eq!(log.built(6, 5000), None, "an install drops the marks");
+    }
+
+    #[test]
+    fn a_snapshot_built_while_applies_went_on_counts_from_its_own_entry() {
+        let mut log = LogBytes::new(100, 30);
+        for i in 1..=10 {
+            log.applied(i, 10);
+        }
+        // Built at 6 (60 bytes), reported after 10 (100 bytes): the purge
+        // stays at or below 6, and 40 bytes count since the snapshot.
+        assert_eq!(log.built(6, 60), Some(6), "70 bytes after 6, 60 after 7");
+        assert_eq!(log.due(), Due::No);
+        for i in 11..=15 {
+            log.applied(i, 10);
+        }
+        assert_eq!(log.due(), Due::No, "90 bytes since 6");
+        log.applied(16, 10);
+        assert_eq!(log.due(), Due::Yes, "100 bytes since 6");
+        // Built at 9, reported after 12, 10 bytes kept: 11 has 10 bytes
+        // after it, but a purge never passes the snapshot.
+        let mut log = LogBytes::new(1, 10);
+        for i in 1..=12 {
+            log.applied(i, 10);
+        }
+        assert_eq!(log.built(9, 90), Some(9));
     }
 
     #[test]
@@ -217,6 +256,9 @@ mod tests {
             log.applied(i, 1);
         }
         assert_eq!(log.marks.len(), MARKS_MAX);
-        assert_eq!(log.built(0), Some(MARKS_MAX as u64 * 3));
+        assert_eq!(
+            log.built(MARKS_MAX as u64 * 3, 0),
+            Some(MARKS_MAX as u64 * 3)
+        );
     }
 }

@@ -176,7 +176,7 @@ pub enum CommandResult {
     Refused(Error),
 }
 
-pub(crate) use crate::store::{blocking, quick};
+pub(crate) use crate::store::{blocking, quick, start_blocking};
 
 #[cfg(test)]
 mod tests {

@@ -11,7 +11,10 @@
 //!
 //! Snapshots never sit whole in memory ([`super::snapshot`]). Building one
 //! reads the topic page by page into a new snapshot file and keeps it as the
-//! group's snapshot. Installing one checks the received file through, keeps
+//! group's snapshot. It reads the store as it was when openraft asked for
+//! the snapshot ([`Store::read_fixed`]), on another thread, while the group
+//! goes on applying: a snapshot of a large topic used to hold every apply
+//! of its group until it was copied. Installing one checks the received file through, keeps
 //! it, then writes its elements in bounded batches: the first batch (synced)
 //! marks the install as under way ([`INSTALLING`]), the last (synced) writes
 //! the topic's metadata and the applied state and clears the mark. A crash
@@ -26,7 +29,7 @@
 //! due ([`super::log_bytes`]): openraft's own policy counts entries only.
 
 use std::io::{BufReader, BufWriter, Seek, SeekFrom};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures::TryStreamExt;
 use openraft::storage::{EntryResponder, RaftStateMachine};
@@ -41,12 +44,12 @@ use super::snapshot::{
 };
 use super::{
     Command, CommandResult, Entry, EntryPayload, LogId, SnapshotMeta, StoredMembership, TypeConfig,
-    blocking, quick,
+    blocking, quick, start_blocking,
 };
 use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::local::Topics;
-use crate::store::{GroupId, Op, RaftLogStore, SnapshotFile, Store, WriteBatch};
+use crate::store::{Fixed, GroupId, Op, RaftLogStore, SnapshotFile, Started, Store, WriteBatch};
 use crate::topic::appender::{self, Windows};
 use crate::topic::directory::{DIRECTORY, Directory, NameCommand, NameRecord};
 use crate::topic::handlers::{HandlerCommand, Handlers};
@@ -71,8 +74,6 @@ const DIRECTORY_PAGE: usize = 1024;
 const SNAPSHOT_PAGE_BYTES: usize = 4 * 1024 * 1024;
 
 type Membership = StoredMembership;
-/// A snapshot's metadata and its file, open to be read.
-type Built = (SnapshotMeta, SnapshotFile);
 /// A snapshot as openraft hands it over.
 type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 
@@ -108,15 +109,32 @@ pub struct TopicStateMachine {
     applied: Applied,
     /// Where snapshots are kept (the same database as `store`).
     raft: Arc<dyn RaftLogStore>,
-    /// What the group's kept snapshot holds, once this process built or
-    /// installed it (`None` while it is being replaced).
-    current: Option<SnapshotMeta>,
+    /// The group's kept snapshot, shared with the builders handed out.
+    kept: Arc<Mutex<Kept>>,
     /// Where readers learn of what was applied.
     readers: Option<Topics>,
     limits: SnapshotLimits,
     /// The log's bytes, and where to ask for a snapshot or a purge because
     /// of them (none: never asks).
     upkeep: Option<Upkeep>,
+}
+
+/// The group's kept snapshot. Its lock is held while the file is replaced
+/// or opened, and through a whole install: a snapshot built meanwhile (off
+/// the apply path) is kept only if it is newer than what is kept then.
+#[derive(Default)]
+struct Kept {
+    /// What the kept snapshot holds, once this process built or installed
+    /// it (`None` while an install replaces it, or not yet known).
+    meta: Option<SnapshotMeta>,
+    /// The last snapshot built and kept: its last log index and size, until
+    /// the state machine counts it ([`LogBytes::built`]).
+    built: Option<(u64, u64)>,
+}
+
+/// Locks `kept`; a panic while it was held leaves plain values behind.
+fn lock(kept: &Mutex<Kept>) -> MutexGuard<'_, Kept> {
+    kept.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A group's log counted in bytes, and the way to its upkeep task.
@@ -164,7 +182,10 @@ impl TopicStateMachine {
             windows: Windows::default(),
             handlers: Arc::new(handlers),
             directory,
-            current: resumed.then(|| snapshot_meta(&applied)),
+            kept: Arc::new(Mutex::new(Kept {
+                meta: resumed.then(|| snapshot_meta(&applied)),
+                built: None,
+            })),
             applied,
             raft,
             readers: None,
@@ -238,9 +259,12 @@ impl TopicStateMachine {
         TopicId(self.group.0)
     }
 
-    /// Builds a snapshot of the current state into a new file, keeps it as
-    /// the group's, and opens it to be read.
-    async fn build(&mut self) -> Result<Built, Error> {
+    /// Starts building a snapshot of the current state: returns once the
+    /// store's state is fixed for it ([`Store::read_fixed`]), so that
+    /// applies go on while it is copied into a new file, which is then kept
+    /// as the group's snapshot (if nothing newer is kept by then) and
+    /// opened to be read.
+    async fn start_build(&mut self) -> Result<Builder, Error> {
         let header = Header {
             applied: ByteBuf::from(encode(&self.applied)?),
             meta: self.machine.as_ref().map(|m| m.meta().clone()),
@@ -248,61 +272,118 @@ impl TopicStateMachine {
             handlers: (*self.handlers).clone(),
         };
         let first = self.machine.as_ref().map_or(0, |m| m.range().first);
-        let (store, raft, group, limits) = (
+        let meta = snapshot_meta(&self.applied);
+        let (store, raft, group, limits, kept) = (
             self.store.clone(),
             self.raft.clone(),
             self.group,
             self.limits,
+            self.kept.clone(),
         );
-        self.current = None;
-        let file = blocking(move || {
-            let topic = TopicId(group.0);
-            let file = raft.snapshot_create()?;
-            let mut out =
-                SnapshotWriter::new(BufWriter::with_capacity(SNAPSHOT_IO_BYTES, file), &header)?;
-            let mut next = first.max(1);
-            while header.last_seq > 0 && next <= header.last_seq {
-                let page = store.scan(
-                    topic,
-                    next,
-                    limits.batch_elements_max,
-                    limits.batch_bytes_max,
-                )?;
-                let Some(last) = page.last() else { break };
-                next = last.seq + 1;
-                for e in page.iter().filter(|e| e.seq <= header.last_seq) {
-                    out.element(e)?;
+        let (fixed_tx, fixed) = tokio::sync::oneshot::channel();
+        let snapshot = meta.clone();
+        let work = start_blocking(move || {
+            let mut fixed_tx = Some(fixed_tx);
+            let mut written = None;
+            store.read_fixed(&mut |view| {
+                if let Some(tx) = fixed_tx.take() {
+                    let _ = tx.send(());
                 }
-            }
-            if header.meta.is_some() {
-                for (id, window) in store.producers(topic, PRODUCERS_MAX as usize)? {
-                    out.producer(&id, &window)?;
-                }
-            }
-            let file = out
-                .finish()?
-                .into_inner()
-                .map_err(|e| Error::Storage(format!("writing a snapshot: {}", e.error())))?;
-            raft.snapshot_keep(group, file)?;
-            let mut file = raft
-                .snapshot_open(group)?
-                .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))?;
-            let bytes = file_bytes(&mut file)?;
-            Ok((file, bytes))
-        })
-        .await?;
-        let (file, bytes) = file;
-        if let Some(upkeep) = self.upkeep.as_mut()
-            && let Some(upto) = upkeep.bytes.built(bytes)
-        {
+                written = Some(write_snapshot(view, &*raft, group, &header, first, limits)?);
+                Ok(())
+            })?;
+            let file =
+                written.ok_or_else(|| Error::Storage("the store read nothing fixed".into()))?;
+            keep_built(&*raft, group, &kept, &snapshot, file)
+        });
+        // An error instead: the work failed first, and says why below.
+        let _ = fixed.await;
+        Ok(Builder { meta, work })
+    }
+
+    /// Counts a snapshot built since the last apply, and asks for the purge
+    /// it allows.
+    fn count_built(&mut self) {
+        let Some(upkeep) = self.upkeep.as_mut() else {
+            return;
+        };
+        let Some((index, bytes)) = lock(&self.kept).built.take() else {
+            return;
+        };
+        if let Some(upto) = upkeep.bytes.built(index, bytes) {
             // Dropped if the task has asks waiting: the next snapshot
             // purges as far.
             let _ = upkeep.asks.try_send(Ask::PurgeUpTo(upto));
         }
-        let meta = snapshot_meta(&self.applied);
-        self.current = Some(meta.clone());
-        Ok((meta, file))
     }
+}
+
+/// Writes a snapshot file of `group`'s topic from `view`: `header`, the
+/// elements from `first` to `header.last_seq`, and the producer windows.
+fn write_snapshot(
+    view: &dyn Fixed,
+    raft: &dyn RaftLogStore,
+    group: GroupId,
+    header: &Header,
+    first: u64,
+    limits: SnapshotLimits,
+) -> Result<SnapshotFile, Error> {
+    let topic = TopicId(group.0);
+    let file = raft.snapshot_create()?;
+    let mut out = SnapshotWriter::new(BufWriter::with_capacity(SNAPSHOT_IO_BYTES, file), header)?;
+    let mut next = first.max(1);
+    while header.last_seq > 0 && next <= header.last_seq {
+        let page = view.scan(
+            topic,
+            next,
+            limits.batch_elements_max,
+            limits.batch_bytes_max,
+        )?;
+        let Some(last) = page.last() else { break };
+        next = last.seq + 1;
+        for e in page.iter().filter(|e| e.seq <= header.last_seq) {
+            out.element(e)?;
+        }
+    }
+    if header.meta.is_some() {
+        for (id, window) in view.producers(topic, PRODUCERS_MAX as usize)? {
+            out.producer(&id, &window)?;
+        }
+    }
+    out.finish()?
+        .into_inner()
+        .map_err(|e| Error::Storage(format!("writing a snapshot: {}", e.error())))
+}
+
+/// Keeps `file`, a snapshot of the state `meta` names, as `group`'s
+/// snapshot unless a newer one is kept already (one installed while it was
+/// built); returns it open at its start, with its size.
+fn keep_built(
+    raft: &dyn RaftLogStore,
+    group: GroupId,
+    kept: &Mutex<Kept>,
+    meta: &SnapshotMeta,
+    mut file: SnapshotFile,
+) -> Result<(SnapshotFile, u64), Error> {
+    let mut kept = lock(kept);
+    if kept
+        .meta
+        .as_ref()
+        .is_some_and(|k| k.last_log_id >= meta.last_log_id)
+    {
+        // Not kept: its part file goes when openraft drops it.
+        let bytes = file_bytes(&mut file)?;
+        return Ok((file, bytes));
+    }
+    kept.meta = None;
+    raft.snapshot_keep(group, file)?;
+    let mut file = raft
+        .snapshot_open(group)?
+        .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))?;
+    let bytes = file_bytes(&mut file)?;
+    kept.meta = Some(meta.clone());
+    kept.built = Some((meta.last_log_id.map_or(0, |l| l.index), bytes));
+    Ok((file, bytes))
 }
 
 /// What a snapshot of `group` in the state `applied` is called.
@@ -508,23 +589,24 @@ pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Resul
     })
 }
 
-/// A snapshot built when openraft asked for a builder (built then, while no
-/// apply can run, so that it is one log position's state).
+/// A snapshot being built: started when openraft asked for a builder, at
+/// one log position's state, and finished off the apply path.
 pub struct Builder {
-    taken: Option<Result<Built, Error>>,
+    meta: SnapshotMeta,
+    work: Started<(SnapshotFile, u64)>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
     type SnapshotData = SnapshotData;
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, std::io::Error> {
-        let (meta, file) = self
-            .taken
-            .take()
-            .unwrap_or_else(|| Err(Error::InvalidArgument("a builder builds once".into())))
-            .map_err(io_err)?;
+        let work = std::mem::replace(
+            &mut self.work,
+            Started::Done(Err(Error::InvalidArgument("a builder builds once".into()))),
+        );
+        let (file, _) = work.finish().await.map_err(io_err)?;
         Ok(Snapshot {
-            meta,
+            meta: self.meta.clone(),
             snapshot: SnapshotData::from_file(file),
         })
     }
@@ -767,6 +849,7 @@ impl TopicStateMachine {
             for (index, bytes) in sizes {
                 upkeep.bytes.applied(index, bytes);
             }
+            self.count_built();
             self.ask_for_snapshot_if_due().await;
         }
         Ok(results)
@@ -800,9 +883,11 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
-        Builder {
-            taken: Some(self.build().await),
-        }
+        let meta = snapshot_meta(&self.applied);
+        self.start_build().await.unwrap_or_else(|e| Builder {
+            meta,
+            work: Started::Done(Err(e)),
+        })
     }
 
     async fn install_snapshot(
@@ -827,10 +912,17 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         })
         .await
         .map_err(io_err)?;
-        self.current = None;
+        let (kept, installing) = (self.kept.clone(), meta.clone());
         let installed = blocking(move || {
+            // Held throughout: a snapshot built meanwhile must not replace
+            // the file being installed.
+            let mut kept = lock(&kept);
+            kept.meta = None;
+            kept.built = None;
             raft.snapshot_keep(group, file)?;
-            install_kept(&*store, &*raft, group, Some(expect), limits)
+            let installed = install_kept(&*store, &*raft, group, Some(expect), limits)?;
+            kept.meta = Some(installing);
+            Ok(installed)
         })
         .await
         .map_err(io_err)?;
@@ -844,7 +936,6 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             .map_err(io_err)?;
         self.applied = installed.applied;
         self.publish(existed);
-        self.current = Some(meta.clone());
         if let Some(upkeep) = self.upkeep.as_mut() {
             upkeep.bytes.installed(bytes);
         }
@@ -852,17 +943,21 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, std::io::Error> {
-        let Some(meta) = self.current.clone() else {
-            return Ok(None);
-        };
-        let (raft, group) = (self.raft.clone(), self.group);
-        let file = blocking(move || {
-            raft.snapshot_open(group)?
-                .ok_or_else(|| Error::Storage("the group's kept snapshot is gone".into()))
+        let (raft, group, kept) = (self.raft.clone(), self.group, self.kept.clone());
+        let current = blocking(move || {
+            // Opened under the lock: the file is the one `meta` names.
+            let kept = lock(&kept);
+            let Some(meta) = kept.meta.clone() else {
+                return Ok(None);
+            };
+            let file = raft
+                .snapshot_open(group)?
+                .ok_or_else(|| Error::Storage("the group's kept snapshot is gone".into()))?;
+            Ok(Some((meta, file)))
         })
         .await
         .map_err(io_err)?;
-        Ok(Some(Snapshot {
+        Ok(current.map(|(meta, file)| Snapshot {
             meta,
             snapshot: SnapshotData::from_file(file),
         }))

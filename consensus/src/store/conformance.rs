@@ -19,6 +19,57 @@ pub fn run_all<S: Store>(mut fresh: impl FnMut() -> S) {
     producer_windows_round_trip(&fresh());
     effects_are_indexed_found_and_trimmed(&fresh());
     applied_writes_are_read_at_once(&fresh());
+    fixed_reads_miss_later_writes(&fresh());
+}
+
+/// What [`Store::read_fixed`] shows stays as it was when it was called,
+/// whatever is written, trimmed or deleted meanwhile, and in every way of
+/// writing.
+fn fixed_reads_miss_later_writes<S: Store>(s: &S) {
+    let (t, other) = (TopicId(4), TopicId(5));
+    let mut w = ProducerWindow::default();
+    w.record(1, 1, 1);
+    s.write(&batch([
+        Op::PutElement(t, element(1, "one")),
+        Op::PutElement(t, element(2, "two")),
+        Op::PutProducer(t, "p".into(), w.clone()),
+        Op::PutElement(other, element(1, "other")),
+    ]))
+    .unwrap();
+    s.write_applied(&batch([Op::PutElement(t, element(3, "three"))]))
+        .unwrap();
+    let mut later = w.clone();
+    later.record(2, 2, 1);
+    let mut seen = 0;
+    s.read_fixed(&mut |view| {
+        s.write_applied(&batch([
+            Op::PutElement(t, element(4, "four")),
+            Op::PutProducer(t, "p".into(), later.clone()),
+            Op::PutProducer(t, "q".into(), ProducerWindow::default()),
+        ]))?;
+        s.write_unsynced(&batch([Op::PutElement(t, element(5, "five"))]))?;
+        s.trim(t, 3)?;
+        s.write(&batch([Op::DeleteTopic(other)]))?;
+        let payloads: Vec<Bytes> = view
+            .scan(t, 1, 10, 1 << 20)?
+            .into_iter()
+            .map(|e| e.payload)
+            .collect();
+        assert_eq!(payloads, ["one", "two", "three"].map(Bytes::from));
+        assert_eq!(view.producers(t, 10)?, [("p".to_string(), w.clone())]);
+        assert_eq!(view.scan(other, 1, 10, 1 << 20)?.len(), 1);
+        seen += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(seen, 1, "read_fixed calls its function once");
+    // The store itself has moved on.
+    assert_eq!(
+        s.scan(t, 1, 10, 1 << 20).unwrap().first().map(|e| e.seq),
+        Some(3)
+    );
+    assert_eq!(s.producer(t, "p").unwrap(), Some(later));
+    assert!(s.scan(other, 1, 10, 1 << 20).unwrap().is_empty());
 }
 
 /// What a state machine applied is read back at once, in order with the

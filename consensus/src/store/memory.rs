@@ -5,7 +5,7 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use super::raft_log::{GroupId, READ_ENTRIES_MAX, RaftLogStore};
-use super::{Op, SnapshotFile, Store, WriteBatch};
+use super::{Fixed, Op, SnapshotFile, Store, WriteBatch};
 use crate::error::Result;
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
 
@@ -43,6 +43,20 @@ impl Clone for MemStore {
 impl MemStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A copy of the topics' data alone (no Raft logs, values or
+    /// snapshots): what [`Store::read_fixed`] reads.
+    pub fn topics_copy(&self) -> TopicsCopy {
+        let s = self.state();
+        TopicsCopy(MemStore {
+            state: Mutex::new(State {
+                topics: s.topics.clone(),
+                elements: s.elements.clone(),
+                producers: s.producers.clone(),
+                ..State::default()
+            }),
+        })
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -183,6 +197,12 @@ impl Store for MemStore {
             .cloned()
             .collect())
     }
+
+    /// A copy: the in-memory store is for tests and the simulator, whose
+    /// topics are small.
+    fn read_fixed(&self, f: &mut dyn FnMut(&dyn Fixed) -> Result<()>) -> Result<()> {
+        f(&self.topics_copy())
+    }
 }
 
 impl RaftLogStore for MemStore {
@@ -289,6 +309,25 @@ impl RaftLogStore for MemStore {
         let groups: std::collections::BTreeSet<GroupId> =
             self.state().raft_values.keys().map(|(g, _)| *g).collect();
         Ok(groups.into_iter().collect())
+    }
+}
+
+/// A [`MemStore`]'s topics as they were when copied.
+pub struct TopicsCopy(MemStore);
+
+impl Fixed for TopicsCopy {
+    fn scan(
+        &self,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Element>> {
+        self.0.scan(topic, from, limit, bytes_max)
+    }
+
+    fn producers(&self, topic: TopicId, limit: usize) -> Result<Vec<(String, ProducerWindow)>> {
+        self.0.producers(topic, limit)
     }
 }
 

@@ -11,7 +11,7 @@ pub mod raft_log;
 mod rocks;
 mod snapshot_file;
 
-pub use memory::MemStore;
+pub use memory::{MemStore, TopicsCopy};
 pub use raft_log::{AppendDone, GROUP_ID_MIN, GroupId, RaftLogStore};
 pub use rocks::RocksStore;
 pub use snapshot_file::{PartPath, SnapshotFile};
@@ -139,6 +139,27 @@ pub trait Store: Send + Sync + 'static {
     /// index entries). Need not be synced: a trim lost in a crash is simply
     /// done again.
     fn trim(&self, topic: TopicId, below_seq: u64) -> Result<()>;
+
+    /// Calls `f` with the store as it is now: what `f` reads through its
+    /// [`Fixed`] does not change with writes made meanwhile (a snapshot is
+    /// copied out of it while its group goes on applying).
+    fn read_fixed(&self, f: &mut dyn FnMut(&dyn Fixed) -> Result<()>) -> Result<()>;
+}
+
+/// A store's contents as of one moment (see [`Store::read_fixed`]): what a
+/// snapshot of a topic reads.
+pub trait Fixed {
+    /// As [`Store::scan`].
+    fn scan(
+        &self,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Element>>;
+
+    /// As [`Store::producers`].
+    fn producers(&self, topic: TopicId, limit: usize) -> Result<Vec<(String, ProducerWindow)>>;
 }
 
 /// Whether `e` was appended by `handler` of `cause_topic` running on its
@@ -183,9 +204,40 @@ pub async fn blocking<T: Send + 'static>(
     if INLINE.with(std::cell::Cell::get) {
         return f();
     }
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| crate::error::Error::Storage(format!("storage task failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(task_failed)?
+}
+
+/// Starts storage work as [`blocking`] does, and returns at once: the work
+/// goes on whether or not [`Started::finish`] is awaited. Where storage runs
+/// in place, it is done before this returns.
+pub fn start_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Started<T> {
+    if INLINE.with(std::cell::Cell::get) {
+        return Started::Done(f());
+    }
+    Started::Running(tokio::task::spawn_blocking(f))
+}
+
+/// Storage work begun by [`start_blocking`].
+#[derive(Debug)]
+pub enum Started<T> {
+    Done(Result<T>),
+    Running(tokio::task::JoinHandle<Result<T>>),
+}
+
+impl<T> Started<T> {
+    /// Waits for the work's result.
+    pub async fn finish(self) -> Result<T> {
+        match self {
+            Started::Done(result) => result,
+            Started::Running(work) => work.await.map_err(task_failed)?,
+        }
+    }
+}
+
+fn task_failed(e: tokio::task::JoinError) -> crate::error::Error {
+    crate::error::Error::Storage(format!("storage task failed: {e}"))
 }
 
 /// Runs storage work that does not wait on the disk in the common case

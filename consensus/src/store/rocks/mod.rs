@@ -33,7 +33,7 @@ use rocksdb::{
 
 use super::raft_log::{AppendDone, GroupId, READ_ENTRIES_MAX, RaftLogStore};
 use super::snapshot_file::SnapshotDir;
-use super::{Op, SnapshotFile, Store, WriteBatch};
+use super::{Fixed, Op, SnapshotFile, Store, WriteBatch};
 use crate::codec;
 use crate::error::{Error, Result};
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};
@@ -398,6 +398,104 @@ impl RocksStore {
     }
 }
 
+/// A [`RocksStore`] read through a snapshot of its database.
+struct AsOf<'a> {
+    store: &'a RocksStore,
+    snapshot: rocksdb::SnapshotWithThreadMode<'a, DB>,
+}
+
+impl Fixed for AsOf<'_> {
+    fn scan(
+        &self,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Element>> {
+        self.store
+            .scan_as_of(Some(&self.snapshot), topic, from, limit, bytes_max)
+    }
+
+    fn producers(&self, topic: TopicId, limit: usize) -> Result<Vec<(String, ProducerWindow)>> {
+        self.store
+            .producers_as_of(Some(&self.snapshot), topic, limit)
+    }
+}
+
+impl RocksStore {
+    /// Read options that read through `snapshot`, if any.
+    fn read_options(snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, DB>>) -> ReadOptions {
+        let mut ro = ReadOptions::default();
+        if let Some(snapshot) = snapshot {
+            ro.set_snapshot(snapshot);
+            // A copy read once: it should not push what readers use out
+            // of the block cache.
+            ro.fill_cache(false);
+        }
+        ro
+    }
+
+    /// [`Store::scan`], through `snapshot` if given.
+    fn scan_as_of(
+        &self,
+        snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, DB>>,
+        topic: TopicId,
+        from: u64,
+        limit: usize,
+        bytes_max: usize,
+    ) -> Result<Vec<Element>> {
+        let mut ro = Self::read_options(snapshot);
+        ro.set_iterate_upper_bound(element_key(TopicId(topic.0 + 1), 0));
+        let start = element_key(topic, from);
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_ELEMENTS),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for item in iter {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, value) = item.map_err(storage("scan elements"))?;
+            let seq = be_u64(&key[8..], "element key")?;
+            let e = codec::element::decode(seq, &value)?;
+            if !out.is_empty() && bytes + e.payload.len() > bytes_max {
+                break;
+            }
+            bytes += e.payload.len();
+            out.push(e);
+        }
+        Ok(out)
+    }
+
+    /// [`Store::producers`], through `snapshot` if given.
+    fn producers_as_of(
+        &self,
+        snapshot: Option<&rocksdb::SnapshotWithThreadMode<'_, DB>>,
+        topic: TopicId,
+        limit: usize,
+    ) -> Result<Vec<(String, ProducerWindow)>> {
+        let mut ro = Self::read_options(snapshot);
+        ro.set_iterate_upper_bound((topic.0 + 1).to_be_bytes());
+        let start = topic.0.to_be_bytes();
+        let iter = self.db.iterator_cf_opt(
+            self.cf(CF_PRODUCERS),
+            ro,
+            IteratorMode::From(&start, Direction::Forward),
+        );
+        let mut out = Vec::new();
+        for item in iter.take(limit) {
+            let (key, value) = item.map_err(storage("list producers"))?;
+            let id = String::from_utf8(key[8..].to_vec())
+                .map_err(|_| Error::Corrupt("producer id is not UTF-8".into()))?;
+            out.push((id, codec::window::decode(&value)?));
+        }
+        Ok(out)
+    }
+}
+
 impl Store for RocksStore {
     fn write(&self, batch: &WriteBatch) -> Result<()> {
         self.write_synced(self.batch(batch)?, "write")
@@ -469,30 +567,7 @@ impl Store for RocksStore {
         limit: usize,
         bytes_max: usize,
     ) -> Result<Vec<Element>> {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(element_key(TopicId(topic.0 + 1), 0));
-        let start = element_key(topic, from);
-        let iter = self.db.iterator_cf_opt(
-            self.cf(CF_ELEMENTS),
-            ro,
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        let mut bytes = 0;
-        for item in iter {
-            if out.len() >= limit {
-                break;
-            }
-            let (key, value) = item.map_err(storage("scan elements"))?;
-            let seq = be_u64(&key[8..], "element key")?;
-            let e = codec::element::decode(seq, &value)?;
-            if !out.is_empty() && bytes + e.payload.len() > bytes_max {
-                break;
-            }
-            bytes += e.payload.len();
-            out.push(e);
-        }
-        Ok(out)
+        self.scan_as_of(None, topic, from, limit, bytes_max)
     }
 
     fn producer(&self, topic: TopicId, id: &str) -> Result<Option<ProducerWindow>> {
@@ -504,22 +579,7 @@ impl Store for RocksStore {
     }
 
     fn producers(&self, topic: TopicId, limit: usize) -> Result<Vec<(String, ProducerWindow)>> {
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound((topic.0 + 1).to_be_bytes());
-        let start = topic.0.to_be_bytes();
-        let iter = self.db.iterator_cf_opt(
-            self.cf(CF_PRODUCERS),
-            ro,
-            IteratorMode::From(&start, Direction::Forward),
-        );
-        let mut out = Vec::new();
-        for item in iter.take(limit) {
-            let (key, value) = item.map_err(storage("list producers"))?;
-            let id = String::from_utf8(key[8..].to_vec())
-                .map_err(|_| Error::Corrupt("producer id is not UTF-8".into()))?;
-            out.push((id, codec::window::decode(&value)?));
-        }
-        Ok(out)
+        self.producers_as_of(None, topic, limit)
     }
 
     fn effects(
@@ -585,6 +645,17 @@ impl Store for RocksStore {
         }
         it.status().map_err(storage("trim effects"))?;
         self.write_unsynced_wb(wb, "trim")
+    }
+
+    /// A RocksDB snapshot: reads through it see the database as it was
+    /// when it was taken, and it holds back only what compactions may drop
+    /// meanwhile.
+    fn read_fixed(&self, f: &mut dyn FnMut(&dyn Fixed) -> Result<()>) -> Result<()> {
+        let snapshot = self.db.snapshot();
+        f(&AsOf {
+            store: self,
+            snapshot,
+        })
     }
 }
 
