@@ -301,6 +301,14 @@ async fn cases(
                 flooded_bytes.refused as f64 / secs,
                 "refusals/s",
             );
+            let batches = &flooded_bytes.batches;
+            for (what, micros) in [
+                ("flood batch p50", batches.value_at_quantile(0.5)),
+                ("flood batch p99", batches.value_at_quantile(0.99)),
+                ("flood batch longest", batches.max()),
+            ] {
+                report.row(&case, what, micros as f64 / 1000.0, "ms");
+            }
             anyhow::Ok(())
         }
         .await;
@@ -340,6 +348,9 @@ struct Flooded {
     bytes: u64,
     refused: u64,
     elapsed: Duration,
+    /// How long each accepted batch took, in microseconds: a group that
+    /// stalls (behind a snapshot, a sync) shows here.
+    batches: Histogram<u64>,
 }
 
 /// Appends batches of [`FLOOD_PAYLOADS`] x [`FLOOD_PAYLOAD_BYTES`] to
@@ -366,12 +377,17 @@ async fn flood(
         let what = format!("{url}: flooding {topic}");
         tasks.spawn(async move {
             let (mut bytes, mut refused) = (0u64, 0u64);
+            let mut batches = Histogram::<u64>::new(3)?;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = Instant::now();
                 let sent = tokio::time::timeout(REQUEST_TIMEOUT, c.append_batch(request.clone()))
                     .await
                     .with_context(|| format!("{what}: a batch took over {REQUEST_TIMEOUT:?}"))?;
                 match sent {
-                    Ok(r) => bytes += r.into_inner().count * FLOOD_PAYLOAD_BYTES as u64,
+                    Ok(r) => {
+                        bytes += r.into_inner().count * FLOOD_PAYLOAD_BYTES as u64;
+                        batches.record(at.elapsed().as_micros() as u64)?;
+                    }
                     Err(s) if s.code() == tonic::Code::ResourceExhausted => {
                         refused += 1;
                         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -379,18 +395,20 @@ async fn flood(
                     Err(s) => return Err(anyhow::Error::new(s).context(what)),
                 }
             }
-            anyhow::Ok((bytes, refused))
+            anyhow::Ok((bytes, refused, batches))
         });
     }
     let mut out = Flooded {
         bytes: 0,
         refused: 0,
         elapsed: Duration::ZERO,
+        batches: Histogram::<u64>::new(3)?,
     };
     while let Some(done) = tasks.join_next().await {
-        let (bytes, refused) = done??;
+        let (bytes, refused, batches) = done??;
         out.bytes += bytes;
         out.refused += refused;
+        out.batches.add(&batches)?;
     }
     out.elapsed = started.elapsed();
     Ok(out)

@@ -49,7 +49,9 @@ use super::{
 use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::local::Topics;
-use crate::store::{Fixed, GroupId, Op, RaftLogStore, SnapshotFile, Started, Store, WriteBatch};
+use crate::store::{
+    Fixed, GroupId, Op, Paced, RaftLogStore, SnapshotFile, Started, Store, WriteBatch,
+};
 use crate::topic::appender::{self, Windows};
 use crate::topic::directory::{DIRECTORY, Directory, NameCommand, NameRecord};
 use crate::topic::handlers::{HandlerCommand, Handlers};
@@ -330,7 +332,10 @@ fn write_snapshot(
 ) -> Result<SnapshotFile, Error> {
     let topic = TopicId(group.0);
     let file = raft.snapshot_create()?;
-    let mut out = SnapshotWriter::new(BufWriter::with_capacity(SNAPSHOT_IO_BYTES, file), header)?;
+    let mut out = SnapshotWriter::new(
+        BufWriter::with_capacity(SNAPSHOT_IO_BYTES, Paced::new(file)),
+        header,
+    )?;
     let mut next = first.max(1);
     while header.last_seq > 0 && next <= header.last_seq {
         let page = view.scan(
@@ -350,9 +355,11 @@ fn write_snapshot(
             out.producer(&id, &window)?;
         }
     }
-    out.finish()?
+    Ok(out
+        .finish()?
         .into_inner()
-        .map_err(|e| Error::Storage(format!("writing a snapshot: {}", e.error())))
+        .map_err(|e| Error::Storage(format!("writing a snapshot: {}", e.error())))?
+        .into_file())
 }
 
 /// Keeps `file`, a snapshot of the state `meta` names, as `group`'s

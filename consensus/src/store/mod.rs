@@ -14,7 +14,7 @@ mod snapshot_file;
 pub use memory::{MemStore, TopicsCopy};
 pub use raft_log::{AppendDone, GROUP_ID_MIN, GroupId, RaftLogStore};
 pub use rocks::RocksStore;
-pub use snapshot_file::{PartPath, SnapshotFile};
+pub use snapshot_file::{Paced, PartPath, SnapshotFile};
 
 use crate::error::Result;
 use crate::topic::{Element, ProducerWindow, TopicId, TopicMeta};

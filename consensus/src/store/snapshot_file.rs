@@ -51,6 +51,47 @@ impl SnapshotFile {
     }
 }
 
+/// Bytes of a snapshot written between two syncs of its file.
+const PACED_SYNC_BYTES: u64 = 8 << 20;
+
+/// Writes into a snapshot file and syncs it every [`PACED_SYNC_BYTES`], so
+/// that a large snapshot's pages are written out as it is built, never
+/// piled up for its final sync (nor for another file's: on ext4 a sync of
+/// the write-ahead log can wait for other files' dirty data).
+#[derive(Debug)]
+pub struct Paced {
+    file: SnapshotFile,
+    unsynced: u64,
+}
+
+impl Paced {
+    pub fn new(file: SnapshotFile) -> Self {
+        Self { file, unsynced: 0 }
+    }
+
+    pub fn into_file(self) -> SnapshotFile {
+        self.file
+    }
+}
+
+impl Write for Paced {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.file.write(buf)?;
+        self.unsynced += n as u64;
+        if self.unsynced >= PACED_SYNC_BYTES {
+            if let SnapshotFile::Disk { file, .. } = &self.file {
+                file.sync_data()?;
+            }
+            self.unsynced = 0;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
+}
+
 impl Read for SnapshotFile {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self {
