@@ -301,6 +301,14 @@ async fn cases(
                 flooded_bytes.refused as f64 / secs,
                 "refusals/s",
             );
+            // Whether the two topics' leaders share a node (and its cores'
+            // share of the work): a figure to read the latencies by.
+            report.row(
+                &case,
+                "leaders on one node",
+                f64::from(u8::from(leader == flood_leader)),
+                "yes = 1",
+            );
             let batches = &flooded_bytes.batches;
             for (what, micros) in [
                 ("flood batch p50", batches.value_at_quantile(0.5)),
