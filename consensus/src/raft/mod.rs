@@ -176,7 +176,7 @@ pub enum CommandResult {
     Refused(Error),
 }
 
-pub(crate) use crate::store::{blocking, quick, start_blocking};
+pub(crate) use crate::store::{blocking, quick, start_blocking, storage_inline};
 
 #[cfg(test)]
 mod tests {

@@ -44,7 +44,7 @@ use super::snapshot::{
 };
 use super::{
     Command, CommandResult, Entry, EntryPayload, LogId, SnapshotMeta, StoredMembership, TypeConfig,
-    blocking, quick, start_blocking,
+    blocking, quick, start_blocking, storage_inline,
 };
 use crate::codec::{decode, encode};
 use crate::error::Error;
@@ -275,31 +275,43 @@ impl TopicStateMachine {
         };
         let first = self.machine.as_ref().map_or(0, |m| m.range().first);
         let meta = snapshot_meta(&self.applied);
-        let (store, raft, group, limits, kept) = (
+        let (store, raft, for_copy, group, limits, kept) = (
             self.store.clone(),
+            self.raft.clone(),
             self.raft.clone(),
             self.group,
             self.limits,
             self.kept.clone(),
         );
-        let (fixed_tx, fixed) = tokio::sync::oneshot::channel();
-        let snapshot = meta.clone();
-        let work = start_blocking(move || {
-            let mut fixed_tx = Some(fixed_tx);
+        let copy = move |fixed_tx: Option<tokio::sync::oneshot::Sender<()>>| {
+            let mut fixed_tx = fixed_tx;
             let mut written = None;
             store.read_fixed(&mut |view| {
                 if let Some(tx) = fixed_tx.take() {
                     let _ = tx.send(());
                 }
-                written = Some(write_snapshot(view, &*raft, group, &header, first, limits)?);
+                written = Some(write_snapshot(
+                    view, &*for_copy, group, &header, first, limits,
+                )?);
                 Ok(())
             })?;
-            let file =
-                written.ok_or_else(|| Error::Storage("the store read nothing fixed".into()))?;
-            keep_built(&*raft, group, &kept, &snapshot, file)
-        });
-        // An error instead: the work failed first, and says why below.
-        let _ = fixed.await;
+            written.ok_or_else(|| Error::Storage("the store read nothing fixed".into()))
+        };
+        let snapshot = meta.clone();
+        let keep = move |file| keep_built(&*raft, group, &kept, &snapshot, file);
+        let work = if storage_inline() {
+            // The simulator: the copy now (from the fixed view), the keep
+            // when openraft's build task gets to it, after whatever the
+            // node did meanwhile (applies, an install).
+            let file = copy(None);
+            Started::Later(Box::new(move || keep(file?)))
+        } else {
+            let (fixed_tx, fixed) = tokio::sync::oneshot::channel();
+            let work = start_blocking(move || keep(copy(Some(fixed_tx))?));
+            // An error instead: the work failed first, and says why below.
+            let _ = fixed.await;
+            work
+        };
         Ok(Builder { meta, work })
     }
 

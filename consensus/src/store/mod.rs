@@ -219,11 +219,20 @@ pub fn start_blocking<T: Send + 'static>(
     Started::Running(tokio::task::spawn_blocking(f))
 }
 
-/// Storage work begun by [`start_blocking`].
-#[derive(Debug)]
+/// Whether storage work runs in place on this thread (see
+/// [`run_storage_inline`]).
+pub fn storage_inline() -> bool {
+    INLINE.with(std::cell::Cell::get)
+}
+
+/// Storage work begun by [`start_blocking`], or left for later.
 pub enum Started<T> {
     Done(Result<T>),
     Running(tokio::task::JoinHandle<Result<T>>),
+    /// Work that runs (in place) when its result is awaited: where storage
+    /// runs in place, what need not happen at once is left for later, so
+    /// that the simulator interleaves it with what its node does meanwhile.
+    Later(Box<dyn FnOnce() -> Result<T> + Send + Sync>),
 }
 
 impl<T> Started<T> {
@@ -232,6 +241,7 @@ impl<T> Started<T> {
         match self {
             Started::Done(result) => result,
             Started::Running(work) => work.await.map_err(task_failed)?,
+            Started::Later(work) => work(),
         }
     }
 }
