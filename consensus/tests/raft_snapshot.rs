@@ -18,9 +18,9 @@ use woof_consensus::codec::decode;
 use woof_consensus::raft::Command;
 use woof_consensus::raft::group::{self, Timing};
 use woof_consensus::raft::network::{Envelope, Router, Rpc, Transport};
-use woof_consensus::raft::snapshot::SnapshotLimits;
+use woof_consensus::raft::snapshot::{SnapshotData, SnapshotLimits};
 use woof_consensus::raft::state_machine::TopicStateMachine;
-use woof_consensus::raft::{Entry, EntryPayload, Raft, WatchReceiver, log_id};
+use woof_consensus::raft::{Entry, EntryPayload, Raft, SnapshotMeta, WatchReceiver, log_id};
 use woof_consensus::store::{
     Fixed, GroupId, GroupStore, MemStore, Op, RaftLogStore, RocksStore, SnapshotFile, Store,
     WriteBatch,
@@ -489,6 +489,20 @@ async fn a_topic_larger_than_the_bounds_reaches_a_new_replica_in_memory() {
     new_replica_from_snapshot(MemStore::new(), MemStore::new()).await;
 }
 
+/// A new in-memory replica of [`GROUP`] with `snapshot` installed, and its
+/// store.
+async fn installed_in_memory(
+    meta: &SnapshotMeta,
+    snapshot: SnapshotData,
+) -> (Arc<MemStore>, TopicStateMachine) {
+    let store = Arc::new(MemStore::new());
+    let mut replica = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap();
+    replica.install_snapshot(meta, snapshot).await.unwrap();
+    (store, replica)
+}
+
 fn entry(index: u64, command: Command) -> Entry {
     Entry {
         log_id: log_id(1, 1, index),
@@ -690,14 +704,7 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
     assert_eq!((h.spec.clone(), h.version, h.done), (spec.clone(), 1, 7));
     assert_eq!(h.outputs, vec!["out".to_string()]);
 
-    let fresh = Arc::new(MemStore::new());
-    let mut replica = TopicStateMachine::open(fresh.clone(), fresh.clone(), GROUP)
-        .await
-        .unwrap();
-    replica
-        .install_snapshot(&snapshot.meta, snapshot.snapshot)
-        .await
-        .unwrap();
+    let (fresh, replica) = installed_in_memory(&snapshot.meta, snapshot.snapshot).await;
     assert_eq!(replica.handlers().get("double").unwrap().done, 7);
     // The element a handler made kept its cause, and the effect index
     // was rebuilt from the snapshot.
@@ -818,14 +825,7 @@ async fn a_snapshot_is_copied_while_its_group_goes_on_applying() {
     let current = sm.get_current_snapshot().await.unwrap().unwrap();
     assert_eq!(current.meta, snapshot.meta, "the built snapshot is kept");
 
-    let other = Arc::new(MemStore::new());
-    let mut replica = TopicStateMachine::open(other.clone(), other.clone(), GROUP)
-        .await
-        .unwrap();
-    replica
-        .install_snapshot(&snapshot.meta, snapshot.snapshot)
-        .await
-        .unwrap();
+    let (other, mut replica) = installed_in_memory(&snapshot.meta, snapshot.snapshot).await;
     let (installed, source) = (elements(&*other), elements(&*store));
     let seqs = |v: &[(u64, u64, Vec<u8>)]| v.iter().map(|e| e.0).collect::<Vec<_>>();
     assert_eq!(seqs(&installed), (1..=100).collect::<Vec<_>>());
@@ -882,14 +882,7 @@ async fn a_snapshot_built_across_an_install_of_a_newer_one_is_not_kept() {
         current.meta, newer.meta,
         "the installed snapshot stays kept"
     );
-    let third = Arc::new(MemStore::new());
-    let mut replica = TopicStateMachine::open(third.clone(), third.clone(), GROUP)
-        .await
-        .unwrap();
-    replica
-        .install_snapshot(&current.meta, current.snapshot)
-        .await
-        .unwrap();
+    let (third, replica) = installed_in_memory(&current.meta, current.snapshot).await;
     assert_eq!(replica.machine().unwrap().last_seq(), 100);
     assert!(elements(&*third) == elements(&*leader));
 }
