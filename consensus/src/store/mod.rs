@@ -201,7 +201,7 @@ pub async fn wait_for_disk(store: &dyn RaftLogStore) {
 pub async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    if INLINE.with(std::cell::Cell::get) {
+    if storage_inline() {
         return f();
     }
     tokio::task::spawn_blocking(f).await.map_err(task_failed)?
@@ -213,7 +213,7 @@ pub async fn blocking<T: Send + 'static>(
 pub fn start_blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Started<T> {
-    if INLINE.with(std::cell::Cell::get) {
+    if storage_inline() {
         return Started::Done(f());
     }
     Started::Running(tokio::task::spawn_blocking(f))
