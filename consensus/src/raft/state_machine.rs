@@ -14,8 +14,11 @@
 //! group's snapshot. It reads the store as it was when openraft asked for
 //! the snapshot ([`Store::read_fixed`]), on another thread, while the group
 //! goes on applying: a snapshot of a large topic used to hold every apply
-//! of its group until it was copied. Installing one checks the received file through, keeps
-//! it, then writes its elements in bounded batches: the first batch (synced)
+//! of its group until it was copied. A copy ends kept only if nothing newer
+//! was kept meanwhile (an install of a leader's snapshot).
+//!
+//! Installing one checks the received file through, keeps it, then writes
+//! its elements in bounded batches: the first batch (synced)
 //! marks the install as under way ([`INSTALLING`]), the last (synced) writes
 //! the topic's metadata and the applied state and clears the mark. A crash
 //! in between leaves the mark, and [`TopicStateMachine::open`] finishes the
@@ -275,16 +278,15 @@ impl TopicStateMachine {
         };
         let first = self.machine.as_ref().map_or(0, |m| m.range().first);
         let meta = snapshot_meta(&self.applied);
-        let (store, raft, for_copy, group, limits, kept) = (
+        let (store, raft, group, limits, kept) = (
             self.store.clone(),
-            self.raft.clone(),
             self.raft.clone(),
             self.group,
             self.limits,
             self.kept.clone(),
         );
-        let copy = move |fixed_tx: Option<tokio::sync::oneshot::Sender<()>>| {
-            let mut fixed_tx = fixed_tx;
+        let for_copy = raft.clone();
+        let copy = move |mut fixed_tx: Option<tokio::sync::oneshot::Sender<()>>| {
             let mut written = None;
             store.read_fixed(&mut |view| {
                 if let Some(tx) = fixed_tx.take() {

@@ -54,7 +54,7 @@ impl SnapshotFile {
 /// Bytes of a snapshot written between two syncs of its file.
 const PACED_SYNC_BYTES: u64 = 8 << 20;
 
-/// Writes into a snapshot file and syncs it every [`PACED_SYNC_BYTES`], so
+/// Writes into a snapshot file and syncs it every 8 MiB (`PACED_SYNC_BYTES`), so
 /// that a large snapshot's pages are written out as it is built, never
 /// piled up for its final sync (nor for another file's: on ext4 a sync of
 /// the write-ahead log can wait for other files' dirty data).
