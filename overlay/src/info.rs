@@ -60,6 +60,11 @@ pub struct NodeInfo {
     pub capabilities: BTreeSet<String>,
     /// The node's gRPC address for clients, if it serves one.
     pub grpc_addr: Option<String>,
+    /// The port the node takes links on (ADR 34), at the address its
+    /// libp2p connection has; set by the overlay. A node that does not
+    /// advertise one is sent links over the libp2p connection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link_port: Option<u16>,
 }
 
 impl NodeInfo {
@@ -69,6 +74,7 @@ impl NodeInfo {
             attrs: BTreeMap::new(),
             capabilities: BTreeSet::new(),
             grpc_addr: None,
+            link_port: None,
         }
     }
 

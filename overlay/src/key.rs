@@ -87,6 +87,12 @@ impl ClusterKey {
     pub(crate) fn network_key(&self) -> [u8; 32] {
         crate::psk::derive(&self.secret)
     }
+
+    /// The key itself, for the uses that derive their own keys from it
+    /// (the links' own connections, [`crate::direct`]).
+    pub(crate) fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
 }
 
 impl std::fmt::Debug for ClusterKey {

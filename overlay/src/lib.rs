@@ -15,15 +15,19 @@
 //!   with backoff until a node answers) and the rejoin through nodes known
 //!   from an earlier run, and the
 //!   [`network::Client`] handle the rest of the node uses.
-//! - `link`: one long-lived stream to each peer for requests that must not
-//!   wait behind the event loop (the Raft groups' messages), answered out
-//!   of order as each is ready ([`network::Client::link_request`]).
+//! - `link`: one long-lived connection to each peer for requests that must
+//!   not wait behind the event loop (the Raft groups' messages), answered
+//!   out of order as each is ready ([`network::Client::link_request`]).
+//! - `direct`: a link's own TCP connection: its Noise handshake (keyed by
+//!   the cluster key, bound to the libp2p identities) and sealed records
+//!   (ADR 34).
 //! - [`error`]: the crate's one error type.
 //!
 //! This crate knows nothing of topics or Raft: higher layers send opaque
 //! requests through [`network::Client::request`] (or
 //! [`network::Client::link_request`]) and answer [`network::Inbound`] ones.
 
+mod direct;
 pub mod distance;
 pub mod error;
 pub mod identity;

@@ -1,12 +1,16 @@
-//! Links: one long-lived stream to each peer, for requests that must not
-//! wait behind the swarm's event loop nor open a stream each (the Raft
+//! Links: one long-lived connection to each peer, for requests that must
+//! not wait behind the swarm's event loop nor open a stream each (the Raft
 //! groups' messages).
 //!
-//! A link is a libp2p stream ([`LINK_PROTOCOL`]) on the connection the
-//! overlay already holds to the peer, so it is authenticated as every other
-//! stream is: the cluster key's private network and the peers' noise
-//! identities. The event loop only helps to open it; from then on its bytes
-//! go between the connection's task and the link's own task. Requests and
+//! A link is a TCP connection of its own (ADR 34, [`crate::direct`]): a
+//! Noise handshake keyed by the cluster key and bound to the peers' libp2p
+//! identities, then sealed records, read and written by the link's own
+//! task. It goes to the port the peer advertises ([`NodeInfo::link_port`])
+//! at the address of the libp2p connection to it ([`PeerAddrs`]). A peer
+//! that advertises none, or whose port cannot be reached, gets its link as
+//! a libp2p stream ([`LINK_PROTOCOL`]) on the connection the overlay
+//! already holds, authenticated as every other stream is (ADR 23); its
+//! bytes then go through the connection's task. Requests and
 //! answers are frames carrying a request number, many in flight at once,
 //! and each answer leaves as soon as it is ready (none waits for another).
 //! Frames queued together are written together, with one flush.
@@ -23,16 +27,21 @@
 //! not read, and the peer's writes wait), and how long opening may take.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::{FutureExt, StreamExt};
-use libp2p::{PeerId, Stream, StreamProtocol};
+use libp2p::{PeerId, StreamProtocol};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
+use crate::direct::{self, Secrets};
 use crate::error::{Error, Result};
+#[cfg(doc)]
+use crate::info::NodeInfo;
 use crate::network::Inbound;
 
 pub(crate) const LINK_PROTOCOL: StreamProtocol = StreamProtocol::new("/woof/link/1.0.0");
@@ -49,7 +58,16 @@ const WRITE_GATHER: usize = 1 << 20;
 const WRITE_DIRECT: usize = 64 << 10;
 /// How long opening a link may take.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long opening a link's own connection may take before the link goes
+/// over the libp2p connection instead.
+const DIRECT_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// Links' handshakes accepted at once; past this, new connections are
+/// closed at once (their nodes try again, or go over libp2p).
+const HANDSHAKES_MAX: usize = 64;
 const HEADER: usize = 13;
+
+type Reader = Box<dyn AsyncRead + Send + Unpin>;
+type Writer = Box<dyn AsyncWrite + Send + Unpin>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -149,14 +167,69 @@ async fn write_frames(
     w.close().await
 }
 
-/// The links of one node: to every peer it sent to, and the task that
-/// answers the links peers open.
+/// The links of one node: to every peer it sent to, and the tasks that
+/// answer the links peers open.
 #[derive(Clone)]
 pub(crate) struct Links {
     control: libp2p_stream::Control,
     peers: Arc<Mutex<HashMap<PeerId, Arc<Link>>>>,
     bytes_max: usize,
     stop: watch::Receiver<bool>,
+    /// How to open links' own connections, and where.
+    direct: Arc<Direct>,
+}
+
+/// Where each peer takes links: the IP of the libp2p connection to it and
+/// the port it advertises. Fed by the event loop.
+#[derive(Default)]
+pub(crate) struct PeerAddrs(Mutex<HashMap<PeerId, PeerAddr>>);
+
+/// What is known of where one peer takes links.
+#[derive(Default)]
+struct PeerAddr {
+    ip: Option<IpAddr>,
+    port: Option<u16>,
+}
+
+impl PeerAddrs {
+    /// A connection to `peer` was established with it at `ip`.
+    pub(crate) fn note_ip(&self, peer: PeerId, ip: IpAddr) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer)
+            .or_default()
+            .ip = Some(ip);
+    }
+
+    /// `peer` advertised `port` (or none) for its links.
+    pub(crate) fn note_port(&self, peer: PeerId, port: Option<u16>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(peer)
+            .or_default()
+            .port = port;
+    }
+
+    fn get(&self, peer: &PeerId) -> Option<SocketAddr> {
+        match self.0.lock().unwrap_or_else(|e| e.into_inner()).get(peer) {
+            Some(PeerAddr {
+                ip: Some(ip),
+                port: Some(port),
+            }) => Some(SocketAddr::new(*ip, *port)),
+            _ => None,
+        }
+    }
+}
+
+/// What a node opens its links' own connections with.
+struct Direct {
+    secrets: Secrets,
+    addrs: Arc<PeerAddrs>,
+    /// Outbound links opened on their own connections (the rest went over
+    /// libp2p).
+    opened: AtomicU64,
 }
 
 /// The requests waiting for their answers on one link, by number.
@@ -189,11 +262,16 @@ impl Link {
 }
 
 impl Links {
-    /// Links over `control`, answering peers' links with requests on
+    /// Links opened on their own connections with `secrets` to the
+    /// addresses in `addrs` (else over `control`), answering the links
+    /// peers open (on `listener`, or over libp2p) with requests on
     /// `inbound`; frames are at most `bytes_max`. Everything stops when
     /// `stop` turns true.
     pub fn start(
         mut control: libp2p_stream::Control,
+        listener: Option<TcpListener>,
+        secrets: Secrets,
+        addrs: Arc<PeerAddrs>,
         inbound: mpsc::Sender<Inbound>,
         bytes_max: usize,
         stop: watch::Receiver<bool>,
@@ -201,13 +279,33 @@ impl Links {
         let incoming = control
             .accept(LINK_PROTOCOL)
             .map_err(|e| Error::Join(format!("links: {e}")))?;
-        tokio::spawn(accept(incoming, inbound, bytes_max, stop.clone()));
+        tokio::spawn(accept(incoming, inbound.clone(), bytes_max, stop.clone()));
+        let direct = Arc::new(Direct {
+            secrets,
+            addrs,
+            opened: AtomicU64::new(0),
+        });
+        if let Some(listener) = listener {
+            tokio::spawn(accept_direct(
+                listener,
+                direct.clone(),
+                inbound,
+                bytes_max,
+                stop.clone(),
+            ));
+        }
         Ok(Self {
             control,
             peers: Arc::default(),
             bytes_max,
             stop,
+            direct,
         })
+    }
+
+    /// Outbound links opened on connections of their own so far.
+    pub fn opened_direct(&self) -> u64 {
+        self.direct.opened.load(Ordering::Relaxed)
     }
 
     /// Sends `payload` to `peer` on its link (opened on first use, and
@@ -299,23 +397,55 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// Opens a link to `peer`: on its own connection if the peer advertises a
+/// port for it and answers there, else as a stream on the libp2p
+/// connection.
+async fn open(links: &Links, peer: PeerId) -> std::result::Result<(Reader, Writer), String> {
+    let own = &links.direct;
+    if let Some(addr) = own.addrs.get(&peer) {
+        match tokio::time::timeout(DIRECT_OPEN_TIMEOUT, direct::dial(addr, peer, &own.secrets))
+            .await
+        {
+            Ok(Ok((r, w))) => {
+                own.opened.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, %addr, "link opened on its own connection");
+                return Ok((Box::new(r), Box::new(w)));
+            }
+            Ok(Err(e)) => {
+                tracing::info!(%peer, %addr, "cannot open a link's own connection ({e}); it goes over libp2p");
+            }
+            Err(_) => tracing::info!(
+                %peer, %addr,
+                "no link connection within {} s; the link goes over libp2p",
+                DIRECT_OPEN_TIMEOUT.as_secs()
+            ),
+        }
+    }
+    let mut control = links.control.clone();
+    match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LINK_PROTOCOL)).await {
+        Ok(Ok(stream)) => {
+            tracing::debug!(%peer, "link opened on the libp2p connection");
+            let (r, w) = stream.split();
+            Ok((Box::new(r), Box::new(w)))
+        }
+        Ok(Err(e)) => Err(format!("cannot open a link: {e}")),
+        Err(_) => Err(format!(
+            "cannot open a link within {} s",
+            OPEN_TIMEOUT.as_secs()
+        )),
+    }
+}
+
 /// Opens the link to `peer`, then writes its requests and reads the
 /// answers until it fails, the node stops, or nobody holds it any more.
 async fn run_link(links: Links, peer: PeerId, link: Arc<Link>, mut queue: mpsc::Receiver<Frame>) {
     let mut stop = links.stop.clone();
-    let mut control = links.control.clone();
     let opened = tokio::select! {
         _ = stop.wait_for(|s| *s) => Err("the node is stopping".to_string()),
-        opened = tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LINK_PROTOCOL)) => match opened {
-            Ok(Ok(stream)) => Ok(stream),
-            Ok(Err(e)) => Err(format!("cannot open a link: {e}")),
-            Err(_) => Err(format!("cannot open a link within {} s", OPEN_TIMEOUT.as_secs())),
-        },
+        opened = open(&links, peer) => opened,
     };
     let why = match opened {
-        Ok(stream) => {
-            tracing::debug!(%peer, "link opened");
-            let (mut r, mut w) = stream.split();
+        Ok((mut r, mut w)) => {
             let reading = read_answers(&mut r, &link, peer, links.bytes_max);
             let writing = write_frames(&mut w, &mut queue);
             tokio::select! {
@@ -387,7 +517,8 @@ async fn accept(
             _ = stopping.wait_for(|s| *s) => return,
             next = incoming.next() => match next {
                 Some((peer, stream)) => {
-                    tokio::spawn(serve(peer, stream, inbound.clone(), bytes_max, stop.clone()));
+                    let (r, w) = stream.split();
+                    tokio::spawn(serve(peer, r, w, inbound.clone(), bytes_max, stop.clone()));
                 }
                 None => return,
             },
@@ -395,16 +526,63 @@ async fn accept(
     }
 }
 
+/// Takes the links' own connections peers open on `listener`: each runs
+/// its handshake (at most [`HANDSHAKES_MAX`] at once, each within
+/// [`direct::HANDSHAKE_TIMEOUT`]), then is served on its own task.
+async fn accept_direct(
+    listener: TcpListener,
+    own: Arc<Direct>,
+    inbound: mpsc::Sender<Inbound>,
+    bytes_max: usize,
+    stop: watch::Receiver<bool>,
+) {
+    let handshakes = Arc::new(Semaphore::new(HANDSHAKES_MAX));
+    let mut stopping = stop.clone();
+    loop {
+        let accepted = tokio::select! {
+            _ = stopping.wait_for(|s| *s) => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (socket, from) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!("cannot accept a link: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            tracing::debug!(%from, "too many link handshakes at once; closed");
+            continue;
+        };
+        let (own, inbound, stop) = (own.clone(), inbound.clone(), stop.clone());
+        tokio::spawn(async move {
+            let shaken = tokio::time::timeout(
+                direct::HANDSHAKE_TIMEOUT,
+                direct::accept(socket, &own.secrets),
+            )
+            .await;
+            drop(permit);
+            match shaken {
+                Ok(Ok((peer, (r, w)))) => serve(peer, r, w, inbound, bytes_max, stop).await,
+                Ok(Err(e)) => tracing::debug!(%from, "a link's handshake failed: {e}"),
+                Err(_) => tracing::debug!(%from, "a link's handshake took too long"),
+            }
+        });
+    }
+}
+
 /// Answers the requests on a link `peer` opened, each as soon as the node
 /// answers it, until the link ends or the node stops.
 async fn serve(
     peer: PeerId,
-    stream: Stream,
+    mut r: impl AsyncRead + Unpin,
+    mut w: impl AsyncWrite + Unpin,
     inbound: mpsc::Sender<Inbound>,
     bytes_max: usize,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (mut r, mut w) = stream.split();
     let (answers, mut queue) = mpsc::channel(SERVE_MAX);
     let room = Arc::new(Semaphore::new(SERVE_MAX));
     let reading = async {

@@ -8,6 +8,7 @@
 //! (Raft, forwarded client calls) come out of [`Overlay::inbound`].
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::info::NodeInfo;
 use crate::key::ClusterKey;
-use crate::link::Links;
+use crate::link::{Links, PeerAddrs};
 use crate::members::{Member, Members, Timing};
 
 /// Identify's protocol version: nodes of other systems are not members.
@@ -180,6 +181,12 @@ impl Client {
         self.links.request(peer, payload, REQUEST_TIMEOUT).await
     }
 
+    /// Outbound links opened so far on connections of their own (ADR 34)
+    /// rather than over libp2p.
+    pub fn links_opened_direct(&self) -> u64 {
+        self.links.opened_direct()
+    }
+
     /// Stores a record in the DHT, on the nodes closest to its key.
     pub async fn put_record(&self, key: Vec<u8>, value: Vec<u8>) -> Result<()> {
         self.call(|reply| Command::PutRecord { key, value, reply })
@@ -292,6 +299,24 @@ fn behaviour(keypair: &Keypair) -> Behaviour {
 /// within `join_timeout`.
 pub async fn start(config: OverlayConfig) -> Result<Overlay> {
     config.info.validate()?;
+    let mut info = config.info.clone();
+    // Links take their own connections on a port of the first listen
+    // address's IP (ADR 34); without one, they go over libp2p.
+    let link_listener = match config.listen.iter().find_map(ip_of) {
+        Some(ip) => {
+            let bound = match tokio::net::TcpListener::bind((ip, 0)).await {
+                Ok(listener) => listener.local_addr().map(|a| (listener, a.port())),
+                Err(e) => Err(e),
+            };
+            let (listener, port) = bound.map_err(|e| Error::Address {
+                addr: format!("{ip} (for links)"),
+                reason: e.to_string(),
+            })?;
+            info.link_port = Some(port);
+            Some(listener)
+        }
+        None => None,
+    };
     let keypair = config.keypair.clone();
     let peer_id = keypair.public().to_peer_id();
     let transport = transport(&keypair, config.cluster_key)?;
@@ -307,7 +332,7 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
     let started = Instant::now();
     let mut state = State {
         members: Members::new(config.timing),
-        info: config.info.clone(),
+        info,
         started,
         early_bootstraps: 0,
         pending_requests: HashMap::new(),
@@ -319,6 +344,7 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
         rejoin: Vec::new(),
         rejoin_at: None,
         rejoin_delay: JOIN_RETRY_FIRST,
+        link_addrs: Arc::default(),
     };
 
     // Listen, and learn the actual addresses (port 0 becomes a real port).
@@ -375,6 +401,12 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
     let (link_tx, link_inbound) = mpsc::channel(INBOUND_QUEUE);
     let links = Links::start(
         swarm.behaviour().link.new_control(),
+        link_listener,
+        crate::direct::Secrets::new(
+            keypair.clone(),
+            config.cluster_key.as_ref().map(ClusterKey::secret),
+        ),
+        state.link_addrs.clone(),
         link_tx,
         MESSAGE_BYTES_MAX as usize,
         stopped,
@@ -570,6 +602,8 @@ struct State {
     rejoin_at: Option<Instant>,
     /// The wait after the next dial, doubling while no node answers.
     rejoin_delay: Duration,
+    /// Where peers take links, as their connections and heartbeats tell.
+    link_addrs: Arc<PeerAddrs>,
 }
 
 impl State {
@@ -726,6 +760,13 @@ impl State {
                         .send_request(&peer_id, Request::Heartbeat(self.info.clone()));
                 }
             }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                if let Some(ip) = ip_of(endpoint.get_remote_address()) {
+                    self.link_addrs.note_ip(peer_id, ip);
+                }
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Rpc(event)) => self.rpc(swarm, event),
             SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.kad(swarm, event),
             SwarmEvent::ConnectionClosed {
@@ -757,6 +798,7 @@ impl State {
             } => match request {
                 Request::Heartbeat(info) => {
                     if info.validate().is_ok() {
+                        self.link_addrs.note_port(peer, info.link_port);
                         self.members.heard(peer, info, now_ms);
                     }
                     let _ = swarm
@@ -777,6 +819,7 @@ impl State {
             } => match response {
                 Response::Heartbeat(info) => {
                     if info.validate().is_ok() {
+                        self.link_addrs.note_port(peer, info.link_port);
                         self.members.heard(peer, info, now_ms);
                     }
                 }
@@ -897,4 +940,13 @@ fn record_error(key: &[u8], reason: String) -> Error {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
     }
+}
+
+/// The IP address in `addr` (`/ip4/…` or `/ip6/…`), if any.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(ip) => Some(ip.into()),
+        libp2p::multiaddr::Protocol::Ip6(ip) => Some(ip.into()),
+        _ => None,
+    })
 }

@@ -261,6 +261,8 @@ async fn links_answer_each_request_as_soon_as_it_is_ready() {
         started.elapsed()
     );
     assert!(!slow.is_finished(), "the slow request was answered early");
+    // The link went on a connection of its own (ADR 34), not over libp2p.
+    assert_eq!(a.client.links_opened_direct(), 1);
     assert_eq!(slow.await.unwrap().unwrap(), b"wols");
 
     // A request the node drops is refused, clearly; the link goes on.
