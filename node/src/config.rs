@@ -6,6 +6,7 @@
 //! grpc_listen = "127.0.0.1:7700"
 //! # Joining a cluster (all optional; without `listen` the node is standalone):
 //! listen = ["/ip4/0.0.0.0/tcp/7800"]
+//! link_port = "7810"           # where other nodes open Raft links (default: any free port; "off")
 //! join = ["/ip4/10.0.0.5/tcp/7800"]
 //! join_timeout = "30s"          # give up joining after this (default: never)
 //! cluster_key_file = "/etc/woof/cluster.key"
@@ -34,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use woof_overlay::{ClusterKey, Multiaddr, NodeInfo, Tier, Timing};
+use woof_overlay::{ClusterKey, LinkPort, Multiaddr, NodeInfo, Tier, Timing};
 
 use crate::error::{Error, Result};
 
@@ -99,6 +100,8 @@ pub struct ClusterConfig {
     pub join_timeout: Option<Duration>,
     /// A topic's replica on a node silent this long is replaced.
     pub repair_after: Duration,
+    /// Where other nodes open links to this one (ADR 34).
+    pub link_port: LinkPort,
 }
 
 /// The file form: every field optional, unknown fields refused.
@@ -119,6 +122,8 @@ pub struct ConfigFile {
     pub capabilities: Vec<String>,
     pub repair_after_secs: Option<u64>,
     pub bridge_listen: Option<String>,
+    /// `any` (the default), a port number, or `off`.
+    pub link_port: Option<String>,
     /// Such as `"30s"`; see [`parse_duration`].
     pub join_timeout: Option<String>,
     /// `text` or `json`; read by `main` before the rest, to set up logging.
@@ -171,6 +176,8 @@ pub struct Flags {
     pub repair_after_secs: Option<u64>,
     /// `udp://HOST:PORT`.
     pub bridge_listen: Option<String>,
+    /// `any`, a port number, or `off`.
+    pub link_port: Option<String>,
     pub metrics_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     /// Such as `30s`; see [`parse_duration`].
@@ -321,6 +328,12 @@ impl NodeConfig {
                 Err(e) => return Err(Error::Usage(format!("join timeout: {e}"))),
             },
         };
+        let link_port = match flags.link_port.or(file.link_port) {
+            None => LinkPort::Any,
+            Some(text) => text
+                .parse()
+                .map_err(|e: woof_overlay::Error| Error::Usage(e.to_string()))?,
+        };
         let repair_after = match flags.repair_after_secs.or(file.repair_after_secs) {
             None => REPAIR_AFTER_DEFAULT,
             Some(s) if (1..=REPAIR_AFTER_MAX_SECS).contains(&s) => Duration::from_secs(s),
@@ -369,6 +382,7 @@ impl NodeConfig {
                 timing: Timing::default(),
                 join_timeout,
                 repair_after,
+                link_port,
             })
         };
         let security = Security::resolve(
@@ -502,6 +516,21 @@ mod tests {
         let cluster = c.cluster.unwrap();
         assert_eq!(cluster.listen.len(), 1);
         assert_eq!(cluster.repair_after, REPAIR_AFTER_DEFAULT);
+        assert_eq!(cluster.link_port, LinkPort::Any);
+        // The link port: from the file, the flag winning; a clear error else.
+        let file = ConfigFile::parse("link_port = \"off\"").unwrap();
+        let c = NodeConfig::resolve(file, f.clone()).unwrap();
+        assert_eq!(c.cluster.unwrap().link_port, LinkPort::Off);
+        let mut port = f.clone();
+        port.link_port = Some("7810".into());
+        let file = ConfigFile::parse("link_port = \"off\"").unwrap();
+        let c = NodeConfig::resolve(file, port.clone()).unwrap();
+        assert_eq!(c.cluster.unwrap().link_port, LinkPort::Fixed(7810));
+        for bad in ["70000", "on", ""] {
+            port.link_port = Some(bad.into());
+            let e = NodeConfig::resolve(ConfigFile::default(), port.clone()).unwrap_err();
+            assert!(e.to_string().contains("link port"), "{bad:?}: {e}");
+        }
         let file = ConfigFile::parse("repair_after_secs = 5").unwrap();
         let c = NodeConfig::resolve(file, f.clone()).unwrap();
         assert_eq!(c.cluster.unwrap().repair_after, Duration::from_secs(5));

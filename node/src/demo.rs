@@ -15,7 +15,7 @@ use woof_proto::v1;
 
 use std::collections::BTreeMap;
 
-use woof_overlay::{ClusterKey, Multiaddr, NodeInfo, Tier, Timing};
+use woof_overlay::{ClusterKey, LinkPort, Multiaddr, NodeInfo, Tier, Timing};
 
 use crate::cli::connect;
 use crate::config::{ClusterConfig, NodeConfig};
@@ -135,6 +135,7 @@ fn node_config(
         timing: Timing::default(),
         join_timeout: Some(Duration::from_secs(10)),
         repair_after: crate::config::REPAIR_AFTER_DEFAULT,
+        link_port: LinkPort::Any,
     });
     // Every demo node is also a bridge gateway for microcontrollers.
     let any = "127.0.0.1:0".parse().expect("valid address");

@@ -583,6 +583,7 @@ async fn start_overlay(
         timing: cluster.timing,
         join_timeout: cluster.join_timeout,
         rejoin,
+        link_port: cluster.link_port,
     })
     .await?;
     tracing::info!(

@@ -181,6 +181,7 @@ async fn a_gateway_drops_and_counts_bad_frames_and_keeps_serving() {
         timing: woof_overlay::Timing::default(),
         join_timeout: Some(Duration::from_secs(10)),
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
+        link_port: woof_overlay::LinkPort::Any,
     });
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     config.bridge_listen = vec![Transport::Udp(gateway)];
@@ -701,6 +702,7 @@ async fn tcp_and_serial_links_carry_readings_once_and_drop_garbage() {
         timing: woof_overlay::Timing::default(),
         join_timeout: Some(Duration::from_secs(10)),
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
+        link_port: woof_overlay::LinkPort::Any,
     });
     config.bridge_listen = Transport::parse_list(&format!(
         "tcp://127.0.0.1:0,serial://{}?baud=115200",

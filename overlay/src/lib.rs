@@ -43,5 +43,6 @@ pub use info::{NodeInfo, Tier};
 pub use key::ClusterKey;
 pub use libp2p::identity::Keypair;
 pub use libp2p::{Multiaddr, PeerId, multiaddr};
+pub use link::LinkPort;
 pub use members::{Liveness, Member, Timing};
 pub use network::{Client, Inbound, Overlay, OverlayConfig, start};

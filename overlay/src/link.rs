@@ -179,6 +179,35 @@ pub(crate) struct Links {
     direct: Arc<Direct>,
 }
 
+/// Where a node takes links on connections of their own (ADR 34).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LinkPort {
+    /// A free port on the IP of the node's first listen address.
+    #[default]
+    Any,
+    /// This port on that IP.
+    Fixed(u16),
+    /// None: peers send their links over the libp2p connection.
+    Off,
+}
+
+impl std::str::FromStr for LinkPort {
+    type Err = Error;
+
+    /// `any` (or `0`), a port number, or `off`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "any" | "0" => Ok(Self::Any),
+            "off" => Ok(Self::Off),
+            port => port.parse().map(Self::Fixed).map_err(|_| {
+                Error::InvalidInfo(format!(
+                    "the link port is a port number, `any` or `off`, not {s:?}"
+                ))
+            }),
+        }
+    }
+}
+
 /// Where each peer takes links: the IP of the libp2p connection to it and
 /// the port it advertises. Fed by the event loop.
 #[derive(Default)]

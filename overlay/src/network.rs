@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::info::NodeInfo;
 use crate::key::ClusterKey;
-use crate::link::{Links, PeerAddrs};
+use crate::link::{LinkPort, Links, PeerAddrs};
 use crate::members::{Member, Members, Timing};
 
 /// Identify's protocol version: nodes of other systems are not members.
@@ -79,6 +79,8 @@ pub struct OverlayConfig {
     /// dialled at start, and again with backoff whenever this node is
     /// connected to no node of the cluster, without holding up the start.
     pub rejoin: Vec<Multiaddr>,
+    /// Where to take links from peers on connections of their own.
+    pub link_port: LinkPort,
 }
 
 /// A request from a peer for the node above the overlay. Answer through
@@ -302,14 +304,20 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
     let mut info = config.info.clone();
     // Links take their own connections on a port of the first listen
     // address's IP (ADR 34); without one, they go over libp2p.
-    let link_listener = match config.listen.iter().find_map(ip_of) {
-        Some(ip) => {
-            let bound = match tokio::net::TcpListener::bind((ip, 0)).await {
+    let link_ip = config.listen.iter().find_map(ip_of);
+    let link_port = match config.link_port {
+        LinkPort::Any => Some(0),
+        LinkPort::Fixed(port) => Some(port),
+        LinkPort::Off => None,
+    };
+    let link_listener = match link_ip.zip(link_port) {
+        Some((ip, port)) => {
+            let bound = match tokio::net::TcpListener::bind((ip, port)).await {
                 Ok(listener) => listener.local_addr().map(|a| (listener, a.port())),
                 Err(e) => Err(e),
             };
             let (listener, port) = bound.map_err(|e| Error::Address {
-                addr: format!("{ip} (for links)"),
+                addr: format!("{ip}:{port} (for links)"),
                 reason: e.to_string(),
             })?;
             info.link_port = Some(port);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use woof_overlay::members::Timing;
 use woof_overlay::{
-    ClusterKey, Error, Liveness, Multiaddr, NodeInfo, Overlay, OverlayConfig, Tier, start,
+    ClusterKey, Error, LinkPort, Liveness, Multiaddr, NodeInfo, Overlay, OverlayConfig, Tier, start,
 };
 
 fn config(key: Option<ClusterKey>, info: NodeInfo, join: Vec<Multiaddr>) -> OverlayConfig {
@@ -22,6 +22,7 @@ fn config(key: Option<ClusterKey>, info: NodeInfo, join: Vec<Multiaddr>) -> Over
         },
         join_timeout: Some(Duration::from_secs(5)),
         rejoin: Vec::new(),
+        link_port: LinkPort::Any,
     }
 }
 
@@ -300,4 +301,42 @@ async fn links_answer_each_request_as_soon_as_it_is_ready() {
         started.elapsed()
     );
     a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_to_a_node_without_a_link_port_go_over_libp2p() {
+    // B takes no links of its own (`link_port = off`): A's link to it goes
+    // as a libp2p stream, B's link to A on a connection of its own.
+    let key = ClusterKey::generate();
+    let mut a = start(config(Some(key), NodeInfo::new(Tier::Cloud), vec![]))
+        .await
+        .unwrap();
+    let mut b_config = config(Some(key), NodeInfo::new(Tier::Edge), vec![plain_addr(&a)]);
+    b_config.link_port = LinkPort::Off;
+    let mut b = start(b_config).await.unwrap();
+    eventually(&a, "a sees b", |m| alive(m) == 1).await;
+    eventually(&b, "b sees a", |m| alive(m) == 1).await;
+    for node in [&mut a, &mut b] {
+        let mut links = std::mem::replace(&mut node.link_inbound, tokio::sync::mpsc::channel(1).1);
+        tokio::spawn(async move {
+            while let Some(req) = links.recv().await {
+                let mut p = req.payload;
+                p.reverse();
+                let _ = req.reply.send(p);
+            }
+        });
+    }
+    let (a_id, b_id) = (a.client.peer_id(), b.client.peer_id());
+    assert_eq!(
+        a.client.link_request(b_id, b"ab".to_vec()).await.unwrap(),
+        b"ba"
+    );
+    assert_eq!(
+        b.client.link_request(a_id, b"cd".to_vec()).await.unwrap(),
+        b"dc"
+    );
+    assert_eq!(a.client.links_opened_direct(), 0, "B advertised no port");
+    assert_eq!(b.client.links_opened_direct(), 1, "A's port went unused");
+    a.shutdown().await;
+    b.shutdown().await;
 }

@@ -357,6 +357,12 @@ pub struct NodeStartArgs {
     /// directory also dials the nodes it knew, with or without --join.
     #[arg(long)]
     pub join: Vec<String>,
+    /// The port other nodes open links to this one on (the Raft groups'
+    /// traffic, on the IP of the first --listen address): a number, `any`
+    /// (a free one) or `off` (links come over the overlay's libp2p
+    /// connection) [default: any].
+    #[arg(long, value_name = "PORT|any|off")]
+    pub link_port: Option<String>,
     /// Give up joining after this long, such as 30s or 2m, with an error
     /// [default: never].
     #[arg(long, value_name = "DURATION")]
@@ -425,6 +431,7 @@ impl NodeStartArgs {
             capabilities: self.capabilities,
             repair_after_secs: self.repair_after,
             bridge_listen: self.bridge_listen,
+            link_port: self.link_port,
             join_timeout: self.join_timeout,
             metrics_listen: self.metrics_listen,
             http_listen: self.http_listen,
