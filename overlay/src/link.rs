@@ -29,14 +29,14 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use futures::{FutureExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
 use crate::direct::{self, Secrets};
 use crate::error::{Error, Result};
@@ -61,6 +61,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening a link's own connection may take before the link goes
 /// over the libp2p connection instead.
 const DIRECT_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a replaced link goes on reading the answers still owed.
+const RETIRED_MAX: Duration = Duration::from_secs(10);
 /// Links' handshakes accepted at once; past this, new connections are
 /// closed at once (their nodes try again, or go over libp2p).
 const HANDSHAKES_MAX: usize = 64;
@@ -271,6 +273,11 @@ struct Link {
     pending: Mutex<Option<Waiting>>,
     next_id: AtomicU64,
     room: Semaphore,
+    /// Set if the link went over libp2p: the address of its own connection
+    /// it tried then (none if it knew none).
+    over_libp2p: OnceLock<Option<SocketAddr>>,
+    /// Told when a link on a connection of its own replaces this one.
+    retired: Notify,
 }
 
 impl Link {
@@ -393,10 +400,21 @@ impl Links {
     /// The link to `peer`, started if there is none (or it failed).
     fn link(&self, peer: PeerId) -> Arc<Link> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let mut retiring = None;
         if let Some(link) = peers.get(&peer)
             && !link.frames.is_closed()
         {
-            return link.clone();
+            // A link that went over libp2p is replaced once the peer's
+            // own address for links is one it did not try (learnt since,
+            // or changed as the peer restarted); the old one finishes
+            // what it carries.
+            let Some(tried) = link.over_libp2p.get() else {
+                return link.clone();
+            };
+            match self.direct.addrs.get(&peer) {
+                Some(now) if *tried != Some(now) => retiring = Some(link.clone()),
+                _ => return link.clone(),
+            }
         }
         let (frames, queue) = mpsc::channel(QUEUE);
         let link = Arc::new(Link {
@@ -404,9 +422,14 @@ impl Links {
             pending: Mutex::new(Some(HashMap::new())),
             next_id: AtomicU64::new(0),
             room: Semaphore::new(IN_FLIGHT_MAX),
+            over_libp2p: OnceLock::new(),
+            retired: Notify::new(),
         });
         peers.insert(peer, link.clone());
         tokio::spawn(run_link(self.clone(), peer, link.clone(), queue));
+        if let Some(old) = retiring {
+            old.retired.notify_one();
+        }
         link
     }
 }
@@ -426,19 +449,30 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// How a link was opened.
+enum Opened {
+    Direct,
+    /// Over libp2p, after trying this address of its own (if any).
+    Libp2p(Option<SocketAddr>),
+}
+
 /// Opens a link to `peer`: on its own connection if the peer advertises a
 /// port for it and answers there, else as a stream on the libp2p
 /// connection.
-async fn open(links: &Links, peer: PeerId) -> std::result::Result<(Reader, Writer), String> {
+async fn open(
+    links: &Links,
+    peer: PeerId,
+) -> std::result::Result<(Reader, Writer, Opened), String> {
     let own = &links.direct;
-    if let Some(addr) = own.addrs.get(&peer) {
+    let tried = own.addrs.get(&peer);
+    if let Some(addr) = tried {
         match tokio::time::timeout(DIRECT_OPEN_TIMEOUT, direct::dial(addr, peer, &own.secrets))
             .await
         {
             Ok(Ok((r, w))) => {
                 own.opened.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, %addr, "link opened on its own connection");
-                return Ok((Box::new(r), Box::new(w)));
+                return Ok((Box::new(r), Box::new(w), Opened::Direct));
             }
             Ok(Err(e)) => {
                 tracing::info!(%peer, %addr, "cannot open a link's own connection ({e}); it goes over libp2p");
@@ -455,7 +489,7 @@ async fn open(links: &Links, peer: PeerId) -> std::result::Result<(Reader, Write
         Ok(Ok(stream)) => {
             tracing::debug!(%peer, "link opened on the libp2p connection");
             let (r, w) = stream.split();
-            Ok((Box::new(r), Box::new(w)))
+            Ok((Box::new(r), Box::new(w), Opened::Libp2p(tried)))
         }
         Ok(Err(e)) => Err(format!("cannot open a link: {e}")),
         Err(_) => Err(format!(
@@ -474,11 +508,15 @@ async fn run_link(links: Links, peer: PeerId, link: Arc<Link>, mut queue: mpsc::
         opened = open(&links, peer) => opened,
     };
     let why = match opened {
-        Ok((mut r, mut w)) => {
+        Ok((mut r, mut w, how)) => {
+            if let Opened::Libp2p(tried) = how {
+                let _ = link.over_libp2p.set(tried);
+            }
             let reading = read_answers(&mut r, &link, peer, links.bytes_max);
             let writing = write_frames(&mut w, &mut queue);
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => "the node is stopping".to_string(),
+                () = retired(&link) => "replaced by a link on a connection of its own".to_string(),
                 read = reading => match read {
                     Ok(()) => "the peer closed the link".to_string(),
                     Err(e) => format!("the link failed: {e}"),
@@ -501,6 +539,23 @@ async fn run_link(links: Links, peer: PeerId, link: Arc<Link>, mut queue: mpsc::
         }
     }
     link.fail(&why, peer);
+}
+
+/// Resolves once `link` was replaced and no request waits on it any more
+/// (or the longest a request may wait has passed).
+async fn retired(link: &Link) {
+    link.retired.notified().await;
+    let until = tokio::time::Instant::now() + RETIRED_MAX;
+    while tokio::time::Instant::now() < until
+        && link
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|p| !p.is_empty())
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Hands each answer read from an outbound link to its request.
@@ -727,6 +782,91 @@ mod tests {
             assert!(f.bytes.iter().all(|&b| b == i as u8));
         }
         assert!(read_frame(&mut r, 16).await.unwrap().is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_over_libp2p_is_replaced_once_the_peers_own_address_is_known() {
+        use crate::{ClusterKey, NodeInfo, OverlayConfig, Tier, Timing};
+        let key = ClusterKey::generate();
+        let config = |join: Vec<libp2p::Multiaddr>| OverlayConfig {
+            keypair: libp2p::identity::Keypair::generate_ed25519(),
+            cluster_key: Some(key),
+            listen: vec!["/ip4/127.0.0.1/tcp/0".parse().unwrap()],
+            join,
+            info: NodeInfo::new(Tier::Edge),
+            timing: Timing {
+                heartbeat_ms: 100,
+                suspect_after_ms: 2_000,
+                gone_after_ms: 5_000,
+            },
+            join_timeout: Some(Duration::from_secs(5)),
+            rejoin: Vec::new(),
+            link_port: LinkPort::Any,
+        };
+        let a = crate::start(config(vec![])).await.unwrap();
+        let mut b = crate::start(config(a.client.listen_addrs().to_vec()))
+            .await
+            .unwrap();
+        let b_id = b.client.peer_id();
+        let links = a.client.links().clone();
+        // Until B's heartbeat tells A its port.
+        while links.direct.addrs.get(&b_id).is_none() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut inbound = std::mem::replace(&mut b.link_inbound, mpsc::channel(1).1);
+        tokio::spawn(async move {
+            while let Some(req) = inbound.recv().await {
+                let mut p = req.payload;
+                p.reverse();
+                let _ = req.reply.send(p);
+            }
+        });
+        let ask = |text: &'static [u8]| {
+            let links = links.clone();
+            async move {
+                links
+                    .request(b_id, text.to_vec(), Duration::from_secs(10))
+                    .await
+            }
+        };
+        let current = || links.peers.lock().unwrap().get(&b_id).cloned().unwrap();
+
+        // B's port, at an address where nothing listens (B took
+        // 127.0.0.1 only): the link goes over libp2p, and stays there
+        // while the address is the one it tried.
+        links
+            .direct
+            .addrs
+            .note_ip(b_id, "127.0.0.2".parse().unwrap());
+        assert_eq!(ask(b"ab").await.unwrap(), b"ba");
+        assert_eq!(links.opened_direct(), 0);
+        let over_libp2p = current();
+        assert_eq!(ask(b"cd").await.unwrap(), b"dc");
+        assert!(
+            Arc::ptr_eq(&over_libp2p, &current()),
+            "tried the same address again"
+        );
+
+        // The address that works: the next request opens a link on a
+        // connection of its own, and the old link ends.
+        links
+            .direct
+            .addrs
+            .note_ip(b_id, "127.0.0.1".parse().unwrap());
+        assert_eq!(ask(b"ef").await.unwrap(), b"fe");
+        assert_eq!(links.opened_direct(), 1);
+        assert!(!Arc::ptr_eq(&over_libp2p, &current()));
+        assert_eq!(ask(b"gh").await.unwrap(), b"hg");
+        assert_eq!(links.opened_direct(), 1, "the direct link is kept");
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !over_libp2p.frames.is_closed() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the replaced link did not end");
+        a.shutdown().await;
+        b.shutdown().await;
     }
 
     #[test]

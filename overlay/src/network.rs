@@ -183,6 +183,11 @@ impl Client {
         self.links.request(peer, payload, REQUEST_TIMEOUT).await
     }
 
+    #[cfg(test)]
+    pub(crate) fn links(&self) -> &Links {
+        &self.links
+    }
+
     /// Outbound links opened so far on connections of their own (ADR 34)
     /// rather than over libp2p.
     pub fn links_opened_direct(&self) -> u64 {
