@@ -661,53 +661,67 @@ async fn accept_direct(
 /// answers it, until the link ends or the node stops.
 async fn serve(
     peer: PeerId,
-    mut r: impl AsyncRead + Unpin,
+    r: impl AsyncRead + Unpin,
     mut w: impl AsyncWrite + Unpin,
     inbound: mpsc::Sender<Inbound>,
     bytes_max: usize,
     mut stop: watch::Receiver<bool>,
 ) {
     let (answers, mut queue) = mpsc::channel(SERVE_MAX);
-    let room = Arc::new(Semaphore::new(SERVE_MAX));
+    // The requests read, one after another (a stream, so that waiting for
+    // the next one can give way to an answer and go on where it was).
+    let requests = futures::stream::unfold(r, |mut r| async move {
+        match read_frame(&mut r, bytes_max).await {
+            Ok(Some(frame)) => Some((Ok(frame), r)),
+            Ok(None) => None,
+            Err(e) => Some((Err(e), r)),
+        }
+    });
     let reading = async {
-        while let Some(frame) = read_frame(&mut r, bytes_max).await? {
-            if frame.kind != Kind::Request {
-                return Err(invalid("an answer on an inbound link".into()));
-            }
-            let Ok(permit) = room.clone().acquire_owned().await else {
-                return Ok(());
-            };
-            let (reply, answer) = oneshot::channel();
-            let request = Inbound {
-                peer,
-                payload: frame.bytes,
-                reply,
-            };
-            if inbound.send(request).await.is_err() {
-                return Ok(());
-            }
-            let answers = answers.clone();
-            tokio::spawn(
-                answer
-                    .map(move |answer| match answer {
+        futures::pin_mut!(requests);
+        // The answers owed, each leaving as soon as the node gives it: all
+        // driven by this task, none with a task of its own.
+        let mut owed = futures::stream::FuturesUnordered::new();
+        loop {
+            tokio::select! {
+                Some(frame) = owed.next(), if !owed.is_empty() => {
+                    if answers.send(frame).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                next = requests.next(), if owed.len() < SERVE_MAX => {
+                    let frame = match next {
+                        None => return Ok(()),
+                        Some(frame) => frame?,
+                    };
+                    if frame.kind != Kind::Request {
+                        return Err(invalid("an answer on an inbound link".into()));
+                    }
+                    let (reply, answer) = oneshot::channel();
+                    let request = Inbound {
+                        peer,
+                        payload: frame.bytes,
+                        reply,
+                    };
+                    if inbound.send(request).await.is_err() {
+                        return Ok(());
+                    }
+                    let id = frame.id;
+                    owed.push(answer.map(move |answer| match answer {
                         Ok(bytes) => Frame {
                             kind: Kind::Answer,
-                            id: frame.id,
+                            id,
                             bytes,
                         },
                         Err(_) => Frame {
                             kind: Kind::Refused,
-                            id: frame.id,
+                            id,
                             bytes: b"the node dropped the request".to_vec(),
                         },
-                    })
-                    .then(move |frame| async move {
-                        let _ = answers.send(frame).await;
-                        drop(permit);
-                    }),
-            );
+                    }));
+                }
+            }
         }
-        Ok::<(), std::io::Error>(())
     };
     let writing = write_frames(&mut w, &mut queue);
     let ended = tokio::select! {
