@@ -457,8 +457,9 @@ impl Node {
     }
 
     /// Stops the node: the server stops taking requests and lets those
-    /// under way finish, subscriptions end, then repair, the groups and the
-    /// overlay stop, each awaited. Returns once the store is closed, or an
+    /// under way finish, subscriptions end, then repair stops, the groups
+    /// this node leads go to other voters (at most a second), and the
+    /// groups and the overlay stop, each awaited. Returns once the store is closed, or an
     /// error if something still holds it (a task that outlived the node: a
     /// bug).
     pub async fn stop(mut self) -> Result<()> {
@@ -477,6 +478,7 @@ impl Node {
             topics.shutdown().await;
         }
         if let Some(groups) = self.groups.take() {
+            groups.hand_over_leadership().await;
             groups.shutdown().await;
         }
         if let Some(overlay) = self.overlay.take() {

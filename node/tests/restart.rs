@@ -333,3 +333,75 @@ async fn a_first_node_makes_the_name_directory_once() {
     );
     again.stop().await.unwrap();
 }
+
+/// A node stopped on purpose hands the leadership of the groups it leads
+/// to another voter before it goes: the others do not wait out its lease
+/// and an election (about a second without a leader, as after a crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_on_purpose_hands_its_groups_over_first() {
+    const NAME: &str = "handed/over";
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate();
+    let first = start_clustered(&dir.path().join("a"), key, vec![]).await;
+    let join = first.overlay().unwrap().listen_addrs().to_vec();
+    let mut nodes = vec![first];
+    for name in ["b", "c"] {
+        nodes.push(start_clustered(&dir.path().join(name), key, join.clone()).await);
+    }
+    for _ in 0..100 {
+        if nodes[0].overlay().unwrap().members().await.unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ca = connect(&nodes[0].url()).await;
+    create_replicated(&mut ca, NAME, 3, "").await;
+    assert_eq!(append(&mut ca, NAME, b"before".to_vec()).await, 1);
+    let info = describe(&mut ca, NAME).await;
+    drop(ca);
+    let peer = |n: &Node| n.overlay().unwrap().peer_id().to_string();
+    let at = nodes
+        .iter()
+        .position(|n| peer(n) == info.leader)
+        .unwrap_or_else(|| panic!("the leader {} is one of the nodes", info.leader));
+    let old = nodes.remove(at);
+    let old_peer = peer(&old);
+    // The followers know the leader and its term.
+    let replica = |n: &Node| {
+        n.groups()
+            .unwrap()
+            .replicas()
+            .into_iter()
+            .find(|r| r.meta.name.as_str() == NAME)
+            .expect("a replica of the topic")
+    };
+    for n in &nodes {
+        assert_eq!(replica(n).leader.as_deref(), Some(old_peer.as_str()));
+    }
+    let term = replica(&nodes[0]).term;
+
+    old.stop().await.unwrap();
+
+    // At once, with no election timeout waited: both others follow one of
+    // them in a newer term.
+    let survivors: Vec<String> = nodes.iter().map(peer).collect();
+    let new = replica(&nodes[0]).leader;
+    for n in &nodes {
+        let r = replica(n);
+        assert!(
+            r.leader.as_ref().is_some_and(|l| survivors.contains(l)),
+            "{} follows {:?} just after the leader stopped; expected one of {survivors:?}",
+            peer(n),
+            r.leader
+        );
+        assert_eq!(r.leader, new);
+        assert!(r.term > term, "term {} after {term}", r.term);
+    }
+    // And the new leader takes appends, after what the old one acknowledged.
+    let mut cs = connect(&nodes[0].url()).await;
+    assert_eq!(append(&mut cs, NAME, b"after".to_vec()).await, 2);
+    drop(cs);
+    for n in nodes {
+        n.stop().await.unwrap();
+    }
+}

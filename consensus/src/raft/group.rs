@@ -276,5 +276,56 @@ pub async fn confirm_leader(
     Ok(())
 }
 
+/// If `raft` leads its group, hands the leadership to the voter whose log
+/// matches the most of this one (openraft's leader transfer: this node
+/// stops taking writes, the voters stop waiting out its lease, and the
+/// voter stands for election once its log holds all this node's), and
+/// waits at most `within` for another node to lead. Returns the node it
+/// went to; `None` if this node did not lead, no other voter answered it
+/// lately, or none took over in time (it is then left to an election after the lease, as
+/// if this node had just stopped).
+pub async fn hand_over(raft: &Raft, within: Duration) -> Option<u64> {
+    let (me, to) = {
+        let m = raft.metrics().borrow_watched().clone();
+        if m.state != openraft::ServerState::Leader {
+            return None;
+        }
+        // Only to a voter that answered lately: one that is down (the
+        // last nodes of a cluster stopping) could not take over.
+        let answered = Duration::from_millis(raft.config().heartbeat_interval * 3);
+        let alive = |id: &u64| {
+            m.heartbeat
+                .as_ref()
+                .and_then(|h| h.get(id).cloned().flatten())
+                .is_some_and(|at| openraft::Instant::elapsed(&*at) < answered)
+        };
+        let matched = |id: &u64| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).cloned().flatten())
+                .map(|l| l.index)
+        };
+        let to = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .filter(|id| *id != m.id && alive(id))
+            .max_by_key(|id| (matched(id), std::cmp::Reverse(*id)))?;
+        (m.id, to)
+    };
+    raft.trigger().transfer_leader(to).await.ok()?;
+    let led_elsewhere = raft
+        .wait(Some(within))
+        .metrics(
+            |m| m.current_leader.is_some_and(|l| l != me),
+            "another node leads",
+        )
+        .await;
+    match led_elsewhere {
+        Ok(m) => m.current_leader,
+        Err(_) => None,
+    }
+}
+
 /// How long a read waits for its leader to apply what it held.
 const HELD_APPLIED_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);

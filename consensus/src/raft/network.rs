@@ -8,8 +8,12 @@ use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
 use openraft::error::{NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::errors::Fatal;
 use openraft::network::{Backoff, RPCOption, RaftNetworkFactory};
-use openraft::raft::{AppendEntriesRequest, AppendEntriesResponse, VoteRequest, VoteResponse};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, TransferLeaderRequest, TransferLeaderResponse,
+    VoteRequest, VoteResponse,
+};
 use openraft::{AnyError, BasicNode};
 use openraft_legacy::network_v1::{
     Adapter, ChunkedSnapshotReceiver, InstallSnapshotError, InstallSnapshotRequest,
@@ -48,6 +52,9 @@ pub enum Rpc {
     AppendEntries(AppendEntriesRequest<TypeConfig>),
     Vote(VoteRequest<TypeConfig>),
     InstallSnapshot(InstallSnapshotRequest<TypeConfig>),
+    /// A leader hands its leadership to a voter (and tells the others to
+    /// stop waiting out its lease).
+    TransferLeader(TransferLeaderRequest<TypeConfig>),
 }
 
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -57,6 +64,7 @@ pub enum Reply {
     InstallSnapshot(
         Result<InstallSnapshotResponse<TypeConfig>, RaftError<TypeConfig, InstallSnapshotError>>,
     ),
+    TransferLeader(Result<TransferLeaderResponse<TypeConfig>, Fatal<TypeConfig>>),
     /// The target does not (or no longer) run this group.
     NoGroup(u64),
 }
@@ -304,6 +312,19 @@ impl RaftNetwork<TypeConfig> for GroupClient {
             _ => Err(self.unexpected()),
         }
     }
+
+    async fn transfer_leader(
+        &mut self,
+        rpc: TransferLeaderRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self.call(Rpc::TransferLeader(rpc)).await? {
+            Reply::TransferLeader(r) => {
+                r.map_err(|e| RPCError::Network(NetworkError::new(&AnyError::new(&e))))
+            }
+            _ => Err(self.unexpected()),
+        }
+    }
 }
 
 /// Starts a group that is not running (a hibernating group woken by a
@@ -388,6 +409,7 @@ impl Router {
             Rpc::AppendEntries(r) => Reply::AppendEntries(raft.append_entries(r).await),
             Rpc::Vote(r) => Reply::Vote(raft.vote(r).await),
             Rpc::InstallSnapshot(r) => Reply::InstallSnapshot(raft.install_snapshot(r).await),
+            Rpc::TransferLeader(r) => Reply::TransferLeader(raft.handle_transfer_leader(r).await),
         };
         encode(&reply)
     }

@@ -53,6 +53,10 @@ impl Drop for Electing {
         held.remove(&self.group);
     }
 }
+/// How long [`Groups::hand_over_leadership`] waits for other nodes to take
+/// over: an election with the lease waived takes a round trip and a log
+/// write; past this the group is left to an ordinary election.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(1);
 /// How long [`Groups::shutdown`] waits for the layer's tasks to end.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
@@ -395,6 +399,37 @@ impl Groups {
         self.slots.finish_leave(group);
         removed?;
         Ok(())
+    }
+
+    /// Hands the leadership of every group this node leads to another of
+    /// its voters, all at once, waiting at most [`HAND_OVER_WAIT`]: a node
+    /// stopped on purpose (a restart, an upgrade) leaves no group without a
+    /// leader for the lease and an election (about a second), as a crash
+    /// does. Returns how many groups went to another leader and how many
+    /// this node led.
+    pub async fn hand_over_leadership(&self) -> (usize, usize) {
+        let leading: Vec<Raft> = self
+            .slots
+            .all_running()
+            .into_iter()
+            .map(|(_, running)| running.handle.raft)
+            .filter(|raft| raft.metrics().borrow_watched().state == openraft::ServerState::Leader)
+            .collect();
+        let handed = futures::future::join_all(
+            leading
+                .iter()
+                .map(|raft| group::hand_over(raft, HAND_OVER_WAIT)),
+        )
+        .await;
+        let done = handed.iter().filter(|h| h.is_some()).count();
+        if !leading.is_empty() {
+            tracing::info!(
+                led = leading.len(),
+                handed_over = done,
+                "leadership handed over before stopping"
+            );
+        }
+        (done, leading.len())
     }
 
     /// Stops every group and every task the layer spawned, and returns once
