@@ -281,8 +281,8 @@ pub async fn confirm_leader(
 /// stops taking writes, the voters stop waiting out its lease, and the
 /// voter stands for election once its log holds all this node's), and
 /// waits at most `within` for another node to lead. Returns the node it
-/// went to; `None` if this node did not lead, no other voter answered it
-/// lately, or none took over in time (it is then left to an election after the lease, as
+/// went to; `None` if this node did not lead, the voters that answered it
+/// lately are not a majority without it, or none took over in time (it is then left to an election after the lease, as
 /// if this node had just stopped).
 pub async fn hand_over(raft: &Raft, within: Duration) -> Option<u64> {
     let (me, to) = {
@@ -305,11 +305,20 @@ pub async fn hand_over(raft: &Raft, within: Duration) -> Option<u64> {
                 .and_then(|r| r.get(id).cloned().flatten())
                 .map(|l| l.index)
         };
-        let to = m
-            .membership_config
-            .membership()
-            .voter_ids()
+        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+        let others: Vec<u64> = voters
+            .iter()
+            .copied()
             .filter(|id| *id != m.id && alive(id))
+            .collect();
+        // Without this node the others must still be a majority, or the
+        // next leader could commit nothing (and would only wake the
+        // group's handlers there to fail).
+        if others.len() <= voters.len() / 2 {
+            return None;
+        }
+        let to = others
+            .into_iter()
             .max_by_key(|id| (matched(id), std::cmp::Reverse(*id)))?;
         (m.id, to)
     };
