@@ -405,3 +405,43 @@ async fn a_leader_stopped_on_purpose_hands_its_groups_over_first() {
         n.stop().await.unwrap();
     }
 }
+
+/// A node that starts again behind its topic (its replica catches up from
+/// the leader) still follows the topic from a point it does not hold yet:
+/// from the leader, until then. (A handler that moves to such a node
+/// starts after the last element it finished elsewhere.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_behind_its_topic_follows_it_from_further_on() {
+    const NAME: &str = "behind/topic";
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate();
+    let a = start_clustered(&dir.path().join("a"), key, vec![]).await;
+    let join = a.overlay().unwrap().listen_addrs().to_vec();
+    let b = start_clustered(&dir.path().join("b"), key, join.clone()).await;
+    let c = start_clustered(&dir.path().join("c"), key, join.clone()).await;
+    for _ in 0..100 {
+        if a.overlay().unwrap().members().await.unwrap().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ca = connect(&a.url()).await;
+    create_replicated(&mut ca, NAME, 3, "").await;
+    append(&mut ca, NAME, b"0".to_vec()).await;
+    c.stop().await.unwrap();
+    let mut last = 0;
+    for i in 1..=200u32 {
+        last = append(&mut ca, NAME, i.to_string().into_bytes()).await;
+    }
+    let c = start_clustered(&dir.path().join("c"), key, join).await;
+    let mut cc = connect(&c.url()).await;
+    let mut follow = subscribe(&mut cc, NAME, Start::FromSeq(last + 1)).await;
+    let next = append(&mut ca, NAME, b"next".to_vec()).await;
+    assert_eq!(next, last + 1);
+    let e = next_element(&mut follow).await;
+    assert_eq!((e.seq, e.payload.as_ref()), (next, &b"next"[..]));
+    drop((follow, cc, ca));
+    for n in [a, b, c] {
+        n.stop().await.unwrap();
+    }
+}

@@ -972,11 +972,22 @@ impl ClusterTopics {
     }
 
     /// Follows a topic from `start`: from this node's replica if it holds
-    /// one, else from the leader.
+    /// one that reached `start`, else from the leader (a replica catching
+    /// up after a restart may not have yet what a handler or a subscriber
+    /// already read elsewhere).
     pub async fn subscribe(&self, name: &str, start: Start) -> Result<Following> {
         let topic = TopicName::new(name)?;
         if self.topics.replica_id(&topic).is_some() {
-            return Ok(Following::Local(self.topics.subscribe(name, start)?));
+            let behind = match start {
+                Start::Seq(seq) => self
+                    .topics
+                    .latest(name)
+                    .is_ok_and(|held| seq > held.last.saturating_add(1)),
+                Start::Earliest | Start::Latest => false,
+            };
+            if !behind {
+                return Ok(Following::Local(self.topics.subscribe(name, start)?));
+            }
         }
         let range = self.latest(name).await?;
         let next = start.first_seq(name, range)?;
