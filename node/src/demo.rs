@@ -695,7 +695,7 @@ async fn edge_python(d: &mut Demo) -> Result<()> {
     println!(
         "  smooth moved from {} to {now_on}; {SMOOTHED} holds {} results for {VIBRATION_READINGS} \
          readings ({}), in order, none twice: {}",
-        stopped.unwrap_or_default(),
+        stopped.clone().unwrap_or_default(),
         smoothed.len(),
         by_node.join(", "),
         order == (1..=VIBRATION_READINGS).collect::<Vec<_>>()
@@ -755,6 +755,21 @@ async fn edge_python(d: &mut Demo) -> Result<()> {
         for line in &i.logs {
             println!("      | {line}");
         }
+    }
+    // Back on its directory, so that the mill's topics keep a majority of
+    // their replicas when the next part stops edge-b.
+    if let Some(name) = stopped {
+        let node = start_node_with(
+            &d.dir,
+            &name,
+            Tier::Edge,
+            &["site=mill"],
+            &d.key,
+            join.clone(),
+        )
+        .await?;
+        println!("  {name} starts again on its directory and rejoins");
+        edges.push(node);
     }
     d.others.append(&mut edges);
     Ok(())
@@ -963,10 +978,15 @@ async fn handlers(d: &mut Demo) -> Result<()> {
     Ok(())
 }
 
-/// The topic's leader goes down while a sensor keeps appending through
-/// another node: a new leader takes over, nothing acknowledged is lost.
+/// While a sensor keeps appending through another node, the topic's leader
+/// is restarted on purpose (it hands its groups over first), then the next
+/// leader goes down as in a crash (the others elect a leader after its
+/// lease): a new leader takes over each time, nothing acknowledged is
+/// lost.
 async fn failover(d: &mut Demo) -> Result<()> {
-    heading("failover: the topic's leader goes down while the sensor keeps appending");
+    heading(
+        "failover: the topic's leader restarts on purpose, then another goes down, while the sensor keeps appending",
+    );
     let mut nodes: Vec<Node> = d.node.take().into_iter().collect();
     nodes.append(&mut d.others);
     let names = node_names(&mut d.client).await?;
@@ -978,53 +998,91 @@ async fn failover(d: &mut Demo) -> Result<()> {
         replicas.join(", "),
         name_of(&info.leader)
     );
-    let leader = nodes
-        .iter()
-        .position(|n| n.overlay().map(|o| o.peer_id().to_string()) == Some(info.leader.clone()))
-        .ok_or_else(|| Error::Internal("the leader is not a demo node".into()))?;
+    let peer_of = |n: &Node| {
+        n.overlay()
+            .map(|o| o.peer_id().to_string())
+            .unwrap_or_default()
+    };
+    let leader_at = |nodes: &[Node], leader: &str| {
+        nodes
+            .iter()
+            .position(|n| peer_of(n) == leader)
+            .ok_or_else(|| Error::Internal("the leader is not a demo node".into()))
+    };
+    let leader = leader_at(&nodes, &info.leader)?;
     let via = (leader + 1) % nodes.len();
     println!("  the sensor now talks to {}", label(&nodes[via]));
-    let client = connect(&nodes[via].url()).await?;
+    // After a failure it moves on to the next node.
+    let urls: Vec<String> = (0..nodes.len())
+        .map(|i| nodes[(via + i) % nodes.len()].url())
+        .collect();
+    // Asks who leads until the crash (it is not the node restarted).
+    let mut ask = connect(&nodes[via].url()).await?;
     let (stop, stopping) = tokio::sync::watch::channel(false);
-    let sensor = tokio::spawn(sensor(client, stopping));
+    let sensor = tokio::spawn(sensor(urls, stopping));
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let stopped = nodes.remove(leader);
-    println!("  stopping the leader's node ({}) ...", label(&stopped));
+
+    // A planned restart (an upgrade): the node hands its groups over first.
+    let restarted = nodes.remove(leader);
+    let (name, tier) = (label(&restarted), restarted.info().tier);
+    println!(
+        "  restarting the leader's node ({name}) on purpose: it hands its groups over first ..."
+    );
+    let planned = Instant::now();
+    restarted.stop().await?;
+    let handed_to = describe(&mut ask, TOPIC).await?.leader;
+    let join = nodes.first().map(overlay_addr).unwrap_or_default();
+    let http = if name == "edge" { d.dashboard } else { None };
+    nodes.push(start_node(&d.dir, &name, tier, &d.key, join, http).await?);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // A crash: the new leader's node goes down without a word.
+    let leader = leader_at(&nodes, &describe(&mut ask, TOPIC).await?.leader)?;
+    let crashed = nodes.remove(leader);
+    println!(
+        "  {name} is back; now {}, the leader, goes down as in a crash (no hand-over) ...",
+        label(&crashed)
+    );
     let down = Instant::now();
-    stopped.stop().await?;
+    crashed.stop_abruptly().await?;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.send_replace(true);
     let acked = sensor
         .await
         .map_err(|e| Error::Internal(format!("sensor task: {e}")))??;
-    let before: Vec<u64> = acked.iter().filter(|a| a.1 < down).map(|a| a.0).collect();
-    let after: Vec<(u64, Instant)> = acked.iter().filter(|a| a.1 > down).copied().collect();
-    let (Some(first), Some(last)) = (before.first(), acked.last()) else {
+    let (Some(first), Some(last)) = (acked.first(), acked.last()) else {
         return Err(Error::Internal("the sensor got no acknowledgement".into()));
     };
-    println!(
-        "  before: #{first}..#{} acknowledged by {}",
-        before.last().unwrap_or(first),
-        name_of(&info.leader)
-    );
-    if after.is_empty() {
-        return Err(Error::Internal("no append succeeded after the stop".into()));
+    if acked.last().is_none_or(|a| a.1 < down) {
+        return Err(Error::Internal(
+            "no append succeeded after the crash".into(),
+        ));
     }
-    // The failover is the longest wait between two acknowledgements once
-    // the stop began (the first ones after it may still come from the
-    // old leader, on its way down).
-    let (gap, resumed) = acked
-        .windows(2)
-        .filter(|w| w[1].1 > down)
-        .map(|w| (w[1].1 - w[0].1, w[1].0))
-        .max()
-        .unwrap_or_default();
+    // The longest wait between two acknowledgements from `from` to `to`
+    // (the first ones after `from` may still come from the old leader, on
+    // its way down), and the sequence number that ended it.
+    let longest = |from: Instant, to: Instant| {
+        acked
+            .windows(2)
+            .filter(|w| w[1].1 > from && w[1].1 < to)
+            .map(|w| (w[1].1 - w[0].1, w[1].0))
+            .max()
+            .unwrap_or_default()
+    };
+    let (planned_gap, _) = longest(planned, down);
+    let (gap, resumed) = longest(down, Instant::now());
     let now = describe(&mut connect(&nodes[0].url()).await?, TOPIC).await?;
     println!(
-        "  a new leader took over ({}): appends waited at most {:.2} s (until #{resumed}); \
-         the sensor went on to #{}",
+        "  the planned restart: {} took over; appends waited at most {:.2} s",
+        name_of(&handed_to),
+        planned_gap.as_secs_f64()
+    );
+    println!(
+        "  the crash: {} took over after an election; appends waited at most {:.2} s \
+         (until #{resumed}); the sensor went on from #{} to #{}",
         name_of(&now.leader),
         gap.as_secs_f64(),
+        first.0,
         last.0
     );
     // Each survivor answers the same elements; none of the acknowledged is missing.
@@ -1068,29 +1126,43 @@ async fn failover(d: &mut Demo) -> Result<()> {
 }
 
 /// Appends a reading every 50 ms with a producer id, retrying each until it
-/// is acknowledged (safe: a retry never appends twice); returns each
-/// acknowledged sequence number and when it was acknowledged.
+/// is acknowledged (safe: a retry never appends twice), through the first
+/// of `urls` that answers (after a failure, the next one, as a client with
+/// a list of servers does); returns each acknowledged sequence number and
+/// when it was acknowledged.
 async fn sensor(
-    mut client: crate::cli::Client,
+    urls: Vec<String>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<Vec<(u64, Instant)>> {
     let mut acked = Vec::new();
     let mut seq = 0;
+    let mut at = 0;
+    let mut client: Option<crate::cli::Client> = None;
     while !*stop.borrow() {
         seq += 1;
         let mut tries = 0;
         loop {
-            let answer = client
-                .append(v1::AppendRequest {
-                    topic: TOPIC.into(),
-                    payload: format!("{{\"probe\":\"north-9\",\"n\":{seq}}}").into(),
-                    producer: Some(v1::Producer {
-                        id: "probe-north-9".into(),
-                        seq,
-                    }),
-                    handler: Default::default(),
-                })
-                .await;
+            let answer = match client.as_mut() {
+                Some(c) => c
+                    .append(v1::AppendRequest {
+                        topic: TOPIC.into(),
+                        payload: format!("{{\"probe\":\"north-9\",\"n\":{seq}}}").into(),
+                        producer: Some(v1::Producer {
+                            id: "probe-north-9".into(),
+                            seq,
+                        }),
+                        handler: Default::default(),
+                    })
+                    .await
+                    .map_err(Error::from),
+                None => match connect(&urls[at % urls.len()]).await {
+                    Ok(c) => {
+                        client = Some(c);
+                        continue;
+                    }
+                    Err(e) => Err(e),
+                },
+            };
             match answer {
                 Ok(r) => {
                     acked.push((r.into_inner().seq, Instant::now()));
@@ -1099,9 +1171,12 @@ async fn sensor(
                 Err(e) if tries < 100 => {
                     tries += 1;
                     tracing::debug!("sensor retries: {e}");
+                    // The next node, in case this one is gone.
+                    client = None;
+                    at += 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(e),
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

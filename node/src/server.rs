@@ -296,7 +296,7 @@ impl Node {
         if let Err(e) = node.serve(config, listener, http_listener).await {
             // Whatever started stops, and the store is closed again.
             node.shutdown.request();
-            if let Err(stop) = node.release().await {
+            if let Err(stop) = node.release(Leaving::Abruptly).await {
                 tracing::warn!("stopping after a failed start: {stop}");
             }
             return Err(e);
@@ -462,15 +462,26 @@ impl Node {
     /// groups and the overlay stop, each awaited. Returns once the store is closed, or an
     /// error if something still holds it (a task that outlived the node: a
     /// bug).
-    pub async fn stop(mut self) -> Result<()> {
+    pub async fn stop(self) -> Result<()> {
+        self.stop_as(Leaving::HandingOver).await
+    }
+
+    /// Stops the node as [`Node::stop`] does, but leads to the end: to its
+    /// peers it is simply gone, as after a crash, and its groups wait out
+    /// its lease and elect another leader (the demo's failover).
+    pub async fn stop_abruptly(self) -> Result<()> {
+        self.stop_as(Leaving::Abruptly).await
+    }
+
+    async fn stop_as(mut self, leaving: Leaving) -> Result<()> {
         self.shutdown.request();
         let served = self.wait().await;
-        let released = self.release().await;
+        let released = self.release(leaving).await;
         served.and(released)
     }
 
     /// After the server ended: stops the rest in order, and closes the store.
-    async fn release(&mut self) -> Result<()> {
+    async fn release(&mut self, leaving: Leaving) -> Result<()> {
         self.shutdown.stop().await;
         // The metrics read the groups, which hold the store.
         self.metrics.unwatch();
@@ -478,7 +489,9 @@ impl Node {
             topics.shutdown().await;
         }
         if let Some(groups) = self.groups.take() {
-            groups.hand_over_leadership().await;
+            if leaving == Leaving::HandingOver {
+                groups.hand_over_leadership().await;
+            }
             groups.shutdown().await;
         }
         if let Some(overlay) = self.overlay.take() {
@@ -545,6 +558,13 @@ impl Node {
     pub fn request_stop(&mut self) {
         self.shutdown.request();
     }
+}
+
+/// Whether a stopping node hands the leadership of its groups over.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leaving {
+    HandingOver,
+    Abruptly,
 }
 
 impl Drop for Node {
