@@ -14,6 +14,10 @@
 //! replicas caught up. The faults, as many trials each:
 //! - kill: SIGKILL; a second after appends resume, the node starts again
 //!   on its data directory, joining through a survivor;
+//! - stop: SIGTERM, a stop on purpose (a restart, an upgrade), measured
+//!   from the signal: a woof node hands its leadership over before it
+//!   exits; a second after appends resume and it has exited, it starts
+//!   again as after a kill;
 //! - pause: SIGSTOP for 3 s, then SIGCONT: it comes back believing it
 //!   leads, and must step down without splitting the log;
 //! - cut: with each node in its own network namespace (`netns.rs`, as
@@ -94,6 +98,9 @@ const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
 enum Fault {
     /// SIGKILL, then a restart on its data directory.
     Kill,
+    /// SIGTERM (a stop on purpose: a restart, an upgrade), then a restart
+    /// on its data directory.
+    Stop,
     /// SIGSTOP for [`DOWN_FOR`], then SIGCONT.
     Pause,
     /// Its link down for [`DOWN_FOR`], then up.
@@ -101,12 +108,13 @@ enum Fault {
 }
 
 impl Fault {
-    const ALL: [Fault; 3] = [Fault::Kill, Fault::Pause, Fault::Cut];
+    const ALL: [Fault; 4] = [Fault::Kill, Fault::Stop, Fault::Pause, Fault::Cut];
 
     /// What the leader was, in cases and titles.
     fn done(self) -> &'static str {
         match self {
             Fault::Kill => "SIGKILLed",
+            Fault::Stop => "stopped (SIGTERM)",
             Fault::Pause => "SIGSTOPped",
             Fault::Cut => "cut off (link down)",
         }
@@ -116,6 +124,7 @@ impl Fault {
     fn words(self) -> (&'static str, &'static str) {
         match self {
             Fault::Kill => ("kill", "restart"),
+            Fault::Stop => ("stop", "restart"),
             Fault::Pause => ("pause", "SIGCONT"),
             Fault::Cut => ("cut", "link up"),
         }
@@ -125,6 +134,7 @@ impl Fault {
     fn marks(self) -> (&'static str, &'static str) {
         match self {
             Fault::Kill => ("leader SIGKILLed", "restarted"),
+            Fault::Stop => ("leader SIGTERMed", "restarted"),
             Fault::Pause => ("SIGSTOP", "SIGCONT"),
             Fault::Cut => ("link down", "link up"),
         }
@@ -178,6 +188,8 @@ trait System {
     /// The server leading the topic (stream), asking through server `via`.
     async fn leader(&self, via: usize) -> anyhow::Result<usize>;
     fn kill(&mut self, i: usize) -> anyhow::Result<()>;
+    /// Waits until server `i` exits (it was sent a SIGTERM).
+    async fn reap(&mut self, i: usize) -> anyhow::Result<()>;
     /// Starts the killed server `i` again on its data, joining through
     /// server `via`, and waits until it is back.
     async fn restart(&mut self, i: usize, via: usize) -> anyhow::Result<()>;
@@ -420,6 +432,7 @@ async fn one_trial<S: System>(
         .with_context(|| format!("appends through server {via}"))?;
     match fault {
         Fault::Kill => system.kill(leader)?,
+        Fault::Stop => system.signal(leader, "TERM")?,
         Fault::Pause => system.signal(leader, "STOP")?,
         Fault::Cut => system.net().context("no network to cut")?.cut(leader)?,
     }
@@ -429,8 +442,11 @@ async fn one_trial<S: System>(
     let struck = Instant::now();
     let outcome = async {
         let (resumed, back) = match fault {
-            Fault::Kill => {
+            Fault::Kill | Fault::Stop => {
                 let (_, resumed) = wait_ack(log, struck, FAILOVER_DEADLINE, task).await?;
+                if fault == Fault::Stop {
+                    system.reap(leader).await?;
+                }
                 tokio::time::sleep(KILLED_FOR).await;
                 let back = Instant::now();
                 system
@@ -482,7 +498,7 @@ async fn one_trial<S: System>(
 /// Ends a pause (SIGCONT) or a cut (link up); nothing for a kill.
 fn lift(system: &impl System, fault: Fault, i: usize) -> anyhow::Result<()> {
     match fault {
-        Fault::Kill => Ok(()),
+        Fault::Kill | Fault::Stop => Ok(()),
         Fault::Pause => system.signal(i, "CONT"),
         Fault::Cut => system.net().context("no network to heal")?.heal(i),
     }
@@ -817,6 +833,10 @@ impl System for Woof {
         self.cluster.kill(i)
     }
 
+    async fn reap(&mut self, i: usize) -> anyhow::Result<()> {
+        self.cluster.reap(i).await
+    }
+
     async fn restart(&mut self, i: usize, via: usize) -> anyhow::Result<()> {
         self.cluster.restart(i, via).await
     }
@@ -972,6 +992,10 @@ impl System for Nats {
 
     fn kill(&mut self, i: usize) -> anyhow::Result<()> {
         self.js.kill(i)
+    }
+
+    async fn reap(&mut self, i: usize) -> anyhow::Result<()> {
+        self.js.reap(i).await
     }
 
     async fn restart(&mut self, i: usize, _via: usize) -> anyhow::Result<()> {

@@ -255,6 +255,16 @@ impl JetStream {
         }
     }
 
+    /// Waits until server `i` exits (it was sent a SIGTERM).
+    pub async fn reap(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut server = self.servers[i]
+            .take()
+            .with_context(|| format!("server n{i} is not running"))?;
+        nodes::exited(&mut server)
+            .await
+            .with_context(|| format!("server n{i} stopping"))
+    }
+
     /// Sends `signal` (`STOP` or `CONT`) to server `i`.
     pub fn signal(&self, i: usize, signal: &str) -> anyhow::Result<()> {
         let pid = self.servers[i]

@@ -130,6 +130,29 @@ impl NodeProcess {
         self.child.wait().context("waiting for the killed node")?;
         Ok(())
     }
+
+    /// Waits until the process exits (after a SIGTERM).
+    pub async fn exited(&mut self) -> anyhow::Result<()> {
+        exited(&mut self.child).await
+    }
+}
+
+/// How long a process may take to stop after a SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Waits until `child` exits, at most [`STOP_TIMEOUT`] (then SIGKILLs it
+/// and fails).
+pub async fn exited(child: &mut Child) -> anyhow::Result<()> {
+    let until = Instant::now() + STOP_TIMEOUT;
+    while child.try_wait().context("waiting for a process")?.is_none() {
+        if Instant::now() > until {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("it did not stop within {STOP_TIMEOUT:?} of a SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
 }
 
 impl Drop for NodeProcess {
@@ -374,6 +397,18 @@ impl Cluster {
         )
         .await?;
         self.leader(0, topic).await
+    }
+
+    /// Waits until node `i`'s process exits (it was sent a SIGTERM).
+    pub async fn reap(&mut self, i: usize) -> anyhow::Result<()> {
+        let mut process = self.nodes[i]
+            .process
+            .take()
+            .with_context(|| format!("node {i} is not running"))?;
+        process
+            .exited()
+            .await
+            .with_context(|| format!("node {i} stopping"))
     }
 
     /// Sends `signal` (`STOP` or `CONT`) to node `i`'s process.
