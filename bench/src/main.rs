@@ -10,7 +10,7 @@
 //!   printed as a Markdown table and written as JSON with `--json FILE`;
 //! - one module per workload: `append.rs` (synced appends on one node and
 //!   on a 3-replica topic, 64 B and 1 KiB), `failover.rs` (the leader
-//!   SIGKILLed, SIGSTOPped and cut off under a steady client; nothing
+//!   SIGKILLed, stopped (SIGTERM), SIGSTOPped and cut off under a steady client; nothing
 //!   acknowledged lost), `scale.rs` (the CPU and memory of thousands of
 //!   sleeping topics; throughput as nodes go from 3 to 9), `floor.rs` (one Raft group's
 //!   replicas in this process, without a network: the floor under `append`),
@@ -108,7 +108,7 @@ enum Workload {
         only: Option<String>,
     },
     /// A 3-node cluster, a client appending through a follower, the leader
-    /// SIGKILLed, SIGSTOPped, or cut off (link down, in network namespaces,
+    /// SIGKILLed, stopped (SIGTERM), SIGSTOPped, or cut off (link down, in network namespaces,
     /// as root), trial after trial: how long appends stop, the longest
     /// append, and a check that no acknowledged append is lost.
     Failover {
