@@ -6,7 +6,7 @@ use std::fmt;
 use crate::Error;
 
 /// How many kinds of fault there are.
-const KINDS: usize = 10;
+const KINDS: usize = 11;
 
 /// A kind of fault the simulator injects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -31,6 +31,11 @@ pub enum Fault {
     Clock,
     /// A node's disk is slow for 1 to 5 s: each synced log write takes 20 to 400 ms longer.
     Slow,
+    /// A node is stopped on purpose: it hands the leadership of its groups
+    /// over (as `Node::stop` does), then goes down as in a crash (its disk
+    /// keeping what a crash would), and restarts later. Not in `all`:
+    /// `all,leave=RATE` adds it.
+    Leave,
 }
 
 impl Fault {
@@ -45,6 +50,7 @@ impl Fault {
         Fault::DiskFail,
         Fault::Clock,
         Fault::Slow,
+        Fault::Leave,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +65,7 @@ impl Fault {
             Fault::DiskFail => "disk-fail",
             Fault::Clock => "clock",
             Fault::Slow => "slow",
+            Fault::Leave => "leave",
         }
     }
 
@@ -76,6 +83,8 @@ impl Fault {
             Fault::DiskFail => 0.1,
             Fault::Clock => 0.1,
             Fault::Slow => 0.2,
+            // Off in `all`, so that the sweep's seeds keep their schedules.
+            Fault::Leave => 0.0,
         }
     }
 
@@ -109,15 +118,18 @@ impl Rates {
         self.0[f.index()] = rate;
     }
 
-    /// `all`, `none`, or `kind=rate,...` (kinds not named are off).
+    /// `all`, `none`, or `kind=rate,...` (kinds not named are off; after
+    /// `all,` they keep `all`'s rates).
     pub fn parse(text: &str) -> Result<Self, Error> {
-        match text.trim() {
+        let (mut r, rest) = match text.trim() {
             "all" => return Ok(Self::all()),
             "none" | "" => return Ok(Self::none()),
-            _ => {}
-        }
-        let mut r = Self::none();
-        for part in text.split(',') {
+            t => match t.strip_prefix("all,") {
+                Some(rest) => (Self::all(), rest),
+                None => (Self::none(), t),
+            },
+        };
+        for part in rest.split(',') {
             let (name, rate) = part
                 .split_once('=')
                 .ok_or_else(|| Error::Config(format!("fault {part:?}: expected kind=rate")))?;
@@ -417,6 +429,10 @@ mod tests {
         assert_eq!(r.get(Fault::Drop), 0.05);
         assert_eq!(r.get(Fault::Crash), 0.5);
         assert_eq!(r.get(Fault::Dup), 0.0);
+        let mut with_leaves = Rates::all();
+        with_leaves.set(Fault::Leave, 0.2);
+        assert_eq!(Rates::parse("all,leave=0.2").unwrap(), with_leaves);
+        assert_eq!(Rates::all().get(Fault::Leave), 0.0);
         assert!(Rates::parse("flood=1").is_err());
         assert!(Rates::parse("drop").is_err());
         assert!(Rates::parse("drop=-1").is_err());

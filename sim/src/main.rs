@@ -40,7 +40,9 @@ struct Args {
     #[arg(long, default_value = "30s")]
     sim_time: String,
     /// all, none, or kind=rate,... with kinds drop, delay, dup, reorder
-    /// (per message), partition, crash, torn (per simulated second).
+    /// (per message), partition, crash, torn, disk-fail, clock, slow, leave
+    /// (per simulated second); `all,leave=0.3` adds nodes stopped on
+    /// purpose (not in all).
     #[arg(long, default_value = "all")]
     faults: String,
     /// Rerun the seed and print every event.

@@ -191,7 +191,7 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
             .filter(|id| !troubled.contains(id))
             .collect();
         if troubled.len() < down_max {
-            let kind = [Fault::Crash, Fault::Torn, Fault::DiskFail]
+            let kind = [Fault::Crash, Fault::Torn, Fault::DiskFail, Fault::Leave]
                 .into_iter()
                 .find(|f| rng.chance(per_tick(*f)));
             let node = rng.pick(&calm).copied();
@@ -203,6 +203,11 @@ pub async fn run(cluster: Arc<Cluster>, rates: Rates, mut rng: SimRng, until_ms:
                     Fault::Crash => {
                         rec.fault(Fault::Crash, format_args!("n{id} loses power"));
                         cluster.crash(id, &mut rng).await;
+                        down.insert(id, now + downtime(&mut rng));
+                    }
+                    Fault::Leave => {
+                        rec.fault(Fault::Leave, format_args!("n{id} is stopped on purpose"));
+                        cluster.leave(id, &mut rng).await;
                         down.insert(id, now + downtime(&mut rng));
                     }
                     Fault::Torn => {

@@ -562,6 +562,26 @@ impl Cluster {
         }
     }
 
+    /// Stops node `id` on purpose: while still on the network it hands the
+    /// leadership of its groups over (as `Node::stop` does); then it goes
+    /// down as [`crash`](Self::crash) takes it (its disk keeping only what
+    /// a crash would: a harder case than a clean stop, which keeps more).
+    pub async fn leave(&self, id: u64, rng: &mut SimRng) {
+        let groups = {
+            let nodes = self.nodes();
+            nodes
+                .get(&id)
+                .and_then(|n| n.up.as_ref().map(|up| up.groups.clone()))
+        };
+        if let Some(groups) = groups {
+            let (handed, led) = groups.hand_over_leadership().await;
+            self.rec.event(format_args!(
+                "node n{id} handed over {handed} of the {led} groups it led"
+            ));
+        }
+        self.crash(id, rng).await;
+    }
+
     /// Restarts node `id` on what its disk kept.
     pub async fn restart(&self, id: u64) -> Result<(), Error> {
         {
