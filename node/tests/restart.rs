@@ -334,19 +334,14 @@ async fn a_first_node_makes_the_name_directory_once() {
     again.stop().await.unwrap();
 }
 
-/// A node stopped on purpose hands the leadership of the groups it leads
-/// to another voter before it goes: the others do not wait out its lease
-/// and an election (about a second without a leader, as after a crash).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_leader_stopped_on_purpose_hands_its_groups_over_first() {
-    const NAME: &str = "handed/over";
-    let dir = tempfile::tempdir().unwrap();
-    let key = ClusterKey::generate();
-    let first = start_clustered(&dir.path().join("a"), key, vec![]).await;
+/// Three cluster nodes in `dir` (`a`, then `b` and `c` joining it), once
+/// `a` sees the other two.
+async fn three_nodes(dir: &std::path::Path, key: ClusterKey) -> Vec<Node> {
+    let first = start_clustered(&dir.join("a"), key, vec![]).await;
     let join = first.overlay().unwrap().listen_addrs().to_vec();
     let mut nodes = vec![first];
     for name in ["b", "c"] {
-        nodes.push(start_clustered(&dir.path().join(name), key, join.clone()).await);
+        nodes.push(start_clustered(&dir.join(name), key, join.clone()).await);
     }
     for _ in 0..100 {
         if nodes[0].overlay().unwrap().members().await.unwrap().len() == 2 {
@@ -354,6 +349,17 @@ async fn a_leader_stopped_on_purpose_hands_its_groups_over_first() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    nodes
+}
+
+/// A node stopped on purpose hands the leadership of the groups it leads
+/// to another voter before it goes: the others do not wait out its lease
+/// and an election (about a second without a leader, as after a crash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_stopped_on_purpose_hands_its_groups_over_first() {
+    const NAME: &str = "handed/over";
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes = three_nodes(dir.path(), ClusterKey::generate()).await;
     let mut ca = connect(&nodes[0].url()).await;
     create_replicated(&mut ca, NAME, 3, "").await;
     assert_eq!(append(&mut ca, NAME, b"before".to_vec()).await, 1);
@@ -415,16 +421,11 @@ async fn a_replica_behind_its_topic_follows_it_from_further_on() {
     const NAME: &str = "behind/topic";
     let dir = tempfile::tempdir().unwrap();
     let key = ClusterKey::generate();
-    let a = start_clustered(&dir.path().join("a"), key, vec![]).await;
+    let [a, b, c]: [Node; 3] = three_nodes(dir.path(), key)
+        .await
+        .try_into()
+        .unwrap_or_else(|_| panic!("three nodes"));
     let join = a.overlay().unwrap().listen_addrs().to_vec();
-    let b = start_clustered(&dir.path().join("b"), key, join.clone()).await;
-    let c = start_clustered(&dir.path().join("c"), key, join.clone()).await;
-    for _ in 0..100 {
-        if a.overlay().unwrap().members().await.unwrap().len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let mut ca = connect(&a.url()).await;
     create_replicated(&mut ca, NAME, 3, "").await;
     append(&mut ca, NAME, b"0".to_vec()).await;

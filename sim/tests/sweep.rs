@@ -86,19 +86,26 @@ fn sim_a_full_size_sweep_passes() {
 #[test]
 fn sim_a_sweep_whose_groups_snapshot_passes() {
     for seed in 2000..2008 {
-        let outcome = woof_sim::run(&Config {
+        settled_run(&Config {
             seed,
             snapshot_every: Some(50),
             ..Config::default()
-        })
-        .unwrap();
-        assert!(
-            outcome.ok() && outcome.settled,
-            "seed {seed}: {:#?}\nlast events:\n{}",
-            outcome.violations,
-            outcome.recent.join("\n")
-        );
+        });
     }
+}
+
+/// Runs `config`, and asserts that every checker passed and the replicas
+/// caught up.
+fn settled_run(config: &Config) -> Outcome {
+    let outcome = woof_sim::run(config).unwrap();
+    assert!(
+        outcome.ok() && outcome.settled,
+        "seed {}: {:#?}\nlast events:\n{}",
+        config.seed,
+        outcome.violations,
+        outcome.recent.join("\n")
+    );
+    outcome
 }
 
 /// Nodes also stopped on purpose (`leave`, not in `all`): each hands the
@@ -108,18 +115,11 @@ fn sim_a_sweep_whose_groups_snapshot_passes() {
 fn sim_a_sweep_with_planned_stops_passes() {
     let mut left = 0;
     for seed in 3000..3004 {
-        let outcome = woof_sim::run(&Config {
+        let outcome = settled_run(&Config {
             seed,
             faults: Rates::parse("all,leave=0.3").unwrap(),
             ..Config::default()
-        })
-        .unwrap();
-        assert!(
-            outcome.ok() && outcome.settled,
-            "seed {seed}: {:#?}\nlast events:\n{}",
-            outcome.violations,
-            outcome.recent.join("\n")
-        );
+        });
         left += outcome.faults.get(Fault::Leave);
     }
     assert!(left > 0, "no node was stopped on purpose");
