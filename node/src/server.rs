@@ -459,16 +459,17 @@ impl Node {
     /// Stops the node: the server stops taking requests and lets those
     /// under way finish, subscriptions end, then repair stops, the groups
     /// this node leads go to other voters (at most a second), and the
-    /// groups and the overlay stop, each awaited. Returns once the store is closed, or an
-    /// error if something still holds it (a task that outlived the node: a
-    /// bug).
+    /// groups and the overlay stop, each awaited. Returns once the store is
+    /// closed, or an error if something still holds it (a task that
+    /// outlived the node: a bug).
     pub async fn stop(self) -> Result<()> {
         self.stop_as(Leaving::HandingOver).await
     }
 
-    /// Stops the node as [`Node::stop`] does, but leads to the end: to its
-    /// peers it is simply gone, as after a crash, and its groups wait out
-    /// its lease and elect another leader (the demo's failover).
+    /// Stops the node as [`Node::stop`] does, but hands no leadership
+    /// over: it leads its groups to the end, so to its peers it is simply
+    /// gone, as after a crash, and they wait out its lease and elect
+    /// another leader (the demo's failover).
     pub async fn stop_abruptly(self) -> Result<()> {
         self.stop_as(Leaving::Abruptly).await
     }

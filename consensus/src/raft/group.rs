@@ -282,8 +282,9 @@ pub async fn confirm_leader(
 /// voter stands for election once its log holds all this node's), and
 /// waits at most `within` for another node to lead. Returns the node it
 /// went to; `None` if this node did not lead, the voters that answered it
-/// lately are not a majority without it, or none took over in time (it is then left to an election after the lease, as
-/// if this node had just stopped).
+/// lately are not a majority without it, or none took over in time (it is
+/// then left to an election after the lease, as if this node had just
+/// stopped).
 pub async fn hand_over(raft: &Raft, within: Duration) -> Option<u64> {
     let (me, to) = {
         let m = raft.metrics().borrow_watched().clone();
