@@ -1053,7 +1053,7 @@ async fn failover(d: &mut Demo) -> Result<()> {
     let (Some(first), Some(last)) = (acked.first(), acked.last()) else {
         return Err(Error::Internal("the sensor got no acknowledgement".into()));
     };
-    if acked.last().is_none_or(|a| a.1 < down) {
+    if last.1 < down {
         return Err(Error::Internal(
             "no append succeeded after the crash".into(),
         ));

@@ -124,6 +124,8 @@ pub struct Outcome {
     pub reads: u64,
     /// Elements delivered to subscribers.
     pub delivered: u64,
+    /// Leaderships handed over by nodes stopped on purpose (`leave`).
+    pub handed_over: u64,
     /// Whether every topic's replicas held the same elements before the
     /// final check (the progress checker insists on it).
     pub settled: bool,
@@ -379,6 +381,9 @@ async fn simulate(config: Config) -> Result<Outcome, Error> {
             .iter()
             .map(|s| s.got.len() as u64)
             .sum(),
+        handed_over: cluster
+            .handed_over
+            .load(std::sync::atomic::Ordering::Relaxed),
         settled,
         violations,
         recent: rec.recent(),

@@ -187,6 +187,8 @@ pub struct Cluster {
     corrupt_node_1: bool,
     /// Every group's timing (the node's unless `--snapshot-every`).
     pub group_timing: woof_consensus::raft::group::Timing,
+    /// Leaderships that nodes stopped on purpose handed to another node.
+    pub handed_over: std::sync::atomic::AtomicU64,
 }
 
 impl Cluster {
@@ -242,6 +244,7 @@ impl Cluster {
             ids,
             nodes: Mutex::new(nodes),
             corrupt_node_1,
+            handed_over: Default::default(),
             group_timing: Default::default(),
         })
     }
@@ -575,6 +578,8 @@ impl Cluster {
         };
         if let Some(groups) = groups {
             let (handed, led) = groups.hand_over_leadership().await;
+            self.handed_over
+                .fetch_add(handed as u64, std::sync::atomic::Ordering::Relaxed);
             self.rec.event(format_args!(
                 "node n{id} handed over {handed} of the {led} groups it led"
             ));

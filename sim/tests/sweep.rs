@@ -113,7 +113,7 @@ fn settled_run(config: &Config) -> Outcome {
 /// leader transfer over the simulated network, ADR 35), then goes down.
 #[test]
 fn sim_a_sweep_with_planned_stops_passes() {
-    let mut left = 0;
+    let (mut left, mut handed) = (0, 0);
     for seed in 3000..3004 {
         let outcome = settled_run(&Config {
             seed,
@@ -121,6 +121,11 @@ fn sim_a_sweep_with_planned_stops_passes() {
             ..Config::default()
         });
         left += outcome.faults.get(Fault::Leave);
+        handed += outcome.handed_over;
     }
     assert!(left > 0, "no node was stopped on purpose");
+    assert!(
+        handed > 0,
+        "{left} nodes stopped on purpose handed nothing over"
+    );
 }
