@@ -204,6 +204,7 @@ async fn a_client_that_stops_reading_does_not_hold_the_node_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_node_with_busy_groups_stops_and_starts_again_twenty_times() {
     const NAMES: [&str; 2] = ["busy/a", "busy/b"];
+    logs_if_asked();
     let dir = tempfile::tempdir().unwrap();
     let key = ClusterKey::generate();
     let a = start_clustered(&dir.path().join("a"), key, vec![]).await;

@@ -26,7 +26,7 @@
 //! of one peer's link handled at once ([`SERVE_MAX`]; past it the link is
 //! not read, and the peer's writes wait), and how long opening may take.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -61,6 +61,9 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long opening a link's own connection may take before the link goes
 /// over the libp2p connection instead.
 const DIRECT_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a link being opened over libp2p looks whether its peer
+/// advertised a new address for links' own connections.
+const ADDRESS_LOOK: Duration = Duration::from_millis(50);
 /// How long a replaced link goes on reading the answers still owed.
 const RETIRED_MAX: Duration = Duration::from_secs(10);
 /// Links' handshakes accepted at once; past this, new connections are
@@ -261,6 +264,27 @@ struct Direct {
     /// Outbound links opened on their own connections (the rest went over
     /// libp2p).
     opened: AtomicU64,
+    /// Addresses whose last dial failed, told at info once: a peer that is
+    /// down fails every request's dial (many a second) until it is back.
+    failing: Mutex<HashSet<SocketAddr>>,
+}
+
+/// Addresses [`Direct::failing`] remembers; past this it forgets them all.
+const FAILING_MAX: usize = 1024;
+
+impl Direct {
+    /// Notes how dialing `addr` went; true if it failed and had not before.
+    fn first_failure(&self, addr: SocketAddr, failed: bool) -> bool {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if !failed {
+            failing.remove(&addr);
+            return false;
+        }
+        if failing.len() >= FAILING_MAX {
+            failing.clear();
+        }
+        failing.insert(addr)
+    }
 }
 
 /// The requests waiting for their answers on one link, by number.
@@ -320,6 +344,7 @@ impl Links {
             secrets,
             addrs,
             opened: AtomicU64::new(0),
+            failing: Mutex::default(),
         });
         if let Some(listener) = listener {
             tokio::spawn(accept_direct(
@@ -458,45 +483,100 @@ enum Opened {
 
 /// Opens a link to `peer`: on its own connection if the peer advertises a
 /// port for it and answers there, else as a stream on the libp2p
-/// connection.
+/// connection. While the stream is being opened, a new address the peer
+/// advertises (it restarted on another port) is dialled at once: opening
+/// over libp2p can hang until [`OPEN_TIMEOUT`] (a connection to the
+/// peer's old process not yet seen closed, a dial to its old address), and
+/// every request on the link waits meanwhile (seen in a restart test: a
+/// leader's requests to a restarted follower unanswered for 10 s).
 async fn open(
     links: &Links,
     peer: PeerId,
 ) -> std::result::Result<(Reader, Writer, Opened), String> {
     let own = &links.direct;
     let tried = own.addrs.get(&peer);
-    if let Some(addr) = tried {
+    if let Some(addr) = tried
+        && let Some((r, w)) = dial_own(own, peer, addr).await
+    {
+        return Ok((r, w, Opened::Direct));
+    }
+    let mut control = links.control.clone();
+    let stream = async move {
+        control
+            .open_stream(peer, LINK_PROTOCOL)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    open_over(own, peer, tried, stream).await
+}
+
+/// Opens a link to `peer` with `over_libp2p` (after its own connection at
+/// `tried`, if any, failed), or on its own connection once the peer
+/// advertises another address.
+async fn open_over<S>(
+    own: &Direct,
+    peer: PeerId,
+    mut tried: Option<SocketAddr>,
+    over_libp2p: impl Future<Output = std::result::Result<S, String>>,
+) -> std::result::Result<(Reader, Writer, Opened), String>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let over_libp2p = tokio::time::timeout(OPEN_TIMEOUT, over_libp2p);
+    tokio::pin!(over_libp2p);
+    let mut look = tokio::time::interval(ADDRESS_LOOK);
+    loop {
+        tokio::select! {
+            opened = &mut over_libp2p => return match opened {
+                Ok(Ok(stream)) => {
+                    tracing::debug!(%peer, "link opened on the libp2p connection");
+                    let (r, w) = stream.split();
+                    Ok((Box::new(r), Box::new(w), Opened::Libp2p(tried)))
+                }
+                Ok(Err(e)) => Err(format!("cannot open a link: {e}")),
+                Err(_) => Err(format!(
+                    "cannot open a link within {} s",
+                    OPEN_TIMEOUT.as_secs()
+                )),
+            },
+            _ = look.tick() => {
+                let now = own.addrs.get(&peer);
+                if let Some(addr) = now.filter(|_| now != tried) {
+                    tried = now;
+                    if let Some((r, w)) = dial_own(own, peer, addr).await {
+                        return Ok((r, w, Opened::Direct));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Opens a link's own connection to `peer` at `addr`, if it can.
+async fn dial_own(own: &Direct, peer: PeerId, addr: SocketAddr) -> Option<(Reader, Writer)> {
+    let why =
         match tokio::time::timeout(DIRECT_OPEN_TIMEOUT, direct::dial(addr, peer, &own.secrets))
             .await
         {
             Ok(Ok((r, w))) => {
                 own.opened.fetch_add(1, Ordering::Relaxed);
+                own.first_failure(addr, false);
                 tracing::debug!(%peer, %addr, "link opened on its own connection");
-                return Ok((Box::new(r), Box::new(w), Opened::Direct));
+                return Some((Box::new(r), Box::new(w)));
             }
-            Ok(Err(e)) => {
-                tracing::info!(%peer, %addr, "cannot open a link's own connection ({e}); it goes over libp2p");
-            }
-            Err(_) => tracing::info!(
-                %peer, %addr,
-                "no link connection within {} s; the link goes over libp2p",
+            Ok(Err(e)) => format!("cannot open a link's own connection ({e})"),
+            Err(_) => format!(
+                "no link connection within {} s",
                 DIRECT_OPEN_TIMEOUT.as_secs()
             ),
-        }
+        };
+    // Once at info while it keeps failing, then at debug.
+    if own.first_failure(addr, true) {
+        tracing::info!(%peer, %addr, "{why}; the link goes over libp2p");
+    } else {
+        tracing::debug!(%peer, %addr, "{why}; the link goes over libp2p");
     }
-    let mut control = links.control.clone();
-    match tokio::time::timeout(OPEN_TIMEOUT, control.open_stream(peer, LINK_PROTOCOL)).await {
-        Ok(Ok(stream)) => {
-            tracing::debug!(%peer, "link opened on the libp2p connection");
-            let (r, w) = stream.split();
-            Ok((Box::new(r), Box::new(w), Opened::Libp2p(tried)))
-        }
-        Ok(Err(e)) => Err(format!("cannot open a link: {e}")),
-        Err(_) => Err(format!(
-            "cannot open a link within {} s",
-            OPEN_TIMEOUT.as_secs()
-        )),
-    }
+    None
 }
 
 /// Opens the link to `peer`, then writes its requests and reads the
@@ -798,8 +878,9 @@ mod tests {
         assert!(read_frame(&mut r, 16).await.unwrap().is_none());
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_link_over_libp2p_is_replaced_once_the_peers_own_address_is_known() {
+    /// Two overlays on loopback, B joined to A and answering link requests
+    /// with their bytes reversed, once A knows B's port for links.
+    async fn two_overlays() -> (crate::Overlay, crate::Overlay, Links, PeerId) {
         use crate::{ClusterKey, NodeInfo, OverlayConfig, Tier, Timing};
         let key = ClusterKey::generate();
         let config = |join: Vec<libp2p::Multiaddr>| OverlayConfig {
@@ -835,6 +916,12 @@ mod tests {
                 let _ = req.reply.send(p);
             }
         });
+        (a, b, links, b_id)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_over_libp2p_is_replaced_once_the_peers_own_address_is_known() {
+        let (a, b, links, b_id) = two_overlays().await;
         let ask = |text: &'static [u8]| {
             let links = links.clone();
             async move {
@@ -879,6 +966,50 @@ mod tests {
         })
         .await
         .expect("the replaced link did not end");
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_waiting_on_libp2p_takes_the_peers_new_address_at_once() {
+        let (a, b, links, b_id) = two_overlays().await;
+        // B's port at an address where nothing listens (as after B
+        // restarted on another port, before A heard of it), and a libp2p
+        // stream that never opens.
+        let own = &links.direct;
+        own.addrs.note_ip(b_id, "127.0.0.2".parse().unwrap());
+        let tried = own.addrs.get(&b_id);
+        let never = futures::future::pending::<std::result::Result<Cursor<Vec<u8>>, String>>();
+        let opening = open_over(own, b_id, tried, never);
+        tokio::pin!(opening);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), &mut opening)
+                .await
+                .is_err(),
+            "opened with nowhere to open"
+        );
+        // B's address that works, as its heartbeat would bring it.
+        own.addrs.note_ip(b_id, "127.0.0.1".parse().unwrap());
+        let (mut r, mut w, how) = tokio::time::timeout(Duration::from_secs(2), opening)
+            .await
+            .expect("the new address dialled while libp2p still opened")
+            .unwrap();
+        assert!(matches!(how, Opened::Direct));
+        // The link works: a request over it is answered.
+        let mut request = Vec::new();
+        Frame {
+            kind: Kind::Request,
+            id: 7,
+            bytes: b"xyz".to_vec(),
+        }
+        .put(&mut request);
+        w.write_all(&request).await.unwrap();
+        w.flush().await.unwrap();
+        let answer = read_frame(&mut r, 1 << 10).await.unwrap().unwrap();
+        assert_eq!(
+            (answer.kind, answer.id, answer.bytes),
+            (Kind::Answer, 7, b"zyx".to_vec())
+        );
         a.shutdown().await;
         b.shutdown().await;
     }

@@ -36,6 +36,18 @@ impl TestNode {
     }
 }
 
+/// Logs of the nodes in this test process, to stderr, when `WOOF_LOG` names
+/// what to show (as for `woof node`); nothing otherwise. For chasing a
+/// failure: `WOOF_LOG=info,woof_overlay=debug cargo test ... -- --nocapture`.
+pub fn logs_if_asked() {
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("WOOF_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
+
 pub fn config(dir: &Path) -> NodeConfig {
     let mut config = NodeConfig::standalone(dir.to_path_buf(), "127.0.0.1:0".parse().unwrap());
     // This test process is not `woof`: Python handlers run in the binary.
