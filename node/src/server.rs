@@ -327,18 +327,18 @@ impl Node {
                     std::mem::replace(&mut overlay.link_inbound, mpsc::channel(1).1),
                 ];
                 self.overlay = Some(overlay);
-                let (groups, task) = Groups::new(
+                let (groups, held, task) = Groups::open(
                     store,
                     topics.clone(),
                     Arc::new(client.clone()),
                     inbound,
                     Default::default(),
-                );
+                )
+                .await?;
                 self.groups = Some(groups.clone());
                 self.groups_task = Some(task);
                 self.metrics.watch_groups(groups.clone());
                 self.metrics.watch_overlay(client.clone());
-                let held = groups.load_all().await?;
                 tracing::info!(groups = held, "raft groups loaded (each runs when used)");
                 let me = client.peer_id();
                 let mut api = ClusterTopics::new(

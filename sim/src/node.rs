@@ -363,18 +363,22 @@ impl Cluster {
             store.corrupt_elements();
         }
         let topics = Topics::open(store.clone(), clock.clone()).await?;
+        // On the network before its groups are loaded, as a real node's
+        // overlay is: peers' messages wait until `Groups::open` serves them.
         let (inbox, inbound) = mpsc::channel(INBOUND_DEPTH);
-        let (groups, serve) = Groups::new(
+        self.net.attach(id, incarnation, inbox);
+        let opened = Groups::open(
             store.clone(),
             topics.clone(),
             self.net.link(id, incarnation),
             vec![inbound],
             self.group_timing,
-        );
-        let held = groups
-            .load_all()
-            .await
-            .map_err(|e| Error::Setup(format!("node {id} loading its groups: {e}")))?;
+        )
+        .await;
+        let (groups, held, serve) = opened.map_err(|e| {
+            self.net.detach(id);
+            Error::Setup(format!("node {id} loading its groups: {e}"))
+        })?;
         let info = self
             .net
             .info(id)
@@ -399,7 +403,6 @@ impl Cluster {
         // topics this node leads and runs them (native ones only here).
         let handling = woof_node::shutdown::Shutdown::new();
         woof_node::handlers::Supervisor::spawn(api.clone(), groups.clone(), handling.clone());
-        self.net.attach(id, incarnation, inbox);
         self.rec.event(format_args!(
             "node n{id} up (incarnation {incarnation}, {held} groups)"
         ));

@@ -65,7 +65,7 @@ impl Groups {
     /// them: their topics are served to readers, and each group starts when
     /// a message or a client needs it (a node with thousands of quiet topics
     /// runs none of their groups).
-    pub async fn load_all(&self) -> Result<usize> {
+    pub(super) async fn load_all(&self) -> Result<usize> {
         let store = self.store.clone();
         let groups = blocking(move || store.groups()).await?;
         // A crash takes back what the state machines applied since the

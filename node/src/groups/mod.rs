@@ -150,18 +150,49 @@ const LEASES_QUEUED_MAX: usize = 1024;
 
 impl Groups {
     /// Groups over the overlay `client`, storing into `store` and
-    /// publishing to `topics`. The returned task serves the peer requests
-    /// of every `inbound` queue (each with its own bound on what it handles
-    /// at once, so that the Raft traffic on the links never waits behind
-    /// slow control requests) until the overlay closes them; await it after
-    /// shutting the overlay down.
-    pub fn new(
+    /// publishing to `topics`, with every group `store` holds loaded
+    /// ([`load_all`](Self::load_all); their count is returned). Only then
+    /// does the returned task serve the peer requests of every `inbound`
+    /// queue (each with its own bound on what it handles at once, so that
+    /// the Raft traffic on the links never waits behind slow control
+    /// requests), until the overlay closes them; await it after shutting
+    /// the overlay down.
+    ///
+    /// The order matters: a peer's message wakes its group, and a group
+    /// woken while `load_all` applied its log again (after a crash) ran a
+    /// second state machine from the older applied point, which published
+    /// a range shorter than the first had (a panic, seen in the failover
+    /// benchmark after a SIGKILL restart).
+    pub async fn open(
         store: Arc<dyn GroupStore>,
         topics: Topics,
         client: Arc<dyn Net>,
         inbound: Vec<mpsc::Receiver<Inbound>>,
         timing: woof_consensus::raft::group::Timing,
-    ) -> (Self, tokio::task::JoinHandle<()>) {
+    ) -> Result<(Self, usize, tokio::task::JoinHandle<()>)> {
+        let groups = Self::new(store, topics, client, timing);
+        let held = match groups.load_all().await {
+            Ok(held) => held,
+            Err(e) => {
+                // Its tasks hold the store, which the caller closes next.
+                groups.shutdown().await;
+                return Err(e);
+            }
+        };
+        let serving: Vec<_> = inbound
+            .into_iter()
+            .map(|inbound| server::serve(inbound, groups.clone()))
+            .collect();
+        let task = tokio::spawn(futures::future::join_all(serving).map(drop));
+        Ok((groups, held, task))
+    }
+
+    fn new(
+        store: Arc<dyn GroupStore>,
+        topics: Topics,
+        client: Arc<dyn Net>,
+        timing: woof_consensus::raft::group::Timing,
+    ) -> Self {
         let tasks = TaskTracker::new();
         let stop = Arc::new(tokio::sync::watch::Sender::new(false));
         let (lease_tx, lease_rx) = mpsc::channel(LEASES_QUEUED_MAX);
@@ -215,12 +246,7 @@ impl Groups {
                 .boxed()
         })));
         groups.spawn(hibernate::supervise(groups.clone()));
-        let serving: Vec<_> = inbound
-            .into_iter()
-            .map(|inbound| server::serve(inbound, groups.clone()))
-            .collect();
-        let task = tokio::spawn(futures::future::join_all(serving).map(drop));
-        (groups, task)
+        groups
     }
 
     /// The handler leases this node receives; the first caller gets them.
