@@ -296,7 +296,7 @@ impl Node {
         if let Err(e) = node.serve(config, listener, http_listener).await {
             // Whatever started stops, and the store is closed again.
             node.shutdown.request();
-            if let Err(stop) = node.release(Leaving::Abruptly).await {
+            if let Err(stop) = node.release().await {
                 tracing::warn!("stopping after a failed start: {stop}");
             }
             return Err(e);
@@ -456,10 +456,11 @@ impl Node {
         self.groups.as_ref()
     }
 
-    /// Stops the node: the server stops taking requests and lets those
-    /// under way finish, subscriptions end, then repair stops, the groups
-    /// this node leads go to other voters (at most a second), and the
-    /// groups and the overlay stop, each awaited. Returns once the store is
+    /// Stops the node: the groups this node leads go to other voters (at
+    /// most a second), the server stops taking requests and lets those
+    /// under way finish (forwarded to the new leaders), subscriptions end,
+    /// then repair stops, and the groups and the overlay stop, each
+    /// awaited. Returns once the store is
     /// closed, or an error if something still holds it (a task that
     /// outlived the node: a bug).
     pub async fn stop(self) -> Result<()> {
@@ -476,13 +477,18 @@ impl Node {
 
     async fn stop_as(mut self, leaving: Leaving) -> Result<()> {
         self.shutdown.request();
+        // First, while the server drains: the groups go on under their next
+        // leaders, and what this node still serves is forwarded to them.
+        if let (Leaving::HandingOver, Some(groups)) = (leaving, &self.groups) {
+            groups.hand_over_leadership().await;
+        }
         let served = self.wait().await;
-        let released = self.release(leaving).await;
+        let released = self.release().await;
         served.and(released)
     }
 
     /// After the server ended: stops the rest in order, and closes the store.
-    async fn release(&mut self, leaving: Leaving) -> Result<()> {
+    async fn release(&mut self) -> Result<()> {
         self.shutdown.stop().await;
         // The metrics read the groups, which hold the store.
         self.metrics.unwatch();
@@ -490,9 +496,6 @@ impl Node {
             topics.shutdown().await;
         }
         if let Some(groups) = self.groups.take() {
-            if leaving == Leaving::HandingOver {
-                groups.hand_over_leadership().await;
-            }
             groups.shutdown().await;
         }
         if let Some(overlay) = self.overlay.take() {

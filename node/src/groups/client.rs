@@ -354,8 +354,10 @@ impl Groups {
             };
             match search.next(outcome, self.local_leader(group)) {
                 Next::Ask { pause, .. } => {
-                    if !pause.is_zero() {
-                        tokio::time::sleep(pause).await;
+                    if !pause.is_zero()
+                        && let Some(leader) = self.leader_within(group, target, pause).await
+                    {
+                        search.follow_local(leader);
                     }
                 }
                 Next::Gone => {
@@ -402,6 +404,34 @@ impl Groups {
                 None => tick.await,
             }
         }
+    }
+
+    /// Waits `pause`, or less if this node's replica of `group` names a
+    /// leader other than `failed` meanwhile (returned): after a leader
+    /// handed its group over, the forward to it fails and the next leader
+    /// is known here a few milliseconds later.
+    async fn leader_within(
+        &self,
+        group: GroupId,
+        failed: PeerId,
+        pause: Duration,
+    ) -> Option<PeerId> {
+        let Some(mut metrics) = self.running(group).map(|raft| raft.metrics()) else {
+            tokio::time::sleep(pause).await;
+            return None;
+        };
+        let news = async {
+            loop {
+                let leader = leader_of(&metrics.borrow_watched());
+                if leader.is_some_and(|l| l != failed) {
+                    return leader;
+                }
+                if metrics.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        };
+        tokio::time::timeout(pause, news).await.ok().flatten()
     }
 
     /// The leader this node's running replica of `group` knows, if any.

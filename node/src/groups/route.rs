@@ -8,8 +8,10 @@
 //! that answered last time, else the first member. A "not the leader" answer
 //! with a hint goes straight to the hinted peer (pausing a little once hints
 //! have chased each other a few times, as they may while a term changes).
-//! Any other failure pauses, then tries the leader this node's replica knows
-//! now if that is news, else the next member in turn. A member the overlay
+//! Any other failure tries the leader this node's replica knows now if that
+//! is news (at once the first time it names that leader, as after a leader
+//! handed its group over and went: the forward failed, the replica already
+//! follows the next one), else pauses and tries the next member in turn. A member the overlay
 //! suspects counts as failed without being asked. When every member has
 //! said it does not hold the group, the group is gone. All of it is bounded
 //! by [`ATTEMPTS`].
@@ -59,6 +61,8 @@ pub(super) struct LeaderSearch {
     next_member: usize,
     without_group: BTreeSet<PeerId>,
     attempt: usize,
+    /// The last leader this node's replica named that the search asked.
+    local_asked: Option<PeerId>,
 }
 
 impl LeaderSearch {
@@ -79,12 +83,20 @@ impl LeaderSearch {
             next_member: 0,
             without_group: BTreeSet::new(),
             attempt: 0,
+            local_asked: local_leader,
         })
     }
 
     /// Whom to ask now.
     pub fn target(&self) -> PeerId {
         self.target
+    }
+
+    /// The leader this node's replica names now, learnt during a pause:
+    /// asked next instead of the member the search had chosen.
+    pub fn follow_local(&mut self, leader: PeerId) {
+        self.target = leader;
+        self.local_asked = Some(leader);
     }
 
     /// After `outcome` at the current target, with `local_leader` the leader
@@ -118,16 +130,28 @@ impl LeaderSearch {
         if self.attempt >= ATTEMPTS {
             return Next::GiveUp(why);
         }
+        let mut pause = BACKOFF;
         self.target = match local_leader.filter(|l| *l != failed_at) {
-            Some(leader) => leader,
+            Some(leader) => {
+                if self.local_asked != Some(leader) && self.attempt <= HINTS_WITHOUT_PAUSE {
+                    pause = Duration::ZERO;
+                }
+                self.local_asked = Some(leader);
+                leader
+            }
             None => {
+                // The next member in turn, not the one that just failed
+                // (unless it is the only one).
                 self.next_member = (self.next_member + 1) % self.members.len();
+                if self.members[self.next_member] == failed_at && self.members.len() > 1 {
+                    self.next_member = (self.next_member + 1) % self.members.len();
+                }
                 self.members[self.next_member]
             }
         };
         Next::Ask {
             peer: self.target,
-            pause: BACKOFF,
+            pause,
         }
     }
 }
@@ -212,8 +236,9 @@ mod tests {
             s.next(fail(), Some(m[2])),
             Next::Ask {
                 peer: m[2],
-                pause: BACKOFF
-            }
+                pause: Duration::ZERO
+            },
+            "a leader the replica names for the first time is asked at once"
         );
         // The local replica still names the peer that just failed: not news.
         assert_eq!(
@@ -237,6 +262,51 @@ mod tests {
                 pause: BACKOFF
             },
             "members are tried round and round"
+        );
+    }
+
+    #[test]
+    fn a_local_leader_already_asked_is_asked_again_only_after_a_pause() {
+        let m = peers(3);
+        let fail = || Outcome::Failed("stopping".into());
+        // The replica named m[0] at the start; m[0] went, the replica now
+        // follows m[1]: asked at once.
+        let mut s = LeaderSearch::new(&m, Some(m[0]), None).unwrap();
+        assert_eq!(
+            s.next(fail(), Some(m[1])),
+            Next::Ask {
+                peer: m[1],
+                pause: Duration::ZERO
+            }
+        );
+        // m[1] failed too; the replica still names it: the next member.
+        assert_eq!(
+            s.next(fail(), Some(m[1])),
+            Next::Ask {
+                peer: m[2],
+                pause: BACKOFF
+            }
+        );
+        // m[2] failed, the replica names m[1] again: not news, a pause.
+        assert_eq!(
+            s.next(fail(), Some(m[1])),
+            Next::Ask {
+                peer: m[1],
+                pause: BACKOFF
+            }
+        );
+        // Once hints and failures have gone on a while, news waits too.
+        let mut s = LeaderSearch::new(&m, None, None).unwrap();
+        for _ in 0..HINTS_WITHOUT_PAUSE {
+            s.next(fail(), None);
+        }
+        let named = m.iter().copied().find(|p| *p != s.target()).unwrap();
+        assert_eq!(
+            s.next(fail(), Some(named)),
+            Next::Ask {
+                peer: named,
+                pause: BACKOFF
+            }
         );
     }
 
