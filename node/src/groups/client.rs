@@ -352,6 +352,7 @@ impl Groups {
                     Outcome::Failed(e.to_string())
                 }
             };
+            tracing::debug!(group = group.0, %target, ?outcome, "no answer from the leader asked");
             match search.next(outcome, self.local_leader(group)) {
                 Next::Ask { pause, .. } => {
                     if !pause.is_zero()
