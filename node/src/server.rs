@@ -460,9 +460,8 @@ impl Node {
     /// most a second), the server stops taking requests and lets those
     /// under way finish (forwarded to the new leaders), subscriptions end,
     /// then repair stops, and the groups and the overlay stop, each
-    /// awaited. Returns once the store is
-    /// closed, or an error if something still holds it (a task that
-    /// outlived the node: a bug).
+    /// awaited. Returns once the store is closed, or an error if something
+    /// still holds it (a task that outlived the node: a bug).
     pub async fn stop(self) -> Result<()> {
         self.stop_as(Leaving::HandingOver).await
     }

@@ -11,10 +11,11 @@
 //! Any other failure tries the leader this node's replica knows now if that
 //! is news (at once the first time it names that leader, as after a leader
 //! handed its group over and went: the forward failed, the replica already
-//! follows the next one), else pauses and tries the next member in turn. A member the overlay
-//! suspects counts as failed without being asked. When every member has
-//! said it does not hold the group, the group is gone. All of it is bounded
-//! by [`ATTEMPTS`].
+//! follows the next one), else pauses and tries the next member in turn
+//! (the client ends the pause early if the replica learns a leader). A
+//! member the overlay suspects counts as failed without being asked. When
+//! every member has said it does not hold the group, the group is gone.
+//! All of it is bounded by [`ATTEMPTS`].
 
 use std::collections::BTreeSet;
 use std::time::Duration;
