@@ -207,19 +207,13 @@ async fn a_cluster_node_with_busy_groups_stops_and_starts_again_twenty_times() {
     logs_if_asked();
     let dir = tempfile::tempdir().unwrap();
     let key = ClusterKey::generate();
-    let a = start_clustered(&dir.path().join("a"), key, vec![]).await;
+    let [a, b, mut c_node]: [Node; 3] = three_nodes(dir.path(), key)
+        .await
+        .try_into()
+        .unwrap_or_else(|_| panic!("three nodes"));
     let join = a.overlay().unwrap().listen_addrs().to_vec();
-    let b = start_clustered(&dir.path().join("b"), key, join.clone()).await;
     let restarted_dir = dir.path().join("c");
-    let mut c_node = start_clustered(&restarted_dir, key, join.clone()).await;
     let mut ca = connect(&a.url()).await;
-    for _ in 0..100 {
-        let alive = a.overlay().unwrap().members().await.unwrap().len();
-        if alive == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     for name in NAMES {
         create_replicated(&mut ca, name, 3, "").await;
     }
