@@ -48,6 +48,11 @@ pub enum Bug {
     /// machine applied from it (`raft::log_store`): a crash then loses
     /// applied elements that no log entry is left to apply again.
     PurgeBeforePersist,
+    /// A snapshot's copy, made when it is sent (ADR 36), takes the topic as
+    /// the store holds it then, past the snapshot's log position
+    /// (`raft::state_machine`): the follower that installs it appends the
+    /// later entries' elements a second time.
+    SnapshotCopiesPastItsPoint,
 }
 
 #[cfg(feature = "sim-bugs")]

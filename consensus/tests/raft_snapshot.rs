@@ -412,6 +412,14 @@ async fn new_replica_from_snapshot<S: GroupStore>(leader: S, follower: S) {
     })
     .await;
     let built = raft1.metrics().borrow_watched().snapshot.unwrap();
+    // What the leader keeps refers to its store for the elements: a copy
+    // with them is made only to send it.
+    let mut kept = leader_store.snapshot_open(GROUP).unwrap().unwrap();
+    let kept_bytes = std::io::Seek::seek(&mut kept, std::io::SeekFrom::End(0)).unwrap();
+    assert!(
+        kept_bytes < 4096,
+        "the kept snapshot holds {kept_bytes} bytes: a copy of the topic"
+    );
     raft1.trigger().purge_log(built.index).await.unwrap();
     until("the log is purged", || {
         raft1.metrics().borrow_watched().purged == Some(built)
@@ -429,6 +437,15 @@ async fn new_replica_from_snapshot<S: GroupStore>(leader: S, follower: S) {
         raft2.metrics().borrow_watched().last_applied >= want
     })
     .await;
+
+    // The copy made to send it is kept in its place, for the next
+    // follower that needs it.
+    let mut kept = leader_store.snapshot_open(GROUP).unwrap().unwrap();
+    let kept_bytes = std::io::Seek::seek(&mut kept, std::io::SeekFrom::End(0)).unwrap();
+    assert!(
+        kept_bytes as usize > ELEMENTS * ELEMENT_BYTES,
+        "the kept snapshot holds {kept_bytes} bytes: not the copy sent"
+    );
 
     let theirs = elements(&*leader_store);
     assert_eq!(theirs.len(), ELEMENTS);
@@ -838,6 +855,44 @@ async fn a_snapshot_is_copied_while_its_group_goes_on_applying() {
         "the producer's second append is new to the snapshot's state"
     );
     assert!(replayed == source);
+}
+
+/// A snapshot built before a trim is sent without what the trim removed
+/// (as every replica's retention removes it), and with everything after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_sent_after_a_trim_starts_where_the_store_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RocksStore::open(dir.path()).unwrap());
+    let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap();
+    sm.apply_entries(vec![
+        entry(1, Command::Create(meta())),
+        entry(2, append(1..101, Some(("p", 1)))),
+    ])
+    .await
+    .unwrap();
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    store.trim(TopicId(GROUP.0), 41).unwrap();
+    sm.apply_entries(vec![entry(3, append(101..121, None))])
+        .await
+        .unwrap();
+
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+    let (other, replica) = installed_in_memory(&current.meta, current.snapshot).await;
+    let seqs: Vec<u64> = elements(&*other).iter().map(|e| e.0).collect();
+    assert_eq!(seqs, (41..=100).collect::<Vec<_>>());
+    assert_eq!(replica.machine().unwrap().last_seq(), 100);
+    assert_eq!(
+        other.producer(TopicId(GROUP.0), "p").unwrap(),
+        store.producer(TopicId(GROUP.0), "p").unwrap()
+    );
 }
 
 /// A snapshot whose copy ends after a newer one was installed (a leader's,

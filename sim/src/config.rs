@@ -229,10 +229,13 @@ pub enum Broken {
     /// woof's group leaders count themselves in the majority before their
     /// own log write is synced.
     LeaderCountsItselfUnsynced,
+    /// woof's snapshot copies, made when a snapshot is sent, take the topic
+    /// past the snapshot's log position.
+    SnapshotCopiesPastItsPoint,
 }
 
 impl Broken {
-    pub const ALL: [(Broken, &'static str); 12] = [
+    pub const ALL: [(Broken, &'static str); 13] = [
         (Broken::AckBeforeCommit, "ack-before-commit"),
         (Broken::RetryWithNewSeq, "retry-with-new-seq"),
         (Broken::DivergentReplica, "divergent-replica"),
@@ -253,6 +256,10 @@ impl Broken {
         (
             Broken::LeaderCountsItselfUnsynced,
             "leader-counts-itself-unsynced",
+        ),
+        (
+            Broken::SnapshotCopiesPastItsPoint,
+            "snapshot-copies-past-its-point",
         ),
     ];
 
@@ -283,6 +290,7 @@ impl Broken {
             Broken::RepairSkipsCatchUp => Some(Bug::RepairSkipsCatchUp),
             Broken::HandlerProgressFirst => Some(Bug::HandlerProgressFirst),
             Broken::LeaderCountsItselfUnsynced => Some(Bug::LeaderCountsItselfUnsynced),
+            Broken::SnapshotCopiesPastItsPoint => Some(Bug::SnapshotCopiesPastItsPoint),
             Broken::AckBeforeCommit | Broken::RetryWithNewSeq | Broken::DivergentReplica => None,
         }
     }

@@ -175,3 +175,35 @@ fn sim_broken_leaders_that_count_themselves_before_their_sync_lose_acks() {
         "leaders counting an unsynced write went unnoticed"
     );
 }
+
+/// A snapshot's copy is made when it is sent (ADR 36). One that takes the
+/// topic as the store holds it then, past the snapshot's log position,
+/// gives the follower that installs it elements that the entries after
+/// the snapshot append again, under other seqs: the replicas disagree.
+/// Groups snapshot every 10 entries here, so that followers behind a
+/// purge (after a crash or a partition) are sent snapshots.
+#[test]
+fn sim_broken_snapshot_copies_past_their_point_append_twice() {
+    let caught = (0..20).find(|seed| {
+        let outcome = woof_sim::run(&Config {
+            seed: *seed,
+            nodes: 5,
+            topics: 4,
+            replication: 3,
+            clients: 4,
+            sim_time_ms: 10_000,
+            snapshot_every: Some(10),
+            broken: Some(Broken::SnapshotCopiesPastItsPoint),
+            ..Config::default()
+        })
+        .unwrap();
+        outcome
+            .violations
+            .iter()
+            .any(|v| v.checker == "agreement" || v.checker == "dense")
+    });
+    assert!(
+        caught.is_some(),
+        "snapshot copies past their point went unnoticed"
+    );
+}

@@ -12,8 +12,8 @@
 //! - [`log_bytes`]: the log a group holds, counted in bytes, and when to ask
 //!   for a snapshot and a purge because of them.
 //! - [`snapshot`]: a snapshot's bytes (a file, or a buffer for in-memory
-//!   stores) and their versioned encoding, read and written in bounded
-//!   pieces.
+//!   stores, or a copy still to be made from the store) and their
+//!   versioned encoding, read and written in bounded pieces.
 //! - [`network`]: the [`network::Transport`] a node sends Raft messages
 //!   over, and the [`network::Router`] that hands received ones to groups.
 //! - [`group`]: starting a topic's group on a node, with its [`group::Timing`].

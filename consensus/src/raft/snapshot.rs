@@ -29,7 +29,15 @@
 //! Nothing may follow the end. A reader checks all of it and every length
 //! against its bound before it allocates: bad bytes are an
 //! [`Error::Corrupt`], never a panic.
+//!
+//! Version 2 is the same without element records: a snapshot that *refers
+//! to its node's store* for the elements up to `last_seq` (ADR 36). It is
+//! what a replica keeps when it builds a snapshot, and never leaves the
+//! node: one is sent or installed only as a version 1 copy
+//! ([`SnapshotData::pending`] makes it when first read). Readers of either
+//! version refuse the other.
 
+use std::future::Future;
 use std::io::{Read, SeekFrom, Write};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -45,6 +53,9 @@ use crate::topic::{ELEMENT_BYTES_MAX, Element, PRODUCER_ID_BYTES_MAX, ProducerWi
 
 const MAGIC: &[u8; 4] = b"WSNP";
 const VERSION: u8 = 1;
+/// A snapshot without its elements: they are in the store of the node
+/// that built it.
+const VERSION_REFERRING: u8 = 2;
 /// The largest header a reader accepts (a topic's metadata and a
 /// membership: a few KiB in practice).
 const HEADER_BYTES_MAX: u32 = 1 << 20;
@@ -140,6 +151,8 @@ fn corrupt(what: impl std::fmt::Display) -> Error {
 pub struct SnapshotWriter<W: Write> {
     out: W,
     sum: Checksum,
+    /// Version 2: no elements (see the module documentation).
+    referring: bool,
     last_seq: u64,
     seq: u64,
     elements: u64,
@@ -149,6 +162,16 @@ pub struct SnapshotWriter<W: Write> {
 impl<W: Write> SnapshotWriter<W> {
     /// Starts a snapshot with its header.
     pub fn new(out: W, header: &Header) -> Result<Self> {
+        Self::start(out, header, false)
+    }
+
+    /// Starts a snapshot that refers to its node's store for its elements
+    /// (version 2): it takes producers only.
+    pub fn referring(out: W, header: &Header) -> Result<Self> {
+        Self::start(out, header, true)
+    }
+
+    fn start(out: W, header: &Header, referring: bool) -> Result<Self> {
         let header_bytes = encode(header)?;
         if header_bytes.len() > HEADER_BYTES_MAX as usize {
             return Err(Error::InvalidArgument(format!(
@@ -159,13 +182,18 @@ impl<W: Write> SnapshotWriter<W> {
         let mut w = Self {
             out,
             sum: Checksum::new(),
+            referring,
             last_seq: header.last_seq,
             seq: 0,
             elements: 0,
             producers: 0,
         };
         w.put(MAGIC)?;
-        w.put(&[VERSION])?;
+        w.put(&[if referring {
+            VERSION_REFERRING
+        } else {
+            VERSION
+        }])?;
         w.put(&(header_bytes.len() as u32).to_le_bytes())?;
         w.put(&header_bytes)?;
         Ok(w)
@@ -178,6 +206,11 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Adds an element; elements come in increasing seq order.
     pub fn element(&mut self, e: &Element) -> Result<()> {
+        if self.referring {
+            return Err(Error::InvalidArgument(
+                "a snapshot that refers to its store holds no elements".into(),
+            ));
+        }
         if e.seq <= self.seq || e.seq > self.last_seq {
             return Err(Error::Corrupt(format!(
                 "snapshot of a topic up to {}: element {} after {}",
@@ -221,7 +254,7 @@ impl<W: Write> SnapshotWriter<W> {
 
     /// Ends the snapshot and gives back the writer (not flushed).
     pub fn finish(mut self) -> Result<W> {
-        if self.seq != self.last_seq {
+        if !self.referring && self.seq != self.last_seq {
             return Err(Error::Corrupt(format!(
                 "snapshot of a topic up to {} ends at element {}",
                 self.last_seq, self.seq
@@ -243,6 +276,8 @@ impl<W: Write> SnapshotWriter<W> {
 pub struct SnapshotReader<R: Read> {
     input: R,
     sum: Checksum,
+    /// Version 2: no elements (see the module documentation).
+    referring: bool,
     header: Header,
     /// The largest element payload the header's topic allows.
     payload_max: u32,
@@ -253,11 +288,23 @@ pub struct SnapshotReader<R: Read> {
 }
 
 impl<R: Read> SnapshotReader<R> {
-    /// Reads and checks the header.
+    /// Reads and checks the header of a snapshot (version 1: one that can
+    /// be sent and installed).
     pub fn new(input: R) -> Result<Self> {
+        Self::open(input, false)
+    }
+
+    /// Reads and checks the header of a snapshot that refers to its node's
+    /// store for its elements (version 2).
+    pub fn referring(input: R) -> Result<Self> {
+        Self::open(input, true)
+    }
+
+    fn open(input: R, referring: bool) -> Result<Self> {
         let mut r = Self {
             input,
             sum: Checksum::new(),
+            referring,
             header: Header {
                 applied: Default::default(),
                 meta: None,
@@ -275,9 +322,19 @@ impl<R: Read> SnapshotReader<R> {
             return Err(corrupt("not a woof snapshot"));
         }
         let [version] = r.take()?;
-        if version != VERSION {
+        let want = if referring {
+            VERSION_REFERRING
+        } else {
+            VERSION
+        };
+        if version == VERSION_REFERRING && !referring {
+            return Err(corrupt(
+                "version 2, a snapshot that refers to its node's store: never sent nor installed",
+            ));
+        }
+        if version != want {
             return Err(corrupt(format!(
-                "version {version}; this node reads version {VERSION}"
+                "version {version}; this node reads version {want} here"
             )));
         }
         let len = u32::from_le_bytes(r.take()?);
@@ -326,6 +383,9 @@ impl<R: Read> SnapshotReader<R> {
         }
         let [tag] = self.take()?;
         match tag {
+            TAG_ELEMENT | TAG_META if self.referring => Err(corrupt(
+                "an element in a snapshot that refers to its store for them",
+            )),
             TAG_ELEMENT | TAG_META => {
                 let seq = u64::from_le_bytes(self.take()?);
                 let append_time_ms = u64::from_le_bytes(self.take()?);
@@ -399,7 +459,7 @@ impl<R: Read> SnapshotReader<R> {
                         self.elements, self.producers
                     )));
                 }
-                if self.seq != self.header.last_seq {
+                if !self.referring && self.seq != self.header.last_seq {
                     return Err(corrupt(format!(
                         "a topic up to {} whose elements end at {}",
                         self.header.last_seq, self.seq
@@ -429,9 +489,82 @@ pub enum SnapshotData {
         part: Option<PartPath>,
     },
     Memory(std::io::Cursor<Vec<u8>>),
+    /// A file still to be made (a copy of a snapshot that refers to its
+    /// store): made when first read, written or sought, on a blocking
+    /// thread, or in place where storage runs in place.
+    Pending(Box<Pending>),
+}
+
+/// How a [`SnapshotData::Pending`] makes its file.
+pub type MakeFile = Box<dyn FnOnce() -> Result<SnapshotFile> + Send + Sync>;
+
+/// The state of a [`SnapshotData::Pending`].
+pub struct Pending {
+    make: Option<MakeFile>,
+    making: Option<tokio::task::JoinHandle<Result<SnapshotFile>>>,
+    /// A seek asked for before the file was made.
+    seek: Option<SeekFrom>,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("started", &self.making.is_some())
+            .finish()
+    }
+}
+
+fn io_failed(e: Error) -> std::io::Error {
+    std::io::Error::other(e.to_string())
 }
 
 impl SnapshotData {
+    /// A file that `make` makes when the data is first used: openraft
+    /// asks for the current snapshot at times when it only wants its
+    /// metadata, and a copy nobody reads is never made.
+    pub fn pending(make: MakeFile) -> Self {
+        Self::Pending(Box::new(Pending {
+            make: Some(make),
+            making: None,
+            seek: None,
+        }))
+    }
+
+    /// Makes a pending file, if this is one; then it is a file.
+    fn poll_made(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Self::Pending(pending) = self else {
+            return Poll::Ready(Ok(()));
+        };
+        let file = if let Some(make) = pending.make.take() {
+            if crate::store::storage_inline() {
+                Some(make().map_err(io_failed)?)
+            } else {
+                pending.making = Some(tokio::task::spawn_blocking(make));
+                None
+            }
+        } else {
+            None
+        };
+        let file = match file {
+            Some(file) => file,
+            None => {
+                let Some(making) = pending.making.as_mut() else {
+                    return Poll::Ready(Err(std::io::Error::other("a snapshot copy failed")));
+                };
+                match std::task::ready!(Pin::new(making).poll(cx)) {
+                    Ok(made) => made.map_err(io_failed)?,
+                    Err(e) => return Poll::Ready(Err(std::io::Error::other(e))),
+                }
+            }
+        };
+        let seek = pending.seek.take();
+        *self = Self::from_file(file);
+        if let Some(position) = seek {
+            Pin::new(self).start_seek(position)?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Positioned at the start of `file`.
     pub fn from_file(file: SnapshotFile) -> Self {
         match file {
@@ -443,15 +576,19 @@ impl SnapshotData {
         }
     }
 
-    /// The file, once every write to it has finished.
-    pub async fn into_file(self) -> SnapshotFile {
-        match self {
+    /// The file, once every write to it has finished (a pending one made).
+    pub async fn into_file(mut self) -> Result<SnapshotFile> {
+        std::future::poll_fn(|cx| self.poll_made(cx))
+            .await
+            .map_err(|e| Error::Storage(format!("making a snapshot's copy: {e}")))?;
+        Ok(match self {
             Self::Disk { file, part } => SnapshotFile::Disk {
                 file: file.into_std().await,
                 part,
             },
             Self::Memory(c) => SnapshotFile::Memory(c),
-        }
+            Self::Pending(_) => unreachable!("made above"),
+        })
     }
 }
 
@@ -461,9 +598,12 @@ impl AsyncRead for SnapshotData {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_made(cx))?;
+        match this {
             Self::Disk { file, .. } => Pin::new(file).poll_read(cx, buf),
             Self::Memory(c) => Pin::new(c).poll_read(cx, buf),
+            Self::Pending(_) => unreachable!("made above"),
         }
     }
 }
@@ -474,9 +614,12 @@ impl AsyncWrite for SnapshotData {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_made(cx))?;
+        match this {
             Self::Disk { file, .. } => Pin::new(file).poll_write(cx, buf),
             Self::Memory(c) => Pin::new(c).poll_write(cx, buf),
+            Self::Pending(_) => unreachable!("made above"),
         }
     }
 
@@ -484,6 +627,7 @@ impl AsyncWrite for SnapshotData {
         match self.get_mut() {
             Self::Disk { file, .. } => Pin::new(file).poll_flush(cx),
             Self::Memory(c) => Pin::new(c).poll_flush(cx),
+            Self::Pending(_) => Poll::Ready(Ok(())),
         }
     }
 
@@ -491,6 +635,7 @@ impl AsyncWrite for SnapshotData {
         match self.get_mut() {
             Self::Disk { file, .. } => Pin::new(file).poll_shutdown(cx),
             Self::Memory(c) => Pin::new(c).poll_shutdown(cx),
+            Self::Pending(_) => Poll::Ready(Ok(())),
         }
     }
 }
@@ -500,13 +645,20 @@ impl AsyncSeek for SnapshotData {
         match self.get_mut() {
             Self::Disk { file, .. } => Pin::new(file).start_seek(position),
             Self::Memory(c) => Pin::new(c).start_seek(position),
+            Self::Pending(pending) => {
+                pending.seek = Some(position);
+                Ok(())
+            }
         }
     }
 
     fn poll_complete(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<u64>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_made(cx))?;
+        match this {
             Self::Disk { file, .. } => Pin::new(file).poll_complete(cx),
             Self::Memory(c) => Pin::new(c).poll_complete(cx),
+            Self::Pending(_) => unreachable!("made above"),
         }
     }
 }
@@ -568,6 +720,49 @@ mod tests {
             records.push(record);
         }
         Ok((r.header().clone(), records))
+    }
+
+    #[test]
+    fn a_snapshot_that_refers_to_its_store_holds_producers_only_and_is_never_installed() {
+        let header = Header {
+            applied: serde_bytes::ByteBuf::from(vec![1]),
+            meta: Some(meta()),
+            last_seq: 5,
+            handlers: Handlers::default(),
+        };
+        let mut w = SnapshotWriter::referring(Vec::new(), &header).unwrap();
+        let element = Element {
+            seq: 5,
+            payload: Bytes::from_static(b"x"),
+            append_time_ms: 1,
+            cause: None,
+            handler: None,
+        };
+        assert!(w.element(&element).is_err(), "it takes no element");
+        let mut window = ProducerWindow::default();
+        window.record(1, 3, 1);
+        w.producer("p", &window).unwrap();
+        let bytes = w.finish().unwrap();
+
+        let mut r = SnapshotReader::referring(&bytes[..]).unwrap();
+        assert_eq!(r.header(), &header);
+        assert!(
+            matches!(r.next_record().unwrap(), Some(Record::Producer(id, w)) if id == "p" && w == window)
+        );
+        assert!(r.next_record().unwrap().is_none());
+
+        // What is sent and installed is read as version 1 only, and the
+        // other way round.
+        let refused = read_all(&bytes).unwrap_err().to_string();
+        assert!(refused.contains("refers to its node's store"), "{refused}");
+        assert!(SnapshotReader::referring(&sample()[..]).is_err());
+        // An element slipped into one is corrupt.
+        let mut forged = SnapshotWriter::new(Vec::new(), &header).unwrap();
+        forged.element(&element).unwrap();
+        let mut forged = forged.finish().unwrap();
+        forged[4] = VERSION_REFERRING;
+        let mut r = SnapshotReader::referring(&forged[..]).unwrap();
+        assert!(r.next_record().is_err());
     }
 
     #[test]

@@ -10,12 +10,14 @@
 //! range to the node's [`Topics`], which serves reads and subscriptions.
 //!
 //! Snapshots never sit whole in memory ([`super::snapshot`]). Building one
-//! reads the topic page by page into a new snapshot file and keeps it as the
-//! group's snapshot. It reads the store as it was when openraft asked for
+//! copies no element (ADR 36): the kept file holds the header and the
+//! producer windows, read from the store as it was when openraft asked for
 //! the snapshot ([`Store::read_fixed`]), on another thread, while the group
-//! goes on applying: a snapshot of a large topic used to hold every apply
-//! of its group until it was copied. A copy ends kept only if nothing newer
-//! was kept meanwhile (an install of a leader's snapshot).
+//! goes on applying, and refers to the store for the elements up to the
+//! header's last seq, which no apply changes. Only when the snapshot is
+//! read (openraft sends it to a follower) is a full copy made, page by
+//! page, from the store ([`materialize`]). A build ends kept only if
+//! nothing newer was kept meanwhile (an install of a leader's snapshot).
 //!
 //! Installing one checks the received file through, keeps it, then writes
 //! its elements in bounded batches: the first batch (synced)
@@ -49,6 +51,7 @@ use super::{
     Command, CommandResult, Entry, EntryPayload, LogId, SnapshotMeta, StoredMembership, TypeConfig,
     blocking, quick, start_blocking, storage_inline,
 };
+use crate::bugs::{self, Bug};
 use crate::codec::{decode, encode};
 use crate::error::Error;
 use crate::local::Topics;
@@ -135,6 +138,9 @@ struct Kept {
     /// The last snapshot built and kept: its last log index and size, until
     /// the state machine counts it ([`LogBytes::built`]).
     built: Option<(u64, u64)>,
+    /// Whether the kept file refers to the store for its elements (one
+    /// built here), rather than holding them (one installed).
+    refers: bool,
 }
 
 /// Locks `kept`; a panic while it was held leaves plain values behind.
@@ -190,6 +196,7 @@ impl TopicStateMachine {
             kept: Arc::new(Mutex::new(Kept {
                 meta: resumed.then(|| snapshot_meta(&applied)),
                 built: None,
+                refers: false,
             })),
             applied,
             raft,
@@ -266,9 +273,9 @@ impl TopicStateMachine {
 
     /// Starts building a snapshot of the current state: returns once the
     /// store's state is fixed for it ([`Store::read_fixed`]), so that
-    /// applies go on while it is copied into a new file, which is then kept
-    /// as the group's snapshot (if nothing newer is kept by then) and
-    /// opened to be read.
+    /// applies go on while its producer windows are written into a new
+    /// file, which is then kept as the group's snapshot (if nothing newer
+    /// is kept by then) and opened to be read.
     async fn start_build(&mut self) -> Result<Builder, Error> {
         let header = Header {
             applied: ByteBuf::from(encode(&self.applied)?),
@@ -276,7 +283,6 @@ impl TopicStateMachine {
             last_seq: self.machine.as_ref().map_or(0, Machine::last_seq),
             handlers: (*self.handlers).clone(),
         };
-        let first = self.machine.as_ref().map_or(0, |m| m.range().first);
         let meta = snapshot_meta(&self.applied);
         let (store, raft, group, limits, kept) = (
             self.store.clone(),
@@ -286,15 +292,20 @@ impl TopicStateMachine {
             self.kept.clone(),
         );
         let for_copy = raft.clone();
+        let made_from = Source {
+            store: store.clone(),
+            raft: raft.clone(),
+            group,
+            limits,
+            kept: kept.clone(),
+        };
         let copy = move |mut fixed_tx: Option<tokio::sync::oneshot::Sender<()>>| {
             let mut written = None;
             store.read_fixed(&mut |view| {
                 if let Some(tx) = fixed_tx.take() {
                     let _ = tx.send(());
                 }
-                written = Some(write_snapshot(
-                    view, &*for_copy, group, &header, first, limits,
-                )?);
+                written = Some(write_referring(view, &*for_copy, group, &header)?);
                 Ok(())
             })?;
             written.ok_or_else(|| Error::Storage("the store read nothing fixed".into()))
@@ -314,7 +325,11 @@ impl TopicStateMachine {
             let _ = fixed.await;
             work
         };
-        Ok(Builder { meta, work })
+        Ok(Builder {
+            meta,
+            work,
+            source: Some(made_from),
+        })
     }
 
     /// Counts a snapshot built since the last apply, and asks for the purge
@@ -334,46 +349,140 @@ impl TopicStateMachine {
     }
 }
 
-/// Writes a snapshot file of `group`'s topic from `view`: `header`, the
-/// elements from `first` to `header.last_seq`, and the producer windows.
-fn write_snapshot(
+/// Writes a snapshot file of `group`'s topic from `view` that refers to the
+/// store for its elements: `header` and the producer windows.
+fn write_referring(
     view: &dyn Fixed,
     raft: &dyn RaftLogStore,
     group: GroupId,
     header: &Header,
-    first: u64,
-    limits: SnapshotLimits,
 ) -> Result<SnapshotFile, Error> {
     let topic = TopicId(group.0);
     let file = raft.snapshot_create()?;
-    let mut out = SnapshotWriter::new(
+    let mut out = SnapshotWriter::referring(
         BufWriter::with_capacity(SNAPSHOT_IO_BYTES, Paced::new(file)),
         header,
     )?;
-    let mut next = first.max(1);
-    while header.last_seq > 0 && next <= header.last_seq {
-        let page = view.scan(
-            topic,
-            next,
-            limits.batch_elements_max,
-            limits.batch_bytes_max,
-        )?;
-        let Some(last) = page.last() else { break };
-        next = last.seq + 1;
-        for e in page.iter().filter(|e| e.seq <= header.last_seq) {
-            out.element(e)?;
-        }
-    }
     if header.meta.is_some() {
         for (id, window) in view.producers(topic, PRODUCERS_MAX as usize)? {
             out.producer(&id, &window)?;
         }
     }
+    finished(out)
+}
+
+/// The file `out` wrote, flushed.
+fn finished(out: SnapshotWriter<BufWriter<Paced>>) -> Result<SnapshotFile, Error> {
     Ok(out
         .finish()?
         .into_inner()
         .map_err(|e| Error::Storage(format!("writing a snapshot: {}", e.error())))?
         .into_file())
+}
+
+/// Where a snapshot that refers to the store finds its elements, and where
+/// a copy made with them is kept.
+#[derive(Clone)]
+struct Source {
+    store: Arc<dyn Store>,
+    raft: Arc<dyn RaftLogStore>,
+    group: GroupId,
+    limits: SnapshotLimits,
+    kept: Arc<Mutex<Kept>>,
+}
+
+impl Source {
+    /// Snapshot data that is a full copy of `referring`, the snapshot
+    /// `meta` names (made when first read: [`SnapshotData::pending`]).
+    fn pending(self, meta: SnapshotMeta, referring: SnapshotFile) -> SnapshotData {
+        SnapshotData::pending(Box::new(move || {
+            let copy = materialize(&self, referring)?;
+            self.keep_copy(&meta, copy)
+        }))
+    }
+
+    /// Keeps `copy`, a full copy of the snapshot `meta` names, in place of
+    /// the kept one if that is still the one it copies (so the next
+    /// follower that needs it is sent the same file, not another copy);
+    /// returns it open at its start either way.
+    fn keep_copy(&self, meta: &SnapshotMeta, copy: SnapshotFile) -> Result<SnapshotFile, Error> {
+        let mut kept = lock(&self.kept);
+        let same = kept
+            .meta
+            .as_ref()
+            .is_some_and(|k| k.last_log_id == meta.last_log_id);
+        if !(kept.refers && same) {
+            return Ok(copy);
+        }
+        self.raft.snapshot_keep(self.group, copy)?;
+        kept.refers = false;
+        self.raft
+            .snapshot_open(self.group)?
+            .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))
+    }
+}
+
+/// Copies the snapshot `referring` (one built here, which refers to the
+/// store for its elements) into a new file that holds them, as a follower
+/// installs it, and returns that file at its start (not kept: removed when
+/// dropped). The elements up to the header's last seq are read from the
+/// store as it is now: applies never change them, and a trim since the
+/// build only removes a prefix, as it would have on every replica; what is
+/// read must be one run of seqs ending at the last one.
+fn materialize(source: &Source, referring: SnapshotFile) -> Result<SnapshotFile, Error> {
+    let mut reader =
+        SnapshotReader::referring(BufReader::with_capacity(SNAPSHOT_IO_BYTES, referring))?;
+    let mut header = reader.header().clone();
+    let topic = TopicId(source.group.0);
+    if bugs::on(Bug::SnapshotCopiesPastItsPoint) && header.meta.is_some() {
+        header.last_seq = source.store.last_seq(topic)?;
+    }
+    let limits = source.limits;
+    let file = source.raft.snapshot_create()?;
+    let mut out = SnapshotWriter::new(
+        BufWriter::with_capacity(SNAPSHOT_IO_BYTES, Paced::new(file)),
+        &header,
+    )?;
+    source.store.read_fixed(&mut |view| {
+        let (mut next, mut previous) = (1, None::<u64>);
+        while header.last_seq > 0 && next <= header.last_seq {
+            let page = view.scan(
+                topic,
+                next,
+                limits.batch_elements_max,
+                limits.batch_bytes_max,
+            )?;
+            let Some(last) = page.last() else { break };
+            next = last.seq + 1;
+            for e in page.iter().filter(|e| e.seq <= header.last_seq) {
+                if let Some(p) = previous
+                    && e.seq != p + 1
+                {
+                    return Err(Error::Corrupt(format!(
+                        "topic {}: element {} follows {p} in the store",
+                        topic.0, e.seq
+                    )));
+                }
+                previous = Some(e.seq);
+                out.element(e)?;
+            }
+        }
+        Ok(())
+    })?;
+    while let Some(record) = reader.next_record()? {
+        match record {
+            Record::Producer(id, window) => out.producer(&id, &window)?,
+            Record::Element(e) => {
+                return Err(Error::Corrupt(format!(
+                    "element {} in a snapshot that refers to its store",
+                    e.seq
+                )));
+            }
+        }
+    }
+    let mut file = finished(out)?;
+    file_bytes(&mut file)?;
+    Ok(file)
 }
 
 /// Keeps `file`, a snapshot of the state `meta` names, as `group`'s
@@ -402,6 +511,7 @@ fn keep_built(
         .snapshot_open(group)?
         .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))?;
     let bytes = file_bytes(&mut file)?;
+    kept.refers = true;
     kept.meta = Some(meta.clone());
     kept.built = Some((meta.last_log_id.map_or(0, |l| l.index), bytes));
     Ok((file, bytes))
@@ -615,6 +725,9 @@ pub fn peek(store: &dyn Store, raft: &dyn RaftLogStore, group: GroupId) -> Resul
 pub struct Builder {
     meta: SnapshotMeta,
     work: Started<(SnapshotFile, u64)>,
+    /// Where the built snapshot's elements are (`None`: the build failed
+    /// before it began).
+    source: Option<Source>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
@@ -626,9 +739,13 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             Started::Done(Err(Error::InvalidArgument("a builder builds once".into()))),
         );
         let (file, _) = work.finish().await.map_err(io_err)?;
+        let source = self
+            .source
+            .take()
+            .ok_or_else(|| io_err(Error::InvalidArgument("a builder builds once".into())))?;
         Ok(Snapshot {
             meta: self.meta.clone(),
-            snapshot: SnapshotData::from_file(file),
+            snapshot: source.pending(self.meta.clone(), file),
         })
     }
 }
@@ -908,6 +1025,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         self.start_build().await.unwrap_or_else(|e| Builder {
             meta,
             work: Started::Done(Err(e)),
+            source: None,
         })
     }
 
@@ -916,7 +1034,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         meta: &SnapshotMeta,
         snapshot: SnapshotData,
     ) -> Result<(), std::io::Error> {
-        let mut file = snapshot.into_file().await;
+        let mut file = snapshot.into_file().await.map_err(io_err)?;
         let (store, raft, group, limits) = (
             self.store.clone(),
             self.raft.clone(),
@@ -940,6 +1058,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             let mut kept = lock(&kept);
             kept.meta = None;
             kept.built = None;
+            kept.refers = false;
             raft.snapshot_keep(group, file)?;
             let installed = install_kept(&*store, &*raft, group, Some(expect), limits)?;
             kept.meta = Some(installing);
@@ -974,13 +1093,27 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             let file = raft
                 .snapshot_open(group)?
                 .ok_or_else(|| Error::Storage("the group's kept snapshot is gone".into()))?;
-            Ok(Some((meta, file)))
+            Ok(Some((meta, file, kept.refers)))
         })
         .await
         .map_err(io_err)?;
-        Ok(current.map(|(meta, file)| Snapshot {
+        let source = Source {
+            store: self.store.clone(),
+            raft: self.raft.clone(),
+            group: self.group,
+            limits: self.limits,
+            kept: self.kept.clone(),
+        };
+        // One built here is copied with its elements when openraft reads
+        // it (to send it), off this task: openraft awaits this answer in
+        // the group's state-machine task, and applies would wait.
+        Ok(current.map(|(meta, file, refers)| Snapshot {
+            snapshot: if refers {
+                source.pending(meta.clone(), file)
+            } else {
+                SnapshotData::from_file(file)
+            },
             meta,
-            snapshot: SnapshotData::from_file(file),
         }))
     }
 }
