@@ -277,6 +277,38 @@ mod purge {
         assert!(lost_by_bug > 0, "a purge without its flush lost nothing");
     }
 
+    /// A snapshot's build makes what was applied durable (off the group's
+    /// tasks), and tells the log store: the purge that follows makes no
+    /// flush of its own (here it cannot: the purge's flush is switched off
+    /// by the deliberate bug), and a crash still keeps what was applied.
+    #[tokio::test]
+    async fn a_snapshots_build_makes_what_was_applied_durable_for_the_purge_after_it() {
+        use openraft::RaftSnapshotBuilder;
+        use woof_consensus::raft::log_store::DurableApplied;
+        for seed in 0..20 {
+            let s = Arc::new(SimStore::new());
+            let durable = DurableApplied::default();
+            let mut sm = TopicStateMachine::open(s.clone(), s.clone(), GROUP)
+                .await
+                .unwrap()
+                .sharing_durable(durable.clone());
+            sm.apply_entries(applied_entries()).await.unwrap();
+            sm.get_snapshot_builder()
+                .await
+                .build_snapshot()
+                .await
+                .unwrap();
+            woof_consensus::bugs::set(Some(Bug::PurgeBeforePersist));
+            let purged = LogStore::new(s.clone(), GROUP, 1)
+                .sharing_durable(durable)
+                .purge(log_id(2))
+                .await;
+            woof_consensus::bugs::set(None);
+            purged.unwrap();
+            assert_eq!(applied_after_crash(&s, seed).await, Some(2), "seed {seed}");
+        }
+    }
+
     /// A purge past what the state machine applied (openraft 0.9 purges a
     /// follower's log before the state machine has installed the snapshot
     /// that covers it) waits until it is applied; one that never is fails,

@@ -8,7 +8,7 @@ use openraft::error::{LinearizableReadError, RaftError};
 use openraft::{Config, ReadPolicy, SnapshotPolicy};
 
 use super::log_bytes::{Ask, LogBytes};
-use super::log_store::LogStore;
+use super::log_store::{DurableApplied, LogStore};
 use super::network::{NetworkFactory, Router, Transport};
 use super::snapshot::SnapshotLimits;
 use super::state_machine::{self, TopicStateMachine};
@@ -121,10 +121,12 @@ pub async fn start(
     .validate()
     .map_err(|e| Error::InvalidArgument(format!("raft config: {e}")))?;
     let unreachable = bugs::on(Bug::RestartedGroupUnreachable) && store.last_log(group)?.is_some();
-    let log = LogStore::new(store.clone(), group, node_id);
+    let durable = DurableApplied::default();
+    let log = LogStore::new(store.clone(), group, node_id).sharing_durable(durable.clone());
     let (asks, asked) = tokio::sync::mpsc::channel(UPKEEP_ASKS);
     let mut sm = TopicStateMachine::open(store.clone(), store, group)
         .await?
+        .sharing_durable(durable)
         .with_snapshot_limits(timing.snapshot_limits)
         .with_upkeep(
             LogBytes::new(timing.snapshot_log_bytes, timing.log_kept_bytes),

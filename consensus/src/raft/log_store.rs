@@ -32,6 +32,30 @@ pub struct LogStore {
     /// Purges only what the group's state machine applied (see `purge`).
     purge_applied_only: bool,
     recent: Arc<Mutex<Recent>>,
+    /// The log index up to which what the state machine applied is known
+    /// to be durable (a flush made since: [`DurableApplied`]); a purge
+    /// up to it needs no flush of its own.
+    durable: DurableApplied,
+}
+
+/// The log index up to which a group's applied state is known durable,
+/// shared by its state machine (which flushes as it builds a snapshot, off
+/// the group's tasks) and its log store (whose purge would flush
+/// otherwise, and openraft awaits a purge in the group's core task: the
+/// group would replicate and commit nothing meanwhile). Only in memory: 0
+/// after a start.
+#[derive(Debug, Clone, Default)]
+pub struct DurableApplied(Arc<std::sync::atomic::AtomicU64>);
+
+impl DurableApplied {
+    /// Everything applied up to `index` is durable.
+    pub fn reached(&self, index: u64) {
+        self.0.fetch_max(index, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn covers(&self, index: u64) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire) >= index
+    }
 }
 
 /// The most entries, and payload bytes, [`Recent`] keeps for one group.
@@ -146,7 +170,14 @@ impl LogStore {
             node,
             purge_applied_only: true,
             recent: Arc::default(),
+            durable: DurableApplied::default(),
         }
+    }
+
+    /// Shares `durable` with the group's state machine.
+    pub fn sharing_durable(mut self, durable: DurableApplied) -> Self {
+        self.durable = durable;
+        self
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, Recent> {
@@ -418,8 +449,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         }
         // What the state machine applied from these entries may still be
         // only in memory (`Store::write_applied`): once they are gone, a
-        // crash could not apply them again.
-        if !bugs::on(Bug::PurgeBeforePersist) {
+        // crash could not apply them again. A snapshot's build flushed it
+        // already, as a rule: a purge follows the snapshot that holds it.
+        if !self.durable.covers(log_id.index) && !bugs::on(Bug::PurgeBeforePersist) {
             let store = self.store.clone();
             blocking(move || store.persist_applied())
                 .await

@@ -43,7 +43,7 @@ use openraft_legacy::network_v1::SnapshotReceiverFactory;
 use serde_bytes::ByteBuf;
 
 use super::log_bytes::{Ask, Due, LogBytes};
-use super::log_store::io_err;
+use super::log_store::{DurableApplied, io_err};
 use super::snapshot::{
     Header, PRODUCERS_MAX, Record, SnapshotData, SnapshotLimits, SnapshotReader, SnapshotWriter,
 };
@@ -125,6 +125,10 @@ pub struct TopicStateMachine {
     /// The log's bytes, and where to ask for a snapshot or a purge because
     /// of them (none: never asks).
     upkeep: Option<Upkeep>,
+    /// Where a snapshot's build says up to which log index what was
+    /// applied is durable (it flushes the store), for the log store's
+    /// purge.
+    durable: DurableApplied,
 }
 
 /// The group's kept snapshot. Its lock is held while the file is replaced
@@ -203,7 +207,14 @@ impl TopicStateMachine {
             readers: None,
             limits: SnapshotLimits::default(),
             upkeep: None,
+            durable: DurableApplied::default(),
         })
+    }
+
+    /// Shares `durable` with the group's log store.
+    pub fn sharing_durable(mut self, durable: DurableApplied) -> Self {
+        self.durable = durable;
+        self
     }
 
     /// Counts the log's bytes in `bytes`, and sends what that asks for
@@ -292,6 +303,10 @@ impl TopicStateMachine {
             self.kept.clone(),
         );
         let for_copy = raft.clone();
+        let (durable, index) = (
+            self.durable.clone(),
+            meta.last_log_id.as_ref().map_or(0, |l| l.index),
+        );
         let made_from = Source {
             store: store.clone(),
             raft: raft.clone(),
@@ -308,6 +323,10 @@ impl TopicStateMachine {
                 written = Some(write_referring(view, &*for_copy, group, &header)?);
                 Ok(())
             })?;
+            // What was applied up to the snapshot is made durable here, off
+            // the group's tasks, so that the purge that follows need not.
+            for_copy.persist_applied()?;
+            durable.reached(index);
             written.ok_or_else(|| Error::Storage("the store read nothing fixed".into()))
         };
         let snapshot = meta.clone();
