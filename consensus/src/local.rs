@@ -177,9 +177,10 @@ struct Trim {
 }
 
 impl Trim {
-    /// Asks the trimmer to delete below `range.first`, once enough has fallen out.
-    fn request(&mut self, range: Range, history: u64) {
-        let first = range.first;
+    /// Asks the trimmer to delete below `range.first`, once enough has
+    /// fallen out, but never from `keep_from` on.
+    fn request(&mut self, range: Range, history: u64, keep_from: Option<u64>) {
+        let first = range.first.min(keep_from.unwrap_or(u64::MAX));
         let step = history.min(TRIM_STEP_MAX);
         if first > self.trimmed_below
             && (first - self.trimmed_below >= step || self.trimmed_below == 0)
@@ -287,8 +288,17 @@ impl Topics {
 
     /// Shows readers a Raft group's topic as this replica has applied it:
     /// registers it on first sight, else publishes its new range. Called by
-    /// the group's state machine after every apply.
-    pub fn publish_replica(&self, meta: &TopicMeta, range: Range, handlers: &Arc<Handlers>) {
+    /// the group's state machine after every apply. Elements from
+    /// `keep_from` on stay in the store even once they fall out of the
+    /// history (readers do not see them): a snapshot that refers to the
+    /// store for them may still be sent (ADR 36).
+    pub fn publish_replica(
+        &self,
+        meta: &TopicMeta,
+        range: Range,
+        handlers: &Arc<Handlers>,
+        keep_from: Option<u64>,
+    ) {
         let existing = self.registry().get(&meta.name).cloned();
         if let Some(topic) = existing {
             if let (true, Some(replica)) = (topic.meta.id == meta.id, &topic.replica) {
@@ -318,7 +328,7 @@ impl Topics {
                     .unwrap_or_else(|e| e.into_inner())
                     .as_mut()
                 {
-                    trim.request(range, meta.config.history);
+                    trim.request(range, meta.config.history, keep_from);
                 }
                 return;
             }
@@ -345,7 +355,7 @@ impl Topics {
             trim: trim_tx,
             trimmed_below: 0,
         };
-        trim.request(range, meta.config.history);
+        trim.request(range, meta.config.history, keep_from);
         let trimmer = tokio::spawn(run_trimmer(self.inner.store.clone(), meta.id, trim_rx));
         let topic = Arc::new(Topic {
             meta: meta.clone(),
@@ -980,8 +990,11 @@ impl Writer {
 
     /// Asks the trimmer to delete what fell out of the history, once enough has.
     fn request_trim(&mut self) {
-        self.trim
-            .request(self.machine.range(), self.machine.meta().config.history);
+        self.trim.request(
+            self.machine.range(),
+            self.machine.meta().config.history,
+            None,
+        );
     }
 }
 

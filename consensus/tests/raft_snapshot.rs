@@ -895,6 +895,64 @@ async fn a_snapshot_sent_after_a_trim_starts_where_the_store_does() {
     );
 }
 
+/// A topic with a short history: the trimmer keeps what a kept snapshot
+/// refers to (it would otherwise delete the snapshot's last elements, and
+/// no copy could be made to send it), and lets go once a copy is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trimmer_keeps_what_a_snapshot_refers_to_until_its_copy_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RocksStore::open(dir.path()).unwrap());
+    let topics = woof_consensus::Topics::open(store.clone(), Arc::new(woof_consensus::SystemClock))
+        .await
+        .unwrap();
+    let mut short = meta();
+    short.config.history = 10;
+    let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap()
+        .publishing_to(topics.clone());
+    sm.apply_entries(vec![
+        entry(1, Command::Create(short)),
+        entry(2, append(1..101, None)),
+    ])
+    .await
+    .unwrap();
+    let built = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    for (i, first) in (101..301).step_by(20).enumerate() {
+        sm.apply_entries(vec![entry(3 + i as u64, append(first..first + 20, None))])
+            .await
+            .unwrap();
+    }
+    let first_stored = || elements(&*store).first().map(|e| e.0);
+    // The history is 291..=300; the snapshot's was 91..=100.
+    until("the trimmer stopped at the snapshot's first", || {
+        first_stored() == Some(91)
+    })
+    .await;
+
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+    let (other, replica) = installed_in_memory(&current.meta, current.snapshot).await;
+    let seqs: Vec<u64> = elements(&*other).iter().map(|e| e.0).collect();
+    assert_eq!(seqs, (91..=100).collect::<Vec<_>>());
+    assert_eq!(replica.machine().unwrap().last_seq(), 100);
+
+    // The copy is kept now: the next apply lets the trimmer go on.
+    sm.apply_entries(vec![entry(13, append(301..311, None))])
+        .await
+        .unwrap();
+    until("the trimmer went on to the history", || {
+        first_stored() == Some(301)
+    })
+    .await;
+    topics.shutdown().await;
+}
+
 /// A snapshot whose copy ends after a newer one was installed (a leader's,
 /// sent meanwhile) is not kept: the group's kept snapshot stays the newer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -143,8 +143,12 @@ struct Kept {
     /// the state machine counts it ([`LogBytes::built`]).
     built: Option<(u64, u64)>,
     /// Whether the kept file refers to the store for its elements (one
-    /// built here), rather than holding them (one installed).
-    refers: bool,
+    /// built here), rather than holding them (one installed): from which
+    /// seq on the store must keep them for it (the topic's first at the
+    /// snapshot's position; 0 without a topic).
+    refers: Option<u64>,
+    /// The same for the snapshot being built, until it is kept or not.
+    building: Option<u64>,
 }
 
 /// Locks `kept`; a panic while it was held leaves plain values behind.
@@ -200,7 +204,8 @@ impl TopicStateMachine {
             kept: Arc::new(Mutex::new(Kept {
                 meta: resumed.then(|| snapshot_meta(&applied)),
                 built: None,
-                refers: false,
+                refers: None,
+                building: None,
             })),
             applied,
             raft,
@@ -261,8 +266,12 @@ impl TopicStateMachine {
     /// a topic before, which is gone if there is none now.
     fn publish(&self, existed: bool) {
         let Some(readers) = &self.readers else { return };
+        let keep_from = {
+            let kept = lock(&self.kept);
+            kept.refers.into_iter().chain(kept.building).min()
+        };
         match &self.machine {
-            Some(m) => readers.publish_replica(m.meta(), m.range(), &self.handlers),
+            Some(m) => readers.publish_replica(m.meta(), m.range(), &self.handlers, keep_from),
             None if existed => readers.retire_replica(self.topic()),
             None => {}
         }
@@ -295,6 +304,9 @@ impl TopicStateMachine {
             handlers: (*self.handlers).clone(),
         };
         let meta = snapshot_meta(&self.applied);
+        // The store keeps the elements this snapshot will be copied from
+        // until it is replaced (the trimmer stops below them).
+        lock(&self.kept).building = Some(self.machine.as_ref().map_or(0, |m| m.range().first));
         let (store, raft, group, limits, kept) = (
             self.store.clone(),
             self.raft.clone(),
@@ -330,16 +342,22 @@ impl TopicStateMachine {
             written.ok_or_else(|| Error::Storage("the store read nothing fixed".into()))
         };
         let snapshot = meta.clone();
-        let keep = move |file| keep_built(&*raft, group, &kept, &snapshot, file);
+        let keep = move |file: Result<SnapshotFile, Error>| match file {
+            Ok(file) => keep_built(&*raft, group, &kept, &snapshot, file),
+            Err(e) => {
+                lock(&kept).building = None;
+                Err(e)
+            }
+        };
         let work = if storage_inline() {
             // The simulator: the copy now (from the fixed view), the keep
             // when openraft's build task gets to it, after whatever the
             // node did meanwhile (applies, an install).
             let file = copy(None);
-            Started::Later(Box::new(move || keep(file?)))
+            Started::Later(Box::new(move || keep(file)))
         } else {
             let (fixed_tx, fixed) = tokio::sync::oneshot::channel();
-            let work = start_blocking(move || keep(copy(Some(fixed_tx))?));
+            let work = start_blocking(move || keep(copy(Some(fixed_tx))));
             // An error instead: the work failed first, and says why below.
             let _ = fixed.await;
             work
@@ -430,11 +448,11 @@ impl Source {
             .meta
             .as_ref()
             .is_some_and(|k| k.last_log_id == meta.last_log_id);
-        if !(kept.refers && same) {
+        if !(kept.refers.is_some() && same) {
             return Ok(copy);
         }
         self.raft.snapshot_keep(self.group, copy)?;
-        kept.refers = false;
+        kept.refers = None;
         self.raft
             .snapshot_open(self.group)?
             .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))
@@ -515,6 +533,7 @@ fn keep_built(
     mut file: SnapshotFile,
 ) -> Result<(SnapshotFile, u64), Error> {
     let mut kept = lock(kept);
+    let from = kept.building.take();
     if kept
         .meta
         .as_ref()
@@ -530,7 +549,7 @@ fn keep_built(
         .snapshot_open(group)?
         .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))?;
     let bytes = file_bytes(&mut file)?;
-    kept.refers = true;
+    kept.refers = Some(from.unwrap_or(0));
     kept.meta = Some(meta.clone());
     kept.built = Some((meta.last_log_id.map_or(0, |l| l.index), bytes));
     Ok((file, bytes))
@@ -1077,7 +1096,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             let mut kept = lock(&kept);
             kept.meta = None;
             kept.built = None;
-            kept.refers = false;
+            kept.refers = None;
             raft.snapshot_keep(group, file)?;
             let installed = install_kept(&*store, &*raft, group, Some(expect), limits)?;
             kept.meta = Some(installing);
@@ -1112,7 +1131,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             let file = raft
                 .snapshot_open(group)?
                 .ok_or_else(|| Error::Storage("the group's kept snapshot is gone".into()))?;
-            Ok(Some((meta, file, kept.refers)))
+            Ok(Some((meta, file, kept.refers.is_some())))
         })
         .await
         .map_err(io_err)?;

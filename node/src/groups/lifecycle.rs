@@ -107,7 +107,7 @@ impl Groups {
                     last: peek.last_seq,
                 };
                 self.topics
-                    .publish_replica(meta, range, &Arc::new(peek.handlers.clone()));
+                    .publish_replica(meta, range, &Arc::new(peek.handlers.clone()), None);
             }
             self.slots.load(
                 group,
