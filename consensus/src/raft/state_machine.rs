@@ -307,11 +307,10 @@ impl TopicStateMachine {
         // The store keeps the elements this snapshot will be copied from
         // until it is replaced (the trimmer stops below them).
         lock(&self.kept).building = Some(self.machine.as_ref().map_or(0, |m| m.range().first));
-        let (store, raft, group, limits, kept) = (
+        let (store, raft, group, kept) = (
             self.store.clone(),
             self.raft.clone(),
             self.group,
-            self.limits,
             self.kept.clone(),
         );
         let for_copy = raft.clone();
@@ -319,13 +318,7 @@ impl TopicStateMachine {
             self.durable.clone(),
             meta.last_log_id.as_ref().map_or(0, |l| l.index),
         );
-        let made_from = Source {
-            store: store.clone(),
-            raft: raft.clone(),
-            group,
-            limits,
-            kept: kept.clone(),
-        };
+        let made_from = self.source();
         let copy = move |mut fixed_tx: Option<tokio::sync::oneshot::Sender<()>>| {
             let mut written = None;
             store.read_fixed(&mut |view| {
@@ -367,6 +360,17 @@ impl TopicStateMachine {
             work,
             source: Some(made_from),
         })
+    }
+
+    /// Where this group's snapshots find their elements.
+    fn source(&self) -> Source {
+        Source {
+            store: self.store.clone(),
+            raft: self.raft.clone(),
+            group: self.group,
+            limits: self.limits,
+            kept: self.kept.clone(),
+        }
     }
 
     /// Counts a snapshot built since the last apply, and asks for the purge
@@ -1135,13 +1139,7 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
         })
         .await
         .map_err(io_err)?;
-        let source = Source {
-            store: self.store.clone(),
-            raft: self.raft.clone(),
-            group: self.group,
-            limits: self.limits,
-            kept: self.kept.clone(),
-        };
+        let source = self.source();
         // One built here is copied with its elements when openraft reads
         // it (to send it), off this task: openraft awaits this answer in
         // the group's state-machine task, and applies would wait.
