@@ -520,6 +520,32 @@ async fn installed_in_memory(
     (store, replica)
 }
 
+/// The snapshot `sm` builds now.
+async fn built(
+    sm: &mut TopicStateMachine,
+) -> openraft::alias::SnapshotOf<woof_consensus::raft::TypeConfig, SnapshotData> {
+    sm.get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap()
+}
+
+/// A state machine on `store` that applied the topic's creation and elements
+/// 1..=100, from producer "p".
+async fn hundred_applied(store: Arc<dyn GroupStore>) -> TopicStateMachine {
+    let mut sm = TopicStateMachine::open(store.clone(), store, GROUP)
+        .await
+        .unwrap();
+    sm.apply_entries(vec![
+        entry(1, Command::Create(meta())),
+        entry(2, append(1..101, Some(("p", 1)))),
+    ])
+    .await
+    .unwrap();
+    sm
+}
+
 fn entry(index: u64, command: Command) -> Entry {
     Entry {
         log_id: log_id(1, 1, index),
@@ -541,12 +567,7 @@ async fn an_interrupted_install_is_finished_on_open() {
         entries.push(entry(i as u64 + 2, append(first..first + 10, None)));
     }
     sm.apply_entries(entries).await.unwrap();
-    let snapshot = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = built(&mut sm).await;
 
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Probe::new(RocksStore::open(dir.path()).unwrap()));
@@ -606,12 +627,7 @@ async fn a_corrupt_snapshot_is_an_error_and_changes_nothing() {
     ])
     .await
     .unwrap();
-    let good = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let good = built(&mut sm).await;
     for bad in [
         b"WSNP\x02".to_vec(),
         b"not a snapshot at all".to_vec(),
@@ -706,12 +722,7 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
         "beyond the topic's end"
     );
     assert_eq!(sm.handlers().get("double").unwrap().done, 7);
-    let snapshot = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let snapshot = built(&mut sm).await;
     drop(sm);
 
     let reopened = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
@@ -811,15 +822,7 @@ async fn a_log_of_large_entries_is_bounded_in_bytes() {
 async fn a_snapshot_is_copied_while_its_group_goes_on_applying() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Probe::new(RocksStore::open(dir.path()).unwrap()));
-    let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
-        .await
-        .unwrap();
-    sm.apply_entries(vec![
-        entry(1, Command::Create(meta())),
-        entry(2, append(1..101, Some(("p", 1)))),
-    ])
-    .await
-    .unwrap();
+    let mut sm = hundred_applied(store.clone()).await;
     let (open_gate, gate) = std::sync::mpsc::channel();
     *store.gate.lock().unwrap() = Some(gate);
     let mut builder = tokio::time::timeout(Duration::from_secs(20), sm.get_snapshot_builder())
@@ -863,21 +866,8 @@ async fn a_snapshot_is_copied_while_its_group_goes_on_applying() {
 async fn a_snapshot_sent_after_a_trim_starts_where_the_store_does() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(RocksStore::open(dir.path()).unwrap());
-    let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
-        .await
-        .unwrap();
-    sm.apply_entries(vec![
-        entry(1, Command::Create(meta())),
-        entry(2, append(1..101, Some(("p", 1)))),
-    ])
-    .await
-    .unwrap();
-    let built = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let mut sm = hundred_applied(store.clone()).await;
+    let built = built(&mut sm).await;
     store.trim(TopicId(GROUP.0), 41).unwrap();
     sm.apply_entries(vec![entry(3, append(101..121, None))])
         .await
@@ -917,12 +907,7 @@ async fn the_trimmer_keeps_what_a_snapshot_refers_to_until_its_copy_is_kept() {
     ])
     .await
     .unwrap();
-    let built = sm
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let built = built(&mut sm).await;
     for (i, first) in (101..301).step_by(20).enumerate() {
         sm.apply_entries(vec![entry(3 + i as u64, append(first..first + 20, None))])
             .await
@@ -973,12 +958,7 @@ async fn a_snapshot_built_across_an_install_of_a_newer_one_is_not_kept() {
         .await
         .unwrap();
     newer.apply_entries(entries).await.unwrap();
-    let newer = newer
-        .get_snapshot_builder()
-        .await
-        .build_snapshot()
-        .await
-        .unwrap();
+    let newer = built(&mut newer).await;
 
     let (open_gate, gate) = std::sync::mpsc::channel();
     *store.gate.lock().unwrap() = Some(gate);

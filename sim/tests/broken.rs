@@ -3,6 +3,7 @@
 //! bugs are in woof's own code (`woof_consensus::bugs`, compiled in for the
 //! simulator only), three in the simulator's client or disk.
 
+use woof_sim::check::Violation;
 use woof_sim::{Broken, Config};
 
 /// The first seed below `seeds` whose run the checker `checker` fails.
@@ -18,19 +19,40 @@ fn caught_in(
     clients: usize,
     sim_time_ms: u64,
 ) -> Option<u64> {
+    first_caught(
+        broken,
+        seeds,
+        |c| {
+            c.clients = clients;
+            c.sim_time_ms = sim_time_ms;
+        },
+        |v| v.checker == checker,
+    )
+}
+
+/// The first seed below `seeds` whose run with `broken` (five nodes, four
+/// topics of three replicas, four clients, 10 simulated seconds, then as
+/// `tune` changes it) reports a violation that `caught` picks.
+fn first_caught(
+    broken: Broken,
+    seeds: u64,
+    tune: impl Fn(&mut Config),
+    caught: impl Fn(&Violation) -> bool,
+) -> Option<u64> {
     (0..seeds).find(|seed| {
-        let outcome = woof_sim::run(&Config {
+        let mut config = Config {
             seed: *seed,
             nodes: 5,
             topics: 4,
             replication: 3,
-            clients,
-            sim_time_ms,
+            clients: 4,
+            sim_time_ms: 10_000,
             broken: Some(broken),
             ..Config::default()
-        })
-        .unwrap();
-        outcome.violations.iter().any(|v| v.checker == checker)
+        };
+        tune(&mut config);
+        let outcome = woof_sim::run(&config).unwrap();
+        outcome.violations.iter().any(&caught)
     })
 }
 
@@ -152,24 +174,12 @@ fn sim_broken_handlers_that_record_progress_before_their_outputs_lose_outputs() 
 fn sim_broken_leaders_that_count_themselves_before_their_sync_lose_acks() {
     let mut faults = woof_sim::Rates::all();
     faults.set(woof_sim::Fault::Crash, 1.0);
-    let caught = (0..12).find(|seed| {
-        let outcome = woof_sim::run(&Config {
-            seed: *seed,
-            nodes: 5,
-            topics: 4,
-            replication: 3,
-            clients: 4,
-            sim_time_ms: 10_000,
-            faults,
-            broken: Some(Broken::LeaderCountsItselfUnsynced),
-            ..Config::default()
-        })
-        .unwrap();
-        outcome
-            .violations
-            .iter()
-            .any(|v| v.checker == "lost_ack" || v.what.contains("committed"))
-    });
+    let caught = first_caught(
+        Broken::LeaderCountsItselfUnsynced,
+        12,
+        |c| c.faults = faults,
+        |v| v.checker == "lost_ack" || v.what.contains("committed"),
+    );
     assert!(
         caught.is_some(),
         "leaders counting an unsynced write went unnoticed"
@@ -184,24 +194,12 @@ fn sim_broken_leaders_that_count_themselves_before_their_sync_lose_acks() {
 /// purge (after a crash or a partition) are sent snapshots.
 #[test]
 fn sim_broken_snapshot_copies_past_their_point_append_twice() {
-    let caught = (0..20).find(|seed| {
-        let outcome = woof_sim::run(&Config {
-            seed: *seed,
-            nodes: 5,
-            topics: 4,
-            replication: 3,
-            clients: 4,
-            sim_time_ms: 10_000,
-            snapshot_every: Some(10),
-            broken: Some(Broken::SnapshotCopiesPastItsPoint),
-            ..Config::default()
-        })
-        .unwrap();
-        outcome
-            .violations
-            .iter()
-            .any(|v| v.checker == "agreement" || v.checker == "dense")
-    });
+    let caught = first_caught(
+        Broken::SnapshotCopiesPastItsPoint,
+        20,
+        |c| c.snapshot_every = Some(10),
+        |v| v.checker == "agreement" || v.checker == "dense",
+    );
     assert!(
         caught.is_some(),
         "snapshot copies past their point went unnoticed"
