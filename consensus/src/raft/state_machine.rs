@@ -455,11 +455,9 @@ impl Source {
         if !(kept.refers.is_some() && same) {
             return Ok(copy);
         }
-        self.raft.snapshot_keep(self.group, copy)?;
+        let file = keep_and_open(&*self.raft, self.group, copy)?;
         kept.refers = None;
-        self.raft
-            .snapshot_open(self.group)?
-            .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))
+        Ok(file)
     }
 }
 
@@ -548,15 +546,23 @@ fn keep_built(
         return Ok((file, bytes));
     }
     kept.meta = None;
-    raft.snapshot_keep(group, file)?;
-    let mut file = raft
-        .snapshot_open(group)?
-        .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))?;
+    let mut file = keep_and_open(raft, group, file)?;
     let bytes = file_bytes(&mut file)?;
     kept.refers = Some(from.unwrap_or(0));
     kept.meta = Some(meta.clone());
     kept.built = Some((meta.last_log_id.map_or(0, |l| l.index), bytes));
     Ok((file, bytes))
+}
+
+/// Keeps `file` as `group`'s snapshot and opens it again, at its start.
+fn keep_and_open(
+    raft: &dyn RaftLogStore,
+    group: GroupId,
+    file: SnapshotFile,
+) -> Result<SnapshotFile, Error> {
+    raft.snapshot_keep(group, file)?;
+    raft.snapshot_open(group)?
+        .ok_or_else(|| Error::Storage("the snapshot just kept is gone".into()))
 }
 
 /// What a snapshot of `group` in the state `applied` is called.
