@@ -541,12 +541,14 @@ impl ClusterTopics {
             found => match Box::pin(self.locate_by_directory(name)).await {
                 Ok(Some(location)) => location,
                 Ok(None) => return Err(not_found()),
+                // Out of reach, not missing: the directory may name it (a
+                // handler's output would be parked on a "not found" here).
                 Err(e) => {
                     tracing::debug!(topic = %name, "the directory could not locate it: {e}");
-                    return match found {
-                        Err(dht) => Err(dht.into()),
-                        Ok(_) => Err(not_found()),
-                    };
+                    return Err(match found {
+                        Err(dht) => dht.into(),
+                        Ok(_) => e,
+                    });
                 }
             },
         };
