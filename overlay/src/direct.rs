@@ -55,6 +55,12 @@ const PLAIN_MAX: usize = MESSAGE_MAX - TAG;
 const IDENTITY_PART_MAX: usize = 2048;
 /// How long a handshake may take, either side.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalive on a link's connection: the first probe after this long
+/// without traffic, then one every interval, and the connection closed
+/// after that many go unanswered.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_PROBES: u32 = 3;
 
 /// What a node opens and accepts links with: its identity and, in a
 /// cluster with a key, the pre-shared key derived from it.
@@ -105,6 +111,14 @@ async fn handshake(
     initiator: bool,
 ) -> io::Result<(PeerId, (SealedRead, SealedWrite))> {
     socket.set_nodelay(true)?;
+    // A peer whose host vanished (no FIN, no RST) leaves the connection
+    // open on this side; the kernel's probes close it within about 25 s.
+    socket2::SockRef::from(&socket).set_tcp_keepalive(
+        &socket2::TcpKeepalive::new()
+            .with_time(KEEPALIVE_IDLE)
+            .with_interval(KEEPALIVE_INTERVAL)
+            .with_retries(KEEPALIVE_PROBES),
+    )?;
     let params = match secrets.psk {
         Some(_) => WITH_KEY,
         None => WITHOUT_KEY,

@@ -66,6 +66,14 @@ const DIRECT_OPEN_TIMEOUT: Duration = Duration::from_secs(3);
 const ADDRESS_LOOK: Duration = Duration::from_millis(50);
 /// How long a replaced link goes on reading the answers still owed.
 const RETIRED_MAX: Duration = Duration::from_secs(10);
+/// A link whose peer sends nothing at all for this long after a request
+/// went out is closed (its requests fail, the next opens a new one): a
+/// peer that vanished, or a path that drops everything, would otherwise
+/// hold it until TCP gave up, minutes later, and after a partition healed
+/// it would wait out TCP's backed-off retransmissions. As long as the
+/// longest wait of a request ([`crate::network`]'s timeout): no request
+/// that could still be answered is failed for it.
+const SILENT_MAX: Duration = Duration::from_secs(10);
 /// Links' handshakes accepted at once; past this, new connections are
 /// closed at once (their nodes try again, or go over libp2p).
 const HANDSHAKES_MAX: usize = 64;
@@ -182,6 +190,8 @@ pub(crate) struct Links {
     stop: watch::Receiver<bool>,
     /// How to open links' own connections, and where.
     direct: Arc<Direct>,
+    /// [`SILENT_MAX`], shorter in tests.
+    silent_max: Duration,
 }
 
 /// Where a node takes links on connections of their own (ADR 34).
@@ -302,9 +312,57 @@ struct Link {
     over_libp2p: OnceLock<Option<SocketAddr>>,
     /// Told when a link on a connection of its own replaces this one.
     retired: Notify,
+    /// When the link started: the clock of `unanswered_since`.
+    born: tokio::time::Instant,
+    /// Milliseconds after `born`, plus one, since when the peer has sent
+    /// nothing while requests went out or waited: the first request sent
+    /// after the peer last sent anything, or that last time if requests
+    /// still waited then; 0 if neither.
+    unanswered_since: AtomicU64,
 }
 
 impl Link {
+    fn since_born_ms(&self) -> u64 {
+        self.born.elapsed().as_millis() as u64 + 1
+    }
+
+    /// A request went out.
+    fn sent(&self) {
+        let now = self.since_born_ms();
+        let _ =
+            self.unanswered_since
+                .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The link is open: requests sent while it opened wait from now.
+    fn opened(&self) {
+        if self.unanswered_since.load(Ordering::Relaxed) != 0 {
+            self.unanswered_since
+                .store(self.since_born_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// The peer sent something; `waiting`: requests still wait for their
+    /// answers (the peer's silence is then counted from now).
+    fn heard(&self, waiting: bool) {
+        let since = if waiting { self.since_born_ms() } else { 0 };
+        self.unanswered_since.store(since, Ordering::Relaxed);
+    }
+
+    /// Resolves once the peer has sent nothing for `max` since a request
+    /// went out.
+    async fn silent(&self, max: Duration) {
+        let max_ms = max.as_millis() as u64;
+        let check = (max / 4).max(Duration::from_millis(10));
+        loop {
+            tokio::time::sleep(check).await;
+            let since = self.unanswered_since.load(Ordering::Relaxed);
+            if since != 0 && self.since_born_ms().saturating_sub(since) >= max_ms {
+                return;
+            }
+        }
+    }
+
     /// Fails every waiting request with `why`; later ones fail at once.
     fn fail(&self, why: &str, peer: PeerId) {
         let waiting = self
@@ -361,6 +419,7 @@ impl Links {
             bytes_max,
             stop,
             direct,
+            silent_max: SILENT_MAX,
         })
     }
 
@@ -411,6 +470,7 @@ impl Links {
             if link.frames.send(frame).await.is_err() {
                 return Err(failed("the link to it closed"));
             }
+            link.sent();
             answer.await.map_err(|_| failed("the link to it closed"))?
         };
         match tokio::time::timeout(timeout, attempt).await {
@@ -449,6 +509,8 @@ impl Links {
             room: Semaphore::new(IN_FLIGHT_MAX),
             over_libp2p: OnceLock::new(),
             retired: Notify::new(),
+            born: tokio::time::Instant::now(),
+            unanswered_since: AtomicU64::new(0),
         });
         peers.insert(peer, link.clone());
         tokio::spawn(run_link(self.clone(), peer, link.clone(), queue));
@@ -592,11 +654,16 @@ async fn run_link(links: Links, peer: PeerId, link: Arc<Link>, mut queue: mpsc::
             if let Opened::Libp2p(tried) = how {
                 let _ = link.over_libp2p.set(tried);
             }
+            link.opened();
             let reading = read_answers(&mut r, &link, peer, links.bytes_max);
             let writing = write_frames(&mut w, &mut queue);
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => "the node is stopping".to_string(),
                 () = retired(&link) => "replaced by a link on a connection of its own".to_string(),
+                () = link.silent(links.silent_max) => format!(
+                    "nothing from the peer for {} ms while a request waited",
+                    links.silent_max.as_millis()
+                ),
                 read = reading => match read {
                     Ok(()) => "the peer closed the link".to_string(),
                     Err(e) => format!("the link failed: {e}"),
@@ -651,12 +718,12 @@ async fn read_answers(
             Kind::Refused => Err(String::from_utf8_lossy(&frame.bytes).into_owned()),
             Kind::Request => return Err(invalid("a request on an outbound link".into())),
         };
-        let reply = link
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .and_then(|p| p.remove(&frame.id));
+        let reply = {
+            let mut pending = link.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let reply = pending.as_mut().and_then(|p| p.remove(&frame.id));
+            link.heard(pending.as_ref().is_some_and(|p| !p.is_empty()));
+            reply
+        };
         // None: its caller stopped waiting.
         if let Some(reply) = reply {
             let _ = reply.send(answer.map_err(|reason| Error::Request {
@@ -879,7 +946,8 @@ mod tests {
     }
 
     /// Two overlays on loopback, B joined to A and answering link requests
-    /// with their bytes reversed, once A knows B's port for links.
+    /// with their bytes reversed (except `hang`, which it never answers nor
+    /// drops), once A knows B's port for links.
     async fn two_overlays() -> (crate::Overlay, crate::Overlay, Links, PeerId) {
         use crate::{ClusterKey, NodeInfo, OverlayConfig, Tier, Timing};
         let key = ClusterKey::generate();
@@ -910,7 +978,12 @@ mod tests {
         }
         let mut inbound = std::mem::replace(&mut b.link_inbound, mpsc::channel(1).1);
         tokio::spawn(async move {
+            let mut hung = Vec::new();
             while let Some(req) = inbound.recv().await {
+                if req.payload == b"hang" {
+                    hung.push(req.reply);
+                    continue;
+                }
                 let mut p = req.payload;
                 p.reverse();
                 let _ = req.reply.send(p);
@@ -966,6 +1039,56 @@ mod tests {
         })
         .await
         .expect("the replaced link did not end");
+        a.shutdown().await;
+        b.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_whose_peer_falls_silent_is_closed_and_opened_again() {
+        let (a, b, mut links, b_id) = two_overlays().await;
+        links.silent_max = Duration::from_millis(400);
+        let ask = |text: &'static [u8]| {
+            let links = links.clone();
+            async move {
+                links
+                    .request(b_id, text.to_vec(), Duration::from_secs(10))
+                    .await
+            }
+        };
+        let current = || links.peers.lock().unwrap().get(&b_id).cloned().unwrap();
+        assert_eq!(ask(b"ab").await.unwrap(), b"ba");
+        let first = current();
+        // Idle, every request answered: the link stays.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(ask(b"cd").await.unwrap(), b"dc");
+        assert!(Arc::ptr_eq(&first, &current()), "an idle link was closed");
+        // A request the peer never answers, while it answers others: the
+        // peer is not silent, the link stays.
+        let hanging = tokio::spawn(ask(b"hang"));
+        for _ in 0..8 {
+            assert_eq!(ask(b"ef").await.unwrap(), b"fe");
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        assert!(
+            Arc::ptr_eq(&first, &current()),
+            "a link whose peer answered was closed"
+        );
+        assert!(!hanging.is_finished());
+        // Then nothing more from it: the link closes well before the
+        // request's own 10 s, and the next request opens a new one.
+        let failed = tokio::time::timeout(Duration::from_secs(3), hanging)
+            .await
+            .expect("a silent link was kept")
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            failed.to_string().contains("nothing from the peer"),
+            "{failed}"
+        );
+        assert!(first.frames.is_closed());
+        assert_eq!(links.opened_direct(), 1);
+        assert_eq!(ask(b"gh").await.unwrap(), b"hg");
+        assert_eq!(links.opened_direct(), 2);
         a.shutdown().await;
         b.shutdown().await;
     }
