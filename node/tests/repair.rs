@@ -98,9 +98,12 @@ async fn a_replica_on_a_dead_node_is_replaced_and_the_topic_is_healthy_again() {
         assert!(Instant::now() < deadline, "not repaired: {info:#?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The delay counts from the last heartbeat heard from the victim, up
+    // to one overlay heartbeat (1 s) before the kill.
     assert!(
-        killed.elapsed() > Duration::from_secs(3),
-        "repaired before the delay"
+        killed.elapsed() > Duration::from_secs(2),
+        "repaired before the delay: {:?} after the kill",
+        killed.elapsed()
     );
     // Every node, the new replica included, says so.
     for i in &alive {
