@@ -745,21 +745,20 @@ async fn handlers_and_their_progress_survive_a_restart_and_travel_in_a_snapshot(
     assert_eq!(reopened.handlers().get("double").unwrap().spec, spec);
 }
 
-/// A group of large entries holds a bounded log, in bytes, though openraft's
-/// count of entries would never snapshot it: 150 appends of 300 KiB (45 MiB,
-/// to a topic that keeps its last 1 MiB), with a snapshot due every 1 MiB
-/// and 256 KiB of log kept behind it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_log_of_large_entries_is_bounded_in_bytes() {
-    const PER_APPEND: usize = 30;
-    const APPENDS: usize = 150;
+const PER_APPEND: usize = 30;
+const APPENDS: usize = 150;
+
+/// One replica's group that took 150 appends of 300 KiB (45 MiB, to a topic
+/// that keeps its last 1 MiB), with 256 KiB of log kept behind a snapshot
+/// and one due every `snapshot_log_bytes`; and its last log index.
+async fn large_entries(snapshot_log_bytes: u64) -> (tempfile::TempDir, Arc<RocksStore>, Raft, u64) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(RocksStore::open(dir.path()).unwrap());
     let net = Arc::new(Net::default());
     let timing = Timing {
         snapshot_every: 10_000,
         log_kept: 1_000,
-        snapshot_log_bytes: 1 << 20,
+        snapshot_log_bytes,
         log_kept_bytes: 256 << 10,
         ..timing()
     };
@@ -781,18 +780,31 @@ async fn a_log_of_large_entries_is_bounded_in_bytes() {
     }
     let last = raft.metrics().borrow_watched().last_log_index.unwrap();
     assert!(last as usize > APPENDS);
+    (dir, store, raft, last)
+}
+
+/// Log entries held by `raft` past what it purged, up to `last`.
+fn held(raft: &Raft, last: u64) -> u64 {
+    let purged = raft
+        .metrics()
+        .borrow_watched()
+        .purged
+        .map_or(0, |p| p.index);
+    last - purged
+}
+
+/// A group of large entries holds a bounded log, in bytes, though openraft's
+/// count of entries would never snapshot it: a snapshot due every 1 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_of_large_entries_is_bounded_in_bytes() {
+    let (_dir, store, raft, last) = large_entries(1 << 20).await;
     // About 1 MiB since the last snapshot, 256 KiB behind it, and an entry
     // either side: at most 8 entries of 300 KiB. The purge follows the
     // snapshot by a moment.
-    let held = || {
-        let purged = raft
-            .metrics()
-            .borrow_watched()
-            .purged
-            .map_or(0, |p| p.index);
-        last - purged
-    };
-    until("the log is purged to a few entries", || held() <= 8).await;
+    until("the log is purged to a few entries", || {
+        held(&raft, last) <= 8
+    })
+    .await;
     let metrics = raft.metrics().borrow_watched().clone();
     assert!(metrics.snapshot.is_some(), "snapshots were built");
     // Gone from the store too (both of its logs), not only in openraft's
@@ -811,6 +823,33 @@ async fn a_log_of_large_entries_is_bounded_in_bytes() {
         .unwrap();
     assert_eq!(last.len(), 100);
     assert_eq!(last.last().unwrap().seq, total);
+    raft.shutdown().await.unwrap();
+}
+
+/// A snapshot built after the last apply (the end of a burst, and nothing
+/// appended since) purges the log all the same: its build asks for the
+/// purge, not the next apply, which may never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_built_after_the_last_apply_purges_the_log() {
+    // No snapshot due by bytes: the one below is the only one.
+    let (_dir, _store, raft, last) = large_entries(1 << 40).await;
+    assert_eq!(
+        held(&raft, last),
+        last,
+        "nothing purged before the snapshot"
+    );
+    raft.trigger().snapshot().await.unwrap();
+    until("the snapshot is built", || {
+        raft.metrics()
+            .borrow_watched()
+            .snapshot
+            .is_some_and(|s| s.index == last)
+    })
+    .await;
+    until("the log is purged to a few entries", || {
+        held(&raft, last) <= 2
+    })
+    .await;
     raft.shutdown().await.unwrap();
 }
 

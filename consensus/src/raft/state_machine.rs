@@ -123,8 +123,9 @@ pub struct TopicStateMachine {
     readers: Option<Topics>,
     limits: SnapshotLimits,
     /// The log's bytes, and where to ask for a snapshot or a purge because
-    /// of them (none: never asks).
-    upkeep: Option<Upkeep>,
+    /// of them (none: never asks). Shared with the builders handed out: a
+    /// build kept after the last apply asks for its purge itself.
+    upkeep: Option<Arc<Mutex<Upkeep>>>,
     /// Where a snapshot's build says up to which log index what was
     /// applied is durable (it flushes the store), for the log store's
     /// purge.
@@ -139,9 +140,6 @@ struct Kept {
     /// What the kept snapshot holds, once this process built or installed
     /// it (`None` while an install replaces it, or not yet known).
     meta: Option<SnapshotMeta>,
-    /// The last snapshot built and kept: its last log index and size, until
-    /// the state machine counts it ([`LogBytes::built`]).
-    built: Option<(u64, u64)>,
     /// Whether the kept file refers to the store for its elements (one
     /// built here), rather than holding them (one installed): from which
     /// seq on the store must keep them for it (the topic's first at the
@@ -151,9 +149,9 @@ struct Kept {
     building: Option<u64>,
 }
 
-/// Locks `kept`; a panic while it was held leaves plain values behind.
-fn lock(kept: &Mutex<Kept>) -> MutexGuard<'_, Kept> {
-    kept.lock().unwrap_or_else(|e| e.into_inner())
+/// Locks `m`; a panic while it was held leaves plain values behind.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A group's log counted in bytes, and the way to its upkeep task.
@@ -203,7 +201,6 @@ impl TopicStateMachine {
             directory,
             kept: Arc::new(Mutex::new(Kept {
                 meta: resumed.then(|| snapshot_meta(&applied)),
-                built: None,
                 refers: None,
                 building: None,
             })),
@@ -225,26 +222,26 @@ impl TopicStateMachine {
     /// Counts the log's bytes in `bytes`, and sends what that asks for
     /// (a snapshot, a purge) to `asks`.
     pub fn with_upkeep(mut self, bytes: LogBytes, asks: tokio::sync::mpsc::Sender<Ask>) -> Self {
-        self.upkeep = Some(Upkeep { bytes, asks });
+        self.upkeep = Some(Arc::new(Mutex::new(Upkeep { bytes, asks })));
         self
     }
 
     /// Asks for a snapshot if what was applied since the last makes one due.
     async fn ask_for_snapshot_if_due(&mut self) {
         let (raft, group) = (self.raft.clone(), self.group);
-        let Some(upkeep) = self.upkeep.as_mut() else {
+        let Some(upkeep) = self.upkeep.clone() else {
             return;
         };
-        let mut due = upkeep.bytes.due();
+        let due = lock(&upkeep).bytes.due();
         if due == Due::NeedSize {
             let size = blocking(move || kept_snapshot_bytes(&*raft, group)).await;
-            upkeep.bytes.snapshot_size(size.unwrap_or_else(|e| {
+            lock(&upkeep).bytes.snapshot_size(size.unwrap_or_else(|e| {
                 tracing::warn!(group = group.0, "reading the kept snapshot's size: {e}");
                 0
             }));
-            due = upkeep.bytes.due();
         }
-        if due == Due::Yes && upkeep.asks.try_send(Ask::Snapshot).is_ok() {
+        let mut upkeep = lock(&upkeep);
+        if upkeep.bytes.due() == Due::Yes && upkeep.asks.try_send(Ask::Snapshot).is_ok() {
             upkeep.bytes.asked();
         }
     }
@@ -335,8 +332,9 @@ impl TopicStateMachine {
             written.ok_or_else(|| Error::Storage("the store read nothing fixed".into()))
         };
         let snapshot = meta.clone();
+        let upkeep = self.upkeep.clone();
         let keep = move |file: Result<SnapshotFile, Error>| match file {
-            Ok(file) => keep_built(&*raft, group, &kept, &snapshot, file),
+            Ok(file) => keep_built(&*raft, group, &kept, upkeep.as_deref(), &snapshot, file),
             Err(e) => {
                 lock(&kept).building = None;
                 Err(e)
@@ -370,22 +368,6 @@ impl TopicStateMachine {
             group: self.group,
             limits: self.limits,
             kept: self.kept.clone(),
-        }
-    }
-
-    /// Counts a snapshot built since the last apply, and asks for the purge
-    /// it allows.
-    fn count_built(&mut self) {
-        let Some(upkeep) = self.upkeep.as_mut() else {
-            return;
-        };
-        let Some((index, bytes)) = lock(&self.kept).built.take() else {
-            return;
-        };
-        if let Some(upto) = upkeep.bytes.built(index, bytes) {
-            // Dropped if the task has asks waiting: the next snapshot
-            // purges as far.
-            let _ = upkeep.asks.try_send(Ask::PurgeUpTo(upto));
         }
     }
 }
@@ -531,6 +513,7 @@ fn keep_built(
     raft: &dyn RaftLogStore,
     group: GroupId,
     kept: &Mutex<Kept>,
+    upkeep: Option<&Mutex<Upkeep>>,
     meta: &SnapshotMeta,
     mut file: SnapshotFile,
 ) -> Result<(SnapshotFile, u64), Error> {
@@ -550,7 +533,18 @@ fn keep_built(
     let bytes = file_bytes(&mut file)?;
     kept.refers = Some(from.unwrap_or(0));
     kept.meta = Some(meta.clone());
-    kept.built = Some((meta.last_log_id.map_or(0, |l| l.index), bytes));
+    drop(kept);
+    // Counted now, not at the next apply: after the last append of a burst
+    // there may be none for a long time, and the log would wait unpurged.
+    if let Some(upkeep) = upkeep {
+        let mut upkeep = lock(upkeep);
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        if let Some(upto) = upkeep.bytes.built(index, bytes) {
+            // Dropped if the task has asks waiting: the next snapshot
+            // purges as far.
+            let _ = upkeep.asks.try_send(Ask::PurgeUpTo(upto));
+        }
+    }
     Ok((file, bytes))
 }
 
@@ -953,7 +947,7 @@ impl TopicStateMachine {
         // Taken: a failed apply leaves none behind (they may hold appends
         // never written), and they are read again from the store.
         let mut windows = std::mem::take(&mut self.windows);
-        let sizes: Vec<(u64, u64)> = match self.upkeep {
+        let sizes: Vec<(u64, u64)> = match &self.upkeep {
             Some(_) => entries
                 .iter()
                 .map(|e| match &e.payload {
@@ -1031,11 +1025,13 @@ impl TopicStateMachine {
         self.directory = directory;
         self.applied = applied;
         self.publish(existed);
-        if let Some(upkeep) = self.upkeep.as_mut() {
+        if let Some(upkeep) = &self.upkeep {
+            let mut upkeep = lock(upkeep);
             for (index, bytes) in sizes {
                 upkeep.bytes.applied(index, bytes);
             }
-            self.count_built();
+        }
+        if self.upkeep.is_some() {
             self.ask_for_snapshot_if_due().await;
         }
         Ok(results)
@@ -1105,7 +1101,6 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             // the file being installed.
             let mut kept = lock(&kept);
             kept.meta = None;
-            kept.built = None;
             kept.refers = None;
             raft.snapshot_keep(group, file)?;
             let installed = install_kept(&*store, &*raft, group, Some(expect), limits)?;
@@ -1124,8 +1119,8 @@ impl RaftStateMachine<TypeConfig> for TopicStateMachine {
             .map_err(io_err)?;
         self.applied = installed.applied;
         self.publish(existed);
-        if let Some(upkeep) = self.upkeep.as_mut() {
-            upkeep.bytes.installed(bytes);
+        if let Some(upkeep) = &self.upkeep {
+            lock(upkeep).bytes.installed(bytes);
         }
         Ok(())
     }
