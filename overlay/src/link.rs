@@ -992,18 +992,34 @@ mod tests {
         (a, b, links, b_id)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_link_over_libp2p_is_replaced_once_the_peers_own_address_is_known() {
-        let (a, b, links, b_id) = two_overlays().await;
-        let ask = |text: &'static [u8]| {
+    /// Sends `text` to `peer` over `links` (waiting at most 10 s), as a
+    /// future of its own.
+    fn asker(
+        links: &Links,
+        peer: PeerId,
+    ) -> impl Fn(&'static [u8]) -> futures::future::BoxFuture<'static, Result<Vec<u8>>> {
+        let links = links.clone();
+        move |text| {
             let links = links.clone();
             async move {
                 links
-                    .request(b_id, text.to_vec(), Duration::from_secs(10))
+                    .request(peer, text.to_vec(), Duration::from_secs(10))
                     .await
             }
-        };
-        let current = || links.peers.lock().unwrap().get(&b_id).cloned().unwrap();
+            .boxed()
+        }
+    }
+
+    /// The link to `peer` now.
+    fn current(links: &Links, peer: PeerId) -> Arc<Link> {
+        links.peers.lock().unwrap().get(&peer).cloned().unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_over_libp2p_is_replaced_once_the_peers_own_address_is_known() {
+        let (a, b, links, b_id) = two_overlays().await;
+        let ask = asker(&links, b_id);
+        let link_now = || current(&links, b_id);
 
         // B's port, at an address where nothing listens (B took
         // 127.0.0.1 only): the link goes over libp2p, and stays there
@@ -1014,10 +1030,10 @@ mod tests {
             .note_ip(b_id, "127.0.0.2".parse().unwrap());
         assert_eq!(ask(b"ab").await.unwrap(), b"ba");
         assert_eq!(links.opened_direct(), 0);
-        let over_libp2p = current();
+        let over_libp2p = link_now();
         assert_eq!(ask(b"cd").await.unwrap(), b"dc");
         assert!(
-            Arc::ptr_eq(&over_libp2p, &current()),
+            Arc::ptr_eq(&over_libp2p, &link_now()),
             "tried the same address again"
         );
 
@@ -1029,7 +1045,7 @@ mod tests {
             .note_ip(b_id, "127.0.0.1".parse().unwrap());
         assert_eq!(ask(b"ef").await.unwrap(), b"fe");
         assert_eq!(links.opened_direct(), 1);
-        assert!(!Arc::ptr_eq(&over_libp2p, &current()));
+        assert!(!Arc::ptr_eq(&over_libp2p, &link_now()));
         assert_eq!(ask(b"gh").await.unwrap(), b"hg");
         assert_eq!(links.opened_direct(), 1, "the direct link is kept");
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -1047,21 +1063,14 @@ mod tests {
     async fn a_link_whose_peer_falls_silent_is_closed_and_opened_again() {
         let (a, b, mut links, b_id) = two_overlays().await;
         links.silent_max = Duration::from_millis(400);
-        let ask = |text: &'static [u8]| {
-            let links = links.clone();
-            async move {
-                links
-                    .request(b_id, text.to_vec(), Duration::from_secs(10))
-                    .await
-            }
-        };
-        let current = || links.peers.lock().unwrap().get(&b_id).cloned().unwrap();
+        let ask = asker(&links, b_id);
+        let link_now = || current(&links, b_id);
         assert_eq!(ask(b"ab").await.unwrap(), b"ba");
-        let first = current();
+        let first = link_now();
         // Idle, every request answered: the link stays.
         tokio::time::sleep(Duration::from_secs(1)).await;
         assert_eq!(ask(b"cd").await.unwrap(), b"dc");
-        assert!(Arc::ptr_eq(&first, &current()), "an idle link was closed");
+        assert!(Arc::ptr_eq(&first, &link_now()), "an idle link was closed");
         // A request the peer never answers, while it answers others: the
         // peer is not silent, the link stays.
         let hanging = tokio::spawn(ask(b"hang"));
@@ -1070,7 +1079,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
         assert!(
-            Arc::ptr_eq(&first, &current()),
+            Arc::ptr_eq(&first, &link_now()),
             "a link whose peer answered was closed"
         );
         assert!(!hanging.is_finished());
