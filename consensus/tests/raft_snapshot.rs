@@ -899,6 +899,55 @@ async fn a_snapshot_is_copied_while_its_group_goes_on_applying() {
     assert!(replayed == source);
 }
 
+/// A snapshot that came due while another was being built (openraft
+/// ignores a trigger then) is asked for again as soon as that one is kept,
+/// not only once as many bytes more are applied, which after a burst may
+/// be never.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_due_while_another_was_built_is_asked_for_when_it_is_kept() {
+    use woof_consensus::raft::log_bytes::{Ask, LogBytes};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Probe::new(RocksStore::open(dir.path()).unwrap()));
+    let hundred = append(1..101, None).approx_bytes() as u64;
+    let (asks, mut asked) = tokio::sync::mpsc::channel(8);
+    let mut sm = TopicStateMachine::open(store.clone(), store.clone(), GROUP)
+        .await
+        .unwrap()
+        .with_upkeep(LogBytes::new(hundred, 0), asks);
+    sm.apply_entries(vec![
+        entry(1, Command::Create(meta())),
+        entry(2, append(1..101, None)),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        asked.try_recv().ok(),
+        Some(Ask::Snapshot),
+        "due at the floor"
+    );
+    // Built at entry 2, held at the gate while as many bytes again are
+    // applied: due again, asked again, and (as openraft does while it
+    // builds) ignored.
+    let (open_gate, gate) = std::sync::mpsc::channel();
+    *store.gate.lock().unwrap() = Some(gate);
+    let mut builder = sm.get_snapshot_builder().await;
+    sm.apply_entries(vec![entry(3, append(101..201, None))])
+        .await
+        .unwrap();
+    assert_eq!(asked.try_recv().ok(), Some(Ask::Snapshot), "due again");
+    assert!(asked.try_recv().is_err());
+    open_gate.send(()).unwrap();
+    let built = builder.build_snapshot().await.unwrap();
+    assert_eq!(built.meta.last_log_id.map(|l| l.index), Some(2));
+    // Kept: the purge it allows, and the snapshot due since.
+    assert_eq!(asked.try_recv().ok(), Some(Ask::PurgeUpTo(2)));
+    assert_eq!(
+        asked.try_recv().ok(),
+        Some(Ask::Snapshot),
+        "the snapshot due since the build was not asked for"
+    );
+}
+
 /// A snapshot built before a trim is sent without what the trim removed
 /// (as every replica's retention removes it), and with everything after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,7 +21,9 @@
 //!
 //! The asks go to the group's upkeep task ([`super::group`]), which holds
 //! the group's `Raft` handle and passes them on; a lost or ignored ask is
-//! made again once as many bytes more are applied.
+//! made again once as many bytes more are applied, or when a snapshot being
+//! built is kept (openraft ignores the asks made while it builds one). The
+//! purge a snapshot allows is asked for when it is kept.
 
 use std::collections::VecDeque;
 

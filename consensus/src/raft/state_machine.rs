@@ -544,6 +544,11 @@ fn keep_built(
             // purges as far.
             let _ = upkeep.asks.try_send(Ask::PurgeUpTo(upto));
         }
+        // What was applied while it was built may make the next one due
+        // already (openraft ignored the asks made meanwhile).
+        if upkeep.bytes.due() == Due::Yes && upkeep.asks.try_send(Ask::Snapshot).is_ok() {
+            upkeep.bytes.asked();
+        }
     }
     Ok((file, bytes))
 }
