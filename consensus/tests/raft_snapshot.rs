@@ -506,6 +506,22 @@ async fn a_topic_larger_than_the_bounds_reaches_a_new_replica_in_memory() {
     new_replica_from_snapshot(MemStore::new(), MemStore::new()).await;
 }
 
+/// The snapshot `sm` sends now is `built`, and a replica that installs it
+/// holds the elements `seqs`, the last of them 100; that replica's store.
+async fn sent_holds(
+    sm: &mut TopicStateMachine,
+    built: &openraft::alias::SnapshotOf<woof_consensus::raft::TypeConfig, SnapshotData>,
+    seqs: std::ops::RangeInclusive<u64>,
+) -> Arc<MemStore> {
+    let current = sm.get_current_snapshot().await.unwrap().unwrap();
+    assert_eq!(current.meta, built.meta);
+    let (other, replica) = installed_in_memory(&current.meta, current.snapshot).await;
+    let held: Vec<u64> = elements(&*other).iter().map(|e| e.0).collect();
+    assert_eq!(held, seqs.collect::<Vec<_>>());
+    assert_eq!(replica.machine().unwrap().last_seq(), 100);
+    other
+}
+
 /// A new in-memory replica of [`GROUP`] with `snapshot` installed, and its
 /// store.
 async fn installed_in_memory(
@@ -961,12 +977,7 @@ async fn a_snapshot_sent_after_a_trim_starts_where_the_store_does() {
         .await
         .unwrap();
 
-    let current = sm.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(current.meta, built.meta);
-    let (other, replica) = installed_in_memory(&current.meta, current.snapshot).await;
-    let seqs: Vec<u64> = elements(&*other).iter().map(|e| e.0).collect();
-    assert_eq!(seqs, (41..=100).collect::<Vec<_>>());
-    assert_eq!(replica.machine().unwrap().last_seq(), 100);
+    let other = sent_holds(&mut sm, &built, 41..=100).await;
     assert_eq!(
         other.producer(TopicId(GROUP.0), "p").unwrap(),
         store.producer(TopicId(GROUP.0), "p").unwrap()
@@ -1008,12 +1019,7 @@ async fn the_trimmer_keeps_what_a_snapshot_refers_to_until_its_copy_is_kept() {
     })
     .await;
 
-    let current = sm.get_current_snapshot().await.unwrap().unwrap();
-    assert_eq!(current.meta, built.meta);
-    let (other, replica) = installed_in_memory(&current.meta, current.snapshot).await;
-    let seqs: Vec<u64> = elements(&*other).iter().map(|e| e.0).collect();
-    assert_eq!(seqs, (91..=100).collect::<Vec<_>>());
-    assert_eq!(replica.machine().unwrap().last_seq(), 100);
+    sent_holds(&mut sm, &built, 91..=100).await;
 
     // The copy is kept now: the next apply lets the trimmer go on.
     sm.apply_entries(vec![entry(13, append(301..311, None))])
