@@ -7,7 +7,9 @@
 //! Each append is told twice: once its batch is written (its entries read
 //! back, so a leader may replicate them), then once the batch is synced.
 //! Per group, appends stay in order: the writer takes them in the order
-//! they came, and a group hands them over in log order.
+//! they came, and a group hands them over in log order. A small append is
+//! written by its caller (`RocksStore::append_log_then`), which hands over
+//! only its sync ([`LogWriter::submit_sync`]).
 
 use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::JoinHandle;
@@ -62,6 +64,29 @@ impl LogWriter {
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
+        })
+    }
+
+    /// Hands over the sync of an append its caller has written: `done` is
+    /// told once the writer's next sync is made. If the queue is full (or
+    /// the writer has stopped), `done` comes back for the caller to sync.
+    pub(super) fn submit_sync(
+        &self,
+        group: GroupId,
+        done: AppendDone,
+    ) -> std::result::Result<(), AppendDone> {
+        let append = Append {
+            group,
+            entries: Vec::new(),
+            bytes: 0,
+            written: None,
+            done,
+        };
+        let Some(queue) = &self.queue else {
+            return Err(append.done);
+        };
+        queue.try_send(append).map_err(|e| match e {
+            mpsc::TrySendError::Full(a) | mpsc::TrySendError::Disconnected(a) => a.done,
         })
     }
 
@@ -146,12 +171,16 @@ fn run(db: &DB, failure: &OnceLock<String>, waiting: &mpsc::Receiver<Append>) {
     }
 }
 
-/// Writes `appends` as one batch (read back at once, not yet durable).
+/// Writes `appends` as one batch (read back at once, not yet durable);
+/// those handed over only to be synced have nothing to write.
 fn write(db: &DB, failure: &OnceLock<String>, appends: &[Append]) -> Result<()> {
     let cf = log_cf(db);
     let mut wb = rocksdb::WriteBatch::default();
     for append in appends {
         put_log(&mut wb, cf, append.group, &append.entries);
+    }
+    if wb.is_empty() {
+        return Ok(());
     }
     written(failure, db.write(wb), "append raft log")
 }
