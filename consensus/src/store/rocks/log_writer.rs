@@ -82,12 +82,7 @@ impl LogWriter {
             written: None,
             done,
         };
-        let Some(queue) = &self.queue else {
-            return Err(append.done);
-        };
-        queue.try_send(append).map_err(|e| match e {
-            mpsc::TrySendError::Full(a) | mpsc::TrySendError::Disconnected(a) => a.done,
-        })
+        self.send(append).map_err(|a| a.done)
     }
 
     /// Hands `group`'s `entries` to the writer, which calls `written` once
@@ -109,6 +104,11 @@ impl LogWriter {
             written: Some(written),
             done,
         };
+        self.send(append)
+    }
+
+    /// Queues `append`, or gives it back if the queue is full or closed.
+    fn send(&self, append: Append) -> std::result::Result<(), Append> {
         let Some(queue) = &self.queue else {
             return Err(append);
         };
