@@ -1,5 +1,6 @@
-//! The RocksDB [`Store`]: one database per node, one column family per kind of
-//! record, keys big-endian so that RocksDB's byte order is numeric order.
+//! The RocksDB [`Store`]: a node's state in one database, one column family
+//! per kind of record, keys big-endian so that RocksDB's byte order is
+//! numeric order.
 //!
 //! | column family | key | value |
 //! |---|---|---|
@@ -8,16 +9,20 @@
 //! | `producers` | topic id, producer id | `codec::window` |
 //! | `effects` | topic id, `codec::meta::source_hash`, cause seq, seq | empty |
 //! | `meta` | `next_topic_id` | u64 |
-//! | `raft_log` | group id, index | entry bytes |
 //! | `raft_values` | group id, name | value bytes |
 //!
-//! A group's kept snapshot is a file beside the database's, in
-//! `snapshots/` ([`SnapshotDir`]). The groups' synced log appends go
-//! through a writer thread ([`log_writer`]), which syncs those that
-//! arrive together once. Large appends go to a second database in `bulk/`,
-//! with a write-ahead log and writer thread of its own, so that a small
-//! append's sync never waits for a large one's bytes ([`lanes`], ADR 31):
-//! its `raft_log` column family holds those entries, keyed as above.
+//! The Raft logs are in two databases of their own, each with one column
+//! family, `raft_log` (key: group id, index; value: the entry's bytes), and
+//! its own write-ahead log: `log/` for small appends and `bulk/` for large
+//! ones, so that a small append's sync never waits for a large one's bytes
+//! ([`lanes`], ADR 31). The groups' synced log appends go through each
+//! lane's writer thread ([`log_writer`]), which syncs those that arrive
+//! together once. The lanes' write-ahead log files are reused
+//! (`recycle_log_file_num`), and `log/` starts on a file filled at open
+//! ([`prime_wal`], ADR 39): a sync then writes over blocks the file
+//! already has, and the file system need not commit its metadata too.
+//! A group's kept snapshot is a file beside the databases, in `snapshots/`
+//! ([`SnapshotDir`]).
 
 mod lanes;
 mod log_writer;
@@ -46,15 +51,24 @@ const CF_META: &str = "meta";
 const CF_RAFT_LOG: &str = "raft_log";
 const CF_RAFT_VALUES: &str = "raft_values";
 const KEY_NEXT_TOPIC_ID: &[u8] = b"next_topic_id";
-const CFS: [&str; 7] = [
+const CFS: [&str; 6] = [
     CF_TOPICS,
     CF_ELEMENTS,
     CF_PRODUCERS,
     CF_EFFECTS,
     CF_META,
-    CF_RAFT_LOG,
     CF_RAFT_VALUES,
 ];
+
+/// The small appends' lane: its memtable's size, and how much of its
+/// first write-ahead log file is filled at open (the two alike, so that
+/// a file is reused about when it would be full).
+const LOG_LANE_BYTES: usize = 32 << 20;
+/// The bulk lane's memtable: entries are mostly purged before it fills,
+/// so they are seldom written a second time, to a table file.
+const BULK_LANE_BYTES: usize = 128 << 20;
+/// How many write-ahead log files a lane keeps for reuse.
+const WAL_FILES_REUSED: usize = 2;
 
 /// A node's RocksDB database.
 pub struct RocksStore {
@@ -62,7 +76,10 @@ pub struct RocksStore {
     /// handles on the databases let go) before the databases close.
     log_writer: log_writer::LogWriter,
     bulk_writer: log_writer::LogWriter,
+    /// Topics, elements, producer windows, effects, Raft values.
     db: Arc<DB>,
+    /// The main lane's database: small Raft log appends.
+    log: Arc<DB>,
     /// The bulk lane's database: large Raft log appends (ADR 31).
     bulk: Arc<DB>,
     lanes: Arc<Lanes>,
@@ -130,19 +147,21 @@ fn producer_key(topic: TopicId, id: &str) -> Vec<u8> {
     k
 }
 
-/// Opens (or creates) the bulk lane's database in `dir`: a `raft_log`
-/// column family only, its write-ahead log flushed by hand as the main
-/// one's.
-fn open_bulk(dir: &Path) -> Result<DB> {
+/// Opens (or creates) a lane's database in `dir`: a `raft_log` column
+/// family only, with memtables of `memtable_bytes`, its write-ahead log
+/// flushed by hand (ADR 26) and its files reused once obsolete.
+fn open_lane(dir: &Path, memtable_bytes: usize) -> Result<DB> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
     opts.set_manual_wal_flush(true);
+    // A reused file is written over, not appended to: a sync then leaves
+    // the file's size and blocks as they were (ADR 39). RocksDB tells a
+    // reused file's stale records from new ones by their log number.
+    opts.set_recycle_log_file_num(WAL_FILES_REUSED);
     let mut cf = Options::default();
-    // Entries are mostly purged before a memtable of this size fills, so
-    // they are seldom written a second time, to a table file.
-    cf.set_write_buffer_size(128 << 20);
+    cf.set_write_buffer_size(memtable_bytes);
     let cfs = [ColumnFamilyDescriptor::new(CF_RAFT_LOG, cf)];
     DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
         Error::Storage(format!(
@@ -150,6 +169,67 @@ fn open_bulk(dir: &Path) -> Result<DB> {
             dir.display()
         ))
     })
+}
+
+/// Makes `db`'s write-ahead log a file of at least `bytes` already
+/// written and synced, to be written over (ADR 39): fills the log that
+/// RocksDB opened with, then switches logs twice (each switch is a
+/// memtable flush, here of one tombstone), the second switch reusing the
+/// filled file. What a file system must commit to sync an append past a
+/// file's end (its new size and blocks) is so paid once, here.
+fn prime_wal(db: &DB, bytes: usize) -> Result<()> {
+    const CHUNK: usize = 1 << 20;
+    let cf = log_cf(db);
+    let filler = vec![0u8; CHUNK];
+    for _ in 0..bytes.div_ceil(CHUNK) {
+        let mut wb = rocksdb::WriteBatch::default();
+        // In the write-ahead log only: recovery skips it.
+        wb.put_log_data(&filler);
+        db.write(wb).map_err(storage("fill the raft log's file"))?;
+    }
+    db.flush_wal(true)
+        .map_err(storage("fill the raft log's file"))?;
+    let mut fo = rocksdb::FlushOptions::default();
+    fo.set_wait(true);
+    for _ in 0..2 {
+        let mut wb = rocksdb::WriteBatch::default();
+        // A flush switches logs only with something in the memtable.
+        wb.delete_cf(cf, b"wal filler");
+        db.write(wb).map_err(storage("fill the raft log's file"))?;
+        db.flush_cf_opt(cf, &fo)
+            .map_err(storage("fill the raft log's file"))?;
+    }
+    Ok(())
+}
+
+/// Moves the Raft log entries that an earlier version kept in the main
+/// database's `raft_log` column family into the log lane, synced, then
+/// drops that column family. A crash in between leaves them in both,
+/// and the next open copies them again (nothing else writes before).
+fn move_old_log(db: &mut DB, log: &DB) -> Result<()> {
+    const BATCH_BYTES: usize = 4 << 20;
+    let Some(old) = db.cf_handle(CF_RAFT_LOG) else {
+        return Ok(());
+    };
+    let (mut wb, mut bytes, mut moved) = (rocksdb::WriteBatch::default(), 0, 0u64);
+    for item in db.iterator_cf(old, IteratorMode::Start) {
+        let (key, value) = item.map_err(storage("read the old raft log"))?;
+        wb.put_cf(log_cf(log), &key, &value);
+        bytes += key.len() + value.len();
+        moved += 1;
+        if bytes >= BATCH_BYTES {
+            log.write(std::mem::take(&mut wb))
+                .map_err(storage("move the old raft log"))?;
+            bytes = 0;
+        }
+    }
+    log.write(wb).map_err(storage("move the old raft log"))?;
+    log.flush_wal(true)
+        .map_err(storage("move the old raft log"))?;
+    db.drop_cf(CF_RAFT_LOG)
+        .map_err(storage("drop the old raft log"))?;
+    tracing::info!("moved {moved} raft log entries into the log lane's database");
+    Ok(())
 }
 
 /// `db`'s `raft_log` column family.
@@ -267,21 +347,31 @@ impl RocksStore {
         // outside its write queue, so a write that does not wait for the
         // disk (a state machine's apply) never waits behind a sync.
         opts.set_manual_wal_flush(true);
-        let cfs = CFS.map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
+        // An earlier version kept the main lane's log here: opened to be
+        // moved (`move_old_log`).
+        let old_log = DB::list_cf(&opts, dir).is_ok_and(|cfs| cfs.iter().any(|c| c == CF_RAFT_LOG));
+        let cfs = CFS
+            .iter()
+            .chain(old_log.then_some(&CF_RAFT_LOG))
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let mut db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
             Error::Storage(format!(
                 "cannot open the database in {}: {e}",
                 dir.display()
             ))
         })?;
-        let bulk = open_bulk(&dir.join("bulk"))?;
+        let log = open_lane(&dir.join("log"), LOG_LANE_BYTES)?;
+        prime_wal(&log, LOG_LANE_BYTES)?;
+        move_old_log(&mut db, &log)?;
+        let bulk = open_lane(&dir.join("bulk"), BULK_LANE_BYTES)?;
         let snapshots = SnapshotDir::open(dir.join("snapshots"))?;
-        let (db, bulk, failure) = (Arc::new(db), Arc::new(bulk), Arc::new(OnceLock::new()));
+        let (db, log, bulk) = (Arc::new(db), Arc::new(log), Arc::new(bulk));
+        let failure = Arc::new(OnceLock::new());
         let lanes = Arc::new(Lanes::new(log_groups(&bulk)?));
         Ok(Self {
             log_writer: log_writer::LogWriter::start(
                 "woof-log-writer",
-                db.clone(),
+                log.clone(),
                 failure.clone(),
             )?,
             bulk_writer: log_writer::LogWriter::start(
@@ -290,6 +380,7 @@ impl RocksStore {
                 failure.clone(),
             )?,
             db,
+            log,
             bulk,
             lanes,
             snapshots,
@@ -670,7 +761,7 @@ impl RocksStore {
     /// The database of `lane`.
     fn lane(&self, lane: Lane) -> &DB {
         match lane {
-            Lane::Main => &self.db,
+            Lane::Main => &self.log,
             Lane::Bulk => &self.bulk,
         }
     }
@@ -679,6 +770,11 @@ impl RocksStore {
     /// skip it).
     fn bulk_of(&self, group: GroupId) -> Option<&DB> {
         self.lanes.in_bulk(group).then_some(&*self.bulk)
+    }
+
+    /// The lanes' databases that may hold entries of `group`.
+    fn lanes_of(&self, group: GroupId) -> impl Iterator<Item = &DB> {
+        self.bulk_of(group).into_iter().chain([&*self.log])
     }
 
     /// Removes the indexes of `entries` from the lane other than `lane`, if
@@ -701,7 +797,7 @@ impl RocksStore {
                 Some(bulk) => bulk,
                 None => return Ok(()),
             },
-            Lane::Bulk => &self.db,
+            Lane::Bulk => &self.log,
         };
         if !holds_any(other, group, *first, *last)? {
             return Ok(());
@@ -747,7 +843,7 @@ impl RocksStore {
         let mut wo = rocksdb::WriteOptions::default();
         wo.set_no_slowdown(true);
         match self
-            .db
+            .log
             .write_opt(self.log_batch(Lane::Main, group, entries), &wo)
         {
             Ok(()) => InPlace::Written,
@@ -809,7 +905,7 @@ impl RaftLogStore for RocksStore {
                 InPlace::Written => {
                     written(Ok(()));
                     if let Err(done) = writer.submit_sync(group, done) {
-                        done(self.written(self.db.flush_wal(true), "sync raft log"));
+                        done(self.written(self.log.flush_wal(true), "sync raft log"));
                     }
                     return;
                 }
@@ -856,7 +952,7 @@ impl RaftLogStore for RocksStore {
             return Ok(Vec::new());
         }
         let limit = limit.min(READ_ENTRIES_MAX);
-        let main = read_log_in(&self.db, group, from, to, limit)?;
+        let main = read_log_in(&self.log, group, from, to, limit)?;
         let Some(bulk) = self.bulk_of(group) else {
             return Ok(main);
         };
@@ -880,7 +976,7 @@ impl RaftLogStore for RocksStore {
     }
 
     fn last_log(&self, group: GroupId) -> Result<Option<(u64, Vec<u8>)>> {
-        let main = last_log_in(&self.db, group)?;
+        let main = last_log_in(&self.log, group)?;
         let Some(bulk) = self.bulk_of(group) else {
             return Ok(main);
         };
@@ -892,25 +988,21 @@ impl RaftLogStore for RocksStore {
 
     /// In both lanes, each synced.
     fn truncate_log(&self, group: GroupId, from: u64) -> Result<()> {
-        if let Some(bulk) = self.bulk_of(group) {
+        for db in self.lanes_of(group) {
             let mut wb = rocksdb::WriteBatch::default();
-            delete_log_range(&mut wb, bulk, group, from, u64::MAX);
-            self.write_synced_in(bulk, wb, "truncate raft log")?;
+            delete_log_range(&mut wb, db, group, from, u64::MAX);
+            self.write_synced_in(db, wb, "truncate raft log")?;
         }
-        let mut wb = rocksdb::WriteBatch::default();
-        delete_log_range(&mut wb, &self.db, group, from, u64::MAX);
-        self.write_synced(wb, "truncate raft log")
+        Ok(())
     }
 
     fn purge_log(&self, group: GroupId, upto: u64) -> Result<()> {
-        if let Some(bulk) = self.bulk_of(group) {
+        for db in self.lanes_of(group) {
             let mut wb = rocksdb::WriteBatch::default();
-            delete_log_range(&mut wb, bulk, group, 0, upto);
-            self.write_unsynced_in(bulk, wb, "purge raft log")?;
+            delete_log_range(&mut wb, db, group, 0, upto);
+            self.write_unsynced_in(db, wb, "purge raft log")?;
         }
-        let mut wb = rocksdb::WriteBatch::default();
-        delete_log_range(&mut wb, &self.db, group, 0, upto);
-        self.write_unsynced_wb(wb, "purge raft log")
+        Ok(())
     }
 
     fn persist_applied(&self) -> Result<()> {
@@ -940,16 +1032,17 @@ impl RaftLogStore for RocksStore {
             .map_err(storage("read raft value"))
     }
 
+    /// The log first (both lanes), then the values: a crash in between
+    /// leaves a group with values and an empty log, which is deleted again.
     fn delete_group(&self, group: GroupId) -> Result<()> {
-        if let Some(bulk) = self.bulk_of(group) {
+        for db in self.lanes_of(group) {
             let mut wb = rocksdb::WriteBatch::default();
-            delete_log_range(&mut wb, bulk, group, 0, u64::MAX);
-            self.write_synced_in(bulk, wb, "delete raft group")?;
-            self.lanes.forget(group);
+            delete_log_range(&mut wb, db, group, 0, u64::MAX);
+            self.write_synced_in(db, wb, "delete raft group")?;
         }
+        self.lanes.forget(group);
         let next = group.0 + 1;
         let mut wb = rocksdb::WriteBatch::default();
-        delete_log_range(&mut wb, &self.db, group, 0, u64::MAX);
         wb.delete_range_cf(
             self.cf(CF_RAFT_VALUES),
             group.0.to_be_bytes(),
@@ -1078,14 +1171,14 @@ mod tests {
     /// A copy of the open database's files, as a crash of the process
     /// would leave them (nothing flushed on the way out), opened.
     fn crashed_copy(from: &Path, to: &Path) -> RocksStore {
-        copy_files(from, to);
         copy_files(&from.join("bulk"), &to.join("bulk"));
-        RocksStore::open(to).unwrap()
+        crashed_copy_without_bulk(from, to)
     }
 
     /// The same, but the bulk lane's files lost.
     fn crashed_copy_without_bulk(from: &Path, to: &Path) -> RocksStore {
         copy_files(from, to);
+        copy_files(&from.join("log"), &to.join("log"));
         RocksStore::open(to).unwrap()
     }
 
@@ -1366,6 +1459,78 @@ mod tests {
         store.write_unsynced(&b).unwrap();
         let crashed = crashed_copy(dir.path(), copy2.path());
         assert_eq!(crashed.value(group, "unsynced").unwrap().unwrap(), b"kept");
+    }
+
+    /// The sizes of the write-ahead log files in `dir`, by name.
+    fn wal_files(dir: &Path) -> std::collections::BTreeMap<String, u64> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, e.metadata().unwrap().len())
+            })
+            .collect()
+    }
+
+    /// The log lane starts on a filled write-ahead log file and writes
+    /// over it: synced appends leave every file's size as it was (a sync
+    /// that extends a file must also commit its new size), and they read
+    /// back after a crash, the reused file's stale records told apart.
+    #[test]
+    fn the_log_lane_writes_over_a_filled_file() {
+        let (dir, copy) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let g = GroupId(9);
+        let store = RocksStore::open(dir.path()).unwrap();
+        let before = wal_files(&dir.path().join("log"));
+        assert!(
+            before.values().any(|&n| n >= LOG_LANE_BYTES as u64),
+            "no filled file: {before:?}"
+        );
+        let entry = |i: u64| (i, vec![i as u8; 4000]);
+        for i in 1..=200 {
+            append_and_wait(&store, g, vec![entry(i)]);
+        }
+        let after = wal_files(&dir.path().join("log"));
+        assert_eq!(before, after, "a file grew or was made");
+        let crashed = crashed_copy(dir.path(), copy.path());
+        let read = crashed.read_log(g, 1, 1000, 1000).unwrap();
+        assert_eq!(read, (1..=200).map(entry).collect::<Vec<_>>());
+        drop(crashed);
+        // And on the next open, the log left by the crash is read again.
+        let reopened = RocksStore::open(copy.path()).unwrap();
+        assert_eq!(reopened.last_log(g).unwrap(), Some(entry(200)));
+    }
+
+    /// A store that an earlier version wrote, with the main lane's log in
+    /// the main database, opens with every entry in the log lane, and
+    /// without the old column family.
+    #[test]
+    fn a_log_kept_by_an_earlier_version_is_moved_to_the_log_lane() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GroupId(4);
+        let entries: Vec<_> = (1..=3u64).map(|i| (i, vec![i as u8; 10])).collect();
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let cfs = CFS.iter().chain([&CF_RAFT_LOG]);
+            let db = DB::open_cf(&opts, dir.path(), cfs).unwrap();
+            let mut wb = rocksdb::WriteBatch::default();
+            put_log(&mut wb, db.cf_handle(CF_RAFT_LOG).unwrap(), g, &entries);
+            let values = db.cf_handle(CF_RAFT_VALUES).unwrap();
+            wb.put_cf(values, value_key(g, "vote"), b"v");
+            db.write(wb).unwrap();
+        }
+        let store = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_log(g, 1, 10, 10).unwrap(), entries);
+        assert_eq!(store.value(g, "vote").unwrap().unwrap(), b"v");
+        drop(store);
+        let cfs = DB::list_cf(&Options::default(), dir.path()).unwrap();
+        assert!(!cfs.iter().any(|c| c == CF_RAFT_LOG), "{cfs:?}");
+        let store = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(store.read_log(g, 1, 10, 10).unwrap(), entries);
     }
 
     #[test]
