@@ -202,6 +202,36 @@ fn prime_wal(db: &DB, bytes: usize) -> Result<()> {
     Ok(())
 }
 
+/// Whether filling `bytes` of a write-ahead log in `dir` leaves room: the
+/// process may write a file twice that large (`RLIMIT_FSIZE`), and the
+/// file system has at least eight times that free. On a nearly full disk
+/// a node must start, not fail on a fill it can do without.
+fn room_to_prime(dir: &Path, bytes: usize) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = bytes as u128;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit) } != 0 {
+        return false;
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && u128::from(limit.rlim_cur) < 2 * bytes {
+        return false;
+    }
+    let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: statvfs is plain data, for which all zeroes is a value.
+    let mut fs: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `path` is a NUL-terminated string; statvfs writes only `fs`.
+    if unsafe { libc::statvfs(path.as_ptr(), &mut fs) } != 0 {
+        return false;
+    }
+    u128::from(fs.f_bavail) * u128::from(fs.f_frsize) >= 8 * bytes
+}
+
 /// Moves the Raft log entries that an earlier version kept in the main
 /// database's `raft_log` column family into the log lane, synced, then
 /// drops that column family. A crash in between leaves them in both,
@@ -360,8 +390,18 @@ impl RocksStore {
                 dir.display()
             ))
         })?;
-        let log = open_lane(&dir.join("log"), LOG_LANE_BYTES)?;
-        prime_wal(&log, LOG_LANE_BYTES)?;
+        let log_dir = dir.join("log");
+        let log = open_lane(&log_dir, LOG_LANE_BYTES)?;
+        if room_to_prime(&log_dir, LOG_LANE_BYTES) {
+            prime_wal(&log, LOG_LANE_BYTES)?;
+        } else {
+            tracing::warn!(
+                "not filling the raft log's first file ({} MiB): the disk or the \
+                 process's file size limit leaves too little room; syncs cost more \
+                 until its files are reused",
+                LOG_LANE_BYTES >> 20
+            );
+        }
         move_old_log(&mut db, &log)?;
         let bulk = open_lane(&dir.join("bulk"), BULK_LANE_BYTES)?;
         let snapshots = SnapshotDir::open(dir.join("snapshots"))?;
