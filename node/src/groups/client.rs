@@ -410,7 +410,9 @@ impl Groups {
     /// Waits `pause`, or less if this node's replica of `group` names a
     /// leader other than `failed` meanwhile (returned): after a leader
     /// handed its group over, the forward to it fails and the next leader
-    /// is known here a few milliseconds later.
+    /// is known here a few milliseconds later. Or, if `failed` is this
+    /// node and it leads, less if a quorum acknowledges it meanwhile
+    /// (this node returned).
     async fn leader_within(
         &self,
         group: GroupId,
@@ -421,10 +423,22 @@ impl Groups {
             tokio::time::sleep(pause).await;
             return None;
         };
+        // A leader just elected refuses writes (naming no leader) until a
+        // quorum has acknowledged it: openraft 0.10's lease, a round trip
+        // after the election. When this node was the one that refused and
+        // it leads, it is asked again once a quorum acknowledges it anew.
+        let me = self.client.peer_id();
+        let acked = metrics.borrow_watched().last_quorum_acked;
         let news = async {
             loop {
-                let leader = leader_of(&metrics.borrow_watched());
+                let (leader, acked_now) = {
+                    let m = metrics.borrow_watched();
+                    (leader_of(&m), m.last_quorum_acked)
+                };
                 if leader.is_some_and(|l| l != failed) {
+                    return leader;
+                }
+                if failed == me && leader == Some(me) && acked_now != acked {
                     return leader;
                 }
                 if metrics.changed().await.is_err() {

@@ -1072,8 +1072,10 @@ impl RaftLogStore for RocksStore {
             .map_err(storage("read raft value"))
     }
 
-    /// The log first (both lanes), then the values: a crash in between
-    /// leaves a group with values and an empty log, which is deleted again.
+    /// The log first (each lane's, synced), then the values: the two are in
+    /// different databases. A crash in between leaves the group's values
+    /// without its log (as one between the two lanes' deletions already
+    /// could), never a log that a group made again later would find.
     fn delete_group(&self, group: GroupId) -> Result<()> {
         for db in self.lanes_of(group) {
             let mut wb = rocksdb::WriteBatch::default();
