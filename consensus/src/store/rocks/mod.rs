@@ -27,8 +27,9 @@
 mod lanes;
 mod log_writer;
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use lanes::{Lane, Lanes};
 
@@ -87,6 +88,11 @@ pub struct RocksStore {
     /// The first write that failed: after it the node cannot promise
     /// durability, and says so (its gRPC health turns NOT_SERVING).
     failure: Arc<OnceLock<String>>,
+    /// Groups whose deletion failed part way while this process ran (their
+    /// [`DELETING`] mark stays): a value saved for one (a group is made
+    /// again by saving its vote first) finishes the deletion first, so
+    /// that the next open does not delete the group made again.
+    unfinished: Mutex<HashSet<GroupId>>,
 }
 
 fn storage(context: &str) -> impl FnOnce(rocksdb::Error) -> Error + '_ {
@@ -408,7 +414,7 @@ impl RocksStore {
         let (db, log, bulk) = (Arc::new(db), Arc::new(log), Arc::new(bulk));
         let failure = Arc::new(OnceLock::new());
         let lanes = Arc::new(Lanes::new(log_groups(&bulk)?));
-        Ok(Self {
+        let store = Self {
             log_writer: log_writer::LogWriter::start(
                 "woof-log-writer",
                 log.clone(),
@@ -425,7 +431,16 @@ impl RocksStore {
             lanes,
             snapshots,
             failure,
-        })
+            unfinished: Mutex::default(),
+        };
+        let finished = store.finish_deletions()?;
+        if finished > 0 {
+            tracing::info!(
+                groups = finished,
+                "finished deleting groups a crash had cut short"
+            );
+        }
+        Ok(store)
     }
 
     /// Why the first failed write failed, if one did.
@@ -790,6 +805,10 @@ impl Store for RocksStore {
     }
 }
 
+/// The value that marks a group being deleted ([`RaftLogStore::delete_group`]);
+/// no caller's value has this name.
+const DELETING: &str = "\u{0}deleting";
+
 fn value_key(group: GroupId, name: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + name.len());
     k.extend_from_slice(&group.0.to_be_bytes());
@@ -798,6 +817,51 @@ fn value_key(group: GroupId, name: &str) -> Vec<u8> {
 }
 
 impl RocksStore {
+    /// Removes what `group` stored: each lane's log, then its kept
+    /// snapshot, then its values (with the [`DELETING`] mark, if any), each
+    /// synced. Again from the start after a crash part way.
+    fn erase_group(&self, group: GroupId) -> Result<()> {
+        for db in self.lanes_of(group) {
+            let mut wb = rocksdb::WriteBatch::default();
+            delete_log_range(&mut wb, db, group, 0, u64::MAX);
+            self.write_synced_in(db, wb, "delete raft group")?;
+        }
+        self.lanes.forget(group);
+        self.snapshots.remove(group)?;
+        let next = group.0 + 1;
+        let mut wb = rocksdb::WriteBatch::default();
+        wb.delete_range_cf(
+            self.cf(CF_RAFT_VALUES),
+            group.0.to_be_bytes(),
+            next.to_be_bytes(),
+        );
+        self.write_synced(wb, "delete raft group")
+    }
+
+    /// Finishes deleting the groups whose deletion a crash cut short (they
+    /// still hold the [`DELETING`] mark). Returns how many.
+    fn finish_deletions(&self) -> Result<usize> {
+        let mut finished = 0;
+        for group in self.groups()? {
+            if self.value(group, DELETING)?.is_some() {
+                self.erase_group(group)?;
+                finished += 1;
+            }
+        }
+        Ok(finished)
+    }
+
+    /// Finishes deleting `group` if its deletion failed part way in this
+    /// process (see [`RocksStore::unfinished`]).
+    fn finish_unfinished(&self, group: GroupId) -> Result<()> {
+        let mut unfinished = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
+        if unfinished.contains(&group) {
+            self.erase_group(group)?;
+            unfinished.remove(&group);
+        }
+        Ok(())
+    }
+
     /// The database of `lane`.
     fn lane(&self, lane: Lane) -> &DB {
         match lane {
@@ -1055,12 +1119,14 @@ impl RaftLogStore for RocksStore {
     }
 
     fn put_value(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
+        self.finish_unfinished(group)?;
         let mut wb = rocksdb::WriteBatch::default();
         wb.put_cf(self.cf(CF_RAFT_VALUES), value_key(group, name), value);
         self.write_synced(wb, "save raft value")
     }
 
     fn put_value_unsynced(&self, group: GroupId, name: &str, value: &[u8]) -> Result<()> {
+        self.finish_unfinished(group)?;
         let mut wb = rocksdb::WriteBatch::default();
         wb.put_cf(self.cf(CF_RAFT_VALUES), value_key(group, name), value);
         self.write_unsynced_wb(wb, "save raft value")
@@ -1072,26 +1138,27 @@ impl RaftLogStore for RocksStore {
             .map_err(storage("read raft value"))
     }
 
-    /// The log first (each lane's, synced), then the values: the two are in
-    /// different databases. A crash in between leaves the group's values
-    /// without its log (as one between the two lanes' deletions already
-    /// could), never a log that a group made again later would find.
+    /// The group's log, its values and its snapshot are in different
+    /// databases and files, so they cannot go in one write. Marked first
+    /// ([`DELETING`], synced): a crash part way then leaves a group that
+    /// the next open finishes deleting ([`RocksStore::open`]), never values
+    /// without a log (a replica loaded with nothing behind its applied
+    /// state) nor a log or snapshot that a group made again later with the
+    /// same id would find.
     fn delete_group(&self, group: GroupId) -> Result<()> {
-        for db in self.lanes_of(group) {
-            let mut wb = rocksdb::WriteBatch::default();
-            delete_log_range(&mut wb, db, group, 0, u64::MAX);
-            self.write_synced_in(db, wb, "delete raft group")?;
-        }
-        self.lanes.forget(group);
-        let next = group.0 + 1;
         let mut wb = rocksdb::WriteBatch::default();
-        wb.delete_range_cf(
-            self.cf(CF_RAFT_VALUES),
-            group.0.to_be_bytes(),
-            next.to_be_bytes(),
-        );
+        wb.put_cf(self.cf(CF_RAFT_VALUES), value_key(group, DELETING), []);
         self.write_synced(wb, "delete raft group")?;
-        self.snapshots.remove(group)
+        // Not under the lock: other groups' values do not wait for these
+        // syncs. (Nothing else writes this group meanwhile: the caller
+        // holds it.)
+        let erased = self.erase_group(group);
+        let mut unfinished = self.unfinished.lock().unwrap_or_else(|e| e.into_inner());
+        match erased {
+            Ok(()) => unfinished.remove(&group),
+            Err(_) => unfinished.insert(group),
+        };
+        erased
     }
 
     fn snapshot_create(&self) -> Result<SnapshotFile> {
@@ -1419,6 +1486,92 @@ mod tests {
         store.delete_group(g).unwrap();
         assert_eq!(store.last_log(g).unwrap(), None);
         assert!(store.read_log(g, 0, 10, 10).unwrap().is_empty());
+    }
+
+    /// Puts into `store` a group `g` with entries in both lanes, a vote and
+    /// a kept snapshot.
+    fn a_group_in_every_part(store: &RocksStore, g: GroupId) {
+        use std::io::Write;
+        let large = vec![7; lanes::BULK_BYTES_MIN];
+        store
+            .append_log(g, &[(1, b"small".to_vec()), (2, large)])
+            .unwrap();
+        store.put_value(g, "vote", b"v").unwrap();
+        let mut f = store.snapshot_create().unwrap();
+        f.write_all(b"snapshot").unwrap();
+        store.snapshot_keep(g, f).unwrap();
+    }
+
+    /// Whether `store` holds nothing of `g`: no log in either lane, no
+    /// values, no snapshot, and is not listed.
+    fn holds_nothing_of(store: &RocksStore, g: GroupId) -> bool {
+        store.last_log(g).unwrap().is_none()
+            && store.read_log(g, 0, 10, 10).unwrap().is_empty()
+            && log_groups(&store.bulk).unwrap().iter().all(|x| *x != g)
+            && store.value(g, "vote").unwrap().is_none()
+            && store.value(g, DELETING).unwrap().is_none()
+            && store.snapshot_open(g).unwrap().is_none()
+            && !store.groups().unwrap().contains(&g)
+    }
+
+    /// A deletion cut short by a crash (its mark written, nothing else
+    /// yet) is finished by the next open, which leaves other groups be; the
+    /// group made again with the same id then starts from nothing.
+    #[test]
+    fn a_deletion_cut_short_by_a_crash_is_finished_at_the_next_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let (g, other) = (GroupId(9), GroupId(10));
+        {
+            let store = RocksStore::open(dir.path()).unwrap();
+            a_group_in_every_part(&store, g);
+            a_group_in_every_part(&store, other);
+            // What `delete_group` writes first; then the crash.
+            let mut wb = rocksdb::WriteBatch::default();
+            wb.put_cf(store.cf(CF_RAFT_VALUES), value_key(g, DELETING), []);
+            store.write_synced(wb, "test").unwrap();
+        }
+        let store = RocksStore::open(dir.path()).unwrap();
+        assert!(holds_nothing_of(&store, g), "the deletion was finished");
+        assert_eq!(store.groups().unwrap(), [other]);
+        assert_eq!(store.read_log(other, 0, 10, 10).unwrap().len(), 2);
+        assert!(store.snapshot_open(other).unwrap().is_some());
+        store.put_value(g, "vote", b"again").unwrap();
+        drop(store);
+        let store = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(
+            store.value(g, "vote").unwrap().as_deref(),
+            Some(&b"again"[..])
+        );
+        assert_eq!(store.last_log(g).unwrap(), None);
+    }
+
+    /// A deletion that failed part way while the node ran is finished when
+    /// the group is made again (its vote saved), not at the next open: the
+    /// group made again survives it.
+    #[test]
+    fn a_group_made_again_after_a_failed_deletion_is_kept_across_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let g = GroupId(9);
+        {
+            let store = RocksStore::open(dir.path()).unwrap();
+            a_group_in_every_part(&store, g);
+            // `delete_group` with its erasing failed: marked, all else kept.
+            let mut wb = rocksdb::WriteBatch::default();
+            wb.put_cf(store.cf(CF_RAFT_VALUES), value_key(g, DELETING), []);
+            store.write_synced(wb, "test").unwrap();
+            store.unfinished.lock().unwrap().insert(g);
+            store.put_value(g, "vote", b"again").unwrap();
+            assert_eq!(store.read_log(g, 0, 10, 10).unwrap(), vec![]);
+            assert!(store.snapshot_open(g).unwrap().is_none());
+        }
+        let store = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(store.groups().unwrap(), [g]);
+        assert_eq!(
+            store.value(g, "vote").unwrap().as_deref(),
+            Some(&b"again"[..])
+        );
+        store.delete_group(g).unwrap();
+        assert!(holds_nothing_of(&store, g));
     }
 
     #[test]
