@@ -185,27 +185,28 @@ fn open_lane(dir: &Path, memtable_bytes: usize) -> Result<DB> {
 /// file's end (its new size and blocks) is so paid once, here.
 fn prime_wal(db: &DB, bytes: usize) -> Result<()> {
     const CHUNK: usize = 1 << 20;
-    let cf = log_cf(db);
-    let filler = vec![0u8; CHUNK];
-    for _ in 0..bytes.div_ceil(CHUNK) {
-        let mut wb = rocksdb::WriteBatch::default();
-        // In the write-ahead log only: recovery skips it.
-        wb.put_log_data(&filler);
-        db.write(wb).map_err(storage("fill the raft log's file"))?;
-    }
-    db.flush_wal(true)
-        .map_err(storage("fill the raft log's file"))?;
-    let mut fo = rocksdb::FlushOptions::default();
-    fo.set_wait(true);
-    for _ in 0..2 {
-        let mut wb = rocksdb::WriteBatch::default();
-        // A flush switches logs only with something in the memtable.
-        wb.delete_cf(cf, b"wal filler");
-        db.write(wb).map_err(storage("fill the raft log's file"))?;
-        db.flush_cf_opt(cf, &fo)
-            .map_err(storage("fill the raft log's file"))?;
-    }
-    Ok(())
+    let fill = || -> Result<(), rocksdb::Error> {
+        let cf = log_cf(db);
+        let filler = vec![0u8; CHUNK];
+        for _ in 0..bytes.div_ceil(CHUNK) {
+            let mut wb = rocksdb::WriteBatch::default();
+            // In the write-ahead log only: recovery skips it.
+            wb.put_log_data(&filler);
+            db.write(wb)?;
+        }
+        db.flush_wal(true)?;
+        let mut fo = rocksdb::FlushOptions::default();
+        fo.set_wait(true);
+        for _ in 0..2 {
+            let mut wb = rocksdb::WriteBatch::default();
+            // A flush switches logs only with something in the memtable.
+            wb.delete_cf(cf, b"wal filler");
+            db.write(wb)?;
+            db.flush_cf_opt(cf, &fo)?;
+        }
+        Ok(())
+    };
+    fill().map_err(storage("fill the raft log's file"))
 }
 
 /// Whether filling `bytes` of a write-ahead log in `dir` leaves room: the
@@ -987,7 +988,8 @@ impl RaftLogStore for RocksStore {
         written: AppendDone,
         done: AppendDone,
     ) {
-        let lane = self.lanes.enter(group, log_bytes(&entries));
+        let bytes = log_bytes(&entries);
+        let lane = self.lanes.enter(group, bytes);
         let lanes = self.lanes.clone();
         // Out of the lane once its caller knows the outcome: the group's
         // next append may then go to the other lane.
@@ -1004,7 +1006,7 @@ impl RaftLogStore for RocksStore {
             Lane::Main => &self.log_writer,
             Lane::Bulk => &self.bulk_writer,
         };
-        if lane == Lane::Main && log_bytes(&entries) <= IN_PLACE_BYTES_MAX {
+        if lane == Lane::Main && bytes <= IN_PLACE_BYTES_MAX {
             match self.write_in_place(group, &entries) {
                 InPlace::Written => {
                     written(Ok(()));
