@@ -12,7 +12,7 @@
 //! that leader still runs; otherwise the node finds out itself, by asking
 //! the other copies (see [`left_behind`]).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 use woof_consensus::raft::WatchReceiver;
 
@@ -48,7 +48,9 @@ impl ClusterTopics {
     /// for is the group's to finish or abandon (Raft keeps it safe either
     /// way), and the next leader repairs whatever is still missing.
     pub async fn maintain(self, repair_after: Duration, shutdown: Shutdown) {
-        let mut removed: BTreeSet<(GroupId, PeerId)> = BTreeSet::new();
+        // Replicas replaced while their node was away, and the log index
+        // of the membership that replaced each.
+        let mut removed: BTreeMap<(GroupId, PeerId), u64> = BTreeMap::new();
         let mut claims_resolved = false;
         let mut checked = 0;
         let mut round: u64 = 0;
@@ -92,7 +94,7 @@ impl ClusterTopics {
     async fn repair_once(
         &self,
         repair_after: Duration,
-        removed: &mut BTreeSet<(GroupId, PeerId)>,
+        removed: &mut BTreeMap<(GroupId, PeerId), u64>,
         republish: bool,
     ) -> crate::Result<()> {
         let members = self.overlay.members().await?;
@@ -166,21 +168,24 @@ impl ClusterTopics {
             tracing::info!(topic = %meta.name, ?dead, %new, "replacing a lost replica");
             // One group's failed change must not stop the others' repair,
             // nor the waking of sleeping groups below.
-            if let Err(e) = self
+            let changed_at = match self
                 .groups
                 .replace_voter(group, &raft, &voters, dead, new)
                 .await
             {
-                // Growing a group (nothing lost) is tried again next round:
-                // not worth a warning (the demo printed one when the node it
-                // chose was being stopped).
-                if dead.is_some() {
-                    tracing::warn!(topic = %meta.name, %new, "replacing a replica: {e}");
-                } else {
-                    tracing::info!(topic = %meta.name, %new, "adding a replica (tried again next round): {e}");
+                Ok(at) => at,
+                Err(e) => {
+                    // Growing a group (nothing lost) is tried again next round:
+                    // not worth a warning (the demo printed one when the node it
+                    // chose was being stopped).
+                    if dead.is_some() {
+                        tracing::warn!(topic = %meta.name, %new, "replacing a replica: {e}");
+                    } else {
+                        tracing::info!(topic = %meta.name, %new, "adding a replica (tried again next round): {e}");
+                    }
+                    continue;
                 }
-                continue;
-            }
+            };
             let members: Vec<String> = keep
                 .iter()
                 .chain(std::iter::once(&new))
@@ -195,7 +200,7 @@ impl ClusterTopics {
                 tracing::warn!(topic = %meta.name, "publishing the new replicas: {e}");
             }
             if let Some(dead) = dead {
-                removed.insert((group, dead));
+                removed.insert((group, dead), changed_at);
             }
             tracing::info!(topic = %meta.name, %new, "replica replaced");
         }
@@ -224,12 +229,12 @@ impl ClusterTopics {
         }
 
         // Replicas replaced while their node was away: remove them once it is back.
-        let back: Vec<(GroupId, PeerId)> = removed
+        let back: Vec<(GroupId, PeerId, u64)> = removed
             .iter()
-            .filter(|(_, peer)| silent_ms(peer).is_some_and(|s| s < BACK_WITHIN_MS))
-            .copied()
+            .filter(|((_, peer), _)| silent_ms(peer).is_some_and(|s| s < BACK_WITHIN_MS))
+            .map(|((group, peer), at)| (*group, *peer, *at))
             .collect();
-        for (group, peer) in back {
+        for (group, peer, changed_at) in back {
             removed.remove(&(group, peer));
             // A later repair may have chosen the same node again: its copy
             // is a voter's then (the simulator found voters emptied so).
@@ -240,7 +245,19 @@ impl ClusterTopics {
             if voter_again {
                 continue;
             }
-            self.groups.remove(group, &[peer]).await;
+            // Only if its copy holds nothing from the change on: a repair
+            // elsewhere (another leader's) may be making it a replica again
+            // right now, its copy a learner catching up, which this view of
+            // the members does not show yet. Removed unconditionally, that
+            // copy was emptied after it had caught up, and then made a
+            // voter (the simulator's seed 319).
+            if let Err(e) = self
+                .groups
+                .remove_left_behind_at(peer, group, changed_at)
+                .await
+            {
+                tracing::warn!(group = group.0, %peer, "removing a replaced copy: {e}");
+            }
         }
         Ok(())
     }

@@ -135,6 +135,32 @@ impl Groups {
         self.routes.forget(group, None);
     }
 
+    /// Removes `peer`'s copy of `group` if a repair left it behind: the
+    /// membership committed at log index `evidence_at` replaced `peer`, and
+    /// its copy holds nothing from there on. A copy that does (a later
+    /// repair chose `peer` again and it is catching up, or is a voter
+    /// again) stays. Whether it was removed.
+    pub async fn remove_left_behind_at(
+        &self,
+        peer: PeerId,
+        group: GroupId,
+        evidence_at: u64,
+    ) -> Result<bool> {
+        let control = Control::RemoveLeftBehind { group, evidence_at };
+        match self.control(peer, control, CONTROL_TIMEOUT).await? {
+            ControlReply::Removed => {
+                self.routes.forget(group, Some(peer));
+                Ok(true)
+            }
+            ControlReply::Kept => Ok(false),
+            ControlReply::Failed(why) => Err(Error::Internal(format!(
+                "removing {peer}'s copy of group {}: {why}",
+                group.0
+            ))),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Writes `command` through `group`, whose voters are `members`: on this
     /// node if it leads, else at the leader. See [`Groups::at_leader`].
     /// An append that names no producer is given one of this node's

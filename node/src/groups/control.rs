@@ -33,6 +33,12 @@ pub(super) enum Control {
     Replica { group: GroupId },
     /// Stop `group` here and remove everything it stored.
     RemoveGroup { group: GroupId },
+    /// Remove this node's copy of `group` if a repair left it behind: the
+    /// membership committed at log index `evidence_at` leaves this node
+    /// out, and the copy holds nothing from there on (see
+    /// [`super::Groups::remove_left_behind`]). Answered with
+    /// [`ControlReply::Removed`] or [`ControlReply::Kept`].
+    RemoveLeftBehind { group: GroupId, evidence_at: u64 },
     /// The leader of `groups` puts them to sleep: stop running them here
     /// (their storage stays; any message for one wakes it).
     Sleep { groups: Vec<GroupId> },
@@ -88,6 +94,8 @@ pub(super) enum ControlReply {
     Read(ReadReply),
     Replicas(Vec<ReplicaStatus>),
     Removed,
+    /// A copy asked to go was kept: it is a member again.
+    Kept,
     Asleep,
     Leased,
     Invoked(InvokeReply),

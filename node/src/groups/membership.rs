@@ -99,7 +99,7 @@ impl Groups {
         voters: &[PeerId],
         lost: Option<PeerId>,
         new: PeerId,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let next: Vec<PeerId> = voters
             .iter()
             .copied()
@@ -195,12 +195,12 @@ impl Groups {
             }
         }
         let voters: BTreeSet<u64> = next.iter().map(node_id).collect();
-        tokio::time::timeout(CHANGE_TIMEOUT, raft.change_membership(voters, false))
+        let changed = tokio::time::timeout(CHANGE_TIMEOUT, raft.change_membership(voters, false))
             .await
             .map_err(|_| failed("changing the voters", "timed out".into()))?
             .map_err(|e| failed("changing the voters", e.to_string()))?;
         self.touch(group);
-        Ok(())
+        Ok(changed.log_id.index)
     }
 }
 

@@ -108,6 +108,13 @@ impl Groups {
                 Ok(()) => ControlReply::Removed,
                 Err(e) => ControlReply::Failed(e.to_string()),
             },
+            Control::RemoveLeftBehind { group, evidence_at } => {
+                match self.remove_left_behind(group, evidence_at).await {
+                    Ok(true) => ControlReply::Removed,
+                    Ok(false) => ControlReply::Kept,
+                    Err(e) => ControlReply::Failed(e.to_string()),
+                }
+            }
             Control::Sleep { groups } => self.sleep_followers(groups).await,
             Control::Lease(lease) => match self.leases.0.try_send(lease) {
                 Ok(()) => ControlReply::Leased,
