@@ -91,7 +91,9 @@ impl Groups {
     }
 
     /// Replaces `lost` among the voters of `group` (led here) by `new`, or
-    /// adds `new` to them when nothing is lost.
+    /// adds `new` to them when nothing is lost. Returns the log index of
+    /// the membership that did it (from there on `lost` is out: the
+    /// evidence a removal of its copy is judged by).
     pub async fn replace_voter(
         &self,
         group: GroupId,
