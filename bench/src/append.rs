@@ -163,35 +163,38 @@ async fn cases(
     let payload = bytes::Bytes::from(vec![b'x'; size]);
     let (pre, at) = (target.prefix(), target.at());
 
-    // One client, one append at a time.
-    let case = format!("{pre}1 client{at}, {size} B, synced append");
-    let outcome = async {
-        if !wanted(only, &case) {
-            return Ok(());
-        }
-        let topic = format!("bench/one-{size}");
-        let (url, leader) = target.topic(&topic, &payload).await?;
-        let (n, h) = one_client(&url, &topic, &payload, secs).await?;
-        target.check_leader(report, &topic, leader).await?;
-        report.latencies(&case, "", &h);
-        report.row(&case, "throughput", n as f64 / secs as f64, "appends/s");
-        anyhow::Ok(())
-    }
-    .await;
-    failed(report, &case, outcome);
-
-    // Many clients, each on its own connection, one append at a time each.
-    for clients in [16usize, 64] {
-        let case = format!("{pre}{clients} clients{at}, {size} B, synced append");
+    // One client, one append at a time: a call each, then on a stream.
+    for way in [Way::Calls, Way::Stream] {
+        let case = format!("{pre}1 client{at}, {size} B, {}", way.name());
         let outcome = async {
             if !wanted(only, &case) {
                 return Ok(());
             }
-            let topic = format!("bench/c{clients}-{size}");
+            let topic = format!("bench/one-{size}{}", way.suffix());
+            let (url, leader) = target.topic(&topic, &payload).await?;
+            let (n, h) = one_client(&url, &topic, &payload, secs, way).await?;
+            target.check_leader(report, &topic, leader).await?;
+            report.latencies(&case, "", &h);
+            report.row(&case, "throughput", n as f64 / secs as f64, "appends/s");
+            anyhow::Ok(())
+        }
+        .await;
+        failed(report, &case, outcome);
+    }
+
+    // Many clients, each on its own connection, one append at a time each;
+    // 64 clients also each on a stream.
+    for (clients, way) in [(16usize, Way::Calls), (64, Way::Calls), (64, Way::Stream)] {
+        let case = format!("{pre}{clients} clients{at}, {size} B, {}", way.name());
+        let outcome = async {
+            if !wanted(only, &case) {
+                return Ok(());
+            }
+            let topic = format!("bench/c{clients}-{size}{}", way.suffix());
             let (url, leader) = target.topic(&topic, &payload).await?;
             let pace = Pace::new(secs);
             let (count, hist) = concurrent(&url, &topic, clients, secs, &pace, |topic| {
-                Request::One(v1::AppendRequest {
+                way.request(v1::AppendRequest {
                     topic,
                     payload: payload.clone(),
                     producer: None,
@@ -203,7 +206,7 @@ async fn cases(
             report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
             report.latencies(&case, "", &hist);
             if clients == 64 {
-                let line = format!("woof, {}{size} B", target.prefix());
+                let line = format!("woof, {}{size} B{}", target.prefix(), way.suffix());
                 report.over_time(OVER_TIME_64, "appends/s", pace.series(line));
             }
             anyhow::Ok(())
@@ -248,15 +251,19 @@ async fn cases(
 
     // Many topics with few clients each (issue 16): does a node's disk
     // serve its groups' syncs together?
-    if let Target::Cluster(cluster) = target {
-        let case = many_case(pre, "topics", size);
+    for way in [Way::Calls, Way::Stream] {
+        let Target::Cluster(cluster) = target else {
+            break;
+        };
+        let case = format!("{}{}", many_case(pre, "topics", size), way.tail());
         let outcome = async {
             if !wanted(only, &case) {
                 return Ok(());
             }
-            let prefix = format!("bench/many-{size}");
+            let prefix = format!("bench/many-{size}{}", way.suffix());
             let pace = Pace::new(secs);
-            let (count, hist, _) = many_topics(cluster, &prefix, secs, &payload, &pace).await?;
+            let (count, hist, _) =
+                many_topics(cluster, &prefix, secs, &payload, &pace, way).await?;
             report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
             report.latencies(&case, "", &hist);
             anyhow::Ok(())
@@ -281,7 +288,7 @@ async fn cases(
             let flood = tokio::spawn(flood(flood_url, flooded.clone(), stop.clone()));
             // The flood fills its queues first.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let calm = one_client(&url, &topic, &payload, secs).await;
+            let calm = one_client(&url, &topic, &payload, secs, Way::Calls).await;
             stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let flooded_bytes = flood.await??;
             let (_, h) = calm?;
@@ -335,7 +342,8 @@ async fn cases(
             let (_, leader) = target.topic(&topic, &payload).await?;
             let leader = leader.context("a cluster topic has a leader")?;
             let follower = (leader + 1) % cluster.nodes.len();
-            let (_, h) = one_client(cluster.url(follower), &topic, &payload, secs).await?;
+            let (_, h) =
+                one_client(cluster.url(follower), &topic, &payload, secs, Way::Calls).await?;
             target.check_leader(report, &topic, Some(leader)).await?;
             report.latencies(&case, "", &h);
             anyhow::Ok(())
@@ -442,6 +450,7 @@ pub async fn many_topics(
     secs: u64,
     payload: &bytes::Bytes,
     pace: &Arc<Pace>,
+    way: Way,
 ) -> anyhow::Result<(u64, Histogram<u64>, Vec<usize>)> {
     let mut leaders = Vec::new();
     for t in 0..MANY_TOPICS {
@@ -457,7 +466,7 @@ pub async fn many_topics(
             secs,
             pace,
             |topic| {
-                Request::One(v1::AppendRequest {
+                way.request(v1::AppendRequest {
                     topic,
                     payload: payload.clone(),
                     producer: None,
@@ -577,28 +586,41 @@ async fn peer_cases(
 fn ratios(report: &mut Report, size: usize) {
     let single = format!("{size} B, synced append");
     let cases = [
-        (format!("1 client at the leader, {single}"), "latency p50"),
-        (format!("1 client at the leader, {single}"), "latency p99"),
-        (format!("16 clients at the leader, {single}"), "throughput"),
-        (format!("64 clients at the leader, {single}"), "throughput"),
-        (format!("64 clients at the leader, {single}"), "latency p99"),
+        ("1 client", "latency p50", Way::Calls),
+        ("1 client", "latency p99", Way::Calls),
+        ("1 client", "latency p50", Way::Stream),
+        ("16 clients", "throughput", Way::Calls),
+        ("64 clients", "throughput", Way::Calls),
+        ("64 clients", "latency p99", Way::Calls),
+        ("64 clients", "throughput", Way::Stream),
     ];
     for label in ["default sync", "sync always"] {
         let peer = format!("NATS JetStream {label}");
-        for (case, metric) in &cases {
+        for (clients, metric, way) in cases {
+            let case = format!("{clients} at the leader, {single}");
+            let ours = format!("{clients} at the leader, {size} B, {}", way.name());
             report.ratio(
-                format!("woof / {peer}, {case}"),
+                format!("woof / {peer}, {ours}"),
                 metric,
-                &format!("3 replicas, {case}"),
+                &format!("3 replicas, {ours}"),
                 &format!("{peer}, {case}"),
             );
         }
-        report.ratio(
-            format!("woof / {peer}, {MANY_TOPICS} topics x {MANY_CLIENTS} clients, {size} B"),
-            "throughput",
-            &many_case("3 replicas, ", "topics", size),
-            &many_case(&format!("{peer}, "), "streams", size),
-        );
+        for way in [Way::Calls, Way::Stream] {
+            report.ratio(
+                format!(
+                    "woof / {peer}, {MANY_TOPICS} topics x {MANY_CLIENTS} clients, {size} B, {}",
+                    way.name()
+                ),
+                "throughput",
+                &format!(
+                    "{}{}",
+                    many_case("3 replicas, ", "topics", size),
+                    way.tail()
+                ),
+                &many_case(&format!("{peer}, "), "streams", size),
+            );
+        }
         report.ratio(
             format!("woof / {peer}, batched, {size} B"),
             "throughput",
@@ -629,32 +651,93 @@ async fn one_client(
     topic: &str,
     payload: &bytes::Bytes,
     secs: u64,
+    way: Way,
 ) -> anyhow::Result<(u64, Histogram<u64>)> {
-    let mut c = nodes::connect(url).await?;
-    let mut h = Histogram::<u64>::new(3)?;
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut n = 0u64;
-    while Instant::now() < deadline {
-        let t = Instant::now();
-        let request = c.append(v1::AppendRequest {
-            topic: topic.into(),
-            payload: payload.clone(),
-            producer: None,
-            handler: Default::default(),
-        });
-        tokio::time::timeout(REQUEST_TIMEOUT, request)
-            .await
-            .with_context(|| format!("{url}: an append to {topic} took over {REQUEST_TIMEOUT:?}"))?
-            .with_context(|| format!("{url}: append to {topic}"))?;
-        h.record(t.elapsed().as_nanos() as u64)?;
-        n += 1;
-    }
-    Ok((n, h))
+    let pace = Pace::new(secs);
+    let request = way.request(v1::AppendRequest {
+        topic: topic.into(),
+        payload: payload.clone(),
+        producer: None,
+        handler: Default::default(),
+    });
+    concurrent(url, topic, 1, secs, &pace, |_| request.clone()).await
 }
 
+/// How a case's clients append single elements: a unary call each, or each
+/// client's appends as messages of one `AppendStream`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Way {
+    Calls,
+    Stream,
+}
+
+impl Way {
+    /// The end of a case's name.
+    fn name(self) -> String {
+        format!("synced append{}", self.tail())
+    }
+
+    /// What a case's name says after "synced append".
+    fn tail(self) -> &'static str {
+        match self {
+            Way::Calls => "",
+            Way::Stream => " on a stream",
+        }
+    }
+
+    /// The end of a case's topic.
+    fn suffix(self) -> &'static str {
+        match self {
+            Way::Calls => "",
+            Way::Stream => "-stream",
+        }
+    }
+
+    fn request(self, r: v1::AppendRequest) -> Request {
+        match self {
+            Way::Calls => Request::One(r),
+            Way::Stream => Request::Streamed(r),
+        }
+    }
+}
+
+#[derive(Clone)]
 pub enum Request {
     One(v1::AppendRequest),
     Batch(v1::AppendBatchRequest),
+    /// One append at a time on the client's own `AppendStream`.
+    Streamed(v1::AppendRequest),
+}
+
+/// A client's `AppendStream`, used one append at a time.
+struct Stream {
+    requests: tokio::sync::mpsc::Sender<v1::AppendRequest>,
+    answers: tonic::Streaming<v1::AppendStreamResponse>,
+}
+
+impl Stream {
+    async fn open(c: &mut nodes::Client) -> anyhow::Result<Self> {
+        let (requests, rx) = tokio::sync::mpsc::channel(1);
+        let answers = c
+            .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await?
+            .into_inner();
+        Ok(Self { requests, answers })
+    }
+
+    /// Appends `r` and waits for its answer.
+    async fn append(&mut self, r: v1::AppendRequest) -> anyhow::Result<u64> {
+        use v1::append_stream_response::Outcome;
+        self.requests
+            .send(r)
+            .await
+            .map_err(|_| anyhow::anyhow!("the append stream was closed"))?;
+        match self.answers.message().await?.and_then(|a| a.outcome) {
+            Some(Outcome::Appended(a)) => Ok(a.seq),
+            Some(Outcome::Error(e)) => bail!("{:?}: {}", tonic::Code::from(e.code), e.message),
+            None => bail!("the append stream ended before its answer"),
+        }
+    }
 }
 
 /// Runs `clients` loops for `secs` seconds; returns elements appended and a
@@ -675,18 +758,29 @@ pub async fn concurrent(
         let request = make(topic.to_string());
         let what = format!("{url}: appending to {topic}");
         let pace = pace.clone();
+        let mut stream = match request {
+            Request::Streamed(_) => Some(Stream::open(&mut c).await.context(what.clone())?),
+            _ => None,
+        };
         tasks.spawn(async move {
             let mut h = Histogram::<u64>::new(3)?;
             let mut count = 0u64;
             while Instant::now() < deadline {
                 let t = Instant::now();
                 let done = async {
-                    anyhow::Ok(match &request {
-                        Request::One(r) => {
+                    anyhow::Ok(match (&request, &mut stream) {
+                        (Request::One(r), _) => {
                             c.append(r.clone()).await?;
                             1
                         }
-                        Request::Batch(r) => c.append_batch(r.clone()).await?.into_inner().count,
+                        (Request::Batch(r), _) => {
+                            c.append_batch(r.clone()).await?.into_inner().count
+                        }
+                        (Request::Streamed(r), stream) => {
+                            let stream = stream.as_mut().context("no append stream")?;
+                            stream.append(r.clone()).await?;
+                            1
+                        }
                     })
                 };
                 let n = tokio::time::timeout(REQUEST_TIMEOUT, done)

@@ -110,7 +110,7 @@ async fn spread(cluster: &Cluster, report: &mut Report, secs: u64) -> anyhow::Re
     let payload = bytes::Bytes::from_static(&[b'x'; 64]);
     let pace = Pace::new(secs);
     let (count, hist, mut leading) =
-        append::many_topics(cluster, "spread", secs, &payload, &pace).await?;
+        append::many_topics(cluster, "spread", secs, &payload, &pace, append::Way::Calls).await?;
     leading.sort_unstable();
     leading.dedup();
     let clients = SPREAD_TOPICS * CLIENTS_PER_TOPIC;

@@ -528,3 +528,106 @@ async fn bad_inputs_get_clear_errors_and_the_node_keeps_serving() {
     assert_eq!(append(&mut c, "ok", "two").await, 2);
     n.node.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_stream_answers_each_request_in_order_and_goes_on_past_errors() {
+    use v1::append_stream_response::Outcome;
+    let n = TestNode::start().await;
+    let mut c = n.client().await;
+    create(&mut c, "s", 16, 0).await;
+    let plain = |payload: Vec<u8>| v1::AppendRequest {
+        topic: "s".into(),
+        payload: payload.into(),
+        producer: None,
+        handler: Default::default(),
+    };
+    let by = |seq: u64| v1::AppendRequest {
+        producer: Some(v1::Producer {
+            id: "sensor-1".into(),
+            seq,
+        }),
+        ..plain(format!("p{seq}").into_bytes())
+    };
+    // Each request with what it should get: Ok(duplicate) or the error's
+    // code.
+    let mut cases: Vec<(v1::AppendRequest, Result<bool, Code>)> = Vec::new();
+    for i in 0..300 {
+        cases.push((plain(format!("a{i}").into_bytes()), Ok(false)));
+    }
+    // Sent together with plain appends to the same topic: only it fails.
+    cases.push((plain(vec![0; 17]), Err(Code::InvalidArgument)));
+    for i in 0..100 {
+        cases.push((plain(format!("b{i}").into_bytes()), Ok(false)));
+    }
+    let elsewhere = v1::AppendRequest {
+        topic: "nope".into(),
+        ..plain(b"x".to_vec())
+    };
+    cases.push((elsewhere, Err(Code::NotFound)));
+    cases.push((by(1), Ok(false)));
+    cases.push((by(1), Ok(true)));
+    let on_demand = v1::AppendRequest {
+        handler: "no-such-handler".into(),
+        ..plain(b"h".to_vec())
+    };
+    cases.push((on_demand, Err(Code::InvalidArgument)));
+    for i in 0..99 {
+        cases.push((plain(format!("c{i}").into_bytes()), Ok(false)));
+    }
+    let (requests, expect): (Vec<_>, Vec<_>) = cases.into_iter().unzip();
+
+    // Everything sent at once, before any answer is read.
+    let sent = requests.clone();
+    let got = append_streamed(&mut c, requests).await;
+    assert_eq!(got.len(), expect.len(), "one answer per request");
+    let mut next = 1u64;
+    let mut stored = Vec::new();
+    for (i, (got, expect)) in got.iter().zip(&expect).enumerate() {
+        match (got, expect) {
+            (Outcome::Appended(a), Ok(false)) => {
+                assert_eq!((a.seq, a.duplicate), (next, false), "request {i}");
+                next += 1;
+                stored.push(sent[i].payload.clone());
+            }
+            (Outcome::Appended(a), Ok(true)) => {
+                assert_eq!((a.seq, a.duplicate), (next - 1, true), "request {i}");
+            }
+            (Outcome::Error(e), Err(code)) => {
+                assert_eq!(Code::from_i32(e.code), *code, "request {i}: {}", e.message);
+                assert!(!e.message.is_empty());
+            }
+            (got, expect) => panic!("request {i}: got {got:?}, expected {expect:?}"),
+        }
+    }
+    // Stored in the order sent, each once.
+    let all: Vec<_> = scan_all(&mut c, "s", 1)
+        .await
+        .into_iter()
+        .map(|e| e.payload)
+        .collect();
+    assert_eq!(all, stored);
+    assert_eq!(latest(&mut c, "s").await.last_seq, next - 1);
+
+    // A stream answered one request at a time, as a closed-loop client
+    // uses it.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let mut answers = c
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..20u64 {
+        tx.send(plain(format!("d{i}").into_bytes())).await.unwrap();
+        let answer = answers.message().await.unwrap().unwrap().outcome;
+        assert!(
+            matches!(answer, Some(Outcome::Appended(ref a)) if a.seq == next + i),
+            "{answer:?}"
+        );
+    }
+    drop(tx);
+    assert!(
+        answers.message().await.unwrap().is_none(),
+        "ends when the client does"
+    );
+    n.node.stop().await.unwrap();
+}

@@ -137,6 +137,37 @@ fn topic_append_read_commands() {
     assert!(fails(url, &["topic", "create", "farm/soil"]).contains("ALREADY_EXISTS"));
     assert!(fails(url, &["topic", "create", "z", "--history", "0"]).contains("at least 1"));
 
+    // Lines of standard input, each an element, on one stream.
+    let (success, stdout, stderr) = woof_with_stdin(
+        url,
+        &["append", "farm/soil", "-", "--lines"],
+        Some(b"l1\nl2\r\n\nl4"),
+    );
+    assert!(success, "{stderr}");
+    assert_eq!(stdout, "5\n6\n7\n8\n");
+    assert_eq!(
+        ok(url, &["scan", "farm/soil", "--from", "5"]),
+        "5\tl1\n6\tl2\n7\t\n8\tl4\n"
+    );
+    ok(
+        url,
+        &["topic", "create", "farm/tiny", "--element-max-bytes", "4"],
+    );
+    let (success, stdout, stderr) = woof_with_stdin(
+        url,
+        &["append", "farm/tiny", "-", "--lines"],
+        Some(b"a\ntoo long\nb\n"),
+    );
+    assert!(!success);
+    assert_eq!(stdout, "1\n2\n", "the lines on either side are appended");
+    assert!(stderr.contains("line 2: INVALID_ARGUMENT"), "{stderr}");
+    assert!(
+        stderr.contains("1 of 3 lines were not appended"),
+        "{stderr}"
+    );
+    assert!(fails(url, &["append", "farm/tiny", "x", "--lines"]).contains("give - as the data"));
+
+    assert!(ok(url, &["topic", "delete", "farm/tiny"]).contains("deleted"));
     assert!(ok(url, &["topic", "delete", "farm/soil"]).contains("deleted"));
     assert_eq!(ok(url, &["topic", "list"]).trim(), "no topics");
 }

@@ -33,18 +33,38 @@ async fn three_nodes_hold_the_same_thousand_elements_appended_through_all_of_the
         assert!(peers.contains(&info.leader), "{info:?}");
     }
 
-    // 1,000 appends, from three clients at once, each through its own node.
+    // 1,000 appends, from three clients at once, each through its own node:
+    // two a call at a time, the third all on one stream, sent at once.
     let mut tasks = Vec::new();
     for (i, c) in clients.iter().enumerate() {
         let mut c = c.clone();
         tasks.push(tokio::spawn(async move {
+            let payloads = (0..334)
+                .take_while(|j| i * 334 + j < 1000)
+                .map(|j| format!("n{i}-{j}"));
             let mut seqs = Vec::new();
-            for j in 0..334 {
-                if i * 334 + j >= 1000 {
-                    break;
+            if i < 2 {
+                for p in payloads {
+                    seqs.push(append(&mut c, TOPIC, p).await);
                 }
-                seqs.push(append(&mut c, TOPIC, format!("n{i}-{j}")).await);
+                return seqs;
             }
+            let requests: Vec<_> = payloads
+                .map(|p| v1::AppendRequest {
+                    topic: TOPIC.into(),
+                    payload: p.into_bytes().into(),
+                    ..Default::default()
+                })
+                .collect();
+            let sent = requests.len();
+            for outcome in append_streamed(&mut c, requests).await {
+                match outcome {
+                    v1::append_stream_response::Outcome::Appended(a) => seqs.push(a.seq),
+                    other => panic!("a streamed append got {other:?}"),
+                }
+            }
+            assert_eq!(seqs.len(), sent, "an answer for each");
+            assert!(seqs.is_sorted(), "a stream's appends keep its order");
             seqs
         }));
     }

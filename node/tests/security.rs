@@ -6,7 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, free_tcp_port, keygen, root_key, token, woof};
+use common::{NodeProcess, append_streamed, free_tcp_port, keygen, root_key, token, woof};
 use tonic::Code;
 use woof_node::cli::{Bearer, ClientOptions, connect_with};
 use woof_proto::v1;
@@ -227,6 +227,38 @@ async fn a_node_requiring_tokens_checks_every_request() {
         latest(url, Some(&admin), "farm/north/x").await.unwrap(),
         101
     );
+
+    // An append stream: its token is verified when it opens, then checked
+    // against each request's topic.
+    let to = |topic: &str| v1::AppendRequest {
+        topic: topic.into(),
+        payload: "streamed".into(),
+        ..Default::default()
+    };
+    let refused = client(url, None)
+        .await
+        .append_stream(tokio_stream::iter(vec![to("farm/north/x")]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    let requests = vec![to("farm/north/x"), to("farm/south/x"), to("farm/north/x")];
+    let outcomes: Vec<_> = append_streamed(&mut client(url, Some(&writer)).await, requests)
+        .await
+        .into_iter()
+        .map(|outcome| match outcome {
+            v1::append_stream_response::Outcome::Appended(a) => Ok(a.seq),
+            v1::append_stream_response::Outcome::Error(e) => Err((Code::from(e.code), e.message)),
+        })
+        .collect();
+    assert_eq!(outcomes.len(), 3, "{outcomes:?}");
+    assert_eq!(outcomes[0], Ok(102));
+    assert!(
+        matches!(&outcomes[1], Err((Code::PermissionDenied, m)) if m.contains("farm/south/x")),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[2], Ok(103));
+    assert_eq!(latest(url, Some(&admin), "farm/south/x").await.unwrap(), 1);
+
     // Each refusal is counted.
     let text = scrape(&metrics).await;
     let counted: f64 = text

@@ -14,7 +14,7 @@ pub(crate) mod machine;
 mod name;
 mod producer;
 
-pub use machine::{AppendOutcome, Machine, check_readable};
+pub use machine::{AppendOutcome, BATCH_BYTES_MAX, BATCH_ELEMENTS_MAX, Machine, check_readable};
 pub use name::{NAME_BYTES_MAX, TopicName};
 pub use producer::{
     NODE_PRODUCER_PREFIX, PRODUCER_ID_BYTES_MAX, PRODUCER_WINDOW, Producer, ProducerWindow,

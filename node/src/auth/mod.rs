@@ -213,10 +213,15 @@ impl Authority {
     /// Checks the request's token (`authorization: Bearer TOKEN`) grants
     /// `op` on `scope`.
     pub fn check(&self, metadata: &MetadataMap, op: Op, scope: Scope) -> Result<Grant, Status> {
-        let text = bearer(metadata)?;
-        let grant = self.verify(text)?;
+        let grant = self.authenticate(metadata)?;
         self.allowed(&grant, op, scope)?;
         Ok(grant)
+    }
+
+    /// Verifies the request's token, for a stream whose messages each name
+    /// what they need ([`allowed`](Self::allowed) then checks each).
+    pub fn authenticate(&self, metadata: &MetadataMap) -> Result<Grant, Status> {
+        self.verify(bearer(metadata)?)
     }
 
     /// Whether `grant` allows `op` on `scope` (revocation checked again).

@@ -609,6 +609,12 @@ pub struct AppendArgs {
     /// Run this handler (one deployed with --on-demand) for this element.
     #[arg(long, value_name = "NAME")]
     pub handler: Option<String>,
+    /// Each line of standard input (data `-`) is one element, appended in
+    /// order on one stream, read ahead of the answers; prints each line's
+    /// number as it commits. With --producer, --producer-seq numbers the
+    /// first line and the next lines follow.
+    #[arg(long)]
+    pub lines: bool,
 }
 
 /// A gRPC client of a node, sending a token with each request if it has one.
@@ -852,6 +858,7 @@ async fn run_command(
                 .await?;
             out.deleted(&name);
         }
+        Command::Append(args) if args.lines => append_lines(client, args, out).await?,
         Command::Append(args) => {
             let payload = if args.data == "-" {
                 read_stdin().await?
@@ -1194,6 +1201,109 @@ async fn run_command(
             | ClusterCommand::Down { .. }
             | ClusterCommand::Certs { .. },
         ) => unreachable!("handled by main"),
+    }
+    Ok(())
+}
+
+/// Lines `woof append --lines` sends ahead of their answers.
+const LINES_AHEAD: usize = 1_024;
+
+/// `woof append TOPIC - --lines`: each line of standard input one element,
+/// on one `AppendStream`, each answer printed as it comes. A line that is
+/// refused is reported on standard error with its number, and the others
+/// go on; the command then fails.
+async fn append_lines(client: &mut Client, args: AppendArgs, out: &mut Output) -> Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    use v1::append_stream_response::Outcome;
+    if args.data != "-" {
+        return Err(Error::Usage(
+            "--lines reads standard input: give - as the data".into(),
+        ));
+    }
+    let AppendArgs {
+        topic,
+        producer,
+        producer_seq,
+        handler,
+        ..
+    } = args;
+    let (tx, rx) = tokio::sync::mpsc::channel(LINES_AHEAD);
+    let reader = tokio::spawn(async move {
+        let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+        let mut read = 0u64;
+        loop {
+            let mut line = Vec::new();
+            (&mut stdin)
+                .take(STDIN_BYTES_MAX + 1)
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|source| Error::Io {
+                    context: "reading standard input".into(),
+                    source,
+                })?;
+            if line.is_empty() {
+                return Ok(read);
+            }
+            if line.last() == Some(&b'\n') {
+                line.pop();
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+            }
+            if line.len() as u64 > STDIN_BYTES_MAX {
+                return Err(Error::Usage(format!(
+                    "line {} holds more than {STDIN_BYTES_MAX} bytes, the largest element woof takes",
+                    read + 1
+                )));
+            }
+            let producer = producer.as_ref().map(|id| v1::Producer {
+                id: id.clone(),
+                seq: producer_seq.unwrap_or(1).saturating_add(read),
+            });
+            read += 1;
+            let request = v1::AppendRequest {
+                topic: topic.clone(),
+                payload: line.into(),
+                producer,
+                handler: handler.clone().unwrap_or_default(),
+            };
+            if tx.send(request).await.is_err() {
+                return Ok(read);
+            }
+        }
+    });
+    let mut answers = client
+        .append_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let (mut answered, mut refused) = (0u64, 0u64);
+    while let Some(answer) = answers.message().await? {
+        answered += 1;
+        match answer.outcome {
+            Some(Outcome::Appended(a)) => out.appended(a.seq, a.duplicate),
+            Some(Outcome::Error(e)) => {
+                refused += 1;
+                eprintln!(
+                    "line {answered}: {}: {}",
+                    crate::error::code_name(tonic::Code::from(e.code)),
+                    e.message
+                );
+            }
+            None => return Err(Error::Usage(format!("line {answered}: an empty answer"))),
+        }
+    }
+    let read = reader
+        .await
+        .map_err(|e| Error::Usage(format!("reading lines: {e}")))??;
+    if answered < read {
+        return Err(Error::Usage(format!(
+            "the stream ended after {answered} of {read} lines"
+        )));
+    }
+    if refused > 0 {
+        return Err(Error::Usage(format!(
+            "{refused} of {read} lines were not appended"
+        )));
     }
     Ok(())
 }

@@ -1,10 +1,12 @@
-//! The `woof.v1.Woof` gRPC service over the node's [`TopicApi`]; beside it,
-//! in [`health`], `grpc.health.v1` and server reflection.
+//! The `woof.v1.Woof` gRPC service over the node's [`TopicApi`]; a
+//! producer's appends on one stream in [`append_stream`]; beside it, in
+//! [`health`], `grpc.health.v1` and server reflection.
 //!
 //! Each request is handled in a span ([`request_span`]) with fields `rpc`,
 //! `peer` (the client's address) and `topic` (recorded by the method, when
 //! the request names one), so every line it logs carries them.
 
+pub mod append_stream;
 pub mod convert;
 pub mod health;
 
@@ -29,6 +31,8 @@ use convert::node_status as status;
 
 /// Subscriptions one node serves at once; past this, RESOURCE_EXHAUSTED.
 pub const SUBSCRIBERS_MAX: usize = 10_000;
+/// Append streams one node serves at once; past this, RESOURCE_EXHAUSTED.
+pub const APPEND_STREAMS_MAX: usize = 10_000;
 /// Elements buffered per subscriber stream: a slow reader holds back its own
 /// reading from storage, nothing else.
 const SUBSCRIBER_BUFFER: usize = 64;
@@ -77,6 +81,7 @@ pub struct Service {
     topics: TopicApi,
     cluster: Cluster,
     subscribers: Arc<Semaphore>,
+    append_streams: Arc<Semaphore>,
     /// Each subscription is a task feeding its stream: they end on this
     /// signal, and the server waits for them (they hold the topics, and so
     /// the store).
@@ -95,6 +100,7 @@ impl Service {
             topics,
             cluster,
             subscribers: Arc::new(Semaphore::new(SUBSCRIBERS_MAX)),
+            append_streams: Arc::new(Semaphore::new(APPEND_STREAMS_MAX)),
             shutdown,
             metrics: Default::default(),
             auth: None,
@@ -192,6 +198,33 @@ impl Service {
     }
 }
 
+/// Appends one element, as `Append` does: the unary call and each request
+/// of an append stream (its token already checked).
+async fn append_one(
+    topics: &TopicApi,
+    metrics: &crate::metrics::Metrics,
+    r: v1::AppendRequest,
+) -> Result<v1::AppendResponse, Status> {
+    let producer = convert::producer(r.producer)?;
+    let bytes = r.payload.len() as u64;
+    let appended = if r.handler.is_empty() {
+        topics.append(&r.topic, vec![r.payload], producer).await
+    } else {
+        topics
+            .append_for(&r.topic, vec![r.payload], producer, r.handler)
+            .await
+    };
+    let outcome = appended.map_err(status)?;
+    if !outcome.duplicate {
+        metrics.appended(&r.topic, 1, bytes);
+    }
+    Ok(v1::AppendResponse {
+        seq: outcome.first_seq,
+        duplicate: outcome.duplicate,
+    })
+}
+
+type AnswerStream = Pin<Box<dyn Stream<Item = append_stream::Answer> + Send>>;
 type ElementStream = Pin<Box<dyn Stream<Item = Result<v1::SubscribeResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -254,25 +287,45 @@ impl Woof for Service {
         self.allow(&request, Op::Append, Scope::Topic(&request.get_ref().topic))?;
         let r = request.into_inner();
         in_topic(&r.topic);
-        let producer = convert::producer(r.producer)?;
-        let bytes = r.payload.len() as u64;
-        let appended = if r.handler.is_empty() {
-            self.topics
-                .append(&r.topic, vec![r.payload], producer)
-                .await
-        } else {
-            self.topics
-                .append_for(&r.topic, vec![r.payload], producer, r.handler)
-                .await
+        let appended = append_one(&self.topics, &self.metrics, r).await?;
+        Ok(Response::new(appended))
+    }
+
+    type AppendStreamStream = AnswerStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<v1::AppendRequest>>,
+    ) -> Result<Response<Self::AppendStreamStream>, Status> {
+        let auth = match &self.auth {
+            None => None,
+            Some(auth) => Some((auth.clone(), auth.authenticate(request.metadata())?)),
         };
-        let outcome = appended.map_err(status)?;
-        if !outcome.duplicate {
-            self.metrics.appended(&r.topic, 1, bytes);
-        }
-        Ok(Response::new(v1::AppendResponse {
-            seq: outcome.first_seq,
-            duplicate: outcome.duplicate,
-        }))
+        let permit = self
+            .append_streams
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "this node serves at most {APPEND_STREAMS_MAX} append streams at once"
+                ))
+            })?;
+        let (tx, rx) = mpsc::channel(append_stream::ANSWERS_BUFFERED);
+        let appender = append_stream::Appender {
+            topics: self.topics.clone(),
+            metrics: self.metrics.clone(),
+            auth,
+        };
+        let shutdown = self.shutdown.clone();
+        let inbound = request.into_inner();
+        self.shutdown.spawn(
+            async move {
+                let _permit = permit;
+                appender.run(inbound, tx, shutdown).await;
+            }
+            .in_current_span(),
+        );
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn append_batch(

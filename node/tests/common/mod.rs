@@ -329,6 +329,24 @@ pub async fn append(client: &mut Client, topic: &str, payload: impl Into<Vec<u8>
         .seq
 }
 
+/// Sends `requests` at once on one `AppendStream`: the answers, in order,
+/// until the stream ends.
+pub async fn append_streamed(
+    client: &mut Client,
+    requests: Vec<v1::AppendRequest>,
+) -> Vec<v1::append_stream_response::Outcome> {
+    let mut answers = client
+        .append_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut outcomes = Vec::new();
+    while let Some(answer) = answers.message().await.unwrap() {
+        outcomes.push(answer.outcome.expect("every answer has an outcome"));
+    }
+    outcomes
+}
+
 pub async fn get(client: &mut Client, topic: &str, seq: u64) -> Result<v1::Element, tonic::Status> {
     client
         .get(v1::GetRequest {
