@@ -378,6 +378,34 @@ async fn steps(d: &mut Demo) -> Result<()> {
         batch.first_seq,
         batch.first_seq + batch.count - 1
     );
+    // A producer's appends on one stream, all sent before any answer.
+    let requests: Vec<_> = (21..=30)
+        .map(|i| v1::AppendRequest {
+            topic: "farm/north/gate-events".into(),
+            payload: format!("gate opened #{i}").into(),
+            ..Default::default()
+        })
+        .collect();
+    let mut answers = d
+        .client
+        .append_stream(tokio_stream::iter(requests))
+        .await?
+        .into_inner();
+    let mut seqs = Vec::new();
+    while let Some(answer) = answers.message().await? {
+        match answer.outcome {
+            Some(v1::append_stream_response::Outcome::Appended(a)) => seqs.push(a.seq),
+            other => return Err(Error::Internal(format!("a streamed append got {other:?}"))),
+        }
+    }
+    println!(
+        "  then {} more on one stream, sent at once, answered in order: {}",
+        seqs.len(),
+        seqs.iter()
+            .map(|s| format!("#{s}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     let l = d
         .client
         .latest(v1::LatestRequest {

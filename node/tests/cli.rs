@@ -327,7 +327,8 @@ fn the_demo_runs_and_shows_each_step() {
     for expected in [
         "no gap, no duplicate: true",
         "(duplicate: true)",
-        "it now holds #16..#20",
+        "answered in order: #21 #22 #23 #24 #25 #26 #27 #28 #29 #30",
+        "it now holds #26..#30",
         "get #3: OUT_OF_RANGE",
         "still holds #1..#12; the next append is #13",
         "replicated 3 times",
