@@ -3,7 +3,9 @@
 //! the topic's leader, plus one client through a follower), for each element
 //! size (`--size`, 64 B and 1 KiB by default). Latency (p50, p99, p99.9) for
 //! one client, throughput for 16 and 64 clients and for batches of 1,000,
-//! and the throughput over time of the 64-client and batch cases; with 3
+//! and the throughput over time of the 64-client and batch cases. Single
+//! appends are a unary call each, and for 1 and 64 clients and the
+//! many-topics case also each client's on one `AppendStream` (ADR 40). With 3
 //! replicas also many topics at once, and one client beside a flood of
 //! 8 MiB batches on another topic (issue 16). With
 //! `--peer nats` (replication 3), the same cases then run on a 3-server NATS
