@@ -459,7 +459,8 @@ impl Node {
     /// Stops the node: the groups this node leads go to other voters (at
     /// most a second), the server stops taking requests and lets those
     /// under way finish (forwarded to the new leaders), subscriptions end,
-    /// then repair stops, and the groups and the overlay stop, each
+    /// the other nodes are told it leaves (at most half a second), then
+    /// repair stops, and the groups and the overlay stop, each
     /// awaited. Returns once the store is closed, or an error if something
     /// still holds it (a task that outlived the node: a bug).
     pub async fn stop(self) -> Result<()> {
@@ -482,6 +483,11 @@ impl Node {
             groups.hand_over_leadership().await;
         }
         let served = self.wait().await;
+        // Its peers take it for gone now, not after seconds of silence:
+        // the handlers placed here move at once.
+        if let (Leaving::HandingOver, Some(overlay)) = (leaving, &self.overlay) {
+            overlay.leave().await;
+        }
         let released = self.release().await;
         served.and(released)
     }

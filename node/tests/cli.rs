@@ -360,4 +360,12 @@ fn the_demo_runs_and_shows_each_step() {
             "missing {expected:?} in:\n{stdout}"
         );
     }
+    // The node smooth ran on was stopped: every node sees it gone, and the
+    // listing names the node smooth runs on now.
+    let moved = stdout
+        .lines()
+        .find_map(|l| l.split_once("smooth moved from ")?.1.split_once(';'))
+        .map(|(from_to, _)| from_to.split_once(" to ").expect("from X to Y"))
+        .expect("the line saying where smooth moved");
+    assert_ne!(moved.0, moved.1, "smooth did not move: {stdout}");
 }

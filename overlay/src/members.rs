@@ -67,6 +67,8 @@ pub struct Member {
 struct Entry {
     info: NodeInfo,
     last_heard_ms: u64,
+    /// It said it was leaving, and nothing was heard from it since.
+    left: bool,
 }
 
 /// Every member heard from, except this node.
@@ -96,10 +98,22 @@ impl Members {
         let entry = self.entries.entry(peer).or_insert_with(|| Entry {
             info: info.clone(),
             last_heard_ms: now_ms,
+            left: false,
         });
         entry.info = info;
         entry.last_heard_ms = entry.last_heard_ms.max(now_ms);
+        entry.left = false;
         self.bound(now_ms);
+    }
+
+    /// `peer` said it is leaving (a planned stop): it is gone at once,
+    /// not after [`Timing::gone_after_ms`] of silence, until it is heard
+    /// from again. Its silence still counts from when it was last heard,
+    /// so what waits on silence (replacing its replicas) waits as before.
+    pub fn left(&mut self, peer: &PeerId) {
+        if let Some(entry) = self.entries.get_mut(peer) {
+            entry.left = true;
+        }
     }
 
     /// An address `peer` can be reached at (from Identify).
@@ -114,13 +128,12 @@ impl Members {
     }
 
     pub fn liveness(&self, peer: &PeerId, now_ms: u64) -> Option<Liveness> {
-        self.entries
-            .get(peer)
-            .map(|e| self.liveness_of(now_ms.saturating_sub(e.last_heard_ms)))
+        self.entries.get(peer).map(|e| self.liveness_of(e, now_ms))
     }
 
-    fn liveness_of(&self, silent_ms: u64) -> Liveness {
-        if silent_ms >= self.timing.gone_after_ms {
+    fn liveness_of(&self, entry: &Entry, now_ms: u64) -> Liveness {
+        let silent_ms = now_ms.saturating_sub(entry.last_heard_ms);
+        if entry.left || silent_ms >= self.timing.gone_after_ms {
             Liveness::Gone
         } else if silent_ms >= self.timing.suspect_after_ms {
             Liveness::Suspected
@@ -140,7 +153,7 @@ impl Members {
                     peer: *peer,
                     info: e.info.clone(),
                     addrs: self.addrs.get(peer).cloned().unwrap_or_default(),
-                    liveness: self.liveness_of(silent_ms),
+                    liveness: self.liveness_of(e, now_ms),
                     silent_ms,
                 }
             })
@@ -193,6 +206,21 @@ mod tests {
         assert!(m.snapshot(0).is_empty(), "not a member until heard");
         m.heard(p, NodeInfo::new(Tier::Edge), 10);
         assert_eq!(m.snapshot(10)[0].addrs, vec![addr]);
+    }
+
+    #[test]
+    fn a_member_that_left_is_gone_until_heard_again() {
+        let mut m = Members::new(Timing::default());
+        let p = PeerId::random();
+        m.left(&p);
+        assert!(m.snapshot(0).is_empty(), "leaving does not make a member");
+        m.heard(p, NodeInfo::new(Tier::Edge), 1_000);
+        m.left(&p);
+        assert_eq!(m.liveness(&p, 1_000), Some(Liveness::Gone));
+        // Its silence still counts from when it was last heard.
+        assert_eq!(m.snapshot(1_500)[0].silent_ms, 500);
+        m.heard(p, NodeInfo::new(Tier::Edge), 2_000);
+        assert_eq!(m.liveness(&p, 2_000), Some(Liveness::Alive));
     }
 
     #[test]

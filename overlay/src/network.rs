@@ -50,6 +50,8 @@ const RECORDS_MAX: usize = 100_000;
 const RECORD_BYTES_MAX: usize = 64 * 1024;
 /// How long a request to a peer may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a leaving node waits for its peers to hear that it leaves.
+const LEAVE_WAIT: Duration = Duration::from_millis(500);
 /// The first wait before dialling the join (or rejoin) addresses again; it
 /// doubles up to [`JOIN_RETRY_MAX`], as NATS routes and Consul's
 /// `retry_join` do.
@@ -97,6 +99,8 @@ enum Request {
     Heartbeat(NodeInfo),
     /// Bytes, not a list of numbers: half the size in CBOR, and fast.
     App(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The sender is stopping (a planned stop): take it for gone now.
+    Leaving,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -104,6 +108,8 @@ enum Response {
     Heartbeat(NodeInfo),
     App(#[serde(with = "serde_bytes")] Vec<u8>),
     Refused(String),
+    /// `Leaving` was heard.
+    Left,
 }
 
 #[derive(NetworkBehaviour)]
@@ -130,6 +136,9 @@ enum Command {
         key: Vec<u8>,
         reply: oneshot::Sender<Result<Option<Vec<u8>>>>,
     },
+    /// Tell every peer this node leaves; answered once they all heard it
+    /// (or failed to). From then on the node sends no heartbeats.
+    Leave(oneshot::Sender<()>),
     Shutdown,
 }
 
@@ -220,6 +229,20 @@ pub struct Overlay {
 }
 
 impl Overlay {
+    /// Tells every connected peer that this node leaves, so that they take
+    /// it for gone at once rather than after seconds of silence (handlers
+    /// placed on it move, requests stop being routed to it). Waits at most
+    /// half a second for them to hear it. From then on the node sends no
+    /// heartbeats and answers none, so it stays gone to them until it
+    /// starts again. Requests and links still work: call it last before
+    /// [`Overlay::shutdown`], on a planned stop only (a crash says nothing).
+    pub async fn leave(&self) {
+        let heard = self.client.call(Command::Leave);
+        if tokio::time::timeout(LEAVE_WAIT, heard).await.is_err() {
+            tracing::debug!("not every peer heard that this node leaves");
+        }
+    }
+
     /// Stops the event loop and waits for it to end: the swarm, its
     /// listeners and connections are dropped, and [`Overlay::inbound`]
     /// closes. Clones of the [`Client`] answer [`Error::Closed`] from then on.
@@ -358,6 +381,7 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
         rejoin_at: None,
         rejoin_delay: JOIN_RETRY_FIRST,
         link_addrs: Arc::default(),
+        leaving: None,
     };
 
     // Listen, and learn the actual addresses (port 0 becomes a real port).
@@ -617,6 +641,9 @@ struct State {
     rejoin_delay: Duration,
     /// Where peers take links, as their connections and heartbeats tell.
     link_addrs: Arc<PeerAddrs>,
+    /// Set once the node leaves ([`Overlay::leave`]): the `Leaving`
+    /// requests not answered yet, and whom to tell when they all are.
+    leaving: Option<(HashSet<OutboundRequestId>, Option<oneshot::Sender<()>>)>,
 }
 
 impl State {
@@ -674,6 +701,9 @@ impl State {
     }
 
     fn heartbeat(&mut self, swarm: &mut Swarm<Behaviour>) {
+        if self.leaving.is_some() {
+            return;
+        }
         // A node's one bootstrap at its join can ask its join peer before
         // that peer has added the node that joined just before: the two
         // new nodes would then not find each other until the periodic
@@ -743,6 +773,17 @@ impl State {
                     .get_record(kad::RecordKey::new(&key));
                 self.pending_get.insert(id, reply);
             }
+            Command::Leave(reply) => {
+                let rpc = &mut swarm.behaviour_mut().rpc;
+                let waiting: HashSet<OutboundRequestId> = self
+                    .identified
+                    .iter()
+                    .map(|peer| rpc.send_request(peer, Request::Leaving))
+                    .collect();
+                tracing::debug!(peers = waiting.len(), "telling the peers this node leaves");
+                self.leaving = Some((waiting, Some(reply)));
+                self.left_heard(None);
+            }
             Command::Shutdown => unreachable!("handled by run"),
         }
     }
@@ -765,7 +806,7 @@ impl State {
                         .add_address(&peer_id, addr.clone());
                     self.members.add_address(&peer_id, addr);
                 }
-                if self.identified.insert(peer_id) {
+                if self.identified.insert(peer_id) && self.leaving.is_none() {
                     // Introduce ourselves at once rather than at the next tick.
                     swarm
                         .behaviour_mut()
@@ -814,12 +855,22 @@ impl State {
                         self.link_addrs.note_port(peer, info.link_port);
                         self.members.heard(peer, info, now_ms);
                     }
+                    // A leaving node does not tell its peers it is alive.
+                    let answer = match self.leaving {
+                        Some(_) => Response::Refused("the node is leaving".into()),
+                        None => Response::Heartbeat(self.info.clone()),
+                    };
+                    let _ = swarm.behaviour_mut().rpc.send_response(channel, answer);
+                }
+                Request::App(payload) => self.forward(swarm, peer, payload, channel),
+                Request::Leaving => {
+                    tracing::info!(%peer, "a node leaves the cluster");
+                    self.members.left(&peer);
                     let _ = swarm
                         .behaviour_mut()
                         .rpc
-                        .send_response(channel, Response::Heartbeat(self.info.clone()));
+                        .send_response(channel, Response::Left);
                 }
-                Request::App(payload) => self.forward(swarm, peer, payload, channel),
             },
             Event::Message {
                 peer,
@@ -841,6 +892,7 @@ impl State {
                         let _ = reply.send(Ok(payload));
                     }
                 }
+                Response::Left => self.left_heard(Some(request_id)),
                 Response::Refused(reason) => {
                     if let Some(reply) = self.pending_requests.remove(&request_id) {
                         let _ = reply.send(Err(Error::Request {
@@ -862,8 +914,25 @@ impl State {
                         reason: error.to_string(),
                     }));
                 }
+                self.left_heard(Some(request_id));
             }
             Event::InboundFailure { .. } | Event::ResponseSent { .. } => {}
+        }
+    }
+
+    /// A `Leaving` request was answered (or failed): once none is left,
+    /// the node's [`Overlay::leave`] returns.
+    fn left_heard(&mut self, request: Option<OutboundRequestId>) {
+        let Some((waiting, reply)) = &mut self.leaving else {
+            return;
+        };
+        if let Some(request) = request {
+            waiting.remove(&request);
+        }
+        if waiting.is_empty()
+            && let Some(reply) = reply.take()
+        {
+            let _ = reply.send(());
         }
     }
 

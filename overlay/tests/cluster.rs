@@ -99,6 +99,73 @@ async fn nodes_join_by_plain_address_and_see_each_other() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_is_gone_at_once_and_alive_again_when_back() {
+    let key = ClusterKey::generate();
+    // Silence alone would take 30 s to make a node gone: any "gone" seen
+    // below comes from the node saying it leaves.
+    let slow = |join| OverlayConfig {
+        timing: Timing {
+            heartbeat_ms: 200,
+            suspect_after_ms: 20_000,
+            gone_after_ms: 30_000,
+        },
+        ..config(Some(key), NodeInfo::new(Tier::Edge), join)
+    };
+    let a = start(slow(vec![])).await.unwrap();
+    let join = vec![plain_addr(&a)];
+    let b_config = slow(join.clone());
+    let b_keypair = b_config.keypair.clone();
+    let b = start(b_config).await.unwrap();
+    let c = start(slow(join.clone())).await.unwrap();
+    for (o, name) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        eventually(o, &format!("{name} sees two alive"), |m| alive(m) == 2).await;
+    }
+    let b_id = b.client.peer_id();
+    let is_b = |m: &woof_overlay::Member| m.peer == b_id;
+    b.leave().await;
+    b.shutdown().await;
+    for (o, name) in [(&a, "a"), (&c, "c")] {
+        let members = o.client.members().await.unwrap();
+        let seen = members.iter().find(|m| is_b(m)).expect("b is a member");
+        assert_eq!(
+            seen.liveness,
+            Liveness::Gone,
+            "{name} after b left: {seen:#?}"
+        );
+        assert!(
+            seen.silent_ms < 20_000,
+            "{name}: gone by silence? {seen:#?}"
+        );
+    }
+    // Back under the same identity: alive again.
+    let b = start(OverlayConfig {
+        keypair: b_keypair,
+        ..slow(join)
+    })
+    .await
+    .unwrap();
+    for (o, name) in [(&a, "a"), (&c, "c")] {
+        eventually(o, &format!("{name} sees b back"), |m| {
+            m.iter().any(|m| is_b(m) && m.liveness == Liveness::Alive)
+        })
+        .await;
+    }
+    // A node that stops without leaving (a crash) is still alive to the
+    // others until its silence is long enough.
+    b.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let members = a.client.members().await.unwrap();
+    assert!(
+        members
+            .iter()
+            .any(|m| is_b(m) && m.liveness == Liveness::Alive),
+        "{members:#?}"
+    );
+    a.shutdown().await;
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_without_the_cluster_key_cannot_join() {
     let key = ClusterKey::generate();
     let a = start(config(Some(key), NodeInfo::new(Tier::Cloud), vec![]))
