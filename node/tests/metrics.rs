@@ -81,6 +81,31 @@ async fn a_scrape_counts_what_was_appended() {
         .await
         .unwrap();
     bytes += 6;
+    // On one stream: two appended, one refused (no such topic).
+    let streamed = common::append_streamed(
+        &mut client,
+        ["farm/soil", "farm/none", "farm/soil"]
+            .iter()
+            .map(|t| v1::AppendRequest {
+                topic: t.to_string(),
+                payload: bytes::Bytes::from_static(b"dddd"),
+                ..Default::default()
+            })
+            .collect(),
+    )
+    .await;
+    assert!(
+        matches!(
+            streamed[..],
+            [
+                v1::append_stream_response::Outcome::Appended(_),
+                v1::append_stream_response::Outcome::Error(_),
+                v1::append_stream_response::Outcome::Appended(_)
+            ]
+        ),
+        "{streamed:?}"
+    );
+    bytes += 8;
     // Two refusals: a missing topic, a bad name.
     assert_eq!(
         common::get(&mut client, "farm/none", 1)
@@ -118,7 +143,7 @@ async fn a_scrape_counts_what_was_appended() {
             .unwrap()
             .into_inner()
             .handlers;
-        if handlers.first().is_some_and(|h| h.done >= 10) {
+        if handlers.first().is_some_and(|h| h.done >= 12) {
             break;
         }
         assert!(
@@ -130,7 +155,7 @@ async fn a_scrape_counts_what_was_appended() {
 
     let (_, text) = http_get(addr, "/metrics").await;
     let topic = |name: &str| value(&text, &format!("{name}{{topic=\"farm/soil\"}}"));
-    assert_eq!(topic("woof_topic_appends_total"), Some(10.0), "{text}");
+    assert_eq!(topic("woof_topic_appends_total"), Some(12.0), "{text}");
     let handler = |name: &str| {
         value(
             &text,
@@ -139,21 +164,25 @@ async fn a_scrape_counts_what_was_appended() {
     };
     assert_eq!(
         handler("woof_handler_invocations_total"),
-        Some(10.0),
+        Some(12.0),
         "{text}"
     );
     assert_eq!(handler("woof_handler_errors_total"), Some(0.0), "{text}");
     assert_eq!(
         value(&text, "woof_handler_dispatch_latency_seconds_count"),
-        Some(10.0)
+        Some(12.0)
     );
     assert_eq!(topic("woof_topic_appended_bytes_total"), Some(bytes as f64));
-    // One observation per append request that succeeded: 7 + 1 batch.
-    assert_eq!(value(&text, "woof_append_latency_seconds_count"), Some(8.0));
+    // One observation per append request that succeeded: 7 + 1 batch + 2
+    // on the stream.
+    assert_eq!(
+        value(&text, "woof_append_latency_seconds_count"),
+        Some(10.0)
+    );
     assert!(value(&text, "woof_append_latency_seconds_sum").unwrap() > 0.0);
     assert_eq!(
         value(&text, "woof_append_latency_seconds_bucket{le=\"+Inf\"}"),
-        Some(8.0)
+        Some(10.0)
     );
     assert_eq!(value(&text, "woof_read_latency_seconds_count"), Some(1.0));
     let rejected = |code: &str| {
@@ -162,7 +191,8 @@ async fn a_scrape_counts_what_was_appended() {
             &format!("woof_requests_rejected_total{{code=\"{code}\"}}"),
         )
     };
-    assert_eq!(rejected("NOT_FOUND"), Some(1.0));
+    // The stream's refused request counts; the stream itself ended well.
+    assert_eq!(rejected("NOT_FOUND"), Some(2.0));
     assert_eq!(rejected("INVALID_ARGUMENT"), Some(1.0));
     assert_eq!(value(&text, "woof_subscribers"), Some(1.0));
     assert!(text.ends_with("# EOF\n"));

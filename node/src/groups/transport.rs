@@ -61,7 +61,9 @@ struct Pending {
 /// The overlay as a Raft transport: `BasicNode::addr` is the peer id.
 pub(super) struct OverlayTransport {
     client: Arc<dyn Net>,
-    queues: Mutex<HashMap<PeerId, mpsc::Sender<Pending>>>,
+    /// By `BasicNode::addr` (a peer id's text, parsed once per peer
+    /// rather than on every message).
+    queues: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
     /// Where the sending tasks run (awaited when the groups shut down).
     tasks: TaskTracker,
     /// Turns true when the groups shut down: the senders stop at once,
@@ -87,19 +89,20 @@ impl OverlayTransport {
         }
     }
 
-    /// The queue to `peer`, with its sending task started on first use.
-    fn queue(&self, peer: PeerId) -> mpsc::Sender<Pending> {
+    /// The queue to the peer `addr` names, with its sending task started
+    /// on first use.
+    fn queue(&self, addr: &str) -> Result<mpsc::Sender<Pending>, String> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-        queues
-            .entry(peer)
-            .or_insert_with(|| {
-                let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
-                let stop = self.stop.clone();
-                self.tasks
-                    .spawn(send_batches(self.client.clone(), peer, rx, stop));
-                tx
-            })
-            .clone()
+        if let Some(queue) = queues.get(addr) {
+            return Ok(queue.clone());
+        }
+        let peer = addr.parse::<PeerId>().map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+        let stop = self.stop.clone();
+        self.tasks
+            .spawn(send_batches(self.client.clone(), peer, rx, stop));
+        queues.insert(addr.to_string(), tx.clone());
+        Ok(tx)
     }
 
     /// Drops every queue, which ends the sending tasks.
@@ -123,7 +126,7 @@ impl Transport for OverlayTransport {
     }
 
     fn send(&self, node: &BasicNode, message: Vec<u8>) -> BoxFuture<'static, Answer> {
-        let queue = node.addr.parse::<PeerId>().map(|peer| self.queue(peer));
+        let queue = self.queue(&node.addr);
         async move {
             let queue = queue.map_err(|e| {
                 woof_consensus::Error::InvalidArgument(format!("not a peer id: {e}"))

@@ -9,9 +9,12 @@
 //! no more requests until the answers to those it took are in the stream's
 //! buffer ([`ANSWERS_BUFFERED`]), so a client that does not read its
 //! answers is held back by HTTP/2's flow control, and a stream holds at
-//! most about two takes' worth of requests and answers.
+//! most about two takes' worth of requests and answers. Each answer counts
+//! in the node's metrics as a unary call's would: its latency (from when
+//! its run was taken) if it committed, its code if it was refused.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use futures::{FutureExt, StreamExt};
@@ -130,6 +133,24 @@ impl Appender {
     /// Appends `run` (one request, or several for one topic that
     /// [`batchable`] allows together) and answers each request.
     async fn append_run(&self, run: Vec<v1::AppendRequest>) -> Vec<v1::AppendStreamResponse> {
+        let started = Instant::now();
+        let answers = self.append_run_unmeasured(run).await;
+        let elapsed = started.elapsed();
+        for a in &answers {
+            self.metrics.stream_answered(match &a.outcome {
+                Some(v1::append_stream_response::Outcome::Error(e)) => Err(e.code),
+                _ => Ok(elapsed),
+            });
+        }
+        answers
+    }
+
+    /// [`append_run`](Self::append_run) without counting its answers in
+    /// the node's metrics.
+    async fn append_run_unmeasured(
+        &self,
+        run: Vec<v1::AppendRequest>,
+    ) -> Vec<v1::AppendStreamResponse> {
         if run.len() > 1 {
             let topic = run[0].topic.clone();
             super::in_topic(&topic);

@@ -248,6 +248,16 @@ impl Metrics {
         .observe(elapsed.as_secs_f64());
     }
 
+    /// One request of an append stream answered: committed after
+    /// `elapsed` (`Ok`), or refused with a gRPC code (`Err`), counted as
+    /// a unary call's answer is.
+    pub fn stream_answered(&self, answer: Result<Duration, i32>) {
+        match answer {
+            Ok(elapsed) => self.observe(Timed::Append, elapsed),
+            Err(code) => self.rejected(code),
+        }
+    }
+
     fn rejected(&self, code: i32) {
         self.inner
             .rejected
