@@ -251,7 +251,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         };
         // Replication and the state machine read what was just appended:
         // it is kept, or else the memtable answers. What is older than the
-        // kept entries comes from storage, the rest from them.
+        // kept entries comes from storage, the rest from them. Storage is
+        // read off the async threads: what the kept entries miss is old
+        // (a follower catching up, a restart) or large (an entry of 4 MiB
+        // and more is not kept), and decoding megabytes in place would
+        // hold up every task queued behind it on that thread.
         let (kept, stored_to) = {
             let recent = self.recent();
             match recent.first() {
@@ -261,13 +265,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
             }
         };
         let mut entries: Vec<Entry> = if from < stored_to {
-            quick(|| {
-                self.store
-                    .read_log(self.group, from, stored_to, usize::MAX)?
+            let (store, group) = (self.store.clone(), self.group);
+            blocking(move || {
+                store
+                    .read_log(group, from, stored_to, usize::MAX)?
                     .iter()
                     .map(|(_, bytes)| decode(bytes))
                     .collect()
             })
+            .await
             .map_err(io_err)?
         } else {
             Vec::new()

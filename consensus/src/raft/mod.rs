@@ -176,7 +176,9 @@ pub enum CommandResult {
     Refused(Error),
 }
 
-pub(crate) use crate::store::{blocking, quick, start_blocking, storage_inline};
+pub(crate) use crate::store::{
+    blocking, quick, quick_unless_large, start_blocking, storage_inline,
+};
 
 #[cfg(test)]
 mod tests {

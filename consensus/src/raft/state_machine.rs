@@ -49,7 +49,7 @@ use super::snapshot::{
 };
 use super::{
     Command, CommandResult, Entry, EntryPayload, LogId, SnapshotMeta, StoredMembership, TypeConfig,
-    blocking, quick, start_blocking, storage_inline,
+    blocking, quick_unless_large, start_blocking, storage_inline,
 };
 use crate::bugs::{self, Bug};
 use crate::codec::{decode, encode};
@@ -964,8 +964,16 @@ impl TopicStateMachine {
                 .collect(),
             None => Vec::new(),
         };
-        // Unsynced writes and reads of recent state: done in place.
-        let outcome = quick(move || {
+        let bytes = entries
+            .iter()
+            .map(|e| match &e.payload {
+                EntryPayload::Normal(command) => command.approx_bytes(),
+                _ => 0,
+            })
+            .sum();
+        // Unsynced writes and reads of recent state: done in place unless
+        // they copy much.
+        let outcome = quick_unless_large(bytes, move || {
             let mut batch = WriteBatch::default();
             let mut results = Vec::with_capacity(entries.len());
             for entry in entries {
@@ -1004,7 +1012,8 @@ impl TopicStateMachine {
             // them again. The log is purged only after `persist_applied`.
             store.write_applied(&batch)?;
             Ok((machine, windows, directory, handlers, applied, results))
-        });
+        })
+        .await;
         let (machine, windows, directory, handlers, applied, results) = match outcome {
             Ok(done) => done,
             Err(e) => {

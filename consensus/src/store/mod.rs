@@ -256,3 +256,36 @@ fn task_failed(e: tokio::task::JoinError) -> crate::error::Error {
 pub(crate) fn quick<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
     f()
 }
+
+/// The most bytes of storage work that [`quick_unless_large`] does in
+/// place, as a small log append is (ADR 38).
+pub(crate) const QUICK_BYTES_MAX: usize = 64 << 10;
+
+/// Storage work on `bytes` of data: in place ([`quick`]) when small, off
+/// the async threads ([`blocking`]) when larger: copying megabytes into a
+/// memtable takes milliseconds, which would hold up every task queued
+/// behind it on that thread (single appends beside a flood of 8 MiB
+/// batches).
+pub(crate) async fn quick_unless_large<T: Send + 'static>(
+    bytes: usize,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    if bytes <= QUICK_BYTES_MAX {
+        quick(f)
+    } else {
+        blocking(f).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn small_work_runs_in_place_and_large_work_off_the_async_threads() {
+        let here = std::thread::current().id();
+        let on = |bytes| quick_unless_large(bytes, || Ok(std::thread::current().id()));
+        assert_eq!(on(QUICK_BYTES_MAX).await.unwrap(), here);
+        assert_ne!(on(QUICK_BYTES_MAX + 1).await.unwrap(), here);
+    }
+}

@@ -930,7 +930,7 @@ impl RocksStore {
 /// and a copy into the write-ahead log's buffer take microseconds, less
 /// than waking the writer's thread and being woken by it, and a leader
 /// replicates what it appended only once the append is written.
-const IN_PLACE_BYTES_MAX: usize = 64 << 10;
+const IN_PLACE_BYTES_MAX: usize = super::QUICK_BYTES_MAX;
 
 /// How a log append written in place went.
 enum InPlace {
