@@ -500,17 +500,18 @@ impl Node {
         if let Some(topics) = self.topics.take() {
             topics.shutdown().await;
         }
+        let mut result = Ok(());
         if let Some(groups) = self.groups.take() {
-            groups.shutdown().await;
+            result = groups.shutdown().await;
         }
         if let Some(overlay) = self.overlay.take() {
             // Its event loop and links end, and with them the inbound
             // channels.
             overlay.shutdown().await;
         }
-        let mut result = Ok(());
         if let Some(task) = self.groups_task.take()
             && let Err(e) = task.await
+            && result.is_ok()
         {
             result = Err(Error::Internal(format!(
                 "the groups' peer task failed: {e}"

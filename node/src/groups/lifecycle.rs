@@ -207,11 +207,10 @@ impl Groups {
                 group.0, e.0
             )));
         }
-        self.spawn(count_leader_changes(
-            raft.metrics(),
-            self.counters.clone(),
-            self.stopping(),
-        ));
+        self.spawn(
+            "leader-changes",
+            count_leader_changes(raft.metrics(), self.counters.clone(), self.stopping()),
+        );
         Ok(Some(raft))
     }
 
@@ -434,8 +433,9 @@ impl Groups {
 
     /// Stops every group and every task the layer spawned, and returns once
     /// they all ended (the peer-request server returned by [`Groups::new`]
-    /// ends when the overlay closes its inbound queue).
-    pub async fn shutdown(&self) {
+    /// ends when the overlay closes its inbound queue). An error names the
+    /// kinds of the tasks still running after [`SHUTDOWN_WAIT`] (a bug).
+    pub async fn shutdown(&self) -> Result<()> {
         self.stop.send_replace(true);
         // The waker holds these groups: let go of it (and of the store).
         self.router.set_waker(None);
@@ -452,12 +452,13 @@ impl Groups {
             .await
             .is_err()
         {
-            tracing::warn!(
-                tasks = self.tasks.len(),
-                "group tasks still running {} s after shutdown",
-                SHUTDOWN_WAIT.as_secs()
-            );
+            return Err(Error::Internal(format!(
+                "group tasks still running {} s after the groups' shutdown: {:?}",
+                SHUTDOWN_WAIT.as_secs(),
+                self.tasks.running()
+            )));
         }
+        Ok(())
     }
 }
 

@@ -27,6 +27,7 @@
 //! | [`transport`] | Raft traffic, batched per peer | [`woof_consensus::batch::fill`] |
 //! | [`control`] | the control messages on the wire | |
 //! | [`net`] | what the groups need of the overlay, as a trait the simulator implements too | |
+//! | [`tasks`] | the layer's tasks, tracked and counted by kind | |
 //!
 //! Every task the layer spawns is tracked, and [`Groups::shutdown`] returns
 //! only once all of them ended, so a stopped node holds nothing open.
@@ -35,7 +36,6 @@ use std::sync::Arc;
 
 use futures::FutureExt;
 use tokio::sync::mpsc;
-use tokio_util::task::TaskTracker;
 use woof_consensus::Topics;
 use woof_consensus::bugs::{self, Bug};
 use woof_consensus::raft::Raft;
@@ -55,6 +55,7 @@ mod route;
 mod server;
 mod slots;
 mod status;
+mod tasks;
 mod transport;
 
 pub use control::{HandlerInvoke, HandlerLease, InvokeReply, Read, ReadReply, ReplicaStatus};
@@ -104,7 +105,7 @@ pub struct Groups {
     /// (see [`lanes`]); made on first use, as the epoch is read from storage.
     lanes: Arc<tokio::sync::OnceCell<Arc<lanes::Lanes>>>,
     /// Every task the layer spawned; [`Groups::shutdown`] waits for them.
-    tasks: TaskTracker,
+    tasks: tasks::Tasks,
     /// Turns true when the groups shut down.
     stop: Arc<tokio::sync::watch::Sender<bool>>,
     /// Handler leases from topics' leaders, for the node's supervisor.
@@ -175,7 +176,9 @@ impl Groups {
             Ok(held) => held,
             Err(e) => {
                 // Its tasks hold the store, which the caller closes next.
-                groups.shutdown().await;
+                if let Err(stop) = groups.shutdown().await {
+                    tracing::warn!("after a failed start: {stop}");
+                }
                 return Err(e);
             }
         };
@@ -193,7 +196,7 @@ impl Groups {
         client: Arc<dyn Net>,
         timing: woof_consensus::raft::group::Timing,
     ) -> Self {
-        let tasks = TaskTracker::new();
+        let tasks = tasks::Tasks::default();
         let stop = Arc::new(tokio::sync::watch::Sender::new(false));
         let (lease_tx, lease_rx) = mpsc::channel(LEASES_QUEUED_MAX);
         let (invoke_tx, invoke_rx) = mpsc::channel(INVOKES_QUEUED_MAX);
@@ -228,7 +231,7 @@ impl Groups {
             let groups = waking.clone();
             waking
                 .tasks
-                .spawn(async move {
+                .spawn("wake", async move {
                     let raft = match groups.wake(group).await {
                         Ok(raft) => raft?,
                         Err(e) => {
@@ -245,7 +248,7 @@ impl Groups {
                 .map(|woken| woken.ok().flatten())
                 .boxed()
         })));
-        groups.spawn(hibernate::supervise(groups.clone()));
+        groups.spawn("sleep-supervisor", hibernate::supervise(groups.clone()));
         groups
     }
 
@@ -288,8 +291,8 @@ impl Groups {
     }
 
     /// Runs `task` as one of the layer's, awaited by [`Groups::shutdown`].
-    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
-        self.tasks.spawn(task);
+    fn spawn(&self, kind: &'static str, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(kind, task);
     }
 
     /// What the groups counted (leader changes, snapshot sends).

@@ -158,12 +158,15 @@ impl Drop for Leading {
         };
         match tokio::runtime::Handle::try_current() {
             Ok(_) => {
-                self.groups.tasks.spawn(drain(
-                    self.groups.clone(),
-                    self.group,
-                    self.proposer.clone(),
-                    batch,
-                ));
+                self.groups.tasks.spawn(
+                    "group-commit",
+                    drain(
+                        self.groups.clone(),
+                        self.group,
+                        self.proposer.clone(),
+                        batch,
+                    ),
+                );
             }
             // The node is shutting down: the waiting appends are answered
             // by their replies being dropped.

@@ -21,7 +21,6 @@ use futures::{FutureExt, StreamExt};
 use openraft::BasicNode;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio_util::task::TaskTracker;
 use woof_consensus::codec::{decode, encode, encode_after};
 use woof_consensus::raft::network::{Router, Transport};
 use woof_overlay::PeerId;
@@ -65,7 +64,7 @@ pub(super) struct OverlayTransport {
     /// rather than on every message).
     queues: Mutex<HashMap<String, mpsc::Sender<Pending>>>,
     /// Where the sending tasks run (awaited when the groups shut down).
-    tasks: TaskTracker,
+    tasks: super::tasks::Tasks,
     /// Turns true when the groups shut down: the senders stop at once,
     /// dropping what is in flight.
     stop: watch::Receiver<bool>,
@@ -76,7 +75,7 @@ pub(super) struct OverlayTransport {
 impl OverlayTransport {
     pub fn new(
         client: Arc<dyn Net>,
-        tasks: TaskTracker,
+        tasks: super::tasks::Tasks,
         stop: watch::Receiver<bool>,
         counters: Arc<crate::metrics::RaftCounters>,
     ) -> Self {
@@ -99,8 +98,10 @@ impl OverlayTransport {
         let peer = addr.parse::<PeerId>().map_err(|e| e.to_string())?;
         let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
         let stop = self.stop.clone();
-        self.tasks
-            .spawn(send_batches(self.client.clone(), peer, rx, stop));
+        self.tasks.spawn(
+            "raft-sender",
+            send_batches(self.client.clone(), peer, rx, stop),
+        );
         queues.insert(addr.to_string(), tx.clone());
         Ok(tx)
     }
