@@ -952,25 +952,16 @@ impl TopicStateMachine {
         // Taken: a failed apply leaves none behind (they may hold appends
         // never written), and they are read again from the store.
         let mut windows = std::mem::take(&mut self.windows);
-        let sizes: Vec<(u64, u64)> = match &self.upkeep {
-            Some(_) => entries
-                .iter()
-                .map(|e| match &e.payload {
-                    EntryPayload::Normal(command) => {
-                        (e.log_id.index, command.approx_bytes() as u64)
-                    }
-                    _ => (e.log_id.index, 0),
-                })
-                .collect(),
-            None => Vec::new(),
-        };
-        let bytes = entries
+        // Each entry's bytes: counted by the upkeep, and their sum decides
+        // where the apply runs.
+        let sizes: Vec<(u64, u64)> = entries
             .iter()
             .map(|e| match &e.payload {
-                EntryPayload::Normal(command) => command.approx_bytes(),
-                _ => 0,
+                EntryPayload::Normal(command) => (e.log_id.index, command.approx_bytes() as u64),
+                _ => (e.log_id.index, 0),
             })
-            .sum();
+            .collect();
+        let bytes = sizes.iter().map(|&(_, b)| b as usize).sum();
         // Unsynced writes and reads of recent state: done in place unless
         // they copy much.
         let outcome = quick_unless_large(bytes, move || {
