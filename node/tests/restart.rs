@@ -441,3 +441,118 @@ async fn a_replica_behind_its_topic_follows_it_from_further_on() {
         n.stop().await.unwrap();
     }
 }
+
+/// A node started again leads nothing at first: its peers took its groups
+/// over when it stopped. Within seconds it leads its share of the busy
+/// topics again (`groups::balance`), and the writers lose nothing on the
+/// way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_again_gets_its_share_of_the_leaderships_back() {
+    const NAMES: [&str; 6] = [
+        "spread/a", "spread/b", "spread/c", "spread/d", "spread/e", "spread/f",
+    ];
+    logs_if_asked();
+    let dir = tempfile::tempdir().unwrap();
+    let key = ClusterKey::generate();
+    let [a, b, c]: [Node; 3] = three_nodes(dir.path(), key)
+        .await
+        .try_into()
+        .unwrap_or_else(|_| panic!("three nodes"));
+    let join = a.overlay().unwrap().listen_addrs().to_vec();
+    let mut ca = connect(&a.url()).await;
+    for name in NAMES {
+        create_replicated(&mut ca, name, 3, "").await;
+    }
+    let peer = |n: &Node| n.overlay().unwrap().peer_id().to_string();
+    // How many of its groups (the topics and the name directory) each node
+    // leads, as node `a` sees them; and whether they are spread evenly.
+    let led = |n: &Node| {
+        let mut led = std::collections::BTreeMap::<String, usize>::new();
+        for r in n.groups().unwrap().replicas() {
+            *led.entry(r.leader.unwrap_or_default()).or_default() += 1;
+        }
+        led
+    };
+    let nodes = [peer(&a), peer(&b), peer(&c)];
+    let even = |led: &std::collections::BTreeMap<String, usize>| {
+        let counts: Vec<usize> = nodes
+            .iter()
+            .map(|p| led.get(p).copied().unwrap_or(0))
+            .collect();
+        let total: usize = led.values().sum();
+        counts.iter().sum::<usize>() == total
+            && counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 1
+    };
+    // New topics start spread.
+    let at_first = led(&a);
+    assert_eq!(
+        at_first.values().sum::<usize>(),
+        NAMES.len() + 1,
+        "{at_first:?}"
+    );
+    assert!(even(&at_first), "created topics' leaders {at_first:?}");
+    let (stop_writers, stopping) = tokio::sync::watch::channel(false);
+    let writers: Vec<_> = NAMES
+        .iter()
+        .enumerate()
+        .map(|(i, name)| tokio::spawn(writer(ca.clone(), name, i, stopping.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let moves = |ns: &[&Node]| -> u64 {
+        ns.iter()
+            .map(|n| {
+                let counters = n.groups().unwrap().counters();
+                counters
+                    .leader_moves
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .sum()
+    };
+    let moved_before = moves(&[&a, &b]);
+    // Stopped on purpose, c hands its groups over to a and b.
+    let c_peer = peer(&c);
+    c.stop().await.unwrap();
+    let leads_none =
+        |led: &std::collections::BTreeMap<String, usize>| led.get(&c_peer).is_none_or(|n| *n == 0);
+    let mut back = led(&a);
+    for _ in 0..30 {
+        if leads_none(&back) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        back = led(&a);
+    }
+    assert!(leads_none(&back), "c leads nothing once stopped: {back:?}");
+    let c = start_clustered(&dir.path().join("c"), key, join).await;
+    assert_eq!(peer(&c), c_peer);
+    let started = Instant::now();
+    let mut spread = back;
+    while started.elapsed() < Duration::from_secs(20) && !even(&spread) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        spread = led(&a);
+    }
+    assert!(
+        even(&spread),
+        "20 s after c started again, the groups' leaders are {spread:?}"
+    );
+    eprintln!(
+        "leaderships spread again {:?} after c started",
+        started.elapsed()
+    );
+    let moved = moves(&[&a, &b]) - moved_before;
+    assert!(moved >= 2, "a and b handed {moved} leaderships to c");
+    stop_writers.send_replace(true);
+    let mut acked = Vec::new();
+    for w in writers {
+        acked.push(w.await.unwrap());
+    }
+    drop(ca);
+    for n in [a, b, c] {
+        n.stop().await.unwrap();
+    }
+    for (name, acked) in NAMES.iter().zip(&acked) {
+        assert!(!acked.is_empty(), "{name}: nothing acknowledged");
+        assert_log_holds(&stored(&dir.path().join("a"), name), acked);
+    }
+}

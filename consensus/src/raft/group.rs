@@ -288,43 +288,58 @@ pub async fn confirm_leader(
 /// then left to an election after the lease, as if this node had just
 /// stopped).
 pub async fn hand_over(raft: &Raft, within: Duration) -> Option<u64> {
-    let (me, to) = {
+    let to = {
         let m = raft.metrics().borrow_watched().clone();
-        if m.state != openraft::ServerState::Leader {
-            return None;
-        }
-        // Only to a voter that answered lately: one that is down (the
-        // last nodes of a cluster stopping) could not take over.
-        let answered = Duration::from_millis(raft.config().heartbeat_interval * 3);
-        let alive = |id: &u64| {
-            m.heartbeat
-                .as_ref()
-                .and_then(|h| h.get(id).cloned().flatten())
-                .is_some_and(|at| openraft::Instant::elapsed(&*at) < answered)
-        };
-        let matched = |id: &u64| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(id).cloned().flatten())
-                .map(|l| l.index)
-        };
-        let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
-        let others: Vec<u64> = voters
-            .iter()
-            .copied()
-            .filter(|id| *id != m.id && alive(id))
-            .collect();
-        // Without this node the others must still be a majority, or the
-        // next leader could commit nothing (and would only wake the
-        // group's handlers there to fail).
-        if others.len() <= voters.len() / 2 {
-            return None;
-        }
-        let to = others
+        successors(&m, raft.config().heartbeat_interval)
             .into_iter()
-            .max_by_key(|id| (matched(id), std::cmp::Reverse(*id)))?;
-        (m.id, to)
+            .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))?
+            .0
     };
+    transfer(raft, to, within).await
+}
+
+/// The voters that could take over from this node as the group's leader,
+/// each with the highest log index it is known to hold: those that
+/// answered it within three heartbeats (of `heartbeat_ms`). None if this
+/// node does not lead, or if those are not a majority without it: the
+/// next leader could then commit nothing (the last nodes of a cluster
+/// stopping; it would only wake the group's handlers there to fail).
+pub fn successors(m: &super::Metrics, heartbeat_ms: u64) -> Vec<(u64, Option<u64>)> {
+    if m.state != openraft::ServerState::Leader {
+        return Vec::new();
+    }
+    let answered = Duration::from_millis(heartbeat_ms * 3);
+    let alive = |id: &u64| {
+        m.heartbeat
+            .as_ref()
+            .and_then(|h| h.get(id).cloned().flatten())
+            .is_some_and(|at| openraft::Instant::elapsed(&*at) < answered)
+    };
+    let matched = |id: u64| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(&id).cloned().flatten())
+            .map(|l| l.index)
+    };
+    let voters: Vec<u64> = m.membership_config.membership().voter_ids().collect();
+    let others: Vec<(u64, Option<u64>)> = voters
+        .iter()
+        .copied()
+        .filter(|id| *id != m.id && alive(id))
+        .map(|id| (id, matched(id)))
+        .collect();
+    if others.len() <= voters.len() / 2 {
+        return Vec::new();
+    }
+    others
+}
+
+/// Transfers the leadership of `raft`'s group, which this node leads, to
+/// the voter `to` (see [`hand_over`]) and waits at most `within` for
+/// another node to lead. Returns the node that leads then, `None` if none
+/// took over in time.
+pub async fn transfer(raft: &Raft, to: u64, within: Duration) -> Option<u64> {
+    let me = raft.metrics().borrow_watched().id;
     raft.trigger().transfer_leader(to).await.ok()?;
     let led_elsewhere = raft
         .wait(Some(within))

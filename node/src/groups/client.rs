@@ -98,13 +98,23 @@ impl Groups {
     /// harmless. If a member cannot start it, those that did remove it again.
     pub async fn create(&self, group: GroupId, members: &[PeerId]) -> Result<()> {
         let names: Vec<String> = members.iter().map(ToString::to_string).collect();
-        // The first member initializes, once every member runs the group.
+        // The member that leads the fewest of the groups running here (the
+        // first among equals) initializes and so leads at first (see
+        // `balance`), once every member runs the group.
+        let led = self.leaderships();
+        let first = members
+            .iter()
+            .enumerate()
+            .min_by_key(|(i, p)| (led.get(&node_id(p)).copied().unwrap_or(0), *i))
+            .map_or(0, |(i, _)| i);
         let mut started = Vec::new();
-        for (i, peer) in members.iter().enumerate().rev() {
+        let order = (0..members.len()).filter(|i| *i != first).chain([first]);
+        for i in order {
+            let peer = &members[i];
             let control = Control::StartGroup {
                 group,
                 members: names.clone(),
-                initialize: i == 0,
+                initialize: i == first,
             };
             let failure = match self.control(*peer, control, CONTROL_TIMEOUT).await {
                 Ok(ControlReply::Started) => {

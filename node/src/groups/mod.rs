@@ -18,6 +18,7 @@
 //! | [`slots`] | one state per group (asleep, starting, running, leaving) and its legal changes | the transitions |
 //! | [`lifecycle`] | starting, waking, putting to sleep, removing, stopping the groups | |
 //! | [`hibernate`] | idle groups sleep | [`hibernate::is_idle_leader`] |
+//! | [`balance`] | leaderships spread over the nodes | [`balance::moves`] |
 //! | [`client`] | this node's requests to groups: routing to the leader | [`route::LeaderSearch`] |
 //! | [`lanes`] | producer identities for forwarded appends that name none, so retries never apply twice | |
 //! | [`server`] | answering peers' requests | [`server::must_confirm`] |
@@ -43,6 +44,7 @@ use woof_consensus::raft::network::Router;
 use woof_consensus::store::{GroupId, GroupStore};
 use woof_overlay::{Inbound, PeerId};
 
+mod balance;
 mod client;
 mod control;
 mod hibernate;
@@ -249,6 +251,7 @@ impl Groups {
                 .boxed()
         })));
         groups.spawn("sleep-supervisor", hibernate::supervise(groups.clone()));
+        groups.spawn("leader-balance", balance::supervise(groups.clone()));
         groups
     }
 

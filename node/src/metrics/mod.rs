@@ -466,6 +466,9 @@ pub struct RaftCounters {
     /// Times a group here got a leader in a term newer than the last it
     /// saw one in: elections, including those that wake a group.
     pub leader_changes: AtomicU64,
+    /// Leaderships this node handed to another to spread them over the
+    /// nodes (see `groups::balance`).
+    pub leader_moves: AtomicU64,
     /// Snapshots this node began to send to a peer...
     pub snapshot_sends: AtomicU64,
     /// ...and their bytes.
@@ -592,6 +595,12 @@ impl Collector for SourcesCollector {
                 "raft_leader_changes",
                 "Times a group on this node got a leader in a newer term (elections, waking from sleep included)",
                 rc.leader_changes.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut enc,
+                "raft_leaderships_balanced",
+                "Leaderships this node handed to another node to spread them over the nodes",
+                rc.leader_moves.load(Ordering::Relaxed),
             )?;
             counter(
                 &mut enc,
