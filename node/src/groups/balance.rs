@@ -153,13 +153,26 @@ impl Groups {
         let done = futures::future::join_all(moves.iter().map(|(g, to)| {
             let raft = rafts.get(g).cloned();
             async move {
-                let led = group::transfer(&raft?, *to, MOVE_WAIT).await;
+                let raft = raft?;
+                let led = group::transfer(&raft, *to, MOVE_WAIT).await;
                 tracing::info!(
                     group = g.0,
                     to,
                     ?led,
                     "leadership handed over to balance the nodes"
                 );
+                if led.is_none() && self.leads(*g) {
+                    // openraft's leader takes no writes while a transfer is
+                    // pending, and `to` did not stand (it stopped, or its
+                    // log did not catch up in time): stand again, to lead
+                    // without a transfer pending.
+                    tracing::warn!(
+                        group = g.0,
+                        to,
+                        "the transfer did not happen; standing again"
+                    );
+                    let _ = raft.trigger().elect(false).await;
+                }
                 (led == Some(*to)).then_some(())
             }
         }))

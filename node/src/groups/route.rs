@@ -7,7 +7,10 @@
 //! The policy: first the leader this node's own replica knows, else the one
 //! that answered last time, else the first member. A "not the leader" answer
 //! with a hint goes straight to the hinted peer (pausing a little once hints
-//! have chased each other a few times, as they may while a term changes).
+//! have chased each other a few times, as they may while a term changes,
+//! and as long as after a failure once two peers name each other back and
+//! forth, as a leader handing its group over and its successor do until
+//! the successor wins its election).
 //! Any other failure tries the leader this node's replica knows now if that
 //! is news (at once the first time it names that leader, as after a leader
 //! handed its group over and went: the forward failed, the replica already
@@ -64,6 +67,8 @@ pub(super) struct LeaderSearch {
     attempt: usize,
     /// The last leader this node's replica named that the search asked.
     local_asked: Option<PeerId>,
+    /// The target before the current one.
+    before: Option<PeerId>,
 }
 
 impl LeaderSearch {
@@ -85,6 +90,7 @@ impl LeaderSearch {
             without_group: BTreeSet::new(),
             attempt: 0,
             local_asked: local_leader,
+            before: None,
         })
     }
 
@@ -105,16 +111,20 @@ impl LeaderSearch {
     pub fn next(&mut self, outcome: Outcome, local_leader: Option<PeerId>) -> Next {
         self.attempt += 1;
         let failed_at = self.target;
+        let before = self.before.replace(failed_at);
         let why = match outcome {
             Outcome::NotLeader(Some(hint)) if hint != failed_at => {
                 if self.attempt >= ATTEMPTS {
                     return Next::GiveUp(format!("{failed_at}: not the leader"));
                 }
                 self.target = hint;
-                let pause = if self.attempt > HINTS_WITHOUT_PAUSE {
-                    HINT_BACKOFF
-                } else {
+                let pause = if self.attempt <= HINTS_WITHOUT_PAUSE {
                     Duration::ZERO
+                } else if before == Some(hint) {
+                    // Sent back where it came from: no leader yet.
+                    BACKOFF
+                } else {
+                    HINT_BACKOFF
                 };
                 return Next::Ask { peer: hint, pause };
             }
@@ -213,6 +223,32 @@ mod tests {
                 pause: HINT_BACKOFF
             }
         );
+    }
+
+    #[test]
+    fn hints_sent_back_and_forth_wait_as_long_as_failures() {
+        // A leader handing its group over names its successor, which names
+        // the leader it still follows, until it wins its election.
+        let m = peers(3);
+        let mut s = LeaderSearch::new(&m, Some(m[0]), None).unwrap();
+        let mut waited = Duration::ZERO;
+        let mut asked = 0;
+        loop {
+            let hint = if s.target() == m[0] { m[1] } else { m[0] };
+            match s.next(Outcome::NotLeader(Some(hint)), None) {
+                Next::Ask { peer, pause } => {
+                    assert_eq!(peer, hint);
+                    asked += 1;
+                    if asked > HINTS_WITHOUT_PAUSE {
+                        assert_eq!(pause, BACKOFF, "attempt {asked}");
+                    }
+                    waited += pause;
+                }
+                Next::GiveUp(_) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(waited >= BACKOFF * 35, "gave up after {waited:?}");
     }
 
     #[test]
