@@ -264,10 +264,23 @@ async fn cases(
             }
             let prefix = format!("bench/many-{size}{}", way.suffix());
             let pace = Pace::new(secs);
-            let (count, hist, _) =
+            let (count, hist, leaders) =
                 many_topics(cluster, &prefix, secs, &payload, &pace, way).await?;
             report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
             report.latencies(&case, "", &hist);
+            // How the topics' leaderships were spread over the nodes: a
+            // figure to read the throughput by (a node leading more of
+            // them syncs more groups' entries at once).
+            let mut led = vec![0usize; cluster.size()];
+            for l in leaders {
+                led[l] += 1;
+            }
+            report.row(
+                &case,
+                "topics led by the busiest node",
+                led.iter().copied().max().unwrap_or(0) as f64,
+                "topics",
+            );
             anyhow::Ok(())
         }
         .await;

@@ -338,6 +338,11 @@ impl Cluster {
         &self.nodes[i].url
     }
 
+    /// How many nodes the cluster has.
+    pub fn size(&self) -> usize {
+        self.nodes.len()
+    }
+
     /// Which node has this peer id.
     pub fn index_of(&self, peer: &str) -> Option<usize> {
         self.nodes.iter().position(|m| m.peer_id == peer)
