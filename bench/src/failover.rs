@@ -90,6 +90,13 @@ const LEAD_IN: Duration = Duration::from_secs(1);
 const DOWN_FOR: Duration = Duration::from_secs(3);
 /// How long a killed leader stays down after appends resume.
 const KILLED_FOR: Duration = Duration::from_secs(1);
+/// How long the leader must stay the same before a trial strikes it: longer
+/// than woof's round of spreading leaderships (2 s, ADR 42), which after a
+/// restart hands the topic to the node that came back. Struck at the wrong
+/// moment, the bench would fault a node that had just stopped leading.
+const SETTLED_FOR: Duration = Duration::from_secs(3);
+/// The most times a trial waits [`SETTLED_FOR`] for the leader to settle.
+const SETTLE_TRIES: usize = 5;
 /// How long the replicas may take to catch up after a fault ends.
 const CATCH_UP_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -411,9 +418,18 @@ async fn one_trial<S: System>(
     log: &Mutex<Log>,
     task: &mut JoinHandle<anyhow::Result<()>>,
 ) -> anyhow::Result<Trial> {
+    // The appends keep the group awake: its leader is known, once it
+    // stopped moving.
+    let mut leader = system.leader(*via).await?;
+    for _ in 0..SETTLE_TRIES {
+        tokio::time::sleep(SETTLED_FOR).await;
+        let now = system.leader(*via).await?;
+        if now == leader {
+            break;
+        }
+        leader = now;
+    }
     let began = Instant::now();
-    // The appends keep the group awake: its leader is known.
-    let leader = system.leader(*via).await?;
     if leader == *via {
         *via = (0..system.servers())
             .find(|i| *i != leader && system.running(*i))
