@@ -207,22 +207,14 @@ async fn a_cluster_node_with_busy_groups_stops_and_starts_again_twenty_times() {
     logs_if_asked();
     let dir = tempfile::tempdir().unwrap();
     let key = ClusterKey::generate();
-    let [a, b, mut c_node]: [Node; 3] = three_nodes(dir.path(), key)
-        .await
-        .try_into()
-        .unwrap_or_else(|_| panic!("three nodes"));
+    let [a, b, mut c_node] = three_nodes(dir.path(), key).await;
     let join = a.overlay().unwrap().listen_addrs().to_vec();
     let restarted_dir = dir.path().join("c");
     let mut ca = connect(&a.url()).await;
     for name in NAMES {
         create_replicated(&mut ca, name, 3, "").await;
     }
-    let (stop_writers, stopping) = tokio::sync::watch::channel(false);
-    let writers: Vec<_> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, name)| tokio::spawn(writer(ca.clone(), name, i, stopping.clone())))
-        .collect();
+    let writers = Writers::start(&ca, &NAMES);
 
     let started = Instant::now();
     let mut held_before = 0;
@@ -266,11 +258,7 @@ async fn a_cluster_node_with_busy_groups_stops_and_starts_again_twenty_times() {
         started.elapsed()
     );
 
-    stop_writers.send_replace(true);
-    let mut acked = Vec::new();
-    for w in writers {
-        acked.push(w.await.unwrap());
-    }
+    let acked = writers.stop().await;
     assert!(acked.iter().all(|a| !a.is_empty()));
     // Node a is checked below, and a follower may lag the acknowledgements
     // by a few entries (a leader change under load makes a a follower):
@@ -329,9 +317,37 @@ async fn a_first_node_makes_the_name_directory_once() {
     again.stop().await.unwrap();
 }
 
+/// A [`writer`] on each of a test's topics, all through one client.
+struct Writers {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<(String, u64, Instant)>>>,
+}
+
+impl Writers {
+    fn start(client: &Client, names: &[&'static str]) -> Self {
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let tasks = names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| tokio::spawn(writer(client.clone(), name, i, stopping.clone())))
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops them; what each had acknowledged, in the order of the names.
+    async fn stop(self) -> Vec<Vec<(String, u64, Instant)>> {
+        self.stop.send_replace(true);
+        let mut acked = Vec::new();
+        for task in self.tasks {
+            acked.push(task.await.unwrap());
+        }
+        acked
+    }
+}
+
 /// Three cluster nodes in `dir` (`a`, then `b` and `c` joining it), once
 /// `a` sees the other two.
-async fn three_nodes(dir: &std::path::Path, key: ClusterKey) -> Vec<Node> {
+async fn three_nodes(dir: &std::path::Path, key: ClusterKey) -> [Node; 3] {
     let first = start_clustered(&dir.join("a"), key, vec![]).await;
     let join = first.overlay().unwrap().listen_addrs().to_vec();
     let mut nodes = vec![first];
@@ -344,7 +360,7 @@ async fn three_nodes(dir: &std::path::Path, key: ClusterKey) -> Vec<Node> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    nodes
+    nodes.try_into().unwrap_or_else(|_| panic!("three nodes"))
 }
 
 /// A node stopped on purpose hands the leadership of the groups it leads
@@ -354,7 +370,7 @@ async fn three_nodes(dir: &std::path::Path, key: ClusterKey) -> Vec<Node> {
 async fn a_leader_stopped_on_purpose_hands_its_groups_over_first() {
     const NAME: &str = "handed/over";
     let dir = tempfile::tempdir().unwrap();
-    let mut nodes = three_nodes(dir.path(), ClusterKey::generate()).await;
+    let mut nodes = Vec::from(three_nodes(dir.path(), ClusterKey::generate()).await);
     let mut ca = connect(&nodes[0].url()).await;
     create_replicated(&mut ca, NAME, 3, "").await;
     assert_eq!(append(&mut ca, NAME, b"before".to_vec()).await, 1);
@@ -416,10 +432,7 @@ async fn a_replica_behind_its_topic_follows_it_from_further_on() {
     const NAME: &str = "behind/topic";
     let dir = tempfile::tempdir().unwrap();
     let key = ClusterKey::generate();
-    let [a, b, c]: [Node; 3] = three_nodes(dir.path(), key)
-        .await
-        .try_into()
-        .unwrap_or_else(|_| panic!("three nodes"));
+    let [a, b, c] = three_nodes(dir.path(), key).await;
     let join = a.overlay().unwrap().listen_addrs().to_vec();
     let mut ca = connect(&a.url()).await;
     create_replicated(&mut ca, NAME, 3, "").await;
@@ -454,10 +467,7 @@ async fn a_node_started_again_gets_its_share_of_the_leaderships_back() {
     logs_if_asked();
     let dir = tempfile::tempdir().unwrap();
     let key = ClusterKey::generate();
-    let [a, b, c]: [Node; 3] = three_nodes(dir.path(), key)
-        .await
-        .try_into()
-        .unwrap_or_else(|_| panic!("three nodes"));
+    let [a, b, c] = three_nodes(dir.path(), key).await;
     let join = a.overlay().unwrap().listen_addrs().to_vec();
     let mut ca = connect(&a.url()).await;
     for name in NAMES {
@@ -491,12 +501,7 @@ async fn a_node_started_again_gets_its_share_of_the_leaderships_back() {
         "{at_first:?}"
     );
     assert!(even(&at_first), "created topics' leaders {at_first:?}");
-    let (stop_writers, stopping) = tokio::sync::watch::channel(false);
-    let writers: Vec<_> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, name)| tokio::spawn(writer(ca.clone(), name, i, stopping.clone())))
-        .collect();
+    let writers = Writers::start(&ca, &NAMES);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let moves = |ns: &[&Node]| -> u64 {
@@ -542,11 +547,7 @@ async fn a_node_started_again_gets_its_share_of_the_leaderships_back() {
     );
     let moved = moves(&[&a, &b]) - moved_before;
     assert!(moved >= 2, "a and b handed {moved} leaderships to c");
-    stop_writers.send_replace(true);
-    let mut acked = Vec::new();
-    for w in writers {
-        acked.push(w.await.unwrap());
-    }
+    let acked = writers.stop().await;
     drop(ca);
     for n in [a, b, c] {
         n.stop().await.unwrap();
