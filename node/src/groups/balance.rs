@@ -107,11 +107,7 @@ pub(super) fn moves(me: u64, views: &[View], most: usize) -> Vec<(GroupId, u64)>
 /// down.
 pub(super) async fn supervise(groups: Groups) {
     let mut stop = groups.stop.subscribe();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(BALANCE_EVERY) => {}
-        }
+    while super::wait_unless_stopped(&mut stop, BALANCE_EVERY).await {
         groups.balance().await;
     }
 }
@@ -126,7 +122,8 @@ impl Groups {
         let views: Vec<View> = running
             .iter()
             .map(|(group, r)| {
-                let m = r.handle.raft.metrics().borrow_watched().clone();
+                let metrics = r.handle.raft.metrics();
+                let m = metrics.borrow_watched();
                 let in_use = now.saturating_duration_since(r.last_used) < SLEEP_AFTER;
                 let mut successors = if in_use {
                     group::successors(&m, heartbeat)

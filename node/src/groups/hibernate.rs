@@ -199,11 +199,7 @@ impl Groups {
 /// Puts idle groups this node leads to sleep, until the groups shut down.
 pub(super) async fn supervise(groups: Groups) {
     let mut stop = groups.stop.subscribe();
-    loop {
-        tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(CHECK_EVERY) => {}
-        }
+    while super::wait_unless_stopped(&mut stop, CHECK_EVERY).await {
         groups.refresh_suspects().await;
         let now = Instant::now();
         let behind = groups.topics.handlers_behind();

@@ -80,6 +80,18 @@ pub fn node_id(peer: &PeerId) -> u64 {
     u64::from_be_bytes(id)
 }
 
+/// Waits `period`, for a supervisor's next round: false if the groups
+/// shut down meanwhile (`stop`, from [`Groups::stopping`], turned true).
+async fn wait_unless_stopped(
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+    period: std::time::Duration,
+) -> bool {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => false,
+        _ = tokio::time::sleep(period) => true,
+    }
+}
+
 /// A group running on this node: its Raft instance and its proposer.
 #[derive(Clone)]
 struct Member {
