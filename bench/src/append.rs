@@ -264,15 +264,20 @@ async fn cases(
             }
             let prefix = format!("bench/many-{size}{}", way.suffix());
             let pace = Pace::new(secs);
-            let (count, hist, leaders) =
-                many_topics(cluster, &prefix, secs, &payload, &pace, way).await?;
-            report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
-            report.latencies(&case, "", &hist);
+            let many = many_topics(cluster, &prefix, secs, &payload, &pace, way).await?;
+            report.row(
+                &case,
+                "throughput",
+                many.count as f64 / secs as f64,
+                "appends/s",
+            );
+            report.latencies(&case, "", &many.hist);
+            many.report_cpu(report, &case);
             // How the topics' leaderships were spread over the nodes: a
             // figure to read the throughput by (a node leading more of
             // them syncs more groups' entries at once).
             let mut led = vec![0usize; cluster.size()];
-            for l in leaders {
+            for &l in &many.leaders {
                 led[l] += 1;
             }
             report.row(
@@ -459,6 +464,44 @@ fn many_case(pre: &str, what: &str, size: usize) -> String {
 /// [`MANY_TOPICS`] topics `PREFIX/NN` with 3 replicas, [`MANY_CLIENTS`]
 /// clients appending `payload` to each at its leader for `secs`, all at
 /// once: appends acknowledged, their latencies, and each topic's leader.
+/// What [`many_topics`] measured.
+pub struct ManyTopics {
+    /// Appends acknowledged.
+    pub count: u64,
+    pub hist: Histogram<u64>,
+    /// Each topic's leader (its node's index).
+    pub leaders: Vec<usize>,
+    /// CPU time the nodes used meanwhile, all together, in seconds.
+    pub nodes_cpu: f64,
+    /// CPU time this process (the clients) used meanwhile, in seconds.
+    pub bench_cpu: f64,
+}
+
+impl ManyTopics {
+    /// The nodes' and the clients' CPU time per append, in microseconds:
+    /// what bounds the case on a machine whose cores are all busy.
+    pub fn report_cpu(&self, report: &mut Report, case: &str) {
+        let per_append = |secs: f64| secs * 1e6 / self.count.max(1) as f64;
+        report.row(
+            case,
+            "nodes' CPU per append",
+            per_append(self.nodes_cpu),
+            "us",
+        );
+        report.row(
+            case,
+            "clients' CPU per append",
+            per_append(self.bench_cpu),
+            "us",
+        );
+    }
+}
+
+/// This process's CPU time so far (utime + stime), in seconds.
+fn own_cpu_seconds() -> anyhow::Result<f64> {
+    Ok(nodes::cpu_ticks(std::process::id())? as f64 / nodes::clock_ticks())
+}
+
 pub async fn many_topics(
     cluster: &Cluster,
     prefix: &str,
@@ -466,7 +509,7 @@ pub async fn many_topics(
     payload: &bytes::Bytes,
     pace: &Arc<Pace>,
     way: Way,
-) -> anyhow::Result<(u64, Histogram<u64>, Vec<usize>)> {
+) -> anyhow::Result<ManyTopics> {
     let mut leaders = Vec::new();
     for t in 0..MANY_TOPICS {
         let topic = format!("{prefix}/{t:02}");
@@ -490,8 +533,15 @@ pub async fn many_topics(
             },
         )
     });
+    let (nodes_before, bench_before) = (cluster.cpu_seconds()?, own_cpu_seconds()?);
     let (count, hist) = together(runs).await?;
-    Ok((count, hist, leaders.into_iter().map(|l| l.1).collect()))
+    Ok(ManyTopics {
+        count,
+        hist,
+        leaders: leaders.into_iter().map(|l| l.1).collect(),
+        nodes_cpu: cluster.cpu_seconds()? - nodes_before,
+        bench_cpu: own_cpu_seconds()? - bench_before,
+    })
 }
 
 /// Runs `runs` at once: the sum of their counts, their latencies together.

@@ -460,6 +460,16 @@ impl Cluster {
             .collect()
     }
 
+    /// The CPU time the running nodes have used so far, all together
+    /// (utime + stime), in seconds.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let mut ticks = 0;
+        for pid in self.pids().into_iter().flatten() {
+            ticks += cpu_ticks(pid)?;
+        }
+        Ok(ticks as f64 / clock_ticks())
+    }
+
     /// The node leading `topic`, asking through node `via`: retried (for
     /// 15 s) while the answer names no leader or fails (an election, or a
     /// group that just woke up).
@@ -494,6 +504,39 @@ impl Cluster {
     pub fn explain(&self, e: anyhow::Error) -> anyhow::Error {
         anyhow!("{e:#}\n\nnode logs:\n{}", self.log_tails(15))
     }
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 if that fails), asked
+/// once.
+pub fn clock_ticks() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+/// utime + stime of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // After "pid (comm) ": state is field 3; utime and stime are 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .with_context(|| format!("{path}: {stat:?}"))?
+        .1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> anyhow::Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: no field {n} in {stat:?}"))
+    };
+    Ok(field(14)? + field(15)?)
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to the process `pid`, with `kill`.

@@ -109,8 +109,12 @@ async fn spread(cluster: &Cluster, report: &mut Report, secs: u64) -> anyhow::Re
     let n = cluster.nodes.len();
     let payload = bytes::Bytes::from_static(&[b'x'; 64]);
     let pace = Pace::new(secs);
-    let (count, hist, mut leading) =
-        append::many_topics(cluster, "spread", secs, &payload, &pace, append::Way::Calls).await?;
+    let append::ManyTopics {
+        count,
+        hist,
+        leaders: mut leading,
+        ..
+    } = append::many_topics(cluster, "spread", secs, &payload, &pace, append::Way::Calls).await?;
     leading.sort_unstable();
     leading.dedup();
     let clients = SPREAD_TOPICS * CLIENTS_PER_TOPIC;
@@ -134,7 +138,7 @@ async fn measure(
     plan: &Plan,
     scrape: &[std::net::SocketAddr],
 ) -> anyhow::Result<()> {
-    let (tick, per_node, window) = (clock_ticks(), plan.creators, plan.measure);
+    let (tick, per_node, window) = (nodes::clock_ticks(), plan.creators, plan.measure);
     eprintln!("measuring the idle cluster for {window:?}");
     usage(cluster, report, "no topics (idle cluster)", tick, window).await?;
     let mut created = 0;
@@ -322,7 +326,7 @@ async fn usage(
     for step in 0..=steps {
         tokio::time::sleep_until((start + Duration::from_secs(step)).into()).await;
         for (i, pid) in pids.iter().enumerate() {
-            samples[i].push((Instant::now(), cpu_ticks(*pid)?, rss_kib(*pid)?));
+            samples[i].push((Instant::now(), nodes::cpu_ticks(*pid)?, rss_kib(*pid)?));
         }
     }
     let (mut cpu_sum, mut rss_sum) = (0.0, 0.0);
@@ -405,35 +409,6 @@ fn free_port() -> std::io::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`; 100 if that fails).
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    // After "pid (comm) ": state is field 3; utime and stime are 14 and 15.
-    let rest = stat
-        .rsplit_once(')')
-        .with_context(|| format!("{path}: {stat:?}"))?
-        .1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> anyhow::Result<u64> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse().ok())
-            .with_context(|| format!("{path}: no field {n} in {stat:?}"))
-    };
-    Ok(field(14)? + field(15)?)
 }
 
 /// VmRSS of a process, in KiB.
