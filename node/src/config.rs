@@ -9,6 +9,7 @@
 //! link_port = "7810"           # where other nodes open Raft links (default: any free port; "off")
 //! join = ["/ip4/10.0.0.5/tcp/7800"]
 //! join_timeout = "30s"          # give up joining after this (default: never)
+//! balance_leaders = false       # hand no leadership over to even them out (default: true)
 //! cluster_key_file = "/etc/woof/cluster.key"
 //! tier = "edge"
 //! attrs = ["site=north"]
@@ -102,6 +103,10 @@ pub struct ClusterConfig {
     pub repair_after: Duration,
     /// Where other nodes open links to this one (ADR 34).
     pub link_port: LinkPort,
+    /// Whether this node hands leaderships over to nodes leading fewer of
+    /// the groups both hold (ADR 42); on unless `balance_leaders = false`
+    /// or `--no-leader-balance`.
+    pub balance_leaders: bool,
 }
 
 /// The file form: every field optional, unknown fields refused.
@@ -124,6 +129,8 @@ pub struct ConfigFile {
     pub bridge_listen: Option<String>,
     /// `any` (the default), a port number, or `off`.
     pub link_port: Option<String>,
+    /// `false`: this node hands no leadership over to even them out.
+    pub balance_leaders: Option<bool>,
     /// Such as `"30s"`; see [`parse_duration`].
     pub join_timeout: Option<String>,
     /// `text` or `json`; read by `main` before the rest, to set up logging.
@@ -178,6 +185,8 @@ pub struct Flags {
     pub bridge_listen: Option<String>,
     /// `any`, a port number, or `off`.
     pub link_port: Option<String>,
+    /// `--no-leader-balance`.
+    pub no_leader_balance: bool,
     pub metrics_listen: Option<SocketAddr>,
     pub http_listen: Option<SocketAddr>,
     /// Such as `30s`; see [`parse_duration`].
@@ -383,6 +392,7 @@ impl NodeConfig {
                 join_timeout,
                 repair_after,
                 link_port,
+                balance_leaders: !flags.no_leader_balance && file.balance_leaders.unwrap_or(true),
             })
         };
         let security = Security::resolve(
@@ -517,6 +527,24 @@ mod tests {
         assert_eq!(cluster.listen.len(), 1);
         assert_eq!(cluster.repair_after, REPAIR_AFTER_DEFAULT);
         assert_eq!(cluster.link_port, LinkPort::Any);
+        assert!(cluster.balance_leaders, "the balance is on by default");
+        // The balance: off from the file or the flag; the flag cannot turn
+        // on what the file turned off (it only says "no").
+        let balance = |file: &str, no_flag: bool| {
+            let mut f = f.clone();
+            f.no_leader_balance = no_flag;
+            let file = ConfigFile::parse(file).unwrap();
+            NodeConfig::resolve(file, f)
+                .unwrap()
+                .cluster
+                .unwrap()
+                .balance_leaders
+        };
+        assert!(!balance("balance_leaders = false", false));
+        assert!(!balance("", true));
+        assert!(!balance("balance_leaders = true", true));
+        assert!(balance("balance_leaders = true", false));
+        assert!(ConfigFile::parse("balance_leaders = \"no\"").is_err());
         // The link port: from the file, the flag winning; a clear error else.
         let file = ConfigFile::parse("link_port = \"off\"").unwrap();
         let c = NodeConfig::resolve(file, f.clone()).unwrap();

@@ -136,6 +136,7 @@ fn node_config(
         join_timeout: Some(Duration::from_secs(10)),
         repair_after: crate::config::REPAIR_AFTER_DEFAULT,
         link_port: LinkPort::Any,
+        balance_leaders: true,
     });
     // Every demo node is also a bridge gateway for microcontrollers.
     let any = "127.0.0.1:0".parse().expect("valid address");

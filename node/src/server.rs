@@ -335,6 +335,7 @@ impl Node {
                     Default::default(),
                 )
                 .await?;
+                groups.balance_leaders(cluster.balance_leaders);
                 self.groups = Some(groups.clone());
                 self.groups_task = Some(task);
                 self.metrics.watch_groups(groups.clone());

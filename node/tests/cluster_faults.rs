@@ -258,6 +258,29 @@ async fn five_nodes_spread_two_hundred_topics_and_agree_on_status() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // Each node's line counts the topics it leads and holds a replica of,
+    // as the topics' lines of the same answer name them.
+    let (nodes_listed, topics_listed) = cluster_status(&urls[0]);
+    assert_eq!(nodes_listed.len(), 5);
+    let mut leads_total = 0;
+    for n in &nodes_listed {
+        let peer = n["peer_id"].as_str().unwrap();
+        let of = |key: &str, holds: &dyn Fn(&serde_json::Value) -> bool| {
+            let listed = n[key].as_u64().unwrap_or_else(|| panic!("no {key}: {n}"));
+            let counted = topics_listed.iter().filter(|t| holds(t)).count() as u64;
+            assert_eq!(listed, counted, "{peer}: {key}");
+            listed
+        };
+        let replicas = of("replicas", &|t| placement_of(t).0.contains(peer));
+        assert_eq!(replicas, held[peer] as u64, "{peer}");
+        leads_total += of("leads", &|t| placement_of(t).1 == peer);
+    }
+    let led = topics_listed
+        .iter()
+        .filter(|t| !placement_of(t).1.is_empty())
+        .count() as u64;
+    assert_eq!(leads_total, led, "every led topic is counted once");
+
     // Through nodes that hold no replica: append to a few topics through
     // one, read back through the other.
     for t in [0, 1, 2, 3, 4, 99, 199] {

@@ -182,6 +182,7 @@ async fn a_gateway_drops_and_counts_bad_frames_and_keeps_serving() {
         join_timeout: Some(Duration::from_secs(10)),
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
         link_port: woof_overlay::LinkPort::Any,
+        balance_leaders: true,
     });
     let gateway: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     config.bridge_listen = vec![Transport::Udp(gateway)];
@@ -703,6 +704,7 @@ async fn tcp_and_serial_links_carry_readings_once_and_drop_garbage() {
         join_timeout: Some(Duration::from_secs(10)),
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
         link_port: woof_overlay::LinkPort::Any,
+        balance_leaders: true,
     });
     config.bridge_listen = Transport::parse_list(&format!(
         "tcp://127.0.0.1:0,serial://{}?baud=115200",

@@ -529,7 +529,7 @@ async fn a_node_started_again_gets_its_share_of_the_leaderships_back() {
         back = led(&a);
     }
     assert!(leads_none(&back), "c leads nothing once stopped: {back:?}");
-    let c = start_clustered(&dir.path().join("c"), key, join).await;
+    let c = start_clustered(&dir.path().join("c"), key, join.clone()).await;
     assert_eq!(peer(&c), c_peer);
     let started = Instant::now();
     let mut spread = back;
@@ -547,6 +547,41 @@ async fn a_node_started_again_gets_its_share_of_the_leaderships_back() {
     );
     let moved = moves(&[&a, &b]) - moved_before;
     assert!(moved >= 2, "a and b handed {moved} leaderships to c");
+
+    // With the balance off on a and b (`balance_leaders = false`), c stopped
+    // and started again leads nothing for three of their balance rounds
+    // and more, however busy its topics.
+    for n in [&a, &b] {
+        n.groups().unwrap().balance_leaders(false);
+    }
+    c.stop().await.unwrap();
+    let mut back = led(&a);
+    for _ in 0..30 {
+        if leads_none(&back) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        back = led(&a);
+    }
+    assert!(leads_none(&back), "c leads nothing once stopped: {back:?}");
+    let moved_before = moves(&[&a, &b]);
+    let c = start_clustered(&dir.path().join("c"), key, join).await;
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    // The busy topics only: the name directory's group sleeps when idle,
+    // and whichever node wakes it may lead it.
+    let busy_led_by_c: Vec<String> = a
+        .groups()
+        .unwrap()
+        .replicas()
+        .into_iter()
+        .filter(|r| NAMES.contains(&r.meta.name.as_str()) && r.leader.as_deref() == Some(&*c_peer))
+        .map(|r| r.meta.name.to_string())
+        .collect();
+    assert!(
+        busy_led_by_c.is_empty(),
+        "with the balance off, c was handed {busy_led_by_c:?}"
+    );
+    assert_eq!(moves(&[&a, &b]), moved_before);
     let acked = writers.stop().await;
     drop(ca);
     for n in [a, b, c] {

@@ -363,6 +363,11 @@ pub struct NodeStartArgs {
     /// connection) [default: any].
     #[arg(long, value_name = "PORT|any|off")]
     pub link_port: Option<String>,
+    /// Do not hand leaderships over to nodes that lead fewer of the topics
+    /// both hold (on by default: busy topics' leaders spread over the
+    /// nodes). Give it to every node to stop all such moves.
+    #[arg(long)]
+    pub no_leader_balance: bool,
     /// Give up joining after this long, such as 30s or 2m, with an error
     /// [default: never].
     #[arg(long, value_name = "DURATION")]
@@ -432,6 +437,7 @@ impl NodeStartArgs {
             repair_after_secs: self.repair_after,
             bridge_listen: self.bridge_listen,
             link_port: self.link_port,
+            no_leader_balance: self.no_leader_balance,
             join_timeout: self.join_timeout,
             metrics_listen: self.metrics_listen,
             http_listen: self.http_listen,
@@ -951,7 +957,7 @@ async fn run_command(
                 .cluster_status(v1::ClusterStatusRequest {})
                 .await?
                 .into_inner();
-            out.nodes(&r.nodes);
+            out.nodes(&r.nodes, &r.topics);
             if !r.topics.is_empty() {
                 out.blank();
                 out.topics(&r.topics);

@@ -100,9 +100,14 @@ impl Output {
         }
     }
 
-    pub fn nodes(&mut self, nodes: &[v1::NodeStatus]) {
+    /// The nodes, each with how many of `topics` it leads and holds a
+    /// replica of (`topics`: every topic of the cluster, as `ClusterStatus`
+    /// answers; empty for a standalone node's own listing).
+    pub fn nodes(&mut self, nodes: &[v1::NodeStatus], topics: &[v1::TopicInfo]) {
+        let share = |peer: &str| share_of(peer, topics);
         if self.json {
             for n in nodes {
+                let (leads, replicas) = share(&n.peer_id);
                 self.json(json!({
                     "peer_id": n.peer_id,
                     "tier": n.tier,
@@ -113,13 +118,15 @@ impl Output {
                     "silent_ms": n.silent_ms,
                     "grpc_addr": n.grpc_addr,
                     "local": n.local,
+                    "leads": leads,
+                    "replicas": replicas,
                 }));
             }
             return;
         }
         self.line(&format!(
-            "{:<54} {:<6} {:<10} {:<24} {:<28} ATTRS",
-            "NODE", "TIER", "STATE", "GRPC", "OVERLAY"
+            "{:<54} {:<6} {:<10} {:>5} {:>8} {:<24} {:<28} ATTRS",
+            "NODE", "TIER", "STATE", "LEADS", "REPLICAS", "GRPC", "OVERLAY"
         ));
         for n in nodes {
             let mut attrs: Vec<String> = n.attrs.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -138,11 +145,14 @@ impl Output {
                 .addrs
                 .first()
                 .map_or("", |a| a.split("/p2p/").next().unwrap_or(a));
+            let (leads, replicas) = share(&n.peer_id);
             self.line(&format!(
-                "{:<54} {:<6} {:<10} {:<24} {:<28} {}",
+                "{:<54} {:<6} {:<10} {:>5} {:>8} {:<24} {:<28} {}",
                 id,
                 n.tier,
                 n.state,
+                leads,
+                replicas,
                 n.grpc_addr.trim_start_matches("http://"),
                 overlay,
                 attrs.join(",")
@@ -478,6 +488,20 @@ impl Output {
     }
 }
 
+/// How many of `topics` `peer` leads, and holds a replica of. A topic
+/// whose group sleeps (idle a while) has no leader and counts for none.
+fn share_of(peer: &str, topics: &[v1::TopicInfo]) -> (usize, usize) {
+    if peer.is_empty() {
+        return (0, 0);
+    }
+    let leads = topics.iter().filter(|t| t.leader == peer).count();
+    let replicas = topics
+        .iter()
+        .filter(|t| t.replicas.iter().any(|r| r == peer))
+        .count();
+    (leads, replicas)
+}
+
 /// The end of a peer id, enough to tell a cluster's nodes apart in a table.
 fn short_peer(peer: &str) -> String {
     let tail = peer.len().saturating_sub(8);
@@ -592,6 +616,29 @@ mod tests {
             ..e
         };
         assert_eq!(element_json(&t)["payload"], "hi");
+    }
+
+    #[test]
+    fn a_nodes_share_counts_the_topics_it_leads_and_holds() {
+        let topic = |leader: &str, replicas: &[&str]| v1::TopicInfo {
+            leader: leader.into(),
+            replicas: replicas.iter().map(|r| r.to_string()).collect(),
+            ..Default::default()
+        };
+        let topics = [
+            topic("a", &["a", "b", "c"]),
+            topic("b", &["a", "b", "c"]),
+            // Asleep: nobody leads it.
+            topic("", &["a", "b", "d"]),
+            topic("a", &["a", "c", "d"]),
+        ];
+        assert_eq!(share_of("a", &topics), (2, 4));
+        assert_eq!(share_of("b", &topics), (1, 3));
+        assert_eq!(share_of("d", &topics), (0, 2));
+        assert_eq!(share_of("e", &topics), (0, 0));
+        // A standalone node has no peer id: the sleeping topic's empty
+        // leader is not it.
+        assert_eq!(share_of("", &topics), (0, 0));
     }
 
     #[test]

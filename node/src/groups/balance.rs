@@ -25,6 +25,7 @@
 //! leads the fewest groups stand first.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -108,11 +109,21 @@ pub(super) fn moves(me: u64, views: &[View], most: usize) -> Vec<(GroupId, u64)>
 pub(super) async fn supervise(groups: Groups) {
     let mut stop = groups.stop.subscribe();
     while super::wait_unless_stopped(&mut stop, BALANCE_EVERY).await {
-        groups.balance().await;
+        if groups.balancing.load(Ordering::Relaxed) {
+            groups.balance().await;
+        }
     }
 }
 
 impl Groups {
+    /// Turns the balance's moves on or off (`balance_leaders` in a node's
+    /// config; on by default). Off, this node hands no leadership over to
+    /// even them out; new groups still start led by the member that leads
+    /// fewest ([`Groups::create`]), and other nodes still balance.
+    pub fn balance_leaders(&self, on: bool) {
+        self.balancing.store(on, Ordering::Relaxed);
+    }
+
     /// One round of the balance: hands over the leaderships [`moves`]
     /// picks, all at once. Returns how many went to the node chosen.
     pub(super) async fn balance(&self) -> usize {

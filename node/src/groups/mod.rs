@@ -134,6 +134,9 @@ pub struct Groups {
     electing: Arc<Elections>,
     /// Every group's timing and snapshot sizes.
     timing: woof_consensus::raft::group::Timing,
+    /// Whether the balance hands leaderships over ([`balance`]); on
+    /// unless [`Groups::balance_leaders`] turns it off.
+    balancing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The groups a request here has asked an election for (see
@@ -237,6 +240,7 @@ impl Groups {
             tasks,
             stop,
             electing: Arc::default(),
+            balancing: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         let waking = groups.clone();
         groups.router.set_waker(Some(Arc::new(move |group| {

@@ -593,6 +593,7 @@ pub fn clustered_config(
         join_timeout: Some(Duration::from_secs(10)),
         repair_after: woof_node::config::REPAIR_AFTER_DEFAULT,
         link_port: woof_overlay::LinkPort::Any,
+        balance_leaders: true,
     });
     config
 }
