@@ -157,9 +157,9 @@ fn producer_key(topic: TopicId, id: &str) -> Vec<u8> {
 /// first 8 bytes, ADR 43): the groups' appends and applies come
 /// interleaved, each group's in key order, so an insert starts from the
 /// group's last one instead of walking down the whole skiplist. RocksDB
-/// uses the hint only for memtable writes made one at a time (the
-/// database's `allow_concurrent_memtable_write` off). The `rocksdb`
-/// crate has no setter for it; RocksDB's option string sets it.
+/// uses the hint for a write that reaches the memtable alone (not for
+/// writers it inserts in parallel). The `rocksdb` crate has no setter
+/// for it; RocksDB's option string sets it.
 fn hinted(mut cf: Options) -> Result<Options> {
     cf.get_options_from_string("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.8")
         .map_err(storage("cannot set the memtable's insert hints"))
@@ -174,7 +174,6 @@ fn open_lane(dir: &Path, memtable_bytes: usize) -> Result<DB> {
     opts.create_missing_column_families(true);
     opts.set_keep_log_file_num(4);
     opts.set_manual_wal_flush(true);
-    opts.set_allow_concurrent_memtable_write(false);
     // A reused file is written over, not appended to: a sync then leaves
     // the file's size and blocks as they were (ADR 39). RocksDB tells a
     // reused file's stale records from new ones by their log number.
@@ -397,9 +396,6 @@ impl RocksStore {
         // outside its write queue, so a write that does not wait for the
         // disk (a state machine's apply) never waits behind a sync.
         opts.set_manual_wal_flush(true);
-        // Memtable writes one at a time, so that they use the insert
-        // hints (`hinted`).
-        opts.set_allow_concurrent_memtable_write(false);
         // An earlier version kept the main lane's log here: opened to be
         // moved (`move_old_log`).
         let old_log = DB::list_cf(&opts, dir).is_ok_and(|cfs| cfs.iter().any(|c| c == CF_RAFT_LOG));
