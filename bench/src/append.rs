@@ -461,9 +461,6 @@ fn many_case(pre: &str, what: &str, size: usize) -> String {
     )
 }
 
-/// [`MANY_TOPICS`] topics `PREFIX/NN` with 3 replicas, [`MANY_CLIENTS`]
-/// clients appending `payload` to each at its leader for `secs`, all at
-/// once: appends acknowledged, their latencies, and each topic's leader.
 /// What [`many_topics`] measured.
 pub struct ManyTopics {
     /// Appends acknowledged.
@@ -502,6 +499,10 @@ fn own_cpu_seconds() -> anyhow::Result<f64> {
     Ok(nodes::cpu_ticks(std::process::id())? as f64 / nodes::clock_ticks())
 }
 
+/// [`MANY_TOPICS`] topics `PREFIX/NN` with 3 replicas, [`MANY_CLIENTS`]
+/// clients appending `payload` to each at its leader for `secs`, all at
+/// once: appends acknowledged, their latencies, each topic's leader, and
+/// the CPU time the nodes and the clients used meanwhile.
 pub async fn many_topics(
     cluster: &Cluster,
     prefix: &str,
