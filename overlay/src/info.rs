@@ -65,6 +65,11 @@ pub struct NodeInfo {
     /// advertise one is sent links over the libp2p connection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub link_port: Option<u16>,
+    /// Whether the node's CPU has AES in hardware: a peer that has it too
+    /// seals its links to the node with AES-256-GCM rather than
+    /// ChaCha20-Poly1305 (ADR 44); set by the overlay.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub link_aes: bool,
 }
 
 impl NodeInfo {
@@ -75,6 +80,7 @@ impl NodeInfo {
             capabilities: BTreeSet::new(),
             grpc_addr: None,
             link_port: None,
+            link_aes: false,
         }
     }
 

@@ -233,6 +233,8 @@ pub(crate) struct PeerAddrs(Mutex<HashMap<PeerId, PeerAddr>>);
 struct PeerAddr {
     ip: Option<IpAddr>,
     port: Option<u16>,
+    /// It has AES in hardware ([`crate::NodeInfo::link_aes`]).
+    aes: bool,
 }
 
 impl PeerAddrs {
@@ -247,13 +249,22 @@ impl PeerAddrs {
     }
 
     /// `peer` advertised `port` (or none) for its links.
-    pub(crate) fn note_port(&self, peer: PeerId, port: Option<u16>) {
-        self.0
+    pub(crate) fn note_port(&self, peer: PeerId, port: Option<u16>, aes: bool) {
+        let mut addrs = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let addr = addrs.entry(peer).or_default();
+        addr.port = port;
+        addr.aes = aes;
+    }
+
+    /// The cipher to seal a link to `peer` with.
+    fn suite(&self, peer: &PeerId) -> direct::Suite {
+        let aes = self
+            .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .entry(peer)
-            .or_default()
-            .port = port;
+            .get(peer)
+            .is_some_and(|a| a.aes);
+        direct::Suite::for_peer(aes)
     }
 
     fn get(&self, peer: &PeerId) -> Option<SocketAddr> {
@@ -261,6 +272,7 @@ impl PeerAddrs {
             Some(PeerAddr {
                 ip: Some(ip),
                 port: Some(port),
+                ..
             }) => Some(SocketAddr::new(*ip, *port)),
             _ => None,
         }
@@ -616,22 +628,24 @@ where
 
 /// Opens a link's own connection to `peer` at `addr`, if it can.
 async fn dial_own(own: &Direct, peer: PeerId, addr: SocketAddr) -> Option<(Reader, Writer)> {
-    let why =
-        match tokio::time::timeout(DIRECT_OPEN_TIMEOUT, direct::dial(addr, peer, &own.secrets))
-            .await
-        {
-            Ok(Ok((r, w))) => {
-                own.opened.fetch_add(1, Ordering::Relaxed);
-                own.first_failure(addr, false);
-                tracing::debug!(%peer, %addr, "link opened on its own connection");
-                return Some((Box::new(r), Box::new(w)));
-            }
-            Ok(Err(e)) => format!("cannot open a link's own connection ({e})"),
-            Err(_) => format!(
-                "no link connection within {} s",
-                DIRECT_OPEN_TIMEOUT.as_secs()
-            ),
-        };
+    let why = match tokio::time::timeout(
+        DIRECT_OPEN_TIMEOUT,
+        direct::dial(addr, peer, &own.secrets, own.addrs.suite(&peer)),
+    )
+    .await
+    {
+        Ok(Ok((r, w))) => {
+            own.opened.fetch_add(1, Ordering::Relaxed);
+            own.first_failure(addr, false);
+            tracing::debug!(%peer, %addr, "link opened on its own connection");
+            return Some((Box::new(r), Box::new(w)));
+        }
+        Ok(Err(e)) => format!("cannot open a link's own connection ({e})"),
+        Err(_) => format!(
+            "no link connection within {} s",
+            DIRECT_OPEN_TIMEOUT.as_secs()
+        ),
+    };
     // Once at info while it keeps failing, then at debug.
     if own.first_failure(addr, true) {
         tracing::info!(%peer, %addr, "{why}; the link goes over libp2p");

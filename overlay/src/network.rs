@@ -349,6 +349,7 @@ pub async fn start(config: OverlayConfig) -> Result<Overlay> {
                 reason: e.to_string(),
             })?;
             info.link_port = Some(port);
+            info.link_aes = crate::direct::hardware_aes();
             Some(listener)
         }
         None => None,
@@ -852,7 +853,8 @@ impl State {
             } => match request {
                 Request::Heartbeat(info) => {
                     if info.validate().is_ok() {
-                        self.link_addrs.note_port(peer, info.link_port);
+                        self.link_addrs
+                            .note_port(peer, info.link_port, info.link_aes);
                         self.members.heard(peer, info, now_ms);
                     }
                     // A leaving node does not tell its peers it is alive.
@@ -883,7 +885,8 @@ impl State {
             } => match response {
                 Response::Heartbeat(info) => {
                     if info.validate().is_ok() {
-                        self.link_addrs.note_port(peer, info.link_port);
+                        self.link_addrs
+                            .note_port(peer, info.link_port, info.link_aes);
                         self.members.heard(peer, info, now_ms);
                     }
                 }
