@@ -54,6 +54,19 @@ pub fn encode_after<T: serde::Serialize>(mut prefix: Vec<u8>, value: &T) -> Resu
     cbor4ii::serde::to_vec(prefix, value).map_err(|e| Error::Corrupt(format!("encode: {e}")))
 }
 
+/// What goes in front of `len` bytes so that, after `prefix`, the whole
+/// reads as [`encode`] of a list holding those bytes alone (`[bytes]`, as
+/// `serde_bytes`): a message sent as a list of one without copying it
+/// into a new buffer. The length is written in CBOR's four-byte form,
+/// which decoders read as any other.
+pub fn list_of_one_bytes_head(mut prefix: Vec<u8>, len: usize) -> Result<Vec<u8>> {
+    let len = u32::try_from(len)
+        .map_err(|_| Error::InvalidArgument(format!("{len} bytes in one CBOR byte string")))?;
+    prefix.extend_from_slice(&[VALUE, 0x81, 0x5a]);
+    prefix.extend_from_slice(&len.to_be_bytes());
+    Ok(prefix)
+}
+
 /// The value [`encode`] made of `bytes` (a value may borrow from them: a
 /// `&serde_bytes::Bytes` is read without a copy).
 pub fn decode<'a, T: serde::Deserialize<'a>>(bytes: &'a [u8]) -> Result<T> {
@@ -229,6 +242,26 @@ pub mod window {
 mod tests {
     use super::*;
     use crate::topic::{Producer, ProducerWindow};
+
+    #[test]
+    fn a_list_of_one_read_from_its_head_then_its_bytes() {
+        for len in [0usize, 1, 23, 24, 255, 256, 65_535, 65_536, 300_000] {
+            let body: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut joined = list_of_one_bytes_head(vec![9], len).unwrap();
+            joined.extend_from_slice(&body);
+            let list: Vec<&serde_bytes::Bytes> = decode(&joined[1..]).unwrap();
+            assert_eq!(list.len(), 1, "{len} bytes");
+            assert!(list[0].as_ref() == body.as_slice(), "{len} bytes differ");
+            // And it reads as what encode makes of the same list.
+            let encoded = encode(&vec![serde_bytes::ByteBuf::from(body.clone())]).unwrap();
+            let again: Vec<&serde_bytes::Bytes> = decode(&encoded).unwrap();
+            assert_eq!(again, list);
+        }
+        // A length past the body is an error, not a panic.
+        let mut short = list_of_one_bytes_head(Vec::new(), 10).unwrap();
+        short.extend_from_slice(b"abc");
+        assert!(decode::<Vec<&serde_bytes::Bytes>>(&short).is_err());
+    }
 
     #[test]
     fn a_value_after_a_tag_reads_as_the_value_and_may_be_borrowed() {

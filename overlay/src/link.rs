@@ -93,21 +93,36 @@ enum Kind {
 struct Frame {
     kind: Kind,
     id: u64,
+    /// The first few bytes of the frame's body, kept apart from `bytes` so
+    /// that a large body is not copied to put them in front of it.
+    head: Vec<u8>,
     bytes: Vec<u8>,
 }
 
 impl Frame {
+    fn new(kind: Kind, id: u64, bytes: Vec<u8>) -> Self {
+        Self {
+            kind,
+            id,
+            head: Vec::new(),
+            bytes,
+        }
+    }
+
     #[cfg(test)]
     fn put(&self, out: &mut Vec<u8>) {
         self.put_header(out);
         out.extend_from_slice(&self.bytes);
     }
 
+    /// The frame's header and its body's head.
     fn put_header(&self, out: &mut Vec<u8>) {
         out.push(self.kind as u8);
         out.extend_from_slice(&self.id.to_be_bytes());
         // Lengths were checked against the frame bound, itself below 4 GiB.
-        out.extend_from_slice(&(self.bytes.len() as u32).to_be_bytes());
+        let len = self.head.len() + self.bytes.len();
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.extend_from_slice(&self.head);
     }
 }
 
@@ -138,7 +153,7 @@ async fn read_frame(
     }
     let mut bytes = vec![0u8; len];
     r.read_exact(&mut bytes).await?;
-    Ok(Some(Frame { kind, id, bytes }))
+    Ok(Some(Frame::new(kind, id, bytes)))
 }
 
 fn invalid(why: String) -> std::io::Error {
@@ -166,7 +181,7 @@ async fn write_frames(
             } else {
                 buf.extend_from_slice(&frame.bytes);
             }
-            gathered += HEADER + frame.bytes.len();
+            gathered += HEADER + frame.head.len() + frame.bytes.len();
             next = if gathered < WRITE_GATHER {
                 frames.try_recv().ok()
             } else {
@@ -448,14 +463,23 @@ impl Links {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>> {
-        if payload.len() > self.bytes_max {
+        self.request_parts(peer, Vec::new(), payload, timeout).await
+    }
+
+    /// [`request`](Self::request) of `head` followed by `body`, sent
+    /// without copying `body` to join them.
+    pub async fn request_parts(
+        &self,
+        peer: PeerId,
+        head: Vec<u8>,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let len = head.len() + body.len();
+        if len > self.bytes_max {
             return Err(Error::Request {
                 peer: peer.to_string(),
-                reason: format!(
-                    "a request of {} bytes; at most {}",
-                    payload.len(),
-                    self.bytes_max
-                ),
+                reason: format!("a request of {len} bytes; at most {}", self.bytes_max),
             });
         }
         let failed = |reason: &str| Error::Request {
@@ -477,7 +501,8 @@ impl Links {
             let frame = Frame {
                 kind: Kind::Request,
                 id,
-                bytes: payload,
+                head,
+                bytes: body,
             };
             if link.frames.send(frame).await.is_err() {
                 return Err(failed("the link to it closed"));
@@ -869,16 +894,12 @@ async fn serve(
                     }
                     let id = frame.id;
                     owed.push(answer.map(move |answer| match answer {
-                        Ok(bytes) => Frame {
-                            kind: Kind::Answer,
+                        Ok(bytes) => Frame::new(Kind::Answer, id, bytes),
+                        Err(_) => Frame::new(
+                            Kind::Refused,
                             id,
-                            bytes,
-                        },
-                        Err(_) => Frame {
-                            kind: Kind::Refused,
-                            id,
-                            bytes: b"the node dropped the request".to_vec(),
-                        },
+                            b"the node dropped the request".to_vec(),
+                        ),
                     }));
                 }
             }
@@ -914,7 +935,7 @@ mod tests {
             (Kind::Answer, u64::MAX, Vec::new()),
             (Kind::Refused, 0, b"busy".to_vec()),
         ] {
-            Frame { kind, id, bytes }.put(&mut out);
+            Frame::new(kind, id, bytes).put(&mut out);
         }
         let mut r = Cursor::new(out);
         let mut got = Vec::new();
@@ -934,14 +955,23 @@ mod tests {
     #[tokio::test]
     async fn the_writer_sends_small_and_large_frames_in_order() {
         // Small ones gathered, large ones from their own buffers, past the
-        // gathering bound too: all read back as queued.
+        // gathering bound too, some with a head kept apart from their
+        // body: all read back as queued, each head in front of its body.
         let sizes = [3, WRITE_DIRECT, 10, WRITE_DIRECT - 1, WRITE_GATHER, 0, 5];
         let (tx, mut rx) = mpsc::channel(16);
+        let head = |i: usize| {
+            if i % 2 == 1 {
+                vec![0xee; i]
+            } else {
+                Vec::new()
+            }
+        };
         for (i, &n) in sizes.iter().enumerate() {
             let bytes = vec![i as u8; n];
             tx.send(Frame {
                 kind: Kind::Request,
                 id: i as u64,
+                head: head(i),
                 bytes,
             })
             .await
@@ -953,8 +983,13 @@ mod tests {
         let mut r = Cursor::new(out.into_inner());
         for (i, &n) in sizes.iter().enumerate() {
             let f = read_frame(&mut r, 2 * WRITE_GATHER).await.unwrap().unwrap();
-            assert_eq!((f.id, f.bytes.len()), (i as u64, n));
-            assert!(f.bytes.iter().all(|&b| b == i as u8));
+            let h = head(i).len();
+            assert_eq!((f.id, f.bytes.len()), (i as u64, h + n));
+            assert!(f.bytes[..h].iter().all(|&b| b == 0xee), "frame {i}'s head");
+            assert!(
+                f.bytes[h..].iter().all(|&b| b == i as u8),
+                "frame {i}'s body"
+            );
         }
         assert!(read_frame(&mut r, 16).await.unwrap().is_none());
     }
@@ -1143,12 +1178,7 @@ mod tests {
         assert!(matches!(how, Opened::Direct));
         // The link works: a request over it is answered.
         let mut request = Vec::new();
-        Frame {
-            kind: Kind::Request,
-            id: 7,
-            bytes: b"xyz".to_vec(),
-        }
-        .put(&mut request);
+        Frame::new(Kind::Request, 7, b"xyz".to_vec()).put(&mut request);
         w.write_all(&request).await.unwrap();
         w.flush().await.unwrap();
         let answer = read_frame(&mut r, 1 << 10).await.unwrap().unwrap();

@@ -192,6 +192,19 @@ impl Client {
         self.links.request(peer, payload, REQUEST_TIMEOUT).await
     }
 
+    /// [`link_request`](Self::link_request) of `head` followed by `body`,
+    /// sent without copying `body` to join them.
+    pub async fn link_request_parts(
+        &self,
+        peer: PeerId,
+        head: Vec<u8>,
+        body: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        self.links
+            .request_parts(peer, head, body, REQUEST_TIMEOUT)
+            .await
+    }
+
     #[cfg(test)]
     pub(crate) fn links(&self) -> &Links {
         &self.links

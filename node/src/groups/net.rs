@@ -30,6 +30,19 @@ pub trait Net: Send + Sync + 'static {
         self.request(peer, payload)
     }
 
+    /// [`link_request`](Self::link_request) of `head` followed by `body`;
+    /// the overlay sends them without joining them (a copy of `body`).
+    fn link_request_parts(
+        &self,
+        peer: PeerId,
+        head: Vec<u8>,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let mut payload = head;
+        payload.extend_from_slice(&body);
+        self.link_request(peer, payload)
+    }
+
     /// The peers the overlay suspects or has given up on (silent for
     /// seconds: dead, paused or cut off).
     fn silent_peers(&self) -> BoxFuture<'static, Result<Vec<PeerId>, String>>;
@@ -62,6 +75,21 @@ impl Net for woof_overlay::Client {
         let client = self.clone();
         async move {
             woof_overlay::Client::link_request(&client, peer, payload)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn link_request_parts(
+        &self,
+        peer: PeerId,
+        head: Vec<u8>,
+        body: Vec<u8>,
+    ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
+        let client = self.clone();
+        async move {
+            woof_overlay::Client::link_request_parts(&client, peer, head, body)
                 .await
                 .map_err(|e| e.to_string())
         }

@@ -21,7 +21,7 @@ use futures::{FutureExt, StreamExt};
 use openraft::BasicNode;
 use serde_bytes::ByteBuf;
 use tokio::sync::{mpsc, oneshot, watch};
-use woof_consensus::codec::{decode, encode, encode_after};
+use woof_consensus::codec::{decode, encode, encode_after, list_of_one_bytes_head};
 use woof_consensus::raft::network::{Router, Transport};
 use woof_overlay::PeerId;
 
@@ -187,12 +187,21 @@ async fn next(carry: &mut Option<Pending>, queue: &mut mpsc::Receiver<Pending>) 
 
 /// Sends one batch and hands each answer to its sender.
 async fn send_one(client: &dyn Net, peer: PeerId, batch: Vec<Pending>) {
-    let (messages, replies): (Vec<ByteBuf>, Vec<oneshot::Sender<Answer>>) = batch
-        .into_iter()
-        .map(|p| (ByteBuf::from(p.message), p.reply))
-        .unzip();
-    let answers = match encode_after(vec![TAG_RAFT_BATCH], &messages) {
-        Ok(bytes) => match client.link_request(peer, bytes).await {
+    let (mut messages, replies): (Vec<Vec<u8>>, Vec<oneshot::Sender<Answer>>) =
+        batch.into_iter().map(|p| (p.message, p.reply)).unzip();
+    let sent = if messages.len() == 1 {
+        // A batch of one (as an entry over the batch's bytes always is)
+        // goes as its head and the message itself: the same bytes on the
+        // wire, the message not copied into a new buffer.
+        let message = messages.pop().expect("one message");
+        list_of_one_bytes_head(vec![TAG_RAFT_BATCH], message.len())
+            .map(|head| client.link_request_parts(peer, head, message))
+    } else {
+        let messages: Vec<ByteBuf> = messages.into_iter().map(ByteBuf::from).collect();
+        encode_after(vec![TAG_RAFT_BATCH], &messages).map(|bytes| client.link_request(peer, bytes))
+    };
+    let answers = match sent {
+        Ok(request) => match request.await {
             Ok(reply) => decode::<Vec<Result<ByteBuf, String>>>(&reply),
             Err(e) => Err(woof_consensus::Error::Network(e)),
         },
