@@ -72,13 +72,7 @@ impl Net for woof_overlay::Client {
         peer: PeerId,
         payload: Vec<u8>,
     ) -> BoxFuture<'static, Result<Vec<u8>, String>> {
-        let client = self.clone();
-        async move {
-            woof_overlay::Client::link_request(&client, peer, payload)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .boxed()
+        Net::link_request_parts(self, peer, Vec::new(), payload)
     }
 
     fn link_request_parts(
