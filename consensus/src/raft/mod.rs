@@ -68,6 +68,14 @@ pub type StorageError = openraft::StorageError<TypeConfig>;
 pub type Metrics = openraft::RaftMetrics<TypeConfig>;
 /// Where a group's [`Metrics`] are watched.
 pub type MetricsReceiver = openraft::alias::WatchReceiverOf<TypeConfig, Metrics>;
+/// A group's role, vote, leader and membership on this node: the part of
+/// its [`Metrics`] that changes only when those do, not on every append.
+pub type ServerMetrics = openraft::metrics::RaftServerMetrics<TypeConfig>;
+/// Where a group's [`ServerMetrics`] are watched. openraft sends them only
+/// when they change, where it sends [`Metrics`] on every pass of its loop
+/// (several a round): a task that waits on a leader change watches these,
+/// and is not woken by every append.
+pub type ServerMetricsReceiver = openraft::alias::WatchReceiverOf<TypeConfig, ServerMetrics>;
 /// What reads a group's metrics (`borrow_watched`, `changed`): openraft's
 /// watch channels are its runtime's.
 pub use openraft::async_runtime::WatchReceiver;

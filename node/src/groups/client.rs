@@ -419,7 +419,9 @@ impl Groups {
         if target == self.client.peer_id() {
             return std::future::pending().await;
         }
-        let mut metrics = self.running(group).map(|raft| raft.metrics());
+        // The server metrics: they change with the leader, not with every
+        // append this replica takes meanwhile.
+        let mut metrics = self.running(group).map(|raft| raft.server_metrics());
         loop {
             if let Some(rx) = &metrics {
                 let leader = rx.borrow_watched().current_leader;

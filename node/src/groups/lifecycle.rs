@@ -209,7 +209,11 @@ impl Groups {
         }
         self.spawn(
             "leader-changes",
-            count_leader_changes(raft.metrics(), self.counters.clone(), self.stopping()),
+            count_leader_changes(
+                raft.server_metrics(),
+                self.counters.clone(),
+                self.stopping(),
+            ),
         );
         Ok(Some(raft))
     }
@@ -481,9 +485,11 @@ fn remove_orphans(store: &dyn Store, groups: &[GroupId]) -> woof_consensus::Resu
 
 /// Counts, for the metrics, each time the group behind `metrics` gets a
 /// leader in a newer term than the last one it had a leader in; ends when
-/// the group stops (its metrics close) or the groups shut down.
+/// the group stops (its metrics close) or the groups shut down. It watches
+/// the group's server metrics, which change with its vote and leader, not
+/// with every append.
 async fn count_leader_changes(
-    mut metrics: woof_consensus::raft::MetricsReceiver,
+    mut metrics: woof_consensus::raft::ServerMetricsReceiver,
     counters: std::sync::Arc<crate::metrics::RaftCounters>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
@@ -491,8 +497,9 @@ async fn count_leader_changes(
     loop {
         {
             let m = metrics.borrow_and_update();
-            if m.current_leader.is_some() && m.current_term > led_term {
-                led_term = m.current_term;
+            let term = m.vote.leader_id().term;
+            if m.current_leader.is_some() && term > led_term {
+                led_term = term;
                 counters
                     .leader_changes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
