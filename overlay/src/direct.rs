@@ -100,6 +100,7 @@ pub(crate) fn hardware_aes() -> bool {
         false
     }
 }
+
 const PROLOGUE: &[u8] = b"woof link, version 1";
 /// Keeps the links' pre-shared key apart from any other use of the cluster key.
 const PSK_LABEL: &[u8] = b"woof link pre-shared key, version 1";

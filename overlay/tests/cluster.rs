@@ -49,6 +49,19 @@ async fn eventually(o: &Overlay, what: &str, check: impl Fn(&[woof_overlay::Memb
     }
 }
 
+/// Whether this CPU has AES and carry-less multiplication (as the overlay
+/// must advertise), asked of the CPU here rather than of the overlay.
+fn cpu_has_aes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return std::arch::is_x86_feature_detected!("aes")
+        && std::arch::is_x86_feature_detected!("pclmulqdq");
+    #[cfg(target_arch = "aarch64")]
+    return std::arch::is_aarch64_feature_detected!("aes")
+        && std::arch::is_aarch64_feature_detected!("pmull");
+    #[allow(unreachable_code)]
+    false
+}
+
 fn alive(members: &[woof_overlay::Member]) -> usize {
     members
         .iter()
@@ -84,6 +97,14 @@ async fn nodes_join_by_plain_address_and_see_each_other() {
         .expect("c knows b");
     assert_eq!(b_seen.info.tier, Tier::Edge);
     assert_eq!(b_seen.info.attrs["site"], "north");
+    // What a link to b is opened with: its port, and whether b's CPU has
+    // AES in hardware (then links to it are sealed with AES-256-GCM).
+    assert!(b_seen.info.link_port.is_some(), "b names its link port");
+    assert_eq!(
+        b_seen.info.link_aes,
+        cpu_has_aes(),
+        "b says whether its CPU has AES and carry-less multiplication"
+    );
 
     // A node that stops is suspected, then gone.
     let b_id = b.client.peer_id();
