@@ -119,6 +119,15 @@ impl Target<'_> {
         }
     }
 
+    /// What the cluster's nodes and the clients have used so far; `None`
+    /// for a standalone node (not measured).
+    fn usage(&self) -> anyhow::Result<Option<Usage>> {
+        match self {
+            Target::Standalone(_) => Ok(None),
+            Target::Cluster(cluster) => Usage::now(cluster).map(Some),
+        }
+    }
+
     fn prefix(&self) -> &'static str {
         match self {
             Target::Standalone(_) => "1 replica (one node), ",
@@ -174,10 +183,18 @@ async fn cases(
             }
             let topic = format!("bench/one-{size}{}", way.suffix());
             let (url, leader) = target.topic(&topic, &payload).await?;
+            let before = target.usage()?;
             let (n, h) = one_client(&url, &topic, &payload, secs, way).await?;
+            let used = match (target, before) {
+                (Target::Cluster(cluster), Some(before)) => Some(Usage::since(cluster, &before)?),
+                _ => None,
+            };
             target.check_leader(report, &topic, leader).await?;
             report.latencies(&case, "", &h);
             report.row(&case, "throughput", n as f64 / secs as f64, "appends/s");
+            if let Some(used) = used {
+                used.report(report, &case, n);
+            }
             anyhow::Ok(())
         }
         .await;
@@ -272,7 +289,7 @@ async fn cases(
                 "appends/s",
             );
             report.latencies(&case, "", &many.hist);
-            many.report_cpu(report, &case);
+            many.usage.report(report, &case, many.count);
             // How the topics' leaderships were spread over the nodes: a
             // figure to read the throughput by (a node leading more of
             // them syncs more groups' entries at once).
@@ -468,28 +485,65 @@ pub struct ManyTopics {
     pub hist: Histogram<u64>,
     /// Each topic's leader (its node's index).
     pub leaders: Vec<usize>,
-    /// CPU time the nodes used meanwhile, all together, in seconds.
-    pub nodes_cpu: f64,
-    /// CPU time this process (the clients) used meanwhile, in seconds.
-    pub bench_cpu: f64,
+    /// What the nodes and the clients used meanwhile.
+    pub usage: Usage,
 }
 
-impl ManyTopics {
-    /// The nodes' and the clients' CPU time per append, in microseconds:
-    /// what bounds the case on a machine whose cores are all busy.
-    pub fn report_cpu(&self, report: &mut Report, case: &str) {
-        let per_append = |secs: f64| secs * 1e6 / self.count.max(1) as f64;
+/// The CPU time and thread wake-ups the nodes, and this process (the
+/// clients), used over a case.
+pub struct Usage {
+    /// CPU time the nodes used, all together, in seconds.
+    nodes_cpu: f64,
+    /// Times the nodes' threads went to sleep (and were woken again).
+    nodes_sleeps: u64,
+    /// CPU time this process (the clients) used, in seconds.
+    bench_cpu: f64,
+}
+
+impl Usage {
+    /// What the nodes and this process have used so far.
+    fn now(cluster: &Cluster) -> anyhow::Result<Self> {
+        Ok(Self {
+            nodes_cpu: cluster.cpu_seconds()?,
+            nodes_sleeps: cluster.sleeps()?,
+            bench_cpu: own_cpu_seconds()?,
+        })
+    }
+
+    /// What was used since `before`.
+    fn since(cluster: &Cluster, before: &Self) -> anyhow::Result<Self> {
+        let now = Self::now(cluster)?;
+        Ok(Self {
+            nodes_cpu: now.nodes_cpu - before.nodes_cpu,
+            nodes_sleeps: now.nodes_sleeps.saturating_sub(before.nodes_sleeps),
+            bench_cpu: now.bench_cpu - before.bench_cpu,
+        })
+    }
+
+    /// The nodes' and the clients' CPU time per append, in microseconds
+    /// (what bounds a case on a machine whose cores are all busy), and the
+    /// nodes' thread wake-ups per append (the hand-offs a round takes
+    /// between threads and processes, each costing CPU and a wait for a
+    /// core).
+    pub fn report(&self, report: &mut Report, case: &str, appends: u64) {
+        let per_append = |v: f64| v / appends.max(1) as f64;
         report.row(
             case,
             "nodes' CPU per append",
-            per_append(self.nodes_cpu),
+            per_append(self.nodes_cpu * 1e6),
             "us",
         );
         report.row(
             case,
             "clients' CPU per append",
-            per_append(self.bench_cpu),
+            per_append(self.bench_cpu * 1e6),
             "us",
+        );
+        report.row(
+            case,
+            "nodes' thread wake-ups per append",
+            per_append(self.nodes_sleeps as f64),
+            "wake-ups",
         );
     }
 }
@@ -534,14 +588,13 @@ pub async fn many_topics(
             },
         )
     });
-    let (nodes_before, bench_before) = (cluster.cpu_seconds()?, own_cpu_seconds()?);
+    let before = Usage::now(cluster)?;
     let (count, hist) = together(runs).await?;
     Ok(ManyTopics {
         count,
         hist,
         leaders: leaders.into_iter().map(|l| l.1).collect(),
-        nodes_cpu: cluster.cpu_seconds()? - nodes_before,
-        bench_cpu: own_cpu_seconds()? - bench_before,
+        usage: Usage::since(cluster, &before)?,
     })
 }
 

@@ -470,6 +470,17 @@ impl Cluster {
         Ok(ticks as f64 / clock_ticks())
     }
 
+    /// How many times the running nodes' threads have gone to sleep so far
+    /// (voluntary context switches), all together: each is woken again, so
+    /// this counts the wake-ups their work took.
+    pub fn sleeps(&self) -> anyhow::Result<u64> {
+        let mut sleeps = 0;
+        for pid in self.pids().into_iter().flatten() {
+            sleeps += thread_sleeps(pid)?;
+        }
+        Ok(sleeps)
+    }
+
     /// The node leading `topic`, asking through node `via`: retried (for
     /// 15 s) while the answer names no leader or fails (an election, or a
     /// group that just woke up).
@@ -537,6 +548,26 @@ pub fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
             .with_context(|| format!("{path}: no field {n} in {stat:?}"))
     };
     Ok(field(14)? + field(15)?)
+}
+
+/// The voluntary context switches of process `pid`'s threads, summed
+/// (`/proc/PID/task/*/status`; a thread that has ended no longer counts).
+pub fn thread_sleeps(pid: u32) -> anyhow::Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut sleeps = 0;
+    for task in std::fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let path = task?.path().join("status");
+        // A thread may end between the listing and the read.
+        let Ok(status) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        sleeps += status
+            .lines()
+            .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .with_context(|| format!("{}: no voluntary_ctxt_switches", path.display()))?;
+    }
+    Ok(sleeps)
 }
 
 /// Sends `signal` (`STOP`, `CONT`) to the process `pid`, with `kill`.
