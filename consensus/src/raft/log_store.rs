@@ -377,16 +377,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // log writer syncs them together with the other groups' appends
         // that come meanwhile, on its own thread; no task waits for it.
         let (tx, rx) = tokio::sync::oneshot::channel();
-        store.append_log_then(
-            group,
-            encoded,
-            Box::new(move |outcome| {
-                let _ = tx.send(outcome);
-            }),
+        let written: crate::store::raft_log::AppendDone = Box::new(move |outcome| {
+            let _ = tx.send(outcome);
+        });
+        let done: crate::store::raft_log::AppendDone =
             Box::new(move |outcome: Result<(), Error>| {
                 callback.io_completed(outcome.map_err(io_err));
-            }),
-        );
+            });
+        // A follower answers its leader only once the entries are synced,
+        // so it may wait for the sync here (ADR 45); a leader must not: it
+        // replicates the entries while they sync.
+        if own {
+            store.append_log_then(group, encoded, written, done);
+        } else {
+            store.append_log_then_may_wait(group, encoded, written, done);
+        }
         let written = rx
             .await
             .unwrap_or_else(|_| Err(Error::Storage("the log writer stopped".into())));

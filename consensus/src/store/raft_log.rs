@@ -61,6 +61,22 @@ pub trait RaftLogStore: Send + Sync + 'static {
         done(outcome);
     }
 
+    /// [`append_log_then`](Self::append_log_then) for a caller that would
+    /// wait for the sync anyway (a follower answers its leader only once
+    /// the entries are synced) and may be held while it is made. A store
+    /// whose writer has nothing else to do then syncs in place before this
+    /// returns, sparing the hand-over to the writer's thread and back; by
+    /// default, as `append_log_then`.
+    fn append_log_then_may_wait(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        written: AppendDone,
+        done: AppendDone,
+    ) {
+        self.append_log_then(group, entries, written, done)
+    }
+
     /// [`append_log`](Self::append_log) without waiting for the disk: the
     /// entries are read back at once and are durable after the next synced
     /// call (a crash before it may lose them). Only the simulator's

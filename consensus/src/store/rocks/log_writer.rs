@@ -9,8 +9,11 @@
 //! Per group, appends stay in order: the writer takes them in the order
 //! they came, and a group hands them over in log order. A small append is
 //! written by its caller (`RocksStore::append_log_then`), which hands over
-//! only its sync ([`LogWriter::submit_sync`]).
+//! only its sync ([`LogWriter::submit_sync`]); a follower's, while the
+//! writer is idle, is synced by its caller too ([`LogWriter::claim_idle`],
+//! ADR 45).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, mpsc};
 use std::thread::JoinHandle;
 
@@ -50,6 +53,19 @@ pub(super) struct Append {
 pub(super) struct LogWriter {
     queue: Option<mpsc::SyncSender<Append>>,
     thread: Option<JoinHandle<()>>,
+    /// Appends handed over and not yet told their outcome, and syncs
+    /// made in place meanwhile ([`LogWriter::claim_idle`]).
+    pending: Arc<AtomicUsize>,
+}
+
+/// The writer claimed while idle: its holder syncs in place, and appends
+/// handed over meanwhile go to the writer as usual. Let go when dropped.
+pub(super) struct IdleClaim(Arc<AtomicUsize>);
+
+impl Drop for IdleClaim {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl LogWriter {
@@ -57,14 +73,29 @@ impl LogWriter {
     /// is recorded in `failure` as the store's own writes are.
     pub(super) fn start(name: &str, db: Arc<DB>, failure: Arc<OnceLock<String>>) -> Result<Self> {
         let (queue, waiting) = mpsc::sync_channel(QUEUED_MAX);
+        let pending = Arc::new(AtomicUsize::new(0));
+        let told = pending.clone();
         let thread = std::thread::Builder::new()
             .name(name.into())
-            .spawn(move || run(&db, &failure, &waiting))
+            .spawn(move || run(&db, &failure, &waiting, &told))
             .map_err(|e| Error::Storage(format!("cannot start the log writer: {e}")))?;
         Ok(Self {
             queue: Some(queue),
             thread: Some(thread),
+            pending,
         })
+    }
+
+    /// Claims the writer if nothing is handed to it and no sync is made in
+    /// place: the caller may then sync its own append in place, sparing
+    /// the hand-over to the writer's thread and back. None of the caller's
+    /// group's appends can then wait at the writer, so its appends are
+    /// still told in order.
+    pub(super) fn claim_idle(&self) -> Option<IdleClaim> {
+        self.pending
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| IdleClaim(self.pending.clone()))
     }
 
     /// Hands over the sync of an append its caller has written: `done` is
@@ -112,8 +143,12 @@ impl LogWriter {
         let Some(queue) = &self.queue else {
             return Err(append);
         };
-        queue.try_send(append).map_err(|e| match e {
-            mpsc::TrySendError::Full(a) | mpsc::TrySendError::Disconnected(a) => a,
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        queue.try_send(append).map_err(|e| {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            match e {
+                mpsc::TrySendError::Full(a) | mpsc::TrySendError::Disconnected(a) => a,
+            }
         })
     }
 }
@@ -131,8 +166,14 @@ impl Drop for LogWriter {
 
 /// The writer's loop: takes what waits (within the bounds), writes it all
 /// in one batch, tells every caller it is written, syncs it, tells every
-/// caller it is synced, again until the queue closes.
-fn run(db: &DB, failure: &OnceLock<String>, waiting: &mpsc::Receiver<Append>) {
+/// caller it is synced, again until the queue closes; `pending` counts
+/// down what it has told.
+fn run(
+    db: &DB,
+    failure: &OnceLock<String>,
+    waiting: &mpsc::Receiver<Append>,
+    pending: &AtomicUsize,
+) {
     let mut carried: Option<Append> = None;
     let mut taken: Vec<Append> = Vec::new();
     loop {
@@ -165,9 +206,11 @@ fn run(db: &DB, failure: &OnceLock<String>, waiting: &mpsc::Receiver<Append>) {
             }
         }
         let outcome = wrote.and_then(|()| sync(db, failure));
+        let told = taken.len();
         for append in taken.drain(..) {
             (append.done)(outcome.clone());
         }
+        pending.fetch_sub(told, Ordering::AcqRel);
     }
 }
 

@@ -960,6 +960,71 @@ enum InPlace {
 }
 
 impl RocksStore {
+    /// [`RaftLogStore::append_log_then`], and with `may_wait` its
+    /// `append_log_then_may_wait`: a small append to the main lane is
+    /// written here (ADR 38), and synced here too if `may_wait` and the
+    /// writer is idle (ADR 45).
+    fn append_log_with(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        written: AppendDone,
+        done: AppendDone,
+        may_wait: bool,
+    ) {
+        let bytes = log_bytes(&entries);
+        let lane = self.lanes.enter(group, bytes);
+        let lanes = self.lanes.clone();
+        // Out of the lane once its caller knows the outcome: the group's
+        // next append may then go to the other lane.
+        let done: AppendDone = Box::new(move |outcome| {
+            done(outcome);
+            lanes.leave(group);
+        });
+        if let Err(e) = self.clear_other_lane(lane, group, &entries) {
+            written(Err(e.clone()));
+            done(Err(e));
+            return;
+        }
+        let writer = match lane {
+            Lane::Main => &self.log_writer,
+            Lane::Bulk => &self.bulk_writer,
+        };
+        if lane == Lane::Main && bytes <= IN_PLACE_BYTES_MAX {
+            match self.write_in_place(group, &entries) {
+                InPlace::Written => {
+                    written(Ok(()));
+                    // A follower's sync with the writer idle: made here.
+                    if may_wait && let Some(_claim) = writer.claim_idle() {
+                        done(self.written(self.log.flush_wal(true), "sync raft log"));
+                        return;
+                    }
+                    if let Err(done) = writer.submit_sync(group, done) {
+                        done(self.written(self.log.flush_wal(true), "sync raft log"));
+                    }
+                    return;
+                }
+                InPlace::Failed(e) => {
+                    written(Err(e.clone()));
+                    done(Err(e));
+                    return;
+                }
+                InPlace::WouldStall => {}
+            }
+        }
+        if let Err(append) = writer.submit(group, entries, written, done) {
+            let outcome = self.write_synced_in(
+                self.lane(lane),
+                self.log_batch(lane, group, &append.entries),
+                "append raft log",
+            );
+            if let Some(written) = append.written {
+                written(outcome.clone());
+            }
+            (append.done)(outcome);
+        }
+    }
+
     /// Writes `group`'s `entries` to the main lane without a sync, unless
     /// RocksDB would hold the write back.
     fn write_in_place(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> InPlace {
@@ -1006,52 +1071,17 @@ impl RaftLogStore for RocksStore {
         written: AppendDone,
         done: AppendDone,
     ) {
-        let bytes = log_bytes(&entries);
-        let lane = self.lanes.enter(group, bytes);
-        let lanes = self.lanes.clone();
-        // Out of the lane once its caller knows the outcome: the group's
-        // next append may then go to the other lane.
-        let done: AppendDone = Box::new(move |outcome| {
-            done(outcome);
-            lanes.leave(group);
-        });
-        if let Err(e) = self.clear_other_lane(lane, group, &entries) {
-            written(Err(e.clone()));
-            done(Err(e));
-            return;
-        }
-        let writer = match lane {
-            Lane::Main => &self.log_writer,
-            Lane::Bulk => &self.bulk_writer,
-        };
-        if lane == Lane::Main && bytes <= IN_PLACE_BYTES_MAX {
-            match self.write_in_place(group, &entries) {
-                InPlace::Written => {
-                    written(Ok(()));
-                    if let Err(done) = writer.submit_sync(group, done) {
-                        done(self.written(self.log.flush_wal(true), "sync raft log"));
-                    }
-                    return;
-                }
-                InPlace::Failed(e) => {
-                    written(Err(e.clone()));
-                    done(Err(e));
-                    return;
-                }
-                InPlace::WouldStall => {}
-            }
-        }
-        if let Err(append) = writer.submit(group, entries, written, done) {
-            let outcome = self.write_synced_in(
-                self.lane(lane),
-                self.log_batch(lane, group, &append.entries),
-                "append raft log",
-            );
-            if let Some(written) = append.written {
-                written(outcome.clone());
-            }
-            (append.done)(outcome);
-        }
+        self.append_log_with(group, entries, written, done, false)
+    }
+
+    fn append_log_then_may_wait(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        written: AppendDone,
+        done: AppendDone,
+    ) {
+        self.append_log_with(group, entries, written, done, true)
     }
 
     fn append_log_unsynced(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
@@ -1389,6 +1419,84 @@ mod tests {
         let crashed = crashed_copy(dir.path(), copy.path());
         assert!(
             crashed.read_log(g, 1, 5, 10).unwrap() == want,
+            "acknowledged appends survive a crash"
+        );
+    }
+
+    /// A caller that may wait (a follower) has its small append synced in
+    /// place while the writer is idle: told before the call returns, on its
+    /// own thread, and durable. While the writer has work, or another
+    /// caller syncs in place, the sync goes to the writer; and a group's
+    /// append handed to the writer is told before its next one.
+    #[test]
+    fn a_waiting_callers_append_is_synced_in_place_while_the_writer_is_idle() {
+        let (dir, copy) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let g = GroupId(6);
+        let store = Arc::new(RocksStore::open(dir.path()).unwrap());
+        let entry = |i: u64, len: usize| (i, vec![i as u8; len]);
+        let told = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tell = |i: u64| -> AppendDone {
+            let told = told.clone();
+            Box::new(move |outcome| {
+                outcome.unwrap();
+                told.lock().unwrap().push((i, std::thread::current().id()));
+            })
+        };
+        let here = std::thread::current().id();
+
+        // Idle: synced in place.
+        store.append_log_then_may_wait(g, vec![entry(1, 100)], Box::new(|_| {}), tell(1));
+        assert_eq!(*told.lock().unwrap(), [(1, here)], "told before returning");
+        wait_out_of_lane(&store, g);
+
+        // Another caller syncing in place: this one's sync goes to the writer.
+        let claim = store.log_writer.claim_idle().expect("the writer is idle");
+        store.append_log_then_may_wait(g, vec![entry(2, 100)], Box::new(|_| {}), tell(2));
+        assert!(
+            store.log_writer.claim_idle().is_none(),
+            "claimed while one syncs in place"
+        );
+        drop(claim);
+        wait_out_of_lane(&store, g);
+        let second = told.lock().unwrap()[1];
+        assert_eq!(second.0, 2);
+        assert_ne!(second.1, here, "synced by the writer's thread");
+
+        // A group's append at the writer (too large to write in place),
+        // then its next, handed over once the first is written: told in
+        // that order, the second not synced in place ahead of the first.
+        let (s, next) = (store.clone(), tell(4));
+        store.append_log_then(
+            g,
+            vec![entry(3, IN_PLACE_BYTES_MAX + 1)],
+            Box::new(move |outcome| {
+                outcome.unwrap();
+                s.append_log_then_may_wait(g, vec![entry(4, 100)], Box::new(|_| {}), next);
+            }),
+            tell(3),
+        );
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while told.lock().unwrap().len() < 4 {
+            assert!(std::time::Instant::now() < until, "not told within 10 s");
+            std::thread::yield_now();
+        }
+        wait_out_of_lane(&store, g);
+        let order: Vec<u64> = told.lock().unwrap().iter().map(|t| t.0).collect();
+        assert_eq!(order, [1, 2, 3, 4], "told in the order handed over");
+        assert!(
+            store.log_writer.claim_idle().is_some(),
+            "the writer is idle again once all are told"
+        );
+
+        let crashed = crashed_copy(dir.path(), copy.path());
+        assert!(
+            crashed.read_log(g, 1, 5, 10).unwrap()
+                == vec![
+                    entry(1, 100),
+                    entry(2, 100),
+                    entry(3, IN_PLACE_BYTES_MAX + 1),
+                    entry(4, 100)
+                ],
             "acknowledged appends survive a crash"
         );
     }
