@@ -3,9 +3,9 @@
 //!
 //! Layout:
 //! - this file: [`check`] (what a deploy must pass) and the [`Supervisor`],
-//!   which starts a runner for each handler of each topic this node leads,
-//!   and stops it when the node no longer leads the topic or the handler
-//!   changed.
+//!   which starts a runner for each handler placed on this node (by the
+//!   topics it leads, or by a lease from another topic's leader), and
+//!   stops it when it is placed here no more or the handler changed.
 //! - [`runner`]: one handler's loop: feed it the elements from where it
 //!   stopped, append its outputs under keys that make a re-run write
 //!   nothing twice, and record how far it got in the topic's group.
@@ -27,7 +27,11 @@
 //! the live nodes each step. If it chose itself, it runs the handler; if
 //! another node, it sends that node a lease (renewed every second, good
 //! for three) and that node runs the handler while the lease holds,
-//! following the topic over the overlay if it holds no replica. A move
+//! following the topic over the overlay if it holds no replica. When the
+//! leadership moves, a handler the old leader ran goes on there while the
+//! placement under the new leader (as the old one sees it) still picks the
+//! old one, for up to a lease's time, until the new leader's lease renews
+//! it (ADR 46): an `all(...)` instance does not stop and start again. A move
 //! may let two runners overlap for a moment; keyed outputs and progress
 //! that only goes forward make that harmless (ADR 11). A handler placed by
 //! `all(EXPR)` runs so on every node EXPR matches, each instance with its
@@ -111,6 +115,67 @@ pub async fn check(spec: &HandlerSpec, topic: &str, python: &code::Python) -> Re
     Ok(())
 }
 
+/// The nodes `h`'s placement puts it on, among `nodes`.
+fn placed<'a>(
+    h: &Handler,
+    nodes: &'a [placement::Candidate],
+    topic: placement::Topic<'_>,
+) -> Vec<&'a placement::Candidate> {
+    // Checked at deploy; a placement that no longer parses (from a newer
+    // node) runs where the default puts it.
+    let expr = placement::Expr::parse(&h.spec.placement).unwrap_or(placement::Expr::Leader);
+    placement::placements(&expr, nodes, topic)
+}
+
+/// A handler a node placed on itself as its topic's leader.
+struct Led {
+    group: GroupId,
+    handler: Handler,
+    hold: Hold,
+}
+
+/// How long a node may go on running a handler it placed on itself as
+/// its topic's leader, once it no longer leads (ADR 46).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hold {
+    until: tokio::time::Instant,
+    /// The leader under which `until` was set (this node while it leads).
+    under: String,
+}
+
+impl Hold {
+    /// Renewed at each step this node leads and places the handler here.
+    fn leading(me: &str, now: tokio::time::Instant) -> Self {
+        Self {
+            until: now + LEASE,
+            under: me.to_string(),
+        }
+    }
+
+    /// At a step where `leader` (empty: none known, an election) leads
+    /// the topic: kept while the placement under that leader still puts
+    /// the handler here (`stays`), with a lease's time under each leader
+    /// for that leader's own lease to arrive; through an election, for
+    /// what is left of that time. `None`: stop it.
+    fn after_leading(
+        mut self,
+        leader: &str,
+        stays: impl FnOnce() -> bool,
+        now: tokio::time::Instant,
+    ) -> Option<Self> {
+        if !leader.is_empty() {
+            if !stays() {
+                return None;
+            }
+            if self.under != leader {
+                self.until = now + LEASE;
+                self.under = leader.to_string();
+            }
+        }
+        (self.until > now).then_some(self)
+    }
+}
+
 /// Which runner runs: a handler of a topic at one version.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
@@ -132,6 +197,8 @@ pub struct Supervisor {
     full: bool,
     /// Handlers other nodes' topics placed here: what to run, and until when.
     leased: HashMap<Key, (GroupId, Handler, tokio::time::Instant)>,
+    /// Handlers this node placed on itself as its topic's leader.
+    led: HashMap<Key, Led>,
     leases: Option<tokio::sync::mpsc::Receiver<HandlerLease>>,
     /// When this node last sent each lease it gives (to a node).
     given: HashMap<(Key, woof_overlay::PeerId), tokio::time::Instant>,
@@ -151,6 +218,7 @@ impl Supervisor {
             failed: HashMap::new(),
             full: false,
             leased: HashMap::new(),
+            led: HashMap::new(),
             leases: groups.take_leases(),
             given: HashMap::new(),
         };
@@ -204,42 +272,64 @@ impl Supervisor {
         let me = self.api.me();
         let mut wanted = HashMap::new();
         let mut giving = HashMap::new();
+        let mut led = HashMap::new();
         for (id, topic, handlers) in self.api.local_topics().handled() {
             let group = GroupId(id.0);
-            if !self.groups.leads(group) {
-                continue;
-            }
-            let replicas = self
-                .groups
-                .replica(group)
-                .map(|r| r.members)
-                .unwrap_or_default();
-            let placed = placement::Topic {
-                leader: &me,
-                replicas: &replicas,
+            let leads = self.groups.leads(group);
+            let replica = self.groups.replica(group);
+            // Led here, the placement is this node's to make. Led elsewhere,
+            // it only tells whether a handler this node ran as the leader
+            // would stay here under the leader it knows (none known: an
+            // election, which keeps it until its time is up).
+            let leader = match (leads, replica.as_ref().and_then(|r| r.leader.as_ref())) {
+                (true, _) => &me,
+                (false, Some(leader)) => leader,
+                (false, None) => "",
             };
+            let replicas = replica
+                .as_ref()
+                .map(|r| r.members.as_slice())
+                .unwrap_or_default();
+            let of = placement::Topic { leader, replicas };
             for h in handlers.iter().filter(|h| h.parked.is_none()) {
                 let key = Key {
                     topic: topic.clone(),
                     handler: h.spec.name.clone(),
                     version: h.version,
                 };
-                // Checked at deploy; a placement that no longer parses
-                // (from a newer node) runs where the default puts it.
-                let expr =
-                    placement::Expr::parse(&h.spec.placement).unwrap_or(placement::Expr::Leader);
+                if !leads {
+                    let stays = || {
+                        placed(h, &nodes, of)
+                            .iter()
+                            .any(|c| c.peer.to_string() == me)
+                    };
+                    if let Some(kept) = self.led.remove(&key)
+                        && let Some(hold) = kept.hold.after_leading(leader, stays, now)
+                    {
+                        led.insert(key, Led { hold, ..kept });
+                    }
+                    continue;
+                }
                 // Nothing matches: it waits (describe shows it).
-                for c in placement::placements(&expr, &nodes, placed) {
+                for c in placed(h, &nodes, of) {
                     if c.peer.to_string() == me {
-                        wanted.insert(key.clone(), (group, h.clone()));
+                        let held = Led {
+                            group,
+                            handler: h.clone(),
+                            hold: Hold::leading(&me, now),
+                        };
+                        led.insert(key.clone(), held);
                     } else {
                         giving.insert((key.clone(), c.peer), (group, h.clone()));
                     }
                 }
             }
         }
+        self.led = led;
         self.give_leases(giving, now);
-        for (key, (group, handler, _)) in &self.leased {
+        let led = self.led.iter().map(|(k, l)| (k, &l.group, &l.handler));
+        let leased = self.leased.iter().map(|(k, (g, h, _))| (k, g, h));
+        for (key, group, handler) in led.chain(leased) {
             wanted
                 .entry(key.clone())
                 .or_insert_with(|| (*group, handler.clone()));
@@ -311,5 +401,45 @@ impl Supervisor {
                 }
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[test]
+    fn a_handler_led_here_stays_while_the_new_leaders_placement_keeps_it_here() {
+        let t0 = Instant::now();
+        let led = Hold::leading("a", t0);
+        // The placement under the new leader moves it (leader()): stopped.
+        assert_eq!(led.clone().after_leading("b", || false, t0), None);
+        // It stays here (all(...)): a lease's time from when b is known,
+        // not from when a last led.
+        let later = t0 + LEASE - Duration::from_millis(100);
+        let kept = led.clone().after_leading("b", || true, later).unwrap();
+        assert_eq!(kept.until, later + LEASE);
+        assert_eq!(kept.under, "b");
+        // Under the same leader the time is not renewed again...
+        let again = kept.clone().after_leading("b", || true, later + LEASE / 2);
+        assert_eq!(again, Some(kept.clone()));
+        // ...and runs out, unless b's own lease took over.
+        assert_eq!(
+            kept.clone().after_leading("b", || true, later + LEASE),
+            None
+        );
+        // A next leader gives it a lease's time again.
+        let next = kept.after_leading("c", || true, later + LEASE / 2).unwrap();
+        assert_eq!(next.until, later + LEASE / 2 + LEASE);
+        // No leader known (an election): what is left, with no placement
+        // to judge by.
+        let mid = t0 + LEASE / 2;
+        let judged = || panic!("no leader to place by");
+        assert_eq!(
+            led.clone().after_leading("", judged, mid),
+            Some(led.clone())
+        );
+        assert_eq!(led.after_leading("", judged, t0 + LEASE), None);
     }
 }
