@@ -994,14 +994,19 @@ impl RocksStore {
             match self.write_in_place(group, &entries) {
                 InPlace::Written => {
                     written(Ok(()));
-                    // A follower's sync with the writer idle: made here.
-                    if may_wait && let Some(_claim) = writer.claim_idle() {
-                        done(self.written(self.log.flush_wal(true), "sync raft log"));
-                        return;
-                    }
-                    if let Err(done) = writer.submit_sync(group, done) {
-                        done(self.written(self.log.flush_wal(true), "sync raft log"));
-                    }
+                    // Synced here: a follower's append with the writer idle
+                    // (held so until told), or one the writer's full queue
+                    // gives back.
+                    let claim = may_wait.then(|| writer.claim_idle()).flatten();
+                    let done = match claim {
+                        Some(_) => done,
+                        None => match writer.submit_sync(group, done) {
+                            Ok(()) => return,
+                            Err(done) => done,
+                        },
+                    };
+                    done(self.written(self.log.flush_wal(true), "sync raft log"));
+                    drop(claim);
                     return;
                 }
                 InPlace::Failed(e) => {
