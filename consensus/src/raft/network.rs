@@ -94,6 +94,9 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             node: node.clone(),
             transport: self.transport.clone(),
             pending: None,
+            synced: None,
+            carries_entries: false,
+            held: None,
         }
         .into_v2()
     }
@@ -146,7 +149,20 @@ pub struct GroupClient {
     transport: Arc<dyn Transport>,
     /// The last AppendEntries sent whose answer nobody has taken yet.
     pending: Option<Pending>,
+    /// The leader's vote and the last entry the follower said it holds,
+    /// from the last call answered with a success on this client.
+    synced: Option<(Vote, Option<LogId>)>,
+    /// Whether this client has carried entries: it is a replication
+    /// stream's, not a heartbeat's.
+    carries_entries: bool,
+    /// A call that only carried a newer commit index, held back (ADR 47).
+    held: Option<tokio::task::AbortHandle>,
 }
+
+/// How long a call that only tells a follower a newer commit index is held
+/// back (ADR 47): under load the next round's entries carry it sooner, and
+/// it is not sent; idle, a follower applies this much later.
+pub const COMMIT_LINGER: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// An AppendEntries on its way, kept past openraft's timeout. Openraft 0.9
 /// gives each call one heartbeat interval (100 ms) and then drops it and
@@ -216,6 +232,34 @@ impl GroupClient {
         )
     }
 
+    /// Holds back a call that only tells the follower a newer commit index
+    /// (openraft sends one on every commit): the follower already holds
+    /// everything up to `rpc.prev_log_id` under this vote, as it answered
+    /// last. Sent after [`COMMIT_LINGER`] unless the next call, which
+    /// carries the commit index too, comes first (ADR 47). Answered as
+    /// the follower answered last: a success. A follower that has since
+    /// lost entries or voted for another leader says so to the next call
+    /// or heartbeat.
+    fn hold_back(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+    ) -> AppendEntriesResponse<TypeConfig> {
+        let (group, transport, node) = (self.group, self.transport.clone(), self.node.clone());
+        let send = tokio::spawn(async move {
+            tokio::time::sleep(COMMIT_LINGER).await;
+            let envelope = Envelope {
+                group: group.0,
+                rpc: Rpc::AppendEntries(rpc),
+            };
+            // Its answer says nothing new: the next call's will.
+            if let Ok(message) = encode(&envelope) {
+                let _ = transport.send(&node, message).await;
+            }
+        });
+        self.held = Some(send.abort_handle());
+        AppendEntriesResponse::Success
+    }
+
     /// Reads a peer's answer. (The error is openraft's own type, as the
     /// calls that return it must.)
     #[allow(clippy::result_large_err)]
@@ -261,11 +305,25 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         _option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig, RaftError<TypeConfig>>>
     {
+        // This call carries the newest commit index: one held back is not
+        // needed any more.
+        if let Some(held) = self.held.take() {
+            held.abort();
+        }
+        if rpc.entries.is_empty()
+            && self.carries_entries
+            && self.synced == Some((rpc.vote, rpc.prev_log_id))
+        {
+            return Ok(self.hold_back(rpc));
+        }
         let keep = entries_per_call(&rpc.entries);
         let cut = keep < rpc.entries.len();
         rpc.entries.truncate(keep);
+        let (vote, prev) = (rpc.vote, rpc.prev_log_id);
         let last_sent = rpc.entries.last().map(|e| e.log_id);
-        match self.append_call(rpc).await? {
+        self.carries_entries |= last_sent.is_some();
+        self.synced = None;
+        let answer = match self.append_call(rpc).await? {
             // The follower holds what was sent: that much, and no more.
             Reply::AppendEntries(Ok(AppendEntriesResponse::Success)) if cut => {
                 Ok(AppendEntriesResponse::PartialSuccess(last_sent))
@@ -274,7 +332,13 @@ impl RaftNetwork<TypeConfig> for GroupClient {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
             }
             _ => Err(self.unexpected()),
-        }
+        }?;
+        self.synced = match &answer {
+            AppendEntriesResponse::Success => Some((vote, last_sent.or(prev))),
+            AppendEntriesResponse::PartialSuccess(held) => Some((vote, *held)),
+            _ => None,
+        };
+        Ok(answer)
     }
 
     async fn install_snapshot(
@@ -290,6 +354,7 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         // of the follower backwards (which openraft forbids, and the
         // simulator caught: a conflict below what the snapshot matched).
         self.pending = None;
+        self.synced = None;
         self.transport
             .snapshot_chunk_sent(rpc.offset == 0, rpc.data.len());
         match self.call(Rpc::InstallSnapshot(rpc)).await? {
@@ -432,6 +497,117 @@ mod tests {
                 handler: None,
             }),
         }
+    }
+
+    /// A peer that answers every AppendEntries with a success, and keeps
+    /// what each carried: its entries' count and the commit index.
+    #[derive(Default)]
+    struct Follower {
+        got: std::sync::Mutex<Vec<(usize, Option<LogId>)>>,
+    }
+
+    impl Follower {
+        fn got(&self) -> Vec<(usize, Option<LogId>)> {
+            self.got.lock().unwrap().clone()
+        }
+    }
+
+    impl Transport for Follower {
+        fn send(
+            &self,
+            _node: &BasicNode,
+            message: Vec<u8>,
+        ) -> BoxFuture<'static, Result<Vec<u8>, Error>> {
+            let envelope: Envelope = decode(&message).unwrap();
+            let Rpc::AppendEntries(rpc) = envelope.rpc else {
+                panic!("only AppendEntries here");
+            };
+            self.got
+                .lock()
+                .unwrap()
+                .push((rpc.entries.len(), rpc.leader_commit));
+            let reply = encode(&Reply::AppendEntries(Ok(AppendEntriesResponse::Success)));
+            Box::pin(async move { reply })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_call_that_only_carries_a_newer_commit_index_is_held_back() {
+        let follower = Arc::new(Follower::default());
+        let mut client = GroupClient {
+            group: GroupId(5),
+            target: 2,
+            node: BasicNode::new("n2"),
+            transport: follower.clone(),
+            pending: None,
+            synced: None,
+            carries_entries: false,
+            held: None,
+        };
+        let option = || RPCOption::new(std::time::Duration::from_secs(1));
+        let vote = Vote::new_committed(1, 0);
+        let call =
+            |prev: Option<u64>, entries: Vec<Entry>, commit: Option<u64>| AppendEntriesRequest {
+                vote,
+                prev_log_id: prev.map(|i| log_id(1, 0, i)),
+                leader_commit: commit.map(|i| log_id(1, 0, i)),
+                entries,
+            };
+        let success = |r: Result<AppendEntriesResponse<TypeConfig>, _>| {
+            assert!(matches!(r, Ok(AppendEntriesResponse::Success)), "{r:?}");
+        };
+        let later = || tokio::time::sleep(COMMIT_LINGER * 5);
+        // A heartbeat's client carries no entries: its calls all go.
+        success(
+            client
+                .append_entries(call(None, vec![], None), option())
+                .await,
+        );
+        success(
+            client
+                .append_entries(call(None, vec![], Some(0)), option())
+                .await,
+        );
+        assert_eq!(follower.got().len(), 2);
+        // Entries go at once; the commit index that follows is held back...
+        let entries = vec![entry(1, 1, 10), entry(2, 1, 10)];
+        success(
+            client
+                .append_entries(call(None, entries, None), option())
+                .await,
+        );
+        success(
+            client
+                .append_entries(call(Some(2), vec![], Some(2)), option())
+                .await,
+        );
+        assert_eq!(follower.got().len(), 3);
+        // ...and not sent at all when the next entries come first.
+        let next = vec![entry(3, 1, 10)];
+        success(
+            client
+                .append_entries(call(Some(2), next, Some(2)), option())
+                .await,
+        );
+        later().await;
+        assert_eq!(follower.got()[2..], [(2, None), (1, Some(log_id(1, 0, 2)))]);
+        // With nothing after it, it goes after the linger.
+        success(
+            client
+                .append_entries(call(Some(3), vec![], Some(3)), option())
+                .await,
+        );
+        assert_eq!(follower.got().len(), 4);
+        later().await;
+        assert_eq!(follower.got()[4..], [(0, Some(log_id(1, 0, 3)))]);
+        // An empty call from below what the follower said it holds (a
+        // probe) goes at once.
+        success(
+            client
+                .append_entries(call(Some(1), vec![], Some(3)), option())
+                .await,
+        );
+        assert_eq!(follower.got().len(), 6);
     }
 
     #[test]
