@@ -150,14 +150,21 @@ pub struct GroupClient {
     /// The last AppendEntries sent whose answer nobody has taken yet.
     pending: Option<Pending>,
     /// The leader's vote and the last entry the follower said it holds,
-    /// from the last call answered with a success on this client.
-    synced: Option<(Vote, Option<LogId>)>,
+    /// from the last call answered with a success on this client, and
+    /// when that call was sent.
+    synced: Option<(Vote, Option<LogId>, tokio::time::Instant)>,
     /// Whether this client has carried entries: it is a replication
     /// stream's, not a heartbeat's.
     carries_entries: bool,
     /// A call that only carried a newer commit index, held back (ADR 47).
     held: Option<tokio::task::AbortHandle>,
 }
+
+/// How recent the follower's last success must be (since its call was
+/// sent) for a commit-only call to be held back and answered for it: well
+/// under openraft's leader lease (`election_timeout_max`), during which a
+/// follower votes for no other leader (ADR 47).
+pub const SYNCED_WITHIN: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// How long a call that only tells a follower a newer commit index is held
 /// back (ADR 47): under load the next round's entries carry it sooner, and
@@ -235,11 +242,19 @@ impl GroupClient {
     /// Holds back a call that only tells the follower a newer commit index
     /// (openraft sends one on every commit): the follower already holds
     /// everything up to `rpc.prev_log_id` under this vote, as it answered
-    /// last. Sent after [`COMMIT_LINGER`] unless the next call, which
-    /// carries the commit index too, comes first (ADR 47). Answered as
-    /// the follower answered last: a success. A follower that has since
-    /// lost entries or voted for another leader says so to the next call
-    /// or heartbeat.
+    /// a call sent less than [`SYNCED_WITHIN`] ago. Sent after
+    /// [`COMMIT_LINGER`] unless the next call, which carries the commit
+    /// index too, comes first (ADR 47).
+    ///
+    /// Answered as the follower answered last: a success. Openraft takes
+    /// it as the follower's word that it followed this leader when the
+    /// call was made (its leader lease, which reads by `ReadIndex` rely
+    /// on); it is, because the follower's real answer came to a call sent
+    /// less than [`SYNCED_WITHIN`] before, and a follower votes for no
+    /// other leader for a whole lease (`election_timeout_max`) after it
+    /// last heard from its own. A leader that was held up longer (frozen,
+    /// starved of CPU) sends the call and waits for the answer. A follower
+    /// that has since lost entries says so to the next call or heartbeat.
     fn hold_back(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
@@ -310,9 +325,14 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         if let Some(held) = self.held.take() {
             held.abort();
         }
+        let now = tokio::time::Instant::now();
         if rpc.entries.is_empty()
             && self.carries_entries
-            && self.synced == Some((rpc.vote, rpc.prev_log_id))
+            && self.synced.is_some_and(|(vote, held, at)| {
+                vote == rpc.vote
+                    && held == rpc.prev_log_id
+                    && now.duration_since(at) < SYNCED_WITHIN
+            })
         {
             return Ok(self.hold_back(rpc));
         }
@@ -334,8 +354,8 @@ impl RaftNetwork<TypeConfig> for GroupClient {
             _ => Err(self.unexpected()),
         }?;
         self.synced = match &answer {
-            AppendEntriesResponse::Success => Some((vote, last_sent.or(prev))),
-            AppendEntriesResponse::PartialSuccess(held) => Some((vote, *held)),
+            AppendEntriesResponse::Success => Some((vote, last_sent.or(prev), now)),
+            AppendEntriesResponse::PartialSuccess(held) => Some((vote, *held, now)),
             _ => None,
         };
         Ok(answer)
@@ -531,6 +551,30 @@ mod tests {
         }
     }
 
+    /// An AppendEntries from leader 1 in term 1 (log ids by index).
+    fn call(
+        prev: Option<u64>,
+        entries: Vec<Entry>,
+        commit: Option<u64>,
+    ) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(1, 0),
+            prev_log_id: prev.map(|i| log_id(1, 0, i)),
+            leader_commit: commit.map(|i| log_id(1, 0, i)),
+            entries,
+        }
+    }
+
+    /// Calls through `client`, which must answer a success.
+    async fn succeeds(client: &mut GroupClient, rpc: AppendEntriesRequest<TypeConfig>) {
+        let option = RPCOption::new(std::time::Duration::from_secs(1));
+        let answer = client.append_entries(rpc, option).await;
+        assert!(
+            matches!(answer, Ok(AppendEntriesResponse::Success)),
+            "{answer:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_call_that_only_carries_a_newer_commit_index_is_held_back() {
         let follower = Arc::new(Follower::default());
@@ -544,70 +588,37 @@ mod tests {
             carries_entries: false,
             held: None,
         };
-        let option = || RPCOption::new(std::time::Duration::from_secs(1));
-        let vote = Vote::new_committed(1, 0);
-        let call =
-            |prev: Option<u64>, entries: Vec<Entry>, commit: Option<u64>| AppendEntriesRequest {
-                vote,
-                prev_log_id: prev.map(|i| log_id(1, 0, i)),
-                leader_commit: commit.map(|i| log_id(1, 0, i)),
-                entries,
-            };
-        let success = |r: Result<AppendEntriesResponse<TypeConfig>, _>| {
-            assert!(matches!(r, Ok(AppendEntriesResponse::Success)), "{r:?}");
-        };
-        let later = || tokio::time::sleep(COMMIT_LINGER * 5);
+        let c = &mut client;
+        let later = || tokio::time::sleep(COMMIT_LINGER * 3);
+        let commit = |i| (0, Some(log_id(1, 0, i)));
         // A heartbeat's client carries no entries: its calls all go.
-        success(
-            client
-                .append_entries(call(None, vec![], None), option())
-                .await,
-        );
-        success(
-            client
-                .append_entries(call(None, vec![], Some(0)), option())
-                .await,
-        );
+        succeeds(c, call(None, vec![], None)).await;
+        succeeds(c, call(None, vec![], Some(0))).await;
         assert_eq!(follower.got().len(), 2);
         // Entries go at once; the commit index that follows is held back...
-        let entries = vec![entry(1, 1, 10), entry(2, 1, 10)];
-        success(
-            client
-                .append_entries(call(None, entries, None), option())
-                .await,
-        );
-        success(
-            client
-                .append_entries(call(Some(2), vec![], Some(2)), option())
-                .await,
-        );
+        succeeds(c, call(None, vec![entry(1, 1, 10), entry(2, 1, 10)], None)).await;
+        succeeds(c, call(Some(2), vec![], Some(2))).await;
         assert_eq!(follower.got().len(), 3);
         // ...and not sent at all when the next entries come first.
-        let next = vec![entry(3, 1, 10)];
-        success(
-            client
-                .append_entries(call(Some(2), next, Some(2)), option())
-                .await,
-        );
+        succeeds(c, call(Some(2), vec![entry(3, 1, 10)], Some(2))).await;
         later().await;
         assert_eq!(follower.got()[2..], [(2, None), (1, Some(log_id(1, 0, 2)))]);
         // With nothing after it, it goes after the linger.
-        success(
-            client
-                .append_entries(call(Some(3), vec![], Some(3)), option())
-                .await,
-        );
-        assert_eq!(follower.got().len(), 4);
+        succeeds(c, call(Some(3), vec![entry(4, 1, 10)], Some(3))).await;
+        succeeds(c, call(Some(4), vec![], Some(4))).await;
+        assert_eq!(follower.got().len(), 5);
         later().await;
-        assert_eq!(follower.got()[4..], [(0, Some(log_id(1, 0, 3)))]);
+        assert_eq!(follower.got()[5..], [commit(4)]);
         // An empty call from below what the follower said it holds (a
         // probe) goes at once.
-        success(
-            client
-                .append_entries(call(Some(1), vec![], Some(3)), option())
-                .await,
-        );
-        assert_eq!(follower.got().len(), 6);
+        succeeds(c, call(Some(1), vec![], Some(4))).await;
+        assert_eq!(follower.got().len(), 7);
+        // So does a commit-only call when the follower's last answer is
+        // too old to answer for it (a leader held up).
+        succeeds(c, call(Some(4), vec![entry(5, 1, 10)], Some(4))).await;
+        tokio::time::sleep(SYNCED_WITHIN).await;
+        succeeds(c, call(Some(5), vec![], Some(5))).await;
+        assert_eq!(follower.got()[8..], [commit(5)]);
     }
 
     #[test]
