@@ -95,7 +95,8 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             transport: self.transport.clone(),
             pending: None,
             synced: None,
-            carries_entries: false,
+            entries_sent: None,
+            streaming: false,
             held: None,
         }
         .into_v2()
@@ -153,9 +154,13 @@ pub struct GroupClient {
     /// from the last call answered with a success on this client, and
     /// when that call was sent.
     synced: Option<(Vote, Option<LogId>, tokio::time::Instant)>,
-    /// Whether this client has carried entries: it is a replication
-    /// stream's, not a heartbeat's.
-    carries_entries: bool,
+    /// When this client last carried entries (a heartbeat's never does).
+    entries_sent: Option<tokio::time::Instant>,
+    /// Whether its last entries came less than [`COMMIT_LINGER`] after
+    /// the ones before: the group is in a stream of rounds, and the next
+    /// round's entries will likely carry a commit index sooner than the
+    /// linger would.
+    streaming: bool,
     /// A call that only carried a newer commit index, held back (ADR 47).
     held: Option<tokio::task::AbortHandle>,
 }
@@ -242,9 +247,11 @@ impl GroupClient {
     /// Holds back a call that only tells the follower a newer commit index
     /// (openraft sends one on every commit): the follower already holds
     /// everything up to `rpc.prev_log_id` under this vote, as it answered
-    /// a call sent less than [`SYNCED_WITHIN`] ago. Sent after
-    /// [`COMMIT_LINGER`] unless the next call, which carries the commit
-    /// index too, comes first (ADR 47).
+    /// a call sent less than [`SYNCED_WITHIN`] ago; and the group's rounds
+    /// come faster than [`COMMIT_LINGER`] (a lone write's commit goes at
+    /// once, so that a read at the follower soon after sees it, as
+    /// before). Sent after [`COMMIT_LINGER`] unless the next call, which
+    /// carries the commit index too, comes first (ADR 47).
     ///
     /// Answered as the follower answered last: a success. Openraft takes
     /// it as the follower's word that it followed this leader when the
@@ -327,7 +334,7 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         }
         let now = tokio::time::Instant::now();
         if rpc.entries.is_empty()
-            && self.carries_entries
+            && self.streaming
             && self.synced.is_some_and(|(vote, held, at)| {
                 vote == rpc.vote
                     && held == rpc.prev_log_id
@@ -341,7 +348,12 @@ impl RaftNetwork<TypeConfig> for GroupClient {
         rpc.entries.truncate(keep);
         let (vote, prev) = (rpc.vote, rpc.prev_log_id);
         let last_sent = rpc.entries.last().map(|e| e.log_id);
-        self.carries_entries |= last_sent.is_some();
+        if last_sent.is_some() {
+            self.streaming = self
+                .entries_sent
+                .is_some_and(|at| now.duration_since(at) < COMMIT_LINGER);
+            self.entries_sent = Some(now);
+        }
         self.synced = None;
         let answer = match self.append_call(rpc).await? {
             // The follower holds what was sent: that much, and no more.
@@ -585,40 +597,51 @@ mod tests {
             transport: follower.clone(),
             pending: None,
             synced: None,
-            carries_entries: false,
+            entries_sent: None,
+            streaming: false,
             held: None,
         };
         let c = &mut client;
         let later = || tokio::time::sleep(COMMIT_LINGER * 3);
         let commit = |i| (0, Some(log_id(1, 0, i)));
+        let one = |i| vec![entry(i, 1, 10)];
         // A heartbeat's client carries no entries: its calls all go.
         succeeds(c, call(None, vec![], None)).await;
         succeeds(c, call(None, vec![], Some(0))).await;
         assert_eq!(follower.got().len(), 2);
-        // Entries go at once; the commit index that follows is held back...
-        succeeds(c, call(None, vec![entry(1, 1, 10), entry(2, 1, 10)], None)).await;
+        // A lone round: its commit index goes at once.
+        succeeds(c, call(None, one(1), None)).await;
+        succeeds(c, call(Some(1), vec![], Some(1))).await;
+        assert_eq!(follower.got()[2..], [(1, None), commit(1)]);
+        // Rounds in a stream: the commit index after one is held back...
+        succeeds(c, call(Some(1), one(2), Some(1))).await;
         succeeds(c, call(Some(2), vec![], Some(2))).await;
-        assert_eq!(follower.got().len(), 3);
-        // ...and not sent at all when the next entries come first.
-        succeeds(c, call(Some(2), vec![entry(3, 1, 10)], Some(2))).await;
-        later().await;
-        assert_eq!(follower.got()[2..], [(2, None), (1, Some(log_id(1, 0, 2)))]);
-        // With nothing after it, it goes after the linger.
-        succeeds(c, call(Some(3), vec![entry(4, 1, 10)], Some(3))).await;
-        succeeds(c, call(Some(4), vec![], Some(4))).await;
         assert_eq!(follower.got().len(), 5);
+        // ...and not sent at all when the next entries come first...
+        succeeds(c, call(Some(2), one(3), Some(2))).await;
         later().await;
-        assert_eq!(follower.got()[5..], [commit(4)]);
+        assert_eq!(
+            follower.got()[4..],
+            [(1, Some(log_id(1, 0, 1))), (1, Some(log_id(1, 0, 2)))]
+        );
+        // ...or sent after the linger when nothing comes.
+        succeeds(c, call(Some(3), one(4), Some(3))).await;
+        succeeds(c, call(Some(4), one(5), Some(3))).await;
+        succeeds(c, call(Some(5), vec![], Some(5))).await;
+        assert_eq!(follower.got().len(), 8);
+        later().await;
+        assert_eq!(follower.got()[8..], [commit(5)]);
         // An empty call from below what the follower said it holds (a
         // probe) goes at once.
-        succeeds(c, call(Some(1), vec![], Some(4))).await;
-        assert_eq!(follower.got().len(), 7);
+        succeeds(c, call(Some(1), vec![], Some(5))).await;
+        assert_eq!(follower.got().len(), 10);
         // So does a commit-only call when the follower's last answer is
         // too old to answer for it (a leader held up).
-        succeeds(c, call(Some(4), vec![entry(5, 1, 10)], Some(4))).await;
+        succeeds(c, call(Some(5), one(6), Some(5))).await;
+        succeeds(c, call(Some(6), one(7), Some(5))).await;
         tokio::time::sleep(SYNCED_WITHIN).await;
-        succeeds(c, call(Some(5), vec![], Some(5))).await;
-        assert_eq!(follower.got()[8..], [commit(5)]);
+        succeeds(c, call(Some(7), vec![], Some(7))).await;
+        assert_eq!(follower.got()[12..], [commit(7)]);
     }
 
     #[test]
