@@ -192,6 +192,8 @@ struct Pending {
     /// the answer: any other call in between (a snapshot) drops it.
     key: PendingKey,
     answer: tokio::task::JoinHandle<Result<Vec<u8>, Error>>,
+    /// When it was sent: the follower heard from the leader after this.
+    sent: tokio::time::Instant,
 }
 
 type PendingKey = (Vote, Option<LogId>, Option<LogId>);
@@ -208,11 +210,12 @@ impl GroupClient {
     }
 
     /// An AppendEntries call: the one still on its way if it carried the
-    /// same entries (see [`Pending`]), else a new one.
+    /// same entries (see [`Pending`]), else a new one. Its answer, and
+    /// when the call was sent.
     async fn append_call<E: std::error::Error>(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
-    ) -> Result<Reply, RPCError<TypeConfig, E>> {
+    ) -> Result<(Reply, tokio::time::Instant), RPCError<TypeConfig, E>> {
         let key = (
             rpc.vote,
             rpc.prev_log_id,
@@ -231,17 +234,19 @@ impl GroupClient {
                     rpc: Rpc::AppendEntries(rpc),
                 })
                 .map_err(broken)?;
+                let sent = tokio::time::Instant::now();
                 let answer = tokio::spawn(self.transport.send(&self.node, message));
-                self.pending.insert(Pending { key, answer })
+                self.pending.insert(Pending { key, answer, sent })
             }
         };
+        let sent = pending.sent;
         // Cancel-safe: dropped here (openraft's timeout), the call stays in
         // `pending` for the retry.
         let answer = (&mut pending.answer).await;
         self.pending = None;
-        self.reply(
-            answer.unwrap_or_else(|e| Err(Error::Network(format!("a Raft call failed: {e}")))),
-        )
+        let answer =
+            answer.unwrap_or_else(|e| Err(Error::Network(format!("a Raft call failed: {e}"))));
+        Ok((self.reply(answer)?, sent))
     }
 
     /// Holds back a call that only tells the follower a newer commit index
@@ -355,7 +360,8 @@ impl RaftNetwork<TypeConfig> for GroupClient {
             self.entries_sent = Some(now);
         }
         self.synced = None;
-        let answer = match self.append_call(rpc).await? {
+        let (reply, sent) = self.append_call(rpc).await?;
+        let answer = match reply {
             // The follower holds what was sent: that much, and no more.
             Reply::AppendEntries(Ok(AppendEntriesResponse::Success)) if cut => {
                 Ok(AppendEntriesResponse::PartialSuccess(last_sent))
@@ -365,9 +371,11 @@ impl RaftNetwork<TypeConfig> for GroupClient {
             }
             _ => Err(self.unexpected()),
         }?;
+        // As of the call's sending (a retry may take an earlier call's
+        // answer): the follower heard from this leader after that.
         self.synced = match &answer {
-            AppendEntriesResponse::Success => Some((vote, last_sent.or(prev), now)),
-            AppendEntriesResponse::PartialSuccess(held) => Some((vote, *held, now)),
+            AppendEntriesResponse::Success => Some((vote, last_sent.or(prev), sent)),
+            AppendEntriesResponse::PartialSuccess(held) => Some((vote, *held, sent)),
             _ => None,
         };
         Ok(answer)
