@@ -1030,6 +1030,24 @@ impl RocksStore {
         }
     }
 
+    /// Writes `group`'s `entries` to the lane their size chooses, by the
+    /// caller, synced or not ([`RaftLogStore::append_log`] and
+    /// `append_log_unsynced`).
+    fn append_log_here(
+        &self,
+        group: GroupId,
+        entries: &[(u64, Vec<u8>)],
+        synced: bool,
+    ) -> Result<()> {
+        let lane = self.lanes.choose(group, log_bytes(entries));
+        self.clear_other_lane(lane, group, entries)?;
+        let (db, batch) = (self.lane(lane), self.log_batch(lane, group, entries));
+        match synced {
+            true => self.write_synced_in(db, batch, "append raft log"),
+            false => self.write_unsynced_in(db, batch, "append raft log"),
+        }
+    }
+
     /// Writes `group`'s `entries` to the main lane without a sync, unless
     /// RocksDB would hold the write back.
     fn write_in_place(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> InPlace {
@@ -1056,13 +1074,7 @@ fn log_bytes(entries: &[(u64, Vec<u8>)]) -> usize {
 
 impl RaftLogStore for RocksStore {
     fn append_log(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
-        let lane = self.lanes.choose(group, log_bytes(entries));
-        self.clear_other_lane(lane, group, entries)?;
-        self.write_synced_in(
-            self.lane(lane),
-            self.log_batch(lane, group, entries),
-            "append raft log",
-        )
+        self.append_log_here(group, entries, true)
     }
 
     /// Through the lane's log writer, synced together with what other
@@ -1090,13 +1102,7 @@ impl RaftLogStore for RocksStore {
     }
 
     fn append_log_unsynced(&self, group: GroupId, entries: &[(u64, Vec<u8>)]) -> Result<()> {
-        let lane = self.lanes.choose(group, log_bytes(entries));
-        self.clear_other_lane(lane, group, entries)?;
-        self.write_unsynced_in(
-            self.lane(lane),
-            self.log_batch(lane, group, entries),
-            "append raft log",
-        )
+        self.append_log_here(group, entries, false)
     }
 
     /// Both lanes' entries, merged in index order (an index is in one).
