@@ -17,6 +17,9 @@
 //!   (`slow_until`), and tells `done`: as RocksDB's log writer, so a
 //!   leader's own entries may still be unsynced when its followers have
 //!   theirs;
+//! - `append_log_then_may_wait` (a follower's append) is synced in place,
+//!   before it returns, while nothing waits for the syncer and the disk is
+//!   not slow (ADR 45); else as `append_log_then`;
 //! - logged unsynced calls (`write_unsynced`, `trim`, `purge_log`,
 //!   `append_log_unsynced`, `put_value_unsynced`) wait for the next synced
 //!   one;
@@ -39,6 +42,7 @@
 //!   is fatal to it).
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use woof_consensus::Error;
@@ -204,6 +208,8 @@ pub struct SimStore {
     /// The way to the disk's syncer (started at the first handed-over
     /// append; see `append_log_then`).
     syncer: Mutex<Option<tokio::sync::mpsc::Sender<Unsynced>>>,
+    /// Appends handed to the syncer and not yet told they are synced.
+    handed: Arc<AtomicUsize>,
     /// A slow spell: until when, and the numbers that draw each delay.
     slow: Mutex<Option<(tokio::time::Instant, SimRng)>>,
     watcher: Mutex<Option<Watcher>>,
@@ -222,7 +228,11 @@ const UNSYNCED_MAX: usize = 1024;
 
 /// The disk's syncer: syncs what was handed over, in order, all that waits
 /// at once (after the longest delay among it), as RocksDB's log writer.
-async fn sync_in_order(disk: Arc<Mutex<Disk>>, mut waiting: tokio::sync::mpsc::Receiver<Unsynced>) {
+async fn sync_in_order(
+    disk: Arc<Mutex<Disk>>,
+    handed: Arc<AtomicUsize>,
+    mut waiting: tokio::sync::mpsc::Receiver<Unsynced>,
+) {
     let mut batch = Vec::new();
     while let Some((mut delay, done)) = waiting.recv().await {
         batch.push(done);
@@ -234,9 +244,11 @@ async fn sync_in_order(disk: Arc<Mutex<Disk>>, mut waiting: tokio::sync::mpsc::R
             tokio::time::sleep(delay).await;
         }
         let outcome = mutate(&disk, DiskOp::Sync);
+        let told = batch.len();
         for done in batch.drain(..) {
             done(outcome.clone());
         }
+        handed.fetch_sub(told, Ordering::AcqRel);
     }
 }
 
@@ -314,6 +326,13 @@ fn poisoned() -> Error {
 impl SimStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Whether the disk is in a slow spell now (drawing no delay).
+    fn slow_now(&self) -> bool {
+        let slow = self.slow.lock().unwrap_or_else(|e| e.into_inner());
+        slow.as_ref()
+            .is_some_and(|(until, _)| tokio::time::Instant::now() < *until)
     }
 
     /// Calls `watcher` with each membership a group applies on this disk
@@ -422,6 +441,7 @@ impl SimStore {
                 ..Disk::default()
             })),
             syncer: Mutex::default(),
+            handed: Arc::default(),
             slow: Mutex::default(),
             watcher: Mutex::default(),
         }
@@ -554,13 +574,38 @@ impl RaftLogStore for SimStore {
         let mut syncer = self.syncer.lock().unwrap_or_else(|e| e.into_inner());
         let queue = syncer.get_or_insert_with(|| {
             let (queue, waiting) = tokio::sync::mpsc::channel(UNSYNCED_MAX);
-            runtime.spawn(sync_in_order(self.disk.clone(), waiting));
+            runtime.spawn(sync_in_order(
+                self.disk.clone(),
+                self.handed.clone(),
+                waiting,
+            ));
             queue
         });
+        self.handed.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = queue.try_send((delay, done)) {
+            self.handed.fetch_sub(1, Ordering::AcqRel);
             let (_, done) = e.into_inner();
             done(self.mutate(DiskOp::Sync));
         }
+    }
+
+    /// As RocksDB's store (ADR 45): while nothing waits for the syncer, the
+    /// caller's append is synced in place, before this returns. Not while
+    /// the disk is slow: a sync in place would hold the caller for the
+    /// delay, which simulated time cannot do to a call that does not await.
+    fn append_log_then_may_wait(
+        &self,
+        group: GroupId,
+        entries: Vec<(u64, Vec<u8>)>,
+        written: AppendDone,
+        done: AppendDone,
+    ) {
+        if self.handed.load(Ordering::Acquire) > 0 || self.slow_now() {
+            return self.append_log_then(group, entries, written, done);
+        }
+        let outcome = self.mutate(DiskOp::AppendLogUnsynced(group, entries));
+        written(outcome.clone());
+        done(outcome.and_then(|()| self.mutate(DiskOp::Sync)));
     }
 
     fn read_log(

@@ -119,6 +119,46 @@ fn disk_an_unsynced_log_append_waits_for_the_next_sync() {
     assert_eq!(s.reopen().last_log(GroupId(1)).unwrap(), Some((1, vec![1])));
 }
 
+/// A follower's append (`append_log_then_may_wait`) is synced in place while
+/// nothing waits for the syncer and the disk is not slow (ADR 45), and goes
+/// to the syncer behind what waits there otherwise: each told in order.
+#[tokio::test(start_paused = true)]
+async fn disk_a_followers_append_is_synced_in_place_only_while_the_syncer_is_idle() {
+    use std::sync::{Arc, Mutex};
+    let told = Arc::new(Mutex::new(Vec::new()));
+    let tell = |n: u64| -> woof_consensus::store::raft_log::AppendDone {
+        let told = told.clone();
+        Box::new(move |r: woof_consensus::Result<()>| {
+            r.unwrap();
+            told.lock().unwrap().push(n);
+        })
+    };
+    let s = SimStore::new();
+    // Idle: synced before the call returns, and durable.
+    s.append_log_then_may_wait(GroupId(1), vec![(1, vec![1])], Box::new(|_| {}), tell(1));
+    assert_eq!(*told.lock().unwrap(), [1]);
+    // A leader's append handed to the syncer: the follower's goes behind it.
+    s.append_log_then(GroupId(2), vec![(1, vec![2])], Box::new(|_| {}), tell(2));
+    s.append_log_then_may_wait(GroupId(1), vec![(2, vec![3])], Box::new(|_| {}), tell(3));
+    assert_eq!(*told.lock().unwrap(), [1]);
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    assert_eq!(*told.lock().unwrap(), [1, 2, 3]);
+    // Idle again: in place again.
+    s.append_log_then_may_wait(GroupId(1), vec![(3, vec![4])], Box::new(|_| {}), tell(4));
+    assert_eq!(*told.lock().unwrap(), [1, 2, 3, 4]);
+    // A slow disk: the syncer takes it, after the delay.
+    s.slow_until(
+        tokio::time::Instant::now() + std::time::Duration::from_secs(10),
+        7,
+    );
+    s.append_log_then_may_wait(GroupId(1), vec![(4, vec![5])], Box::new(|_| {}), tell(5));
+    assert_eq!(told.lock().unwrap().len(), 4);
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(*told.lock().unwrap(), [1, 2, 3, 4, 5]);
+    s.crash(&mut SimRng::new(0));
+    assert_eq!(s.reopen().last_log(GroupId(1)).unwrap(), Some((4, vec![5])));
+}
+
 #[test]
 fn disk_a_torn_sync_survives_whole_or_not_at_all_and_is_never_acknowledged() {
     let mut outcomes = std::collections::BTreeSet::new();

@@ -354,5 +354,18 @@ pub async fn transfer(raft: &Raft, to: u64, within: Duration) -> Option<u64> {
     }
 }
 
+/// The leader of `raft`'s group in a term after `term`, waited for at most
+/// `within`; `None` if none is known by then.
+pub async fn leader_after(raft: &Raft, term: u64, within: Duration) -> Option<u64> {
+    raft.wait(Some(within))
+        .metrics(
+            |m| m.current_leader.is_some() && m.vote.leader_id().term > term,
+            "a leader in a later term",
+        )
+        .await
+        .ok()?
+        .current_leader
+}
+
 /// How long a read waits for its leader to apply what it held.
 const HELD_APPLIED_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);

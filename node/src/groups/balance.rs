@@ -162,7 +162,8 @@ impl Groups {
             let raft = rafts.get(g).cloned();
             async move {
                 let raft = raft?;
-                let led = group::transfer(&raft, *to, MOVE_WAIT).await;
+                let term = raft.metrics().borrow_watched().vote.leader_id().term;
+                let mut led = group::transfer(&raft, *to, MOVE_WAIT).await;
                 tracing::info!(
                     group = g.0,
                     to,
@@ -180,6 +181,13 @@ impl Groups {
                         "the transfer did not happen; standing again"
                     );
                     let _ = raft.trigger().elect(false).await;
+                }
+                if led.is_none() {
+                    // `to` may stand late all the same (its log caught up
+                    // after the wait): the move is what the next term's
+                    // leader is, once one is known.
+                    led = group::leader_after(&raft, term, MOVE_WAIT).await;
+                    tracing::info!(group = g.0, to, ?led, "led after a late transfer");
                 }
                 (led == Some(*to)).then_some(())
             }
