@@ -423,6 +423,55 @@ async fn a_leader_stopped_on_purpose_hands_its_groups_over_first() {
     }
 }
 
+/// A node stopped on purpose answered its groups' leaders moments before
+/// it left, so to them it still looks alive for three heartbeats. The
+/// balance right after the stop hands it nothing: a move to it would hold
+/// the group's writes for a second, then end in an election.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_balance_hands_nothing_to_a_node_that_just_stopped() {
+    const NAMES: [&str; 6] = ["gone/a", "gone/b", "gone/c", "gone/d", "gone/e", "gone/f"];
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = three_nodes(dir.path(), ClusterKey::generate()).await;
+    let mut ca = connect(&a.url()).await;
+    for name in NAMES {
+        create_replicated(&mut ca, name, 3, "").await;
+    }
+    let writers = Writers::start(&ca, &NAMES);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c_peer = c.overlay().unwrap().peer_id().to_string();
+    // c hands its leaderships over as it stops: a and b then lead every
+    // busy topic, and each at least two more than c, which they would
+    // even out with c if it were there.
+    c.stop().await.unwrap();
+    let started = Instant::now();
+    let (by_a, by_b) = tokio::join!(a.groups().unwrap().balance(), b.groups().unwrap().balance());
+    let took = started.elapsed();
+    assert_eq!((by_a, by_b), (0, 0), "leaderships handed to the stopped c");
+    assert!(
+        took < Duration::from_millis(500),
+        "the balance right after c stopped waited {took:?}: it tried to hand leaderships to c"
+    );
+    for n in [&a, &b] {
+        let led_by_c = n
+            .groups()
+            .unwrap()
+            .replicas()
+            .into_iter()
+            .filter(|r| r.leader.as_deref() == Some(&*c_peer))
+            .count();
+        assert_eq!(led_by_c, 0);
+    }
+    let acked = writers.stop().await;
+    drop(ca);
+    for n in [a, b] {
+        n.stop().await.unwrap();
+    }
+    for (name, acked) in NAMES.iter().zip(&acked) {
+        assert!(!acked.is_empty(), "{name}: nothing acknowledged");
+        assert_log_holds(&stored(&dir.path().join("a"), name), acked);
+    }
+}
+
 /// A node that starts again behind its topic (its replica catches up from
 /// the leader) still follows the topic from a point it does not hold yet:
 /// from the leader, until then. (A handler that moves to such a node

@@ -1,5 +1,6 @@
 //! Starting a topic's Raft group on a node.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -287,10 +288,10 @@ pub async fn confirm_leader(
 /// lately are not a majority without it, or none took over in time (it is
 /// then left to an election after the lease, as if this node had just
 /// stopped).
-pub async fn hand_over(raft: &Raft, within: Duration) -> Option<u64> {
+pub async fn hand_over(raft: &Raft, within: Duration, gone: &HashSet<u64>) -> Option<u64> {
     let to = {
         let m = raft.metrics().borrow_watched().clone();
-        successors(&m, raft.config().heartbeat_interval)
+        successors(&m, raft.config().heartbeat_interval, gone)
             .into_iter()
             .max_by_key(|(id, matched)| (*matched, std::cmp::Reverse(*id)))?
             .0
@@ -300,11 +301,17 @@ pub async fn hand_over(raft: &Raft, within: Duration) -> Option<u64> {
 
 /// The voters that could take over from this node as the group's leader,
 /// each with the highest log index it is known to hold: those that
-/// answered it within three heartbeats (of `heartbeat_ms`). None if this
-/// node does not lead, or if those are not a majority without it: the
-/// next leader could then commit nothing (the last nodes of a cluster
-/// stopping; it would only wake the group's handlers there to fail).
-pub fn successors(m: &super::Metrics, heartbeat_ms: u64) -> Vec<(u64, Option<u64>)> {
+/// answered it within three heartbeats (of `heartbeat_ms`) and are not
+/// known `gone` (a node that said it leaves answered moments before it
+/// did). None if this node does not lead, or if those are not a majority
+/// without it: the next leader could then commit nothing (the last nodes
+/// of a cluster stopping; it would only wake the group's handlers there to
+/// fail).
+pub fn successors(
+    m: &super::Metrics,
+    heartbeat_ms: u64,
+    gone: &HashSet<u64>,
+) -> Vec<(u64, Option<u64>)> {
     if m.state != openraft::ServerState::Leader {
         return Vec::new();
     }
@@ -325,7 +332,7 @@ pub fn successors(m: &super::Metrics, heartbeat_ms: u64) -> Vec<(u64, Option<u64
     let others: Vec<(u64, Option<u64>)> = voters
         .iter()
         .copied()
-        .filter(|id| *id != m.id && alive(id))
+        .filter(|id| *id != m.id && !gone.contains(id) && alive(id))
         .map(|id| (id, matched(id)))
         .collect();
     if others.len() <= voters.len() / 2 {

@@ -16,8 +16,9 @@
 //! nodes of a pair count the same groups, so they agree on which of them
 //! leads too many, and a move never makes the pair's difference change
 //! sign: leaderships do not swing back and forth. A group is moved only to
-//! a voter that answered its leader lately and only while the others
-//! without this node are a majority ([`group::successors`]): nothing moves
+//! a voter that answered its leader lately and that the overlay does not
+//! suspect (a node that said it leaves answered moments ago), and only
+//! while such others are a majority ([`group::successors`]): nothing moves
 //! while a replica is down. Quiet groups are counted but not moved: they
 //! go to sleep, and cost nothing.
 //!
@@ -124,9 +125,16 @@ impl Groups {
         self.balancing.store(on, Ordering::Relaxed);
     }
 
-    /// One round of the balance: hands over the leaderships [`moves`]
+    /// One round of the balance (run every [`BALANCE_EVERY`]; callable at
+    /// once, as tests do): hands over the leaderships [`moves`]
     /// picks, all at once. Returns how many went to the node chosen.
-    pub(super) async fn balance(&self) -> usize {
+    pub async fn balance(&self) -> usize {
+        // A node that said it leaves (a planned stop, ADR 41) still looks
+        // alive to a group for three heartbeats after its last answer: a
+        // move to it would hold the group's writes for `MOVE_WAIT` and end
+        // in an election. The overlay knows it is gone.
+        self.refresh_suspects().await;
+        let gone = self.routes.suspected_ids();
         let now = Instant::now();
         let heartbeat = self.timing.heartbeat_ms;
         let running = self.slots.all_running();
@@ -137,7 +145,7 @@ impl Groups {
                 let m = metrics.borrow_watched();
                 let in_use = now.saturating_duration_since(r.last_used) < SLEEP_AFTER;
                 let mut successors = if in_use {
-                    group::successors(&m, heartbeat)
+                    group::successors(&m, heartbeat, &gone)
                 } else {
                     Vec::new()
                 };

@@ -76,6 +76,17 @@ impl Routes {
             .contains(peer)
     }
 
+    /// The node ids of the peers the overlay suspects (or that said they
+    /// leave), as last refreshed.
+    pub(super) fn suspected_ids(&self) -> HashSet<u64> {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(super::node_id)
+            .collect()
+    }
+
     fn set_suspects(&self, suspects: HashSet<PeerId>) {
         *self.suspects.lock().unwrap_or_else(|e| e.into_inner()) = suspects;
     }

@@ -411,6 +411,9 @@ impl Groups {
     /// does. Returns how many groups went to another leader and how many
     /// this node led.
     pub async fn hand_over_leadership(&self) -> (usize, usize) {
+        // Not to a node that just said it leaves (two stopped at once).
+        self.refresh_suspects().await;
+        let gone = self.routes.suspected_ids();
         let leading: Vec<Raft> = self
             .slots
             .all_running()
@@ -421,7 +424,7 @@ impl Groups {
         let handed = futures::future::join_all(
             leading
                 .iter()
-                .map(|raft| group::hand_over(raft, HAND_OVER_WAIT)),
+                .map(|raft| group::hand_over(raft, HAND_OVER_WAIT, &gone)),
         )
         .await;
         let done = handed.iter().filter(|h| h.is_some()).count();
