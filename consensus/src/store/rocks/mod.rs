@@ -153,16 +153,34 @@ fn producer_key(topic: TopicId, id: &str) -> Vec<u8> {
     k
 }
 
-/// `cf` with a memtable insert position remembered per group (the keys'
-/// first 8 bytes, ADR 43): the groups' appends and applies come
-/// interleaved, each group's in key order, so an insert starts from the
-/// group's last one instead of walking down the whole skiplist. RocksDB
-/// uses the hint for a write that reaches the memtable alone (not for
-/// writers it inserts in parallel). The `rocksdb` crate has no setter
-/// for it; RocksDB's option string sets it.
-fn hinted(mut cf: Options) -> Result<Options> {
-    cf.get_options_from_string("memtable_insert_with_hint_prefix_extractor=rocksdb.FixedPrefix.8")
-        .map_err(storage("cannot set the memtable's insert hints"))
+/// Where a column family's memtable inserts start (ADR 43).
+#[derive(Clone, Copy)]
+enum Hint {
+    /// From the group's last insert (the keys' first 8 bytes): a group's
+    /// log entries and elements come in key order.
+    PerGroup,
+    /// From the last insert of the same key (up to 64 bytes): a group's
+    /// few values (its commit point, what it applied) are each written
+    /// anew every round, in turns, so the group's last insert is another
+    /// value's place.
+    PerKey,
+}
+
+/// `cf` with a memtable insert position remembered by `hint` (ADR 43): the
+/// groups' appends and applies come interleaved, so an insert starts from
+/// a nearby one instead of walking down the whole skiplist. RocksDB uses
+/// the hint for a write that reaches the memtable alone (not for writers
+/// it inserts in parallel). The `rocksdb` crate has no setter for it;
+/// RocksDB's option string sets it, on a copy of `cf` it returns.
+fn hinted(mut cf: Options, hint: Hint) -> Result<Options> {
+    let extractor = match hint {
+        Hint::PerGroup => "rocksdb.FixedPrefix.8",
+        Hint::PerKey => "rocksdb.CappedPrefix.64",
+    };
+    cf.get_options_from_string(format!(
+        "memtable_insert_with_hint_prefix_extractor={extractor}"
+    ))
+    .map_err(storage("cannot set the memtable's insert hints"))
 }
 
 /// Opens (or creates) a lane's database in `dir`: a `raft_log` column
@@ -180,7 +198,10 @@ fn open_lane(dir: &Path, memtable_bytes: usize) -> Result<DB> {
     opts.set_recycle_log_file_num(WAL_FILES_REUSED);
     let mut cf = Options::default();
     cf.set_write_buffer_size(memtable_bytes);
-    let cfs = [ColumnFamilyDescriptor::new(CF_RAFT_LOG, hinted(cf)?)];
+    let cfs = [ColumnFamilyDescriptor::new(
+        CF_RAFT_LOG,
+        hinted(cf, Hint::PerGroup)?,
+    )];
     DB::open_cf_descriptors(&opts, dir, cfs).map_err(|e| {
         Error::Storage(format!(
             "cannot open the database in {}: {e}",
@@ -403,9 +424,14 @@ impl RocksStore {
             .iter()
             .chain(old_log.then_some(&CF_RAFT_LOG))
             .map(|name| {
+                let hint = if *name == CF_RAFT_VALUES {
+                    Hint::PerKey
+                } else {
+                    Hint::PerGroup
+                };
                 Ok(ColumnFamilyDescriptor::new(
                     *name,
-                    hinted(Options::default())?,
+                    hinted(Options::default(), hint)?,
                 ))
             })
             .collect::<Result<Vec<_>>>()?;
@@ -1285,6 +1311,45 @@ mod tests {
     fn raft_log_conformance() {
         let dirs = std::sync::Mutex::new(Vec::new());
         conformance::run_raft_log(|| fresh(&dirs));
+    }
+
+    /// The insert hints are set where ADR 43 says, as RocksDB records the
+    /// options it opened with (its `OPTIONS-*` file): per group for the
+    /// elements and the log lanes, per key for the groups' values.
+    #[test]
+    fn memtable_inserts_are_hinted_per_group_and_values_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let hint_of = |db_dir: &Path, cf: &str| -> Option<String> {
+            let newest = std::fs::read_dir(db_dir)
+                .unwrap()
+                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                .filter(|n| n.starts_with("OPTIONS-"))
+                .max_by_key(|n| n[8..].parse::<u64>().unwrap_or(0))
+                .expect("an OPTIONS file");
+            let text = std::fs::read_to_string(db_dir.join(newest)).unwrap();
+            let section = text
+                .split("[CFOptions \"")
+                .find(|s| s.starts_with(&format!("{cf}\"")))?;
+            section
+                .lines()
+                .find_map(|l| {
+                    l.trim()
+                        .strip_prefix("memtable_insert_with_hint_prefix_extractor=")
+                })
+                .map(str::to_string)
+        };
+        let hint = |cf| hint_of(dir.path(), cf);
+        assert_eq!(hint(CF_ELEMENTS).as_deref(), Some("rocksdb.FixedPrefix.8"));
+        assert_eq!(
+            hint(CF_RAFT_VALUES).as_deref(),
+            Some("rocksdb.CappedPrefix.64")
+        );
+        assert_eq!(
+            hint_of(&dir.path().join("log"), CF_RAFT_LOG).as_deref(),
+            Some("rocksdb.FixedPrefix.8")
+        );
+        drop(store);
     }
 
     #[test]
