@@ -92,6 +92,9 @@ impl Routes {
     }
 }
 
+/// How long a refresh of the suspected peers waits for the overlay.
+const SUSPECTS_WITHIN: Duration = Duration::from_millis(500);
+
 /// Sends `payload` (a tag, then the message) to `peer`.
 pub(super) async fn request(
     net: &dyn Net,
@@ -522,9 +525,13 @@ impl Groups {
         members.iter().find(|p| node_id(p) == id).copied()
     }
 
-    /// Refreshes the peers the overlay suspects.
+    /// Refreshes the peers the overlay suspects; keeps the last ones if the
+    /// overlay does not answer within [`SUSPECTS_WITHIN`] (a stopping
+    /// node's hand-over waits for this).
     pub(super) async fn refresh_suspects(&self) {
-        let Ok(silent) = self.client.silent_peers().await else {
+        let Ok(Ok(silent)) =
+            tokio::time::timeout(SUSPECTS_WITHIN, self.client.silent_peers()).await
+        else {
             return;
         };
         self.routes.set_suspects(silent.into_iter().collect());
