@@ -457,10 +457,10 @@ impl Node {
         self.groups.as_ref()
     }
 
-    /// Stops the node: the groups this node leads go to other voters (at
-    /// most a second), the server stops taking requests and lets those
-    /// under way finish (forwarded to the new leaders), subscriptions end,
-    /// the other nodes are told it leaves (at most half a second), then
+    /// Stops the node: the other nodes are told it leaves (at most half a
+    /// second), the groups this node leads go to other voters (at most a
+    /// second), the server stops taking requests and lets those under way
+    /// finish (forwarded to the new leaders), subscriptions end, then
     /// repair stops, and the groups and the overlay stop, each
     /// awaited. Returns once the store is closed, or an error if something
     /// still holds it (a task that outlived the node: a bug).
@@ -478,16 +478,25 @@ impl Node {
 
     async fn stop_as(mut self, leaving: Leaving) -> Result<()> {
         self.shutdown.request();
-        // First, while the server drains: the groups go on under their next
+        let handing_over = leaving == Leaving::HandingOver;
+        // First its peers take it for gone, not after seconds of silence:
+        // the handlers placed here move at once, and their balance hands it
+        // no leadership from now on (ADR 41): one it took while it stops
+        // would go down with it, and wait out a lease and an election.
+        if let (true, Some(overlay)) = (handing_over, &self.overlay) {
+            overlay.leave().await;
+        }
+        // Then, while the server drains: the groups go on under their next
         // leaders, and what this node still serves is forwarded to them.
-        if let (Leaving::HandingOver, Some(groups)) = (leaving, &self.groups) {
+        if let (true, Some(groups)) = (handing_over, &self.groups) {
             groups.hand_over_leadership().await;
         }
         let served = self.wait().await;
-        // Its peers take it for gone now, not after seconds of silence:
-        // the handlers placed here move at once.
-        if let (Leaving::HandingOver, Some(overlay)) = (leaving, &self.overlay) {
-            overlay.leave().await;
+        // A move a peer's balance started before it heard that this node
+        // leaves may have landed since: hand that over too (at once if this
+        // node leads nothing).
+        if let (true, Some(groups)) = (handing_over, &self.groups) {
+            groups.hand_over_leadership().await;
         }
         let released = self.release().await;
         served.and(released)

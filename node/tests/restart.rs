@@ -472,6 +472,89 @@ async fn the_balance_hands_nothing_to_a_node_that_just_stopped() {
     }
 }
 
+/// Balance rounds run on the other nodes all through a planned stop (they
+/// run every two seconds, each node at its own moment): none hands the
+/// stopping node a leadership that it would then take down with it. Right
+/// after the stop, every busy topic is led by a node still there, with no
+/// lease or election waited out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopping_on_purpose_is_handed_nothing_while_it_stops() {
+    const NAMES: [&str; 6] = [
+        "stopping/a",
+        "stopping/b",
+        "stopping/c",
+        "stopping/d",
+        "stopping/e",
+        "stopping/f",
+    ];
+    logs_if_asked();
+    let dir = tempfile::tempdir().unwrap();
+    let [a, b, c] = three_nodes(dir.path(), ClusterKey::generate()).await;
+    let mut ca = connect(&a.url()).await;
+    for name in NAMES {
+        create_replicated(&mut ca, name, 3, "").await;
+    }
+    let writers = Writers::start(&ca, &NAMES);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let peer = |n: &Node| n.overlay().unwrap().peer_id().to_string();
+    let stayed = [peer(&a), peer(&b)];
+    // a and b balance over and over while c stops: as soon as c has handed
+    // its leaderships over it leads two or more fewer than each of them.
+    let (stop_balancing, balancing) = tokio::sync::watch::channel(false);
+    let rounds: Vec<_> = [&a, &b]
+        .into_iter()
+        .map(|n| {
+            let groups = n.groups().unwrap().clone();
+            let mut balancing = balancing.clone();
+            tokio::spawn(async move {
+                let mut moved = 0;
+                while !*balancing.borrow_and_update() {
+                    moved += groups.balance().await;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                moved
+            })
+        })
+        .collect();
+    c.stop().await.unwrap();
+    let stopped = Instant::now();
+    stop_balancing.send_replace(true);
+    let mut moved = 0;
+    for round in rounds {
+        moved += round.await.unwrap();
+    }
+    // At once: a lease and an election take hundreds of milliseconds.
+    let mut leaderless = Vec::new();
+    while stopped.elapsed() < Duration::from_millis(150) {
+        leaderless = [&a, &b]
+            .into_iter()
+            .flat_map(|n| n.groups().unwrap().replicas())
+            .filter(|r| NAMES.contains(&r.meta.name.as_str()))
+            .filter(|r| !r.leader.as_ref().is_some_and(|l| stayed.contains(l)))
+            .map(|r| (r.meta.name.to_string(), r.leader))
+            .collect();
+        if leaderless.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        leaderless.is_empty(),
+        "{} ms after c stopped (the others moved {moved} leaderships meanwhile), \
+         topics led by none of the nodes left: {leaderless:?}",
+        stopped.elapsed().as_millis()
+    );
+    let acked = writers.stop().await;
+    drop(ca);
+    for n in [a, b] {
+        n.stop().await.unwrap();
+    }
+    for (name, acked) in NAMES.iter().zip(&acked) {
+        assert!(!acked.is_empty(), "{name}: nothing acknowledged");
+        assert_log_holds(&stored(&dir.path().join("a"), name), acked);
+    }
+}
+
 /// A node that starts again behind its topic (its replica catches up from
 /// the leader) still follows the topic from a point it does not hold yet:
 /// from the leader, until then. (A handler that moves to such a node
