@@ -124,7 +124,7 @@ impl Target<'_> {
     fn usage(&self) -> anyhow::Result<Option<Usage>> {
         match self {
             Target::Standalone(_) => Ok(None),
-            Target::Cluster(cluster) => Usage::now(cluster).map(Some),
+            Target::Cluster(cluster) => Usage::now(&cluster.running_pids()).map(Some),
         }
     }
 
@@ -186,7 +186,9 @@ async fn cases(
             let before = target.usage()?;
             let (n, h) = one_client(&url, &topic, &payload, secs, way).await?;
             let used = match (target, before) {
-                (Target::Cluster(cluster), Some(before)) => Some(Usage::since(cluster, &before)?),
+                (Target::Cluster(cluster), Some(before)) => {
+                    Some(Usage::since(&cluster.running_pids(), &before)?)
+                }
                 _ => None,
             };
             target.check_leader(report, &topic, leader).await?;
@@ -489,8 +491,8 @@ pub struct ManyTopics {
     pub usage: Usage,
 }
 
-/// The CPU time and thread wake-ups the nodes, and this process (the
-/// clients), used over a case.
+/// The CPU time and thread wake-ups the nodes (woof's, or the peer's
+/// servers), and this process (the clients), used over a case.
 pub struct Usage {
     /// CPU time the nodes used, all together, in seconds.
     nodes_cpu: f64,
@@ -501,18 +503,24 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// What the nodes and this process have used so far.
-    fn now(cluster: &Cluster) -> anyhow::Result<Self> {
+    /// What the processes `nodes` and this process have used so far.
+    pub fn now(nodes: &[u32]) -> anyhow::Result<Self> {
+        let mut ticks = 0;
+        let mut nodes_sleeps = 0;
+        for pid in nodes {
+            ticks += nodes::cpu_ticks(*pid)?;
+            nodes_sleeps += nodes::thread_sleeps(*pid)?;
+        }
         Ok(Self {
-            nodes_cpu: cluster.cpu_seconds()?,
-            nodes_sleeps: cluster.sleeps()?,
+            nodes_cpu: ticks as f64 / nodes::clock_ticks(),
+            nodes_sleeps,
             bench_cpu: own_cpu_seconds()?,
         })
     }
 
     /// What was used since `before`.
-    fn since(cluster: &Cluster, before: &Self) -> anyhow::Result<Self> {
-        let now = Self::now(cluster)?;
+    pub fn since(nodes: &[u32], before: &Self) -> anyhow::Result<Self> {
+        let now = Self::now(nodes)?;
         Ok(Self {
             nodes_cpu: now.nodes_cpu - before.nodes_cpu,
             nodes_sleeps: now.nodes_sleeps.saturating_sub(before.nodes_sleeps),
@@ -588,13 +596,14 @@ pub async fn many_topics(
             },
         )
     });
-    let before = Usage::now(cluster)?;
+    let pids = cluster.running_pids();
+    let before = Usage::now(&pids)?;
     let (count, hist) = together(runs).await?;
     Ok(ManyTopics {
         count,
         hist,
         leaders: leaders.into_iter().map(|l| l.1).collect(),
-        usage: Usage::since(cluster, &before)?,
+        usage: Usage::since(&pids, &before)?,
     })
 }
 
@@ -688,9 +697,13 @@ async fn peer_cases(
             let runs = streams.iter().map(|(subject, leader)| {
                 nats::concurrent(&js.urls[*leader], subject, MANY_CLIENTS, 1, &payload, secs)
             });
+            let servers = js.pids();
+            let before = Usage::now(&servers)?;
             let (count, hist) = together(runs).await?;
+            let used = Usage::since(&servers, &before)?;
             report.row(&case, "throughput", count as f64 / secs as f64, "appends/s");
             report.latencies(&case, "", &hist);
+            used.report(report, &case, count);
             anyhow::Ok(())
         }
         .await;
@@ -726,19 +739,27 @@ fn ratios(report: &mut Report, size: usize) {
             );
         }
         for way in [Way::Calls, Way::Stream] {
-            report.ratio(
-                format!(
-                    "woof / {peer}, {MANY_TOPICS} topics x {MANY_CLIENTS} clients, {size} B, {}",
-                    way.name()
-                ),
+            // Throughput, and what bounds it on a machine whose cores are
+            // all busy: the CPU each side's servers and clients spend.
+            for metric in [
                 "throughput",
-                &format!(
-                    "{}{}",
-                    many_case("3 replicas, ", "topics", size),
-                    way.tail()
-                ),
-                &many_case(&format!("{peer}, "), "streams", size),
-            );
+                "nodes' CPU per append",
+                "clients' CPU per append",
+            ] {
+                report.ratio(
+                    format!(
+                        "woof / {peer}, {MANY_TOPICS} topics x {MANY_CLIENTS} clients, {size} B, {}",
+                        way.name()
+                    ),
+                    metric,
+                    &format!(
+                        "{}{}",
+                        many_case("3 replicas, ", "topics", size),
+                        way.tail()
+                    ),
+                    &many_case(&format!("{peer}, "), "streams", size),
+                );
+            }
         }
         report.ratio(
             format!("woof / {peer}, batched, {size} B"),

@@ -117,6 +117,11 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 impl JetStream {
+    /// The process ids of the servers running now.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().flatten().map(Child::id).collect()
+    }
+
     /// Starts 3 servers on loopback and creates the stream (3 replicas,
     /// file storage).
     pub async fn start(binary: &Path, sync_always: bool) -> anyhow::Result<Self> {

@@ -460,25 +460,9 @@ impl Cluster {
             .collect()
     }
 
-    /// The CPU time the running nodes have used so far, all together
-    /// (utime + stime), in seconds.
-    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
-        let mut ticks = 0;
-        for pid in self.pids().into_iter().flatten() {
-            ticks += cpu_ticks(pid)?;
-        }
-        Ok(ticks as f64 / clock_ticks())
-    }
-
-    /// How many times the running nodes' threads have gone to sleep so far
-    /// (voluntary context switches), all together: each is woken again, so
-    /// this counts the wake-ups their work took.
-    pub fn sleeps(&self) -> anyhow::Result<u64> {
-        let mut sleeps = 0;
-        for pid in self.pids().into_iter().flatten() {
-            sleeps += thread_sleeps(pid)?;
-        }
-        Ok(sleeps)
+    /// The process ids of the nodes running now.
+    pub fn running_pids(&self) -> Vec<u32> {
+        self.pids().into_iter().flatten().collect()
     }
 
     /// The node leading `topic`, asking through node `via`: retried (for
