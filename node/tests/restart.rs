@@ -345,6 +345,42 @@ impl Writers {
     }
 }
 
+/// Three cluster nodes ([`three_nodes`]) holding `names` (3 replicas
+/// each), and a [`Writers`] on them through a client of `a`, which have
+/// written for half a second.
+async fn busy_cluster(names: &[&'static str]) -> (tempfile::TempDir, [Node; 3], Client, Writers) {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = three_nodes(dir.path(), ClusterKey::generate()).await;
+    let mut client = connect(&nodes[0].url()).await;
+    for name in names {
+        create_replicated(&mut client, name, 3, "").await;
+    }
+    let writers = Writers::start(&client, names);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    (dir, nodes, client, writers)
+}
+
+/// Stops the [`busy_cluster`]'s writers and the nodes still running, then
+/// checks that node `a`'s copy of each topic holds every append
+/// acknowledged.
+async fn stop_and_check(
+    dir: &std::path::Path,
+    names: &[&'static str],
+    writers: Writers,
+    client: Client,
+    running: impl IntoIterator<Item = Node>,
+) {
+    let acked = writers.stop().await;
+    drop(client);
+    for n in running {
+        n.stop().await.unwrap();
+    }
+    for (name, acked) in names.iter().zip(&acked) {
+        assert!(!acked.is_empty(), "{name}: nothing acknowledged");
+        assert_log_holds(&stored(&dir.join("a"), name), acked);
+    }
+}
+
 /// Three cluster nodes in `dir` (`a`, then `b` and `c` joining it), once
 /// `a` sees the other two.
 async fn three_nodes(dir: &std::path::Path, key: ClusterKey) -> [Node; 3] {
@@ -430,14 +466,7 @@ async fn a_leader_stopped_on_purpose_hands_its_groups_over_first() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_balance_hands_nothing_to_a_node_that_just_stopped() {
     const NAMES: [&str; 6] = ["gone/a", "gone/b", "gone/c", "gone/d", "gone/e", "gone/f"];
-    let dir = tempfile::tempdir().unwrap();
-    let [a, b, c] = three_nodes(dir.path(), ClusterKey::generate()).await;
-    let mut ca = connect(&a.url()).await;
-    for name in NAMES {
-        create_replicated(&mut ca, name, 3, "").await;
-    }
-    let writers = Writers::start(&ca, &NAMES);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (dir, [a, b, c], ca, writers) = busy_cluster(&NAMES).await;
     let c_peer = c.overlay().unwrap().peer_id().to_string();
     // c hands its leaderships over as it stops: a and b then lead every
     // busy topic, and each at least two more than c, which they would
@@ -461,15 +490,7 @@ async fn the_balance_hands_nothing_to_a_node_that_just_stopped() {
             .count();
         assert_eq!(led_by_c, 0);
     }
-    let acked = writers.stop().await;
-    drop(ca);
-    for n in [a, b] {
-        n.stop().await.unwrap();
-    }
-    for (name, acked) in NAMES.iter().zip(&acked) {
-        assert!(!acked.is_empty(), "{name}: nothing acknowledged");
-        assert_log_holds(&stored(&dir.path().join("a"), name), acked);
-    }
+    stop_and_check(dir.path(), &NAMES, writers, ca, [a, b]).await;
 }
 
 /// Balance rounds run on the other nodes all through a planned stop (they
@@ -488,14 +509,7 @@ async fn a_node_stopping_on_purpose_is_handed_nothing_while_it_stops() {
         "stopping/f",
     ];
     logs_if_asked();
-    let dir = tempfile::tempdir().unwrap();
-    let [a, b, c] = three_nodes(dir.path(), ClusterKey::generate()).await;
-    let mut ca = connect(&a.url()).await;
-    for name in NAMES {
-        create_replicated(&mut ca, name, 3, "").await;
-    }
-    let writers = Writers::start(&ca, &NAMES);
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (dir, [a, b, c], ca, writers) = busy_cluster(&NAMES).await;
     let peer = |n: &Node| n.overlay().unwrap().peer_id().to_string();
     let stayed = [peer(&a), peer(&b)];
     // a and b balance over and over while c stops: as soon as c has handed
@@ -544,15 +558,7 @@ async fn a_node_stopping_on_purpose_is_handed_nothing_while_it_stops() {
          topics led by none of the nodes left: {leaderless:?}",
         stopped.elapsed().as_millis()
     );
-    let acked = writers.stop().await;
-    drop(ca);
-    for n in [a, b] {
-        n.stop().await.unwrap();
-    }
-    for (name, acked) in NAMES.iter().zip(&acked) {
-        assert!(!acked.is_empty(), "{name}: nothing acknowledged");
-        assert_log_holds(&stored(&dir.path().join("a"), name), acked);
-    }
+    stop_and_check(dir.path(), &NAMES, writers, ca, [a, b]).await;
 }
 
 /// A node that starts again behind its topic (its replica catches up from
