@@ -532,31 +532,33 @@ async fn a_node_stopping_on_purpose_is_handed_nothing_while_it_stops() {
         .collect();
     c.stop().await.unwrap();
     let stopped = Instant::now();
-    stop_balancing.send_replace(true);
-    let mut moved = 0;
-    for round in rounds {
-        moved += round.await.unwrap();
-    }
-    // At once: a lease and an election take hundreds of milliseconds.
-    let mut leaderless = Vec::new();
-    while stopped.elapsed() < Duration::from_millis(150) {
-        leaderless = [&a, &b]
+    // At once: a lease and an election take hundreds of milliseconds. The
+    // leaders are read before the balance rounds are awaited (a round may
+    // still wait on a move), and at least once.
+    let leaderless = loop {
+        let leaderless: Vec<_> = [&a, &b]
             .into_iter()
             .flat_map(|n| n.groups().unwrap().replicas())
             .filter(|r| NAMES.contains(&r.meta.name.as_str()))
             .filter(|r| !r.leader.as_ref().is_some_and(|l| stayed.contains(l)))
             .map(|r| (r.meta.name.to_string(), r.leader))
             .collect();
-        if leaderless.is_empty() {
-            break;
+        if leaderless.is_empty() || stopped.elapsed() >= Duration::from_millis(150) {
+            break leaderless;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let looked = stopped.elapsed();
+    stop_balancing.send_replace(true);
+    let mut moved = 0;
+    for round in rounds {
+        moved += round.await.unwrap();
     }
     assert!(
         leaderless.is_empty(),
         "{} ms after c stopped (the others moved {moved} leaderships meanwhile), \
          topics led by none of the nodes left: {leaderless:?}",
-        stopped.elapsed().as_millis()
+        looked.as_millis()
     );
     stop_and_check(dir.path(), &NAMES, writers, ca, [a, b]).await;
 }
