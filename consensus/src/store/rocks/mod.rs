@@ -160,9 +160,9 @@ enum Hint {
     /// log entries and elements come in key order.
     PerGroup,
     /// From the last insert of the same key (up to 64 bytes): a group's
-    /// few values (its commit point, what it applied) are each written
-    /// anew every round, in turns, so the group's last insert is another
-    /// value's place.
+    /// few values (its commit point, what it applied) and a topic's
+    /// producer windows are each written anew every round, in turns, so
+    /// the group's last insert is another key's place.
     PerKey,
 }
 
@@ -424,7 +424,7 @@ impl RocksStore {
             .iter()
             .chain(old_log.then_some(&CF_RAFT_LOG))
             .map(|name| {
-                let hint = if *name == CF_RAFT_VALUES {
+                let hint = if *name == CF_RAFT_VALUES || *name == CF_PRODUCERS {
                     Hint::PerKey
                 } else {
                     Hint::PerGroup
@@ -1317,7 +1317,7 @@ mod tests {
     /// options it opened with (its `OPTIONS-*` file): per group for the
     /// elements and the log lanes, per key for the groups' values.
     #[test]
-    fn memtable_inserts_are_hinted_per_group_and_values_per_key() {
+    fn memtable_inserts_are_hinted_per_group_and_values_and_producers_per_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path()).unwrap();
         let hint_of = |db_dir: &Path, cf: &str| -> Option<String> {
@@ -1341,10 +1341,9 @@ mod tests {
         };
         let hint = |cf| hint_of(dir.path(), cf);
         assert_eq!(hint(CF_ELEMENTS).as_deref(), Some("rocksdb.FixedPrefix.8"));
-        assert_eq!(
-            hint(CF_RAFT_VALUES).as_deref(),
-            Some("rocksdb.CappedPrefix.64")
-        );
+        for cf in [CF_RAFT_VALUES, CF_PRODUCERS] {
+            assert_eq!(hint(cf).as_deref(), Some("rocksdb.CappedPrefix.64"), "{cf}");
+        }
         assert_eq!(
             hint_of(&dir.path().join("log"), CF_RAFT_LOG).as_deref(),
             Some("rocksdb.FixedPrefix.8")
