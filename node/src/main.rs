@@ -17,19 +17,27 @@ use woof_node::server::Node;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc 3's `mi_option_arena_eager_commit` (its `mimalloc.h`; the
-/// `libmimalloc-sys` crate names no constant for it).
+/// `libmimalloc-sys` crate names no constant for it). `node/tests/cli.rs`
+/// (`the_allocator_commits_its_memory_as_used`) fails if it is not in
+/// force when mimalloc makes its arena, or names another option.
+#[cfg(target_os = "linux")]
 const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 
 /// mimalloc's memory committed as it is used and given back when freed,
 /// not an arena committed whole (its default on Linux), with which a node
 /// held about half as much memory again as with glibc (ADR 48). mimalloc
-/// makes its first arena while it starts, in a constructor of priority 101
-/// (before `main`): this one runs before it (a lower priority runs first),
-/// and the option set stays set when mimalloc reads its options.
+/// makes that arena at the first allocation, which comes before `main`
+/// (Rust's runtime allocates as it starts): set in `main`, the option came
+/// too late. A constructor runs before any of it; priority 100 puts this
+/// one before mimalloc's own (101) as well, and an option set stays set
+/// when mimalloc reads its options. Linux only: elsewhere mimalloc does
+/// not commit an arena whole, and the section is ELF's.
+#[cfg(target_os = "linux")]
 #[used]
 #[unsafe(link_section = ".init_array.00100")]
 static MIMALLOC_OPTIONS: extern "C" fn() = mimalloc_options;
 
+#[cfg(target_os = "linux")]
 extern "C" fn mimalloc_options() {
     // SAFETY: stores one option's value in mimalloc's table of options;
     // nothing else runs yet.
