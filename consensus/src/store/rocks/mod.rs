@@ -1216,7 +1216,16 @@ impl RaftLogStore for RocksStore {
         self.finish_unfinished(group)?;
         let mut wb = rocksdb::WriteBatch::default();
         wb.put_cf(self.cf(CF_RAFT_VALUES), value_key(group, name), value);
-        self.write_unsynced_wb(wb, "save raft value")
+        // Left in the write-ahead log's buffer (`manual_wal_flush`), not
+        // written out to its file: the next write to this database that
+        // flushes or syncs (a synced value, a topic's metadata), a full
+        // buffer, or closing the store (RocksDB closes the file, writing
+        // its buffer out) takes it out, in order. Until then
+        // a killed process loses it as a crashed machine would, which the
+        // contract allows: its one caller is a group's commit index, which
+        // may go back and is learnt again from the leader. Written out, it
+        // cost a `write()` per commit on every replica.
+        self.written(self.db.write(wb), "save raft value")
     }
 
     fn value(&self, group: GroupId, name: &str) -> Result<Option<Vec<u8>>> {
@@ -1857,6 +1866,29 @@ mod tests {
         store.write_unsynced(&b).unwrap();
         let crashed = crashed_copy(dir.path(), copy2.path());
         assert_eq!(crashed.value(group, "unsynced").unwrap().unwrap(), b"kept");
+    }
+
+    /// A commit index saved unsynced stays in the write-ahead log's buffer
+    /// (no `write()` a commit): a crash may lose it, reading it back does
+    /// not, and closing the store writes it out.
+    #[test]
+    fn an_unsynced_value_waits_in_the_buffer_until_the_store_closes() {
+        let (dir, copy) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let group = GroupId(5);
+        let store = RocksStore::open(dir.path()).unwrap();
+        store.put_value(group, "committed", b"1").unwrap();
+        let before = wal_files(dir.path());
+        for i in 2..=50u8 {
+            store.put_value_unsynced(group, "committed", &[i]).unwrap();
+        }
+        assert_eq!(wal_files(dir.path()), before, "a value was written out");
+        assert_eq!(store.value(group, "committed").unwrap().unwrap(), [50]);
+        let crashed = crashed_copy(dir.path(), copy.path());
+        assert_eq!(crashed.value(group, "committed").unwrap().unwrap(), b"1");
+        drop(crashed);
+        drop(store);
+        let reopened = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.value(group, "committed").unwrap().unwrap(), [50]);
     }
 
     /// The sizes of the write-ahead log files in `dir`, by name.
