@@ -30,7 +30,7 @@
 //! 18 others went quiet: five moves, 25-30 % fewer appends a second).
 //!
 //! New groups start balanced too: [`Groups::create`] has the member that
-//! leads the fewest groups stand first.
+//! leads the fewest busy groups stand first.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::Ordering;
@@ -76,14 +76,20 @@ impl LogsSeen {
     /// group started or woken since: something woke it). Remembers these
     /// and forgets the groups that no longer run.
     pub(super) fn busy(&mut self, running: &[(GroupId, Option<u64>)]) -> Vec<bool> {
-        let before = std::mem::take(&mut self.0);
+        let before = std::mem::take(self);
         running
             .iter()
             .map(|(group, last)| {
                 self.0.insert(*group, *last);
-                before.get(group).is_none_or(|seen| seen != last)
+                before.is_busy(*group, *last)
             })
             .collect()
+    }
+
+    /// Whether `group`, whose last log index is `last`, is busy as of the
+    /// previous round (see [`busy`](Self::busy)), without a round.
+    pub(super) fn is_busy(&self, group: GroupId, last: Option<u64>) -> bool {
+        self.0.get(&group).is_none_or(|seen| *seen != last)
     }
 }
 
@@ -258,12 +264,19 @@ impl Groups {
         done
     }
 
-    /// How many of the groups running here each node leads, as far as
-    /// this node knows (by node id).
-    pub(super) fn leaderships(&self) -> BTreeMap<u64, usize> {
+    /// How many of the busy groups running here each node leads, as far as
+    /// this node knows (by node id): busy as the balance counts them
+    /// ([`LogsSeen`]), so that a new group's first leader is the one the
+    /// balance would leave it with.
+    pub(super) fn busy_leaderships(&self) -> BTreeMap<u64, usize> {
+        let seen = self.logs_seen.lock().unwrap_or_else(|e| e.into_inner());
         let mut led = BTreeMap::new();
-        for (_, r) in self.slots.all_running() {
-            if let Some(l) = r.handle.raft.metrics().borrow_watched().current_leader {
+        for (group, r) in self.slots.all_running() {
+            let metrics = r.handle.raft.metrics();
+            let m = metrics.borrow_watched();
+            if let Some(l) = m.current_leader
+                && seen.is_busy(group, m.last_log_index)
+            {
                 *led.entry(l).or_default() += 1;
             }
         }
