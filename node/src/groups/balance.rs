@@ -9,30 +9,23 @@
 //! batches: p99 59-77 ms with both leaders on one node, 30 ms apart).
 //!
 //! Every [`BALANCE_EVERY`], each node compares, for each other node, the
-//! busy groups that both hold (those whose log grew since the node's
-//! previous round, [`LogsSeen`]): how many of them it leads and how many
-//! the other leads. Where it leads at least two more, it hands one of those
-//! it leads and that clients use to the other (openraft's leader transfer,
-//! as a node stopping on purpose does), at most [`MOVES_MAX`] a round. Both
-//! nodes of a pair see the same logs grow, so they agree on which of them
+//! groups that both hold: how many of them it leads and how many the other
+//! leads. Where it leads at least two more, it hands one of those it leads
+//! and that clients use to the other (openraft's leader transfer, as a
+//! node stopping on purpose does), at most [`MOVES_MAX`] a round. Both
+//! nodes of a pair count the same groups, so they agree on which of them
 //! leads too many, and a move never makes the pair's difference change
 //! sign: leaderships do not swing back and forth. A group is moved only to
 //! a voter that answered its leader lately and that the overlay does not
 //! suspect (a node that said it leaves answered moments ago), and only
 //! while such others are a majority ([`group::successors`]): nothing moves
-//! while a replica is down.
-//!
-//! Quiet groups count for nothing and are not moved: they go to sleep, and
-//! cost nothing. Counted (as they were at first), a node leading more quiet
-//! groups handed its busy ones away to even the count: the busy load ended
-//! up less even, and the moved groups' clients, still at the old leader,
-//! had every append forwarded (18 topics x 4 clients, started right after
-//! 18 others went quiet: five moves, 25-30 % fewer appends a second).
+//! while a replica is down. Quiet groups are counted but not moved: they
+//! go to sleep, and cost nothing.
 //!
 //! New groups start balanced too: [`Groups::create`] has the member that
-//! leads the fewest busy groups stand first.
+//! leads the fewest groups stand first.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -60,37 +53,6 @@ pub(super) struct View {
     /// If this node leads the group and may hand it over now: the voters
     /// that could take it, best first; else empty.
     pub successors: Vec<u64>,
-    /// Whether its log grew since the previous round ([`LogsSeen`]): only
-    /// busy groups count.
-    pub busy: bool,
-}
-
-/// The last log index of each group running here, as the previous round
-/// saw it.
-#[derive(Debug, Default)]
-pub(super) struct LogsSeen(HashMap<GroupId, Option<u64>>);
-
-impl LogsSeen {
-    /// Whether each of `running` (a group and its last log index) is busy:
-    /// its log grew since the previous round, or it was not running then (a
-    /// group started or woken since: something woke it). Remembers these
-    /// and forgets the groups that no longer run.
-    pub(super) fn busy(&mut self, running: &[(GroupId, Option<u64>)]) -> Vec<bool> {
-        let before = std::mem::take(self);
-        running
-            .iter()
-            .map(|(group, last)| {
-                self.0.insert(*group, *last);
-                before.is_busy(*group, *last)
-            })
-            .collect()
-    }
-
-    /// Whether `group`, whose last log index is `last`, is busy as of the
-    /// previous round (see [`busy`](Self::busy)), without a round.
-    pub(super) fn is_busy(&self, group: GroupId, last: Option<u64>) -> bool {
-        self.0.get(&group).is_none_or(|seen| *seen != last)
-    }
 }
 
 /// The leaderships `me` should hand over, as (group, to whom), at most
@@ -99,7 +61,7 @@ pub(super) fn moves(me: u64, views: &[View], most: usize) -> Vec<(GroupId, u64)>
     // For each other node: the shared groups `me` leads, and those it leads.
     let mut mine: BTreeMap<u64, i64> = BTreeMap::new();
     let mut theirs: BTreeMap<u64, i64> = BTreeMap::new();
-    for v in views.iter().filter(|v| v.busy && v.voters.contains(&me)) {
+    for v in views.iter().filter(|v| v.voters.contains(&me)) {
         match v.leader {
             Some(l) if l == me => {
                 for other in v.voters.iter().filter(|o| **o != me) {
@@ -176,24 +138,9 @@ impl Groups {
         let now = Instant::now();
         let heartbeat = self.timing.heartbeat_ms;
         let running = self.slots.all_running();
-        let logs: Vec<(GroupId, Option<u64>)> = running
-            .iter()
-            .map(|(group, r)| {
-                (
-                    *group,
-                    r.handle.raft.metrics().borrow_watched().last_log_index,
-                )
-            })
-            .collect();
-        let busy = self
-            .logs_seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .busy(&logs);
         let views: Vec<View> = running
             .iter()
-            .zip(busy)
-            .map(|((group, r), busy)| {
+            .map(|(group, r)| {
                 let metrics = r.handle.raft.metrics();
                 let m = metrics.borrow_watched();
                 let in_use = now.saturating_duration_since(r.last_used) < SLEEP_AFTER;
@@ -208,7 +155,6 @@ impl Groups {
                     leader: m.current_leader,
                     voters: m.membership_config.membership().voter_ids().collect(),
                     successors: successors.into_iter().map(|(id, _)| id).collect(),
-                    busy,
                 }
             })
             .collect();
@@ -264,19 +210,12 @@ impl Groups {
         done
     }
 
-    /// How many of the busy groups running here each node leads, as far as
-    /// this node knows (by node id): busy as the balance counts them
-    /// ([`LogsSeen`]), so that a new group's first leader is the one the
-    /// balance would leave it with.
-    pub(super) fn busy_leaderships(&self) -> BTreeMap<u64, usize> {
-        let seen = self.logs_seen.lock().unwrap_or_else(|e| e.into_inner());
+    /// How many of the groups running here each node leads, as far as
+    /// this node knows (by node id).
+    pub(super) fn leaderships(&self) -> BTreeMap<u64, usize> {
         let mut led = BTreeMap::new();
-        for (group, r) in self.slots.all_running() {
-            let metrics = r.handle.raft.metrics();
-            let m = metrics.borrow_watched();
-            if let Some(l) = m.current_leader
-                && seen.is_busy(group, m.last_log_index)
-            {
+        for (_, r) in self.slots.all_running() {
+            if let Some(l) = r.handle.raft.metrics().borrow_watched().current_leader {
                 *led.entry(l).or_default() += 1;
             }
         }
@@ -298,7 +237,6 @@ mod tests {
             leader: Some(leader),
             voters: voters.to_vec(),
             successors: successors.to_vec(),
-            busy: true,
         }
     }
 
@@ -362,60 +300,12 @@ mod tests {
         }
         let got = moves(A, &views, 10);
         assert_eq!(to_each(&got), BTreeMap::from([(B, 2)]));
-        // Groups in use but not busy, and busy groups not in use here (no
-        // successors), count but stay.
-        let mut unmovable = cluster([4, 0, 0]);
-        for v in unmovable.iter_mut().skip(1) {
-            v.successors.clear();
-        }
-        assert_eq!(moves(A, &unmovable, 10), vec![(GroupId(100), B)]);
-    }
-
-    #[test]
-    fn quiet_groups_count_for_nothing() {
-        // One busy group and three quiet ones, all led by A: moving the
-        // busy one would even nothing out.
+        // Quiet groups (no successors) count but stay.
         let mut quiet = cluster([4, 0, 0]);
         for v in quiet.iter_mut().skip(1) {
-            v.busy = false;
+            v.successors.clear();
         }
-        assert!(
-            moves(A, &quiet, 10).is_empty(),
-            "{:?}",
-            moves(A, &quiet, 10)
-        );
-        // 18 busy topics spread 6, 6, 6 beside 18 quiet ones spread 7, 5,
-        // 6 (a bench's 18 topics right after another 18 went quiet): the
-        // busy ones stay where they are.
-        let mut views = cluster([6, 6, 6]);
-        let mut id = 200;
-        for (leader, n) in [(A, 7), (B, 5), (C, 6)] {
-            for _ in 0..n {
-                let mut v = view(id, leader, &[A, B, C], &[]);
-                v.busy = false;
-                views.push(v);
-                id += 1;
-            }
-        }
-        assert!(
-            moves(A, &views, 10).is_empty(),
-            "{:?}",
-            moves(A, &views, 10)
-        );
-    }
-
-    #[test]
-    fn a_group_is_busy_while_its_log_grows_or_when_first_seen() {
-        let mut seen = LogsSeen::default();
-        let (g1, g2, g3) = (GroupId(1), GroupId(2), GroupId(3));
-        assert_eq!(seen.busy(&[(g1, Some(5)), (g2, None)]), [true, true]);
-        assert_eq!(seen.busy(&[(g1, Some(9)), (g2, None)]), [true, false]);
-        assert_eq!(seen.busy(&[(g1, Some(9)), (g2, Some(1))]), [false, true]);
-        // g2 stopped (went to sleep), g3 started: g3 is new, and g2, when it
-        // runs again, is new too.
-        assert_eq!(seen.busy(&[(g1, Some(9)), (g3, Some(4))]), [false, true]);
-        assert_eq!(seen.busy(&[(g2, Some(1)), (g3, Some(4))]), [true, false]);
-        assert_eq!(seen.0.len(), 2, "only the running groups are remembered");
+        assert_eq!(moves(A, &quiet, 10), vec![(GroupId(100), B)]);
     }
 
     #[test]

@@ -112,10 +112,10 @@ impl Groups {
     /// harmless. If a member cannot start it, those that did remove it again.
     pub async fn create(&self, group: GroupId, members: &[PeerId]) -> Result<()> {
         let names: Vec<String> = members.iter().map(ToString::to_string).collect();
-        // The member that leads the fewest of the busy groups running here
-        // (the first among equals) initializes and so leads at first (see
+        // The member that leads the fewest of the groups running here (the
+        // first among equals) initializes and so leads at first (see
         // `balance`), once every member runs the group.
-        let led = self.busy_leaderships();
+        let led = self.leaderships();
         let first = members
             .iter()
             .enumerate()

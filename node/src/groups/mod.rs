@@ -137,9 +137,6 @@ pub struct Groups {
     /// Whether the balance hands leaderships over ([`balance`]); on
     /// unless [`Groups::balance_leaders`] turns it off.
     balancing: Arc<std::sync::atomic::AtomicBool>,
-    /// The last log index of each running group at this node's previous
-    /// balance round: which groups are busy ([`balance`]).
-    logs_seen: Arc<std::sync::Mutex<balance::LogsSeen>>,
 }
 
 /// The groups a request here has asked an election for (see
@@ -244,7 +241,6 @@ impl Groups {
             stop,
             electing: Arc::default(),
             balancing: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-            logs_seen: Arc::default(),
         };
         let waking = groups.clone();
         groups.router.set_waker(Some(Arc::new(move |group| {
