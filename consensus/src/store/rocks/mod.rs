@@ -1220,11 +1220,11 @@ impl RaftLogStore for RocksStore {
         // written out to its file: the next write to this database that
         // flushes or syncs (a synced value, a topic's metadata), a full
         // buffer, or closing the store (RocksDB closes the file, writing
-        // its buffer out) takes it out, in order. Until then
-        // a killed process loses it as a crashed machine would, which the
-        // contract allows: its one caller is a group's commit index, which
-        // may go back and is learnt again from the leader. Written out, it
-        // cost a `write()` per commit on every replica.
+        // its buffer out) takes it out, in order. Until then a killed
+        // process loses it as a crashed machine would, which the contract
+        // allows: its one caller is a group's commit index, which may go
+        // back and is learnt again from the leader. Written out, it cost a
+        // `write()` per commit on every replica.
         self.written(self.db.write(wb), "save raft value")
     }
 
