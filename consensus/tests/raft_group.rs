@@ -134,7 +134,7 @@ async fn leader(nodes: &[Node], skip: Option<u64>) -> u64 {
 /// returns that leader. A node just elected may yet lose its leadership,
 /// or its lease, before the write reaches it (seen once in CI: "lease
 /// expired", no leader known); the write then goes, as a client's would,
-/// to the leader found next, at most for 5 s.
+/// to the leader found next: at most 100 tries, 50 ms apart.
 async fn create(nodes: &[Node]) -> u64 {
     let meta = TopicMeta {
         id: TopicId(GROUP.0),
